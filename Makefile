@@ -1,0 +1,51 @@
+# Every target sets up what it needs on a fresh machine: a .venv with the project installed
+# in editable mode (re-installed only when pyproject.toml changes) and the node interop
+# clients (re-installed only when their package.json or lock changes).
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+PY_STAMP := $(VENV)/.installed
+NODE_DIR := tests/interop/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+.PHONY: all run test lint typecheck pytest bench setup clean distclean
+
+all: test
+
+run: setup
+	$(BIN)/smsc --help
+
+test: lint typecheck pytest
+
+lint: $(PY_STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(PY_STAMP)
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest
+
+bench: $(PY_STAMP)
+	$(BIN)/python bench/codec.py
+
+setup: $(PY_STAMP) $(NODE_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(PY_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[test,dev]'
+	touch $@
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(NODE_DIR)/node_modules

@@ -1,0 +1,1 @@
+"""Least-cost router: priority queue, routing, dispatch to carrier binds, message store."""

@@ -1,0 +1,1 @@
+"""Load-test harness: the ESME side of simulation, reporting throughput and latency percentiles."""

@@ -1,0 +1,53 @@
+"""The command-line entry, run as a user would: ``python -m smsc``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from smsc import __version__
+
+
+def smsc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "smsc", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_version() -> None:
+    result = smsc("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"smsc {__version__}"
+
+
+def test_help_lists_subcommands() -> None:
+    result = smsc("--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("serve", "carrier", "load"):
+        assert command in result.stdout
+
+
+def test_no_command_prints_usage_and_exits_2() -> None:
+    result = smsc()
+    assert result.returncode == 2
+    assert "usage: smsc" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "carrier", "load"])
+def test_unavailable_command_says_so(command: str) -> None:
+    result = smsc(command)
+    assert result.returncode == 2
+    assert "not yet available" in result.stderr
+    assert result.stdout == ""
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = smsc("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
