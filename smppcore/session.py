@@ -1,0 +1,641 @@
+"""The SMPP session state machine, without I/O (like h11's Connection).
+
+Bytes in: ``receive_data(data, now)`` returns events. Bytes out: ``data_to_send()``.
+Requests go out through ``send_request`` (windowed), answers through ``send_response``.
+Time is always a parameter: ``get_timer()`` says when ``handle_timer(now)`` is next due,
+and that drives enquire_link, response and window expiry, inactivity and session init.
+
+Which PDU may travel in which state is written once, in :data:`TABLE`, keyed by
+``(role, state, direction, command_id)``. Anything a peer sends outside it is answered in
+one place (:func:`refusal_status`): ESME_RALYBND for a bind on a bound session,
+ESME_RINVBNDSTS for a command the state does not allow, a generic_nack with
+ESME_RINVCMDID for a command this role never accepts. The core answers enquire_link,
+unbind and malformed PDUs itself; the application sees only the requests it must answer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+from typing import Annotated, Final
+
+import msgspec
+from msgspec import Meta
+
+from smppcore.codec import DEFAULT_MAX_PDU_LENGTH, FrameBuffer, decode, encode
+from smppcore.constants import (
+    MAX_SEQUENCE,
+    RESPONSE_BIT,
+    SMPP_VERSION_34,
+    CommandId,
+    CommandStatus,
+)
+from smppcore.errors import LocalProtocolError, RemoteProtocolError
+from smppcore.pdu import (
+    PDU_CLASSES,
+    EnquireLink,
+    EnquireLinkResp,
+    GenericNack,
+    Pdu,
+    Unbind,
+    UnbindResp,
+)
+from smppcore.tlv import Tag, Tlv, find_tlv
+
+
+class Role(Enum):
+    """Which side of SMPP a session plays."""
+
+    ESME = "esme"  # binds, submits; receives deliver_sm
+    MC = "mc"  # accepts binds and submits; delivers
+
+
+class State(Enum):
+    """Session states (§2.2, Table 2-1), plus the two ends of an unbind."""
+
+    OPEN = "open"  # connected, not bound
+    OUTBOUND = "outbound"  # outbind sent / received, waiting for the ESME's bind
+    BOUND_TX = "bound_tx"
+    BOUND_RX = "bound_rx"
+    BOUND_TRX = "bound_trx"
+    UNBINDING = "unbinding"  # we sent unbind, waiting for unbind_resp
+    CLOSED = "closed"
+
+
+class Direction(Enum):
+    SEND = "send"
+    RECEIVE = "receive"
+
+
+_C = CommandId
+_TX: Final = frozenset({State.BOUND_TX, State.BOUND_TRX})
+_RX: Final = frozenset({State.BOUND_RX, State.BOUND_TRX})
+_BOUND: Final = _TX | _RX
+_UNBOUND: Final = frozenset({State.OPEN, State.OUTBOUND})
+_LIVE: Final = frozenset(State) - {State.CLOSED}
+
+#: (sender, command, states in which the sender may send it, state after success or None).
+#: A response's states are those of its request plus UNBINDING (answers still in flight).
+_RULES: Final[tuple[tuple[Role, int, frozenset[State], State | None], ...]] = (
+    (Role.ESME, _C.BIND_TRANSMITTER, _UNBOUND, None),
+    (Role.ESME, _C.BIND_RECEIVER, _UNBOUND, None),
+    (Role.ESME, _C.BIND_TRANSCEIVER, _UNBOUND, None),
+    (Role.MC, _C.BIND_TRANSMITTER_RESP, _UNBOUND, State.BOUND_TX),
+    (Role.MC, _C.BIND_RECEIVER_RESP, _UNBOUND, State.BOUND_RX),
+    (Role.MC, _C.BIND_TRANSCEIVER_RESP, _UNBOUND, State.BOUND_TRX),
+    (Role.MC, _C.OUTBIND, frozenset({State.OPEN}), State.OUTBOUND),
+    (Role.ESME, _C.SUBMIT_SM, _TX, None),
+    (Role.ESME, _C.SUBMIT_MULTI, _TX, None),
+    (Role.ESME, _C.DATA_SM, _TX, None),
+    (Role.ESME, _C.QUERY_SM, _TX, None),
+    (Role.ESME, _C.CANCEL_SM, _TX, None),
+    (Role.ESME, _C.REPLACE_SM, _TX, None),
+    (Role.MC, _C.SUBMIT_SM_RESP, _TX, None),
+    (Role.MC, _C.SUBMIT_MULTI_RESP, _TX, None),
+    (Role.MC, _C.QUERY_SM_RESP, _TX, None),
+    (Role.MC, _C.CANCEL_SM_RESP, _TX, None),
+    (Role.MC, _C.REPLACE_SM_RESP, _TX, None),
+    (Role.MC, _C.DATA_SM, _RX, None),
+    (Role.MC, _C.DELIVER_SM, _RX, None),
+    (Role.MC, _C.ALERT_NOTIFICATION, _RX, None),
+    (Role.ESME, _C.DELIVER_SM_RESP, _RX, None),
+    (Role.ESME, _C.DATA_SM_RESP, _RX, None),
+)
+
+
+def _build_table() -> dict[tuple[Role, State, Direction, int], State | None]:
+    table: dict[tuple[Role, State, Direction, int], State | None] = {}
+
+    def allow(sender: Role, cid: int, states: frozenset[State], after: State | None) -> None:
+        receiver = Role.MC if sender is Role.ESME else Role.ESME
+        for state in states:
+            table[(sender, state, Direction.SEND, cid)] = after
+            table[(receiver, state, Direction.RECEIVE, cid)] = after
+
+    for sender, cid, states, after in _RULES:
+        allow(sender, cid, states, after)
+        if cid & RESPONSE_BIT:
+            allow(sender, cid, frozenset({State.UNBINDING}), None)
+    # data_sm_resp answers a data_sm from either side.
+    allow(Role.MC, _C.DATA_SM_RESP, _TX | {State.UNBINDING}, None)
+    for role in Role:
+        # Either side may probe the link and report a broken PDU in any live state
+        # (v3.4 lists only bound states for enquire_link; v5 allows open: we are lenient).
+        allow(role, _C.ENQUIRE_LINK, _LIVE, None)
+        allow(role, _C.ENQUIRE_LINK_RESP, _LIVE, None)
+        allow(role, _C.GENERIC_NACK, _LIVE, None)
+        allow(role, _C.UNBIND, _BOUND, State.UNBINDING)
+        allow(role, _C.UNBIND_RESP, _BOUND | {State.UNBINDING}, State.CLOSED)
+    return table
+
+
+#: THE table: every legal (role, state, direction, command_id), with the state after success.
+TABLE: Final = _build_table()
+
+_BIND_REQUESTS: Final = frozenset({_C.BIND_TRANSMITTER, _C.BIND_RECEIVER, _C.BIND_TRANSCEIVER})
+_ACCEPTED_BY: Final = {
+    role: frozenset(cid for (r, _, d, cid) in TABLE if r is role and d is Direction.RECEIVE)
+    for role in Role
+}
+
+
+def refusal_status(role: Role, state: State, command_id: int) -> int:
+    """The status to refuse a request that TABLE does not allow ``role`` to receive now."""
+    if command_id in _BIND_REQUESTS and state in _BOUND | {State.UNBINDING}:
+        return CommandStatus.ESME_RALYBND
+    if command_id not in _ACCEPTED_BY[role]:
+        return CommandStatus.ESME_RINVCMDID
+    return CommandStatus.ESME_RINVBNDSTS
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+class RequestReceived(msgspec.Struct, frozen=True, gc=False):
+    """The peer sent a request the application must answer with ``send_response``
+    (outbind and alert_notification have no response)."""
+
+    pdu: Pdu
+
+
+class ResponseReceived(msgspec.Struct, frozen=True, gc=False):
+    """The answer to one of our requests (a GenericNack when the peer refused it so)."""
+
+    request: Pdu
+    response: Pdu
+
+
+class RequestExpired(msgspec.Struct, frozen=True, gc=False):
+    """One of our requests got no answer: ``reason`` is ``window`` (no slot in time),
+    ``response`` (no response in time) or ``closed`` (the session ended first)."""
+
+    request: Pdu
+    reason: str
+
+
+class ProtocolViolation(msgspec.Struct, frozen=True, gc=False):
+    """The peer broke the protocol and the core answered it with ``status`` itself."""
+
+    command_id: int
+    sequence_number: int
+    status: int
+    detail: str
+
+
+class SessionClosed(msgspec.Struct, frozen=True, gc=False):
+    """The session is over; flush ``data_to_send()`` and close the transport."""
+
+    reason: str
+
+
+Event = RequestReceived | ResponseReceived | RequestExpired | ProtocolViolation | SessionClosed
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Limits and §7.2 timers of one session. Times are seconds; None switches a timer off."""
+
+    window: Annotated[int, Meta(ge=1, le=65535)] = 10
+    """Our requests in flight at most; more wait for a slot."""
+    max_waiting: Annotated[int, Meta(ge=0)] = 10000
+    """Requests waiting for a window slot at most; one more is refused at once."""
+    inbound_window: Annotated[int, Meta(ge=1, le=65535)] = 100
+    """The peer's requests we hold unanswered at most; more are answered ESME_RTHROTTLED."""
+    response_timeout: PositiveFloat = 30.0
+    slot_timeout: PositiveFloat = 10.0
+    enquire_link_interval: PositiveFloat | None = 30.0
+    inactivity_timeout: PositiveFloat | None = 120.0
+    session_init_timeout: PositiveFloat | None = 30.0
+    max_pdu_length: Annotated[int, Meta(ge=64, le=16 * 1024 * 1024)] = DEFAULT_MAX_PDU_LENGTH
+
+
+class WindowFull(LocalProtocolError):
+    """No window slot and the waiting line is full: answer or retry later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=CommandStatus.ESME_RMSGQFUL)
+
+
+_INTERNAL_ENQUIRE = 1
+_INTERNAL_UNBIND = 2
+
+
+class Session:
+    """One SMPP session of either role. Not thread-safe; no I/O; no clock."""
+
+    def __init__(self, role: Role, now: float, config: SessionConfig | None = None) -> None:
+        self.role = role
+        self.config = config or SessionConfig()
+        self.state = State.OPEN
+        #: The peer's interface_version once known (bind request, or bind_resp TLV).
+        self.peer_interface_version = SMPP_VERSION_34
+        #: Responses whose sequence number matched none of our requests (dropped).
+        self.unmatched_responses = 0
+        self.close_reason = ""
+        self._frames = FrameBuffer(self.config.max_pdu_length)
+        self._out: list[bytes] = []
+        self._next_seq = 1
+        self._in_flight: dict[int, tuple[Pdu, float]] = {}
+        self._internal: dict[int, int] = {}
+        self._waiting: deque[tuple[Pdu, float]] = deque()
+        self._inbound: dict[int, int] = {}  # sequence_number -> command_id awaiting our answer
+        self._created = now
+        self._last_received = now
+        self._enquire_outstanding = False
+
+    # --- queries ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def is_bound(self) -> bool:
+        return self.state in _BOUND
+
+    @property
+    def can_submit(self) -> bool:
+        """May this side send submit_sm now (ESME) / receive it (MC)?"""
+        return self.state in _TX
+
+    @property
+    def can_deliver(self) -> bool:
+        """May deliver_sm flow MC → ESME now?"""
+        return self.state in _RX
+
+    @property
+    def in_flight(self) -> int:
+        """Our requests sent and not yet answered."""
+        return len(self._in_flight) - len(self._internal)
+
+    @property
+    def waiting(self) -> int:
+        """Our requests waiting for a window slot."""
+        return len(self._waiting)
+
+    @property
+    def inbound_pending(self) -> int:
+        """The peer's requests we have not answered yet."""
+        return len(self._inbound)
+
+    @property
+    def inbound_full(self) -> bool:
+        """True when reading should pause: the inbound window is used up."""
+        return len(self._inbound) >= self.config.inbound_window
+
+    # --- bytes --------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the wire since the last call, in order."""
+        if not self._out:
+            return b""
+        out = self._out
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Feed bytes from the peer; returns what happened, in order. Never raises for
+        anything the peer sends: violations are answered on the wire and reported."""
+        if self.state is State.CLOSED:
+            return []
+        self._last_received = now
+        events: list[Event] = []
+        for frame in self._frames.feed(data):
+            self._handle_frame(frame, now, events)
+            if self.closed:
+                return events
+        err = self._frames.error
+        if err is not None:
+            self._queue(GenericNack(sequence_number=err.sequence_number, command_status=err.status))
+            events.append(
+                ProtocolViolation(err.command_id, err.sequence_number, err.status, str(err))
+            )
+            self._close("invalid command_length", events)
+        return events
+
+    # --- requests we send ---------------------------------------------------------------
+
+    def send_request(self, pdu: Pdu, now: float) -> Pdu:
+        """Queue one of our requests and return it with its sequence number.
+
+        It goes out now when the window has a slot, else it waits (at most
+        ``slot_timeout``) in a line bounded by ``max_waiting``; WindowFull past that.
+        Raises LocalProtocolError when the state does not allow the command.
+        """
+        cid = pdu.command_id
+        if cid & RESPONSE_BIT:
+            raise LocalProtocolError(f"{type(pdu).__name__} is a response: use send_response")
+        self._check_send(cid)
+        if pdu.sequence_number == 0:
+            pdu = msgspec.structs.replace(pdu, sequence_number=self._allocate())
+        if self.peer_interface_version < SMPP_VERSION_34:
+            pdu = _without_tlvs(pdu)
+        if cid not in _NO_RESPONSE and len(self._in_flight) - len(self._internal) >= (
+            self.config.window
+        ):
+            if len(self._waiting) >= self.config.max_waiting:
+                raise WindowFull(
+                    f"window of {self.config.window} full and {len(self._waiting)} requests waiting"
+                )
+            encode(pdu)  # refuse a bad PDU now, not when its slot comes
+            self._waiting.append((pdu, now + self.config.slot_timeout))
+            return pdu
+        self._transmit(pdu, now)
+        return pdu
+
+    def unbind(self, now: float) -> None:
+        """Start a clean end: send unbind; SessionClosed follows its response or timeout."""
+        if self.state in _BOUND:
+            self._send_internal(Unbind(), _INTERNAL_UNBIND, now)
+            self.state = State.UNBINDING
+        elif self.state is not State.CLOSED and self.state is not State.UNBINDING:
+            events: list[Event] = []
+            self._close("closed before bind", events)
+
+    def _transmit(self, pdu: Pdu, now: float) -> None:
+        data = encode(pdu)
+        if pdu.command_id not in _NO_RESPONSE:
+            self._in_flight[pdu.sequence_number] = (pdu, now + self.config.response_timeout)
+        self._out.append(data)
+
+    def _send_internal(self, pdu: Pdu, kind: int, now: float) -> None:
+        self._check_send(pdu.command_id)
+        pdu = msgspec.structs.replace(pdu, sequence_number=self._allocate())
+        self._internal[pdu.sequence_number] = kind
+        self._transmit(pdu, now)
+
+    def _check_send(self, cid: int) -> None:
+        if (self.role, self.state, Direction.SEND, cid) not in TABLE:
+            status = refusal_status(
+                Role.MC if self.role is Role.ESME else Role.ESME, self.state, cid
+            )
+            raise LocalProtocolError(
+                f"{self.role.value} may not send {PDU_CLASSES[cid].__name__} "
+                f"in state {self.state.value}",
+                status=status,
+            )
+
+    def _allocate(self) -> int:
+        seq = self._next_seq
+        while seq in self._in_flight:
+            seq = seq + 1 if seq < MAX_SEQUENCE else 1
+        self._next_seq = seq + 1 if seq < MAX_SEQUENCE else 1
+        return seq
+
+    def _promote(self, now: float) -> None:
+        window = self.config.window
+        waiting = self._waiting
+        while waiting and len(self._in_flight) - len(self._internal) < window:
+            pdu, _ = waiting.popleft()
+            if (self.role, self.state, Direction.SEND, pdu.command_id) not in TABLE:
+                continue  # the state moved on (unbind); it expires as closed later
+            self._transmit(pdu, now)
+
+    # --- responses we send --------------------------------------------------------------
+
+    def send_response(self, pdu: Pdu) -> None:
+        """Answer a request the peer sent. After the session closed this does nothing."""
+        if self.state is State.CLOSED:
+            return
+        seq = pdu.sequence_number
+        cid = pdu.command_id
+        asked = self._inbound.get(seq)
+        if asked is None:
+            raise LocalProtocolError(f"no request with sequence_number {seq} awaits an answer")
+        if cid != asked | RESPONSE_BIT and cid != CommandId.GENERIC_NACK:
+            raise LocalProtocolError(
+                f"{type(pdu).__name__} does not answer {PDU_CLASSES[asked].__name__}"
+            )
+        key = (self.role, self.state, Direction.SEND, cid)
+        if key not in TABLE:
+            self._check_send(cid)
+        after = TABLE[key]
+        del self._inbound[seq]
+        if after is not None and not pdu.command_status:
+            if asked in _BIND_REQUESTS and self.peer_interface_version >= SMPP_VERSION_34:
+                tlvs = _tlvs_of(pdu)
+                if find_tlv(tlvs, Tag.SC_INTERFACE_VERSION) is None:
+                    sc = Tlv(Tag.SC_INTERFACE_VERSION, bytes((SMPP_VERSION_34,)))
+                    pdu = msgspec.structs.replace(pdu, tlvs=(*tlvs, sc))
+            self.state = after
+        if self.peer_interface_version < SMPP_VERSION_34:
+            pdu = _without_tlvs(pdu)
+        self._out.append(encode(pdu))
+
+    # --- what the peer sends ------------------------------------------------------------
+
+    def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
+        try:
+            pdu = decode(frame)
+        except RemoteProtocolError as err:
+            self._refuse_broken(err, now, events)
+            return
+        if pdu.command_id & RESPONSE_BIT:
+            self._handle_response(pdu, now, events)
+        else:
+            self._handle_request(pdu, events)
+
+    def _handle_request(self, pdu: Pdu, events: list[Event]) -> None:
+        cid = pdu.command_id
+        seq = pdu.sequence_number
+        key = (self.role, self.state, Direction.RECEIVE, cid)
+        if key not in TABLE:
+            status = refusal_status(self.role, self.state, cid)
+            self._answer(cid, seq, status)
+            events.append(ProtocolViolation(cid, seq, status, f"not allowed in {self.state.value}"))
+            return
+        after = TABLE[key]
+        if cid == CommandId.ENQUIRE_LINK:
+            self._queue(EnquireLinkResp(sequence_number=seq))
+            return
+        if cid == CommandId.UNBIND:
+            self._queue(UnbindResp(sequence_number=seq))
+            self._close("unbound by peer", events)
+            return
+        if cid in _NO_RESPONSE:  # outbind, alert_notification
+            if after is not None:
+                self.state = after
+            events.append(RequestReceived(pdu))
+            return
+        if seq in self._inbound or len(self._inbound) >= self.config.inbound_window:
+            status = (
+                CommandStatus.ESME_RTHROTTLED
+                if seq not in self._inbound
+                else CommandStatus.ESME_RSYSERR
+            )
+            self._answer(cid, seq, status)
+            events.append(ProtocolViolation(cid, seq, status, "inbound window exceeded"))
+            return
+        if cid in _BIND_REQUESTS:
+            self.peer_interface_version = pdu.interface_version  # type: ignore[attr-defined]
+        self._inbound[seq] = cid
+        events.append(RequestReceived(pdu))
+
+    def _handle_response(self, pdu: Pdu, now: float, events: list[Event]) -> None:
+        seq = pdu.sequence_number
+        entry = self._in_flight.get(seq)
+        cid = pdu.command_id
+        if entry is None or (
+            cid != entry[0].command_id | RESPONSE_BIT and cid != CommandId.GENERIC_NACK
+        ):
+            self.unmatched_responses += 1
+            return
+        del self._in_flight[seq]
+        request = entry[0]
+        kind = self._internal.pop(seq, 0)
+        if kind == _INTERNAL_ENQUIRE:
+            self._enquire_outstanding = False
+            return
+        if kind == _INTERNAL_UNBIND:
+            self._close("unbound", events)
+            return
+        after = TABLE.get((self.role, self.state, Direction.RECEIVE, cid))
+        if after is not None and not pdu.command_status and cid != CommandId.GENERIC_NACK:
+            if request.command_id in _BIND_REQUESTS:
+                sc = pdu.tlv(Tag.SC_INTERFACE_VERSION)
+                # §5.3.2.25: no sc_interface_version means the MC speaks 3.3 or earlier.
+                self.peer_interface_version = sc if isinstance(sc, int) else 0x33
+            self.state = after
+        events.append(ResponseReceived(request, pdu))
+        if self._waiting:
+            self._promote(now)
+
+    def _refuse_broken(self, err: RemoteProtocolError, now: float, events: list[Event]) -> None:
+        cid, seq = err.command_id, err.sequence_number
+        status = err.status
+        if cid & RESPONSE_BIT or cid not in PDU_CLASSES:
+            # An unknown command, or a response we cannot read: generic_nack (§3.3).
+            self._queue(GenericNack(sequence_number=seq, command_status=status))
+            entry = self._in_flight.pop(seq, None) if cid & RESPONSE_BIT else None
+            if entry is not None and seq not in self._internal:
+                nack = GenericNack(sequence_number=seq, command_status=status)
+                events.append(ResponseReceived(entry[0], nack))
+        else:
+            if (self.role, self.state, Direction.RECEIVE, cid) not in TABLE:
+                status = refusal_status(self.role, self.state, cid)
+            self._answer(cid, seq, status)
+        events.append(ProtocolViolation(cid, seq, status, str(err)))
+        if err.fatal:
+            self._close("unreadable PDU", events)
+
+    def _answer(self, cid: int, seq: int, status: int) -> None:
+        """Refuse request ``cid`` with ``status``: its own response, else a generic_nack."""
+        cls = PDU_CLASSES.get(cid)
+        resp_cls = cls.response_class if cls is not None else None
+        if resp_cls is None or status == CommandStatus.ESME_RINVCMDID:
+            resp_cls = GenericNack
+        self._queue(resp_cls(sequence_number=seq, command_status=status))
+
+    def _queue(self, pdu: Pdu) -> None:
+        self._out.append(encode(pdu))
+
+    # --- time ---------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must run next, or None when nothing is pending."""
+        if self.state is State.CLOSED:
+            return None
+        cfg = self.config
+        deadlines: list[float] = []
+        if self._in_flight:
+            deadlines.append(self._in_flight[next(iter(self._in_flight))][1])
+        if self._waiting:
+            deadlines.append(self._waiting[0][1])
+        if self.state in _UNBOUND and cfg.session_init_timeout is not None:
+            deadlines.append(self._created + cfg.session_init_timeout)
+        if cfg.inactivity_timeout is not None:
+            deadlines.append(self._last_received + cfg.inactivity_timeout)
+        if (
+            cfg.enquire_link_interval is not None
+            and self.state in _BOUND
+            and not self._enquire_outstanding
+        ):
+            deadlines.append(self._last_received + cfg.enquire_link_interval)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Run every timer due at ``now``; returns what happened."""
+        events: list[Event] = []
+        if self.state is State.CLOSED:
+            return events
+        cfg = self.config
+        in_flight = self._in_flight
+        while in_flight:
+            seq = next(iter(in_flight))
+            request, deadline = in_flight[seq]
+            if deadline > now:
+                break
+            del in_flight[seq]
+            kind = self._internal.pop(seq, 0)
+            if kind == _INTERNAL_ENQUIRE:
+                self._close("enquire_link unanswered", events)
+                return events
+            if kind == _INTERNAL_UNBIND:
+                self._close("unbind unanswered", events)
+                return events
+            events.append(RequestExpired(request, "response"))
+        while self._waiting and self._waiting[0][1] <= now:
+            events.append(RequestExpired(self._waiting.popleft()[0], "window"))
+        if self._waiting:
+            self._promote(now)
+        if (
+            self.state in _UNBOUND
+            and cfg.session_init_timeout is not None
+            and now >= self._created + cfg.session_init_timeout
+        ):
+            self._close("no bind within session_init_timeout", events)
+            return events
+        if (
+            cfg.inactivity_timeout is not None
+            and now >= self._last_received + cfg.inactivity_timeout
+        ):
+            if self.state in _BOUND:
+                self._send_internal(Unbind(), _INTERNAL_UNBIND, now)
+            self._close("inactivity timeout", events)
+            return events
+        if (
+            cfg.enquire_link_interval is not None
+            and self.state in _BOUND
+            and not self._enquire_outstanding
+            and now >= self._last_received + cfg.enquire_link_interval
+        ):
+            self._send_internal(EnquireLink(), _INTERNAL_ENQUIRE, now)
+            self._enquire_outstanding = True
+        return events
+
+    # --- the end ------------------------------------------------------------------------
+
+    def connection_lost(self) -> list[Event]:
+        """The transport went away: fail everything pending. Returns the events."""
+        events: list[Event] = []
+        if self.state is not State.CLOSED:
+            self._close("connection lost", events)
+        return events
+
+    def _close(self, reason: str, events: list[Event]) -> None:
+        self.state = State.CLOSED
+        self.close_reason = reason
+        for seq, (request, _) in self._in_flight.items():
+            if seq not in self._internal:
+                events.append(RequestExpired(request, "closed"))
+        for request, _ in self._waiting:
+            events.append(RequestExpired(request, "closed"))
+        self._in_flight.clear()
+        self._internal.clear()
+        self._waiting.clear()
+        self._inbound.clear()
+        events.append(SessionClosed(reason))
+
+
+def _tlvs_of(pdu: Pdu) -> tuple[Tlv, ...]:
+    tlvs: tuple[Tlv, ...] = getattr(pdu, "tlvs", ())
+    return tlvs
+
+
+def _without_tlvs(pdu: Pdu) -> Pdu:
+    """``pdu`` as a 3.3 peer may receive it: no TLVs (§5.3)."""
+    return msgspec.structs.replace(pdu, tlvs=()) if _tlvs_of(pdu) else pdu
+
+
+_NO_RESPONSE: Final = frozenset({CommandId.OUTBIND, CommandId.ALERT_NOTIFICATION})
