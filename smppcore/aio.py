@@ -1,0 +1,382 @@
+"""The one asyncio adapter: a Session on a transport, for both roles.
+
+:class:`Connection` is an ``asyncio.Protocol`` wrapping one :class:`Session`. It feeds
+received bytes to the session, hands requests to a :class:`Handler`, resolves the futures of
+our own requests, drives the session's timers with ``loop.call_at``, and writes what the
+session queues in one ``transport.write`` per batch. Flow control both ways: reading
+pauses while the peer's unanswered requests fill the inbound window, and ``drain()`` waits
+(on an event, with a deadline) while the transport's write buffer is over its high mark.
+
+:func:`start_server` and :func:`connect` are the two ways in. Only this module of
+smppcore touches asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl as ssl_module
+from collections.abc import Callable
+from typing import Any
+
+from smppcore.constants import CommandStatus, status_name
+from smppcore.errors import SmppError
+from smppcore.pdu import Pdu
+from smppcore.session import (
+    Event,
+    ProtocolViolation,
+    RequestExpired,
+    RequestReceived,
+    ResponseReceived,
+    Role,
+    Session,
+    SessionClosed,
+    SessionConfig,
+    State,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionClosed(SmppError):
+    """The session ended before the request was answered."""
+
+
+class RequestTimeout(SmppError):
+    """No window slot (``reason == "window"``) or no response (``"response"``) in time."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BindError(SmppError):
+    """The peer refused our bind; ``status`` says why."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"bind refused: {status_name(status)}")
+        self.status = status
+
+
+class Handler:
+    """What an application does with a connection. Override what you need.
+
+    Callbacks run on the event loop, synchronously inside ``data_received``: answer quickly
+    with ``conn.respond(...)`` or hand the work to a task and answer later.
+    """
+
+    def connection_made(self, conn: Connection) -> None:
+        """A transport is up (before any PDU)."""
+
+    def request_received(self, conn: Connection, pdu: Pdu) -> None:
+        """The peer sent a request. The default refuses it (ESME_RX_R_APPN): override it.
+        enquire_link and unbind are answered by the core and never reach here."""
+        if pdu.response_class is not None:
+            conn.respond(
+                pdu.response_class(
+                    sequence_number=pdu.sequence_number,
+                    command_status=CommandStatus.ESME_RX_R_APPN,
+                )
+            )
+
+    def protocol_violation(self, conn: Connection, event: ProtocolViolation) -> None:
+        """The peer broke the protocol; the core already answered it on the wire."""
+
+    def session_closed(self, conn: Connection, reason: str) -> None:
+        """The session is over (unbind, timer, error or lost connection)."""
+
+
+class Connection(asyncio.Protocol):
+    """One SMPP connection: a Session on an asyncio transport."""
+
+    def __init__(
+        self,
+        role: Role,
+        config: SessionConfig | None = None,
+        handler: Handler | None = None,
+        *,
+        handler_factory: Callable[[Connection], Handler] | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.config = config or SessionConfig()
+        self.session = Session(role, self._loop.time(), self.config)
+        self.handler = handler or Handler()
+        self._handler_factory = handler_factory
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[Any, ...] | None = None
+        self._futures: dict[int, asyncio.Future[Pdu]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._in_receive = False
+        self._flush_scheduled = False
+        self._reading_paused = False
+        self._write_ready = asyncio.Event()
+        self._write_ready.set()
+        self._closed = self._loop.create_future()
+        #: Free-form slot for the application (the authenticated account, say).
+        self.context: Any = None
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._handler_factory is not None:
+            self.handler = self._handler_factory(self)
+        self.handler.connection_made(self)
+        self._arm(self.session.get_timer())
+
+    def data_received(self, data: bytes) -> None:
+        self._in_receive = True
+        try:
+            events = self.session.receive_data(data, self._loop.time())
+            if events:
+                self._dispatch(events)
+        finally:
+            self._in_receive = False
+        self._flush()
+        if not self._reading_paused and self.session.inbound_full and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._arm(self.session.get_timer())
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._dispatch(self.session.connection_lost())
+        self._write_ready.set()  # release drain() waiters; they see the closed session
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self._write_ready.clear()
+
+    def resume_writing(self) -> None:
+        self._write_ready.set()
+
+    # --- requests we send -------------------------------------------------------------------
+
+    def send_request(self, pdu: Pdu) -> asyncio.Future[Pdu]:
+        """Queue a request now; the future gets its response (any status), or fails with
+        RequestTimeout or ConnectionClosed. Raises WindowFull / LocalProtocolError at once."""
+        if self.session.closed:
+            raise ConnectionClosed(f"session closed: {self.session.close_reason}")
+        now = self._loop.time()
+        sent = self.session.send_request(pdu, now)
+        fut: asyncio.Future[Pdu] = self._loop.create_future()
+        if sent.response_class is None:
+            fut.set_result(sent)  # outbind / alert_notification: nothing to wait for
+        else:
+            self._futures[sent.sequence_number] = fut
+            cfg = self.config
+            self._arm(now + min(cfg.response_timeout, cfg.slot_timeout))
+        self._schedule_flush()
+        return fut
+
+    async def request(self, pdu: Pdu) -> Pdu:
+        """Send a request and wait for its response (the session's timeouts bound the wait)."""
+        return await self.send_request(pdu)
+
+    async def bind(self, pdu: Pdu) -> Pdu:
+        """Send a bind request; returns its response or raises BindError."""
+        resp = await self.request(pdu)
+        if resp.command_status != CommandStatus.ESME_ROK:
+            raise BindError(resp.command_status)
+        return resp
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until the transport takes more data; ConnectionClosed when it is gone."""
+        if not self._write_ready.is_set():
+            async with asyncio.timeout(
+                timeout if timeout is not None else self.config.slot_timeout
+            ):
+                await self._write_ready.wait()
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionClosed("connection closed")
+
+    # --- answers we send ----------------------------------------------------------------
+
+    def respond(self, pdu: Pdu) -> None:
+        """Answer a request from the peer (written with the current batch)."""
+        self.session.send_response(pdu)
+        self._schedule_flush()
+        if self._reading_paused and not self.session.inbound_full and self.transport:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # --- the end --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.done()
+
+    @property
+    def bound(self) -> bool:
+        return self.session.is_bound
+
+    async def unbind(self, timeout: float = 5.0) -> None:
+        """End the session cleanly: unbind, wait for unbind_resp (bounded), close."""
+        if self.transport is None:
+            return
+        if self.session.is_bound:
+            self.session.unbind(self._loop.time())
+            self._flush()
+            self._arm(self._loop.time() + timeout)
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._closed)
+                return
+            except TimeoutError:
+                log.debug("unbind_resp not received in %.1fs; closing", timeout)
+        self.close()
+        await self.wait_closed(timeout)
+
+    def close(self) -> None:
+        """Close the transport after writing what is queued."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._flush()
+            self.transport.close()
+
+    async def wait_closed(self, timeout: float | None = None) -> None:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(self._closed)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _dispatch(self, events: list[Event]) -> None:
+        futures = self._futures
+        handler = self.handler
+        for ev in events:
+            cls = type(ev)
+            if cls is RequestReceived:
+                handler.request_received(self, ev.pdu)  # type: ignore[union-attr]
+            elif cls is ResponseReceived:
+                fut = futures.pop(ev.request.sequence_number, None)  # type: ignore[union-attr]
+                if fut is not None and not fut.done():
+                    fut.set_result(ev.response)  # type: ignore[union-attr]
+            elif cls is RequestExpired:
+                assert isinstance(ev, RequestExpired)
+                fut = futures.pop(ev.request.sequence_number, None)
+                if fut is not None and not fut.done():
+                    if ev.reason == "closed":
+                        fut.set_exception(
+                            ConnectionClosed(f"session closed: {self.session.close_reason}")
+                        )
+                    else:
+                        fut.set_exception(
+                            RequestTimeout(
+                                f"{type(ev.request).__name__} seq "
+                                f"{ev.request.sequence_number}: no {ev.reason} in time",
+                                reason=ev.reason,
+                            )
+                        )
+            elif cls is ProtocolViolation:
+                assert isinstance(ev, ProtocolViolation)
+                log.info("peer %s: %s (answered %s)", self.peer, ev.detail, status_name(ev.status))
+                handler.protocol_violation(self, ev)
+            elif cls is SessionClosed:
+                assert isinstance(ev, SessionClosed)
+                self._schedule_close()
+                handler.session_closed(self, ev.reason)
+
+    def _schedule_flush(self) -> None:
+        if self._in_receive or self._flush_scheduled:
+            return
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.session.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _schedule_close(self) -> None:
+        # After the current batch is flushed (unbind_resp, generic_nack), close.
+        self._loop.call_soon(self.close)
+
+    def _arm(self, when: float | None) -> None:
+        """Make sure the timer fires no later than ``when``."""
+        if when is None:
+            return
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        events = self.session.handle_timer(self._loop.time())
+        if events:
+            self._dispatch(events)
+        self._flush()
+        self._arm(self.session.get_timer())
+
+
+async def start_server(
+    handler_factory: Callable[[Connection], Handler],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    config: SessionConfig | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    backlog: int = 1024,
+) -> asyncio.Server:
+    """Listen for ESMEs: each connection gets an MC-role Connection and its own handler."""
+    loop = asyncio.get_running_loop()
+    cfg = config or SessionConfig()
+    return await loop.create_server(
+        lambda: Connection(Role.MC, cfg, handler_factory=handler_factory),
+        host,
+        port,
+        ssl=ssl,
+        backlog=backlog,
+    )
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    config: SessionConfig | None = None,
+    handler: Handler | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
+    timeout: float = 10.0,
+    role: Role = Role.ESME,
+) -> Connection:
+    """Open a TCP (or TLS) connection to an SMPP peer; bind with ``conn.bind(...)``."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        _, conn = await loop.create_connection(
+            lambda: Connection(role, config, handler),
+            host,
+            port,
+            ssl=ssl,
+            server_hostname=server_hostname if ssl is not None else None,
+        )
+    return conn
+
+
+__all__ = [
+    "BindError",
+    "Connection",
+    "ConnectionClosed",
+    "Handler",
+    "RequestTimeout",
+    "State",
+    "connect",
+    "start_server",
+]
