@@ -111,6 +111,7 @@ class Connection(asyncio.Protocol):
         self._in_receive = False
         self._flush_scheduled = False
         self._reading_paused = False
+        self._stalled = False
         self._write_ready = asyncio.Event()
         self._write_ready.set()
         self._closed = self._loop.create_future()
@@ -208,11 +209,23 @@ class Connection(asyncio.Protocol):
 
     def respond(self, pdu: Pdu) -> None:
         """Answer a request from the peer (written with the current batch)."""
+        if self._stalled:
+            return
         self.session.send_response(pdu)
         self._schedule_flush()
         if self._reading_paused and not self.session.inbound_full and self.transport:
             self._reading_paused = False
             self.transport.resume_reading()
+
+    def stall(self) -> None:
+        """Hang like a dead peer: stop reading, answering and running timers, but keep the
+        TCP connection open (fault injection for resilience tests)."""
+        self._stalled = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     # --- the end --------------------------------------------------------------------------
 
@@ -297,6 +310,8 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._stalled:
+            return
         data = self.session.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -307,7 +322,7 @@ class Connection(asyncio.Protocol):
 
     def _arm(self, when: float | None) -> None:
         """Make sure the timer fires no later than ``when``."""
-        if when is None:
+        if when is None or self._stalled:
             return
         if self._timer is not None:
             if self._timer_at <= when:

@@ -1,0 +1,682 @@
+"""The carrier simulator: an MC-role SMPP server with a behaviour profile per account.
+
+It accepts binds (account checks from :mod:`smppcore.accounts`), answers every MC-role
+request, keeps a bounded message table for query_sm / cancel_sm / replace_sm, and sends
+delivery receipts (and MO) through each account's :class:`Outbox`. Decisions come from
+:class:`Behaviour` (seeded), delays from the event loop's timers — nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from prometheus_client import CollectorRegistry
+
+from simulator.behaviour import Behaviour, Decision, MessageIds
+from simulator.config import CarrierAccount, CarrierConfig, OutbindTarget, status_value
+from simulator.messages import MessageTable, SimMessage
+from simulator.metrics import CarrierMetrics
+from simulator.outbox import Outbox
+from smppcore import aio
+from smppcore.accounts import BIND_TYPE_OF_COMMAND, check_bind
+from smppcore.constants import (
+    CommandId,
+    CommandStatus,
+    EsmClass,
+    MessageState,
+    RegisteredDelivery,
+)
+from smppcore.errors import RemoteProtocolError
+from smppcore.pdu import (
+    CancelSm,
+    CancelSmResp,
+    DataSm,
+    DataSmResp,
+    DeliverSm,
+    DistributionList,
+    Outbind,
+    Pdu,
+    QuerySm,
+    QuerySmResp,
+    ReplaceSm,
+    ReplaceSmResp,
+    SubmitMulti,
+    SubmitMultiResp,
+    SubmitSm,
+    SubmitSmResp,
+    UnsuccessSme,
+)
+from smppcore.receipt import Receipt, format_receipt, is_final, stat_word
+from smppcore.session import ProtocolViolation, Role
+from smppcore.smpptime import (
+    format_absolute,
+    parse_schedule_delivery_time,
+    parse_validity_period,
+    resolve,
+)
+from smppcore.text import decode_text
+from smppcore.throttle import TokenBucket
+from smppcore.tlv import Tag, Tlv
+
+log = logging.getLogger(__name__)
+
+WallClock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AccountState:
+    """What the carrier keeps per account: behaviour, ids, throttle, outbox, sessions."""
+
+    def __init__(self, account: CarrierAccount, config: CarrierConfig, metrics: CarrierMetrics):
+        self.account = account
+        self.auth = account.auth()
+        self.profile = config.profiles[account.profile]
+        rng = random.Random(f"{self.profile.seed}:{account.system_id}")
+        self.behaviour = Behaviour(self.profile, rng)
+        self.ids = MessageIds(self.profile.message_id, rng)
+        self.rng = rng
+        loop = asyncio.get_running_loop()
+        self.bucket = (
+            TokenBucket(
+                account.throughput, account.burst or max(1.0, account.throughput), loop.time()
+            )
+            if account.throughput
+            else None
+        )
+        self.sessions: set[aio.Connection] = set()
+
+        def dropped(n: int) -> None:
+            metrics.held_dropped += n
+
+        def sent(pdu: Pdu) -> None:
+            pass
+
+        self.outbox = Outbox(
+            account.system_id,
+            max_held=config.held.max,
+            ttl=config.held.ttl,
+            on_drop=dropped,
+            on_sent=sent,
+        )
+
+
+class Carrier:
+    """One simulated carrier. ``await start()``, traffic, ``await stop()``."""
+
+    def __init__(
+        self,
+        config: CarrierConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        wall_clock: WallClock = utc_now,
+    ) -> None:
+        self.config = config
+        self.metrics = CarrierMetrics(registry)
+        self.wall_clock = wall_clock
+        self.messages = MessageTable(config.max_messages)
+        self._accounts: dict[str, AccountState] = {}
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unbound_conns: set[aio.Connection] = set()
+        self._stopping = False
+        self.metrics.gauge(
+            "smsc_carrier_sessions",
+            "Bound sessions by account",
+            ("account",),
+            lambda: {(a,): float(len(s.sessions)) for a, s in self._accounts.items()},
+        )
+        self.metrics.gauge(
+            "smsc_carrier_held",
+            "Receipts and MO held for an offline account",
+            ("account",),
+            lambda: {(a,): float(s.outbox.held) for a, s in self._accounts.items()},
+        )
+        self.metrics.gauge(
+            "smsc_carrier_pending_messages",
+            "Messages awaiting their final state",
+            (),
+            lambda: {(): float(self.messages.pending)},
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for acct in self.config.accounts:
+            self._accounts[acct.system_id] = AccountState(acct, self.config, self.metrics)
+        self._server = await aio.start_server(
+            lambda conn: CarrierHandler(self),
+            self.config.host,
+            self.config.port,
+            config=self.config.session,
+        )
+        for target in self.config.outbind:
+            self._spawn(self._outbind_loop(target))
+        log.info("carrier listening on %s:%d", self.config.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not started"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def account(self, system_id: str) -> AccountState | None:
+        return self._accounts.get(system_id)
+
+    @property
+    def accounts(self) -> dict[str, AccountState]:
+        return self._accounts
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening, unbind every session (bounded by ``timeout``), cancel tasks."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        conns = [c for s in self._accounts.values() for c in s.sessions]
+        conns += [c for c in self._unbound_conns]
+        if conns:
+            async with asyncio.timeout(timeout + 1):
+                await asyncio.gather(*(c.unbind(timeout) for c in conns), return_exceptions=True)
+        for state in self._accounts.values():
+            state.outbox.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- messages -------------------------------------------------------------------------
+
+    def accept(
+        self,
+        state: AccountState,
+        conn: aio.Connection,
+        pdu: SubmitSm | DataSm | SubmitMulti,
+        destination: tuple[int, int, str],
+        decision: Decision,
+        message_id: str,
+        schedule: datetime | None,
+        expires: datetime | None,
+        key: str = "",
+    ) -> None:
+        """Record an accepted message and arrange its receipts."""
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        wall = self.wall_clock()
+        rd = pdu.registered_delivery
+        short_message = getattr(pdu, "short_message", b"") or _payload(pdu)
+        msg = SimMessage(
+            id=message_id,
+            key=key,
+            system_id=state.account.system_id,
+            service_type=pdu.service_type,
+            source_ton=pdu.source_addr_ton,
+            source_npi=pdu.source_addr_npi,
+            source=pdu.source_addr,
+            dest_ton=destination[0],
+            dest_npi=destination[1],
+            destination=destination[2],
+            data_coding=pdu.data_coding,
+            registered_delivery=rd,
+            short_message=short_message,
+            submitted_at=wall,
+            scheduled_at=schedule,
+            expires_at=expires,
+            fate=decision.state,
+            fate_error=decision.error,
+        )
+        self.messages.add(msg)
+        start = decision.latency
+        if schedule is not None:
+            start = max(start, (schedule - wall).total_seconds())
+        final_at = start + decision.receipt_delay
+        if expires is not None and wall + timedelta(seconds=final_at) > expires:
+            final_at = max(start, (expires - wall).total_seconds())
+            msg = msgspec.structs.replace(msg, fate=MessageState.EXPIRED, fate_error=0)
+            self.messages.put(msg)
+        loop.call_at(now + final_at, self._finalize, msg.table_key, msg.version, conn)
+        if rd & RegisteredDelivery.INTERMEDIATE:
+            enroute = decision.latency + state.behaviour.draw(state.profile.enroute_delay)
+            loop.call_at(now + min(enroute, final_at), self._enroute, msg.table_key, conn)
+
+    def _finalize(self, key: str, version: int, conn: aio.Connection) -> None:
+        msg = self.messages.get(key)
+        if msg is None or msg.version != version or is_final(msg.state):
+            return  # replaced, cancelled or forgotten meanwhile
+        done = msgspec.structs.replace(
+            msg, state=msg.fate, error=msg.fate_error, final_at=self.wall_clock()
+        )
+        self.messages.put(done)
+        self._receipt(done, conn)
+
+    def _enroute(self, key: str, conn: aio.Connection) -> None:
+        msg = self.messages.get(key)
+        if msg is None or is_final(msg.state):
+            return
+        self._receipt(msg, conn, intermediate=True)
+
+    def _receipt(
+        self, msg: SimMessage, conn: aio.Connection | None, *, intermediate: bool = False
+    ) -> None:
+        rd = msg.registered_delivery
+        state = MessageState.ENROUTE if intermediate else msg.state
+        if not intermediate:
+            kind = rd & RegisteredDelivery.RECEIPT_MASK
+            if kind == 0 or kind == 3:
+                return
+            if kind == RegisteredDelivery.FAILURE_ONLY and state == MessageState.DELIVERED:
+                return
+        account = self._accounts.get(msg.system_id)
+        if account is None:
+            return
+        self.metrics.receipts[stat_word(state)] += 1
+        account.outbox.send(receipt_pdu(msg, state, intermediate=intermediate), conn)
+
+    def cancel(self, msg: SimMessage, conn: aio.Connection | None) -> None:
+        done = msgspec.structs.replace(
+            msg,
+            state=MessageState.DELETED,
+            error=0,
+            final_at=self.wall_clock(),
+            version=msg.version + 1,
+        )
+        self.messages.put(done)
+        self._receipt(done, conn)
+
+    # --- MO -----------------------------------------------------------------------------
+
+    def inject(self, system_id: str, pdus: list[DeliverSm]) -> None:
+        """Send MO deliver_sm PDUs (templates) to an account, held while it is offline."""
+        state = self._accounts.get(system_id)
+        if state is None:
+            raise KeyError(system_id)
+        for pdu in pdus:
+            self.metrics.mo_sent += 1
+            state.outbox.send(pdu)
+
+    # --- outbind ----------------------------------------------------------------------
+
+    async def _outbind_loop(self, target: OutbindTarget) -> None:
+        """Connect to an ESME, send outbind, serve its bind; reconnect when it drops."""
+        while not self._stopping:
+            try:
+                conn = await aio.connect(
+                    target.host,
+                    target.port,
+                    role=Role.MC,
+                    config=self.config.session,
+                    handler=CarrierHandler(self),
+                )
+                await conn.request(Outbind(system_id=target.system_id, password=target.password))
+                await conn.wait_closed()
+            except (OSError, TimeoutError, aio.ConnectionClosed) as exc:
+                log.info("outbind to %s:%d: %s", target.host, target.port, exc)
+            await asyncio.sleep(target.retry_seconds)  # reconnect pacing, not a wait for state
+
+
+def _payload(pdu: Pdu) -> bytes:
+    payload = pdu.tlv(Tag.MESSAGE_PAYLOAD)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def receipt_pdu(msg: SimMessage, state: MessageState, *, intermediate: bool = False) -> DeliverSm:
+    """The deliver_sm carrying a receipt for ``msg`` (Appendix B text and the TLVs)."""
+    preview = decode_text(msg.short_message, msg.data_coding)[:20]
+    text = format_receipt(
+        Receipt(
+            message_id=msg.id,
+            state=state,
+            sub=1,
+            dlvrd=1 if state == MessageState.DELIVERED else 0,
+            submit_date=msg.submitted_at,
+            done_date=msg.final_at or msg.submitted_at,
+            error=0 if intermediate else msg.error,
+            text=preview,
+        )
+    )
+    tlvs = [
+        Tlv(Tag.RECEIPTED_MESSAGE_ID, msg.id.encode("latin-1") + b"\0"),
+        Tlv(Tag.MESSAGE_STATE, bytes((int(state),))),
+    ]
+    if msg.error and not intermediate:
+        # network_error_code: type 3 (GSM), then the 2-octet code (§5.3.2.31).
+        tlvs.append(Tlv(Tag.NETWORK_ERROR_CODE, bytes((3,)) + msg.error.to_bytes(2, "big")))
+    return DeliverSm(
+        source_addr_ton=msg.dest_ton,
+        source_addr_npi=msg.dest_npi,
+        source_addr=msg.destination,
+        dest_addr_ton=msg.source_ton,
+        dest_addr_npi=msg.source_npi,
+        destination_addr=msg.source,
+        esm_class=EsmClass.INTERMEDIATE_NOTIFICATION if intermediate else EsmClass.DELIVERY_RECEIPT,
+        data_coding=0,
+        short_message=text.encode("ascii", "replace"),
+        tlvs=tuple(tlvs),
+    )
+
+
+class CarrierHandler(aio.Handler):
+    """One connection to the carrier."""
+
+    __slots__ = ("carrier", "conn", "pdus", "state")
+
+    def __init__(self, carrier: Carrier) -> None:
+        self.carrier = carrier
+        self.state: AccountState | None = None
+        self.pdus = 0
+        self.conn: aio.Connection | None = None
+
+    def connection_made(self, conn: aio.Connection) -> None:
+        self.conn = conn
+        self.carrier._unbound_conns.add(conn)
+
+    def protocol_violation(self, conn: aio.Connection, event: ProtocolViolation) -> None:
+        self.carrier.metrics.pdus_in[(event.command_id, event.status)] += 1
+
+    def session_closed(self, conn: aio.Connection, reason: str) -> None:
+        self.carrier._unbound_conns.discard(conn)
+        if self.state is not None:
+            self.state.sessions.discard(conn)
+            self.state.outbox.remove(conn)
+
+    def request_received(self, conn: aio.Connection, pdu: Pdu) -> None:
+        carrier = self.carrier
+        carrier.metrics.pdus_in[(pdu.command_id, 0)] += 1
+        self.pdus += 1
+        state = self.state
+        misbehave = state.profile.misbehave if state is not None else None
+        if misbehave is not None:
+            if misbehave.drop_after_pdus is not None and self.pdus > misbehave.drop_after_pdus:
+                if conn.transport is not None:
+                    conn.transport.abort()
+                return
+            if (
+                misbehave.black_hole_after_pdus is not None
+                and self.pdus > misbehave.black_hole_after_pdus
+            ):
+                conn.stall()
+                return
+        handler = _HANDLERS.get(pdu.command_id)
+        if handler is None:  # outbind reply path etc.: nothing to do
+            return
+        try:
+            handler(self, conn, pdu)
+        except RemoteProtocolError as err:
+            self._respond(conn, pdu, err.status)
+
+    # --- answers ------------------------------------------------------------------------
+
+    def _respond(self, conn: aio.Connection, pdu: Pdu, status: int, latency: float = 0.0) -> None:
+        assert pdu.response_class is not None
+        self._send_resp(conn, pdu.response_class(pdu.sequence_number, status), latency)
+
+    def _send_resp(self, conn: aio.Connection, resp: Pdu, latency: float) -> None:
+        self.carrier.metrics.pdus_out[(resp.command_id, resp.command_status)] += 1
+        if latency <= 0:
+            conn.respond(resp)
+        else:
+            asyncio.get_running_loop().call_later(latency, _late_respond, conn, resp)
+
+    # --- binds --------------------------------------------------------------------------
+
+    def on_bind(self, conn: aio.Connection, pdu: Pdu) -> None:
+        carrier = self.carrier
+        system_id: str = pdu.system_id  # type: ignore[attr-defined]
+        state = carrier.account(system_id)
+        peer = conn.peer[0] if conn.peer else None
+        status = check_bind(
+            state.auth if state else None,
+            command_id=pdu.command_id,
+            password=pdu.password,  # type: ignore[attr-defined]
+            peer_host=peer,
+            sessions_in_use=len(state.sessions) if state else 0,
+        )
+        if status == CommandStatus.ESME_ROK and state is not None:
+            refuse = state.profile.misbehave.refuse_binds
+            if refuse is not None:
+                status = status_value(refuse)
+        kind = BIND_TYPE_OF_COMMAND[pdu.command_id].value
+        carrier.metrics.binds[(system_id if state else "unknown", kind, status)] += 1
+        if status != CommandStatus.ESME_ROK or state is None or carrier._stopping:
+            self._respond(conn, pdu, status or CommandStatus.ESME_RBINDFAIL)
+            log.info("bind %s as %s from %s refused: %s", system_id, kind, peer, status)
+            return
+        assert pdu.response_class is not None
+        conn.respond(
+            pdu.response_class(pdu.sequence_number, 0, carrier.config.system_id)  # type: ignore[call-arg]
+        )
+        self.state = state
+        conn.context = state
+        state.sessions.add(conn)
+        carrier._unbound_conns.discard(conn)
+        if conn.session.can_deliver:
+            state.outbox.add_receiver(conn)
+        log.info("bound %s as %s from %s", system_id, kind, peer)
+
+    # --- submits ------------------------------------------------------------------------
+
+    def _admit(self, conn: aio.Connection, pdu: Pdu, state: AccountState) -> bool:
+        """Throttle and queue bound; answers and returns False when the PDU is refused."""
+        if state.bucket is not None and not state.bucket.take(asyncio.get_running_loop().time()):
+            self._respond(conn, pdu, CommandStatus.ESME_RTHROTTLED)
+            return False
+        if self.carrier.messages.pending >= state.profile.max_pending:
+            self._respond(conn, pdu, CommandStatus.ESME_RMSGQFUL)
+            return False
+        return True
+
+    def _times(
+        self, pdu: SubmitSm | SubmitMulti | DataSm
+    ) -> tuple[datetime | None, datetime | None]:
+        wall = self.carrier.wall_clock()
+        schedule = expires = None
+        if isinstance(pdu, (SubmitSm, SubmitMulti)):
+            if pdu.schedule_delivery_time:
+                schedule = resolve(parse_schedule_delivery_time(pdu.schedule_delivery_time), wall)
+            if pdu.validity_period:
+                expires = resolve(parse_validity_period(pdu.validity_period), wall)
+        return schedule, expires
+
+    def on_submit_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, (SubmitSm, DataSm))
+        state = self.state
+        assert state is not None
+        if not self._admit(conn, pdu, state):
+            return
+        if not pdu.destination_addr:
+            self._respond(conn, pdu, CommandStatus.ESME_RINVDSTADR)
+            return
+        behaviour = state.behaviour
+        text = ""
+        if behaviour.needs_text:
+            text = decode_text(getattr(pdu, "short_message", b"") or _payload(pdu), pdu.data_coding)
+        decision = behaviour.decide(pdu.source_addr, pdu.destination_addr, text)
+        if decision.status:
+            self._respond(conn, pdu, decision.status, decision.latency)
+            return
+        schedule, expires = self._times(pdu)
+        message_id = state.ids.next()
+        dest = (pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr)
+        self.carrier.accept(state, conn, pdu, dest, decision, message_id, schedule, expires)
+        resp: Pdu
+        if isinstance(pdu, SubmitSm):
+            resp = SubmitSmResp(pdu.sequence_number, 0, message_id)
+        else:
+            resp = DataSmResp(pdu.sequence_number, 0, message_id)
+        self._send_resp(conn, resp, decision.latency)
+
+    def on_submit_multi(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, SubmitMulti)
+        state = self.state
+        assert state is not None
+        if not self._admit(conn, pdu, state):
+            return
+        schedule, expires = self._times(pdu)
+        text = ""
+        behaviour = state.behaviour
+        if behaviour.needs_text:
+            text = decode_text(pdu.short_message or _payload(pdu), pdu.data_coding)
+        message_id = state.ids.next()
+        failed: list[UnsuccessSme] = []
+        latency = 0.0
+        accepted = 0
+        for dest in pdu.dest_addresses:
+            if isinstance(dest, DistributionList):
+                # The simulator keeps no distribution lists (§4.5.1: dest_flag 2).
+                failed.append(UnsuccessSme(0, 0, dest.name, CommandStatus.ESME_RINVDLNAME))
+                continue
+            if not dest.address:
+                failed.append(
+                    UnsuccessSme(dest.ton, dest.npi, dest.address, CommandStatus.ESME_RINVDSTADR)
+                )
+                continue
+            decision = behaviour.decide(pdu.source_addr, dest.address, text)
+            latency = max(latency, decision.latency)
+            if decision.status:
+                failed.append(UnsuccessSme(dest.ton, dest.npi, dest.address, decision.status))
+                continue
+            accepted += 1
+            self.carrier.accept(
+                state,
+                conn,
+                pdu,
+                (dest.ton, dest.npi, dest.address),
+                decision,
+                message_id,
+                schedule,
+                expires,
+                key="" if accepted == 1 else f"{message_id}/{accepted}",
+            )
+        if accepted == 0:
+            # Nothing accepted: the whole submit failed, with the per-destination list.
+            resp = SubmitMultiResp(pdu.sequence_number, 0, "", tuple(failed))
+        else:
+            resp = SubmitMultiResp(pdu.sequence_number, 0, message_id, tuple(failed))
+        self._send_resp(conn, resp, latency)
+
+    # --- message management -------------------------------------------------------------
+
+    def _owned(self, message_id: str) -> SimMessage | None:
+        msg = self.carrier.messages.get(message_id)
+        if msg is None or self.state is None or msg.system_id != self.state.account.system_id:
+            return None
+        return msg
+
+    def on_query_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, QuerySm)
+        msg = self._owned(pdu.message_id)
+        if msg is None:
+            self._respond(conn, pdu, CommandStatus.ESME_RQUERYFAIL)
+            return
+        if pdu.source_addr and pdu.source_addr != msg.source:
+            self._respond(conn, pdu, CommandStatus.ESME_RQUERYFAIL)
+            return
+        final_date = format_absolute(msg.final_at) if msg.final_at else ""
+        self._send_resp(
+            conn,
+            QuerySmResp(pdu.sequence_number, 0, msg.id, final_date, int(msg.state), msg.error),
+            0.0,
+        )
+
+    def on_cancel_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, CancelSm)
+        carrier = self.carrier
+        if pdu.message_id:
+            msg = self._owned(pdu.message_id)
+            if (
+                msg is None
+                or is_final(msg.state)
+                or (pdu.source_addr and pdu.source_addr != msg.source)
+            ):
+                self._respond(conn, pdu, CommandStatus.ESME_RCANCELFAIL)
+                return
+            carrier.cancel(msg, conn)
+        else:
+            # §4.9: no id — cancel every pending message from source_addr to destination_addr
+            # (and service_type when given) of this account.
+            assert self.state is not None
+            found = carrier.messages.pending_matching(
+                self.state.account.system_id,
+                pdu.source_addr,
+                pdu.destination_addr,
+                pdu.service_type,
+            )
+            if not found:
+                self._respond(conn, pdu, CommandStatus.ESME_RCANCELFAIL)
+                return
+            for msg in found:
+                carrier.cancel(msg, conn)
+        self._send_resp(conn, CancelSmResp(pdu.sequence_number), 0.0)
+
+    def on_replace_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, ReplaceSm)
+        msg = self._owned(pdu.message_id)
+        if (
+            msg is None
+            or is_final(msg.state)
+            or (pdu.source_addr and pdu.source_addr != msg.source)
+        ):
+            self._respond(conn, pdu, CommandStatus.ESME_RREPLACEFAIL)
+            return
+        wall = self.carrier.wall_clock()
+        schedule = msg.scheduled_at
+        if pdu.schedule_delivery_time:
+            schedule = resolve(parse_schedule_delivery_time(pdu.schedule_delivery_time), wall)
+        expires = msg.expires_at
+        if pdu.validity_period:
+            expires = resolve(parse_validity_period(pdu.validity_period), wall)
+        new = msgspec.structs.replace(
+            msg,
+            short_message=pdu.short_message or _payload(pdu),
+            registered_delivery=pdu.registered_delivery,
+            scheduled_at=schedule,
+            expires_at=expires,
+            version=msg.version + 1,
+        )
+        self.carrier.messages.put(new)
+        loop = asyncio.get_running_loop()
+        assert self.state is not None
+        delay = self.state.behaviour.draw(self.state.profile.receipt_delay)
+        start = 0.0 if schedule is None else max(0.0, (schedule - wall).total_seconds())
+        loop.call_at(
+            loop.time() + start + delay, self.carrier._finalize, new.table_key, new.version, conn
+        )
+        self._send_resp(conn, ReplaceSmResp(pdu.sequence_number), 0.0)
+
+    def on_outbind(self, conn: aio.Connection, pdu: Pdu) -> None:
+        return None
+
+
+def _late_respond(conn: aio.Connection, resp: Pdu) -> None:
+    if not conn.closed and not conn.session.closed:
+        conn.respond(resp)
+
+
+_HANDLERS: dict[int, Callable[[CarrierHandler, aio.Connection, Pdu], None]] = {
+    CommandId.BIND_TRANSMITTER: CarrierHandler.on_bind,
+    CommandId.BIND_RECEIVER: CarrierHandler.on_bind,
+    CommandId.BIND_TRANSCEIVER: CarrierHandler.on_bind,
+    CommandId.SUBMIT_SM: CarrierHandler.on_submit_sm,
+    CommandId.DATA_SM: CarrierHandler.on_submit_sm,
+    CommandId.SUBMIT_MULTI: CarrierHandler.on_submit_multi,
+    CommandId.QUERY_SM: CarrierHandler.on_query_sm,
+    CommandId.CANCEL_SM: CarrierHandler.on_cancel_sm,
+    CommandId.REPLACE_SM: CarrierHandler.on_replace_sm,
+}

@@ -1,0 +1,144 @@
+"""Delivery toward one account's receive-capable binds, holding what cannot go yet.
+
+Receipts and MO go over the submitting transceiver when it is still bound, else over any
+receiver or transceiver of the same system_id (round robin). With none bound, or when a
+delivery fails (connection lost, no answer, a temporary error), the deliver_sm is held —
+bounded, oldest dropped first, each for at most ``ttl`` seconds — and sent when a
+receive-capable bind appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from smppcore.aio import Connection
+from smppcore.constants import TEMPORARY_STATUSES
+from smppcore.errors import SmppError
+from smppcore.pdu import Pdu
+
+log = logging.getLogger(__name__)
+
+_RETRY_SECONDS = 1.0
+
+
+class Outbox:
+    """One account's delivery path."""
+
+    def __init__(
+        self,
+        system_id: str,
+        *,
+        max_held: int,
+        ttl: float,
+        on_drop: Callable[[int], None],
+        on_sent: Callable[[Pdu], None],
+    ) -> None:
+        self.system_id = system_id
+        self.max_held = max_held
+        self.ttl = ttl
+        self._on_drop = on_drop
+        self._on_sent = on_sent
+        self._receivers: list[Connection] = []
+        self._rr = 0
+        self._held: deque[tuple[float, Pdu]] = deque()
+        self._retry: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    @property
+    def receivers(self) -> int:
+        return len(self._receivers)
+
+    def add_receiver(self, conn: Connection) -> None:
+        self._receivers.append(conn)
+        self.flush()
+
+    def remove(self, conn: Connection) -> None:
+        if conn in self._receivers:
+            self._receivers.remove(conn)
+
+    def send(self, pdu: Pdu, prefer: Connection | None = None) -> None:
+        """Deliver ``pdu`` (sequence_number 0: a template) now, or hold it."""
+        conn = self._pick(prefer)
+        if conn is None:
+            self._hold(pdu, self._loop.time() + self.ttl)
+            return
+        self._send_on(conn, pdu, self._loop.time() + self.ttl)
+
+    def flush(self) -> None:
+        """Send what is held while receivers are bound and their windows take it."""
+        now = self._loop.time()
+        held = self._held
+        while held and self._receivers:
+            expires, pdu = held[0]
+            if expires <= now:
+                held.popleft()
+                self._on_drop(1)
+                continue
+            conn = self._pick(None)
+            if conn is None or conn.session.waiting:
+                break  # its window is full: try again shortly
+            held.popleft()
+            self._send_on(conn, pdu, expires)
+        if held and self._retry is None and self._receivers:
+            self._retry = self._loop.call_later(_RETRY_SECONDS, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry = None
+        self.flush()
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    def _pick(self, prefer: Connection | None) -> Connection | None:
+        if prefer is not None and prefer.session.can_deliver and not prefer.closed:
+            return prefer
+        receivers = self._receivers
+        n = len(receivers)
+        for _ in range(n):
+            self._rr = (self._rr + 1) % n
+            conn = receivers[self._rr]
+            if conn.session.can_deliver and not conn.closed:
+                return conn
+        return None
+
+    def _send_on(self, conn: Connection, pdu: Pdu, expires: float) -> None:
+        try:
+            fut = conn.send_request(pdu)
+        except SmppError:
+            self._hold(pdu, expires)
+            return
+        fut.add_done_callback(lambda f: self._done(f, pdu, expires))
+
+    def _done(self, fut: asyncio.Future[Pdu], pdu: Pdu, expires: float) -> None:
+        if fut.cancelled():
+            self._hold(pdu, expires)
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._hold(pdu, expires)
+            return
+        status = fut.result().command_status
+        if status in TEMPORARY_STATUSES:
+            self._hold(pdu, expires)
+            return
+        self._on_sent(pdu)
+
+    def _hold(self, pdu: Pdu, expires: float) -> None:
+        if self.max_held == 0 or expires <= self._loop.time():
+            self._on_drop(1)
+            return
+        if len(self._held) >= self.max_held:
+            self._held.popleft()
+            self._on_drop(1)
+        self._held.append((expires, pdu))
+        if self._retry is None and self._receivers:
+            self._retry = self._loop.call_later(_RETRY_SECONDS, self._retry_due)
