@@ -66,6 +66,11 @@ from smppcore.tlv import Tag, Tlv
 
 log = logging.getLogger(__name__)
 
+# Plain ints on the hot path: IntFlag arithmetic runs Python code per operation.
+_INTERMEDIATE = int(RegisteredDelivery.INTERMEDIATE)
+_RECEIPT_MASK = int(RegisteredDelivery.RECEIPT_MASK)
+_FAILURE_ONLY = int(RegisteredDelivery.FAILURE_ONLY)
+
 WallClock = Callable[[], datetime]
 
 
@@ -252,7 +257,7 @@ class Carrier:
             msg = msgspec.structs.replace(msg, fate=MessageState.EXPIRED, fate_error=0)
             self.messages.put(msg)
         loop.call_at(now + final_at, self._finalize, msg.table_key, msg.version, conn)
-        if rd & RegisteredDelivery.INTERMEDIATE:
+        if rd & _INTERMEDIATE:
             enroute = decision.latency + state.behaviour.draw(state.profile.enroute_delay)
             loop.call_at(now + min(enroute, final_at), self._enroute, msg.table_key, conn)
 
@@ -278,10 +283,10 @@ class Carrier:
         rd = msg.registered_delivery
         state = MessageState.ENROUTE if intermediate else msg.state
         if not intermediate:
-            kind = rd & RegisteredDelivery.RECEIPT_MASK
+            kind = rd & _RECEIPT_MASK
             if kind == 0 or kind == 3:
                 return
-            if kind == RegisteredDelivery.FAILURE_ONLY and state == MessageState.DELIVERED:
+            if kind == _FAILURE_ONLY and state == MessageState.DELIVERED:
                 return
         account = self._accounts.get(msg.system_id)
         if account is None:

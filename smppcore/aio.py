@@ -18,7 +18,7 @@ import logging
 import socket
 import ssl as ssl_module
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from smppcore.constants import CommandStatus, status_name
 from smppcore.errors import SmppError
@@ -121,8 +121,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

@@ -52,7 +52,7 @@ class BindTransmitter(Pdu, frozen=True, gc=False):
     addr_npi: int = 0
     address_range: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.BIND_TRANSMITTER
+    command_id: ClassVar[int] = int(CommandId.BIND_TRANSMITTER)
 
 
 class BindReceiver(Pdu, frozen=True, gc=False):
@@ -64,7 +64,7 @@ class BindReceiver(Pdu, frozen=True, gc=False):
     addr_npi: int = 0
     address_range: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.BIND_RECEIVER
+    command_id: ClassVar[int] = int(CommandId.BIND_RECEIVER)
 
 
 class BindTransceiver(Pdu, frozen=True, gc=False):
@@ -76,52 +76,52 @@ class BindTransceiver(Pdu, frozen=True, gc=False):
     addr_npi: int = 0
     address_range: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.BIND_TRANSCEIVER
+    command_id: ClassVar[int] = int(CommandId.BIND_TRANSCEIVER)
 
 
 class BindTransmitterResp(Pdu, frozen=True, gc=False):
     system_id: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.BIND_TRANSMITTER_RESP
+    command_id: ClassVar[int] = int(CommandId.BIND_TRANSMITTER_RESP)
 
 
 class BindReceiverResp(Pdu, frozen=True, gc=False):
     system_id: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.BIND_RECEIVER_RESP
+    command_id: ClassVar[int] = int(CommandId.BIND_RECEIVER_RESP)
 
 
 class BindTransceiverResp(Pdu, frozen=True, gc=False):
     system_id: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.BIND_TRANSCEIVER_RESP
+    command_id: ClassVar[int] = int(CommandId.BIND_TRANSCEIVER_RESP)
 
 
 class Outbind(Pdu, frozen=True, gc=False):
     system_id: str = ""
     password: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.OUTBIND
+    command_id: ClassVar[int] = int(CommandId.OUTBIND)
 
 
 class Unbind(Pdu, frozen=True, gc=False):
-    command_id: ClassVar[int] = CommandId.UNBIND
+    command_id: ClassVar[int] = int(CommandId.UNBIND)
 
 
 class UnbindResp(Pdu, frozen=True, gc=False):
-    command_id: ClassVar[int] = CommandId.UNBIND_RESP
+    command_id: ClassVar[int] = int(CommandId.UNBIND_RESP)
 
 
 class EnquireLink(Pdu, frozen=True, gc=False):
-    command_id: ClassVar[int] = CommandId.ENQUIRE_LINK
+    command_id: ClassVar[int] = int(CommandId.ENQUIRE_LINK)
 
 
 class EnquireLinkResp(Pdu, frozen=True, gc=False):
-    command_id: ClassVar[int] = CommandId.ENQUIRE_LINK_RESP
+    command_id: ClassVar[int] = int(CommandId.ENQUIRE_LINK_RESP)
 
 
 class GenericNack(Pdu, frozen=True, gc=False):
-    command_id: ClassVar[int] = CommandId.GENERIC_NACK
+    command_id: ClassVar[int] = int(CommandId.GENERIC_NACK)
 
 
 # --- message submission and delivery ----------------------------------------------------
@@ -146,13 +146,13 @@ class SubmitSm(Pdu, frozen=True, gc=False):
     sm_default_msg_id: int = 0
     short_message: bytes = b""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.SUBMIT_SM
+    command_id: ClassVar[int] = int(CommandId.SUBMIT_SM)
 
 
 class SubmitSmResp(Pdu, frozen=True, gc=False):
     message_id: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.SUBMIT_SM_RESP
+    command_id: ClassVar[int] = int(CommandId.SUBMIT_SM_RESP)
 
 
 class DeliverSm(Pdu, frozen=True, gc=False):
@@ -174,13 +174,13 @@ class DeliverSm(Pdu, frozen=True, gc=False):
     sm_default_msg_id: int = 0
     short_message: bytes = b""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.DELIVER_SM
+    command_id: ClassVar[int] = int(CommandId.DELIVER_SM)
 
 
 class DeliverSmResp(Pdu, frozen=True, gc=False):
     message_id: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.DELIVER_SM_RESP
+    command_id: ClassVar[int] = int(CommandId.DELIVER_SM_RESP)
 
 
 class DataSm(Pdu, frozen=True, gc=False):
@@ -195,13 +195,13 @@ class DataSm(Pdu, frozen=True, gc=False):
     registered_delivery: int = 0
     data_coding: int = 0
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.DATA_SM
+    command_id: ClassVar[int] = int(CommandId.DATA_SM)
 
 
 class DataSmResp(Pdu, frozen=True, gc=False):
     message_id: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.DATA_SM_RESP
+    command_id: ClassVar[int] = int(CommandId.DATA_SM_RESP)
 
 
 class SmeAddress(msgspec.Struct, frozen=True, gc=False):
@@ -244,14 +244,14 @@ class SubmitMulti(Pdu, frozen=True, gc=False):
     sm_default_msg_id: int = 0
     short_message: bytes = b""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.SUBMIT_MULTI
+    command_id: ClassVar[int] = int(CommandId.SUBMIT_MULTI)
 
 
 class SubmitMultiResp(Pdu, frozen=True, gc=False):
     message_id: str = ""
     unsuccess_smes: tuple[UnsuccessSme, ...] = ()
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.SUBMIT_MULTI_RESP
+    command_id: ClassVar[int] = int(CommandId.SUBMIT_MULTI_RESP)
 
 
 # --- message management -----------------------------------------------------------------
@@ -263,7 +263,7 @@ class QuerySm(Pdu, frozen=True, gc=False):
     source_addr_npi: int = 0
     source_addr: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.QUERY_SM
+    command_id: ClassVar[int] = int(CommandId.QUERY_SM)
 
 
 class QuerySmResp(Pdu, frozen=True, gc=False):
@@ -272,7 +272,7 @@ class QuerySmResp(Pdu, frozen=True, gc=False):
     message_state: int = 0
     error_code: int = 0
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.QUERY_SM_RESP
+    command_id: ClassVar[int] = int(CommandId.QUERY_SM_RESP)
 
 
 class CancelSm(Pdu, frozen=True, gc=False):
@@ -285,11 +285,11 @@ class CancelSm(Pdu, frozen=True, gc=False):
     dest_addr_npi: int = 0
     destination_addr: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.CANCEL_SM
+    command_id: ClassVar[int] = int(CommandId.CANCEL_SM)
 
 
 class CancelSmResp(Pdu, frozen=True, gc=False):
-    command_id: ClassVar[int] = CommandId.CANCEL_SM_RESP
+    command_id: ClassVar[int] = int(CommandId.CANCEL_SM_RESP)
 
 
 class ReplaceSm(Pdu, frozen=True, gc=False):
@@ -303,11 +303,11 @@ class ReplaceSm(Pdu, frozen=True, gc=False):
     sm_default_msg_id: int = 0
     short_message: bytes = b""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.REPLACE_SM
+    command_id: ClassVar[int] = int(CommandId.REPLACE_SM)
 
 
 class ReplaceSmResp(Pdu, frozen=True, gc=False):
-    command_id: ClassVar[int] = CommandId.REPLACE_SM_RESP
+    command_id: ClassVar[int] = int(CommandId.REPLACE_SM_RESP)
 
 
 class AlertNotification(Pdu, frozen=True, gc=False):
@@ -318,7 +318,7 @@ class AlertNotification(Pdu, frozen=True, gc=False):
     esme_addr_npi: int = 0
     esme_addr: str = ""
     tlvs: tuple[Tlv, ...] = ()
-    command_id: ClassVar[int] = CommandId.ALERT_NOTIFICATION
+    command_id: ClassVar[int] = int(CommandId.ALERT_NOTIFICATION)
 
 
 # --- body layouts ---------------------------------------------------------------------

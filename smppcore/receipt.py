@@ -116,7 +116,9 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _three_digits(value: int) -> str:
-    return f"{max(0, min(_THREE_DIGITS_MAX, value)):03d}"
+    if not 0 <= value <= _THREE_DIGITS_MAX:
+        value = max(0, min(_THREE_DIGITS_MAX, value))
+    return f"{value:03d}"
 
 
 def _receipt_date(value: datetime | None) -> str:

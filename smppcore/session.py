@@ -132,6 +132,19 @@ def _build_table() -> dict[tuple[Role, State, Direction, int], State | None]:
 #: THE table: every legal (role, state, direction, command_id), with the state after success.
 TABLE: Final = _build_table()
 
+
+def _by_state() -> dict[tuple[Role, State, Direction], dict[int, State | None]]:
+    """TABLE regrouped for the hot path: one int-keyed dict per (role, state, direction)."""
+    out: dict[tuple[Role, State, Direction], dict[int, State | None]] = {
+        (r, s, d): {} for r in Role for s in State for d in Direction
+    }
+    for (role, state, direction, cid), after in TABLE.items():
+        out[(role, state, direction)][cid] = after
+    return out
+
+
+_TABLE_BY_STATE: Final = _by_state()
+
 _BIND_REQUESTS: Final = frozenset({_C.BIND_TRANSMITTER, _C.BIND_RECEIVER, _C.BIND_TRANSCEIVER})
 _ACCEPTED_BY: Final = {
     role: frozenset(cid for (r, _, d, cid) in TABLE if r is role and d is Direction.RECEIVE)
@@ -227,7 +240,7 @@ class Session:
     def __init__(self, role: Role, now: float, config: SessionConfig | None = None) -> None:
         self.role = role
         self.config = config or SessionConfig()
-        self.state = State.OPEN
+        self._set_state(State.OPEN)
         #: The peer's interface_version once known (bind request, or bind_resp TLV).
         self.peer_interface_version = SMPP_VERSION_34
         #: Responses whose sequence number matched none of our requests (dropped).
@@ -243,6 +256,11 @@ class Session:
         self._created = now
         self._last_received = now
         self._enquire_outstanding = False
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self._may_send = _TABLE_BY_STATE[(self.role, state, Direction.SEND)]
+        self._may_receive = _TABLE_BY_STATE[(self.role, state, Direction.RECEIVE)]
 
     # --- queries ------------------------------------------------------------------------
 
@@ -348,7 +366,7 @@ class Session:
         """Start a clean end: send unbind; SessionClosed follows its response or timeout."""
         if self.state in _BOUND:
             self._send_internal(Unbind(), _INTERNAL_UNBIND, now)
-            self.state = State.UNBINDING
+            self._set_state(State.UNBINDING)
         elif self.state is not State.CLOSED and self.state is not State.UNBINDING:
             events: list[Event] = []
             self._close("closed before bind", events)
@@ -366,7 +384,7 @@ class Session:
         self._transmit(pdu, now)
 
     def _check_send(self, cid: int) -> None:
-        if (self.role, self.state, Direction.SEND, cid) not in TABLE:
+        if cid not in self._may_send:
             status = refusal_status(
                 Role.MC if self.role is Role.ESME else Role.ESME, self.state, cid
             )
@@ -388,7 +406,7 @@ class Session:
         waiting = self._waiting
         while waiting and len(self._in_flight) - len(self._internal) < window:
             pdu, _ = waiting.popleft()
-            if (self.role, self.state, Direction.SEND, pdu.command_id) not in TABLE:
+            if pdu.command_id not in self._may_send:
                 continue  # the state moved on (unbind); it expires as closed later
             self._transmit(pdu, now)
 
@@ -407,10 +425,10 @@ class Session:
             raise LocalProtocolError(
                 f"{type(pdu).__name__} does not answer {PDU_CLASSES[asked].__name__}"
             )
-        key = (self.role, self.state, Direction.SEND, cid)
-        if key not in TABLE:
+        may_send = self._may_send
+        if cid not in may_send:
             self._check_send(cid)
-        after = TABLE[key]
+        after = may_send[cid]
         del self._inbound[seq]
         if after is not None and not pdu.command_status:
             if asked in _BIND_REQUESTS and self.peer_interface_version >= SMPP_VERSION_34:
@@ -418,7 +436,7 @@ class Session:
                 if find_tlv(tlvs, Tag.SC_INTERFACE_VERSION) is None:
                     sc = Tlv(Tag.SC_INTERFACE_VERSION, bytes((SMPP_VERSION_34,)))
                     pdu = msgspec.structs.replace(pdu, tlvs=(*tlvs, sc))
-            self.state = after
+            self._set_state(after)
         if self.peer_interface_version < SMPP_VERSION_34:
             pdu = _without_tlvs(pdu)
         self._out.append(encode(pdu))
@@ -439,13 +457,13 @@ class Session:
     def _handle_request(self, pdu: Pdu, events: list[Event]) -> None:
         cid = pdu.command_id
         seq = pdu.sequence_number
-        key = (self.role, self.state, Direction.RECEIVE, cid)
-        if key not in TABLE:
+        may_receive = self._may_receive
+        if cid not in may_receive:
             status = refusal_status(self.role, self.state, cid)
             self._answer(cid, seq, status)
             events.append(ProtocolViolation(cid, seq, status, f"not allowed in {self.state.value}"))
             return
-        after = TABLE[key]
+        after = may_receive[cid]
         if cid == CommandId.ENQUIRE_LINK:
             self._queue(EnquireLinkResp(sequence_number=seq))
             return
@@ -455,7 +473,7 @@ class Session:
             return
         if cid in _NO_RESPONSE:  # outbind, alert_notification
             if after is not None:
-                self.state = after
+                self._set_state(after)
             events.append(RequestReceived(pdu))
             return
         if seq in self._inbound or len(self._inbound) >= self.config.inbound_window:
@@ -490,13 +508,13 @@ class Session:
         if kind == _INTERNAL_UNBIND:
             self._close("unbound", events)
             return
-        after = TABLE.get((self.role, self.state, Direction.RECEIVE, cid))
+        after = self._may_receive.get(cid)
         if after is not None and not pdu.command_status and cid != CommandId.GENERIC_NACK:
             if request.command_id in _BIND_REQUESTS:
                 sc = pdu.tlv(Tag.SC_INTERFACE_VERSION)
                 # §5.3.2.25: no sc_interface_version means the MC speaks 3.3 or earlier.
                 self.peer_interface_version = sc if isinstance(sc, int) else 0x33
-            self.state = after
+            self._set_state(after)
         events.append(ResponseReceived(request, pdu))
         if self._waiting:
             self._promote(now)
@@ -512,7 +530,7 @@ class Session:
                 nack = GenericNack(sequence_number=seq, command_status=status)
                 events.append(ResponseReceived(entry[0], nack))
         else:
-            if (self.role, self.state, Direction.RECEIVE, cid) not in TABLE:
+            if cid not in self._may_receive:
                 status = refusal_status(self.role, self.state, cid)
             self._answer(cid, seq, status)
         events.append(ProtocolViolation(cid, seq, status, str(err)))
@@ -614,7 +632,7 @@ class Session:
         return events
 
     def _close(self, reason: str, events: list[Event]) -> None:
-        self.state = State.CLOSED
+        self._set_state(State.CLOSED)
         self.close_reason = reason
         for seq, (request, _) in self._in_flight.items():
             if seq not in self._internal:

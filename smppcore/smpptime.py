@@ -167,12 +167,16 @@ def format_receipt_date(dt: datetime) -> str:
 
     Appendix B leaves the zone to the MC; we always write UTC. ``dt`` must be aware.
     """
-    if dt.utcoffset() is None:
+    if dt.tzinfo is UTC:
+        utc = dt
+    elif dt.utcoffset() is None:
         raise LocalProtocolError(f"format_receipt_date needs an aware datetime, got {dt!r}")
-    utc = dt.astimezone(UTC)
+    else:
+        utc = dt.astimezone(UTC)
     if not 2000 <= utc.year <= 2099:
         raise LocalProtocolError(f"year {utc.year} does not fit a two-digit receipt date")
-    return f"{utc:%y%m%d%H%M}"
+    # Field by field, not strftime: this runs once per receipt.
+    return f"{utc.year - 2000:02d}{utc.month:02d}{utc.day:02d}{utc.hour:02d}{utc.minute:02d}"
 
 
 def parse_receipt_date(value: str) -> datetime | None:
