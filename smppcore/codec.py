@@ -128,7 +128,7 @@ def _encode_cstr(value: str, f: Field) -> bytes:
 
 
 def _encode_time(value: str, f: Field) -> bytes:
-    if len(value) != 16:
+    if len(value) != 16 or "\0" in value:
         raise LocalProtocolError(
             f"{f.name}: a time is 16 characters or empty, got {len(value)}", status=f.status
         )
@@ -410,10 +410,12 @@ def decode(frame: bytes) -> Pdu:
     try:
         return decoder(frame, end, seq, status)
     except RemoteProtocolError:
+        if status and cid & RESPONSE_BIT:
+            # Lenient: an error response whose body we cannot read is still that error.
+            return PDU_CLASSES[cid](seq, status)
         raise
     except (IndexError, ValueError, struct.error) as exc:
         if status and cid & RESPONSE_BIT:
-            # Lenient: an error response whose body we cannot read is still that error.
             return PDU_CLASSES[cid](seq, status)
         raise RemoteProtocolError(
             f"{PDU_CLASSES[cid].__name__}: body shorter than its fields ({exc})",
