@@ -53,6 +53,7 @@ from smppcore.pdu import (
     UnsuccessSme,
 )
 from smppcore.receipt import Receipt, format_receipt, is_final, stat_word
+from smppcore.segment import parse_udh
 from smppcore.session import ProtocolViolation, Role
 from smppcore.smpptime import (
     format_absolute,
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 _INTERMEDIATE = int(RegisteredDelivery.INTERMEDIATE)
 _RECEIPT_MASK = int(RegisteredDelivery.RECEIPT_MASK)
 _FAILURE_ONLY = int(RegisteredDelivery.FAILURE_ONLY)
+_UDHI = int(EsmClass.UDHI)
 
 WallClock = Callable[[], datetime]
 
@@ -239,6 +241,7 @@ class Carrier:
             dest_npi=destination[1],
             destination=destination[2],
             data_coding=pdu.data_coding,
+            esm_class=pdu.esm_class,
             registered_delivery=rd,
             short_message=short_message,
             submitted_at=wall,
@@ -341,9 +344,31 @@ def _payload(pdu: Pdu) -> bytes:
     return payload if isinstance(payload, bytes) else b""
 
 
+def message_text(short_message: bytes, esm_class: int, data_coding: int) -> str:
+    """The text a subscriber would read: without the UDH of a concatenated part."""
+    if esm_class & _UDHI:
+        try:
+            short_message = parse_udh(short_message)[1]
+        except RemoteProtocolError:
+            short_message = b""
+    return decode_text(short_message, data_coding)
+
+
+# Characters that read the same in ASCII and in GSM 03.38: a receipt travels as
+# data_coding 0, which clients decode either way, so its text: preview keeps only these.
+_PORTABLE = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 !\"#%&'()*+,-./:;<=>?"
+)
+
+
+def receipt_preview(text: str) -> str:
+    """The first 20 characters of ``text`` as a receipt shows them (others become '?')."""
+    return "".join(c if c in _PORTABLE else "?" for c in text[:20])
+
+
 def receipt_pdu(msg: SimMessage, state: MessageState, *, intermediate: bool = False) -> DeliverSm:
     """The deliver_sm carrying a receipt for ``msg`` (Appendix B text and the TLVs)."""
-    preview = decode_text(msg.short_message, msg.data_coding)[:20]
+    preview = receipt_preview(message_text(msg.short_message, msg.esm_class, msg.data_coding))
     text = format_receipt(
         Receipt(
             message_id=msg.id,
@@ -372,7 +397,7 @@ def receipt_pdu(msg: SimMessage, state: MessageState, *, intermediate: bool = Fa
         destination_addr=msg.source,
         esm_class=EsmClass.INTERMEDIATE_NOTIFICATION if intermediate else EsmClass.DELIVERY_RECEIPT,
         data_coding=0,
-        short_message=text.encode("ascii", "replace"),
+        short_message=text.encode("ascii", "replace"),  # receipt_preview keeps it ASCII
         tlvs=tuple(tlvs),
     )
 
@@ -511,7 +536,8 @@ class CarrierHandler(aio.Handler):
         behaviour = state.behaviour
         text = ""
         if behaviour.needs_text:
-            text = decode_text(getattr(pdu, "short_message", b"") or _payload(pdu), pdu.data_coding)
+            raw = getattr(pdu, "short_message", b"") or _payload(pdu)
+            text = message_text(raw, pdu.esm_class, pdu.data_coding)
         decision = behaviour.decide(pdu.source_addr, pdu.destination_addr, text)
         if decision.status:
             self._respond(conn, pdu, decision.status, decision.latency)
@@ -537,7 +563,8 @@ class CarrierHandler(aio.Handler):
         text = ""
         behaviour = state.behaviour
         if behaviour.needs_text:
-            text = decode_text(pdu.short_message or _payload(pdu), pdu.data_coding)
+            raw = pdu.short_message or _payload(pdu)
+            text = message_text(raw, pdu.esm_class, pdu.data_coding)
         message_id = state.ids.next()
         failed: list[UnsuccessSme] = []
         latency = 0.0

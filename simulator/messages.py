@@ -31,6 +31,7 @@ class SimMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     dest_npi: int = 0
     destination: str = ""
     data_coding: int = 0
+    esm_class: int = 0
     registered_delivery: int = 0
     short_message: bytes = b""
     submitted_at: datetime

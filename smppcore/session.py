@@ -349,7 +349,7 @@ class Session:
             pdu = msgspec.structs.replace(pdu, sequence_number=self._allocate())
         if self.peer_interface_version < SMPP_VERSION_34:
             pdu = _without_tlvs(pdu)
-        if cid not in _NO_RESPONSE and len(self._in_flight) - len(self._internal) >= (
+        if cid not in _UNWINDOWED and len(self._in_flight) - len(self._internal) >= (
             self.config.window
         ):
             if len(self._waiting) >= self.config.max_waiting:
@@ -360,16 +360,22 @@ class Session:
             self._waiting.append((pdu, now + self.config.slot_timeout))
             return pdu
         self._transmit(pdu, now)
+        after = self._may_send[cid]
+        if after is not None:  # outbind → OUTBOUND, unbind → UNBINDING
+            self._set_state(after)
         return pdu
 
-    def unbind(self, now: float) -> None:
-        """Start a clean end: send unbind; SessionClosed follows its response or timeout."""
+    def unbind(self, now: float) -> list[Event]:
+        """Start a clean end: send unbind; SessionClosed follows its response or timeout.
+        Before a bind there is nothing to unbind: the session closes at once (the events
+        returned fail whatever was pending)."""
+        events: list[Event] = []
         if self.state in _BOUND:
             self._send_internal(Unbind(), _INTERNAL_UNBIND, now)
             self._set_state(State.UNBINDING)
         elif self.state is not State.CLOSED and self.state is not State.UNBINDING:
-            events: list[Event] = []
             self._close("closed before bind", events)
+        return events
 
     def _transmit(self, pdu: Pdu, now: float) -> None:
         data = encode(pdu)
@@ -405,10 +411,9 @@ class Session:
         window = self.config.window
         waiting = self._waiting
         while waiting and len(self._in_flight) - len(self._internal) < window:
-            pdu, _ = waiting.popleft()
-            if pdu.command_id not in self._may_send:
-                continue  # the state moved on (unbind); it expires as closed later
-            self._transmit(pdu, now)
+            if waiting[0][0].command_id not in self._may_send:
+                break  # the state moved on (unbind): they fail as closed at the end
+            self._transmit(waiting.popleft()[0], now)
 
     # --- responses we send --------------------------------------------------------------
 
@@ -426,9 +431,14 @@ class Session:
                 f"{type(pdu).__name__} does not answer {PDU_CLASSES[asked].__name__}"
             )
         may_send = self._may_send
-        if cid not in may_send:
+        if cid in may_send:
+            after = may_send[cid]
+        elif pdu.command_status:
+            # A refusal may always be sent, e.g. ESME_RALYBND to a second pipelined bind
+            # that the first one's success has overtaken.
+            after = None
+        else:
             self._check_send(cid)
-        after = may_send[cid]
         del self._inbound[seq]
         if after is not None and not pdu.command_status:
             if asked in _BIND_REQUESTS and self.peer_interface_version >= SMPP_VERSION_34:
@@ -516,6 +526,9 @@ class Session:
                 self.peer_interface_version = sc if isinstance(sc, int) else 0x33
             self._set_state(after)
         events.append(ResponseReceived(request, pdu))
+        if self.closed:  # the answer to an unbind sent with send_request
+            self._close("unbound", events)
+            return
         if self._waiting:
             self._promote(now)
 
@@ -523,12 +536,14 @@ class Session:
         cid, seq = err.command_id, err.sequence_number
         status = err.status
         if cid & RESPONSE_BIT or cid not in PDU_CLASSES:
-            # An unknown command, or a response we cannot read: generic_nack (§3.3).
-            self._queue(GenericNack(sequence_number=seq, command_status=status))
-            entry = self._in_flight.pop(seq, None) if cid & RESPONSE_BIT else None
-            if entry is not None and seq not in self._internal:
+            if cid not in PDU_CLASSES:
+                # An unknown command_id: generic_nack (§3.3). A response we merely cannot
+                # read is not answered: a response is never answered.
+                self._queue(GenericNack(sequence_number=seq, command_status=status))
+            if cid & RESPONSE_BIT:
+                # Whatever answered our request, it failed: settle it as a generic_nack.
                 nack = GenericNack(sequence_number=seq, command_status=status)
-                events.append(ResponseReceived(entry[0], nack))
+                self._handle_response(nack, now, events)
         else:
             if cid not in self._may_receive:
                 status = refusal_status(self.role, self.state, cid)
@@ -657,3 +672,5 @@ def _without_tlvs(pdu: Pdu) -> Pdu:
 
 
 _NO_RESPONSE: Final = frozenset({CommandId.OUTBIND, CommandId.ALERT_NOTIFICATION})
+#: Requests that never wait for a window slot: they change the session's state.
+_UNWINDOWED: Final = _NO_RESPONSE | {CommandId.UNBIND}
