@@ -39,6 +39,10 @@ class Behaviour:
         self._submit_errors = [(status_value(n), p) for n, p in profile.submit_errors.items()]
         self._needs_text = any(r.match.text_contains for r in profile.rules)
 
+    def error_for(self, state: MessageState) -> int:
+        """The err: code the profile reports with a final ``state``."""
+        return self._errors.get(state, 0)
+
     @property
     def needs_text(self) -> bool:
         """True when a rule looks at the message text (decode it only then)."""
@@ -129,8 +133,10 @@ class MessageIds:
     def __init__(self, style: str, rng: random.Random) -> None:
         self.style = style
         self._rng = rng
-        # Start somewhere random so two simulator runs do not reuse ids.
-        self._next = rng.getrandbits(36) + 1
+        # Start from the OS's randomness, not the seeded generator: a client that outlives
+        # a simulator restart must not see an id again (decisions stay seeded).
+        self._system = random.SystemRandom()
+        self._next = self._system.getrandbits(36) + 1
 
     def next(self) -> str:
         n = self._next
@@ -139,4 +145,4 @@ class MessageIds:
             return str(n)
         if self.style == "hex":
             return f"{n:X}"
-        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        return str(uuid.UUID(int=self._system.getrandbits(128), version=4))

@@ -257,12 +257,18 @@ class Carrier:
         final_at = start + decision.receipt_delay
         if expires is not None and wall + timedelta(seconds=final_at) > expires:
             final_at = max(start, (expires - wall).total_seconds())
-            msg = msgspec.structs.replace(msg, fate=MessageState.EXPIRED, fate_error=0)
+            msg = msgspec.structs.replace(
+                msg,
+                fate=MessageState.EXPIRED,
+                fate_error=state.behaviour.error_for(MessageState.EXPIRED),
+            )
             self.messages.put(msg)
-        loop.call_at(now + final_at, self._finalize, msg.table_key, msg.version, conn)
         if rd & _INTERMEDIATE:
+            # Scheduled first: at equal times the loop runs timers in order, so the
+            # ENROUTE notification always precedes the final receipt.
             enroute = decision.latency + state.behaviour.draw(state.profile.enroute_delay)
             loop.call_at(now + min(enroute, final_at), self._enroute, msg.table_key, conn)
+        loop.call_at(now + final_at, self._finalize, msg.table_key, msg.version, conn)
 
     def _finalize(self, key: str, version: int, conn: aio.Connection) -> None:
         msg = self.messages.get(key)
@@ -507,7 +513,9 @@ class CarrierHandler(aio.Handler):
         if state.bucket is not None and not state.bucket.take(asyncio.get_running_loop().time()):
             self._respond(conn, pdu, CommandStatus.ESME_RTHROTTLED)
             return False
-        if self.carrier.messages.pending >= state.profile.max_pending:
+        if self.carrier.messages.pending_by.get(state.account.system_id, 0) >= (
+            state.profile.max_pending
+        ):
             self._respond(conn, pdu, CommandStatus.ESME_RMSGQFUL)
             return False
         return True
@@ -611,6 +619,10 @@ class CarrierHandler(aio.Handler):
             return None
         return msg
 
+    def _owned_group(self, message_id: str) -> list[SimMessage]:
+        """All messages of ``message_id`` (each destination of a submit_multi)."""
+        return [m for m in self.carrier.messages.group(message_id) if self._owned(m.id)]
+
     def on_query_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, QuerySm)
         msg = self._owned(pdu.message_id)
@@ -631,15 +643,16 @@ class CarrierHandler(aio.Handler):
         assert isinstance(pdu, CancelSm)
         carrier = self.carrier
         if pdu.message_id:
-            msg = self._owned(pdu.message_id)
-            if (
-                msg is None
-                or is_final(msg.state)
-                or (pdu.source_addr and pdu.source_addr != msg.source)
-            ):
+            group = [
+                m
+                for m in self._owned_group(pdu.message_id)
+                if not is_final(m.state) and (not pdu.source_addr or pdu.source_addr == m.source)
+            ]
+            if not group:
                 self._respond(conn, pdu, CommandStatus.ESME_RCANCELFAIL)
                 return
-            carrier.cancel(msg, conn)
+            for msg in group:
+                carrier.cancel(msg, conn)
         else:
             # §4.9: no id — cancel every pending message from source_addr to destination_addr
             # (and service_type when given) of this account.

@@ -57,6 +57,8 @@ class MessageTable:
         self.capacity = capacity
         self._items: dict[str, SimMessage] = {}
         self.pending = 0
+        #: pending messages per system_id (each account's queue bound is its own)
+        self.pending_by: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -64,12 +66,12 @@ class MessageTable:
     def add(self, msg: SimMessage) -> None:
         items = self._items
         while len(items) >= self.capacity:
-            oldest = next(iter(items))
-            if not is_final(items.pop(oldest).state):
-                self.pending -= 1
+            old = items.pop(next(iter(items)))
+            if not is_final(old.state):
+                self._count(old.system_id, -1)
         items[msg.table_key] = msg
         if not is_final(msg.state):
-            self.pending += 1
+            self._count(msg.system_id, 1)
 
     def put(self, msg: SimMessage) -> None:
         """Replace a message with a new version of itself (same key)."""
@@ -77,11 +79,29 @@ class MessageTable:
         old = self._items.get(key)
         if old is None:
             return
-        self.pending += (not is_final(msg.state)) - (not is_final(old.state))
+        delta = (not is_final(msg.state)) - (not is_final(old.state))
+        if delta:
+            self._count(msg.system_id, delta)
         self._items[key] = msg
+
+    def _count(self, system_id: str, delta: int) -> None:
+        self.pending += delta
+        self.pending_by[system_id] = self.pending_by.get(system_id, 0) + delta
 
     def get(self, key: str) -> SimMessage | None:
         return self._items.get(key)
+
+    def group(self, message_id: str) -> list[SimMessage]:
+        """Every message given ``message_id``: one, or each destination of a submit_multi."""
+        first = self._items.get(message_id)
+        if first is None:
+            return []
+        out = [first]
+        n = 2
+        while (more := self._items.get(f"{message_id}/{n}")) is not None:
+            out.append(more)
+            n += 1
+        return out
 
     def pending_matching(
         self, system_id: str, source: str, destination: str, service_type: str
