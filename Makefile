@@ -13,8 +13,10 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 all: test
 
+# For now: the carrier simulator on its embedded default (127.0.0.1:2776, test/test), in the
+# foreground; Ctrl-C unbinds every session and exits. Later: `smsc serve`.
 run: setup
-	$(BIN)/smsc --help
+	$(BIN)/smsc carrier
 
 test: lint typecheck pytest
 
