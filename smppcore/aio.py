@@ -141,9 +141,7 @@ class Connection(asyncio.Protocol):
         finally:
             self._in_receive = False
         self._flush()
-        if not self._reading_paused and self.session.inbound_full and self.transport:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        self._update_reading()
         self._arm(self.session.get_timer())
 
     def eof_received(self) -> bool | None:
@@ -182,6 +180,7 @@ class Connection(asyncio.Protocol):
             cfg = self.config
             self._arm(now + min(cfg.response_timeout, cfg.slot_timeout))
         self._schedule_flush()
+        self._update_reading()
         return fut
 
     async def request(self, pdu: Pdu) -> Pdu:
@@ -213,9 +212,8 @@ class Connection(asyncio.Protocol):
             return
         self.session.send_response(pdu)
         self._schedule_flush()
-        if self._reading_paused and not self.session.inbound_full and self.transport:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        if self._reading_paused:
+            self._update_reading()
 
     def stall(self) -> None:
         """Hang like a dead peer: stop reading, answering and running timers, but keep the
@@ -272,7 +270,21 @@ class Connection(asyncio.Protocol):
         for ev in events:
             cls = type(ev)
             if cls is RequestReceived:
-                handler.request_received(self, ev.pdu)  # type: ignore[union-attr]
+                pdu = ev.pdu  # type: ignore[union-attr]
+                try:
+                    handler.request_received(self, pdu)
+                except Exception:
+                    # A bug in one handler must not take the batch or the session down.
+                    log.exception("handler failed on %s from %s", type(pdu).__name__, self.peer)
+                    if pdu.response_class is not None and self.session.awaits_answer(
+                        pdu.sequence_number
+                    ):
+                        self.respond(
+                            pdu.response_class(
+                                sequence_number=pdu.sequence_number,
+                                command_status=CommandStatus.ESME_RSYSERR,
+                            )
+                        )
             elif cls is ResponseReceived:
                 fut = futures.pop(ev.request.sequence_number, None)  # type: ignore[union-attr]
                 if fut is not None and not fut.done():
@@ -301,6 +313,22 @@ class Connection(asyncio.Protocol):
                 assert isinstance(ev, SessionClosed)
                 self._schedule_close()
                 handler.session_closed(self, ev.reason)
+
+    def _update_reading(self) -> None:
+        """Pause reading while the peer's unanswered requests fill the inbound window —
+        but never while we wait for answers of our own: pausing would starve them (a
+        peer pipelining past the window is answered ESME_RTHROTTLED by the core)."""
+        transport = self.transport
+        if transport is None or self._stalled:
+            return
+        session = self.session
+        pause = session.inbound_full and not session.awaiting_responses
+        if pause and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif not pause and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def _schedule_flush(self) -> None:
         if self._in_receive or self._flush_scheduled:
@@ -337,6 +365,7 @@ class Connection(asyncio.Protocol):
         if events:
             self._dispatch(events)
         self._flush()
+        self._update_reading()
         self._arm(self.session.get_timer())
 
 

@@ -298,6 +298,15 @@ class Session:
         return len(self._inbound)
 
     @property
+    def awaiting_responses(self) -> bool:
+        """True while any request of ours (enquire_link and unbind too) is unanswered."""
+        return bool(self._in_flight)
+
+    def awaits_answer(self, sequence_number: int) -> bool:
+        """True while the peer's request ``sequence_number`` waits for our response."""
+        return sequence_number in self._inbound
+
+    @property
     def inbound_full(self) -> bool:
         """True when reading should pause: the inbound window is used up."""
         return len(self._inbound) >= self.config.inbound_window
