@@ -52,8 +52,8 @@ from smppcore.pdu import (
     SubmitSmResp,
     UnsuccessSme,
 )
-from smppcore.receipt import Receipt, format_receipt, is_final, stat_word
-from smppcore.segment import parse_udh
+from smppcore.receipt import is_final, stat_word
+from smppcore.receipt_pdu import message_text, receipt_deliver_sm
 from smppcore.session import ProtocolViolation, Role
 from smppcore.smpptime import (
     format_absolute,
@@ -61,9 +61,8 @@ from smppcore.smpptime import (
     parse_validity_period,
     resolve,
 )
-from smppcore.text import decode_text
 from smppcore.throttle import TokenBucket
-from smppcore.tlv import Tag, Tlv
+from smppcore.tlv import Tag
 
 log = logging.getLogger(__name__)
 
@@ -350,61 +349,18 @@ def _payload(pdu: Pdu) -> bytes:
     return payload if isinstance(payload, bytes) else b""
 
 
-def message_text(short_message: bytes, esm_class: int, data_coding: int) -> str:
-    """The text a subscriber would read: without the UDH of a concatenated part."""
-    if esm_class & _UDHI:
-        try:
-            short_message = parse_udh(short_message)[1]
-        except RemoteProtocolError:
-            short_message = b""
-    return decode_text(short_message, data_coding)
-
-
-# Characters that read the same in ASCII and in GSM 03.38: a receipt travels as
-# data_coding 0, which clients decode either way, so its text: preview keeps only these.
-_PORTABLE = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 !\"#%&'()*+,-./:;<=>?"
-)
-
-
-def receipt_preview(text: str) -> str:
-    """The first 20 characters of ``text`` as a receipt shows them (others become '?')."""
-    return "".join(c if c in _PORTABLE else "?" for c in text[:20])
-
-
 def receipt_pdu(msg: SimMessage, state: MessageState, *, intermediate: bool = False) -> DeliverSm:
     """The deliver_sm carrying a receipt for ``msg`` (Appendix B text and the TLVs)."""
-    preview = receipt_preview(message_text(msg.short_message, msg.esm_class, msg.data_coding))
-    text = format_receipt(
-        Receipt(
-            message_id=msg.id,
-            state=state,
-            sub=1,
-            dlvrd=1 if state == MessageState.DELIVERED else 0,
-            submit_date=msg.submitted_at,
-            done_date=msg.final_at or msg.submitted_at,
-            error=0 if intermediate else msg.error,
-            text=preview,
-        )
-    )
-    tlvs = [
-        Tlv(Tag.RECEIPTED_MESSAGE_ID, msg.id.encode("latin-1") + b"\0"),
-        Tlv(Tag.MESSAGE_STATE, bytes((int(state),))),
-    ]
-    if msg.error and not intermediate:
-        # network_error_code: type 3 (GSM), then the 2-octet code (§5.3.2.31).
-        tlvs.append(Tlv(Tag.NETWORK_ERROR_CODE, bytes((3,)) + msg.error.to_bytes(2, "big")))
-    return DeliverSm(
-        source_addr_ton=msg.dest_ton,
-        source_addr_npi=msg.dest_npi,
-        source_addr=msg.destination,
-        dest_addr_ton=msg.source_ton,
-        dest_addr_npi=msg.source_npi,
-        destination_addr=msg.source,
-        esm_class=EsmClass.INTERMEDIATE_NOTIFICATION if intermediate else EsmClass.DELIVERY_RECEIPT,
-        data_coding=0,
-        short_message=text.encode("ascii", "replace"),  # receipt_preview keeps it ASCII
-        tlvs=tuple(tlvs),
+    return receipt_deliver_sm(
+        message_id=msg.id,
+        state=state,
+        error=msg.error,
+        submitted_at=msg.submitted_at,
+        done_at=msg.final_at or msg.submitted_at,
+        source=(msg.source_ton, msg.source_npi, msg.source),
+        destination=(msg.dest_ton, msg.dest_npi, msg.destination),
+        preview=message_text(msg.short_message, msg.esm_class, msg.data_coding),
+        intermediate=intermediate,
     )
 
 
