@@ -201,11 +201,11 @@ def _gen_decoder(cls: type[Pdu], layout: tuple[Field, ...]) -> Callable[..., Pdu
             while i + len(run) < len(layout) and layout[i + len(run)].kind == "u8":
                 run.append(layout[i + len(run)])
             n = len(run)
-            if n == 1:
-                lines.append(f"    v_{f.name} = frame[pos]")
-            else:
-                targets = ", ".join(f"v_{r.name}" for r in run)
-                lines.append(f"    {targets} = frame[pos:pos + {n}]")
+            # One index per octet: cheaper than unpacking a slice (no bytes object).
+            for k, r in enumerate(run):
+                lines.append(
+                    f"    v_{r.name} = frame[pos + {k}]" if k else f"    v_{r.name} = frame[pos]"
+                )
             lines.append(f"    pos += {n}")
             names.extend(r.name for r in run)
             i += n
@@ -302,8 +302,7 @@ def _gen_encoder(cls: type[Pdu], layout: tuple[Field, ...]) -> Callable[[Pdu], b
         elif f.kind == "cstr":
             lines += [
                 f"    s{i} = p.{f.name}.encode('latin-1')",
-                f"    if len(s{i}) >= {f.size} or b'\\0' in s{i}:"
-                f" _encode_cstr(p.{f.name}, fields[{i}])",
+                f"    if len(s{i}) >= {f.size} or 0 in s{i}: _encode_cstr(p.{f.name}, fields[{i}])",
             ]
             fmt.append("%s\\x00")
             args.append(f"s{i}")

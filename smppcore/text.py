@@ -14,6 +14,8 @@ and a data_coding without a text codec (binary, reserved) decodes as Latin-1.
 
 from __future__ import annotations
 
+import codecs
+import re
 from typing import Final, Literal
 
 from smppcore.constants import CommandStatus, DataCoding
@@ -67,14 +69,55 @@ def _first_unencodable(text: str, encodable: dict[int, str]) -> EncodingError:
     raise AssertionError("no unencodable character")  # pragma: no cover
 
 
+# GSM text on the C charmap codec (one C call each way instead of a per-character dict).
+# Decode: a 256-character table; ESC stays "\x1b" (no GSM character is U+001B), and an
+# ESC pair is resolved afterwards by the character its second octet decoded to.
+_DECODE_TABLE: Final = "".join(_BASIC[i] if i < 0x80 else "?" for i in range(256))
+_AFTER_ESC: Final = {_BASIC[code]: ch for code, ch in _EXTENSION.items()} | {"\x1b": " "}
+_ESC_PAIR: Final = re.compile("\x1b(.?)", re.DOTALL)
+
+
+def _after_esc(m: re.Match[str], get=_AFTER_ESC.get) -> str:  # type: ignore[no-untyped-def]
+    c = m[1]
+    return get(c, c)
+
+
+# Encode: charmap_build makes a fast EncodingMap only when table[0] is U+0000, so the map
+# writes "staged" octets that one bytes.translate moves to GSM codes: '@' (GSM 0x00) is
+# staged at 0x1B (the escape, which no character has), U+0000 lands on 0xFF (not encodable),
+# the ten extension characters are staged at 0x80..0x89 and expanded to ESC + code.
+_EXT_ITEMS: Final = sorted(_EXTENSION.items())
+_stage = ["\ufffe"] * 256
+_stage[0] = "\x00"
+for _code, _ch in enumerate(_BASIC):
+    if _code != ESC:
+        _stage[ESC if _code == 0 else _code] = _ch
+for _k, (_code, _ch) in enumerate(_EXT_ITEMS):
+    _stage[0x80 + _k] = _ch
+_ENCODING_MAP: Final = codecs.charmap_build("".join(_stage))
+_fix = bytearray(range(256))
+_fix[ESC], _fix[0] = 0x00, 0xFF
+_FROM_STAGE: Final = bytes(_fix)
+_EXPAND: Final = (
+    *((0x80 + k, bytes((0x80 + k,)), bytes((ESC, code))) for k, (code, _) in enumerate(_EXT_ITEMS)),
+    (0xFF, b"\xff", b"?"),
+)
+
+
 def gsm_encode(text: str, *, errors: Errors = "strict") -> bytes:
     """Encode to unpacked GSM septets; extension characters become ESC + code."""
-    out = text.translate(_ENCODE)
+    try:
+        out = codecs.charmap_encode(text, errors, _ENCODING_MAP)[0].translate(_FROM_STAGE)
+    except UnicodeEncodeError:
+        raise _first_unencodable(text, _ENCODE) from None
     if out.isascii():
-        return out.encode("ascii")
-    if errors == "replace":
-        return out.encode("ascii", "replace")
-    raise _first_unencodable(text, _ENCODE)
+        return out
+    if errors != "replace" and 0xFF in out:
+        raise _first_unencodable(text, _ENCODE)
+    for octet, staged, pair in _EXPAND:
+        if octet in out:  # an int needle: a bytes needle costs a raised-and-caught TypeError
+            out = out.replace(staged, pair)
+    return out
 
 
 def gsm_decode(data: bytes) -> str:
@@ -84,17 +127,10 @@ def gsm_decode(data: bytes) -> str:
     the default-alphabet character (TS 23.038 §6.2.1.1), ESC ESC gives a space, and a
     lone ESC at the end is dropped (the rest of a pair that was cut off).
     """
-    if ESC not in data:
-        return data.decode("latin-1").translate(_DECODE)
-    parts: list[str] = []
-    start = 0
-    while (i := data.find(ESC, start)) >= 0:
-        parts.append(data[start:i].decode("latin-1").translate(_DECODE))
-        if i + 1 < len(data):
-            parts.append(_DECODE_EXT[data[i + 1]])
-        start = i + 2
-    parts.append(data[start:].decode("latin-1").translate(_DECODE))
-    return "".join(parts)
+    text = codecs.charmap_decode(data, "strict", _DECODE_TABLE)[0]
+    if "\x1b" in text:
+        return _ESC_PAIR.sub(_after_esc, text)
+    return text
 
 
 def gsm_length(text: str) -> int | None:
