@@ -77,9 +77,9 @@ _AFTER_ESC: Final = {_BASIC[code]: ch for code, ch in _EXTENSION.items()} | {"\x
 _ESC_PAIR: Final = re.compile("\x1b(.?)", re.DOTALL)
 
 
-def _after_esc(m: re.Match[str], get=_AFTER_ESC.get) -> str:  # type: ignore[no-untyped-def]
-    c = m[1]
-    return get(c, c)
+def _after_esc(m: re.Match[str]) -> str:
+    c: str = m[1]
+    return _AFTER_ESC.get(c, c)
 
 
 # Encode: charmap_build makes a fast EncodingMap only when table[0] is U+0000, so the map
