@@ -1,0 +1,146 @@
+"""Configuration of the router: carriers (upstream binds), routes and prices, queue, retries,
+store. Decoded once, strictly (smppcore.config.load_config); errors name the key's path."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from smppcore.accounts import Password, SystemId
+
+PriceText = Annotated[str, Meta(pattern=r"^[0-9]{1,9}(\.[0-9]{1,9})?$")]
+MicroUnits = Annotated[int, Meta(ge=0, le=10**15)]
+Prefix = Annotated[str, Meta(pattern=r"^[0-9]{0,15}$")]
+CarrierName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+Seconds = Annotated[float, Meta(gt=0, le=86_400)]
+IdFormat = Literal["as_is", "hex", "decimal", "upper", "lower", "strip_zeros"]
+
+
+def price_of(value: str | int) -> Decimal:
+    """A configured price: a quoted decimal string, or an integer of micro-units."""
+    if isinstance(value, int):
+        return Decimal(value) / Decimal(1_000_000)
+    return Decimal(value)
+
+
+class Reconnect(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Backoff between reconnects of one upstream bind: doubles from ``min`` to ``max``,
+    each wait with up to ``jitter`` (a share) added at random."""
+
+    min: Seconds = 0.5
+    max: Seconds = 30.0
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.3
+
+
+class CarrierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One upstream SMSC we bind to as an ESME."""
+
+    name: CarrierName
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 2775
+    system_id: SystemId = "smsc"
+    password: Password = ""
+    system_type: Annotated[str, Meta(max_length=12)] = ""
+    binds: Annotated[int, Meta(ge=1, le=64)] = 2
+    """Connections to keep up."""
+    bind_mode: Literal["transceiver", "tx+rx"] = "transceiver"
+    """One transceiver per connection, or a transmitter plus a receiver per ``binds``."""
+    window: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    """Submits in flight per bind."""
+    rate: Annotated[float, Meta(gt=0)] | None = None
+    """Submits per second for the whole carrier (token bucket); null: no limit."""
+    burst: Annotated[int, Meta(ge=1)] | None = None
+    response_timeout: Seconds = 10.0
+    enquire_link_interval: Seconds = 30.0
+    throttle_pause: Seconds = 1.0
+    """How long to hold back after the carrier answers ESME_RTHROTTLED."""
+    reconnect: Reconnect = Reconnect()
+    submit_id: IdFormat = "as_is"
+    """How this carrier writes ids in submit_sm_resp (for receipt correlation)."""
+    receipt_id: IdFormat = "as_is"
+    """How it writes them in receipts (hex in one, decimal in the other is common)."""
+    mo_account: SystemId | None = None
+    """The account that receives mobile-originated messages arriving from this carrier."""
+
+
+class CarrierPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    carrier: CarrierName
+    price: PriceText | MicroUnits
+    """Per message part: a quoted decimal ("0.0045") or integer micro-units (4500)."""
+
+    @property
+    def amount(self) -> Decimal:
+        return price_of(self.price)
+
+
+class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Destinations starting with ``prefix`` (E.164 digits, MCC/MNC style) may go to these
+    carriers at these prices. The longest matching prefix wins; "" matches everything."""
+
+    prefix: Prefix
+    carriers: Annotated[tuple[CarrierPrice, ...], Meta(min_length=1)]
+    accounts: tuple[SystemId, ...] = ()
+    """Only for these accounts (an override); empty: every account."""
+
+
+class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What makes a carrier unhealthy, and the circuit breaker."""
+
+    window_seconds: Seconds = 60.0
+    """Rates and latency are measured over roughly this long (decaying averages)."""
+    min_acceptance: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    """Below this share of submits accepted, the carrier is skipped while others are healthy."""
+    min_delivery: Annotated[float, Meta(ge=0, le=1)] = 0.3
+    """Below this share of receipts DELIVRD, likewise."""
+    max_latency: Seconds = 5.0
+    """Above this submit_sm_resp latency, likewise."""
+    breaker_failures: Annotated[int, Meta(ge=1)] = 20
+    """Consecutive failures (temporary rejects, timeouts, drops) that open the breaker."""
+    breaker_open: Seconds = 10.0
+    """Seconds the breaker stays open before one trial message goes through."""
+
+
+class RetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_attempts: Annotated[int, Meta(ge=1, le=20)] = 4
+    """Upstream submits per message at most, over all carriers."""
+    default_validity: Seconds = 172_800.0
+    """Validity of a message that did not set validity_period (48 h)."""
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str = "smsc.db"
+    """SQLite file (WAL). ":memory:" keeps nothing across restarts."""
+    batch_max: Annotated[int, Meta(ge=1, le=100_000)] = 2000
+    """Records per transaction at most."""
+    queue_max: Annotated[int, Meta(ge=1)] = 200_000
+    """Records waiting for the writer at most; beyond it, submits are refused (MSGQFUL)."""
+    keep_days: Annotated[float, Meta(gt=0)] = 7.0
+    """Final messages are kept this long for query_sm, then purged."""
+
+
+class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    carriers: tuple[CarrierConfig, ...] = ()
+    routes: tuple[Route, ...] = ()
+    queue_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    """Messages waiting to be sent upstream at most; beyond it, ESME_RMSGQFUL."""
+    ack_after: Literal["enqueue", "store"] = "enqueue"
+    """When submit_sm_resp goes out: once queued in memory, or once durably stored."""
+    retry: RetryConfig = RetryConfig()
+    health: HealthConfig = HealthConfig()
+    store: StoreConfig = StoreConfig()
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.carriers]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"carriers[{i}].name: {name!r} appears twice")
+        known = set(names)
+        for i, route in enumerate(self.routes):
+            for j, cp in enumerate(route.carriers):
+                if cp.carrier not in known:
+                    raise ValueError(
+                        f"routes[{i}].carriers[{j}].carrier: no carrier named {cp.carrier!r}"
+                    )

@@ -1,0 +1,42 @@
+"""The small interfaces between the router and the rest (ARCHITECTURE.md: smsc implements
+what the router needs; the router implements Intake). A multi-node deployment adds
+backends for these (Redis), not a rewrite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from router.model import DeliveryReport, Message, StoredMessage
+
+#: Called with ESME_ROK once a message is accepted (queued, or durably stored in
+#: ``ack_after: store`` mode), or with the status refusing it (ESME_RMSGQFUL...).
+AcceptCallback = Callable[[int], None]
+
+
+class Intake(Protocol):
+    """Where the ESME-facing server hands accepted messages to the router."""
+
+    def submit(self, message: Message, done: AcceptCallback) -> None:
+        """Take ``message``; call ``done(status)`` exactly once."""
+        ...
+
+    def cancel(self, message_id: str) -> bool:
+        """Drop a message not yet sent upstream (scheduled or queued); True if it was."""
+        ...
+
+    def replace(self, message: Message) -> bool:
+        """Swap a message not yet sent upstream for a new version; True if it was."""
+        ...
+
+
+class ReportSink(Protocol):
+    """Where the router sends final outcomes and MO: to the owning account's binds."""
+
+    def report(self, stored: StoredMessage, report: DeliveryReport) -> None:
+        """Deliver a receipt for ``stored`` (when its registered_delivery asks for one)."""
+        ...
+
+    def mobile_originated(self, account: str, message: Message) -> None:
+        """Deliver an MO message that a carrier routed to ``account``."""
+        ...

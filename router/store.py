@@ -1,0 +1,648 @@
+"""The message store: what was accepted, where it went, what became of it; and deliveries held
+for accounts that have no receive-capable bind.
+
+``Store`` is the interface the router and the server use; ``SqliteStore`` implements it on one
+aiosqlite connection in WAL mode (a Redis backend comes later, behind the same interface).
+
+Writes are synchronous calls that queue a record; ONE writer task drains the queue into
+transactions of up to ``batch_max`` records. It takes whatever is queued, so under load the
+batches grow and the cost per message falls. Reads are async; a read about something with a
+queued write waits until that write is committed (read your writes), never longer.
+
+Durability. The connection runs ``journal_mode=WAL`` with ``synchronous=NORMAL``: a commit
+appends the transaction to the WAL file with ``write()`` and the WAL is fsynced at checkpoints.
+A committed transaction therefore survives the process being killed (``kill -9``, OOM killer,
+a crash): its pages are in the operating system's cache and reach the disk without us. It may
+not survive a power loss or kernel panic (the database then stays consistent and loses the
+last transactions). That is exactly what ``ack_after: store`` promises: ``add(message,
+on_durable)`` calls ``on_durable(True)`` only after the transaction holding the message has
+COMMITTED, and the server answers submit_sm then.
+
+Failures. A transaction that fails is rolled back, logged and retried once. If it fails again
+the batch is split and each record is tried in a transaction of its own, so one bad record
+(a duplicate id) does not fail its neighbours; a record that still fails is logged, and its
+``on_durable`` is called with False (the server answers ESME_RSYSERR instead of ESME_ROK).
+No acknowledgement is ever lost silently.
+
+Back-pressure. The writer queue holds at most ``queue_max`` records. ``add`` refuses a message
+(returns False: the server answers ESME_RMSGQFUL) when it is full. State changes of messages
+already accepted (``set_sent``, ``set_final``, ...) and held deliveries are never refused (they
+must not be lost and are bounded by the messages accepted), but they count against the bound,
+so a writer that falls behind pushes back on intake.
+
+The file is created owner-only (0600); SQLite gives its -wal and -shm files the same mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import aiosqlite
+import msgspec
+
+from router.config import StoreConfig
+from router.model import DeliveryReport, Message, StoredMessage
+from smppcore.constants import MessageState
+from smppcore.receipt import is_final
+
+__all__ = ["DurableCallback", "SqliteStore", "Store", "StoreClosed"]
+
+log = logging.getLogger(__name__)
+
+#: Called on the event loop once per ``add``: True after the transaction holding the message
+#: committed, False if it could not be stored (after a retry).
+DurableCallback = Callable[[bool], None]
+
+SCHEMA_VERSION: Final = 1
+#: Default bound on deliveries held for one account; beyond it the oldest are dropped.
+HELD_MAX_PER_ACCOUNT: Final = 100_000
+#: Rows deleted per transaction by ``purge`` (the writer gets the connection between chunks).
+PURGE_CHUNK: Final = 5_000
+_DAY: Final = 86_400.0
+
+
+class StoreClosed(RuntimeError):
+    """A write to a store that is not open (misuse: the store closes last at shutdown)."""
+
+
+class Store(Protocol):
+    """Where accepted messages, their outcomes and held deliveries are kept."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None:
+        """Commit everything queued, then close."""
+        ...
+
+    async def flush(self) -> None:
+        """Return once everything queued before the call is committed (or failed)."""
+        ...
+
+    def add(self, message: Message, on_durable: DurableCallback | None = None) -> bool:
+        """Queue a new message; False (nothing queued, no callback) when the queue is full."""
+        ...
+
+    def set_sent(
+        self, message_id: str, carrier: str, carrier_message_id: str, *, key: str | None = None
+    ) -> None:
+        """The carrier accepted the message with its id; ``key`` is that id normalised for
+        receipt correlation (``find_sent``), the id itself when None."""
+        ...
+
+    def set_final(self, message_id: str, report: DeliveryReport) -> None:
+        """Record an outcome (a final one sets ``done_at``; an intermediate one only the state)."""
+        ...
+
+    def update_message(self, message: Message) -> None:
+        """Replace the stored message (replace_sm, retry attempts and tried carriers)."""
+        ...
+
+    def mark_cancelled(self, message_id: str, done_at: float) -> None:
+        """cancel_sm: the message becomes DELETED, if it had no final state yet."""
+        ...
+
+    async def get(self, message_id: str) -> StoredMessage | None: ...
+
+    async def find_sent(self, carrier: str, key: str) -> str | None:
+        """Our id of the message ``carrier`` accepted under the normalised id ``key``."""
+        ...
+
+    async def unfinished(self) -> list[StoredMessage]:
+        """Messages with no final state, oldest first (restart recovery)."""
+        ...
+
+    def hold(self, account: str, item: bytes, expires_at: float) -> None:
+        """Keep an opaque delivery (receipt or MO) for ``account`` until it binds to receive."""
+        ...
+
+    async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` unexpired held items of ``account``, oldest first, with their ids."""
+        ...
+
+    def release(self, ids: Sequence[int]) -> None:
+        """Forget held items (delivered)."""
+        ...
+
+    async def purge(self, now: float) -> int:
+        """Delete expired held items and final messages older than ``keep_days``; the count."""
+        ...
+
+    async def reserve_ids(self, n: int) -> int:
+        """Durably reserve ``n`` message ids; the first of them (the next call starts after
+        the last). Committed before it returns, so no id repeats even after kill -9."""
+        ...
+
+
+# -- records queued for the writer ---------------------------------------------------------
+
+_ADD: Final = 0
+_SENT: Final = 1
+_FINAL: Final = 2
+_UPDATE: Final = 3
+_CANCEL: Final = 4
+_HOLD: Final = 5
+_RELEASE: Final = 6
+
+_SQL: Final[dict[int, str]] = {
+    _ADD: "INSERT INTO messages (id, account, state, submitted_at, body) VALUES (?, ?, ?, ?, ?)",
+    _SENT: "UPDATE messages SET carrier = ?, carrier_message_id = ?, carrier_key = ? WHERE id = ?",
+    _FINAL: "UPDATE messages SET state = ?, error = ?, done_at = ? WHERE id = ?",
+    _UPDATE: "UPDATE messages SET account = ?, submitted_at = ?, body = ? WHERE id = ?",
+    _CANCEL: "UPDATE messages SET state = ?, done_at = ? WHERE id = ? AND done_at IS NULL",
+    _HOLD: "INSERT INTO held (account, expires_at, item) VALUES (?, ?, ?)",
+    _RELEASE: "DELETE FROM held WHERE id = ?",
+}
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS messages (
+        id TEXT PRIMARY KEY NOT NULL,
+        account TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        error INTEGER NOT NULL DEFAULT 0,
+        carrier TEXT NOT NULL DEFAULT '',
+        carrier_message_id TEXT NOT NULL DEFAULT '',
+        carrier_key TEXT,
+        submitted_at REAL NOT NULL,
+        done_at REAL,
+        body BLOB NOT NULL
+    )""",
+    # receipt correlation: (carrier, normalised carrier id) → our id
+    "CREATE INDEX IF NOT EXISTS messages_carrier_key ON messages (carrier, carrier_key)"
+    " WHERE carrier_key IS NOT NULL",
+    # restart recovery reads the unfinished ones; purge the finished ones by age
+    "CREATE INDEX IF NOT EXISTS messages_unfinished ON messages (submitted_at)"
+    " WHERE done_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS held (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        item BLOB NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS held_account ON held (account, id)",
+    "CREATE INDEX IF NOT EXISTS held_expires ON held (expires_at)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)",
+)
+
+_STORED_COLUMNS: Final = "body, state, error, carrier, carrier_message_id, done_at"
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: int
+    params: tuple[Any, ...]
+    seq: int = 0
+    message_id: str | None = None
+    """The message this record writes (for read-your-writes in ``get``)."""
+    sent_key: tuple[str, str] | None = None
+    """(carrier, key) of a ``set_sent`` (for read-your-writes in ``find_sent``)."""
+    on_durable: DurableCallback | None = None
+
+
+@dataclass(order=True)
+class _Waiter:
+    seq: int
+    future: asyncio.Future[None] = field(compare=False)
+
+
+class SqliteStore:
+    """``Store`` on one aiosqlite connection (WAL), with one batching writer task.
+
+    ``clock`` gives wall-clock Unix seconds (held items' expiry, a report without done_at);
+    ``held_max`` bounds the deliveries held per account (the oldest are dropped beyond it).
+    """
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        held_max: int = HELD_MAX_PER_ACCOUNT,
+    ) -> None:
+        if held_max < 1:
+            raise ValueError("held_max must be at least 1")
+        self._config = config
+        self._clock = clock
+        self._held_max = held_max
+        self._db: aiosqlite.Connection | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one transaction (or read) at a time on the connection
+        self._queue: deque[_Op] = deque()
+        self._inflight: list[_Op] = []  # the batch being written
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._seq = itertools.count(1)
+        self._queued_seq = 0  # last seq queued
+        self._done_seq = 0  # last seq committed or failed
+        self._waiters: list[_Waiter] = []
+        self._pending_ids: dict[str, int] = {}  # message id → seq of its last queued write
+        self._pending_sent: dict[tuple[str, str], tuple[str, int]] = {}
+        self._held_seq = 0  # seq of the last queued hold/release
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(Message).decode
+        self.transactions = 0
+        """Transactions committed by the writer (observability; tests count batches with it)."""
+        self.failed = 0
+        """Records the writer could not store (each logged)."""
+        self.dropped_held = 0
+        """Held deliveries dropped by the per-account bound (each batch logged)."""
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._db is not None:
+            raise StoreClosed("store is already open")
+        path = self._config.path
+        if path != ":memory:":
+            _create_private(path)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await _prepare(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Commit everything queued, stop the writer, close the connection. Idempotent."""
+        if self._db is None:
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            if self._writer is not None:
+                await self._writer
+        finally:
+            self._writer = None
+            db, self._db = self._db, None
+            await db.close()
+
+    async def flush(self) -> None:
+        await self._until(self._queued_seq)
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer (a hot gauge)."""
+        return len(self._queue)
+
+    # -- writes (queued) -----------------------------------------------------------------------
+
+    def add(self, message: Message, on_durable: DurableCallback | None = None) -> bool:
+        if self._db is None or self._closing or len(self._queue) >= self._config.queue_max:
+            return False
+        params = (
+            message.id,
+            message.account,
+            int(MessageState.ENROUTE),
+            message.submitted_at,
+            self._encode(message),
+        )
+        self._put(_Op(_ADD, params, message_id=message.id, on_durable=on_durable))
+        return True
+
+    def set_sent(
+        self, message_id: str, carrier: str, carrier_message_id: str, *, key: str | None = None
+    ) -> None:
+        key = carrier_message_id if key is None else key
+        op = _Op(
+            _SENT,
+            (carrier, carrier_message_id, key, message_id),
+            message_id=message_id,
+            sent_key=(carrier, key),
+        )
+        self._put(op)
+        self._pending_sent[(carrier, key)] = (message_id, op.seq)
+
+    def set_final(self, message_id: str, report: DeliveryReport) -> None:
+        done_at: float | None = None
+        if is_final(report.state):
+            done_at = report.done_at if report.done_at > 0 else self._clock()
+        params = (int(report.state), report.error, done_at, message_id)
+        self._put(_Op(_FINAL, params, message_id=message_id))
+
+    def update_message(self, message: Message) -> None:
+        params = (message.account, message.submitted_at, self._encode(message), message.id)
+        self._put(_Op(_UPDATE, params, message_id=message.id))
+
+    def mark_cancelled(self, message_id: str, done_at: float) -> None:
+        params = (int(MessageState.DELETED), done_at, message_id)
+        self._put(_Op(_CANCEL, params, message_id=message_id))
+
+    def hold(self, account: str, item: bytes, expires_at: float) -> None:
+        self._put(_Op(_HOLD, (account, expires_at, item)))
+        self._held_seq = self._queued_seq
+
+    def release(self, ids: Sequence[int]) -> None:
+        for held_id in ids:
+            self._put(_Op(_RELEASE, (held_id,)))
+        if ids:
+            self._held_seq = self._queued_seq
+
+    def _put(self, op: _Op) -> None:
+        if self._db is None or self._closing:
+            raise StoreClosed("store is not open")
+        op.seq = self._queued_seq = next(self._seq)
+        if op.message_id is not None:
+            self._pending_ids[op.message_id] = op.seq
+        self._queue.append(op)
+        self._wake.set()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get(self, message_id: str) -> StoredMessage | None:
+        seq = self._pending_ids.get(message_id)
+        if seq is not None:
+            await self._until(seq)
+        rows = await self._read(
+            f"SELECT {_STORED_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        )
+        return self._stored(rows[0]) if rows else None
+
+    async def find_sent(self, carrier: str, key: str) -> str | None:
+        pending = self._pending_sent.get((carrier, key))
+        if pending is not None:
+            return pending[0]
+        rows = await self._read(
+            "SELECT id FROM messages WHERE carrier = ? AND carrier_key = ?"
+            " ORDER BY submitted_at DESC LIMIT 1",
+            (carrier, key),
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def unfinished(self) -> list[StoredMessage]:
+        await self.flush()
+        rows = await self._read(
+            f"SELECT {_STORED_COLUMNS} FROM messages WHERE done_at IS NULL ORDER BY submitted_at",
+            (),
+        )
+        return [self._stored(row) for row in rows]
+
+    async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
+        await self._until(self._held_seq)
+        rows = await self._read(
+            "SELECT id, item FROM held WHERE account = ? AND expires_at > ? ORDER BY id LIMIT ?",
+            (account, self._clock(), limit),
+        )
+        return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    async def purge(self, now: float) -> int:
+        """Delete in chunks, each its own transaction, so the writer is never held up long."""
+        cutoff = now - self._config.keep_days * _DAY
+        statements = (
+            (
+                "DELETE FROM held WHERE id IN (SELECT id FROM held WHERE expires_at <= ? LIMIT ?)",
+                now,
+            ),
+            (
+                "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages"
+                " WHERE done_at IS NOT NULL AND done_at < ? LIMIT ?)",
+                cutoff,
+            ),
+        )
+        total = 0
+        for sql, bound in statements:
+            while True:
+                async with self._lock:
+                    db = self._connection()
+                    cursor = await db.execute(sql, (bound, PURGE_CHUNK))
+                    deleted = cursor.rowcount
+                    await cursor.close()
+                total += deleted
+                if deleted < PURGE_CHUNK:
+                    break
+        return total
+
+    async def reserve_ids(self, n: int) -> int:
+        if n < 1:
+            raise ValueError("reserve at least one id")
+        async with self._lock:
+            db = self._connection()
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = list(
+                    await db.execute_fetchall(
+                        "SELECT value FROM counters WHERE name = 'message_id'"
+                    )
+                )
+                first = int(rows[0][0]) if rows else 0
+                await db.execute(
+                    "INSERT INTO counters (name, value) VALUES ('message_id', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (first + n,),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+        return first
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        async with self._lock:
+            rows = await self._connection().execute_fetchall(sql, params)
+        return list(rows)
+
+    def _stored(self, row: Any) -> StoredMessage:
+        body, state, error, carrier, carrier_message_id, done_at = row
+        return StoredMessage(
+            message=self._decode(body),
+            state=MessageState(state),
+            error=error,
+            carrier=carrier,
+            carrier_message_id=carrier_message_id,
+            done_at=done_at,
+        )
+
+    def _connection(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreClosed("store is not open")
+        return self._db
+
+    async def _until(self, seq: int) -> None:
+        """Wait until every record up to ``seq`` is committed (or failed)."""
+        if seq <= self._done_seq:
+            return
+        if self._writer is None or self._writer.done():
+            raise StoreClosed("store writer is not running")
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, _Waiter(seq, future))
+        await future
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                take = min(len(self._queue), self._config.batch_max)
+                batch = self._inflight = [self._queue.popleft() for _ in range(take)]
+                await self._write_batch(batch)
+                self._inflight = []
+                self._finish(batch)
+        except asyncio.CancelledError:
+            self._abandon(RuntimeError("store writer cancelled"))
+            raise
+        except BaseException as exc:  # a bug: fail everything instead of hanging callers
+            log.exception("store writer stopped")
+            self._abandon(exc)
+            raise
+
+    async def _write_batch(self, batch: list[_Op]) -> None:
+        for attempt in (1, 2):
+            try:
+                await self._transaction(batch)
+            except Exception as exc:  # sqlite3.Error, or a value SQLite cannot bind
+                log.warning(
+                    "store: transaction of %d records failed (attempt %d): %s",
+                    len(batch),
+                    attempt,
+                    exc,
+                )
+            else:
+                self._durable(batch, ok=True)
+                return
+        # Still failing: one transaction per record, so only the bad ones fail.
+        for op in batch:
+            try:
+                await self._transaction([op])
+            except Exception as exc:
+                self.failed += 1
+                log.error(
+                    "store: record lost (kind %d, message %s): %s", op.kind, op.message_id, exc
+                )
+                self._durable([op], ok=False)
+            else:
+                self._durable([op], ok=True)
+
+    async def _transaction(self, ops: list[_Op]) -> None:
+        async with self._lock:
+            db = self._connection()
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                for kind, run in itertools.groupby(ops, key=lambda op: op.kind):
+                    records = list(run)
+                    await db.executemany(_SQL[kind], [op.params for op in records])
+                    if kind == _HOLD:
+                        await self._bound_held({op.params[0] for op in records})
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    try:
+                        await db.execute("ROLLBACK")
+                    except sqlite3.Error as exc:
+                        log.error("store: rollback failed: %s", exc)
+                raise
+            self.transactions += 1
+
+    async def _bound_held(self, accounts: Iterable[str]) -> None:
+        db = self._connection()
+        for account in accounts:
+            cursor = await db.execute(
+                "DELETE FROM held WHERE account = ? AND id <= (SELECT id FROM held"
+                " WHERE account = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (account, account, self._held_max),
+            )
+            if cursor.rowcount > 0:
+                self.dropped_held += cursor.rowcount
+                log.warning(
+                    "store: %d held deliveries of %s dropped (bound %d per account)",
+                    cursor.rowcount,
+                    account,
+                    self._held_max,
+                )
+            await cursor.close()
+
+    def _durable(self, ops: Iterable[_Op], *, ok: bool) -> None:
+        for op in ops:
+            if op.on_durable is not None:
+                try:
+                    op.on_durable(ok)
+                except Exception:
+                    log.exception("store: on_durable callback failed")
+
+    def _finish(self, batch: list[_Op]) -> None:
+        """Forget read-your-writes marks of these records; wake waiters they satisfy."""
+        for op in batch:
+            if op.message_id is not None and self._pending_ids.get(op.message_id) == op.seq:
+                del self._pending_ids[op.message_id]
+            if op.sent_key is not None:
+                pending = self._pending_sent.get(op.sent_key)
+                if pending is not None and pending[1] == op.seq:
+                    del self._pending_sent[op.sent_key]
+        self._done_seq = batch[-1].seq
+        while self._waiters and self._waiters[0].seq <= self._done_seq:
+            future = heapq.heappop(self._waiters).future
+            if not future.done():
+                future.set_result(None)
+
+    def _abandon(self, exc: BaseException) -> None:
+        """The writer is gone: fail what it will never write, and everyone waiting."""
+        abandoned = self._inflight + list(self._queue)
+        self._inflight = []
+        self._queue.clear()
+        self.failed += len(abandoned)
+        if abandoned:
+            log.error("store: %d queued records abandoned", len(abandoned))
+        self._durable(abandoned, ok=False)
+        self._closing = True
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(StoreClosed(f"store writer stopped: {exc!r}"))
+        self._waiters.clear()
+
+
+def _create_private(path: str) -> None:
+    """Create the database file owner-only (0600) before SQLite opens it; tighten an existing
+    one. SQLite creates the -wal and -shm files with the database file's permissions."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for leftover in (f"{path}-wal", f"{path}-shm"):  # from a run that crashed
+        try:
+            os.chmod(leftover, 0o600)
+        except FileNotFoundError:
+            pass
+
+
+async def _prepare(db: aiosqlite.Connection) -> None:
+    mode = await db.execute_fetchall("PRAGMA journal_mode=WAL")
+    journal = str(next(iter(mode))[0]).lower()
+    if journal not in ("wal", "memory"):
+        raise RuntimeError(f"store: SQLite refused WAL mode (journal_mode={journal})")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA busy_timeout=5000")
+    await db.execute("PRAGMA temp_store=MEMORY")
+    version_rows = await db.execute_fetchall("PRAGMA user_version")
+    version = int(next(iter(version_rows))[0])
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"store: database schema {version} is newer than this program's ({SCHEMA_VERSION})"
+        )
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA:
+            await db.execute(statement)
+        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise

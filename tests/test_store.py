@@ -1,0 +1,574 @@
+"""router.store: batching, durability callbacks, read-your-writes, recovery, held deliveries,
+permissions, failures, and the kill -9 guarantee of ``ack_after: store``.
+
+Every test runs under a deadline and waits on the store (flush, callbacks), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import stat
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from router.config import StoreConfig
+from router.model import Address, Concat, DeliveryReport, Message
+from router.store import SqliteStore, Store, StoreClosed
+from smppcore.constants import MessageState
+from smppcore.tlv import Tlv
+
+DEADLINE = 10.0
+ROOT = Path(__file__).resolve().parent.parent
+SRC = Address(5, 0, "ACME")
+DST = Address(1, 1, "447700900123")
+
+
+def msg(i: int, *, account: str = "acme", **kw: object) -> Message:
+    fields: dict[str, object] = {"short_message": b"hello", "submitted_at": 1_000.0 + i}
+    fields.update(kw)
+    return Message(id=f"m{i:06d}", account=account, source=SRC, destination=DST, **fields)  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def config(tmp_path: Path, **kw: object) -> StoreConfig:
+    return StoreConfig(path=str(tmp_path / "smsc.db"), **kw)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(config(tmp_path))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def committed_ids(path: str) -> set[str]:
+    """What another connection sees: only committed transactions."""
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT id FROM messages")}
+
+
+def test_sqlite_store_is_a_store(tmp_path: Path) -> None:
+    s: Store = SqliteStore(config(tmp_path))
+    assert s is not None
+
+
+# -- batching and durability -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_1000_adds_commit_in_few_transactions(store: SqliteStore) -> None:
+    async with asyncio.timeout(DEADLINE):
+        assert all(store.add(msg(i)) for i in range(1000))
+        assert store.queued == 1000
+        await store.flush()
+    assert store.transactions == 1  # the writer drained everything queued at once
+    assert store.queued == 0
+
+
+@pytest.mark.asyncio
+async def test_batches_are_bounded_by_batch_max(tmp_path: Path) -> None:
+    s = SqliteStore(config(tmp_path, batch_max=100))
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            for i in range(1000):
+                s.add(msg(i))
+            await s.flush()
+        assert s.transactions == 10
+    finally:
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_on_durable_fires_only_after_commit(store: SqliteStore, tmp_path: Path) -> None:
+    path = str(tmp_path / "smsc.db")
+    seen: list[tuple[str, bool, bool]] = []
+    done = asyncio.Event()
+
+    def durable(mid: str) -> object:
+        def callback(ok: bool) -> None:
+            # another connection must already see the row: the transaction has committed
+            seen.append((mid, ok, mid in committed_ids(path)))
+            if len(seen) == 50:
+                done.set()
+
+        return callback
+
+    for i in range(50):
+        assert store.add(msg(i), durable(f"m{i:06d}"))  # type: ignore[arg-type]
+    assert seen == []  # nothing before the writer ran
+    async with asyncio.timeout(DEADLINE):
+        await done.wait()
+    assert [s[0] for s in seen] == [f"m{i:06d}" for i in range(50)]  # in order
+    assert all(ok and visible for _, ok, visible in seen)
+
+
+@pytest.mark.asyncio
+async def test_close_flushes_everything_queued(tmp_path: Path) -> None:
+    s = SqliteStore(config(tmp_path))
+    await s.open()
+    results: list[bool] = []
+    for i in range(500):
+        s.add(msg(i), results.append)
+    s.set_sent("m000001", "c1", "X1")
+    async with asyncio.timeout(DEADLINE):
+        await s.close()
+    assert results == [True] * 500
+    assert len(committed_ids(str(tmp_path / "smsc.db"))) == 500
+    s2 = SqliteStore(config(tmp_path))
+    await s2.open()
+    try:
+        got = await s2.get("m000001")
+        assert got is not None
+        assert got.carrier == "c1"
+        assert got.carrier_message_id == "X1"
+    finally:
+        await s2.close()
+
+
+@pytest.mark.asyncio
+async def test_queue_full_refuses_add_without_callback(tmp_path: Path) -> None:
+    s = SqliteStore(config(tmp_path, queue_max=5))
+    await s.open()
+    try:
+        calls: list[bool] = []
+        assert all(s.add(msg(i), calls.append) for i in range(5))
+        assert not s.add(msg(5), calls.append)  # the server answers ESME_RMSGQFUL
+        async with asyncio.timeout(DEADLINE):
+            await s.flush()
+        assert calls == [True] * 5
+        assert s.add(msg(5))  # room again once the writer caught up
+    finally:
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_state_changes_count_against_the_bound_but_are_never_refused(
+    tmp_path: Path,
+) -> None:
+    s = SqliteStore(config(tmp_path, queue_max=2))
+    await s.open()
+    try:
+        assert s.add(msg(1))
+        s.set_sent("m000001", "c1", "A")
+        s.set_final("m000001", DeliveryReport("m000001", MessageState.DELIVERED, done_at=5.0))
+        assert s.queued == 3
+        assert not s.add(msg(2))  # intake pushed back while the writer is behind
+        async with asyncio.timeout(DEADLINE):
+            got = await s.get("m000001")
+        assert got is not None
+        assert got.state == MessageState.DELIVERED
+    finally:
+        await s.close()
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_failing_record_fails_only_its_own_ack(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    results: dict[str, bool] = {}
+    assert store.add(msg(1), lambda ok: results.__setitem__("first", ok))
+    async with asyncio.timeout(DEADLINE):
+        await store.flush()
+        store.add(msg(2), lambda ok: results.__setitem__("before", ok))
+        store.add(msg(1), lambda ok: results.__setitem__("duplicate", ok))  # PK violation
+        store.add(msg(3), lambda ok: results.__setitem__("after", ok))
+        with caplog.at_level(logging.WARNING, logger="router.store"):
+            await store.flush()
+    assert results == {"first": True, "before": True, "duplicate": False, "after": True}
+    assert store.failed == 1
+    attempts = [r for r in caplog.records if "attempt" in r.getMessage()]
+    assert len(attempts) == 2  # the batch was retried once before being split
+    assert any(
+        "record lost" in r.getMessage() and "m000001" in r.getMessage() for r in caplog.records
+    )
+    assert await store.get("m000002") is not None
+    assert await store.get("m000003") is not None
+
+
+@pytest.mark.asyncio
+async def test_a_value_sqlite_cannot_bind_does_not_stop_the_writer(store: SqliteStore) -> None:
+    async with asyncio.timeout(DEADLINE):
+        store.add(msg(1))
+        store.set_final("m000001", DeliveryReport("m000001", MessageState.DELIVERED, error=2**70))
+        store.add(msg(2))
+        await store.flush()
+        assert store.failed == 1
+        assert await store.get("m000002") is not None
+        got = await store.get("m000001")
+    assert got is not None
+    assert got.state == MessageState.ENROUTE
+
+
+@pytest.mark.asyncio
+async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
+    s = SqliteStore(config(tmp_path))
+    await s.open()
+    await s.close()
+    await s.close()  # idempotent
+    assert not s.add(msg(1))
+    with pytest.raises(StoreClosed):
+        s.set_sent("m000001", "c1", "X")
+    with pytest.raises(StoreClosed):
+        await s.get("m000001")
+
+
+@pytest.mark.asyncio
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "smsc.db") as db:
+        db.execute("PRAGMA user_version=99")
+    s = SqliteStore(config(tmp_path))
+    with pytest.raises(RuntimeError, match="newer"):
+        await s.open()
+
+
+# -- reads ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_get_round_trip_and_set_final(tmp_path: Path) -> None:
+    clock = Clock(2_000.0)
+    s = SqliteStore(config(tmp_path), clock=clock)
+    await s.open()
+    try:
+        m = msg(
+            7,
+            short_message=b"\x05\x00\x03\x2a\x02\x01part one",
+            data_coding=8,
+            esm_class=0x40,
+            priority=2,
+            registered_delivery=1,
+            tlvs=(Tlv(0x0204, b"\x00\x10"),),
+            concat=Concat("acme/ACME/447700900123/42", 2, 1),
+            schedule_at=1_500.0,
+            expires_at=9_000.0,
+            attempts=1,
+            tried=("c0",),
+            payload_tlv=True,
+        )
+        async with asyncio.timeout(DEADLINE):
+            assert s.add(m)
+            got = await s.get(m.id)  # read your writes: no flush needed
+            assert got is not None
+            assert got.message == m
+            assert got.state == MessageState.ENROUTE
+            assert got.done_at is None
+            assert await s.get("nope") is None
+
+            s.set_sent(m.id, "c1", "abc")
+            s.set_final(m.id, DeliveryReport(m.id, MessageState.ENROUTE))  # intermediate
+            got = await s.get(m.id)
+            assert got is not None
+            assert (got.state, got.carrier, got.carrier_message_id, got.done_at) == (
+                MessageState.ENROUTE,
+                "c1",
+                "abc",
+                None,
+            )
+            s.set_final(m.id, DeliveryReport(m.id, MessageState.UNDELIVERABLE, error=0x45))
+            got = await s.get(m.id)
+            assert got is not None
+            assert (got.state, got.error, got.done_at) == (
+                MessageState.UNDELIVERABLE,
+                0x45,
+                2_000.0,
+            )
+
+            replaced = msg(7, short_message=b"new text", attempts=2)
+            s.update_message(replaced)
+            got = await s.get(m.id)
+            assert got is not None
+            assert got.message == replaced
+    finally:
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_cancel_only_applies_to_unfinished(store: SqliteStore) -> None:
+    async with asyncio.timeout(DEADLINE):
+        store.add(msg(1))
+        store.add(msg(2))
+        store.set_final("m000002", DeliveryReport("m000002", MessageState.DELIVERED, done_at=9.0))
+        store.mark_cancelled("m000001", 10.0)
+        store.mark_cancelled("m000002", 11.0)
+        one, two = await store.get("m000001"), await store.get("m000002")
+    assert one is not None
+    assert (one.state, one.done_at) == (MessageState.DELETED, 10.0)
+    assert two is not None
+    assert (two.state, two.done_at) == (MessageState.DELIVERED, 9.0)
+
+
+@pytest.mark.asyncio
+async def test_reopen_finds_unfinished_messages(tmp_path: Path) -> None:
+    s = SqliteStore(config(tmp_path))
+    await s.open()
+    s.add(msg(4))  # never sent
+    s.add(msg(2))  # sent, waiting for its receipt
+    s.add(msg(3))  # delivered
+    s.add(msg(1))  # cancelled
+    s.set_sent("m000002", "c1", "0A")
+    s.set_final("m000003", DeliveryReport("m000003", MessageState.DELIVERED, done_at=5.0))
+    s.mark_cancelled("m000001", 6.0)
+    async with asyncio.timeout(DEADLINE):
+        await s.close()
+
+    s = SqliteStore(config(tmp_path))
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            left = await s.unfinished()
+    finally:
+        await s.close()
+    assert [m.message.id for m in left] == ["m000002", "m000004"]  # oldest first
+    assert [m.carrier for m in left] == ["c1", ""]  # re-queue the unsent, await the other
+
+
+@pytest.mark.asyncio
+async def test_find_sent_before_and_after_commit(store: SqliteStore) -> None:
+    async with asyncio.timeout(DEADLINE):
+        store.add(msg(1))
+        store.set_sent("m000001", "c1", "0x1A", key="26")
+        assert await store.find_sent("c1", "26") == "m000001"  # still queued
+        await store.flush()
+        assert await store.find_sent("c1", "26") == "m000001"  # from the index
+        assert await store.find_sent("c2", "26") is None
+        assert await store.find_sent("c1", "0x1A") is None
+
+
+@pytest.mark.asyncio
+async def test_correlation_lookup_uses_the_index(store: SqliteStore, tmp_path: Path) -> None:
+    await store.flush()
+    with sqlite3.connect(tmp_path / "smsc.db") as db:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE carrier = ? AND carrier_key = ?"
+            " ORDER BY submitted_at DESC LIMIT 1",
+            ("c1", "26"),
+        ).fetchall()
+    assert "messages_carrier_key" in " ".join(str(row) for row in plan)
+
+
+@pytest.mark.asyncio
+async def test_reserved_id_blocks_never_repeat_across_restarts(tmp_path: Path) -> None:
+    s = SqliteStore(config(tmp_path))
+    await s.open()
+    async with asyncio.timeout(DEADLINE):
+        assert await s.reserve_ids(100) == 0
+        assert await s.reserve_ids(50) == 100
+        await s.close()
+    with sqlite3.connect(tmp_path / "smsc.db") as db:  # committed, not just queued
+        assert db.execute("SELECT value FROM counters").fetchone() == (150,)
+    s = SqliteStore(config(tmp_path))
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            assert await s.reserve_ids(100) == 150
+        with pytest.raises(ValueError, match="at least one"):
+            await s.reserve_ids(0)
+    finally:
+        await s.close()
+
+
+# -- held deliveries ---------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_held_items_are_ordered_per_account_and_released(tmp_path: Path) -> None:
+    clock = Clock(100.0)
+    s = SqliteStore(config(tmp_path), clock=clock)
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            for i in range(5):
+                s.hold("acme", f"r{i}".encode(), 200.0)
+                s.hold("other", f"o{i}".encode(), 200.0)
+            items = await s.held("acme", 3)  # read your writes
+            assert [item for _, item in items] == [b"r0", b"r1", b"r2"]
+            s.release([held_id for held_id, _ in items[:2]])
+            assert [item for _, item in await s.held("acme", 10)] == [b"r2", b"r3", b"r4"]
+            assert len(await s.held("other", 10)) == 5
+            assert await s.held("nobody", 10) == []
+            await s.close()
+
+            s = SqliteStore(config(tmp_path), clock=clock)
+            await s.open()  # durable across a restart
+            assert [item for _, item in await s.held("acme", 10)] == [b"r2", b"r3", b"r4"]
+    finally:
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_held_items_expire_and_purge(tmp_path: Path) -> None:
+    clock = Clock(100.0)
+    s = SqliteStore(config(tmp_path, keep_days=1), clock=clock)
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            s.hold("acme", b"short", 150.0)
+            s.hold("acme", b"long", 100_000.0)
+            s.add(msg(1))
+            s.add(msg(2))
+            s.add(msg(3))
+            s.set_final("m000001", DeliveryReport("m000001", MessageState.DELIVERED, done_at=10.0))
+            s.set_final(
+                "m000002", DeliveryReport("m000002", MessageState.DELIVERED, done_at=90_000)
+            )
+            assert [i for _, i in await s.held("acme", 10)] == [b"short", b"long"]
+            clock.now = 150.0
+            assert [i for _, i in await s.held("acme", 10)] == [b"long"]  # expired: skipped
+            await s.flush()
+            # a day later: "short" expired, m1 done more than a day ago; "long" not expired,
+            # m2 too recent, m3 unfinished
+            assert await s.purge(86_410.5) == 2
+            assert await s.get("m000001") is None
+            assert await s.get("m000002") is not None
+            assert await s.get("m000003") is not None
+            clock.now = 100.0
+            assert [i for _, i in await s.held("acme", 10)] == [b"long"]
+    finally:
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_held_items_are_bounded_per_account(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = SqliteStore(config(tmp_path), clock=Clock(0.0), held_max=3)
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            for i in range(5):
+                s.hold("acme", bytes([i]), 10.0)
+            s.hold("other", b"x", 10.0)
+            with caplog.at_level(logging.WARNING, logger="router.store"):
+                await s.flush()
+                s.hold("acme", b"\x05", 10.0)
+                await s.flush()
+            assert [i for _, i in await s.held("acme", 10)] == [b"\x03", b"\x04", b"\x05"]
+            assert [i for _, i in await s.held("other", 10)] == [b"x"]
+        assert s.dropped_held == 3
+        assert any("dropped" in r.getMessage() for r in caplog.records)
+    finally:
+        await s.close()
+
+
+# -- the file --------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_database_files_are_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "smsc.db"
+    path.touch(mode=0o644)
+    os.chmod(path, 0o644)
+    s = SqliteStore(config(tmp_path))
+    await s.open()
+    try:
+        s.add(msg(1))
+        await s.flush()
+        for name in ("smsc.db", "smsc.db-wal", "smsc.db-shm"):
+            mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+            assert mode == 0o600, f"{name}: {oct(mode)}"
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_memory_store_works() -> None:
+    s = SqliteStore(StoreConfig(path=":memory:"))
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            s.add(msg(1))
+            assert await s.get("m000001") is not None
+    finally:
+        await s.close()
+
+
+# -- kill -9 -----------------------------------------------------------------------------------
+
+CHILD = """
+import asyncio, os, sys
+from router.config import StoreConfig
+from router.model import Address, Message
+from router.store import SqliteStore
+
+async def main(path):
+    store = SqliteStore(StoreConfig(path=path, batch_max=64))
+    await store.open()
+    src, dst = Address(5, 0, "ACME"), Address(1, 1, "447700900123")
+
+    def durable(mid):
+        def callback(ok):
+            if ok:
+                os.write(1, (mid + "\\n").encode())
+        return callback
+
+    i = 0
+    while True:  # until killed
+        for _ in range(16):
+            i += 1
+            m = Message(id=f"k{i}", account="acme", source=src, destination=dst,
+                        short_message=b"x" * 140, submitted_at=float(i))
+            while not store.add(m, durable(m.id)):
+                await store.flush()
+        await asyncio.sleep(0)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.asyncio
+async def test_every_acknowledged_message_survives_kill_9(tmp_path: Path) -> None:
+    path = str(tmp_path / "smsc.db")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, path, stdout=asyncio.subprocess.PIPE, env=env, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    acked: list[str] = []
+    try:
+        async with asyncio.timeout(30.0):
+            while len(acked) < 3000:
+                line = await proc.stdout.readline()
+                assert line, "child stopped before it was killed"
+                acked.append(line.decode().strip())
+            proc.send_signal(signal.SIGKILL)  # mid-stream: the child never stops by itself
+            acked.extend(line.decode().strip() for line in (await proc.stdout.read()).splitlines())
+            assert await proc.wait() == -signal.SIGKILL
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    s = SqliteStore(StoreConfig(path=path))
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            stored = {m.message.id for m in await s.unfinished()}
+    finally:
+        await s.close()
+    missing = [mid for mid in acked if mid not in stored]
+    assert missing == []
+    assert len(stored) >= len(acked)
