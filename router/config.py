@@ -138,6 +138,9 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if name in names[:i]:
                 raise ValueError(f"carriers[{i}].name: {name!r} appears twice")
         known = set(names)
+        from router.routing import RouteTable  # the table checks duplicates, naming routes[i]
+
+        RouteTable(self.routes)
         for i, route in enumerate(self.routes):
             for j, cp in enumerate(route.carriers):
                 if cp.carrier not in known:
