@@ -396,8 +396,8 @@ class CarrierHandler(aio.Handler):
         misbehave = state.profile.misbehave if state is not None else None
         if misbehave is not None:
             if misbehave.drop_after_pdus is not None and self.pdus > misbehave.drop_after_pdus:
-                if conn.transport is not None:
-                    conn.transport.abort()
+                # After this batch's answers are flushed: the first N PDUs are served.
+                asyncio.get_running_loop().call_soon(conn.abort)
                 return
             if (
                 misbehave.black_hole_after_pdus is not None

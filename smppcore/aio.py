@@ -252,6 +252,12 @@ class Connection(asyncio.Protocol):
         self.close()
         await self.wait_closed(timeout)
 
+    def abort(self) -> None:
+        """Drop the connection at once, discarding unsent data (a peer that reads nothing
+        would otherwise keep a clean close waiting)."""
+        if self.transport is not None:
+            self.transport.abort()
+
     def close(self) -> None:
         """Close the transport after writing what is queued."""
         if self.transport is not None and not self.transport.is_closing():

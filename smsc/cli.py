@@ -16,8 +16,9 @@ import random
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -25,6 +26,7 @@ import msgspec
 from simulator.config import CarrierConfig
 from smppcore.config import ConfigError
 from smsc import __version__
+from smsc.config import SmscConfig
 from smsc.configfile import load_yaml_config
 
 if TYPE_CHECKING:
@@ -33,9 +35,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PENDING = {
-    "serve": "run the SMPP server and router",
     "load": "run the load-test harness against an SMPP server",
 }
+
+_SERVE_HELP = """\
+Without --config, runs the embedded default: the ESME listener on 127.0.0.1:2775 with
+account test/test (up to 200 sessions), three simulated carriers on loopback reached
+through real SMPP binds (cheap but flaky, mid, premium), a route table where least-cost
+choice and failover show, receipts back to the client with our message ids, and
+Prometheus metrics on http://127.0.0.1:9775/metrics. conf/smsc.example.yaml documents
+every key.
+
+Prints "smsc serve: listening on HOST:PORT" once ready. SIGINT/SIGTERM: stop accepting,
+unbind every ESME, keep what is queued in the store (resumed at the next start), unbind
+the carriers and exit 0; a second signal exits at once."""
 
 _CARRIER_HELP = """\
 Without --config, runs the embedded default: 127.0.0.1:2776, one account test/test
@@ -93,7 +106,25 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 
-    commands.add_parser("serve", help=_PENDING["serve"], description=_PENDING["serve"])
+    summary = "run the SMPP server and least-cost router"
+    serve = commands.add_parser(
+        "serve", help=summary, description=summary, epilog=_SERVE_HELP, formatter_class=fmt
+    )
+    serve.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    serve.add_argument("--port", type=_port, help="ESME listen port; 0 picks a free one")
+    serve.add_argument(
+        "--metrics-port", type=_port, metavar="PORT", help="HTTP port for /metrics and /route"
+    )
+    serve.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+
+    summary = "explain the route a running smsc would choose for a destination"
+    route = commands.add_parser("route", help=summary, description=summary)
+    route.add_argument("--destination", required=True, help="destination number (digits)")
+    route.add_argument("--account", default="test", help="account system_id (default: test)")
+    route.add_argument("--host", default="127.0.0.1", help="metrics host (default: 127.0.0.1)")
+    route.add_argument("--port", type=_port, default=9775, help="metrics port (default: 9775)")
 
     summary = "run a standalone carrier simulator"
     carrier = commands.add_parser(
@@ -141,12 +172,124 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "route":
+        return _route(args)
     if args.command == "carrier":
         return _carrier(args)
     if args.command == "carrier-mo":
         return _carrier_mo(args)
     print(f"smsc {args.command}: not yet available in smsc {__version__}", file=sys.stderr)
     return 2
+
+
+# --- smsc serve -----------------------------------------------------------------------------
+
+
+def serve_config(args: argparse.Namespace) -> SmscConfig:
+    """The file (or the embedded default) with command-line overrides."""
+    from smsc.defaults import DEFAULT
+
+    config = DEFAULT if args.config is None else load_yaml_config(args.config, SmscConfig)
+    changes: dict[str, Any] = {}
+    if args.port is not None:
+        changes["listen"] = msgspec.structs.replace(config.listen, port=args.port)
+    if args.metrics_port is not None:
+        changes["metrics"] = msgspec.structs.replace(config.metrics, port=args.metrics_port)
+    if args.log_level is not None:
+        changes["log_level"] = args.log_level
+    return msgspec.structs.replace(config, **changes) if changes else config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = serve_config(args)
+        from smsc.app import simulator_configs
+
+        simulator_configs(config)  # refuse a bad simulated carrier before starting anything
+    except ConfigError as exc:
+        print(f"smsc: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log_level)
+    try:
+        return _run(run_serve(config))
+    except OSError as exc:
+        print(f"smsc serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def run_serve(config: SmscConfig) -> int:
+    """Run smsc until SIGINT/SIGTERM, then shut down in order."""
+    from smsc.app import App
+
+    app = App(config)
+    stop, restore = _stop_on_signals("smsc serve")
+    try:
+        await app.start()
+        if config.metrics.port is not None:
+            print(
+                f"smsc serve: metrics on http://{_where(config.metrics.host, app.http_port)}"
+                "/metrics",
+                flush=True,
+            )
+        print(f"smsc serve: listening on {_where(config.listen.host, app.port)}", flush=True)
+        await stop.wait()
+    finally:
+        await app.stop()
+        restore()
+    log.info("smsc stopped")
+    return 0
+
+
+def _stop_on_signals(name: str) -> tuple[asyncio.Event, Callable[[], None]]:
+    """An event set by the first SIGINT/SIGTERM; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        if len(signals) == 1:
+            log.info("%s: shutting down (again to force)", signal.Signals(signum).name)
+            stop.set()
+        else:
+            print(f"{name}: second signal, exiting at once", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no support
+            pass
+
+    def restore() -> None:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+    return stop, restore
+
+
+def _route(args: argparse.Namespace) -> int:
+    query = urllib.parse.urlencode({"destination": args.destination, "account": args.account})
+    url = f"http://{_where(args.host, args.port)}/route?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            print(response.read().decode(), end="")
+    except urllib.error.HTTPError as exc:
+        print(
+            f"smsc route: refused ({exc.code}): {exc.read().decode(errors='replace')}",
+            file=sys.stderr,
+        )
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"smsc route: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # --- smsc carrier ---------------------------------------------------------------------------
@@ -192,26 +335,7 @@ async def run_carrier(config: CarrierConfig) -> int:
     from simulator.carrier import Carrier
     from simulator.mo import start_mo_generators, stop_mo_generators
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        signals.append(signum)
-        if len(signals) == 1:
-            log.info("%s: shutting down (again to force)", signal.Signals(signum).name)
-            stop.set()
-        else:
-            print("smsc carrier: second signal, exiting at once", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, on_signal, signum)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or no support
-            pass
+    stop, restore = _stop_on_signals("smsc carrier")
     registry = CollectorRegistry()
     carrier = Carrier(config, registry=registry)
     admin: Admin | None = None
@@ -232,8 +356,7 @@ async def run_carrier(config: CarrierConfig) -> int:
             await admin.stop()
         await stop_mo_generators(generators)
         await carrier.stop()
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        restore()
     log.info("carrier stopped")
     return 0
 

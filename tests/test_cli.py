@@ -39,7 +39,7 @@ def test_no_command_prints_usage_and_exits_2() -> None:
     assert "usage: smsc" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["serve", "load"])  # carrier: tests/test_carrier_cli.py
+@pytest.mark.parametrize("command", ["load"])  # carrier, serve: their own tests
 def test_unavailable_command_says_so(command: str) -> None:
     result = smsc(command)
     assert result.returncode == 2

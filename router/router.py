@@ -1,0 +1,481 @@
+"""The router: intake → bounded priority queue → least-cost choice → carrier pools, and
+receipts back. It implements :class:`router.ports.Intake` and calls a
+:class:`router.ports.ReportSink` with every final outcome.
+
+One dispatcher task moves messages from the queue to carriers while they have window
+slots and rate tokens; outcomes arrive as future callbacks. A temporary refusal, a
+timeout or a dropped bind sends the message to the next candidate (within the retry
+budget and its validity); a permanent refusal is final and reported as a failure
+receipt. All parts of one long message go over the same carrier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+import msgspec
+
+from router.config import CarrierConfig, RouterConfig
+from router.correlation import Correlator, correlation_key
+from router.health import CarrierHealth
+from router.model import (
+    Accepted,
+    DeliveryReport,
+    Failed,
+    Message,
+    NoRoute,
+    Rejected,
+    StoredMessage,
+    SubmitOutcome,
+)
+from router.ports import AcceptCallback, ReportSink
+from router.queue import MessageQueue
+from router.routing import AccountPolicy, Explanation, RouteTable, choose, explain
+from router.store import Store
+from router.upstream import CarrierPool
+from smppcore.constants import CommandStatus, EsmClass, MessageState
+from smppcore.pdu import DeliverSm
+from smppcore.receipt import parse_receipt
+from smppcore.tlv import Tag
+
+log = logging.getLogger(__name__)
+
+_RECEIPT_BITS = int(EsmClass.DELIVERY_RECEIPT) | int(EsmClass.INTERMEDIATE_NOTIFICATION)
+_MAX_PINNED = 100_000
+_MAX_SENT_CACHE = 200_000
+
+
+class RouterStats(msgspec.Struct, frozen=True):
+    queued: int
+    scheduled: int
+    in_flight: int
+    carriers: dict[str, int]
+
+
+class Router:
+    """Implements Intake. ``await start()``; ``submit(...)``; ``await stop()``."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        store: Store,
+        sink: ReportSink,
+        policies: Mapping[str, AccountPolicy] | None = None,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.sink = sink
+        self.policies = dict(policies or {})
+        self.wall = wall
+        self._rng = rng or random.Random()
+        self.queue = MessageQueue(config.queue_max)
+        self.queue.on_ready = self._wake_up
+        self.table = RouteTable(config.routes)
+        self._carriers: dict[str, CarrierConfig] = {c.name: c for c in config.carriers}
+        self.health: dict[str, CarrierHealth] = {}
+        self.pools: dict[str, CarrierPool] = {}
+        self.correlator: Correlator[DeliveryReport] = Correlator(
+            store, max_cache=500_000, early_ttl=120.0, max_early=50_000
+        )
+        self._pinned: OrderedDict[str, str] = OrderedDict()
+        self._sent: OrderedDict[str, Message] = OrderedDict()
+        self._in_flight = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = False
+        #: final outcomes by (carrier, state word) and routing events, for metrics
+        self.counters: dict[str, int] = {}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        now = self.wall()
+        for name, cfg in self._carriers.items():
+            self.health[name] = CarrierHealth(name, self.config.health, now)
+            self.pools[name] = CarrierPool(
+                cfg, on_deliver=self._on_deliver, on_state=self._on_state, rng=self._rng
+            )
+        for pool in self.pools.values():
+            await pool.start()
+        await self._recover()
+        self._running = True
+        self._task = asyncio.create_task(self._dispatch_loop(), name="router-dispatch")
+
+    async def _recover(self) -> None:
+        """After a restart: re-queue what was accepted but never sent; wait for the
+        receipts of what was sent (their correlation is in the store)."""
+        requeued = 0
+        for stored in await self.store.unfinished():
+            if not stored.carrier:
+                self.queue.requeue(stored.message)
+                requeued += 1
+        if requeued:
+            log.info("recovered %d accepted messages not yet sent upstream", requeued)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop dispatching, let in-flight submits finish (bounded), unbind carriers."""
+        self._running = False
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await asyncio.gather(
+            *(pool.stop(timeout) for pool in self.pools.values()), return_exceptions=True
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- Intake -----------------------------------------------------------------------
+
+    def submit(self, message: Message, done: AcceptCallback) -> None:
+        if self.config.ack_after == "store":
+
+            def durable(ok: bool) -> None:
+                if not ok:
+                    done(CommandStatus.ESME_RSYSERR)
+                elif not self.queue.put(message, self.wall()):
+                    self.queue.requeue(message)  # already promised durably: never drop it
+                    done(CommandStatus.ESME_ROK)
+                else:
+                    done(CommandStatus.ESME_ROK)
+
+            if not self.store.add(message, durable):
+                done(CommandStatus.ESME_RMSGQFUL)
+            return
+        if not self.queue.put(message, self.wall()):
+            done(CommandStatus.ESME_RMSGQFUL)
+            return
+        if not self.store.add(message, None):
+            self.queue.remove(message.id)
+            done(CommandStatus.ESME_RMSGQFUL)
+            return
+        done(CommandStatus.ESME_ROK)
+
+    def cancel(self, message_id: str) -> bool:
+        return self.queue.remove(message_id) is not None
+
+    def replace(self, message: Message) -> bool:
+        if self.queue.replace(message):
+            self.store.update_message(message)
+            return True
+        return False
+
+    # --- explaining -------------------------------------------------------------------
+
+    def explain(self, destination: str, account: str) -> Explanation:
+        now = self.wall()
+        views = {name: h.view(now) for name, h in self.health.items()}
+        return explain(
+            destination,
+            account,
+            table=self.table,
+            policy=self.policies.get(account, AccountPolicy()),
+            health=views,
+            now=now,
+        )
+
+    def stats(self) -> RouterStats:
+        return RouterStats(
+            queued=self.queue.ready_count,
+            scheduled=self.queue.scheduled_count,
+            in_flight=self._in_flight,
+            carriers={name: pool.bound for name, pool in self.pools.items()},
+        )
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    # --- dispatching --------------------------------------------------------------------
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    def _on_state(self, carrier: str, bound: int) -> None:
+        health = self.health.get(carrier)
+        if health is not None:
+            health.set_binds(bound)
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        while self._running:
+            self._wake.clear()
+            delay = self._dispatch_some()
+            if delay is None:
+                await self._wake.wait()
+            else:
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+
+    def _dispatch_some(self) -> float | None:
+        """Send what can go now; the seconds until something may change, or None."""
+        now = self.wall()
+        for early in self.correlator.expire(now):
+            self._count(f"receipt_unmatched:{early.carrier}")
+            log.info("receipt from %s for unknown id %s dropped", early.carrier, early.key)
+        queue = self.queue
+        queue.release_due(now)
+        queue.expire(now)
+        for msg in queue.take_expired():
+            self._final(msg, MessageState.EXPIRED, 0, "")
+        sent = 0
+        while queue.ready_count and sent < 2000:
+            popped = queue.pop_ready(now)
+            if popped is None:
+                break
+            msg = popped
+            carrier = self._route(msg, now)
+            if carrier is None:
+                continue
+            if carrier == "":
+                queue.requeue(msg)
+                break
+            self._send(carrier, msg, now)
+            sent += 1
+        for msg in queue.take_expired():
+            self._final(msg, MessageState.EXPIRED, 0, "")
+        if sent >= 2000:
+            return 0.0  # yield to the loop, then carry on
+        waits = [t for t in (queue.next_due(),) if t is not None]
+        waits += [t for p in self.pools.values() if (t := p.ready_at(now)) is not None]
+        if not waits:
+            return None if not queue.ready_count else 0.5
+        return max(0.0, min(waits) - now) + 0.0005
+
+    def _route(self, msg: Message, now: float) -> str | None:
+        """The carrier to send ``msg`` over now; "" when it must wait for capacity; None
+        when it was finished here (no route)."""
+        views = {name: h.view(now) for name, h in self.health.items()}
+        pinned = self._pinned.get(msg.concat.group) if msg.concat else None
+        decision = choose(
+            msg,
+            table=self.table,
+            policy=self.policies.get(msg.account, AccountPolicy()),
+            health=views,
+            pinned=pinned,
+            now=now,
+        )
+        if isinstance(decision, NoRoute):
+            if any(v.available for v in views.values()) or msg.tried:
+                self._count("no_route")
+                log.info("message %s: no route (%s)", msg.id, decision.reason)
+                self._final(msg, MessageState.UNDELIVERABLE, 0, "")
+                return None
+            return ""  # nothing is bound yet: wait for a carrier to come up
+        for name in (decision.carrier, *decision.fallbacks):
+            if pinned is not None and name != pinned:
+                break
+            pool = self.pools.get(name)
+            if pool is not None and pool.ready(now):
+                health = self.health[name]
+                if not health.try_acquire_trial(now):
+                    continue
+                if msg.concat and pinned is None:
+                    self._pin(msg.concat.group, name)
+                return name
+        return ""
+
+    def _pin(self, group: str, carrier: str) -> None:
+        self._pinned[group] = carrier
+        if len(self._pinned) > _MAX_PINNED:
+            self._pinned.popitem(last=False)
+
+    def _send(self, carrier: str, msg: Message, now: float) -> None:
+        msg = msgspec.structs.replace(msg, attempts=msg.attempts + 1)
+        started = time.monotonic()
+        self._in_flight += 1
+        fut = self.pools[carrier].send(msg, now)
+        fut.add_done_callback(lambda f: self._outcome(msg, started, f))
+
+    def _outcome(self, msg: Message, started: float, fut: asyncio.Future[SubmitOutcome]) -> None:
+        self._in_flight -= 1
+        self._wake.set()
+        if fut.cancelled():
+            self.queue.requeue(msg)
+            return
+        outcome = fut.result()
+        now = self.wall()
+        latency = time.monotonic() - started
+        health = self.health.get(outcome.carrier)
+        if isinstance(outcome, Accepted):
+            if health is not None:
+                health.record_submit(now, latency, "accepted")
+            self._count(f"accepted:{outcome.carrier}")
+            self._sent[msg.id] = msg
+            if len(self._sent) > _MAX_SENT_CACHE:
+                self._sent.popitem(last=False)
+            cfg = self._carriers[outcome.carrier]
+            early = self.correlator.expect(
+                outcome.carrier, outcome.carrier_message_id, msg.id, cfg.submit_id
+            )
+            for report in early:
+                self._receipt(msg, report)
+            return
+        if isinstance(outcome, Rejected) and not outcome.retryable:
+            if health is not None:
+                health.record_submit(now, latency, "rejected")
+            self._count(f"rejected:{outcome.carrier}")
+            self._final(msg, MessageState.REJECTED, outcome.status, outcome.carrier)
+            return
+        kind = "temporary" if isinstance(outcome, Rejected) else "failed"
+        if health is not None:
+            health.record_submit(now, latency, kind)  # type: ignore[arg-type]
+        self._count(f"retry:{outcome.carrier}")
+        status = outcome.status if isinstance(outcome, Rejected) else 0
+        if isinstance(outcome, Failed) and outcome.reason == "not ready":
+            self.queue.requeue(msg)  # never left us: not an attempt
+            return
+        retry = msgspec.structs.replace(msg, tried=(*msg.tried, outcome.carrier))
+        expires = msg.expires_at
+        if retry.attempts >= self.config.retry.max_attempts or (
+            expires is not None and expires <= now
+        ):
+            state = (
+                MessageState.EXPIRED
+                if expires is not None and expires <= now
+                else (MessageState.UNDELIVERABLE)
+            )
+            self._final(msg, state, status, outcome.carrier)
+            return
+        if msg.concat and self._pinned.get(msg.concat.group) == outcome.carrier:
+            # Temporary trouble on the pinned carrier: try it again, parts stay together.
+            retry = msgspec.structs.replace(retry, tried=msg.tried)
+        self.queue.requeue(retry)
+
+    def _final(self, msg: Message, state: MessageState, error: int, carrier: str) -> None:
+        """Finish ``msg`` here (no carrier receipt will come) and report it."""
+        report = DeliveryReport(
+            message_id=msg.id,
+            state=state,
+            error=error & 0xFFF,
+            done_at=self.wall(),
+            carrier=carrier,
+        )
+        self.store.set_final(msg.id, report)
+        self.sink.report(StoredMessage(message=msg, state=state, error=error), report)
+
+    # --- receipts and MO from carriers ------------------------------------------------
+
+    def _on_deliver(self, carrier: str, pdu: DeliverSm) -> int:
+        if not pdu.esm_class & _RECEIPT_BITS:
+            self._mobile_originated(carrier, pdu)
+            return CommandStatus.ESME_ROK
+        parsed = parse_receipt(pdu.short_message) if pdu.short_message else None
+        rid = pdu.tlv(Tag.RECEIPTED_MESSAGE_ID)
+        receipt_id = rid if isinstance(rid, str) and rid else (parsed.message_id if parsed else "")
+        if not receipt_id:
+            self._count("receipt_unreadable")
+            return CommandStatus.ESME_ROK
+        state_tlv = pdu.tlv(Tag.MESSAGE_STATE)
+        if isinstance(state_tlv, int):
+            try:
+                state = MessageState(state_tlv)
+            except ValueError:
+                state = parsed.state if parsed else MessageState.UNKNOWN
+        else:
+            state = parsed.state if parsed else MessageState.UNKNOWN
+        error = parsed.error if parsed else 0
+        nec = pdu.tlv(Tag.NETWORK_ERROR_CODE)
+        if isinstance(nec, bytes) and len(nec) == 3 and not error:
+            error = int.from_bytes(nec[1:], "big")
+        cfg = self._carriers[carrier]
+        report = DeliveryReport(
+            message_id="",
+            state=state,
+            error=error,
+            done_at=self.wall(),
+            carrier=carrier,
+            carrier_message_id=receipt_id,
+        )
+        our_id = self.correlator.lookup(carrier, receipt_id, cfg.receipt_id)
+        if our_id is not None:
+            self._receipt_for(our_id, report)
+        else:
+            task = asyncio.create_task(self._resolve_later(carrier, receipt_id, report))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return CommandStatus.ESME_ROK
+
+    async def _resolve_later(self, carrier: str, receipt_id: str, report: DeliveryReport) -> None:
+        cfg = self._carriers[carrier]
+        our_id = await self.correlator.resolve(carrier, receipt_id, cfg.receipt_id)
+        if our_id is None:
+            key = correlation_key(receipt_id, cfg.receipt_id)
+            our_id = self.correlator.park(carrier, key, report, self.wall())
+            if our_id is None:
+                return  # parked until its submit_sm_resp is processed (or it expires)
+        self._receipt_for(our_id, report)
+
+    def _receipt_for(self, our_id: str, report: DeliveryReport) -> None:
+        msg = self._sent.get(our_id)
+        if msg is not None:
+            self._receipt(msg, report)
+            return
+        task = asyncio.create_task(self._receipt_from_store(our_id, report))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _receipt_from_store(self, our_id: str, report: DeliveryReport) -> None:
+        stored = await self.store.get(our_id)
+        if stored is None:
+            self._count("receipt_unmatched")
+            return
+        self._receipt(stored.message, report)
+
+    def _receipt(self, msg: Message, report: DeliveryReport) -> None:
+        report = msgspec.structs.replace(report, message_id=msg.id)
+        health = self.health.get(report.carrier)
+        final = report.state not in (MessageState.ENROUTE, MessageState.ACCEPTED)
+        if final:
+            if health is not None:
+                health.record_receipt(self.wall(), report.state == MessageState.DELIVERED)
+            self._sent.pop(msg.id, None)
+            self.store.set_final(msg.id, report)
+            self._count(f"receipt:{report.carrier}:{report.state.name}")
+        stored = StoredMessage(
+            message=msg,
+            state=report.state,
+            error=report.error,
+            carrier=report.carrier,
+            carrier_message_id=report.carrier_message_id,
+            done_at=report.done_at if final else None,
+        )
+        self.sink.report(stored, report)
+
+    def _mobile_originated(self, carrier: str, pdu: DeliverSm) -> None:
+        account = self._carriers[carrier].mo_account
+        if account is None:
+            self._count("mo_unrouted")
+            return
+        from router.model import Address
+
+        payload = pdu.tlv(Tag.MESSAGE_PAYLOAD)
+        msg = Message(
+            id="",
+            account=account,
+            source=Address(pdu.source_addr_ton, pdu.source_addr_npi, pdu.source_addr),
+            destination=Address(pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr),
+            short_message=pdu.short_message or (payload if isinstance(payload, bytes) else b""),
+            data_coding=pdu.data_coding,
+            esm_class=pdu.esm_class,
+            protocol_id=pdu.protocol_id,
+            submitted_at=self.wall(),
+        )
+        self._count("mo")
+        self.sink.mobile_originated(account, msg)

@@ -1,0 +1,541 @@
+"""Upstream carrier binds: where we are the ESME toward a carrier.
+
+:class:`CarrierPool` keeps ``config.binds`` connections to one carrier up (a transceiver
+each, or a transmitter plus a receiver each in ``tx+rx`` mode), each supervised by its own
+task that connects, binds, waits for the connection to end and reconnects with exponential
+backoff and jitter. Submits are pipelined: each bind carries up to ``config.window``
+submit_sm in flight (SMPP-NOTES: never stop-and-wait), and :meth:`CarrierPool.send` puts a
+message on the least-loaded bind.
+
+The pool does not queue. The dispatcher asks :meth:`CarrierPool.ready` (a bind with a free
+slot, a rate token, no throttle pause), then calls :meth:`CarrierPool.send`, which returns
+at once with a future of the :data:`SubmitOutcome`: ``Accepted`` with the carrier's id,
+``Rejected`` with the status (``retryable`` for temporary ones), or ``Failed`` when the
+answer never came (response timeout, bind lost) — the caller requeues, nothing is lost.
+
+Decisions (see also :func:`submit_pdu`):
+
+- ``now`` is the event loop's monotonic clock (``loop.time()``): the rate bucket and the
+  ESME_RTHROTTLED pause are kept on it.
+- A response timeout makes its bind *suspect*: no new submits go to it while one
+  enquire_link probes it; answered, the bind is used again; unanswered (or the session
+  closes), the connection is aborted and reconnected. A black-holed carrier thus costs one
+  window of timeouts per bind, not a steady stream of them.
+- Registered delivery: a final receipt is always requested upstream (bits 1-0 set to 01,
+  the other bits kept as the client asked). The router needs every message's final state
+  (query_sm, delivery-rate health, the store); whether the client gets a receipt is decided
+  by its own ``registered_delivery`` when the report goes back (``ReportSink``).
+- Validity: sent as a relative period (``...R``), the time left until ``expires_at`` (our
+  wall clock, injectable), so the carrier stops trying when we would report EXPIRED anyway.
+  Schedules are held by the router: schedule_delivery_time is always empty.
+- ``Failed("timeout")`` means the carrier may still have taken the message (its answer was
+  late); the caller's requeue can then duplicate it — the usual at-least-once trade.
+- esm_class: the messaging-mode bits (1-0) are cleared (default mode: we already answered
+  the client, so datagram/transaction semantics cannot be honoured across our hop); message
+  type, UDHI and reply path are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Final
+
+import msgspec
+
+from router.config import CarrierConfig, Reconnect
+from router.model import Accepted, Failed, Message, Rejected, SubmitOutcome
+from smppcore.aio import (
+    Connection,
+    ConnectionClosed,
+    Handler,
+    RequestTimeout,
+    connect,
+)
+from smppcore.constants import SMPP_VERSION_34, TEMPORARY_STATUSES, CommandStatus
+from smppcore.errors import LocalProtocolError, SmppError
+from smppcore.pdu import (
+    BindReceiver,
+    BindTransceiver,
+    BindTransmitter,
+    DeliverSm,
+    DeliverSmResp,
+    EnquireLink,
+    Pdu,
+    SubmitSm,
+    SubmitSmResp,
+)
+from smppcore.session import SessionConfig, WindowFull
+from smppcore.smpptime import RelativeTime, format_relative
+from smppcore.throttle import TokenBucket
+from smppcore.tlv import Tag, Tlv, find_tlv
+
+log = logging.getLogger(__name__)
+
+DeliverCallback = Callable[[str, DeliverSm], int]
+StateCallback = Callable[[str, int], None]
+
+#: The longest short_message (§5.2.21); longer content travels in message_payload.
+MAX_SHORT_MESSAGE: Final = 254
+#: Inbound requests (deliver_sm) held unanswered per session at most. We answer each one
+#: synchronously, but the core counts a whole read's worth before we see any of them.
+INBOUND_WINDOW: Final = 10_000
+_MODE_BITS: Final = 0x03
+_RECEIPT_BITS: Final = 0x03
+_FINAL_RECEIPT: Final = 0x01
+_MAX_RELATIVE_SECONDS: Final = 99 * 86_400 + 23 * 3600 + 59 * 60 + 59
+_THROTTLED: Final = int(CommandStatus.ESME_RTHROTTLED)
+
+
+def relative_validity(seconds: float) -> str:
+    """A relative validity_period for ``seconds`` from now (at least 1 s, at most ~99 days)."""
+    total = min(_MAX_RELATIVE_SECONDS, max(1, math.ceil(seconds)))
+    days, rest = divmod(total, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return format_relative(RelativeTime(days=days, hours=hours, minutes=minutes, seconds=secs))
+
+
+def backoff_delay(reconnect: Reconnect, failures: int, rng: random.Random) -> float:
+    """Seconds before the next connect after ``failures`` failures in a row (0 after a bind
+    that was up): ``min`` doubling per failure, capped at ``max``, plus up to ``jitter``."""
+    base = min(reconnect.max, reconnect.min * 2.0 ** min(max(failures - 1, 0), 30))
+    return base * (1.0 + reconnect.jitter * rng.random())
+
+
+def submit_pdu(message: Message, *, wall_now: float | None = None) -> SubmitSm:
+    """The submit_sm that carries ``message`` upstream (see the module's decisions).
+
+    ``wall_now`` (Unix seconds) is needed to turn ``expires_at`` into a relative validity;
+    None leaves validity_period empty (the carrier's default).
+    """
+    validity = ""
+    if message.expires_at is not None and wall_now is not None:
+        validity = relative_validity(message.expires_at - wall_now)
+    tlvs = tuple(t for t in message.tlvs if t.tag != Tag.MESSAGE_PAYLOAD)
+    short_message = message.short_message
+    if message.payload_tlv or len(short_message) > MAX_SHORT_MESSAGE:
+        tlvs = (*tlvs, Tlv(Tag.MESSAGE_PAYLOAD, short_message))
+        short_message = b""
+    receipts = (message.registered_delivery & ~_RECEIPT_BITS & 0xFF) | _FINAL_RECEIPT
+    return SubmitSm(
+        service_type=message.service_type,
+        source_addr_ton=message.source.ton,
+        source_addr_npi=message.source.npi,
+        source_addr=message.source.addr,
+        dest_addr_ton=message.destination.ton,
+        dest_addr_npi=message.destination.npi,
+        destination_addr=message.destination.addr,
+        esm_class=message.esm_class & ~_MODE_BITS & 0xFF,
+        protocol_id=message.protocol_id,
+        priority_flag=message.priority,
+        validity_period=validity,
+        registered_delivery=receipts,
+        data_coding=message.data_coding,
+        short_message=short_message,
+        tlvs=tlvs,
+    )
+
+
+class _Link(Handler):
+    """One connection slot of the pool (transceiver, transmitter or receiver)."""
+
+    def __init__(self, pool: CarrierPool, index: int, kind: str) -> None:
+        self.pool = pool
+        self.index = index
+        self.kind = kind  # "trx", "tx" or "rx"
+        self.conn: Connection | None = None
+        self.suspect = False
+        self.failures = 0
+        self.ended = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool.name}#{self.index}{'' if self.kind == 'trx' else self.kind}"
+
+    @property
+    def submit_ready(self) -> bool:
+        conn = self.conn
+        return conn is not None and not self.suspect and conn.session.can_submit
+
+    # --- Handler ----------------------------------------------------------------------
+
+    def request_received(self, conn: Connection, pdu: Pdu) -> None:
+        if isinstance(pdu, DeliverSm):
+            conn.respond(
+                DeliverSmResp(
+                    sequence_number=pdu.sequence_number,
+                    command_status=self.pool._deliver(pdu),
+                )
+            )
+        else:
+            super().request_received(conn, pdu)
+
+    def session_closed(self, conn: Connection, reason: str) -> None:
+        log.info("carrier bind %s closed: %s", self.name, reason)
+        self.ended.set()
+        self.pool._state_changed()
+
+
+class CarrierPool:
+    """The binds to one carrier, their reconnection, window, rate and throttle pause."""
+
+    def __init__(
+        self,
+        config: CarrierConfig,
+        *,
+        on_deliver: DeliverCallback,
+        on_state: StateCallback | None = None,
+        rng: random.Random,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._on_deliver = on_deliver
+        self._on_state = on_state
+        self._rng = rng
+        self._wall_clock = wall_clock
+        self.session_config = SessionConfig(
+            window=config.window,
+            max_waiting=0,  # the pool never queues behind a full window
+            inbound_window=INBOUND_WINDOW,
+            response_timeout=config.response_timeout,
+            slot_timeout=config.response_timeout,
+            enquire_link_interval=config.enquire_link_interval,
+            inactivity_timeout=None,  # our enquire_link finds dead links
+            session_init_timeout=None,  # we bind at once; the bind response is bounded
+        )
+        rate, burst = config.rate, config.burst
+        self._bucket = (
+            TokenBucket(rate, float(burst or max(1.0, rate)), 0.0) if rate is not None else None
+        )
+        kinds = ("trx",) if config.bind_mode == "transceiver" else ("tx", "rx")
+        self._links = [_Link(self, i, k) for i in range(config.binds) for k in kinds]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._paused_until = -math.inf
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._reported = 0
+        #: Successful binds so far (every link, every reconnect).
+        self.binds_made = 0
+        #: Connects or binds that failed so far (refusals included).
+        self.connect_failures = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start connecting every bind; returns at once (a carrier that is down does not
+        block start-up: its binds keep retrying with backoff)."""
+        if self._tasks:
+            return
+        for link in self._links:
+            task = asyncio.create_task(self._supervise(link), name=f"carrier {link.name}")
+            task.add_done_callback(_log_crash)
+            self._tasks.append(task)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop: no new submits, wait (≤ ``timeout``) for those in flight to be answered,
+        unbind every bind (within what is left of ``timeout``, at least a short grace),
+        stop reconnecting. Submits still unanswered resolve ``Failed("connection lost")``."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_event.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._pending:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.warning(
+                    "carrier %s: %d submits unanswered at shutdown", self.name, self._pending
+                )
+        conns = [lk.conn for lk in self._links if lk.conn is not None and not lk.conn.closed]
+        grace = max(deadline - loop.time(), min(timeout, 0.5))
+        if conns:
+            try:
+                async with asyncio.timeout(grace + 0.5):
+                    await asyncio.gather(*(c.unbind(grace) for c in conns), return_exceptions=True)
+            except TimeoutError:
+                log.warning("carrier %s: unbind not finished in time; aborting", self.name)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- state ------------------------------------------------------------------------
+
+    @property
+    def bound(self) -> int:
+        """Submit-capable binds up (and not suspect)."""
+        return sum(1 for lk in self._links if lk.submit_ready)
+
+    @property
+    def receivers(self) -> int:
+        """Binds up that can receive deliver_sm."""
+        return sum(1 for lk in self._links if lk.conn is not None and lk.conn.session.can_deliver)
+
+    @property
+    def free_slots(self) -> int:
+        """Window slots free over the submit-capable binds."""
+        window = self.config.window
+        return sum(
+            max(0, window - lk.conn.session.in_flight)
+            for lk in self._links
+            if lk.submit_ready and lk.conn is not None
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Submits sent and not yet settled."""
+        return self._pending
+
+    def paused(self, now: float) -> bool:
+        """Holding back after ESME_RTHROTTLED?"""
+        return now < self._paused_until
+
+    def ready(self, now: float) -> bool:
+        """May :meth:`send` go now: a bind with a free slot, a rate token, no pause."""
+        if self._stopping or now < self._paused_until:
+            return False
+        if self._bucket is not None and self._bucket.delay(now) > 0:
+            return False
+        return self._pick() is not None
+
+    def ready_at(self, now: float) -> float | None:
+        """When :meth:`ready` will hold, if only time is missing (rate, pause); ``now`` when
+        it holds now; None when it waits for a bind or a window slot (an event: a bind comes
+        up — ``on_state`` — or a future of :meth:`send` resolves)."""
+        if self._stopping or self._pick() is None:
+            return None
+        at = max(now, self._paused_until)
+        if self._bucket is not None:
+            at = max(at, now + self._bucket.delay(now))
+        return at
+
+    def _pick(self) -> _Link | None:
+        """The submit-capable bind with the fewest submits in flight, if one has a slot."""
+        best: _Link | None = None
+        best_load = self.config.window
+        for lk in self._links:
+            if lk.submit_ready and lk.conn is not None:
+                load = lk.conn.session.in_flight
+                if load < best_load:
+                    best, best_load = lk, load
+        return best
+
+    def _state_changed(self) -> None:
+        count = self.bound
+        if count != self._reported:
+            self._reported = count
+            if self._on_state is not None:
+                try:
+                    self._on_state(self.name, count)
+                except Exception:
+                    log.exception("carrier %s: on_state failed", self.name)
+
+    # --- submits ----------------------------------------------------------------------
+
+    def send(self, message: Message, now: float) -> asyncio.Future[SubmitOutcome]:
+        """Submit ``message`` on the least-loaded bind; the future resolves with its outcome
+        (never with an exception). Not ready: resolved at once with ``Failed("not ready")``."""
+        loop = asyncio.get_running_loop()
+        out: asyncio.Future[SubmitOutcome] = loop.create_future()
+        link = self._pick() if self.ready(now) else None
+        if link is None or link.conn is None:
+            out.set_result(Failed(self.name, "not ready"))
+            return out
+        conn = link.conn
+        try:
+            pdu = submit_pdu(
+                message, wall_now=self._wall_clock() if message.expires_at is not None else None
+            )
+            payload = find_tlv(pdu.tlvs, Tag.MESSAGE_PAYLOAD)
+            if payload is not None and conn.session.peer_interface_version < SMPP_VERSION_34:
+                # A 3.3 carrier takes no TLVs (the session strips them): up to 254 octets
+                # go in short_message; more cannot travel to this carrier at all.
+                if len(payload.value) > MAX_SHORT_MESSAGE:
+                    out.set_result(
+                        Rejected(self.name, CommandStatus.ESME_RINVMSGLEN, retryable=False)
+                    )
+                    return out
+                pdu = _in_short_message(pdu, payload)
+            fut = conn.send_request(pdu)
+        except ConnectionClosed:
+            out.set_result(Failed(self.name, "connection lost"))
+            return out
+        except WindowFull:  # a probe took the last slot meanwhile
+            out.set_result(Failed(self.name, "not ready"))
+            return out
+        except LocalProtocolError as err:
+            # Our PDU cannot be built (a field too long...): no carrier would take it.
+            log.warning("carrier %s: message %s not sendable: %s", self.name, message.id, err)
+            out.set_result(Rejected(self.name, err.status, retryable=False))
+            return out
+        if self._bucket is not None:
+            self._bucket.take(now)
+        self._pending += 1
+        self._idle.clear()
+        fut.add_done_callback(partial(self._settle, link, conn, out))
+        return out
+
+    def _settle(
+        self,
+        link: _Link,
+        conn: Connection,
+        out: asyncio.Future[SubmitOutcome],
+        fut: asyncio.Future[Pdu],
+    ) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
+        outcome: SubmitOutcome
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or isinstance(exc, ConnectionClosed):
+            outcome = Failed(self.name, "connection lost")
+        elif isinstance(exc, RequestTimeout):
+            outcome = Failed(self.name, "timeout")
+            self._suspect(link, conn)
+        elif exc is not None:
+            log.error("carrier %s: submit failed: %r", self.name, exc)
+            outcome = Failed(self.name, f"error: {type(exc).__name__}")
+        else:
+            resp = fut.result()
+            status = resp.command_status
+            if status == CommandStatus.ESME_ROK and isinstance(resp, SubmitSmResp):
+                outcome = Accepted(self.name, resp.message_id)
+            else:
+                if status == CommandStatus.ESME_ROK:  # a generic_nack saying "OK": nonsense
+                    status = CommandStatus.ESME_RSYSERR
+                outcome = Rejected(self.name, status, retryable=status in TEMPORARY_STATUSES)
+                if status == _THROTTLED:
+                    until = asyncio.get_running_loop().time() + self.config.throttle_pause
+                    if until > self._paused_until:
+                        log.info(
+                            "carrier %s throttles: pausing %.2fs",
+                            self.name,
+                            self.config.throttle_pause,
+                        )
+                        self._paused_until = until
+        if not out.done():
+            out.set_result(outcome)
+
+    def _suspect(self, link: _Link, conn: Connection) -> None:
+        """A response timed out: stop using the bind and probe it with an enquire_link."""
+        if link.suspect or link.conn is not conn or conn.closed:
+            return
+        link.suspect = True
+        self._state_changed()
+        try:
+            probe = conn.send_request(EnquireLink())
+        except SmppError:
+            _abort(conn)
+            return
+        probe.add_done_callback(partial(self._probed, link, conn))
+
+    def _probed(self, link: _Link, conn: Connection, probe: asyncio.Future[Pdu]) -> None:
+        if probe.cancelled() or probe.exception() is not None:
+            if not conn.closed:
+                log.warning("carrier bind %s does not answer: reconnecting", link.name)
+                _abort(conn)
+            return
+        if link.conn is conn and link.suspect:
+            link.suspect = False
+            self._state_changed()
+
+    # --- receipts and MO --------------------------------------------------------------
+
+    def _deliver(self, pdu: DeliverSm) -> int:
+        try:
+            return int(self._on_deliver(self.name, pdu))
+        except Exception:
+            log.exception("carrier %s: on_deliver failed", self.name)
+            return int(CommandStatus.ESME_RX_T_APPN)
+
+    # --- connections ------------------------------------------------------------------
+
+    def _bind_pdu(self, kind: str) -> Pdu:
+        cfg = self.config
+        cls = {"trx": BindTransceiver, "tx": BindTransmitter, "rx": BindReceiver}[kind]
+        return cls(system_id=cfg.system_id, password=cfg.password, system_type=cfg.system_type)
+
+    async def _supervise(self, link: _Link) -> None:
+        """Keep one bind up until stop: connect, bind, wait for the end, back off, again."""
+        cfg = self.config
+        limit = cfg.response_timeout
+        while not self._stop_event.is_set():
+            conn: Connection | None = None
+            try:
+                link.ended = asyncio.Event()
+                conn = await connect(
+                    cfg.host, cfg.port, config=self.session_config, handler=link, timeout=limit
+                )
+                async with asyncio.timeout(limit + 1.0):  # the session bounds it already
+                    await conn.bind(self._bind_pdu(link.kind))
+                link.failures = 0
+                link.suspect = False
+                link.conn = conn
+                self.binds_made += 1
+                log.info("carrier bind %s up", link.name)
+                self._state_changed()
+                await link.ended.wait()  # the bind's lifetime: ends on close, or on stop()
+                await _close(conn, limit)
+            except (OSError, TimeoutError, SmppError) as exc:
+                link.failures += 1
+                self.connect_failures += 1
+                log.info("carrier bind %s failed (%d): %s", link.name, link.failures, exc)
+            except Exception:  # a bug must not leave this bind down for good
+                link.failures += 1
+                self.connect_failures += 1
+                log.exception("carrier bind %s: unexpected error", link.name)
+            finally:
+                if conn is not None and not conn.closed:
+                    _abort(conn)
+                if link.conn is not None:
+                    link.conn = None
+                    link.suspect = False
+                    self._state_changed()
+            if self._stop_event.is_set():
+                break
+            delay = backoff_delay(self.config.reconnect, link.failures, self._rng)
+            try:
+                async with asyncio.timeout(delay):
+                    await self._stop_event.wait()
+            except TimeoutError:
+                pass
+
+
+def _in_short_message(pdu: SubmitSm, payload: Tlv) -> SubmitSm:
+    rest = tuple(t for t in pdu.tlvs if t.tag != Tag.MESSAGE_PAYLOAD)
+    return msgspec.structs.replace(pdu, short_message=payload.value, tlvs=rest)
+
+
+def _abort(conn: Connection) -> None:
+    """Drop a connection at once (a dead peer may never read what a clean close sends)."""
+    if conn.transport is not None:
+        conn.transport.abort()
+
+
+async def _close(conn: Connection, timeout: float) -> None:
+    """Close ``conn`` and wait (bounded) until it is gone; abort it if that takes too long."""
+    conn.close()
+    try:
+        await conn.wait_closed(timeout)
+    except TimeoutError:
+        _abort(conn)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s crashed", task.get_name(), exc_info=task.exception())
+
+
+__all__ = ["CarrierPool", "backoff_delay", "relative_validity", "submit_pdu"]

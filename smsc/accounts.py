@@ -1,0 +1,57 @@
+"""Live state of the ESME accounts: their binds, throttles and what the router may do."""
+
+from __future__ import annotations
+
+from router.routing import AccountPolicy
+from smppcore.aio import Connection
+from smppcore.throttle import TokenBucket
+from smsc.config import SmscAccount
+
+
+class AccountState:
+    """One account: its config, its bound sessions, its token bucket."""
+
+    def __init__(self, account: SmscAccount, now: float) -> None:
+        self.account = account
+        self.auth = account.auth()
+        self.sessions: set[Connection] = set()
+        self.receivers: list[Connection] = []
+        self._rr = 0
+        self.bucket = (
+            TokenBucket(account.throughput, account.burst or max(1.0, account.throughput), now)
+            if account.throughput
+            else None
+        )
+        self.policy = AccountPolicy(
+            max_price=account.price_ceiling,
+            allowed_carriers=(
+                frozenset(account.allowed_carriers)
+                if account.allowed_carriers is not None
+                else None
+            ),
+        )
+
+    @property
+    def system_id(self) -> str:
+        return self.account.system_id
+
+    def add(self, conn: Connection) -> None:
+        self.sessions.add(conn)
+        if conn.session.can_deliver:
+            self.receivers.append(conn)
+
+    def remove(self, conn: Connection) -> None:
+        self.sessions.discard(conn)
+        if conn in self.receivers:
+            self.receivers.remove(conn)
+
+    def receiver(self) -> Connection | None:
+        """A bound receive-capable session with room in its window, round robin."""
+        receivers = self.receivers
+        n = len(receivers)
+        for _ in range(n):
+            self._rr = (self._rr + 1) % n
+            conn = receivers[self._rr]
+            if conn.session.can_deliver and not conn.closed and not conn.session.waiting:
+                return conn
+        return None

@@ -1,0 +1,215 @@
+"""Receipts and MO to the owning account's binds (router.ports.ReportSink).
+
+Sent over any receive-capable bind of the account (never another account's), round
+robin. With none bound — or when a delivery fails (bind lost, no answer, a temporary
+refusal) — the deliver_sm is held durably in the store and sent, in order, when a
+receive-capable bind of the account appears; held items expire by the account's
+``receipt_ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from router.model import DeliveryReport, Message, StoredMessage
+from router.store import Store
+from smppcore.codec import decode, encode
+from smppcore.constants import TEMPORARY_STATUSES, MessageState, RegisteredDelivery
+from smppcore.errors import SmppError
+from smppcore.pdu import DeliverSm, Pdu
+from smppcore.receipt_pdu import message_text, receipt_deliver_sm
+from smsc.accounts import AccountState
+
+log = logging.getLogger(__name__)
+
+_INTERMEDIATE = int(RegisteredDelivery.INTERMEDIATE)
+_RECEIPT_MASK = int(RegisteredDelivery.RECEIPT_MASK)
+_FAILURE_ONLY = int(RegisteredDelivery.FAILURE_ONLY)
+_NOT_FINAL = frozenset({MessageState.ENROUTE, MessageState.ACCEPTED, MessageState.SCHEDULED})
+_DRAIN_BATCH = 500
+
+
+def wants_receipt(registered_delivery: int, state: MessageState) -> bool:
+    """Does registered_delivery (§5.2.17) ask for a receipt of ``state``?"""
+    if state in _NOT_FINAL:
+        return bool(registered_delivery & _INTERMEDIATE)
+    kind = registered_delivery & _RECEIPT_MASK
+    if kind == 1:
+        return True
+    return kind == _FAILURE_ONLY and state != MessageState.DELIVERED
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class Delivery:
+    """Implements ReportSink for smsc."""
+
+    def __init__(
+        self,
+        accounts: dict[str, AccountState],
+        store: Store,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.accounts = accounts
+        self.store = store
+        self.wall = wall
+        self._draining: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent = 0
+        self.held = 0
+        self.expired = 0
+
+    # --- ReportSink -----------------------------------------------------------------------
+
+    def report(self, stored: StoredMessage, report: DeliveryReport) -> None:
+        msg = stored.message
+        if not wants_receipt(msg.registered_delivery, report.state):
+            return
+        done = report.done_at or self.wall()
+        pdu = receipt_deliver_sm(
+            message_id=msg.reported_id,
+            state=report.state,
+            error=report.error,
+            submitted_at=_utc(msg.submitted_at or done),
+            done_at=_utc(done),
+            source=(msg.source.ton, msg.source.npi, msg.source.addr),
+            destination=(msg.destination.ton, msg.destination.npi, msg.destination.addr),
+            preview=message_text(msg.short_message, msg.esm_class, msg.data_coding),
+            intermediate=report.state in _NOT_FINAL,
+        )
+        self.deliver(msg.account, pdu)
+
+    def mobile_originated(self, account: str, message: Message) -> None:
+        pdu = DeliverSm(
+            source_addr_ton=message.source.ton,
+            source_addr_npi=message.source.npi,
+            source_addr=message.source.addr,
+            dest_addr_ton=message.destination.ton,
+            dest_addr_npi=message.destination.npi,
+            destination_addr=message.destination.addr,
+            esm_class=message.esm_class & 0x40,  # keep UDHI only
+            protocol_id=message.protocol_id,
+            data_coding=message.data_coding,
+            short_message=message.short_message,
+        )
+        self.deliver(account, pdu)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def deliver(self, account: str, pdu: DeliverSm) -> None:
+        """Send ``pdu`` (a template: sequence 0) to ``account`` now, or hold it."""
+        state = self.accounts.get(account)
+        if state is None:
+            log.warning("deliver_sm for unknown account %s dropped", account)
+            return
+        expires = self.wall() + state.account.receipt_ttl
+        if account in self._draining:
+            self._hold(account, pdu, expires)  # keep the order behind what is held
+            return
+        conn = state.receiver()
+        if conn is None:
+            self._hold(account, pdu, expires)
+            return
+        self._send(conn, account, pdu, expires, None)
+
+    def _send(
+        self,
+        conn: object,
+        account: str,
+        pdu: Pdu,
+        expires: float,
+        done: Callable[[bool], None] | None,
+    ) -> None:
+        from smppcore.aio import Connection
+
+        assert isinstance(conn, Connection)
+        try:
+            fut = conn.send_request(pdu)
+        except SmppError:
+            if done is None:
+                self._hold(account, pdu, expires)
+            else:
+                done(False)
+            return
+
+        def answered(f: asyncio.Future[Pdu]) -> None:
+            ok = (
+                not f.cancelled()
+                and f.exception() is None
+                and f.result().command_status not in TEMPORARY_STATUSES
+            )
+            if ok:
+                self.sent += 1
+            if done is not None:
+                done(ok)
+            elif not ok:
+                self._hold(account, pdu, expires)
+
+        fut.add_done_callback(answered)
+
+    def _hold(self, account: str, pdu: Pdu, expires: float) -> None:
+        self.held += 1
+        self.store.hold(account, encode(pdu), expires)
+
+    # --- held items ---------------------------------------------------------------------
+
+    def bound(self, account: str) -> None:
+        """A receive-capable bind of ``account`` is up: send what is held, in order."""
+        if account in self._draining:
+            return
+        self._draining.add(account)
+        task = asyncio.create_task(self._drain(account), name=f"drain-{account}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, account: str) -> None:
+        try:
+            await self.store.flush()
+            while True:
+                items = await self.store.held(account, _DRAIN_BATCH)
+                if not items:
+                    return
+                state = self.accounts[account]
+                sent: list[int] = []
+                failed = False
+                pending: list[asyncio.Future[bool]] = []
+                loop = asyncio.get_running_loop()
+                for item_id, raw in items:
+                    conn = state.receiver()
+                    if conn is None:
+                        failed = True
+                        break
+                    pdu = decode(raw)
+                    fut: asyncio.Future[bool] = loop.create_future()
+                    pending.append(fut)
+
+                    def finish(ok: bool, fut: asyncio.Future[bool] = fut) -> None:
+                        if not fut.done():
+                            fut.set_result(ok)
+
+                    self._send(conn, account, pdu, 0.0, finish)
+                    sent.append(item_id)
+                    await conn.drain()
+                results = await asyncio.gather(*pending)
+                delivered = [i for i, ok in zip(sent, results, strict=True) if ok]
+                self.store.release(delivered)
+                await self.store.flush()
+                if failed or len(delivered) < len(sent):
+                    return  # retried at the next bind
+        except Exception:
+            log.exception("draining held deliveries of %s failed", account)
+        finally:
+            self._draining.discard(account)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,491 @@
+"""The ESME-facing SMPP server: binds, submits, and message management.
+
+Each accepted submit becomes a :class:`router.model.Message` handed to the router's
+Intake; submit_sm_resp goes out when the router says the message is accepted (queued, or
+durably stored in ``ack_after: store`` mode). query_sm, cancel_sm and replace_sm are
+answered from the store; a message can be cancelled or replaced while it has not left
+for a carrier (it is scheduled, or still queued).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from router.model import Address, Concat, Message
+from router.ports import Intake
+from router.store import Store
+from smppcore import aio
+from smppcore.accounts import BIND_TYPE_OF_COMMAND, check_bind
+from smppcore.constants import CommandId, CommandStatus, EsmClass, MessageState
+from smppcore.errors import RemoteProtocolError
+from smppcore.pdu import (
+    CancelSm,
+    CancelSmResp,
+    DataSm,
+    DataSmResp,
+    DistributionList,
+    Pdu,
+    QuerySm,
+    QuerySmResp,
+    ReplaceSm,
+    ReplaceSmResp,
+    SubmitMulti,
+    SubmitMultiResp,
+    SubmitSm,
+    SubmitSmResp,
+    UnsuccessSme,
+)
+from smppcore.receipt import is_final
+from smppcore.segment import parse_udh
+from smppcore.session import ProtocolViolation
+from smppcore.smpptime import (
+    format_absolute,
+    parse_schedule_delivery_time,
+    parse_validity_period,
+    resolve,
+)
+from smppcore.tlv import Tag
+from smsc.accounts import AccountState
+from smsc.delivery import Delivery
+from smsc.ids import IdAllocator
+
+log = logging.getLogger(__name__)
+
+_UDHI = int(EsmClass.UDHI)
+_S = CommandStatus
+
+
+class ServerMetrics:
+    """Plain counters read by the metrics collector at scrape time."""
+
+    def __init__(self) -> None:
+        self.pdus: dict[tuple[int, int], int] = {}
+        self.binds: dict[tuple[str, str, int], int] = {}
+
+    def pdu(self, command_id: int, status: int) -> None:
+        key = (command_id, status)
+        self.pdus[key] = self.pdus.get(key, 0) + 1
+
+
+class Server:
+    """Everything the ESME-facing handlers share."""
+
+    def __init__(
+        self,
+        *,
+        system_id: str,
+        accounts: dict[str, AccountState],
+        intake: Intake,
+        store: Store,
+        delivery: Delivery,
+        ids: IdAllocator,
+        default_validity: float,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.system_id = system_id
+        self.accounts = accounts
+        self.intake = intake
+        self.store = store
+        self.delivery = delivery
+        self.ids = ids
+        self.default_validity = default_validity
+        self.wall = wall
+        self.metrics = ServerMetrics()
+        self.connections: set[aio.Connection] = set()
+        self.accepting = True
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def handler(self, conn: aio.Connection) -> EsmeHandler:
+        return EsmeHandler(self)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def new_id(self) -> str:
+        msg_id = self.ids.next()
+        if self.ids.low:
+            self.spawn(self.ids.refill())
+        return msg_id
+
+    async def unbind_all(self, timeout: float) -> None:
+        conns = list(self.connections)
+        if conns:
+            await asyncio.gather(*(c.unbind(timeout) for c in conns), return_exceptions=True)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _payload(pdu: Pdu) -> bytes:
+    value = pdu.tlv(Tag.MESSAGE_PAYLOAD)
+    return value if isinstance(value, bytes) else b""
+
+
+class EsmeHandler(aio.Handler):
+    """One ESME connection."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.state: AccountState | None = None
+
+    def connection_made(self, conn: aio.Connection) -> None:
+        self.server.connections.add(conn)
+
+    def session_closed(self, conn: aio.Connection, reason: str) -> None:
+        self.server.connections.discard(conn)
+        if self.state is not None:
+            self.state.remove(conn)
+            log.info("session of %s closed: %s", self.state.system_id, reason)
+
+    def protocol_violation(self, conn: aio.Connection, event: ProtocolViolation) -> None:
+        self.server.metrics.pdu(event.command_id, event.status)
+
+    def request_received(self, conn: aio.Connection, pdu: Pdu) -> None:
+        handler = _HANDLERS.get(pdu.command_id)
+        if handler is None:
+            super().request_received(conn, pdu)
+            return
+        try:
+            handler(self, conn, pdu)
+        except RemoteProtocolError as err:
+            self._refuse(conn, pdu, err.status)
+
+    def _refuse(self, conn: aio.Connection, pdu: Pdu, status: int) -> None:
+        assert pdu.response_class is not None
+        self.server.metrics.pdu(pdu.command_id, status)
+        conn.respond(pdu.response_class(pdu.sequence_number, status))
+
+    # --- bind ---------------------------------------------------------------------------
+
+    def on_bind(self, conn: aio.Connection, pdu: Pdu) -> None:
+        server = self.server
+        system_id: str = pdu.system_id  # type: ignore[attr-defined]
+        state = server.accounts.get(system_id)
+        peer = conn.peer[0] if conn.peer else None
+        status = check_bind(
+            state.auth if state else None,
+            command_id=pdu.command_id,
+            password=pdu.password,  # type: ignore[attr-defined]
+            peer_host=peer,
+            sessions_in_use=len(state.sessions) if state else 0,
+        )
+        if not server.accepting:
+            status = _S.ESME_RBINDFAIL
+        kind = BIND_TYPE_OF_COMMAND[pdu.command_id].value
+        key = (system_id if state else "unknown", kind, status)
+        server.metrics.binds[key] = server.metrics.binds.get(key, 0) + 1
+        # Audit line: account, peer, result — never the password.
+        log.info("bind %s as %s from %s: %s", system_id, kind, peer, _S(status).name)
+        if status != _S.ESME_ROK or state is None:
+            self._refuse(conn, pdu, status or _S.ESME_RBINDFAIL)
+            return
+        assert pdu.response_class is not None
+        conn.respond(pdu.response_class(pdu.sequence_number, 0, server.system_id))  # type: ignore[call-arg]
+        self.state = state
+        conn.context = state
+        # The account's window bounds what one session may leave unanswered.
+        conn.session.config = msgspec.structs.replace(
+            conn.session.config, inbound_window=state.account.max_window
+        )
+        state.add(conn)
+        if conn.session.can_deliver:
+            server.delivery.bound(state.system_id)
+
+    # --- submits ------------------------------------------------------------------------
+
+    def _admit(self, conn: aio.Connection, pdu: Pdu) -> AccountState | None:
+        state = self.state
+        assert state is not None
+        bucket = state.bucket
+        if bucket is not None and not bucket.take(time.monotonic()):
+            self._refuse(conn, pdu, _S.ESME_RTHROTTLED)
+            return None
+        return state
+
+    def _message(
+        self,
+        state: AccountState,
+        pdu: SubmitSm | DataSm | SubmitMulti,
+        dest: Address,
+        msg_id: str,
+        client_id: str = "",
+    ) -> Message:
+        server = self.server
+        now = server.wall()
+        short_message = getattr(pdu, "short_message", b"")
+        payload_tlv = False
+        if not short_message:
+            short_message = _payload(pdu)
+            payload_tlv = bool(short_message) or isinstance(pdu, DataSm)
+        schedule_at: float | None = None
+        expires_at: float | None = None
+        if not isinstance(pdu, DataSm):
+            wall = datetime.fromtimestamp(now, UTC)
+            if pdu.schedule_delivery_time:
+                when = resolve(parse_schedule_delivery_time(pdu.schedule_delivery_time), wall)
+                schedule_at = when.timestamp() if when else None
+            if pdu.validity_period:
+                until = resolve(parse_validity_period(pdu.validity_period), wall)
+                expires_at = until.timestamp() if until else None
+                if expires_at is not None and expires_at <= now:
+                    raise RemoteProtocolError(
+                        "validity_period already past", status=_S.ESME_RINVEXPIRY
+                    )
+        if expires_at is None:
+            expires_at = now + server.default_validity
+        priority = getattr(pdu, "priority_flag", 0)
+        if priority > 3:
+            raise RemoteProtocolError("priority_flag over 3", status=_S.ESME_RINVPRTFLG)
+        concat = self._concat(state, pdu, dest, short_message)
+        passthrough = tuple(t for t in pdu.tlvs if t.tag != Tag.MESSAGE_PAYLOAD)
+        return Message(
+            id=msg_id,
+            client_id=client_id,
+            account=state.system_id,
+            source=Address(pdu.source_addr_ton, pdu.source_addr_npi, pdu.source_addr),
+            destination=dest,
+            short_message=short_message,
+            data_coding=pdu.data_coding,
+            esm_class=pdu.esm_class,
+            protocol_id=getattr(pdu, "protocol_id", 0),
+            service_type=pdu.service_type,
+            priority=min(3, priority + state.account.default_priority),
+            registered_delivery=pdu.registered_delivery,
+            tlvs=passthrough,
+            concat=concat,
+            submitted_at=now,
+            schedule_at=schedule_at,
+            expires_at=expires_at,
+            payload_tlv=payload_tlv,
+        )
+
+    @staticmethod
+    def _concat(state: AccountState, pdu: Pdu, dest: Address, sm: bytes) -> Concat | None:
+        """The long message this part belongs to (UDH or SAR), for same-carrier routing."""
+        source = getattr(pdu, "source_addr", "")
+        if getattr(pdu, "esm_class", 0) & _UDHI:
+            info = parse_udh(sm)[0]
+            if info is not None and info.total > 1:
+                return Concat(
+                    f"{state.system_id}:{source}:{dest.addr}:u{info.ref}", info.total, info.seq
+                )
+            return None
+        ref = pdu.tlv(Tag.SAR_MSG_REF_NUM)
+        if isinstance(ref, int):
+            total = pdu.tlv(Tag.SAR_TOTAL_SEGMENTS)
+            seq = pdu.tlv(Tag.SAR_SEGMENT_SEQNUM)
+            if isinstance(total, int) and isinstance(seq, int) and total > 1:
+                return Concat(f"{state.system_id}:{source}:{dest.addr}:s{ref}", total, seq)
+        return None
+
+    def on_submit_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, (SubmitSm, DataSm))
+        state = self._admit(conn, pdu)
+        if state is None:
+            return
+        if not pdu.destination_addr:
+            self._refuse(conn, pdu, _S.ESME_RINVDSTADR)
+            return
+        server = self.server
+        try:
+            msg_id = server.new_id()
+        except RuntimeError:
+            self._refuse(conn, pdu, _S.ESME_RSYSERR)
+            return
+        dest = Address(pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr)
+        message = self._message(state, pdu, dest, msg_id)
+        seq = pdu.sequence_number
+        resp_cls = SubmitSmResp if isinstance(pdu, SubmitSm) else DataSmResp
+        metrics = server.metrics
+        cid = pdu.command_id
+
+        def done(status: int) -> None:
+            metrics.pdu(cid, status)
+            if conn.closed:
+                return
+            if status:
+                conn.respond(resp_cls(seq, status))
+            else:
+                conn.respond(resp_cls(seq, 0, msg_id))
+
+        server.intake.submit(message, done)
+
+    def on_submit_multi(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, SubmitMulti)
+        state = self._admit(conn, pdu)
+        if state is None:
+            return
+        server = self.server
+        try:
+            base = server.new_id()
+        except RuntimeError:
+            self._refuse(conn, pdu, _S.ESME_RSYSERR)
+            return
+        failed: list[UnsuccessSme] = []
+        messages: list[Message] = []
+        for dest in pdu.dest_addresses:
+            if isinstance(dest, DistributionList):
+                failed.append(UnsuccessSme(0, 0, dest.name, _S.ESME_RINVDLNAME))
+                continue
+            if not dest.address:
+                failed.append(UnsuccessSme(dest.ton, dest.npi, "", _S.ESME_RINVDSTADR))
+                continue
+            n = len(messages)
+            msg_id = base if n == 0 else f"{base}-{n + 1}"
+            addr = Address(dest.ton, dest.npi, dest.address)
+            messages.append(self._message(state, pdu, addr, msg_id, client_id=base))
+        seq = pdu.sequence_number
+        if not messages:
+            server.metrics.pdu(pdu.command_id, _S.ESME_RINVNUMDESTS)
+            conn.respond(SubmitMultiResp(seq, 0, "", tuple(failed)))
+            return
+        remaining = len(messages)
+        dests = [m.destination for m in messages]
+
+        def one_done(index: int, status: int) -> None:
+            nonlocal remaining
+            if status:
+                d = dests[index]
+                failed.append(UnsuccessSme(d.ton, d.npi, d.addr, status))
+            remaining -= 1
+            if remaining == 0 and not conn.closed:
+                ok = len(failed) < len(pdu.dest_addresses)
+                server.metrics.pdu(pdu.command_id, 0)
+                conn.respond(SubmitMultiResp(seq, 0, base if ok else "", tuple(failed)))
+
+        for i, message in enumerate(messages):
+            server.intake.submit(message, functools.partial(one_done, i))
+
+    # --- message management -------------------------------------------------------------
+
+    def on_query_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, QuerySm)
+        self.server.spawn(self._query(conn, pdu))
+
+    async def _query(self, conn: aio.Connection, pdu: QuerySm) -> None:
+        stored = await self.server.store.get(pdu.message_id)
+        if (
+            stored is None
+            or self.state is None
+            or stored.message.account != self.state.system_id
+            or (pdu.source_addr and pdu.source_addr != stored.message.source.addr)
+        ):
+            self._refuse(conn, pdu, _S.ESME_RQUERYFAIL)
+            return
+        final_date = ""
+        if stored.done_at is not None and is_final(stored.state):
+            final_date = format_absolute(datetime.fromtimestamp(stored.done_at, UTC))
+        state = stored.state
+        if state == MessageState.ENROUTE and stored.message.schedule_at:
+            state = MessageState.ENROUTE
+        self.server.metrics.pdu(pdu.command_id, 0)
+        if not conn.closed:
+            conn.respond(
+                QuerySmResp(
+                    pdu.sequence_number,
+                    0,
+                    pdu.message_id,
+                    final_date,
+                    int(state),
+                    min(stored.error, 255),
+                )
+            )
+
+    def on_cancel_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, CancelSm)
+        self.server.spawn(self._cancel(conn, pdu))
+
+    async def _cancel(self, conn: aio.Connection, pdu: CancelSm) -> None:
+        server = self.server
+        stored = await server.store.get(pdu.message_id) if pdu.message_id else None
+        if (
+            stored is None
+            or self.state is None
+            or stored.message.account != self.state.system_id
+            or (pdu.source_addr and pdu.source_addr != stored.message.source.addr)
+            or not server.intake.cancel(pdu.message_id)
+        ):
+            # §4.9.1: no id-less bulk cancel here; only a message not yet sent upstream.
+            self._refuse(conn, pdu, _S.ESME_RCANCELFAIL)
+            return
+        from router.model import DeliveryReport, StoredMessage
+
+        report = DeliveryReport(
+            message_id=pdu.message_id, state=MessageState.DELETED, done_at=server.wall()
+        )
+        server.store.set_final(pdu.message_id, report)
+        server.delivery.report(
+            StoredMessage(message=stored.message, state=MessageState.DELETED), report
+        )
+        server.metrics.pdu(pdu.command_id, 0)
+        if not conn.closed:
+            conn.respond(CancelSmResp(pdu.sequence_number))
+
+    def on_replace_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
+        assert isinstance(pdu, ReplaceSm)
+        self.server.spawn(self._replace(conn, pdu))
+
+    async def _replace(self, conn: aio.Connection, pdu: ReplaceSm) -> None:
+        server = self.server
+        stored = await server.store.get(pdu.message_id)
+        if (
+            stored is None
+            or self.state is None
+            or stored.message.account != self.state.system_id
+            or (pdu.source_addr and pdu.source_addr != stored.message.source.addr)
+        ):
+            self._refuse(conn, pdu, _S.ESME_RREPLACEFAIL)
+            return
+        old = stored.message
+        wall = datetime.fromtimestamp(server.wall(), UTC)
+        try:
+            schedule_at = old.schedule_at
+            if pdu.schedule_delivery_time:
+                when = resolve(parse_schedule_delivery_time(pdu.schedule_delivery_time), wall)
+                schedule_at = when.timestamp() if when else None
+            expires_at = old.expires_at
+            if pdu.validity_period:
+                until = resolve(parse_validity_period(pdu.validity_period), wall)
+                expires_at = until.timestamp() if until else None
+        except RemoteProtocolError as err:
+            self._refuse(conn, pdu, err.status)
+            return
+        new = msgspec.structs.replace(
+            old,
+            short_message=pdu.short_message or _payload(pdu),
+            registered_delivery=pdu.registered_delivery,
+            schedule_at=schedule_at,
+            expires_at=expires_at,
+        )
+        if not server.intake.replace(new):
+            self._refuse(conn, pdu, _S.ESME_RREPLACEFAIL)
+            return
+        server.metrics.pdu(pdu.command_id, 0)
+        if not conn.closed:
+            conn.respond(ReplaceSmResp(pdu.sequence_number))
+
+
+_HANDLERS: dict[int, Callable[[EsmeHandler, aio.Connection, Pdu], None]] = {
+    CommandId.BIND_TRANSMITTER: EsmeHandler.on_bind,
+    CommandId.BIND_RECEIVER: EsmeHandler.on_bind,
+    CommandId.BIND_TRANSCEIVER: EsmeHandler.on_bind,
+    CommandId.SUBMIT_SM: EsmeHandler.on_submit_sm,
+    CommandId.DATA_SM: EsmeHandler.on_submit_sm,
+    CommandId.SUBMIT_MULTI: EsmeHandler.on_submit_multi,
+    CommandId.QUERY_SM: EsmeHandler.on_query_sm,
+    CommandId.CANCEL_SM: EsmeHandler.on_cancel_sm,
+    CommandId.REPLACE_SM: EsmeHandler.on_replace_sm,
+}
