@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -115,10 +115,13 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     text: str = ""
 
 
+_THREE: Final = tuple(f"{n:03d}" for n in range(_THREE_DIGITS_MAX + 1))
+
+
 def _three_digits(value: int) -> str:
     if not 0 <= value <= _THREE_DIGITS_MAX:
         value = max(0, min(_THREE_DIGITS_MAX, value))
-    return f"{value:03d}"
+    return _THREE[value]
 
 
 def _receipt_date(value: datetime | None) -> str:

@@ -36,9 +36,15 @@ def message_text(short_message: bytes, esm_class: int, data_coding: int) -> str:
     return decode_text(short_message, data_coding)
 
 
+_ASCII_TO_PORTABLE = {i: "?" for i in range(128) if chr(i) not in _PORTABLE}
+
+
 def receipt_preview(text: str) -> str:
     """The first 20 characters of ``text`` as a receipt shows them (others become '?')."""
-    return "".join(c if c in _PORTABLE else "?" for c in text[:20])
+    text = text[:20]
+    if text.isascii():
+        return text.translate(_ASCII_TO_PORTABLE)  # the common case, in C
+    return "".join(c if c in _PORTABLE else "?" for c in text)
 
 
 def receipt_deliver_sm(

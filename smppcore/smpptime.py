@@ -173,10 +173,18 @@ def format_receipt_date(dt: datetime) -> str:
         raise LocalProtocolError(f"format_receipt_date needs an aware datetime, got {dt!r}")
     else:
         utc = dt.astimezone(UTC)
+    # Receipts come by the thousand within one minute: remember the last minute written.
+    key = (utc.year, utc.month, utc.day, utc.hour, utc.minute)
+    if key == _last_minute[0]:
+        return _last_minute[1]  # type: ignore[return-value]
     if not 2000 <= utc.year <= 2099:
         raise LocalProtocolError(f"year {utc.year} does not fit a two-digit receipt date")
-    # Field by field, not strftime: this runs once per receipt.
-    return f"{utc.year - 2000:02d}{utc.month:02d}{utc.day:02d}{utc.hour:02d}{utc.minute:02d}"
+    text = f"{utc.year - 2000:02d}{utc.month:02d}{utc.day:02d}{utc.hour:02d}{utc.minute:02d}"
+    _last_minute[:] = [key, text]
+    return text
+
+
+_last_minute: list[object] = [None, ""]
 
 
 def parse_receipt_date(value: str) -> datetime | None:
