@@ -16,7 +16,7 @@ all: test
 # For now: the carrier simulator on its embedded default (127.0.0.1:2776, test/test), in the
 # foreground; Ctrl-C unbinds every session and exits. Later: `smsc serve`.
 run: setup
-	$(BIN)/smsc carrier
+	$(BIN)/smsc serve
 
 test: lint typecheck pytest
 
@@ -38,7 +38,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(PY_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[test,dev]'
+	$(BIN)/python -m pip install -e '.[test,dev,report]'
 	touch $@
 
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json

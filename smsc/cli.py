@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PENDING = {
-    "load": "run the load-test harness against an SMPP server",
-}
 
 _SERVE_HELP = """\
 Without --config, runs the embedded default: the ESME listener on 127.0.0.1:2775 with
@@ -161,7 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     mo.add_argument("--data-coding", type=_octet, help="0 GSM, 8 UCS-2, ... (default: auto)")
     mo.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
 
-    commands.add_parser("load", help=_PENDING["load"], description=_PENDING["load"])
+    from simulator.load import cli as load_cli
+
+    load_cli.add_arguments(
+        commands.add_parser("load", help=load_cli.DESCRIPTION, description=load_cli.DESCRIPTION)
+    )
     return parser
 
 
@@ -180,8 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _carrier(args)
     if args.command == "carrier-mo":
         return _carrier_mo(args)
-    print(f"smsc {args.command}: not yet available in smsc {__version__}", file=sys.stderr)
-    return 2
+    if args.command == "load":
+        from simulator.load import cli as load_cli
+
+        return load_cli.run(args)
+    parser.error(f"unknown command {args.command}")
 
 
 # --- smsc serve -----------------------------------------------------------------------------

@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from smsc import __version__
 
 
@@ -37,14 +35,6 @@ def test_no_command_prints_usage_and_exits_2() -> None:
     result = smsc()
     assert result.returncode == 2
     assert "usage: smsc" in result.stderr
-
-
-@pytest.mark.parametrize("command", ["load"])  # carrier, serve: their own tests
-def test_unavailable_command_says_so(command: str) -> None:
-    result = smsc(command)
-    assert result.returncode == 2
-    assert "not yet available" in result.stderr
-    assert result.stdout == ""
 
 
 def test_unknown_command_is_a_usage_error() -> None:
