@@ -72,7 +72,7 @@ def _decode_dests(
         if flag == 1:
             ton, npi = frame[pos + 1], frame[pos + 2]
             pos += 3
-            e = frame.find(b"\0", pos, min(pos + 21, end))
+            e = frame.find(0, pos, min(pos + 21, end))
             if e < 0:
                 _cstr_error(
                     frame,
@@ -85,7 +85,7 @@ def _decode_dests(
             out.append(SmeAddress(ton, npi, frame[pos:e].decode("latin-1")))
         elif flag == 2:
             pos += 1
-            e = frame.find(b"\0", pos, min(pos + 21, end))
+            e = frame.find(0, pos, min(pos + 21, end))
             if e < 0:
                 _cstr_error(
                     frame, pos, end, Field("dl_name", "cstr", 21, _S.ESME_RINVDLNAME), cid, seq
@@ -106,7 +106,7 @@ def _decode_unsuccess(
     for _ in range(count):
         ton, npi = frame[pos], frame[pos + 1]
         pos += 2
-        e = frame.find(b"\0", pos, min(pos + 21, end))
+        e = frame.find(0, pos, min(pos + 21, end))
         if e < 0:
             _cstr_error(
                 frame, pos, end, Field("destination_addr", "cstr", 21, _S.ESME_RINVDSTADR), cid, seq
@@ -214,7 +214,7 @@ def _gen_decoder(cls: type[Pdu], layout: tuple[Field, ...]) -> Callable[..., Pdu
             # Empty strings are the common case (service_type, times): one octet test.
             lines += [
                 "    if frame[pos]:",
-                f"        e = frame.find(b'\\0', pos, pos + {f.size})",
+                f"        e = frame.find(0, pos, pos + {f.size})",
                 f"        if e < 0: _cstr_error(frame, pos, end, fields[{i}], cid, seq)",
                 f"        v_{f.name} = frame[pos:e].decode('latin-1')",
                 "        pos = e + 1",
