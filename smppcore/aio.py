@@ -38,6 +38,8 @@ from smppcore.session import (
 
 log = logging.getLogger(__name__)
 
+_TCP_QUICKACK: Any = getattr(socket, "TCP_QUICKACK", None)
+
 
 class ConnectionClosed(SmppError):
     """The session ended before the request was answered."""
@@ -112,6 +114,7 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._reading_paused = False
         self._stalled = False
+        self._quickack: Any = None
         self._write_ready = asyncio.Event()
         self._write_ready.set()
         self._closed = self._loop.create_future()
@@ -127,12 +130,18 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if _TCP_QUICKACK is not None:
+                self._quickack = sock
         if self._handler_factory is not None:
             self.handler = self._handler_factory(self)
         self.handler.connection_made(self)
         self._arm(self.session.get_timer())
 
     def data_received(self, data: bytes) -> None:
+        if self._quickack is not None:
+            # Linux turns quick ACKs off again after a while: a peer that sends one PDU and
+            # waits (window 1, Nagle on) would otherwise wait for our delayed ACK, 40 ms.
+            self._quickack.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         self._in_receive = True
         try:
             events = self.session.receive_data(data, self._loop.time())
