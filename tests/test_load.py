@@ -358,15 +358,16 @@ def test_percentiles_are_right_on_a_known_delay_profile(run: Run) -> None:
             )
             s = (await harness(cfg))["summary"]
         lat = s["latency"]
+        # Upper bounds leave room for timers firing late on a loaded 2-core machine.
         assert lat["count"] == 1000 == s["accepted"]
         # uvloop's timers have millisecond resolution (a delay may end up to 1 ms early),
         # and server and harness share this loop (a few ms late under load).
         assert 9.0 <= lat["min_ms"] <= 14.0
-        assert 49.0 <= lat["p50_ms"] <= 55.0
-        assert 89.0 <= lat["p90_ms"] <= 95.0
-        assert 99.0 <= lat["p99_ms"] <= 106.0
-        assert 99.0 <= lat["max_ms"] <= 110.0
-        assert 54.0 <= lat["mean_ms"] <= 60.0
+        assert 49.0 <= lat["p50_ms"] <= 60.0
+        assert 89.0 <= lat["p90_ms"] <= 100.0
+        assert 99.0 <= lat["p99_ms"] <= 112.0
+        assert 99.0 <= lat["max_ms"] <= 130.0
+        assert 54.0 <= lat["mean_ms"] <= 66.0
 
     run(main())
 
