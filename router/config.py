@@ -106,7 +106,7 @@ class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class RetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_attempts: Annotated[int, Meta(ge=1, le=20)] = 4
     """Upstream submits per message at most, over all carriers."""
-    default_validity: Seconds = 172_800.0
+    default_validity: Annotated[float, Meta(gt=0, le=30 * 86_400)] = 172_800.0
     """Validity of a message that did not set validity_period (48 h)."""
 
 

@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import msgspec
 
 from router.config import CarrierConfig, RouterConfig
 from router.correlation import Correlator, correlation_key
-from router.health import CarrierHealth
+from router.health import CarrierHealth, HealthView
 from router.model import (
     Accepted,
     DeliveryReport,
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 _RECEIPT_BITS = int(EsmClass.DELIVERY_RECEIPT) | int(EsmClass.INTERMEDIATE_NOTIFICATION)
 _MAX_PINNED = 100_000
 _MAX_SENT_CACHE = 200_000
+_STATES = frozenset(int(s) for s in MessageState)
+_ERR = re.compile(rb"\berr:\s*([0-9]{1,9})", re.IGNORECASE)
+#: Loop turns a receipt waits for its submit_sm_resp's outcome before the store is asked.
+_MEMORY_TURNS = 3
 
 
 class RouterStats(msgspec.Struct, frozen=True):
@@ -89,6 +94,9 @@ class Router:
         self._sent: OrderedDict[str, Message] = OrderedDict()
         self._in_flight = 0
         self._wake = asyncio.Event()
+        self._binds_changed = asyncio.Event()
+        #: Messages in the schedule only because their carriers were unavailable.
+        self._deferred: dict[str, Message] = {}
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
@@ -139,6 +147,19 @@ class Router:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def wait_carriers_bound(
+        self, timeout: float, carriers: Iterable[str] | None = None
+    ) -> None:
+        """Return once every carrier (or each of ``carriers``) has all its configured binds
+        up and submit-capable; TimeoutError after ``timeout`` seconds. Woken by bind state
+        changes, never by polling."""
+        names = list(self.pools) if carriers is None else list(carriers)
+        pools = [self.pools[name] for name in names]
+        async with asyncio.timeout(timeout):
+            while not all(pool.bound >= pool.config.binds for pool in pools):
+                self._binds_changed.clear()
+                await self._binds_changed.wait()
+
     # --- Intake -----------------------------------------------------------------------
 
     def submit(self, message: Message, done: AcceptCallback) -> None:
@@ -166,9 +187,11 @@ class Router:
         done(CommandStatus.ESME_ROK)
 
     def cancel(self, message_id: str) -> bool:
+        self._deferred.pop(message_id, None)
         return self.queue.remove(message_id) is not None
 
     def replace(self, message: Message) -> bool:
+        self._deferred.pop(message.id, None)
         if self.queue.replace(message):
             self.store.update_message(message)
             return True
@@ -209,11 +232,21 @@ class Router:
         if health is not None:
             health.set_binds(bound)
         self._wake.set()
+        self._binds_changed.set()
+        if bound > 0 and self._deferred:
+            # A bind came up: the messages waiting for one are due now.
+            deferred, self._deferred = self._deferred, {}
+            for msg in deferred.values():
+                self.queue.replace(msgspec.structs.replace(msg, schedule_at=None))
 
     async def _dispatch_loop(self) -> None:
         while self._running:
-            self._wake.clear()
             delay = self._dispatch_some()
+            # Cleared after the pass, not before: the pass sets the event itself when it
+            # puts back a message that must wait for capacity (requeue wakes), and a wait
+            # on a set event does not yield — the loop would spin and starve everything.
+            # Nothing else can set it during the pass (it runs without awaiting).
+            self._wake.clear()
             if delay is None:
                 await self._wake.wait()
             else:
@@ -224,8 +257,13 @@ class Router:
                     pass
 
     def _dispatch_some(self) -> float | None:
-        """Send what can go now; the seconds until something may change, or None."""
+        """Send what can go now; the seconds until something may change, or None.
+
+        Two clocks: ``now`` (wall, Unix seconds) for the queue's schedules and expiries and
+        for health; ``mono`` (the loop's monotonic clock) for the carrier pools, whose rate
+        buckets and ESME_RTHROTTLED pauses run on it (router.upstream)."""
         now = self.wall()
+        mono = asyncio.get_running_loop().time()
         for early in self.correlator.expire(now):
             self._count(f"receipt_unmatched:{early.carrier}")
             log.info("receipt from %s for unknown id %s dropped", early.carrier, early.key)
@@ -240,49 +278,73 @@ class Router:
             if popped is None:
                 break
             msg = popped
-            carrier = self._route(msg, now)
+            self._deferred.pop(msg.id, None)
+            carrier = self._route(msg, now, mono)
             if carrier is None:
                 continue
             if carrier == "":
                 queue.requeue(msg)
                 break
-            self._send(carrier, msg, now)
+            self._send(carrier, msg, mono)
             sent += 1
         for msg in queue.take_expired():
             self._final(msg, MessageState.EXPIRED, 0, "")
         if sent >= 2000:
             return 0.0  # yield to the loop, then carry on
-        waits = [t for t in (queue.next_due(),) if t is not None]
-        waits += [t for p in self.pools.values() if (t := p.ready_at(now)) is not None]
+        due = queue.next_due()
+        waits = [] if due is None else [due - now]
+        # Only pools that become ready LATER (a rate token, the end of a throttle pause):
+        # one ready now was no use to the message at the head, and waiting "0 s" for it
+        # would spin. Slots freed and binds up wake the loop through events.
+        waits += [
+            t - mono
+            for p in self.pools.values()
+            if (t := p.ready_at(mono)) is not None and t > mono
+        ]
         if not waits:
             return None if not queue.ready_count else 0.5
-        return max(0.0, min(waits) - now) + 0.0005
+        return max(0.0, min(waits)) + 0.0005
 
-    def _route(self, msg: Message, now: float) -> str | None:
+    def _route(self, msg: Message, now: float, mono: float) -> str | None:
         """The carrier to send ``msg`` over now; "" when it must wait for capacity; None
-        when it was finished here (no route)."""
+        when it was finished here (no route). ``now`` is wall time, ``mono`` the loop's."""
         views = {name: h.view(now) for name, h in self.health.items()}
         pinned = self._pinned.get(msg.concat.group) if msg.concat else None
+        policy = self.policies.get(msg.account, AccountPolicy())
         decision = choose(
-            msg,
-            table=self.table,
-            policy=self.policies.get(msg.account, AccountPolicy()),
-            health=views,
-            pinned=pinned,
-            now=now,
+            msg, table=self.table, policy=policy, health=views, pinned=pinned, now=now
         )
+        if isinstance(decision, NoRoute) and msg.tried:
+            # Every carrier of the route failed it once: go round again rather than fail
+            # a message on temporary errors (max_attempts and its validity bound this).
+            fresh = msgspec.structs.replace(msg, tried=())
+            decision = choose(
+                fresh, table=self.table, policy=policy, health=views, pinned=pinned, now=now
+            )
         if isinstance(decision, NoRoute):
-            if any(v.available for v in views.values()) or msg.tried:
+            # Would it route if every carrier were up? Then it waits for one (a bind
+            # coming back, a breaker closing) until it is due again or expires; if not,
+            # nothing will ever take it (no route, the account's limits): it fails now.
+            up = {name: HealthView(carrier=name) for name in views}
+            later = choose(
+                msgspec.structs.replace(msg, tried=()),
+                table=self.table,
+                policy=policy,
+                health=up,
+                pinned=pinned,
+                now=now,
+            )
+            if isinstance(later, NoRoute):
                 self._count("no_route")
                 log.info("message %s: no route (%s)", msg.id, decision.reason)
                 self._final(msg, MessageState.UNDELIVERABLE, 0, "")
                 return None
-            return ""  # nothing is bound yet: wait for a carrier to come up
+            return None if self._defer(msg, now) else ""
         for name in (decision.carrier, *decision.fallbacks):
             if pinned is not None and name != pinned:
                 break
             pool = self.pools.get(name)
-            if pool is not None and pool.ready(now):
+            if pool is not None and pool.ready(mono):
                 health = self.health[name]
                 if not health.try_acquire_trial(now):
                     continue
@@ -291,16 +353,28 @@ class Router:
                 return name
         return ""
 
+    def _defer(self, msg: Message, now: float) -> bool:
+        """Hold ``msg`` back while every carrier of its route is unavailable, without
+        blocking the messages behind it: into the schedule, due again after
+        ``breaker_open`` (when an open breaker lets a trial through), or at once when a
+        bind comes up (``_on_state``). False when the queue is full (the caller puts it
+        back at the head and waits)."""
+        retry = msgspec.structs.replace(msg, schedule_at=now + self.config.health.breaker_open)
+        if not self.queue.put(retry, now):
+            return False
+        self._deferred[msg.id] = retry
+        return True
+
     def _pin(self, group: str, carrier: str) -> None:
         self._pinned[group] = carrier
         if len(self._pinned) > _MAX_PINNED:
             self._pinned.popitem(last=False)
 
-    def _send(self, carrier: str, msg: Message, now: float) -> None:
+    def _send(self, carrier: str, msg: Message, mono: float) -> None:
         msg = msgspec.structs.replace(msg, attempts=msg.attempts + 1)
         started = time.monotonic()
         self._in_flight += 1
-        fut = self.pools[carrier].send(msg, now)
+        fut = self.pools[carrier].send(msg, mono)
         fut.add_done_callback(lambda f: self._outcome(msg, started, f))
 
     def _outcome(self, msg: Message, started: float, fut: asyncio.Future[SubmitOutcome]) -> None:
@@ -360,6 +434,7 @@ class Router:
 
     def _final(self, msg: Message, state: MessageState, error: int, carrier: str) -> None:
         """Finish ``msg`` here (no carrier receipt will come) and report it."""
+        self._deferred.pop(msg.id, None)
         report = DeliveryReport(
             message_id=msg.id,
             state=state,
@@ -376,25 +451,34 @@ class Router:
         if not pdu.esm_class & _RECEIPT_BITS:
             self._mobile_originated(carrier, pdu)
             return CommandStatus.ESME_ROK
-        parsed = parse_receipt(pdu.short_message) if pdu.short_message else None
         rid = pdu.tlv(Tag.RECEIPTED_MESSAGE_ID)
-        receipt_id = rid if isinstance(rid, str) and rid else (parsed.message_id if parsed else "")
-        if not receipt_id:
-            self._count("receipt_unreadable")
-            return CommandStatus.ESME_ROK
         state_tlv = pdu.tlv(Tag.MESSAGE_STATE)
-        if isinstance(state_tlv, int):
-            try:
-                state = MessageState(state_tlv)
-            except ValueError:
-                state = parsed.state if parsed else MessageState.UNKNOWN
-        else:
-            state = parsed.state if parsed else MessageState.UNKNOWN
-        error = parsed.error if parsed else 0
         nec = pdu.tlv(Tag.NETWORK_ERROR_CODE)
-        if isinstance(nec, bytes) and len(nec) == 3 and not error:
-            error = int.from_bytes(nec[1:], "big")
-        cfg = self._carriers[carrier]
+        receipt_id = rid if isinstance(rid, str) else ""
+        state: MessageState | None = None
+        if isinstance(state_tlv, int) and state_tlv in _STATES:
+            state = MessageState(state_tlv)
+        if receipt_id and state is not None:
+            # The 3.4 TLVs say what matters: read only err: from the text (cheap).
+            if isinstance(nec, bytes) and len(nec) == 3:
+                error = int.from_bytes(nec[1:], "big")
+            else:
+                m = _ERR.search(pdu.short_message)
+                error = int(m[1]) if m else 0
+        else:
+            parsed = parse_receipt(pdu.short_message) if pdu.short_message else None
+            if parsed is None and not receipt_id:
+                self._count("receipt_unreadable")
+                return CommandStatus.ESME_ROK
+            receipt_id = receipt_id or (parsed.message_id if parsed else "")
+            if not receipt_id:
+                self._count("receipt_unreadable")
+                return CommandStatus.ESME_ROK
+            if state is None:
+                state = parsed.state if parsed else MessageState.UNKNOWN
+            error = parsed.error if parsed else 0
+            if isinstance(nec, bytes) and len(nec) == 3 and not error:
+                error = int.from_bytes(nec[1:], "big")
         report = DeliveryReport(
             message_id="",
             state=state,
@@ -403,14 +487,31 @@ class Router:
             carrier=carrier,
             carrier_message_id=receipt_id,
         )
+        self._match_receipt(carrier, receipt_id, report, _MEMORY_TURNS)
+        return CommandStatus.ESME_ROK
+
+    def _match_receipt(
+        self, carrier: str, receipt_id: str, report: DeliveryReport, turns: int
+    ) -> None:
+        """Match a receipt in memory; the store only as a last resort.
+
+        A carrier often sends the receipt in the same read as its submit_sm_resp, whose
+        outcome reaches us a loop turn or two later: look again in memory for a few turns
+        before asking the store (which is for receipts of messages sent long ago, or before
+        a restart).
+        """
+        cfg = self._carriers[carrier]
         our_id = self.correlator.lookup(carrier, receipt_id, cfg.receipt_id)
         if our_id is not None:
             self._receipt_for(our_id, report)
+        elif turns > 0:
+            asyncio.get_running_loop().call_soon(
+                self._match_receipt, carrier, receipt_id, report, turns - 1
+            )
         else:
             task = asyncio.create_task(self._resolve_later(carrier, receipt_id, report))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return CommandStatus.ESME_ROK
 
     async def _resolve_later(self, carrier: str, receipt_id: str, report: DeliveryReport) -> None:
         cfg = self._carriers[carrier]

@@ -45,13 +45,18 @@ class AccountState:
         if conn in self.receivers:
             self.receivers.remove(conn)
 
-    def receiver(self) -> Connection | None:
-        """A bound receive-capable session with room in its window, round robin."""
+    def receiver(self, *, full_ok: bool = False) -> Connection | None:
+        """A bound receive-capable session with room in its window (``full_ok``: or with
+        requests already waiting for a slot), round robin."""
         receivers = self.receivers
         n = len(receivers)
         for _ in range(n):
             self._rr = (self._rr + 1) % n
             conn = receivers[self._rr]
-            if conn.session.can_deliver and not conn.closed and not conn.session.waiting:
+            if (
+                conn.session.can_deliver
+                and not conn.closed
+                and (full_ok or not conn.session.waiting)
+            ):
                 return conn
         return None

@@ -29,6 +29,7 @@ from smppcore import aio
 from smppcore.config import ConfigError, load_config
 from smsc.accounts import AccountState
 from smsc.config import SmscConfig
+from smsc.configfile import sharpen
 from smsc.delivery import Delivery
 from smsc.ids import IdAllocator
 from smsc.metrics import SmscCollector
@@ -37,16 +38,18 @@ from smsc.server import Server
 log = logging.getLogger(__name__)
 
 
-def simulator_configs(config: SmscConfig) -> list[tuple[str, SimulatorConfig]]:
-    """Decode each simulated carrier's config (errors name the key under the smsc file)."""
+def simulator_configs(config: SmscConfig, *, source: str = "") -> list[tuple[str, SimulatorConfig]]:
+    """Decode each simulated carrier's config. Errors name the key under the smsc file
+    (``source``, the file's path, when there is one) as a file's own errors do."""
     out = []
     for i, sim in enumerate(config.simulated_carriers):
         data: dict[str, Any] = {**sim.config, "host": "127.0.0.1", "port": 0}
         try:
             out.append((sim.name, load_config(data, SimulatorConfig)))
         except ConfigError as err:
+            err = sharpen(err, SimulatorConfig)
             raise ConfigError(
-                f"$.simulated_carriers[{i}].config{err.path[1:]}", err.reason
+                f"$.simulated_carriers[{i}].config{err.path[1:]}", err.reason, source=source
             ) from None
     return out
 

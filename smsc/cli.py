@@ -211,7 +211,8 @@ def _serve(args: argparse.Namespace) -> int:
         config = serve_config(args)
         from smsc.app import simulator_configs
 
-        simulator_configs(config)  # refuse a bad simulated carrier before starting anything
+        # Refuse a bad simulated carrier before starting anything.
+        simulator_configs(config, source=args.config or "")
     except ConfigError as exc:
         print(f"smsc: {exc}", file=sys.stderr)
         return 2

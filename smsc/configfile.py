@@ -49,7 +49,7 @@ def load_yaml_config(path: str | Path, type_: type[T]) -> T:
     try:
         return load_config(data, type_, source=source)
     except ConfigError as exc:
-        raise _sharpen(exc, type_) from None
+        raise sharpen(exc, type_) from None
 
 
 def parse_yaml(text: str, *, source: str = "") -> Any:
@@ -65,7 +65,7 @@ def parse_yaml(text: str, *, source: str = "") -> Any:
         raise ConfigError("$", f"YAML syntax error: {exc}", source=source) from None
 
 
-def _sharpen(exc: ConfigError, type_: type[Any]) -> ConfigError:
+def sharpen(exc: ConfigError, type_: type[Any]) -> ConfigError:
     """Move key names that msgspec leaves in the reason into the path.
 
     ``$`` + "Object contains unknown field `foo`" becomes ``$.foo`` + "unknown key", and a

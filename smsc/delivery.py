@@ -61,6 +61,7 @@ class Delivery:
         self.store = store
         self.wall = wall
         self._draining: set[str] = set()
+        self._holds: dict[str, int] = {}  # items held so far, per account (see _drain)
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.held = 0
@@ -113,7 +114,9 @@ class Delivery:
         if account in self._draining:
             self._hold(account, pdu, expires)  # keep the order behind what is held
             return
-        conn = state.receiver()
+        # A receiver whose window is full still takes it: its session queues the request
+        # for a slot (bounded by max_waiting). Held instead, it would wait for a new bind.
+        conn = state.receiver() or state.receiver(full_ok=True)
         if conn is None:
             self._hold(account, pdu, expires)
             return
@@ -156,6 +159,7 @@ class Delivery:
 
     def _hold(self, account: str, pdu: Pdu, expires: float) -> None:
         self.held += 1
+        self._holds[account] = self._holds.get(account, 0) + 1
         self.store.hold(account, encode(pdu), expires)
 
     # --- held items ---------------------------------------------------------------------
@@ -170,19 +174,28 @@ class Delivery:
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self, account: str) -> None:
+        """Send the held items of ``account`` in order, batch by batch, until none is left
+        — including those held while this ran (``deliver`` holds while a drain is on, to
+        keep the order; a hold that lands after a read that came back empty is caught by
+        the account's hold count)."""
         try:
             await self.store.flush()
+            state = self.accounts[account]
+            loop = asyncio.get_running_loop()
             while True:
+                holds = self._holds.get(account, 0)
                 items = await self.store.held(account, _DRAIN_BATCH)
                 if not items:
-                    return
-                state = self.accounts[account]
+                    if self._holds.get(account, 0) == holds:
+                        return
+                    continue  # something was held meanwhile
                 sent: list[int] = []
                 failed = False
                 pending: list[asyncio.Future[bool]] = []
-                loop = asyncio.get_running_loop()
                 for item_id, raw in items:
-                    conn = state.receiver()
+                    # Any bound receiver, even one with a full window: the session queues
+                    # beyond the window (bounded by max_waiting) and we drain the transport.
+                    conn = state.receiver() or state.receiver(full_ok=True)
                     if conn is None:
                         failed = True
                         break
