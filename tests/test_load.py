@@ -358,16 +358,18 @@ def test_percentiles_are_right_on_a_known_delay_profile(run: Run) -> None:
             )
             s = (await harness(cfg))["summary"]
         lat = s["latency"]
-        # Upper bounds leave room for timers firing late on a loaded 2-core machine.
         assert lat["count"] == 1000 == s["accepted"]
-        # uvloop's timers have millisecond resolution (a delay may end up to 1 ms early),
-        # and server and harness share this loop (a few ms late under load).
-        assert 9.0 <= lat["min_ms"] <= 14.0
-        assert 49.0 <= lat["p50_ms"] <= 60.0
-        assert 89.0 <= lat["p90_ms"] <= 100.0
-        assert 99.0 <= lat["p99_ms"] <= 112.0
-        assert 99.0 <= lat["max_ms"] <= 130.0
-        assert 54.0 <= lat["mean_ms"] <= 66.0
+        # The delays set the lower bounds exactly (uvloop may fire 1 ms early). Server and
+        # harness share this loop on a 2-core machine that CI also loads, so answers can
+        # come late: the upper bounds are loose, and the spacing between percentiles
+        # (which lateness common to all messages does not change) is checked instead.
+        assert 9.0 <= lat["min_ms"] <= 30.0
+        assert 49.0 <= lat["p50_ms"] <= 85.0
+        assert 89.0 <= lat["p90_ms"] <= 130.0
+        assert 99.0 <= lat["p99_ms"] <= 150.0
+        assert lat["max_ms"] >= 99.0
+        assert 30.0 <= lat["p90_ms"] - lat["p50_ms"] <= 50.0
+        assert 54.0 <= lat["mean_ms"] <= 90.0
 
     run(main())
 
