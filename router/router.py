@@ -273,13 +273,17 @@ class Router:
         for msg in queue.take_expired():
             self._final(msg, MessageState.EXPIRED, 0, "")
         sent = 0
+        # Health changes only when outcomes arrive (later loop turns): one snapshot per
+        # batch, not one per message. A half-open breaker's single trial is still taken
+        # per message by try_acquire_trial in _route.
+        views = {name: h.view(now) for name, h in self.health.items()} if queue.ready_count else {}
         while queue.ready_count and sent < 2000:
             popped = queue.pop_ready(now)
             if popped is None:
                 break
             msg = popped
             self._deferred.pop(msg.id, None)
-            carrier = self._route(msg, now, mono)
+            carrier = self._route(msg, now, mono, views)
             if carrier is None:
                 continue
             if carrier == "":
@@ -305,10 +309,12 @@ class Router:
             return None if not queue.ready_count else 0.5
         return max(0.0, min(waits)) + 0.0005
 
-    def _route(self, msg: Message, now: float, mono: float) -> str | None:
+    def _route(
+        self, msg: Message, now: float, mono: float, views: Mapping[str, HealthView]
+    ) -> str | None:
         """The carrier to send ``msg`` over now; "" when it must wait for capacity; None
-        when it was finished here (no route). ``now`` is wall time, ``mono`` the loop's."""
-        views = {name: h.view(now) for name, h in self.health.items()}
+        when it was finished here (no route). ``now`` is wall time, ``mono`` the loop's;
+        ``views`` is the carriers' health at the start of this dispatch batch."""
         pinned = self._pinned.get(msg.concat.group) if msg.concat else None
         policy = self.policies.get(msg.account, AccountPolicy())
         decision = choose(

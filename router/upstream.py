@@ -304,11 +304,15 @@ class CarrierPool:
 
     def ready(self, now: float) -> bool:
         """May :meth:`send` go now: a bind with a free slot, a rate token, no pause."""
+        return self._ready_link(now) is not None
+
+    def _ready_link(self, now: float) -> _Link | None:
+        """The bind :meth:`send` would use now, or None when it may not send."""
         if self._stopping or now < self._paused_until:
-            return False
+            return None
         if self._bucket is not None and self._bucket.delay(now) > 0:
-            return False
-        return self._pick() is not None
+            return None
+        return self._pick()
 
     def ready_at(self, now: float) -> float | None:
         """When :meth:`ready` will hold, if only time is missing (rate, pause); ``now`` when
@@ -349,7 +353,7 @@ class CarrierPool:
         (never with an exception). Not ready: resolved at once with ``Failed("not ready")``."""
         loop = asyncio.get_running_loop()
         out: asyncio.Future[SubmitOutcome] = loop.create_future()
-        link = self._pick() if self.ready(now) else None
+        link = self._ready_link(now)  # one pick per message, not two
         if link is None or link.conn is None:
             out.set_result(Failed(self.name, "not ready"))
             return out

@@ -306,6 +306,12 @@ class Session:
         """True while the peer's request ``sequence_number`` waits for our response."""
         return sequence_number in self._inbound
 
+    def limit_inbound_window(self, window: int) -> None:
+        """Narrow the inbound window (an MC applies the bound account's limit at bind)."""
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.config = msgspec.structs.replace(self.config, inbound_window=window)
+
     @property
     def inbound_full(self) -> bool:
         """True when reading should pause: the inbound window is used up."""

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from router.model import DeliveryReport, Message, StoredMessage
 from router.store import Store
+from smppcore.aio import Connection
 from smppcore.codec import decode, encode
 from smppcore.constants import TEMPORARY_STATUSES, MessageState, RegisteredDelivery
 from smppcore.errors import SmppError
@@ -124,15 +125,12 @@ class Delivery:
 
     def _send(
         self,
-        conn: object,
+        conn: Connection,
         account: str,
         pdu: Pdu,
         expires: float,
         done: Callable[[bool], None] | None,
     ) -> None:
-        from smppcore.aio import Connection
-
-        assert isinstance(conn, Connection)
         try:
             fut = conn.send_request(pdu)
         except SmppError:

@@ -197,9 +197,7 @@ class EsmeHandler(aio.Handler):
         self.state = state
         conn.context = state
         # The account's window bounds what one session may leave unanswered.
-        conn.session.config = msgspec.structs.replace(
-            conn.session.config, inbound_window=state.account.max_window
-        )
+        conn.session.limit_inbound_window(state.account.max_window)
         state.add(conn)
         if conn.session.can_deliver:
             server.delivery.bound(state.system_id)
