@@ -11,9 +11,6 @@ deadline; everything started is stopped in ``finally``.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 
 import uvloop
 from carrier_fixtures import ESME_SESSION, QUIET_SESSION, Esme
+from processes import SmscProcess, smsc_process
 
 from router.model import StoredMessage
 from smppcore.aio import Connection
@@ -35,9 +33,6 @@ from smsc.config import SmscConfig
 
 #: The deadline of every wait (seconds); nothing should come near it.
 DEADLINE = 10.0
-#: A child process imports everything before it listens; CI runs with
-#: PYTHONDONTWRITEBYTECODE=1 (no .pyc), on a loaded 2-core machine.
-STARTUP_DEADLINE = 60.0
 
 #: The ESME account the tests bind with (and a second one, to show isolation).
 SYSTEM_ID = "acme"
@@ -269,69 +264,11 @@ async def stored(app: App, message_id: str) -> StoredMessage:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class ServeProcess:
-    """A ``python -m smsc serve`` child: its ports (read from what it prints) and stderr."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, stderr: Path) -> None:
-        self.proc = proc
-        self.stderr = stderr
-        self.lines: list[str] = []
-        self.port = 0
-        self.http_port: int | None = None
-
-    async def wait_ready(self) -> None:
-        """Read stdout, under the deadline, up to the "listening on" line."""
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(STARTUP_DEADLINE):
-            while True:
-                raw = await self.proc.stdout.readline()
-                if not raw:
-                    raise AssertionError(f"exited before listening: {self.stderr.read_text()}")
-                line = raw.decode().rstrip("\n")
-                self.lines.append(line)
-                metrics = re.fullmatch(
-                    r"smsc serve: metrics on http://127\.0\.0\.1:(\d+)/metrics", line
-                )
-                if metrics:
-                    self.http_port = int(metrics.group(1))
-                listening = re.fullmatch(r"smsc serve: listening on 127\.0\.0\.1:(\d+)", line)
-                if listening:
-                    self.port = int(listening.group(1))
-                    return
-
-    async def exit_code(self, timeout: float = DEADLINE) -> int:
-        async with asyncio.timeout(timeout):
-            return await self.proc.wait()
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
+ServeProcess = SmscProcess
 
 
 @asynccontextmanager
-async def serve_process(cwd: Path, *args: str, name: str = "serve") -> AsyncIterator[ServeProcess]:
-    """Start ``python -m smsc serve ARGS`` in ``cwd`` and wait until it listens; kill it
-    (if still running) afterwards. Its stderr goes to ``cwd/<name>.stderr``."""
-    stderr = cwd / f"{name}.stderr"
-    with stderr.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "smsc",
-            "serve",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-            cwd=cwd,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-    process = ServeProcess(proc, stderr)
-    try:
-        await process.wait_ready()
+async def serve_process(cwd: Path, *args: str, name: str = "serve") -> AsyncIterator[SmscProcess]:
+    """``python -m smsc serve ARGS`` in ``cwd``, ready (see tests/processes.py)."""
+    async with smsc_process("serve", cwd, *args, name=name) as process:
         yield process
-    finally:
-        await process.kill()
-        if process.proc.stdout is not None:
-            await process.proc.stdout.read()  # what is left, so the pipe closes cleanly
-        assert "Traceback" not in stderr.read_text(), stderr.read_text()

@@ -8,7 +8,6 @@ deadline; nothing sleeps.
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import msgspec
 import pytest
 import yaml
 from carrier_helpers import DEADLINE, LOOP_FACTORIES, Phone
+from processes import SmscProcess, smsc_process
 
 from simulator.behaviour import Behaviour
 from simulator.config import CarrierConfig, status_value
@@ -197,60 +197,11 @@ def test_carrier_mo_without_a_simulator_says_it_cannot_reach_it() -> None:
 # --- a running carrier process --------------------------------------------------------------
 
 
-class Process:
-    def __init__(self, proc: asyncio.subprocess.Process, stderr: Path) -> None:
-        self.proc = proc
-        self.stderr = stderr
-        self.lines: list[str] = []
-        self.port = 0
-        self.admin_port: int | None = None
-
-    async def wait_ready(self) -> None:
-        """Read stdout (under the deadline) up to the "listening on" line."""
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(DEADLINE):
-            while True:
-                raw = await self.proc.stdout.readline()
-                if not raw:
-                    raise AssertionError(f"exited before listening: {self.stderr.read_text()}")
-                line = raw.decode().rstrip("\n")
-                self.lines.append(line)
-                admin = re.search(r"admin .* on http://127\.0\.0\.1:(\d+)$", line)
-                if admin:
-                    self.admin_port = int(admin.group(1))
-                listening = re.fullmatch(r"smsc carrier: listening on 127\.0\.0\.1:(\d+)", line)
-                if listening:
-                    self.port = int(listening.group(1))
-                    return
-
-    async def exit_code(self) -> int:
-        async with asyncio.timeout(DEADLINE):
-            return await self.proc.wait()
-
-
 @asynccontextmanager
-async def carrier_process(tmp_path: Path, *args: str) -> AsyncIterator[Process]:
-    stderr = tmp_path / "carrier.stderr"
-    with stderr.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "smsc",
-            "carrier",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-            cwd=ROOT,
-        )
-    process = Process(proc, stderr)
-    try:
-        await process.wait_ready()
+async def carrier_process(tmp_path: Path, *args: str) -> AsyncIterator[SmscProcess]:
+    """``python -m smsc carrier ARGS``, ready (see tests/processes.py)."""
+    async with smsc_process("carrier", tmp_path, *args) as process:
         yield process
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        assert "Traceback" not in stderr.read_text(), stderr.read_text()
 
 
 def test_carrier_serves_metrics_and_mo_then_unbinds_everyone_on_sigterm(
@@ -258,7 +209,7 @@ def test_carrier_serves_metrics_and_mo_then_unbinds_everyone_on_sigterm(
 ) -> None:
     async def main() -> None:
         async with carrier_process(tmp_path, "--port", "0", "--metrics-port", "0") as carrier:
-            assert carrier.admin_port is not None
+            assert carrier.http_port is not None
             # The embedded default: test/test, at least 100 concurrent sessions.
             phone = Phone()
             trx = await connect("127.0.0.1", carrier.port, handler=phone)
@@ -280,7 +231,7 @@ def test_carrier_serves_metrics_and_mo_then_unbinds_everyone_on_sigterm(
             )
             assert resp.command_status == CommandStatus.ESME_ROK
 
-            url = f"http://127.0.0.1:{carrier.admin_port}"
+            url = f"http://127.0.0.1:{carrier.http_port}"
             async with (
                 aiohttp.ClientSession() as http,
                 asyncio.timeout(DEADLINE),
@@ -299,7 +250,7 @@ def test_carrier_serves_metrics_and_mo_then_unbinds_everyone_on_sigterm(
                 "smsc",
                 "carrier-mo",
                 "--port",
-                str(carrier.admin_port),
+                str(carrier.http_port),
                 "--source",
                 "306912345678",
                 "--destination",
@@ -333,7 +284,7 @@ def test_example_config_runs_and_stops_on_sigint(run: Run, tmp_path: Path) -> No
     async def main() -> None:
         args = ("--config", str(EXAMPLE), "--port", "0", "--log-level", "warning")
         async with carrier_process(tmp_path, *args) as carrier:
-            assert carrier.admin_port is None  # admin_port: null in the example
+            assert carrier.http_port is None  # admin_port: null in the example
             phone = Phone()
             conn = await connect("127.0.0.1", carrier.port, handler=phone)
             await conn.bind(BindTransceiver(system_id="flaky", password="flaky123"))
