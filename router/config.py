@@ -10,6 +10,7 @@ import msgspec
 from msgspec import Meta
 
 from smppcore.accounts import Password, SystemId
+from smppcore.tls import ClientTls
 
 PriceText = Annotated[str, Meta(pattern=r"^[0-9]{1,9}(\.[0-9]{1,9})?$")]
 MicroUnits = Annotated[int, Meta(ge=0, le=10**15)]
@@ -64,6 +65,8 @@ class CarrierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How it writes them in receipts (hex in one, decimal in the other is common)."""
     mo_account: SystemId | None = None
     """The account that receives mobile-originated messages arriving from this carrier."""
+    tls: ClientTls | None = None
+    """SMPP over TLS to this carrier (ca, cert, key, server_hostname, verify); null: TCP."""
 
 
 class CarrierPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

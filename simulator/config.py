@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from smppcore.accounts import Account, BindType, Password, SystemId
+from smppcore.accounts import Account, AccountPassword, BindType, Password, SystemId
 from smppcore.constants import CommandStatus
 from smppcore.session import SessionConfig
+from smppcore.tls import ServerTls
 
 Ms = Annotated[float, Meta(ge=0, le=86_400_000)]
 Share = Annotated[float, Meta(ge=0, le=1)]
@@ -164,7 +165,8 @@ class CarrierAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An ESME account on the simulator."""
 
     system_id: SystemId
-    password: Password = ""
+    password: AccountPassword = ""
+    """Plain (at most 8 characters) or a hash from ``smsc hash-password``."""
     bind_types: tuple[BindType, ...] = (
         BindType.TRANSMITTER,
         BindType.RECEIVER,
@@ -230,6 +232,8 @@ class CarrierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     admin_port: Port | None = None
     """HTTP port for /metrics and MO injection (POST /mo); off when null."""
     outbind: tuple[OutbindTarget, ...] = ()
+    tls: ServerTls | None = None
+    """SMPP over TLS on the listener (cert, key, client_ca); null: plain TCP."""
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -8,6 +8,7 @@ what they print ("listening on HOST:PORT"), read under a deadline; nothing sleep
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +73,9 @@ def test_example_config_documents_every_key() -> None:
                 walk(item)
 
     walk(data)
+    # Keys that need files to exist (TLS certificates) are documented in a commented-out
+    # example block: ``#   key: value``.
+    keys.update(re.findall(r"^\s*#\s+([a-z_]+):", EXAMPLE.read_text(encoding="utf-8"), re.M))
     missing = field_names(SmscConfig) - keys
     assert not missing, f"conf/smsc.example.yaml lacks {sorted(missing)}"
 
@@ -101,7 +105,7 @@ _CARRIER = "router:\n  carriers:\n    - name: sim\n"
         (
             "accounts:\n  - system_id: acme\n    password: muchtoolong\n",
             "$.accounts[0].password",
-            "length <= 8",
+            "longer than 8 characters",
         ),
         (
             _CARRIER
