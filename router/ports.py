@@ -22,7 +22,8 @@ class Intake(Protocol):
         ...
 
     def cancel(self, message_id: str) -> bool:
-        """Drop a message not yet sent upstream (scheduled or queued); True if it was."""
+        """Drop a message not yet sent upstream (scheduled or queued) and finish it as
+        DELETED (stored, reported to the sink); True if it was."""
         ...
 
     def replace(self, message: Message) -> bool:

@@ -117,6 +117,11 @@ class MessageQueue:
         """Ready messages per priority, index = priority (0..3)."""
         return tuple(self._per_level)
 
+    def oldest_submitted(self) -> float | None:
+        """The earliest ``submitted_at`` among the waiting messages (ready or scheduled);
+        None when none waits. A scan: for the admin API, not for the dispatcher."""
+        return min((slot.msg.submitted_at for slot in self._index.values()), default=None)
+
     def __contains__(self, message_id: object) -> bool:
         return message_id in self._index
 

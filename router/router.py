@@ -18,12 +18,14 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 
 import msgspec
 
 from router.config import CarrierConfig, RouterConfig
 from router.correlation import Correlator, correlation_key
 from router.health import CarrierHealth, HealthView
+from router.metrics import RouterMetrics, no_route_reason
 from router.model import (
     Accepted,
     DeliveryReport,
@@ -45,9 +47,14 @@ from smppcore.receipt import parse_receipt
 from smppcore.tlv import Tag
 
 log = logging.getLogger(__name__)
+#: One INFO line per message at its final state (``logging.components`` can silence it).
+summary_log = logging.getLogger("router.messages")
 
 _RECEIPT_BITS = int(EsmClass.DELIVERY_RECEIPT) | int(EsmClass.INTERMEDIATE_NOTIFICATION)
 _MAX_PINNED = 100_000
+#: Messages sent per dispatcher pass before it yields to the loop: a pass costs ~50 us a
+#: message, and every connection, timer and the store writer wait for it to end.
+_DISPATCH_BATCH = 256
 _MAX_SENT_CACHE = 200_000
 _STATES = frozenset(int(s) for s in MessageState)
 _ERR = re.compile(rb"\berr:\s*([0-9]{1,9})", re.IGNORECASE)
@@ -60,6 +67,32 @@ class RouterStats(msgspec.Struct, frozen=True):
     scheduled: int
     in_flight: int
     carriers: dict[str, int]
+
+
+class CarrierState(msgspec.Struct, frozen=True):
+    """One carrier as the operator sees it (admin API)."""
+
+    name: str
+    binds: int
+    """Binds configured."""
+    bound: int
+    """Submit-capable binds up."""
+    in_flight: int
+    paused: bool
+    drained: bool
+    health: HealthView
+
+
+class QueueStats(msgspec.Struct, frozen=True):
+    depth: int
+    """Messages waiting: ready plus scheduled."""
+    ready: int
+    scheduled: int
+    by_priority: tuple[int, ...]
+    """Ready messages per priority 0..3."""
+    oldest_age: float | None
+    """Seconds since the oldest waiting message was submitted; None when empty."""
+    in_flight: int
 
 
 class Router:
@@ -91,17 +124,22 @@ class Router:
             store, max_cache=500_000, early_ttl=120.0, max_early=50_000
         )
         self._pinned: OrderedDict[str, str] = OrderedDict()
-        self._sent: OrderedDict[str, Message] = OrderedDict()
+        #: our id → (message, loop-monotonic time its carrier accepted it)
+        self._sent: OrderedDict[str, tuple[Message, float]] = OrderedDict()
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._binds_changed = asyncio.Event()
         #: Messages in the schedule only because their carriers were unavailable.
         self._deferred: dict[str, Message] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Carriers taken out of routing by the operator (pause, drain); drained ones
+        #: also have their binds stopped.
+        self.paused: set[str] = set()
+        self.drained: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
-        #: final outcomes by (carrier, state word) and routing events, for metrics
-        self.counters: dict[str, int] = {}
+        #: counts and latency histograms, read by smsc/metrics.py at scrape time
+        self.metrics = RouterMetrics(self._carriers)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -188,7 +226,11 @@ class Router:
 
     def cancel(self, message_id: str) -> bool:
         self._deferred.pop(message_id, None)
-        return self.queue.remove(message_id) is not None
+        msg = self.queue.remove(message_id)
+        if msg is None:
+            return False
+        self._final(msg, MessageState.DELETED, 0, "")
+        return True
 
     def replace(self, message: Message) -> bool:
         self._deferred.pop(message.id, None)
@@ -201,7 +243,7 @@ class Router:
 
     def explain(self, destination: str, account: str) -> Explanation:
         now = self.wall()
-        views = {name: h.view(now) for name, h in self.health.items()}
+        views = self._views(now)
         return explain(
             destination,
             account,
@@ -219,8 +261,129 @@ class Router:
             carriers={name: pool.bound for name, pool in self.pools.items()},
         )
 
-    def _count(self, key: str) -> None:
-        self.counters[key] = self.counters.get(key, 0) + 1
+    # --- control plane (admin API, live reconfiguration) ------------------------------
+
+    def _views(self, now: float) -> dict[str, HealthView]:
+        """Every carrier's health at ``now``; a paused carrier shows as unavailable, so
+        routing skips it (and messages only it could take wait, deferred)."""
+        views = {name: h.view(now) for name, h in self.health.items()}
+        for name in self.paused:
+            view = views.get(name)
+            if view is not None:
+                views[name] = msgspec.structs.replace(
+                    view, available=False, reasons=(*view.reasons, "paused by the operator")
+                )
+        return views
+
+    def carrier_states(self) -> list[CarrierState]:
+        views = self._views(self.wall())
+        return [
+            CarrierState(
+                name=name,
+                binds=pool.config.binds,
+                bound=pool.bound,
+                in_flight=pool.in_flight,
+                paused=name in self.paused,
+                drained=name in self.drained,
+                health=views[name],
+            )
+            for name, pool in self.pools.items()
+        ]
+
+    def queue_stats(self) -> QueueStats:
+        oldest = self.queue.oldest_submitted()
+        return QueueStats(
+            depth=len(self.queue),
+            ready=self.queue.ready_count,
+            scheduled=self.queue.scheduled_count,
+            by_priority=self.queue.by_priority(),
+            oldest_age=None if oldest is None else max(0.0, self.wall() - oldest),
+            in_flight=self._in_flight,
+        )
+
+    def pause(self, name: str) -> None:
+        """No new messages go to ``name`` (KeyError: no such carrier); in flight finish."""
+        if name not in self.pools:
+            raise KeyError(name)
+        self.paused.add(name)
+
+    async def resume(self, name: str) -> None:
+        """Undo :meth:`pause` or :meth:`drain` (a drained carrier binds again)."""
+        pool = self.pools[name]
+        if name in self.drained:
+            self.drained.discard(name)
+            self.pools[name] = pool = self._pool(pool.config)
+            await pool.start()
+        self.paused.discard(name)
+        self._release_deferred()
+
+    async def drain(self, name: str, timeout: float) -> None:
+        """Pause ``name``, wait (at most ``timeout``) for its submits in flight, unbind it."""
+        self.pause(name)
+        pool = self.pools[name]
+        await pool.stop(timeout)
+        if self.pools.get(name) is pool:
+            self.drained.add(name)
+
+    async def add_carrier(self, config: CarrierConfig) -> None:
+        """Start binding to a new carrier (routes may name it once this returns)."""
+        if config.name in self.pools:
+            raise ValueError(f"carrier {config.name!r} exists")
+        self._carriers[config.name] = config
+        self.health[config.name] = CarrierHealth(config.name, self.config.health, self.wall())
+        self.pools[config.name] = pool = self._pool(config)
+        await pool.start()
+        self._wake.set()
+
+    async def remove_carrier(self, name: str, timeout: float) -> None:
+        """Take ``name`` out of routing at once, wait (at most ``timeout``) for its submits
+        in flight, unbind it. Queued messages were never tied to it: they go over the
+        remaining carriers; its unanswered submits come back (``Failed``) and are
+        re-routed. Receipts it would send after the unbind are not received."""
+        pool = self.pools.pop(name)
+        self.health.pop(name, None)
+        self.paused.discard(name)
+        self.drained.discard(name)
+        for group in [g for g, c in self._pinned.items() if c == name]:
+            del self._pinned[group]
+        # ``self._carriers`` keeps its config: outcomes and receipts in flight look it up.
+        await pool.stop(timeout)
+        self._release_deferred()
+
+    async def replace_carrier(self, config: CarrierConfig, timeout: float) -> None:
+        """Bind to ``config.name`` with a new config: the new binds start at once, the old
+        ones are drained (submits in flight awaited, at most ``timeout``) and unbound. Its
+        health and pause state are kept."""
+        old = self.pools[config.name]
+        self._carriers[config.name] = config
+        self.drained.discard(config.name)
+        self.pools[config.name] = pool = self._pool(config)
+        await pool.start()
+        await old.stop(timeout)
+        self._on_state(config.name, pool.bound)
+
+    def reconfigure(self, config: RouterConfig, policies: Mapping[str, AccountPolicy]) -> None:
+        """Swap the route table and prices, the retry budget and the account policies.
+        Carriers are added and removed with :meth:`add_carrier` / :meth:`remove_carrier`;
+        queue size, ack mode, health and store settings need a restart."""
+        self.table = RouteTable(config.routes)
+        self.config = config
+        self.policies = dict(policies)
+        for cfg in config.carriers:
+            self._carriers[cfg.name] = cfg
+        self._release_deferred()
+
+    def _pool(self, config: CarrierConfig) -> CarrierPool:
+        return CarrierPool(
+            config, on_deliver=self._on_deliver, on_state=self._on_state, rng=self._rng
+        )
+
+    def _release_deferred(self) -> None:
+        """Messages waiting for an unavailable carrier are due now (something changed)."""
+        deferred, self._deferred = self._deferred, {}
+        for msg in deferred.values():
+            self.queue.replace(msgspec.structs.replace(msg, schedule_at=None))
+        self._wake.set()
 
     # --- dispatching --------------------------------------------------------------------
 
@@ -265,7 +428,7 @@ class Router:
         now = self.wall()
         mono = asyncio.get_running_loop().time()
         for early in self.correlator.expire(now):
-            self._count(f"receipt_unmatched:{early.carrier}")
+            self.metrics.event("receipt_unmatched", early.carrier)
             log.info("receipt from %s for unknown id %s dropped", early.carrier, early.key)
         queue = self.queue
         queue.release_due(now)
@@ -276,8 +439,8 @@ class Router:
         # Health changes only when outcomes arrive (later loop turns): one snapshot per
         # batch, not one per message. A half-open breaker's single trial is still taken
         # per message by try_acquire_trial in _route.
-        views = {name: h.view(now) for name, h in self.health.items()} if queue.ready_count else {}
-        while queue.ready_count and sent < 2000:
+        views = self._views(now) if queue.ready_count else {}
+        while queue.ready_count and sent < _DISPATCH_BATCH:
             popped = queue.pop_ready(now)
             if popped is None:
                 break
@@ -293,7 +456,7 @@ class Router:
             sent += 1
         for msg in queue.take_expired():
             self._final(msg, MessageState.EXPIRED, 0, "")
-        if sent >= 2000:
+        if sent >= _DISPATCH_BATCH:
             return 0.0  # yield to the loop, then carry on
         due = queue.next_due()
         waits = [] if due is None else [due - now]
@@ -341,11 +504,15 @@ class Router:
                 now=now,
             )
             if isinstance(later, NoRoute):
-                self._count("no_route")
-                log.info("message %s: no route (%s)", msg.id, decision.reason)
+                reason = no_route_reason(later.reason)
+                self.metrics.no_route[reason] = self.metrics.no_route.get(reason, 0) + 1
+                log.info("message %s: no route (%s)", msg.id, later.reason)
                 self._final(msg, MessageState.UNDELIVERABLE, 0, "")
                 return None
-            return None if self._defer(msg, now) else ""
+            if self._defer(msg, now):
+                self.metrics.event("deferred")
+                return None
+            return ""
         for name in (decision.carrier, *decision.fallbacks):
             if pinned is not None and name != pinned:
                 break
@@ -380,24 +547,25 @@ class Router:
         msg = msgspec.structs.replace(msg, attempts=msg.attempts + 1)
         started = time.monotonic()
         self._in_flight += 1
-        fut = self.pools[carrier].send(msg, mono)
-        fut.add_done_callback(lambda f: self._outcome(msg, started, f))
+        metrics = self.metrics
+        metrics.carrier(carrier).decisions += 1
+        if msg.tried and msg.tried[-1] != carrier:
+            key = (msg.tried[-1], carrier)
+            metrics.failovers[key] = metrics.failovers.get(key, 0) + 1
+        self.pools[carrier].send(msg, mono, partial(self._outcome, msg, started))
 
-    def _outcome(self, msg: Message, started: float, fut: asyncio.Future[SubmitOutcome]) -> None:
+    def _outcome(self, msg: Message, started: float, outcome: SubmitOutcome) -> None:
         self._in_flight -= 1
         self._wake.set()
-        if fut.cancelled():
-            self.queue.requeue(msg)
-            return
-        outcome = fut.result()
         now = self.wall()
-        latency = time.monotonic() - started
+        answered = time.monotonic()
+        latency = answered - started
         health = self.health.get(outcome.carrier)
         if isinstance(outcome, Accepted):
             if health is not None:
                 health.record_submit(now, latency, "accepted")
-            self._count(f"accepted:{outcome.carrier}")
-            self._sent[msg.id] = msg
+            self.metrics.carrier(outcome.carrier).submit_latency.observe(latency)
+            self._sent[msg.id] = (msg, answered)
             if len(self._sent) > _MAX_SENT_CACHE:
                 self._sent.popitem(last=False)
             cfg = self._carriers[outcome.carrier]
@@ -410,17 +578,19 @@ class Router:
         if isinstance(outcome, Rejected) and not outcome.retryable:
             if health is not None:
                 health.record_submit(now, latency, "rejected")
-            self._count(f"rejected:{outcome.carrier}")
+            self.metrics.carrier(outcome.carrier).submit_latency.observe(latency)
             self._final(msg, MessageState.REJECTED, outcome.status, outcome.carrier)
             return
         kind = "temporary" if isinstance(outcome, Rejected) else "failed"
         if health is not None:
             health.record_submit(now, latency, kind)  # type: ignore[arg-type]
-        self._count(f"retry:{outcome.carrier}")
         status = outcome.status if isinstance(outcome, Rejected) else 0
         if isinstance(outcome, Failed) and outcome.reason == "not ready":
             self.queue.requeue(msg)  # never left us: not an attempt
             return
+        counts = self.metrics.carrier(outcome.carrier)
+        counts.submit_latency.observe(latency)
+        counts.retries += 1
         retry = msgspec.structs.replace(msg, tried=(*msg.tried, outcome.carrier))
         expires = msg.expires_at
         if retry.attempts >= self.config.retry.max_attempts or (
@@ -449,7 +619,22 @@ class Router:
             carrier=carrier,
         )
         self.store.set_final(msg.id, report)
+        self._finished(msg, report, None)
         self.sink.report(StoredMessage(message=msg, state=state, error=error), report)
+
+    def _finished(self, msg: Message, report: DeliveryReport, accepted: float | None) -> None:
+        """Every message's final state passes here once (``_final``: decided by us, or
+        ``_receipt``: a carrier's final receipt): its metrics and its summary line.
+        ``accepted`` is when the carrier accepted it (monotonic), when known."""
+        metrics = self.metrics
+        key = (msg.account, report.state.name)
+        metrics.final[key] = metrics.final.get(key, 0) + 1
+        carrier_s: float | None = None
+        if accepted is not None:
+            carrier_s = time.monotonic() - accepted
+            metrics.carrier(report.carrier).receipt_latency.observe(carrier_s)
+        if summary_log.isEnabledFor(logging.INFO):  # a cached lookup when silenced
+            _summary(msg, report, carrier_s)
 
     # --- receipts and MO from carriers ------------------------------------------------
 
@@ -474,11 +659,11 @@ class Router:
         else:
             parsed = parse_receipt(pdu.short_message) if pdu.short_message else None
             if parsed is None and not receipt_id:
-                self._count("receipt_unreadable")
+                self.metrics.event("receipt_unreadable", carrier)
                 return CommandStatus.ESME_ROK
             receipt_id = receipt_id or (parsed.message_id if parsed else "")
             if not receipt_id:
-                self._count("receipt_unreadable")
+                self.metrics.event("receipt_unreadable", carrier)
                 return CommandStatus.ESME_ROK
             if state is None:
                 state = parsed.state if parsed else MessageState.UNKNOWN
@@ -530,9 +715,9 @@ class Router:
         self._receipt_for(our_id, report)
 
     def _receipt_for(self, our_id: str, report: DeliveryReport) -> None:
-        msg = self._sent.get(our_id)
-        if msg is not None:
-            self._receipt(msg, report)
+        sent = self._sent.get(our_id)
+        if sent is not None:
+            self._receipt(sent[0], report)
             return
         task = asyncio.create_task(self._receipt_from_store(our_id, report))
         self._tasks.add(task)
@@ -541,7 +726,7 @@ class Router:
     async def _receipt_from_store(self, our_id: str, report: DeliveryReport) -> None:
         stored = await self.store.get(our_id)
         if stored is None:
-            self._count("receipt_unmatched")
+            self.metrics.event("receipt_unmatched", report.carrier)
             return
         self._receipt(stored.message, report)
 
@@ -552,9 +737,17 @@ class Router:
         if final:
             if health is not None:
                 health.record_receipt(self.wall(), report.state == MessageState.DELIVERED)
-            self._sent.pop(msg.id, None)
+            sent = self._sent.pop(msg.id, None)
             self.store.set_final(msg.id, report)
-            self._count(f"receipt:{report.carrier}:{report.state.name}")
+            cfg = self._carriers.get(report.carrier)
+            if cfg is not None and report.carrier_message_id:
+                # Final: its mapping leaves memory (the store keeps it for a late duplicate);
+                # else the in-memory map grows with every message up to max_cache.
+                self.correlator.forget(report.carrier, report.carrier_message_id, cfg.receipt_id)
+            key = (report.carrier, report.state.name)
+            receipts = self.metrics.receipts
+            receipts[key] = receipts.get(key, 0) + 1
+            self._finished(msg, report, None if sent is None else sent[1])
         stored = StoredMessage(
             message=msg,
             state=report.state,
@@ -568,7 +761,7 @@ class Router:
     def _mobile_originated(self, carrier: str, pdu: DeliverSm) -> None:
         account = self._carriers[carrier].mo_account
         if account is None:
-            self._count("mo_unrouted")
+            self.metrics.event("mo_unrouted", carrier)
             return
         from router.model import Address
 
@@ -584,5 +777,28 @@ class Router:
             protocol_id=pdu.protocol_id,
             submitted_at=self.wall(),
         )
-        self._count("mo")
+        self.metrics.event("mo", carrier)
         self.sink.mobile_originated(account, msg)
+
+
+def _summary(msg: Message, report: DeliveryReport, carrier_s: float | None) -> None:
+    """The line ``router.messages`` logs once per message: ids, account, carrier, final
+    state, attempts, error, timings. Never the text, the numbers or a password."""
+    total = max(0.0, report.done_at - msg.submitted_at) if msg.submitted_at else None
+    summary_log.info(
+        "message %s %s",
+        msg.id,
+        report.state.name,
+        extra={
+            "message_id": msg.id,
+            "account": msg.account,
+            "carrier": report.carrier,
+            "state": report.state.name,
+            "attempts": msg.attempts,
+            "error": report.error,
+            "tried": list(msg.tried),
+            "part": f"{msg.concat.seq}/{msg.concat.total}" if msg.concat else None,
+            "total_seconds": None if total is None else round(total, 6),
+            "carrier_seconds": None if carrier_s is None else round(carrier_s, 6),
+        },
+    )

@@ -43,7 +43,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Final
 
 import msgspec
@@ -57,7 +57,7 @@ from smppcore.aio import (
     RequestTimeout,
     connect,
 )
-from smppcore.constants import SMPP_VERSION_34, TEMPORARY_STATUSES, CommandStatus
+from smppcore.constants import SMPP_VERSION_34, TEMPORARY_STATUSES, CommandId, CommandStatus
 from smppcore.errors import LocalProtocolError, SmppError
 from smppcore.pdu import (
     BindReceiver,
@@ -73,12 +73,14 @@ from smppcore.pdu import (
 from smppcore.session import SessionConfig, WindowFull
 from smppcore.smpptime import RelativeTime, format_relative
 from smppcore.throttle import TokenBucket
+from smppcore.tls import client_context
 from smppcore.tlv import Tag, Tlv, find_tlv
 
 log = logging.getLogger(__name__)
 
 DeliverCallback = Callable[[str, DeliverSm], int]
 StateCallback = Callable[[str, int], None]
+OutcomeCallback = Callable[[SubmitOutcome], None]
 
 #: The longest short_message (§5.2.21); longer content travels in message_payload.
 MAX_SHORT_MESSAGE: Final = 254
@@ -90,11 +92,18 @@ _RECEIPT_BITS: Final = 0x03
 _FINAL_RECEIPT: Final = 0x01
 _MAX_RELATIVE_SECONDS: Final = 99 * 86_400 + 23 * 3600 + 59 * 60 + 59
 _THROTTLED: Final = int(CommandStatus.ESME_RTHROTTLED)
+_SUBMIT_SM: Final = int(CommandId.SUBMIT_SM)
+_DELIVER_SM: Final = int(CommandId.DELIVER_SM)
 
 
 def relative_validity(seconds: float) -> str:
     """A relative validity_period for ``seconds`` from now (at least 1 s, at most ~99 days)."""
-    total = min(_MAX_RELATIVE_SECONDS, max(1, math.ceil(seconds)))
+    return _relative_validity(min(_MAX_RELATIVE_SECONDS, max(1, math.ceil(seconds))))
+
+
+@lru_cache(maxsize=4096)
+def _relative_validity(total: int) -> str:
+    # Messages of one burst share a validity a few seconds apart: formatted once each.
     days, rest = divmod(total, 86_400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
@@ -210,6 +219,8 @@ class CarrierPool:
             inactivity_timeout=None,  # our enquire_link finds dead links
             session_init_timeout=None,  # we bind at once; the bind response is bounded
         )
+        #: TLS toward the carrier (a bad file raises TlsError: the CLI checks them first).
+        self._ssl = client_context(config.tls) if config.tls is not None else None
         rate, burst = config.rate, config.burst
         self._bucket = (
             TokenBucket(rate, float(burst or max(1.0, rate)), 0.0) if rate is not None else None
@@ -228,6 +239,11 @@ class CarrierPool:
         self.binds_made = 0
         #: Connects or binds that failed so far (refusals included).
         self.connect_failures = 0
+        #: (command_id, status) → count: our submit_sm by the status of its answer, the
+        #: carrier's deliver_sm by the status we answered (metrics, read when scraped).
+        self.pdus: dict[tuple[int, int], int] = {}
+        #: reason → submits that got no answer: "timeout", "connection_lost", "error".
+        self.failures: dict[str, int] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -348,15 +364,14 @@ class CarrierPool:
 
     # --- submits ----------------------------------------------------------------------
 
-    def send(self, message: Message, now: float) -> asyncio.Future[SubmitOutcome]:
-        """Submit ``message`` on the least-loaded bind; the future resolves with its outcome
-        (never with an exception). Not ready: resolved at once with ``Failed("not ready")``."""
-        loop = asyncio.get_running_loop()
-        out: asyncio.Future[SubmitOutcome] = loop.create_future()
+    def send(self, message: Message, now: float, done: OutcomeCallback) -> None:
+        """Submit ``message`` on the least-loaded bind; ``done`` is called once with its
+        outcome (never an exception) — at once with ``Failed("not ready")`` when no bind
+        can take it."""
         link = self._ready_link(now)  # one pick per message, not two
         if link is None or link.conn is None:
-            out.set_result(Failed(self.name, "not ready"))
-            return out
+            done(Failed(self.name, "not ready"))
+            return
         conn = link.conn
         try:
             pdu = submit_pdu(
@@ -367,53 +382,53 @@ class CarrierPool:
                 # A 3.3 carrier takes no TLVs (the session strips them): up to 254 octets
                 # go in short_message; more cannot travel to this carrier at all.
                 if len(payload.value) > MAX_SHORT_MESSAGE:
-                    out.set_result(
-                        Rejected(self.name, CommandStatus.ESME_RINVMSGLEN, retryable=False)
-                    )
-                    return out
+                    done(Rejected(self.name, CommandStatus.ESME_RINVMSGLEN, retryable=False))
+                    return
                 pdu = _in_short_message(pdu, payload)
-            fut = conn.send_request(pdu)
+            conn.send_request_callback(pdu, partial(self._settle, link, conn, done))
         except ConnectionClosed:
-            out.set_result(Failed(self.name, "connection lost"))
-            return out
+            done(Failed(self.name, "connection lost"))
+            return
         except WindowFull:  # a probe took the last slot meanwhile
-            out.set_result(Failed(self.name, "not ready"))
-            return out
+            done(Failed(self.name, "not ready"))
+            return
         except LocalProtocolError as err:
             # Our PDU cannot be built (a field too long...): no carrier would take it.
             log.warning("carrier %s: message %s not sendable: %s", self.name, message.id, err)
-            out.set_result(Rejected(self.name, err.status, retryable=False))
-            return out
+            done(Rejected(self.name, err.status, retryable=False))
+            return
         if self._bucket is not None:
             self._bucket.take(now)
         self._pending += 1
         self._idle.clear()
-        fut.add_done_callback(partial(self._settle, link, conn, out))
-        return out
 
     def _settle(
         self,
         link: _Link,
         conn: Connection,
-        out: asyncio.Future[SubmitOutcome],
-        fut: asyncio.Future[Pdu],
+        done: OutcomeCallback,
+        result: Pdu | SmppError,
     ) -> None:
         self._pending -= 1
         if self._pending == 0:
             self._idle.set()
         outcome: SubmitOutcome
-        exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or isinstance(exc, ConnectionClosed):
+        if isinstance(result, ConnectionClosed):
             outcome = Failed(self.name, "connection lost")
-        elif isinstance(exc, RequestTimeout):
+            self._failed("connection_lost")
+        elif isinstance(result, RequestTimeout):
             outcome = Failed(self.name, "timeout")
+            self._failed("timeout")
             self._suspect(link, conn)
-        elif exc is not None:
-            log.error("carrier %s: submit failed: %r", self.name, exc)
-            outcome = Failed(self.name, f"error: {type(exc).__name__}")
+        elif isinstance(result, SmppError):
+            log.error("carrier %s: submit failed: %r", self.name, result)
+            outcome = Failed(self.name, f"error: {type(result).__name__}")
+            self._failed("error")
         else:
-            resp = fut.result()
+            resp = result
             status = resp.command_status
+            key = (_SUBMIT_SM, status)
+            self.pdus[key] = self.pdus.get(key, 0) + 1
             if status == CommandStatus.ESME_ROK and isinstance(resp, SubmitSmResp):
                 outcome = Accepted(self.name, resp.message_id)
             else:
@@ -429,8 +444,10 @@ class CarrierPool:
                             self.config.throttle_pause,
                         )
                         self._paused_until = until
-        if not out.done():
-            out.set_result(outcome)
+        done(outcome)
+
+    def _failed(self, reason: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
 
     def _suspect(self, link: _Link, conn: Connection) -> None:
         """A response timed out: stop using the bind and probe it with an enquire_link."""
@@ -459,10 +476,13 @@ class CarrierPool:
 
     def _deliver(self, pdu: DeliverSm) -> int:
         try:
-            return int(self._on_deliver(self.name, pdu))
+            status = int(self._on_deliver(self.name, pdu))
         except Exception:
             log.exception("carrier %s: on_deliver failed", self.name)
-            return int(CommandStatus.ESME_RX_T_APPN)
+            status = int(CommandStatus.ESME_RX_T_APPN)
+        key = (_DELIVER_SM, status)
+        self.pdus[key] = self.pdus.get(key, 0) + 1
+        return status
 
     # --- connections ------------------------------------------------------------------
 
@@ -480,7 +500,13 @@ class CarrierPool:
             try:
                 link.ended = asyncio.Event()
                 conn = await connect(
-                    cfg.host, cfg.port, config=self.session_config, handler=link, timeout=limit
+                    cfg.host,
+                    cfg.port,
+                    config=self.session_config,
+                    handler=link,
+                    ssl=self._ssl,
+                    server_hostname=cfg.tls.server_hostname if cfg.tls is not None else None,
+                    timeout=limit,
                 )
                 async with asyncio.timeout(limit + 1.0):  # the session bounds it already
                     await conn.bind(self._bind_pdu(link.kind))

@@ -12,11 +12,16 @@ class AccountState:
     """One account: its config, its bound sessions, its token bucket."""
 
     def __init__(self, account: SmscAccount, now: float) -> None:
-        self.account = account
-        self.auth = account.auth()
         self.sessions: set[Connection] = set()
         self.receivers: list[Connection] = []
         self._rr = 0
+        self.reconfigure(account, now)
+
+    def reconfigure(self, account: SmscAccount, now: float) -> None:
+        """Apply a (reloaded) account config; bound sessions stay bound. The new limits
+        apply to the next submit; max_window to the next bind."""
+        self.account = account
+        self.auth = account.auth()
         self.bucket = (
             TokenBucket(account.throughput, account.burst or max(1.0, account.throughput), now)
             if account.throughput

@@ -2,37 +2,47 @@
 stops them in the reverse order ARCHITECTURE.md gives.
 
 Start: store → id blocks → simulated carriers (loopback) → router (carrier binds) →
-ESME listener → HTTP (metrics, route explanations).
-Stop: close the listener → stop intake → unbind ESMEs → stop dispatching (queued
-messages stay in the store and resume at the next start) → await upstream windows and
-unbind carriers → stop simulators → flush and close the store.
+ESME listener → HTTP (metrics, route explanations, admin API: smsc/admin.py).
+Stop, within ``shutdown_timeout`` overall: close the listeners (SMPP and HTTP) → stop
+intake → unbind ESMEs → stop dispatching (queued messages stay in the store — every
+accepted message is written there at intake — and resume at the next start) → await
+upstream windows and unbind carriers → stop simulators → flush and close the store.
+Live reconfiguration (:meth:`App.reload`, SIGHUP, ``POST /api/v1/reload``): smsc/reload.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgspec
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from router.config import CarrierConfig as RouterCarrier
+from router.config import RouterConfig
 from router.router import Router
-from router.routing import format_explanation
 from router.store import SqliteStore
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig
+from simulator.mo import build_mo
 from smppcore import aio
 from smppcore.config import ConfigError, load_config
+from smppcore.tls import TlsError, client_context, config_error, server_context
 from smsc.accounts import AccountState
+from smsc.admin import AdminServer, resolve_token
 from smsc.config import SmscConfig
 from smsc.configfile import sharpen
 from smsc.delivery import Delivery
 from smsc.ids import IdAllocator
 from smsc.metrics import SmscCollector
+from smsc.reload import ReloadPlan
+from smsc.reload import plan as reload_plan
+from smsc.security import BindGuard
 from smsc.server import Server
 
 log = logging.getLogger(__name__)
@@ -54,11 +64,46 @@ def simulator_configs(config: SmscConfig, *, source: str = "") -> list[tuple[str
     return out
 
 
+def check_tls(config: SmscConfig, *, source: str = "") -> None:
+    """Load every certificate, key and CA file the config names (the TLS listener, TLS
+    toward carriers, simulated carriers' TLS listeners): a file that cannot be used is a
+    ConfigError naming the key and the file. Run before starting anything."""
+    checks: list[tuple[str, Callable[[], object]]] = []
+    if config.listen_tls is not None:
+        checks.append(("$.listen_tls", partial(server_context, config.listen_tls.server_tls())))
+    for i, carrier in enumerate(config.router.carriers):
+        if carrier.tls is not None:
+            checks.append((f"$.router.carriers[{i}].tls", partial(client_context, carrier.tls)))
+    names = [s.name for s in config.simulated_carriers]
+    for name, sim in simulator_configs(config, source=source):
+        if sim.tls is not None:
+            prefix = f"$.simulated_carriers[{names.index(name)}].config.tls"
+            checks.append((prefix, partial(server_context, sim.tls)))
+    for prefix, build in checks:
+        try:
+            build()
+        except TlsError as err:
+            raise config_error(err, prefix, source=source) from None
+
+
 class App:
     """One smsc node."""
 
-    def __init__(self, config: SmscConfig, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: SmscConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        loader: Callable[[], SmscConfig] | None = None,
+    ) -> None:
+        """``loader`` reads the configuration again for :meth:`reload` (the file with the
+        command line's overrides); None: nothing to reload (the embedded default)."""
         self.config = config
+        self._loader = loader
+        #: The admin API's bearer token (admin.token or admin.token_file); None: API off.
+        self.admin_token: str | None = None
+        self._reload_lock = asyncio.Lock()
+        self._mo_rng = random.Random("smsc-admin-mo")
         self.registry = registry or CollectorRegistry()
         self.simulators: dict[str, Carrier] = {}
         self.store = SqliteStore(config.router.store)
@@ -66,33 +111,24 @@ class App:
         self.server: Server | None = None
         self.delivery: Delivery | None = None
         self._listener: asyncio.Server | None = None
-        self._http: web.AppRunner | None = None
+        self._tls_listener: asyncio.Server | None = None
+        self._http: AdminServer | None = None
         self.port = 0
+        #: The SMPP-over-TLS listener's port (0: none).
+        self.tls_port = 0
         self.http_port = 0
 
     async def start(self) -> None:
         config = self.config
+        self.admin_token = resolve_token(config.admin)
         await self.store.open()
         ids = IdAllocator(config.node_id, self.store.reserve_ids)
         await ids.start()
 
         router_config = config.router
-        sims = simulator_configs(config)
-        addresses: dict[str, int] = {}
-        for name, sim_config in sims:
-            carrier = Carrier(sim_config)
-            await carrier.start()
-            self.simulators[name] = carrier
-            addresses[name] = carrier.port
-            log.info("simulated carrier %s on 127.0.0.1:%d", name, carrier.port)
-        if addresses:
-            carriers: list[RouterCarrier] = [
-                msgspec.structs.replace(c, host="127.0.0.1", port=addresses[c.name])
-                if c.name in addresses
-                else c
-                for c in router_config.carriers
-            ]
-            router_config = msgspec.structs.replace(router_config, carriers=tuple(carriers))
+        for name, sim_config in simulator_configs(config):
+            await self._start_simulator(name, sim_config)
+        router_config = self._upstream_config(router_config)
 
         now = time.monotonic()
         accounts = {a.system_id: AccountState(a, now) for a in config.accounts}
@@ -112,59 +148,188 @@ class App:
             delivery=self.delivery,
             ids=ids,
             default_validity=router_config.retry.default_validity,
+            max_connections=config.listen.max_connections,
+            guard=BindGuard(config.security),
         )
         SmscCollector(self.server, self.router, self.delivery).register(self.registry)
         self._listener = await aio.start_server(
             self.server.handler, config.listen.host, config.listen.port, config=config.session
         )
         self.port = self._listener.sockets[0].getsockname()[1]
+        if config.listen_tls is not None:
+            tls = config.listen_tls
+            self._tls_listener = await aio.start_server(
+                self.server.handler,
+                tls.host,
+                tls.port,
+                config=config.session,
+                ssl=server_context(tls.server_tls()),
+            )
+            self.tls_port = self._tls_listener.sockets[0].getsockname()[1]
         if config.metrics.port is not None:
             await self._start_http(config.metrics.host, config.metrics.port)
 
     async def _start_http(self, host: str, port: int) -> None:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/route", self._route)
-        self._http = web.AppRunner(app, access_log=None)
-        await self._http.setup()
-        site = web.TCPSite(self._http, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        self._http = AdminServer(self, self.registry)
+        await self._http.start(host, port)
+        self.http_port = self._http.port
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _start_simulator(self, name: str, config: SimulatorConfig) -> Carrier:
+        carrier = Carrier(config)
+        await carrier.start()
+        self.simulators[name] = carrier
+        log.info("simulated carrier %s on 127.0.0.1:%d", name, carrier.port)
+        return carrier
 
-    async def _route(self, request: web.Request) -> web.Response:
-        destination = request.query.get("destination", "")
-        account = request.query.get("account", "")
-        if not destination or not account:
-            return web.json_response(
-                {"error": "give ?destination=<digits>&account=<system_id>"}, status=400
+    def _upstream(self, carrier: RouterCarrier) -> RouterCarrier:
+        """A router carrier as the router binds to it: a simulated one on its loopback port."""
+        sim = self.simulators.get(carrier.name)
+        if sim is None:
+            return carrier
+        return msgspec.structs.replace(carrier, host="127.0.0.1", port=sim.port)
+
+    def _upstream_config(self, config: RouterConfig) -> RouterConfig:
+        carriers = tuple(self._upstream(c) for c in config.carriers)
+        return msgspec.structs.replace(config, carriers=carriers)
+
+    # --- control plane ------------------------------------------------------------------
+
+    async def reload(self, new: SmscConfig | None = None) -> ReloadPlan:
+        """Apply ``new`` (default: what the loader reads now) to the running node; see
+        smsc/reload.py for what applies live. An invalid configuration raises (ConfigError,
+        OSError, ValueError) before anything changes; LookupError when there is nothing to
+        reload from. Returns what was done."""
+        async with self._reload_lock:
+            if new is None:
+                if self._loader is None:
+                    raise LookupError("started without a configuration file: nothing to reload")
+                new = self._loader()
+            router, server = self.router, self.server
+            if router is None or server is None:
+                raise LookupError("not running")
+            sims = dict(simulator_configs(new))  # refuse a bad simulated carrier up front
+            check_tls(new)
+            plan = reload_plan(self.config, new)
+            config = plan.config
+            token = resolve_token(config.admin)
+            log.info("reloading the configuration")
+
+            # New carriers first, so the new table can use them.
+            by_name = {c.name: c for c in config.router.carriers}
+            for name in plan.carriers_added:
+                if name in sims:
+                    await self._start_simulator(name, sims[name])
+                await router.add_carrier(self._upstream(by_name[name]))
+            for name in plan.carriers_changed:
+                old_sim = self.simulators.pop(name, None)
+                if name in sims:
+                    await self._start_simulator(name, sims[name])
+                await router.replace_carrier(
+                    self._upstream(by_name[name]), by_name[name].response_timeout + 1.0
+                )
+                if old_sim is not None:
+                    await old_sim.stop(5.0)
+
+            # Accounts: the one dict Server and Delivery share, changed in place.
+            now = time.monotonic()
+            accounts = server.accounts
+            for account in config.accounts:
+                state = accounts.get(account.system_id)
+                if state is None:
+                    accounts[account.system_id] = AccountState(account, now)
+                elif state.account != account:
+                    state.reconfigure(account, now)
+            for name in plan.accounts_removed:
+                del accounts[name]
+            router.reconfigure(
+                self._upstream_config(config.router),
+                {name: state.policy for name, state in accounts.items()},
             )
-        assert self.router is not None
-        explanation = self.router.explain(destination, account)
-        if "json" in request.headers.get("Accept", ""):
-            return web.json_response(msgspec.to_builtins(explanation))
-        return web.Response(text=format_explanation(explanation) + "\n")
+            server.default_validity = config.router.retry.default_validity
 
-    async def stop(self, timeout: float = 10.0) -> None:
+            # Removed carriers last: their queued messages go over the new table.
+            old_carriers = {c.name: c for c in self.config.router.carriers}
+            for name in plan.carriers_removed:
+                await router.remove_carrier(name, old_carriers[name].response_timeout + 1.0)
+                sim = self.simulators.pop(name, None)
+                if sim is not None:
+                    await sim.stop(5.0)
+            for name in plan.accounts_removed:
+                await server.unbind_account(name, 5.0)
+
+            self.admin_token = token
+            self.config = config
+            log.info(
+                "configuration reloaded: %s%s",
+                "; ".join(plan.applied()) or "no change",
+                f" (requires restart, not applied: {', '.join(plan.requires_restart)})"
+                if plan.requires_restart
+                else "",
+            )
+            return plan
+
+    def inject_mo(
+        self,
+        carrier: str,
+        *,
+        text: str,
+        system_id: str | None = None,
+        source: str | None = None,
+        destination: str | None = None,
+        data_coding: int | None = None,
+    ) -> tuple[str, int]:
+        """Have simulated carrier ``carrier`` send an MO to its account ``system_id``
+        (default: the one we bind with). Returns (account, parts). LookupError: no such
+        simulated carrier or account; ValueError: an MO that cannot be built."""
+        sim = self.simulators.get(carrier)
+        if sim is None:
+            raise LookupError(f"no simulated carrier {carrier!r}")
+        if system_id is None:
+            upstream = {c.name: c for c in self.config.router.carriers}[carrier]
+            system_id = upstream.system_id
+        state = sim.account(system_id)
+        if state is None:
+            raise LookupError(f"simulated carrier {carrier!r} has no account {system_id!r}")
+        pdus = build_mo(
+            self._mo_rng,
+            state.profile.mo,
+            text=text,
+            source=source,
+            destination=destination,
+            data_coding=data_coding,
+        )
+        sim.inject(system_id, pdus)
+        log.info("MO injected at %s for %s: %d part(s)", carrier, system_id, len(pdus))
+        return system_id, len(pdus)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Shut down in order within ``timeout`` seconds overall (default: the config's
+        ``shutdown_timeout``): each stage gets what is left. The store is closed last in
+        any case (queued records are committed: nothing accepted is lost)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.config.shutdown_timeout if timeout is None else timeout)
+
+        def left(cap: float = 3600.0) -> float:
+            return max(0.05, min(cap, deadline - loop.time()))
+
         if self._listener is not None:
             self._listener.close()
+        if self._tls_listener is not None:
+            self._tls_listener.close()
+        if self._http is not None:
+            await self._http.stop()
         if self.server is not None:
             self.server.accepting = False
-            await self.server.unbind_all(min(timeout, 5.0))
+            await self.server.unbind_all(left(5.0))
             await self.server.stop()
         if self.router is not None:
-            await self.router.stop(timeout)
+            await self.router.stop(left())
         if self.delivery is not None:
             await self.delivery.stop()
         for carrier in self.simulators.values():
-            await carrier.stop(min(timeout, 5.0))
-        if self._http is not None:
-            await self._http.cleanup()
+            await carrier.stop(left(5.0))
         await self.store.close()
         if self._listener is not None:
             await self._listener.wait_closed()
+        if self._tls_listener is not None:
+            await self._tls_listener.wait_closed()

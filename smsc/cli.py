@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -28,9 +29,11 @@ from smppcore.config import ConfigError
 from smsc import __version__
 from smsc.config import SmscConfig
 from smsc.configfile import load_yaml_config
+from smsc.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from simulator.admin import Admin
+    from smsc.app import App
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,10 @@ every key.
 
 Prints "smsc serve: listening on HOST:PORT" once ready. SIGINT/SIGTERM: stop accepting,
 unbind every ESME, keep what is queued in the store (resumed at the next start), unbind
-the carriers and exit 0; a second signal exits at once."""
+the carriers and exit 0 (within shutdown_timeout); a second signal exits at once.
+SIGHUP re-reads --config and applies it live (accounts, routes, prices, carriers); a bad
+file is refused and the running configuration stays. The admin API (/api/v1 on the
+metrics port, needs admin.token) is described at /api/v1/openapi.json."""
 
 _CARRIER_HELP = """\
 Without --config, runs the embedded default: 127.0.0.1:2776, one account test/test
@@ -63,6 +69,14 @@ See also: smsc carrier-mo --help.
 
 Prints "smsc carrier: listening on HOST:PORT" once ready. SIGINT/SIGTERM unbind every
 session and exit 0; a second signal exits at once."""
+
+_HASH_HELP = """\
+Reads the password from standard input (its first line), or asks for it twice on a
+terminal, and prints scrypt$n=16384,r=8,p=1$<salt>$<hash>, which goes where a plain
+password would in conf/smsc.example.yaml or conf/carrier.example.yaml (accounts). Example:
+  printf '%s\\n' 's3cret' | smsc hash-password
+Exit status 0 when printed, 2 when the password is empty, longer than 8 octets (the most
+an SMPP bind carries) or mistyped."""
 
 _MO_HELP = """\
 Example:
@@ -113,7 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=_port, metavar="PORT", help="HTTP port for /metrics and /route"
     )
     serve.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="default: info"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="root log level (default: logging.level in the file, else info)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["auto", "json", "text"],
+        help="auto: text on a terminal, JSON lines otherwise (default: logging.format)",
     )
 
     summary = "explain the route a running smsc would choose for a destination"
@@ -143,6 +164,21 @@ def _parser() -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="default: info",
+    )
+    carrier.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "text"],
+        help="auto (default): text on a terminal, JSON lines otherwise",
+    )
+
+    summary = "print the salted scrypt hash of an account password, for the config files"
+    commands.add_parser(
+        "hash-password",
+        help=summary,
+        description=summary,
+        epilog=_HASH_HELP,
+        formatter_class=fmt,
     )
 
     summary = "inject an MO message into a running carrier simulator (via its admin port)"
@@ -181,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _carrier(args)
     if args.command == "carrier-mo":
         return _carrier_mo(args)
+    if args.command == "hash-password":
+        return _hash_password()
     if args.command == "load":
         from simulator.load import cli as load_cli
 
@@ -201,24 +239,33 @@ def serve_config(args: argparse.Namespace) -> SmscConfig:
         changes["listen"] = msgspec.structs.replace(config.listen, port=args.port)
     if args.metrics_port is not None:
         changes["metrics"] = msgspec.structs.replace(config.metrics, port=args.metrics_port)
-    if args.log_level is not None:
-        changes["log_level"] = args.log_level
+    if args.log_level is not None or args.log_format is not None:
+        settings = config.log_settings
+        changes["log_level"] = None
+        changes["logging"] = msgspec.structs.replace(
+            settings,
+            level=args.log_level or settings.level,
+            format=args.log_format or settings.format,
+        )
     return msgspec.structs.replace(config, **changes) if changes else config
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
         config = serve_config(args)
-        from smsc.app import simulator_configs
+        from smsc.app import check_tls, simulator_configs
 
-        # Refuse a bad simulated carrier before starting anything.
+        # Refuse a bad simulated carrier or certificate before starting anything.
         simulator_configs(config, source=args.config or "")
+        check_tls(config, source=args.config or "")
     except ConfigError as exc:
         print(f"smsc: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.log_level)
+    settings = config.log_settings
+    configure_logging(settings.level, log_format=settings.format, components=settings.components)
     try:
-        return _run(run_serve(config))
+        loader = None if args.config is None else (lambda: serve_config(args))
+        return _run(run_serve(config, loader=loader))
     except OSError as exc:
         print(f"smsc serve: {exc}", file=sys.stderr)
         return 1
@@ -226,12 +273,27 @@ def _serve(args: argparse.Namespace) -> int:
         return 130
 
 
-async def run_serve(config: SmscConfig) -> int:
-    """Run smsc until SIGINT/SIGTERM, then shut down in order."""
+async def run_serve(
+    config: SmscConfig, *, loader: Callable[[], SmscConfig] | None = None
+) -> int:
+    """Run smsc until SIGINT/SIGTERM, then shut down in order (within shutdown_timeout).
+    SIGHUP re-reads the configuration through ``loader`` and applies it live."""
     from smsc.app import App
 
-    app = App(config)
+    app = App(config, loader=loader)
     stop, restore = _stop_on_signals("smsc serve")
+    reloads: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(_reload(app), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (NotImplementedError, RuntimeError, AttributeError):  # no SIGHUP here
+        pass
     try:
         await app.start()
         if config.metrics.port is not None:
@@ -240,13 +302,43 @@ async def run_serve(config: SmscConfig) -> int:
                 "/metrics",
                 flush=True,
             )
+        if config.listen_tls is not None:
+            where = _where(config.listen_tls.host, app.tls_port)
+            print(f"smsc serve: SMPP over TLS on {where}", flush=True)
         print(f"smsc serve: listening on {_where(config.listen.host, app.port)}", flush=True)
+        tune_gc()
         await stop.wait()
     finally:
+        try:
+            loop.remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, AttributeError):
+            pass
+        for task in list(reloads):
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
         await app.stop()
         restore()
     log.info("smsc stopped")
     return 0
+
+
+async def _reload(app: App) -> None:
+    """Apply the configuration file again (SIGHUP); a bad one is refused and logged, and
+    the running configuration stays. One line on stdout says which."""
+    log.info("SIGHUP: reloading the configuration")
+    try:
+        plan = await app.reload()
+    except (ConfigError, OSError, ValueError, LookupError) as exc:
+        log.error("reload refused, the running configuration stays: %s", exc)
+        print(f"smsc serve: reload refused: {exc}", flush=True)
+        return
+    done = "; ".join(plan.applied()) or "no change"
+    later = ", ".join(plan.requires_restart)
+    print(
+        f"smsc serve: configuration reloaded: {done}"
+        + (f" (requires restart, not applied: {later})" if later else ""),
+        flush=True,
+    )
 
 
 def _stop_on_signals(name: str) -> tuple[asyncio.Event, Callable[[], None]]:
@@ -318,10 +410,17 @@ def carrier_config(args: argparse.Namespace) -> CarrierConfig:
 def _carrier(args: argparse.Namespace) -> int:
     try:
         config = carrier_config(args)
+        if config.tls is not None:
+            from smppcore.tls import TlsError, config_error, server_context
+
+            try:
+                server_context(config.tls)
+            except TlsError as err:
+                raise config_error(err, "$.tls", source=args.config or "") from None
     except ConfigError as exc:
         print(f"smsc: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     try:
         return _run(run_carrier(config))
     except OSError as exc:  # the port is taken, the address does not exist, ...
@@ -354,6 +453,7 @@ async def run_carrier(config: CarrierConfig) -> int:
             where = _where(config.admin_host, admin.port)
             print(f"smsc carrier: admin (GET /metrics, POST /mo) on http://{where}", flush=True)
         print(f"smsc carrier: listening on {_where(config.host, carrier.port)}", flush=True)
+        tune_gc()
         await stop.wait()
     finally:
         # Listeners first (admin), then the traffic we originate, then unbind every session.
@@ -366,16 +466,19 @@ async def run_carrier(config: CarrierConfig) -> int:
     return 0
 
 
+def tune_gc() -> None:
+    """Once started: everything built so far (modules, config, routes) lives as long as
+    the process, so the cyclic GC stops scanning it (``gc.freeze``), and young
+    collections run every 10,000 allocations instead of 700. Messages and PDUs are
+    untracked structs; what a message allocates besides is short-lived and acyclic.
+    Measured on ``smsc serve`` under load: GC time from ~10 % of the CPU to ~3 %, and no
+    full collections (each one paused the loop for ~100 ms)."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def _where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -385,6 +488,38 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+# --- smsc hash-password --------------------------------------------------------------------
+
+
+def _hash_password() -> int:
+    import getpass
+    import secrets
+
+    from smppcore.accounts import hash_password
+
+    if sys.stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Again: ") != password:
+                print("smsc hash-password: the two entries differ", file=sys.stderr)
+                return 2
+        except (EOFError, KeyboardInterrupt):
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("smsc hash-password: no password given", file=sys.stderr)
+        return 2
+    if len(password.encode()) > 8:
+        print(
+            "smsc hash-password: longer than 8 octets, the most a bind carries",
+            file=sys.stderr,
+        )
+        return 2
+    print(hash_password(password, secrets.token_bytes(16)), flush=True)
+    return 0
 
 
 # --- smsc carrier-mo ------------------------------------------------------------------------

@@ -7,14 +7,16 @@ Decoded once, strictly, at the edge. The defaults are the embedded default that
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
 
 from router.config import CarrierName, MicroUnits, PriceText, RouterConfig, price_of
-from smppcore.accounts import Account, BindType, Password, SystemId
+from smppcore.accounts import Account, AccountPassword, BindType, SystemId
 from smppcore.session import SessionConfig
+from smppcore.tls import FilePath, ServerTls
+from smsc.logs import LogFormat, LogLevel
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 
@@ -23,7 +25,8 @@ class SmscAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An ESME account: who may bind, how much it may send, where its traffic may go."""
 
     system_id: SystemId
-    password: Password = ""
+    password: AccountPassword = ""
+    """Plain (at most 8 characters) or a hash from ``smsc hash-password``."""
     bind_types: tuple[BindType, ...] = (
         BindType.TRANSMITTER,
         BindType.RECEIVER,
@@ -71,6 +74,40 @@ class SmscAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Port = 2775
+    max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
+    """ESME connections open at once, bound or not. At the limit a new connection closes
+    the oldest one that has not bound yet (or is closed itself when every one is bound)."""
+
+
+class TlsListener(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A second ESME listener speaking SMPP over TLS (1.2 or later)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 3550
+    """3550 is the port IANA lists for SMPP over TLS (ssmpp)."""
+    cert: FilePath
+    """Our certificate chain, PEM."""
+    key: FilePath
+    """Its private key, PEM, not encrypted."""
+    client_ca: FilePath | None = None
+    """CA certificates, PEM: when set, clients must present a certificate they sign."""
+
+    def server_tls(self) -> ServerTls:
+        return ServerTls(cert=self.cert, key=self.key, client_ca=self.client_ca)
+
+
+class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Bind-rate limiting per source address (see smsc/security.py)."""
+
+    failed_binds: Annotated[int, Meta(ge=1, le=1000)] | None = 5
+    """Failed binds (wrong password, unknown system_id) from one IP address that start a
+    cool-down; null: no limit."""
+    failed_bind_window: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
+    """... counted over this many seconds."""
+    bind_cooldown: Annotated[float, Meta(gt=0, le=86_400)] = 300.0
+    """Seconds every bind from that address is refused (ESME_RBINDFAIL) once it is."""
+    max_tracked_peers: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
+    """Addresses remembered at most (the least recently seen are forgotten first)."""
 
 
 class SimulatedCarrier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -89,18 +126,67 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """HTTP port for /metrics and /route (route explanations); null: off."""
 
 
+class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The admin API (/api/v1 on the metrics port; see smsc/admin.py). Every endpoint but
+    health, readiness and the OpenAPI document needs ``Authorization: Bearer <token>``;
+    with no token configured those endpoints are off (403)."""
+
+    token: Annotated[str, Meta(min_length=16, max_length=512)] | None = None
+    """The bearer token (at least 16 characters); null: see token_file."""
+    token_file: str | None = None
+    """A file whose first line is the token (read at start and at each reload)."""
+
+    def __post_init__(self) -> None:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("token, token_file: give one or the other")
+
+    def __repr__(self) -> str:  # never show the token
+        return f"AdminConfig(token_file={self.token_file!r})"
+
+
+LoggerName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")]
+
+
+class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Log level, format and per-component levels (see smsc/logs.py)."""
+
+    level: LogLevel = "info"
+    """The root level; --log-level overrides."""
+    format: LogFormat = "auto"
+    """json (one object per line), text, or auto: text on a terminal, JSON otherwise."""
+    components: dict[LoggerName, LogLevel] = msgspec.field(default_factory=dict)
+    """Levels of named loggers (``router.upstream: debug``, ``router.messages:
+    warning`` silences the per-message summary line)."""
+
+
 class SmscConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node_id: Annotated[int, Meta(ge=0, le=35)] = 0
     """This node's number, the first character of every message id (base 36)."""
     system_id: SystemId = "smsc"
     """Our system_id in bind responses."""
     listen: Listener = Listener()
+    listen_tls: TlsListener | None = None
+    """An SMPP-over-TLS listener next to ``listen``; null: none."""
+    security: SecurityConfig = SecurityConfig()
     session: SessionConfig = SessionConfig(window=100, inbound_window=100)
     accounts: tuple[SmscAccount, ...] = (SmscAccount(system_id="test", password="test"),)
     router: RouterConfig = RouterConfig()
     simulated_carriers: tuple[SimulatedCarrier, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    admin: AdminConfig = AdminConfig()
+    shutdown_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    """Seconds a graceful shutdown may take overall; then what is left is abandoned (the
+    store is still closed: queued messages are kept)."""
+    logging: LoggingConfig = LoggingConfig()
+    log_level: LogLevel | None = None
+    """Deprecated spelling of ``logging.level`` (wins over it when set)."""
+
+    @property
+    def log_settings(self) -> LoggingConfig:
+        """``logging`` with the deprecated ``log_level`` folded in."""
+        if self.log_level is None:
+            return self.logging
+        return msgspec.structs.replace(self.logging, level=self.log_level)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -10,11 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from router.metrics import NO_ROUTE_REASONS, Histogram
 from router.router import Router
+from router.store import SqliteStore
 from smppcore.constants import command_name, status_name
+from smppcore.session import State
 from smsc.delivery import Delivery
 from smsc.server import Server
 
@@ -28,7 +36,7 @@ class SmscCollector(Collector):
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(self)
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         pdus = CounterMetricFamily(
             "smsc_pdus",
             "ESME requests answered, by command and status",
@@ -45,45 +53,224 @@ class SmscCollector(Collector):
         for (acct, kind, status), n in sorted(self.server.metrics.binds.items()):
             binds.add_metric([acct, kind, status_name(status)], n)
         yield binds
-        sessions = GaugeMetricFamily("smsc_sessions", "Bound ESME sessions", labels=["account"])
+        yield CounterMetricFamily(
+            "smsc_connections_dropped",
+            "ESME connections closed by listen.max_connections (refused, or unbound evicted)",
+            value=self.server.metrics.connections_dropped,
+        )
+        sessions = GaugeMetricFamily(
+            "smsc_sessions", "Bound ESME sessions", labels=["account", "bind_type"]
+        )
         for name, state in sorted(self.server.accounts.items()):
-            sessions.add_metric([name], len(state.sessions))
+            kinds = dict.fromkeys(_BIND_TYPES.values(), 0)
+            for conn in state.sessions:
+                bound_as = _BIND_TYPES.get(conn.session.state)
+                if bound_as is not None:
+                    kinds[bound_as] += 1
+            for bind_type, n in kinds.items():
+                sessions.add_metric([name, bind_type], n)
         yield sessions
-        router = self.router
-        queue = GaugeMetricFamily("smsc_queue_depth", "Messages waiting", labels=["kind"])
-        queue.add_metric(["ready"], router.queue.ready_count)
-        queue.add_metric(["scheduled"], router.queue.scheduled_count)
-        yield queue
-        in_flight = GaugeMetricFamily(
-            "smsc_carrier_in_flight", "Submits awaiting a carrier's answer", labels=["carrier"]
+        yield _histogram(
+            "smsc_submit_latency_seconds",
+            "ESME submit_sm/data_sm received → its response sent",
+            [],
+            [([], self.server.metrics.submit_latency)],
         )
-        bound = GaugeMetricFamily("smsc_carrier_binds", "Bound carrier binds", labels=["carrier"])
-        for name, pool in sorted(router.pools.items()):
-            in_flight.add_metric([name], pool.in_flight)
-            bound.add_metric([name], pool.bound)
-        yield in_flight
-        yield bound
-        outcomes = CounterMetricFamily(
-            "smsc_route_events", "Routing outcomes by kind and carrier", labels=["event", "carrier"]
-        )
-        receipts = CounterMetricFamily(
-            "smsc_carrier_receipts", "Receipts from carriers by state", labels=["carrier", "state"]
-        )
-        for key, n in sorted(router.counters.items()):
-            parts = key.split(":")
-            if parts[0] == "receipt" and len(parts) == 3:
-                receipts.add_metric([parts[1], parts[2]], n)
-            else:
-                outcomes.add_metric([parts[0], parts[1] if len(parts) > 1 else ""], n)
-        yield outcomes
-        yield receipts
+        yield from self._router()
+        yield from self._carriers()
+        yield from self._store()
         yield CounterMetricFamily(
             "smsc_deliveries",
             "deliver_sm (receipts, MO) accepted by clients",
             value=self.delivery.sent,
         )
-        yield CounterMetricFamily(
+        held = CounterMetricFamily(
             "smsc_deliveries_held",
-            "deliver_sm held for an offline account",
-            value=self.delivery.held,
+            "deliver_sm (receipts, MO) held for an account with no receive-capable bind",
+            labels=["account"],
         )
+        for account, n in sorted(self.delivery.held_by_account.items()):
+            held.add_metric([account], n)
+        yield held
+
+    def _router(self) -> Iterator[Metric]:
+        router = self.router
+        metrics = router.metrics
+        queue = GaugeMetricFamily("smsc_queue_depth", "Messages waiting", labels=["kind"])
+        queue.add_metric(["ready"], router.queue.ready_count)
+        queue.add_metric(["scheduled"], router.queue.scheduled_count)
+        yield queue
+        by_priority = GaugeMetricFamily(
+            "smsc_queue_ready_by_priority",
+            "Messages ready to send, by priority",
+            labels=["priority"],
+        )
+        for priority, n in enumerate(router.queue.by_priority()):
+            by_priority.add_metric([str(priority)], n)
+        yield by_priority
+        yield GaugeMetricFamily(
+            "smsc_queue_capacity", "Messages the queue holds at most", value=router.queue.max_size
+        )
+        decisions = CounterMetricFamily(
+            "smsc_route_decisions",
+            "Messages routed to a carrier (each attempt)",
+            labels=["carrier"],
+        )
+        retries = CounterMetricFamily(
+            "smsc_retries",
+            "Submits a carrier failed temporarily (temporary status, no answer), retried "
+            "or given up",
+            labels=["carrier"],
+        )
+        for name, counts in sorted(metrics.carriers.items()):
+            decisions.add_metric([name], counts.decisions)
+            retries.add_metric([name], counts.retries)
+        yield decisions
+        yield retries
+        no_route = CounterMetricFamily(
+            "smsc_route_no_route",
+            "Messages failed for want of a route, by reason",
+            labels=["reason"],
+        )
+        for reason in NO_ROUTE_REASONS:
+            no_route.add_metric([reason], metrics.no_route.get(reason, 0))
+        yield no_route
+        failovers = CounterMetricFamily(
+            "smsc_failovers",
+            "Messages sent to another carrier after one failed them",
+            labels=["from_carrier", "to_carrier"],
+        )
+        for (source, target), n in sorted(metrics.failovers.items()):
+            failovers.add_metric([source, target], n)
+        yield failovers
+        final = CounterMetricFamily(
+            "smsc_messages", "Messages that reached a final state", labels=["account", "state"]
+        )
+        for (account, state), n in sorted(metrics.final.items()):
+            final.add_metric([account, state], n)
+        yield final
+        events = CounterMetricFamily(
+            "smsc_router_events",
+            "Rare router events: receipt_unmatched, receipt_unreadable, mo, mo_unrouted, "
+            "deferred (no carrier of the route available)",
+            labels=["event", "carrier"],
+        )
+        for (event, carrier), n in sorted(metrics.events.items()):
+            events.add_metric([event, carrier], n)
+        yield events
+        receipts = CounterMetricFamily(
+            "smsc_carrier_receipts",
+            "Final receipts from carriers by state",
+            labels=["carrier", "state"],
+        )
+        for (carrier, state), n in sorted(metrics.receipts.items()):
+            receipts.add_metric([carrier, state], n)
+        yield receipts
+        rows = sorted(metrics.carriers.items())
+        yield _histogram(
+            "smsc_carrier_submit_latency_seconds",
+            "submit_sm sent to a carrier → its answer (or the failure)",
+            ["carrier"],
+            [([name], counts.submit_latency) for name, counts in rows],
+        )
+        yield _histogram(
+            "smsc_receipt_latency_seconds",
+            "submit accepted by a carrier → its final receipt received",
+            ["carrier"],
+            [([name], counts.receipt_latency) for name, counts in rows],
+        )
+
+    def _carriers(self) -> Iterator[Metric]:
+        router = self.router
+        now = router.wall()
+        in_flight = GaugeMetricFamily(
+            "smsc_carrier_in_flight", "Submits awaiting a carrier's answer", labels=["carrier"]
+        )
+        bound = GaugeMetricFamily("smsc_carrier_binds", "Bound carrier binds", labels=["carrier"])
+        configured = GaugeMetricFamily(
+            "smsc_carrier_binds_configured", "Carrier binds configured", labels=["carrier"]
+        )
+        available = GaugeMetricFamily(
+            "smsc_carrier_available",
+            "1 when routing may use the carrier (bound, breaker closed or trial free)",
+            labels=["carrier"],
+        )
+        attempts = CounterMetricFamily(
+            "smsc_carrier_bind_attempts",
+            "Connect-and-bind attempts to carriers, by result",
+            labels=["carrier", "result"],
+        )
+        pdus = CounterMetricFamily(
+            "smsc_carrier_pdus",
+            "Carrier-side PDUs: our submit_sm by the status answered, the carrier's "
+            "deliver_sm by the status we answered",
+            labels=["carrier", "command", "status"],
+        )
+        failures = CounterMetricFamily(
+            "smsc_carrier_submit_failures",
+            "submit_sm to a carrier that got no answer, by reason",
+            labels=["carrier", "reason"],
+        )
+        for name, pool in sorted(router.pools.items()):
+            in_flight.add_metric([name], pool.in_flight)
+            bound.add_metric([name], pool.bound)
+            configured.add_metric([name], pool.config.binds)
+            health = router.health.get(name)
+            available.add_metric([name], 1 if health and health.view(now).available else 0)
+            attempts.add_metric([name, "ok"], pool.binds_made)
+            attempts.add_metric([name, "failed"], pool.connect_failures)
+            for (cid, status), n in sorted(pool.pdus.items()):
+                pdus.add_metric([name, command_name(cid), status_name(status)], n)
+            for reason in _SUBMIT_FAILURES:
+                failures.add_metric([name, reason], pool.failures.get(reason, 0))
+        yield from (in_flight, bound, configured, available, attempts, pdus, failures)
+
+    def _store(self) -> Iterator[Metric]:
+        store = self.router.store
+        if not isinstance(store, SqliteStore):
+            return
+        yield _histogram(
+            "smsc_store_commit_seconds",
+            "One store writer transaction (a batch of records), BEGIN to COMMIT",
+            [],
+            [([], store.commit_seconds)],
+        )
+        yield CounterMetricFamily(
+            "smsc_store_transactions", "Store writer transactions", value=store.transactions
+        )
+        yield CounterMetricFamily(
+            "smsc_store_records", "Records committed by the store writer", value=store.records
+        )
+        yield CounterMetricFamily(
+            "smsc_store_failed_records", "Records the store could not write", value=store.failed
+        )
+        yield CounterMetricFamily(
+            "smsc_store_held_dropped",
+            "Held deliveries dropped by the per-account bound",
+            value=store.dropped_held,
+        )
+        yield GaugeMetricFamily(
+            "smsc_store_queue_depth", "Records waiting for the store writer", value=store.queued
+        )
+
+
+#: CarrierPool.failures reasons (listed so each series exists from the start, at 0).
+_SUBMIT_FAILURES = ("timeout", "connection_lost", "error")
+
+_BIND_TYPES = {
+    State.BOUND_TX: "transmitter",
+    State.BOUND_RX: "receiver",
+    State.BOUND_TRX: "transceiver",
+}
+
+
+def _histogram(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    rows: list[tuple[list[str], Histogram]],
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for values, histogram in rows:
+        family.add_metric(values, histogram.cumulative(), histogram.sum)
+    return family

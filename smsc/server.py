@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from router.metrics import SUBMIT_BUCKETS, Histogram
 from router.model import Address, Concat, Message
 from router.ports import Intake
 from router.store import Store
@@ -54,13 +55,30 @@ from smppcore.smpptime import (
 )
 from smppcore.tlv import Tag
 from smsc.accounts import AccountState
+from smsc.config import SecurityConfig
 from smsc.delivery import Delivery
 from smsc.ids import IdAllocator
+from smsc.security import BindGuard
 
 log = logging.getLogger(__name__)
+#: One line per bind attempt: account, bind type, peer, result — never the password.
+audit = logging.getLogger("smsc.audit")
+#: Refusals that count toward a peer's bind cool-down (a guessed password or account).
+_GUESSES = frozenset({CommandStatus.ESME_RINVPASWD, CommandStatus.ESME_RINVSYSID})
 
 _UDHI = int(EsmClass.UDHI)
 _S = CommandStatus
+
+
+class BoundSession(msgspec.Struct, frozen=True):
+    """One bound ESME session as the admin API lists it."""
+
+    id: str
+    account: str
+    bind_type: str
+    peer: str
+    since: float
+    """Unix seconds of the bind."""
 
 
 class ServerMetrics:
@@ -69,6 +87,10 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.pdus: dict[tuple[int, int], int] = {}
         self.binds: dict[tuple[str, str, int], int] = {}
+        #: submit_sm / data_sm received → its response sent, seconds.
+        self.submit_latency = Histogram(SUBMIT_BUCKETS)
+        #: Connections closed by the listener's max_connections (refused or evicted).
+        self.connections_dropped = 0
 
     def pdu(self, command_id: int, status: int) -> None:
         key = (command_id, status)
@@ -88,6 +110,8 @@ class Server:
         delivery: Delivery,
         ids: IdAllocator,
         default_validity: float,
+        max_connections: int = 1000,
+        guard: BindGuard | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.system_id = system_id
@@ -97,14 +121,47 @@ class Server:
         self.delivery = delivery
         self.ids = ids
         self.default_validity = default_validity
+        self.max_connections = max_connections
+        #: Failed binds per peer address and their cool-downs.
+        self.guard = guard if guard is not None else BindGuard(SecurityConfig())
         self.wall = wall
         self.metrics = ServerMetrics()
         self.connections: set[aio.Connection] = set()
+        #: Bound sessions by bind id (admin API: list, kick).
+        self.binds: dict[str, tuple[BoundSession, aio.Connection]] = {}
+        self._bind_seq = 0
         self.accepting = True
+        #: Connections in arrival order that had not bound when last looked at.
+        self._unbound: dict[aio.Connection, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def handler(self, conn: aio.Connection) -> EsmeHandler:
         return EsmeHandler(self)
+
+    def admit(self, conn: aio.Connection) -> bool:
+        """Take ``conn`` within max_connections: at the limit, close the oldest connection
+        that has not bound (a flood of idle connections cannot keep real clients out);
+        False (and ``conn`` is to be closed) when every connection is bound."""
+        connections = self.connections
+        unbound = self._unbound
+        while len(connections) >= self.max_connections and unbound:
+            oldest = next(iter(unbound))
+            del unbound[oldest]
+            if oldest.bound or oldest not in connections:
+                continue
+            connections.discard(oldest)
+            self.metrics.connections_dropped += 1
+            oldest.abort()
+        if len(connections) >= self.max_connections:
+            self.metrics.connections_dropped += 1
+            return False
+        connections.add(conn)
+        unbound[conn] = None
+        return True
+
+    def forget(self, conn: aio.Connection) -> None:
+        self.connections.discard(conn)
+        self._unbound.pop(conn, None)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -116,6 +173,27 @@ class Server:
         if self.ids.low:
             self.spawn(self.ids.refill())
         return msg_id
+
+    def track_bind(self, conn: aio.Connection, account: str, bind_type: str) -> str:
+        self._bind_seq += 1
+        bind_id = str(self._bind_seq)
+        peer = conn.peer
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+        self.binds[bind_id] = (BoundSession(bind_id, account, bind_type, where, self.wall()), conn)
+        return bind_id
+
+    async def kick(self, bind_id: str, timeout: float) -> bool:
+        """Unbind (then close) one session; False when no such bind."""
+        entry = self.binds.get(bind_id)
+        if entry is None:
+            return False
+        await entry[1].unbind(timeout)
+        return True
+
+    async def unbind_account(self, account: str, timeout: float) -> None:
+        conns = [conn for info, conn in self.binds.values() if info.account == account]
+        if conns:
+            await asyncio.gather(*(c.unbind(timeout) for c in conns), return_exceptions=True)
 
     async def unbind_all(self, timeout: float) -> None:
         conns = list(self.connections)
@@ -129,6 +207,14 @@ class Server:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def _where(peer: tuple[Any, ...] | None) -> str:
+    """``host:port`` (``[v6]:port``) of a peer address, for logs (never metric labels)."""
+    if not peer:
+        return "?"
+    host, port = str(peer[0]), peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _payload(pdu: Pdu) -> bytes:
     value = pdu.tlv(Tag.MESSAGE_PAYLOAD)
     return value if isinstance(value, bytes) else b""
@@ -140,12 +226,16 @@ class EsmeHandler(aio.Handler):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.state: AccountState | None = None
+        self.bind_id = ""
 
     def connection_made(self, conn: aio.Connection) -> None:
-        self.server.connections.add(conn)
+        if not self.server.admit(conn):
+            conn.abort()
 
     def session_closed(self, conn: aio.Connection, reason: str) -> None:
-        self.server.connections.discard(conn)
+        self.server.forget(conn)
+        if self.bind_id:
+            self.server.binds.pop(self.bind_id, None)
         if self.state is not None:
             self.state.remove(conn)
             log.info("session of %s closed: %s", self.state.system_id, reason)
@@ -172,8 +262,30 @@ class EsmeHandler(aio.Handler):
 
     def on_bind(self, conn: aio.Connection, pdu: Pdu) -> None:
         server = self.server
-        system_id: str = pdu.system_id  # type: ignore[attr-defined]
-        state = server.accounts.get(system_id)
+        state = server.accounts.get(pdu.system_id)  # type: ignore[attr-defined]
+        peer = conn.peer[0] if conn.peer else None
+        if server.guard.blocked(peer, time.monotonic()):
+            self._bound(conn, pdu, state, _S.ESME_RBINDFAIL, " (peer in bind cool-down)")
+        elif state is not None and state.auth.password_hashed:
+            # scrypt takes tens of milliseconds on purpose: not on the event loop.
+            server.spawn(self._bind_hashed(conn, pdu, state))
+        else:
+            self._bind(conn, pdu, state, None)
+
+    async def _bind_hashed(self, conn: aio.Connection, pdu: Pdu, state: AccountState) -> None:
+        offered: str = pdu.password  # type: ignore[attr-defined]
+        ok = await asyncio.to_thread(state.auth.password_matches, offered)
+        if conn.closed:
+            return
+        if self.state is not None:  # a second bind, pipelined, overtaken by the first
+            self._bound(conn, pdu, state, _S.ESME_RALYBND, "")
+        else:
+            self._bind(conn, pdu, state, ok)
+
+    def _bind(
+        self, conn: aio.Connection, pdu: Pdu, state: AccountState | None, password_ok: bool | None
+    ) -> None:
+        server = self.server
         peer = conn.peer[0] if conn.peer else None
         status = check_bind(
             state.auth if state else None,
@@ -181,14 +293,41 @@ class EsmeHandler(aio.Handler):
             password=pdu.password,  # type: ignore[attr-defined]
             peer_host=peer,
             sessions_in_use=len(state.sessions) if state else 0,
+            password_ok=password_ok,
         )
         if not server.accepting:
             status = _S.ESME_RBINDFAIL
+        note = ""
+        if status in _GUESSES and server.guard.failed(peer, time.monotonic()):
+            cfg = server.guard.config
+            log.warning(
+                "%s: %d failed binds within %gs: refusing its binds for %gs",
+                peer,
+                cfg.failed_binds,
+                cfg.failed_bind_window,
+                cfg.bind_cooldown,
+            )
+            note = " (cool-down starts)"
+        self._bound(conn, pdu, state, status, note)
+
+    def _bound(
+        self, conn: aio.Connection, pdu: Pdu, state: AccountState | None, status: int, note: str
+    ) -> None:
+        """Count, audit and answer a bind whose status is decided; on success, bind."""
+        server = self.server
+        system_id: str = pdu.system_id  # type: ignore[attr-defined]
         kind = BIND_TYPE_OF_COMMAND[pdu.command_id].value
         key = (system_id if state else "unknown", kind, status)
         server.metrics.binds[key] = server.metrics.binds.get(key, 0) + 1
-        # Audit line: account, peer, result — never the password.
-        log.info("bind %s as %s from %s: %s", system_id, kind, peer, _S(status).name)
+        audit.info(
+            "bind system_id=%r type=%s peer=%s tls=%s result=%s%s",
+            system_id,
+            kind,
+            _where(conn.peer),
+            "yes" if conn.transport and conn.transport.get_extra_info("ssl_object") else "no",
+            _S(status).name,
+            note,
+        )
         if status != _S.ESME_ROK or state is None:
             self._refuse(conn, pdu, status or _S.ESME_RBINDFAIL)
             return
@@ -199,6 +338,7 @@ class EsmeHandler(aio.Handler):
         # The account's window bounds what one session may leave unanswered.
         conn.session.limit_inbound_window(state.account.max_window)
         state.add(conn)
+        self.bind_id = server.track_bind(conn, state.system_id, kind)
         if conn.session.can_deliver:
             server.delivery.bound(state.system_id)
 
@@ -230,7 +370,7 @@ class EsmeHandler(aio.Handler):
             payload_tlv = bool(short_message) or isinstance(pdu, DataSm)
         schedule_at: float | None = None
         expires_at: float | None = None
-        if not isinstance(pdu, DataSm):
+        if not isinstance(pdu, DataSm) and (pdu.schedule_delivery_time or pdu.validity_period):
             wall = datetime.fromtimestamp(now, UTC)
             if pdu.schedule_delivery_time:
                 when = resolve(parse_schedule_delivery_time(pdu.schedule_delivery_time), wall)
@@ -309,9 +449,11 @@ class EsmeHandler(aio.Handler):
         resp_cls = SubmitSmResp if isinstance(pdu, SubmitSm) else DataSmResp
         metrics = server.metrics
         cid = pdu.command_id
+        started = time.monotonic()
 
         def done(status: int) -> None:
             metrics.pdu(cid, status)
+            metrics.submit_latency.observe(time.monotonic() - started)
             if conn.closed:
                 return
             if status:
@@ -419,15 +561,7 @@ class EsmeHandler(aio.Handler):
             # §4.9.1: no id-less bulk cancel here; only a message not yet sent upstream.
             self._refuse(conn, pdu, _S.ESME_RCANCELFAIL)
             return
-        from router.model import DeliveryReport, StoredMessage
-
-        report = DeliveryReport(
-            message_id=pdu.message_id, state=MessageState.DELETED, done_at=server.wall()
-        )
-        server.store.set_final(pdu.message_id, report)
-        server.delivery.report(
-            StoredMessage(message=stored.message, state=MessageState.DELETED), report
-        )
+        # The router finished it (DELETED: stored, reported, its summary line logged).
         server.metrics.pdu(pdu.command_id, 0)
         if not conn.closed:
             conn.respond(CancelSmResp(pdu.sequence_number))

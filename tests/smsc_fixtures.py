@@ -158,11 +158,16 @@ def app_config(
 
 @asynccontextmanager
 async def running_app(
-    config: SmscConfig, *, wait_for: Iterable[str] | None = None, stop_timeout: float = 1.0
+    config: SmscConfig,
+    *,
+    wait_for: Iterable[str] | None = None,
+    stop_timeout: float = 1.0,
+    loader: Callable[[], SmscConfig] | None = None,
 ) -> AsyncIterator[App]:
     """Start ``config``; return once the carriers in ``wait_for`` (default: all) are bound;
-    stop it afterwards (``stop_timeout`` bounds each stage of the shutdown)."""
-    app = App(config)
+    stop it afterwards (``stop_timeout`` bounds the whole shutdown). ``loader`` is what
+    ``App.reload`` reads."""
+    app = App(config, loader=loader)
     try:
         async with asyncio.timeout(DEADLINE):
             await app.start()

@@ -191,7 +191,7 @@ def test_least_cost_carrier_per_prefix_and_account_override(run: Run, tmp_path: 
             assert await carriers_of(app, list(expect)) == expect
             assert await carriers_of(app, [globex_id]) == {globex_id: "mid"}
             assert app.router is not None
-            assert app.router.counters["accepted:premium"] == 3
+            assert app.router.metrics.carriers["premium"].decisions == 3
             assert_one_final_receipt_each(acme, expect)
             await acme.close()
             await globex.close()
@@ -339,7 +339,7 @@ def test_stalled_carrier_times_out_and_its_window_goes_elsewhere(run1: Run, tmp_
             assert len(app.simulators["cheap"].messages) == 0
             assert_one_final_receipt_each(esme, ids)
             assert app.router is not None
-            assert app.router.counters["retry:cheap"] >= 1
+            assert app.router.metrics.carriers["cheap"].retries >= 1
             await esme.close()
 
     run1(main())

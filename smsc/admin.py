@@ -1,0 +1,417 @@
+"""The HTTP side of ``smsc serve``, on the metrics port: Prometheus ``/metrics``, ``/route``
+(plain-text route explanations for ``smsc route``) and the admin API under ``/api/v1``,
+described by the OpenAPI 3.1 document in :mod:`smsc.openapi` (served at
+``/api/v1/openapi.json``).
+
+Authentication: ``/metrics``, ``/route``, ``/api/v1/health``, ``/api/v1/ready`` and
+``/api/v1/openapi.json`` are open (read-only, no message content; the port listens on
+127.0.0.1 by default). Every other ``/api/v1`` endpoint needs ``Authorization: Bearer
+<admin.token>`` (compared in constant time): 401 without it; and when no token is
+configured, those endpoints are off altogether (403) — never open, not even on loopback,
+since any local user could reach them.
+
+Errors are JSON ``{"error": "..."}`` with the HTTP status that fits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from router.model import Address, Message
+from router.routing import format_explanation
+from smppcore.config import ConfigError
+from smppcore.constants import CommandStatus
+from smppcore.text import choose_coding, gsm_encode
+from smsc.config import AdminConfig
+from smsc.openapi import SPEC
+
+if TYPE_CHECKING:
+    from router.router import Router
+    from smsc.app import App
+    from smsc.server import Server
+
+log = logging.getLogger(__name__)
+
+#: Largest request body accepted (octets).
+MAX_BODY: Final = 64 * 1024
+#: Reachable without the token.
+OPEN_PATHS: Final = frozenset({"/api/v1/health", "/api/v1/ready", "/api/v1/openapi.json"})
+#: Longest text a submit through the API may carry (it goes in message_payload when long).
+MAX_TEXT: Final = 10_000
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Digits = Annotated[str, msgspec.Meta(pattern=r"^\+?[0-9]{1,20}$")]
+
+
+class SubmitRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of ``POST /api/v1/messages``."""
+
+    account: Annotated[str, msgspec.Meta(min_length=1, max_length=15)]
+    destination: Digits
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+    source: Annotated[str, msgspec.Meta(max_length=20)] = ""
+    registered_delivery: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = 0
+
+
+class MoRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of ``POST /api/v1/carriers/{name}/mo``."""
+
+    text: Annotated[str, msgspec.Meta(min_length=1)]
+    source: str | None = None
+    destination: str | None = None
+    data_coding: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
+    system_id: str | None = None
+    """The simulator account to deliver to; default: the one smsc binds with."""
+
+
+def resolve_token(config: AdminConfig) -> str | None:
+    """The configured token (read from ``token_file`` when that is set; OSError when it
+    cannot be read, ValueError when it is too short)."""
+    if config.token_file is None:
+        return config.token
+    text = Path(config.token_file).read_text(encoding="utf-8")
+    token = text.splitlines()[0].strip() if text.strip() else ""
+    if len(token) < 16:
+        raise ValueError(f"{config.token_file}: the token must have at least 16 characters")
+    return token
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(data), status=status, content_type="application/json"
+    )
+
+
+class AdminServer:
+    """The HTTP server. ``await start(host, port)``, ``port``, ``await stop()``."""
+
+    def __init__(self, app: App, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.registry = registry
+        web_app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors, self._auth])
+        add = web_app.router
+        add.add_get("/metrics", self.metrics)
+        add.add_get("/route", self.route_text)
+        v1 = "/api/v1"
+        add.add_get(f"{v1}/openapi.json", self.openapi)
+        add.add_get(f"{v1}/health", self.health)
+        add.add_get(f"{v1}/ready", self.ready)
+        add.add_get(f"{v1}/binds", self.binds)
+        add.add_delete(f"{v1}/binds/{{id}}", self.kick)
+        add.add_get(f"{v1}/carriers", self.carriers)
+        add.add_get(f"{v1}/carriers/{{name}}", self.carrier)
+        add.add_post(f"{v1}/carriers/{{name}}/pause", self.pause)
+        add.add_post(f"{v1}/carriers/{{name}}/resume", self.resume)
+        add.add_post(f"{v1}/carriers/{{name}}/drain", self.drain)
+        add.add_post(f"{v1}/carriers/{{name}}/mo", self.mo)
+        add.add_get(f"{v1}/routes", self.routes)
+        add.add_get(f"{v1}/routes/explain", self.explain)
+        add.add_get(f"{v1}/queue", self.queue)
+        add.add_post(f"{v1}/messages", self.submit)
+        add.add_post(f"{v1}/reload", self.reload)
+        self._runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=2.0)
+        self._openapi = msgspec.json.encode(SPEC)
+
+    async def start(self, host: str, port: int) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+
+    @property
+    def port(self) -> int:
+        addresses = self._runner.addresses
+        assert addresses, "not started"
+        port: int = addresses[0][1]
+        return port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    def _router(self) -> Router:
+        if self.app.router is None:
+            raise web.HTTPServiceUnavailable(reason="not started")
+        return self.app.router
+
+    def _server(self) -> Server:
+        if self.app.server is None:
+            raise web.HTTPServiceUnavailable(reason="not started")
+        return self.app.server
+
+    # --- middlewares ------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """HTTP errors under /api/ as JSON."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if not request.path.startswith("/api/") or exc.status < 400:
+                raise
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                return error(exc.status, exc.reason, Allow=", ".join(sorted(exc.allowed_methods)))
+            return error(exc.status, exc.reason)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if not path.startswith("/api/") or path in OPEN_PATHS:
+            return await handler(request)
+        token = self.app.admin_token
+        if token is None:
+            return error(403, "admin API disabled: no admin.token configured")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            return error(
+                401, "missing or wrong bearer token", **{"WWW-Authenticate": 'Bearer realm="smsc"'}
+            )
+        return await handler(request)
+
+    # --- open -------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def route_text(self, request: web.Request) -> web.Response:
+        destination = request.query.get("destination", "")
+        account = request.query.get("account", "")
+        if not destination or not account:
+            return error(400, "give ?destination=<digits>&account=<system_id>")
+        explanation = self._router().explain(destination, account)
+        if "json" in request.headers.get("Accept", ""):
+            return _json(explanation)
+        return web.Response(text=format_explanation(explanation) + "\n")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """Ready: the store is open and every carrier not taken out by the operator has
+        a bind up."""
+        router = self._router()
+        store = self.app.store.is_open
+        carriers = {s.name: s.bound for s in router.carrier_states()}
+        out = router.paused | router.drained
+        ok = store and all(bound > 0 for name, bound in carriers.items() if name not in out)
+        return _json({"ready": ok, "store": store, "carriers": carriers}, 200 if ok else 503)
+
+    # --- binds ------------------------------------------------------------------------
+
+    async def binds(self, request: web.Request) -> web.Response:
+        out = [
+            {
+                **msgspec.to_builtins(info),
+                "in_flight": conn.session.in_flight,
+                "pending": conn.session.inbound_pending,
+            }
+            for info, conn in self._server().binds.values()
+        ]
+        return _json({"binds": out})
+
+    async def kick(self, request: web.Request) -> web.Response:
+        bind_id = request.match_info["id"]
+        if not await self._server().kick(bind_id, 5.0):
+            return error(404, f"no bind {bind_id!r}")
+        return _json({"id": bind_id, "unbound": True})
+
+    # --- carriers ---------------------------------------------------------------------
+
+    def _carrier_state(self, name: str) -> web.Response:
+        for state in self._router().carrier_states():
+            if state.name == name:
+                return _json(state)
+        return error(404, f"no carrier {name!r}")
+
+    async def carriers(self, request: web.Request) -> web.Response:
+        return _json({"carriers": self._router().carrier_states()})
+
+    async def carrier(self, request: web.Request) -> web.Response:
+        return self._carrier_state(request.match_info["name"])
+
+    async def pause(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._router().pools:
+            return error(404, f"no carrier {name!r}")
+        self._router().pause(name)
+        log.info("carrier %s paused (admin API)", name)
+        return self._carrier_state(name)
+
+    async def resume(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._router().pools:
+            return error(404, f"no carrier {name!r}")
+        await self._router().resume(name)
+        log.info("carrier %s resumed (admin API)", name)
+        return self._carrier_state(name)
+
+    async def drain(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._router().pools:
+            return error(404, f"no carrier {name!r}")
+        try:
+            timeout = float(request.query.get("timeout", "30"))
+        except ValueError:
+            return error(400, "timeout: expected seconds")
+        if not 0 < timeout <= 300:
+            return error(400, "timeout: expected 0 < seconds <= 300")
+        await self._router().drain(name, timeout)
+        log.info("carrier %s drained (admin API)", name)
+        return self._carrier_state(name)
+
+    async def mo(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await _body(request, MoRequest)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            system_id, parts = self.app.inject_mo(
+                name,
+                system_id=body.system_id,
+                text=body.text,
+                source=body.source,
+                destination=body.destination,
+                data_coding=body.data_coding,
+            )
+        except LookupError as exc:
+            return error(404, str(exc.args[0]))
+        except ValueError as exc:
+            return error(400, str(exc))
+        return _json({"carrier": name, "system_id": system_id, "parts": parts}, 202)
+
+    # --- routes and queue -------------------------------------------------------------
+
+    async def routes(self, request: web.Request) -> web.Response:
+        routes = [
+            {
+                "prefix": route.prefix,
+                "accounts": list(route.accounts),
+                "carriers": [
+                    {"carrier": cp.carrier, "price": str(cp.amount)} for cp in route.carriers
+                ],
+            }
+            for route in self._router().config.routes
+        ]
+        return _json({"routes": routes})
+
+    async def explain(self, request: web.Request) -> web.Response:
+        destination = request.query.get("destination", "")
+        account = request.query.get("account", "")
+        if not destination or not account:
+            return error(400, "give ?destination=<digits>&account=<system_id>")
+        return _json(self._router().explain(destination, account))
+
+    async def queue(self, request: web.Request) -> web.Response:
+        return _json(self._router().queue_stats())
+
+    # --- submit -----------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        body = await _body(request, SubmitRequest)
+        if isinstance(body, web.Response):
+            return body
+        server = self._server()
+        state = server.accounts.get(body.account)
+        if state is None:
+            return error(404, f"no account {body.account!r}")
+        loop = asyncio.get_running_loop()
+        if state.bucket is not None and not state.bucket.take(loop.time()):
+            return error(429, "the account's throughput is used up (ESME_RTHROTTLED)")
+        coding = int(choose_coding(body.text))
+        data = gsm_encode(body.text) if coding == 0 else body.text.encode("utf-16-be")
+        try:
+            msg_id = server.new_id()
+        except RuntimeError:
+            return error(503, "no message id available (store)")
+        now = server.wall()
+        dest = body.destination.lstrip("+")
+        source = body.source.removeprefix("+")
+        message = Message(
+            id=msg_id,
+            account=state.system_id,
+            source=_address(source),
+            destination=Address(1, 1, dest),
+            short_message=data,
+            data_coding=coding,
+            priority=min(3, body.priority + state.account.default_priority),
+            registered_delivery=body.registered_delivery,
+            submitted_at=now,
+            expires_at=now + server.default_validity,
+            payload_tlv=len(data) > 254,
+        )
+        done: asyncio.Future[int] = loop.create_future()
+
+        def answered(status: int) -> None:
+            if not done.done():
+                done.set_result(status)
+
+        server.intake.submit(message, answered)
+        try:
+            async with asyncio.timeout(30.0):
+                status = await done
+        except TimeoutError:
+            return error(504, "the router did not accept the message in time")
+        if status:
+            try:
+                name = CommandStatus(status).name
+            except ValueError:
+                name = f"status {status:#x}"
+            return error(503, f"refused: {name}")
+        return _json({"message_id": msg_id}, 202)
+
+    # --- reload -----------------------------------------------------------------------
+
+    async def reload(self, request: web.Request) -> web.Response:
+        try:
+            plan = await self.app.reload()
+        except LookupError as exc:
+            return error(409, str(exc.args[0]))
+        except ConfigError as exc:
+            return error(400, str(exc))
+        except (OSError, ValueError) as exc:
+            return error(400, str(exc))
+        return _json({"applied": plan.applied(), "requires_restart": plan.requires_restart})
+
+
+async def _body(request: web.Request, kind: type[T]) -> T | web.Response:
+    """The JSON body decoded as ``kind``, or the 4xx response that says why not."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"body larger than {MAX_BODY} octets")
+    if not raw:
+        return error(400, "empty body: expected a JSON object")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        return error(400, str(exc))
+    except msgspec.DecodeError as exc:
+        return error(400, f"body is not valid JSON: {exc}")
+
+
+def _address(number: str) -> Address:
+    """TON/NPI for a source: international E.164 digits, alphanumeric, or none."""
+    if not number:
+        return Address(0, 0, "")
+    if number.isdigit():
+        return Address(1, 1, number)
+    return Address(5, 0, number)

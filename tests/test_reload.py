@@ -1,0 +1,281 @@
+"""Live reconfiguration (smsc/reload.py, App.reload, POST /api/v1/reload, SIGHUP): routes,
+prices, accounts and carriers change without dropping ESME sessions or queued messages;
+a bad configuration is refused and the running one stays."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from admin_fixtures import TOKEN, Api
+from smsc_fixtures import (
+    DEADLINE,
+    LOOP_FACTORIES,
+    OTHER_ID,
+    SYSTEM_ID,
+    accounts,
+    app_config,
+    bind_client,
+    prices,
+    running_app,
+    serve_process,
+    simulator,
+    stored,
+    upstream,
+)
+
+from smppcore.aio import BindError
+from smppcore.config import ConfigError
+from smsc.config import SmscConfig
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+ADMIN = {"admin": {"token": TOKEN}}
+
+
+@pytest.fixture
+def run() -> Iterator[Run]:
+    with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
+        yield runner.run
+
+
+class Source:
+    """What ``App.reload`` reads: the latest config a test wrote (or the error it raises)."""
+
+    def __init__(self, make: Callable[[], SmscConfig]) -> None:
+        self.make = make
+
+    def __call__(self) -> SmscConfig:
+        return self.make()
+
+
+def route(*carriers: tuple[str, str], prefix: str = "") -> dict[str, Any]:
+    return {"prefix": prefix, "carriers": prices(**dict(carriers))}
+
+
+def test_a_price_change_changes_the_decision_and_sessions_stay_bound(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        sims = {"a": {}, "b": {}}
+        first = app_config(tmp_path, sims, [route(("a", "0.001"), ("b", "0.002"))], **ADMIN)
+        second = app_config(tmp_path, sims, [route(("a", "0.003"), ("b", "0.002"))], **ADMIN)
+        source = Source(lambda: second)
+        async with running_app(first, loader=source) as app:
+            assert app.router is not None
+            esme = await bind_client(app, "trx")
+            try:
+                before = await esme.submit_ok()
+                await esme.receipt_for(before)
+                assert (await stored(app, before)).carrier == "a"
+
+                async with Api(app.http_port) as client:
+                    reply = await client.post("/reload")
+                assert reply.status == 200
+                assert reply.body == {"applied": ["routes changed"], "requires_restart": []}
+                assert app.router.explain("447700900001", SYSTEM_ID).choice == "b"
+
+                after = await esme.submit_ok()  # the same session, still bound
+                await esme.receipt_for(after)
+                assert (await stored(app, after)).carrier == "b"
+                assert not esme.c.closed
+            finally:
+                await esme.close()
+
+    run(main())
+
+
+def test_an_added_account_can_bind_and_a_removed_one_is_unbound(run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        sims = {"a": {}}
+        first = app_config(tmp_path, sims)
+        newcomer = {"system_id": "initech", "password": "tps"}
+        only_acme = [a for a in accounts() if a["system_id"] == SYSTEM_ID]
+        second = app_config(tmp_path, sims, accounts=[*only_acme, newcomer])
+        async with running_app(first) as app:
+            with pytest.raises(BindError):
+                await bind_client(app, "trx", "initech", "tps")
+            acme = await bind_client(app, "trx")
+            globex = await bind_client(app, "trx", OTHER_ID, "globex")
+            try:
+                plan = await app.reload(second)
+                assert plan.accounts_added == ("initech",)
+                assert plan.accounts_removed == (OTHER_ID,)
+                await globex.c.wait_closed(DEADLINE)
+                assert not acme.c.closed
+
+                initech = await bind_client(app, "trx", "initech", "tps")
+                try:
+                    message = await initech.submit_ok()
+                    await initech.receipt_for(message)
+                finally:
+                    await initech.close()
+                with pytest.raises(BindError):
+                    await bind_client(app, "trx", OTHER_ID, "globex")
+                still = await acme.submit_ok()
+                await acme.receipt_for(still)
+            finally:
+                await acme.close()
+                await globex.close()
+
+    run(main())
+
+
+def test_an_added_carrier_gets_traffic(run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        first = app_config(tmp_path, {"a": {}}, [route(("a", "0.002"))])
+        second = app_config(
+            tmp_path, {"a": {}, "new": {}}, [route(("a", "0.002"), ("new", "0.001"))]
+        )
+        async with running_app(first) as app:
+            assert app.router is not None
+            esme = await bind_client(app, "trx")
+            try:
+                plan = await app.reload(second)
+                assert plan.carriers_added == ("new",)
+                assert plan.routes_changed
+                await app.router.wait_carriers_bound(DEADLINE, ["new"])
+                message = await esme.submit_ok()
+                await esme.receipt_for(message)
+                assert (await stored(app, message)).carrier == "new"
+                assert "new" in app.simulators
+            finally:
+                await esme.close()
+
+    run(main())
+
+
+def test_a_removed_carriers_queued_messages_go_elsewhere(run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        first = app_config(tmp_path, {"old": {}, "other": {}}, [route(("old", "0.001"))])
+        second = app_config(tmp_path, {"other": {}}, [route(("other", "0.002"))])
+        async with running_app(first) as app:
+            assert app.router is not None
+            esme = await bind_client(app, "trx")
+            try:
+                app.router.pause("old")  # the only carrier of the route: messages wait
+                ids = [await esme.submit_ok() for _ in range(3)]
+                assert app.router.queue_stats().depth == 3
+                plan = await app.reload(second)
+                assert plan.carriers_removed == ("old",)
+                for message_id in ids:
+                    await esme.receipt_for(message_id)
+                    assert (await stored(app, message_id)).carrier == "other"
+                assert "old" not in app.router.pools
+                assert "old" not in app.simulators
+            finally:
+                await esme.close()
+
+    run(main())
+
+
+def test_an_invalid_configuration_is_refused_and_the_old_one_keeps_running(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        sims = {"a": {}, "b": {}}
+        good = app_config(tmp_path, sims, [route(("a", "0.001"), ("b", "0.002"))], **ADMIN)
+
+        def bad() -> SmscConfig:
+            return app_config(tmp_path, sims, [route(("a", "0.001"), ("nope", "0.002"))])
+
+        async with running_app(good, loader=Source(bad)) as app:
+            assert app.router is not None
+            esme = await bind_client(app, "trx")
+            try:
+                with pytest.raises(ConfigError, match="no carrier named 'nope'"):
+                    await app.reload()
+                async with Api(app.http_port) as client:
+                    reply = await client.post("/reload")
+                assert reply.status == 400
+                assert "routes[0].carriers[1].carrier: no carrier named" in reply.body["error"]
+                assert app.config is good
+                assert app.router.explain("447700900001", SYSTEM_ID).choice == "a"
+                message = await esme.submit_ok()
+                await esme.receipt_for(message)
+                assert (await stored(app, message)).carrier == "a"
+            finally:
+                await esme.close()
+
+    run(main())
+
+
+def test_changes_that_need_a_restart_are_reported_not_applied(run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        first = app_config(tmp_path, {"a": {}})
+        second = app_config(
+            tmp_path,
+            {"a": {}},
+            node_id=7,
+            listen={"host": "127.0.0.1", "port": 1},
+            router={"ack_after": "store"},
+        )
+        async with running_app(first) as app:
+            plan = await app.reload(second)
+            assert set(plan.requires_restart) == {"node_id", "listen", "router.ack_after"}
+            assert plan.applied() == []
+            assert app.config.node_id == first.node_id
+            assert app.config.listen == first.listen
+            assert app.config.router.ack_after == "enqueue"
+            esme = await bind_client(app, "trx")  # still on the port it had
+            await esme.close()
+
+    run(main())
+
+
+# --- SIGHUP on a real `smsc serve` ---------------------------------------------------------------
+
+
+def serve_yaml(path: Path, store: Path, a_price: str) -> None:
+    data = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "admin": {"token": TOKEN},
+        "accounts": accounts(),
+        "router": {
+            "carriers": [upstream("a"), upstream("b")],
+            "routes": [route(("a", a_price), ("b", "0.002"))],
+            "store": {"path": str(store)},
+        },
+        "simulated_carriers": [{"name": n, "config": simulator()} for n in ("a", "b")],
+    }
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+
+
+def test_sighup_reloads_a_running_serve_and_refuses_a_bad_file(tmp_path: Path) -> None:
+    async def main() -> None:
+        conf = tmp_path / "smsc.yaml"
+        serve_yaml(conf, tmp_path / "smsc.db", "0.001")
+        async with serve_process(tmp_path, "--config", str(conf)) as serve:
+            assert serve.http_port is not None
+            assert serve.proc.stdout is not None
+
+            async def line() -> str:
+                async with asyncio.timeout(DEADLINE):
+                    return (await serve.proc.stdout.readline()).decode()  # type: ignore[union-attr]
+
+            query = {"destination": "447700900001", "account": SYSTEM_ID}
+            async with Api(serve.http_port) as client:
+                assert (await client.get("/routes/explain", params=query)).body["choice"] == "a"
+
+                serve_yaml(conf, tmp_path / "smsc.db", "0.003")
+                serve.proc.send_signal(signal.SIGHUP)
+                assert "configuration reloaded: routes changed" in await line()
+                assert (await client.get("/routes/explain", params=query)).body["choice"] == "b"
+
+                conf.write_text("router:\n  routes: [{prefix: 44}]\n", encoding="utf-8")
+                serve.proc.send_signal(signal.SIGHUP)
+                refused = await line()
+                assert "reload refused" in refused
+                assert "routes[0]" in refused
+                assert (await client.get("/routes/explain", params=query)).body["choice"] == "b"
+
+            serve.proc.send_signal(signal.SIGTERM)
+            assert await serve.exit_code() == 0
+
+    with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
+        runner.run(main())
