@@ -23,6 +23,7 @@ from simulator.config import CarrierAccount, CarrierConfig, OutbindTarget, statu
 from simulator.messages import MessageTable, SimMessage
 from simulator.metrics import CarrierMetrics
 from simulator.outbox import Outbox
+from simulator.timers import TimerQueue
 from smppcore import aio
 from smppcore.accounts import BIND_TYPE_OF_COMMAND, check_bind
 from smppcore.constants import (
@@ -62,6 +63,7 @@ from smppcore.smpptime import (
     resolve,
 )
 from smppcore.throttle import TokenBucket
+from smppcore.tls import server_context
 from smppcore.tlv import Tag
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,9 @@ class Carrier:
         self._accounts: dict[str, AccountState] = {}
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: TimerQueue | None = None
+        self._wall_at = -1.0
+        self._wall = wall_clock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._unbound_conns: set[aio.Connection] = set()
         self._stopping = False
@@ -158,6 +163,7 @@ class Carrier:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._timers = TimerQueue(self._loop)
         for acct in self.config.accounts:
             self._accounts[acct.system_id] = AccountState(acct, self.config, self.metrics)
         self._server = await aio.start_server(
@@ -165,10 +171,26 @@ class Carrier:
             self.config.host,
             self.config.port,
             config=self.config.session,
+            ssl=server_context(self.config.tls) if self.config.tls is not None else None,
         )
         for target in self.config.outbind:
             self._spawn(self._outbind_loop(target))
         log.info("carrier listening on %s:%d", self.config.host, self.port)
+
+    def wall_now(self) -> datetime:
+        """The wall clock, read once per loop turn: the loop's clock stands still during a
+        turn, and thousands of messages share one."""
+        assert self._loop is not None, "not started"
+        t = self._loop.time()
+        if t != self._wall_at:
+            self._wall_at = t
+            self._wall = self.wall_clock()
+        return self._wall
+
+    @property
+    def timers(self) -> TimerQueue:
+        assert self._timers is not None, "not started"
+        return self._timers
 
     @property
     def port(self) -> int:
@@ -195,6 +217,8 @@ class Carrier:
                 await asyncio.gather(*(c.unbind(timeout) for c in conns), return_exceptions=True)
         for state in self._accounts.values():
             state.outbox.close()
+        if self._timers is not None:
+            self._timers.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -222,10 +246,11 @@ class Carrier:
         key: str = "",
     ) -> None:
         """Record an accepted message and arrange its receipts."""
-        loop = self._loop
+        loop, timers = self._loop, self._timers
         assert loop is not None
+        assert timers is not None
         now = loop.time()
-        wall = self.wall_clock()
+        wall = self.wall_now()
         rd = pdu.registered_delivery
         short_message = getattr(pdu, "short_message", b"") or _payload(pdu)
         msg = SimMessage(
@@ -266,15 +291,15 @@ class Carrier:
             # Scheduled first: at equal times the loop runs timers in order, so the
             # ENROUTE notification always precedes the final receipt.
             enroute = decision.latency + state.behaviour.draw(state.profile.enroute_delay)
-            loop.call_at(now + min(enroute, final_at), self._enroute, msg.table_key, conn)
-        loop.call_at(now + final_at, self._finalize, msg.table_key, msg.version, conn)
+            timers.call_at(now + min(enroute, final_at), self._enroute, msg.table_key, conn)
+        timers.call_at(now + final_at, self._finalize, msg.table_key, msg.version, conn)
 
     def _finalize(self, key: str, version: int, conn: aio.Connection) -> None:
         msg = self.messages.get(key)
         if msg is None or msg.version != version or is_final(msg.state):
             return  # replaced, cancelled or forgotten meanwhile
         done = msgspec.structs.replace(
-            msg, state=msg.fate, error=msg.fate_error, final_at=self.wall_clock()
+            msg, state=msg.fate, error=msg.fate_error, final_at=self.wall_now()
         )
         self.messages.put(done)
         self._receipt(done, conn)
@@ -424,7 +449,7 @@ class CarrierHandler(aio.Handler):
         if latency <= 0:
             conn.respond(resp)
         else:
-            asyncio.get_running_loop().call_later(latency, _late_respond, conn, resp)
+            self.carrier.timers.call_later(latency, _late_respond, conn, resp)
 
     # --- binds --------------------------------------------------------------------------
 
@@ -479,7 +504,7 @@ class CarrierHandler(aio.Handler):
     def _times(
         self, pdu: SubmitSm | SubmitMulti | DataSm
     ) -> tuple[datetime | None, datetime | None]:
-        wall = self.carrier.wall_clock()
+        wall = self.carrier.wall_now()
         schedule = expires = None
         if isinstance(pdu, (SubmitSm, SubmitMulti)):
             if pdu.schedule_delivery_time:
@@ -652,12 +677,11 @@ class CarrierHandler(aio.Handler):
             version=msg.version + 1,
         )
         self.carrier.messages.put(new)
-        loop = asyncio.get_running_loop()
         assert self.state is not None
         delay = self.state.behaviour.draw(self.state.profile.receipt_delay)
         start = 0.0 if schedule is None else max(0.0, (schedule - wall).total_seconds())
-        loop.call_at(
-            loop.time() + start + delay, self.carrier._finalize, new.table_key, new.version, conn
+        self.carrier.timers.call_later(
+            start + delay, self.carrier._finalize, new.table_key, new.version, conn
         )
         self._send_resp(conn, ReplaceSmResp(pdu.sequence_number), 0.0)
 

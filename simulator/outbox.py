@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 from smppcore.aio import Connection
 from smppcore.constants import TEMPORARY_STATUSES
@@ -112,23 +113,13 @@ class Outbox:
 
     def _send_on(self, conn: Connection, pdu: Pdu, expires: float) -> None:
         try:
-            fut = conn.send_request(pdu)
+            conn.send_request_callback(pdu, partial(self._done, pdu, expires))
         except SmppError:
             self._hold(pdu, expires)
-            return
-        fut.add_done_callback(lambda f: self._done(f, pdu, expires))
 
-    def _done(self, fut: asyncio.Future[Pdu], pdu: Pdu, expires: float) -> None:
-        if fut.cancelled():
-            self._hold(pdu, expires)
-            return
-        exc = fut.exception()
-        if exc is not None:
-            self._hold(pdu, expires)
-            return
-        status = fut.result().command_status
-        if status in TEMPORARY_STATUSES:
-            self._hold(pdu, expires)
+    def _done(self, pdu: Pdu, expires: float, result: Pdu | SmppError) -> None:
+        if isinstance(result, SmppError) or result.command_status in TEMPORARY_STATUSES:
+            self._hold(pdu, expires)  # connection lost, no answer, or "try later"
             return
         self._on_sent(pdu)
 

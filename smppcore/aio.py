@@ -18,6 +18,7 @@ import logging
 import socket
 import ssl as ssl_module
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from smppcore.constants import CommandStatus, status_name
@@ -37,6 +38,12 @@ from smppcore.session import (
 )
 
 log = logging.getLogger(__name__)
+
+READ_BUDGET = 16_384
+"""Octets fed to the session per loop turn; the rest of a large read waits a turn."""
+
+Callback = Callable[["Pdu | SmppError"], None]
+"""What :meth:`Connection.send_request_callback` calls: the response or the error."""
 
 _TCP_QUICKACK: Any = getattr(socket, "TCP_QUICKACK", None)
 
@@ -107,13 +114,18 @@ class Connection(asyncio.Protocol):
         self._handler_factory = handler_factory
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[Any, ...] | None = None
-        self._futures: dict[int, asyncio.Future[Pdu]] = {}
+        self._waiters: dict[int, Callback] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._in_receive = False
         self._flush_scheduled = False
         self._reading_paused = False
         self._stalled = False
+        #: MC role: the peer does not read what we write; stop reading it too.
+        self._write_blocked = False
+        self._close_deadline: asyncio.TimerHandle | None = None
+        #: Received but not yet fed to the session (see _receive).
+        self._backlog = b""
         self._quickack: Any = None
         self._write_ready = asyncio.Event()
         self._write_ready.set()
@@ -142,6 +154,19 @@ class Connection(asyncio.Protocol):
             # Linux turns quick ACKs off again after a while: a peer that sends one PDU and
             # waits (window 1, Nagle on) would otherwise wait for our delayed ACK, 40 ms.
             self._quickack.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        if self._backlog:  # read before the pause took effect: after what waits
+            self._backlog += data
+            return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        if len(data) > READ_BUDGET and not self._stalled:
+            # One read can hold thousands of PDUs (256 KiB): handled in one go, they would
+            # hold the loop for a quarter of a second while every other connection, timer
+            # and the store writer wait. Take a slice per loop turn, reading paused meanwhile.
+            self._backlog = data[READ_BUDGET:]
+            data = data[:READ_BUDGET]
+            self._loop.call_soon(self._receive_backlog)
         self._in_receive = True
         try:
             events = self.session.receive_data(data, self._loop.time())
@@ -153,13 +178,22 @@ class Connection(asyncio.Protocol):
         self._update_reading()
         self._arm(self.session.get_timer())
 
+    def _receive_backlog(self) -> None:
+        data, self._backlog = self._backlog, b""
+        if data and self.transport is not None and not self.session.closed:
+            self._receive(data)
+
     def eof_received(self) -> bool | None:
+        while self._backlog and not self.session.closed:  # the peer's last words first
+            self._receive_backlog()
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
         self._dispatch(self.session.connection_lost())
         self._write_ready.set()  # release drain() waiters; they see the closed session
         if not self._closed.done():
@@ -168,29 +202,51 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_ready.clear()
+        # An ESME that sends without reading (enquire_link, unknown ids: each one answered)
+        # would grow our write buffer without bound: as the MC, read no more from it until
+        # it reads. Only the MC side does this, so two of our own ends never both wait.
+        if self.session.role is Role.MC:
+            self._write_blocked = True
+            self._update_reading()
 
     def resume_writing(self) -> None:
         self._write_ready.set()
+        if self._write_blocked:
+            self._write_blocked = False
+            self._update_reading()
 
     # --- requests we send -------------------------------------------------------------------
 
     def send_request(self, pdu: Pdu) -> asyncio.Future[Pdu]:
         """Queue a request now; the future gets its response (any status), or fails with
         RequestTimeout or ConnectionClosed. Raises WindowFull / LocalProtocolError at once."""
-        if self.session.closed:
-            raise ConnectionClosed(f"session closed: {self.session.close_reason}")
-        now = self._loop.time()
-        sent = self.session.send_request(pdu, now)
         fut: asyncio.Future[Pdu] = self._loop.create_future()
+        self.send_request_callback(pdu, partial(_settle, fut))
+        return fut
+
+    def send_request_callback(self, pdu: Pdu, callback: Callback) -> None:
+        """Queue a request now; ``callback`` is called once, from the loop, with its
+        response (any status) or with the RequestTimeout / ConnectionClosed that ended it.
+        Raises WindowFull / LocalProtocolError at once (and then never calls back).
+
+        The hot paths use this rather than :meth:`send_request`: no Future, no extra loop
+        turn between the response and the code that waits for it."""
+        session = self.session
+        if session.closed:
+            raise ConnectionClosed(f"session closed: {session.close_reason}")
+        now = self._loop.time()
+        sent = session.send_request(pdu, now)
         if sent.response_class is None:
-            fut.set_result(sent)  # outbind / alert_notification: nothing to wait for
+            callback(sent)  # outbind / alert_notification: nothing to wait for
         else:
-            self._futures[sent.sequence_number] = fut
+            self._waiters[sent.sequence_number] = callback
             cfg = self.config
             self._arm(now + min(cfg.response_timeout, cfg.slot_timeout))
-        self._schedule_flush()
-        self._update_reading()
-        return fut
+        if not self._flush_scheduled and not self._in_receive:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        if self._reading_paused:  # awaiting an answer now: reading may resume
+            self._update_reading()
 
     async def request(self, pdu: Pdu) -> Pdu:
         """Send a request and wait for its response (the session's timeouts bound the wait)."""
@@ -272,6 +328,8 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self._flush()
             self.transport.close()
+            # A peer that reads nothing would keep the close (and its fd) waiting for ever.
+            self._close_deadline = self._loop.call_later(self.config.slot_timeout, self.abort)
 
     async def wait_closed(self, timeout: float | None = None) -> None:
         async with asyncio.timeout(timeout):
@@ -280,7 +338,7 @@ class Connection(asyncio.Protocol):
     # --- internals ------------------------------------------------------------------------
 
     def _dispatch(self, events: list[Event]) -> None:
-        futures = self._futures
+        waiters = self._waiters
         handler = self.handler
         for ev in events:
             cls = type(ev)
@@ -301,25 +359,24 @@ class Connection(asyncio.Protocol):
                             )
                         )
             elif cls is ResponseReceived:
-                fut = futures.pop(ev.request.sequence_number, None)  # type: ignore[union-attr]
-                if fut is not None and not fut.done():
-                    fut.set_result(ev.response)  # type: ignore[union-attr]
+                cb = waiters.pop(ev.request.sequence_number, None)  # type: ignore[union-attr]
+                if cb is not None:
+                    self._call_back(cb, ev.response)  # type: ignore[union-attr]
             elif cls is RequestExpired:
                 assert isinstance(ev, RequestExpired)
-                fut = futures.pop(ev.request.sequence_number, None)
-                if fut is not None and not fut.done():
+                cb = waiters.pop(ev.request.sequence_number, None)
+                if cb is not None:
                     if ev.reason == "closed":
-                        fut.set_exception(
-                            ConnectionClosed(f"session closed: {self.session.close_reason}")
+                        err: SmppError = ConnectionClosed(
+                            f"session closed: {self.session.close_reason}"
                         )
                     else:
-                        fut.set_exception(
-                            RequestTimeout(
-                                f"{type(ev.request).__name__} seq "
-                                f"{ev.request.sequence_number}: no {ev.reason} in time",
-                                reason=ev.reason,
-                            )
+                        err = RequestTimeout(
+                            f"{type(ev.request).__name__} seq "
+                            f"{ev.request.sequence_number}: no {ev.reason} in time",
+                            reason=ev.reason,
                         )
+                    self._call_back(cb, err)
             elif cls is ProtocolViolation:
                 assert isinstance(ev, ProtocolViolation)
                 log.info("peer %s: %s (answered %s)", self.peer, ev.detail, status_name(ev.status))
@@ -329,6 +386,13 @@ class Connection(asyncio.Protocol):
                 self._schedule_close()
                 handler.session_closed(self, ev.reason)
 
+    def _call_back(self, callback: Callback, result: Pdu | SmppError) -> None:
+        try:
+            callback(result)
+        except Exception:
+            # One waiter's bug must not take the batch or the session down.
+            log.exception("response callback failed on %s", self.peer)
+
     def _update_reading(self) -> None:
         """Pause reading while the peer's unanswered requests fill the inbound window —
         but never while we wait for answers of our own: pausing would starve them (a
@@ -337,7 +401,11 @@ class Connection(asyncio.Protocol):
         if transport is None or self._stalled:
             return
         session = self.session
-        pause = session.inbound_full and not session.awaiting_responses
+        pause = (
+            self._write_blocked
+            or bool(self._backlog)
+            or (session.inbound_full and not session.awaiting_responses)
+        )
         if pause and not self._reading_paused:
             self._reading_paused = True
             transport.pause_reading()
@@ -382,6 +450,15 @@ class Connection(asyncio.Protocol):
         self._flush()
         self._update_reading()
         self._arm(self.session.get_timer())
+
+
+def _settle(fut: asyncio.Future[Pdu], result: Pdu | SmppError) -> None:
+    if fut.done():
+        return  # cancelled by its awaiter
+    if isinstance(result, SmppError):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 async def start_server(

@@ -36,15 +36,14 @@ def message_text(short_message: bytes, esm_class: int, data_coding: int) -> str:
     return decode_text(short_message, data_coding)
 
 
-_ASCII_TO_PORTABLE = {i: "?" for i in range(128) if chr(i) not in _PORTABLE}
+# Octet → itself when portable, else "?": bytes.translate runs it in C.
+_TO_PORTABLE = bytes(b if chr(b) in _PORTABLE else 0x3F for b in range(256))
 
 
 def receipt_preview(text: str) -> str:
     """The first 20 characters of ``text`` as a receipt shows them (others become '?')."""
-    text = text[:20]
-    if text.isascii():
-        return text.translate(_ASCII_TO_PORTABLE)  # the common case, in C
-    return "".join(c if c in _PORTABLE else "?" for c in text)
+    # Non-ASCII characters become "?" one per code point, then the rest by the table.
+    return text[:20].encode("ascii", "replace").translate(_TO_PORTABLE).decode("ascii")
 
 
 def receipt_deliver_sm(

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache, partial
 
 from router.model import DeliveryReport, Message, StoredMessage
 from router.store import Store
@@ -45,6 +46,12 @@ def wants_receipt(registered_delivery: int, state: MessageState) -> bool:
 
 
 def _utc(ts: float) -> datetime:
+    """The receipt's dates, which show minutes: whole seconds are enough (and cached)."""
+    return _utc_second(int(ts))
+
+
+@lru_cache(maxsize=1024)
+def _utc_second(ts: int) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
@@ -67,6 +74,11 @@ class Delivery:
         self.sent = 0
         self.held = 0
         self.expired = 0
+
+    @property
+    def held_by_account(self) -> dict[str, int]:
+        """Deliveries held so far (since start), per account (metrics)."""
+        return self._holds
 
     # --- ReportSink -----------------------------------------------------------------------
 
@@ -132,28 +144,28 @@ class Delivery:
         done: Callable[[bool], None] | None,
     ) -> None:
         try:
-            fut = conn.send_request(pdu)
+            conn.send_request_callback(pdu, partial(self._answered, account, pdu, expires, done))
         except SmppError:
             if done is None:
                 self._hold(account, pdu, expires)
             else:
                 done(False)
-            return
 
-        def answered(f: asyncio.Future[Pdu]) -> None:
-            ok = (
-                not f.cancelled()
-                and f.exception() is None
-                and f.result().command_status not in TEMPORARY_STATUSES
-            )
-            if ok:
-                self.sent += 1
-            if done is not None:
-                done(ok)
-            elif not ok:
-                self._hold(account, pdu, expires)
-
-        fut.add_done_callback(answered)
+    def _answered(
+        self,
+        account: str,
+        pdu: Pdu,
+        expires: float,
+        done: Callable[[bool], None] | None,
+        result: Pdu | SmppError,
+    ) -> None:
+        ok = not isinstance(result, SmppError) and result.command_status not in TEMPORARY_STATUSES
+        if ok:
+            self.sent += 1
+        if done is not None:
+            done(ok)
+        elif not ok:
+            self._hold(account, pdu, expires)
 
     def _hold(self, account: str, pdu: Pdu, expires: float) -> None:
         self.held += 1

@@ -22,6 +22,7 @@ import pytest
 from minimal_mc import DEADLINE, LOOP_FACTORIES, MinimalMC, frames, wire
 
 from smppcore.aio import (
+    READ_BUDGET,
     BindError,
     Connection,
     ConnectionClosed,
@@ -109,6 +110,9 @@ class FakeTransport(asyncio.Transport):
 
     def is_reading(self) -> bool:
         return self.reading
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is taken at once
 
     def is_closing(self) -> bool:
         return self._closing
@@ -278,6 +282,30 @@ def test_requests_sent_in_one_tick_share_one_write(run: Run) -> None:
         responses = [await wait_done(f) for f in futs]
         assert [r.sequence_number for r in responses] == [p.sequence_number for p in sent]
         assert t.ops.count("write") == 2  # the bind, then the 20 submits
+
+    run(main())
+
+
+def test_a_large_read_is_handled_a_slice_per_loop_turn_with_reading_paused(run: Run) -> None:
+    """A read of thousands of PDUs must not hold the loop: READ_BUDGET octets are handled
+    now, the rest on later turns (reading paused meanwhile); every PDU is answered, in
+    order, and reading resumes once the backlog is gone."""
+
+    async def main() -> None:
+        conn, t, handler = bound_mc(quiet(inbound_window=10_000))
+        batch = wire(*(submit(seq) for seq in range(2, 2_002)))
+        assert len(batch) > 4 * READ_BUDGET
+        conn.data_received(batch)
+        first = len(handler.requests) - 1  # the bind came first
+        assert 0 < first < 2_000
+        assert not t.reading
+        async with asyncio.timeout(DEADLINE):
+            while len(handler.requests) < 2_001:
+                await tick()
+        assert [p.sequence_number for p in handler.requests[1:]] == list(range(2, 2_002))
+        assert sorted(p.sequence_number for p in t.sent()) == list(range(2, 2_002))
+        assert t.reading
+        assert (t.pauses, t.resumes) == (1, 1)
 
     run(main())
 

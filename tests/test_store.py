@@ -84,6 +84,39 @@ async def test_1000_adds_commit_in_few_transactions(store: SqliteStore) -> None:
 
 
 @pytest.mark.asyncio
+async def test_one_batch_of_mixed_records_ends_as_if_written_one_by_one(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """Adds, sends and final states interleaved in one transaction (written as multi-row
+    statements): each message ends as its last write of each kind says, across more rows
+    than one statement holds, with a message sent twice and finished twice."""
+    n = 2_500
+    async with asyncio.timeout(DEADLINE):
+        for i in range(n):
+            assert store.add(msg(i))
+            if i % 2:
+                store.set_sent(f"m{i:06d}", "c1", f"first-{i}")
+            if i % 3 == 0:
+                store.set_final(f"m{i:06d}", DeliveryReport("", MessageState.DELIVERED))
+        store.set_sent("m000001", "c2", "second")  # sent again: the later wins
+        store.set_final("m000003", DeliveryReport("", MessageState.UNDELIVERABLE, error=7))
+        store.set_final("m000003", DeliveryReport("", MessageState.EXPIRED, error=9))
+        await store.flush()
+    assert store.transactions == 3  # 4,587 records, batch_max 2,000: several statements each
+    with sqlite3.connect(tmp_path / "smsc.db") as db:
+        query = "SELECT id, state, error, carrier, carrier_message_id FROM messages"
+        rows = {r[0]: r[1:] for r in db.execute(query)}
+    assert len(rows) == n
+    assert rows["m000001"][2:] == ("c2", "second")
+    assert rows["m000003"][:2] == (int(MessageState.EXPIRED), 9)
+    assert rows["m000003"][2:] == ("c1", "first-3")
+    for i in (0, 5, 6, 2_499):
+        state = MessageState.DELIVERED if i % 3 == 0 else MessageState.ENROUTE
+        sent = ("c1", f"first-{i}") if i % 2 else ("", "")
+        assert rows[f"m{i:06d}"] == (int(state), 0, *sent)
+
+
+@pytest.mark.asyncio
 async def test_batches_are_bounded_by_batch_max(tmp_path: Path) -> None:
     s = SqliteStore(config(tmp_path, batch_max=100))
     await s.open()

@@ -130,6 +130,13 @@ def now() -> float:
     return asyncio.get_running_loop().time()
 
 
+def send(pool: CarrierPool, msg: Message, t: float) -> asyncio.Future[SubmitOutcome]:
+    """``pool.send`` with its outcome in a future, to await in a test."""
+    fut: asyncio.Future[SubmitOutcome] = asyncio.get_running_loop().create_future()
+    pool.send(msg, t, fut.set_result)
+    return fut
+
+
 async def outcome(fut: asyncio.Future[SubmitOutcome]) -> SubmitOutcome:
     async with asyncio.timeout(DEADLINE):
         return await fut
@@ -212,13 +219,13 @@ def test_pipelines_a_window_per_bind(run: Run) -> None:
             assert pool.bound == 2
             assert pool.free_slots == 8
             t = now()
-            futures = [pool.send(message(i), t) for i in range(8)]
+            futures = [send(pool, message(i), t) for i in range(8)]
             # Both binds carry a full window before any answer has been read.
             assert pool.in_flight == 8
             assert pool.free_slots == 0
             assert not pool.ready(t)
             assert pool.ready_at(t) is None  # waits for a slot, not for time
-            extra = pool.send(message(9), t)
+            extra = send(pool, message(9), t)
             assert extra.done()
             assert extra.result() == Failed("sim", "not ready")
             assert not any(f.done() for f in futures)
@@ -242,11 +249,11 @@ def test_outcomes_and_receipts(run: Run) -> None:
         async with running_carrier(profiles={"default": prof}) as carrier:
             watch = Watch()
             pool = await bound_pool(carrier, watch)
-            ok = await outcome(pool.send(message(1), now()))
+            ok = await outcome(send(pool, message(1), now()))
             assert isinstance(ok, Accepted)
             assert ok.carrier == "sim"
             assert ok.carrier_message_id
-            bad = await outcome(pool.send(message(2, BAD_DEST), now()))
+            bad = await outcome(send(pool, message(2, BAD_DEST), now()))
             assert bad == Rejected("sim", S.ESME_RINVDSTADR, retryable=False)
             assert pool.ready(now())  # a permanent reject does not pause the carrier
             await watch.until(lambda: watch.receipt_for(ok.carrier_message_id) is not None)
@@ -268,7 +275,7 @@ def test_throttled_pauses_the_carrier(run: Run) -> None:
             watch = Watch()
             pool = await bound_pool(carrier, watch, throttle_pause=30.0)
             assert pool.ready(now())
-            result = await outcome(pool.send(message(1), now()))
+            result = await outcome(send(pool, message(1), now()))
             assert result == Rejected("sim", S.ESME_RTHROTTLED, retryable=True)
             t = now()
             assert pool.paused(t)
@@ -277,7 +284,7 @@ def test_throttled_pauses_the_carrier(run: Run) -> None:
             assert at is not None
             assert t + 29.0 < at <= t + 30.0
             assert pool.ready(at)  # the pause is over then (the window is free)
-            refused = pool.send(message(2), t)
+            refused = send(pool, message(2), t)
             assert refused.result() == Failed("sim", "not ready")
             await pool.stop(timeout=DEADLINE)
 
@@ -290,13 +297,13 @@ def test_rate_limit_allows_a_burst_then_waits(run: Run) -> None:
             watch = Watch()
             pool = await bound_pool(carrier, watch, rate=2.0, burst=3, window=10)
             t = now()
-            futures = [pool.send(message(i), t) for i in range(3)]
+            futures = [send(pool, message(i), t) for i in range(3)]
             assert pool.free_slots == 7  # slots are free, tokens are not
             assert not pool.ready(t)
             at = pool.ready_at(t)
             assert at is not None
             assert at == pytest.approx(t + 0.5)  # one token at 2/s
-            assert pool.send(message(4), t).result() == Failed("sim", "not ready")
+            assert send(pool, message(4), t).result() == Failed("sim", "not ready")
             assert pool.ready(t + 0.5)
             results = [await outcome(f) for f in futures]
             assert all(isinstance(r, Accepted) for r in results), results
@@ -313,7 +320,7 @@ def test_dropped_bind_fails_in_flight_and_reconnects(run: Run) -> None:
             watch = Watch()
             pool = await bound_pool(carrier, watch)
             t = now()
-            futures = [pool.send(message(i), t) for i in range(3)]
+            futures = [send(pool, message(i), t) for i in range(3)]
             results = [await outcome(f) for f in futures]
             assert results == [Failed("sim", "connection lost")] * 3
             await watch.until(lambda: pool.binds_made >= 2 and watch.bound == 1)
@@ -332,7 +339,7 @@ def test_carrier_restart_fails_in_flight_and_rebinds(run: Run) -> None:
         port = first.port
         watch = Watch()
         pool = await bound_pool(first, watch)
-        futures = [pool.send(message(i), now()) for i in range(2)]
+        futures = [send(pool, message(i), now()) for i in range(2)]
         async with asyncio.timeout(DEADLINE):
             await first.stop(timeout=1.0)  # unbinds us with both submits unanswered
         results = [await outcome(f) for f in futures]
@@ -345,7 +352,7 @@ def test_carrier_restart_fails_in_flight_and_rebinds(run: Run) -> None:
             assert second.port == port
             await watch.until(lambda: watch.bound == 1)
             assert pool.connect_failures >= failures
-            result = await outcome(pool.send(message(5), now()))
+            result = await outcome(send(pool, message(5), now()))
             assert isinstance(result, Accepted)
             await pool.stop(timeout=DEADLINE)
 
@@ -364,7 +371,7 @@ def test_down_or_refusing_carrier_does_not_block_start(run: Run) -> None:
                 await pool.start()  # returns at once
             assert pool.bound == 0
             assert not pool.ready(now())
-            assert pool.send(message(), now()).result() == Failed("sim", "not ready")
+            assert send(pool, message(), now()).result() == Failed("sim", "not ready")
             # Refusals are failures: the pool retries with backoff until ...
             await carrier_metric_binds(carrier, at_least=2)
         assert pool.bound == 0
@@ -403,7 +410,7 @@ def test_black_hole_times_out_and_reconnects(run: Run) -> None:
             watch = Watch()
             pool = await bound_pool(carrier, watch, response_timeout=0.3)
             t = now()
-            futures = [pool.send(message(i), t) for i in range(2)]
+            futures = [send(pool, message(i), t) for i in range(2)]
             results = [await outcome(f) for f in futures]
             assert results == [Failed("sim", "timeout")] * 2
             assert now() - t >= 0.29  # uvloop timers round to the millisecond
@@ -430,7 +437,7 @@ def test_tx_rx_mode_gets_receipts_on_the_receiver(run: Run) -> None:
             assert pool.bound == 1
             assert len(state.sessions) == 2
             assert state.outbox.receivers == 1
-            ok = await outcome(pool.send(message(1), now()))
+            ok = await outcome(send(pool, message(1), now()))
             assert isinstance(ok, Accepted)
             await watch.until(lambda: watch.receipt_for(ok.carrier_message_id) is not None)
             await pool.stop(timeout=DEADLINE)
@@ -446,7 +453,7 @@ def test_stop_waits_for_in_flight_then_unbinds(run: Run) -> None:
         async with running_carrier(profiles={"default": slowish}) as carrier:
             watch = Watch()
             pool = await bound_pool(carrier, watch, binds=2)
-            futures = [pool.send(message(i), now()) for i in range(5)]
+            futures = [send(pool, message(i), now()) for i in range(5)]
             async with asyncio.timeout(DEADLINE):
                 await pool.stop(timeout=DEADLINE)
             assert all(f.done() for f in futures)
@@ -457,7 +464,7 @@ def test_stop_waits_for_in_flight_then_unbinds(run: Run) -> None:
             assert watch.bound == 0
             assert pool.binds_made == 2  # and no reconnect after stop
             assert not pool.ready(now())
-            assert pool.send(message(9), now()).result() == Failed("sim", "not ready")
+            assert send(pool, message(9), now()).result() == Failed("sim", "not ready")
 
     run(main())
 
@@ -469,7 +476,7 @@ def test_stop_is_bounded_when_answers_never_come(run: Run) -> None:
         async with running_carrier(profiles={"default": prof}, stop_timeout=0.2) as carrier:
             watch = Watch()
             pool = await bound_pool(carrier, watch, response_timeout=30.0)
-            futures = [pool.send(message(i), now()) for i in range(2)]
+            futures = [send(pool, message(i), now()) for i in range(2)]
             t = now()
             async with asyncio.timeout(DEADLINE):
                 await pool.stop(timeout=0.3)
@@ -485,13 +492,13 @@ def test_deliver_status_comes_from_on_deliver(run: Run) -> None:
         async with running_carrier() as carrier:
             watch = Watch(deliver_status=S.ESME_RX_T_APPN)
             pool = await bound_pool(carrier, watch)
-            ok = await outcome(pool.send(message(1), now()))
+            ok = await outcome(send(pool, message(1), now()))
             assert isinstance(ok, Accepted)
             await watch.until(lambda: watch.receipt_for(ok.carrier_message_id) is not None)
             # Marker: a later round trip on the same connection, so the simulator has read
             # our deliver_sm_resp by the time it answers. A temporary status: it holds the
             # receipt to deliver it again.
-            assert isinstance(await outcome(pool.send(message(2), now())), Accepted)
+            assert isinstance(await outcome(send(pool, message(2), now())), Accepted)
             state = carrier.account(SYSTEM_ID)
             assert state is not None
             assert state.outbox.held >= 1
