@@ -13,8 +13,8 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 all: test
 
-# For now: the carrier simulator on its embedded default (127.0.0.1:2776, test/test), in the
-# foreground; Ctrl-C unbinds every session and exits. Later: `smsc serve`.
+# smsc serve on its embedded default (ESME listener 127.0.0.1:2775, test/test, three simulated
+# carriers, metrics on 127.0.0.1:9775), in the foreground; Ctrl-C stops it in order.
 run: setup
 	$(BIN)/smsc serve
 
