@@ -11,6 +11,7 @@ deadline; everything started is stopped in ``finally``.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -277,3 +278,11 @@ async def serve_process(cwd: Path, *args: str, name: str = "serve") -> AsyncIter
     """``python -m smsc serve ARGS`` in ``cwd``, ready (see tests/processes.py)."""
     async with smsc_process("serve", cwd, *args, name=name) as process:
         yield process
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (a carrier that is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

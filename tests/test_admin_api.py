@@ -5,7 +5,6 @@ the bearer token required."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from smsc_fixtures import (
     SYSTEM_ID,
     app_config,
     bind_client,
+    closed_port,
     running_app,
     stored,
 )
@@ -37,12 +37,6 @@ def run() -> Iterator[Run]:
         yield runner.run
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (a carrier that is down)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def config(tmp_path: Path, *, token: str | None = TOKEN, down: bool = False) -> Any:

@@ -5,7 +5,6 @@ same store sends them and reports them to their account."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from smsc_fixtures import (
     LOOP_FACTORIES,
     app_config,
     bind_client,
+    closed_port,
     running_app,
     stored,
     wait_final_receipts,
@@ -37,11 +37,6 @@ def run() -> Iterator[Run]:
         yield runner.run
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @pytest.mark.parametrize("ack_after", ["enqueue", "store"])
