@@ -33,6 +33,8 @@ _RECEIPT_MASK = int(RegisteredDelivery.RECEIPT_MASK)
 _FAILURE_ONLY = int(RegisteredDelivery.FAILURE_ONLY)
 _NOT_FINAL = frozenset({MessageState.ENROUTE, MessageState.ACCEPTED, MessageState.SCHEDULED})
 _DRAIN_BATCH = 500
+#: Deliveries kept in memory behind a drain, per account; past it they join the store too.
+_MAX_BEHIND = 10_000
 
 
 def wants_receipt(registered_delivery: int, state: MessageState) -> bool:
@@ -70,6 +72,9 @@ class Delivery:
         self.wall = wall
         self._draining: set[str] = set()
         self._holds: dict[str, int] = {}  # items held so far, per account (see _drain)
+        #: Deliveries that came while the account's held items were being sent: they go
+        #: right after them, in order, without a trip through the store.
+        self._behind: dict[str, list[tuple[Pdu, float]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.held = 0
@@ -125,8 +130,11 @@ class Delivery:
             return
         expires = self.wall() + state.account.receipt_ttl
         if account in self._draining:
-            self._hold(account, pdu, expires)  # keep the order behind what is held
+            self._wait_behind(account, pdu, expires)
             return
+        self._send_now(state, account, pdu, expires)
+
+    def _send_now(self, state: AccountState, account: str, pdu: Pdu, expires: float) -> None:
         # A receiver whose window is full still takes it: its session queues the request
         # for a slot (bounded by max_waiting). Held instead, it would wait for a new bind.
         conn = state.receiver() or state.receiver(full_ok=True)
@@ -167,6 +175,17 @@ class Delivery:
         elif not ok:
             self._hold(account, pdu, expires)
 
+    def _wait_behind(self, account: str, pdu: Pdu, expires: float) -> None:
+        """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
+        behind = self._behind.setdefault(account, [])
+        if len(behind) >= _MAX_BEHIND:  # a long drain: the store keeps the rest, in order
+            for early, early_expires in behind:
+                self._hold(account, early, early_expires)
+            behind.clear()
+            self._hold(account, pdu, expires)
+            return
+        behind.append((pdu, expires))
+
     def _hold(self, account: str, pdu: Pdu, expires: float) -> None:
         self.held += 1
         self._holds[account] = self._holds.get(account, 0) + 1
@@ -187,9 +206,10 @@ class Delivery:
         """Send the held items of ``account`` in order, batch by batch, until none is left
         — including those held while this ran (``deliver`` holds while a drain is on, to
         keep the order; a hold that lands after a read that came back empty is caught by
-        the account's hold count)."""
+        the account's hold count). What arrives meanwhile waits in memory (``_behind``)
+        and follows once the store has nothing left of the account."""
+        emptied = False
         try:
-            await self.store.flush()
             state = self.accounts[account]
             loop = asyncio.get_running_loop()
             while True:
@@ -197,6 +217,7 @@ class Delivery:
                 items = await self.store.held(account, _DRAIN_BATCH)
                 if not items:
                     if self._holds.get(account, 0) == holds:
+                        emptied = True
                         return
                     continue  # something was held meanwhile
                 sent: list[int] = []
@@ -230,6 +251,13 @@ class Delivery:
             log.exception("draining held deliveries of %s failed", account)
         finally:
             self._draining.discard(account)
+            behind = self._behind.pop(account, [])
+            account_state = self.accounts.get(account)
+            for pdu, expires in behind:
+                if emptied and account_state is not None:
+                    self._send_now(account_state, account, pdu, expires)
+                else:  # held items remain (no receiver, refused): behind them, in order
+                    self._hold(account, pdu, expires)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
