@@ -73,6 +73,7 @@ async def assert_forwarded(app: App, our_id: str, text: str, data_coding: int) -
     """The carrier got what the foreign client meant; returns which carrier."""
     stored = await app.store.get(our_id)
     assert stored is not None, our_id
+    assert stored.carrier, f"{our_id} not forwarded yet"
     msg = app.simulators[stored.carrier].messages.get(stored.carrier_message_id)
     assert msg is not None
     assert msg.data_coding == data_coding
@@ -199,9 +200,6 @@ async def test_aiosmpplib_transceiver_correlates_receipts_by_our_ids(tmp_path: P
             writer = esme._writer  # aiosmpplib's stop() never closes it: we do, below
             assert {(r.log_id, int(r.command_status)) for r in resps} == {("gsm", 0), ("ucs2", 0)}
             id_of = {r.log_id: r.message_id for r in resps}
-            assert await assert_forwarded(app, id_of["gsm"], GSM_TEXT, 0) == "uk"
-            assert await assert_forwarded(app, id_of["ucs2"], UCS2_TEXT, 8) == "world"
-
             receipts = await hook.take(AioDeliverSm, 2)
             for receipt in receipts:
                 assert receipt.is_receipt()
@@ -215,6 +213,9 @@ async def test_aiosmpplib_transceiver_correlates_receipts_by_our_ids(tmp_path: P
                 assert tlvs[0x001E] == fields["id"]  # receipted_message_id
                 assert tlvs[0x0427] == 2  # message_state DELIVERED
             assert sorted(r.log_id for r in receipts) == ["gsm", "ucs2"]
+            # A receipt means forwarded (submit_sm_resp, in enqueue mode, may come first).
+            assert await assert_forwarded(app, id_of["gsm"], GSM_TEXT, 0) == "uk"
+            assert await assert_forwarded(app, id_of["ucs2"], UCS2_TEXT, 8) == "world"
         finally:
             try:
                 async with asyncio.timeout(5):
