@@ -36,7 +36,6 @@ from smppcore.tls import TlsError, client_context, config_error, server_context
 from smsc.accounts import AccountState
 from smsc.admin import AdminServer, resolve_token
 from smsc.config import SmscConfig
-from smsc.configfile import sharpen
 from smsc.delivery import Delivery
 from smsc.ids import IdAllocator
 from smsc.metrics import SmscCollector
@@ -57,7 +56,6 @@ def simulator_configs(config: SmscConfig, *, source: str = "") -> list[tuple[str
         try:
             out.append((sim.name, load_config(data, SimulatorConfig)))
         except ConfigError as err:
-            err = sharpen(err, SimulatorConfig)
             raise ConfigError(
                 f"$.simulated_carriers[{i}].config{err.path[1:]}", err.reason, source=source
             ) from None

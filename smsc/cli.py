@@ -26,9 +26,9 @@ import msgspec
 
 from simulator.config import CarrierConfig
 from smppcore.config import ConfigError
+from smppcore.configfile import load_yaml_config
 from smsc import __version__
 from smsc.config import SmscConfig
-from smsc.configfile import load_yaml_config
 from smsc.logs import configure as configure_logging
 
 if TYPE_CHECKING:

@@ -28,7 +28,8 @@ from simulator.behaviour import Behaviour
 from simulator.config import CarrierConfig, status_value
 from smppcore.aio import BindError, connect
 from smppcore.codec import FrameBuffer, decode, encode
-from smppcore.config import ConfigError
+from smppcore.config import ConfigError, field_names
+from smppcore.configfile import load_yaml_config
 from smppcore.constants import CommandStatus, DataCoding, MessageState
 from smppcore.pdu import (
     BindTransceiver,
@@ -38,7 +39,6 @@ from smppcore.pdu import (
     SubmitSm,
     Unbind,
 )
-from smsc.configfile import field_names, load_yaml_config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "conf" / "carrier.example.yaml"

@@ -40,7 +40,9 @@ PURE_ALLOWED_TOP = frozenset(sys.stdlib_module_names) | {"msgspec", "smppcore"}
 # aio.py is the asyncio edge; tls.py reads certificate files and builds SSLContexts, kept in
 # smppcore because smsc (the TLS listener), router (TLS to carriers) and simulator (a TLS
 # carrier) all need it and smppcore is their only common dependency.
-IMPURE_SMPPCORE = frozenset({"smppcore/aio.py", "smppcore/tls.py"})
+# configfile.py reads YAML config files: the one reader serve, carrier and
+# `python -m simulator.load` share, for the same reason.
+IMPURE_SMPPCORE = frozenset({"smppcore/aio.py", "smppcore/tls.py", "smppcore/configfile.py"})
 SIMULATOR_IMPORTERS = frozenset({"smsc/app.py", "smsc/cli.py", "smsc/__main__.py"})
 
 

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import yaml
 
-from simulator.load.config import LoadConfig, decode_config, read_scenario
+from simulator.load.config import LoadConfig, decode_config
 from simulator.load.engine import Schedule
 from simulator.load.histogram import (
     BUCKETS,
@@ -26,6 +26,7 @@ from simulator.load.run import plans
 from simulator.load.traffic import MessageFactory
 from smppcore.codec import decode
 from smppcore.config import ConfigError
+from smppcore.configfile import read_yaml_mapping
 from smppcore.constants import DataCoding, EsmClass
 from smppcore.pdu import SubmitSm
 from smppcore.segment import parse_udh
@@ -228,7 +229,7 @@ def test_config_errors_name_the_key(data: dict[str, Any], path: str, reason: str
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.name for p in SCENARIOS])
 def test_every_example_scenario_loads(path: Path) -> None:
-    config = decode_config(read_scenario(path), source=str(path))
+    config = decode_config(read_yaml_mapping(path), source=str(path))
     for entry in config.traffic.mix:
         assert entry.weight >= 0
     MessageFactory(config.traffic, 1)  # every text encodes
@@ -275,14 +276,14 @@ def test_the_reference_scenario_shows_every_key_with_its_default() -> None:
 
 def test_missing_and_malformed_scenario_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
-        read_scenario(tmp_path / "nope.yaml")
+        read_yaml_mapping(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("binds: [1, 2\n")
     with pytest.raises(ConfigError, match="YAML syntax error at line"):
-        read_scenario(bad)
+        read_yaml_mapping(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
-        read_scenario(bad)
+        read_yaml_mapping(bad)
 
 
 # --- splitting the work ---------------------------------------------------------------------

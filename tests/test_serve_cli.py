@@ -22,13 +22,14 @@ from carrier_helpers import Phone
 from smsc_fixtures import DEADLINE, LOOP_FACTORIES, ROOT, serve_process
 
 from smppcore.aio import connect
+from smppcore.config import field_names
+from smppcore.configfile import load_yaml_config
 from smppcore.constants import CommandStatus, MessageState
 from smppcore.pdu import BindTransceiver, SubmitSm
 from smppcore.receipt import parse_receipt
 from smppcore.tlv import Tag
 from smsc.app import simulator_configs
 from smsc.config import SmscConfig
-from smsc.configfile import field_names, load_yaml_config
 
 EXAMPLE = ROOT / "conf" / "smsc.example.yaml"
 

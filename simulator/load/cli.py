@@ -18,8 +18,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from simulator.load.config import LoadConfig, decode_config, read_scenario, set_path
+from simulator.load.config import LoadConfig, decode_config, set_path
 from smppcore.config import ConfigError
+from smppcore.configfile import read_yaml_mapping
 
 DESCRIPTION = "run the load-test harness against an SMPP server"
 
@@ -116,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> LoadConfig:
     """The scenario file (if any) with the flags laid over it. Raises ConfigError."""
     source = args.scenario or ""
-    data: dict[str, Any] = read_scenario(args.scenario) if args.scenario else {}
+    data: dict[str, Any] = read_yaml_mapping(args.scenario) if args.scenario else {}
     for dest, path in _FLAGS.items():
         value = getattr(args, dest, None)
         if value is None:

@@ -8,16 +8,13 @@ so an error always names the key's path (``$.binds.window``) and the reason.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import yaml
 from msgspec import Meta
 
 from smppcore.accounts import Password, SystemId
-from smppcore.config import ConfigError, load_config
+from smppcore.config import load_config
 from smppcore.receipt import IdStyle
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -196,57 +193,10 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 # --- reading ----------------------------------------------------------------------------
 
-_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`$")
-_RELATIVE = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*): (.+)$", re.DOTALL)
-
-
-def read_scenario(path: str | Path) -> dict[str, Any]:
-    """The plain data of a scenario file; ConfigError (``source`` = the path) if unreadable."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("$", "no such file", source=source) from None
-    except IsADirectoryError:
-        raise ConfigError("$", "is a directory, not a file", source=source) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError("$", f"not UTF-8 text (octet {exc.start})", source=source) from None
-    except OSError as exc:
-        raise ConfigError("$", exc.strerror or str(exc), source=source) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        what = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError("$", f"YAML syntax error at {where}{what}", source=source) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("$", f"YAML syntax error: {exc}", source=source) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            "$", f"expected a mapping of keys, got {type(data).__name__}", source=source
-        )
-    return data
-
 
 def decode_config(data: dict[str, Any], *, source: str = "") -> LoadConfig:
     """Decode plain data into a LoadConfig; errors name the key path."""
-    try:
-        return load_config(data, LoadConfig, source=source)
-    except ConfigError as exc:
-        unknown = _UNKNOWN_FIELD.match(exc.reason)
-        if unknown:
-            raise ConfigError(
-                f"{exc.path}.{unknown.group(1)}", "unknown key", source=source
-            ) from None
-        relative = _RELATIVE.match(exc.reason)
-        if relative:
-            raise ConfigError(
-                f"{exc.path}.{relative.group(1)}", relative.group(2), source=source
-            ) from None
-        raise
+    return load_config(data, LoadConfig, source=source)
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
