@@ -22,10 +22,11 @@ import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
 import smpplib.gsm
-from aiosmpplib import ESME, AbstractHook, BindMode, PhoneNumber, SmppMessage
+from aiosmpplib import ESME, BindMode, PhoneNumber
 from aiosmpplib import DeliverSm as AioDeliverSm
 from aiosmpplib import SubmitSm as AioSubmitSm
 from aiosmpplib import SubmitSmResp as AioSubmitSmResp
+from interop_clients import QueueHook, check_aio_receipts
 from minimal_mc import DEADLINE, LOOP_FACTORIES, MinimalMC
 
 from smppcore.constants import CommandStatus, EsmClass
@@ -286,35 +287,6 @@ def test_smpplib_receipt_reaches_a_separate_receiver(run: Run) -> None:
 # --- aiosmpplib ---------------------------------------------------------------------------
 
 
-class QueueHook(AbstractHook):
-    """aiosmpplib's hook: every parsed PDU it receives goes to a queue."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[SmppMessage] = asyncio.Queue()
-        self.errors: list[Exception] = []
-        self.seen: list[SmppMessage] = []
-
-    async def sending(self, smpp_message: SmppMessage, pdu: bytes, client_id: str) -> None:
-        return None
-
-    async def received(self, smpp_message: SmppMessage | None, pdu: bytes, client_id: str) -> None:
-        if smpp_message is not None:
-            self.queue.put_nowait(smpp_message)
-
-    async def send_error(self, smpp_message: SmppMessage, error: Exception, client_id: str) -> None:
-        self.errors.append(error)
-
-    async def take(self, kind: type[SmppMessage], count: int) -> list[Any]:
-        """The next ``count`` messages of type ``kind``; others stay for a later take."""
-        async with asyncio.timeout(DEADLINE):
-            while sum(type(m) is kind for m in self.seen) < count:
-                self.seen.append(await self.queue.get())
-                assert not self.errors, self.errors
-        got = [m for m in self.seen if type(m) is kind][:count]
-        self.seen = [m for m in self.seen if not any(m is g for g in got)]
-        return got
-
-
 class Aio:
     """An aiosmpplib ESME started as a task; :meth:`stop` also closes what it leaves open."""
 
@@ -359,22 +331,6 @@ def aio_submit(text: str, log_id: str, encoding: str | None = None) -> AioSubmit
         log_id=log_id,
         extra_data=f"extra-{log_id}",
     )
-
-
-def check_aio_receipts(receipts: list[Any], id_of: dict[str, str]) -> None:
-    for receipt in receipts:
-        assert receipt.is_receipt()
-        fields = receipt.parse_receipt()
-        # aiosmpplib sets log_id only when its correlator matched the receipt's id to the
-        # message_id of a submit_sm_resp.
-        assert fields["id"] == id_of[receipt.log_id]
-        assert receipt.extra_data == f"extra-{receipt.log_id}"
-        assert fields["stat"] == "DELIVRD"
-        assert fields["err"] == 0
-        tlvs = {p.tag: p.value for p in receipt.optional_params}
-        assert tlvs[0x001E] == fields["id"]  # receipted_message_id
-        assert tlvs[0x0427] == 2  # message_state DELIVERED
-    assert sorted(r.log_id for r in receipts) == sorted(id_of)
 
 
 def test_aiosmpplib_transceiver_submits_and_gets_receipts(run: Run) -> None:
