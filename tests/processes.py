@@ -1,4 +1,6 @@
-"""``python -m smsc <command>`` as a child process, for the CLI tests.
+"""``python -m smsc <command>`` as a child process, for the CLI tests: run to its end
+(:func:`smsc_run`, :func:`assert_config_error`) or kept running (:func:`smsc_process`);
+and which keys an example config file documents (:func:`documented_keys`).
 
 Each command prints where it listens once ready (``smsc serve: listening on HOST:PORT``,
 and the HTTP port on a line of its own); :func:`smsc_process` reads those lines under a
@@ -10,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A child imports everything before it listens; CI runs with PYTHONDONTWRITEBYTECODE=1
@@ -92,3 +98,49 @@ async def smsc_process(
         if proc.stdout is not None:
             await proc.stdout.read()  # what is left, so the pipe closes cleanly
         assert "Traceback" not in stderr.read_text(), stderr.read_text()
+
+
+def smsc_run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``python -m smsc ARGS`` to its end (at most 30 s), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "smsc", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def assert_config_error(
+    result: subprocess.CompletedProcess[str], path: Path, where: str, reason: str
+) -> None:
+    """A refused config: exit 2, nothing on stdout, one stderr line naming the file, the
+    key path and the reason — never a traceback."""
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith(f"smsc: {path}: {where}: "), line
+    assert reason in line
+
+
+def documented_keys(example: Path) -> set[str]:
+    """Every key an example config file sets, and those it shows in commented-out blocks
+    (``#   key: value``: keys whose values need files to exist, such as TLS certificates)."""
+    text = example.read_text(encoding="utf-8")
+    keys: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            keys.update(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(yaml.safe_load(text))
+    keys.update(re.findall(r"^\s*#\s+([a-z_]+):", text, re.M))
+    return keys

@@ -8,9 +8,7 @@ deadline; nothing sleeps.
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
@@ -20,9 +18,14 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-import yaml
 from carrier_helpers import DEADLINE, LOOP_FACTORIES, Phone
-from processes import SmscProcess, smsc_process
+from processes import (
+    SmscProcess,
+    assert_config_error,
+    documented_keys,
+    smsc_process,
+    smsc_run,
+)
 
 from simulator.behaviour import Behaviour
 from simulator.config import CarrierConfig, status_value
@@ -65,22 +68,7 @@ def test_example_config_loads() -> None:
 
 
 def test_example_config_documents_every_key() -> None:
-    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    keys: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            keys.update(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(data)
-    # Keys that need files to exist (TLS certificates) are documented in a commented-out
-    # example block: ``#   key: value``.
-    keys.update(re.findall(r"^\s*#\s+([a-z_]+):", EXAMPLE.read_text(encoding="utf-8"), re.M))
+    keys = documented_keys(EXAMPLE)
     missing = field_names(CarrierConfig) - keys
     assert not missing, f"conf/carrier.example.yaml lacks {sorted(missing)}"
 
@@ -95,17 +83,6 @@ def test_example_rules_do_what_they_say() -> None:
 
 
 # --- bad configuration ----------------------------------------------------------------------
-
-
-def smsc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smsc", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        cwd=ROOT,
-    )
 
 
 @pytest.mark.parametrize(
@@ -156,19 +133,12 @@ def test_bad_config_exits_2_naming_the_key(
 ) -> None:
     path = tmp_path / "carrier.yaml"
     path.write_text(text, encoding="utf-8")
-    result = smsc("carrier", "--config", str(path))
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    line = result.stderr.strip()
-    assert "\n" not in line
-    assert line.startswith(f"smsc: {path}: {where}: "), line
-    assert reason in line
+    assert_config_error(smsc_run("carrier", "--config", str(path)), path, where, reason)
 
 
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
-    result = smsc("carrier", "--config", str(missing))
+    result = smsc_run("carrier", "--config", str(missing))
     assert result.returncode == 2
     assert result.stderr.strip() == f"smsc: {missing}: $: no such file"
 
@@ -181,7 +151,7 @@ def test_config_error_names_the_path() -> None:
 
 
 def test_bad_port_argument_is_a_usage_error() -> None:
-    result = smsc("carrier", "--port", "70000")
+    result = smsc_run("carrier", "--port", "70000")
     assert result.returncode == 2
     assert "not in 0..65535" in result.stderr
 
@@ -192,7 +162,7 @@ def test_carrier_mo_without_a_simulator_says_it_cannot_reach_it() -> None:
     with socket.socket() as sock:  # a port nobody listens on (bound, never listening)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        result = smsc("carrier-mo", "--port", str(port), "--text", "hi", "--timeout", "5")
+        result = smsc_run("carrier-mo", "--port", str(port), "--text", "hi", "--timeout", "5")
     assert result.returncode == 1
     assert "cannot reach" in result.stderr
     assert "Traceback" not in result.stderr

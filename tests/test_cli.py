@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from processes import smsc_run
 
 from smsc import __version__
 
 
-def smsc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smsc", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_version() -> None:
-    result = smsc("--version")
+    result = smsc_run("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"smsc {__version__}"
 
 
 def test_help_lists_subcommands() -> None:
-    result = smsc("--help")
+    result = smsc_run("--help")
     assert result.returncode == 0, result.stderr
     for command in ("serve", "carrier", "load"):
         assert command in result.stdout
 
 
 def test_no_command_prints_usage_and_exits_2() -> None:
-    result = smsc()
+    result = smsc_run()
     assert result.returncode == 2
     assert "usage: smsc" in result.stderr
 
 
 def test_unknown_command_is_a_usage_error() -> None:
-    result = smsc("frobnicate")
+    result = smsc_run("frobnicate")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr

@@ -8,17 +8,15 @@ what they print ("listening on HOST:PORT"), read under a deadline; nothing sleep
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from carrier_helpers import Phone
+from processes import assert_config_error, documented_keys, smsc_run
 from smsc_fixtures import DEADLINE, LOOP_FACTORIES, ROOT, serve_process
 
 from smppcore.aio import connect
@@ -61,38 +59,12 @@ def test_example_config_loads() -> None:
 
 
 def test_example_config_documents_every_key() -> None:
-    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    keys: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            keys.update(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(data)
-    # Keys that need files to exist (TLS certificates) are documented in a commented-out
-    # example block: ``#   key: value``.
-    keys.update(re.findall(r"^\s*#\s+([a-z_]+):", EXAMPLE.read_text(encoding="utf-8"), re.M))
+    keys = documented_keys(EXAMPLE)
     missing = field_names(SmscConfig) - keys
     assert not missing, f"conf/smsc.example.yaml lacks {sorted(missing)}"
 
 
 # --- bad configuration ----------------------------------------------------------------------
-
-
-def smsc(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smsc", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        cwd=cwd,
-    )
 
 
 _SIM = "simulated_carriers:\n  - name: sim\n    config:\n"
@@ -154,20 +126,14 @@ def test_bad_config_exits_2_naming_the_key(
 ) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text, encoding="utf-8")
-    result = smsc("serve", "--config", str(path), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    line = result.stderr.strip()
-    assert "\n" not in line
-    assert line.startswith(f"smsc: {path}: {where}: "), line
-    assert reason in line
+    result = smsc_run("serve", "--config", str(path), cwd=tmp_path)
+    assert_config_error(result, path, where, reason)
     assert list(tmp_path.iterdir()) == [path]  # refused before anything started
 
 
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
-    result = smsc("serve", "--config", str(missing), cwd=tmp_path)
+    result = smsc_run("serve", "--config", str(missing), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == f"smsc: {missing}: $: no such file"
 
@@ -260,7 +226,7 @@ def test_smsc_route_without_a_server_says_it_cannot_reach_it(tmp_path: Path) -> 
     with socket.socket() as sock:  # a port nobody listens on (bound, never listening)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        result = smsc("route", "--port", str(port), "--destination", "44", cwd=tmp_path)
+        result = smsc_run("route", "--port", str(port), "--destination", "44", cwd=tmp_path)
     assert result.returncode == 1
     assert "cannot reach" in result.stderr
     assert "Traceback" not in result.stderr
