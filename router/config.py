@@ -113,6 +113,18 @@ class RetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Validity of a message that did not set validity_period (48 h)."""
 
 
+class IntakeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Intake pacing: when messages arrive faster than they leave, answer submits later
+    (the clients' windows then slow them down) instead of queueing without end."""
+
+    pace_above: Annotated[int, Meta(ge=0)] = 2000
+    """Ready messages in the queue above which a new submit waits for room before it is
+    queued and answered, while a carrier is bound to take them; 0 = never."""
+    max_wait: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    """Seconds a submit waits for room at most; then it is queued anyway (``queue_max``
+    still bounds the queue)."""
+
+
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str = "smsc.db"
     """SQLite file (WAL). ":memory:" keeps nothing across restarts."""
@@ -131,6 +143,7 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Messages waiting to be sent upstream at most; beyond it, ESME_RMSGQFUL."""
     ack_after: Literal["enqueue", "store"] = "enqueue"
     """When submit_sm_resp goes out: once queued in memory, or once durably stored."""
+    intake: IntakeConfig = IntakeConfig()
     retry: RetryConfig = RetryConfig()
     health: HealthConfig = HealthConfig()
     store: StoreConfig = StoreConfig()

@@ -16,7 +16,7 @@ import logging
 import random
 import re
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 
@@ -93,6 +93,8 @@ class QueueStats(msgspec.Struct, frozen=True):
     oldest_age: float | None
     """Seconds since the oldest waiting message was submitted; None when empty."""
     in_flight: int
+    paced: int = 0
+    """Submits waiting for room before they are queued and answered (intake pacing)."""
 
 
 class Router:
@@ -127,6 +129,10 @@ class Router:
         #: our id → (message, loop-monotonic time its carrier accepted it)
         self._sent: OrderedDict[str, tuple[Message, float]] = OrderedDict()
         self._in_flight = 0
+        #: Submits waiting for room in the queue (intake pacing), oldest first, with the
+        #: loop time they arrived. Bounded by the clients' windows (each waits unanswered).
+        self._paced: deque[tuple[Message, AcceptCallback, float]] = deque()
+        self._pace_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._binds_changed = asyncio.Event()
         #: Messages in the schedule only because their carriers were unavailable.
@@ -170,6 +176,7 @@ class Router:
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop dispatching, let in-flight submits finish (bounded), unbind carriers."""
         self._running = False
+        self._release_paced()  # queued (and stored) now: nothing accepted is dropped
         self._wake.set()
         if self._task is not None:
             self._task.cancel()
@@ -201,6 +208,55 @@ class Router:
     # --- Intake -----------------------------------------------------------------------
 
     def submit(self, message: Message, done: AcceptCallback) -> None:
+        if self._paced or self._crowded():
+            self._pace(message, done)
+            return
+        self._accept(message, done)
+
+    def _crowded(self) -> bool:
+        """Pace intake now? More ready messages than ``intake.pace_above`` are queued while
+        a carrier is bound to take them: they arrive faster than they leave. Answering
+        later lets each client's window slow it to the rate messages leave, and keeps the
+        queue (and the time to a receipt) short. With no carrier bound nothing leaves:
+        submits are queued at once, up to ``queue_max``, as without pacing."""
+        above = self.config.intake.pace_above
+        return 0 < above <= self.queue.ready_count and any(
+            pool.bound for pool in self.pools.values()
+        )
+
+    def _pace(self, message: Message, done: AcceptCallback) -> None:
+        if len(self._paced) >= self.config.queue_max:
+            done(CommandStatus.ESME_RMSGQFUL)
+            return
+        loop = asyncio.get_running_loop()
+        self._paced.append((message, done, loop.time()))
+        self.metrics.event("paced")
+        if not self._crowded():  # waiting only behind earlier ones: the dispatcher frees them
+            self._wake.set()
+        if self._pace_timer is None:
+            self._pace_timer = loop.call_at(
+                loop.time() + self.config.intake.max_wait, self._release_paced
+            )
+
+    def _release_paced(self) -> None:
+        """Queue (and answer) the paced submits there is room for, oldest first; those
+        that waited ``intake.max_wait`` go in regardless; all of them when stopping."""
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
+        paced = self._paced
+        if not paced:
+            return
+        loop = asyncio.get_running_loop()
+        max_wait = self.config.intake.max_wait
+        overdue = loop.time() - max_wait
+        while paced and (not self._running or paced[0][2] <= overdue or not self._crowded()):
+            message, done, _ = paced.popleft()
+            self._accept(message, done)
+        if paced:
+            self._pace_timer = loop.call_at(paced[0][2] + max_wait, self._release_paced)
+
+    def _accept(self, message: Message, done: AcceptCallback) -> None:
         if self.config.ack_after == "store":
 
             def durable(ok: bool) -> None:
@@ -299,7 +355,13 @@ class Router:
             by_priority=self.queue.by_priority(),
             oldest_age=None if oldest is None else max(0.0, self.wall() - oldest),
             in_flight=self._in_flight,
+            paced=self.paced,
         )
+
+    @property
+    def paced(self) -> int:
+        """Submits waiting for room (intake pacing)."""
+        return len(self._paced)
 
     def pause(self, name: str) -> None:
         """No new messages go to ``name`` (KeyError: no such carrier); in flight finish."""
@@ -435,6 +497,8 @@ class Router:
         queue.expire(now)
         for msg in queue.take_expired():
             self._final(msg, MessageState.EXPIRED, 0, "")
+        if self._paced:
+            self._release_paced()
         sent = 0
         # Health changes only when outcomes arrive (later loop turns): one snapshot per
         # batch, not one per message. A half-open breaker's single trial is still taken
@@ -456,8 +520,8 @@ class Router:
             sent += 1
         for msg in queue.take_expired():
             self._final(msg, MessageState.EXPIRED, 0, "")
-        if sent >= _DISPATCH_BATCH:
-            return 0.0  # yield to the loop, then carry on
+        if sent >= _DISPATCH_BATCH or (self._paced and not self._crowded()):
+            return 0.0  # yield to the loop, then carry on (paced submits first)
         due = queue.next_due()
         waits = [] if due is None else [due - now]
         # Only pools that become ready LATER (a rate token, the end of a throttle pause):

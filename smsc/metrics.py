@@ -99,6 +99,7 @@ class SmscCollector(Collector):
         queue = GaugeMetricFamily("smsc_queue_depth", "Messages waiting", labels=["kind"])
         queue.add_metric(["ready"], router.queue.ready_count)
         queue.add_metric(["scheduled"], router.queue.scheduled_count)
+        queue.add_metric(["paced"], router.paced)
         yield queue
         by_priority = GaugeMetricFamily(
             "smsc_queue_ready_by_priority",
@@ -152,7 +153,7 @@ class SmscCollector(Collector):
         events = CounterMetricFamily(
             "smsc_router_events",
             "Rare router events: receipt_unmatched, receipt_unreadable, mo, mo_unrouted, "
-            "deferred (no carrier of the route available)",
+            "deferred (no carrier of the route available), paced (a submit waited for room)",
             labels=["event", "carrier"],
         )
         for (event, carrier), n in sorted(metrics.events.items()):

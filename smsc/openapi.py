@@ -152,6 +152,10 @@ SCHEMAS: dict[str, Any] = {
                 "description": "seconds since the oldest waiting message was submitted",
             },
             "in_flight": {"type": "integer"},
+            "paced": {
+                "type": "integer",
+                "description": "submits waiting for room before they are queued and answered",
+            },
         }
     ),
     "SubmitRequest": _obj(

@@ -37,8 +37,6 @@ def run() -> Iterator[Run]:
         yield runner.run
 
 
-
-
 def config(tmp_path: Path, *, token: str | None = TOKEN, down: bool = False) -> Any:
     """Two simulated carriers, cheap (MO goes to acme) and dear; with ``down`` a third,
     real carrier that cannot be reached (and that no route names)."""
@@ -346,6 +344,7 @@ def test_queue_stats_and_submit_through_the_api(run: Run, tmp_path: Path) -> Non
                     "by_priority": [0, 0, 0, 0],
                     "oldest_age": None,
                     "in_flight": 0,
+                    "paced": 0,
                 }
                 for name in ("cheap", "dear"):
                     await client.post(f"/carriers/{name}/pause")

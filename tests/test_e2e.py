@@ -576,6 +576,108 @@ def test_throughput_beyond_the_burst_is_throttled(run: Run, tmp_path: Path) -> N
     run(main())
 
 
+# --- intake pacing --------------------------------------------------------------------------
+
+
+def paced_config(tmp_path: Path, latency_ms: float, **intake: Any) -> Any:
+    """One carrier with a window of 1 that answers each submit after ``latency_ms``: messages
+    leave slowly, so pipelined submits arrive faster than they leave."""
+    slow = profile(submit_latency={"kind": "fixed", "ms": latency_ms})
+    return app_config(
+        tmp_path,
+        {"slow": slow},
+        upstreams={"slow": {"window": 1, "response_timeout": 10.0}},
+        router={"intake": intake, "health": {"max_latency": 30.0}},
+    )
+
+
+def test_submits_are_answered_as_room_frees_when_messages_arrive_faster_than_they_leave(
+    run: Run, tmp_path: Path
+) -> None:
+    """With more than ``pace_above`` messages ready in the queue, a submit is answered only
+    when messages have left for the carrier: whenever the client gets an answer, the
+    messages accepted so far exceed those the carrier has taken by at most pace_above + 1
+    (the queue, plus the one in the window). Without pacing all 20 would be answered
+    before the carrier took the second."""
+
+    async def main() -> None:
+        pace_above = 3
+        config = paced_config(tmp_path, 10, pace_above=pace_above, max_wait=30.0)
+        async with running_app(config) as app:
+            sim = app.simulators["slow"]
+            esme = await bind_client(app)
+            ahead: list[int] = []
+
+            async def one(i: int) -> str:
+                resp = await esme.submit(text=f"paced {i}".encode())
+                assert resp.command_status == CommandStatus.ESME_ROK
+                ahead.append(len(ahead) + 1 - len(sim.messages))
+                return resp.message_id
+
+            ids = await asyncio.gather(*(one(i) for i in range(20)))
+            assert max(ahead) <= pace_above + 1, ahead
+            assert app.router.metrics.events[("paced", "")] >= 20 - (pace_above + 1)
+            await wait_final_receipts(esme, ids)
+            assert_one_final_receipt_each(esme, ids)
+            assert app.router.paced == 0
+            await esme.close()
+
+    run(main())
+
+
+def test_a_paced_submit_is_queued_after_max_wait_even_when_no_room_frees(
+    run1: Run, tmp_path: Path
+) -> None:
+    """The carrier holds each submit for 3 s: no room frees while the client waits, so
+    the paced submits are queued and answered ``max_wait`` (0.3 s) after they arrived —
+    not later, not sooner."""
+
+    async def main() -> None:
+        config = paced_config(tmp_path, 3000, pace_above=2, max_wait=0.3)
+        async with running_app(config) as app:
+            esme = await bind_client(app)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            waits: list[float] = []
+
+            async def one(i: int) -> None:
+                resp = await esme.submit(text=f"waits {i}".encode())
+                assert resp.command_status == CommandStatus.ESME_ROK
+                waits.append(loop.time() - started)
+
+            await asyncio.gather(*(one(i) for i in range(10)))
+            waits.sort()
+            # The first ones found room (one in the window, two in the queue); the rest
+            # waited max_wait, and were answered before the carrier freed anything.
+            assert waits[2] < 0.3 <= waits[3], waits
+            assert waits[-1] < 3.0, waits
+            assert app.router.queue.ready_count == 9
+            await esme.close()
+
+    run1(main())
+
+
+def test_without_a_bound_carrier_submits_are_queued_at_once(run1: Run, tmp_path: Path) -> None:
+    """Nothing leaves while no carrier is bound: pacing would only delay every answer by
+    max_wait, so submits are queued and answered at once (queue_max still bounds them)."""
+
+    async def main() -> None:
+        config = paced_config(tmp_path, 0, pace_above=2, max_wait=30.0)
+        config.simulated_carriers[0].config["accounts"][0]["password"] = "wrong"
+        async with running_app(config, wait_for=()) as app:
+            esme = await bind_client(app)
+            resps = await asyncio.wait_for(
+                asyncio.gather(*(esme.submit(text=b"no carrier") for _ in range(10))),
+                DEADLINE,
+            )
+            assert {r.command_status for r in resps} == {CommandStatus.ESME_ROK}
+            assert ("paced", "") not in app.router.metrics.events
+            assert app.router.pools["slow"].bound == 0
+            await esme.close()
+
+    run1(main())
+
+
 # --- message management ---------------------------------------------------------------------
 
 
