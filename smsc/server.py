@@ -388,7 +388,8 @@ class EsmeHandler(aio.Handler):
         if priority > 3:
             raise RemoteProtocolError("priority_flag over 3", status=_S.ESME_RINVPRTFLG)
         concat = self._concat(state, pdu, dest, short_message)
-        passthrough = tuple(t for t in pdu.tlvs if t.tag != Tag.MESSAGE_PAYLOAD)
+        tlvs = pdu.tlvs
+        passthrough = tuple(t for t in tlvs if t.tag != Tag.MESSAGE_PAYLOAD) if tlvs else ()
         return Message(
             id=msg_id,
             client_id=client_id,
@@ -420,6 +421,8 @@ class EsmeHandler(aio.Handler):
                 return Concat(
                     f"{state.system_id}:{source}:{dest.addr}:u{info.ref}", info.total, info.seq
                 )
+            return None
+        if not getattr(pdu, "tlvs", ()):
             return None
         ref = pdu.tlv(Tag.SAR_MSG_REF_NUM)
         if isinstance(ref, int):
