@@ -4,11 +4,14 @@ Built for speed on the submit path. A bind is a lean ESME-side ``asyncio.Protoco
 submit_sm PDUs come pre-encoded from :class:`~simulator.load.traffic.MessageFactory`
 (only the sequence number and random digits are patched), a whole batch goes out in one
 ``transport.write``, and a submit_sm_resp is read from its 16-octet header (plus its
-message_id when receipts are tracked) without building a struct. Everything else — bind,
-deliver_sm, data_sm, enquire_link, unbind, generic_nack — is encoded and decoded by
-:mod:`smppcore.codec`. smppcore's Session is not used because its ``send_request`` takes
-a PDU struct and encodes it: it has no seam for pre-encoded bytes (measured: see
-bench/RESULTS.md).
+message_id when receipts are tracked) without building a struct. A deliver_sm (a receipt,
+one per message) is read straight from its frame by
+:func:`~simulator.load.fastpdu.scan_deliver_sm`, which hands anything the codec might
+refuse back to it, and the deliver_sm_resp of one read go out with the next submits in
+one write. Everything else — bind, data_sm, enquire_link, unbind, generic_nack, odd
+deliver_sm — is encoded and decoded by :mod:`smppcore.codec`. smppcore's Session is
+not used because its ``send_request`` takes a PDU struct and encodes it: it has no seam
+for pre-encoded bytes (measured: see bench/RESULTS.md).
 
 Latency is measured from the *intended* send time in open loop (coordinated omission:
 when the server, a full window or the generator itself holds a message back, that wait
@@ -31,6 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final as Const
 
+from simulator.load.fastpdu import scan_deliver_sm
 from simulator.load.histogram import HALF, MAX_US, SUB, Histogram
 from simulator.load.messages import (
     Closed,
@@ -81,11 +85,22 @@ _HEADER = struct.Struct(">IIII")
 _SEQ = struct.Struct(">I")
 
 _SUBMIT_SM_RESP: Const = int(CommandId.SUBMIT_SM_RESP)
+_DELIVER_SM: Const = int(CommandId.DELIVER_SM)
+_DELIVER_SM_RESP: Const = int(CommandId.DELIVER_SM_RESP)
+#: A deliver_sm_resp: the header and an empty message_id.
+_DELIVER_SM_RESP_PACK: Const = struct.Struct(">IIIIB").pack
 _GENERIC_NACK: Const = int(CommandId.GENERIC_NACK)
 _THROTTLED: Const = int(CommandStatus.ESME_RTHROTTLED)
 _MSGQFUL: Const = int(CommandStatus.ESME_RMSGQFUL)
 _RECEIPT_BITS: Const = int(EsmClass.DELIVERY_RECEIPT | EsmClass.INTERMEDIATE_NOTIFICATION)
 _INTERMEDIATE: Const = int(EsmClass.INTERMEDIATE_NOTIFICATION)
+_DELIVERY_RECEIPT: Const = int(EsmClass.DELIVERY_RECEIPT)
+#: The stat word of each message_state that ends a message, None for the others
+#: (SCHEDULED, ENROUTE); a value outside the enum reads as UNKNOWN.
+_FINAL_WORDS: Const[dict[int, str | None]] = {
+    int(state): stat_word(state) if is_final(state) else None for state in MessageState
+}
+_UNKNOWN_WORD: Const = _FINAL_WORDS[int(MessageState.UNKNOWN)]
 #: Bind refusals that will not get better by trying again: fatal on the first bind.
 FATAL_BIND_STATUSES: Const = frozenset(
     {int(CommandStatus.ESME_RINVPASWD), int(CommandStatus.ESME_RINVSYSID)}
@@ -96,6 +111,11 @@ _EARLY_MAX: Const = 100_000
 _EXPIRED_MAX: Const = 100_000
 #: How often housekeeping runs (timeouts, receipts, snapshots, back-off ends): seconds.
 _TICK: Const = 0.05
+#: The shortest wait for the next open-loop send: the event loop's timer resolution.
+#: uvloop (libuv) counts timers in whole milliseconds and rounds ``delay * 1000``: a
+#: shorter delay rounds to 0 and makes the loop spin (measured: a whole core at 3000/s).
+#: Messages due between two ticks also go out whenever a PDU arrives (data_received).
+_MIN_TICK: Const = 0.001
 #: On Ctrl-C, wait at most this long for answers to submits in flight.
 _INTERRUPT_DRAIN: Const = 2.0
 _UNBIND_TIMEOUT: Const = 2.0
@@ -264,12 +284,22 @@ class Bind(asyncio.Protocol):
         svc = engine.svc_iv
         c = engine.counters
         track = engine.track_receipts
+        plain = engine.plain_ids
+        plain_receipts = engine.plain_receipts
+        receipt_states = c.receipt_states
+        rcpt = engine.rcpt_iv
+        awaiting = engine.awaiting
+        max_tracked = engine.max_tracked
         freed = False
+        # deliver_sm_resp of this batch: written with the next submits, in one write.
+        replies: list[bytes] = []
         while size - pos >= HEADER_LENGTH:
             length, cid, status, seq = unpack(src, pos)
             if length < HEADER_LENGTH or length > _MAX_PDU:
                 c.protocol_errors += 1
                 log.warning("bind %d: command_length %d: closing", self.index, length)
+                if replies:
+                    self._write(b"".join(replies))
                 self.buf = bytearray()
                 self.abort()
                 return
@@ -315,23 +345,69 @@ class Bind(asyncio.Protocol):
                     svc.count += 1
                     svc.total += us
                     if track:
-                        end = src.find(b"\0", pos + 16, pos + length)
-                        engine.submit_accepted(
-                            bytes(src[pos + 16 : end if end >= 0 else pos + length]),
-                            entry[0],
-                        )
+                        end = src.find(0, pos + 16, pos + length)
+                        mid = src[pos + 16 : end if end >= 0 else pos + length].decode("latin-1")
+                        # submit_accepted's common case inlined: the id as is, owned here.
+                        if plain and mid and not engine.early and len(awaiting) < max_tracked:
+                            awaiting[mid] = entry[0]
+                        else:
+                            engine.submit_accepted(mid, entry[0])
                 else:
                     freed = True
                     engine.submit_failed(self, entry, status, now)
+            elif (
+                cid == _DELIVER_SM
+                and (scanned := scan_deliver_sm(src, pos, pos + length)) is not None
+            ):
+                # A receipt (or MO) read from the frame; the codec reads anything odder.
+                replies.append(_DELIVER_SM_RESP_PACK(17, _DELIVER_SM_RESP, 0, seq, 0))
+                esm_class, rid, state, body = scanned
+                # Engine._delivered's common case inlined: a final receipt with both TLVs,
+                # its id as is and owned here, awaited.
+                if (
+                    plain_receipts
+                    and rid
+                    and state is not None
+                    and esm_class & _RECEIPT_BITS == _DELIVERY_RECEIPT
+                    and (word := _FINAL_WORDS.get(state, _UNKNOWN_WORD))
+                    and (intended := awaiting.pop(rid, None)) is not None
+                ):
+                    c.receipts += 1
+                    receipt_states[word] = receipt_states.get(word, 0) + 1
+                    us = int((now - intended) * 1e6 + 0.5)
+                    if us < SUB:
+                        if us < 0:
+                            us = 0
+                        index = us
+                    else:
+                        if us > MAX_US:
+                            us = MAX_US
+                        shift = us.bit_length() - 7
+                        index = shift * HALF + (us >> shift)
+                    rcpt.counts[index] += 1
+                    if us > rcpt.max:
+                        rcpt.max = us
+                    if rcpt.count == 0 or us < rcpt.min:
+                        rcpt.min = us
+                    rcpt.count += 1
+                    rcpt.total += us
+                else:
+                    engine._delivered(esm_class, rid, state, body, now)
             else:
+                if replies:  # in order, before an unbind_resp (say) closes the transport
+                    self._write(b"".join(replies))
+                    replies.clear()
                 self._other(bytes(src[pos : pos + length]), cid, status, seq, now)
             pos += length
         if src is buf:
             del buf[:pos]
         elif pos < size:
             self.buf = bytearray(data[pos:])
-        if freed and self.bound:
-            engine.fill(self)
+        if (freed or engine.schedule is not None) and self.bound:
+            # Open loop: what fell due since the last tick goes out now, not at the next.
+            engine.fill(self, None, replies)
+        elif replies:
+            self._write(b"".join(replies))
 
     def _other(self, frame: bytes, cid: int, status: int, seq: int, now: float) -> None:
         engine = self.engine
@@ -368,7 +444,7 @@ class Bind(asyncio.Protocol):
                 self._write(encode(resp_cls(sequence_number=seq, command_status=err.status)))
                 return
             if isinstance(pdu, DeliverSm):
-                self._write(_HEADER.pack(17, CommandId.DELIVER_SM_RESP, 0, seq) + b"\0")
+                self._write(_DELIVER_SM_RESP_PACK(17, _DELIVER_SM_RESP, 0, seq, 0))
                 engine.delivered(pdu, now)
             elif isinstance(pdu, DataSm):
                 self._write(encode(DataSmResp(sequence_number=seq)))
@@ -503,6 +579,10 @@ class Engine:
         self.relays_received = 0
         self._submit_style = config.receipts.submit_id
         self._receipt_style = config.receipts.receipt_id
+        self.max_tracked = config.receipts.max_tracked
+        #: Submit ids used as they come and all owned here (one worker): no key to make.
+        self.plain_ids = self._submit_style == "as_is" and self.workers == 1
+        self.plain_receipts = self._receipt_style == "as_is" and self.workers == 1
         self._second = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -665,13 +745,16 @@ class Engine:
         n = len(binds)
         start = self._rr
         self._rr = (start + 1) % n if n else 0
+        schedule = self.schedule
         for k in range(n):
             self.fill(binds[(start + k) % n], now)
+            if schedule is not None and not self.retry and self._due(now) <= self.issued:
+                break  # all that is due went out: the other binds have nothing to send
         if self._finished_sending(now):
             return
-        if self.schedule is not None and self.sending:
-            next_at = self.t0 + self.schedule.time_of(self.issued)
-            delay = max(next_at - self._clock(), 0.0005)
+        if schedule is not None and self.sending:
+            next_at = self.t0 + schedule.time_of(self.issued)
+            delay = max(next_at - self._clock(), _MIN_TICK)
             self._send_timer = asyncio.get_running_loop().call_later(
                 min(delay, _TICK), self._send_tick
             )
@@ -686,19 +769,25 @@ class Engine:
             return True
         return False
 
-    def fill(self, bind: Bind, now: float | None = None) -> None:
-        """Send on ``bind`` what its window and the schedule allow (retries first)."""
+    def fill(
+        self, bind: Bind, now: float | None = None, pending: list[bytes] | None = None
+    ) -> None:
+        """Send on ``bind`` what its window and the schedule allow (retries first).
+
+        ``pending``: PDUs already due on ``bind`` (replies), written in the same write."""
         if not (self.sending and bind.bound and bind.writable and bind.submits):
+            if pending:
+                bind._write(b"".join(pending))
             return
         if now is None:
             now = self._clock()
-        if bind.paused_until > now + 0.001:  # timers may fire up to a millisecond early
-            return
+        out: list[bytes] = [] if pending is None else pending
         inflight = bind.inflight
         free = self.window - len(inflight)
-        if free <= 0:
+        if free <= 0 or bind.paused_until > now + 0.001:  # timers may fire 1 ms early
+            if out:
+                bind._write(b"".join(out))
             return
-        out: list[bytes] = []
         seq = bind.seq
         retry = self.retry
         c = self.counters
@@ -715,20 +804,40 @@ class Engine:
             issued = self.issued
             schedule = self.schedule
             t0 = self.t0
-            message = self.factory.message
             if schedule is not None:
                 lag = now - (t0 + schedule.time_of(issued))
                 self.send_lag.record(lag)
-            while due > 0 and free > 0:
-                intended = now if schedule is None else t0 + schedule.time_of(issued)
-                for pdu in message(seq):
-                    inflight[seq] = (intended, now, pdu, 0)
-                    seq = seq + 1 if seq < MAX_SEQUENCE else 1
-                    out.append(pdu)
-                    free -= 1
-                    c.submitted += 1
-                issued += 1
-                due -= 1
+            if self.factory.single_part:  # one submit_sm per message
+                one = self.factory.one
+                append = out.append
+                n = due if due < free else free
+                if schedule is None:
+                    for _ in range(n):
+                        pdu = one(seq)
+                        inflight[seq] = (now, now, pdu, 0)
+                        seq = seq + 1 if seq < MAX_SEQUENCE else 1
+                        append(pdu)
+                else:
+                    time_of = schedule.time_of
+                    for i in range(issued, issued + n):
+                        pdu = one(seq)
+                        inflight[seq] = (t0 + time_of(i), now, pdu, 0)
+                        seq = seq + 1 if seq < MAX_SEQUENCE else 1
+                        append(pdu)
+                c.submitted += n
+                issued += n
+            else:
+                message = self.factory.message
+                while due > 0 and free > 0:
+                    intended = now if schedule is None else t0 + schedule.time_of(issued)
+                    for pdu in message(seq):
+                        inflight[seq] = (intended, now, pdu, 0)
+                        seq = seq + 1 if seq < MAX_SEQUENCE else 1
+                        out.append(pdu)
+                        free -= 1
+                        c.submitted += 1
+                    issued += 1
+                    due -= 1
             c.messages += issued - self.issued
             self.issued = issued
             self.last_sent = now
@@ -775,61 +884,109 @@ class Engine:
             return 0
         return zlib.crc32(key.encode("utf-8", "surrogateescape")) % self.workers
 
-    def submit_accepted(self, message_id: bytes, intended: float) -> None:
+    def submit_accepted(self, message_id: str, intended: float) -> None:
+        """A submit_sm_resp with ``message_id``: await its receipt (or match an early one)."""
         if not message_id:
             self.counters.receipts_untracked += 1
             return
-        key = normalize_id(message_id.decode("latin-1"), style=self._submit_style)
-        owner = self._owner(key)
-        if owner == self.worker:
+        style = self._submit_style
+        key = message_id if style == "as_is" else normalize_id(message_id, style=style)
+        if self.workers != 1:
+            owner = self._owner(key)
+            if owner != self.worker:
+                self._relay_submits[owner].append((key, intended))
+                return
+        if self.early:
             self._await_receipt(key, intended)
-        else:
-            self._relay_submits[owner].append((key, intended))
+            return
+        awaiting = self.awaiting
+        if len(awaiting) >= self.max_tracked:
+            self.counters.receipts_untracked += 1
+            return
+        awaiting[key] = intended
 
     def _await_receipt(self, key: str, intended: float) -> None:
         early = self.early.pop(key, None) if self.early else None
         if early is not None:
             self._count_receipt(early[0], early[1] - intended)
             return
-        if len(self.awaiting) >= self.config.receipts.max_tracked:
+        if len(self.awaiting) >= self.max_tracked:
             self.counters.receipts_untracked += 1
             return
         self.awaiting[key] = intended
 
     def delivered(self, pdu: DeliverSm | DataSm, now: float) -> None:
         """A deliver_sm or data_sm: a receipt (matched to its submit) or MO."""
-        c = self.counters
-        if not pdu.esm_class & _RECEIPT_BITS:
-            c.mo += 1
-            return
-        text_id = ""
-        state: MessageState | None = None
         tlv_id = pdu.tlv(Tag.RECEIPTED_MESSAGE_ID)
         tlv_state = pdu.tlv(Tag.MESSAGE_STATE)
         body = getattr(pdu, "short_message", b"") or pdu.tlv(Tag.MESSAGE_PAYLOAD) or b""
-        if not isinstance(tlv_id, str) or not isinstance(tlv_state, int) or not tlv_id:
-            receipt = parse_receipt(body) if isinstance(body, bytes) else None
-            if receipt is not None:
-                text_id = receipt.message_id
-                state = receipt.state
-        if isinstance(tlv_state, int):
-            try:
-                state = MessageState(tlv_state)
-            except ValueError:
-                state = MessageState.UNKNOWN
-        if state is None:
-            state = MessageState.UNKNOWN
-        if pdu.esm_class & _INTERMEDIATE or not is_final(state):
+        self._delivered(
+            pdu.esm_class,
+            tlv_id if isinstance(tlv_id, str) else None,
+            tlv_state if isinstance(tlv_state, int) else None,
+            body if isinstance(body, bytes) else b"",
+            now,
+        )
+
+    def _delivered(
+        self, esm_class: int, tlv_id: str | None, tlv_state: int | None, body: bytes, now: float
+    ) -> None:
+        """A receipt's (or MO's) fields: the TLVs when both are there, else the text.
+
+        (From a decoded PDU, or straight from the frame by
+        :func:`~simulator.load.fastpdu.scan_deliver_sm`.)"""
+        c = self.counters
+        if not esm_class & _RECEIPT_BITS:
+            c.mo += 1
+            return
+        if tlv_id and tlv_state is not None:
+            raw = tlv_id
+            word = _FINAL_WORDS.get(tlv_state, _UNKNOWN_WORD)
+        else:
+            receipt = parse_receipt(body)
+            if tlv_state is not None:
+                word = _FINAL_WORDS.get(tlv_state, _UNKNOWN_WORD)
+            elif receipt is not None:
+                word = _FINAL_WORDS[int(receipt.state)]
+            else:
+                word = _UNKNOWN_WORD
+            raw = tlv_id or (receipt.message_id if receipt is not None else "")
+        if word is None or esm_class & _INTERMEDIATE:
             c.intermediate += 1
             return
-        raw = tlv_id if isinstance(tlv_id, str) and tlv_id else text_id
-        key = normalize_id(raw, style=self._receipt_style)
-        word = stat_word(state)
-        owner = self._owner(key)
-        if owner == self.worker:
+        style = self._receipt_style
+        key = raw if style == "as_is" else normalize_id(raw, style=style)
+        if self.workers != 1:
+            owner = self._owner(key)
+            if owner != self.worker:
+                self._relay_receipts[owner].append((key, word, now))
+                return
+        intended = self.awaiting.pop(key, None)
+        if intended is None:
             self._receipt_for(key, word, now)
+            return
+        c.receipts += 1
+        states = c.receipt_states
+        states[word] = states.get(word, 0) + 1
+        # Histogram.record inlined (hot path).
+        rcpt = self.rcpt_iv
+        us = int((now - intended) * 1e6 + 0.5)
+        if us < SUB:
+            if us < 0:
+                us = 0
+            index = us
         else:
-            self._relay_receipts[owner].append((key, word, now))
+            if us > MAX_US:
+                us = MAX_US
+            shift = us.bit_length() - 7
+            index = shift * HALF + (us >> shift)
+        rcpt.counts[index] += 1
+        if us > rcpt.max:
+            rcpt.max = us
+        if rcpt.count == 0 or us < rcpt.min:
+            rcpt.min = us
+        rcpt.count += 1
+        rcpt.total += us
 
     def _receipt_for(self, key: str, word: str, arrived: float) -> None:
         intended = self.awaiting.pop(key, None)

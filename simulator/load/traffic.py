@@ -84,11 +84,14 @@ class Segment:
 class Variant:
     """One text of a mix entry, as the submit_sm PDUs it takes."""
 
-    __slots__ = ("segments", "text")
+    __slots__ = ("segments", "template", "text")
 
     def __init__(self, text: str, segments: list[Segment]) -> None:
         self.text = text
         self.segments = segments
+        #: For one segment: its PDU as a bytes %-format of the sequence number (``%b``,
+        #: four octets) and the random numbers of the two addresses (``%0Nd``), or None.
+        self.template: bytes | None = None
 
 
 _SEQ = struct.Struct(">I")
@@ -111,6 +114,28 @@ class MessageFactory:
         self._src_fmt, self._src_mod = _digits_format(traffic.source)
         self._dst_fmt, self._dst_mod = _digits_format(traffic.destination)
         self._ref = rng.randrange(256)
+        #: Whether :meth:`one` may stand for :meth:`message`: every message is one
+        #: submit_sm and both addresses have random digits.
+        self.single_part = bool(self._src_mod and self._dst_mod) and all(
+            len(v.segments) == 1 for group in self.variants for v in group
+        )
+        if self.single_part:
+            for group in self.variants:
+                for v in group:
+                    s = v.segments[0]
+                    v.template = b"".join(
+                        (
+                            _escape(s.head),
+                            b"%b",
+                            _escape(s.piece_a),
+                            self._src_fmt,
+                            _escape(s.piece_b),
+                            self._dst_fmt,
+                            _escape(s.piece_c),
+                        )
+                    )
+        self._bits = [len(group).bit_length() for group in self.variants]
+        self._templates = [[v.template or b"" for v in group] for group in self.variants]
 
     def parts_per_message(self) -> float:
         """The mean number of submit_sm per message, by the mix's weights."""
@@ -119,6 +144,32 @@ class MessageFactory:
         for entry, variants in zip(self.traffic.mix, self.variants, strict=True):
             mean += entry.weight / total * sum(len(v.segments) for v in variants) / len(variants)
         return mean
+
+    def one(self, seq: int) -> bytes:
+        """The PDU of one message when :attr:`single_part`: what ``message(seq)[0]`` is.
+
+        The same random draws in the same order as :meth:`message` (``randrange(n)`` is
+        ``getrandbits`` of n's bit length until below n), so the traffic of a seed does not
+        depend on the path; the numbers go into the template as floats, which ``%d``
+        truncates as ``int()`` does."""
+        rng = self._rng
+        if self._single:
+            at = self._only
+        else:
+            at = bisect_right(self._cumulative, rng.random() * self._cumulative[-1])
+        templates = self._templates[at]
+        n = len(templates)
+        if n > 1:
+            bits = self._bits[at]
+            getrandbits = rng.getrandbits
+            r = getrandbits(bits)
+            while r >= n:
+                r = getrandbits(bits)
+            template = templates[r]
+        else:
+            template = templates[0]
+        random = rng.random
+        return template % (_SEQ.pack(seq), random() * self._src_mod, random() * self._dst_mod)
 
     def message(self, seq: int) -> list[bytes]:
         """The PDUs of one message, with sequence numbers ``seq``, ``seq + 1``, ...
@@ -164,6 +215,11 @@ class MessageFactory:
                 )
             seq = seq + 1 if seq < 0x7FFFFFFF else 1
         return out
+
+
+def _escape(piece: bytes) -> bytes:
+    """``piece`` as literal text of a bytes %-format."""
+    return piece.replace(b"%", b"%%")
 
 
 def _digits_format(numbers: Numbers) -> tuple[bytes, int]:
