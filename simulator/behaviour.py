@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
+from bisect import bisect_right
 
 import msgspec
 
@@ -38,6 +39,28 @@ class Behaviour:
         self._errors = {state_from_word(w): code for w, code in profile.errors.items()}
         self._submit_errors = [(status_value(n), p) for n, p in profile.submit_errors.items()]
         self._needs_text = any(r.match.text_contains for r in profile.rules)
+        # With fixed delays, no rules and no submit errors a decision depends only on the
+        # drawn state: one Decision per state, made once (the draw itself is kept, so the
+        # generator's sequence is the same as drawing everything).
+        self._static: list[Decision] | None = None
+        if (
+            not profile.rules
+            and not self._submit_errors
+            and profile.submit_latency.kind == "fixed"
+            and profile.receipt_delay.kind == "fixed"
+        ):
+            latency = self.draw(profile.submit_latency)
+            delay = self.draw(profile.receipt_delay)
+            self._static = [
+                Decision(
+                    CommandStatus.ESME_ROK,
+                    latency,
+                    state,
+                    0 if state == MessageState.DELIVERED else self._errors.get(state, 0),
+                    delay,
+                )
+                for state in self._states
+            ]
 
     def error_for(self, state: MessageState) -> int:
         """The err: code the profile reports with a final ``state``."""
@@ -70,6 +93,9 @@ class Behaviour:
 
     def decide(self, source: str, destination: str, text: str = "") -> Decision:
         """Decide a submit to ``destination``: refused, or accepted with a final state."""
+        static = self._static
+        if static is not None:
+            return static[_pick(self._cum_weights, self.rng.random())]
         profile = self.profile
         latency = self.draw(profile.submit_latency)
         rule = self._rule(source, destination, text) if profile.rules else None
@@ -121,10 +147,12 @@ def _cumulative(weights: list[float]) -> list[float]:
 
 
 def _pick(cum: list[float], r: float) -> int:
-    for i, c in enumerate(cum):
-        if r < c:
-            return i
-    return len(cum) - 1
+    """The first index whose cumulative weight exceeds ``r`` (the last one at worst)."""
+    i = bisect_right(cum, r)
+    return i if i < len(cum) else len(cum) - 1
+
+
+_HEX3 = tuple(f"{n:03X}" for n in range(0x1000))
 
 
 class MessageIds:
@@ -137,12 +165,20 @@ class MessageIds:
         # a simulator restart must not see an id again (decisions stay seeded).
         self._system = random.SystemRandom()
         self._next = self._system.getrandbits(36) + 1
+        self._hex = style == "hex"
+        self._high = -1
+        self._high_text = ""
 
     def next(self) -> str:
         n = self._next
         self._next = n + 1
+        if self._hex:
+            # The digits above the last three change once per 4096 ids: keep them.
+            high = n >> 12
+            if high != self._high:
+                self._high = high
+                self._high_text = f"{high:X}"
+            return self._high_text + _HEX3[n & 0xFFF] if high else f"{n:X}"
         if self.style == "decimal":
             return str(n)
-        if self.style == "hex":
-            return f"{n:X}"
         return str(uuid.UUID(int=self._system.getrandbits(128), version=4))

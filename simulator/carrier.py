@@ -54,7 +54,7 @@ from smppcore.pdu import (
     UnsuccessSme,
 )
 from smppcore.receipt import is_final, stat_word
-from smppcore.receipt_pdu import message_text, receipt_deliver_sm
+from smppcore.receipt_pdu import message_preview, message_text, receipt_sm
 from smppcore.session import ProtocolViolation, Role
 from smppcore.smpptime import (
     format_absolute,
@@ -73,6 +73,9 @@ _INTERMEDIATE = int(RegisteredDelivery.INTERMEDIATE)
 _RECEIPT_MASK = int(RegisteredDelivery.RECEIPT_MASK)
 _FAILURE_ONLY = int(RegisteredDelivery.FAILURE_ONLY)
 _UDHI = int(EsmClass.UDHI)
+_DELIVERED = int(MessageState.DELIVERED)
+_STAT_WORDS: dict[int, str] = {s: stat_word(s) for s in MessageState}  # members: identity hits
+_SUBMIT_SM_RESP_OK = (int(CommandId.SUBMIT_SM_RESP), 0)
 
 WallClock = Callable[[], datetime]
 
@@ -101,19 +104,22 @@ class AccountState:
             else None
         )
         self.sessions: set[aio.Connection] = set()
+        misbehave = self.profile.misbehave
+        #: The profile's PDU-count faults, or None when it has none (checked per PDU).
+        self.pdu_faults = (
+            misbehave
+            if misbehave.drop_after_pdus is not None or misbehave.black_hole_after_pdus is not None
+            else None
+        )
 
         def dropped(n: int) -> None:
             metrics.held_dropped += n
-
-        def sent(pdu: Pdu) -> None:
-            pass
 
         self.outbox = Outbox(
             account.system_id,
             max_held=config.held.max,
             ttl=config.held.ttl,
             on_drop=dropped,
-            on_sent=sent,
         )
 
 
@@ -135,6 +141,8 @@ class Carrier:
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: TimerQueue | None = None
+        #: Final receipts due now, in order: one timer entry for the whole batch.
+        self._due: list[tuple[str, int, aio.Connection]] = []
         self._wall_at = -1.0
         self._wall = wall_clock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -250,31 +258,38 @@ class Carrier:
         assert loop is not None
         assert timers is not None
         now = loop.time()
-        wall = self.wall_now()
+        if now == self._wall_at:
+            wall = self._wall
+        else:
+            wall = self.wall_now()
         rd = pdu.registered_delivery
         short_message = getattr(pdu, "short_message", b"") or _payload(pdu)
-        msg = SimMessage(
-            id=message_id,
-            key=key,
-            system_id=state.account.system_id,
-            service_type=pdu.service_type,
-            source_ton=pdu.source_addr_ton,
-            source_npi=pdu.source_addr_npi,
-            source=pdu.source_addr,
-            dest_ton=destination[0],
-            dest_npi=destination[1],
-            destination=destination[2],
-            data_coding=pdu.data_coding,
-            esm_class=pdu.esm_class,
-            registered_delivery=rd,
-            short_message=short_message,
-            submitted_at=wall,
-            scheduled_at=schedule,
-            expires_at=expires,
-            fate=decision.state,
-            fate_error=decision.error,
+        msg = SimMessage(  # by position: see SimMessage
+            message_id,
+            state.account.system_id,
+            wall,
+            key,
+            pdu.service_type,
+            pdu.source_addr_ton,
+            pdu.source_addr_npi,
+            pdu.source_addr,
+            destination[0],
+            destination[1],
+            destination[2],
+            pdu.data_coding,
+            pdu.esm_class,
+            rd,
+            short_message,
+            schedule,
+            expires,
+            MessageState.ENROUTE,
+            0,
+            None,
+            decision.state,
+            decision.error,
         )
         self.messages.add(msg)
+        table_key = key or message_id
         start = decision.latency
         if schedule is not None:
             start = max(start, (schedule - wall).total_seconds())
@@ -291,18 +306,43 @@ class Carrier:
             # Scheduled first: at equal times the loop runs timers in order, so the
             # ENROUTE notification always precedes the final receipt.
             enroute = decision.latency + state.behaviour.draw(state.profile.enroute_delay)
-            timers.call_at(now + min(enroute, final_at), self._enroute, msg.table_key, conn)
-        timers.call_at(now + final_at, self._finalize, msg.table_key, msg.version, conn)
+            timers.call_at(now + min(enroute, final_at), self._enroute, table_key, conn)
+        elif final_at <= 0:
+            # No delay (a profile without latency): batched, in order, on one timer entry.
+            due = self._due
+            if not due:
+                timers.call_at(now, self._finalize_due)
+            due.append((table_key, msg.version, conn))
+            return
+        timers.call_at(now + final_at, self._finalize, table_key, msg.version, conn)
+
+    def _finalize_due(self) -> None:
+        due = self._due
+        self._due = []
+        wall = self.wall_now()
+        finish = self._finish
+        for key, version, conn in due:
+            try:
+                finish(key, version, conn, wall)
+            except Exception:
+                log.exception("final receipt of %s failed", key)
 
     def _finalize(self, key: str, version: int, conn: aio.Connection) -> None:
-        msg = self.messages.get(key)
-        if msg is None or msg.version != version or is_final(msg.state):
+        self._finish(key, version, conn, self.wall_now())
+
+    def _finish(self, key: str, version: int, conn: aio.Connection, wall: datetime) -> None:
+        """Move the message to its final state now and send the receipt it asked for."""
+        done = self.messages.settle(key, version, wall)
+        if done is None:
             return  # replaced, cancelled or forgotten meanwhile
-        done = msgspec.structs.replace(
-            msg, state=msg.fate, error=msg.fate_error, final_at=self.wall_now()
-        )
-        self.messages.put(done)
-        self._receipt(done, conn)
+        kind = done.registered_delivery & _RECEIPT_MASK
+        if kind == 0 or kind == 3 or (kind == _FAILURE_ONLY and done.state == _DELIVERED):
+            return
+        account = self._accounts.get(done.system_id)
+        if account is None:
+            return
+        self.metrics.receipts[_STAT_WORDS[done.state]] += 1
+        account.outbox.send(receipt_pdu(done, done.state), conn)
 
     def _enroute(self, key: str, conn: aio.Connection) -> None:
         msg = self.messages.get(key)
@@ -324,7 +364,7 @@ class Carrier:
         account = self._accounts.get(msg.system_id)
         if account is None:
             return
-        self.metrics.receipts[stat_word(state)] += 1
+        self.metrics.receipts[_STAT_WORDS[state]] += 1
         account.outbox.send(receipt_pdu(msg, state, intermediate=intermediate), conn)
 
     def cancel(self, msg: SimMessage, conn: aio.Connection | None) -> None:
@@ -376,16 +416,20 @@ def _payload(pdu: Pdu) -> bytes:
 
 def receipt_pdu(msg: SimMessage, state: MessageState, *, intermediate: bool = False) -> DeliverSm:
     """The deliver_sm carrying a receipt for ``msg`` (Appendix B text and the TLVs)."""
-    return receipt_deliver_sm(
-        message_id=msg.id,
-        state=state,
-        error=msg.error,
-        submitted_at=msg.submitted_at,
-        done_at=msg.final_at or msg.submitted_at,
-        source=(msg.source_ton, msg.source_npi, msg.source),
-        destination=(msg.dest_ton, msg.dest_npi, msg.destination),
-        preview=message_text(msg.short_message, msg.esm_class, msg.data_coding),
-        intermediate=intermediate,
+    return receipt_sm(
+        msg.id,
+        state,
+        msg.error,
+        msg.submitted_at,
+        msg.final_at or msg.submitted_at,
+        msg.source_ton,
+        msg.source_npi,
+        msg.source,
+        msg.dest_ton,
+        msg.dest_npi,
+        msg.destination,
+        message_preview(msg.short_message, msg.esm_class, msg.data_coding),
+        intermediate,
     )
 
 
@@ -418,7 +462,7 @@ class CarrierHandler(aio.Handler):
         carrier.metrics.pdus_in[(pdu.command_id, 0)] += 1
         self.pdus += 1
         state = self.state
-        misbehave = state.profile.misbehave if state is not None else None
+        misbehave = state.pdu_faults if state is not None else None
         if misbehave is not None:
             if misbehave.drop_after_pdus is not None and self.pdus > misbehave.drop_after_pdus:
                 # After this batch's answers are flushed: the first N PDUs are served.
@@ -517,7 +561,12 @@ class CarrierHandler(aio.Handler):
         assert isinstance(pdu, (SubmitSm, DataSm))
         state = self.state
         assert state is not None
-        if not self._admit(conn, pdu, state):
+        carrier = self.carrier
+        if (
+            state.bucket is not None
+            or carrier.messages.pending_by.get(state.account.system_id, 0)
+            >= state.profile.max_pending
+        ) and not self._admit(conn, pdu, state):
             return
         if not pdu.destination_addr:
             self._respond(conn, pdu, CommandStatus.ESME_RINVDSTADR)
@@ -531,16 +580,34 @@ class CarrierHandler(aio.Handler):
         if decision.status:
             self._respond(conn, pdu, decision.status, decision.latency)
             return
+        if type(pdu) is SubmitSm:
+            if pdu.schedule_delivery_time or pdu.validity_period:
+                schedule, expires = self._times(pdu)
+            else:
+                schedule = expires = None
+            message_id = state.ids.next()
+            carrier.accept(
+                state,
+                conn,
+                pdu,
+                (pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr),
+                decision,
+                message_id,
+                schedule,
+                expires,
+            )
+            latency = decision.latency
+            if latency <= 0:
+                carrier.metrics.pdus_out[_SUBMIT_SM_RESP_OK] += 1
+                conn.respond(SubmitSmResp(pdu.sequence_number, 0, message_id))
+            else:
+                self._send_resp(conn, SubmitSmResp(pdu.sequence_number, 0, message_id), latency)
+            return
         schedule, expires = self._times(pdu)
         message_id = state.ids.next()
         dest = (pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr)
-        self.carrier.accept(state, conn, pdu, dest, decision, message_id, schedule, expires)
-        resp: Pdu
-        if isinstance(pdu, SubmitSm):
-            resp = SubmitSmResp(pdu.sequence_number, 0, message_id)
-        else:
-            resp = DataSmResp(pdu.sequence_number, 0, message_id)
-        self._send_resp(conn, resp, decision.latency)
+        carrier.accept(state, conn, pdu, dest, decision, message_id, schedule, expires)
+        self._send_resp(conn, DataSmResp(pdu.sequence_number, 0, message_id), decision.latency)
 
     def on_submit_multi(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, SubmitMulti)

@@ -7,6 +7,7 @@ messages not yet in a final state, for the profile's queue bound (ESME_RMSGQFUL)
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import datetime
 
 import msgspec
@@ -14,15 +15,22 @@ import msgspec
 from smppcore.constants import MessageState
 from smppcore.receipt import is_final
 
+_NOT_FINAL = frozenset(s for s in MessageState if not is_final(s))
+_replace = msgspec.structs.replace
 
-class SimMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One message as the carrier holds it. ``fate`` is the final state drawn at submit."""
+
+class SimMessage(msgspec.Struct, frozen=True, gc=False):
+    """One message as the carrier holds it. ``fate`` is the final state drawn at submit.
+
+    Fields may be given by position, in this order: the carrier builds one per message,
+    and keyword construction of a struct this wide costs several times more."""
 
     id: str
     """The message_id given to the client (shared by the destinations of a submit_multi)."""
+    system_id: str
+    submitted_at: datetime
     key: str = ""
     """The table key: ``id``, or ``id/n`` for the n-th destination of a submit_multi."""
-    system_id: str
     service_type: str = ""
     source_ton: int = 0
     source_npi: int = 0
@@ -34,7 +42,6 @@ class SimMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     esm_class: int = 0
     registered_delivery: int = 0
     short_message: bytes = b""
-    submitted_at: datetime
     scheduled_at: datetime | None = None
     expires_at: datetime | None = None
     state: MessageState = MessageState.ENROUTE
@@ -56,6 +63,9 @@ class MessageTable:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: dict[str, SimMessage] = {}
+        # Keys in insertion order, for eviction: ``next(iter(dict))`` after many pops from
+        # the front scans the dict's dead entries, tens of microseconds once full.
+        self._order: deque[str] = deque()
         self.pending = 0
         #: pending messages per system_id (each account's queue bound is its own)
         self.pending_by: dict[str, int] = {}
@@ -65,13 +75,33 @@ class MessageTable:
 
     def add(self, msg: SimMessage) -> None:
         items = self._items
+        order = self._order
         while len(items) >= self.capacity:
-            old = items.pop(next(iter(items)))
-            if not is_final(old.state):
+            # None: a key added twice went at its first place (as in a dict), not again.
+            old = items.pop(order.popleft(), None)
+            if old is not None and old.state in _NOT_FINAL:
                 self._count(old.system_id, -1)
-        items[msg.table_key] = msg
-        if not is_final(msg.state):
-            self._count(msg.system_id, 1)
+        key = msg.key or msg.id
+        items[key] = msg
+        order.append(key)
+        if msg.state in _NOT_FINAL:
+            self.pending += 1
+            by = self.pending_by
+            by[msg.system_id] = by.get(msg.system_id, 0) + 1
+
+    def settle(self, key: str, version: int, final_at: datetime) -> SimMessage | None:
+        """Move the message ``key`` to its drawn fate (``fate``/``fate_error``) at
+        ``final_at`` and return it — unless it is gone, at another ``version`` or final."""
+        msg = self._items.get(key)
+        if msg is None or msg.version != version or msg.state not in _NOT_FINAL:
+            return None
+        done = _replace(msg, state=msg.fate, error=msg.fate_error, final_at=final_at)
+        self._items[key] = done
+        if done.state not in _NOT_FINAL:
+            self.pending -= 1
+            by = self.pending_by
+            by[msg.system_id] -= 1
+        return done
 
     def put(self, msg: SimMessage) -> None:
         """Replace a message with a new version of itself (same key)."""

@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 _RETRY_SECONDS = 1.0
 
 
+# Session.can_deliver tests the session's state (an Enum: a Python-level __hash__) against
+# a set, per receipt. States are singletons: remember the answer by the state's identity.
+_DELIVERS_IN: dict[int, bool] = {}
+
+
+def _can_deliver(conn: Connection) -> bool:
+    """``conn.session.can_deliver and not conn.closed``, without hashing the state."""
+    session = conn.session
+    ok = _DELIVERS_IN.get(id(session.state))
+    if ok is None:
+        ok = _DELIVERS_IN[id(session.state)] = session.can_deliver
+    return ok and not conn.closed
+
+
 class Outbox:
     """One account's delivery path."""
 
@@ -35,7 +49,7 @@ class Outbox:
         max_held: int,
         ttl: float,
         on_drop: Callable[[int], None],
-        on_sent: Callable[[Pdu], None],
+        on_sent: Callable[[Pdu], None] | None = None,
     ) -> None:
         self.system_id = system_id
         self.max_held = max_held
@@ -66,11 +80,15 @@ class Outbox:
 
     def send(self, pdu: Pdu, prefer: Connection | None = None) -> None:
         """Deliver ``pdu`` (sequence_number 0: a template) now, or hold it."""
-        conn = self._pick(prefer)
+        expires = self._loop.time() + self.ttl
+        conn = prefer if prefer is not None and _can_deliver(prefer) else self._pick(None)
         if conn is None:
-            self._hold(pdu, self._loop.time() + self.ttl)
+            self._hold(pdu, expires)
             return
-        self._send_on(conn, pdu, self._loop.time() + self.ttl)
+        try:
+            conn.send_request_callback(pdu, partial(self._done, pdu, expires))
+        except SmppError:
+            self._hold(pdu, expires)
 
     def flush(self) -> None:
         """Send what is held while receivers are bound and their windows take it."""
@@ -100,14 +118,14 @@ class Outbox:
             self._retry = None
 
     def _pick(self, prefer: Connection | None) -> Connection | None:
-        if prefer is not None and prefer.session.can_deliver and not prefer.closed:
+        if prefer is not None and _can_deliver(prefer):
             return prefer
         receivers = self._receivers
         n = len(receivers)
         for _ in range(n):
             self._rr = (self._rr + 1) % n
             conn = receivers[self._rr]
-            if conn.session.can_deliver and not conn.closed:
+            if _can_deliver(conn):
                 return conn
         return None
 
@@ -121,7 +139,8 @@ class Outbox:
         if isinstance(result, SmppError) or result.command_status in TEMPORARY_STATUSES:
             self._hold(pdu, expires)  # connection lost, no answer, or "try later"
             return
-        self._on_sent(pdu)
+        if self._on_sent is not None:
+            self._on_sent(pdu)
 
     def _hold(self, pdu: Pdu, expires: float) -> None:
         if self.max_held == 0 or expires <= self._loop.time():
