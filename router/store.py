@@ -155,6 +155,9 @@ _UPDATE: Final = 3
 _CANCEL: Final = 4
 _HOLD: Final = 5
 _RELEASE: Final = 6
+# Statement shapes of records folded together in one batch (see _folded); never queued.
+_ADD_FOLDED: Final = 7
+_SENT_FINAL: Final = 8
 
 _SQL: Final[dict[int, str]] = {
     _ADD: "INSERT INTO messages (id, account, state, submitted_at, body) VALUES (?, ?, ?, ?, ?)",
@@ -186,6 +189,13 @@ _MULTI_ROW: Final = {
         " SELECT column1, column2, column3, column4, column5 FROM (VALUES {values})"
         " WHERE column1 IS NOT NULL",
     ),
+    _ADD_FOLDED: (
+        10,
+        "INSERT INTO messages (id, account, state, submitted_at, body, carrier,"
+        " carrier_message_id, carrier_key, error, done_at)"
+        " SELECT column1, column2, column3, column4, column5, column6, column7, column8,"
+        " column9, column10 FROM (VALUES {values}) WHERE column1 IS NOT NULL",
+    ),
     _SENT: (
         4,
         "UPDATE messages SET carrier = v.column1, carrier_message_id = v.column2,"
@@ -195,6 +205,12 @@ _MULTI_ROW: Final = {
         4,
         "UPDATE messages SET state = v.column1, error = v.column2, done_at = v.column3"
         " FROM (VALUES {values}) AS v WHERE messages.id = v.column4",
+    ),
+    _SENT_FINAL: (
+        7,
+        "UPDATE messages SET carrier = v.column1, carrier_message_id = v.column2,"
+        " carrier_key = v.column3, state = v.column4, error = v.column5, done_at = v.column6"
+        " FROM (VALUES {values}) AS v WHERE messages.id = v.column7",
     ),
 }
 # A batch's adds, then its sends, then its final states: the order per message is always
@@ -232,18 +248,84 @@ def _statements(ops: list[_Op]) -> Iterator[_Statement]:
         while j < len(ops) and ops[j].kind in _MULTI_ROW:
             j += 1
         segment = ops[i:j]
-        for kind in _REORDERABLE:
-            yield from _multi_row(kind, [op.params for op in segment if op.kind == kind])
+        folded = _folded(segment)
+        if folded is not None:
+            for kind, rows in folded:
+                yield from _multi_row(kind, rows)
+        else:
+            for kind in _REORDERABLE:
+                yield from _multi_row(kind, [op.params for op in segment if op.kind == kind])
         i = j
+
+
+def _folded(segment: list[_Op]) -> list[tuple[int, list[tuple[Any, ...]]]] | None:
+    """The rows of a run of adds, sends and final states with each message's records
+    folded into one row: an add takes its message's send and final state in the same
+    batch (one INSERT instead of an INSERT and two UPDATEs: most messages go out within
+    milliseconds of their add, and a quick carrier's receipt follows), and a send takes its
+    final state. Several final states of one message: the last one wins, as it would one
+    statement at a time. None when the run holds what folding does not cover (an id
+    added twice, sent twice): the caller then writes it record by record, and a bad record
+    fails as it would alone."""
+    adds: dict[Any, list[Any]] = {}
+    sends: dict[Any, list[Any]] = {}
+    finals: dict[Any, tuple[Any, ...]] = {}
+    for op in segment:
+        params = op.params
+        kind = op.kind
+        if kind == _ADD:
+            mid = params[0]
+            if mid in adds or mid in sends or mid in finals:
+                return None
+            # id, account, state, submitted_at, body, carrier, carrier_message_id,
+            # carrier_key, error, done_at (the table's defaults until folded over)
+            adds[mid] = [*params, "", "", None, 0, None]
+        elif kind == _SENT:
+            carrier, carrier_message_id, key, mid = params
+            row = adds.get(mid)
+            if row is not None:
+                if row[5]:
+                    return None
+                row[5:8] = carrier, carrier_message_id, key
+            elif mid in sends:
+                return None
+            else:
+                sends[mid] = [carrier, carrier_message_id, key, None, mid]
+        else:  # _FINAL
+            state, error, done_at, mid = params
+            row = adds.get(mid)
+            if row is not None:
+                row[2] = state
+                row[8:10] = error, done_at
+                continue
+            sent = sends.get(mid)
+            if sent is not None:
+                sent[3] = (state, error, done_at)
+                finals.pop(mid, None)  # an earlier one must not be written after it
+            else:
+                finals.pop(mid, None)  # the last one wins (and keeps its place)
+                finals[mid] = params
+    out: list[tuple[int, list[tuple[Any, ...]]]] = []
+    if adds:
+        out.append((_ADD_FOLDED, [tuple(row) for row in adds.values()]))
+    plain = [(c, m, k, mid) for c, m, k, final, mid in sends.values() if final is None]
+    if plain:
+        out.append((_SENT, plain))
+    both = [(c, m, k, *final, mid) for c, m, k, final, mid in sends.values() if final is not None]
+    if both:
+        out.append((_SENT_FINAL, both))
+    if finals:
+        out.append((_FINAL, list(finals.values())))
+    return out
 
 
 def _multi_row(kind: int, rows: list[tuple[Any, ...]]) -> Iterator[_Statement]:
     width = _MULTI_ROW[kind][0]
-    key = 0 if kind == _ADD else width - 1  # the id column
+    key = 0 if kind in (_ADD, _ADD_FOLDED) else width - 1  # the id column
     chunk: list[tuple[Any, ...]] = []
     ids: set[Any] = set()
     for row in rows:
-        if len(chunk) == _ROWS[-1] or (kind != _ADD and row[key] in ids):
+        if len(chunk) == _ROWS[-1] or (key and row[key] in ids):
             yield _padded(kind, chunk, width)
             chunk, ids = [], set()
         chunk.append(row)

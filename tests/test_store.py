@@ -13,11 +13,15 @@ import signal
 import sqlite3
 import stat
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from router.config import StoreConfig
 from router.model import Address, Concat, DeliveryReport, Message
@@ -114,6 +118,84 @@ async def test_one_batch_of_mixed_records_ends_as_if_written_one_by_one(
         state = MessageState.DELIVERED if i % 3 == 0 else MessageState.ENROUTE
         sent = ("c1", f"first-{i}") if i % 2 else ("", "")
         assert rows[f"m{i:06d}"] == (int(state), 0, *sent)
+
+
+# A record: ("add", i), ("sent", i, carrier id), ("final", i, state); i picks one of a few
+# messages so that records of one message meet in a batch, in any order.
+_RECORDS = st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 5)),
+    st.tuples(st.just("sent"), st.integers(0, 5), st.sampled_from(["a1", "b2", "c3"])),
+    st.tuples(
+        st.just("final"),
+        st.integers(0, 5),
+        st.sampled_from([MessageState.ENROUTE, MessageState.DELIVERED, MessageState.EXPIRED]),
+    ),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_RECORDS, max_size=40))
+@example(  # a final state, a send, a later final state: the later one wins
+    [
+        ("final", 0, MessageState.EXPIRED),
+        ("sent", 0, "a1"),
+        ("final", 0, MessageState.DELIVERED),
+    ]
+)
+def test_any_batch_of_adds_sends_and_finals_ends_as_if_written_one_by_one(
+    records: list[tuple[Any, ...]],
+) -> None:
+    """Messages 0-2 were stored by an earlier batch; one batch then holds adds of messages
+    3-5 (each before its own send and final state, as the router writes them), sends and
+    final states of all six, and adds of ids that exist. One message's add, send and final
+    state are folded into one row, a send and a final state into one update: whatever the
+    mix, the table ends as the records applied one at a time say (an add of an existing id
+    fails alone, the last send and the last final state win)."""
+    added = {0, 1, 2}
+    batch = []
+    for record in records:
+        if record[0] == "add":
+            added.add(record[1])
+        elif record[1] not in added:
+            continue  # the router never sends a message before it is added
+        batch.append(record)
+    expected: dict[str, list[Any]] = {}
+    for record in [("add", 0), ("add", 1), ("add", 2), *batch]:
+        mid = f"m{record[1]:06d}"
+        if record[0] == "add":
+            expected.setdefault(mid, [int(MessageState.ENROUTE), 0, "", "", None])
+        elif record[0] == "sent":
+            expected[mid][2:4] = ["c", record[2]]
+        else:
+            state = record[2]
+            expected[mid][:2] = [int(state), int(state)]
+            expected[mid][4] = None if state == MessageState.ENROUTE else 5.0
+
+    async def main(path: Path) -> dict[str, list[Any]]:
+        s = SqliteStore(config(path), clock=Clock(5.0))
+        await s.open()
+        try:
+            async with asyncio.timeout(DEADLINE):
+                for i in range(3):
+                    s.add(msg(i))
+                await s.flush()
+                for record in batch:
+                    mid = f"m{record[1]:06d}"
+                    if record[0] == "add":
+                        s.add(msg(record[1]))
+                    elif record[0] == "sent":
+                        s.set_sent(mid, "c", record[2])
+                    else:
+                        s.set_final(mid, DeliveryReport("", record[2], error=int(record[2])))
+                await s.flush()
+        finally:
+            await s.close()
+        with sqlite3.connect(path / "smsc.db") as db:
+            query = "SELECT id, state, error, carrier, carrier_message_id, done_at FROM messages"
+            return {row[0]: list(row[1:]) for row in db.execute(query)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        assert asyncio.run(main(Path(tmp))) == expected
 
 
 @pytest.mark.asyncio
