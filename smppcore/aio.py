@@ -248,6 +248,26 @@ class Connection(asyncio.Protocol):
         if self._reading_paused:  # awaiting an answer now: reading may resume
             self._update_reading()
 
+    def send_request_encoded_callback(
+        self, command_id: int, body: bytes, callback: Callback
+    ) -> int:
+        """:meth:`send_request_callback` for a request given as its encoded body (see
+        :meth:`Session.send_request_encoded`); returns its sequence number."""
+        session = self.session
+        if session.closed:
+            raise ConnectionClosed(f"session closed: {session.close_reason}")
+        now = self._loop.time()
+        seq = session.send_request_encoded(command_id, body, now)
+        self._waiters[seq] = callback
+        cfg = self.config
+        self._arm(now + min(cfg.response_timeout, cfg.slot_timeout))
+        if not self._flush_scheduled and not self._in_receive:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        if self._reading_paused:
+            self._update_reading()
+        return seq
+
     async def request(self, pdu: Pdu) -> Pdu:
         """Send a request and wait for its response (the session's timeouts bound the wait)."""
         return await self.send_request(pdu)
@@ -276,6 +296,17 @@ class Connection(asyncio.Protocol):
         if self._stalled:
             return
         self.session.send_response(pdu)
+        self._schedule_flush()
+        if self._reading_paused:
+            self._update_reading()
+
+    def respond_encoded(
+        self, command_id: int, sequence_number: int, status: int, body: bytes
+    ) -> None:
+        """:meth:`respond` with an encoded body (see :meth:`Session.send_response_encoded`)."""
+        if self._stalled:
+            return
+        self.session.send_response_encoded(command_id, sequence_number, status, body)
         self._schedule_flush()
         if self._reading_paused:
             self._update_reading()

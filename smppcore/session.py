@@ -22,8 +22,9 @@ from typing import Annotated, Final
 import msgspec
 from msgspec import Meta
 
-from smppcore.codec import DEFAULT_MAX_PDU_LENGTH, FrameBuffer, decode, encode
+from smppcore.codec import DEFAULT_MAX_PDU_LENGTH, HEADER, FrameBuffer, decode, encode
 from smppcore.constants import (
+    HEADER_LENGTH,
     MAX_SEQUENCE,
     RESPONSE_BIT,
     SMPP_VERSION_34,
@@ -243,6 +244,8 @@ class Session:
         self._set_state(State.OPEN)
         #: The peer's interface_version once known (bind request, or bind_resp TLV).
         self.peer_interface_version = SMPP_VERSION_34
+        #: Does the peer speak SMPP 3.4 (TLVs may go out)? A 3.3 peer gets none (§5.3).
+        self.takes_tlvs = True
         #: Responses whose sequence number matched none of our requests (dropped).
         self.unmatched_responses = 0
         self.close_reason = ""
@@ -251,36 +254,33 @@ class Session:
         self._next_seq = 1
         self._in_flight: dict[int, tuple[Pdu, float]] = {}
         self._internal: dict[int, int] = {}
-        self._waiting: deque[tuple[Pdu, float]] = deque()
+        #: Requests waiting for a window slot: (request, deadline, its body when it came
+        #: encoded, else None).
+        self._waiting: deque[tuple[Pdu, float, bytes | None]] = deque()
         self._inbound: dict[int, int] = {}  # sequence_number -> command_id awaiting our answer
         self._created = now
         self._last_received = now
         self._enquire_outstanding = False
 
+    def _peer_speaks(self, interface_version: int) -> None:
+        self.peer_interface_version = interface_version
+        self.takes_tlvs = interface_version >= SMPP_VERSION_34
+
     def _set_state(self, state: State) -> None:
         self.state = state
+        # Read on every PDU: plain attributes, not properties testing an Enum in a set.
+        #: The session is over.
+        self.closed = state is State.CLOSED
+        #: Bound in any way.
+        self.is_bound = state in _BOUND
+        #: May this side send submit_sm now (ESME) / receive it (MC)?
+        self.can_submit = state in _TX
+        #: May deliver_sm flow MC → ESME now?
+        self.can_deliver = state in _RX
         self._may_send = _TABLE_BY_STATE[(self.role, state, Direction.SEND)]
         self._may_receive = _TABLE_BY_STATE[(self.role, state, Direction.RECEIVE)]
 
     # --- queries ------------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self.state is State.CLOSED
-
-    @property
-    def is_bound(self) -> bool:
-        return self.state in _BOUND
-
-    @property
-    def can_submit(self) -> bool:
-        """May this side send submit_sm now (ESME) / receive it (MC)?"""
-        return self.state in _TX
-
-    @property
-    def can_deliver(self) -> bool:
-        """May deliver_sm flow MC → ESME now?"""
-        return self.state in _RX
 
     @property
     def in_flight(self) -> int:
@@ -362,7 +362,7 @@ class Session:
         self._check_send(cid)
         if pdu.sequence_number == 0:
             pdu = msgspec.structs.replace(pdu, sequence_number=self._allocate())
-        if self.peer_interface_version < SMPP_VERSION_34:
+        if not self.takes_tlvs:
             pdu = _without_tlvs(pdu)
         if cid not in _UNWINDOWED and len(self._in_flight) - len(self._internal) >= (
             self.config.window
@@ -372,13 +372,40 @@ class Session:
                     f"window of {self.config.window} full and {len(self._waiting)} requests waiting"
                 )
             encode(pdu)  # refuse a bad PDU now, not when its slot comes
-            self._waiting.append((pdu, now + self.config.slot_timeout))
+            self._waiting.append((pdu, now + self.config.slot_timeout, None))
             return pdu
         self._transmit(pdu, now)
         after = self._may_send[cid]
         if after is not None:  # outbind → OUTBOUND, unbind → UNBINDING
             self._set_state(after)
         return pdu
+
+    def send_request_encoded(self, command_id: int, body: bytes, now: float) -> int:
+        """Queue one of our requests given as its encoded body (everything after the
+        header), for hot paths that build bytes directly; returns its sequence number.
+
+        The same rules as :meth:`send_request` (state, window, waiting line); the events
+        about it carry a bare request of its class holding only the sequence number. The
+        body goes out as given: the caller must not use this toward a peer that does not
+        :attr:`takes_tlvs` when the body holds TLVs, nor for requests that change the
+        session's state (bind, unbind, outbind)."""
+        if command_id & RESPONSE_BIT or command_id in _NOT_ENCODED:
+            raise LocalProtocolError(f"command_id 0x{command_id:08x} cannot be sent encoded")
+        if command_id not in self._may_send:
+            self._check_send(command_id)  # raises
+        seq = self._allocate()
+        request = PDU_CLASSES[command_id](seq)  # by position: twice as fast as by name
+        in_flight = self._in_flight
+        if len(in_flight) - len(self._internal) >= self.config.window:
+            if len(self._waiting) >= self.config.max_waiting:
+                raise WindowFull(
+                    f"window of {self.config.window} full and {len(self._waiting)} requests waiting"
+                )
+            self._waiting.append((request, now + self.config.slot_timeout, body))
+            return seq
+        in_flight[seq] = (request, now + self.config.response_timeout)
+        self._out.append(_pack_header(HEADER_LENGTH + len(body), command_id, 0, seq) + body)
+        return seq
 
     def unbind(self, now: float) -> list[Event]:
         """Start a clean end: send unbind; SessionClosed follows its response or timeout.
@@ -428,7 +455,15 @@ class Session:
         while waiting and len(self._in_flight) - len(self._internal) < window:
             if waiting[0][0].command_id not in self._may_send:
                 break  # the state moved on (unbind): they fail as closed at the end
-            self._transmit(waiting.popleft()[0], now)
+            pdu, _, body = waiting.popleft()
+            if body is None:
+                self._transmit(pdu, now)
+            else:
+                seq = pdu.sequence_number
+                self._in_flight[seq] = (pdu, now + self.config.response_timeout)
+                self._out.append(
+                    HEADER.pack(HEADER_LENGTH + len(body), pdu.command_id, 0, seq) + body
+                )
 
     # --- responses we send --------------------------------------------------------------
 
@@ -456,15 +491,47 @@ class Session:
             self._check_send(cid)
         del self._inbound[seq]
         if after is not None and not pdu.command_status:
-            if asked in _BIND_REQUESTS and self.peer_interface_version >= SMPP_VERSION_34:
+            if asked in _BIND_REQUESTS and self.takes_tlvs:
                 tlvs = _tlvs_of(pdu)
                 if find_tlv(tlvs, Tag.SC_INTERFACE_VERSION) is None:
                     sc = Tlv(Tag.SC_INTERFACE_VERSION, bytes((SMPP_VERSION_34,)))
                     pdu = msgspec.structs.replace(pdu, tlvs=(*tlvs, sc))
             self._set_state(after)
-        if self.peer_interface_version < SMPP_VERSION_34:
+        if not self.takes_tlvs:
             pdu = _without_tlvs(pdu)
         self._out.append(encode(pdu))
+
+    def send_response_encoded(
+        self, command_id: int, sequence_number: int, status: int, body: bytes
+    ) -> None:
+        """Answer the peer's request ``sequence_number`` with an encoded body (everything
+        after the header), for hot paths (submit_sm_resp). The same checks as
+        :meth:`send_response`; not for bind responses (they take a TLV) nor answers that
+        change the session's state. The body goes out as given (no TLVs toward a peer
+        that does not :attr:`takes_tlvs`)."""
+        if self.state is State.CLOSED:
+            return
+        asked = self._inbound.get(sequence_number)
+        if asked is None:
+            raise LocalProtocolError(
+                f"no request with sequence_number {sequence_number} awaits an answer"
+            )
+        if command_id != asked | RESPONSE_BIT and command_id != CommandId.GENERIC_NACK:
+            raise LocalProtocolError(
+                f"command_id 0x{command_id:08x} does not answer {PDU_CLASSES[asked].__name__}"
+            )
+        may_send = self._may_send
+        if command_id in may_send:
+            if may_send[command_id] is not None or asked in _BIND_REQUESTS:
+                raise LocalProtocolError(
+                    f"{PDU_CLASSES[asked].__name__}'s answer cannot be sent encoded"
+                )
+        elif not status:
+            self._check_send(command_id)  # raises
+        del self._inbound[sequence_number]
+        self._out.append(
+            _pack_header(HEADER_LENGTH + len(body), command_id, status, sequence_number) + body
+        )
 
     # --- what the peer sends ------------------------------------------------------------
 
@@ -511,7 +578,7 @@ class Session:
             events.append(ProtocolViolation(cid, seq, status, "inbound window exceeded"))
             return
         if cid in _BIND_REQUESTS:
-            self.peer_interface_version = pdu.interface_version  # type: ignore[attr-defined]
+            self._peer_speaks(pdu.interface_version)  # type: ignore[attr-defined]
         self._inbound[seq] = cid
         events.append(RequestReceived(pdu))
 
@@ -538,7 +605,7 @@ class Session:
             if request.command_id in _BIND_REQUESTS:
                 sc = pdu.tlv(Tag.SC_INTERFACE_VERSION)
                 # §5.3.2.25: no sc_interface_version means the MC speaks 3.3 or earlier.
-                self.peer_interface_version = sc if isinstance(sc, int) else 0x33
+                self._peer_speaks(sc if isinstance(sc, int) else 0x33)
             self._set_state(after)
         events.append(ResponseReceived(request, pdu))
         if self.closed:  # the answer to an unbind sent with send_request
@@ -667,7 +734,7 @@ class Session:
         for seq, (request, _) in self._in_flight.items():
             if seq not in self._internal:
                 events.append(RequestExpired(request, "closed"))
-        for request, _ in self._waiting:
+        for request, _, _ in self._waiting:
             events.append(RequestExpired(request, "closed"))
         self._in_flight.clear()
         self._internal.clear()
@@ -689,3 +756,6 @@ def _without_tlvs(pdu: Pdu) -> Pdu:
 _NO_RESPONSE: Final = frozenset({CommandId.OUTBIND, CommandId.ALERT_NOTIFICATION})
 #: Requests that never wait for a window slot: they change the session's state.
 _UNWINDOWED: Final = _NO_RESPONSE | {CommandId.UNBIND}
+#: Requests never sent as encoded bodies: they change the session's state.
+_NOT_ENCODED: Final = frozenset(int(c) for c in _UNWINDOWED | _BIND_REQUESTS)
+_pack_header = HEADER.pack

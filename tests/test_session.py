@@ -268,6 +268,108 @@ def test_a_full_waiting_line_raises_window_full() -> None:
     assert len(wire(before)) == 1
 
 
+# --- requests and answers given as encoded bodies (hot paths) ------------------------------
+
+
+def body_of(pdu: Pdu) -> bytes:
+    return encode(pdu)[16:]
+
+
+def test_an_encoded_receipt_goes_out_as_the_struct_would_and_is_answered() -> None:
+    """The MC's hot path writes a receipt's body itself: on the wire it is the PDU the
+    struct path would send, with the next sequence number; the answer settles it and the
+    events name a bare request of its class with that sequence number."""
+    pair = Pair()
+    pair.bind(State.BOUND_TRX)
+    seq = pair.mc.send_request_encoded(CommandId.DELIVER_SM, body_of(receipt("m-7")), 5)
+    esme_events, _ = pair.pump(5)
+    expected = msgspec.structs.replace(receipt("m-7"), sequence_number=seq)
+    assert esme_events == [RequestReceived(expected)]
+    assert pair.mc.in_flight == 1
+    pair.esme.send_response(DeliverSmResp(sequence_number=seq))
+    _, mc_events = pair.pump(6)
+    assert mc_events == [ResponseReceived(DeliverSm(sequence_number=seq), DeliverSmResp(seq))]
+    assert pair.mc.in_flight == 0
+
+
+def test_encoded_requests_share_the_window_and_wait_for_a_slot_in_order() -> None:
+    pair = Pair(mc_config=SessionConfig(window=2, slot_timeout=3))
+    pair.bind(State.BOUND_RX)
+    seqs = [
+        pair.mc.send_request_encoded(CommandId.DELIVER_SM, body_of(receipt(f"m-{i}")), 1)
+        for i in range(3)
+    ]
+    seqs.append(pair.mc.send_request(receipt("m-3"), 1).sequence_number)
+    assert (pair.mc.in_flight, pair.mc.waiting) == (2, 2)
+    esme_events, _ = pair.pump(1)
+    assert [p.sequence_number for p in requests(esme_events)] == seqs[:2]
+    for seq in seqs[:2]:
+        pair.esme.send_response(DeliverSmResp(sequence_number=seq))
+    esme_events, _ = pair.pump(2)  # two slots freed: the waiting two go out, in order
+    waited = requests(esme_events)
+    assert [p.sequence_number for p in waited] == seqs[2:]
+    assert [p.tlv(Tag.RECEIPTED_MESSAGE_ID) for p in waited] == ["m-2", "m-3"]
+
+
+def test_an_encoded_request_with_no_slot_in_time_expires() -> None:
+    pair = Pair(mc_config=SessionConfig(window=1, slot_timeout=3))
+    pair.bind(State.BOUND_RX)
+    pair.mc.send_request(receipt("m-0"), 1)
+    seq = pair.mc.send_request_encoded(CommandId.DELIVER_SM, body_of(receipt("m-1")), 1)
+    events = pair.mc.handle_timer(4)
+    assert RequestExpired(DeliverSm(sequence_number=seq), "window") in events
+
+
+def test_encoded_requests_follow_the_state_rules() -> None:
+    """Table 2-1 holds for encoded bodies too; and requests that change the session's
+    state (binds, unbind, outbind) and responses are never sent encoded."""
+    pair = Pair()
+    pair.bind(State.BOUND_TX)
+    with pytest.raises(LocalProtocolError) as refused:
+        pair.mc.send_request_encoded(CommandId.DELIVER_SM, body_of(receipt()), 1)
+    assert refused.value.status == S.ESME_RINVBNDSTS
+    for cid in (CommandId.UNBIND, CommandId.BIND_TRANSMITTER, CommandId.SUBMIT_SM_RESP):
+        with pytest.raises(LocalProtocolError):
+            pair.esme.send_request_encoded(cid, b"", 1)
+    assert pair.mc.data_to_send() == b""
+    assert pair.mc.in_flight == 0
+
+
+def test_an_encoded_submit_sm_resp_is_the_struct_path_on_the_wire() -> None:
+    pair = Pair()
+    pair.bind(State.BOUND_TX)
+    sent = pair.esme.send_request(submit(1), 1)
+    pair.pump(1)
+    pair.mc.send_response_encoded(
+        CommandId.SUBMIT_SM_RESP, sent.sequence_number, 0, b"abc-123\0"
+    )
+    esme_events, _ = pair.pump(2)
+    assert esme_events == [ResponseReceived(sent, SubmitSmResp(sent.sequence_number, 0, "abc-123"))]
+    with pytest.raises(LocalProtocolError):  # answered already
+        pair.mc.send_response_encoded(CommandId.SUBMIT_SM_RESP, sent.sequence_number, 0, b"\0")
+
+
+def test_encoded_answers_must_answer_what_was_asked() -> None:
+    pair = Pair()
+    pair.bind(State.BOUND_TX)
+    sent = pair.esme.send_request(submit(1), 1)
+    pair.pump(1)
+    with pytest.raises(LocalProtocolError):
+        pair.mc.send_response_encoded(CommandId.DELIVER_SM_RESP, sent.sequence_number, 0, b"\0")
+    bind = Session(Role.MC, 0, QUIET)
+    bind.receive_data(encode(BindTransceiver(sequence_number=1, system_id="a")), 0)
+    with pytest.raises(LocalProtocolError):  # a bind_resp takes sc_interface_version
+        bind.send_response_encoded(CommandId.BIND_TRANSCEIVER_RESP, 1, 0, b"smsc\0")
+
+
+def test_a_33_peer_does_not_take_tlvs() -> None:
+    pair = Pair()
+    assert pair.mc.takes_tlvs
+    pair.esme.send_request(BindTransceiver(system_id="esme", interface_version=0x33), 0)
+    pair.pump(0)
+    assert not pair.mc.takes_tlvs
+
+
 # --- deliver_sm receipts (§4.6, Appendix B) ------------------------------------------------
 
 
