@@ -450,16 +450,37 @@ class FrameBuffer:
         """Add ``data`` and return every PDU it completes, in order."""
         if self.error is not None:
             return []
-        if self._buf:
-            self._buf += data
-            src: bytes | bytearray = self._buf
-        else:
-            src = data
         frames: list[bytes] = []
-        pos = 0
-        size = len(src)
         unpack = _U32.unpack_from
         max_length = self.max_length
+        if type(data) is not bytes:
+            data = bytes(data)  # frames are bytes whatever the caller feeds
+        src = data
+        pos = 0
+        buf = self._buf
+        if buf:
+            # Complete the PDU begun in an earlier read, then go on in ``data`` itself:
+            # appending all of ``data`` to the buffer would copy every PDU twice.
+            if len(buf) < 4:
+                pos = min(4 - len(buf), len(data))
+                buf += data[:pos]
+                if len(buf) < 4:
+                    return frames
+            (length,) = unpack(buf, 0)
+            if HEADER_LENGTH <= length <= max_length:
+                take = length - len(buf)
+                if pos + take > len(data):
+                    buf += data[pos:]
+                    return frames
+                buf += data[pos : pos + take]
+                frames.append(bytes(buf))
+                self._buf = bytearray()
+                pos += take
+            else:  # refused below, with what the buffer holds
+                src = bytes(buf) + data[pos:]
+                pos = 0
+                self._buf = buf = bytearray()
+        size = len(src)
         while size - pos >= 4:
             (length,) = unpack(src, pos)
             if length < HEADER_LENGTH or length > max_length:
@@ -478,10 +499,8 @@ class FrameBuffer:
                 return frames
             if size - pos < length:
                 break
-            frames.append(bytes(src[pos : pos + length]))
+            frames.append(src[pos : pos + length])
             pos += length
-        if src is self._buf:
-            del self._buf[:pos]
-        elif pos < size:
-            self._buf += data[pos:]
+        if pos < size:
+            self._buf += src[pos:]
         return frames

@@ -541,6 +541,28 @@ def test_framebuffer_keeps_a_partial_pdu_that_follows_until_it_completes() -> No
     assert buffer.buffered == 3  # not even a whole command_length yet
 
 
+@settings(max_examples=100, deadline=None)
+@given(cuts=st.lists(st.integers(0, 200), max_size=12), length=st.sampled_from([0, 15, 1 << 20]))
+def test_framebuffer_refuses_a_bad_length_the_same_however_it_is_split(
+    cuts: list[int], length: int
+) -> None:
+    """Good PDUs, then a header with a bad command_length: the good ones come out, then
+    ESME_RINVCMDLEN whatever the chunking — with the sequence number, or 0 when a read
+    ended after the length but before the sequence number (refused from its 4 octets)."""
+    good = GOLDEN["submit_sm"][1] + GOLDEN["enquire_link"][1]
+    stream = good + header(length, CommandId.ENQUIRE_LINK, 0, 77) + b"more"
+    bounds = [0, *sorted(min(c, len(stream)) for c in cuts), len(stream)]
+    buffer = FrameBuffer()
+    out: list[bytes] = []
+    for a, b in itertools.pairwise(bounds):
+        out += buffer.feed(stream[a:b])
+    assert out == [GOLDEN["submit_sm"][1], GOLDEN["enquire_link"][1]]
+    assert buffer.error is not None
+    cut_inside = any(len(good) + 4 <= c < len(good) + 16 for c in bounds)
+    expected_seq = 0 if cut_inside else 77
+    assert (buffer.error.status, buffer.error.sequence_number) == (S.ESME_RINVCMDLEN, expected_seq)
+
+
 def test_default_maximum_admits_a_full_64k_message_payload() -> None:
     """§5.3.2.32: message_payload may be up to 64K octets; the default limit lets it in."""
     pdu = SubmitSm(
