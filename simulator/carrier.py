@@ -54,7 +54,7 @@ from smppcore.pdu import (
     UnsuccessSme,
 )
 from smppcore.receipt import is_final, stat_word
-from smppcore.receipt_pdu import message_preview, message_text, receipt_sm
+from smppcore.receipt_pdu import message_preview, message_text, receipt_sm, receipt_sm_body
 from smppcore.session import ProtocolViolation, Role
 from smppcore.smpptime import (
     format_absolute,
@@ -76,6 +76,7 @@ _UDHI = int(EsmClass.UDHI)
 _DELIVERED = int(MessageState.DELIVERED)
 _STAT_WORDS: dict[int, str] = {s: stat_word(s) for s in MessageState}  # members: identity hits
 _SUBMIT_SM_RESP_OK = (int(CommandId.SUBMIT_SM_RESP), 0)
+_SUBMIT_SM_RESP = int(CommandId.SUBMIT_SM_RESP)
 
 WallClock = Callable[[], datetime]
 
@@ -342,7 +343,7 @@ class Carrier:
         if account is None:
             return
         self.metrics.receipts[_STAT_WORDS[done.state]] += 1
-        account.outbox.send(receipt_pdu(done, done.state), conn)
+        account.outbox.send(receipt_body(done, done.state), conn)
 
     def _enroute(self, key: str, conn: aio.Connection) -> None:
         msg = self.messages.get(key)
@@ -365,7 +366,7 @@ class Carrier:
         if account is None:
             return
         self.metrics.receipts[_STAT_WORDS[state]] += 1
-        account.outbox.send(receipt_pdu(msg, state, intermediate=intermediate), conn)
+        account.outbox.send(receipt_body(msg, state, intermediate=intermediate), conn)
 
     def cancel(self, msg: SimMessage, conn: aio.Connection | None) -> None:
         done = msgspec.structs.replace(
@@ -412,6 +413,25 @@ class Carrier:
 def _payload(pdu: Pdu) -> bytes:
     payload = pdu.tlv(Tag.MESSAGE_PAYLOAD)
     return payload if isinstance(payload, bytes) else b""
+
+
+def receipt_body(msg: SimMessage, state: MessageState, *, intermediate: bool = False) -> bytes:
+    """:func:`receipt_pdu`'s body, encoded (what the outbox sends without the codec)."""
+    return receipt_sm_body(
+        msg.id,
+        state,
+        msg.error,
+        msg.submitted_at,
+        msg.final_at or msg.submitted_at,
+        msg.source_ton,
+        msg.source_npi,
+        msg.source,
+        msg.dest_ton,
+        msg.dest_npi,
+        msg.destination,
+        message_preview(msg.short_message, msg.esm_class, msg.data_coding),
+        intermediate,
+    )
 
 
 def receipt_pdu(msg: SimMessage, state: MessageState, *, intermediate: bool = False) -> DeliverSm:
@@ -599,7 +619,10 @@ class CarrierHandler(aio.Handler):
             latency = decision.latency
             if latency <= 0:
                 carrier.metrics.pdus_out[_SUBMIT_SM_RESP_OK] += 1
-                conn.respond(SubmitSmResp(pdu.sequence_number, 0, message_id))
+                # The id is ours (ASCII, no NUL): its C-octet string is the whole body.
+                conn.respond_encoded(
+                    _SUBMIT_SM_RESP, pdu.sequence_number, 0, message_id.encode() + b"\0"
+                )
             else:
                 self._send_resp(conn, SubmitSmResp(pdu.sequence_number, 0, message_id), latency)
             return

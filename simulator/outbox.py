@@ -5,6 +5,10 @@ receiver or transceiver of the same system_id (round robin). With none bound, or
 delivery fails (connection lost, no answer, a temporary error), the deliver_sm is held —
 bounded, oldest dropped first, each for at most ``ttl`` seconds — and sent when a
 receive-capable bind appears.
+
+An item is a deliver_sm struct (a template: sequence_number 0) or, on the receipts' hot
+path, its encoded body (``bytes``: what follows the header), sent without the codec to a
+peer that takes TLVs and decoded first for an SMPP 3.3 peer (which gets none).
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ from collections.abc import Callable
 from functools import partial
 
 from smppcore.aio import Connection
-from smppcore.constants import TEMPORARY_STATUSES
+from smppcore.codec import HEADER, decode
+from smppcore.constants import HEADER_LENGTH, TEMPORARY_STATUSES, CommandId
 from smppcore.errors import SmppError
 from smppcore.pdu import Pdu
+
+#: A deliver_sm to send: the struct, or its encoded body.
+Item = Pdu | bytes
+_DELIVER_SM = int(CommandId.DELIVER_SM)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +58,7 @@ class Outbox:
         max_held: int,
         ttl: float,
         on_drop: Callable[[int], None],
-        on_sent: Callable[[Pdu], None] | None = None,
+        on_sent: Callable[[Item], None] | None = None,
     ) -> None:
         self.system_id = system_id
         self.max_held = max_held
@@ -58,7 +67,7 @@ class Outbox:
         self._on_sent = on_sent
         self._receivers: list[Connection] = []
         self._rr = 0
-        self._held: deque[tuple[float, Pdu]] = deque()
+        self._held: deque[tuple[float, Item]] = deque()
         self._retry: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -78,17 +87,14 @@ class Outbox:
         if conn in self._receivers:
             self._receivers.remove(conn)
 
-    def send(self, pdu: Pdu, prefer: Connection | None = None) -> None:
-        """Deliver ``pdu`` (sequence_number 0: a template) now, or hold it."""
+    def send(self, item: Item, prefer: Connection | None = None) -> None:
+        """Deliver ``item`` now, or hold it."""
         expires = self._loop.time() + self.ttl
         conn = prefer if prefer is not None and _can_deliver(prefer) else self._pick(None)
         if conn is None:
-            self._hold(pdu, expires)
+            self._hold(item, expires)
             return
-        try:
-            conn.send_request_callback(pdu, partial(self._done, pdu, expires))
-        except SmppError:
-            self._hold(pdu, expires)
+        self._send_on(conn, item, expires)
 
     def flush(self) -> None:
         """Send what is held while receivers are bound and their windows take it."""
@@ -129,20 +135,26 @@ class Outbox:
                 return conn
         return None
 
-    def _send_on(self, conn: Connection, pdu: Pdu, expires: float) -> None:
+    def _send_on(self, conn: Connection, item: Item, expires: float) -> None:
+        done = partial(self._done, item, expires)
         try:
-            conn.send_request_callback(pdu, partial(self._done, pdu, expires))
+            if not isinstance(item, bytes):
+                conn.send_request_callback(item, done)
+            elif conn.session.takes_tlvs:
+                conn.send_request_encoded_callback(_DELIVER_SM, item, done)
+            else:
+                conn.send_request_callback(_decoded(item), done)
         except SmppError:
-            self._hold(pdu, expires)
+            self._hold(item, expires)
 
-    def _done(self, pdu: Pdu, expires: float, result: Pdu | SmppError) -> None:
+    def _done(self, item: Item, expires: float, result: Pdu | SmppError) -> None:
         if isinstance(result, SmppError) or result.command_status in TEMPORARY_STATUSES:
-            self._hold(pdu, expires)  # connection lost, no answer, or "try later"
+            self._hold(item, expires)  # connection lost, no answer, or "try later"
             return
         if self._on_sent is not None:
-            self._on_sent(pdu)
+            self._on_sent(item)
 
-    def _hold(self, pdu: Pdu, expires: float) -> None:
+    def _hold(self, pdu: Item, expires: float) -> None:
         if self.max_held == 0 or expires <= self._loop.time():
             self._on_drop(1)
             return
@@ -152,3 +164,8 @@ class Outbox:
         self._held.append((expires, pdu))
         if self._retry is None and self._receivers:
             self._retry = self._loop.call_later(_RETRY_SECONDS, self._retry_due)
+
+
+def _decoded(body: bytes) -> Pdu:
+    """The deliver_sm struct of an encoded body (for a peer the body cannot go to as is)."""
+    return decode(HEADER.pack(HEADER_LENGTH + len(body), _DELIVER_SM, 0, 0) + body)

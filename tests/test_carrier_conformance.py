@@ -26,6 +26,7 @@ from carrier_fixtures import (
     advance,
     bind_esme,
     header,
+    open_esme,
     profile,
     receipt_of,
     running_carrier,
@@ -472,6 +473,28 @@ def test_receipt_matches_the_submit_sm_resp_id_appendix_b(run: Run) -> None:
             assert m["err"] == "000"
             assert m["text"] == "Your code is 123456,"
             assert "dlvrd:001" in text
+
+    run(main())
+
+
+def test_a_33_esme_gets_its_receipt_without_tlvs_5_3(run: Run) -> None:
+    """An ESME that binds with interface_version 0x33 speaks SMPP 3.3, which has no TLVs:
+    its receipt carries the Appendix B text alone (the id in ``id:``)."""
+
+    async def main() -> None:
+        async with running_carrier() as carrier:
+            esme = await open_esme(carrier)
+            async with asyncio.timeout(DEADLINE):
+                await esme.c.bind(
+                    BindTransceiver(system_id=SYSTEM_ID, password=PASSWORD, interface_version=0x33)
+                )
+            message_id = await esme.submit_ok(text=b"old school")
+            (pdu,) = await esme.receipts(1)
+            assert pdu.tlvs == ()
+            m = RECEIPT_TEXT.fullmatch(pdu.short_message.decode("ascii"))
+            assert m is not None
+            assert (m["id"], m["stat"], m["text"]) == (message_id, "DELIVRD", "old school")
+            await esme.close()
 
     run(main())
 

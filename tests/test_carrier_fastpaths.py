@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from simulator.behaviour import Behaviour, Decision, MessageIds
-from simulator.carrier import receipt_pdu
+from simulator.carrier import receipt_body, receipt_pdu
 from simulator.config import Dist, Profile
 from simulator.messages import MessageTable, SimMessage
 from simulator.timers import TimerQueue
@@ -173,6 +173,7 @@ def test_receipt_octets_equal_the_reference(
             intermediate=intermediate,
         )
         assert fast == ref
+        assert receipt_body(msg, state, intermediate=intermediate) == encode(ref)[16:]
         assert encode(fast) == encode(ref)
 
 
