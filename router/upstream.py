@@ -64,7 +64,6 @@ from smppcore.pdu import (
     BindTransceiver,
     BindTransmitter,
     DeliverSm,
-    DeliverSmResp,
     EnquireLink,
     Pdu,
     SubmitSm,
@@ -75,6 +74,8 @@ from smppcore.smpptime import RelativeTime, format_relative
 from smppcore.throttle import TokenBucket
 from smppcore.tls import client_context
 from smppcore.tlv import Tag, Tlv, find_tlv
+
+_DELIVER_SM_RESP = int(CommandId.DELIVER_SM_RESP)
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +177,10 @@ class _Link(Handler):
 
     def request_received(self, conn: Connection, pdu: Pdu) -> None:
         if isinstance(pdu, DeliverSm):
-            conn.respond(
-                DeliverSmResp(
-                    sequence_number=pdu.sequence_number,
-                    command_status=self.pool._deliver(pdu),
-                )
-            )
+            # deliver_sm_resp: message_id unused (§4.6.2), one NUL; an error has no body.
+            status = self.pool._deliver(pdu)
+            body = b"" if status else b"\0"
+            conn.respond_encoded(_DELIVER_SM_RESP, pdu.sequence_number, status, body)
         else:
             super().request_received(conn, pdu)
 

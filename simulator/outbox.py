@@ -7,8 +7,8 @@ bounded, oldest dropped first, each for at most ``ttl`` seconds — and sent whe
 receive-capable bind appears.
 
 An item is a deliver_sm struct (a template: sequence_number 0) or, on the receipts' hot
-path, its encoded body (``bytes``: what follows the header), sent without the codec to a
-peer that takes TLVs and decoded first for an SMPP 3.3 peer (which gets none).
+path, its encoded body (``bytes``: what follows the header), sent without the codec (an
+SMPP 3.3 peer gets it decoded, without TLVs: ``Connection.send_request_encoded_callback``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from collections.abc import Callable
 from functools import partial
 
 from smppcore.aio import Connection
-from smppcore.codec import HEADER, decode
-from smppcore.constants import HEADER_LENGTH, TEMPORARY_STATUSES, CommandId
+from smppcore.constants import TEMPORARY_STATUSES, CommandId
 from smppcore.errors import SmppError
 from smppcore.pdu import Pdu
 
@@ -138,12 +137,10 @@ class Outbox:
     def _send_on(self, conn: Connection, item: Item, expires: float) -> None:
         done = partial(self._done, item, expires)
         try:
-            if not isinstance(item, bytes):
-                conn.send_request_callback(item, done)
-            elif conn.session.takes_tlvs:
+            if isinstance(item, bytes):
                 conn.send_request_encoded_callback(_DELIVER_SM, item, done)
             else:
-                conn.send_request_callback(_decoded(item), done)
+                conn.send_request_callback(item, done)
         except SmppError:
             self._hold(item, expires)
 
@@ -165,7 +162,3 @@ class Outbox:
         if self._retry is None and self._receivers:
             self._retry = self._loop.call_later(_RETRY_SECONDS, self._retry_due)
 
-
-def _decoded(body: bytes) -> Pdu:
-    """The deliver_sm struct of an encoded body (for a peer the body cannot go to as is)."""
-    return decode(HEADER.pack(HEADER_LENGTH + len(body), _DELIVER_SM, 0, 0) + body)

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
-from smppcore.constants import CommandStatus, status_name
+from smppcore.codec import HEADER, decode
+from smppcore.constants import HEADER_LENGTH, CommandStatus, status_name
 from smppcore.errors import SmppError
 from smppcore.pdu import Pdu
 from smppcore.session import (
@@ -224,10 +225,11 @@ class Connection(asyncio.Protocol):
         self.send_request_callback(pdu, partial(_settle, fut))
         return fut
 
-    def send_request_callback(self, pdu: Pdu, callback: Callback) -> None:
+    def send_request_callback(self, pdu: Pdu, callback: Callback) -> int:
         """Queue a request now; ``callback`` is called once, from the loop, with its
         response (any status) or with the RequestTimeout / ConnectionClosed that ended it.
         Raises WindowFull / LocalProtocolError at once (and then never calls back).
+        Returns the request's sequence number.
 
         The hot paths use this rather than :meth:`send_request`: no Future, no extra loop
         turn between the response and the code that waits for it."""
@@ -247,15 +249,20 @@ class Connection(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         if self._reading_paused:  # awaiting an answer now: reading may resume
             self._update_reading()
+        return sent.sequence_number
 
     def send_request_encoded_callback(
         self, command_id: int, body: bytes, callback: Callback
     ) -> int:
         """:meth:`send_request_callback` for a request given as its encoded body (see
-        :meth:`Session.send_request_encoded`); returns its sequence number."""
+        :meth:`Session.send_request_encoded`); returns its sequence number. A peer that
+        speaks SMPP 3.3 gets the body decoded and sent without its TLVs (§5.3)."""
         session = self.session
         if session.closed:
             raise ConnectionClosed(f"session closed: {session.close_reason}")
+        if not session.takes_tlvs:
+            frame = HEADER.pack(HEADER_LENGTH + len(body), command_id, 0, 0) + body
+            return self.send_request_callback(decode(frame), callback)
         now = self._loop.time()
         seq = session.send_request_encoded(command_id, body, now)
         self._waiters[seq] = callback

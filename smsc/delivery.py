@@ -19,11 +19,17 @@ from functools import lru_cache, partial
 from router.model import DeliveryReport, Message, StoredMessage
 from router.store import Store
 from smppcore.aio import Connection
-from smppcore.codec import decode, encode
-from smppcore.constants import TEMPORARY_STATUSES, MessageState, RegisteredDelivery
+from smppcore.codec import HEADER, encode
+from smppcore.constants import (
+    HEADER_LENGTH,
+    TEMPORARY_STATUSES,
+    CommandId,
+    MessageState,
+    RegisteredDelivery,
+)
 from smppcore.errors import SmppError
 from smppcore.pdu import DeliverSm, Pdu
-from smppcore.receipt_pdu import message_text, receipt_deliver_sm
+from smppcore.receipt_pdu import message_preview, receipt_sm_body
 from smsc.accounts import AccountState
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,10 @@ _RECEIPT_MASK = int(RegisteredDelivery.RECEIPT_MASK)
 _FAILURE_ONLY = int(RegisteredDelivery.FAILURE_ONLY)
 _NOT_FINAL = frozenset({MessageState.ENROUTE, MessageState.ACCEPTED, MessageState.SCHEDULED})
 _DRAIN_BATCH = 500
+_DELIVER_SM = int(CommandId.DELIVER_SM)
+#: A deliver_sm to send: a struct (a template: sequence 0), or its encoded body (``bytes``,
+#: what follows the header: receipts, and held items read back from the store).
+Item = Pdu | bytes
 #: Deliveries kept in memory behind a drain, per account; past it they join the store too.
 _MAX_BEHIND = 10_000
 
@@ -74,7 +84,7 @@ class Delivery:
         self._holds: dict[str, int] = {}  # items held so far, per account (see _drain)
         #: Deliveries that came while the account's held items were being sent: they go
         #: right after them, in order, without a trip through the store.
-        self._behind: dict[str, list[tuple[Pdu, float]]] = {}
+        self._behind: dict[str, list[tuple[Item, float]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.held = 0
@@ -92,18 +102,23 @@ class Delivery:
         if not wants_receipt(msg.registered_delivery, report.state):
             return
         done = report.done_at or self.wall()
-        pdu = receipt_deliver_sm(
-            message_id=msg.reported_id,
-            state=report.state,
-            error=report.error,
-            submitted_at=_utc(msg.submitted_at or done),
-            done_at=_utc(done),
-            source=(msg.source.ton, msg.source.npi, msg.source.addr),
-            destination=(msg.destination.ton, msg.destination.npi, msg.destination.addr),
-            preview=message_text(msg.short_message, msg.esm_class, msg.data_coding),
-            intermediate=report.state in _NOT_FINAL,
+        source, destination = msg.source, msg.destination
+        body = receipt_sm_body(
+            msg.reported_id,
+            report.state,
+            report.error,
+            _utc(msg.submitted_at or done),
+            _utc(done),
+            source.ton,
+            source.npi,
+            source.addr,
+            destination.ton,
+            destination.npi,
+            destination.addr,
+            message_preview(msg.short_message, msg.esm_class, msg.data_coding),
+            report.state in _NOT_FINAL,
         )
-        self.deliver(msg.account, pdu)
+        self.deliver(msg.account, body)
 
     def mobile_originated(self, account: str, message: Message) -> None:
         pdu = DeliverSm(
@@ -122,8 +137,8 @@ class Delivery:
 
     # --- sending ------------------------------------------------------------------------
 
-    def deliver(self, account: str, pdu: DeliverSm) -> None:
-        """Send ``pdu`` (a template: sequence 0) to ``account`` now, or hold it."""
+    def deliver(self, account: str, pdu: Item) -> None:
+        """Send ``pdu`` (a struct or an encoded body) to ``account`` now, or hold it."""
         state = self.accounts.get(account)
         if state is None:
             log.warning("deliver_sm for unknown account %s dropped", account)
@@ -134,7 +149,7 @@ class Delivery:
             return
         self._send_now(state, account, pdu, expires)
 
-    def _send_now(self, state: AccountState, account: str, pdu: Pdu, expires: float) -> None:
+    def _send_now(self, state: AccountState, account: str, pdu: Item, expires: float) -> None:
         # A receiver whose window is full still takes it: its session queues the request
         # for a slot (bounded by max_waiting). Held instead, it would wait for a new bind.
         conn = state.receiver() or state.receiver(full_ok=True)
@@ -147,12 +162,16 @@ class Delivery:
         self,
         conn: Connection,
         account: str,
-        pdu: Pdu,
+        pdu: Item,
         expires: float,
         done: Callable[[bool], None] | None,
     ) -> None:
+        answered = partial(self._answered, account, pdu, expires, done)
         try:
-            conn.send_request_callback(pdu, partial(self._answered, account, pdu, expires, done))
+            if isinstance(pdu, bytes):
+                conn.send_request_encoded_callback(_DELIVER_SM, pdu, answered)
+            else:
+                conn.send_request_callback(pdu, answered)
         except SmppError:
             if done is None:
                 self._hold(account, pdu, expires)
@@ -162,7 +181,7 @@ class Delivery:
     def _answered(
         self,
         account: str,
-        pdu: Pdu,
+        pdu: Item,
         expires: float,
         done: Callable[[bool], None] | None,
         result: Pdu | SmppError,
@@ -175,7 +194,7 @@ class Delivery:
         elif not ok:
             self._hold(account, pdu, expires)
 
-    def _wait_behind(self, account: str, pdu: Pdu, expires: float) -> None:
+    def _wait_behind(self, account: str, pdu: Item, expires: float) -> None:
         """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
         behind = self._behind.setdefault(account, [])
         if len(behind) >= _MAX_BEHIND:  # a long drain: the store keeps the rest, in order
@@ -186,10 +205,14 @@ class Delivery:
             return
         behind.append((pdu, expires))
 
-    def _hold(self, account: str, pdu: Pdu, expires: float) -> None:
+    def _hold(self, account: str, pdu: Item, expires: float) -> None:
         self.held += 1
         self._holds[account] = self._holds.get(account, 0) + 1
-        self.store.hold(account, encode(pdu), expires)
+        if isinstance(pdu, bytes):
+            frame = HEADER.pack(HEADER_LENGTH + len(pdu), _DELIVER_SM, 0, 0) + pdu
+        else:
+            frame = encode(pdu)
+        self.store.hold(account, frame, expires)
 
     # --- held items ---------------------------------------------------------------------
 
@@ -230,7 +253,6 @@ class Delivery:
                     if conn is None:
                         failed = True
                         break
-                    pdu = decode(raw)
                     fut: asyncio.Future[bool] = loop.create_future()
                     pending.append(fut)
 
@@ -238,7 +260,15 @@ class Delivery:
                         if not fut.done():
                             fut.set_result(ok)
 
-                    self._send(conn, account, pdu, 0.0, finish)
+                    body = _body(raw)
+                    if body is None:  # not a deliver_sm: nothing we would have held
+                        log.warning(
+                            "held item %d of %s is not a deliver_sm: dropped", item_id, account
+                        )
+                        sent.append(item_id)
+                        fut.set_result(True)
+                        continue
+                    self._send(conn, account, body, 0.0, finish)
                     sent.append(item_id)
                     await conn.drain()
                 results = await asyncio.gather(*pending)
@@ -264,3 +294,10 @@ class Delivery:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _body(frame: bytes) -> bytes | None:
+    """The body of a held deliver_sm (the store keeps whole PDUs, sequence 0)."""
+    if len(frame) < HEADER_LENGTH or HEADER.unpack_from(frame)[1] != _DELIVER_SM:
+        return None
+    return frame[HEADER_LENGTH:]

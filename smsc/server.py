@@ -461,8 +461,8 @@ class EsmeHandler(aio.Handler):
                 return
             if status:
                 conn.respond(resp_cls(seq, status))
-            else:
-                conn.respond(resp_cls(seq, 0, msg_id))
+            else:  # the body is our id (ASCII) as a C-octet string
+                conn.respond_encoded(resp_cls.command_id, seq, 0, msg_id.encode() + b"\0")
 
         server.intake.submit(message, done)
 
