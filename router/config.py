@@ -134,6 +134,9 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Records waiting for the writer at most; beyond it, submits are refused (MSGQFUL)."""
     keep_days: Annotated[float, Meta(gt=0)] = 7.0
     """Final messages are kept this long for query_sm, then purged."""
+    commit_interval: Annotated[float, Meta(ge=0, le=1)] = 0.02
+    """Seconds the writer gathers records before a transaction (group commit); it writes at
+    once when an ack (``ack_after: store``) or a read waits, or a batch is full. 0: at once."""
 
 
 class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

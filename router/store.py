@@ -5,9 +5,12 @@ for accounts that have no receive-capable bind.
 aiosqlite connection in WAL mode (a Redis backend comes later, behind the same interface).
 
 Writes are synchronous calls that queue a record; ONE writer task drains the queue into
-transactions of up to ``batch_max`` records. It takes whatever is queued, so under load the
-batches grow and the cost per message falls. Reads are async; a read about something with a
-queued write waits until that write is committed (read your writes), never longer.
+transactions of up to ``batch_max`` records. It gathers records for ``commit_interval``
+(group commit) — unless an ack or a read waits for them, or a batch is full — and then takes
+whatever is queued, so the batches are large and the cost per message falls; records of one
+message that meet in a batch are folded into one row. Reads are async; a read about
+something with a queued write waits until that write is committed (read your writes), never
+longer.
 
 Durability. The connection runs ``journal_mode=WAL`` with ``synchronous=NORMAL``: a commit
 appends the transaction to the WAL file with ``write()`` and the WAL is fsynced at checkpoints.
@@ -421,6 +424,9 @@ class SqliteStore:
         self._queue: deque[_Op] = deque()
         self._inflight: list[_Op] = []  # the batch being written
         self._wake = asyncio.Event()
+        #: Ends the group-commit wait early: a batch is full, an ack or a read waits.
+        self._hurry = asyncio.Event()
+        self._durable_queued = 0  # queued records whose add waits for its commit (ack)
         self._closing = False
         self._seq = itertools.count(1)
         self._queued_seq = 0  # last seq queued
@@ -475,6 +481,7 @@ class SqliteStore:
             return
         self._closing = True
         self._wake.set()
+        self._hurry.set()
         try:
             if self._writer is not None:
                 await self._writer
@@ -563,6 +570,11 @@ class SqliteStore:
             self._pending_ids[op.message_id] = op.seq
         self._queue.append(op)
         self._wake.set()
+        if op.on_durable is not None:
+            self._durable_queued += 1
+            self._hurry.set()
+        elif len(self._queue) >= self._config.batch_max:
+            self._hurry.set()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -683,6 +695,7 @@ class SqliteStore:
             raise StoreClosed("store writer is not running")
         future = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, _Waiter(seq, future))
+        self._hurry.set()
         await future
 
     # -- the writer ----------------------------------------------------------------------------
@@ -696,8 +709,18 @@ class SqliteStore:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                if self._config.commit_interval > 0 and not self._urgent():
+                    # Group commit: gather records for a while, unless someone waits.
+                    self._hurry.clear()
+                    try:
+                        async with asyncio.timeout(self._config.commit_interval):
+                            await self._hurry.wait()
+                    except TimeoutError:
+                        pass
                 take = min(len(self._queue), self._config.batch_max)
                 batch = self._inflight = [self._queue.popleft() for _ in range(take)]
+                if self._durable_queued:
+                    self._durable_queued -= sum(op.on_durable is not None for op in batch)
                 await self._write_batch(batch)
                 self._inflight = []
                 self._finish(batch)
@@ -708,6 +731,17 @@ class SqliteStore:
             log.exception("store writer stopped")
             self._abandon(exc)
             raise
+
+    def _urgent(self) -> bool:
+        """Write now, without the group-commit wait: an ack (``ack_after: store``) or a
+        read (read your writes, flush) waits for queued records, a batch is full, or the
+        store is closing."""
+        return bool(
+            self._durable_queued
+            or self._waiters
+            or self._closing
+            or len(self._queue) >= self._config.batch_max
+        )
 
     async def _write_batch(self, batch: list[_Op]) -> None:
         for attempt in (1, 2):
@@ -789,6 +823,7 @@ class SqliteStore:
         abandoned = self._inflight + list(self._queue)
         self._inflight = []
         self._queue.clear()
+        self._durable_queued = 0
         self.failed += len(abandoned)
         if abandoned:
             log.error("store: %d queued records abandoned", len(abandoned))

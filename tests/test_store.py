@@ -199,6 +199,42 @@ def test_any_batch_of_adds_sends_and_finals_ends_as_if_written_one_by_one(
 
 
 @pytest.mark.asyncio
+async def test_records_queued_over_several_loop_turns_commit_together(tmp_path: Path) -> None:
+    """Group commit: with nobody waiting, the writer gathers what comes within
+    commit_interval into one transaction."""
+    s = SqliteStore(config(tmp_path, commit_interval=0.5))
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            for i in range(5):
+                s.add(msg(i))
+                await asyncio.sleep(0)  # another loop turn (not a wait for anything)
+            await s.flush()
+        assert s.transactions == 1
+        assert s.records == 5
+    finally:
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_acks_and_reads_do_not_wait_for_the_commit_interval(tmp_path: Path) -> None:
+    """An add whose ack waits for its commit (ack_after: store), and a read of a queued
+    record, are written at once: well within a commit_interval of 1 s (the longest)."""
+    s = SqliteStore(config(tmp_path, commit_interval=1.0))
+    await s.open()
+    try:
+        async with asyncio.timeout(0.5):
+            durable = asyncio.get_running_loop().create_future()
+            s.add(msg(1), durable.set_result)
+            assert await durable is True
+            s.add(msg(2))
+            stored = await s.get("m000002")
+            assert stored is not None
+    finally:
+        await s.close()
+
+
+@pytest.mark.asyncio
 async def test_batches_are_bounded_by_batch_max(tmp_path: Path) -> None:
     s = SqliteStore(config(tmp_path, batch_max=100))
     await s.open()
