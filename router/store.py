@@ -182,8 +182,9 @@ _SQL: Final[dict[int, str]] = {
 # the last one of a run is padded with NULL rows, which match and insert nothing, so each
 # kind has a few statement shapes, all cached by sqlite3.
 
-_ROWS: Final = (16, 128, 1024)
-"""Rows per multi-row statement: the smallest that holds what is left, else the largest."""
+_ROWS: Final = (4, 16, 64, 256, 1024)
+"""Rows per multi-row statement: as many of the largest as fit, then smaller ones; the last
+statement is padded with NULL rows to its size."""
 
 _MULTI_ROW: Final = {
     _ADD: (
@@ -329,19 +330,30 @@ def _multi_row(kind: int, rows: list[tuple[Any, ...]]) -> Iterator[_Statement]:
     ids: set[Any] = set()
     for row in rows:
         if len(chunk) == _ROWS[-1] or (key and row[key] in ids):
-            yield _padded(kind, chunk, width)
+            yield from _padded(kind, chunk, width)
             chunk, ids = [], set()
         chunk.append(row)
         ids.add(row[key])
     if chunk:
-        yield _padded(kind, chunk, width)
+        yield from _padded(kind, chunk, width)
 
 
-def _padded(kind: int, chunk: list[tuple[Any, ...]], width: int) -> _Statement:
-    size = next(n for n in _ROWS if n >= len(chunk))
-    params = [value for row in chunk for value in row]
-    params += [None] * (width * (size - len(chunk)))
-    return kind, _multi_row_sql(kind, size), params, False
+def _padded(kind: int, chunk: list[tuple[Any, ...]], width: int) -> Iterator[_Statement]:
+    """``chunk`` in statements of the fixed sizes, largest first, the last one padded:
+    500 rows are 256 + 3 x 64 + 3 x 16 + 4, not one statement of 1,024 with 524 NULL
+    rows (the padding cost more than the rows: storebench, 20-message batches, 118 -> 44 us
+    of CPU per message)."""
+    start = 0
+    left = len(chunk)
+    while left > 0:
+        size = next((n for n in reversed(_ROWS) if n <= left), _ROWS[0])
+        part = chunk[start : start + size]
+        params = [value for row in part for value in row]
+        if len(part) < size:
+            params += [None] * (width * (size - len(part)))
+        yield kind, _multi_row_sql(kind, size), params, False
+        start += size
+        left -= size
 
 
 _SCHEMA: Final = (
