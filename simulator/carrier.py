@@ -415,9 +415,12 @@ def _payload(pdu: Pdu) -> bytes:
     return payload if isinstance(payload, bytes) else b""
 
 
-def receipt_body(msg: SimMessage, state: MessageState, *, intermediate: bool = False) -> bytes:
-    """:func:`receipt_pdu`'s body, encoded (what the outbox sends without the codec)."""
-    return receipt_sm_body(
+_ReceiptFields = tuple[str, int, int, datetime, datetime, int, int, str, int, int, str, str, bool]
+
+
+def _receipt_fields(msg: SimMessage, state: MessageState, intermediate: bool) -> _ReceiptFields:
+    """receipt_sm's arguments for a receipt of ``msg`` in ``state``."""
+    return (
         msg.id,
         state,
         msg.error,
@@ -432,25 +435,16 @@ def receipt_body(msg: SimMessage, state: MessageState, *, intermediate: bool = F
         message_preview(msg.short_message, msg.esm_class, msg.data_coding),
         intermediate,
     )
+
+
+def receipt_body(msg: SimMessage, state: MessageState, *, intermediate: bool = False) -> bytes:
+    """The body of the deliver_sm carrying a receipt for ``msg`` (what the outbox sends)."""
+    return receipt_sm_body(*_receipt_fields(msg, state, intermediate))
 
 
 def receipt_pdu(msg: SimMessage, state: MessageState, *, intermediate: bool = False) -> DeliverSm:
     """The deliver_sm carrying a receipt for ``msg`` (Appendix B text and the TLVs)."""
-    return receipt_sm(
-        msg.id,
-        state,
-        msg.error,
-        msg.submitted_at,
-        msg.final_at or msg.submitted_at,
-        msg.source_ton,
-        msg.source_npi,
-        msg.source,
-        msg.dest_ton,
-        msg.dest_npi,
-        msg.destination,
-        message_preview(msg.short_message, msg.esm_class, msg.data_coding),
-        intermediate,
-    )
+    return receipt_sm(*_receipt_fields(msg, state, intermediate))
 
 
 class CarrierHandler(aio.Handler):

@@ -118,6 +118,28 @@ def _date_text(dt: datetime) -> str:
     return text
 
 
+def _receipt_text(
+    message_id: str,
+    state: int,
+    error: int,
+    submitted_at: datetime,
+    done_at: datetime,
+    preview: str,
+    intermediate: bool,
+) -> str:
+    """The Appendix B text: ``err:`` 0 for an intermediate notification, clamped to 3 digits."""
+    err = 0 if intermediate else error
+    if not 0 <= err <= 999:
+        err = 999 if err > 999 else 0
+    d = _dates
+    return (
+        f"id:{message_id} sub:001 dlvrd:{'001' if state == _DELIVERED else '000'}"
+        f" submit date:{d[1] if submitted_at is d[0] else _date_text(submitted_at)}"
+        f" done date:{d[1] if done_at is d[0] else _date_text(done_at)}"
+        f" stat:{_STAT[state]} err:{_THREE[err]} text:{preview}"
+    )
+
+
 def receipt_sm(
     message_id: str,
     state: int,
@@ -135,16 +157,7 @@ def receipt_sm(
 ) -> DeliverSm:
     """:func:`receipt_deliver_sm` with positional arguments and a ready ``preview`` (the
     receipt's text: field as :func:`receipt_preview` or :func:`message_preview` give it)."""
-    err = 0 if intermediate else error
-    if not 0 <= err <= 999:
-        err = 999 if err > 999 else 0
-    d = _dates
-    text = (
-        f"id:{message_id} sub:001 dlvrd:{'001' if state == _DELIVERED else '000'}"
-        f" submit date:{d[1] if submitted_at is d[0] else _date_text(submitted_at)}"
-        f" done date:{d[1] if done_at is d[0] else _date_text(done_at)}"
-        f" stat:{_STAT[state]} err:{_THREE[err]} text:{preview}"
-    )
+    text = _receipt_text(message_id, state, error, submitted_at, done_at, preview, intermediate)
     receipted = Tlv(_RECEIPTED_MESSAGE_ID, message_id.encode("latin-1") + b"\0")
     if error and not intermediate:
         tlvs: tuple[Tlv, ...] = (receipted, _STATE_TLVS[state], _error_tlv(error))
@@ -243,16 +256,7 @@ def receipt_sm_body(
         and 0 <= dest_ton <= 255
         and 0 <= dest_npi <= 255
     ):
-        err = 0 if intermediate else error
-        if not 0 <= err <= 999:
-            err = 999 if err > 999 else 0
-        d = _dates
-        text = (
-            f"id:{message_id} sub:001 dlvrd:{'001' if state == _DELIVERED else '000'}"
-            f" submit date:{d[1] if submitted_at is d[0] else _date_text(submitted_at)}"
-            f" done date:{d[1] if done_at is d[0] else _date_text(done_at)}"
-            f" stat:{_STAT[state]} err:{_THREE[err]} text:{preview}"
-        )
+        text = _receipt_text(message_id, state, error, submitted_at, done_at, preview, intermediate)
         if len(text) <= _LONG_TEXT and text.isascii():
             c = _CHR
             body = (

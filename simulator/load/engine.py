@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Final as Const
 
 from simulator.load.fastpdu import scan_deliver_sm
-from simulator.load.histogram import HALF, MAX_US, SUB, Histogram
+from simulator.load.histogram import Histogram
 from simulator.load.messages import (
     Closed,
     Counters,
@@ -278,8 +278,6 @@ class Bind(asyncio.Protocol):
         engine = self.engine
         inflight = self.inflight
         unpack = _HEADER.unpack_from
-        counts = engine.lat_iv.counts
-        scounts = engine.svc_iv.counts
         lat = engine.lat_iv
         svc = engine.svc_iv
         c = engine.counters
@@ -313,37 +311,10 @@ class Bind(asyncio.Protocol):
                     freed = True
                     c.accepted += 1
                     self.backoff_level = 0
-                    # Latency from the intended time, inlined Histogram.record (hot path).
-                    us = int((now - entry[0]) * 1e6 + 0.5)
-                    if us < SUB:
-                        index = us if us > 0 else 0
-                    else:
-                        if us > MAX_US:
-                            us = MAX_US
-                        shift = us.bit_length() - 7
-                        index = shift * HALF + (us >> shift)
-                    counts[index] += 1
-                    if us > lat.max:
-                        lat.max = us
-                    if lat.count == 0 or us < lat.min:
-                        lat.min = us
-                    lat.count += 1
-                    lat.total += us
-                    us = int((now - entry[1]) * 1e6 + 0.5)
-                    if us < SUB:
-                        index = us if us > 0 else 0
-                    else:
-                        if us > MAX_US:
-                            us = MAX_US
-                        shift = us.bit_length() - 7
-                        index = shift * HALF + (us >> shift)
-                    scounts[index] += 1
-                    if us > svc.max:
-                        svc.max = us
-                    if svc.count == 0 or us < svc.min:
-                        svc.min = us
-                    svc.count += 1
-                    svc.total += us
+                    # Latency from the intended time (no coordinated omission), and
+                    # from the moment it went out.
+                    lat.record(now - entry[0])
+                    svc.record(now - entry[1])
                     if track:
                         end = src.find(0, pos + 16, pos + length)
                         mid = src[pos + 16 : end if end >= 0 else pos + length].decode("latin-1")
@@ -374,23 +345,7 @@ class Bind(asyncio.Protocol):
                 ):
                     c.receipts += 1
                     receipt_states[word] = receipt_states.get(word, 0) + 1
-                    us = int((now - intended) * 1e6 + 0.5)
-                    if us < SUB:
-                        if us < 0:
-                            us = 0
-                        index = us
-                    else:
-                        if us > MAX_US:
-                            us = MAX_US
-                        shift = us.bit_length() - 7
-                        index = shift * HALF + (us >> shift)
-                    rcpt.counts[index] += 1
-                    if us > rcpt.max:
-                        rcpt.max = us
-                    if rcpt.count == 0 or us < rcpt.min:
-                        rcpt.min = us
-                    rcpt.count += 1
-                    rcpt.total += us
+                    rcpt.record(now - intended)
                 else:
                     engine._delivered(esm_class, rid, state, body, now)
             else:
@@ -968,25 +923,7 @@ class Engine:
         c.receipts += 1
         states = c.receipt_states
         states[word] = states.get(word, 0) + 1
-        # Histogram.record inlined (hot path).
-        rcpt = self.rcpt_iv
-        us = int((now - intended) * 1e6 + 0.5)
-        if us < SUB:
-            if us < 0:
-                us = 0
-            index = us
-        else:
-            if us > MAX_US:
-                us = MAX_US
-            shift = us.bit_length() - 7
-            index = shift * HALF + (us >> shift)
-        rcpt.counts[index] += 1
-        if us > rcpt.max:
-            rcpt.max = us
-        if rcpt.count == 0 or us < rcpt.min:
-            rcpt.min = us
-        rcpt.count += 1
-        rcpt.total += us
+        self.rcpt_iv.record(now - intended)
 
     def _receipt_for(self, key: str, word: str, arrived: float) -> None:
         intended = self.awaiting.pop(key, None)
