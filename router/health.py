@@ -191,7 +191,9 @@ class CarrierHealth:
             self._lat_sum += latency_s
             self._lat_w += 1.0
         failure = kind in _BREAKER_FAILURE
-        state = self._breaker(now)
+        state = self._state
+        if state != "closed":  # only an open or half-open breaker moves with time
+            state = self._breaker(now)
         if state == "open":
             return
         if state == "half_open":

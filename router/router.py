@@ -33,12 +33,13 @@ from router.model import (
     Message,
     NoRoute,
     Rejected,
+    RouteDecision,
     StoredMessage,
     SubmitOutcome,
 )
 from router.ports import AcceptCallback, ReportSink
 from router.queue import MessageQueue
-from router.routing import AccountPolicy, Explanation, RouteTable, choose, explain
+from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
 from router.store import Store
 from router.upstream import CarrierPool
 from smppcore.constants import CommandStatus, EsmClass, MessageState
@@ -56,8 +57,16 @@ _MAX_PINNED = 100_000
 #: message, and every connection, timer and the store writer wait for it to end.
 _DISPATCH_BATCH = 256
 _MAX_SENT_CACHE = 200_000
-_STATES = frozenset(int(s) for s in MessageState)
+_STATE_BY_INT: dict[int, MessageState] = {int(s): s for s in MessageState}
+_RID_TAG = int(Tag.RECEIPTED_MESSAGE_ID)
+_STATE_TAG = int(Tag.MESSAGE_STATE)
+_NEC_TAG = int(Tag.NETWORK_ERROR_CODE)
 _ERR = re.compile(rb"\berr:\s*([0-9]{1,9})", re.IGNORECASE)
+_DELIVERED = MessageState.DELIVERED
+#: value → name (``MessageState.name`` is a slow descriptor; the hot metrics key on it)
+_STATE_NAME: dict[int, str] = {int(s): s.name for s in MessageState}
+_ENROUTE = MessageState.ENROUTE
+_ACCEPTED = MessageState.ACCEPTED
 #: Loop turns a receipt waits for its submit_sm_resp's outcome before the store is asked.
 _MEMORY_TURNS = 3
 
@@ -220,9 +229,9 @@ class Router:
         queue (and the time to a receipt) short. With no carrier bound nothing leaves:
         submits are queued at once, up to ``queue_max``, as without pacing."""
         above = self.config.intake.pace_above
-        return 0 < above <= self.queue.ready_count and any(
-            pool.bound for pool in self.pools.values()
-        )
+        if not 0 < above <= self.queue.ready_count:
+            return False
+        return any(pool.any_bound() for pool in self.pools.values())
 
     def _pace(self, message: Message, done: AcceptCallback) -> None:
         if len(self._paced) >= self.config.queue_max:
@@ -504,13 +513,14 @@ class Router:
         # batch, not one per message. A half-open breaker's single trial is still taken
         # per message by try_acquire_trial in _route.
         views = self._views(now) if queue.ready_count else {}
+        chooser = Chooser(self.table, views, self.policies)
         while queue.ready_count and sent < _DISPATCH_BATCH:
             popped = queue.pop_ready(now)
             if popped is None:
                 break
             msg = popped
             self._deferred.pop(msg.id, None)
-            carrier = self._route(msg, now, mono, views)
+            carrier = self._route(msg, now, mono, views, chooser)
             if carrier is None:
                 continue
             if carrier == "":
@@ -537,16 +547,23 @@ class Router:
         return max(0.0, min(waits)) + 0.0005
 
     def _route(
-        self, msg: Message, now: float, mono: float, views: Mapping[str, HealthView]
+        self,
+        msg: Message,
+        now: float,
+        mono: float,
+        views: Mapping[str, HealthView],
+        chooser: Chooser,
     ) -> str | None:
         """The carrier to send ``msg`` over now; "" when it must wait for capacity; None
         when it was finished here (no route). ``now`` is wall time, ``mono`` the loop's;
-        ``views`` is the carriers' health at the start of this dispatch batch."""
-        pinned = self._pinned.get(msg.concat.group) if msg.concat else None
+        ``views`` is the carriers' health at the start of this dispatch batch, ``chooser``
+        :func:`choose` over them (and this pass's table and policies)."""
+        concat = msg.concat
+        pinned = self._pinned.get(concat.group) if concat else None
+        decision = chooser.choose(msg, pinned)
+        if type(decision) is RouteDecision:  # the usual case
+            return self._take(decision, msg, pinned, now, mono)
         policy = self.policies.get(msg.account, AccountPolicy())
-        decision = choose(
-            msg, table=self.table, policy=policy, health=views, pinned=pinned, now=now
-        )
         if isinstance(decision, NoRoute) and msg.tried:
             # Every carrier of the route failed it once: go round again rather than fail
             # a message on temporary errors (max_attempts and its validity bound this).
@@ -577,15 +594,26 @@ class Router:
                 self.metrics.event("deferred")
                 return None
             return ""
-        for name in (decision.carrier, *decision.fallbacks):
-            if pinned is not None and name != pinned:
-                break
+        return self._take(decision, msg, pinned, now, mono)
+
+    def _take(
+        self, decision: RouteDecision, msg: Message, pinned: str | None, now: float, mono: float
+    ) -> str:
+        """The first carrier of ``decision`` (its choice, then its fallbacks) that can take
+        ``msg`` now — ready and let through by its breaker — or "" to wait for capacity.
+        A long message's parts stay on the carrier the first part took."""
+        name = decision.carrier
+        pool = self.pools.get(name)
+        if pool is not None and pool.ready(mono) and self.health[name].try_acquire_trial(now):
+            if msg.concat and pinned is None:
+                self._pin(msg.concat.group, name)
+            return name
+        if pinned is not None:
+            return ""  # its parts wait for their carrier
+        for name in decision.fallbacks:
             pool = self.pools.get(name)
-            if pool is not None and pool.ready(mono):
-                health = self.health[name]
-                if not health.try_acquire_trial(now):
-                    continue
-                if msg.concat and pinned is None:
+            if pool is not None and pool.ready(mono) and self.health[name].try_acquire_trial(now):
+                if msg.concat:
                     self._pin(msg.concat.group, name)
                 return name
         return ""
@@ -691,7 +719,7 @@ class Router:
         ``_receipt``: a carrier's final receipt): its metrics and its summary line.
         ``accepted`` is when the carrier accepted it (monotonic), when known."""
         metrics = self.metrics
-        key = (msg.account, report.state.name)
+        key = (msg.account, _STATE_NAME[report.state])
         metrics.final[key] = metrics.final.get(key, 0) + 1
         carrier_s: float | None = None
         if accepted is not None:
@@ -706,34 +734,11 @@ class Router:
         if not pdu.esm_class & _RECEIPT_BITS:
             self._mobile_originated(carrier, pdu)
             return CommandStatus.ESME_ROK
-        rid = pdu.tlv(Tag.RECEIPTED_MESSAGE_ID)
-        state_tlv = pdu.tlv(Tag.MESSAGE_STATE)
-        nec = pdu.tlv(Tag.NETWORK_ERROR_CODE)
-        receipt_id = rid if isinstance(rid, str) else ""
-        state: MessageState | None = None
-        if isinstance(state_tlv, int) and state_tlv in _STATES:
-            state = MessageState(state_tlv)
-        if receipt_id and state is not None:
-            # The 3.4 TLVs say what matters: read only err: from the text (cheap).
-            if isinstance(nec, bytes) and len(nec) == 3:
-                error = int.from_bytes(nec[1:], "big")
-            else:
-                m = _ERR.search(pdu.short_message)
-                error = int(m[1]) if m else 0
-        else:
-            parsed = parse_receipt(pdu.short_message) if pdu.short_message else None
-            if parsed is None and not receipt_id:
-                self.metrics.event("receipt_unreadable", carrier)
-                return CommandStatus.ESME_ROK
-            receipt_id = receipt_id or (parsed.message_id if parsed else "")
-            if not receipt_id:
-                self.metrics.event("receipt_unreadable", carrier)
-                return CommandStatus.ESME_ROK
-            if state is None:
-                state = parsed.state if parsed else MessageState.UNKNOWN
-            error = parsed.error if parsed else 0
-            if isinstance(nec, bytes) and len(nec) == 3 and not error:
-                error = int.from_bytes(nec[1:], "big")
+        read = read_receipt(pdu)
+        if read is None:
+            self.metrics.event("receipt_unreadable", carrier)
+            return CommandStatus.ESME_ROK
+        receipt_id, state, error = read
         report = DeliveryReport(
             message_id="",
             state=state,
@@ -796,11 +801,12 @@ class Router:
 
     def _receipt(self, msg: Message, report: DeliveryReport) -> None:
         report = msgspec.structs.replace(report, message_id=msg.id)
-        health = self.health.get(report.carrier)
-        final = report.state not in (MessageState.ENROUTE, MessageState.ACCEPTED)
+        state = report.state
+        final = state != _ENROUTE and state != _ACCEPTED
         if final:
+            health = self.health.get(report.carrier)
             if health is not None:
-                health.record_receipt(self.wall(), report.state == MessageState.DELIVERED)
+                health.record_receipt(self.wall(), state == _DELIVERED)
             sent = self._sent.pop(msg.id, None)
             self.store.set_final(msg.id, report)
             cfg = self._carriers.get(report.carrier)
@@ -808,7 +814,7 @@ class Router:
                 # Final: its mapping leaves memory (the store keeps it for a late duplicate);
                 # else the in-memory map grows with every message up to max_cache.
                 self.correlator.forget(report.carrier, report.carrier_message_id, cfg.receipt_id)
-            key = (report.carrier, report.state.name)
+            key = (report.carrier, _STATE_NAME[state])
             receipts = self.metrics.receipts
             receipts[key] = receipts.get(key, 0) + 1
             self._finished(msg, report, None if sent is None else sent[1])
@@ -843,6 +849,62 @@ class Router:
         )
         self.metrics.event("mo", carrier)
         self.sink.mobile_originated(account, msg)
+
+
+
+def read_receipt(pdu: DeliverSm) -> tuple[str, MessageState, int] | None:
+    """A carrier's receipt deliver_sm: (the carrier's id of the message, its state, the
+    error); None when it names no message. The 3.4 TLVs first (receipted_message_id,
+    message_state, network_error_code), the Appendix B text for what they lack."""
+    # One pass over the TLVs (the first of each tag counts, as Pdu.tlv reads them).
+    rid: bytes | None = None
+    state_raw: bytes | None = None
+    nec: bytes | None = None
+    for item in pdu.tlvs:
+        tag = item.tag
+        if tag == _RID_TAG:
+            if rid is None:
+                rid = item.value
+        elif tag == _STATE_TAG:
+            if state_raw is None:
+                state_raw = item.value
+        elif tag == _NEC_TAG and nec is None:
+            nec = item.value
+    # receipted_message_id is a C-octet string (lenient: the NULL may be missing).
+    receipt_id = "" if rid is None else rid.split(b"\0", 1)[0].decode("latin-1")
+    state: MessageState | None = (
+        None if state_raw is None else _STATE_BY_INT.get(int.from_bytes(state_raw, "big"))
+    )
+    if receipt_id and state is not None:
+        # The 3.4 TLVs say what matters: read only err: from the text (cheap).
+        if nec is not None and len(nec) == 3:
+            error = int.from_bytes(nec[1:], "big")
+        else:
+            error = _text_error(pdu.short_message)
+    else:
+        parsed = parse_receipt(pdu.short_message) if pdu.short_message else None
+        if parsed is None and not receipt_id:
+            return None
+        receipt_id = receipt_id or (parsed.message_id if parsed else "")
+        if not receipt_id:
+            return None
+        if state is None:
+            state = parsed.state if parsed else MessageState.UNKNOWN
+        error = parsed.error if parsed else 0
+        if nec is not None and len(nec) == 3 and not error:
+            error = int.from_bytes(nec[1:], "big")
+    return receipt_id, state, error
+
+
+def _text_error(text: bytes) -> int:
+    """The ``err:`` code of a receipt's text, 0 without one (what ``_ERR.search`` finds)."""
+    # Every match starts at an "err:" in some case: search from the first one only (``\b``
+    # still sees the octet before it), not over the id, dates and state before it.
+    start = text.lower().find(b"err:")
+    if start < 0:
+        return 0
+    m = _ERR.search(text, start)
+    return int(m[1]) if m else 0
 
 
 def _summary(msg: Message, report: DeliveryReport, carrier_s: float | None) -> None:

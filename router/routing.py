@@ -43,6 +43,7 @@ from router.model import Message, NoRoute, RouteDecision
 __all__ = [
     "AccountPolicy",
     "CandidateView",
+    "Chooser",
     "Explanation",
     "RouteMatch",
     "RouteTable",
@@ -234,6 +235,49 @@ def choose(
     if match is None:
         return NoRoute(_no_match(message.destination.addr))
     return _decide(match, policy, health, message.tried, pinned)
+
+
+_MemoKey = tuple[int, str, tuple[str, ...], str | None]
+
+
+class Chooser:
+    """:func:`choose` for many messages against one fixed route table, one fixed set of
+    health views and fixed account policies (one dispatch pass): the decision for a route,
+    an account, the carriers tried and the pinned carrier is taken once and reused — it
+    depends on nothing else. Bounded by the messages of the pass (make a new one per pass).
+    """
+
+    __slots__ = ("_health", "_memo", "_policies", "_table")
+
+    def __init__(
+        self,
+        table: RouteTable,
+        health: Mapping[str, HealthView],
+        policies: Mapping[str, AccountPolicy],
+    ) -> None:
+        self._table = table
+        self._health = health
+        self._policies = policies
+        # keyed by id(match): the table (and so every match) outlives this object
+        self._memo: dict[_MemoKey, RouteDecision | NoRoute] = {}
+
+    def choose(self, message: Message, pinned: str | None) -> RouteDecision | NoRoute:
+        """What ``choose(message, table=, policy=policies.get(account, AccountPolicy()),
+        health=, pinned=)`` returns."""
+        account = message.account
+        match = self._table.lookup(message.destination.addr, account)
+        if match is None:
+            return NoRoute(_no_match(message.destination.addr))
+        tried = message.tried
+        key = (id(match), account, tried, pinned)
+        decision = self._memo.get(key)
+        if decision is None:
+            policy = self._policies.get(account, _NO_POLICY)
+            decision = self._memo[key] = _decide(match, policy, self._health, tried, pinned)
+        return decision
+
+
+_NO_POLICY = AccountPolicy()
 
 
 # -- explaining --------------------------------------------------------------------------------

@@ -95,6 +95,8 @@ _MAX_RELATIVE_SECONDS: Final = 99 * 86_400 + 23 * 3600 + 59 * 60 + 59
 _THROTTLED: Final = int(CommandStatus.ESME_RTHROTTLED)
 _SUBMIT_SM: Final = int(CommandId.SUBMIT_SM)
 _DELIVER_SM: Final = int(CommandId.DELIVER_SM)
+_MESSAGE_PAYLOAD: Final = int(Tag.MESSAGE_PAYLOAD)
+_ROK: Final = int(CommandStatus.ESME_ROK)
 
 
 def relative_validity(seconds: float) -> str:
@@ -127,10 +129,12 @@ def submit_pdu(message: Message, *, wall_now: float | None = None) -> SubmitSm:
     validity = ""
     if message.expires_at is not None and wall_now is not None:
         validity = relative_validity(message.expires_at - wall_now)
-    tlvs = tuple(t for t in message.tlvs if t.tag != Tag.MESSAGE_PAYLOAD)
+    tlvs = message.tlvs
+    if tlvs:
+        tlvs = tuple(t for t in tlvs if t.tag != _MESSAGE_PAYLOAD)
     short_message = message.short_message
     if message.payload_tlv or len(short_message) > MAX_SHORT_MESSAGE:
-        tlvs = (*tlvs, Tlv(Tag.MESSAGE_PAYLOAD, short_message))
+        tlvs = (*tlvs, Tlv(_MESSAGE_PAYLOAD, short_message))
         short_message = b""
     receipts = (message.registered_delivery & ~_RECEIPT_BITS & 0xFF) | _FINAL_RECEIPT
     return SubmitSm(
@@ -234,6 +238,10 @@ class CarrierPool:
         self._idle = asyncio.Event()
         self._idle.set()
         self._reported = 0
+        #: (now, link) of the last :meth:`ready` that found a bind: :meth:`send` at the same
+        #: ``now`` reuses it rather than pick again. Cleared by every send, settle and bind
+        #: state change (anything that can change which bind is least loaded).
+        self._readied: tuple[float, _Link] | None = None
         #: Successful binds so far (every link, every reconnect).
         self.binds_made = 0
         #: Connects or binds that failed so far (refusals included).
@@ -293,6 +301,14 @@ class CarrierPool:
         """Submit-capable binds up (and not suspect)."""
         return sum(1 for lk in self._links if lk.submit_ready)
 
+    def any_bound(self) -> bool:
+        """``bound > 0``, stopping at the first one (asked for every paced submit)."""
+        for lk in self._links:
+            conn = lk.conn
+            if conn is not None and not lk.suspect and conn.session.can_submit:
+                return True
+        return False
+
     @property
     def receivers(self) -> int:
         """Binds up that can receive deliver_sm."""
@@ -319,7 +335,11 @@ class CarrierPool:
 
     def ready(self, now: float) -> bool:
         """May :meth:`send` go now: a bind with a free slot, a rate token, no pause."""
-        return self._ready_link(now) is not None
+        link = self._ready_link(now)
+        if link is None:
+            return False
+        self._readied = (now, link)
+        return True
 
     def _ready_link(self, now: float) -> _Link | None:
         """The bind :meth:`send` would use now, or None when it may not send."""
@@ -345,13 +365,17 @@ class CarrierPool:
         best: _Link | None = None
         best_load = self.config.window
         for lk in self._links:
-            if lk.submit_ready and lk.conn is not None:
-                load = lk.conn.session.in_flight
-                if load < best_load:
-                    best, best_load = lk, load
+            conn = lk.conn  # lk.submit_ready, inlined
+            if conn is not None and not lk.suspect:
+                session = conn.session
+                if session.can_submit:
+                    load = session.in_flight
+                    if load < best_load:
+                        best, best_load = lk, load
         return best
 
     def _state_changed(self) -> None:
+        self._readied = None
         count = self.bound
         if count != self._reported:
             self._reported = count
@@ -367,7 +391,21 @@ class CarrierPool:
         """Submit ``message`` on the least-loaded bind; ``done`` is called once with its
         outcome (never an exception) — at once with ``Failed("not ready")`` when no bind
         can take it."""
-        link = self._ready_link(now)  # one pick per message, not two
+        readied = self._readied
+        self._readied = None
+        link: _Link | None
+        if (
+            readied is not None
+            and readied[0] == now
+            and not self._stopping
+            and now >= self._paused_until
+            and readied[1].submit_ready
+        ):
+            # ready(now) just picked it and nothing sent, settled or changed binds since:
+            # the same bind a new pick would find, without walking every bind again.
+            link = readied[1]
+        else:
+            link = self._ready_link(now)
         if link is None or link.conn is None:
             done(Failed(self.name, "not ready"))
             return
@@ -376,7 +414,7 @@ class CarrierPool:
             pdu = submit_pdu(
                 message, wall_now=self._wall_clock() if message.expires_at is not None else None
             )
-            payload = find_tlv(pdu.tlvs, Tag.MESSAGE_PAYLOAD)
+            payload = find_tlv(pdu.tlvs, _MESSAGE_PAYLOAD) if pdu.tlvs else None
             if payload is not None and conn.session.peer_interface_version < SMPP_VERSION_34:
                 # A 3.3 carrier takes no TLVs (the session strips them): up to 254 octets
                 # go in short_message; more cannot travel to this carrier at all.
@@ -408,27 +446,30 @@ class CarrierPool:
         done: OutcomeCallback,
         result: Pdu | SmppError,
     ) -> None:
+        self._readied = None
         self._pending -= 1
         if self._pending == 0:
             self._idle.set()
         outcome: SubmitOutcome
-        if isinstance(result, ConnectionClosed):
-            outcome = Failed(self.name, "connection lost")
-            self._failed("connection_lost")
-        elif isinstance(result, RequestTimeout):
-            outcome = Failed(self.name, "timeout")
-            self._failed("timeout")
-            self._suspect(link, conn)
-        elif isinstance(result, SmppError):
-            log.error("carrier %s: submit failed: %r", self.name, result)
-            outcome = Failed(self.name, f"error: {type(result).__name__}")
-            self._failed("error")
+        if isinstance(result, SmppError):  # no answer came
+            if isinstance(result, ConnectionClosed):
+                outcome = Failed(self.name, "connection lost")
+                self._failed("connection_lost")
+            elif isinstance(result, RequestTimeout):
+                outcome = Failed(self.name, "timeout")
+                self._failed("timeout")
+                self._suspect(link, conn)
+            else:
+                log.error("carrier %s: submit failed: %r", self.name, result)
+                outcome = Failed(self.name, f"error: {type(result).__name__}")
+                self._failed("error")
         else:
             resp = result
             status = resp.command_status
             key = (_SUBMIT_SM, status)
-            self.pdus[key] = self.pdus.get(key, 0) + 1
-            if status == CommandStatus.ESME_ROK and isinstance(resp, SubmitSmResp):
+            pdus = self.pdus
+            pdus[key] = pdus.get(key, 0) + 1
+            if status == _ROK and isinstance(resp, SubmitSmResp):
                 outcome = Accepted(self.name, resp.message_id)
             else:
                 if status == CommandStatus.ESME_ROK:  # a generic_nack saying "OK": nonsense

@@ -387,8 +387,11 @@ class EsmeHandler(aio.Handler):
         priority = getattr(pdu, "priority_flag", 0)
         if priority > 3:
             raise RemoteProtocolError("priority_flag over 3", status=_S.ESME_RINVPRTFLG)
-        concat = self._concat(state, pdu, dest, short_message)
         tlvs = pdu.tlvs
+        # Neither UDHI nor TLVs (the usual single message): _concat would find no part.
+        concat = (
+            self._concat(state, pdu, dest, short_message) if tlvs or pdu.esm_class & _UDHI else None
+        )
         passthrough = tuple(t for t in tlvs if t.tag != Tag.MESSAGE_PAYLOAD) if tlvs else ()
         return Message(
             id=msg_id,

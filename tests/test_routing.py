@@ -463,3 +463,50 @@ def test_explain_an_account_override_and_a_pinned_group() -> None:
         "4412", "acme", table=TABLE, policy=ANY, health=views("cheapuk"), now=0, pinned="uk"
     )
     assert expl.reason == "pinned carrier uk unavailable"
+
+
+# -- Chooser: choose() memoised for one dispatch pass -------------------------------------------
+
+
+def test_chooser_decides_exactly_as_choose_for_every_input() -> None:
+    """The per-pass memo (route, account, tried, pinned) never changes a decision: every
+    message of a pass, asked in any order and twice, gets what choose() says, with account
+    policies, tried carriers, pinned groups, an open breaker and a paused (unavailable)
+    carrier in the views."""
+    from router.routing import Chooser
+
+    health = CarrierHealth("uk", HealthConfig(breaker_failures=1, breaker_open=30.0), 0.0)
+    health.set_binds(1)
+    health.record_submit(1.0, 0.1, "failed")  # breaker opens
+    now = 2.0
+    pass_views = views(
+        "world",
+        "ukmobile",
+        "vodaish",
+        "cheapuk",
+        "fr",
+        uk=health.view(now),
+        frmob=HealthView(carrier="frmob", available=False, reasons=("paused by the operator",)),
+    )
+    policies = {
+        "beta": AccountPolicy(allowed_carriers=frozenset({"uk", "world"})),
+        "gamma": AccountPolicy(max_price=Decimal("0.0200")),
+    }
+    messages = [
+        msg(dest, account, tried)
+        for dest in ("447700900001", "447712345678", "441234567", "33612345", "3312", "+4477", "x1")
+        for account in ("acme", "beta", "gamma", "zed")
+        for tried in ((), ("ukmobile",), ("cheapuk", "world"))
+    ]
+    chooser = Chooser(TABLE, pass_views, policies)
+    for m in messages + messages[::-1]:
+        for pinned in (None, "uk", "world", "cheapuk"):
+            expected = choose(
+                m,
+                table=TABLE,
+                policy=policies.get(m.account, ANY),
+                health=pass_views,
+                pinned=pinned,
+                now=now,
+            )
+            assert chooser.choose(m, pinned) == expected, (m.destination.addr, m.account, pinned)

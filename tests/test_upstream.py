@@ -505,3 +505,50 @@ def test_deliver_status_comes_from_on_deliver(run: Run) -> None:
             await pool.stop(timeout=DEADLINE)
 
     run(main())
+
+
+def test_send_after_ready_goes_where_a_fresh_pick_would(run: Run) -> None:
+    """ready(t) remembers the bind it found so send(t) need not pick again: the submit
+    still lands on the least-loaded submit-capable bind, and a bind that stopped being
+    usable in between (suspect) is not used."""
+
+    async def main() -> None:
+        async with running_carrier() as carrier:
+            watch = Watch()
+            pool = await bound_pool(carrier, watch, binds=3)
+            links = pool._links
+            t = now()
+            futures = []
+
+            def loads() -> list[int]:
+                return [lk.conn.session.in_flight if lk.conn else -1 for lk in links]
+
+            for i in range(7):
+                expected = pool._pick()
+                assert expected is not None
+                assert pool.ready(t)
+                before = loads()
+                futures.append(send(pool, message(i), t))
+                after = loads()
+                assert [b - a for a, b in zip(before, after, strict=True)] == [
+                    1 if lk is expected else 0 for lk in links
+                ]
+            readied = pool._pick()
+            assert readied is not None
+            assert pool.ready(t)
+            readied.suspect = True  # no longer submit-capable: send must look again
+            other = pool._pick()
+            assert other is not None
+            assert other is not readied
+            before = loads()
+            futures.append(send(pool, message(99), t))
+            after = loads()
+            assert [b - a for a, b in zip(before, after, strict=True)] == [
+                1 if lk is other else 0 for lk in links
+            ]
+            readied.suspect = False
+            results = [await outcome(f) for f in futures]
+            assert all(isinstance(r, Accepted) for r in results), results
+            await pool.stop(timeout=DEADLINE)
+
+    run(main())
