@@ -56,6 +56,10 @@ class CarrierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     burst: Annotated[int, Meta(ge=1)] | None = None
     response_timeout: Seconds = 10.0
     enquire_link_interval: Seconds = 30.0
+    coalesce: Annotated[float, Meta(ge=0, le=0.1)] = 0.002
+    """Seconds a submit may wait to share one write with those that follow (fewer, fuller
+    writes and reads on both sides at moderate rates); 0: written at the end of the loop
+    turn."""
     throttle_pause: Seconds = 1.0
     """How long to hold back after the carrier answers ESME_RTHROTTLED."""
     reconnect: Reconnect = Reconnect()

@@ -221,6 +221,7 @@ class CarrierPool:
             enquire_link_interval=config.enquire_link_interval,
             inactivity_timeout=None,  # our enquire_link finds dead links
             session_init_timeout=None,  # we bind at once; the bind response is bounded
+            coalesce=config.coalesce,
         )
         #: TLS toward the carrier (a bad file raises TlsError: the CLI checks them first).
         self._ssl = client_context(config.tls) if config.tls is not None else None

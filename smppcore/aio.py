@@ -120,6 +120,7 @@ class Connection(asyncio.Protocol):
         self._timer_at = 0.0
         self._in_receive = False
         self._flush_scheduled = False
+        self._flush_timer: asyncio.TimerHandle | None = None  # requests coalescing
         self._reading_paused = False
         self._stalled = False
         #: MC role: the peer does not read what we write; stop reading it too.
@@ -193,6 +194,9 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if self._close_deadline is not None:
             self._close_deadline.cancel()
         self._dispatch(self.session.connection_lost())
@@ -244,9 +248,7 @@ class Connection(asyncio.Protocol):
             self._waiters[sent.sequence_number] = callback
             cfg = self.config
             self._arm(now + min(cfg.response_timeout, cfg.slot_timeout))
-        if not self._flush_scheduled and not self._in_receive:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._schedule_request_flush()
         if self._reading_paused:  # awaiting an answer now: reading may resume
             self._update_reading()
         return sent.sequence_number
@@ -268,9 +270,7 @@ class Connection(asyncio.Protocol):
         self._waiters[seq] = callback
         cfg = self.config
         self._arm(now + min(cfg.response_timeout, cfg.slot_timeout))
-        if not self._flush_scheduled and not self._in_receive:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._schedule_request_flush()
         if self._reading_paused:
             self._update_reading()
         return seq
@@ -457,8 +457,23 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = True
         self._loop.call_soon(self._flush)
 
+    def _schedule_request_flush(self) -> None:
+        """A request was queued: written at the end of this loop turn, or after
+        ``config.coalesce`` together with those that follow (answers never wait)."""
+        if self._flush_scheduled or self._in_receive or self._flush_timer is not None:
+            return
+        delay = self.config.coalesce
+        if delay > 0:
+            self._flush_timer = self._loop.call_later(delay, self._flush)
+        else:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if self._stalled:
             return
         data = self.session.data_to_send()

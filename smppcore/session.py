@@ -222,6 +222,10 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inactivity_timeout: PositiveFloat | None = 120.0
     session_init_timeout: PositiveFloat | None = 30.0
     max_pdu_length: Annotated[int, Meta(ge=64, le=16 * 1024 * 1024)] = DEFAULT_MAX_PDU_LENGTH
+    coalesce: Annotated[float, Meta(ge=0, le=0.1)] = 0.0
+    """Seconds our requests (not our answers) may wait to share one write with those that
+    follow: fewer, fuller writes and reads on both sides at moderate rates, for that much
+    latency. 0: written at the end of the loop turn."""
 
 
 class WindowFull(LocalProtocolError):
@@ -277,6 +281,7 @@ class Session:
         self.can_submit = state in _TX
         #: May deliver_sm flow MC → ESME now?
         self.can_deliver = state in _RX
+        self._unbound = state in _UNBOUND
         self._may_send = _TABLE_BY_STATE[(self.role, state, Direction.SEND)]
         self._may_receive = _TABLE_BY_STATE[(self.role, state, Direction.RECEIVE)]
 
@@ -649,25 +654,34 @@ class Session:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next, or None when nothing is pending."""
-        if self.state is State.CLOSED:
+        if self.closed:
             return None
+        # Asked after every read: the earliest deadline without building a list.
         cfg = self.config
-        deadlines: list[float] = []
+        best: float | None = None
         if self._in_flight:
-            deadlines.append(self._in_flight[next(iter(self._in_flight))][1])
+            best = self._in_flight[next(iter(self._in_flight))][1]
         if self._waiting:
-            deadlines.append(self._waiting[0][1])
-        if self.state in _UNBOUND and cfg.session_init_timeout is not None:
-            deadlines.append(self._created + cfg.session_init_timeout)
+            at = self._waiting[0][1]
+            if best is None or at < best:
+                best = at
+        if self._unbound and cfg.session_init_timeout is not None:
+            at = self._created + cfg.session_init_timeout
+            if best is None or at < best:
+                best = at
         if cfg.inactivity_timeout is not None:
-            deadlines.append(self._last_received + cfg.inactivity_timeout)
+            at = self._last_received + cfg.inactivity_timeout
+            if best is None or at < best:
+                best = at
         if (
             cfg.enquire_link_interval is not None
-            and self.state in _BOUND
+            and self.is_bound
             and not self._enquire_outstanding
         ):
-            deadlines.append(self._last_received + cfg.enquire_link_interval)
-        return min(deadlines) if deadlines else None
+            at = self._last_received + cfg.enquire_link_interval
+            if best is None or at < best:
+                best = at
+        return best
 
     def handle_timer(self, now: float) -> list[Event]:
         """Run every timer due at ``now``; returns what happened."""

@@ -168,7 +168,7 @@ class SmscConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listen_tls: TlsListener | None = None
     """An SMPP-over-TLS listener next to ``listen``; null: none."""
     security: SecurityConfig = SecurityConfig()
-    session: SessionConfig = SessionConfig(window=100, inbound_window=100)
+    session: SessionConfig = SessionConfig(window=100, inbound_window=100, coalesce=0.002)
     accounts: tuple[SmscAccount, ...] = (SmscAccount(system_id="test", password="test"),)
     router: RouterConfig = RouterConfig()
     simulated_carriers: tuple[SimulatedCarrier, ...] = ()

@@ -286,6 +286,37 @@ def test_requests_sent_in_one_tick_share_one_write(run: Run) -> None:
     run(main())
 
 
+def test_with_coalesce_requests_of_several_turns_share_one_write_and_answers_do_not_wait(
+    run: Run,
+) -> None:
+    """SessionConfig.coalesce: requests queued over several loop turns go out together
+    once it has passed; an answer given meanwhile goes out at once, taking them along."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        conn, t = await bound_esme(quiet(window=50, coalesce=0.05))
+        started = loop.time()
+        first = [conn.send_request(submit()) for _ in range(3)]
+        await asyncio.sleep(0)  # later loop turns, not a wait for anything
+        await asyncio.sleep(0)
+        second = [conn.send_request(submit()) for _ in range(2)]
+        sent = await t.next_write()
+        assert len(sent) == 5
+        assert loop.time() - started >= 0.045  # uvloop's timers have 1 ms resolution
+        conn.data_received(wire(*(ok(p) for p in sent)))
+        for f in first + second:
+            await wait_done(f)
+        # An answer does not wait: it goes out now, with a request queued before it.
+        queued = conn.send_request(submit())
+        conn.data_received(wire(EnquireLink(sequence_number=77)))
+        both = await t.next_write()
+        assert [type(p) for p in both] == [SubmitSm, EnquireLinkResp]
+        conn.data_received(wire(ok(both[0])))
+        await wait_done(queued)
+
+    run(main())
+
+
 def test_a_large_read_is_handled_a_slice_per_loop_turn_with_reading_paused(run: Run) -> None:
     """A read of thousands of PDUs must not hold the loop: READ_BUDGET octets are handled
     now, the rest on later turns (reading paused meanwhile); every PDU is answered, in
