@@ -57,7 +57,8 @@ from smppcore.aio import (
     RequestTimeout,
     connect,
 )
-from smppcore.constants import SMPP_VERSION_34, TEMPORARY_STATUSES, CommandId, CommandStatus
+from smppcore.codec import encode
+from smppcore.constants import TEMPORARY_STATUSES, CommandId, CommandStatus
 from smppcore.errors import LocalProtocolError, SmppError
 from smppcore.pdu import (
     BindReceiver,
@@ -73,7 +74,7 @@ from smppcore.session import SessionConfig, WindowFull
 from smppcore.smpptime import RelativeTime, format_relative
 from smppcore.throttle import TokenBucket
 from smppcore.tls import client_context
-from smppcore.tlv import Tag, Tlv, find_tlv
+from smppcore.tlv import Tag, Tlv, encode_tlvs, find_tlv
 
 _DELIVER_SM_RESP = int(CommandId.DELIVER_SM_RESP)
 
@@ -154,6 +155,60 @@ def submit_pdu(message: Message, *, wall_now: float | None = None) -> SubmitSm:
         short_message=short_message,
         tlvs=tlvs,
     )
+
+
+_CHR: Final = tuple(chr(i) for i in range(256))
+
+
+def submit_body(message: Message, *, wall_now: float | None = None) -> bytes:
+    """``encode(submit_pdu(message, wall_now=...))`` without the header, written directly
+    (the hot path: a session sends it as an encoded request). Fields that do not fit a
+    submit_sm go through the codec, which says what is wrong."""
+    source, destination = message.source, message.destination
+    service_type = message.service_type
+    short_message = message.short_message
+    octets = (
+        source.ton,
+        source.npi,
+        destination.ton,
+        destination.npi,
+        message.protocol_id,
+        message.priority,
+        message.data_coding,
+    )
+    if (
+        len(source.addr) > 20
+        or len(destination.addr) > 20
+        or len(service_type) > 5
+        or message.payload_tlv
+        or len(short_message) > MAX_SHORT_MESSAGE
+        or min(octets) < 0
+        or max(octets) > 255
+        or "\0" in source.addr
+        or "\0" in destination.addr
+        or "\0" in service_type
+    ):
+        return encode(submit_pdu(message, wall_now=wall_now))[16:]
+    validity = ""
+    if message.expires_at is not None and wall_now is not None:
+        validity = relative_validity(message.expires_at - wall_now)
+    c = _CHR
+    receipts = (message.registered_delivery & ~_RECEIPT_BITS & 0xFF) | _FINAL_RECEIPT
+    head = (
+        f"{service_type}\0{c[source.ton]}{c[source.npi]}{source.addr}\0"
+        f"{c[destination.ton]}{c[destination.npi]}{destination.addr}\0"
+        f"{c[message.esm_class & ~_MODE_BITS & 0xFF]}{c[message.protocol_id]}"
+        f"{c[message.priority]}\0{validity}\0{c[receipts]}\0{c[message.data_coding]}\0"
+        f"{c[len(short_message)]}"
+    )
+    try:
+        body = head.encode("latin-1") + short_message
+    except UnicodeEncodeError:  # an address beyond Latin-1: the codec refuses it
+        return encode(submit_pdu(message, wall_now=wall_now))[16:]
+    tlvs = message.tlvs
+    if tlvs:
+        body += encode_tlvs(tuple(t for t in tlvs if t.tag != _MESSAGE_PAYLOAD))
+    return body
 
 
 class _Link(Handler):
@@ -412,18 +467,22 @@ class CarrierPool:
             return
         conn = link.conn
         try:
-            pdu = submit_pdu(
-                message, wall_now=self._wall_clock() if message.expires_at is not None else None
-            )
-            payload = find_tlv(pdu.tlvs, _MESSAGE_PAYLOAD) if pdu.tlvs else None
-            if payload is not None and conn.session.peer_interface_version < SMPP_VERSION_34:
-                # A 3.3 carrier takes no TLVs (the session strips them): up to 254 octets
-                # go in short_message; more cannot travel to this carrier at all.
-                if len(payload.value) > MAX_SHORT_MESSAGE:
-                    done(Rejected(self.name, CommandStatus.ESME_RINVMSGLEN, retryable=False))
-                    return
-                pdu = _in_short_message(pdu, payload)
-            conn.send_request_callback(pdu, partial(self._settle, link, conn, done))
+            wall_now = self._wall_clock() if message.expires_at is not None else None
+            settle = partial(self._settle, link, conn, done)
+            if conn.session.takes_tlvs:  # the usual case: the body written directly
+                body = submit_body(message, wall_now=wall_now)
+                conn.send_request_encoded_callback(_SUBMIT_SM, body, settle)
+            else:
+                pdu = submit_pdu(message, wall_now=wall_now)
+                payload = find_tlv(pdu.tlvs, _MESSAGE_PAYLOAD) if pdu.tlvs else None
+                if payload is not None:
+                    # A 3.3 carrier takes no TLVs (the session strips them): up to 254
+                    # octets go in short_message; more cannot travel to this carrier.
+                    if len(payload.value) > MAX_SHORT_MESSAGE:
+                        done(Rejected(self.name, CommandStatus.ESME_RINVMSGLEN, retryable=False))
+                        return
+                    pdu = _in_short_message(pdu, payload)
+                conn.send_request_callback(pdu, settle)
         except ConnectionClosed:
             done(Failed(self.name, "connection lost"))
             return

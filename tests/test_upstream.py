@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -23,14 +24,24 @@ from carrier_fixtures import (
     profile,
     running_carrier,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.config import CarrierConfig, Reconnect
 from router.model import Accepted, Address, Failed, Message, Rejected, SubmitOutcome
-from router.upstream import CarrierPool, backoff_delay, relative_validity, submit_pdu
+from router.upstream import (
+    CarrierPool,
+    backoff_delay,
+    relative_validity,
+    submit_body,
+    submit_pdu,
+)
 from simulator.carrier import Carrier
 from smppcore.aio import BindError, connect
+from smppcore.codec import encode
 from smppcore.config import load_config
 from smppcore.constants import CommandStatus, EsmClass
+from smppcore.errors import LocalProtocolError
 from smppcore.pdu import BindTransceiver, DeliverSm
 from smppcore.smpptime import parse_validity_period
 from smppcore.tlv import Tag, Tlv, tlv
@@ -190,6 +201,78 @@ def test_submit_pdu_uses_message_payload_when_long_or_asked() -> None:
     asked = submit_pdu(message(payload_tlv=True))
     assert asked.short_message == b""
     assert asked.tlvs == (Tlv(Tag.MESSAGE_PAYLOAD, b"hello"),)
+
+
+_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x17F), max_size=23)
+_OCTET = st.integers(-1, 256)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    source=st.builds(Address, _OCTET, _OCTET, _TEXT),
+    destination=st.builds(Address, _OCTET, _OCTET, _TEXT),
+    service_type=st.text(st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=7),
+    short_message=st.binary(max_size=300),
+    payload_tlv=st.booleans(),
+    esm_class=st.integers(0, 255),
+    protocol_id=_OCTET,
+    priority=st.integers(0, 3),
+    registered_delivery=st.integers(0, 255),
+    data_coding=_OCTET,
+    tlvs=st.lists(
+        st.sampled_from(
+            [
+                tlv(Tag.SAR_MSG_REF_NUM, 7),
+                tlv(Tag.USER_MESSAGE_REFERENCE, 300),
+                Tlv(Tag.MESSAGE_PAYLOAD, b"stale"),
+                Tlv(0x1400, b"vendor"),
+                Tlv(Tag.SAR_TOTAL_SEGMENTS, b"\x01\x02"),  # a bad length: refused
+            ]
+        ),
+        max_size=3,
+    ),
+    expires_in=st.none() | st.floats(-10, 10**9),
+)
+def test_submit_body_is_the_codecs_submit_sm(
+    source: Address,
+    destination: Address,
+    service_type: str,
+    short_message: bytes,
+    payload_tlv: bool,
+    esm_class: int,
+    protocol_id: int,
+    priority: int,
+    registered_delivery: int,
+    data_coding: int,
+    tlvs: list[Tlv],
+    expires_in: float | None,
+) -> None:
+    """The hot path writes the submit_sm body itself: the same octets as encoding
+    submit_pdu's struct, and a refusal wherever the codec refuses."""
+    now = 1_000_000.0
+    msg = Message(
+        id="m1",
+        account="acct",
+        source=source,
+        destination=destination,
+        service_type=service_type,
+        short_message=short_message,
+        payload_tlv=payload_tlv,
+        esm_class=esm_class,
+        protocol_id=protocol_id,
+        priority=priority,
+        registered_delivery=registered_delivery,
+        data_coding=data_coding,
+        tlvs=tuple(tlvs),
+        expires_at=None if expires_in is None else now + expires_in,
+    )
+    try:
+        expected = encode(submit_pdu(msg, wall_now=now))[16:]
+    except (LocalProtocolError, struct.error, OverflowError) as err:
+        with pytest.raises(type(err)):
+            submit_body(msg, wall_now=now)
+        return
+    assert submit_body(msg, wall_now=now) == expected
 
 
 def test_relative_validity() -> None:
