@@ -142,11 +142,13 @@ class Router:
         #: loop time they arrived. Bounded by the clients' windows (each waits unanswered).
         self._paced: deque[tuple[Message, AcceptCallback, float]] = deque()
         self._pace_timer: asyncio.TimerHandle | None = None
-        self._wake = asyncio.Event()
+        #: The dispatcher runs as loop callbacks, not a task: a pass is scheduled when
+        #: something may be sendable (_wake_up), or by a timer when only time is missing.
+        self._pass_due = False
+        self._pass_timer: asyncio.TimerHandle | None = None
         self._binds_changed = asyncio.Event()
         #: Messages in the schedule only because their carriers were unavailable.
         self._deferred: dict[str, Message] = {}
-        self._task: asyncio.Task[None] | None = None
         #: Carriers taken out of routing by the operator (pause, drain); drained ones
         #: also have their binds stopped.
         self.paused: set[str] = set()
@@ -169,7 +171,7 @@ class Router:
             await pool.start()
         await self._recover()
         self._running = True
-        self._task = asyncio.create_task(self._dispatch_loop(), name="router-dispatch")
+        self._wake_up()
 
     async def _recover(self) -> None:
         """After a restart: re-queue what was accepted but never sent; wait for the
@@ -186,13 +188,9 @@ class Router:
         """Stop dispatching, let in-flight submits finish (bounded), unbind carriers."""
         self._running = False
         self._release_paced()  # queued (and stored) now: nothing accepted is dropped
-        self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        if self._pass_timer is not None:
+            self._pass_timer.cancel()
+            self._pass_timer = None
         await asyncio.gather(
             *(pool.stop(timeout) for pool in self.pools.values()), return_exceptions=True
         )
@@ -241,7 +239,7 @@ class Router:
         self._paced.append((message, done, loop.time()))
         self.metrics.event("paced")
         if not self._crowded():  # waiting only behind earlier ones: the dispatcher frees them
-            self._wake.set()
+            self._wake_up()
         if self._pace_timer is None:
             self._pace_timer = loop.call_at(
                 loop.time() + self.config.intake.max_wait, self._release_paced
@@ -404,7 +402,7 @@ class Router:
         self.health[config.name] = CarrierHealth(config.name, self.config.health, self.wall())
         self.pools[config.name] = pool = self._pool(config)
         await pool.start()
-        self._wake.set()
+        self._wake_up()
 
     async def remove_carrier(self, name: str, timeout: float) -> None:
         """Take ``name`` out of routing at once, wait (at most ``timeout``) for its submits
@@ -454,18 +452,22 @@ class Router:
         deferred, self._deferred = self._deferred, {}
         for msg in deferred.values():
             self.queue.replace(msgspec.structs.replace(msg, schedule_at=None))
-        self._wake.set()
+        self._wake_up()
 
     # --- dispatching --------------------------------------------------------------------
 
     def _wake_up(self) -> None:
-        self._wake.set()
+        """Something may be sendable: a dispatcher pass runs at the end of this loop turn
+        (once, however many wake-ups came)."""
+        if not self._pass_due and self._running:
+            self._pass_due = True
+            asyncio.get_running_loop().call_soon(self._pass)
 
     def _on_state(self, carrier: str, bound: int) -> None:
         health = self.health.get(carrier)
         if health is not None:
             health.set_binds(bound)
-        self._wake.set()
+        self._wake_up()
         self._binds_changed.set()
         if bound > 0 and self._deferred:
             # A bind came up: the messages waiting for one are due now.
@@ -473,22 +475,33 @@ class Router:
             for msg in deferred.values():
                 self.queue.replace(msgspec.structs.replace(msg, schedule_at=None))
 
-    async def _dispatch_loop(self) -> None:
-        while self._running:
+    def _pass(self) -> None:
+        """One dispatcher pass; then another at once, after a delay, or on the next wake-up.
+
+        Wake-ups during the pass (a message put back because it must wait for capacity)
+        are this pass's own: they are ignored, or the dispatcher would spin. A callback,
+        not a task awaiting an event: at moderate rates a pass runs per message, and waking
+        a task through an event costs ~3 us on uvloop against ~0.5 us for call_soon."""
+        if self._pass_timer is not None:
+            self._pass_timer.cancel()
+            self._pass_timer = None
+        if not self._running:
+            self._pass_due = False
+            return
+        self._pass_due = True
+        delay: float | None
+        try:
             delay = self._dispatch_some()
-            # Cleared after the pass, not before: the pass sets the event itself when it
-            # puts back a message that must wait for capacity (requeue wakes), and a wait
-            # on a set event does not yield — the loop would spin and starve everything.
-            # Nothing else can set it during the pass (it runs without awaiting).
-            self._wake.clear()
-            if delay is None:
-                await self._wake.wait()
-            else:
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+        except Exception:  # a bug: log it, and try again shortly rather than stop for good
+            log.exception("dispatcher pass failed")
+            delay = 0.5
+        self._pass_due = False
+        if delay is None or not self._running:
+            return
+        if delay <= 0:
+            self._wake_up()
+        else:
+            self._pass_timer = asyncio.get_running_loop().call_later(delay, self._pass)
 
     def _dispatch_some(self) -> float | None:
         """Send what can go now; the seconds until something may change, or None.
@@ -648,7 +661,7 @@ class Router:
 
     def _outcome(self, msg: Message, started: float, outcome: SubmitOutcome) -> None:
         self._in_flight -= 1
-        self._wake.set()
+        self._wake_up()
         now = self.wall()
         answered = time.monotonic()
         latency = answered - started
