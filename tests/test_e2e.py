@@ -24,12 +24,14 @@ from smsc_fixtures import (
     LOOP_FACTORIES,
     OTHER_ID,
     OTHER_PASSWORD,
+    PASSWORD,
     SYSTEM_ID,
     accounts,
     app_config,
     assert_one_final_receipt_each,
     bind_client,
     final_receipts,
+    open_client,
     prices,
     profile,
     receipt_id,
@@ -43,6 +45,7 @@ from simulator.carrier import Carrier
 from smppcore.aio import BindError
 from smppcore.constants import CommandId, CommandStatus, EsmClass, MessageState
 from smppcore.pdu import (
+    BindTransceiver,
     CancelSm,
     CancelSmResp,
     DataSm,
@@ -154,6 +157,32 @@ def test_receipt_carries_our_id_and_query_sm_reports_the_final_state(
             await esme.close()
 
     run(main())
+
+
+def test_an_smpp_33_client_gets_its_receipt_without_tlvs(run1: Run, tmp_path: Path) -> None:
+    """A client bound with interface_version 0x33 speaks SMPP 3.3 (§5.3: no TLVs): its
+    submit_sm_resp carries our id and its receipt only the Appendix B text, with our id."""
+
+    async def main() -> None:
+        async with running_app(app_config(tmp_path, {"cheap": FAST})) as app:
+            esme = await open_client(app)
+            async with asyncio.timeout(DEADLINE):
+                await esme.c.bind(
+                    BindTransceiver(system_id=SYSTEM_ID, password=PASSWORD, interface_version=0x33)
+                )
+            our_id = await esme.submit_ok("447700900123", text=b"old school")
+            await esme.wait_for(lambda: bool(esme.delivered))
+            (receipt,) = esme.delivered
+            assert receipt.tlvs == ()
+            text = receipt_text(receipt)
+            assert (text.message_id, text.state, text.text) == (
+                our_id,
+                MessageState.DELIVERED,
+                "old school",
+            )
+            await esme.close()
+
+    run1(main())
 
 
 # --- least-cost routing ---------------------------------------------------------------------
