@@ -245,12 +245,8 @@ class Connection(asyncio.Protocol):
         if sent.response_class is None:
             callback(sent)  # outbind / alert_notification: nothing to wait for
         else:
-            self._waiters[sent.sequence_number] = callback
-            cfg = self.config
-            self._arm(now + min(cfg.response_timeout, cfg.slot_timeout))
-        self._schedule_request_flush()
-        if self._reading_paused:  # awaiting an answer now: reading may resume
-            self._update_reading()
+            self._await_answer(sent.sequence_number, now, callback)
+        self._request_queued()
         return sent.sequence_number
 
     def send_request_encoded_callback(
@@ -267,13 +263,19 @@ class Connection(asyncio.Protocol):
             return self.send_request_callback(decode(frame), callback)
         now = self._loop.time()
         seq = session.send_request_encoded(command_id, body, now)
-        self._waiters[seq] = callback
+        self._await_answer(seq, now, callback)
+        self._request_queued()
+        return seq
+
+    def _await_answer(self, sequence_number: int, now: float, callback: Callback) -> None:
+        self._waiters[sequence_number] = callback
         cfg = self.config
         self._arm(now + min(cfg.response_timeout, cfg.slot_timeout))
+
+    def _request_queued(self) -> None:
         self._schedule_request_flush()
-        if self._reading_paused:
+        if self._reading_paused:  # awaiting an answer now: reading may resume
             self._update_reading()
-        return seq
 
     async def request(self, pdu: Pdu) -> Pdu:
         """Send a request and wait for its response (the session's timeouts bound the wait)."""
