@@ -400,17 +400,20 @@ class Session:
             self._check_send(command_id)  # raises
         seq = self._allocate()
         request = PDU_CLASSES[command_id](seq)  # by position: twice as fast as by name
-        in_flight = self._in_flight
-        if len(in_flight) - len(self._internal) >= self.config.window:
+        if len(self._in_flight) - len(self._internal) >= self.config.window:
             if len(self._waiting) >= self.config.max_waiting:
                 raise WindowFull(
                     f"window of {self.config.window} full and {len(self._waiting)} requests waiting"
                 )
             self._waiting.append((request, now + self.config.slot_timeout, body))
             return seq
-        in_flight[seq] = (request, now + self.config.response_timeout)
-        self._out.append(_pack_header(HEADER_LENGTH + len(body), command_id, 0, seq) + body)
+        self._transmit_encoded(request, body, now)
         return seq
+
+    def _transmit_encoded(self, request: Pdu, body: bytes, now: float) -> None:
+        seq = request.sequence_number
+        self._in_flight[seq] = (request, now + self.config.response_timeout)
+        self._out.append(_pack_header(HEADER_LENGTH + len(body), request.command_id, 0, seq) + body)
 
     def unbind(self, now: float) -> list[Event]:
         """Start a clean end: send unbind; SessionClosed follows its response or timeout.
@@ -464,11 +467,7 @@ class Session:
             if body is None:
                 self._transmit(pdu, now)
             else:
-                seq = pdu.sequence_number
-                self._in_flight[seq] = (pdu, now + self.config.response_timeout)
-                self._out.append(
-                    HEADER.pack(HEADER_LENGTH + len(body), pdu.command_id, 0, seq) + body
-                )
+                self._transmit_encoded(pdu, body, now)
 
     # --- responses we send --------------------------------------------------------------
 
