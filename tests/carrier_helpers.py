@@ -4,9 +4,6 @@ deliver_sm, the two event loops, and decoding of (possibly concatenated) MO."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-
-import uvloop
 
 from smppcore.aio import Connection, Handler
 from smppcore.constants import EsmClass
@@ -16,11 +13,6 @@ from smppcore.text import decode_text
 
 #: Every wait in these tests is bounded by this (seconds).
 DEADLINE = 10.0
-
-LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.SelectorEventLoop,
-    "uvloop": uvloop.new_event_loop,
-}
 
 
 class Phone(Handler):

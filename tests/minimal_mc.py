@@ -14,8 +14,6 @@ import asyncio
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-import uvloop
-
 from smppcore.aio import Connection, Handler, start_server
 from smppcore.codec import FrameBuffer, decode, encode
 from smppcore.constants import CommandStatus, EsmClass, MessageState
@@ -33,12 +31,6 @@ from smppcore.receipt import Receipt, format_receipt
 from smppcore.session import ProtocolViolation, SessionConfig
 from smppcore.text import decode_text, encode_text
 from smppcore.tlv import Tag, tlv
-
-#: The event loops every asyncio test of the adapter runs on, by test id.
-LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.SelectorEventLoop,
-    "uvloop": uvloop.new_event_loop,
-}
 
 #: The deadline of every wait in these tests (seconds); nothing should come near it.
 DEADLINE = 5.0

@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import uvloop
 from carrier_fixtures import ESME_SESSION, QUIET_SESSION, Esme
 from processes import SmscProcess, smsc_process
 
@@ -44,11 +43,6 @@ OTHER_PASSWORD = "globex"
 #: The account smsc binds with at its simulated carriers.
 UPSTREAM_ID = "smsc"
 UPSTREAM_PASSWORD = "upstream"
-
-LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.SelectorEventLoop,
-    "uvloop": uvloop.new_event_loop,
-}
 
 #: A carrier that answers at once, delivers everything and sends the receipt at once.
 FAST: dict[str, Any] = {

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
-from carrier_helpers import DEADLINE, LOOP_FACTORIES, Phone
+from carrier_helpers import DEADLINE, Phone
+from loops import Run
 from prometheus_client import CollectorRegistry
 
 from simulator.admin import Admin
@@ -18,14 +19,6 @@ from simulator.config import CarrierConfig
 from smppcore.aio import Connection, connect
 from smppcore.constants import DataCoding, EsmClass
 from smppcore.pdu import BindReceiver, BindTransmitter, SubmitSm
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
 
 
 class Sim:

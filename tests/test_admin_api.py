@@ -5,15 +5,15 @@ the bearer token required."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from admin_fixtures import BASE, OPENAPI, TOKEN, Api
+from loops import LOOP_FACTORIES, Run
 from smsc_fixtures import (
     DEADLINE,
-    LOOP_FACTORIES,
     SYSTEM_ID,
     app_config,
     bind_client,
@@ -27,8 +27,6 @@ from smppcore.text import decode_text
 from smppcore.tlv import Tag
 from smsc.app import App
 from smsc.openapi import SPEC
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
 @pytest.fixture

@@ -1,10 +1,8 @@
 """smppcore.aio: adapter tests with a fake transport (layer 2) and loopback tests against
 tests/minimal_mc.py (layer 3), every one on both asyncio and uvloop.
 
-Loops: pytest-asyncio 1.5 deprecates overriding ``event_loop_policy`` (a warning, hence an
-error here) and wants a ``pytest_asyncio_loop_factories`` hook in a conftest.py, which this
-module may not touch. So each test is a plain function that runs its coroutine in an
-``asyncio.Runner`` built by the ``run`` fixture, parametrized over both loop factories.
+Loops: each test is a plain function that runs its coroutine in an ``asyncio.Runner``
+built by the shared ``run`` fixture (tests/loops.py), parametrized over both loops.
 
 No test sleeps to wait: each awaits an event or a future under ``asyncio.timeout``. Timer
 tests use short session timers (0.1-0.2 s).
@@ -14,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import pytest
-from minimal_mc import DEADLINE, LOOP_FACTORIES, MinimalMC, frames, wire
+from loops import Run
+from minimal_mc import DEADLINE, MinimalMC, frames, wire
 
 from smppcore.aio import (
     READ_BUDGET,
@@ -51,16 +50,6 @@ from smppcore.pdu import (
 from smppcore.receipt import parse_receipt
 from smppcore.session import ProtocolViolation, Role, SessionConfig, State
 from smppcore.tlv import Tag
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    """Runs a coroutine to completion on a fresh loop of the parametrized kind."""
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
-
 
 #: Session timers off, so that only what a test sets can fire.
 QUIET = SessionConfig(

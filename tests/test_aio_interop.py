@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -27,7 +27,8 @@ from aiosmpplib import DeliverSm as AioDeliverSm
 from aiosmpplib import SubmitSm as AioSubmitSm
 from aiosmpplib import SubmitSmResp as AioSubmitSmResp
 from interop_clients import QueueHook, check_aio_receipts
-from minimal_mc import DEADLINE, LOOP_FACTORIES, MinimalMC
+from loops import Run
+from minimal_mc import DEADLINE, MinimalMC
 
 from smppcore.constants import CommandStatus, EsmClass
 from smppcore.pdu import BindReceiver, BindTransceiver, BindTransmitter, DeliverSmResp
@@ -35,8 +36,6 @@ from smppcore.segment import parse_udh
 from smppcore.text import decode_text
 
 pytestmark = pytest.mark.interop
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 ACCOUNT = {"esme": "secret"}
 SHORT_CODE = "1234"
@@ -48,12 +47,6 @@ SMPPLIB_LOGGER = "smsc.tests.smpplib"
 
 logging.getLogger(SMPPLIB_LOGGER).setLevel(logging.CRITICAL)
 
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    """Runs a coroutine to completion on a fresh loop of the parametrized kind."""
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
 
 
 # --- smpplib ------------------------------------------------------------------------------

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
-from carrier_helpers import DEADLINE, LOOP_FACTORIES, Phone
+from carrier_helpers import DEADLINE, Phone
+from loops import Run
 from processes import (
     SmscProcess,
     assert_config_error,
@@ -46,13 +46,6 @@ from smppcore.pdu import (
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "conf" / "carrier.example.yaml"
 
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
 
 
 # --- the example file -----------------------------------------------------------------------

@@ -10,7 +10,6 @@ closed by a marker that must come after it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 from carrier_fixtures import Esme
+from loops import Run
 from smsc_fixtures import (
     DEADLINE,
     FAST,
-    LOOP_FACTORIES,
     OTHER_ID,
     OTHER_PASSWORD,
     PASSWORD,
@@ -61,21 +60,6 @@ from smppcore.smpptime import format_absolute
 from smppcore.text import decode_text
 from smppcore.tlv import Tag, Tlv
 from smsc.app import App
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
-
-
-@pytest.fixture
-def run1() -> Iterator[Run]:
-    """One loop (uvloop) for the scenarios whose loop-independence is shown elsewhere."""
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
-        yield runner.run
 
 
 async def submit_many(esme: Esme, n: int, destination: str = "447700900001") -> list[str]:

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 from carrier_fixtures import QUIET_SESSION, Esme
+from loops import LOOP_FACTORIES
 from smsc_fixtures import (
     DEADLINE,
     FAST,
-    LOOP_FACTORIES,
     UPSTREAM_ID,
     UPSTREAM_PASSWORD,
     final_receipts,

@@ -10,13 +10,13 @@ bounded by its ``duration``/``messages`` and every wait by a deadline; nothing s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from carrier_fixtures import PASSWORD, SYSTEM_ID, profile, running_carrier
-from minimal_mc import LOOP_FACTORIES
+from loops import LOOP_FACTORIES, Run
 
 from simulator.load.config import LoadConfig, decode_config
 from simulator.load.run import Coordinator, LocalLink, run_load
@@ -38,13 +38,6 @@ from smppcore.tlv import Tag, tlv
 #: A whole run (binding, sending, draining, receipts, unbinding) must end within this.
 RUN_DEADLINE = 9.0
 
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
 
 
 @pytest.fixture

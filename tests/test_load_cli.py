@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import test_load as scripts
 from carrier_fixtures import PASSWORD, SYSTEM_ID, profile, running_carrier
-from minimal_mc import LOOP_FACTORIES
+from loops import LOOP_FACTORIES
 
 from smppcore.constants import CommandId
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from minimal_mc import LOOP_FACTORIES
+from loops import LOOP_FACTORIES
 
 from simulator.load.config import decode_config
 from simulator.load.engine import Bind, Engine

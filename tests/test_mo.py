@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
-from carrier_helpers import DEADLINE, LOOP_FACTORIES, Phone, mo_text
+from carrier_helpers import DEADLINE, Phone, mo_text
+from loops import Run
 
 from simulator.carrier import Carrier
 from simulator.config import CarrierAccount, CarrierConfig, MoConfig, NumberRange, Profile
@@ -25,14 +25,6 @@ from smppcore.constants import DataCoding, EsmClass
 from smppcore.pdu import BindReceiver, DeliverSm
 from smppcore.segment import parse_udh
 from smppcore.text import gsm_encode
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
 
 
 def build(text: str, **kw: Any) -> list[DeliverSm]:

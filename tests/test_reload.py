@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from admin_fixtures import TOKEN, Api
+from loops import LOOP_FACTORIES, Run
 from smsc_fixtures import (
     DEADLINE,
-    LOOP_FACTORIES,
     OTHER_ID,
     SYSTEM_ID,
     accounts,
@@ -33,7 +33,6 @@ from smppcore.aio import BindError
 from smppcore.config import ConfigError
 from smsc.config import SmscConfig
 
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
 ADMIN = {"admin": {"token": TOKEN}}
 
 

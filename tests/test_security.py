@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from carrier_fixtures import bind_esme, running_carrier
+from loops import LOOP_FACTORIES
 from smsc_fixtures import (
     FAST,
-    LOOP_FACTORIES,
     PASSWORD,
     SYSTEM_ID,
     app_config,

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from carrier_helpers import Phone
+from loops import LOOP_FACTORIES, Run
 from processes import assert_config_error, documented_keys, smsc_run
-from smsc_fixtures import DEADLINE, LOOP_FACTORIES, ROOT, serve_process
+from smsc_fixtures import DEADLINE, ROOT, serve_process
 
 from smppcore.aio import connect
 from smppcore.config import field_names
@@ -31,13 +30,6 @@ from smsc.config import SmscConfig
 
 EXAMPLE = ROOT / "conf" / "smsc.example.yaml"
 
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
 
 
 # --- the example file -----------------------------------------------------------------------

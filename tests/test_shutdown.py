@@ -5,16 +5,15 @@ same store sends them and reports them to their account."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
+from loops import LOOP_FACTORIES, Run
 from smsc_fixtures import (
     DEADLINE,
     FAST,
-    LOOP_FACTORIES,
     app_config,
     bind_client,
     closed_port,
@@ -27,8 +26,6 @@ from router.config import CarrierConfig
 from smppcore.constants import MessageState
 from smppcore.pdu import EnquireLink
 from smsc.app import App
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import asyncio
 import ssl
 import time
 import warnings
-from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,10 @@ import trustme
 from carrier_fixtures import ESME_SESSION, Esme, carrier_config, running_carrier
 from carrier_fixtures import PASSWORD as CARRIER_PW
 from carrier_fixtures import SYSTEM_ID as CARRIER_ID
+from loops import Run
 from smsc_fixtures import (
     DEADLINE,
     FAST,
-    LOOP_FACTORIES,
     PASSWORD,
     SYSTEM_ID,
     app_config,
@@ -43,20 +42,6 @@ from smppcore.tls import ClientTls, ServerTls, TlsError, client_context, server_
 from smsc.app import App, check_tls
 from smsc.cli import main
 from smsc.config import SimulatedCarrier, SmscConfig
-
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
-
-
-@pytest.fixture
-def run1() -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
-        yield runner.run
 
 
 class Pki:
