@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from router.metrics import SUBMIT_BUCKETS, Histogram
-from router.model import Address, Concat, Message
+from router.model import Address, Concat, Message, StoredMessage
 from router.ports import Intake
 from router.store import Store
 from smppcore import aio
@@ -521,14 +521,22 @@ class EsmeHandler(aio.Handler):
         assert isinstance(pdu, QuerySm)
         self.server.spawn(self._query(conn, pdu))
 
-    async def _query(self, conn: aio.Connection, pdu: QuerySm) -> None:
-        stored = await self.server.store.get(pdu.message_id)
+    async def _owned(self, message_id: str, source_addr: str) -> StoredMessage | None:
+        """The stored message ``message_id`` if it is this client's (its account's; and
+        from ``source_addr`` when the request names one, §4.8-4.10), else None."""
+        stored = await self.server.store.get(message_id) if message_id else None
         if (
             stored is None
             or self.state is None
             or stored.message.account != self.state.system_id
-            or (pdu.source_addr and pdu.source_addr != stored.message.source.addr)
+            or (source_addr and source_addr != stored.message.source.addr)
         ):
+            return None
+        return stored
+
+    async def _query(self, conn: aio.Connection, pdu: QuerySm) -> None:
+        stored = await self._owned(pdu.message_id, pdu.source_addr)
+        if stored is None:
             self._refuse(conn, pdu, _S.ESME_RQUERYFAIL)
             return
         final_date = ""
@@ -556,14 +564,8 @@ class EsmeHandler(aio.Handler):
 
     async def _cancel(self, conn: aio.Connection, pdu: CancelSm) -> None:
         server = self.server
-        stored = await server.store.get(pdu.message_id) if pdu.message_id else None
-        if (
-            stored is None
-            or self.state is None
-            or stored.message.account != self.state.system_id
-            or (pdu.source_addr and pdu.source_addr != stored.message.source.addr)
-            or not server.intake.cancel(pdu.message_id)
-        ):
+        stored = await self._owned(pdu.message_id, pdu.source_addr)
+        if stored is None or not server.intake.cancel(pdu.message_id):
             # §4.9.1: no id-less bulk cancel here; only a message not yet sent upstream.
             self._refuse(conn, pdu, _S.ESME_RCANCELFAIL)
             return
@@ -578,13 +580,8 @@ class EsmeHandler(aio.Handler):
 
     async def _replace(self, conn: aio.Connection, pdu: ReplaceSm) -> None:
         server = self.server
-        stored = await server.store.get(pdu.message_id)
-        if (
-            stored is None
-            or self.state is None
-            or stored.message.account != self.state.system_id
-            or (pdu.source_addr and pdu.source_addr != stored.message.source.addr)
-        ):
+        stored = await self._owned(pdu.message_id, pdu.source_addr)
+        if stored is None:
             self._refuse(conn, pdu, _S.ESME_RREPLACEFAIL)
             return
         old = stored.message
