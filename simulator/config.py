@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from smppcore.accounts import Account, AccountPassword, BindType, Password, SystemId
+from smppcore.accounts import AccountSettings, Password, SystemId
 from smppcore.constants import CommandStatus
 from smppcore.session import SessionConfig
 from smppcore.tls import ServerTls
@@ -161,39 +161,10 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("submit_errors: probabilities add up to more than 1")
 
 
-class CarrierAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class CarrierAccount(AccountSettings, frozen=True, forbid_unknown_fields=True):
     """An ESME account on the simulator."""
 
-    system_id: SystemId
-    password: AccountPassword = ""
-    """Plain (at most 8 characters) or a hash from ``smsc hash-password``."""
-    bind_types: tuple[BindType, ...] = (
-        BindType.TRANSMITTER,
-        BindType.RECEIVER,
-        BindType.TRANSCEIVER,
-    )
-    max_sessions: Annotated[int, Meta(ge=1, le=100_000)] = 100
-    allow_cidrs: tuple[str, ...] = ()
-    throughput: Annotated[float, Meta(gt=0)] | None = None
-    """Submits per second allowed (token bucket); over it, ESME_RTHROTTLED."""
-    burst: Annotated[int, Meta(ge=1)] | None = None
-    """Bucket size; default: one second of throughput."""
     profile: str = "default"
-
-    def __post_init__(self) -> None:
-        self.auth()  # validates allow_cidrs
-
-    def __repr__(self) -> str:
-        return f"CarrierAccount(system_id={self.system_id!r})"
-
-    def auth(self) -> Account:
-        return Account(
-            system_id=self.system_id,
-            password=self.password,
-            bind_types=self.bind_types,
-            max_sessions=self.max_sessions,
-            allow_cidrs=self.allow_cidrs,
-        )
 
 
 class HeldReceipts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -181,6 +181,44 @@ class Account(msgspec.Struct, frozen=True, forbid_unknown_fields=True, repr_omit
         return any(addr in ipaddress.ip_network(c, strict=False) for c in self.allow_cidrs)
 
 
+class AccountSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What an account's configuration holds in every role that accepts binds (smsc's
+    accounts and the simulator's add their own keys)."""
+
+    system_id: SystemId
+    password: AccountPassword = ""
+    """Plain (at most 8 characters) or a hash from ``smsc hash-password``."""
+    bind_types: tuple[BindType, ...] = (
+        BindType.TRANSMITTER,
+        BindType.RECEIVER,
+        BindType.TRANSCEIVER,
+    )
+    max_sessions: Annotated[int, Meta(ge=1, le=100_000)] = 100
+    allow_cidrs: tuple[str, ...] = ()
+    """Peers allowed to bind (``10.0.0.0/8``, ``127.0.0.1``); empty: any."""
+    throughput: Annotated[float, Meta(gt=0)] | None = None
+    """Submits per second over all the account's sessions (token bucket); over it,
+    ESME_RTHROTTLED. null: no limit."""
+    burst: Annotated[int, Meta(ge=1)] | None = None
+    """Bucket size; default one second of throughput."""
+
+    def __post_init__(self) -> None:
+        self.auth()  # checks the password setting and allow_cidrs
+
+    def __repr__(self) -> str:  # never show the password
+        return f"{type(self).__name__}(system_id={self.system_id!r})"
+
+    def auth(self) -> Account:
+        """The part of the account that bind checks need."""
+        return Account(
+            system_id=self.system_id,
+            password=self.password,
+            bind_types=self.bind_types,
+            max_sessions=self.max_sessions,
+            allow_cidrs=self.allow_cidrs,
+        )
+
+
 def check_bind(
     account: Account | None,
     *,

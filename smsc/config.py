@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from router.config import CarrierName, MicroUnits, PriceText, RouterConfig, price_of
-from smppcore.accounts import Account, AccountPassword, BindType, SystemId
+from smppcore.accounts import AccountSettings, SystemId
 from smppcore.session import SessionConfig
 from smppcore.tls import FilePath, ServerTls
 from smsc.logs import LogFormat, LogLevel
@@ -21,25 +21,9 @@ from smsc.logs import LogFormat, LogLevel
 Port = Annotated[int, Meta(ge=0, le=65535)]
 
 
-class SmscAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class SmscAccount(AccountSettings, frozen=True, forbid_unknown_fields=True):
     """An ESME account: who may bind, how much it may send, where its traffic may go."""
 
-    system_id: SystemId
-    password: AccountPassword = ""
-    """Plain (at most 8 characters) or a hash from ``smsc hash-password``."""
-    bind_types: tuple[BindType, ...] = (
-        BindType.TRANSMITTER,
-        BindType.RECEIVER,
-        BindType.TRANSCEIVER,
-    )
-    max_sessions: Annotated[int, Meta(ge=1, le=100_000)] = 100
-    allow_cidrs: tuple[str, ...] = ()
-    """Peers allowed to bind (``10.0.0.0/8``, ``127.0.0.1``); empty: any."""
-    throughput: Annotated[float, Meta(gt=0)] | None = None
-    """Submits per second over all the account's sessions (token bucket); over it,
-    ESME_RTHROTTLED. null: no limit."""
-    burst: Annotated[int, Meta(ge=1)] | None = None
-    """Bucket size; default one second of throughput."""
     max_window: Annotated[int, Meta(ge=1, le=10_000)] = 100
     """Requests a session may have unanswered; beyond it, ESME_RTHROTTLED."""
     default_priority: Annotated[int, Meta(ge=0, le=3)] = 0
@@ -50,21 +34,6 @@ class SmscAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Only these carriers; null: any."""
     receipt_ttl: Annotated[float, Meta(gt=0)] = 172_800.0
     """Seconds a receipt or MO waits for a receive-capable bind before it is dropped."""
-
-    def __post_init__(self) -> None:
-        self.auth()
-
-    def __repr__(self) -> str:  # never show the password
-        return f"SmscAccount(system_id={self.system_id!r})"
-
-    def auth(self) -> Account:
-        return Account(
-            system_id=self.system_id,
-            password=self.password,
-            bind_types=self.bind_types,
-            max_sessions=self.max_sessions,
-            allow_cidrs=self.allow_cidrs,
-        )
 
     @property
     def price_ceiling(self) -> Decimal | None:
