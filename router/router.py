@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -44,7 +43,7 @@ from router.store import Store
 from router.upstream import CarrierPool
 from smppcore.constants import CommandStatus, EsmClass, MessageState
 from smppcore.pdu import DeliverSm
-from smppcore.receipt import parse_receipt
+from smppcore.receipt_pdu import read_receipt
 from smppcore.tlv import Tag
 
 log = logging.getLogger(__name__)
@@ -57,11 +56,6 @@ _MAX_PINNED = 100_000
 #: message, and every connection, timer and the store writer wait for it to end.
 _DISPATCH_BATCH = 256
 _MAX_SENT_CACHE = 200_000
-_STATE_BY_INT: dict[int, MessageState] = {int(s): s for s in MessageState}
-_RID_TAG = int(Tag.RECEIPTED_MESSAGE_ID)
-_STATE_TAG = int(Tag.MESSAGE_STATE)
-_NEC_TAG = int(Tag.NETWORK_ERROR_CODE)
-_ERR = re.compile(rb"\berr:\s*([0-9]{1,9})", re.IGNORECASE)
 _DELIVERED = MessageState.DELIVERED
 #: value → name (``MessageState.name`` is a slow descriptor; the hot metrics key on it)
 _STATE_NAME: dict[int, str] = {int(s): s.name for s in MessageState}
@@ -863,61 +857,6 @@ class Router:
         self.metrics.event("mo", carrier)
         self.sink.mobile_originated(account, msg)
 
-
-
-def read_receipt(pdu: DeliverSm) -> tuple[str, MessageState, int] | None:
-    """A carrier's receipt deliver_sm: (the carrier's id of the message, its state, the
-    error); None when it names no message. The 3.4 TLVs first (receipted_message_id,
-    message_state, network_error_code), the Appendix B text for what they lack."""
-    # One pass over the TLVs (the first of each tag counts, as Pdu.tlv reads them).
-    rid: bytes | None = None
-    state_raw: bytes | None = None
-    nec: bytes | None = None
-    for item in pdu.tlvs:
-        tag = item.tag
-        if tag == _RID_TAG:
-            if rid is None:
-                rid = item.value
-        elif tag == _STATE_TAG:
-            if state_raw is None:
-                state_raw = item.value
-        elif tag == _NEC_TAG and nec is None:
-            nec = item.value
-    # receipted_message_id is a C-octet string (lenient: the NULL may be missing).
-    receipt_id = "" if rid is None else rid.split(b"\0", 1)[0].decode("latin-1")
-    state: MessageState | None = (
-        None if state_raw is None else _STATE_BY_INT.get(int.from_bytes(state_raw, "big"))
-    )
-    if receipt_id and state is not None:
-        # The 3.4 TLVs say what matters: read only err: from the text (cheap).
-        if nec is not None and len(nec) == 3:
-            error = int.from_bytes(nec[1:], "big")
-        else:
-            error = _text_error(pdu.short_message)
-    else:
-        parsed = parse_receipt(pdu.short_message) if pdu.short_message else None
-        if parsed is None and not receipt_id:
-            return None
-        receipt_id = receipt_id or (parsed.message_id if parsed else "")
-        if not receipt_id:
-            return None
-        if state is None:
-            state = parsed.state if parsed else MessageState.UNKNOWN
-        error = parsed.error if parsed else 0
-        if nec is not None and len(nec) == 3 and not error:
-            error = int.from_bytes(nec[1:], "big")
-    return receipt_id, state, error
-
-
-def _text_error(text: bytes) -> int:
-    """The ``err:`` code of a receipt's text, 0 without one (what ``_ERR.search`` finds)."""
-    # Every match starts at an "err:" in some case: search from the first one only (``\b``
-    # still sees the octet before it), not over the id, dates and state before it.
-    start = text.lower().find(b"err:")
-    if start < 0:
-        return 0
-    m = _ERR.search(text, start)
-    return int(m[1]) if m else 0
 
 
 def _summary(msg: Message, report: DeliveryReport, carrier_s: float | None) -> None:

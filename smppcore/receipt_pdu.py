@@ -1,4 +1,5 @@
-"""The deliver_sm that carries a delivery receipt, as every MC role here emits it.
+"""The deliver_sm that carries a delivery receipt, as every MC role here emits it, and
+:func:`read_receipt`, which reads one from any MC (what the router does with a carrier's).
 
 Appendix B text (strict), plus the 3.4 TLVs: receipted_message_id (exactly the id given in
 submit_sm_resp), message_state, and network_error_code when the message failed. Addresses
@@ -12,6 +13,7 @@ object for thousands of receipts). The output is exactly :func:`format_receipt`'
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Final
 
@@ -19,7 +21,7 @@ from smppcore.codec import encode
 from smppcore.constants import EsmClass, MessageState
 from smppcore.errors import RemoteProtocolError
 from smppcore.pdu import DeliverSm
-from smppcore.receipt import stat_word
+from smppcore.receipt import parse_receipt, stat_word
 from smppcore.segment import parse_udh
 from smppcore.smpptime import format_receipt_date
 from smppcore.text import codec_name, decode_text
@@ -31,6 +33,10 @@ _ESM_INTERMEDIATE: Final = int(EsmClass.INTERMEDIATE_NOTIFICATION)
 _DELIVERED: Final = int(MessageState.DELIVERED)
 _RECEIPTED_MESSAGE_ID: Final = int(Tag.RECEIPTED_MESSAGE_ID)
 _NETWORK_ERROR_CODE: Final = int(Tag.NETWORK_ERROR_CODE)
+_MESSAGE_STATE: Final = int(Tag.MESSAGE_STATE)
+_STATE_BY_INT: Final[dict[int, MessageState]] = {int(s): s for s in MessageState}
+#: Every ``err:`` field a receipt text may hold (what :func:`_text_error` looks for).
+_ERR: Final = re.compile(rb"\berr:\s*([0-9]{1,9})", re.IGNORECASE)
 
 # Characters that read the same in ASCII and in GSM 03.38: a receipt travels as
 # data_coding 0, which clients decode either way, so its text: preview keeps only these.
@@ -288,3 +294,59 @@ def receipt_sm_body(
         intermediate,
     )
     return encode(pdu)[16:]
+
+
+def read_receipt(pdu: DeliverSm) -> tuple[str, MessageState, int] | None:
+    """A carrier's receipt deliver_sm: (the carrier's id of the message, its state, the
+    error); None when it names no message. The 3.4 TLVs first (receipted_message_id,
+    message_state, network_error_code), the Appendix B text for what they lack."""
+    # One pass over the TLVs (the first of each tag counts, as Pdu.tlv reads them).
+    rid: bytes | None = None
+    state_raw: bytes | None = None
+    nec: bytes | None = None
+    for item in pdu.tlvs:
+        tag = item.tag
+        if tag == _RECEIPTED_MESSAGE_ID:
+            if rid is None:
+                rid = item.value
+        elif tag == _MESSAGE_STATE:
+            if state_raw is None:
+                state_raw = item.value
+        elif tag == _NETWORK_ERROR_CODE and nec is None:
+            nec = item.value
+    # receipted_message_id is a C-octet string (lenient: the NULL may be missing).
+    receipt_id = "" if rid is None else rid.split(b"\0", 1)[0].decode("latin-1")
+    state: MessageState | None = (
+        None if state_raw is None else _STATE_BY_INT.get(int.from_bytes(state_raw, "big"))
+    )
+    if receipt_id and state is not None:
+        # The 3.4 TLVs say what matters: read only err: from the text (cheap).
+        if nec is not None and len(nec) == 3:
+            error = int.from_bytes(nec[1:], "big")
+        else:
+            error = _text_error(pdu.short_message)
+    else:
+        parsed = parse_receipt(pdu.short_message) if pdu.short_message else None
+        if parsed is None and not receipt_id:
+            return None
+        receipt_id = receipt_id or (parsed.message_id if parsed else "")
+        if not receipt_id:
+            return None
+        if state is None:
+            state = parsed.state if parsed else MessageState.UNKNOWN
+        error = parsed.error if parsed else 0
+        if nec is not None and len(nec) == 3 and not error:
+            error = int.from_bytes(nec[1:], "big")
+    return receipt_id, state, error
+
+
+def _text_error(text: bytes) -> int:
+    """The ``err:`` code of a receipt's text, 0 without one (what ``_ERR.search`` finds)."""
+    # Every match starts at an "err:" in some case: search from the first one only (``\b``
+    # still sees the octet before it), not over the id, dates and state before it.
+    start = text.lower().find(b"err:")
+    if start < 0:
+        return 0
+    m = _ERR.search(text, start)
+    return int(m[1]) if m else 0
+

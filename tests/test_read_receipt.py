@@ -1,6 +1,7 @@
-"""How the router reads a carrier's receipt deliver_sm (its TLVs, else its text): the one
-pass over the TLVs and the ``err:`` shortcut read exactly what the general readers read
-(``Pdu.tlv`` for the first TLV of a tag, ``_ERR.search`` over the whole text)."""
+"""How a receipt deliver_sm is read (its TLVs, else its text; the router reads every
+carrier's receipt this way): the one pass over the TLVs and the ``err:`` shortcut read
+exactly what the general readers read (``Pdu.tlv`` for the first TLV of a tag,
+``_ERR.search`` over the whole text)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.router import _ERR, _text_error, read_receipt
 from smppcore.constants import EsmClass, MessageState
 from smppcore.pdu import DeliverSm
+from smppcore.receipt_pdu import _ERR, _text_error, read_receipt
 from smppcore.tlv import Tag, Tlv
 
 
