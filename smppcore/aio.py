@@ -17,6 +17,7 @@ import asyncio
 import logging
 import socket
 import ssl as ssl_module
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
@@ -47,6 +48,60 @@ Callback = Callable[["Pdu | SmppError"], None]
 """What :meth:`Connection.send_request_callback` calls: the response or the error."""
 
 _TCP_QUICKACK: Any = getattr(socket, "TCP_QUICKACK", None)
+
+
+class _WriteTick:
+    """The coalescing timer of every connection on one loop.
+
+    Connections holding requests back to share a write (``SessionConfig.coalesce``) wait
+    for one timer, not one each: ten connections each flushing every 2 ms would wake the
+    process up to 5,000 times a second, and on a shared VM a wake-up costs tens of
+    microseconds before any work is done. A request still waits at most its connection's
+    ``coalesce`` (the timer is moved earlier for a shorter one); it may go sooner, with
+    the tick another connection started."""
+
+    __slots__ = ("_at", "_due", "_loop", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[Connection, None] = {}  # ordered: flushed in the order they came
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = 0.0
+
+    def add(self, conn: Connection, delay: float) -> None:
+        self._due[conn] = None
+        at = self._loop.time() + delay
+        if self._timer is not None:
+            if self._at <= at:
+                return
+            self._timer.cancel()
+        self._at = at
+        self._timer = self._loop.call_at(at, self._fire)
+
+    def discard(self, conn: Connection) -> None:
+        self._due.pop(conn, None)
+        if not self._due and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        due, self._due = self._due, {}
+        for conn in due:
+            conn._coalescing = False
+            conn._flush()
+
+
+_ticks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteTick] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _write_tick(loop: asyncio.AbstractEventLoop) -> _WriteTick:
+    tick = _ticks.get(loop)
+    if tick is None:
+        tick = _ticks[loop] = _WriteTick(loop)
+    return tick
 
 
 class ConnectionClosed(SmppError):
@@ -120,7 +175,8 @@ class Connection(asyncio.Protocol):
         self._timer_at = 0.0
         self._in_receive = False
         self._flush_scheduled = False
-        self._flush_timer: asyncio.TimerHandle | None = None  # requests coalescing
+        self._tick = _write_tick(self._loop)
+        self._coalescing = False  # requests held back on self._tick to share a write
         self._reading_paused = False
         self._stalled = False
         #: MC role: the peer does not read what we write; stop reading it too.
@@ -194,9 +250,9 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
+        if self._coalescing:
+            self._coalescing = False
+            self._tick.discard(self)
         if self._close_deadline is not None:
             self._close_deadline.cancel()
         self._dispatch(self.session.connection_lost())
@@ -462,20 +518,21 @@ class Connection(asyncio.Protocol):
     def _schedule_request_flush(self) -> None:
         """A request was queued: written at the end of this loop turn, or after
         ``config.coalesce`` together with those that follow (answers never wait)."""
-        if self._flush_scheduled or self._in_receive or self._flush_timer is not None:
+        if self._flush_scheduled or self._in_receive or self._coalescing:
             return
         delay = self.config.coalesce
         if delay > 0:
-            self._flush_timer = self._loop.call_later(delay, self._flush)
+            self._coalescing = True
+            self._tick.add(self, delay)
         else:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
+        if self._coalescing:
+            self._coalescing = False
+            self._tick.discard(self)
         if self._stalled:
             return
         data = self.session.data_to_send()

@@ -225,7 +225,8 @@ class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     coalesce: Annotated[float, Meta(ge=0, le=0.1)] = 0.0
     """Seconds our requests (not our answers) may wait to share one write with those that
     follow: fewer, fuller writes and reads on both sides at moderate rates, for that much
-    latency. 0: written at the end of the loop turn."""
+    latency. 0: written at the end of the loop turn. Every connection of a loop waits on
+    one timer (smppcore.aio), so a request may also go sooner, with another's."""
 
 
 class WindowFull(LocalProtocolError):

@@ -306,6 +306,39 @@ def test_with_coalesce_requests_of_several_turns_share_one_write_and_answers_do_
     run(main())
 
 
+def test_coalescing_connections_on_one_loop_share_one_timer(run: Run) -> None:
+    """Requests held back on several connections go out in one timer callback: a
+    connection that starts holding later joins the tick already armed (it waits less than
+    its coalesce, never more), and a shorter coalesce moves the tick earlier for all."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a, ta = await bound_esme(quiet(coalesce=0.08))
+        b, tb = await bound_esme(quiet(coalesce=0.08))
+        fa = a.send_request(submit())
+        await asyncio.sleep(0.02)  # the scenario: b's request comes later
+        fb = b.send_request(submit())
+        assert not ta.writes
+        assert not tb.writes
+        [pa] = await ta.next_write()
+        assert [type(p) for p in tb.sent()] == [SubmitSm]  # the same callback wrote both
+        a.data_received(wire(ok(pa)))
+        await wait_done(fa)
+        fb.cancel()
+
+        c, tc = await bound_esme(quiet(coalesce=0.005))
+        started = loop.time()
+        fa = a.send_request(submit())
+        fc = c.send_request(submit())
+        await tc.next_write()
+        assert loop.time() - started < 0.08
+        assert [type(p) for p in ta.sent()] == [SubmitSm]  # went with c's earlier tick
+        fa.cancel()
+        fc.cancel()
+
+    run(main())
+
+
 def test_a_large_read_is_handled_a_slice_per_loop_turn_with_reading_paused(run: Run) -> None:
     """A read of thousands of PDUs must not hold the loop: READ_BUDGET octets are handled
     now, the rest on later turns (reading paused meanwhile); every PDU is answered, in
