@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import shutil
 import time
@@ -70,17 +71,39 @@ def receipt_fields(text: str) -> tuple[str, str, str]:
 # --- smpplib ------------------------------------------------------------------------------
 
 
+SMPPLIB_LOGGER = "smsc.tests.smpplib"
+logging.getLogger(SMPPLIB_LOGGER).setLevel(logging.CRITICAL)  # its normal chatter, not ours
+
+
 class SmpplibPeer:
     """One smpplib client with the default handlers replaced by collectors."""
 
     def __init__(self, port: int) -> None:
         self.client = smpplib.client.Client(
-            "127.0.0.1", port, timeout=1.0, allow_unknown_opt_params=True
+            "127.0.0.1",
+            port,
+            timeout=1.0,
+            logger_name=SMPPLIB_LOGGER,
+            allow_unknown_opt_params=True,
         )
         self.resps: list[Any] = []
         self.delivers: list[Any] = []
         self.client.set_message_sent_handler(lambda pdu, **kw: self.resps.append(pdu))
         self.client.set_message_received_handler(lambda pdu, **kw: self.delivers.append(pdu))
+
+    def submit(self, text: str, encoding: int, *, receipt: bool = True) -> int:
+        """Submit ``text`` split by smpplib.gsm.make_parts; returns the number of parts."""
+        parts, data_coding, esm_class = smpplib.gsm.make_parts(text, encoding)
+        for part in parts:
+            self.client.send_message(
+                source_addr=SHORT_CODE,
+                destination_addr=MSISDN,
+                short_message=part,
+                data_coding=data_coding,
+                esm_class=esm_class,
+                registered_delivery=receipt,
+            )
+        return len(parts)
 
     def read_until(self, done: Callable[[], bool], deadline: float) -> None:
         # read_once sends an enquire_link when the 1 s socket timeout passes idle.
@@ -90,6 +113,12 @@ class SmpplibPeer:
                     f"smpplib: {len(self.resps)} responses, {len(self.delivers)} deliver_sm"
                 )
             self.client.read_once()
+
+    def unbind(self) -> Any:
+        """Unbind (the server's unbind_resp is returned) and disconnect."""
+        resp = self.client.unbind()
+        self.client.disconnect()
+        return resp
 
     def close(self) -> None:
         client = self.client
@@ -103,22 +132,8 @@ class SmpplibPeer:
         except (smpplib.exceptions.PDUError, smpplib.exceptions.ConnectionError, OSError):
             pass
         finally:
-            client.disconnect()
-
-
-def smpplib_submit(peer: SmpplibPeer, text: str, encoding: int) -> int:
-    """Submit ``text`` split by smpplib.gsm.make_parts; returns the number of parts."""
-    parts, data_coding, esm_class = smpplib.gsm.make_parts(text, encoding)
-    for part in parts:
-        peer.client.send_message(
-            source_addr=SHORT_CODE,
-            destination_addr=MSISDN,
-            short_message=part,
-            data_coding=data_coding,
-            esm_class=esm_class,
-            registered_delivery=True,
-        )
-    return len(parts)
+            if client.state != smpplib.consts.SMPP_CLIENT_STATE_CLOSED:
+                client.disconnect()
 
 
 def check_smpplib_receipts(resps: list[Any], receipts: list[Any]) -> list[str]:
@@ -307,7 +322,7 @@ async def smpplib_tx_rx(port: int, texts: list[tuple[str, int]]) -> tuple[list[s
             tx.client.connect()
             tx_resp = tx.client.bind_transmitter(system_id=SYSTEM_ID, password=PASSWORD)
             assert rx_resp.system_id == tx_resp.system_id
-            parts = sum(smpplib_submit(tx, text, enc) for text, enc in texts)
+            parts = sum(tx.submit(text, enc) for text, enc in texts)
             tx.read_until(lambda: len(tx.resps) == parts, deadline)
             rx.read_until(lambda: len(rx.delivers) == parts, deadline)
             return tx.resps, rx.delivers, tx.delivers, tx_resp.system_id
@@ -331,7 +346,7 @@ async def smpplib_trx(port: int, texts: list[tuple[str, int]]) -> list[str]:
         try:
             trx.client.connect()
             trx.client.bind_transceiver(system_id=SYSTEM_ID, password=PASSWORD)
-            parts = sum(smpplib_submit(trx, text, enc) for text, enc in texts)
+            parts = sum(trx.submit(text, enc) for text, enc in texts)
             trx.read_until(lambda: len(trx.resps) == len(trx.delivers) == parts, deadline)
             return trx.resps, trx.delivers
         finally:

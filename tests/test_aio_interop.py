@@ -26,7 +26,7 @@ from aiosmpplib import ESME, BindMode, PhoneNumber
 from aiosmpplib import DeliverSm as AioDeliverSm
 from aiosmpplib import SubmitSm as AioSubmitSm
 from aiosmpplib import SubmitSmResp as AioSubmitSmResp
-from interop_clients import QueueHook, check_aio_receipts
+from interop_clients import QueueHook, SmpplibPeer, check_aio_receipts, check_smpplib_receipts
 from loops import Run
 from minimal_mc import DEADLINE, MinimalMC
 
@@ -43,67 +43,16 @@ MSISDN = "491701234567"
 GSM_TEXT = "Hello @ £5 {ok} from smpplib"  # '{' and '}' take the GSM escape table
 UCS2_TEXT = "Привет, κόσμε ✓"
 LONG_TEXT = " ".join(f"word{i:03d}" for i in range(50))  # 399 septets: 3 UDH parts
-SMPPLIB_LOGGER = "smsc.tests.smpplib"
-
-logging.getLogger(SMPPLIB_LOGGER).setLevel(logging.CRITICAL)
-
 
 
 # --- smpplib ------------------------------------------------------------------------------
-
-
-class Smpplib:
-    """One blocking smpplib client whose handlers collect what arrives."""
-
-    def __init__(self, port: int) -> None:
-        self.client = smpplib.client.Client(
-            "127.0.0.1",
-            port,
-            timeout=1.0,
-            logger_name=SMPPLIB_LOGGER,
-            allow_unknown_opt_params=True,
-        )
-        self.resps: list[Any] = []
-        self.delivers: list[Any] = []
-        self.client.set_message_sent_handler(lambda pdu, **kw: self.resps.append(pdu))
-        self.client.set_message_received_handler(lambda pdu, **kw: self.delivers.append(pdu))
-
-    def submit(self, text: str, encoding: int, *, receipt: bool = False) -> int:
-        """Send ``text`` as smpplib.gsm.make_parts splits it; returns the number of parts."""
-        parts, data_coding, esm_class = smpplib.gsm.make_parts(text, encoding)
-        for part in parts:
-            self.client.send_message(
-                source_addr=SHORT_CODE,
-                destination_addr=MSISDN,
-                short_message=part,
-                data_coding=data_coding,
-                esm_class=esm_class,
-                registered_delivery=1 if receipt else 0,
-            )
-        return len(parts)
-
-    def read_until(self, done: Callable[[], bool], deadline: float) -> None:
-        """read_once until ``done()``; an idle 1 s read sends an enquire_link."""
-        while not done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self.resps)} resps, {len(self.delivers)} deliver_sm")
-            self.client.read_once()
-
-    def unbind(self) -> Any:
-        resp = self.client.unbind()
-        self.client.disconnect()
-        return resp
-
-    def close(self) -> None:
-        if self.client._socket is not None:
-            self.client.disconnect()
 
 
 def in_thread(port: int, count: int, body: Callable[..., Any]) -> Coroutine[Any, Any, Any]:
     """Run ``body(deadline, *clients)`` with ``count`` fresh smpplib clients in a thread."""
 
     def conversation() -> Any:
-        clients = [Smpplib(port) for _ in range(count)]
+        clients = [SmpplibPeer(port) for _ in range(count)]
         try:
             return body(time.monotonic() + DEADLINE, *clients)
         finally:
@@ -134,7 +83,7 @@ def test_smpplib_binds(run: Run, method: str, pdu_class: type, mode: str) -> Non
     async def main() -> None:
         async with MinimalMC(ACCOUNT) as mc:
 
-            def body(deadline: float, c: Smpplib) -> tuple[Any, Any]:
+            def body(deadline: float, c: SmpplibPeer) -> tuple[Any, Any]:
                 c.client.connect()
                 resp = getattr(c.client, method)(system_id="esme", password="secret")
                 return resp, c.unbind()
@@ -160,7 +109,7 @@ def test_smpplib_bad_password_is_refused(run: Run) -> None:
     async def main() -> None:
         async with MinimalMC(ACCOUNT) as mc:
 
-            def body(deadline: float, c: Smpplib) -> int:
+            def body(deadline: float, c: SmpplibPeer) -> int:
                 c.client.connect()
                 with pytest.raises(smpplib.exceptions.PDUError) as info:
                     c.client.bind_transceiver(system_id="esme", password="nope")
@@ -177,12 +126,12 @@ def test_smpplib_submits_gsm_ucs2_and_long(run: Run) -> None:
     async def main() -> None:
         async with MinimalMC(ACCOUNT) as mc:
 
-            def body(deadline: float, c: Smpplib) -> tuple[list[Any], int]:
+            def body(deadline: float, c: SmpplibPeer) -> tuple[list[Any], int]:
                 c.client.connect()
                 c.client.bind_transmitter(system_id="esme", password="secret")
-                parts = c.submit(GSM_TEXT, smpplib.consts.SMPP_ENCODING_DEFAULT)
-                parts += c.submit(UCS2_TEXT, smpplib.consts.SMPP_ENCODING_ISO10646)
-                parts += c.submit(LONG_TEXT, smpplib.consts.SMPP_ENCODING_DEFAULT)
+                parts = c.submit(GSM_TEXT, smpplib.consts.SMPP_ENCODING_DEFAULT, receipt=False)
+                parts += c.submit(UCS2_TEXT, smpplib.consts.SMPP_ENCODING_ISO10646, receipt=False)
+                parts += c.submit(LONG_TEXT, smpplib.consts.SMPP_ENCODING_DEFAULT, receipt=False)
                 c.read_until(lambda: len(c.resps) == parts, deadline)
                 c.unbind()
                 return c.resps, parts
@@ -211,38 +160,20 @@ def test_smpplib_submits_gsm_ucs2_and_long(run: Run) -> None:
     run(main())
 
 
-def check_receipts(resps: list[Any], receipts: list[Any]) -> None:
-    assert [r.status for r in resps] == [0] * len(resps)
-    ids = sorted(text_of(r) for r in resps)
-    got = []
-    for pdu in receipts:
-        assert pdu.esm_class & 0x3C == EsmClass.DELIVERY_RECEIPT
-        receipted = pdu.receipted_message_id
-        receipted = receipted.decode("ascii") if isinstance(receipted, bytes) else receipted
-        receipted = receipted.rstrip("\0")
-        text = pdu.short_message.decode("ascii")
-        assert text.startswith(f"id:{receipted} ")
-        assert " stat:DELIVRD " in text
-        assert pdu.message_state == 2
-        assert (pdu.source_addr, pdu.destination_addr) == (MSISDN.encode(), SHORT_CODE.encode())
-        got.append(receipted)
-    assert sorted(got) == ids
-
-
 def test_smpplib_transceiver_gets_its_receipt(run: Run) -> None:
     async def main() -> None:
         async with MinimalMC(ACCOUNT) as mc:
 
-            def body(deadline: float, c: Smpplib) -> tuple[list[Any], list[Any]]:
+            def body(deadline: float, c: SmpplibPeer) -> tuple[list[Any], list[Any]]:
                 c.client.connect()
                 c.client.bind_transceiver(system_id="esme", password="secret")
-                c.submit(GSM_TEXT, smpplib.consts.SMPP_ENCODING_DEFAULT, receipt=True)
+                c.submit(GSM_TEXT, smpplib.consts.SMPP_ENCODING_DEFAULT)
                 c.read_until(lambda: len(c.resps) == len(c.delivers) == 1, deadline)
                 c.unbind()
                 return c.resps, c.delivers
 
             resps, receipts = await in_thread(mc.port, 1, body)
-            check_receipts(resps, receipts)
+            check_smpplib_receipts(resps, receipts)
             await mc.wait_for(lambda: len(mc.receipt_acks) == 1)
             [ack] = mc.receipt_acks
             assert isinstance(ack, DeliverSmResp)
@@ -255,12 +186,12 @@ def test_smpplib_receipt_reaches_a_separate_receiver(run: Run) -> None:
     async def main() -> None:
         async with MinimalMC(ACCOUNT) as mc:
 
-            def body(deadline: float, rx: Smpplib, tx: Smpplib) -> tuple[Any, ...]:
+            def body(deadline: float, rx: SmpplibPeer, tx: SmpplibPeer) -> tuple[Any, ...]:
                 rx.client.connect()
                 rx.client.bind_receiver(system_id="esme", password="secret")
                 tx.client.connect()
                 tx.client.bind_transmitter(system_id="esme", password="secret")
-                parts = tx.submit(LONG_TEXT, smpplib.consts.SMPP_ENCODING_DEFAULT, receipt=True)
+                parts = tx.submit(LONG_TEXT, smpplib.consts.SMPP_ENCODING_DEFAULT)
                 tx.read_until(lambda: len(tx.resps) == parts, deadline)
                 rx.read_until(lambda: len(rx.delivers) == parts, deadline)
                 tx.unbind()
@@ -270,7 +201,7 @@ def test_smpplib_receipt_reaches_a_separate_receiver(run: Run) -> None:
             resps, receipts, on_tx = await in_thread(mc.port, 2, body)
             assert on_tx == []
             assert len(resps) == 3
-            check_receipts(resps, receipts)
+            check_smpplib_receipts(resps, receipts)
             await mc.wait_for(lambda: len(mc.receipt_acks) == 3)
             assert all(a.command_status == 0 for a in mc.receipt_acks)
 
