@@ -126,21 +126,23 @@ def assert_config_error(
     assert reason in line
 
 
+def yaml_keys(node: Any) -> set[str]:
+    """Every mapping key anywhere in a parsed YAML document."""
+    keys: set[str] = set()
+    if isinstance(node, dict):
+        keys.update(node)
+        for value in node.values():
+            keys |= yaml_keys(value)
+    elif isinstance(node, list):
+        for item in node:
+            keys |= yaml_keys(item)
+    return keys
+
+
 def documented_keys(example: Path) -> set[str]:
     """Every key an example config file sets, and those it shows in commented-out blocks
     (``#   key: value``: keys whose values need files to exist, such as TLS certificates)."""
     text = example.read_text(encoding="utf-8")
-    keys: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            keys.update(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(yaml.safe_load(text))
+    keys = yaml_keys(yaml.safe_load(text))
     keys.update(re.findall(r"^\s*#\s+([a-z_]+):", text, re.M))
     return keys

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 import yaml
+from processes import yaml_keys
 
 from simulator.load.config import LoadConfig, decode_config
 from simulator.load.engine import Schedule
@@ -239,18 +240,7 @@ def test_the_reference_scenario_shows_every_key_with_its_default() -> None:
     path = ROOT / "conf" / "scenarios" / "reference.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert decode_config(data) == LoadConfig()
-    keys: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            keys.update(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(data)
+    keys = yaml_keys(data)
 
     def fields(t: Any) -> set[str]:
         out: set[str] = set()
