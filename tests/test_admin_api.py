@@ -4,14 +4,11 @@ the bearer token required."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from admin_fixtures import BASE, OPENAPI, TOKEN, Api
-from loops import LOOP_FACTORIES, Run
+from loops import Run
 from smsc_fixtures import (
     DEADLINE,
     SYSTEM_ID,
@@ -27,12 +24,6 @@ from smppcore.text import decode_text
 from smppcore.tlv import Tag
 from smsc.app import App
 from smsc.openapi import SPEC
-
-
-@pytest.fixture
-def run() -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
-        yield runner.run
 
 
 def config(tmp_path: Path, *, token: str | None = TOKEN, down: bool = False) -> Any:
@@ -62,7 +53,7 @@ def api(app: App, token: str | None = TOKEN) -> Api:
 # --- the document ----------------------------------------------------------------------------
 
 
-def test_openapi_document_is_served_and_describes_every_route(run: Run, tmp_path: Path) -> None:
+def test_openapi_document_is_served_and_describes_every_route(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
             reply = await client.get("/openapi.json", token=None)
@@ -79,7 +70,7 @@ def test_openapi_document_is_served_and_describes_every_route(run: Run, tmp_path
             documented = {(m, p) for p, ops in SPEC["paths"].items() for m in ops}
             assert served == documented
 
-    run(main())
+    run1(main())
     OPENAPI.check_spec()  # type: ignore[attr-defined]
 
 
@@ -87,7 +78,7 @@ def test_openapi_document_is_served_and_describes_every_route(run: Run, tmp_path
 
 
 def test_the_token_is_required_except_for_health_ready_and_the_document(
-    run: Run, tmp_path: Path
+    run1: Run, tmp_path: Path
 ) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
@@ -103,10 +94,10 @@ def test_the_token_is_required_except_for_health_ready_and_the_document(
             assert (await client.get("/ready", token=None)).status == 200
             assert (await client.get("/binds")).status == 200
 
-    run(main())
+    run1(main())
 
 
-def test_without_a_token_the_admin_endpoints_are_off(run: Run, tmp_path: Path) -> None:
+def test_without_a_token_the_admin_endpoints_are_off(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path, token=None)) as app, api(app, None) as client:
             for token in (None, "anything-at-all-0123"):
@@ -117,10 +108,10 @@ def test_without_a_token_the_admin_endpoints_are_off(run: Run, tmp_path: Path) -
             assert not app.router.paused
             assert (await client.get("/health", token=None)).status == 200
 
-    run(main())
+    run1(main())
 
 
-def test_unknown_paths_and_methods_answer_json_errors(run: Run, tmp_path: Path) -> None:
+def test_unknown_paths_and_methods_answer_json_errors(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
             async with client.session.get(
@@ -134,13 +125,13 @@ def test_unknown_paths_and_methods_answer_json_errors(run: Run, tmp_path: Path) 
                 assert response.status == 405
                 assert set(await response.json()) == {"error"}
 
-    run(main())
+    run1(main())
 
 
 # --- health and readiness ----------------------------------------------------------------------
 
 
-def test_readiness_needs_every_carrier_bound_unless_drained(run: Run, tmp_path: Path) -> None:
+def test_readiness_needs_every_carrier_bound_unless_drained(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         cfg = config(tmp_path, down=True)
         async with running_app(cfg, wait_for=["cheap", "dear"]) as app, api(app) as client:
@@ -159,13 +150,13 @@ def test_readiness_needs_every_carrier_bound_unless_drained(run: Run, tmp_path: 
             assert reply.status == 200
             assert reply.body["ready"] is True
 
-    run(main())
+    run1(main())
 
 
 # --- binds -------------------------------------------------------------------------------------
 
 
-def test_binds_are_listed_and_one_can_be_kicked(run: Run, tmp_path: Path) -> None:
+def test_binds_are_listed_and_one_can_be_kicked(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
             esme = await bind_client(app, "trx")
@@ -193,13 +184,13 @@ def test_binds_are_listed_and_one_can_be_kicked(run: Run, tmp_path: Path) -> Non
                 await esme.close()
                 await other.close()
 
-    run(main())
+    run1(main())
 
 
 # --- carriers ----------------------------------------------------------------------------------
 
 
-def test_a_paused_carrier_gets_no_messages_until_resumed(run: Run, tmp_path: Path) -> None:
+def test_a_paused_carrier_gets_no_messages_until_resumed(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
             esme = await bind_client(app, "trx")
@@ -232,10 +223,10 @@ def test_a_paused_carrier_gets_no_messages_until_resumed(run: Run, tmp_path: Pat
             finally:
                 await esme.close()
 
-    run(main())
+    run1(main())
 
 
-def test_drain_unbinds_a_carrier_and_resume_binds_it_again(run: Run, tmp_path: Path) -> None:
+def test_drain_unbinds_a_carrier_and_resume_binds_it_again(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
             esme = await bind_client(app, "trx")
@@ -261,10 +252,10 @@ def test_drain_unbinds_a_carrier_and_resume_binds_it_again(run: Run, tmp_path: P
             finally:
                 await esme.close()
 
-    run(main())
+    run1(main())
 
 
-def test_mo_injected_on_a_simulated_carrier_reaches_its_account(run: Run, tmp_path: Path) -> None:
+def test_mo_injected_on_a_simulated_carrier_reaches_its_account(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
             esme = await bind_client(app, "rx")
@@ -293,13 +284,13 @@ def test_mo_injected_on_a_simulated_carrier_reaches_its_account(run: Run, tmp_pa
             finally:
                 await esme.close()
 
-    run(main())
+    run1(main())
 
 
 # --- routes and queue --------------------------------------------------------------------------
 
 
-def test_routes_are_listed_and_explained(run: Run, tmp_path: Path) -> None:
+def test_routes_are_listed_and_explained(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
             reply = await client.get("/routes")
@@ -326,10 +317,10 @@ def test_routes_are_listed_and_explained(run: Run, tmp_path: Path) -> None:
             )
             assert missing.status == 400
 
-    run(main())
+    run1(main())
 
 
-def test_queue_stats_and_submit_through_the_api(run: Run, tmp_path: Path) -> None:
+def test_queue_stats_and_submit_through_the_api(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
             esme = await bind_client(app, "rx")
@@ -384,14 +375,14 @@ def test_queue_stats_and_submit_through_the_api(run: Run, tmp_path: Path) -> Non
             finally:
                 await esme.close()
 
-    run(main())
+    run1(main())
 
 
-def test_reload_without_a_configuration_file_is_refused(run: Run, tmp_path: Path) -> None:
+def test_reload_without_a_configuration_file_is_refused(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(config(tmp_path)) as app, api(app) as client:
             reply = await client.post("/reload")
             assert reply.status == 409
             assert "nothing to reload" in reply.body["error"]
 
-    run(main())
+    run1(main())

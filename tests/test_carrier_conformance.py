@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from carrier_fixtures import (
     DEADLINE,
-    LOOP_FACTORIES,
     PASSWORD,
     SYSTEM_ID,
     Esme,
@@ -74,13 +73,6 @@ RECEIPT_TEXT = re.compile(
     r"id:(?P<id>\S+) sub:001 dlvrd:00[01] submit date:\d{10} done date:\d{10}"
     r" stat:(?P<stat>[A-Z]{7}) err:(?P<err>\d{3}) text:(?P<text>.{0,20})"
 )
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    """Runs a coroutine on a fresh loop of each kind (asyncio, uvloop)."""
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
 
 
 @pytest.fixture

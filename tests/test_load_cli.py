@@ -12,25 +12,17 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import test_load as scripts
 from carrier_fixtures import PASSWORD, SYSTEM_ID, profile, running_carrier
-from loops import LOOP_FACTORIES
 
 from smppcore.constants import CommandId
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 9.0
-
-
-@pytest.fixture
-def run() -> Iterator[scripts.Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
-        yield runner.run
 
 
 def load(*args: str) -> subprocess.CompletedProcess[str]:
@@ -117,7 +109,7 @@ def test_an_unknown_flag_is_a_usage_error() -> None:
     assert "smsc load: error: unrecognized arguments: --frobnicate" in result.stderr
 
 
-def test_nothing_to_bind_to_exits_1(run: scripts.Run) -> None:
+def test_nothing_to_bind_to_exits_1(run1: scripts.Run) -> None:
     async def main() -> None:
         async with running_carrier() as carrier:
             port = carrier.port
@@ -127,10 +119,10 @@ def test_nothing_to_bind_to_exits_1(run: scripts.Run) -> None:
         assert f"smsc load: cannot bind to 127.0.0.1:{port}" in result.stderr
         assert "error" in result.summary
 
-    run(main())
+    run1(main())
 
 
-def test_a_refused_bind_exits_1_with_the_status(run: scripts.Run) -> None:
+def test_a_refused_bind_exits_1_with_the_status(run1: scripts.Run) -> None:
     async def main() -> None:
         async with running_carrier() as carrier:
             proc = await start(
@@ -141,14 +133,14 @@ def test_a_refused_bind_exits_1_with_the_status(run: scripts.Run) -> None:
         assert result.code == 1
         assert "bind refused: ESME_RINVPASWD" in result.stderr
 
-    run(main())
+    run1(main())
 
 
 # --- real runs ------------------------------------------------------------------------------------
 
 
 def test_two_worker_processes_against_the_carrier_with_both_reports(
-    run: scripts.Run, tmp_path: Path
+    run1: scripts.Run, tmp_path: Path
 ) -> None:
     async def main() -> None:
         prof = profile(receipt_delay={"kind": "fixed", "ms": 50}, states={"DELIVRD": 1.0})
@@ -194,10 +186,10 @@ def test_two_worker_processes_against_the_carrier_with_both_reports(
             assert fetch not in page  # readable offline: nothing to fetch or run
         assert PASSWORD not in page.split("<h2>Parameters</h2>")[1]
 
-    run(main())
+    run1(main())
 
 
-def test_progress_line_when_asked(run: scripts.Run) -> None:
+def test_progress_line_when_asked(run1: scripts.Run) -> None:
     async def main() -> None:
         async with scripts.scripted(scripts.Script()) as port:
             proc = await start(
@@ -210,11 +202,11 @@ def test_progress_line_when_asked(run: scripts.Run) -> None:
         assert "/s" in result.stderr
         assert "ok " in result.stderr
 
-    run(main())
+    run1(main())
 
 
 def test_ctrl_c_stops_the_workers_and_yields_a_partial_report(
-    run: scripts.Run, tmp_path: Path
+    run1: scripts.Run, tmp_path: Path
 ) -> None:
     async def main() -> None:
         script = scripts.Script(delay=lambda n: 0.002, notify_at=2000)
@@ -237,4 +229,4 @@ def test_ctrl_c_stops_the_workers_and_yields_a_partial_report(
         assert "INTERRUPTED" in result.stdout
         assert json.loads((tmp_path / "partial.json").read_text())["summary"] == s
 
-    run(main())
+    run1(main())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,6 @@ from smsc.config import SmscConfig
 ADMIN = {"admin": {"token": TOKEN}}
 
 
-@pytest.fixture
-def run() -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
-        yield runner.run
-
-
 class Source:
     """What ``App.reload`` reads: the latest config a test wrote (or the error it raises)."""
 
@@ -57,7 +51,7 @@ def route(*carriers: tuple[str, str], prefix: str = "") -> dict[str, Any]:
 
 
 def test_a_price_change_changes_the_decision_and_sessions_stay_bound(
-    run: Run, tmp_path: Path
+    run1: Run, tmp_path: Path
 ) -> None:
     async def main() -> None:
         sims = {"a": {}, "b": {}}
@@ -85,10 +79,10 @@ def test_a_price_change_changes_the_decision_and_sessions_stay_bound(
             finally:
                 await esme.close()
 
-    run(main())
+    run1(main())
 
 
-def test_an_added_account_can_bind_and_a_removed_one_is_unbound(run: Run, tmp_path: Path) -> None:
+def test_an_added_account_can_bind_and_a_removed_one_is_unbound(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         sims = {"a": {}}
         first = app_config(tmp_path, sims)
@@ -121,10 +115,10 @@ def test_an_added_account_can_bind_and_a_removed_one_is_unbound(run: Run, tmp_pa
                 await acme.close()
                 await globex.close()
 
-    run(main())
+    run1(main())
 
 
-def test_an_added_carrier_gets_traffic(run: Run, tmp_path: Path) -> None:
+def test_an_added_carrier_gets_traffic(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         first = app_config(tmp_path, {"a": {}}, [route(("a", "0.002"))])
         second = app_config(
@@ -145,10 +139,10 @@ def test_an_added_carrier_gets_traffic(run: Run, tmp_path: Path) -> None:
             finally:
                 await esme.close()
 
-    run(main())
+    run1(main())
 
 
-def test_a_removed_carriers_queued_messages_go_elsewhere(run: Run, tmp_path: Path) -> None:
+def test_a_removed_carriers_queued_messages_go_elsewhere(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         first = app_config(tmp_path, {"old": {}, "other": {}}, [route(("old", "0.001"))])
         second = app_config(tmp_path, {"other": {}}, [route(("other", "0.002"))])
@@ -169,11 +163,11 @@ def test_a_removed_carriers_queued_messages_go_elsewhere(run: Run, tmp_path: Pat
             finally:
                 await esme.close()
 
-    run(main())
+    run1(main())
 
 
 def test_an_invalid_configuration_is_refused_and_the_old_one_keeps_running(
-    run: Run, tmp_path: Path
+    run1: Run, tmp_path: Path
 ) -> None:
     async def main() -> None:
         sims = {"a": {}, "b": {}}
@@ -200,10 +194,10 @@ def test_an_invalid_configuration_is_refused_and_the_old_one_keeps_running(
             finally:
                 await esme.close()
 
-    run(main())
+    run1(main())
 
 
-def test_changes_that_need_a_restart_are_reported_not_applied(run: Run, tmp_path: Path) -> None:
+def test_changes_that_need_a_restart_are_reported_not_applied(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         first = app_config(tmp_path, {"a": {}})
         second = app_config(
@@ -223,7 +217,7 @@ def test_changes_that_need_a_restart_are_reported_not_applied(run: Run, tmp_path
             esme = await bind_client(app, "trx")  # still on the port it had
             await esme.close()
 
-    run(main())
+    run1(main())
 
 
 # --- SIGHUP on a real `smsc serve` ---------------------------------------------------------------

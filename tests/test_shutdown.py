@@ -5,12 +5,11 @@ same store sends them and reports them to their account."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
-from loops import LOOP_FACTORIES, Run
+from loops import Run
 from smsc_fixtures import (
     DEADLINE,
     FAST,
@@ -28,17 +27,9 @@ from smppcore.pdu import EnquireLink
 from smsc.app import App
 
 
-@pytest.fixture
-def run() -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
-        yield runner.run
-
-
-
-
 @pytest.mark.parametrize("ack_after", ["enqueue", "store"])
 def test_messages_queued_at_shutdown_are_sent_after_the_next_start(
-    run: Run, tmp_path: Path, ack_after: str
+    run1: Run, tmp_path: Path, ack_after: str
 ) -> None:
     async def main() -> None:
         # First run: the route's only carrier ("up") is a real one that is down, so every
@@ -76,11 +67,11 @@ def test_messages_queued_at_shutdown_are_sent_after_the_next_start(
             finally:
                 await receiver.close()
 
-    run(main())
+    run1(main())
 
 
 def test_shutdown_keeps_its_overall_deadline_with_a_carrier_that_never_answers(
-    run: Run, tmp_path: Path
+    run1: Run, tmp_path: Path
 ) -> None:
     async def main() -> None:
         hole = {"seed": 1, "misbehave": {"black_hole_after_pdus": 1}}  # answers the bind only
@@ -110,4 +101,4 @@ def test_shutdown_keeps_its_overall_deadline_with_a_carrier_that_never_answers(
             took = loop.time() - started
         assert took < 3.0, took  # the budget, plus the store's close and a loaded machine
 
-    run(main())
+    run1(main())

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 from carrier_fixtures import (
     DEADLINE,
-    LOOP_FACTORIES,
     PASSWORD,
     SYSTEM_ID,
     carrier_config,
@@ -49,13 +48,6 @@ Run = Callable[[Coroutine[Any, Any, Any]], Any]
 S = CommandStatus
 DEST = "447700900001"
 BAD_DEST = "999000111"
-
-
-@pytest.fixture(params=list(LOOP_FACTORIES))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    """Runs a coroutine on a fresh loop of each kind (asyncio, uvloop)."""
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[request.param]) as runner:
-        yield runner.run
 
 
 # --- helpers ----------------------------------------------------------------------------
