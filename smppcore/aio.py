@@ -58,25 +58,26 @@ class _WriteTick:
     process up to 5,000 times a second, and on a shared VM a wake-up costs tens of
     microseconds before any work is done. A request still waits at most its connection's
     ``coalesce`` (the timer is moved earlier for a shorter one); it may go sooner, with
-    the tick another connection started."""
+    the tick another connection started. It holds no reference to its loop (the registry
+    below is keyed weakly by it): it is reached through the connections' ``_loop``."""
 
-    __slots__ = ("_at", "_due", "_loop", "_timer")
+    __slots__ = ("_at", "_due", "_timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._due: dict[Connection, None] = {}  # ordered: flushed in the order they came
         self._timer: asyncio.TimerHandle | None = None
         self._at = 0.0
 
     def add(self, conn: Connection, delay: float) -> None:
         self._due[conn] = None
-        at = self._loop.time() + delay
+        loop = conn._loop
+        at = loop.time() + delay
         if self._timer is not None:
             if self._at <= at:
                 return
             self._timer.cancel()
         self._at = at
-        self._timer = self._loop.call_at(at, self._fire)
+        self._timer = loop.call_at(at, self._fire)
 
     def discard(self, conn: Connection) -> None:
         self._due.pop(conn, None)
@@ -89,7 +90,11 @@ class _WriteTick:
         due, self._due = self._due, {}
         for conn in due:
             conn._coalescing = False
-            conn._flush()
+        for conn in due:
+            try:
+                conn._flush()
+            except Exception:  # a bug in one connection must not strand the others' requests
+                log.exception("flushing %s failed", conn.peer)
 
 
 _ticks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteTick] = (
@@ -100,7 +105,7 @@ _ticks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteTick] = (
 def _write_tick(loop: asyncio.AbstractEventLoop) -> _WriteTick:
     tick = _ticks.get(loop)
     if tick is None:
-        tick = _ticks[loop] = _WriteTick(loop)
+        tick = _ticks[loop] = _WriteTick()
     return tick
 
 
