@@ -43,6 +43,7 @@ from router.store import Store
 from router.upstream import CarrierPool
 from smppcore.constants import CommandStatus, EsmClass, MessageState
 from smppcore.pdu import DeliverSm
+from smppcore.receipt import is_final
 from smppcore.receipt_pdu import read_receipt
 from smppcore.tlv import Tag
 
@@ -59,8 +60,6 @@ _MAX_SENT_CACHE = 200_000
 _DELIVERED = MessageState.DELIVERED
 #: value → name (``MessageState.name`` is a slow descriptor; the hot metrics key on it)
 _STATE_NAME: dict[int, str] = {int(s): s.name for s in MessageState}
-_ENROUTE = MessageState.ENROUTE
-_ACCEPTED = MessageState.ACCEPTED
 #: Loop turns a receipt waits for its submit_sm_resp's outcome before the store is asked.
 _MEMORY_TURNS = 3
 
@@ -179,7 +178,10 @@ class Router:
             log.info("recovered %d accepted messages not yet sent upstream", requeued)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop dispatching, let in-flight submits finish (bounded), unbind carriers."""
+        """Stop dispatching, let in-flight submits finish (bounded), unbind carriers, and
+        finish matching the receipts already acknowledged to carriers (bounded too)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self._running = False
         self._release_paced()  # queued (and stored) now: nothing accepted is dropped
         if self._pass_timer is not None:
@@ -188,10 +190,26 @@ class Router:
         await asyncio.gather(
             *(pool.stop(timeout) for pool in self.pools.values()), return_exceptions=True
         )
+        # A carrier will not resend a receipt we answered: deliver or hold what is being
+        # matched through the store (the store closes after the router) before giving up.
+        await self.settle(max(0.0, deadline - loop.time()))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the receipts being matched through the store
+        (receipts of messages no longer in memory: sent long ago, before a restart, or
+        repeated); True when none is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.wait(set(self._tasks), timeout=left)  # they may start others
+        return True
 
     async def wait_carriers_bound(
         self, timeout: float, carriers: Iterable[str] | None = None
@@ -804,12 +822,17 @@ class Router:
         if stored is None:
             self.metrics.event("receipt_unmatched", report.carrier)
             return
+        if stored.done_at is not None:
+            # Final already (its receipt went to the client): a carrier repeating a
+            # receipt, say because our deliver_sm_resp was late. Not a second receipt.
+            self.metrics.event("receipt_duplicate", report.carrier)
+            return
         self._receipt(stored.message, report)
 
     def _receipt(self, msg: Message, report: DeliveryReport) -> None:
         report = msgspec.structs.replace(report, message_id=msg.id)
         state = report.state
-        final = state != _ENROUTE and state != _ACCEPTED
+        final = is_final(state)
         if final:
             health = self.health.get(report.carrier)
             if health is not None:

@@ -29,6 +29,7 @@ from smppcore.constants import (
 )
 from smppcore.errors import SmppError
 from smppcore.pdu import DeliverSm, Pdu
+from smppcore.receipt import is_final
 from smppcore.receipt_pdu import message_preview, receipt_sm_body
 from smsc.accounts import AccountState
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 _INTERMEDIATE = int(RegisteredDelivery.INTERMEDIATE)
 _RECEIPT_MASK = int(RegisteredDelivery.RECEIPT_MASK)
 _FAILURE_ONLY = int(RegisteredDelivery.FAILURE_ONLY)
-_NOT_FINAL = frozenset({MessageState.ENROUTE, MessageState.ACCEPTED, MessageState.SCHEDULED})
 _DRAIN_BATCH = 500
 _DELIVER_SM = int(CommandId.DELIVER_SM)
 #: A deliver_sm to send: a struct (a template: sequence 0), or its encoded body (``bytes``,
@@ -49,7 +49,7 @@ _MAX_BEHIND = 10_000
 
 def wants_receipt(registered_delivery: int, state: MessageState) -> bool:
     """Does registered_delivery (§5.2.17) ask for a receipt of ``state``?"""
-    if state in _NOT_FINAL:
+    if not is_final(state):
         return bool(registered_delivery & _INTERMEDIATE)
     kind = registered_delivery & _RECEIPT_MASK
     if kind == 1:
@@ -116,7 +116,7 @@ class Delivery:
             destination.npi,
             destination.addr,
             message_preview(msg.short_message, msg.esm_class, msg.data_coding),
-            report.state in _NOT_FINAL,
+            not is_final(report.state),
         )
         self.deliver(msg.account, body)
 

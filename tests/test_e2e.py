@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from carrier_fixtures import Esme
 from loops import Run
+from minimal_mc import MinimalMC
 from smsc_fixtures import (
     DEADLINE,
     FAST,
@@ -25,6 +27,8 @@ from smsc_fixtures import (
     OTHER_PASSWORD,
     PASSWORD,
     SYSTEM_ID,
+    UPSTREAM_ID,
+    UPSTREAM_PASSWORD,
     accounts,
     app_config,
     assert_one_final_receipt_each,
@@ -50,6 +54,7 @@ from smppcore.pdu import (
     DataSm,
     DataSmResp,
     DistributionList,
+    EnquireLink,
     ReplaceSm,
     ReplaceSmResp,
     SmeAddress,
@@ -490,6 +495,43 @@ def test_receipts_for_an_offline_account_are_held_durably_and_sent_in_order(
             assert [receipt_id(p) for p in trx.delivered] == [marker]
             await rx.close()
             await trx.close()
+
+    run(main())
+
+
+def test_a_carrier_repeating_a_final_receipt_gives_the_client_one_receipt(
+    run: Run, tmp_path: Path
+) -> None:
+    """Carriers resend a receipt whose deliver_sm_resp came late; the client must not get
+    the message's final receipt twice. The repeat is acknowledged to the carrier and
+    counted (receipt_duplicate), and that count is the marker the test waits for."""
+
+    async def main() -> None:
+        async with MinimalMC({UPSTREAM_ID: UPSTREAM_PASSWORD}, auto_receipt=False) as mc:
+            config = app_config(
+                tmp_path, {"mc": FAST}, upstreams={"mc": {"host": mc.host, "port": mc.port}}
+            )
+            config = msgspec.structs.replace(config, simulated_carriers=())
+            async with running_app(config) as app:
+                assert app.router is not None
+                events = app.router.metrics.events
+                esme = await bind_client(app)
+                our_id = (await esme.submit()).message_id
+                await mc.wait_for(lambda: len(mc.message_ids) == 1)
+                [carrier] = mc.bound(UPSTREAM_ID)
+                carrier_id = mc.message_ids[0]
+                mc.push_receipt(carrier, carrier_id)
+                await esme.receipt_for(our_id)
+                mc.push_receipt(carrier, carrier_id)
+                await mc.wait_for(lambda: len(mc.receipt_acks) == 2)
+                assert [a.command_status for a in mc.receipt_acks] == [0, 0]
+                for _ in range(4):  # a receipt is looked for in memory for 3 loop turns,
+                    await asyncio.sleep(0)  # then through the store (a task settle awaits)
+                assert await app.router.settle(DEADLINE)
+                await esme.request(EnquireLink())  # after any deliver_sm sent before it
+                assert_one_final_receipt_each(esme, [our_id])
+                assert events.get(("receipt_duplicate", "mc")) == 1
+                await esme.close()
 
     run(main())
 
