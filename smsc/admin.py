@@ -142,6 +142,10 @@ class AdminServer:
     async def stop(self) -> None:
         await self._runner.cleanup()
 
+    def _submit_wait(self) -> float:
+        """How long a submit through the API may wait for the router's answer."""
+        return self._router().config.intake.max_wait + 30.0
+
     def _router(self) -> Router:
         if self.app.router is None:
             raise web.HTTPServiceUnavailable(reason="not started")
@@ -165,6 +169,12 @@ class AdminServer:
             if isinstance(exc, web.HTTPMethodNotAllowed):
                 return error(exc.status, exc.reason, Allow=", ".join(sorted(exc.allowed_methods)))
             return error(exc.status, exc.reason)
+        except Exception:
+            if not request.path.startswith("/api/"):
+                raise
+            # A bug (or a race with a reload): the caller still gets JSON, the log the why.
+            log.exception("admin API: %s %s failed", request.method, request.path)
+            return error(500, "internal error (see the smsc log)")
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -176,7 +186,8 @@ class AdminServer:
             return error(403, "admin API disabled: no admin.token configured")
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
+            # aiohttp keeps undecodable header octets as surrogates: compare them as octets
+            given.strip().encode("utf-8", "surrogateescape"), token.encode()
         ):
             return error(
                 401, "missing or wrong bearer token", **{"WWW-Authenticate": 'Bearer realm="smsc"'}
@@ -366,10 +377,13 @@ class AdminServer:
 
         server.intake.submit(message, answered)
         try:
-            async with asyncio.timeout(30.0):
+            # The router answers within intake.max_wait (paced) plus a durable write in
+            # ack_after: store mode; past that something is wrong, and the id is what the
+            # caller can query to find out what became of the message.
+            async with asyncio.timeout(self._submit_wait()):
                 status = await done
         except TimeoutError:
-            return error(504, "the router did not accept the message in time")
+            return error(504, f"the router did not answer in time; message id {msg_id}")
         if status:
             try:
                 name = CommandStatus(status).name

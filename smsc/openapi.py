@@ -366,7 +366,9 @@ PATHS: dict[str, Any] = {
                 "400": _error("bad request"),
                 "404": _error("no such account"),
                 "429": _error("the account's throughput is used up"),
+                "413": _error("body over 64 KiB"),
                 "503": _error("refused (queue full, store error)"),
+                "504": _error("the router did not answer in time; the error names the message id"),
                 **_AUTH,
             },
         }

@@ -4,6 +4,8 @@ the bearer token required."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,29 @@ def test_the_token_is_required_except_for_health_ready_and_the_document(
             assert (await client.get("/health", token=None)).body == {"status": "ok"}
             assert (await client.get("/ready", token=None)).status == 200
             assert (await client.get("/binds")).status == 200
+
+    run1(main())
+
+
+def test_a_token_that_is_not_utf8_is_refused_with_401_json(run1: Run, tmp_path: Path) -> None:
+    """aiohttp hands octets that are not UTF-8 over as surrogates; they once made a plain
+    text 500 (and a traceback in the log). Sent raw: no HTTP client would send them."""
+
+    async def main() -> None:
+        async with running_app(config(tmp_path)) as app:
+            async with asyncio.timeout(DEADLINE):
+                reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)
+                writer.write(
+                    b"GET " + BASE.encode() + b"/binds HTTP/1.1\r\nHost: smsc\r\n"
+                    b"Authorization: Bearer \xff\xfe0123456789abcdef\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
+                reply = await reader.read()
+                writer.close()
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 401"), head
+            assert b"application/json" in head
+            assert json.loads(body)["error"]
 
     run1(main())
 
