@@ -84,6 +84,18 @@ def check_tls(config: SmscConfig, *, source: str = "") -> None:
             raise config_error(err, prefix, source=source) from None
 
 
+def admin_token(config: SmscConfig, *, source: str = "") -> str | None:
+    """The admin API's bearer token, read from ``admin.token_file`` when that is set; a file
+    that cannot be read or holds too short a token is a ConfigError naming the key."""
+    try:
+        return resolve_token(config.admin)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            "$.admin.token_file", f"{config.admin.token_file}: {reason}", source=source
+        ) from None
+
+
 class App:
     """One smsc node."""
 
@@ -118,7 +130,7 @@ class App:
 
     async def start(self) -> None:
         config = self.config
-        self.admin_token = resolve_token(config.admin)
+        self.admin_token = admin_token(config)
         await self.store.open()
         ids = IdAllocator(config.node_id, self.store.reserve_ids)
         await ids.start()
@@ -209,7 +221,7 @@ class App:
             check_tls(new)
             plan = reload_plan(self.config, new)
             config = plan.config
-            token = resolve_token(config.admin)
+            token = admin_token(config)
             log.info("reloading the configuration")
 
             # New carriers first, so the new table can use them.

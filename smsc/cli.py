@@ -253,11 +253,12 @@ def serve_config(args: argparse.Namespace) -> SmscConfig:
 def _serve(args: argparse.Namespace) -> int:
     try:
         config = serve_config(args)
-        from smsc.app import check_tls, simulator_configs
+        from smsc.app import admin_token, check_tls, simulator_configs
 
-        # Refuse a bad simulated carrier or certificate before starting anything.
+        # Refuse a bad simulated carrier, certificate or token file before starting anything.
         simulator_configs(config, source=args.config or "")
         check_tls(config, source=args.config or "")
+        admin_token(config, source=args.config or "")
     except ConfigError as exc:
         print(f"smsc: {exc}", file=sys.stderr)
         return 2

@@ -102,7 +102,7 @@ class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     token: Annotated[str, Meta(min_length=16, max_length=512)] | None = None
     """The bearer token (at least 16 characters); null: see token_file."""
-    token_file: str | None = None
+    token_file: Annotated[str, Meta(min_length=1)] | None = None
     """A file whose first line is the token (read at start and at each reload)."""
 
     def __post_init__(self) -> None:

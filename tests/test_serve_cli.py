@@ -101,6 +101,8 @@ _CARRIER = "router:\n  carriers:\n    - name: sim\n"
             "unknown key",
         ),
         (_SIM + "      port: 1\n", "$.simulated_carriers[0].name", "no router carrier named 'sim'"),
+        ("admin:\n  token_file: no-such-token.txt\n", "$.admin.token_file", "No such file"),
+        ("admin:\n  token_file: ''\n", "$.admin.token_file", "length >= 1"),
     ],
     ids=[
         "unknown-key",
@@ -111,6 +113,8 @@ _CARRIER = "router:\n  carriers:\n    - name: sim\n"
         "bad-enum",
         "bad-simulator-key",
         "simulator-without-carrier",
+        "missing-token-file",
+        "empty-token-file-name",
     ],
 )
 def test_bad_config_exits_2_naming_the_key(
