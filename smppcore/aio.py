@@ -587,14 +587,20 @@ async def start_server(
     ssl: ssl_module.SSLContext | None = None,
     backlog: int = 1024,
 ) -> asyncio.Server:
-    """Listen for ESMEs: each connection gets an MC-role Connection and its own handler."""
+    """Listen for ESMEs: each connection gets an MC-role Connection and its own handler.
+
+    With ``ssl``, the TLS handshake must end within the config's ``session_init_timeout``
+    (the time a connection has to bind, of which the handshake is part; 60 s, asyncio's
+    default, when that is off): a peer that connects and never says hello is closed."""
     loop = asyncio.get_running_loop()
     cfg = config or SessionConfig()
+    handshake = None if ssl is None else (cfg.session_init_timeout or 60.0)
     return await loop.create_server(
         lambda: Connection(Role.MC, cfg, handler_factory=handler_factory),
         host,
         port,
         ssl=ssl,
+        ssl_handshake_timeout=handshake,
         backlog=backlog,
     )
 

@@ -33,11 +33,12 @@ from smsc_fixtures import (
     running_app,
 )
 
-from smppcore.aio import BindError, ConnectionClosed, connect
+from smppcore.aio import BindError, ConnectionClosed, Handler, connect, start_server
 from smppcore.codec import encode
 from smppcore.config import ConfigError
 from smppcore.constants import CommandStatus
 from smppcore.pdu import BindTransceiver
+from smppcore.session import SessionConfig
 from smppcore.tls import ClientTls, ServerTls, TlsError, client_context, server_context
 from smsc.app import App, check_tls
 from smsc.cli import main
@@ -208,6 +209,33 @@ def test_plaintext_on_the_tls_port_gets_no_smpp_answer(run1: Run, tmp_path: Path
             assert not app.server.connections  # none got through
 
     run1(main_())
+
+
+def test_a_peer_that_never_starts_the_handshake_is_closed_at_session_init_timeout(
+    run: Run, pki: Pki
+) -> None:
+    """A TCP connection to the TLS port that says nothing holds a socket until the handshake
+    deadline, which is the session's session_init_timeout (the time it has to bind)."""
+
+    async def main() -> None:
+        context = server_context(ServerTls(cert=str(pki.cert), key=str(pki.key)))
+        config = SessionConfig(session_init_timeout=0.2)
+        server = await start_server(lambda conn: Handler(), config=config, ssl=context)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            loop = asyncio.get_running_loop()
+            opened = loop.time()
+            try:
+                async with asyncio.timeout(DEADLINE):
+                    assert await reader.read() == b""  # to EOF: the server closed it
+            finally:
+                writer.close()
+            assert loop.time() - opened < DEADLINE / 2
+        finally:
+            server.close()
+
+    run(main())
 
 
 def test_client_certificate_required_when_client_ca_is_set(
