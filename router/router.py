@@ -698,13 +698,15 @@ class Router:
             self.metrics.carrier(outcome.carrier).submit_latency.observe(latency)
             self._final(msg, MessageState.REJECTED, outcome.status, outcome.carrier)
             return
+        if isinstance(outcome, Failed) and outcome.reason == "not ready":
+            # It never left us (no bind could take it): neither an attempt nor a failure
+            # of the carrier's.
+            self.queue.requeue(msgspec.structs.replace(msg, attempts=msg.attempts - 1))
+            return
         kind = "temporary" if isinstance(outcome, Rejected) else "failed"
         if health is not None:
             health.record_submit(now, latency, kind)  # type: ignore[arg-type]
         status = outcome.status if isinstance(outcome, Rejected) else 0
-        if isinstance(outcome, Failed) and outcome.reason == "not ready":
-            self.queue.requeue(msg)  # never left us: not an attempt
-            return
         counts = self.metrics.carrier(outcome.carrier)
         counts.submit_latency.observe(latency)
         counts.retries += 1
