@@ -198,6 +198,24 @@ class Router:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def close_intake(self, timeout: float) -> None:
+        """Answer every submit still waiting — paced, or (``ack_after: store``) for its
+        durable write — within ``timeout`` seconds. At shutdown, while the clients are
+        still bound: an answer that finds its client gone is a message sent twice (the
+        client resubmits what it never saw acknowledged)."""
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
+        paced, self._paced = self._paced, deque()
+        for message, done, _ in paced:
+            self._accept(message, done)
+        if self.config.ack_after == "store":
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.store.flush()
+            except TimeoutError:
+                log.warning("shutdown: the store did not commit in %.1f s", timeout)
+
     async def settle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the receipts being matched through the store
         (receipts of messages no longer in memory: sent long ago, before a restart, or

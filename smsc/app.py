@@ -330,6 +330,8 @@ class App:
             await self._http.stop()
         if self.server is not None:
             self.server.accepting = False
+            if self.router is not None:  # the submits still waiting get their answers first
+                await self.router.close_intake(left(5.0))
             await self.server.unbind_all(left(5.0))
             await self.server.stop()
         if self.router is not None:

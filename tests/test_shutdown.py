@@ -102,3 +102,43 @@ def test_shutdown_keeps_its_overall_deadline_with_a_carrier_that_never_answers(
         assert took < 3.0, took  # the budget, plus the store's close and a loaded machine
 
     run1(main())
+
+
+@pytest.mark.parametrize("ack_after", ["enqueue", "store"])
+def test_a_submit_waiting_at_shutdown_is_answered_before_its_client_is_unbound(
+    run1: Run, tmp_path: Path, ack_after: str
+) -> None:
+    """Intake pacing holds a submit unanswered while the queue is crowded. At shutdown it
+    must be answered (accepted: it is queued and stored) before the client is unbound; an
+    answer after the unbind never reaches the client, which then sends the message again."""
+
+    async def main() -> None:
+        hole = {"seed": 1, "misbehave": {"black_hole_after_pdus": 1}}  # answers the bind only
+        config = app_config(
+            tmp_path,
+            {"hole": {**FAST, **hole}},
+            upstreams={"hole": {"window": 1, "response_timeout": 60.0}},
+            router={"ack_after": ack_after, "intake": {"pace_above": 1, "max_wait": 60.0}},
+            shutdown_timeout=1.0,  # the in-flight submit is abandoned after it
+        )
+        app = App(config)
+        await app.start()
+        try:
+            assert app.router is not None
+            router = app.router
+            await router.wait_carriers_bound(DEADLINE)
+            esme = await bind_client(app, "trx")
+            await esme.submit_ok()  # in flight to the carrier, which never answers
+            await esme.submit_ok()  # queued: the carrier's window is full
+            waiting = asyncio.ensure_future(esme.submit())  # paced: one ready is a crowd
+            await esme.request(EnquireLink())  # the submit has reached the router
+            assert router.paced == 1
+            assert not waiting.done()
+        finally:
+            async with asyncio.timeout(DEADLINE):
+                await app.stop()
+        resp = await waiting
+        assert resp.command_status == 0
+        await esme.close()
+
+    run1(main())
