@@ -270,7 +270,11 @@ class Delivery:
                         continue
                     self._send(conn, account, body, 0.0, finish)
                     sent.append(item_id)
-                    await conn.drain()
+                    try:
+                        await conn.drain()
+                    except (TimeoutError, SmppError):  # stuck or gone: stop this batch here,
+                        failed = True  # but release what was delivered (no resend at rebind)
+                        break
                 results = await asyncio.gather(*pending)
                 delivered = [i for i, ok in zip(sent, results, strict=True) if ok]
                 self.store.release(delivered)
