@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from simulator.config import MoConfig, NumberRange
-from smppcore.constants import DataCoding, EsmClass
+from smppcore.constants import DataCoding, EsmClass, ton_npi_for
 from smppcore.errors import LocalProtocolError
 from smppcore.pdu import DeliverSm
 from smppcore.segment import split
@@ -93,8 +93,8 @@ def build_mo(
         segments = split(text, data_coding, ref=ref & 0xFF)
     except LocalProtocolError as exc:  # EncodingError included
         raise MoError(str(exc)) from None
-    src_ton, src_npi = address_type(source)
-    dst_ton, dst_npi = address_type(destination)
+    src_ton, src_npi = ton_npi_for(source)
+    dst_ton, dst_npi = ton_npi_for(destination)
     return [
         DeliverSm(
             source_addr_ton=src_ton,
@@ -116,14 +116,6 @@ def draw_number(rng: random.Random, numbers: NumberRange) -> str:
     if not numbers.digits:
         return numbers.prefix
     return f"{numbers.prefix}{rng.randrange(10**numbers.digits):0{numbers.digits}d}"
-
-
-def address_type(address: str) -> tuple[int, int]:
-    """(TON, NPI): alphanumeric (5, 0); a short code (≤ 8 digits) unknown/ISDN (0, 1);
-    a longer number international/ISDN (1, 1)."""
-    if not address.isdigit():
-        return 5, 0
-    return (0, 1) if len(address) <= 8 else (1, 1)
 
 
 def _check_address(name: str, address: str) -> None:

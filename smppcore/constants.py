@@ -218,3 +218,11 @@ class PriorityFlag(IntEnum):
     LEVEL_1 = 1
     LEVEL_2 = 2
     LEVEL_3 = 3
+
+
+def ton_npi_for(address: str) -> tuple[int, int]:
+    """The (TON, NPI) an address most likely has: alphanumeric (5, 0); a short code (at
+    most 8 digits) unknown/ISDN (0, 1); a longer number international/ISDN (1, 1)."""
+    if not address.isdigit():
+        return 5, 0
+    return (0, 1) if len(address) <= 8 else (1, 1)

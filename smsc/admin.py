@@ -29,8 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from router.model import Address, Message
 from router.routing import format_explanation
 from smppcore.config import ConfigError
-from smppcore.constants import CommandStatus
-from smppcore.text import choose_coding, gsm_encode
+from smppcore.constants import CommandStatus, ton_npi_for
+from smppcore.text import choose_coding, encode_text
 from smsc.config import AdminConfig
 from smsc.openapi import SPEC
 
@@ -59,7 +59,8 @@ class SubmitRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     account: Annotated[str, msgspec.Meta(min_length=1, max_length=15)]
     destination: Digits
     text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
-    source: Annotated[str, msgspec.Meta(max_length=20)] = ""
+    source: Annotated[str, msgspec.Meta(max_length=20, pattern="^[ -~]*$")] = ""
+    """Printable ASCII (a number or an alphanumeric sender); empty: none."""
     registered_delivery: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
     priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = 0
 
@@ -348,7 +349,7 @@ class AdminServer:
         if state.bucket is not None and not state.bucket.take(loop.time()):
             return error(429, "the account's throughput is used up (ESME_RTHROTTLED)")
         coding = int(choose_coding(body.text))
-        data = gsm_encode(body.text) if coding == 0 else body.text.encode("utf-16-be")
+        data = encode_text(body.text, coding)
         try:
             msg_id = server.new_id()
         except RuntimeError:
@@ -423,9 +424,7 @@ async def _body(request: web.Request, kind: type[T]) -> T | web.Response:
 
 
 def _address(number: str) -> Address:
-    """TON/NPI for a source: international E.164 digits, alphanumeric, or none."""
+    """A source with its likely TON/NPI (ton_npi_for); none when empty."""
     if not number:
         return Address(0, 0, "")
-    if number.isdigit():
-        return Address(1, 1, number)
-    return Address(5, 0, number)
+    return Address(*ton_npi_for(number), number)

@@ -163,7 +163,7 @@ SCHEMAS: dict[str, Any] = {
             "account": {"type": "string", "minLength": 1, "maxLength": 15},
             "destination": {"type": "string", "pattern": "^\\+?[0-9]{1,20}$"},
             "text": {"type": "string", "minLength": 1, "maxLength": 10000},
-            "source": {"type": "string", "maxLength": 20},
+            "source": {"type": "string", "maxLength": 20, "pattern": "^[ -~]*$"},
             "registered_delivery": {"type": "integer", "minimum": 0, "maximum": 255},
             "priority": {"type": "integer", "minimum": 0, "maximum": 3},
         },

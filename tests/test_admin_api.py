@@ -395,6 +395,11 @@ def test_queue_stats_and_submit_through_the_api(run1: Run, tmp_path: Path) -> No
                     "/messages", json_body={**body, "destination": "abc"}, valid_request=False
                 )
                 assert bad.status == 400
+                not_ascii = await client.post(
+                    "/messages", json_body={**body, "source": "Überé"}, valid_request=False
+                )
+                assert not_ascii.status == 400
+                assert "source" in not_ascii.body["error"]
                 broken = await client.post("/messages", raw=b"{", valid_request=False)
                 assert broken.status == 400
             finally:
