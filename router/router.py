@@ -135,6 +135,7 @@ class Router:
         #: loop time they arrived. Bounded by the clients' windows (each waits unanswered).
         self._paced: deque[tuple[Message, AcceptCallback, float]] = deque()
         self._pace_timer: asyncio.TimerHandle | None = None
+        self._pace_at = 0.0  # when _pace_timer fires
         #: The dispatcher runs as loop callbacks, not a task: a pass is scheduled when
         #: something may be sendable (_wake_up), or by a timer when only time is missing.
         self._pass_due = False
@@ -271,27 +272,34 @@ class Router:
         if not self._crowded():  # waiting only behind earlier ones: the dispatcher frees them
             self._wake_up()
         if self._pace_timer is None:
-            self._pace_timer = loop.call_at(
-                loop.time() + self.config.intake.max_wait, self._release_paced
-            )
+            self._pace_at = loop.time() + self.config.intake.max_wait
+            self._pace_timer = loop.call_at(self._pace_at, self._pace_fired)
+
+    def _pace_fired(self) -> None:
+        self._pace_timer = None
+        self._release_paced()
 
     def _release_paced(self) -> None:
         """Queue (and answer) the paced submits there is room for, oldest first; those
-        that waited ``intake.max_wait`` go in regardless; all of them when stopping."""
-        if self._pace_timer is not None:
-            self._pace_timer.cancel()
-            self._pace_timer = None
+        that waited ``intake.max_wait`` go in regardless; all of them when stopping.
+
+        Runs on every dispatcher pass while submits are paced: the timer for the oldest
+        one is kept while that one waits, not cancelled and armed again each pass."""
         paced = self._paced
-        if not paced:
-            return
         loop = asyncio.get_running_loop()
         max_wait = self.config.intake.max_wait
         overdue = loop.time() - max_wait
         while paced and (not self._running or paced[0][2] <= overdue or not self._crowded()):
             message, done, _ = paced.popleft()
             self._accept(message, done)
-        if paced:
-            self._pace_timer = loop.call_at(paced[0][2] + max_wait, self._release_paced)
+        due = paced[0][2] + max_wait if paced else None
+        timer = self._pace_timer
+        if timer is not None and (due is None or due != self._pace_at):
+            timer.cancel()
+            timer = self._pace_timer = None
+        if due is not None and timer is None:
+            self._pace_at = due
+            self._pace_timer = loop.call_at(due, self._pace_fired)
 
     def _accept(self, message: Message, done: AcceptCallback) -> None:
         if self.config.ack_after == "store":
