@@ -62,6 +62,9 @@ _DELIVERED = MessageState.DELIVERED
 _STATE_NAME: dict[int, str] = {int(s): s.name for s in MessageState}
 #: Loop turns a receipt waits for its submit_sm_resp's outcome before the store is asked.
 _MEMORY_TURNS = 3
+#: Receipts being matched through the store at most (a task each); past it a receipt
+#: that is not in memory is answered ESME_RX_T_APPN, for the carrier to send again.
+_MAX_RESOLVING = 10_000
 
 
 class RouterStats(msgspec.Struct, frozen=True):
@@ -792,6 +795,13 @@ class Router:
             self.metrics.event("receipt_unreadable", carrier)
             return CommandStatus.ESME_ROK
         receipt_id, state, error = read
+        if len(self._tasks) >= _MAX_RESOLVING and self.correlator.lookup(
+            carrier, receipt_id, self._carriers[carrier].receipt_id
+        ) is None:
+            # Too many receipts already wait for the store: the carrier keeps this one
+            # and sends it again later (a temporary error), rather than our memory.
+            self.metrics.event("receipt_deferred", carrier)
+            return CommandStatus.ESME_RX_T_APPN
         report = DeliveryReport(
             message_id="",
             state=state,
