@@ -28,6 +28,7 @@ from smppcore.errors import SmppError
 from smppcore.pdu import Pdu
 from smppcore.session import (
     Event,
+    LateResponse,
     ProtocolViolation,
     RequestExpired,
     RequestReceived,
@@ -114,11 +115,14 @@ class ConnectionClosed(SmppError):
 
 
 class RequestTimeout(SmppError):
-    """No window slot (``reason == "window"``) or no response (``"response"``) in time."""
+    """No window slot (``reason == "window"``) or no response (``"response"``) in time.
+    ``sequence_number`` is the request's (a late answer to it reaches
+    :meth:`Handler.late_response`)."""
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, sequence_number: int = 0) -> None:
         super().__init__(message)
         self.reason = reason
+        self.sequence_number = sequence_number
 
 
 class BindError(SmppError):
@@ -152,6 +156,11 @@ class Handler:
 
     def protocol_violation(self, conn: Connection, event: ProtocolViolation) -> None:
         """The peer broke the protocol; the core already answered it on the wire."""
+
+    def late_response(self, conn: Connection, request: Pdu, response: Pdu) -> None:
+        """The peer answered ``request`` after its callback got RequestTimeout
+        (``reason == "response"``); the request's sequence number is its. The default
+        ignores it."""
 
     def session_closed(self, conn: Connection, reason: str) -> None:
         """The session is over (unbind, timer, error or lost connection)."""
@@ -476,8 +485,15 @@ class Connection(asyncio.Protocol):
                             f"{type(ev.request).__name__} seq "
                             f"{ev.request.sequence_number}: no {ev.reason} in time",
                             reason=ev.reason,
+                            sequence_number=ev.request.sequence_number,
                         )
                     self._call_back(cb, err)
+            elif cls is LateResponse:
+                assert isinstance(ev, LateResponse)
+                try:
+                    handler.late_response(self, ev.request, ev.response)
+                except Exception:
+                    log.exception("late response handler failed on %s", self.peer)
             elif cls is ProtocolViolation:
                 assert isinstance(ev, ProtocolViolation)
                 log.info("peer %s: %s (answered %s)", self.peer, ev.detail, status_name(ev.status))

@@ -187,6 +187,17 @@ class RequestExpired(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
+class LateResponse(msgspec.Struct, frozen=True, gc=False):
+    """The answer to one of our requests that had already expired (``RequestExpired``
+    with reason ``response``): the peer did take it, late. What the application did about
+    the expiry (send it again, say) it may now undo. Remembered for the last
+    ``window + max_waiting`` requests that expired so, until their sequence number is
+    used again."""
+
+    request: Pdu
+    response: Pdu
+
+
 class ProtocolViolation(msgspec.Struct, frozen=True, gc=False):
     """The peer broke the protocol and the core answered it with ``status`` itself."""
 
@@ -202,7 +213,14 @@ class SessionClosed(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
-Event = RequestReceived | ResponseReceived | RequestExpired | ProtocolViolation | SessionClosed
+Event = (
+    RequestReceived
+    | ResponseReceived
+    | RequestExpired
+    | LateResponse
+    | ProtocolViolation
+    | SessionClosed
+)
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
@@ -253,11 +271,15 @@ class Session:
         self.takes_tlvs = True
         #: Responses whose sequence number matched none of our requests (dropped).
         self.unmatched_responses = 0
+        #: Responses to requests that had expired (reported as LateResponse).
+        self.late_responses = 0
         self.close_reason = ""
         self._frames = FrameBuffer(self.config.max_pdu_length)
         self._out: list[bytes] = []
         self._next_seq = 1
         self._in_flight: dict[int, tuple[Pdu, float]] = {}
+        #: Our requests that expired unanswered, oldest first (bounded: see LateResponse).
+        self._expired: dict[int, Pdu] = {}
         self._internal: dict[int, int] = {}
         #: Requests waiting for a window slot: (request, deadline, its body when it came
         #: encoded, else None).
@@ -456,6 +478,8 @@ class Session:
         while seq in self._in_flight:
             seq = seq + 1 if seq < MAX_SEQUENCE else 1
         self._next_seq = seq + 1 if seq < MAX_SEQUENCE else 1
+        if self._expired:
+            self._expired.pop(seq, None)  # a late answer to it can no longer be told apart
         return seq
 
     def _promote(self, now: float) -> None:
@@ -591,6 +615,15 @@ class Session:
         seq = pdu.sequence_number
         entry = self._in_flight.get(seq)
         cid = pdu.command_id
+        if entry is None and self._expired:
+            late = self._expired.get(seq)
+            if late is not None and (
+                cid == late.command_id | RESPONSE_BIT or cid == CommandId.GENERIC_NACK
+            ):
+                del self._expired[seq]
+                self.late_responses += 1
+                events.append(LateResponse(late, pdu))
+                return
         if entry is None or (
             cid != entry[0].command_id | RESPONSE_BIT and cid != CommandId.GENERIC_NACK
         ):
@@ -703,6 +736,10 @@ class Session:
             if kind == _INTERNAL_UNBIND:
                 self._close("unbind unanswered", events)
                 return events
+            expired = self._expired
+            expired[seq] = request
+            if len(expired) > cfg.window + cfg.max_waiting:
+                del expired[next(iter(expired))]
             events.append(RequestExpired(request, "response"))
         while self._waiting and self._waiting[0][1] <= now:
             events.append(RequestExpired(self._waiting.popleft()[0], "window"))
@@ -751,6 +788,7 @@ class Session:
         for request, _, _ in self._waiting:
             events.append(RequestExpired(request, "closed"))
         self._in_flight.clear()
+        self._expired.clear()
         self._internal.clear()
         self._waiting.clear()
         self._inbound.clear()

@@ -486,17 +486,30 @@ def test_pending_requests_fail_with_connection_closed_on_connection_lost(run: Ru
     run(main())
 
 
+class LateHandler(Handler):
+    """Records the late answers it hears of: (sequence number, status)."""
+
+    def __init__(self) -> None:
+        self.late: list[tuple[int, int]] = []
+
+    def late_response(self, conn: Connection, request: Pdu, response: Pdu) -> None:
+        assert request.sequence_number == response.sequence_number
+        self.late.append((response.sequence_number, response.command_status))
+
+
 def test_request_times_out_when_peer_never_answers(run: Run) -> None:
     async def main() -> None:
-        conn, t = await bound_esme(quiet(response_timeout=0.2))
+        handler = LateHandler()
+        conn, t = await bound_esme(quiet(response_timeout=0.2), handler)
         fut = conn.send_request(submit())
         [sent] = await t.next_write()
         with pytest.raises(RequestTimeout) as info:
             await wait_done(fut)
         assert info.value.reason == "response"
         assert conn.bound
-        conn.data_received(wire(ok(sent)))  # too late: dropped
-        assert conn.session.unmatched_responses == 1
+        conn.data_received(wire(ok(sent)))  # too late for the future: the handler hears it
+        assert conn.session.late_responses == 1
+        assert handler.late == [(sent.sequence_number, 0)]
         again = conn.send_request(submit())
         [second] = await t.next_write()
         conn.data_received(wire(ok(second)))

@@ -32,6 +32,7 @@ from smppcore.pdu import (
 )
 from smppcore.session import (
     Event,
+    LateResponse,
     ProtocolViolation,
     RequestExpired,
     RequestReceived,
@@ -541,6 +542,32 @@ def test_no_response_in_time_expires_the_request() -> None:
     assert pair.esme.handle_timer(15) == [RequestExpired(sent, "response")]
     assert pair.esme.in_flight == 0
     assert pair.esme.state is State.BOUND_TX
+
+
+def test_a_late_answer_to_an_expired_request_is_reported_once() -> None:
+    """A response after the response timeout is not dropped as unmatched: it is reported
+    (LateResponse) once, so the application can undo what it did about the expiry (a
+    receipt about to be sent again). A sequence number used again forgets the old one."""
+    config = msgspec.structs.replace(QUIET, window=1, max_waiting=1, response_timeout=5.0)
+    pair = Pair(esme_config=config)
+    pair.bind(State.BOUND_TX)
+    first = pair.esme.send_request(submit(1), 10)
+    pair.esme.data_to_send()
+    assert pair.esme.handle_timer(15) == [RequestExpired(first, "response")]
+    late = SubmitSmResp(first.sequence_number, 0, "x")
+    assert pair.esme.receive_data(encode(late), 16) == [LateResponse(first, late)]
+    assert pair.esme.receive_data(encode(late), 16) == []  # twice: unmatched
+    assert (pair.esme.late_responses, pair.esme.unmatched_responses) == (1, 1)
+    # The remembered ones are bounded (window + max_waiting = 2): the oldest go first.
+    sent = []
+    for i in range(3):
+        sent.append(pair.esme.send_request(submit(i), 20 + 10 * i))
+        pair.esme.data_to_send()
+        assert pair.esme.handle_timer(25 + 10 * i) == [RequestExpired(sent[i], "response")]
+    oldest = SubmitSmResp(sent[0].sequence_number, 0, "a")
+    assert pair.esme.receive_data(encode(oldest), 60) == []
+    newest = SubmitSmResp(sent[2].sequence_number, 0, "c")
+    assert pair.esme.receive_data(encode(newest), 60) == [LateResponse(sent[2], newest)]
 
 
 def test_an_expired_request_frees_its_slot_for_the_next() -> None:
