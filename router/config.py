@@ -138,6 +138,11 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Records waiting for the writer at most; beyond it, submits are refused (MSGQFUL)."""
     keep_days: Annotated[float, Meta(gt=0)] = 7.0
     """Final messages are kept this long for query_sm, then purged."""
+    held_max: Annotated[int, Meta(ge=1)] = 1_000_000
+    """Held receipts and MO kept per account at most, a last resort against a full disk:
+    beyond it the oldest are dropped (smsc_store_held_dropped_total; logged when an
+    account starts and stops dropping). Accounts refuse new work well before
+    (``max_held``)."""
     commit_interval: Annotated[float, Meta(ge=0, le=1)] = 0.02
     """Seconds the writer gathers records before a transaction (group commit); it writes at
     once when an ack (``ack_after: store``) or a read waits, or a batch is full. 0: at once."""

@@ -70,8 +70,6 @@ log = logging.getLogger(__name__)
 DurableCallback = Callable[[bool], None]
 
 SCHEMA_VERSION: Final = 1
-#: Default bound on deliveries held for one account; beyond it the oldest are dropped.
-HELD_MAX_PER_ACCOUNT: Final = 100_000
 #: Rows deleted per transaction by ``purge`` (the writer gets the connection between chunks).
 PURGE_CHUNK: Final = 5_000
 _DAY: Final = 86_400.0
@@ -429,7 +427,8 @@ class SqliteStore:
     """``Store`` on one aiosqlite connection (WAL), with one batching writer task.
 
     ``clock`` gives wall-clock Unix seconds (held items' expiry, a report without done_at);
-    ``held_max`` bounds the deliveries held per account (the oldest are dropped beyond it).
+    ``held_max`` bounds the deliveries held per account (the oldest are dropped beyond it;
+    default: the config's ``held_max``).
     """
 
     def __init__(
@@ -437,8 +436,9 @@ class SqliteStore:
         config: StoreConfig,
         *,
         clock: Callable[[], float] = time.time,
-        held_max: int = HELD_MAX_PER_ACCOUNT,
+        held_max: int | None = None,
     ) -> None:
+        held_max = config.held_max if held_max is None else held_max
         if held_max < 1:
             raise ValueError("held_max must be at least 1")
         self._config = config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from router.routing import AccountPolicy
 from smppcore.aio import Connection
 from smppcore.throttle import TokenBucket
@@ -50,18 +52,26 @@ class AccountState:
         if conn in self.receivers:
             self.receivers.remove(conn)
 
-    def receiver(self, *, full_ok: bool = False) -> Connection | None:
-        """A bound receive-capable session with room in its window (``full_ok``: or with
-        requests already waiting for a slot), round robin."""
+    def receiver(
+        self, *, full_ok: bool = False, avoid: Collection[Connection] = ()
+    ) -> Connection | None:
+        """A bound receive-capable session with a free window slot (``full_ok``: or with
+        requests already waiting for one), round robin; one of ``avoid`` only when no
+        other has a slot."""
         receivers = self.receivers
         n = len(receivers)
+        fallback = None
         for _ in range(n):
             self._rr = (self._rr + 1) % n
             conn = receivers[self._rr]
+            session = conn.session
             if (
-                conn.session.can_deliver
+                session.can_deliver
                 and not conn.closed
-                and (full_ok or not conn.session.waiting)
+                and (full_ok or (not session.waiting and session.in_flight < session.config.window))
             ):
-                return conn
-        return None
+                if conn not in avoid:
+                    return conn
+                if fallback is None:
+                    fallback = conn
+        return fallback

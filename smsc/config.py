@@ -34,6 +34,12 @@ class SmscAccount(AccountSettings, frozen=True, forbid_unknown_fields=True):
     """Only these carriers; null: any."""
     receipt_ttl: Annotated[float, Meta(gt=0)] = 172_800.0
     """Seconds a receipt or MO waits for a receive-capable bind before it is dropped."""
+    max_held: Annotated[int, Meta(ge=1, le=100_000_000)] = 100_000
+    """Receipts and MO held for the account (no receive-capable bind, or one too slow)
+    at most: from there on its submits that ask for a receipt are refused
+    (ESME_RMSGQFUL) until a receiver takes some — the receipts already promised are all
+    kept. Counted since start (a restart counts from zero until a drain empties the
+    account's held items). Below ``router.store.held_max``."""
 
     @property
     def price_ceiling(self) -> Decimal | None:
@@ -163,6 +169,11 @@ class SmscConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if acct.system_id in seen:
                 raise ValueError(f"accounts[{i}].system_id: {acct.system_id!r} appears twice")
             seen.add(acct.system_id)
+            if acct.max_held >= self.router.store.held_max:
+                raise ValueError(
+                    f"accounts[{i}].max_held: {acct.max_held} must be below"
+                    f" router.store.held_max ({self.router.store.held_max})"
+                )
             for name in acct.allowed_carriers or ():
                 if name not in {c.name for c in self.router.carriers}:
                     raise ValueError(f"accounts[{i}].allowed_carriers: no carrier named {name!r}")

@@ -1,10 +1,27 @@
 """Receipts and MO to the owning account's binds (router.ports.ReportSink).
 
 Sent over any receive-capable bind of the account (never another account's), round
-robin. With none bound — or when a delivery fails (bind lost, no answer, a temporary
-refusal) — the deliver_sm is held durably in the store and sent, in order, when a
-receive-capable bind of the account appears; held items expire by the account's
-``receipt_ttl``.
+robin. With none bound — or when a delivery fails (bind lost, no slot or no answer in
+time, a temporary refusal) — the deliver_sm is held durably in the store; held items
+expire by the account's ``receipt_ttl``.
+
+Held items are sent, in order, by one drain per account at a time: started when a
+receive-capable bind of the account appears, and when an item is held while one is
+bound (a slow or stalled session, or a refusal). The drain hands an item to a bind with
+a free window slot — preferring binds whose last deliver_sm was answered over one that
+let its last one time out — and waits (re-checking every ``_ROOM_CHECK`` seconds) for a
+slot to free when none has one; it ends once the store has nothing left of the account,
+or no receive-capable bind is left. New deliveries wait behind a running drain (in
+memory up to ``_MAX_BEHIND``, then in the store) so that they do not overtake it.
+
+A deliver_sm_resp that comes after ``response_timeout`` is not wasted: the session
+reports it (smppcore LateResponse), and the held copy, not yet sent again, is released
+instead of sent twice.
+
+Each account holds at most ``max_held`` items (counted here: those held since start and
+not yet delivered; a drain that finds the store empty sets the count to zero). While it
+is over that, :meth:`Delivery.refuses_receipts` tells the server to refuse submits that
+ask for a receipt (ESME_RMSGQFUL) — the receipts already promised are all kept.
 """
 
 from __future__ import annotations
@@ -12,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 
 from router.model import DeliveryReport, Message, StoredMessage
 from router.store import Store
-from smppcore.aio import Connection
+from smppcore.aio import Connection, RequestTimeout
 from smppcore.codec import HEADER, encode
 from smppcore.constants import (
     HEADER_LENGTH,
@@ -45,6 +63,17 @@ _DELIVER_SM = int(CommandId.DELIVER_SM)
 Item = Pdu | bytes
 #: Deliveries kept in memory behind a drain, per account; past it they join the store too.
 _MAX_BEHIND = 10_000
+#: Seconds a drain waits for a window slot before it looks at the account's binds again
+#: (a slot freeing wakes it at once).
+_ROOM_CHECK = 1.0
+#: Seconds a drain pauses after a batch the client refused or left unanswered in part.
+_RETRY_PAUSE = 1.0
+#: Deliveries that timed out unanswered remembered (for a late answer), at most.
+_MAX_UNANSWERED = 10_000
+#: Late answers remembered per account (until the drain meets the held copy), at most.
+_MAX_LATE = 10_000
+#: registered_delivery bits that ask for a receipt of some kind (§5.2.17).
+_ASKS_RECEIPT = _RECEIPT_MASK | _INTERMEDIATE
 
 
 def wants_receipt(registered_delivery: int, state: MessageState) -> bool:
@@ -82,6 +111,17 @@ class Delivery:
         self.wall = wall
         self._draining: set[str] = set()
         self._holds: dict[str, int] = {}  # items held so far, per account (see _drain)
+        self._held_now: dict[str, int] = {}  # held and not delivered yet, per account
+        self._full: set[str] = set()  # accounts at their max_held (refusing receipts)
+        #: Set when a deliver_sm of the account is answered (a slot frees) or it binds.
+        self._room: dict[str, asyncio.Event] = {}
+        #: Binds whose last deliver_sm went unanswered: a drain uses them last.
+        self._suspect: weakref.WeakSet[Connection] = weakref.WeakSet()
+        #: (connection, sequence) of a deliver_sm that timed out → (account, its body).
+        self._unanswered: dict[tuple[Connection, int], tuple[str, bytes]] = {}
+        #: Bodies answered late, per account: their held copies are released, not sent.
+        self._late: dict[str, dict[bytes, int]] = {}
+        self._stopping = False
         #: Deliveries that came while the account's held items were being sent: they go
         #: right after them, in order, without a trip through the store.
         self._behind: dict[str, list[tuple[Item, float]]] = {}
@@ -89,6 +129,8 @@ class Delivery:
         self.sent = 0
         self.held = 0
         self.expired = 0
+        self.late = 0
+        """Deliveries whose answer came after response_timeout, and were not sent again."""
 
     @property
     def held_by_account(self) -> dict[str, int]:
@@ -149,9 +191,19 @@ class Delivery:
             return
         self._send_now(state, account, pdu, expires)
 
+    def refuses_receipts(self, account: str) -> bool:
+        """Is ``account`` at its ``max_held``? Then a submit that asks for a receipt is
+        refused (ESME_RMSGQFUL) until held items are delivered."""
+        return account in self._full
+
+    @staticmethod
+    def asks_receipt(registered_delivery: int) -> bool:
+        """Does a submit with this registered_delivery ask for a receipt of any kind?"""
+        return bool(registered_delivery & _ASKS_RECEIPT)
+
     def _send_now(self, state: AccountState, account: str, pdu: Item, expires: float) -> None:
         # A receiver whose window is full still takes it: its session queues the request
-        # for a slot (bounded by max_waiting). Held instead, it would wait for a new bind.
+        # for a slot (bounded by max_waiting). Held instead, it would wait for a drain.
         conn = state.receiver() or state.receiver(full_ok=True)
         if conn is None:
             self._hold(account, pdu, expires)
@@ -166,7 +218,7 @@ class Delivery:
         expires: float,
         done: Callable[[bool], None] | None,
     ) -> None:
-        answered = partial(self._answered, account, pdu, expires, done)
+        answered = partial(self._answered, conn, account, pdu, expires, done)
         try:
             if isinstance(pdu, bytes):
                 conn.send_request_encoded_callback(_DELIVER_SM, pdu, answered)
@@ -180,6 +232,7 @@ class Delivery:
 
     def _answered(
         self,
+        conn: Connection,
         account: str,
         pdu: Item,
         expires: float,
@@ -187,12 +240,58 @@ class Delivery:
         result: Pdu | SmppError,
     ) -> None:
         ok = not isinstance(result, SmppError) and result.command_status not in TEMPORARY_STATUSES
+        room = self._room.get(account)
+        if room is not None:
+            room.set()  # a slot is free again
         if ok:
             self.sent += 1
+            if self._suspect:
+                self._suspect.discard(conn)
         if done is not None:
             done(ok)
         elif not ok:
-            self._hold(account, pdu, expires)
+            pdu = self._hold(account, pdu, expires)
+        if isinstance(result, RequestTimeout) and result.reason == "response":
+            # It may yet be answered: then its held copy is not sent again (late_answer).
+            self._suspect.add(conn)
+            unanswered = self._unanswered
+            if len(unanswered) >= _MAX_UNANSWERED:
+                del unanswered[next(iter(unanswered))]
+            body = pdu if isinstance(pdu, bytes) else encode(pdu)[HEADER_LENGTH:]
+            unanswered[(conn, result.sequence_number)] = (account, body)
+
+    def late_answer(self, conn: Connection, sequence_number: int, status: int) -> None:
+        """``conn``'s client answered deliver_sm ``sequence_number`` after it timed out.
+        Taken (a status that is not temporary): its held copy is released when a drain
+        comes to it, not sent again."""
+        entry = self._unanswered.pop((conn, sequence_number), None)
+        if entry is None or status in TEMPORARY_STATUSES:
+            return
+        account, body = entry
+        self._suspect.discard(conn)
+        late = self._late.setdefault(account, {})
+        if len(late) >= _MAX_LATE:
+            del late[next(iter(late))]
+        late[body] = late.get(body, 0) + 1
+        self.late += 1
+        self.sent += 1
+        room = self._room.get(account)
+        if room is not None:
+            room.set()
+
+    def _taken_late(self, account: str, body: bytes) -> bool:
+        """Was ``body`` answered late (and so is not to be sent again)? Consumes it."""
+        late = self._late.get(account)
+        if not late:
+            return False
+        n = late.get(body, 0)
+        if not n:
+            return False
+        if n == 1:
+            del late[body]
+        else:
+            late[body] = n - 1
+        return True
 
     def _wait_behind(self, account: str, pdu: Item, expires: float) -> None:
         """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
@@ -205,20 +304,56 @@ class Delivery:
             return
         behind.append((pdu, expires))
 
-    def _hold(self, account: str, pdu: Item, expires: float) -> None:
+    def _hold(self, account: str, pdu: Item, expires: float) -> bytes:
+        """Hold ``pdu`` in the store; its body. A drain starts if a receiver is bound."""
         self.held += 1
         self._holds[account] = self._holds.get(account, 0) + 1
         if isinstance(pdu, bytes):
+            body = pdu
             frame = HEADER.pack(HEADER_LENGTH + len(pdu), _DELIVER_SM, 0, 0) + pdu
         else:
             frame = encode(pdu)
+            body = frame[HEADER_LENGTH:]
         self.store.hold(account, frame, expires)
+        self._count_held(account, 1)
+        self._start_drain(account)
+        return body
+
+    def _count_held(self, account: str, change: int) -> None:
+        """Follow the items ``account`` has held; log when it reaches and leaves max_held."""
+        held = max(0, self._held_now.get(account, 0) + change)
+        self._held_now[account] = held
+        state = self.accounts.get(account)
+        if state is None:
+            return
+        limit = state.account.max_held
+        if held >= limit and account not in self._full:
+            self._full.add(account)
+            log.warning(
+                "%s: %d receipts/MO held (max_held %d): its submits asking for a receipt are"
+                " refused (ESME_RMSGQFUL) until a receiver takes them",
+                account,
+                held,
+                limit,
+            )
+        elif held < limit and account in self._full:
+            self._full.discard(account)
+            log.warning("%s: held receipts/MO under max_held again: submits accepted", account)
 
     # --- held items ---------------------------------------------------------------------
 
     def bound(self, account: str) -> None:
         """A receive-capable bind of ``account`` is up: send what is held, in order."""
-        if account in self._draining:
+        room = self._room.get(account)
+        if room is not None:
+            room.set()
+        self._start_drain(account)
+
+    def _start_drain(self, account: str) -> None:
+        if account in self._draining or self._stopping:
+            return
+        state = self.accounts.get(account)
+        if state is None or not any(_live(c) for c in state.receivers):
             return
         self._draining.add(account)
         task = asyncio.create_task(self._drain(account), name=f"drain-{account}")
@@ -227,77 +362,123 @@ class Delivery:
 
     async def _drain(self, account: str) -> None:
         """Send the held items of ``account`` in order, batch by batch, until none is left
-        — including those held while this ran (``deliver`` holds while a drain is on, to
-        keep the order; a hold that lands after a read that came back empty is caught by
-        the account's hold count). What arrives meanwhile waits in memory (``_behind``)
-        and follows once the store has nothing left of the account."""
+        — including those held while this ran (a hold that lands after a read that came
+        back empty is caught by the account's hold count). What arrives meanwhile waits
+        in memory (``_behind``) and follows once the store has nothing left of the
+        account. Items refused or left unanswered stay held and are tried again after
+        ``_RETRY_PAUSE``, while a receive-capable bind is there."""
         emptied = False
         try:
             state = self.accounts[account]
-            loop = asyncio.get_running_loop()
+            room = self._room.setdefault(account, asyncio.Event())
             while True:
                 holds = self._holds.get(account, 0)
                 items = await self.store.held(account, _DRAIN_BATCH)
                 if not items:
                     if self._holds.get(account, 0) == holds:
                         emptied = True
+                        self._count_held(account, -self._held_now.get(account, 0))
                         return
                     continue  # something was held meanwhile
                 sent: list[int] = []
-                failed = False
                 pending: list[asyncio.Future[bool]] = []
-                for item_id, raw in items:
-                    # Any bound receiver, even one with a full window: the session queues
-                    # beyond the window (bounded by max_waiting) and we drain the transport.
-                    conn = state.receiver() or state.receiver(full_ok=True)
-                    if conn is None:
-                        failed = True
-                        break
-                    fut: asyncio.Future[bool] = loop.create_future()
-                    pending.append(fut)
-
-                    def finish(ok: bool, fut: asyncio.Future[bool] = fut) -> None:
-                        if not fut.done():
-                            fut.set_result(ok)
-
-                    body = _body(raw)
-                    if body is None:  # not a deliver_sm: nothing we would have held
-                        log.warning(
-                            "held item %d of %s is not a deliver_sm: dropped", item_id, account
-                        )
-                        sent.append(item_id)
-                        fut.set_result(True)
-                        continue
-                    self._send(conn, account, body, 0.0, finish)
-                    sent.append(item_id)
-                    try:
-                        await conn.drain()
-                    except (TimeoutError, SmppError):  # stuck or gone: stop this batch here,
-                        failed = True  # but release what was delivered (no resend at rebind)
-                        break
+                gone = await self._send_batch(state, account, items, room, sent, pending)
                 results = await asyncio.gather(*pending)
                 delivered = [i for i, ok in zip(sent, results, strict=True) if ok]
                 self.store.release(delivered)
+                self._count_held(account, -len(delivered))
                 await self.store.flush()
-                if failed or len(delivered) < len(sent):
-                    return  # retried at the next bind
+                if gone:
+                    return  # no receive-capable bind left: the next bind starts a drain
+                if len(delivered) < len(items):
+                    # Refused or unanswered in part: again in a while, in order.
+                    await asyncio.sleep(_RETRY_PAUSE)
+                    if not any(_live(c) for c in state.receivers):
+                        return
         except Exception:
             log.exception("draining held deliveries of %s failed", account)
         finally:
-            self._draining.discard(account)
             behind = self._behind.pop(account, [])
             account_state = self.accounts.get(account)
-            for pdu, expires in behind:
+            for pdu, expires in behind:  # still marked as draining: no drain starts here
                 if emptied and account_state is not None:
                     self._send_now(account_state, account, pdu, expires)
                 else:  # held items remain (no receiver, refused): behind them, in order
                     self._hold(account, pdu, expires)
+            self._draining.discard(account)
+
+    async def _send_batch(
+        self,
+        state: AccountState,
+        account: str,
+        items: list[tuple[int, bytes]],
+        room: asyncio.Event,
+        sent: list[int],
+        pending: list[asyncio.Future[bool]],
+    ) -> bool:
+        """Send ``items`` (or skip them: answered late, unreadable) over binds with a free
+        slot, appending their ids to ``sent`` and a future of each outcome to
+        ``pending``. True when no receive-capable bind is left (the rest stay held)."""
+        loop = asyncio.get_running_loop()
+        for item_id, raw in items:
+            fut: asyncio.Future[bool] = loop.create_future()
+            body = _body(raw)
+            if body is None or self._taken_late(account, body):
+                if body is None:  # not a deliver_sm: nothing we would have held
+                    log.warning("held item %d of %s is not a deliver_sm: dropped", item_id, account)
+                sent.append(item_id)
+                pending.append(fut)
+                fut.set_result(True)
+                continue
+            conn = await self._slot(state, room)
+            if conn is None:
+                return True
+            if self._taken_late(account, body):  # answered while we waited for the slot
+                sent.append(item_id)
+                pending.append(fut)
+                fut.set_result(True)
+                continue
+
+            def finish(ok: bool, fut: asyncio.Future[bool] = fut) -> None:
+                if not fut.done():
+                    fut.set_result(ok)
+
+            sent.append(item_id)
+            pending.append(fut)
+            self._send(conn, account, body, 0.0, finish)
+            try:
+                await conn.drain()
+            except (TimeoutError, SmppError):  # stuck or gone: the rest of the batch waits,
+                return False  # but what was delivered is released (no resend later)
+        return False
+
+    async def _slot(self, state: AccountState, room: asyncio.Event) -> Connection | None:
+        """A receive-capable bind of the account with a free window slot — one whose last
+        deliver_sm was answered, if there is one — waiting for a slot to free; None when
+        the account has no receive-capable bind left."""
+        while True:
+            conn = state.receiver(avoid=self._suspect)
+            if conn is not None:
+                return conn
+            if not any(_live(c) for c in state.receivers):
+                return None
+            room.clear()
+            try:
+                async with asyncio.timeout(_ROOM_CHECK):
+                    await room.wait()
+            except TimeoutError:
+                pass
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _live(conn: Connection) -> bool:
+    return conn.session.can_deliver and not conn.closed
 
 
 def _body(frame: bytes) -> bytes | None:

@@ -243,6 +243,10 @@ class EsmeHandler(aio.Handler):
     def protocol_violation(self, conn: aio.Connection, event: ProtocolViolation) -> None:
         self.server.metrics.pdu(event.command_id, event.status)
 
+    def late_response(self, conn: aio.Connection, request: Pdu, response: Pdu) -> None:
+        if request.command_id == CommandId.DELIVER_SM:
+            self.server.delivery.late_answer(conn, request.sequence_number, response.command_status)
+
     def request_received(self, conn: aio.Connection, pdu: Pdu) -> None:
         handler = _HANDLERS.get(pdu.command_id)
         if handler is None:
@@ -347,6 +351,12 @@ class EsmeHandler(aio.Handler):
     def _admit(self, conn: aio.Connection, pdu: Pdu) -> AccountState | None:
         state = self.state
         assert state is not None
+        delivery = self.server.delivery
+        asks = delivery.asks_receipt(getattr(pdu, "registered_delivery", 0))
+        if asks and delivery.refuses_receipts(state.system_id):
+            # Its receipts could not be kept: the account's held ones are at max_held.
+            self._refuse(conn, pdu, _S.ESME_RMSGQFUL)
+            return None
         bucket = state.bucket
         if bucket is not None and not bucket.take(time.monotonic()):
             self._refuse(conn, pdu, _S.ESME_RTHROTTLED)
