@@ -361,40 +361,50 @@ class Delivery:
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self, account: str) -> None:
-        """Send the held items of ``account`` in order, batch by batch, until none is left
-        — including those held while this ran (a hold that lands after a read that came
-        back empty is caught by the account's hold count). What arrives meanwhile waits
-        in memory (``_behind``) and follows once the store has nothing left of the
-        account. Items refused or left unanswered stay held and are tried again after
+        """Send the held items of ``account`` in order until none is left — including
+        those held while this ran (a hold that lands after a read that came back empty is
+        caught by the account's hold count). What arrives meanwhile waits in memory
+        (``_behind``) and follows once the store has nothing left of the account.
+
+        Pipelined: each item goes out as soon as a bind has a free slot and is released
+        as soon as it is answered; the store is read again for more while some are in
+        flight (those are never read twice), so one slow answer holds nothing else up.
+        Items refused or left unanswered stay held and are read again after
         ``_RETRY_PAUSE``, while a receive-capable bind is there."""
         emptied = False
         try:
             state = self.accounts[account]
             room = self._room.setdefault(account, asyncio.Event())
+            drain = _DrainState()
             while True:
+                if drain.failed:
+                    drain.failed = False
+                    await asyncio.sleep(_RETRY_PAUSE)  # then read what failed again, in order
+                    if not any(_live(c) for c in state.receivers):
+                        return
                 holds = self._holds.get(account, 0)
-                items = await self.store.held(account, _DRAIN_BATCH)
-                if not items:
+                drain.answered = set()  # answered during the read (their release is queued)
+                items = await self.store.held(account, _DRAIN_BATCH + len(drain.inflight))
+                skip = drain.inflight.keys() | drain.answered
+                fresh = [(i, raw) for i, raw in items if i not in skip]
+                if drain.failed:
+                    continue
+                if not fresh:
+                    if drain.inflight:
+                        await _wait(room, _ROOM_CHECK)  # an answer, then read again
+                        continue
                     if self._holds.get(account, 0) == holds:
                         emptied = True
                         self._count_held(account, -self._held_now.get(account, 0))
                         return
                     continue  # something was held meanwhile
-                sent: list[int] = []
-                pending: list[asyncio.Future[bool]] = []
-                gone = await self._send_batch(state, account, items, room, sent, pending)
-                results = await asyncio.gather(*pending)
-                delivered = [i for i, ok in zip(sent, results, strict=True) if ok]
-                self.store.release(delivered)
-                self._count_held(account, -len(delivered))
-                await self.store.flush()
-                if gone:
-                    return  # no receive-capable bind left: the next bind starts a drain
-                if len(delivered) < len(items):
-                    # Refused or unanswered in part: again in a while, in order.
-                    await asyncio.sleep(_RETRY_PAUSE)
+                if await self._send_items(state, account, fresh, room, drain):
+                    # No receive-capable bind left. Those in flight are settled first (a
+                    # bind that unbinds may still answer): not sent again by a later drain.
+                    while drain.inflight:
+                        await _wait(room, _ROOM_CHECK)
                     if not any(_live(c) for c in state.receivers):
-                        return
+                        return  # the next bind starts a drain
         except Exception:
             log.exception("draining held deliveries of %s failed", account)
         finally:
@@ -407,50 +417,56 @@ class Delivery:
                     self._hold(account, pdu, expires)
             self._draining.discard(account)
 
-    async def _send_batch(
+    async def _send_items(
         self,
         state: AccountState,
         account: str,
         items: list[tuple[int, bytes]],
         room: asyncio.Event,
-        sent: list[int],
-        pending: list[asyncio.Future[bool]],
+        drain: _DrainState,
     ) -> bool:
-        """Send ``items`` (or skip them: answered late, unreadable) over binds with a free
-        slot, appending their ids to ``sent`` and a future of each outcome to
-        ``pending``. True when no receive-capable bind is left (the rest stay held)."""
-        loop = asyncio.get_running_loop()
+        """Send ``items`` (or release them: answered late, unreadable) over binds with a
+        free slot; stop early when one is refused. True when no receive-capable bind is
+        left (the rest stay held)."""
         for item_id, raw in items:
-            fut: asyncio.Future[bool] = loop.create_future()
             body = _body(raw)
-            if body is None or self._taken_late(account, body):
-                if body is None:  # not a deliver_sm: nothing we would have held
-                    log.warning("held item %d of %s is not a deliver_sm: dropped", item_id, account)
-                sent.append(item_id)
-                pending.append(fut)
-                fut.set_result(True)
+            if body is None:  # not a deliver_sm: nothing we would have held
+                log.warning("held item %d of %s is not a deliver_sm: dropped", item_id, account)
+                self._release(account, item_id, drain)
+                continue
+            if self._taken_late(account, body):
+                self._release(account, item_id, drain)
                 continue
             conn = await self._slot(state, room)
             if conn is None:
                 return True
+            if drain.failed:
+                return False  # refused meanwhile: pause, then again from the oldest
             if self._taken_late(account, body):  # answered while we waited for the slot
-                sent.append(item_id)
-                pending.append(fut)
-                fut.set_result(True)
+                self._release(account, item_id, drain)
                 continue
-
-            def finish(ok: bool, fut: asyncio.Future[bool] = fut) -> None:
-                if not fut.done():
-                    fut.set_result(ok)
-
-            sent.append(item_id)
-            pending.append(fut)
-            self._send(conn, account, body, 0.0, finish)
+            drain.inflight[item_id] = None
+            self._send(conn, account, body, 0.0, partial(self._drained, account, item_id, drain))
             try:
                 await conn.drain()
-            except (TimeoutError, SmppError):  # stuck or gone: the rest of the batch waits,
-                return False  # but what was delivered is released (no resend later)
+            except (TimeoutError, SmppError):  # stuck or gone: read again what is left
+                return False
         return False
+
+    def _drained(self, account: str, item_id: int, drain: _DrainState, ok: bool) -> None:
+        """The client answered held item ``item_id`` (``ok``: took it)."""
+        if item_id not in drain.inflight:
+            return
+        del drain.inflight[item_id]
+        if ok:
+            self._release(account, item_id, drain)
+        else:
+            drain.failed = True
+
+    def _release(self, account: str, item_id: int, drain: _DrainState) -> None:
+        self.store.release((item_id,))
+        drain.answered.add(item_id)
+        self._count_held(account, -1)
 
     async def _slot(self, state: AccountState, room: asyncio.Event) -> Connection | None:
         """A receive-capable bind of the account with a free window slot — one whose last
@@ -462,12 +478,7 @@ class Delivery:
                 return conn
             if not any(_live(c) for c in state.receivers):
                 return None
-            room.clear()
-            try:
-                async with asyncio.timeout(_ROOM_CHECK):
-                    await room.wait()
-            except TimeoutError:
-                pass
+            await _wait(room, _ROOM_CHECK)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -479,6 +490,30 @@ class Delivery:
 
 def _live(conn: Connection) -> bool:
     return conn.session.can_deliver and not conn.closed
+
+
+class _DrainState:
+    """What one drain has in flight, and what happened since its last read."""
+
+    __slots__ = ("answered", "failed", "inflight")
+
+    def __init__(self) -> None:
+        #: Held ids sent and not answered yet (never read and sent twice).
+        self.inflight: dict[int, None] = {}
+        #: Held ids released since the current read began (its rows may still show them).
+        self.answered: set[int] = set()
+        #: An item was refused or left unanswered: pause, then read again.
+        self.failed = False
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait for ``event`` (cleared first) at most ``timeout`` seconds."""
+    event.clear()
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
 
 
 def _body(frame: bytes) -> bytes | None:
