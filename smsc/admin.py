@@ -346,6 +346,11 @@ class AdminServer:
         if state is None:
             return error(404, f"no account {body.account!r}")
         loop = asyncio.get_running_loop()
+        delivery = server.delivery
+        if delivery.asks_receipt(body.registered_delivery) and delivery.refuses_receipts(
+            state.system_id
+        ):
+            return error(503, "refused: ESME_RMSGQFUL (the account's held receipts: max_held)")
         if state.bucket is not None and not state.bucket.take(loop.time()):
             return error(429, "the account's throughput is used up (ESME_RTHROTTLED)")
         coding = int(choose_coding(body.text))

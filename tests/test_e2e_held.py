@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from admin_fixtures import TOKEN, Api
 from carrier_fixtures import ESME_SESSION, Esme
 from loops import Run
 from smsc_fixtures import (
@@ -173,12 +174,14 @@ def test_an_account_at_max_held_refuses_submits_that_ask_for_a_receipt(
     run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """max_held 5 and no receiver: once five receipts are held, submits asking for a
-    receipt are refused ESME_RMSGQFUL (logged once), others still pass, nothing held is
-    dropped, and a receiver gets all five."""
+    receipt are refused ESME_RMSGQFUL (logged once; through the admin API too: 503),
+    others still pass, nothing held is dropped, and a receiver gets all five."""
 
     async def main() -> None:
-        cfg = app_config(tmp_path, {"cheap": FAST}, accounts=accounts(max_held=5))
-        async with running_app(cfg) as app:
+        cfg = app_config(
+            tmp_path, {"cheap": FAST}, accounts=accounts(max_held=5), admin={"token": TOKEN}
+        )
+        async with running_app(cfg) as app, Api(app.http_port) as api:
             tx = await bind_client(app, "tx")
             ids = await submit_each(tx, 5)
             for message_id in ids:
@@ -187,6 +190,12 @@ def test_an_account_at_max_held_refuses_submits_that_ask_for_a_receipt(
                 refused = await tx.submit(text=b"one too many")
                 assert refused.command_status == CommandStatus.ESME_RMSGQFUL
             assert await tx.submit_ok(text=b"no receipt wanted", registered_delivery=0)
+            body = {"account": SYSTEM_ID, "source": "MyBrand", "destination": "447700900001"}
+            by_api = await api.post(
+                "/messages", json_body={**body, "text": "api", "registered_delivery": 1}
+            )
+            assert by_api.status == 503
+            assert "ESME_RMSGQFUL" in by_api.body["error"]
             refusals = [r for r in caplog.records if "are refused" in r.getMessage()]
             assert len(refusals) == 1, refusals  # once, when it reached max_held
             rx = await bind_client(app, "rx")
