@@ -193,8 +193,10 @@ class Delivery:
 
     def refuses_receipts(self, account: str) -> bool:
         """Is ``account`` at its ``max_held``? Then a submit that asks for a receipt is
-        refused (ESME_RMSGQFUL) until held items are delivered."""
-        return account in self._full
+        refused (ESME_RMSGQFUL) until held items are delivered. (The limit as it is now:
+        a reload that raises it takes effect at once.)"""
+        state = self.accounts.get(account)
+        return state is not None and self._held_now.get(account, 0) >= state.account.max_held
 
     @staticmethod
     def asks_receipt(registered_delivery: int) -> bool:
