@@ -133,6 +133,12 @@ class Delivery:
         """Deliveries whose answer came after response_timeout, and were not sent again."""
 
     @property
+    def waiting_by_account(self) -> dict[str, int]:
+        """Deliveries held and not delivered yet, per account (counted since start; what
+        ``max_held`` bounds)."""
+        return self._held_now
+
+    @property
     def held_by_account(self) -> dict[str, int]:
         """Deliveries held so far (since start), per account (metrics)."""
         return self._holds

@@ -92,6 +92,20 @@ class SmscCollector(Collector):
         for account, n in sorted(self.delivery.held_by_account.items()):
             held.add_metric([account], n)
         yield held
+        yield CounterMetricFamily(
+            "smsc_deliveries_late",
+            "deliver_sm answered after response_timeout (their held copies not sent again)",
+            value=self.delivery.late,
+        )
+        waiting = GaugeMetricFamily(
+            "smsc_deliveries_waiting",
+            "deliver_sm (receipts, MO) held and not delivered yet; at the account's max_held"
+            " its submits asking for a receipt are refused",
+            labels=["account"],
+        )
+        for account, n in sorted(self.delivery.waiting_by_account.items()):
+            waiting.add_metric([account], n)
+        yield waiting
 
     def _router(self) -> Iterator[Metric]:
         router = self.router

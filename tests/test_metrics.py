@@ -165,6 +165,8 @@ def test_held_receipts_by_account(scrape: Scrape) -> None:
     )
     # Every receipt reached a client in the end: 10 to acme, 1 to globex.
     assert scrape.value("smsc_deliveries_total") == 11
+    assert scrape.value("smsc_deliveries_waiting", account=OTHER_ID) == 0  # none left held
+    assert scrape.value("smsc_deliveries_late_total") == 0
 
 
 # --- routing --------------------------------------------------------------------------------
