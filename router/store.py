@@ -105,8 +105,23 @@ class Store(Protocol):
         receipt correlation (``find_sent``), the id itself when None."""
         ...
 
-    def set_final(self, message_id: str, report: DeliveryReport) -> None:
-        """Record an outcome (a final one sets ``done_at``; an intermediate one only the state)."""
+    def set_sending(
+        self, message_id: str, carrier: str, on_durable: DurableCallback | None = None
+    ) -> None:
+        """The message is being handed to ``carrier`` (no carrier id yet): written before
+        the submit_sm goes out (``ack_after: store``), so that a restart knows which
+        messages a carrier may have taken without our hearing of it (``unfinished``:
+        ``carrier`` set, ``carrier_message_id`` empty)."""
+        ...
+
+    def set_final(
+        self,
+        message_id: str,
+        report: DeliveryReport,
+        on_durable: DurableCallback | None = None,
+    ) -> None:
+        """Record an outcome (a final one sets ``done_at``; an intermediate one only the
+        state); ``on_durable(ok)`` once it is committed (or failed)."""
         ...
 
     def update_message(self, message: Message) -> None:
@@ -127,8 +142,15 @@ class Store(Protocol):
         """Messages with no final state, oldest first (restart recovery)."""
         ...
 
-    def hold(self, account: str, item: bytes, expires_at: float) -> None:
-        """Keep an opaque delivery (receipt or MO) for ``account`` until it binds to receive."""
+    def hold(
+        self,
+        account: str,
+        item: bytes,
+        expires_at: float,
+        on_durable: DurableCallback | None = None,
+    ) -> None:
+        """Keep an opaque delivery (receipt or MO) for ``account`` until it binds to
+        receive; ``on_durable(ok)`` once it is committed (or failed)."""
         ...
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
@@ -267,10 +289,10 @@ def _folded(segment: list[_Op]) -> list[tuple[int, list[tuple[Any, ...]]]] | Non
     folded into one row: an add takes its message's send and final state in the same
     batch (one INSERT instead of an INSERT and two UPDATEs: most messages go out within
     milliseconds of their add, and a quick carrier's receipt follows), and a send takes its
-    final state. Several final states of one message: the last one wins, as it would one
-    statement at a time. None when the run holds what folding does not cover (an id
-    added twice, sent twice): the caller then writes it record by record, and a bad record
-    fails as it would alone."""
+    final state. Several final states or sends of one message (``set_sending``, then
+    ``set_sent``): the last one wins, as it would one statement at a time. None when the
+    run holds what folding does not cover (an id added twice): the caller then writes it
+    record by record, and a bad record fails as it would alone."""
     adds: dict[Any, list[Any]] = {}
     sends: dict[Any, list[Any]] = {}
     finals: dict[Any, tuple[Any, ...]] = {}
@@ -288,11 +310,11 @@ def _folded(segment: list[_Op]) -> list[tuple[int, list[tuple[Any, ...]]]] | Non
             carrier, carrier_message_id, key, mid = params
             row = adds.get(mid)
             if row is not None:
-                if row[5]:
-                    return None
-                row[5:8] = carrier, carrier_message_id, key
+                row[5:8] = carrier, carrier_message_id, key  # the last send wins
             elif mid in sends:
-                return None
+                # set_sending, then set_sent (or a resend): the last one wins, as it would
+                # one statement at a time; a final state folded in before stays
+                sends[mid][0:3] = carrier, carrier_message_id, key
             else:
                 sends[mid] = [carrier, carrier_message_id, key, None, mid]
         else:  # _FINAL
@@ -549,12 +571,24 @@ class SqliteStore:
         self._put(op)
         self._pending_sent[(carrier, key)] = (message_id, op.seq)
 
-    def set_final(self, message_id: str, report: DeliveryReport) -> None:
+    def set_sending(
+        self, message_id: str, carrier: str, on_durable: DurableCallback | None = None
+    ) -> None:
+        # A send without the carrier's id (and no correlation key: nothing matches it).
+        params = (carrier, "", None, message_id)
+        self._put(_Op(_SENT, params, message_id=message_id, on_durable=on_durable))
+
+    def set_final(
+        self,
+        message_id: str,
+        report: DeliveryReport,
+        on_durable: DurableCallback | None = None,
+    ) -> None:
         done_at: float | None = None
         if is_final(report.state):
             done_at = report.done_at if report.done_at > 0 else self._clock()
         params = (int(report.state), report.error, done_at, message_id)
-        self._put(_Op(_FINAL, params, message_id=message_id))
+        self._put(_Op(_FINAL, params, message_id=message_id, on_durable=on_durable))
 
     def update_message(self, message: Message) -> None:
         params = (message.account, message.submitted_at, self._encode(message), message.id)
@@ -564,8 +598,14 @@ class SqliteStore:
         params = (int(MessageState.DELETED), done_at, message_id)
         self._put(_Op(_CANCEL, params, message_id=message_id))
 
-    def hold(self, account: str, item: bytes, expires_at: float) -> None:
-        self._put(_Op(_HOLD, (account, expires_at, item)))
+    def hold(
+        self,
+        account: str,
+        item: bytes,
+        expires_at: float,
+        on_durable: DurableCallback | None = None,
+    ) -> None:
+        self._put(_Op(_HOLD, (account, expires_at, item), on_durable=on_durable))
         self._held_seq = self._queued_seq
 
     def release(self, ids: Sequence[int]) -> None:

@@ -30,6 +30,13 @@ Decisions (see also :func:`submit_pdu`):
   Schedules are held by the router: schedule_delivery_time is always empty.
 - ``Failed("timeout")`` means the carrier may still have taken the message (its answer was
   late); the caller's requeue can then duplicate it — the usual at-least-once trade.
+- Write-ahead: ``send(..., before=hook)`` holds a window slot and a rate token while the
+  hook runs (the router records durably which carrier the message is handed to), and
+  writes the submit_sm only when the hook says go. ``_pick`` counts such slots as in flight.
+- deliver_sm is answered when ``on_deliver`` says: at once (a status), or later through
+  the ``respond`` it was given (the router answers ESME_ROK once the receipt's effect is
+  durable). An answer for a connection that closed meanwhile is dropped: the carrier
+  resends what it never saw answered.
 - esm_class: the messaging-mode bits (1-0) are cleared (default mode: we already answered
   the client, so datagram/transaction semantics cannot be honoured across our hop); message
   type, UDHI and reply path are kept.
@@ -80,7 +87,15 @@ _DELIVER_SM_RESP = int(CommandId.DELIVER_SM_RESP)
 
 log = logging.getLogger(__name__)
 
-DeliverCallback = Callable[[str, DeliverSm], int]
+#: Answers one deliver_sm of the carrier with a command_status (once, at any later time).
+Respond = Callable[[int], None]
+#: ``on_deliver(carrier, pdu, respond)``: the status to answer now, or None to answer
+#: later through ``respond`` (once the receipt's effect is durable).
+DeliverCallback = Callable[[str, DeliverSm, Respond], int | None]
+#: ``before(go)``: a hook run before a submit_sm goes out (``send(..., before=...)``); the
+#: submit is written once it calls ``go(True)``, and given up (``Failed("not ready")``)
+#: on ``go(False)``.
+BeforeSend = Callable[[Callable[[bool], None]], None]
 StateCallback = Callable[[str, int], None]
 OutcomeCallback = Callable[[SubmitOutcome], None]
 
@@ -222,6 +237,8 @@ class _Link(Handler):
         self.suspect = False
         self.failures = 0
         self.ended = asyncio.Event()
+        #: Window slots held by submits waiting for their ``before`` hook.
+        self.reserved = 0
 
     @property
     def name(self) -> str:
@@ -236,10 +253,10 @@ class _Link(Handler):
 
     def request_received(self, conn: Connection, pdu: Pdu) -> None:
         if isinstance(pdu, DeliverSm):
-            # deliver_sm_resp: message_id unused (§4.6.2), one NUL; an error has no body.
-            status = self.pool._deliver(pdu)
-            body = b"" if status else b"\0"
-            conn.respond_encoded(_DELIVER_SM_RESP, pdu.sequence_number, status, body)
+            seq = pdu.sequence_number
+            status = self.pool._deliver(pdu, partial(self.pool._answer, conn, seq))
+            if status is not None:
+                self.pool._answer(conn, seq, status)
         else:
             super().request_received(conn, pdu)
 
@@ -375,7 +392,7 @@ class CarrierPool:
         """Window slots free over the submit-capable binds."""
         window = self.config.window
         return sum(
-            max(0, window - lk.conn.session.in_flight)
+            max(0, window - lk.conn.session.in_flight - lk.reserved)
             for lk in self._links
             if lk.submit_ready and lk.conn is not None
         )
@@ -425,7 +442,7 @@ class CarrierPool:
             if conn is not None and not lk.suspect:
                 session = conn.session
                 if session.can_submit:
-                    load = session.in_flight
+                    load = session.in_flight + lk.reserved
                     if load < best_load:
                         best, best_load = lk, load
         return best
@@ -443,10 +460,17 @@ class CarrierPool:
 
     # --- submits ----------------------------------------------------------------------
 
-    def send(self, message: Message, now: float, done: OutcomeCallback) -> None:
+    def send(
+        self,
+        message: Message,
+        now: float,
+        done: OutcomeCallback,
+        before: BeforeSend | None = None,
+    ) -> None:
         """Submit ``message`` on the least-loaded bind; ``done`` is called once with its
         outcome (never an exception) — at once with ``Failed("not ready")`` when no bind
-        can take it."""
+        can take it. With ``before``, the bind's slot and a rate token are held while
+        ``before(go)`` runs, and the submit_sm is written when it calls ``go(True)``."""
         readied = self._readied
         self._readied = None
         link: _Link | None
@@ -465,7 +489,42 @@ class CarrierPool:
         if link is None or link.conn is None:
             done(Failed(self.name, "not ready"))
             return
+        if self._bucket is not None:
+            self._bucket.take(now)
+        self._pending += 1
+        self._idle.clear()
+        if before is not None:
+            link.reserved += 1
+            before(partial(self._go, link, message, done))
+            return
+        self._write(link, message, done)
+
+    def _go(self, link: _Link, message: Message, done: OutcomeCallback, ok: bool) -> None:
+        """The ``before`` hook of a send answered: write the submit (on its bind, or
+        another of this carrier's if that one dropped meanwhile), or give it up."""
+        link.reserved -= 1
+        self._readied = None
+        if ok and not link.submit_ready:
+            link = self._pick() or link
+        if not ok or not link.submit_ready:
+            self._unpend()
+            done(Failed(self.name, "not ready"))
+            return
+        self._write(link, message, done)
+
+    def _unpend(self) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
+
+    def _write(self, link: _Link, message: Message, done: OutcomeCallback) -> None:
+        """Write the submit_sm of ``message`` on ``link`` (counted in ``_pending`` by the
+        caller; uncounted here when it cannot go)."""
         conn = link.conn
+        if conn is None:
+            self._unpend()
+            done(Failed(self.name, "not ready"))
+            return
         try:
             wall_now = self._wall_clock() if message.expires_at is not None else None
             settle = partial(self._settle, link, conn, done)
@@ -484,20 +543,19 @@ class CarrierPool:
                     pdu = _in_short_message(pdu, payload)
                 conn.send_request_callback(pdu, settle)
         except ConnectionClosed:
+            self._unpend()
             done(Failed(self.name, "connection lost"))
             return
         except WindowFull:  # a probe took the last slot meanwhile
+            self._unpend()
             done(Failed(self.name, "not ready"))
             return
         except LocalProtocolError as err:
             # Our PDU cannot be built (a field too long...): no carrier would take it.
+            self._unpend()
             log.warning("carrier %s: message %s not sendable: %s", self.name, message.id, err)
             done(Rejected(self.name, err.status, retryable=False))
             return
-        if self._bucket is not None:
-            self._bucket.take(now)
-        self._pending += 1
-        self._idle.clear()
 
     def _settle(
         self,
@@ -507,9 +565,7 @@ class CarrierPool:
         result: Pdu | SmppError,
     ) -> None:
         self._readied = None
-        self._pending -= 1
-        if self._pending == 0:
-            self._idle.set()
+        self._unpend()
         outcome: SubmitOutcome
         if isinstance(result, SmppError):  # no answer came
             if isinstance(result, ConnectionClosed):
@@ -574,15 +630,24 @@ class CarrierPool:
 
     # --- receipts and MO --------------------------------------------------------------
 
-    def _deliver(self, pdu: DeliverSm) -> int:
+    def _deliver(self, pdu: DeliverSm, respond: Respond) -> int | None:
+        """The status to answer ``pdu`` with now, or None: ``respond`` answers it later."""
         try:
-            status = int(self._on_deliver(self.name, pdu))
+            status = self._on_deliver(self.name, pdu, respond)
         except Exception:
             log.exception("carrier %s: on_deliver failed", self.name)
-            status = int(CommandStatus.ESME_RX_T_APPN)
+            return int(CommandStatus.ESME_RX_T_APPN)
+        return None if status is None else int(status)
+
+    def _answer(self, conn: Connection, sequence_number: int, status: int) -> None:
+        """deliver_sm_resp: message_id unused (§4.6.2), one NUL; an error has no body.
+        Dropped when the connection closed meanwhile (the carrier sends it again)."""
         key = (_DELIVER_SM, status)
         self.pdus[key] = self.pdus.get(key, 0) + 1
-        return status
+        if conn.closed or not conn.session.awaits_answer(sequence_number):
+            return
+        body = b"" if status else b"\0"
+        conn.respond_encoded(_DELIVER_SM_RESP, sequence_number, status, body)
 
     # --- connections ------------------------------------------------------------------
 

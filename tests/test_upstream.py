@@ -91,7 +91,7 @@ class Watch:
         self.deliver_status = deliver_status
         self._changed = asyncio.Event()
 
-    def on_deliver(self, name: str, pdu: DeliverSm) -> int:
+    def on_deliver(self, name: str, pdu: DeliverSm, respond: Callable[[int], None]) -> int:
         self.delivered.append((name, pdu))
         self._changed.set()
         return self.deliver_status
