@@ -69,6 +69,13 @@ class CarrierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How it writes them in receipts (hex in one, decimal in the other is common)."""
     mo_account: SystemId | None = None
     """The account that receives mobile-originated messages arriving from this carrier."""
+    receipt_timeout: Annotated[float, Meta(gt=0, le=30 * 86_400)] = 14_400.0
+    """Seconds after the carrier accepted a message (or after a restart found it accepted)
+    to wait for its final receipt (4 h); then the message is final as
+    ``receipt_timeout_state`` and the client gets that receipt. Never past the message's
+    validity: at ``expires_at`` it is final as EXPIRED."""
+    receipt_timeout_state: Literal["UNKNOWN", "EXPIRED", "UNDELIVERABLE"] = "UNKNOWN"
+    """The final state of a message whose receipt did not come within ``receipt_timeout``."""
     tls: ClientTls | None = None
     """SMPP over TLS to this carrier (ca, cert, key, server_hostname, verify); null: TCP."""
 
@@ -149,7 +156,12 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
     """Messages waiting to be sent upstream at most; beyond it, ESME_RMSGQFUL."""
     ack_after: Literal["enqueue", "store"] = "enqueue"
-    """When submit_sm_resp goes out: once queued in memory, or once durably stored."""
+    """When we acknowledge what we are given: ``enqueue`` answers submit_sm once the
+    message is queued in memory and a carrier's deliver_sm (receipt, MO) at once; ``store``
+    answers submit_sm once the message is committed, writes which carrier a message is
+    handed to before its submit_sm goes out, and answers a carrier's deliver_sm ESME_ROK
+    only once its effect is durable (the receipt delivered to the client or held in the
+    store, and the final state committed), ESME_RX_T_APPN otherwise (the carrier resends)."""
     intake: IntakeConfig = IntakeConfig()
     retry: RetryConfig = RetryConfig()
     health: HealthConfig = HealthConfig()

@@ -12,11 +12,12 @@ receipt. All parts of one long message go over the same carrier.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from functools import partial
 
 import msgspec
@@ -40,7 +41,7 @@ from router.ports import AcceptCallback, ReportSink
 from router.queue import MessageQueue
 from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
 from router.store import Store
-from router.upstream import CarrierPool
+from router.upstream import CarrierPool, Respond
 from smppcore.constants import CommandStatus, EsmClass, MessageState
 from smppcore.pdu import DeliverSm
 from smppcore.receipt import is_final
@@ -65,6 +66,13 @@ _MEMORY_TURNS = 3
 #: Receipts being matched through the store at most (a task each); past it a receipt
 #: that is not in memory is answered ESME_RX_T_APPN, for the carrier to send again.
 _MAX_RESOLVING = 10_000
+#: Seconds between housekeeping ticks: receipt deadlines, receipts parked for a mapping.
+_TICK = 1.0
+_ROK = int(CommandStatus.ESME_ROK)
+#: Answer to a carrier's deliver_sm whose effect could not be made durable: send it again.
+_RETRY_LATER = int(CommandStatus.ESME_RX_T_APPN)
+#: What the correlator parks for a receipt: the report, and how to answer the carrier.
+_Parked = tuple[DeliveryReport, Respond | None]
 
 
 class RouterStats(msgspec.Struct, frozen=True):
@@ -127,9 +135,21 @@ class Router:
         self._carriers: dict[str, CarrierConfig] = {c.name: c for c in config.carriers}
         self.health: dict[str, CarrierHealth] = {}
         self.pools: dict[str, CarrierPool] = {}
-        self.correlator: Correlator[DeliveryReport] = Correlator(
+        self.correlator: Correlator[_Parked] = Correlator(
             store, max_cache=500_000, early_ttl=120.0, max_early=50_000
         )
+        #: ``ack_after: store``: carriers' deliver_sm are answered once durable, and what
+        #: is handed to a carrier is recorded before its submit goes out.
+        self._durable = config.ack_after == "store"
+        #: Final receipts being made durable: our id → answers owed to carriers (a
+        #: repeated receipt joins the first one's answer instead of reporting twice).
+        self._finishing: dict[str, list[Respond | None]] = {}
+        #: Receipt deadlines: carrier → our id → wall time, in deadline order (one timeout
+        #: per carrier); those cut short by their validity, in a heap (deadline, id, carrier).
+        self._deadlines: dict[str, dict[str, float]] = {}
+        self._capped: list[tuple[float, str, str]] = []
+        self._capped_ids: set[str] = set()
+        self._tick: asyncio.TimerHandle | None = None
         self._pinned: OrderedDict[str, str] = OrderedDict()
         #: our id → (message, loop-monotonic time its carrier accepted it)
         self._sent: OrderedDict[str, tuple[Message, float]] = OrderedDict()
@@ -168,18 +188,49 @@ class Router:
             await pool.start()
         await self._recover()
         self._running = True
+        self._tick = asyncio.get_running_loop().call_later(_TICK, self._housekeeping)
         self._wake_up()
 
     async def _recover(self) -> None:
-        """After a restart: re-queue what was accepted but never sent; wait for the
-        receipts of what was sent (their correlation is in the store)."""
+        """After a restart, every message with no final state:
+
+        - never handed to a carrier: queued again (its first send);
+        - handed to a carrier with no answer recorded (``ack_after: store`` writes the
+          carrier before the submit goes out; the answer, with the carrier's id, may
+          not have been committed): the carrier may have it, and we cannot ask (query_sm
+          needs the carrier's id) nor match its receipt. Policy: send it again (at least
+          once: the handset may get it twice; a receipt of the first copy is counted as
+          unmatched). Each one counts as ``resent`` (smsc_router_events) and is logged;
+        - accepted by a carrier: its receipt is awaited (the correlation is in the
+          store) until ``receipt_timeout`` from now, or its validity.
+        """
         requeued = 0
+        resent: dict[str, int] = {}
+        now = self.wall()
         for stored in await self.store.unfinished():
+            msg = stored.message
             if not stored.carrier:
-                self.queue.requeue(stored.message)
+                self.queue.requeue(msg)
                 requeued += 1
+            elif not stored.carrier_message_id:
+                self.queue.requeue(msg)
+                resent[stored.carrier] = resent.get(stored.carrier, 0) + 1
+                self.metrics.event("resent", stored.carrier)
+                log.warning(
+                    "message %s: handed to %s before the restart, its answer unknown: sent again",
+                    msg.id,
+                    stored.carrier,
+                )
+            else:
+                self._await_receipt(msg, stored.carrier, now)
         if requeued:
             log.info("recovered %d accepted messages not yet sent upstream", requeued)
+        for carrier, count in sorted(resent.items()):
+            log.warning(
+                "recovered %d messages handed to %s with no answer recorded: sent again",
+                count,
+                carrier,
+            )
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop dispatching, let in-flight submits finish (bounded), unbind carriers, and
@@ -187,6 +238,9 @@ class Router:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._running = False
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
         self._release_paced()  # queued (and stored) now: nothing accepted is dropped
         if self._pass_timer is not None:
             self._pass_timer.cancel()
@@ -552,9 +606,7 @@ class Router:
         buckets and ESME_RTHROTTLED pauses run on it (router.upstream)."""
         now = self.wall()
         mono = asyncio.get_running_loop().time()
-        for early in self.correlator.expire(now):
-            self.metrics.event("receipt_unmatched", early.carrier)
-            log.info("receipt from %s for unknown id %s dropped", early.carrier, early.key)
+        self._expire_parked(now)
         queue = self.queue
         queue.release_due(now)
         queue.expire(now)
@@ -698,7 +750,22 @@ class Router:
         if msg.tried and msg.tried[-1] != carrier:
             key = (msg.tried[-1], carrier)
             metrics.failovers[key] = metrics.failovers.get(key, 0) + 1
-        self.pools[carrier].send(msg, mono, partial(self._outcome, msg, started))
+        done = partial(self._outcome, msg, started)
+        if self._durable:
+            # Write-ahead: which carrier it goes to is committed before the submit leaves.
+            before = partial(self._sending, msg.id, carrier)
+            self.pools[carrier].send(msg, mono, done, before=before)
+        else:
+            self.pools[carrier].send(msg, mono, done)
+
+    def _sending(self, message_id: str, carrier: str, go: Callable[[bool], None]) -> None:
+        """Record that ``message_id`` is handed to ``carrier``; ``go(True)`` once committed
+        (its submit_sm is written then), ``go(False)`` when it cannot be (requeued)."""
+        try:
+            self.store.set_sending(message_id, carrier, go)
+        except Exception:
+            log.exception("message %s: its send could not be recorded", message_id)
+            go(False)
 
     def _outcome(self, msg: Message, started: float, outcome: SubmitOutcome) -> None:
         self._in_flight -= 1
@@ -715,11 +782,12 @@ class Router:
             if len(self._sent) > _MAX_SENT_CACHE:
                 self._sent.popitem(last=False)
             cfg = self._carriers[outcome.carrier]
+            self._await_receipt(msg, outcome.carrier, now)
             early = self.correlator.expect(
                 outcome.carrier, outcome.carrier_message_id, msg.id, cfg.submit_id
             )
-            for report in early:
-                self._receipt(msg, report)
+            for report, respond in early:
+                self._receipt(msg, report, respond)
             return
         if isinstance(outcome, Rejected) and not outcome.retryable:
             if health is not None:
@@ -766,9 +834,15 @@ class Router:
             done_at=self.wall(),
             carrier=carrier,
         )
-        self.store.set_final(msg.id, report)
         self._finished(msg, report, None)
-        self.sink.report(StoredMessage(message=msg, state=state, error=error), report)
+        stored = StoredMessage(message=msg, state=state, error=error, carrier=carrier)
+        if not self._durable:
+            self.store.set_final(msg.id, report)
+            self.sink.report(stored, report)
+            return
+        # The client's receipt delivered or held first, then the final state: a kill -9
+        # between the two sends it again (after a restart), never loses it.
+        self.sink.report(stored, report, partial(self._commit_final, msg.id, report, None))
 
     def _finished(self, msg: Message, report: DeliveryReport, accepted: float | None) -> None:
         """Every message's final state passes here once (``_final``: decided by us, or
@@ -785,11 +859,20 @@ class Router:
             _summary(msg, report, carrier_s)
 
     # --- receipts and MO from carriers ------------------------------------------------
+    #
+    # ``ack_after: store``: a carrier's deliver_sm is answered ESME_ROK only once its
+    # effect is durable — the receipt delivered to the client (its deliver_sm_resp) or
+    # held in the store, THEN the final state committed — and ESME_RX_T_APPN when that
+    # failed, so the carrier sends it again. In this order a kill -9 at any point loses
+    # nothing: before the commit the carrier resends (and the client may get the receipt
+    # twice: the window from the client's deliver_sm_resp to our commit, a few ms); after
+    # it a repeated receipt finds the message final and is only answered. ``respond`` is
+    # None in ``enqueue`` mode (answered at once) and for outcomes no carrier waits on.
 
-    def _on_deliver(self, carrier: str, pdu: DeliverSm) -> int:
+    def _on_deliver(self, carrier: str, pdu: DeliverSm, respond: Respond) -> int | None:
+        durable = self._durable
         if not pdu.esm_class & _RECEIPT_BITS:
-            self._mobile_originated(carrier, pdu)
-            return CommandStatus.ESME_ROK
+            return self._mobile_originated(carrier, pdu, respond if durable else None)
         read = read_receipt(pdu)
         if read is None:
             self.metrics.event("receipt_unreadable", carrier)
@@ -810,11 +893,19 @@ class Router:
             carrier=carrier,
             carrier_message_id=receipt_id,
         )
-        self._match_receipt(carrier, receipt_id, report, _MEMORY_TURNS)
-        return CommandStatus.ESME_ROK
+        if not durable:
+            self._match_receipt(carrier, receipt_id, report, _MEMORY_TURNS, None)
+            return CommandStatus.ESME_ROK
+        self._match_receipt(carrier, receipt_id, report, _MEMORY_TURNS, respond)
+        return None
 
     def _match_receipt(
-        self, carrier: str, receipt_id: str, report: DeliveryReport, turns: int
+        self,
+        carrier: str,
+        receipt_id: str,
+        report: DeliveryReport,
+        turns: int,
+        respond: Respond | None,
     ) -> None:
         """Match a receipt in memory; the store only as a last resort.
 
@@ -826,57 +917,105 @@ class Router:
         cfg = self._carriers[carrier]
         our_id = self.correlator.lookup(carrier, receipt_id, cfg.receipt_id)
         if our_id is not None:
-            self._receipt_for(our_id, report)
+            self._receipt_for(our_id, report, respond)
         elif turns > 0:
             asyncio.get_running_loop().call_soon(
-                self._match_receipt, carrier, receipt_id, report, turns - 1
+                self._match_receipt, carrier, receipt_id, report, turns - 1, respond
             )
         else:
-            task = asyncio.create_task(self._resolve_later(carrier, receipt_id, report))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._resolve_later(carrier, receipt_id, report, respond))
 
-    async def _resolve_later(self, carrier: str, receipt_id: str, report: DeliveryReport) -> None:
-        cfg = self._carriers[carrier]
-        our_id = await self.correlator.resolve(carrier, receipt_id, cfg.receipt_id)
-        if our_id is None:
-            key = correlation_key(receipt_id, cfg.receipt_id)
-            our_id = self.correlator.park(carrier, key, report, self.wall())
-            if our_id is None:
-                return  # parked until its submit_sm_resp is processed (or it expires)
-        self._receipt_for(our_id, report)
-
-    def _receipt_for(self, our_id: str, report: DeliveryReport) -> None:
-        sent = self._sent.get(our_id)
-        if sent is not None:
-            self._receipt(sent[0], report)
-            return
-        task = asyncio.create_task(self._receipt_from_store(our_id, report))
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _receipt_from_store(self, our_id: str, report: DeliveryReport) -> None:
-        stored = await self.store.get(our_id)
+    async def _resolve_later(
+        self, carrier: str, receipt_id: str, report: DeliveryReport, respond: Respond | None
+    ) -> None:
+        cfg = self._carriers[carrier]
+        try:
+            our_id = await self.correlator.resolve(carrier, receipt_id, cfg.receipt_id)
+        except Exception:
+            log.exception("receipt from %s for %s: the store failed", carrier, receipt_id)
+            _answer(respond, _RETRY_LATER)
+            return
+        if our_id is None:
+            pool = self.pools.get(carrier)
+            if pool is None or pool.in_flight == 0:
+                # No submit to it awaits its answer: no mapping can come for this receipt.
+                self._unmatched(carrier, receipt_id, respond)
+                return
+            key = correlation_key(receipt_id, cfg.receipt_id)
+            our_id = self.correlator.park(carrier, key, (report, respond), self.wall())
+            if our_id is None:
+                return  # parked until its submit_sm_resp is processed (or it expires)
+        self._receipt_for(our_id, report, respond)
+
+    def _receipt_for(self, our_id: str, report: DeliveryReport, respond: Respond | None) -> None:
+        sent = self._sent.get(our_id)
+        if sent is not None:
+            self._receipt(sent[0], report, respond)
+            return
+        self._spawn(self._receipt_from_store(our_id, report, respond))
+
+    async def _receipt_from_store(
+        self, our_id: str, report: DeliveryReport, respond: Respond | None
+    ) -> None:
+        if our_id in self._finishing and is_final(report.state):
+            self._receipt_repeated(our_id, report, respond)
+            return
+        try:
+            stored = await self.store.get(our_id)
+        except Exception:
+            log.exception("receipt for %s: the store failed", our_id)
+            _answer(respond, _RETRY_LATER)
+            return
         if stored is None:
-            self.metrics.event("receipt_unmatched", report.carrier)
+            self._unmatched(report.carrier, report.carrier_message_id, respond)
             return
         if stored.done_at is not None:
-            # Final already (its receipt went to the client): a carrier repeating a
-            # receipt, say because our deliver_sm_resp was late. Not a second receipt.
+            # Final already (its receipt went to the client or is held): a carrier
+            # repeating a receipt, say because our deliver_sm_resp was late or lost.
             self.metrics.event("receipt_duplicate", report.carrier)
+            _answer(respond, _ROK)
             return
-        self._receipt(stored.message, report)
+        self._receipt(stored.message, report, respond)
 
-    def _receipt(self, msg: Message, report: DeliveryReport) -> None:
+    def _unmatched(self, carrier: str, carrier_message_id: str, respond: Respond | None) -> None:
+        """A receipt that matches no message of ours: counted, logged once, answered
+        (ESME_ROK: sending it again would not make it match)."""
+        self.metrics.event("receipt_unmatched", carrier)
+        log.warning("receipt from %s for unknown id %r dropped", carrier, carrier_message_id)
+        _answer(respond, _ROK)
+
+    def _expire_parked(self, now: float) -> None:
+        """Receipts parked for a mapping that never came: unmatched."""
+        for early in self.correlator.expire(now):
+            report, respond = early.payload
+            self._unmatched(early.carrier, report.carrier_message_id, respond)
+
+    def _receipt_repeated(
+        self, our_id: str, report: DeliveryReport, respond: Respond | None
+    ) -> None:
+        """A final receipt for a message whose final state is being made durable: its
+        answer waits for that one's (no second receipt to the client)."""
+        self.metrics.event("receipt_duplicate", report.carrier)
+        self._finishing[our_id].append(respond)
+
+    def _receipt(self, msg: Message, report: DeliveryReport, respond: Respond | None) -> None:
         report = msgspec.structs.replace(report, message_id=msg.id)
         state = report.state
         final = is_final(state)
         if final:
+            if msg.id in self._finishing:
+                self._receipt_repeated(msg.id, report, respond)
+                return
+            self._drop_deadline(msg.id, report.carrier)
             health = self.health.get(report.carrier)
             if health is not None:
                 health.record_receipt(self.wall(), state == _DELIVERED)
             sent = self._sent.pop(msg.id, None)
-            self.store.set_final(msg.id, report)
             cfg = self._carriers.get(report.carrier)
             if cfg is not None and report.carrier_message_id:
                 # Final: its mapping leaves memory (the store keeps it for a late duplicate);
@@ -894,13 +1033,119 @@ class Router:
             carrier_message_id=report.carrier_message_id,
             done_at=report.done_at if final else None,
         )
-        self.sink.report(stored, report)
+        if not self._durable:
+            if final:
+                self.store.set_final(msg.id, report)
+            self.sink.report(stored, report)
+            return
+        if not final:  # intermediate: nothing to commit, answered once the client has it
+            self.sink.report(stored, report, partial(_answer_ok, respond))
+            return
+        self._finishing[msg.id] = [respond]
+        self.sink.report(stored, report, partial(self._commit_final, msg.id, report, respond))
 
-    def _mobile_originated(self, carrier: str, pdu: DeliverSm) -> None:
+    def _commit_final(
+        self, message_id: str, report: DeliveryReport, respond: Respond | None, reported: bool
+    ) -> None:
+        """The client has the receipt (or it is held): commit the final state, then answer
+        the carrier(s)."""
+        if not reported and respond is not None:
+            # Neither delivered nor held (the store failed): the carrier sends it again.
+            self._finished_durably(message_id, False)
+            return
+        self._finishing.setdefault(message_id, [respond])
+        self.store.set_final(message_id, report, partial(self._finished_durably, message_id))
+
+    def _finished_durably(self, message_id: str, ok: bool) -> None:
+        if not ok:
+            log.error("message %s: its final state could not be stored", message_id)
+        for respond in self._finishing.pop(message_id, ()):
+            _answer(respond, _ROK if ok else _RETRY_LATER)
+
+    # --- receipt deadlines ------------------------------------------------------------
+
+    def _await_receipt(self, msg: Message, carrier: str, now: float) -> None:
+        """``msg`` was accepted by ``carrier`` (at ``now``, wall time): its final receipt
+        is due within the carrier's ``receipt_timeout``, and before its validity ends."""
+        cfg = self._carriers.get(carrier)
+        if cfg is None:
+            return
+        deadline = now + cfg.receipt_timeout
+        expires = msg.expires_at
+        if expires is not None and expires < deadline:
+            heapq.heappush(self._capped, (expires, msg.id, carrier))
+            self._capped_ids.add(msg.id)
+            return
+        deadlines = self._deadlines.get(carrier)
+        if deadlines is None:
+            deadlines = self._deadlines[carrier] = {}
+        deadlines[msg.id] = deadline
+
+    def _drop_deadline(self, message_id: str, carrier: str) -> None:
+        deadlines = self._deadlines.get(carrier)
+        if deadlines is not None and deadlines.pop(message_id, None) is not None:
+            return
+        self._capped_ids.discard(message_id)  # its heap entry is skipped when due
+
+    def _housekeeping(self) -> None:
+        """Every ``_TICK`` seconds: receipts parked too long are unmatched; messages past
+        their receipt deadline become final."""
+        self._tick = asyncio.get_running_loop().call_later(_TICK, self._housekeeping)
+        now = self.wall()
+        try:
+            self._expire_parked(now)
+            due: list[tuple[str, str, MessageState]] = []
+            for carrier, deadlines in self._deadlines.items():
+                cfg = self._carriers.get(carrier)
+                if cfg is None:
+                    continue
+                state = MessageState[cfg.receipt_timeout_state]
+                while deadlines:
+                    message_id = next(iter(deadlines))
+                    if deadlines[message_id] > now:
+                        break
+                    del deadlines[message_id]
+                    due.append((message_id, carrier, state))
+            capped = self._capped
+            while capped and capped[0][0] <= now:
+                _, message_id, carrier = heapq.heappop(capped)
+                if message_id in self._capped_ids:
+                    self._capped_ids.discard(message_id)
+                    due.append((message_id, carrier, MessageState.EXPIRED))
+            for message_id, carrier, state in due:
+                self._receipt_overdue(message_id, carrier, state, now)
+        except Exception:  # a bug: log it, the next tick tries again
+            log.exception("router housekeeping failed")
+
+    def _receipt_overdue(
+        self, message_id: str, carrier: str, state: MessageState, now: float
+    ) -> None:
+        """No final receipt came in time: the message is final as ``state`` (the client
+        gets that receipt); a receipt that comes later is a duplicate."""
+        self.metrics.event("receipt_timeout", carrier)
+        report = DeliveryReport(message_id="", state=state, done_at=now, carrier=carrier)
+        sent = self._sent.get(message_id)
+        if sent is not None:
+            self._receipt(sent[0], report, None)
+        else:
+            self._spawn(self._overdue_from_store(message_id, report))
+
+    async def _overdue_from_store(self, message_id: str, report: DeliveryReport) -> None:
+        stored = await self.store.get(message_id)
+        if stored is None or stored.done_at is not None or message_id in self._finishing:
+            return
+        report = msgspec.structs.replace(report, carrier_message_id=stored.carrier_message_id)
+        self._receipt(stored.message, report, None)
+
+    def _mobile_originated(
+        self, carrier: str, pdu: DeliverSm, respond: Respond | None
+    ) -> int | None:
+        """An MO message to the carrier's ``mo_account``: answered at once, or (with
+        ``respond``) once delivered to the account or held in the store."""
         account = self._carriers[carrier].mo_account
         if account is None:
             self.metrics.event("mo_unrouted", carrier)
-            return
+            return _ROK
         from router.model import Address
 
         payload = pdu.tlv(Tag.MESSAGE_PAYLOAD)
@@ -916,8 +1161,23 @@ class Router:
             submitted_at=self.wall(),
         )
         self.metrics.event("mo", carrier)
-        self.sink.mobile_originated(account, msg)
+        if respond is None:
+            self.sink.mobile_originated(account, msg)
+            return _ROK
+        self.sink.mobile_originated(account, msg, partial(_answer_ok, respond))
+        return None
 
+
+def _answer(respond: Respond | None, status: int) -> None:
+    if respond is not None:
+        respond(status)
+
+
+def _answer_ok(respond: Respond | None, ok: bool) -> None:
+    """Answer a carrier once its deliver_sm reached the client or the store (``ok``), or
+    with a temporary error so that it sends it again."""
+    if respond is not None:
+        respond(_ROK if ok else _RETRY_LATER)
 
 
 def _summary(msg: Message, report: DeliveryReport, carrier_s: float | None) -> None:

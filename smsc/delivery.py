@@ -5,6 +5,11 @@ robin. With none bound — or when a delivery fails (bind lost, no answer, a tem
 refusal) — the deliver_sm is held durably in the store and sent, in order, when a
 receive-capable bind of the account appears; held items expire by the account's
 ``receipt_ttl``.
+
+``settled`` (optional, on ``report``, ``mobile_originated`` and ``deliver``) is called once
+with True when the client acknowledged the deliver_sm, or it is committed to the store
+(held), or nothing was to be sent; False when it could be neither delivered nor stored.
+The router answers a carrier's deliver_sm on it (``ack_after: store``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from datetime import UTC, datetime
 from functools import lru_cache, partial
 
 from router.model import DeliveryReport, Message, StoredMessage
+from router.ports import SettledCallback
 from router.store import Store
 from smppcore.aio import Connection
 from smppcore.codec import HEADER, encode
@@ -84,7 +90,7 @@ class Delivery:
         self._holds: dict[str, int] = {}  # items held so far, per account (see _drain)
         #: Deliveries that came while the account's held items were being sent: they go
         #: right after them, in order, without a trip through the store.
-        self._behind: dict[str, list[tuple[Item, float]]] = {}
+        self._behind: dict[str, list[tuple[Item, float, SettledCallback | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.held = 0
@@ -97,9 +103,16 @@ class Delivery:
 
     # --- ReportSink -----------------------------------------------------------------------
 
-    def report(self, stored: StoredMessage, report: DeliveryReport) -> None:
+    def report(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        settled: SettledCallback | None = None,
+    ) -> None:
         msg = stored.message
         if not wants_receipt(msg.registered_delivery, report.state):
+            if settled is not None:
+                settled(True)
             return
         done = report.done_at or self.wall()
         source, destination = msg.source, msg.destination
@@ -118,9 +131,11 @@ class Delivery:
             message_preview(msg.short_message, msg.esm_class, msg.data_coding),
             not is_final(report.state),
         )
-        self.deliver(msg.account, body)
+        self.deliver(msg.account, body, settled)
 
-    def mobile_originated(self, account: str, message: Message) -> None:
+    def mobile_originated(
+        self, account: str, message: Message, settled: SettledCallback | None = None
+    ) -> None:
         pdu = DeliverSm(
             source_addr_ton=message.source.ton,
             source_addr_npi=message.source.npi,
@@ -133,30 +148,39 @@ class Delivery:
             data_coding=message.data_coding,
             short_message=message.short_message,
         )
-        self.deliver(account, pdu)
+        self.deliver(account, pdu, settled)
 
     # --- sending ------------------------------------------------------------------------
 
-    def deliver(self, account: str, pdu: Item) -> None:
+    def deliver(self, account: str, pdu: Item, settled: SettledCallback | None = None) -> None:
         """Send ``pdu`` (a struct or an encoded body) to ``account`` now, or hold it."""
         state = self.accounts.get(account)
         if state is None:
             log.warning("deliver_sm for unknown account %s dropped", account)
+            if settled is not None:
+                settled(True)  # nowhere to go, now or later
             return
         expires = self.wall() + state.account.receipt_ttl
         if account in self._draining:
-            self._wait_behind(account, pdu, expires)
+            self._wait_behind(account, pdu, expires, settled)
             return
-        self._send_now(state, account, pdu, expires)
+        self._send_now(state, account, pdu, expires, settled)
 
-    def _send_now(self, state: AccountState, account: str, pdu: Item, expires: float) -> None:
+    def _send_now(
+        self,
+        state: AccountState,
+        account: str,
+        pdu: Item,
+        expires: float,
+        settled: SettledCallback | None = None,
+    ) -> None:
         # A receiver whose window is full still takes it: its session queues the request
         # for a slot (bounded by max_waiting). Held instead, it would wait for a new bind.
         conn = state.receiver() or state.receiver(full_ok=True)
         if conn is None:
-            self._hold(account, pdu, expires)
+            self._hold(account, pdu, expires, settled)
             return
-        self._send(conn, account, pdu, expires, None)
+        self._send(conn, account, pdu, expires, None, settled)
 
     def _send(
         self,
@@ -165,8 +189,11 @@ class Delivery:
         pdu: Item,
         expires: float,
         done: Callable[[bool], None] | None,
+        settled: SettledCallback | None = None,
     ) -> None:
-        answered = partial(self._answered, account, pdu, expires, done)
+        """``done``: a held item's delivery (the caller keeps it on failure); otherwise
+        it is held on failure, and ``settled`` told once delivered or held."""
+        answered = partial(self._answered, account, pdu, expires, done, settled)
         try:
             if isinstance(pdu, bytes):
                 conn.send_request_encoded_callback(_DELIVER_SM, pdu, answered)
@@ -174,7 +201,7 @@ class Delivery:
                 conn.send_request_callback(pdu, answered)
         except SmppError:
             if done is None:
-                self._hold(account, pdu, expires)
+                self._hold(account, pdu, expires, settled)
             else:
                 done(False)
 
@@ -184,6 +211,7 @@ class Delivery:
         pdu: Item,
         expires: float,
         done: Callable[[bool], None] | None,
+        settled: SettledCallback | None,
         result: Pdu | SmppError,
     ) -> None:
         ok = not isinstance(result, SmppError) and result.command_status not in TEMPORARY_STATUSES
@@ -192,27 +220,36 @@ class Delivery:
         if done is not None:
             done(ok)
         elif not ok:
-            self._hold(account, pdu, expires)
+            self._hold(account, pdu, expires, settled)
+        elif settled is not None:
+            settled(True)
 
-    def _wait_behind(self, account: str, pdu: Item, expires: float) -> None:
+    def _wait_behind(
+        self, account: str, pdu: Item, expires: float, settled: SettledCallback | None
+    ) -> None:
         """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
         behind = self._behind.setdefault(account, [])
         if len(behind) >= _MAX_BEHIND:  # a long drain: the store keeps the rest, in order
-            for early, early_expires in behind:
-                self._hold(account, early, early_expires)
+            for early, early_expires, early_settled in behind:
+                self._hold(account, early, early_expires, early_settled)
             behind.clear()
-            self._hold(account, pdu, expires)
+            self._hold(account, pdu, expires, settled)
             return
-        behind.append((pdu, expires))
+        behind.append((pdu, expires, settled))
 
-    def _hold(self, account: str, pdu: Item, expires: float) -> None:
+    def _hold(
+        self, account: str, pdu: Item, expires: float, settled: SettledCallback | None = None
+    ) -> None:
         self.held += 1
         self._holds[account] = self._holds.get(account, 0) + 1
         if isinstance(pdu, bytes):
             frame = HEADER.pack(HEADER_LENGTH + len(pdu), _DELIVER_SM, 0, 0) + pdu
         else:
             frame = encode(pdu)
-        self.store.hold(account, frame, expires)
+        if settled is None:
+            self.store.hold(account, frame, expires)
+        else:
+            self.store.hold(account, frame, expires, settled)
 
     # --- held items ---------------------------------------------------------------------
 
@@ -287,11 +324,11 @@ class Delivery:
             self._draining.discard(account)
             behind = self._behind.pop(account, [])
             account_state = self.accounts.get(account)
-            for pdu, expires in behind:
+            for pdu, expires, settled in behind:
                 if emptied and account_state is not None:
-                    self._send_now(account_state, account, pdu, expires)
+                    self._send_now(account_state, account, pdu, expires, settled)
                 else:  # held items remain (no receiver, refused): behind them, in order
-                    self._hold(account, pdu, expires)
+                    self._hold(account, pdu, expires, settled)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
