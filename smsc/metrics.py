@@ -152,8 +152,12 @@ class SmscCollector(Collector):
         yield final
         events = CounterMetricFamily(
             "smsc_router_events",
-            "Rare router events: receipt_unmatched, receipt_unreadable, mo, mo_unrouted, "
-            "deferred (no carrier of the route available), paced (a submit waited for room)",
+            "Rare router events: receipt_unmatched, receipt_unreadable, receipt_duplicate, "
+            "receipt_deferred (answered ESME_RX_T_APPN: too many in the store), "
+            "receipt_timeout (no final receipt within the carrier's receipt_timeout), "
+            "resent (sent again after a restart: handed to the carrier, its answer unknown), "
+            "mo, mo_unrouted, deferred (no carrier of the route available), paced (a submit "
+            "waited for room)",
             labels=["event", "carrier"],
         )
         for (event, carrier), n in sorted(metrics.events.items()):
