@@ -42,6 +42,7 @@ from router.queue import MessageQueue
 from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
 from router.store import Store
 from router.upstream import CarrierPool, Respond
+from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, EsmClass, MessageState
 from smppcore.pdu import DeliverSm
 from smppcore.receipt import is_final
@@ -869,10 +870,13 @@ class Router:
     # it a repeated receipt finds the message final and is only answered. ``respond`` is
     # None in ``enqueue`` mode (answered at once) and for outcomes no carrier waits on.
 
-    def _on_deliver(self, carrier: str, pdu: DeliverSm, respond: Respond) -> int | None:
+    def _on_deliver(self, carrier: str, pdu: DeliverSm, conn: Connection) -> int | None:
         durable = self._durable
+        respond: Respond | None = None
+        if durable:
+            respond = partial(self.pools[carrier].answer, conn, pdu.sequence_number)
         if not pdu.esm_class & _RECEIPT_BITS:
-            return self._mobile_originated(carrier, pdu, respond if durable else None)
+            return self._mobile_originated(carrier, pdu, respond)
         read = read_receipt(pdu)
         if read is None:
             self.metrics.event("receipt_unreadable", carrier)
@@ -893,11 +897,8 @@ class Router:
             carrier=carrier,
             carrier_message_id=receipt_id,
         )
-        if not durable:
-            self._match_receipt(carrier, receipt_id, report, _MEMORY_TURNS, None)
-            return CommandStatus.ESME_ROK
         self._match_receipt(carrier, receipt_id, report, _MEMORY_TURNS, respond)
-        return None
+        return None if durable else _ROK
 
     def _match_receipt(
         self,

@@ -89,9 +89,11 @@ log = logging.getLogger(__name__)
 
 #: Answers one deliver_sm of the carrier with a command_status (once, at any later time).
 Respond = Callable[[int], None]
-#: ``on_deliver(carrier, pdu, respond)``: the status to answer now, or None to answer
-#: later through ``respond`` (once the receipt's effect is durable).
-DeliverCallback = Callable[[str, DeliverSm, Respond], int | None]
+#: ``on_deliver(carrier, pdu, conn)``: the status to answer now, or None to answer later
+#: with ``CarrierPool.answer(conn, pdu.sequence_number, status)`` (once the receipt's
+#: effect is durable). ``conn`` is the connection it came on (nothing is allocated for a
+#: later answer on the hot path, where it is answered at once).
+DeliverCallback = Callable[[str, DeliverSm, Connection], int | None]
 #: ``before(go)``: a hook run before a submit_sm goes out (``send(..., before=...)``); the
 #: submit is written once it calls ``go(True)``, and given up (``Failed("not ready")``)
 #: on ``go(False)``.
@@ -253,10 +255,14 @@ class _Link(Handler):
 
     def request_received(self, conn: Connection, pdu: Pdu) -> None:
         if isinstance(pdu, DeliverSm):
-            seq = pdu.sequence_number
-            status = self.pool._deliver(pdu, partial(self.pool._answer, conn, seq))
+            pool = self.pool
+            status = pool._deliver(pdu, conn)
             if status is not None:
-                self.pool._answer(conn, seq, status)
+                # deliver_sm_resp: message_id unused (§4.6.2), one NUL; an error, no body.
+                key = (_DELIVER_SM, status)
+                pool.pdus[key] = pool.pdus.get(key, 0) + 1
+                body = b"" if status else b"\0"
+                conn.respond_encoded(_DELIVER_SM_RESP, pdu.sequence_number, status, body)
         else:
             super().request_received(conn, pdu)
 
@@ -630,18 +636,19 @@ class CarrierPool:
 
     # --- receipts and MO --------------------------------------------------------------
 
-    def _deliver(self, pdu: DeliverSm, respond: Respond) -> int | None:
-        """The status to answer ``pdu`` with now, or None: ``respond`` answers it later."""
+    def _deliver(self, pdu: DeliverSm, conn: Connection) -> int | None:
+        """The status to answer ``pdu`` with now, or None: :meth:`answer` answers it later."""
         try:
-            status = self._on_deliver(self.name, pdu, respond)
+            status = self._on_deliver(self.name, pdu, conn)
         except Exception:
             log.exception("carrier %s: on_deliver failed", self.name)
             return int(CommandStatus.ESME_RX_T_APPN)
         return None if status is None else int(status)
 
-    def _answer(self, conn: Connection, sequence_number: int, status: int) -> None:
-        """deliver_sm_resp: message_id unused (§4.6.2), one NUL; an error has no body.
-        Dropped when the connection closed meanwhile (the carrier sends it again)."""
+    def answer(self, conn: Connection, sequence_number: int, status: int) -> None:
+        """Answer the deliver_sm ``sequence_number`` that came on ``conn``, later (see
+        ``DeliverCallback``). Dropped when the connection closed meanwhile: the carrier
+        sends it again."""
         key = (_DELIVER_SM, status)
         self.pdus[key] = self.pdus.get(key, 0) + 1
         if conn.closed or not conn.session.awaits_answer(sequence_number):

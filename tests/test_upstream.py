@@ -35,7 +35,7 @@ from router.upstream import (
     submit_pdu,
 )
 from simulator.carrier import Carrier
-from smppcore.aio import BindError, connect
+from smppcore.aio import BindError, Connection, connect
 from smppcore.codec import encode
 from smppcore.config import load_config
 from smppcore.constants import CommandStatus, EsmClass
@@ -91,7 +91,7 @@ class Watch:
         self.deliver_status = deliver_status
         self._changed = asyncio.Event()
 
-    def on_deliver(self, name: str, pdu: DeliverSm, respond: Callable[[int], None]) -> int:
+    def on_deliver(self, name: str, pdu: DeliverSm, conn: Connection) -> int:
         self.delivered.append((name, pdu))
         self._changed.set()
         return self.deliver_status
