@@ -7,6 +7,12 @@ slots and rate tokens; outcomes arrive as future callbacks. A temporary refusal,
 timeout or a dropped bind sends the message to the next candidate (within the retry
 budget and its validity); a permanent refusal is final and reported as a failure
 receipt. All parts of one long message go over the same carrier.
+
+Durability (``ack_after: store``): which carrier a message is handed to is committed
+before its submit_sm goes out; a carrier's receipt or MO is answered ESME_ROK only once
+the client has it (or it is held in the store) and the final state is committed. Every
+message accepted by a carrier has a receipt deadline (``receipt_timeout``). See
+"receipts and MO from carriers" and ``_recover`` for the windows SMPP leaves.
 """
 
 from __future__ import annotations
