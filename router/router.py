@@ -1046,10 +1046,18 @@ class Router:
             self.sink.report(stored, report)
             return
         if not final:  # intermediate: nothing to commit, answered once the client has it
-            self.sink.report(stored, report, partial(_answer_ok, respond))
+            try:
+                self.sink.report(stored, report, partial(_answer_ok, respond))
+            except Exception:
+                log.exception("message %s: its receipt could not be delivered nor held", msg.id)
+                _answer(respond, _RETRY_LATER)
             return
         self._finishing[msg.id] = [respond]
-        self.sink.report(stored, report, partial(self._commit_final, msg.id, report, respond))
+        try:
+            self.sink.report(stored, report, partial(self._commit_final, msg.id, report, respond))
+        except Exception:  # the store is gone (closed, failed): the carrier sends it again
+            log.exception("message %s: its receipt could not be delivered nor held", msg.id)
+            self._finished_durably(msg.id, False)
 
     def _commit_final(
         self, message_id: str, report: DeliveryReport, respond: Respond | None, reported: bool
@@ -1061,7 +1069,11 @@ class Router:
             self._finished_durably(message_id, False)
             return
         self._finishing.setdefault(message_id, [respond])
-        self.store.set_final(message_id, report, partial(self._finished_durably, message_id))
+        try:
+            self.store.set_final(message_id, report, partial(self._finished_durably, message_id))
+        except Exception:
+            log.exception("message %s: its final state could not be stored", message_id)
+            self._finished_durably(message_id, False)
 
     def _finished_durably(self, message_id: str, ok: bool) -> None:
         if not ok:

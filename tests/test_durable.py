@@ -396,3 +396,38 @@ def test_store_sending_then_sent_then_final_in_any_batch(
         assert sorted(calls) == [("final", True), ("hold", True), ("sending", True)]
 
     run1(main())
+
+
+def test_a_receipt_that_cannot_be_kept_is_refused_for_the_carrier_to_resend(
+    run1: Run, tmp_path: Path
+) -> None:
+    """No receiver, and the store is gone: the receipt can be neither delivered nor held.
+    It is answered ESME_RX_T_APPN, not ESME_ROK; sent again once the store is back, it is
+    held and answered ESME_ROK, and the next receiver gets it."""
+
+    async def main() -> None:
+        async with (
+            MinimalMC({UPSTREAM_ID: UPSTREAM_PASSWORD}, auto_receipt=False) as mc,
+            running_app(mc_config(tmp_path, mc)) as app,
+        ):
+            tx = await bind_client(app, "tx")
+            await tx.submit()
+            await mc.wait_for(lambda: len(mc.message_ids) == 1)
+            [carrier] = mc.bound(UPSTREAM_ID)
+            await round_trip(carrier)  # its submit_sm_resp is processed
+            await app.store.close()  # as if its disk were gone
+            answer = mc.push_receipt(carrier, mc.message_ids[0])
+            async with asyncio.timeout(DEADLINE):
+                await answer
+            assert status_of(answer) == CommandStatus.ESME_RX_T_APPN
+            await app.store.open()
+            again = mc.push_receipt(carrier, mc.message_ids[0])
+            async with asyncio.timeout(DEADLINE):
+                await again
+            assert status_of(again) == CommandStatus.ESME_ROK
+            rx = await bind_client(app, "rx")
+            await rx.wait_for(lambda: len(final_receipts(rx)) == 1)
+            await tx.close()
+            await rx.close()
+
+    run1(main())
