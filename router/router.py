@@ -73,6 +73,8 @@ _MEMORY_TURNS = 3
 #: Receipts being matched through the store at most (a task each); past it a receipt
 #: that is not in memory is answered ESME_RX_T_APPN, for the carrier to send again.
 _MAX_RESOLVING = 10_000
+#: Seconds a receipt waits for its submit_sm_resp at least (see Router.__init__).
+_EARLY_FLOOR = 20.0
 #: Seconds between housekeeping ticks: receipt deadlines, receipts parked for a mapping.
 _TICK = 1.0
 _ROK = int(CommandStatus.ESME_ROK)
@@ -142,8 +144,15 @@ class Router:
         self._carriers: dict[str, CarrierConfig] = {c.name: c for c in config.carriers}
         self.health: dict[str, CarrierHealth] = {}
         self.pools: dict[str, CarrierPool] = {}
+        # A receipt can come before its submit_sm_resp is processed only while that submit
+        # is in flight: no longer than a response timeout. Parked longer, it matches
+        # nothing (and in ``ack_after: store`` its carrier waits for our answer meanwhile:
+        # give up before a carrier's usual 30 s deliver_sm timeout makes it resend).
+        early_ttl = max(
+            (c.response_timeout for c in config.carriers), default=_EARLY_FLOOR
+        ) + 2.0
         self.correlator: Correlator[_Parked] = Correlator(
-            store, max_cache=500_000, early_ttl=120.0, max_early=50_000
+            store, max_cache=500_000, early_ttl=max(_EARLY_FLOOR, early_ttl), max_early=50_000
         )
         #: ``ack_after: store``: carriers' deliver_sm are answered once durable, and what
         #: is handed to a carrier is recorded before its submit goes out.
