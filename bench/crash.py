@@ -27,7 +27,8 @@ more message is submitted and its receipt awaited (whatever was on its way is in
 - ``duplicates``: final receipts beyond the first per message. One whose first copy came
   at most ``--window-s`` seconds before a serve kill is in SMPP's window (the client
   answered the receipt, serve died before it committed the final state, the carrier
-  sent it again: ``window_duplicates``); any other is a defect (``other_duplicates``);
+  sent it again: ``window_duplicates``, the longest such gap ``window_gap_max_ms``);
+  any other is a defect (``other_duplicates``);
 - ``unacked_receipts``: final receipts for ids the client was never given. One for a
   submit that was in flight when serve died (serve committed it, its answer was lost
   with the connection) is SMPP's window (``in_flight_receipts``); any other is a defect
@@ -454,13 +455,16 @@ def summarize(h: Harness) -> dict[str, Any]:
     missing = [i for i in out.acked if i not in out.receipts]
     window_dups = 0
     other_dups = 0
+    gaps: list[float] = []  # first copy of a window duplicate → the kill after it
     for our_id, got in out.receipts.items():
         if our_id not in out.acked:
             continue
         first = got[0][1]
         for _ in got[1:]:
-            if any(0 <= k - first <= p.window_s for k in out.serve_kills):
+            after = [k - first for k in out.serve_kills if 0 <= k - first <= p.window_s]
+            if after:
                 window_dups += 1
+                gaps.append(min(after))
             else:
                 other_dups += 1
     in_flight = stray = 0
@@ -496,6 +500,7 @@ def summarize(h: Harness) -> dict[str, Any]:
         "duplicates": window_dups + other_dups,
         "window_duplicates": window_dups,
         "other_duplicates": other_dups,
+        "window_gap_max_ms": round(max(gaps) * 1000, 1) if gaps else None,
         "unacked_receipts": in_flight + stray,
         "in_flight_receipts": in_flight,
         "stray_receipts": stray,
