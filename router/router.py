@@ -1113,7 +1113,13 @@ class Router:
         deadlines = self._deadlines.get(carrier)
         if deadlines is not None and deadlines.pop(message_id, None) is not None:
             return
-        self._capped_ids.discard(message_id)  # its heap entry is skipped when due
+        capped = self._capped_ids
+        if message_id in capped:
+            capped.discard(message_id)  # its heap entry is skipped when due...
+            if len(self._capped) > 2 * len(capped) + 1024:
+                # ...but not kept that long: the heap holds at most twice the live ones
+                self._capped = [e for e in self._capped if e[1] in capped]
+                heapq.heapify(self._capped)
 
     def _housekeeping(self) -> None:
         """Every ``_TICK`` seconds: receipts parked too long are unmatched; messages past
