@@ -24,6 +24,7 @@ from carrier_fixtures import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from router.config import CarrierConfig, Reconnect
 from router.model import Accepted, Address, Failed, Message, Rejected, SubmitOutcome
@@ -198,7 +199,7 @@ _TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x17F), max_size=23
 _OCTET = st.integers(-1, 256)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 @given(
     source=st.builds(Address, _OCTET, _OCTET, _TEXT),
     destination=st.builds(Address, _OCTET, _OCTET, _TEXT),
