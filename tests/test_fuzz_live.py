@@ -793,8 +793,6 @@ def wait_all_closed(socks: list[socket.socket], deadline: float) -> None:
                     pass
                 sel.unregister(conn)
                 open_ -= 1
-    for s in socks:
-        s.close()
 
 
 def test_connection_flood_is_capped_reaped_and_leaves_good_clients_alone(serve: Serve) -> None:
@@ -815,10 +813,14 @@ def test_connection_flood_is_capped_reaped_and_leaves_good_clients_alone(serve: 
     try:
         for _ in range(3):
             socks = open_flood(serve.port, 2000, rng)
-            # A new client binds and submits during the flood (it evicts an idle one).
-            assert_serving(serve)
-            assert serve.fds() <= base_fds + MAX_CONNECTIONS + 5
-            wait_all_closed(socks, time.monotonic() + SESSION_INIT + 4 * DEADLINE)
+            try:
+                # A new client binds and submits during the flood (it evicts an idle one).
+                assert_serving(serve)
+                assert serve.fds() <= base_fds + MAX_CONNECTIONS + 5
+                wait_all_closed(socks, time.monotonic() + SESSION_INIT + 4 * DEADLINE)
+            finally:
+                for s in socks:
+                    s.close()  # our side, whatever happened (closing twice is harmless)
             assert serve.fds() <= base_fds + MAX_CONNECTIONS + 5
             rss_after.append(serve.rss_kib())
         accepted_during_flood = len(good.accepted)
