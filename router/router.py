@@ -246,6 +246,16 @@ class Router:
                 self._binds_changed.clear()
                 await self._binds_changed.wait()
 
+    async def binds_changed(self, timeout: float) -> bool:
+        """Wait for the next change in any carrier's binds; False once ``timeout`` passed."""
+        self._binds_changed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._binds_changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
     # --- Intake -----------------------------------------------------------------------
 
     def submit(self, message: Message, done: AcceptCallback) -> None:

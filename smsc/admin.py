@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 #: Largest request body accepted (octets).
 MAX_BODY: Final = 64 * 1024
 #: Reachable without the token.
+#: The longest ``GET /api/v1/ready?wait=`` may hold a request.
+MAX_READY_WAIT: Final = 60.0
 OPEN_PATHS: Final = frozenset({"/api/v1/health", "/api/v1/ready", "/api/v1/openapi.json"})
 #: Longest text a submit through the API may carry (it goes in message_payload when long).
 MAX_TEXT: Final = 10_000
@@ -219,12 +221,25 @@ class AdminServer:
 
     async def ready(self, request: web.Request) -> web.Response:
         """Ready: the store is open and every carrier not taken out by the operator has
-        a bind up."""
+        a bind up. ``?wait=SECONDS`` (at most 60): answer as soon as that is so, or when the
+        wait is over (for scripts that start a server and wait for it, without polling)."""
+        try:
+            wait = float(request.query.get("wait", "0"))
+        except ValueError:
+            return error(400, "wait: expected seconds")
+        if not 0 <= wait <= MAX_READY_WAIT:
+            return error(400, f"wait: expected 0 <= seconds <= {MAX_READY_WAIT:g}")
         router = self._router()
-        store = self.app.store.is_open
-        carriers = {s.name: s.bound for s in router.carrier_states()}
-        out = router.paused | router.drained
-        ok = store and all(bound > 0 for name, bound in carriers.items() if name not in out)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        while True:
+            store = self.app.store.is_open
+            carriers = {s.name: s.bound for s in router.carrier_states()}
+            out = router.paused | router.drained
+            ok = store and all(n > 0 for name, n in carriers.items() if name not in out)
+            left = until - loop.time()
+            if ok or left <= 0 or not await router.binds_changed(left):
+                break
         return _json({"ready": ok, "store": store, "carriers": carriers}, 200 if ok else 503)
 
     # --- binds ------------------------------------------------------------------------

@@ -207,6 +207,16 @@ PATHS: dict[str, Any] = {
             "summary": "Readiness: the store is open and every carrier not paused or drained "
             "has a bind up (no token needed)",
             "security": [],
+            "parameters": [
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "description": "seconds to wait for readiness before answering (answers as "
+                    "soon as ready; 503 if still not ready when the wait ends)",
+                    "schema": {"type": "number", "minimum": 0, "maximum": 60, "default": 0},
+                }
+            ],
             "responses": {
                 code: _json(
                     _obj(
@@ -223,7 +233,8 @@ PATHS: dict[str, Any] = {
                     what,
                 )
                 for code, what in (("200", "ready"), ("503", "not ready"))
-            },
+            }
+            | {"400": _error("bad wait parameter")},
         }
     },
     "/openapi.json": {

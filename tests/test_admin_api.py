@@ -156,6 +156,31 @@ def test_unknown_paths_and_methods_answer_json_errors(run1: Run, tmp_path: Path)
 # --- health and readiness ----------------------------------------------------------------------
 
 
+def test_readiness_can_wait_for_the_binds(run1: Run, tmp_path: Path) -> None:
+    """``?wait=`` holds the answer until ready (here: never, a carrier is down) for at most
+    that long; a bad wait is a 400 naming the parameter."""
+    async def main() -> None:
+        cfg = config(tmp_path, down=True)
+        async with running_app(cfg, wait_for=["cheap", "dear"]) as app, api(app) as client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            reply = await client.get("/ready", token=None, params={"wait": "0.3"})
+            assert reply.status == 503
+            assert loop.time() - started >= 0.3
+            for bad in ("soon", "-1", "61"):
+                reply = await client.get(
+                    "/ready", token=None, params={"wait": bad}, valid_request=False
+                )
+                assert reply.status == 400
+                assert "wait" in reply.body["error"]
+            await client.post("/carriers/down/drain", params={"timeout": "1"})
+            reply = await client.get("/ready", token=None, params={"wait": "30"})
+            assert reply.status == 200
+
+    run1(main())
+
+
+
 def test_readiness_needs_every_carrier_bound_unless_drained(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         cfg = config(tmp_path, down=True)

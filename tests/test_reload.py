@@ -253,6 +253,9 @@ def test_sighup_reloads_a_running_serve_and_refuses_a_bad_file(tmp_path: Path) -
 
             query = {"destination": "447700900001", "account": SYSTEM_ID}
             async with Api(serve.http_port) as client:
+                # The carriers bind after serve starts listening: wait for them.
+                ready = await client.get("/ready", token=None, params={"wait": str(DEADLINE - 1)})
+                assert ready.status == 200, ready.body
                 assert (await client.get("/routes/explain", params=query)).body["choice"] == "a"
 
                 serve_yaml(conf, tmp_path / "smsc.db", "0.003")
