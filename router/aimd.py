@@ -1,0 +1,190 @@
+"""An adaptive send rate: find the rate a carrier takes and keep to it (AIMD, as TCP does).
+
+Carriers throttle above a rate they rarely publish: past it they answer ESME_RTHROTTLED
+(or ESME_RMSGQFUL). :class:`AdaptiveRate` is a token bucket whose rate moves:
+
+- *multiplicative decrease*: a throttle cuts the rate to ``decrease`` times what it was
+  (never under ``min_rate``). Only a throttle of a submit sent *after* the last cut counts:
+  the answers to what was already in flight at the old rate say nothing about the new one,
+  so a burst of them is one cut, not one each;
+- *additive increase*: while the bucket is what holds the sender back (tokens are spent
+  as fast as they come), the rate climbs linearly, by ``increase`` times the rate at the
+  last cut per second, up to ``ceiling`` (the configured carrier ``rate``) — never above;
+- no ceiling and no throttle yet: no limit at all. The first throttle then starts from the
+  rate measured over the last ``window`` seconds;
+- at the floor: a throttle that would cut the rate to ``min_rate`` or below sets it there
+  and holds every submit back for ``pause`` seconds (a carrier that refuses everything is
+  asked about once per pause).
+
+The rate climbs only while it is used up, so an idle or lightly used carrier keeps the
+rate it learnt instead of drifting to the ceiling. With the defaults the rate saws between
+70 % and 100 % of the carrier's limit, some 85 % on average, and a carrier whose limit
+rises is followed upward at ``increase`` x its old limit per second.
+
+Pure: time is the caller's ``now`` (monotonic seconds); no asyncio, no clock, no random.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+
+class AimdConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The controller's constants (the carrier's ``rate`` and ``adaptive`` settings)."""
+
+    ceiling: Annotated[float, Meta(gt=0)] | None = None
+    """Messages per second never to exceed (the configured carrier rate); None: no limit
+    until a throttle is met."""
+    decrease: Annotated[float, Meta(gt=0, lt=1)] = 0.7
+    """A throttle multiplies the rate by this."""
+    increase: Annotated[float, Meta(gt=0, le=10)] = 0.1
+    """While the rate is used up it grows by this share of the rate at the last cut, per
+    second."""
+    min_rate: Annotated[float, Meta(gt=0)] = 1.0
+    """The rate is never cut below this (messages per second)."""
+    burst: Annotated[float, Meta(gt=0, le=10)] = 0.05
+    """Seconds of the current rate that may go at once (at least one message)."""
+    pause: Annotated[float, Meta(ge=0)] = 1.0
+    """At ``min_rate``, a throttle holds everything back this long."""
+    window: Annotated[float, Meta(gt=0)] = 1.0
+    """Seconds over which the sending rate is measured while there is no limit yet."""
+
+
+class AdaptiveRate:
+    """One sender's adaptive token bucket. Ask :meth:`delay`, :meth:`take` a token per
+    send, and report every throttle with :meth:`throttled`."""
+
+    __slots__ = (
+        "_cut_at",
+        "_last",
+        "_level",
+        "_paused_until",
+        "_peak",
+        "_seen",
+        "_started",
+        "_tokens",
+        "config",
+        "cuts",
+        "limit",
+    )
+
+    def __init__(self, config: AimdConfig, now: float) -> None:
+        self.config = config
+        #: The current rate (messages per second); None: none found yet (and no ceiling).
+        self.limit: float | None = config.ceiling
+        #: Cuts so far (throttles that lowered the rate or paused it).
+        self.cuts = 0
+        self._tokens = self._capacity()
+        self._last = now
+        self._cut_at = -math.inf
+        self._peak = config.ceiling or 0.0
+        self._paused_until = -math.inf
+        self._level = 0.0  # decaying count of sends (the rate measure while unlimited)
+        self._seen = now
+        self._started: float | None = None
+
+    def _capacity(self) -> float:
+        limit = self.limit
+        return 1.0 if limit is None else max(1.0, limit * self.config.burst)
+
+    # --- asking and spending ------------------------------------------------------------
+
+    def delay(self, now: float) -> float:
+        """Seconds until a send may go (0: now)."""
+        wait = self._paused_until - now
+        limit = self.limit
+        if limit is not None:
+            tokens = self._tokens
+            if now > self._last:
+                tokens = min(self._capacity(), tokens + (now - self._last) * limit)
+            if tokens < 1.0:
+                wait = max(wait, (1.0 - tokens) / limit)
+        return wait if wait > 0 else 0.0
+
+    def take(self, now: float) -> None:
+        """A send went at ``now`` (spends a token; grows the rate while it is used up)."""
+        limit = self.limit
+        if limit is None:
+            self._count(now)
+            return
+        elapsed = now - self._last
+        if elapsed > 0:
+            capacity = self._capacity()
+            raw = self._tokens + elapsed * limit
+            if raw < 2.0 and self._peak > 0:
+                # At most one token to spare: the rate holds the sender back, so probe
+                # upward (additively, in proportion to the time).
+                ceiling = self.config.ceiling
+                step = self.config.increase * max(self._peak, limit)
+                grown = limit + step * elapsed
+                limit = self.limit = grown if ceiling is None else min(ceiling, grown)
+                capacity = self._capacity()
+            self._tokens = min(capacity, raw)
+            self._last = now
+        self._tokens -= 1.0  # may go below 0: a send forced past the bucket is paid back
+
+    def _count(self, now: float) -> None:
+        if self._started is None:
+            self._started = now
+        if now > self._seen:
+            self._level *= math.exp((self._seen - now) / self.config.window)
+            self._seen = now
+        self._level += 1.0
+
+    def measured(self, now: float) -> float:
+        """Sends per second over roughly the last ``window`` seconds (counted only while
+        there is no limit; a decaying average, corrected while it is younger than that)."""
+        started = self._started
+        if started is None:
+            return 0.0
+        window = self.config.window
+        level = self._level
+        if now > self._seen:
+            level *= math.exp((self._seen - now) / window)
+        # Counting for ``age`` seconds at a steady r gives r * window * (1 - e^(-age/window)).
+        age = max(now - started, 0.001)
+        return level / (window * -math.expm1(-age / window))
+
+    # --- throttles ----------------------------------------------------------------------
+
+    def throttled(self, now: float, sent_at: float) -> bool:
+        """The carrier throttled a submit sent at ``sent_at``: cut the rate (or pause at
+        the floor). False when the submit left before the last cut (already answered)."""
+        if sent_at <= self._cut_at:
+            return False
+        cfg = self.config
+        limit = self.limit
+        base = self.measured(now) if limit is None else limit
+        new = base * cfg.decrease
+        if new <= cfg.min_rate:
+            # At the floor: hold back for a while rather than go below it.
+            new = cfg.min_rate
+            self._paused_until = now + cfg.pause
+        if cfg.ceiling is not None:
+            new = min(new, cfg.ceiling)
+        self._peak = max(base, cfg.min_rate)
+        self._refill(now)
+        self.limit = new
+        self._tokens = min(self._tokens, self._capacity())
+        self._cut_at = now
+        self.cuts += 1
+        return True
+
+    def _refill(self, now: float) -> None:
+        limit = self.limit
+        if limit is None:
+            self._tokens = 1.0
+        elif now > self._last:
+            self._tokens = min(self._capacity(), self._tokens + (now - self._last) * limit)
+        self._last = max(self._last, now)
+
+    def paused(self, now: float) -> bool:
+        """Held back at the floor after a throttle?"""
+        return now < self._paused_until
+
+
+__all__ = ["AdaptiveRate", "AimdConfig"]
