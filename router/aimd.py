@@ -47,7 +47,9 @@ class AimdConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_rate: Annotated[float, Meta(gt=0)] = 1.0
     """The rate is never cut below this (messages per second)."""
     burst: Annotated[float, Meta(gt=0, le=10)] = 0.05
-    """Seconds of the current rate that may go at once (at least one message)."""
+    """Seconds of the current rate that may go at once ..."""
+    burst_min: Annotated[float, Meta(ge=1)] = 1.0
+    """... but at least this many messages (the configured carrier burst)."""
     pause: Annotated[float, Meta(ge=0)] = 1.0
     """At ``min_rate``, a throttle holds everything back this long."""
     window: Annotated[float, Meta(gt=0)] = 1.0
@@ -89,7 +91,8 @@ class AdaptiveRate:
 
     def _capacity(self) -> float:
         limit = self.limit
-        return 1.0 if limit is None else max(1.0, limit * self.config.burst)
+        cfg = self.config
+        return cfg.burst_min if limit is None else max(cfg.burst_min, limit * cfg.burst)
 
     # --- asking and spending ------------------------------------------------------------
 
@@ -177,7 +180,7 @@ class AdaptiveRate:
     def _refill(self, now: float) -> None:
         limit = self.limit
         if limit is None:
-            self._tokens = 1.0
+            self._tokens = self._capacity()
         elif now > self._last:
             self._tokens = min(self._capacity(), self._tokens + (now - self._last) * limit)
         self._last = max(self._last, now)
