@@ -161,3 +161,4 @@ class Outbox:
         self._held.append((expires, pdu))
         if self._retry is None and self._receivers:
             self._retry = self._loop.call_later(_RETRY_SECONDS, self._retry_due)
+
