@@ -118,9 +118,11 @@ class AdaptiveRate:
         if elapsed > 0:
             capacity = self._capacity()
             raw = self._tokens + elapsed * limit
-            if raw < 2.0 and self._peak > 0:
-                # At most one token to spare: the rate holds the sender back, so probe
-                # upward (additively, in proportion to the time).
+            if raw < capacity + 1.0 and self._peak > 0:
+                # Under one token overflowed the bucket since the last send: the rate holds
+                # the sender back (a sender that wants less lets tokens overflow), so probe
+                # upward, in proportion to the time. A late wake-up (a busy loop) still
+                # counts, as long as it is less than ``burst`` late.
                 ceiling = self.config.ceiling
                 step = self.config.increase * max(self._peak, limit)
                 grown = limit + step * elapsed
