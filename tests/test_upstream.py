@@ -415,6 +415,34 @@ def test_only_throttles_of_submits_sent_after_the_cut_cut_again(run: Run) -> Non
     run(main())
 
 
+def test_a_throttle_cuts_the_bind_it_came_on(run: Run) -> None:
+    """Each bind has its own rate (carriers often throttle per bind): a throttle on one
+    bind cuts that bind's rate; the other keeps its own (here: still no limit, so the
+    carrier as a whole has none either)."""
+    prof = profile(throttle={"rate": 1.0, "burst": 1, "per": "bind"})
+
+    async def main() -> None:
+        async with running_carrier(profiles={"default": prof}) as carrier:
+            watch = Watch()
+            pool = await bound_pool(carrier, watch, binds=2)
+            first, second = pool._links
+            second.suspect = True  # both submits go over the first bind
+            t = now()
+            futures = [send(pool, message(i), t) for i in range(2)]
+            results = [await outcome(f) for f in futures]
+            assert isinstance(results[0], Accepted)
+            assert results[1] == Rejected("sim", S.ESME_RTHROTTLED, retryable=True)
+            assert first.rate.cuts == 1
+            assert first.rate.limit is not None
+            assert (second.rate.cuts, second.rate.limit) == (0, None)
+            assert pool.rate_limit is None
+            assert pool.rate_cuts == 1
+            second.suspect = False
+            await pool.stop(timeout=DEADLINE)
+
+    run(main())
+
+
 def test_rate_limit_allows_a_burst_then_waits(run: Run) -> None:
     async def main() -> None:
         async with running_carrier() as carrier:
