@@ -7,9 +7,10 @@ Carriers throttle above a rate they rarely publish: past it they answer ESME_RTH
   (never under ``min_rate``). Only a throttle of a submit sent *after* the last cut counts:
   the answers to what was already in flight at the old rate say nothing about the new one,
   so a burst of them is one cut, not one each;
-- *additive increase*: while the bucket is what holds the sender back (tokens are spent
-  as fast as they come), the rate climbs linearly, by ``increase`` times the rate at the
-  last cut per second, up to ``ceiling`` (the configured carrier ``rate``) — never above;
+- *additive increase*: while the bucket is what holds the sender back (less than a token
+  overflows it between sends), the rate climbs linearly, by ``increase`` times the rate
+  at the last cut per second — past that rate, by ``increase`` times the current one —
+  up to ``ceiling`` (the configured carrier ``rate``), never above;
 - no ceiling and no throttle yet: no limit at all. The first throttle then starts from the
   rate measured over the last ``window`` seconds;
 - at the floor: a throttle that would cut the rate to ``min_rate`` or below sets it there
@@ -18,8 +19,9 @@ Carriers throttle above a rate they rarely publish: past it they answer ESME_RTH
 
 The rate climbs only while it is used up, so an idle or lightly used carrier keeps the
 rate it learnt instead of drifting to the ceiling. With the defaults the rate saws between
-70 % and 100 % of the carrier's limit, some 85 % on average, and a carrier whose limit
-rises is followed upward at ``increase`` x its old limit per second.
+about 70 % and 115 % of the carrier's limit (its burst hides the limit for a while), and
+the carrier carries some 90 % of its limit; a carrier whose limit rises is followed upward,
+10 % more per second once past the old limit.
 
 Pure: time is the caller's ``now`` (monotonic seconds); no asyncio, no clock, no random.
 """
@@ -42,8 +44,8 @@ class AimdConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     decrease: Annotated[float, Meta(gt=0, lt=1)] = 0.7
     """A throttle multiplies the rate by this."""
     increase: Annotated[float, Meta(gt=0, le=10)] = 0.1
-    """While the rate is used up it grows by this share of the rate at the last cut, per
-    second."""
+    """While the rate is used up it grows by this share of the rate at the last cut (or of
+    the current rate, once past it) per second."""
     min_rate: Annotated[float, Meta(gt=0)] = 1.0
     """The rate is never cut below this (messages per second)."""
     burst: Annotated[float, Meta(gt=0, le=10)] = 0.05

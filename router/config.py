@@ -42,8 +42,9 @@ class AdaptiveRate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     it was; while that rate is used up it climbs back linearly, by ``increase`` times the
     rate at the last cut per second (faster once past it), never above the carrier's
     ``rate``. With no ``rate``, a bind has no limit until its first throttle, which starts
-    it from the rate measured over the last ``window`` seconds. The defaults saw between 70%
-    and 100% of what a carrier takes (some 85% on average; the rest fails over)."""
+    it from the rate measured over the last ``window`` seconds. With the defaults a carrier
+    that throttles above N msg/s is sent some 90% of N (measured: 283 of 300 msg/s), the
+    rest failing over to the next carrier at once."""
 
     decrease: Annotated[float, Meta(gt=0, lt=1)] = 0.7
     """A throttle multiplies the bind's rate by this."""
