@@ -86,6 +86,8 @@ class CarrierState(msgspec.Struct, frozen=True):
     paused: bool
     drained: bool
     health: HealthView
+    rate: float | None = None
+    """Submits per second it may be sent now (its binds' adaptive rates); None: no limit."""
 
 
 class QueueStats(msgspec.Struct, frozen=True):
@@ -365,6 +367,7 @@ class Router:
             policy=self.policies.get(account, AccountPolicy()),
             health=views,
             now=now,
+            rates={name: pool.rate_limit for name, pool in self.pools.items()},
         )
 
     def stats(self) -> RouterStats:
@@ -400,6 +403,7 @@ class Router:
                 paused=name in self.paused,
                 drained=name in self.drained,
                 health=views[name],
+                rate=pool.rate_limit,
             )
             for name, pool in self.pools.items()
         ]

@@ -80,6 +80,11 @@ SCHEMAS: dict[str, Any] = {
             "paused": {"type": "boolean", "description": "routing skips it"},
             "drained": {"type": "boolean", "description": "paused and unbound"},
             "health": _ref("Health"),
+            "rate": {
+                "type": ["number", "null"],
+                "description": "submits per second it may be sent now: its binds' adaptive "
+                "rates, cut by its throttling, within its configured rate; null: no limit",
+            },
         }
     ),
     "Bind": _obj(
@@ -126,6 +131,10 @@ SCHEMAS: dict[str, Any] = {
                         "eligible": {"type": "boolean"},
                         "reasons": {"type": "array", "items": {"type": "string"}},
                         "score": {"type": "number"},
+                        "rate": {
+                            "type": ["number", "null"],
+                            "description": "submits per second it may be sent now; null: no limit",
+                        },
                     }
                 ),
             },

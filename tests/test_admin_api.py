@@ -250,6 +250,7 @@ def test_a_paused_carrier_gets_no_messages_until_resumed(run1: Run, tmp_path: Pa
                     ("cheap", 1, False),
                     ("dear", 1, False),
                 ]
+                assert [c["rate"] for c in states] == [None, None]  # none set, none met
                 paused = await client.post("/carriers/cheap/pause")
                 assert paused.body["paused"] is True
                 assert paused.body["health"]["available"] is False
