@@ -120,8 +120,8 @@ class App:
         self.router: Router | None = None
         self.server: Server | None = None
         self.delivery: Delivery | None = None
-        self._listener: asyncio.Server | None = None
-        self._tls_listener: asyncio.Server | None = None
+        self._listener: aio.Listener | None = None
+        self._tls_listener: aio.Listener | None = None
         self._http: AdminServer | None = None
         self.port = 0
         #: The SMPP-over-TLS listener's port (0: none).

@@ -240,6 +240,11 @@ class EsmeHandler(aio.Handler):
             self.state.remove(conn)
             log.info("session of %s closed: %s", self.state.system_id, reason)
 
+    def handshake_failed(self, conn: aio.Connection, reason: str) -> None:
+        # A TLS connection that never got as far as a bind: one audit line (session_closed,
+        # which follows, forgets it).
+        audit.info("tls handshake failed peer=%s reason=%s", _where(conn.peer), reason)
+
     def protocol_violation(self, conn: aio.Connection, event: ProtocolViolation) -> None:
         self.server.metrics.pdu(event.command_id, event.status)
 
