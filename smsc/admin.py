@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
@@ -32,6 +32,7 @@ from smppcore.config import ConfigError
 from smppcore.constants import CommandStatus, ton_npi_for
 from smppcore.text import choose_coding, encode_text
 from smsc.config import AdminConfig
+from smsc.control import ControlBusy
 from smsc.openapi import SPEC
 
 if TYPE_CHECKING:
@@ -188,7 +189,8 @@ class AdminServer:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             # aiohttp keeps undecodable header octets as surrogates: compare them as octets
-            given.strip().encode("utf-8", "surrogateescape"), token.encode()
+            given.strip().encode("utf-8", "surrogateescape"),
+            token.encode(),
         ):
             return error(
                 401, "missing or wrong bearer token", **{"WWW-Authenticate": 'Bearer realm="smsc"'}
@@ -262,32 +264,37 @@ class AdminServer:
 
     async def pause(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in self._router().pools:
-            return error(404, f"no carrier {name!r}")
-        self._router().pause(name)
-        log.info("carrier %s paused (admin API)", name)
-        return self._carrier_state(name)
+        return await self._control(name, "paused", self.app.pause_carrier(name))
 
     async def resume(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in self._router().pools:
-            return error(404, f"no carrier {name!r}")
-        await self._router().resume(name)
-        log.info("carrier %s resumed (admin API)", name)
-        return self._carrier_state(name)
+        return await self._control(name, "resumed", self.app.resume_carrier(name))
 
     async def drain(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in self._router().pools:
-            return error(404, f"no carrier {name!r}")
         try:
             timeout = float(request.query.get("timeout", "30"))
         except ValueError:
             return error(400, "timeout: expected seconds")
         if not 0 < timeout <= 300:
             return error(400, "timeout: expected 0 < seconds <= 300")
-        await self._router().drain(name, timeout)
-        log.info("carrier %s drained (admin API)", name)
+        return await self._control(name, "drained", self.app.drain_carrier(name, timeout))
+
+    async def _control(
+        self, name: str, done: str, change: Coroutine[Any, Any, None]
+    ) -> web.Response:
+        """Run a pause, resume or drain (it waits for a reload or another change under way:
+        409 when that takes too long); 404 when there is no such carrier (by then)."""
+        if name not in self._router().pools:
+            change.close()
+            return error(404, f"no carrier {name!r}")
+        try:
+            await change
+        except KeyError:  # removed by a reload it waited for
+            return error(404, f"no carrier {name!r}")
+        except ControlBusy as exc:
+            return error(409, str(exc))
+        log.info("carrier %s %s (admin API)", name, done)
         return self._carrier_state(name)
 
     async def mo(self, request: web.Request) -> web.Response:
@@ -398,6 +405,8 @@ class AdminServer:
     async def reload(self, request: web.Request) -> web.Response:
         try:
             plan = await self.app.reload()
+        except ControlBusy as exc:
+            return error(409, str(exc))
         except LookupError as exc:
             return error(409, str(exc.args[0]))
         except ConfigError as exc:

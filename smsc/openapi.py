@@ -25,6 +25,10 @@ _AUTH = {
     "401": {"$ref": "#/components/responses/Unauthorized"},
     "403": {"$ref": "#/components/responses/Disabled"},
 }
+_BUSY = _error(
+    "another carrier change (reload, pause, drain, resume) was under way for 30 s; "
+    "nothing was done"
+)
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _NUMBER = {"type": ["number", "null"]}
 
@@ -47,6 +51,7 @@ def _carrier_op(summary: str, extra: dict[str, Any] | None = None) -> dict[str, 
                 "200": _json(_ref("Carrier"), "the carrier's state afterwards"),
                 **({"400": _error("bad parameter")} if extra else {}),
                 "404": _error("no such carrier"),
+                "409": _BUSY,
                 **_AUTH,
             },
         }
@@ -379,7 +384,10 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("Reload"), "applied"),
                 "400": _error("the new configuration is invalid; the old one keeps running"),
-                "409": _error("started without a configuration file"),
+                "409": _error(
+                    "started without a configuration file, or another carrier change "
+                    "(reload, pause, drain, resume) held the node for 30 s"
+                ),
                 **_AUTH,
             },
         }
