@@ -10,7 +10,11 @@ Authentication: ``/metrics``, ``/route``, ``/api/v1/health``, ``/api/v1/ready`` 
 configured, those endpoints are off altogether (403) — never open, not even on loopback,
 since any local user could reach them.
 
-Errors are JSON ``{"error": "..."}`` with the HTTP status that fits.
+Errors are JSON ``{"error": "..."}`` with the HTTP status that fits. The server listens
+from the start of start-up: until the node has started, ``/api/v1/health`` and
+``/api/v1/openapi.json`` answer as usual, ``/api/v1/ready`` answers 503 not ready, and every
+other ``/api/v1`` endpoint 503 ``{"error": "starting: not serving yet"}`` with
+``Retry-After: 1`` (after the token is checked).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ log = logging.getLogger(__name__)
 MAX_BODY: Final = 64 * 1024
 #: Reachable without the token.
 OPEN_PATHS: Final = frozenset({"/api/v1/health", "/api/v1/ready", "/api/v1/openapi.json"})
+#: The error of every /api/v1 endpoint (but health, ready, openapi.json) during start-up.
+STARTING: Final = "starting: not serving yet"
 #: Longest text a submit through the API may carry (it goes in message_payload when long).
 MAX_TEXT: Final = 10_000
 
@@ -105,7 +111,9 @@ class AdminServer:
     def __init__(self, app: App, registry: CollectorRegistry) -> None:
         self.app = app
         self.registry = registry
-        web_app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors, self._auth])
+        web_app = web.Application(
+            client_max_size=MAX_BODY, middlewares=[self._errors, self._auth, self._starting]
+        )
         add = web_app.router
         add.add_get("/metrics", self.metrics)
         add.add_get("/route", self.route_text)
@@ -197,6 +205,15 @@ class AdminServer:
             )
         return await handler(request)
 
+    @web.middleware
+    async def _starting(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Until the node has started, only health, readiness and the OpenAPI document
+        answer under /api/; the rest is 503 (JSON, Retry-After: 1)."""
+        path = request.path
+        if self.app.started or not path.startswith("/api/") or path in OPEN_PATHS:
+            return await handler(request)
+        return error(503, STARTING, **{"Retry-After": "1"})
+
     # --- open -------------------------------------------------------------------------
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -222,8 +239,10 @@ class AdminServer:
     async def ready(self, request: web.Request) -> web.Response:
         """Ready: the store is open and every carrier not taken out by the operator has
         a bind up."""
-        router = self._router()
         store = self.app.store.is_open
+        if not self.app.started:
+            return _json({"ready": False, "store": store, "carriers": {}}, 503)
+        router = self._router()
         carriers = {s.name: s.bound for s in router.carrier_states()}
         out = router.paused | router.drained
         ok = store and all(bound > 0 for name, bound in carriers.items() if name not in out)

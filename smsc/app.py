@@ -1,8 +1,9 @@
 """The composition root of ``smsc serve``: builds every part, starts them in order and
 stops them in the reverse order ARCHITECTURE.md gives.
 
-Start: store → id blocks → simulated carriers (loopback) → router (carrier binds) →
-ESME listener → HTTP (metrics, route explanations, admin API: smsc/admin.py).
+Start: HTTP (metrics, route explanations, admin API: smsc/admin.py; until the end of
+start-up only health, readiness and the OpenAPI document answer, the rest 503) → store →
+id blocks → simulated carriers (loopback) → router (carrier binds) → ESME listener.
 Stop, within ``shutdown_timeout`` overall: close the listeners (SMPP and HTTP) → stop
 intake → unbind ESMEs → stop dispatching (queued messages stay in the store — every
 accepted message is written there at intake — and resume at the next start) → await
@@ -142,10 +143,16 @@ class App:
         #: The SMPP-over-TLS listener's port (0: none).
         self.tls_port = 0
         self.http_port = 0
+        #: start() has finished (and stop() not begun): the admin API serves.
+        self.started = False
 
     async def start(self) -> None:
         config = self.config
         self.admin_token = admin_token(config)
+        if config.metrics.port is not None:
+            # First: liveness and metrics answer during a long start-up (a big store to
+            # recover); the rest of the admin API answers 503 until :attr:`started`.
+            await self._start_http(config.metrics.host, config.metrics.port)
         await self.store.open()
         ids = IdAllocator(config.node_id, self.store.reserve_ids)
         await ids.start()
@@ -191,8 +198,7 @@ class App:
                 ssl=server_context(tls.server_tls()),
             )
             self.tls_port = self._tls_listener.sockets[0].getsockname()[1]
-        if config.metrics.port is not None:
-            await self._start_http(config.metrics.host, config.metrics.port)
+        self.started = True
 
     async def _start_http(self, host: str, port: int) -> None:
         self._http = AdminServer(self, self.registry)
@@ -421,6 +427,8 @@ class App:
 
         def left(cap: float = 3600.0) -> float:
             return max(0.05, min(cap, deadline - loop.time()))
+
+        self.started = False
 
         if self._listener is not None:
             self._listener.close()

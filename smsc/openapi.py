@@ -227,7 +227,10 @@ PATHS: dict[str, Any] = {
                     ),
                     what,
                 )
-                for code, what in (("200", "ready"), ("503", "not ready"))
+                for code, what in (
+                    ("200", "ready"),
+                    ("503", "not ready (during start-up: store false or true, carriers {})"),
+                )
             },
         }
     },
@@ -394,6 +397,33 @@ PATHS: dict[str, Any] = {
     },
 }
 
+#: Paths that answer as usual during start-up; every other operation answers 503 Starting
+#: then (smsc/admin.py). /ready's 503 is its own "not ready".
+_SERVING_DURING_START_UP = frozenset({"/health", "/openapi.json", "/ready"})
+
+
+def _during_start_up(paths: dict[str, Any]) -> dict[str, Any]:
+    """``paths`` with the 503 of start-up on every operation that gives it."""
+    starting = {"$ref": "#/components/responses/Starting"}
+    both = _error("refused (queue full, store error); or the node is starting (see Starting)")
+    out: dict[str, Any] = {}
+    for path, ops in paths.items():
+        if path in _SERVING_DURING_START_UP:
+            out[path] = ops
+            continue
+        out[path] = {
+            method: {
+                **op,
+                "responses": {
+                    **op["responses"],
+                    "503": both if "503" in op["responses"] else starting,
+                },
+            }
+            for method, op in ops.items()
+        }
+    return out
+
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -401,17 +431,31 @@ SPEC: dict[str, Any] = {
         "version": __version__,
         "description": "Served on the metrics port. Every endpoint except health, ready and "
         "openapi.json needs `Authorization: Bearer <admin.token>`; with no token configured "
-        "they answer 403.",
+        "they answer 403. The server listens from the start of start-up: until the node has "
+        "started, every endpoint except health, ready and openapi.json answers 503 "
+        "(components/responses/Starting), ready answers 503 not ready.",
     },
     "servers": [{"url": "/api/v1"}],
     "security": [{"bearer": []}],
-    "paths": PATHS,
+    "paths": _during_start_up(PATHS),
     "components": {
         "schemas": SCHEMAS,
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "responses": {
             "Unauthorized": _error("missing or wrong bearer token"),
             "Disabled": _error("no admin.token configured: the endpoint is off"),
+            "Starting": {
+                **_error(
+                    'the node is starting (its store, carriers and listeners): '
+                    '{"error": "starting: not serving yet"}; try again'
+                ),
+                "headers": {
+                    "Retry-After": {
+                        "description": "seconds to wait before trying again (1)",
+                        "schema": {"type": "integer", "minimum": 1},
+                    }
+                },
+            },
         },
     },
 }
