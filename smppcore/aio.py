@@ -159,8 +159,10 @@ class Handler:
         """The session is over (unbind, timer, error or lost connection)."""
 
     def handshake_failed(self, conn: Connection, reason: str) -> None:
-        """A TLS listener's connection ended before its handshake did (``reason``: what
-        went wrong, or ``timed out``); :meth:`session_closed` follows."""
+        """A TLS listener's connection ended before its handshake did. ``reason`` says
+        why: the TLS error, ``no handshake within <n>s``, ``closed by the peer``, or
+        ``closed by the server`` (``conn.abort()``, the listener closing).
+        :meth:`session_closed` follows."""
         log.info("TLS handshake with %s failed: %s", conn.peer, reason)
 
 
