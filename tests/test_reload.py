@@ -398,6 +398,48 @@ def test_a_reload_interrupted_half_way_leaves_the_running_configuration_whole(
     run1(main())
 
 
+def test_a_reload_interrupted_while_it_winds_down_has_applied_all_of_it(
+    run1: Run, tmp_path: Path
+) -> None:
+    """Once applied, a reload stands whole even if its caller goes away while what it
+    replaced is wound down (here a removed account's session that does not answer its
+    unbind): the wind-down goes on by itself, and the next carrier change need not wait."""
+
+    async def main() -> None:
+        first = app_config(tmp_path, {"a": {}}, [route(("a", "0.002"))])
+        only_acme = [a for a in accounts() if a["system_id"] == SYSTEM_ID]
+        second = app_config(
+            tmp_path,
+            {"a": {}, "new": {}},
+            [route(("new", "0.001"), ("a", "0.002"))],
+            accounts=only_acme,
+        )
+        async with running_app(first, stop_timeout=DEADLINE / 2) as app:
+            router = app.router
+            assert router is not None
+            globex = await bind_client(app, "trx", OTHER_ID, "globex")
+            globex.c.stall()  # will not answer the unbind of its removed account
+            try:
+                with LogLines("smsc.app") as log_lines:
+                    reload = asyncio.create_task(app.reload(second))
+                    await log_lines.wait("configuration reloaded")
+                    assert not reload.done()  # winding down: the unbind is unanswered
+                    reload.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await reload
+                assert app.config.router.routes == second.router.routes
+                assert set(router.pools) == set(app.simulators) == {"a", "new"}
+                assert app.server is not None
+                assert set(app.server.accounts) == {SYSTEM_ID}
+                async with asyncio.timeout(DEADLINE / 2):  # the lock is free again
+                    await app.pause_carrier("new")
+                assert "new" in router.paused
+            finally:
+                await globex.close()
+
+    run1(main())
+
+
 # --- SIGHUP on a real `smsc serve` ---------------------------------------------------------------
 
 
