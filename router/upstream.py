@@ -336,7 +336,11 @@ class CarrierPool:
     async def start(self) -> None:
         """Start connecting every bind; returns at once (a carrier that is down does not
         block start-up: its binds keep retrying with backoff)."""
-        if self._tasks:
+        self.start_now()
+
+    def start_now(self) -> None:
+        """:meth:`start`, from code that must not yield (a reload applying at once)."""
+        if self._tasks or self._stopping:
             return
         for link in self._links:
             task = asyncio.create_task(self._supervise(link), name=f"carrier {link.name}")

@@ -146,7 +146,7 @@ class Carrier:
         self.wall_clock = wall_clock
         self.messages = MessageTable(config.max_messages)
         self._accounts: dict[str, AccountState] = {}
-        self._server: asyncio.Server | None = None
+        self._server: aio.Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: TimerQueue | None = None
         #: Final receipts due now, in order: one timer entry for the whole batch.
