@@ -36,6 +36,30 @@ class Reconnect(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     jitter: Annotated[float, Meta(ge=0, le=1)] = 0.3
 
 
+class AdaptiveRate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the send rate to a carrier adapts to its throttling (router/aimd.py), per bind:
+    each ESME_RTHROTTLED or ESME_RMSGQFUL cuts the bind's rate to ``decrease`` times what
+    it was; while that rate is used up it climbs back linearly, by ``increase`` times the
+    rate at the last cut per second (faster once past it), never above the carrier's
+    ``rate``. With no ``rate``, a bind has no limit until its first throttle, which starts
+    it from the rate measured over the last ``window`` seconds. With the defaults a carrier
+    that throttles above N msg/s is sent some 90% of N (measured: 283 of 300 msg/s), the
+    rest failing over to the next carrier at once."""
+
+    decrease: Annotated[float, Meta(gt=0, lt=1)] = 0.7
+    """A throttle multiplies the bind's rate by this."""
+    increase: Annotated[float, Meta(gt=0, le=10)] = 0.1
+    """While the rate is used up, it grows by this share of the rate at the last cut per
+    second (0.1: 30% back in 3 s)."""
+    min_rate: Annotated[float, Meta(gt=0)] = 1.0
+    """Messages per second per bind never cut below; a throttle there holds the bind back
+    for ``throttle_pause``."""
+    burst: Annotated[float, Meta(gt=0, le=10)] = 0.05
+    """Seconds of the current rate that may leave at once (at least one message)."""
+    window: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    """Seconds over which the send rate is measured while there is no limit yet."""
+
+
 class CarrierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One upstream SMSC we bind to as an ESME."""
 
@@ -52,7 +76,8 @@ class CarrierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     window: Annotated[int, Meta(ge=1, le=10_000)] = 100
     """Submits in flight per bind."""
     rate: Annotated[float, Meta(gt=0)] | None = None
-    """Submits per second for the whole carrier (token bucket); null: no limit."""
+    """Submits per second for the whole carrier (token bucket); null: no limit. The rate
+    actually used adapts below it to the carrier's throttling (``adaptive``)."""
     burst: Annotated[int, Meta(ge=1)] | None = None
     response_timeout: Seconds = 10.0
     enquire_link_interval: Seconds = 30.0
@@ -61,7 +86,10 @@ class CarrierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     writes and reads on both sides at moderate rates); 0: written at the end of the loop
     turn."""
     throttle_pause: Seconds = 1.0
-    """How long to hold back after the carrier answers ESME_RTHROTTLED."""
+    """How long a bind holds back after ESME_RTHROTTLED or ESME_RMSGQFUL once its rate is
+    down to ``adaptive.min_rate`` (above it, a throttle cuts the rate instead)."""
+    adaptive: AdaptiveRate = AdaptiveRate()
+    """How the send rate adapts to the carrier's throttling."""
     reconnect: Reconnect = Reconnect()
     submit_id: IdFormat = "as_is"
     """How this carrier writes ids in submit_sm_resp (for receipt correlation)."""

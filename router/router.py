@@ -103,6 +103,8 @@ class CarrierState(msgspec.Struct, frozen=True):
     paused: bool
     drained: bool
     health: HealthView
+    rate: float | None = None
+    """Submits per second it may be sent now (its binds' adaptive rates); None: no limit."""
 
 
 class QueueStats(msgspec.Struct, frozen=True):
@@ -316,6 +318,16 @@ class Router:
                 self._binds_changed.clear()
                 await self._binds_changed.wait()
 
+    async def binds_changed(self, timeout: float) -> bool:
+        """Wait for the next change in any carrier's binds; False once ``timeout`` passed."""
+        self._binds_changed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._binds_changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
     # --- Intake -----------------------------------------------------------------------
 
     def submit(self, message: Message, done: AcceptCallback) -> None:
@@ -425,6 +437,7 @@ class Router:
             policy=self.policies.get(account, AccountPolicy()),
             health=views,
             now=now,
+            rates={name: pool.rate_limit for name, pool in self.pools.items()},
         )
 
     def stats(self) -> RouterStats:
@@ -460,6 +473,7 @@ class Router:
                 paused=name in self.paused,
                 drained=name in self.drained,
                 health=views[name],
+                rate=pool.rate_limit,
             )
             for name, pool in self.pools.items()
         ]
@@ -505,52 +519,66 @@ class Router:
         if self.pools.get(name) is pool:
             self.drained.add(name)
 
-    async def add_carrier(self, config: CarrierConfig) -> None:
-        """Start binding to a new carrier (routes may name it once this returns)."""
-        if config.name in self.pools:
-            raise ValueError(f"carrier {config.name!r} exists")
-        self._carriers[config.name] = config
-        self.health[config.name] = CarrierHealth(config.name, self.config.health, self.wall())
-        self.pools[config.name] = pool = self._pool(config)
-        await pool.start()
-        self._wake_up()
+    def new_pool(self, config: CarrierConfig) -> CarrierPool:
+        """A pool for ``config``, not started (TlsError: its TLS files cannot be used): what
+        a reload prepares before it changes anything."""
+        return self._pool(config)
 
-    async def remove_carrier(self, name: str, timeout: float) -> None:
-        """Take ``name`` out of routing at once, wait (at most ``timeout``) for its submits
-        in flight, unbind it. Queued messages were never tied to it: they go over the
-        remaining carriers; its unanswered submits come back (``Failed``) and are
-        re-routed. Receipts it would send after the unbind are not received."""
-        pool = self.pools.pop(name)
-        self.health.pop(name, None)
-        self.paused.discard(name)
-        self.drained.discard(name)
-        for group in [g for g, c in self._pinned.items() if c == name]:
-            del self._pinned[group]
-        # ``self._carriers`` keeps its config: outcomes and receipts in flight look it up.
-        await pool.stop(timeout)
-        self._release_deferred()
+    def reconfigure(
+        self,
+        config: RouterConfig,
+        policies: Mapping[str, AccountPolicy],
+        pools: Mapping[str, CarrierPool] | None = None,
+    ) -> list[CarrierPool]:
+        """Apply a reloaded configuration at once (no await: nothing runs half-applied):
+        the route table and prices, the retry budget, the account policies, and carriers.
 
-    async def replace_carrier(self, config: CarrierConfig, timeout: float) -> None:
-        """Bind to ``config.name`` with a new config: the new binds start at once, the old
-        ones are drained (submits in flight awaited, at most ``timeout``) and unbound. Its
-        health and pause state are kept."""
-        old = self.pools[config.name]
-        self._carriers[config.name] = config
-        self.drained.discard(config.name)
-        self.pools[config.name] = pool = self._pool(config)
-        await pool.start()
-        await old.stop(timeout)
-        self._on_state(config.name, pool.bound)
-
-    def reconfigure(self, config: RouterConfig, policies: Mapping[str, AccountPolicy]) -> None:
-        """Swap the route table and prices, the retry budget and the account policies.
-        Carriers are added and removed with :meth:`add_carrier` / :meth:`remove_carrier`;
-        queue size, ack mode, health and store settings need a restart."""
+        ``pools`` (from :meth:`new_pool`) are the carriers added or changed: each starts
+        binding, unless its carrier is drained (it binds with its new config when
+        resumed); a paused one stays paused. Carriers not in ``config`` are taken out of
+        routing. Returns the pools replaced or removed, for :meth:`retire`. Queue size, ack
+        mode, health and store settings need a restart."""
+        names = {c.name for c in config.carriers}
+        retired = [pool for name, pool in self.pools.items() if name not in names]
+        for name in [n for n in self.pools if n not in names]:
+            del self.pools[name]
+            self.health.pop(name, None)
+            self.paused.discard(name)
+            self.drained.discard(name)
+            for group in [g for g, c in self._pinned.items() if c == name]:
+                del self._pinned[group]
+            # ``self._carriers`` keeps its config: outcomes and receipts in flight look it up.
+        for name, pool in (pools or {}).items():
+            old = self.pools.get(name)
+            if old is None:
+                self.health[name] = CarrierHealth(name, self.config.health, self.wall())
+            else:
+                retired.append(old)
+            self._carriers[name] = pool.config
+            self.pools[name] = pool
+            if name not in self.drained:
+                pool.start_now()
+            self.health[name].set_binds(pool.bound)
         self.table = RouteTable(config.routes)
         self.config = config
         self.policies = dict(policies)
         for cfg in config.carriers:
             self._carriers[cfg.name] = cfg
+        self._release_deferred()
+        return retired
+
+    async def retire(self, pools: Iterable[CarrierPool]) -> None:
+        """Stop pools taken out by :meth:`reconfigure`: each waits (at most its carrier's
+        response_timeout + 1 s) for its submits in flight, then unbinds. Queued messages
+        were never tied to a carrier: they go over the current ones; unanswered submits
+        come back (``Failed``) and are routed again. Receipts a removed carrier would send
+        after the unbind are not received."""
+        pools = list(pools)
+        if pools:
+            await asyncio.gather(
+                *(pool.stop(pool.config.response_timeout + 1.0) for pool in pools),
+                return_exceptions=True,
+            )
         self._release_deferred()
 
     def _pool(self, config: CarrierConfig) -> CarrierPool:
@@ -575,6 +603,9 @@ class Router:
             asyncio.get_running_loop().call_soon(self._pass)
 
     def _on_state(self, carrier: str, bound: int) -> None:
+        pool = self.pools.get(carrier)
+        if pool is not None:
+            bound = pool.bound  # a replaced pool still reports while it unbinds: not its count
         health = self.health.get(carrier)
         if health is not None:
             health.set_binds(bound)
@@ -897,9 +928,11 @@ class Router:
             self.metrics.event("receipt_unreadable", carrier)
             return CommandStatus.ESME_ROK
         receipt_id, state, error = read
-        if len(self._tasks) >= _MAX_RESOLVING and self.correlator.lookup(
-            carrier, receipt_id, self._carriers[carrier].receipt_id
-        ) is None:
+        if (
+            len(self._tasks) >= _MAX_RESOLVING
+            and self.correlator.lookup(carrier, receipt_id, self._carriers[carrier].receipt_id)
+            is None
+        ):
             # Too many receipts already wait for the store: the carrier keeps this one
             # and sends it again later (a temporary error), rather than our memory.
             self.metrics.event("receipt_deferred", carrier)

@@ -7,6 +7,7 @@ come from config or enums (account, carrier, command, status), never ids or numb
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
@@ -211,6 +212,17 @@ class SmscCollector(Collector):
             "deliver_sm by the status we answered",
             labels=["carrier", "command", "status"],
         )
+        rate = GaugeMetricFamily(
+            "smsc_carrier_rate_limit",
+            "Submits per second the carrier may be sent now: its binds' adaptive rates, cut "
+            "by ESME_RTHROTTLED / ESME_RMSGQFUL (+Inf: no limit configured or met)",
+            labels=["carrier"],
+        )
+        cuts = CounterMetricFamily(
+            "smsc_carrier_rate_cuts",
+            "Throttles that cut a carrier bind's adaptive rate (or held it at the floor)",
+            labels=["carrier"],
+        )
         failures = CounterMetricFamily(
             "smsc_carrier_submit_failures",
             "submit_sm to a carrier that got no answer, by reason",
@@ -228,7 +240,10 @@ class SmscCollector(Collector):
                 pdus.add_metric([name, command_name(cid), status_name(status)], n)
             for reason in _SUBMIT_FAILURES:
                 failures.add_metric([name, reason], pool.failures.get(reason, 0))
-        yield from (in_flight, bound, configured, available, attempts, pdus, failures)
+            limit = pool.rate_limit
+            rate.add_metric([name], math.inf if limit is None else limit)
+            cuts.add_metric([name], pool.rate_cuts)
+        yield from (in_flight, bound, configured, available, attempts, pdus, failures, rate, cuts)
 
     def _store(self) -> Iterator[Metric]:
         store = self.router.store

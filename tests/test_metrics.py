@@ -222,6 +222,9 @@ def test_carrier_pdus_receipts_and_binds(scrape: Scrape) -> None:
         assert scrape.value("smsc_carrier_bind_attempts_total", carrier=carrier, result="ok") == 1
         assert scrape.value("smsc_carrier_in_flight", carrier=carrier) == 0
         assert scrape.value("smsc_carrier_available", carrier=carrier) == 1
+        # No rate configured and no throttle met: no limit (ESME_RSYSERR is no throttle).
+        assert scrape.value("smsc_carrier_rate_limit", carrier=carrier) == float("inf")
+        assert scrape.value("smsc_carrier_rate_cuts_total", carrier=carrier) == 0
 
 
 def test_carrier_latency_histograms(scrape: Scrape) -> None:
