@@ -38,6 +38,8 @@ class ReportSink(Protocol):
         """Deliver a receipt for ``stored`` (when its registered_delivery asks for one)."""
         ...
 
-    def mobile_originated(self, account: str, message: Message) -> None:
-        """Deliver an MO message that a carrier routed to ``account``."""
+    def mobile_originated(self, account: str, message: Message) -> bool | None:
+        """Deliver an MO message that a carrier routed to ``account``: sent, or held for
+        the account. False: neither could be done now (the store refuses to hold more);
+        the carrier's deliver_sm is then answered ESME_RX_T_APPN, to be sent again."""
         ...

@@ -39,7 +39,7 @@ from router.model import (
 from router.ports import AcceptCallback, ReportSink
 from router.queue import MessageQueue
 from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
-from router.store import Store
+from router.store import Store, StoreError
 from router.upstream import CarrierPool
 from smppcore.constants import CommandStatus, EsmClass, MessageState
 from smppcore.pdu import DeliverSm
@@ -788,7 +788,11 @@ class Router:
 
     def _on_deliver(self, carrier: str, pdu: DeliverSm) -> int:
         if not pdu.esm_class & _RECEIPT_BITS:
-            self._mobile_originated(carrier, pdu)
+            if not self._mobile_originated(carrier, pdu):
+                # Neither sent nor held (the store is full or cannot write): the carrier
+                # keeps it and sends it again later, rather than our memory.
+                self.metrics.event("mo_refused", carrier)
+                return CommandStatus.ESME_RX_T_APPN
             return CommandStatus.ESME_ROK
         read = read_receipt(pdu)
         if read is None:
@@ -838,7 +842,11 @@ class Router:
 
     async def _resolve_later(self, carrier: str, receipt_id: str, report: DeliveryReport) -> None:
         cfg = self._carriers[carrier]
-        our_id = await self.correlator.resolve(carrier, receipt_id, cfg.receipt_id)
+        try:
+            our_id = await self.correlator.resolve(carrier, receipt_id, cfg.receipt_id)
+        except StoreError as exc:
+            self._store_failed(report, exc)
+            return
         if our_id is None:
             key = correlation_key(receipt_id, cfg.receipt_id)
             our_id = self.correlator.park(carrier, key, report, self.wall())
@@ -856,7 +864,11 @@ class Router:
         task.add_done_callback(self._tasks.discard)
 
     async def _receipt_from_store(self, our_id: str, report: DeliveryReport) -> None:
-        stored = await self.store.get(our_id)
+        try:
+            stored = await self.store.get(our_id)
+        except StoreError as exc:
+            self._store_failed(report, exc)
+            return
         if stored is None:
             self.metrics.event("receipt_unmatched", report.carrier)
             return
@@ -866,6 +878,14 @@ class Router:
             self.metrics.event("receipt_duplicate", report.carrier)
             return
         self._receipt(stored.message, report)
+
+    def _store_failed(self, report: DeliveryReport, exc: StoreError) -> None:
+        """A receipt could not be matched: the store did not answer in time (its
+        ``read_timeout``) or is closed. Counted and logged; the receipt is not delivered."""
+        self.metrics.event("receipt_store_timeout", report.carrier)
+        log.warning(
+            "receipt %s from %s not matched: %s", report.carrier_message_id, report.carrier, exc
+        )
 
     def _receipt(self, msg: Message, report: DeliveryReport) -> None:
         report = msgspec.structs.replace(report, message_id=msg.id)
@@ -896,11 +916,12 @@ class Router:
         )
         self.sink.report(stored, report)
 
-    def _mobile_originated(self, carrier: str, pdu: DeliverSm) -> None:
+    def _mobile_originated(self, carrier: str, pdu: DeliverSm) -> bool:
+        """False: the sink could neither send nor hold it (answer a temporary error)."""
         account = self._carriers[carrier].mo_account
         if account is None:
             self.metrics.event("mo_unrouted", carrier)
-            return
+            return True
         from router.model import Address
 
         payload = pdu.tlv(Tag.MESSAGE_PAYLOAD)
@@ -916,7 +937,7 @@ class Router:
             submitted_at=self.wall(),
         )
         self.metrics.event("mo", carrier)
-        self.sink.mobile_originated(account, msg)
+        return self.sink.mobile_originated(account, msg) is not False
 
 
 

@@ -120,7 +120,7 @@ class Delivery:
         )
         self.deliver(msg.account, body)
 
-    def mobile_originated(self, account: str, message: Message) -> None:
+    def mobile_originated(self, account: str, message: Message) -> bool:
         pdu = DeliverSm(
             source_addr_ton=message.source.ton,
             source_addr_npi=message.source.npi,
@@ -133,30 +133,31 @@ class Delivery:
             data_coding=message.data_coding,
             short_message=message.short_message,
         )
-        self.deliver(account, pdu)
+        return self.deliver(account, pdu)
 
     # --- sending ------------------------------------------------------------------------
 
-    def deliver(self, account: str, pdu: Item) -> None:
-        """Send ``pdu`` (a struct or an encoded body) to ``account`` now, or hold it."""
+    def deliver(self, account: str, pdu: Item) -> bool:
+        """Send ``pdu`` (a struct or an encoded body) to ``account`` now, or hold it.
+        False when it could be neither (the store refused to hold it: its queue is full
+        or it cannot write): the sender should be answered a temporary error."""
         state = self.accounts.get(account)
         if state is None:
             log.warning("deliver_sm for unknown account %s dropped", account)
-            return
+            return True
         expires = self.wall() + state.account.receipt_ttl
         if account in self._draining:
-            self._wait_behind(account, pdu, expires)
-            return
-        self._send_now(state, account, pdu, expires)
+            return self._wait_behind(account, pdu, expires)
+        return self._send_now(state, account, pdu, expires)
 
-    def _send_now(self, state: AccountState, account: str, pdu: Item, expires: float) -> None:
+    def _send_now(self, state: AccountState, account: str, pdu: Item, expires: float) -> bool:
         # A receiver whose window is full still takes it: its session queues the request
         # for a slot (bounded by max_waiting). Held instead, it would wait for a new bind.
         conn = state.receiver() or state.receiver(full_ok=True)
         if conn is None:
-            self._hold(account, pdu, expires)
-            return
+            return self._hold(account, pdu, expires)
         self._send(conn, account, pdu, expires, None)
+        return True
 
     def _send(
         self,
@@ -194,25 +195,28 @@ class Delivery:
         elif not ok:
             self._hold(account, pdu, expires)
 
-    def _wait_behind(self, account: str, pdu: Item, expires: float) -> None:
+    def _wait_behind(self, account: str, pdu: Item, expires: float) -> bool:
         """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
         behind = self._behind.setdefault(account, [])
         if len(behind) >= _MAX_BEHIND:  # a long drain: the store keeps the rest, in order
             for early, early_expires in behind:
                 self._hold(account, early, early_expires)
             behind.clear()
-            self._hold(account, pdu, expires)
-            return
+            return self._hold(account, pdu, expires)
         behind.append((pdu, expires))
+        return True
 
-    def _hold(self, account: str, pdu: Item, expires: float) -> None:
-        self.held += 1
-        self._holds[account] = self._holds.get(account, 0) + 1
+    def _hold(self, account: str, pdu: Item, expires: float) -> bool:
+        """Hold ``pdu`` in the store; False when the store refuses it (counted there)."""
         if isinstance(pdu, bytes):
             frame = HEADER.pack(HEADER_LENGTH + len(pdu), _DELIVER_SM, 0, 0) + pdu
         else:
             frame = encode(pdu)
-        self.store.hold(account, frame, expires)
+        if self.store.hold(account, frame, expires) is False:
+            return False
+        self.held += 1
+        self._holds[account] = self._holds.get(account, 0) + 1
+        return True
 
     # --- held items ---------------------------------------------------------------------
 
