@@ -89,6 +89,9 @@ class Delivery:
         self.sent = 0
         self.held = 0
         self.expired = 0
+        #: Deliveries neither sent nor held (the store refused them) with nobody to answer
+        #: a temporary error to, per account (metrics; each logged).
+        self.dropped: dict[str, int] = {}
 
     @property
     def held_by_account(self) -> dict[str, int]:
@@ -118,7 +121,8 @@ class Delivery:
             message_preview(msg.short_message, msg.esm_class, msg.data_coding),
             not is_final(report.state),
         )
-        self.deliver(msg.account, body)
+        if not self.deliver(msg.account, body):
+            self._dropped(msg.account, msg.reported_id)
 
     def mobile_originated(self, account: str, message: Message) -> bool:
         pdu = DeliverSm(
@@ -175,7 +179,7 @@ class Delivery:
                 conn.send_request_callback(pdu, answered)
         except SmppError:
             if done is None:
-                self._hold(account, pdu, expires)
+                self._hold_or_drop(account, pdu, expires)
             else:
                 done(False)
 
@@ -193,14 +197,14 @@ class Delivery:
         if done is not None:
             done(ok)
         elif not ok:
-            self._hold(account, pdu, expires)
+            self._hold_or_drop(account, pdu, expires)
 
     def _wait_behind(self, account: str, pdu: Item, expires: float) -> bool:
         """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
         behind = self._behind.setdefault(account, [])
         if len(behind) >= _MAX_BEHIND:  # a long drain: the store keeps the rest, in order
             for early, early_expires in behind:
-                self._hold(account, early, early_expires)
+                self._hold_or_drop(account, early, early_expires)
             behind.clear()
             return self._hold(account, pdu, expires)
         behind.append((pdu, expires))
@@ -217,6 +221,23 @@ class Delivery:
         self.held += 1
         self._holds[account] = self._holds.get(account, 0) + 1
         return True
+
+    def _hold_or_drop(self, account: str, pdu: Item, expires: float) -> None:
+        """Hold ``pdu``, which its sender already handed over (nobody to answer a temporary
+        error to): when the store refuses it, it is dropped, logged and counted."""
+        if not self._hold(account, pdu, expires):
+            self._dropped(account, "")
+
+    def _dropped(self, account: str, message_id: str) -> None:
+        n = self.dropped[account] = self.dropped.get(account, 0) + 1
+        if n == 1 or n % 1000 == 0:  # the store says why, once; this says what it costs
+            log.warning(
+                "deliver_sm for %s%s dropped: no receiver, and the store refuses to hold it"
+                " (%d so far)",
+                account,
+                f" (receipt of {message_id})" if message_id else "",
+                n,
+            )
 
     # --- held items ---------------------------------------------------------------------
 
@@ -295,7 +316,7 @@ class Delivery:
                 if emptied and account_state is not None:
                     self._send_now(account_state, account, pdu, expires)
                 else:  # held items remain (no receiver, refused): behind them, in order
-                    self._hold(account, pdu, expires)
+                    self._hold_or_drop(account, pdu, expires)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -92,6 +92,15 @@ class SmscCollector(Collector):
         for account, n in sorted(self.delivery.held_by_account.items()):
             held.add_metric([account], n)
         yield held
+        dropped = CounterMetricFamily(
+            "smsc_deliveries_dropped",
+            "deliver_sm (receipts, MO) neither sent nor held: no receiver, and the store "
+            "refused to hold them (its queue full, or the database cannot be written)",
+            labels=["account"],
+        )
+        for account, n in sorted(self.delivery.dropped.items()):
+            dropped.add_metric([account], n)
+        yield dropped
 
     def _router(self) -> Iterator[Metric]:
         router = self.router

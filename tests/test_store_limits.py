@@ -36,12 +36,14 @@ from smsc_fixtures import (
 )
 
 from router.config import StoreConfig
-from router.model import Address, DeliveryReport, Message
+from router.model import Address, DeliveryReport, Message, StoredMessage
 from router.store import SqliteStore
 from smppcore.constants import CommandStatus, MessageState
 from smppcore.pdu import DeliverSm, QuerySm, QuerySmResp
+from smsc.accounts import AccountState
 from smsc.app import App
-from smsc.config import SmscConfig
+from smsc.config import SmscAccount, SmscConfig
+from smsc.delivery import Delivery
 
 REFUSED = {CommandStatus.ESME_RMSGQFUL, CommandStatus.ESME_RSYSERR}
 
@@ -247,3 +249,31 @@ def test_the_app_purges_on_schedule_and_stops_purging_before_the_store_closes(
         assert not [t for t in asyncio.all_tasks() if t.get_name() == "store-purge"]
 
     run1(main())
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_the_store_refuses_to_hold_is_refused_or_dropped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """acme has no receiver; the store takes one more record. An MO is refused (False:
+    the router answers the carrier a temporary error); a receipt, which its carrier was
+    already answered for, is dropped: logged and counted, not kept in memory."""
+    store = SqliteStore(StoreConfig(path=str(tmp_path / "smsc.db"), queue_max=1))
+    await store.open()
+    try:
+        account = SmscAccount(system_id="acme", password="pw")
+        delivery = Delivery({"acme": AccountState(account, 0.0)}, store)
+        src, dst = Address(5, 0, "ACME"), Address(1, 1, "447700900123")
+        when = 1_800_000_000.0
+        message = Message(id="m1", account="acme", source=src, destination=dst, submitted_at=when)
+        assert delivery.mobile_originated("acme", message) is True  # held
+        assert delivery.mobile_originated("acme", message) is False  # refused
+        receipted = msgspec.structs.replace(message, registered_delivery=1)
+        stored = StoredMessage(message=receipted, state=MessageState.DELIVERED)
+        with caplog.at_level(logging.WARNING, logger="smsc.delivery"):
+            delivery.report(stored, DeliveryReport("m1", MessageState.DELIVERED, done_at=when))
+        assert delivery.dropped == {"acme": 1}
+        assert (delivery.held, store.refused_holds) == (1, 2)
+        assert any("dropped" in r.getMessage() for r in caplog.records)
+    finally:
+        await store.close()
