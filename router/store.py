@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -67,7 +68,14 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -480,6 +488,8 @@ class _Op:
     sent_key: tuple[str, str] | None = None
     """(carrier, key) of a ``set_sent`` (for read-your-writes in ``find_sent``)."""
     on_durable: DurableCallback | None = None
+    settled: bool = False
+    """Failed and taken out of its batch (an ack that could not wait): not abandoned."""
 
 
 @dataclass(slots=True)
@@ -611,7 +621,7 @@ class SqliteStore:
 
         After ``timeout`` seconds (None: no limit) — the database hangs, or the disk stays
         full — the writer is stopped: what it still holds is logged as lost (an ERROR line
-        with the count) and failed, and the connections are closed without waiting."""
+        with the count) and failed; the connections get a second more to close."""
         if self._db is None:
             return
         self._closing = True
@@ -637,14 +647,20 @@ class SqliteStore:
             db, self._db = self._db, None
             wdb, self._wdb = self._wdb, None
             wthread, self._wthread = self._wthread, None
+            # After a missed deadline the connections get a second to close: their threads
+            # may be stuck in SQLite, and a close must not hang for them.
+            grace = 1.0 if hung else None
+            stuck = False
             if wthread is not None:
-                if wdb is not None and not hung:
-                    await asyncio.get_running_loop().run_in_executor(wthread, wdb.close)
-                wthread.shutdown(wait=not hung)
-            if hung:
-                db.stop()  # its thread may be stuck in SQLite: do not wait for it
-            else:
-                await db.close()
+                if wdb is not None:
+                    closing = asyncio.get_running_loop().run_in_executor(wthread, wdb.close)
+                    stuck = not await _within(closing, grace)
+                wthread.shutdown(wait=not stuck)
+            if not await _within(db.close(), grace):
+                stuck = True
+                db.stop()
+            if stuck:
+                log.error("store: a database connection did not close (SQLite hangs)")
 
     async def flush(self, timeout: float | None = None) -> None:
         async with self._deadline("flush", timeout):
@@ -977,13 +993,15 @@ class SqliteStore:
             try:
                 await self._transaction(batch, probe=not batch)
             except Exception as exc:  # sqlite3.Error, or a value SQLite cannot bind
-                reason = unwritable_reason(exc)
+                reason = self._why(exc)
                 if reason is None:
                     return exc
                 self._cannot_write(reason, exc, len(batch))
                 waiting = [op for op in batch if op.kind == _ADD and op.on_durable is not None]
                 if waiting:
                     batch[:] = [op for op in batch if op.kind != _ADD or op.on_durable is None]
+                    for op in waiting:
+                        op.settled = True
                     self.failed += len(waiting)
                     self._durable(waiting, ok=False)
                 await asyncio.sleep(delay)  # a backoff, not a wait for an event
@@ -992,6 +1010,15 @@ class SqliteStore:
                 if self._unwritable is not None:
                     self._can_write()
                 return None
+
+    def _why(self, exc: Exception) -> str | None:
+        """``unwritable_reason``; SQLite reports a file system that refuses writes (ext4
+        turns itself read-only on disk errors) or is full only as "disk I/O error" at
+        times: such an error is looked into, by creating a file next to the database."""
+        reason = unwritable_reason(exc)
+        if reason == "io_error" and self._path:
+            return _file_system_says(self._path) or reason
+        return reason
 
     def _cannot_write(self, reason: str, exc: Exception, records: int) -> None:
         self.write_errors[reason] = self.write_errors.get(reason, 0) + 1
@@ -1119,7 +1146,7 @@ class SqliteStore:
 
     def _abandon(self, exc: BaseException) -> None:
         """The writer is gone: fail what it will never write, and everyone waiting."""
-        abandoned = self._inflight + list(self._queue)
+        abandoned = [op for op in self._inflight if not op.settled] + list(self._queue)
         self._inflight = []
         self._queue.clear()
         self._durable_queued = 0
@@ -1215,6 +1242,33 @@ def _rollback(wdb: sqlite3.Connection) -> None:
             wdb.execute("ROLLBACK")
         except sqlite3.Error as exc:
             log.error("store: rollback failed: %s", exc)
+
+
+def _file_system_says(path: str) -> str | None:
+    """Why ``path``'s file system refuses writes ("read_only", "disk_full"), if it does:
+    found by creating (and removing) ``<path>-probe``."""
+    probe = f"{path}-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return {errno.EROFS: "read_only", errno.ENOSPC: "disk_full"}.get(exc.errno or 0)
+    return None
+
+
+async def _within(awaitable: Awaitable[Any], timeout: float | None) -> bool:
+    """Await ``awaitable`` for at most ``timeout`` seconds (None: no limit); False if it
+    did not finish in time (it is cancelled)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await awaitable
+    except TimeoutError:
+        return False
+    return True
 
 
 def _size(path: str) -> int:

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from small_fs import fill, small_tmpfs
+from small_fs import ext4_image, fill, make_read_only, mount_again, small_tmpfs
 
 from router.config import StoreConfig
 from router.model import Address, Concat, DeliveryReport, Message
@@ -975,7 +975,7 @@ async def test_a_full_disk_refuses_new_writes_keeps_what_was_accepted_and_resume
                 done = loop.create_future()
                 assert s.add(msg(6000), done.set_result)
                 assert await done is True
-            await s.close()
+            await s.close(timeout=DEADLINE)
             s = SqliteStore(StoreConfig(path=path), clock=Clock(0.0))
             await s.open()  # what is on disk:
             async with asyncio.timeout(DEADLINE):
@@ -986,4 +986,53 @@ async def test_a_full_disk_refuses_new_writes_keeps_what_was_accepted_and_resume
                 assert first is not None
                 assert first.state == MessageState.DELIVERED
         finally:
-            await s.close()
+            await s.close(timeout=DEADLINE)
+
+
+@pytest.mark.asyncio
+async def test_a_file_system_turned_read_only_refuses_writes_and_loses_nothing_acknowledged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel turns the store's file system read-only (ext4 on an I/O error). Acked
+    messages stay on disk; the add waiting for its ack is failed; new adds are refused;
+    one ERROR line names the cause (read_only). The writer keeps what it holds and tries
+    again (a file system the kernel made read-only needs an operator: fsck, remount)
+    until ``close`` gives up on it at its deadline, saying what it abandons."""
+    with ext4_image(tmp_path) as (mnt, device):
+        path = str(mnt / "smsc.db")
+        s = SqliteStore(StoreConfig(path=path, retry_max=0.05), clock=Clock(0.0))
+        await s.open()
+        loop = asyncio.get_running_loop()
+        acked: list[str] = []
+        try:
+            async with asyncio.timeout(DEADLINE):
+                for i in range(20):
+                    done = loop.create_future()
+                    assert s.add(msg(i), done.set_result)
+                    assert await done is True
+                    acked.append(f"m{i:06d}")
+                # The acked writes are in the WAL, in the page cache (synchronous=NORMAL:
+                # they survive kill -9, not a crash of the file system). Written out first,
+                # as the kernel does within seconds; what it had not written when ext4
+                # aborts is lost with the file system, whatever the program.
+                os.sync()
+                make_read_only(device)
+                with caplog.at_level(logging.WARNING, logger="router.store"):
+                    s.set_final(acked[0], DeliveryReport(acked[0], MessageState.DELIVERED))
+                    done = loop.create_future()
+                    assert s.add(msg(100), done.set_result)
+                    assert await done is False
+                    assert s.unwritable == "read_only"
+                    assert s.write_errors["read_only"] >= 1
+                    assert not s.add(msg(101))
+                    await s.close(timeout=0.3)
+                errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+                assert "cannot be written (read_only" in errors[0]
+                assert [e for e in errors if "cannot be written" in e] == errors[:1]
+                assert any("1 queued records abandoned" in e for e in errors)  # the set_final
+        finally:
+            await s.close(timeout=DEADLINE)
+        # The file system, checked and mounted again by its operator: acked ones are there.
+        mount_again(mnt, device)
+        assert set(acked) <= committed_ids(path)
+        assert "m000100" not in committed_ids(path)
