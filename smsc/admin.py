@@ -218,10 +218,11 @@ class AdminServer:
         return _json({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        """Ready: the store is open and every carrier not taken out by the operator has
+        """Ready: the store is open and takes writes (not while its disk is full, say:
+        submits are refused then), and every carrier not taken out by the operator has
         a bind up."""
         router = self._router()
-        store = self.app.store.is_open
+        store = self.app.store.is_open and self.app.store.unwritable is None
         carriers = {s.name: s.bound for s in router.carrier_states()}
         out = router.paused | router.drained
         ok = store and all(bound > 0 for name, bound in carriers.items() if name not in out)

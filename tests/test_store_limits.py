@@ -74,6 +74,12 @@ async def scrape(app: App) -> dict[tuple[str, frozenset[tuple[str, str]]], float
     }
 
 
+async def ready(app: App) -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{app.http_port}/api/v1/ready"
+    async with aiohttp.ClientSession() as http, asyncio.timeout(DEADLINE), http.get(url) as r:
+        return r.status, await r.json()
+
+
 def mo(text: bytes = b"hello") -> DeliverSm:
     return DeliverSm(source_addr="447700900123", destination_addr="1234", short_message=text)
 
@@ -152,6 +158,10 @@ def test_a_full_disk_under_load_refuses_submits_and_mo_then_resumes_losing_nothi
             assert metrics[("smsc_store_refused_total", frozenset({("kind", "hold")}))] == 1
             events = frozenset({("event", "mo_refused"), ("carrier", "mc")})
             assert metrics[("smsc_router_events_total", events)] == 1
+            assert await ready(app) == (
+                503,
+                {"ready": False, "store": False, "carriers": {"mc": 1}},
+            )
 
             filler.unlink()  # space returns: submits are taken again, by themselves
             async with asyncio.timeout(DEADLINE):
@@ -162,6 +172,7 @@ def test_a_full_disk_under_load_refuses_submits_and_mo_then_resumes_losing_nothi
                         break
                 taken_mo = await carrier.send_request(mo(b"again"))
             assert taken_mo.command_status == CommandStatus.ESME_ROK
+        assert (await ready(app))[0] == 200
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1, errors  # once, not per message
         assert "disk_full" in errors[0].getMessage()
