@@ -841,29 +841,18 @@ class SqliteStore:
             raise StoreTimeout(f"store: {what} took more than {limit:g} s{why}") from None
 
     async def reserve_ids(self, n: int) -> int:
+        """One transaction on the writer's connection and thread (between two of its
+        batches: no second writer to wait for), within ``read_timeout``. Past it
+        StoreTimeout; the reservation may still commit, and then its ids are skipped —
+        never handed out twice."""
         if n < 1:
             raise ValueError("reserve at least one id")
-        async with self._lock:
-            db = self._connection()
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = list(
-                    await db.execute_fetchall(
-                        "SELECT value FROM counters WHERE name = 'message_id'"
-                    )
-                )
-                first = int(rows[0][0]) if rows else 0
-                await db.execute(
-                    "INSERT INTO counters (name, value) VALUES ('message_id', ?)"
-                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    (first + n,),
-                )
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
-        return first
+        wdb, wthread = self._wdb, self._wthread
+        if wdb is None or wthread is None or self._closing:
+            raise StoreClosed("store is not open")
+        loop = asyncio.get_running_loop()
+        async with self._deadline("reserve_ids"):
+            return await loop.run_in_executor(wthread, _reserve_sync, wdb, n)
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         async with self._lock:
@@ -1216,6 +1205,24 @@ def _write_sync(
         _rollback(wdb)
         raise
     return dropped, added, held
+
+
+def _reserve_sync(wdb: sqlite3.Connection, n: int) -> int:
+    """Move the message id counter on by ``n`` in one transaction; its old value."""
+    _begin(wdb)
+    try:
+        rows = wdb.execute("SELECT value FROM counters WHERE name = 'message_id'").fetchall()
+        first = int(rows[0][0]) if rows else 0
+        wdb.execute(
+            "INSERT INTO counters (name, value) VALUES ('message_id', ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (first + n,),
+        )
+        wdb.execute("COMMIT")
+    except BaseException:
+        _rollback(wdb)
+        raise
+    return first
 
 
 def _delete_sync(wdb: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
