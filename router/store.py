@@ -10,7 +10,8 @@ transactions of up to ``batch_max`` records. It gathers records for ``commit_int
 whatever is queued, so the batches are large and the cost per message falls; records of one
 message that meet in a batch are folded into one row. Reads are async; a read about
 something with a queued write waits until that write is committed (read your writes), never
-longer.
+longer — and no longer than ``read_timeout`` (see Deadlines). Id blocks (``reserve_ids``) are
+reserved on the writer's connection too, between two of its transactions.
 
 Durability. The connection runs ``journal_mode=WAL`` with ``synchronous=NORMAL``: a commit
 appends the transaction to the WAL file with ``write()`` and the WAL is fsynced at checkpoints.
