@@ -881,11 +881,18 @@ class Router:
 
     def _store_failed(self, report: DeliveryReport, exc: StoreError) -> None:
         """A receipt could not be matched: the store did not answer in time (its
-        ``read_timeout``) or is closed. Counted and logged; the receipt is not delivered."""
+        ``read_timeout``) or is closed. Counted and logged (the first, then every 1000th:
+        the store says why); the receipt is not delivered."""
         self.metrics.event("receipt_store_timeout", report.carrier)
-        log.warning(
-            "receipt %s from %s not matched: %s", report.carrier_message_id, report.carrier, exc
-        )
+        n = self.metrics.events.get(("receipt_store_timeout", report.carrier), 0)
+        if n == 1 or n % 1000 == 0:
+            log.warning(
+                "receipt %s from %s not matched (%d so far): %s",
+                report.carrier_message_id,
+                report.carrier,
+                n,
+                exc,
+            )
 
     def _receipt(self, msg: Message, report: DeliveryReport) -> None:
         report = msgspec.structs.replace(report, message_id=msg.id)
