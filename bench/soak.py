@@ -114,7 +114,10 @@ def main() -> int:
         "--keep", type=float, default=60.0, help="s final messages are kept (default 60)"
     )
     parser.add_argument(
-        "--purge-every", type=float, default=10.0, help="s between purges (default 10)"
+        "--purge-every",
+        type=float,
+        default=10.0,
+        help="s between purges; 0: none, to see the growth (default 10)",
     )
     args = parser.parse_args()
     duration = args.minutes * 60
@@ -124,7 +127,8 @@ def main() -> int:
         f"smsc bench/soak.py: {args.minutes:g} min at {args.rate:g} msg/s with receipts,"
         f" {args.binds} transceivers x window {args.window}; warm-up {warmup:g} s;"
         f" RSS every {args.every:g} s; serve -> carrier (4 binds x window 500);"
-        f" store keeps final messages {args.keep:g} s, purged every {args.purge_every:g} s",
+        f" store keeps final messages {args.keep:g} s, "
+        + (f"purged every {args.purge_every:g} s" if args.purge_every else "never purged"),
         flush=True,
     )
     carrier, carrier_port = cb.start_server([sys.executable, "-m", "smsc", *cb.CARRIER_ARGS])
@@ -240,8 +244,8 @@ def main() -> int:
     print(
         f"store (db + WAL) {store_f['start_mb']} MB after warm-up, {store_f['end_mb']} MB at"
         f" the end (peak {store_f['peak_mb']}): growth {store_f['growth_pct']} %, slope"
-        f" {store_f['slope_mb_per_min']} MB/min (keep {args.keep:g} s, purge every"
-        f" {args.purge_every:g} s)"
+        f" {store_f['slope_mb_per_min']} MB/min (keep {args.keep:g} s, "
+        + (f"purge every {args.purge_every:g} s)" if args.purge_every else "no purge)")
     )
     print(
         f"{result['msgs']:,} accepted of {result['submitted']:,} ({result['msgs_per_s']:,}/s),"
