@@ -170,12 +170,31 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch_max: Annotated[int, Meta(ge=1, le=100_000)] = 2000
     """Records per transaction at most."""
     queue_max: Annotated[int, Meta(ge=1)] = 200_000
-    """Records waiting for the writer at most; beyond it, submits are refused (MSGQFUL)."""
+    """Records waiting for the writer at most; beyond it, submits are refused (MSGQFUL) and
+    so are held deliveries (MO or a receipt for an account with no receiver: the carrier's
+    deliver_sm is answered ESME_RX_T_APPN, to be sent again later). State changes of
+    messages already accepted are never refused, but count against the bound."""
     keep_days: Annotated[float, Meta(gt=0)] = 7.0
-    """Final messages are kept this long for query_sm, then purged."""
+    """Final messages are kept this long for query_sm, then purged (days; fractions allowed)."""
     commit_interval: Annotated[float, Meta(ge=0, le=1)] = 0.02
     """Seconds the writer gathers records before a transaction (group commit); it writes at
     once when an ack (``ack_after: store``) or a read waits, or a batch is full. 0: at once."""
+    purge_interval: Annotated[float, Meta(ge=0, le=86_400)] = 300.0
+    """Seconds between purges: final messages older than ``keep_days`` and held deliveries
+    (receipts, MO) past their expiry (the account's ``receipt_ttl``) are deleted, the
+    latter counted. 0: never (the file then grows without end)."""
+    purge_batch: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    """Rows a purge deletes per writer transaction; its transactions alternate with the
+    writer's batches, so a large purge never holds writes up for long."""
+    read_timeout: Annotated[float, Meta(gt=0, le=600)] = 5.0
+    """Seconds a read (query_sm, cancel_sm, replace_sm, a receipt's lookup, held deliveries,
+    a flush) waits for the store at most, queued writes it must see included. Past it the
+    read fails and the caller answers a temporary error (ESME_RSYSERR to the client; the
+    receipt or MO is retried later)."""
+    retry_max: Annotated[float, Meta(gt=0, le=600)] = 2.0
+    """While the database cannot be written (disk full, read-only, I/O errors) the writer
+    keeps its records and tries again, the wait doubling from 0.05 s up to this many
+    seconds; meanwhile new submits and held deliveries are refused with a temporary error."""
 
 
 class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

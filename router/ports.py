@@ -52,7 +52,9 @@ class ReportSink(Protocol):
 
     def mobile_originated(
         self, account: str, message: Message, settled: SettledCallback | None = None
-    ) -> None:
-        """Deliver an MO message that a carrier routed to ``account``; ``settled(ok)``
-        once it is delivered or durably held."""
+    ) -> bool | None:
+        """Deliver an MO message that a carrier routed to ``account``: sent, or held for
+        the account; ``settled(ok)`` once it is delivered or durably held. False: neither
+        could be done now (the store refuses to hold more); the carrier's deliver_sm is
+        then answered ESME_RX_T_APPN, to be sent again."""
         ...

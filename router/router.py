@@ -46,7 +46,7 @@ from router.model import (
 from router.ports import AcceptCallback, ReportSink
 from router.queue import MessageQueue
 from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
-from router.store import Store
+from router.store import Store, StoreError
 from router.upstream import CarrierPool, Respond
 from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, EsmClass, MessageState
@@ -985,6 +985,10 @@ class Router:
         cfg = self._carriers[carrier]
         try:
             our_id = await self.correlator.resolve(carrier, receipt_id, cfg.receipt_id)
+        except StoreError as exc:
+            self._store_failed(report, exc)
+            _answer(respond, _RETRY_LATER)
+            return
         except Exception:
             log.exception("receipt from %s for %s: the store failed", carrier, receipt_id)
             _answer(respond, _RETRY_LATER)
@@ -1016,6 +1020,10 @@ class Router:
             return
         try:
             stored = await self.store.get(our_id)
+        except StoreError as exc:
+            self._store_failed(report, exc)
+            _answer(respond, _RETRY_LATER)
+            return
         except Exception:
             log.exception("receipt for %s: the store failed", our_id)
             _answer(respond, _RETRY_LATER)
@@ -1030,6 +1038,23 @@ class Router:
             _answer(respond, _ROK)
             return
         self._receipt(stored.message, report, respond)
+
+    def _store_failed(self, report: DeliveryReport, exc: StoreError) -> None:
+        """A receipt could not be matched: the store did not answer in time (its
+        ``read_timeout``) or is closed. Counted and logged (the first, then every 1000th:
+        the store says why). It is not delivered now: with ``ack_after: store`` the carrier
+        is answered ESME_RX_T_APPN and sends it again; with ``enqueue`` it was answered
+        already, and is lost."""
+        self.metrics.event("receipt_store_timeout", report.carrier)
+        n = self.metrics.events.get(("receipt_store_timeout", report.carrier), 0)
+        if n == 1 or n % 1000 == 0:
+            log.warning(
+                "receipt %s from %s not matched (%d so far): %s",
+                report.carrier_message_id,
+                report.carrier,
+                n,
+                exc,
+            )
 
     def _unmatched(self, carrier: str, carrier_message_id: str, respond: Respond | None) -> None:
         """A receipt that matches no message of ours: counted, logged once, answered
@@ -1051,6 +1076,8 @@ class Router:
         answer waits for that one's (no second receipt to the client)."""
         self.metrics.event("receipt_duplicate", report.carrier)
         self._finishing[our_id].append(respond)
+        if self.store.unwritable is not None:
+            self._answer_later(our_id)
 
     def _receipt(self, msg: Message, report: DeliveryReport, respond: Respond | None) -> None:
         report = msgspec.structs.replace(report, message_id=msg.id)
@@ -1116,6 +1143,20 @@ class Router:
         except Exception:
             log.exception("message %s: its final state could not be stored", message_id)
             self._finished_durably(message_id, False)
+            return
+        if self.store.unwritable is not None:
+            # The store cannot write now (a full disk): the final state stays queued until
+            # it can, but the carrier is not kept waiting for it — its window would fill
+            # with receipts and stop its MO too. It is answered to send it again later.
+            self._answer_later(message_id)
+
+    def _answer_later(self, message_id: str) -> None:
+        """Answer the carriers waiting on ``message_id``'s final state: send it again."""
+        waiting = self._finishing.get(message_id)
+        if waiting:
+            for respond in waiting:
+                _answer(respond, _RETRY_LATER)
+            waiting.clear()
 
     def _finished_durably(self, message_id: str, ok: bool) -> None:
         if not ok:
@@ -1160,6 +1201,12 @@ class Router:
         self._tick = asyncio.get_running_loop().call_later(_TICK, self._housekeeping)
         now = self.wall()
         try:
+            if self._finishing and self.store.unwritable is not None:
+                # Final states wait for a store that cannot write: their carriers are
+                # told to send the receipts again rather than kept waiting (see
+                # _commit_final).
+                for message_id in list(self._finishing):
+                    self._answer_later(message_id)
             self._expire_parked(now)
             due: list[tuple[str, str, MessageState]] = []
             for carrier, deadlines in self._deadlines.items():
@@ -1228,11 +1275,13 @@ class Router:
             submitted_at=self.wall(),
         )
         self.metrics.event("mo", carrier)
-        if respond is None:
-            self.sink.mobile_originated(account, msg)
-            return _ROK
-        self.sink.mobile_originated(account, msg, partial(_answer_ok, respond))
-        return None
+        settled = None if respond is None else partial(_answer_ok, respond)
+        if self.sink.mobile_originated(account, msg, settled) is False:
+            # Neither sent nor held (the store is full or cannot write): the carrier
+            # keeps it and sends it again later, rather than our memory.
+            self.metrics.event("mo_refused", carrier)
+            return _RETRY_LATER
+        return _ROK if respond is None else None
 
 
 def _answer(respond: Respond | None, status: int) -> None:

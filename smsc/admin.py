@@ -239,7 +239,8 @@ class AdminServer:
         return _json({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        """Ready: the store is open and every carrier not taken out by the operator has
+        """Ready: the store is open and takes writes (not while its disk is full, say:
+        submits are refused then), and every carrier not taken out by the operator has
         a bind up. ``?wait=SECONDS`` (at most 60): answer as soon as that is so, or when the
         wait is over (for scripts that start a server and wait for it, without polling).
         During start-up: not ready, with no carriers yet."""
@@ -255,7 +256,7 @@ class AdminServer:
             return _json({"ready": False, "store": self.app.store.is_open, "carriers": {}}, 503)
         router = self._router()
         while True:
-            store = self.app.store.is_open
+            store = self.app.store.is_open and self.app.store.unwritable is None
             carriers = {s.name: s.bound for s in router.carrier_states()}
             out = router.paused | router.drained
             ok = store and all(n > 0 for name, n in carriers.items() if name not in out)

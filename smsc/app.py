@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
 from router.router import Router
-from router.store import SqliteStore
+from router.store import SqliteStore, run_purges
 from router.upstream import CarrierPool
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig
@@ -133,6 +133,8 @@ class App:
         self.registry = registry or CollectorRegistry()
         self.simulators: dict[str, Carrier] = {}
         self.store = SqliteStore(config.router.store)
+        #: Purges the store every ``store.purge_interval`` (cancelled before it closes).
+        self._purger: asyncio.Task[None] | None = None
         self.router: Router | None = None
         self.server: Server | None = None
         self.delivery: Delivery | None = None
@@ -153,6 +155,11 @@ class App:
             # recover); the rest of the admin API answers 503 until :attr:`started`.
             await self._start_http(config.metrics.host, config.metrics.port)
         await self.store.open()
+        store_config = config.router.store
+        if store_config.purge_interval > 0:
+            self._purger = asyncio.create_task(
+                run_purges(self.store, store_config.purge_interval, time.time), name="store-purge"
+            )
         ids = IdAllocator(config.node_id, self.store.reserve_ids)
         await ids.start()
 
@@ -434,7 +441,9 @@ class App:
     async def stop(self, timeout: float | None = None) -> None:
         """Shut down in order within ``timeout`` seconds overall (default: the config's
         ``shutdown_timeout``): each stage gets what is left. The store is closed last in
-        any case (queued records are committed: nothing accepted is lost)."""
+        any case (queued records are committed: nothing accepted is lost — unless the
+        database cannot take them before the deadline, disk full say: then the store logs
+        what it gives up)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.config.shutdown_timeout if timeout is None else timeout)
 
@@ -465,7 +474,11 @@ class App:
             await self.delivery.stop()
         for carrier in self.simulators.values():
             await carrier.stop(left(5.0))
-        await self.store.close()
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.gather(self._purger, return_exceptions=True)
+            self._purger = None
+        await self.store.close(left())
         if self._listener is not None:
             await self._listener.wait_closed()
         if self._tls_listener is not None:

@@ -95,6 +95,9 @@ class Delivery:
         self.sent = 0
         self.held = 0
         self.expired = 0
+        #: Deliveries neither sent nor held (the store refused them) with nobody to answer
+        #: a temporary error to, per account (metrics; each logged).
+        self.dropped: dict[str, int] = {}
 
     @property
     def held_by_account(self) -> dict[str, int]:
@@ -131,11 +134,15 @@ class Delivery:
             message_preview(msg.short_message, msg.esm_class, msg.data_coding),
             not is_final(report.state),
         )
-        self.deliver(msg.account, body, settled)
+        if not self.deliver(msg.account, body, settled):
+            if settled is not None:
+                settled(False)  # the carrier is answered a temporary error and resends it
+            else:
+                self._dropped(msg.account, msg.reported_id)
 
     def mobile_originated(
         self, account: str, message: Message, settled: SettledCallback | None = None
-    ) -> None:
+    ) -> bool:
         pdu = DeliverSm(
             source_addr_ton=message.source.ton,
             source_addr_npi=message.source.npi,
@@ -148,23 +155,25 @@ class Delivery:
             data_coding=message.data_coding,
             short_message=message.short_message,
         )
-        self.deliver(account, pdu, settled)
+        return self.deliver(account, pdu, settled)
 
     # --- sending ------------------------------------------------------------------------
 
-    def deliver(self, account: str, pdu: Item, settled: SettledCallback | None = None) -> None:
-        """Send ``pdu`` (a struct or an encoded body) to ``account`` now, or hold it."""
+    def deliver(self, account: str, pdu: Item, settled: SettledCallback | None = None) -> bool:
+        """Send ``pdu`` (a struct or an encoded body) to ``account`` now, or hold it;
+        ``settled(ok)`` once it is delivered or durably held. False when it could be
+        neither (the store refused to hold it: its queue is full or it cannot write):
+        ``settled`` is not called, and the sender should be answered a temporary error."""
         state = self.accounts.get(account)
         if state is None:
             log.warning("deliver_sm for unknown account %s dropped", account)
             if settled is not None:
                 settled(True)  # nowhere to go, now or later
-            return
+            return True
         expires = self.wall() + state.account.receipt_ttl
         if account in self._draining:
-            self._wait_behind(account, pdu, expires, settled)
-            return
-        self._send_now(state, account, pdu, expires, settled)
+            return self._wait_behind(account, pdu, expires, settled)
+        return self._send_now(state, account, pdu, expires, settled)
 
     def _send_now(
         self,
@@ -173,14 +182,14 @@ class Delivery:
         pdu: Item,
         expires: float,
         settled: SettledCallback | None = None,
-    ) -> None:
+    ) -> bool:
         # A receiver whose window is full still takes it: its session queues the request
         # for a slot (bounded by max_waiting). Held instead, it would wait for a new bind.
         conn = state.receiver() or state.receiver(full_ok=True)
         if conn is None:
-            self._hold(account, pdu, expires, settled)
-            return
+            return self._hold(account, pdu, expires, settled)
         self._send(conn, account, pdu, expires, None, settled)
+        return True
 
     def _send(
         self,
@@ -201,7 +210,7 @@ class Delivery:
                 conn.send_request_callback(pdu, answered)
         except SmppError:
             if done is None:
-                self._hold(account, pdu, expires, settled)
+                self._hold_or_drop(account, pdu, expires, settled)
             else:
                 done(False)
 
@@ -220,36 +229,65 @@ class Delivery:
         if done is not None:
             done(ok)
         elif not ok:
-            self._hold(account, pdu, expires, settled)
+            self._hold_or_drop(account, pdu, expires, settled)
         elif settled is not None:
             settled(True)
 
     def _wait_behind(
         self, account: str, pdu: Item, expires: float, settled: SettledCallback | None
-    ) -> None:
+    ) -> bool:
         """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
         behind = self._behind.setdefault(account, [])
         if len(behind) >= _MAX_BEHIND:  # a long drain: the store keeps the rest, in order
             for early, early_expires, early_settled in behind:
-                self._hold(account, early, early_expires, early_settled)
+                self._hold_or_drop(account, early, early_expires, early_settled)
             behind.clear()
-            self._hold(account, pdu, expires, settled)
-            return
+            return self._hold(account, pdu, expires, settled)
         behind.append((pdu, expires, settled))
+        return True
 
     def _hold(
         self, account: str, pdu: Item, expires: float, settled: SettledCallback | None = None
-    ) -> None:
-        self.held += 1
-        self._holds[account] = self._holds.get(account, 0) + 1
+    ) -> bool:
+        """Hold ``pdu`` in the store, ``settled(ok)`` once committed; False when the store
+        refuses it (counted there; ``settled`` is not called)."""
         if isinstance(pdu, bytes):
             frame = HEADER.pack(HEADER_LENGTH + len(pdu), _DELIVER_SM, 0, 0) + pdu
         else:
             frame = encode(pdu)
-        if settled is None:
-            self.store.hold(account, frame, expires)
+        if not self.store.hold(account, frame, expires, settled):
+            return False
+        self.held += 1
+        self._holds[account] = self._holds.get(account, 0) + 1
+        return True
+
+    def _hold_or_drop(
+        self, account: str, pdu: Item, expires: float, settled: SettledCallback | None = None
+    ) -> None:
+        """Hold ``pdu``, which its sender already handed over. When the store refuses it,
+        the sender learns it through ``settled(False)`` (``ack_after: store``: the carrier
+        is answered a temporary error and resends it); with nobody to tell, it is dropped,
+        logged and counted."""
+        if not self._hold(account, pdu, expires, settled):
+            self._refused(account, settled)
+
+    def _refused(self, account: str, settled: SettledCallback | None) -> None:
+        """The store refused to hold an item its sender already handed over."""
+        if settled is not None:
+            settled(False)
         else:
-            self.store.hold(account, frame, expires, settled)
+            self._dropped(account, "")
+
+    def _dropped(self, account: str, message_id: str) -> None:
+        n = self.dropped[account] = self.dropped.get(account, 0) + 1
+        if n == 1 or n % 1000 == 0:  # the store says why, once; this says what it costs
+            log.warning(
+                "deliver_sm for %s%s dropped: no receiver, and the store refuses to hold it"
+                " (%d so far)",
+                account,
+                f" (receipt of {message_id})" if message_id else "",
+                n,
+            )
 
     # --- held items ---------------------------------------------------------------------
 
@@ -326,9 +364,10 @@ class Delivery:
             account_state = self.accounts.get(account)
             for pdu, expires, settled in behind:
                 if emptied and account_state is not None:
-                    self._send_now(account_state, account, pdu, expires, settled)
+                    if not self._send_now(account_state, account, pdu, expires, settled):
+                        self._refused(account, settled)
                 else:  # held items remain (no receiver, refused): behind them, in order
-                    self._hold(account, pdu, expires, settled)
+                    self._hold_or_drop(account, pdu, expires, settled)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -93,6 +93,15 @@ class SmscCollector(Collector):
         for account, n in sorted(self.delivery.held_by_account.items()):
             held.add_metric([account], n)
         yield held
+        dropped = CounterMetricFamily(
+            "smsc_deliveries_dropped",
+            "deliver_sm (receipts, MO) neither sent nor held: no receiver, and the store "
+            "refused to hold them (its queue full, or the database cannot be written)",
+            labels=["account"],
+        )
+        for account, n in sorted(self.delivery.dropped.items()):
+            dropped.add_metric([account], n)
+        yield dropped
 
     def _router(self) -> Iterator[Metric]:
         router = self.router
@@ -156,9 +165,11 @@ class SmscCollector(Collector):
             "Rare router events: receipt_unmatched, receipt_unreadable, receipt_duplicate, "
             "receipt_deferred (answered ESME_RX_T_APPN: too many in the store), "
             "receipt_timeout (no final receipt within the carrier's receipt_timeout), "
+            "receipt_store_timeout (the store did not answer in time), "
             "resent (sent again after a restart: handed to the carrier, its answer unknown), "
-            "mo, mo_unrouted, deferred (no carrier of the route available), paced (a submit "
-            "waited for room)",
+            "mo, mo_unrouted, mo_refused (answered ESME_RX_T_APPN: the store would not hold "
+            "it), deferred (no carrier of the route available), paced (a submit waited for "
+            "room)",
             labels=["event", "carrier"],
         )
         for (event, carrier), n in sorted(metrics.events.items()):
@@ -271,6 +282,55 @@ class SmscCollector(Collector):
         )
         yield GaugeMetricFamily(
             "smsc_store_queue_depth", "Records waiting for the store writer", value=store.queued
+        )
+        db_bytes, wal_bytes = store.file_sizes()
+        size = GaugeMetricFamily(
+            "smsc_store_size_bytes", "Bytes of the store's files on disk", labels=["file"]
+        )
+        size.add_metric(["db"], db_bytes)
+        size.add_metric(["wal"], wal_bytes)
+        yield size
+        rows = GaugeMetricFamily("smsc_store_rows", "Rows in the store", labels=["table"])
+        rows.add_metric(["messages"], store.message_rows)
+        rows.add_metric(["held"], store.held_rows)
+        yield rows
+        yield CounterMetricFamily(
+            "smsc_store_purged_messages",
+            "Final messages purged from the store (older than store.keep_days)",
+            value=store.purged_messages,
+        )
+        yield CounterMetricFamily(
+            "smsc_store_held_expired",
+            "Held deliveries (receipts, MO) dropped undelivered past their expiry (receipt_ttl)",
+            value=store.expired_held,
+        )
+        yield GaugeMetricFamily(
+            "smsc_store_writable",
+            "1 while the store's database takes writes; 0 while it cannot (disk full, "
+            "read-only, I/O errors: submits and held deliveries are refused)",
+            value=0 if store.unwritable else 1,
+        )
+        errors = CounterMetricFamily(
+            "smsc_store_write_errors",
+            "Store transactions that failed because the database could not be written",
+            labels=["reason"],
+        )
+        for reason, n in store.write_errors.items():
+            errors.add_metric([reason], n)
+        yield errors
+        refused = CounterMetricFamily(
+            "smsc_store_refused",
+            "Writes the store refused (queue full, or the database cannot be written): "
+            "add → submit answered ESME_RMSGQFUL, hold → deliver_sm answered ESME_RX_T_APPN",
+            labels=["kind"],
+        )
+        refused.add_metric(["add"], store.refused_adds)
+        refused.add_metric(["hold"], store.refused_holds)
+        yield refused
+        yield CounterMetricFamily(
+            "smsc_store_read_timeouts",
+            "Store reads that gave up after store.read_timeout (answered a temporary error)",
+            value=store.read_timeouts,
         )
 
 

@@ -218,8 +218,9 @@ PATHS: dict[str, Any] = {
     },
     "/ready": {
         "get": {
-            "summary": "Readiness: the store is open and every carrier not paused or drained "
-            "has a bind up (no token needed)",
+            "summary": "Readiness: the store is open and takes writes (not while its disk is "
+            "full or read-only) and every carrier not paused or drained has a bind up (no "
+            "token needed)",
             "security": [],
             "parameters": [
                 {

@@ -22,7 +22,7 @@ import msgspec
 from router.metrics import SUBMIT_BUCKETS, Histogram
 from router.model import Address, Concat, Message, StoredMessage
 from router.ports import Intake
-from router.store import Store
+from router.store import Store, StoreError
 from smppcore import aio
 from smppcore.accounts import BIND_TYPE_OF_COMMAND, check_bind
 from smppcore.constants import CommandId, CommandStatus, EsmClass, MessageState
@@ -601,7 +601,20 @@ class EsmeHandler(aio.Handler):
 
     def on_query_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, QuerySm)
-        self.server.spawn(self._query(conn, pdu))
+        self.server.spawn(self._reading_store(conn, pdu, self._query(conn, pdu)))
+
+    async def _reading_store(
+        self, conn: aio.Connection, pdu: Pdu, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run ``work``, a handler that reads the store. A store that does not answer
+        within its ``read_timeout`` (or is closed) fails the request with ESME_RSYSERR,
+        a temporary error: the client asks again later (the store logs why, once)."""
+        try:
+            await work
+        except StoreError as exc:
+            log.debug("command %#x answered ESME_RSYSERR: %s", pdu.command_id, exc)
+            if not conn.closed:
+                self._refuse(conn, pdu, _S.ESME_RSYSERR)
 
     async def _owned(self, message_id: str, source_addr: str) -> StoredMessage | None:
         """The stored message ``message_id`` if it is this client's (its account's; and
@@ -642,7 +655,7 @@ class EsmeHandler(aio.Handler):
 
     def on_cancel_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, CancelSm)
-        self.server.spawn(self._cancel(conn, pdu))
+        self.server.spawn(self._reading_store(conn, pdu, self._cancel(conn, pdu)))
 
     async def _cancel(self, conn: aio.Connection, pdu: CancelSm) -> None:
         server = self.server
@@ -658,7 +671,7 @@ class EsmeHandler(aio.Handler):
 
     def on_replace_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, ReplaceSm)
-        self.server.spawn(self._replace(conn, pdu))
+        self.server.spawn(self._reading_store(conn, pdu, self._replace(conn, pdu)))
 
     async def _replace(self, conn: aio.Connection, pdu: ReplaceSm) -> None:
         server = self.server

@@ -248,6 +248,23 @@ def test_store_commit_latency(scrape: Scrape) -> None:
     assert scrape.value("smsc_store_failed_records_total") == 0
 
 
+def test_store_size_rows_and_health_are_read_at_scrape_time(scrape: Scrape) -> None:
+    # A row per message (none is old enough to be purged); globex's held receipt was
+    # delivered and released before the scrape.
+    assert scrape.value("smsc_store_rows", table="messages") == len(scrape.ids)
+    assert scrape.value("smsc_store_rows", table="held") == 0
+    assert scrape.value("smsc_store_size_bytes", file="db") > 0
+    assert scrape.value("smsc_store_size_bytes", file="wal") > 0
+    assert scrape.value("smsc_store_writable") == 1
+    for reason in ("disk_full", "read_only", "io_error", "busy", "no_memory"):
+        assert scrape.value("smsc_store_write_errors_total", reason=reason) == 0
+    assert scrape.value("smsc_store_refused_total", kind="add") == 0
+    assert scrape.value("smsc_store_refused_total", kind="hold") == 0
+    assert scrape.value("smsc_store_read_timeouts_total") == 0
+    assert scrape.value("smsc_store_purged_messages_total") == 0
+    assert scrape.value("smsc_store_held_expired_total") == 0
+
+
 # --- conventions ----------------------------------------------------------------------------
 
 
