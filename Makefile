@@ -9,7 +9,7 @@ PY_STAMP := $(VENV)/.installed
 NODE_DIR := tests/interop/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: all run test lint typecheck pytest bench setup clean distclean
+.PHONY: all run test test-repeat lint typecheck pytest bench setup clean distclean
 
 all: test
 
@@ -28,6 +28,12 @@ typecheck: $(PY_STAMP)
 
 pytest: setup
 	$(BIN)/pytest
+
+# The suite N times, each run a fresh process; lists every test that failed at least once.
+# HOG=1 runs a busy process beside it (flakes are timing assumptions; they show under load).
+N ?= 10
+test-repeat: setup
+	$(BIN)/python tests/repeat.py --runs $(N) $(if $(HOG),--hog)
 
 bench: $(PY_STAMP)
 	$(BIN)/python bench/codec.py

@@ -65,13 +65,19 @@ SMSC_CONF = ROOT / "bench" / "conf" / "smsc-bench.yaml"
 
 
 def start_serve(
-    tmp: Path, carrier_port: int, profile: Path | None = None, wrapper: str | None = None
+    tmp: Path,
+    carrier_port: int,
+    profile: Path | None = None,
+    wrapper: str | None = None,
+    store_settings: dict[str, Any] | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
+    """``store_settings``: more ``router.store`` keys (bench/soak.py: a short keep_days)."""
     data = yaml.safe_load(SMSC_CONF.read_text())
     for carrier in data["router"]["carriers"]:
         carrier["port"] = carrier_port
     store = tmp / ("profiled.db" if profile else "smsc.db")
     data["router"]["store"]["path"] = str(store)
+    data["router"]["store"].update(store_settings or {})
     conf = tmp / "smsc.yaml"
     conf.write_text(yaml.safe_dump(data, sort_keys=False))
     pre = [sys.executable]

@@ -8,11 +8,14 @@ pointing at it (store in a temporary directory); the generator ``smsc load`` (op
 ``--rate`` msg/s, ``--binds`` transceivers, a receipt asked for every message).
 
 Every ``--every`` seconds the VmRSS of serve and of the carrier (the peer, side by side:
-the same traffic through one hop) is read from /proc/<pid>/status. Reported: RSS over
-time (a line a minute), RSS at the end of warm-up (``--warmup`` seconds, default a
-quarter of the run up to 120 s) and at the end of sending, growth after warm-up in % and
-as a least-squares slope (MB per minute), throughput and receipts. Target: serve's growth
-after warm-up under 5 %. Last output line: one JSON object with the figures.
+the same traffic through one hop) is read from /proc/<pid>/status, and the size of serve's
+store (the SQLite file plus its WAL). Reported: RSS and store size over time (a line a
+minute), both at the end of warm-up (``--warmup`` seconds, default a quarter of the run up
+to 120 s) and at the end of sending, growth after warm-up in % and as a least-squares slope
+(MB per minute), throughput and receipts. Target: serve's RSS growth after warm-up under
+5 %. The store keeps final messages ``--keep`` seconds (``store.keep_days``) and purges every
+``--purge-every`` seconds, so once the run is longer than the keep its size should be flat:
+what purge deletes, new messages reuse. Last output line: one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -44,12 +48,25 @@ def rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else 0.0
 
 
-class RssSampler(threading.Thread):
-    """VmRSS of each pid every ``every`` seconds until stopped: [(t, {name: MB})]."""
+def store_mb(db: Path) -> float:
+    """The store's size on disk: the SQLite file and its WAL, MB."""
+    total = 0
+    for path in (db, Path(f"{db}-wal")):
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            pass
+    return total / 1024 / 1024
 
-    def __init__(self, pids: dict[str, int], every: float) -> None:
+
+class RssSampler(threading.Thread):
+    """VmRSS of each pid (and the store's size, as "store") every ``every`` seconds until
+    stopped: [(t, {name: MB})]."""
+
+    def __init__(self, pids: dict[str, int], every: float, store: Path) -> None:
         super().__init__(daemon=True)
         self.pids = pids
+        self.store = store
         self.every = every
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.start_time = time.monotonic()
@@ -58,7 +75,9 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while True:
             t = time.monotonic() - self.start_time
-            self.samples.append((t, {n: rss_mb(p) for n, p in self.pids.items()}))
+            sample = {n: rss_mb(p) for n, p in self.pids.items()}
+            sample["store"] = store_mb(self.store)
+            self.samples.append((t, sample))
             if self._done.wait(self.every):
                 return
 
@@ -91,6 +110,15 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--every", type=float, default=5.0, help="RSS sample period, s")
     parser.add_argument("--warmup", type=float, help="s (default: min(120, run / 4))")
+    parser.add_argument(
+        "--keep", type=float, default=60.0, help="s final messages are kept (default 60)"
+    )
+    parser.add_argument(
+        "--purge-every",
+        type=float,
+        default=10.0,
+        help="s between purges; 0: none, to see the growth (default 10)",
+    )
     args = parser.parse_args()
     duration = args.minutes * 60
     warmup = args.warmup if args.warmup is not None else min(120.0, duration / 4)
@@ -98,14 +126,17 @@ def main() -> int:
     print(
         f"smsc bench/soak.py: {args.minutes:g} min at {args.rate:g} msg/s with receipts,"
         f" {args.binds} transceivers x window {args.window}; warm-up {warmup:g} s;"
-        f" RSS every {args.every:g} s; serve -> carrier (4 binds x window 500)",
+        f" RSS every {args.every:g} s; serve -> carrier (4 binds x window 500);"
+        f" store keeps final messages {args.keep:g} s, "
+        + (f"purged every {args.purge_every:g} s" if args.purge_every else "never purged"),
         flush=True,
     )
     carrier, carrier_port = cb.start_server([sys.executable, "-m", "smsc", *cb.CARRIER_ARGS])
     try:
         with tempfile.TemporaryDirectory(prefix="smsc-soak-") as tmpdir:
             tmp = Path(tmpdir)
-            serve, port = e2e.start_serve(tmp, carrier_port)
+            store_settings = {"keep_days": args.keep / 86_400, "purge_interval": args.purge_every}
+            serve, port = e2e.start_serve(tmp, carrier_port, store_settings=store_settings)
             try:
                 e2e.wait_bound()
                 out_json = tmp / "load.json"
@@ -117,7 +148,9 @@ def main() -> int:
                     "--registered-delivery", "--grace", "30", "--progress", "never",
                     "--json", str(out_json),
                 ]  # fmt: skip
-                sampler = RssSampler({"serve": serve.pid, "carrier": carrier.pid}, args.every)
+                sampler = RssSampler(
+                    {"serve": serve.pid, "carrier": carrier.pid}, args.every, tmp / "smsc.db"
+                )
                 sampler.start()
                 gen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
                 next_line = 60.0
@@ -127,7 +160,7 @@ def main() -> int:
                         t, v = sampler.samples[-1]
                         print(
                             f"  t={t:5.0f} s  RSS serve {v['serve']:7.1f} MB"
-                            f"  carrier {v['carrier']:7.1f} MB",
+                            f"  carrier {v['carrier']:7.1f} MB  store {v['store']:7.1f} MB",
                             flush=True,
                         )
                         next_line += 60.0
@@ -145,6 +178,19 @@ def main() -> int:
     sending = [s for s in samples if s[0] <= duration + args.every]
     steady = [s for s in sending if s[0] >= warmup]
     figures: dict[str, Any] = {}
+    store_start = at(samples, warmup, "store")
+    store_end = sending[-1][1]["store"]
+    store_f = {
+        "start_mb": round(store_start, 2),
+        "end_mb": round(store_end, 2),
+        "peak_mb": round(max(v["store"] for _, v in samples), 2),
+        "growth_pct": round(100 * (store_end - store_start) / store_start, 2)
+        if store_start
+        else 0.0,
+        "slope_mb_per_min": round(slope_mb_per_min(steady, "store"), 3),
+        "keep_s": args.keep,
+        "purge_every_s": args.purge_every,
+    }
     for name in ("serve", "carrier"):
         start_mb = at(samples, warmup, name)
         end_mb = sending[-1][1][name]
@@ -180,9 +226,11 @@ def main() -> int:
         "serve": serve_f,
         "peer": "smsc carrier, the same traffic through one hop",
         "carrier": figures["carrier"],
+        "store": store_f,
         "rss_series": [
             [round(t), round(v["serve"], 1), round(v["carrier"], 1)] for t, v in samples
         ],
+        "store_series": [[round(t), round(v["store"], 2)] for t, v in samples],
         "machine": cb.machine(),
     }
     c = figures["carrier"]
@@ -192,6 +240,12 @@ def main() -> int:
         f" growth {serve_f['growth_pct']} % (target < 5), slope {serve_f['slope_mb_per_min']}"
         f" MB/min; carrier (peer) {c['rss_start_mb']} -> {c['rss_end_mb']} MB,"
         f" {c['growth_pct']} %"
+    )
+    print(
+        f"store (db + WAL) {store_f['start_mb']} MB after warm-up, {store_f['end_mb']} MB at"
+        f" the end (peak {store_f['peak_mb']}): growth {store_f['growth_pct']} %, slope"
+        f" {store_f['slope_mb_per_min']} MB/min (keep {args.keep:g} s, "
+        + (f"purge every {args.purge_every:g} s)" if args.purge_every else "no purge)")
     )
     print(
         f"{result['msgs']:,} accepted of {result['submitted']:,} ({result['msgs_per_s']:,}/s),"

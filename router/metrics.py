@@ -102,7 +102,8 @@ class RouterMetrics:
         #: (account, state name) → messages that reached a final state.
         self.final: dict[tuple[str, str], int] = {}
         #: (event, carrier or "") → rare events: receipt_unmatched, receipt_unreadable,
-        #: mo, mo_unrouted, deferred.
+        #: receipt_duplicate, receipt_deferred, receipt_timeout, resent, mo, mo_unrouted,
+        #: deferred.
         self.events: dict[tuple[str, str], int] = {}
 
     def carrier(self, name: str) -> CarrierCounts:

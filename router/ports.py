@@ -31,13 +31,30 @@ class Intake(Protocol):
         ...
 
 
+#: Called once a delivery to a client is settled: True when the client acknowledged it,
+#: or it is durably held for the account, or nothing was to be sent; False when it could
+#: be neither delivered nor stored.
+SettledCallback = Callable[[bool], None]
+
+
 class ReportSink(Protocol):
     """Where the router sends final outcomes and MO: to the owning account's binds."""
 
-    def report(self, stored: StoredMessage, report: DeliveryReport) -> None:
-        """Deliver a receipt for ``stored`` (when its registered_delivery asks for one)."""
+    def report(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        settled: SettledCallback | None = None,
+    ) -> None:
+        """Deliver a receipt for ``stored`` (when its registered_delivery asks for one);
+        ``settled(ok)`` once it is delivered, durably held, or not wanted."""
         ...
 
-    def mobile_originated(self, account: str, message: Message) -> None:
-        """Deliver an MO message that a carrier routed to ``account``."""
+    def mobile_originated(
+        self, account: str, message: Message, settled: SettledCallback | None = None
+    ) -> bool | None:
+        """Deliver an MO message that a carrier routed to ``account``: sent, or held for
+        the account; ``settled(ok)`` once it is delivered or durably held. False: neither
+        could be done now (the store refuses to hold more); the carrier's deliver_sm is
+        then answered ESME_RX_T_APPN, to be sent again."""
         ...

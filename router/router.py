@@ -7,16 +7,23 @@ slots and rate tokens; outcomes arrive as future callbacks. A temporary refusal,
 timeout or a dropped bind sends the message to the next candidate (within the retry
 budget and its validity); a permanent refusal is final and reported as a failure
 receipt. All parts of one long message go over the same carrier.
+
+Durability (``ack_after: store``): which carrier a message is handed to is committed
+before its submit_sm goes out; a carrier's receipt or MO is answered ESME_ROK only once
+the client has it (or it is held in the store) and the final state is committed. Every
+message accepted by a carrier has a receipt deadline (``receipt_timeout``). See
+"receipts and MO from carriers" and ``_recover`` for the windows SMPP leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from functools import partial
 
 import msgspec
@@ -39,8 +46,9 @@ from router.model import (
 from router.ports import AcceptCallback, ReportSink
 from router.queue import MessageQueue
 from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
-from router.store import Store
-from router.upstream import CarrierPool
+from router.store import Store, StoreError
+from router.upstream import CarrierPool, Respond
+from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, EsmClass, MessageState
 from smppcore.pdu import DeliverSm
 from smppcore.receipt import is_final
@@ -65,6 +73,15 @@ _MEMORY_TURNS = 3
 #: Receipts being matched through the store at most (a task each); past it a receipt
 #: that is not in memory is answered ESME_RX_T_APPN, for the carrier to send again.
 _MAX_RESOLVING = 10_000
+#: Seconds a receipt waits for its submit_sm_resp at least (see Router.__init__).
+_EARLY_FLOOR = 20.0
+#: Seconds between housekeeping ticks: receipt deadlines, receipts parked for a mapping.
+_TICK = 1.0
+_ROK = int(CommandStatus.ESME_ROK)
+#: Answer to a carrier's deliver_sm whose effect could not be made durable: send it again.
+_RETRY_LATER = int(CommandStatus.ESME_RX_T_APPN)
+#: What the correlator parks for a receipt: the report, and how to answer the carrier.
+_Parked = tuple[DeliveryReport, Respond | None]
 
 
 class RouterStats(msgspec.Struct, frozen=True):
@@ -86,6 +103,8 @@ class CarrierState(msgspec.Struct, frozen=True):
     paused: bool
     drained: bool
     health: HealthView
+    rate: float | None = None
+    """Submits per second it may be sent now (its binds' adaptive rates); None: no limit."""
 
 
 class QueueStats(msgspec.Struct, frozen=True):
@@ -127,9 +146,28 @@ class Router:
         self._carriers: dict[str, CarrierConfig] = {c.name: c for c in config.carriers}
         self.health: dict[str, CarrierHealth] = {}
         self.pools: dict[str, CarrierPool] = {}
-        self.correlator: Correlator[DeliveryReport] = Correlator(
-            store, max_cache=500_000, early_ttl=120.0, max_early=50_000
+        # A receipt can come before its submit_sm_resp is processed only while that submit
+        # is in flight: no longer than a response timeout. Parked longer, it matches
+        # nothing (and in ``ack_after: store`` its carrier waits for our answer meanwhile:
+        # give up before a carrier's usual 30 s deliver_sm timeout makes it resend).
+        early_ttl = max(
+            (c.response_timeout for c in config.carriers), default=_EARLY_FLOOR
+        ) + 2.0
+        self.correlator: Correlator[_Parked] = Correlator(
+            store, max_cache=500_000, early_ttl=max(_EARLY_FLOOR, early_ttl), max_early=50_000
         )
+        #: ``ack_after: store``: carriers' deliver_sm are answered once durable, and what
+        #: is handed to a carrier is recorded before its submit goes out.
+        self._durable = config.ack_after == "store"
+        #: Final receipts being made durable: our id → answers owed to carriers (a
+        #: repeated receipt joins the first one's answer instead of reporting twice).
+        self._finishing: dict[str, list[Respond | None]] = {}
+        #: Receipt deadlines: carrier → our id → wall time, in deadline order (one timeout
+        #: per carrier); those cut short by their validity, in a heap (deadline, id, carrier).
+        self._deadlines: dict[str, dict[str, float]] = {}
+        self._capped: list[tuple[float, str, str]] = []
+        self._capped_ids: set[str] = set()
+        self._tick: asyncio.TimerHandle | None = None
         self._pinned: OrderedDict[str, str] = OrderedDict()
         #: our id → (message, loop-monotonic time its carrier accepted it)
         self._sent: OrderedDict[str, tuple[Message, float]] = OrderedDict()
@@ -168,18 +206,49 @@ class Router:
             await pool.start()
         await self._recover()
         self._running = True
+        self._tick = asyncio.get_running_loop().call_later(_TICK, self._housekeeping)
         self._wake_up()
 
     async def _recover(self) -> None:
-        """After a restart: re-queue what was accepted but never sent; wait for the
-        receipts of what was sent (their correlation is in the store)."""
+        """After a restart, every message with no final state:
+
+        - never handed to a carrier: queued again (its first send);
+        - handed to a carrier with no answer recorded (``ack_after: store`` writes the
+          carrier before the submit goes out; the answer, with the carrier's id, may
+          not have been committed): the carrier may have it, and we cannot ask (query_sm
+          needs the carrier's id) nor match its receipt. Policy: send it again (at least
+          once: the handset may get it twice; a receipt of the first copy is counted as
+          unmatched). Each one counts as ``resent`` (smsc_router_events) and is logged;
+        - accepted by a carrier: its receipt is awaited (the correlation is in the
+          store) until ``receipt_timeout`` from now, or its validity.
+        """
         requeued = 0
+        resent: dict[str, int] = {}
+        now = self.wall()
         for stored in await self.store.unfinished():
+            msg = stored.message
             if not stored.carrier:
-                self.queue.requeue(stored.message)
+                self.queue.requeue(msg)
                 requeued += 1
+            elif not stored.carrier_message_id:
+                self.queue.requeue(msg)
+                resent[stored.carrier] = resent.get(stored.carrier, 0) + 1
+                self.metrics.event("resent", stored.carrier)
+                log.warning(
+                    "message %s: handed to %s before the restart, its answer unknown: sent again",
+                    msg.id,
+                    stored.carrier,
+                )
+            else:
+                self._await_receipt(msg, stored.carrier, now)
         if requeued:
             log.info("recovered %d accepted messages not yet sent upstream", requeued)
+        for carrier, count in sorted(resent.items()):
+            log.warning(
+                "recovered %d messages handed to %s with no answer recorded: sent again",
+                count,
+                carrier,
+            )
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop dispatching, let in-flight submits finish (bounded), unbind carriers, and
@@ -187,6 +256,9 @@ class Router:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._running = False
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
         self._release_paced()  # queued (and stored) now: nothing accepted is dropped
         if self._pass_timer is not None:
             self._pass_timer.cancel()
@@ -245,6 +317,16 @@ class Router:
             while not all(pool.bound >= pool.config.binds for pool in pools):
                 self._binds_changed.clear()
                 await self._binds_changed.wait()
+
+    async def binds_changed(self, timeout: float) -> bool:
+        """Wait for the next change in any carrier's binds; False once ``timeout`` passed."""
+        self._binds_changed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._binds_changed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     # --- Intake -----------------------------------------------------------------------
 
@@ -355,6 +437,7 @@ class Router:
             policy=self.policies.get(account, AccountPolicy()),
             health=views,
             now=now,
+            rates={name: pool.rate_limit for name, pool in self.pools.items()},
         )
 
     def stats(self) -> RouterStats:
@@ -390,6 +473,7 @@ class Router:
                 paused=name in self.paused,
                 drained=name in self.drained,
                 health=views[name],
+                rate=pool.rate_limit,
             )
             for name, pool in self.pools.items()
         ]
@@ -435,52 +519,66 @@ class Router:
         if self.pools.get(name) is pool:
             self.drained.add(name)
 
-    async def add_carrier(self, config: CarrierConfig) -> None:
-        """Start binding to a new carrier (routes may name it once this returns)."""
-        if config.name in self.pools:
-            raise ValueError(f"carrier {config.name!r} exists")
-        self._carriers[config.name] = config
-        self.health[config.name] = CarrierHealth(config.name, self.config.health, self.wall())
-        self.pools[config.name] = pool = self._pool(config)
-        await pool.start()
-        self._wake_up()
+    def new_pool(self, config: CarrierConfig) -> CarrierPool:
+        """A pool for ``config``, not started (TlsError: its TLS files cannot be used): what
+        a reload prepares before it changes anything."""
+        return self._pool(config)
 
-    async def remove_carrier(self, name: str, timeout: float) -> None:
-        """Take ``name`` out of routing at once, wait (at most ``timeout``) for its submits
-        in flight, unbind it. Queued messages were never tied to it: they go over the
-        remaining carriers; its unanswered submits come back (``Failed``) and are
-        re-routed. Receipts it would send after the unbind are not received."""
-        pool = self.pools.pop(name)
-        self.health.pop(name, None)
-        self.paused.discard(name)
-        self.drained.discard(name)
-        for group in [g for g, c in self._pinned.items() if c == name]:
-            del self._pinned[group]
-        # ``self._carriers`` keeps its config: outcomes and receipts in flight look it up.
-        await pool.stop(timeout)
-        self._release_deferred()
+    def reconfigure(
+        self,
+        config: RouterConfig,
+        policies: Mapping[str, AccountPolicy],
+        pools: Mapping[str, CarrierPool] | None = None,
+    ) -> list[CarrierPool]:
+        """Apply a reloaded configuration at once (no await: nothing runs half-applied):
+        the route table and prices, the retry budget, the account policies, and carriers.
 
-    async def replace_carrier(self, config: CarrierConfig, timeout: float) -> None:
-        """Bind to ``config.name`` with a new config: the new binds start at once, the old
-        ones are drained (submits in flight awaited, at most ``timeout``) and unbound. Its
-        health and pause state are kept."""
-        old = self.pools[config.name]
-        self._carriers[config.name] = config
-        self.drained.discard(config.name)
-        self.pools[config.name] = pool = self._pool(config)
-        await pool.start()
-        await old.stop(timeout)
-        self._on_state(config.name, pool.bound)
-
-    def reconfigure(self, config: RouterConfig, policies: Mapping[str, AccountPolicy]) -> None:
-        """Swap the route table and prices, the retry budget and the account policies.
-        Carriers are added and removed with :meth:`add_carrier` / :meth:`remove_carrier`;
-        queue size, ack mode, health and store settings need a restart."""
+        ``pools`` (from :meth:`new_pool`) are the carriers added or changed: each starts
+        binding, unless its carrier is drained (it binds with its new config when
+        resumed); a paused one stays paused. Carriers not in ``config`` are taken out of
+        routing. Returns the pools replaced or removed, for :meth:`retire`. Queue size, ack
+        mode, health and store settings need a restart."""
+        names = {c.name for c in config.carriers}
+        retired = [pool for name, pool in self.pools.items() if name not in names]
+        for name in [n for n in self.pools if n not in names]:
+            del self.pools[name]
+            self.health.pop(name, None)
+            self.paused.discard(name)
+            self.drained.discard(name)
+            for group in [g for g, c in self._pinned.items() if c == name]:
+                del self._pinned[group]
+            # ``self._carriers`` keeps its config: outcomes and receipts in flight look it up.
+        for name, pool in (pools or {}).items():
+            old = self.pools.get(name)
+            if old is None:
+                self.health[name] = CarrierHealth(name, self.config.health, self.wall())
+            else:
+                retired.append(old)
+            self._carriers[name] = pool.config
+            self.pools[name] = pool
+            if name not in self.drained:
+                pool.start_now()
+            self.health[name].set_binds(pool.bound)
         self.table = RouteTable(config.routes)
         self.config = config
         self.policies = dict(policies)
         for cfg in config.carriers:
             self._carriers[cfg.name] = cfg
+        self._release_deferred()
+        return retired
+
+    async def retire(self, pools: Iterable[CarrierPool]) -> None:
+        """Stop pools taken out by :meth:`reconfigure`: each waits (at most its carrier's
+        response_timeout + 1 s) for its submits in flight, then unbinds. Queued messages
+        were never tied to a carrier: they go over the current ones; unanswered submits
+        come back (``Failed``) and are routed again. Receipts a removed carrier would send
+        after the unbind are not received."""
+        pools = list(pools)
+        if pools:
+            await asyncio.gather(
+                *(pool.stop(pool.config.response_timeout + 1.0) for pool in pools),
+                return_exceptions=True,
+            )
         self._release_deferred()
 
     def _pool(self, config: CarrierConfig) -> CarrierPool:
@@ -505,6 +603,9 @@ class Router:
             asyncio.get_running_loop().call_soon(self._pass)
 
     def _on_state(self, carrier: str, bound: int) -> None:
+        pool = self.pools.get(carrier)
+        if pool is not None:
+            bound = pool.bound  # a replaced pool still reports while it unbinds: not its count
         health = self.health.get(carrier)
         if health is not None:
             health.set_binds(bound)
@@ -552,9 +653,7 @@ class Router:
         buckets and ESME_RTHROTTLED pauses run on it (router.upstream)."""
         now = self.wall()
         mono = asyncio.get_running_loop().time()
-        for early in self.correlator.expire(now):
-            self.metrics.event("receipt_unmatched", early.carrier)
-            log.info("receipt from %s for unknown id %s dropped", early.carrier, early.key)
+        self._expire_parked(now)
         queue = self.queue
         queue.release_due(now)
         queue.expire(now)
@@ -698,7 +797,22 @@ class Router:
         if msg.tried and msg.tried[-1] != carrier:
             key = (msg.tried[-1], carrier)
             metrics.failovers[key] = metrics.failovers.get(key, 0) + 1
-        self.pools[carrier].send(msg, mono, partial(self._outcome, msg, started))
+        done = partial(self._outcome, msg, started)
+        if self._durable:
+            # Write-ahead: which carrier it goes to is committed before the submit leaves.
+            before = partial(self._sending, msg.id, carrier)
+            self.pools[carrier].send(msg, mono, done, before=before)
+        else:
+            self.pools[carrier].send(msg, mono, done)
+
+    def _sending(self, message_id: str, carrier: str, go: Callable[[bool], None]) -> None:
+        """Record that ``message_id`` is handed to ``carrier``; ``go(True)`` once committed
+        (its submit_sm is written then), ``go(False)`` when it cannot be (requeued)."""
+        try:
+            self.store.set_sending(message_id, carrier, go)
+        except Exception:
+            log.exception("message %s: its send could not be recorded", message_id)
+            go(False)
 
     def _outcome(self, msg: Message, started: float, outcome: SubmitOutcome) -> None:
         self._in_flight -= 1
@@ -715,11 +829,12 @@ class Router:
             if len(self._sent) > _MAX_SENT_CACHE:
                 self._sent.popitem(last=False)
             cfg = self._carriers[outcome.carrier]
+            self._await_receipt(msg, outcome.carrier, now)
             early = self.correlator.expect(
                 outcome.carrier, outcome.carrier_message_id, msg.id, cfg.submit_id
             )
-            for report in early:
-                self._receipt(msg, report)
+            for report, respond in early:
+                self._receipt(msg, report, respond)
             return
         if isinstance(outcome, Rejected) and not outcome.retryable:
             if health is not None:
@@ -766,9 +881,15 @@ class Router:
             done_at=self.wall(),
             carrier=carrier,
         )
-        self.store.set_final(msg.id, report)
         self._finished(msg, report, None)
-        self.sink.report(StoredMessage(message=msg, state=state, error=error), report)
+        stored = StoredMessage(message=msg, state=state, error=error, carrier=carrier)
+        if not self._durable:
+            self.store.set_final(msg.id, report)
+            self.sink.report(stored, report)
+            return
+        # The client's receipt delivered or held first, then the final state: a kill -9
+        # between the two sends it again (after a restart), never loses it.
+        self.sink.report(stored, report, partial(self._commit_final, msg.id, report, None))
 
     def _finished(self, msg: Message, report: DeliveryReport, accepted: float | None) -> None:
         """Every message's final state passes here once (``_final``: decided by us, or
@@ -785,19 +906,33 @@ class Router:
             _summary(msg, report, carrier_s)
 
     # --- receipts and MO from carriers ------------------------------------------------
+    #
+    # ``ack_after: store``: a carrier's deliver_sm is answered ESME_ROK only once its
+    # effect is durable — the receipt delivered to the client (its deliver_sm_resp) or
+    # held in the store, THEN the final state committed — and ESME_RX_T_APPN when that
+    # failed, so the carrier sends it again. In this order a kill -9 at any point loses
+    # nothing: before the commit the carrier resends (and the client may get the receipt
+    # twice: the window from the client's deliver_sm_resp to our commit, a few ms); after
+    # it a repeated receipt finds the message final and is only answered. ``respond`` is
+    # None in ``enqueue`` mode (answered at once) and for outcomes no carrier waits on.
 
-    def _on_deliver(self, carrier: str, pdu: DeliverSm) -> int:
+    def _on_deliver(self, carrier: str, pdu: DeliverSm, conn: Connection) -> int | None:
+        durable = self._durable
+        respond: Respond | None = None
+        if durable:
+            respond = partial(self.pools[carrier].answer, conn, pdu.sequence_number)
         if not pdu.esm_class & _RECEIPT_BITS:
-            self._mobile_originated(carrier, pdu)
-            return CommandStatus.ESME_ROK
+            return self._mobile_originated(carrier, pdu, respond)
         read = read_receipt(pdu)
         if read is None:
             self.metrics.event("receipt_unreadable", carrier)
             return CommandStatus.ESME_ROK
         receipt_id, state, error = read
-        if len(self._tasks) >= _MAX_RESOLVING and self.correlator.lookup(
-            carrier, receipt_id, self._carriers[carrier].receipt_id
-        ) is None:
+        if (
+            len(self._tasks) >= _MAX_RESOLVING
+            and self.correlator.lookup(carrier, receipt_id, self._carriers[carrier].receipt_id)
+            is None
+        ):
             # Too many receipts already wait for the store: the carrier keeps this one
             # and sends it again later (a temporary error), rather than our memory.
             self.metrics.event("receipt_deferred", carrier)
@@ -810,11 +945,16 @@ class Router:
             carrier=carrier,
             carrier_message_id=receipt_id,
         )
-        self._match_receipt(carrier, receipt_id, report, _MEMORY_TURNS)
-        return CommandStatus.ESME_ROK
+        self._match_receipt(carrier, receipt_id, report, _MEMORY_TURNS, respond)
+        return None if durable else _ROK
 
     def _match_receipt(
-        self, carrier: str, receipt_id: str, report: DeliveryReport, turns: int
+        self,
+        carrier: str,
+        receipt_id: str,
+        report: DeliveryReport,
+        turns: int,
+        respond: Respond | None,
     ) -> None:
         """Match a receipt in memory; the store only as a last resort.
 
@@ -826,57 +966,132 @@ class Router:
         cfg = self._carriers[carrier]
         our_id = self.correlator.lookup(carrier, receipt_id, cfg.receipt_id)
         if our_id is not None:
-            self._receipt_for(our_id, report)
+            self._receipt_for(our_id, report, respond)
         elif turns > 0:
             asyncio.get_running_loop().call_soon(
-                self._match_receipt, carrier, receipt_id, report, turns - 1
+                self._match_receipt, carrier, receipt_id, report, turns - 1, respond
             )
         else:
-            task = asyncio.create_task(self._resolve_later(carrier, receipt_id, report))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._resolve_later(carrier, receipt_id, report, respond))
 
-    async def _resolve_later(self, carrier: str, receipt_id: str, report: DeliveryReport) -> None:
-        cfg = self._carriers[carrier]
-        our_id = await self.correlator.resolve(carrier, receipt_id, cfg.receipt_id)
-        if our_id is None:
-            key = correlation_key(receipt_id, cfg.receipt_id)
-            our_id = self.correlator.park(carrier, key, report, self.wall())
-            if our_id is None:
-                return  # parked until its submit_sm_resp is processed (or it expires)
-        self._receipt_for(our_id, report)
-
-    def _receipt_for(self, our_id: str, report: DeliveryReport) -> None:
-        sent = self._sent.get(our_id)
-        if sent is not None:
-            self._receipt(sent[0], report)
-            return
-        task = asyncio.create_task(self._receipt_from_store(our_id, report))
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _receipt_from_store(self, our_id: str, report: DeliveryReport) -> None:
-        stored = await self.store.get(our_id)
+    async def _resolve_later(
+        self, carrier: str, receipt_id: str, report: DeliveryReport, respond: Respond | None
+    ) -> None:
+        cfg = self._carriers[carrier]
+        try:
+            our_id = await self.correlator.resolve(carrier, receipt_id, cfg.receipt_id)
+        except StoreError as exc:
+            self._store_failed(report, exc)
+            _answer(respond, _RETRY_LATER)
+            return
+        except Exception:
+            log.exception("receipt from %s for %s: the store failed", carrier, receipt_id)
+            _answer(respond, _RETRY_LATER)
+            return
+        if our_id is None:
+            pool = self.pools.get(carrier)
+            if pool is None or pool.in_flight == 0:
+                # No submit to it awaits its answer: no mapping can come for this receipt.
+                self._unmatched(carrier, receipt_id, respond)
+                return
+            key = correlation_key(receipt_id, cfg.receipt_id)
+            our_id = self.correlator.park(carrier, key, (report, respond), self.wall())
+            if our_id is None:
+                return  # parked until its submit_sm_resp is processed (or it expires)
+        self._receipt_for(our_id, report, respond)
+
+    def _receipt_for(self, our_id: str, report: DeliveryReport, respond: Respond | None) -> None:
+        sent = self._sent.get(our_id)
+        if sent is not None:
+            self._receipt(sent[0], report, respond)
+            return
+        self._spawn(self._receipt_from_store(our_id, report, respond))
+
+    async def _receipt_from_store(
+        self, our_id: str, report: DeliveryReport, respond: Respond | None
+    ) -> None:
+        if our_id in self._finishing and is_final(report.state):
+            self._receipt_repeated(our_id, report, respond)
+            return
+        try:
+            stored = await self.store.get(our_id)
+        except StoreError as exc:
+            self._store_failed(report, exc)
+            _answer(respond, _RETRY_LATER)
+            return
+        except Exception:
+            log.exception("receipt for %s: the store failed", our_id)
+            _answer(respond, _RETRY_LATER)
+            return
         if stored is None:
-            self.metrics.event("receipt_unmatched", report.carrier)
+            self._unmatched(report.carrier, report.carrier_message_id, respond)
             return
         if stored.done_at is not None:
-            # Final already (its receipt went to the client): a carrier repeating a
-            # receipt, say because our deliver_sm_resp was late. Not a second receipt.
+            # Final already (its receipt went to the client or is held): a carrier
+            # repeating a receipt, say because our deliver_sm_resp was late or lost.
             self.metrics.event("receipt_duplicate", report.carrier)
+            _answer(respond, _ROK)
             return
-        self._receipt(stored.message, report)
+        self._receipt(stored.message, report, respond)
 
-    def _receipt(self, msg: Message, report: DeliveryReport) -> None:
+    def _store_failed(self, report: DeliveryReport, exc: StoreError) -> None:
+        """A receipt could not be matched: the store did not answer in time (its
+        ``read_timeout``) or is closed. Counted and logged (the first, then every 1000th:
+        the store says why). It is not delivered now: with ``ack_after: store`` the carrier
+        is answered ESME_RX_T_APPN and sends it again; with ``enqueue`` it was answered
+        already, and is lost."""
+        self.metrics.event("receipt_store_timeout", report.carrier)
+        n = self.metrics.events.get(("receipt_store_timeout", report.carrier), 0)
+        if n == 1 or n % 1000 == 0:
+            log.warning(
+                "receipt %s from %s not matched (%d so far): %s",
+                report.carrier_message_id,
+                report.carrier,
+                n,
+                exc,
+            )
+
+    def _unmatched(self, carrier: str, carrier_message_id: str, respond: Respond | None) -> None:
+        """A receipt that matches no message of ours: counted, logged once, answered
+        (ESME_ROK: sending it again would not make it match)."""
+        self.metrics.event("receipt_unmatched", carrier)
+        log.warning("receipt from %s for unknown id %r dropped", carrier, carrier_message_id)
+        _answer(respond, _ROK)
+
+    def _expire_parked(self, now: float) -> None:
+        """Receipts parked for a mapping that never came: unmatched."""
+        for early in self.correlator.expire(now):
+            report, respond = early.payload
+            self._unmatched(early.carrier, report.carrier_message_id, respond)
+
+    def _receipt_repeated(
+        self, our_id: str, report: DeliveryReport, respond: Respond | None
+    ) -> None:
+        """A final receipt for a message whose final state is being made durable: its
+        answer waits for that one's (no second receipt to the client)."""
+        self.metrics.event("receipt_duplicate", report.carrier)
+        self._finishing[our_id].append(respond)
+        if self.store.unwritable is not None:
+            self._answer_later(our_id)
+
+    def _receipt(self, msg: Message, report: DeliveryReport, respond: Respond | None) -> None:
         report = msgspec.structs.replace(report, message_id=msg.id)
         state = report.state
         final = is_final(state)
         if final:
+            if msg.id in self._finishing:
+                self._receipt_repeated(msg.id, report, respond)
+                return
+            self._drop_deadline(msg.id, report.carrier)
             health = self.health.get(report.carrier)
             if health is not None:
                 health.record_receipt(self.wall(), state == _DELIVERED)
             sent = self._sent.pop(msg.id, None)
-            self.store.set_final(msg.id, report)
             cfg = self._carriers.get(report.carrier)
             if cfg is not None and report.carrier_message_id:
                 # Final: its mapping leaves memory (the store keeps it for a late duplicate);
@@ -894,13 +1109,157 @@ class Router:
             carrier_message_id=report.carrier_message_id,
             done_at=report.done_at if final else None,
         )
-        self.sink.report(stored, report)
+        if not self._durable:
+            if final:
+                self.store.set_final(msg.id, report)
+            self.sink.report(stored, report)
+            return
+        if not final:  # intermediate: nothing to commit, answered once the client has it
+            try:
+                self.sink.report(stored, report, partial(_answer_ok, respond))
+            except Exception:
+                log.exception("message %s: its receipt could not be delivered nor held", msg.id)
+                _answer(respond, _RETRY_LATER)
+            return
+        self._finishing[msg.id] = [respond]
+        try:
+            self.sink.report(stored, report, partial(self._commit_final, msg.id, report, respond))
+        except Exception:  # the store is gone (closed, failed): the carrier sends it again
+            log.exception("message %s: its receipt could not be delivered nor held", msg.id)
+            self._finished_durably(msg.id, False)
 
-    def _mobile_originated(self, carrier: str, pdu: DeliverSm) -> None:
+    def _commit_final(
+        self, message_id: str, report: DeliveryReport, respond: Respond | None, reported: bool
+    ) -> None:
+        """The client has the receipt (or it is held): commit the final state, then answer
+        the carrier(s)."""
+        if not reported and respond is not None:
+            # Neither delivered nor held (the store failed): the carrier sends it again.
+            self._finished_durably(message_id, False)
+            return
+        self._finishing.setdefault(message_id, [respond])
+        try:
+            self.store.set_final(message_id, report, partial(self._finished_durably, message_id))
+        except Exception:
+            log.exception("message %s: its final state could not be stored", message_id)
+            self._finished_durably(message_id, False)
+            return
+        if self.store.unwritable is not None:
+            # The store cannot write now (a full disk): the final state stays queued until
+            # it can, but the carrier is not kept waiting for it — its window would fill
+            # with receipts and stop its MO too. It is answered to send it again later.
+            self._answer_later(message_id)
+
+    def _answer_later(self, message_id: str) -> None:
+        """Answer the carriers waiting on ``message_id``'s final state: send it again."""
+        waiting = self._finishing.get(message_id)
+        if waiting:
+            for respond in waiting:
+                _answer(respond, _RETRY_LATER)
+            waiting.clear()
+
+    def _finished_durably(self, message_id: str, ok: bool) -> None:
+        if not ok:
+            log.error("message %s: its final state could not be stored", message_id)
+        for respond in self._finishing.pop(message_id, ()):
+            _answer(respond, _ROK if ok else _RETRY_LATER)
+
+    # --- receipt deadlines ------------------------------------------------------------
+
+    def _await_receipt(self, msg: Message, carrier: str, now: float) -> None:
+        """``msg`` was accepted by ``carrier`` (at ``now``, wall time): its final receipt
+        is due within the carrier's ``receipt_timeout``, and before its validity ends."""
+        cfg = self._carriers.get(carrier)
+        if cfg is None:
+            return
+        deadline = now + cfg.receipt_timeout
+        expires = msg.expires_at
+        if expires is not None and expires < deadline:
+            heapq.heappush(self._capped, (expires, msg.id, carrier))
+            self._capped_ids.add(msg.id)
+            return
+        deadlines = self._deadlines.get(carrier)
+        if deadlines is None:
+            deadlines = self._deadlines[carrier] = {}
+        deadlines[msg.id] = deadline
+
+    def _drop_deadline(self, message_id: str, carrier: str) -> None:
+        deadlines = self._deadlines.get(carrier)
+        if deadlines is not None and deadlines.pop(message_id, None) is not None:
+            return
+        capped = self._capped_ids
+        if message_id in capped:
+            capped.discard(message_id)  # its heap entry is skipped when due...
+            if len(self._capped) > 2 * len(capped) + 1024:
+                # ...but not kept that long: the heap holds at most twice the live ones
+                self._capped = [e for e in self._capped if e[1] in capped]
+                heapq.heapify(self._capped)
+
+    def _housekeeping(self) -> None:
+        """Every ``_TICK`` seconds: receipts parked too long are unmatched; messages past
+        their receipt deadline become final."""
+        self._tick = asyncio.get_running_loop().call_later(_TICK, self._housekeeping)
+        now = self.wall()
+        try:
+            if self._finishing and self.store.unwritable is not None:
+                # Final states wait for a store that cannot write: their carriers are
+                # told to send the receipts again rather than kept waiting (see
+                # _commit_final).
+                for message_id in list(self._finishing):
+                    self._answer_later(message_id)
+            self._expire_parked(now)
+            due: list[tuple[str, str, MessageState]] = []
+            for carrier, deadlines in self._deadlines.items():
+                cfg = self._carriers.get(carrier)
+                if cfg is None:
+                    continue
+                state = MessageState[cfg.receipt_timeout_state]
+                while deadlines:
+                    message_id = next(iter(deadlines))
+                    if deadlines[message_id] > now:
+                        break
+                    del deadlines[message_id]
+                    due.append((message_id, carrier, state))
+            capped = self._capped
+            while capped and capped[0][0] <= now:
+                _, message_id, carrier = heapq.heappop(capped)
+                if message_id in self._capped_ids:
+                    self._capped_ids.discard(message_id)
+                    due.append((message_id, carrier, MessageState.EXPIRED))
+            for message_id, carrier, state in due:
+                self._receipt_overdue(message_id, carrier, state, now)
+        except Exception:  # a bug: log it, the next tick tries again
+            log.exception("router housekeeping failed")
+
+    def _receipt_overdue(
+        self, message_id: str, carrier: str, state: MessageState, now: float
+    ) -> None:
+        """No final receipt came in time: the message is final as ``state`` (the client
+        gets that receipt); a receipt that comes later is a duplicate."""
+        self.metrics.event("receipt_timeout", carrier)
+        report = DeliveryReport(message_id="", state=state, done_at=now, carrier=carrier)
+        sent = self._sent.get(message_id)
+        if sent is not None:
+            self._receipt(sent[0], report, None)
+        else:
+            self._spawn(self._overdue_from_store(message_id, report))
+
+    async def _overdue_from_store(self, message_id: str, report: DeliveryReport) -> None:
+        stored = await self.store.get(message_id)
+        if stored is None or stored.done_at is not None or message_id in self._finishing:
+            return
+        report = msgspec.structs.replace(report, carrier_message_id=stored.carrier_message_id)
+        self._receipt(stored.message, report, None)
+
+    def _mobile_originated(
+        self, carrier: str, pdu: DeliverSm, respond: Respond | None
+    ) -> int | None:
+        """An MO message to the carrier's ``mo_account``: answered at once, or (with
+        ``respond``) once delivered to the account or held in the store."""
         account = self._carriers[carrier].mo_account
         if account is None:
             self.metrics.event("mo_unrouted", carrier)
-            return
+            return _ROK
         from router.model import Address
 
         payload = pdu.tlv(Tag.MESSAGE_PAYLOAD)
@@ -916,8 +1275,25 @@ class Router:
             submitted_at=self.wall(),
         )
         self.metrics.event("mo", carrier)
-        self.sink.mobile_originated(account, msg)
+        settled = None if respond is None else partial(_answer_ok, respond)
+        if self.sink.mobile_originated(account, msg, settled) is False:
+            # Neither sent nor held (the store is full or cannot write): the carrier
+            # keeps it and sends it again later, rather than our memory.
+            self.metrics.event("mo_refused", carrier)
+            return _RETRY_LATER
+        return _ROK if respond is None else None
 
+
+def _answer(respond: Respond | None, status: int) -> None:
+    if respond is not None:
+        respond(status)
+
+
+def _answer_ok(respond: Respond | None, ok: bool) -> None:
+    """Answer a carrier once its deliver_sm reached the client or the store (``ok``), or
+    with a temporary error so that it sends it again."""
+    if respond is not None:
+        respond(_ROK if ok else _RETRY_LATER)
 
 
 def _summary(msg: Message, report: DeliveryReport, carrier_s: float | None) -> None:

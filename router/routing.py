@@ -295,6 +295,9 @@ class CandidateView(msgspec.Struct, frozen=True, gc=False):
     reasons: tuple[str, ...]
     """Why it is excluded; for an eligible but unhealthy carrier, why it is demoted."""
     score: float
+    rate: float | None = None
+    """Submits per second the router may send it now (its adaptive rate, router/aimd.py);
+    None: no limit (none configured, no throttle met)."""
 
 
 class Explanation(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -325,9 +328,10 @@ def explain(
     now: float,
     tried: tuple[str, ...] = (),
     pinned: str | None = None,
+    rates: Mapping[str, float | None] | None = None,
 ) -> Explanation:
     """What :func:`choose` decides for ``destination`` and ``account``, with every candidate
-    and the reasons it was taken, demoted or excluded."""
+    and the reasons it was taken, demoted or excluded (and its send rate, from ``rates``)."""
     match = table.lookup(destination, account)
     if match is None:
         return Explanation(
@@ -343,17 +347,20 @@ def explain(
         price = cp.amount
         view = health.get(cp.carrier)
         out = _exclusions(cp, price, policy, view, tried)
+        rate = rates.get(cp.carrier) if rates else None
         if view is None:
-            excluded.append(CandidateView(cp.carrier, price, False, False, False, tuple(out), 0.0))
+            excluded.append(
+                CandidateView(cp.carrier, price, False, False, False, tuple(out), 0.0, rate)
+            )
             continue
         if out:
             cv = CandidateView(
-                cp.carrier, price, view.available, view.healthy, False, tuple(out), view.score
+                cp.carrier, price, view.available, view.healthy, False, tuple(out), view.score, rate
             )
             excluded.append(cv)
             continue
         demoted = () if view.healthy else tuple("unhealthy: " + r for r in view.reasons)
-        cv = CandidateView(cp.carrier, price, True, view.healthy, True, demoted, view.score)
+        cv = CandidateView(cp.carrier, price, True, view.healthy, True, demoted, view.score, rate)
         eligible.append((_rank_key(i, price, view), cv))
     eligible.sort(key=lambda kv: kv[0])
     decision = _decide(match, policy, health, tried, pinned)
@@ -386,7 +393,7 @@ def format_explanation(expl: Explanation) -> str:
         kind = "the account's own route" if expl.account_route else "global route"
         lines.append(head + f"prefix {expl.prefix!r} ({kind})")
     if expl.candidates:
-        rows = [("", "carrier", "price", "available", "healthy", "score", "notes")]
+        rows = [("", "carrier", "price", "available", "healthy", "score", "rate/s", "notes")]
         for cv in expl.candidates:
             if cv.carrier == expl.choice:
                 mark = "->"
@@ -402,13 +409,14 @@ def format_explanation(expl: Explanation) -> str:
                     _yes(cv.available),
                     _yes(cv.healthy),
                     f"{cv.score:.3f}",
+                    "-" if cv.rate is None else f"{cv.rate:.0f}",
                     "; ".join(cv.reasons),
                 )
             )
-        widths = [max(len(row[k]) for row in rows) for k in range(6)]
+        widths = [max(len(row[k]) for row in rows) for k in range(7)]
         for row in rows:
-            cells = [row[k].ljust(widths[k]) for k in range(6)]
-            lines.append(("  ".join(cells) + "  " + row[6]).rstrip())
+            cells = [row[k].ljust(widths[k]) for k in range(7)]
+            lines.append(("  ".join(cells) + "  " + row[7]).rstrip())
     if expl.choice is not None:
         tail = f"choice: {expl.choice} at {expl.price}"
         if expl.fallbacks:

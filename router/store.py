@@ -10,7 +10,8 @@ transactions of up to ``batch_max`` records. It gathers records for ``commit_int
 whatever is queued, so the batches are large and the cost per message falls; records of one
 message that meet in a batch are folded into one row. Reads are async; a read about
 something with a queued write waits until that write is committed (read your writes), never
-longer.
+longer — and no longer than ``read_timeout`` (see Deadlines). Id blocks (``reserve_ids``) are
+reserved on the writer's connection too, between two of its transactions.
 
 Durability. The connection runs ``journal_mode=WAL`` with ``synchronous=NORMAL``: a commit
 appends the transaction to the WAL file with ``write()`` and the WAL is fsynced at checkpoints.
@@ -21,17 +22,37 @@ last transactions). That is exactly what ``ack_after: store`` promises: ``add(me
 on_durable)`` calls ``on_durable(True)`` only after the transaction holding the message has
 COMMITTED, and the server answers submit_sm then.
 
-Failures. A transaction that fails is rolled back, logged and retried once. If it fails again
-the batch is split and each record is tried in a transaction of its own, so one bad record
-(a duplicate id) does not fail its neighbours; a record that still fails is logged, and its
-``on_durable`` is called with False (the server answers ESME_RSYSERR instead of ESME_ROK).
-No acknowledgement is ever lost silently.
+Failures of the database (disk full, read-only file system, I/O errors, locked by someone
+else) are not the records' fault: the writer keeps the batch and tries it again and again,
+the wait doubling from 0.05 s to ``retry_max``, until it commits. Meanwhile the store is
+*unwritable*: one ERROR line says why (and one line when writes resume), ``add`` and ``hold``
+refuse (the layers above answer a temporary error), the adds of the batch that wait for
+their commit (``ack_after: store``) are failed at once (``on_durable(False)``: the client is
+answered ESME_RSYSERR and never acknowledged) and taken out of the batch, and everything
+else — records already acknowledged — stays queued, in memory, until space returns. Nothing
+is dropped; only a process that dies before then loses what was queued.
+
+A transaction that fails for any other reason (a record's fault) is rolled back, logged and
+retried once. If it fails again the batch is split and each record is tried in a transaction
+of its own, so one bad record (a duplicate id) does not fail its neighbours; a record that
+still fails is logged, and its ``on_durable`` is called with False (the server answers
+ESME_RSYSERR instead of ESME_ROK). No acknowledgement is ever lost silently.
 
 Back-pressure. The writer queue holds at most ``queue_max`` records. ``add`` refuses a message
-(returns False: the server answers ESME_RMSGQFUL) when it is full. State changes of messages
-already accepted (``set_sent``, ``set_final``, ...) and held deliveries are never refused (they
-must not be lost and are bounded by the messages accepted), but they count against the bound,
-so a writer that falls behind pushes back on intake.
+(returns False: the server answers ESME_RMSGQFUL) when it is full, and so does ``hold`` (the
+carrier's deliver_sm is answered ESME_RX_T_APPN). State changes of messages already accepted
+(``set_sent``, ``set_final``, ...) are never refused (they must not be lost and are bounded by
+the messages accepted), but they count against the bound, so a writer that falls behind
+pushes back on intake.
+
+Deadlines. Every read waits ``read_timeout`` seconds at most, its wait for queued writes
+included (read your writes), then raises :class:`StoreTimeout` (a ``TimeoutError``): a hung
+database stalls a query_sm, not the server. ``close`` takes a deadline too.
+
+Purge. ``purge(now)`` deletes final messages older than ``keep_days`` and held deliveries
+past their expiry, ``purge_batch`` rows per transaction, on the writer, one such transaction
+between two of its batches: a purge never stalls the writes. :func:`run_purges` calls it
+every ``purge_interval`` (a task of whoever owns the store: ``smsc/app.py``).
 
 The file is created owner-only (0600); SQLite gives its -wal and -shm files the same mode.
 """
@@ -39,6 +60,8 @@ The file is created owner-only (0600); SQLite gives its -wal and -shm files the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -46,7 +69,14 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -61,7 +91,15 @@ from router.model import DeliveryReport, Message, StoredMessage
 from smppcore.constants import MessageState
 from smppcore.receipt import is_final
 
-__all__ = ["DurableCallback", "SqliteStore", "Store", "StoreClosed"]
+__all__ = [
+    "DurableCallback",
+    "SqliteStore",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "StoreTimeout",
+    "run_purges",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +108,47 @@ log = logging.getLogger(__name__)
 DurableCallback = Callable[[bool], None]
 
 SCHEMA_VERSION: Final = 1
-#: Rows deleted per transaction by ``purge`` (the writer gets the connection between chunks).
-PURGE_CHUNK: Final = 5_000
 _DAY: Final = 86_400.0
+#: First wait before the writer tries a failed transaction again (then doubling).
+RETRY_MIN: Final = 0.05
+
+#: Why the database cannot be written, by SQLite's primary result code (the label of
+#: ``smsc_store_write_errors_total``); other errors are a record's fault.
+_UNWRITABLE: Final[dict[int, str]] = {
+    sqlite3.SQLITE_FULL: "disk_full",
+    sqlite3.SQLITE_READONLY: "read_only",
+    sqlite3.SQLITE_IOERR: "io_error",
+    sqlite3.SQLITE_CANTOPEN: "io_error",
+    sqlite3.SQLITE_BUSY: "busy",
+    sqlite3.SQLITE_LOCKED: "busy",
+    sqlite3.SQLITE_NOMEM: "no_memory",
+}
+#: Every label of ``smsc_store_write_errors_total`` (each series exists from the start).
+WRITE_ERROR_REASONS: Final = ("disk_full", "read_only", "io_error", "busy", "no_memory")
 
 
-class StoreClosed(RuntimeError):
+def unwritable_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` says the database cannot be written now (a reason word), or None when it
+    is a record's fault (a constraint, a value SQLite cannot bind)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return None if code is None else _UNWRITABLE.get(code & 0xFF)
+    if isinstance(exc, OSError):
+        return "io_error"
+    return None
+
+
+class StoreError(RuntimeError):
+    """The store cannot serve a call."""
+
+
+class StoreClosed(StoreError):
     """A write to a store that is not open (misuse: the store closes last at shutdown)."""
+
+
+class StoreTimeout(StoreError, TimeoutError):
+    """A read (or flush) did not complete within ``read_timeout``: the database hangs or
+    cannot commit what the read must see. Temporary: answer the peer a temporary error."""
 
 
 class Store(Protocol):
@@ -84,12 +156,19 @@ class Store(Protocol):
 
     async def open(self) -> None: ...
 
-    async def close(self) -> None:
-        """Commit everything queued, then close."""
+    @property
+    def unwritable(self) -> str | None:
+        """Why the store cannot write now (a reason word); None while it can."""
         ...
 
-    async def flush(self) -> None:
-        """Return once everything queued before the call is committed (or failed)."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Commit everything queued, then close; after ``timeout`` seconds (None: no limit)
+        give up on what is still queued (logged) and close anyway."""
+        ...
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Return once everything queued before the call is committed (or failed);
+        StoreTimeout after ``timeout`` seconds (None: the store's ``read_timeout``)."""
         ...
 
     def add(self, message: Message, on_durable: DurableCallback | None = None) -> bool:
@@ -103,8 +182,23 @@ class Store(Protocol):
         receipt correlation (``find_sent``), the id itself when None."""
         ...
 
-    def set_final(self, message_id: str, report: DeliveryReport) -> None:
-        """Record an outcome (a final one sets ``done_at``; an intermediate one only the state)."""
+    def set_sending(
+        self, message_id: str, carrier: str, on_durable: DurableCallback | None = None
+    ) -> None:
+        """The message is being handed to ``carrier`` (no carrier id yet): written before
+        the submit_sm goes out (``ack_after: store``), so that a restart knows which
+        messages a carrier may have taken without our hearing of it (``unfinished``:
+        ``carrier`` set, ``carrier_message_id`` empty)."""
+        ...
+
+    def set_final(
+        self,
+        message_id: str,
+        report: DeliveryReport,
+        on_durable: DurableCallback | None = None,
+    ) -> None:
+        """Record an outcome (a final one sets ``done_at``; an intermediate one only the
+        state); ``on_durable(ok)`` once it is committed (or failed)."""
         ...
 
     def update_message(self, message: Message) -> None:
@@ -125,8 +219,17 @@ class Store(Protocol):
         """Messages with no final state, oldest first (restart recovery)."""
         ...
 
-    def hold(self, account: str, item: bytes, expires_at: float) -> None:
-        """Keep an opaque delivery (receipt or MO) for ``account`` until it binds to receive."""
+    def hold(
+        self,
+        account: str,
+        item: bytes,
+        expires_at: float,
+        on_durable: DurableCallback | None = None,
+    ) -> bool:
+        """Keep an opaque delivery (receipt or MO) for ``account`` until it binds to
+        receive; ``on_durable(ok)`` once it is committed (or failed). False (nothing kept,
+        ``on_durable`` not called) when the store cannot take it now (its queue is full,
+        or the database cannot be written): answer the sender a temporary error."""
         ...
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
@@ -281,10 +384,10 @@ def _folded(segment: list[_Op]) -> list[tuple[int, list[tuple[Any, ...]]]] | Non
     folded into one row: an add takes its message's send and final state in the same
     batch (one INSERT instead of an INSERT and two UPDATEs: most messages go out within
     milliseconds of their add, and a quick carrier's receipt follows), and a send takes its
-    final state. Several final states of one message: the last one wins, as it would one
-    statement at a time. None when the run holds what folding does not cover (an id
-    added twice, sent twice): the caller then writes it record by record, and a bad record
-    fails as it would alone."""
+    final state. Several final states or sends of one message (``set_sending``, then
+    ``set_sent``): the last one wins, as it would one statement at a time. None when the
+    run holds what folding does not cover (an id added twice): the caller then writes it
+    record by record, and a bad record fails as it would alone."""
     adds: dict[Any, list[Any]] = {}
     sends: dict[Any, list[Any]] = {}
     finals: dict[Any, tuple[Any, ...]] = {}
@@ -302,11 +405,11 @@ def _folded(segment: list[_Op]) -> list[tuple[int, list[tuple[Any, ...]]]] | Non
             carrier, carrier_message_id, key, mid = params
             row = adds.get(mid)
             if row is not None:
-                if row[5]:
-                    return None
-                row[5:8] = carrier, carrier_message_id, key
+                row[5:8] = carrier, carrier_message_id, key  # the last send wins
             elif mid in sends:
-                return None
+                # set_sending, then set_sent (or a resend): the last one wins, as it would
+                # one statement at a time; a final state folded in before stays
+                sends[mid][0:3] = carrier, carrier_message_id, key
             else:
                 sends[mid] = [carrier, carrier_message_id, key, None, mid]
         else:  # _FINAL
@@ -403,6 +506,19 @@ _SCHEMA: Final = (
 )
 
 _STORED_COLUMNS: Final = "body, state, error, carrier, carrier_message_id, done_at"
+#: A purge's statements, one batch (``LIMIT ?``) per transaction.
+_PURGE_HELD: Final = (
+    "DELETE FROM held WHERE id IN (SELECT id FROM held WHERE expires_at <= ? LIMIT ?)"
+)
+_PURGE_MESSAGES: Final = (
+    "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages"
+    " WHERE done_at IS NOT NULL AND done_at < ? LIMIT ?)"
+)
+#: The write that tells whether the database takes writes again, when no record waits.
+_PROBE_SQL: Final = (
+    "INSERT INTO counters (name, value) VALUES ('write_probe', ?)"
+    " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
 
 
 @dataclass(slots=True)
@@ -415,6 +531,24 @@ class _Op:
     sent_key: tuple[str, str] | None = None
     """(carrier, key) of a ``set_sent`` (for read-your-writes in ``find_sent``)."""
     on_durable: DurableCallback | None = None
+    settled: bool = False
+    """Failed and taken out of its batch (an ack that could not wait): not abandoned."""
+
+
+@dataclass(slots=True)
+class _Purge:
+    """A purge the writer carries out a batch at a time (``purge``)."""
+
+    now: float
+    cutoff: float
+    future: asyncio.Future[int]
+    held_done: bool = False
+    deleted: int = 0
+
+
+def _waits(op: _Op) -> bool:
+    """An add whose acknowledgement waits for its commit (``ack_after: store``)."""
+    return op.kind == _ADD and op.on_durable is not None
 
 
 @dataclass(order=True)
@@ -464,6 +598,12 @@ class SqliteStore:
         self._pending_ids: dict[str, int] = {}  # message id → seq of its last queued write
         self._pending_sent: dict[tuple[str, str], tuple[str, int]] = {}
         self._held_seq = 0  # seq of the last queued hold/release
+        self._purges: deque[_Purge] = deque()
+        #: Why the database cannot be written now ("disk_full", ...); None: it can.
+        self._unwritable: str | None = None
+        self._unwritable_since = 0.0
+        self._error_logged_at = -3600.0
+        self._path = ""
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(Message).decode
         self.transactions = 0
@@ -478,6 +618,22 @@ class SqliteStore:
         """Records committed by the writer (with ``transactions``: the batch size)."""
         self.commit_seconds = Histogram(STORE_BUCKETS)
         """Seconds per writer transaction, BEGIN to COMMIT (observability)."""
+        self.write_errors: dict[str, int] = dict.fromkeys(WRITE_ERROR_REASONS, 0)
+        """Transactions that failed because the database could not be written, by reason."""
+        self.refused_adds = 0
+        """Messages ``add`` refused (queue full, or the database cannot be written)."""
+        self.refused_holds = 0
+        """Deliveries ``hold`` refused (likewise)."""
+        self.read_timeouts = 0
+        """Reads (and flushes) that gave up after ``read_timeout``."""
+        self.purged_messages = 0
+        """Final messages deleted by ``purge`` (older than ``keep_days``)."""
+        self.expired_held = 0
+        """Held deliveries deleted by ``purge`` past their expiry, never delivered."""
+        self.message_rows = 0
+        """Rows in the messages table (counted at open, kept by the writer)."""
+        self.held_rows = 0
+        """Rows in the held table (likewise)."""
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -497,6 +653,10 @@ class SqliteStore:
         try:
             await _prepare(db)
             self._wdb = await loop.run_in_executor(wthread, _connect_writer, path, uri)
+            counts = await db.execute_fetchall(
+                "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM held)"
+            )
+            self.message_rows, self.held_rows = (int(n) for n in next(iter(counts)))
         except BaseException:
             await db.close()
             wthread.shutdown(wait=False)
@@ -504,31 +664,59 @@ class SqliteStore:
         self._db = db
         self._wthread = wthread
         self._closing = False
+        self._unwritable = None
+        self._path = "" if uri else path
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
-    async def close(self) -> None:
-        """Commit everything queued, stop the writer, close the connection. Idempotent."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Commit everything queued, stop the writer, close the connection. Idempotent.
+
+        After ``timeout`` seconds (None: no limit) — the database hangs, or the disk stays
+        full — the writer is stopped: what it still holds is logged as lost (an ERROR line
+        with the count) and failed; the connections get a second more to close."""
         if self._db is None:
             return
         self._closing = True
         self._wake.set()
         self._hurry.set()
+        hung = False
         try:
             if self._writer is not None:
-                await self._writer
+                try:
+                    async with asyncio.timeout(timeout):
+                        await asyncio.shield(self._writer)
+                except TimeoutError:
+                    hung = True
+                    log.error("store: not committed within %.1f s of closing; giving up", timeout)
+                    self._writer.cancel()
+                    await asyncio.gather(self._writer, return_exceptions=True)
         finally:
             self._writer = None
+            for purge in self._purges:
+                if not purge.future.done():
+                    purge.future.set_exception(StoreClosed("store closed"))
+            self._purges.clear()
             db, self._db = self._db, None
             wdb, self._wdb = self._wdb, None
             wthread, self._wthread = self._wthread, None
+            # After a missed deadline the connections get a second to close: their threads
+            # may be stuck in SQLite, and a close must not hang for them.
+            grace = 1.0 if hung else None
+            stuck = False
             if wthread is not None:
                 if wdb is not None:
-                    await asyncio.get_running_loop().run_in_executor(wthread, wdb.close)
-                wthread.shutdown(wait=True)
-            await db.close()
+                    closing = asyncio.get_running_loop().run_in_executor(wthread, wdb.close)
+                    stuck = not await _within(closing, grace)
+                wthread.shutdown(wait=not stuck)
+            if not await _within(db.close(), grace):
+                stuck = True
+                db.stop()
+            if stuck:
+                log.error("store: a database connection did not close (SQLite hangs)")
 
-    async def flush(self) -> None:
-        await self._until(self._queued_seq)
+    async def flush(self, timeout: float | None = None) -> None:
+        async with self._deadline("flush", timeout):
+            await self._until(self._queued_seq)
 
     @property
     def is_open(self) -> bool:
@@ -540,10 +728,26 @@ class SqliteStore:
         """Records waiting for the writer (a hot gauge)."""
         return len(self._queue)
 
+    @property
+    def unwritable(self) -> str | None:
+        """Why the database cannot be written now (a reason word, as in
+        ``write_errors``); None while it can. Adds and holds are refused meanwhile."""
+        return self._unwritable
+
+    def file_sizes(self) -> tuple[int, int]:
+        """Bytes of the database file and of its WAL (0 for a store in memory, or a file
+        not there). Two ``stat`` calls: cheap enough to read at scrape time."""
+        if not self._path:
+            return 0, 0
+        return _size(self._path), _size(self._path + "-wal")
+
     # -- writes (queued) -----------------------------------------------------------------------
 
     def add(self, message: Message, on_durable: DurableCallback | None = None) -> bool:
-        if self._db is None or self._closing or len(self._queue) >= self._config.queue_max:
+        if self._db is None or self._closing:
+            return False
+        if self._unwritable is not None or len(self._queue) >= self._config.queue_max:
+            self.refused_adds += 1
             return False
         params = (
             message.id,
@@ -568,12 +772,24 @@ class SqliteStore:
         self._put(op)
         self._pending_sent[(carrier, key)] = (message_id, op.seq)
 
-    def set_final(self, message_id: str, report: DeliveryReport) -> None:
+    def set_sending(
+        self, message_id: str, carrier: str, on_durable: DurableCallback | None = None
+    ) -> None:
+        # A send without the carrier's id (and no correlation key: nothing matches it).
+        params = (carrier, "", None, message_id)
+        self._put(_Op(_SENT, params, message_id=message_id, on_durable=on_durable))
+
+    def set_final(
+        self,
+        message_id: str,
+        report: DeliveryReport,
+        on_durable: DurableCallback | None = None,
+    ) -> None:
         done_at: float | None = None
         if is_final(report.state):
             done_at = report.done_at if report.done_at > 0 else self._clock()
         params = (int(report.state), report.error, done_at, message_id)
-        self._put(_Op(_FINAL, params, message_id=message_id))
+        self._put(_Op(_FINAL, params, message_id=message_id, on_durable=on_durable))
 
     def update_message(self, message: Message) -> None:
         params = (message.account, message.submitted_at, self._encode(message), message.id)
@@ -583,9 +799,23 @@ class SqliteStore:
         params = (int(MessageState.DELETED), done_at, message_id)
         self._put(_Op(_CANCEL, params, message_id=message_id))
 
-    def hold(self, account: str, item: bytes, expires_at: float) -> None:
-        self._put(_Op(_HOLD, (account, expires_at, item)))
+    def hold(
+        self,
+        account: str,
+        item: bytes,
+        expires_at: float,
+        on_durable: DurableCallback | None = None,
+    ) -> bool:
+        if (
+            self._db is not None
+            and not self._closing
+            and (self._unwritable is not None or len(self._queue) >= self._config.queue_max)
+        ):
+            self.refused_holds += 1
+            return False
+        self._put(_Op(_HOLD, (account, expires_at, item), on_durable=on_durable))
         self._held_seq = self._queued_seq
+        return True
 
     def release(self, ids: Sequence[int]) -> None:
         for held_id in ids:
@@ -610,26 +840,30 @@ class SqliteStore:
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, message_id: str) -> StoredMessage | None:
-        seq = self._pending_ids.get(message_id)
-        if seq is not None:
-            await self._until(seq)
-        rows = await self._read(
-            f"SELECT {_STORED_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-        )
+        async with self._deadline("get"):
+            seq = self._pending_ids.get(message_id)
+            if seq is not None:
+                await self._until(seq)
+            rows = await self._read(
+                f"SELECT {_STORED_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+            )
         return self._stored(rows[0]) if rows else None
 
     async def find_sent(self, carrier: str, key: str) -> str | None:
         pending = self._pending_sent.get((carrier, key))
         if pending is not None:
             return pending[0]
-        rows = await self._read(
-            "SELECT id FROM messages WHERE carrier = ? AND carrier_key = ?"
-            " ORDER BY submitted_at DESC LIMIT 1",
-            (carrier, key),
-        )
+        async with self._deadline("find_sent"):
+            rows = await self._read(
+                "SELECT id FROM messages WHERE carrier = ? AND carrier_key = ?"
+                " ORDER BY submitted_at DESC LIMIT 1",
+                (carrier, key),
+            )
         return str(rows[0][0]) if rows else None
 
     async def unfinished(self) -> list[StoredMessage]:
+        """The wait for queued writes has the read deadline; the read itself (recovery at
+        start, every unfinished message) has none."""
         await self.flush()
         rows = await self._read(
             f"SELECT {_STORED_COLUMNS} FROM messages WHERE done_at IS NULL ORDER BY submitted_at",
@@ -638,64 +872,57 @@ class SqliteStore:
         return [self._stored(row) for row in rows]
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
-        await self._until(self._held_seq)
-        rows = await self._read(
-            "SELECT id, item FROM held WHERE account = ? AND expires_at > ? ORDER BY id LIMIT ?",
-            (account, self._clock(), limit),
-        )
+        async with self._deadline("held"):
+            await self._until(self._held_seq)
+            rows = await self._read(
+                "SELECT id, item FROM held WHERE account = ? AND expires_at > ?"
+                " ORDER BY id LIMIT ?",
+                (account, self._clock(), limit),
+            )
         return [(int(row[0]), bytes(row[1])) for row in rows]
 
     async def purge(self, now: float) -> int:
-        """Delete in chunks, each its own transaction, so the writer is never held up long."""
-        cutoff = now - self._config.keep_days * _DAY
-        statements = (
-            (
-                "DELETE FROM held WHERE id IN (SELECT id FROM held WHERE expires_at <= ? LIMIT ?)",
-                now,
-            ),
-            (
-                "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages"
-                " WHERE done_at IS NOT NULL AND done_at < ? LIMIT ?)",
-                cutoff,
-            ),
+        """Carried out by the writer, ``purge_batch`` rows per transaction, one such
+        transaction between two of its batches (see _purge_step): the writes are never
+        held up for long. Expired held items first, then old final messages."""
+        if self._writer is None or self._writer.done() or self._closing:
+            raise StoreClosed("store writer is not running")
+        job = _Purge(
+            now=now,
+            cutoff=now - self._config.keep_days * _DAY,
+            future=asyncio.get_running_loop().create_future(),
         )
-        total = 0
-        for sql, bound in statements:
-            while True:
-                async with self._lock:
-                    db = self._connection()
-                    cursor = await db.execute(sql, (bound, PURGE_CHUNK))
-                    deleted = cursor.rowcount
-                    await cursor.close()
-                total += deleted
-                if deleted < PURGE_CHUNK:
-                    break
-        return total
+        self._purges.append(job)
+        self._wake.set()
+        return await job.future
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, what: str, timeout: float | None = None) -> AsyncIterator[None]:
+        """Bound a read by ``timeout`` (None: ``read_timeout``); StoreTimeout past it."""
+        limit = self._config.read_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                yield
+        except TimeoutError as exc:
+            if isinstance(exc, StoreTimeout):
+                raise
+            self.read_timeouts += 1
+            why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
+            raise StoreTimeout(f"store: {what} took more than {limit:g} s{why}") from None
 
     async def reserve_ids(self, n: int) -> int:
+        """One transaction on the writer's connection and thread (between two of its
+        batches: no second writer to wait for), within ``read_timeout``. Past it
+        StoreTimeout; the reservation may still commit, and then its ids are skipped —
+        never handed out twice."""
         if n < 1:
             raise ValueError("reserve at least one id")
-        async with self._lock:
-            db = self._connection()
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = list(
-                    await db.execute_fetchall(
-                        "SELECT value FROM counters WHERE name = 'message_id'"
-                    )
-                )
-                first = int(rows[0][0]) if rows else 0
-                await db.execute(
-                    "INSERT INTO counters (name, value) VALUES ('message_id', ?)"
-                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    (first + n,),
-                )
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
-        return first
+        wdb, wthread = self._wdb, self._wthread
+        if wdb is None or wthread is None or self._closing:
+            raise StoreClosed("store is not open")
+        loop = asyncio.get_running_loop()
+        async with self._deadline("reserve_ids"):
+            return await loop.run_in_executor(wthread, _reserve_sync, wdb, n)
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         async with self._lock:
@@ -719,7 +946,8 @@ class SqliteStore:
         return self._db
 
     async def _until(self, seq: int) -> None:
-        """Wait until every record up to ``seq`` is committed (or failed)."""
+        """Wait until every record up to ``seq`` is committed (or failed). No deadline of
+        its own: callers bound it (``_deadline``)."""
         if seq <= self._done_seq:
             return
         if self._writer is None or self._writer.done():
@@ -737,6 +965,9 @@ class SqliteStore:
                 if not self._queue:
                     if self._closing:
                         return
+                    if self._purges:
+                        await self._purge_step()
+                        continue
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -752,9 +983,11 @@ class SqliteStore:
                 batch = self._inflight = [self._queue.popleft() for _ in range(take)]
                 if self._durable_queued:
                     self._durable_queued -= sum(op.on_durable is not None for op in batch)
-                await self._write_batch(batch)
+                await self._write_batch(list(batch))
                 self._inflight = []
                 self._finish(batch)
+                if self._purges and not self._closing:
+                    await self._purge_step()  # one purge transaction between two batches
         except asyncio.CancelledError:
             self._abandon(RuntimeError("store writer cancelled"))
             raise
@@ -775,24 +1008,26 @@ class SqliteStore:
         )
 
     async def _write_batch(self, batch: list[_Op]) -> None:
+        """Commit ``batch`` (see _commit for a database that cannot be written); a batch
+        that fails by a record's fault is tried once more, then record by record."""
         for attempt in (1, 2):
-            try:
-                await self._transaction(batch)
-            except Exception as exc:  # sqlite3.Error, or a value SQLite cannot bind
-                log.warning(
-                    "store: transaction of %d records failed (attempt %d): %s",
-                    len(batch),
-                    attempt,
-                    exc,
-                )
-            else:
+            exc = await self._commit(batch)
+            if exc is None:
                 self._durable(batch, ok=True)
                 return
+            log.warning(
+                "store: transaction of %d records failed (attempt %d): %s",
+                len(batch),
+                attempt,
+                exc,
+            )
         # Still failing: one transaction per record, so only the bad ones fail.
         for op in batch:
-            try:
-                await self._transaction([op])
-            except Exception as exc:
+            one = [op]
+            exc = await self._commit(one)
+            if not one:  # refused while the database could not be written (failed there)
+                continue
+            if exc is not None:
                 self.failed += 1
                 log.error(
                     "store: record lost (kind %d, message %s): %s", op.kind, op.message_id, exc
@@ -801,22 +1036,119 @@ class SqliteStore:
             else:
                 self._durable([op], ok=True)
 
-    async def _transaction(self, ops: list[_Op]) -> None:
+    async def _commit(self, batch: list[_Op]) -> Exception | None:
+        """Write ``batch`` in one transaction: None once committed, or the error of a
+        failure that is the records' fault (a constraint, a value SQLite cannot bind).
+
+        While the database cannot be written (disk full, read-only, I/O error, locked) the
+        batch is kept and tried again, the wait doubling from RETRY_MIN to ``retry_max``,
+        as long as it takes (``close`` has the deadline). The adds in it that wait for
+        their commit to be acknowledged (``ack_after: store``) are failed at once and taken
+        out (edited in place): their clients are answered ESME_RSYSERR, not kept waiting,
+        and those messages are not written later either. An emptied batch is replaced by a
+        probe write, so the store finds out by itself when it can write again."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                await self._transaction(batch, probe=not batch)
+            except Exception as exc:  # sqlite3.Error, or a value SQLite cannot bind
+                reason = self._why(exc)
+                if reason is None:
+                    return exc
+                self._cannot_write(reason, exc, len(batch))
+                self._fail_waiting_adds(batch)
+                await asyncio.sleep(delay)  # a backoff, not a wait for an event
+                delay = min(delay * 2, self._config.retry_max)
+            else:
+                if self._unwritable is not None:
+                    self._can_write()
+                return None
+
+    def _fail_waiting_adds(self, batch: list[_Op]) -> None:
+        """The database cannot be written: the adds whose clients wait for their commit
+        (``ack_after: store``), in ``batch`` and still queued behind it, are failed now
+        (their clients are answered ESME_RSYSERR) and taken out: none is written later."""
+        waiting = [op for op in batch if _waits(op)]
+        if waiting:
+            batch[:] = [op for op in batch if not _waits(op)]
+        queued = [op for op in self._queue if _waits(op)]
+        if queued:
+            self._queue = deque(op for op in self._queue if not _waits(op))
+            self._durable_queued -= len(queued)
+            for op in queued:
+                mid = op.message_id
+                if mid is not None and self._pending_ids.get(mid) == op.seq:
+                    del self._pending_ids[mid]
+        waiting += queued
+        if waiting:
+            for op in waiting:
+                op.settled = True
+            self.failed += len(waiting)
+            self._durable(waiting, ok=False)
+
+    def _why(self, exc: Exception) -> str | None:
+        """``unwritable_reason``; SQLite reports a file system that refuses writes (ext4
+        turns itself read-only on disk errors) or is full only as "disk I/O error" at
+        times: such an error is looked into, by creating a file next to the database."""
+        reason = unwritable_reason(exc)
+        if reason == "io_error" and self._path:
+            return _file_system_says(self._path) or reason
+        return reason
+
+    def _cannot_write(self, reason: str, exc: Exception, records: int) -> None:
+        self.write_errors[reason] = self.write_errors.get(reason, 0) + 1
+        if self._unwritable is not None:
+            self._unwritable = reason
+            return
+        self._unwritable = reason
+        now = time.monotonic()
+        self._unwritable_since = now
+        # One ERROR line when writes stop — not one per record, nor one per retry; at
+        # most one a minute while the database comes and goes.
+        level = logging.ERROR if now - self._error_logged_at >= 60.0 else logging.DEBUG
+        if level == logging.ERROR:
+            self._error_logged_at = now
+        log.log(
+            level,
+            "store: the database cannot be written (%s: %s); new submits and held deliveries"
+            " are refused until it can; %d records already accepted are kept in memory and"
+            " tried again",
+            reason,
+            exc,
+            records + len(self._queue),
+        )
+
+    def _can_write(self) -> None:
+        log.warning(
+            "store: the database can be written again (after %.1f s, %s); %d records queued",
+            time.monotonic() - self._unwritable_since,
+            self._unwritable,
+            len(self._queue),
+        )
+        self._unwritable = None
+
+    async def _transaction(self, ops: list[_Op], *, probe: bool = False) -> None:
         """Write ``ops`` in one transaction, in ONE hop to the writer's thread.
 
         Not a statement per await: each await on another thread's work resumes only at the
         loop's next turn, and under load a turn takes tens of milliseconds — a transaction
-        of five awaited statements took half a second and the writer fell behind."""
+        of five awaited statements took half a second and the writer fell behind.
+        ``probe``: add a write of one row (does the database take writes again?)."""
         wdb, wthread = self._wdb, self._wthread
         if wdb is None or wthread is None:
             raise StoreClosed("store is not open")
+        statements = list(_statements(ops))
+        if probe:
+            statements.append((-1, _PROBE_SQL, [time.time_ns()], False))
         started = time.perf_counter()
-        dropped = await asyncio.get_running_loop().run_in_executor(
-            wthread, _write_sync, wdb, list(_statements(ops)), self._held_max
+        dropped, added, held = await asyncio.get_running_loop().run_in_executor(
+            wthread, _write_sync, wdb, statements, self._held_max
         )
         self.commit_seconds.observe(time.perf_counter() - started)
         self.transactions += 1
         self.records += len(ops)
+        self.message_rows += added
+        self.held_rows += held
         for account, count in dropped:
             # Logged when an account starts and stops losing held items, not per batch.
             if count:
@@ -833,11 +1165,49 @@ class SqliteStore:
                 self._dropping.discard(account)
                 log.warning("store: held deliveries of %s within their bound again", account)
 
+    async def _purge_step(self) -> None:
+        """One transaction of the oldest purge: up to ``purge_batch`` expired held items,
+        once none is left up to ``purge_batch`` old final messages."""
+        job = self._purges[0]
+        if job.future.done():  # its caller gave up
+            self._purges.popleft()
+            return
+        wdb, wthread = self._wdb, self._wthread
+        if wdb is None or wthread is None:
+            raise StoreClosed("store is not open")
+        n = self._config.purge_batch
+        sql, bound = (_PURGE_MESSAGES, job.cutoff) if job.held_done else (_PURGE_HELD, job.now)
+        try:
+            deleted = await asyncio.get_running_loop().run_in_executor(
+                wthread, _delete_sync, wdb, sql, (bound, n)
+            )
+        except Exception as exc:
+            self._purges.popleft()
+            log.warning("store: purge stopped after %d rows: %s", job.deleted, exc)
+            job.future.set_exception(StoreError(f"purge failed: {exc}"))
+            return
+        job.deleted += deleted
+        if job.held_done:
+            self.purged_messages += deleted
+            self.message_rows -= deleted
+        else:
+            self.expired_held += deleted
+            self.held_rows -= deleted
+        if deleted < n:
+            if not job.held_done:
+                job.held_done = True
+            else:
+                self._purges.popleft()
+                job.future.set_result(job.deleted)
+
     def _durable(self, ops: Iterable[_Op], *, ok: bool) -> None:
+        """Call each record's ``on_durable`` — once: it is cleared."""
         for op in ops:
-            if op.on_durable is not None:
+            callback = op.on_durable
+            if callback is not None:
+                op.on_durable = None
                 try:
-                    op.on_durable(ok)
+                    callback(ok)
                 except Exception:
                     log.exception("store: on_durable callback failed")
 
@@ -858,7 +1228,7 @@ class SqliteStore:
 
     def _abandon(self, exc: BaseException) -> None:
         """The writer is gone: fail what it will never write, and everyone waiting."""
-        abandoned = self._inflight + list(self._queue)
+        abandoned = [op for op in self._inflight if not op.settled] + list(self._queue)
         self._inflight = []
         self._queue.clear()
         self._durable_queued = 0
@@ -898,19 +1268,23 @@ def _connect_writer(path: str, uri: bool) -> sqlite3.Connection:
 
 def _write_sync(
     wdb: sqlite3.Connection, statements: list[_Statement], held_max: int
-) -> list[tuple[str, int]]:
+) -> tuple[list[tuple[str, int]], int, int]:
     """One transaction on the writer's thread; rolled back whole if anything fails.
-    Returns, per account that held items, how many the per-account bound dropped."""
+    Returns, per account that held items, how many the per-account bound dropped; the
+    message rows added; and the change in held rows."""
     dropped: list[tuple[str, int]] = []
+    added = held = 0
     held_accounts: set[str] = set()
-    wdb.execute("BEGIN IMMEDIATE")
+    _begin(wdb)
     try:
         for kind, sql, params, many in statements:
-            if many:
-                wdb.executemany(sql, params)
-            else:
-                wdb.execute(sql, params)
-            if kind == _HOLD:  # multi-row: (account, expires_at, item) per row, NULL padded
+            cursor = wdb.executemany(sql, params) if many else wdb.execute(sql, params)
+            if kind in (_ADD, _ADD_FOLDED):
+                added += max(0, cursor.rowcount)
+            elif kind == _RELEASE:
+                held -= max(0, cursor.rowcount)
+            elif kind == _HOLD:  # multi-row: (account, expires_at, item) per row, NULL padded
+                held += max(0, cursor.rowcount)
                 held_accounts.update(a for a in params[::3] if a is not None)
         for account in sorted(held_accounts):  # once per account and transaction
             cursor = wdb.execute(
@@ -918,16 +1292,108 @@ def _write_sync(
                 " WHERE account = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (account, account, held_max),
             )
-            dropped.append((account, max(cursor.rowcount, 0)))
+            count = max(cursor.rowcount, 0)
+            dropped.append((account, count))
+            held -= count
         wdb.execute("COMMIT")
     except BaseException:
-        if wdb.in_transaction:
-            try:
-                wdb.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                log.error("store: rollback failed: %s", exc)
+        _rollback(wdb)
         raise
-    return dropped
+    return dropped, added, held
+
+
+def _reserve_sync(wdb: sqlite3.Connection, n: int) -> int:
+    """Move the message id counter on by ``n`` in one transaction; its old value."""
+    _begin(wdb)
+    try:
+        rows = wdb.execute("SELECT value FROM counters WHERE name = 'message_id'").fetchall()
+        first = int(rows[0][0]) if rows else 0
+        wdb.execute(
+            "INSERT INTO counters (name, value) VALUES ('message_id', ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (first + n,),
+        )
+        wdb.execute("COMMIT")
+    except BaseException:
+        _rollback(wdb)
+        raise
+    return first
+
+
+def _delete_sync(wdb: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
+    """One purge transaction on the writer's thread: the rows deleted."""
+    _begin(wdb)
+    try:
+        deleted = wdb.execute(sql, params).rowcount
+        wdb.execute("COMMIT")
+    except BaseException:
+        _rollback(wdb)
+        raise
+    return max(0, deleted)
+
+
+def _begin(wdb: sqlite3.Connection) -> None:
+    if wdb.in_transaction:  # a rollback that failed earlier (the disk, say): try it again,
+        wdb.execute("ROLLBACK")  # else every BEGIN would fail, as if the records were bad
+    wdb.execute("BEGIN IMMEDIATE")
+
+
+def _rollback(wdb: sqlite3.Connection) -> None:
+    if wdb.in_transaction:
+        try:
+            wdb.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("store: rollback failed: %s", exc)
+
+
+def _file_system_says(path: str) -> str | None:
+    """Why ``path``'s file system refuses writes ("read_only", "disk_full"), if it does:
+    found by creating (and removing) ``<path>-probe``."""
+    probe = f"{path}-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return {errno.EROFS: "read_only", errno.ENOSPC: "disk_full"}.get(exc.errno or 0)
+    return None
+
+
+async def _within(awaitable: Awaitable[Any], timeout: float | None) -> bool:
+    """Await ``awaitable`` for at most ``timeout`` seconds (None: no limit); False if it
+    did not finish in time (it is cancelled)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await awaitable
+    except TimeoutError:
+        return False
+    return True
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+async def run_purges(store: Store, interval: float, clock: Callable[[], float]) -> None:
+    """Purge ``store`` now and then every ``interval`` seconds, until cancelled: a task of
+    whoever owns the store's lifetime (``smsc/app.py`` cancels it before closing the store).
+    ``clock`` gives wall-clock Unix seconds. A purge that fails is logged; the next one
+    tries again."""
+    while True:
+        try:
+            deleted = await store.purge(clock())
+        except StoreError as exc:
+            log.warning("store: purge failed: %s", exc)
+        else:
+            if deleted:
+                log.info("store: purged %d rows (old final messages, expired held items)", deleted)
+        await asyncio.sleep(interval)  # a schedule, not a wait for an event
 
 
 async def _prepare(db: aiosqlite.Connection) -> None:

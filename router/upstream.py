@@ -8,15 +8,23 @@ submit_sm in flight (SMPP-NOTES: never stop-and-wait), and :meth:`CarrierPool.se
 message on the least-loaded bind.
 
 The pool does not queue. The dispatcher asks :meth:`CarrierPool.ready` (a bind with a free
-slot, a rate token, no throttle pause), then calls :meth:`CarrierPool.send`, which returns
+slot and a token of its adaptive rate, a token of the carrier's rate), then calls
+:meth:`CarrierPool.send`, which returns
 at once with a future of the :data:`SubmitOutcome`: ``Accepted`` with the carrier's id,
 ``Rejected`` with the status (``retryable`` for temporary ones), or ``Failed`` when the
 answer never came (response timeout, bind lost) — the caller requeues, nothing is lost.
 
 Decisions (see also :func:`submit_pdu`):
 
-- ``now`` is the event loop's monotonic clock (``loop.time()``): the rate bucket and the
-  ESME_RTHROTTLED pause are kept on it.
+- ``now`` is the event loop's monotonic clock (``loop.time()``): the rate buckets are kept
+  on it.
+- Throttling converges (router/aimd.py): each bind has an adaptive rate, cut by every
+  ESME_RTHROTTLED or ESME_RMSGQFUL of a submit it sent after its last cut and climbing back
+  while used up, never above the carrier's ``rate`` (which still bounds all binds together).
+  A carrier that throttles above N msg/s is thus sent about N msg/s, and what it cannot
+  take goes to the next carrier at once, instead of the whole carrier pausing on every
+  throttle. Only at ``adaptive.min_rate`` does a throttle hold a bind back
+  (``throttle_pause``).
 - A response timeout makes its bind *suspect*: no new submits go to it while one
   enquire_link probes it; answered, the bind is used again; unanswered (or the session
   closes), the connection is aborted and reconnected. A black-holed carrier thus costs one
@@ -30,6 +38,13 @@ Decisions (see also :func:`submit_pdu`):
   Schedules are held by the router: schedule_delivery_time is always empty.
 - ``Failed("timeout")`` means the carrier may still have taken the message (its answer was
   late); the caller's requeue can then duplicate it — the usual at-least-once trade.
+- Write-ahead: ``send(..., before=hook)`` holds a window slot and a rate token while the
+  hook runs (the router records durably which carrier the message is handed to), and
+  writes the submit_sm only when the hook says go. ``_pick`` counts such slots as in flight.
+- deliver_sm is answered when ``on_deliver`` says: at once (a status), or later through
+  the ``respond`` it was given (the router answers ESME_ROK once the receipt's effect is
+  durable). An answer for a connection that closed meanwhile is dropped: the carrier
+  resends what it never saw answered.
 - esm_class: the messaging-mode bits (1-0) are cleared (default mode: we already answered
   the client, so datagram/transaction semantics cannot be honoured across our hop); message
   type, UDHI and reply path are kept.
@@ -48,6 +63,7 @@ from typing import Final
 
 import msgspec
 
+from router.aimd import AdaptiveRate, AimdConfig
 from router.config import CarrierConfig, Reconnect
 from router.model import Accepted, Failed, Message, Rejected, SubmitOutcome
 from smppcore.aio import (
@@ -80,7 +96,17 @@ _DELIVER_SM_RESP = int(CommandId.DELIVER_SM_RESP)
 
 log = logging.getLogger(__name__)
 
-DeliverCallback = Callable[[str, DeliverSm], int]
+#: Answers one deliver_sm of the carrier with a command_status (once, at any later time).
+Respond = Callable[[int], None]
+#: ``on_deliver(carrier, pdu, conn)``: the status to answer now, or None to answer later
+#: with ``CarrierPool.answer(conn, pdu.sequence_number, status)`` (once the receipt's
+#: effect is durable). ``conn`` is the connection it came on (nothing is allocated for a
+#: later answer on the hot path, where it is answered at once).
+DeliverCallback = Callable[[str, DeliverSm, Connection], int | None]
+#: ``before(go)``: a hook run before a submit_sm goes out (``send(..., before=...)``); the
+#: submit is written once it calls ``go(True)``, and given up (``Failed("not ready")``)
+#: on ``go(False)``.
+BeforeSend = Callable[[Callable[[bool], None]], None]
 StateCallback = Callable[[str, int], None]
 OutcomeCallback = Callable[[SubmitOutcome], None]
 
@@ -94,6 +120,7 @@ _RECEIPT_BITS: Final = 0x03
 _FINAL_RECEIPT: Final = 0x01
 _MAX_RELATIVE_SECONDS: Final = 99 * 86_400 + 23 * 3600 + 59 * 60 + 59
 _THROTTLED: Final = int(CommandStatus.ESME_RTHROTTLED)
+_MSGQFUL: Final = int(CommandStatus.ESME_RMSGQFUL)
 _SUBMIT_SM: Final = int(CommandId.SUBMIT_SM)
 _DELIVER_SM: Final = int(CommandId.DELIVER_SM)
 _MESSAGE_PAYLOAD: Final = int(Tag.MESSAGE_PAYLOAD)
@@ -214,14 +241,18 @@ def submit_body(message: Message, *, wall_now: float | None = None) -> bytes:
 class _Link(Handler):
     """One connection slot of the pool (transceiver, transmitter or receiver)."""
 
-    def __init__(self, pool: CarrierPool, index: int, kind: str) -> None:
+    def __init__(self, pool: CarrierPool, index: int, kind: str, rate: AimdConfig) -> None:
         self.pool = pool
         self.index = index
         self.kind = kind  # "trx", "tx" or "rx"
+        #: This bind's adaptive send rate (kept across reconnects: the carrier's limit is).
+        self.rate = AdaptiveRate(rate, 0.0)
         self.conn: Connection | None = None
         self.suspect = False
         self.failures = 0
         self.ended = asyncio.Event()
+        #: Window slots held by submits waiting for their ``before`` hook.
+        self.reserved = 0
 
     @property
     def name(self) -> str:
@@ -236,10 +267,14 @@ class _Link(Handler):
 
     def request_received(self, conn: Connection, pdu: Pdu) -> None:
         if isinstance(pdu, DeliverSm):
-            # deliver_sm_resp: message_id unused (§4.6.2), one NUL; an error has no body.
-            status = self.pool._deliver(pdu)
-            body = b"" if status else b"\0"
-            conn.respond_encoded(_DELIVER_SM_RESP, pdu.sequence_number, status, body)
+            pool = self.pool
+            status = pool._deliver(pdu, conn)
+            if status is not None:
+                # deliver_sm_resp: message_id unused (§4.6.2), one NUL; an error, no body.
+                key = (_DELIVER_SM, status)
+                pool.pdus[key] = pool.pdus.get(key, 0) + 1
+                body = b"" if status else b"\0"
+                conn.respond_encoded(_DELIVER_SM_RESP, pdu.sequence_number, status, body)
         else:
             super().request_received(conn, pdu)
 
@@ -250,7 +285,7 @@ class _Link(Handler):
 
 
 class CarrierPool:
-    """The binds to one carrier, their reconnection, window, rate and throttle pause."""
+    """The binds to one carrier, their reconnection, window and adaptive rates."""
 
     def __init__(
         self,
@@ -284,12 +319,23 @@ class CarrierPool:
         self._bucket = (
             TokenBucket(rate, float(burst or max(1.0, rate)), 0.0) if rate is not None else None
         )
+        adaptive = config.adaptive
+        self.aimd = AimdConfig(
+            ceiling=rate,
+            decrease=adaptive.decrease,
+            increase=adaptive.increase,
+            min_rate=adaptive.min_rate,
+            burst=adaptive.burst,
+            burst_min=float(burst or max(1.0, rate)) if rate is not None else 1.0,
+            pause=config.throttle_pause,
+            window=adaptive.window,
+        )
         kinds = ("trx",) if config.bind_mode == "transceiver" else ("tx", "rx")
-        self._links = [_Link(self, i, k) for i in range(config.binds) for k in kinds]
+        self._links = [_Link(self, i, k, self.aimd) for i in range(config.binds) for k in kinds]
+        self._senders = [lk for lk in self._links if lk.kind != "rx"]
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._stop_event = asyncio.Event()
-        self._paused_until = -math.inf
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -313,7 +359,11 @@ class CarrierPool:
     async def start(self) -> None:
         """Start connecting every bind; returns at once (a carrier that is down does not
         block start-up: its binds keep retrying with backoff)."""
-        if self._tasks:
+        self.start_now()
+
+    def start_now(self) -> None:
+        """:meth:`start`, from code that must not yield (a reload applying at once)."""
+        if self._tasks or self._stopping:
             return
         for link in self._links:
             task = asyncio.create_task(self._supervise(link), name=f"carrier {link.name}")
@@ -375,7 +425,7 @@ class CarrierPool:
         """Window slots free over the submit-capable binds."""
         window = self.config.window
         return sum(
-            max(0, window - lk.conn.session.in_flight)
+            max(0, window - lk.conn.session.in_flight - lk.reserved)
             for lk in self._links
             if lk.submit_ready and lk.conn is not None
         )
@@ -386,11 +436,30 @@ class CarrierPool:
         return self._pending
 
     def paused(self, now: float) -> bool:
-        """Holding back after ESME_RTHROTTLED?"""
-        return now < self._paused_until
+        """Is every bind held back at its rate floor after a throttle?"""
+        return all(lk.rate.paused(now) for lk in self._senders)
+
+    @property
+    def rate_limit(self) -> float | None:
+        """Submits per second the binds may send now, together (their adaptive rates,
+        within the carrier's ``rate``); None: no limit (none configured, none met yet)."""
+        total = 0.0
+        for lk in self._senders:
+            limit = lk.rate.limit
+            if limit is None:
+                return self.config.rate
+            total += limit
+        ceiling = self.config.rate
+        return total if ceiling is None else min(total, ceiling)
+
+    @property
+    def rate_cuts(self) -> int:
+        """Throttles that cut a bind's rate (or held it back at the floor) so far."""
+        return sum(lk.rate.cuts for lk in self._senders)
 
     def ready(self, now: float) -> bool:
-        """May :meth:`send` go now: a bind with a free slot, a rate token, no pause."""
+        """May :meth:`send` go now: a bind with a free slot and a token of its rate, and a
+        token of the carrier's rate."""
         link = self._ready_link(now)
         if link is None:
             return False
@@ -399,34 +468,47 @@ class CarrierPool:
 
     def _ready_link(self, now: float) -> _Link | None:
         """The bind :meth:`send` would use now, or None when it may not send."""
-        if self._stopping or now < self._paused_until:
+        if self._stopping:
             return None
         if self._bucket is not None and self._bucket.delay(now) > 0:
             return None
-        return self._pick()
+        return self._pick(now)
 
     def ready_at(self, now: float) -> float | None:
-        """When :meth:`ready` will hold, if only time is missing (rate, pause); ``now`` when
-        it holds now; None when it waits for a bind or a window slot (an event: a bind comes
-        up — ``on_state`` — or a future of :meth:`send` resolves)."""
-        if self._stopping or self._pick() is None:
+        """When :meth:`ready` will hold, if only time is missing (a rate token, the end of
+        a pause at the rate floor); ``now`` when it holds now; None when it waits for a
+        bind or a window slot (an event: a bind comes up — ``on_state`` — or a future of
+        :meth:`send` resolves)."""
+        if self._stopping:
             return None
-        at = max(now, self._paused_until)
+        wait: float | None = None
+        window = self.config.window
+        for lk in self._senders:
+            conn = lk.conn
+            if conn is not None and not lk.suspect:
+                session = conn.session
+                if session.can_submit and session.in_flight + lk.reserved < window:
+                    delay = lk.rate.delay(now)
+                    if wait is None or delay < wait:
+                        wait = delay
+        if wait is None:
+            return None
         if self._bucket is not None:
-            at = max(at, now + self._bucket.delay(now))
-        return at
+            wait = max(wait, self._bucket.delay(now))
+        return now + wait
 
-    def _pick(self) -> _Link | None:
-        """The submit-capable bind with the fewest submits in flight, if one has a slot."""
+    def _pick(self, now: float) -> _Link | None:
+        """The submit-capable bind with the fewest submits in flight, if one has a slot and
+        a token of its rate."""
         best: _Link | None = None
         best_load = self.config.window
-        for lk in self._links:
+        for lk in self._senders:
             conn = lk.conn  # lk.submit_ready, inlined
             if conn is not None and not lk.suspect:
                 session = conn.session
                 if session.can_submit:
-                    load = session.in_flight
-                    if load < best_load:
+                    load = session.in_flight + lk.reserved
+                    if load < best_load and lk.rate.delay(now) == 0:
                         best, best_load = lk, load
         return best
 
@@ -443,10 +525,17 @@ class CarrierPool:
 
     # --- submits ----------------------------------------------------------------------
 
-    def send(self, message: Message, now: float, done: OutcomeCallback) -> None:
+    def send(
+        self,
+        message: Message,
+        now: float,
+        done: OutcomeCallback,
+        before: BeforeSend | None = None,
+    ) -> None:
         """Submit ``message`` on the least-loaded bind; ``done`` is called once with its
         outcome (never an exception) — at once with ``Failed("not ready")`` when no bind
-        can take it."""
+        can take it. With ``before``, the bind's slot and a rate token are held while
+        ``before(go)`` runs, and the submit_sm is written when it calls ``go(True)``."""
         readied = self._readied
         self._readied = None
         link: _Link | None
@@ -454,7 +543,6 @@ class CarrierPool:
             readied is not None
             and readied[0] == now
             and not self._stopping
-            and now >= self._paused_until
             and readied[1].submit_ready
         ):
             # ready(now) just picked it and nothing sent, settled or changed binds since:
@@ -465,10 +553,47 @@ class CarrierPool:
         if link is None or link.conn is None:
             done(Failed(self.name, "not ready"))
             return
+        if self._bucket is not None:
+            self._bucket.take(now)
+        link.rate.take(now)
+        self._pending += 1
+        self._idle.clear()
+        if before is not None:
+            link.reserved += 1
+            before(partial(self._go, link, message, done))
+            return
+        self._write(link, message, done, now)
+
+    def _go(self, link: _Link, message: Message, done: OutcomeCallback, ok: bool) -> None:
+        """The ``before`` hook of a send answered: write the submit (on its bind, or
+        another of this carrier's if that one dropped meanwhile), or give it up."""
+        link.reserved -= 1
+        self._readied = None
+        now = asyncio.get_running_loop().time()
+        if ok and not link.submit_ready:
+            link = self._pick(now) or link
+        if not ok or not link.submit_ready:
+            self._unpend()
+            done(Failed(self.name, "not ready"))
+            return
+        self._write(link, message, done, now)
+
+    def _unpend(self) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
+
+    def _write(self, link: _Link, message: Message, done: OutcomeCallback, now: float) -> None:
+        """Write the submit_sm of ``message`` on ``link`` at ``now`` (counted in
+        ``_pending`` by the caller; uncounted here when it cannot go)."""
         conn = link.conn
+        if conn is None:
+            self._unpend()
+            done(Failed(self.name, "not ready"))
+            return
         try:
             wall_now = self._wall_clock() if message.expires_at is not None else None
-            settle = partial(self._settle, link, conn, done)
+            settle = partial(self._settle, link, conn, done, now)
             if conn.session.takes_tlvs:  # the usual case: the body written directly
                 body = submit_body(message, wall_now=wall_now)
                 conn.send_request_encoded_callback(_SUBMIT_SM, body, settle)
@@ -484,32 +609,30 @@ class CarrierPool:
                     pdu = _in_short_message(pdu, payload)
                 conn.send_request_callback(pdu, settle)
         except ConnectionClosed:
+            self._unpend()
             done(Failed(self.name, "connection lost"))
             return
         except WindowFull:  # a probe took the last slot meanwhile
+            self._unpend()
             done(Failed(self.name, "not ready"))
             return
         except LocalProtocolError as err:
             # Our PDU cannot be built (a field too long...): no carrier would take it.
+            self._unpend()
             log.warning("carrier %s: message %s not sendable: %s", self.name, message.id, err)
             done(Rejected(self.name, err.status, retryable=False))
             return
-        if self._bucket is not None:
-            self._bucket.take(now)
-        self._pending += 1
-        self._idle.clear()
 
     def _settle(
         self,
         link: _Link,
         conn: Connection,
         done: OutcomeCallback,
+        sent_at: float,
         result: Pdu | SmppError,
     ) -> None:
         self._readied = None
-        self._pending -= 1
-        if self._pending == 0:
-            self._idle.set()
+        self._unpend()
         outcome: SubmitOutcome
         if isinstance(result, SmppError):  # no answer came
             if isinstance(result, ConnectionClosed):
@@ -535,16 +658,25 @@ class CarrierPool:
                 if status == CommandStatus.ESME_ROK:  # a generic_nack saying "OK": nonsense
                     status = CommandStatus.ESME_RSYSERR
                 outcome = Rejected(self.name, status, retryable=status in TEMPORARY_STATUSES)
-                if status == _THROTTLED:
-                    until = asyncio.get_running_loop().time() + self.config.throttle_pause
-                    if until > self._paused_until:
-                        log.info(
-                            "carrier %s throttles: pausing %.2fs",
-                            self.name,
-                            self.config.throttle_pause,
-                        )
-                        self._paused_until = until
+                if status in (_THROTTLED, _MSGQFUL):
+                    self._throttled(link, sent_at)
         done(outcome)
+
+    def _throttled(self, link: _Link, sent_at: float) -> None:
+        """The carrier throttled a submit ``link`` sent at ``sent_at``: slow the bind."""
+        rate = link.rate
+        now = asyncio.get_running_loop().time()
+        if rate.throttled(now, sent_at):
+            if rate.paused(now):
+                log.info(
+                    "carrier bind %s throttles at %.3g msg/s: holding back %.2fs",
+                    link.name,
+                    rate.limit,
+                    self.config.throttle_pause,
+                )
+            else:
+                log.debug("carrier bind %s throttles: rate %.4g msg/s", link.name, rate.limit)
+            self._readied = None
 
     def _failed(self, reason: str) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + 1
@@ -574,15 +706,25 @@ class CarrierPool:
 
     # --- receipts and MO --------------------------------------------------------------
 
-    def _deliver(self, pdu: DeliverSm) -> int:
+    def _deliver(self, pdu: DeliverSm, conn: Connection) -> int | None:
+        """The status to answer ``pdu`` with now, or None: :meth:`answer` answers it later."""
         try:
-            status = int(self._on_deliver(self.name, pdu))
+            status = self._on_deliver(self.name, pdu, conn)
         except Exception:
             log.exception("carrier %s: on_deliver failed", self.name)
-            status = int(CommandStatus.ESME_RX_T_APPN)
+            return int(CommandStatus.ESME_RX_T_APPN)
+        return None if status is None else int(status)
+
+    def answer(self, conn: Connection, sequence_number: int, status: int) -> None:
+        """Answer the deliver_sm ``sequence_number`` that came on ``conn``, later (see
+        ``DeliverCallback``). Dropped when the connection closed meanwhile: the carrier
+        sends it again."""
         key = (_DELIVER_SM, status)
         self.pdus[key] = self.pdus.get(key, 0) + 1
-        return status
+        if conn.closed or not conn.session.awaits_answer(sequence_number):
+            return
+        body = b"" if status else b"\0"
+        conn.respond_encoded(_DELIVER_SM_RESP, sequence_number, status, body)
 
     # --- connections ------------------------------------------------------------------
 

@@ -104,6 +104,13 @@ class AccountState:
             if account.throughput
             else None
         )
+        throttle = self.profile.throttle
+        #: The profile's throttle when it is per account (one bucket for every bind).
+        self.throttle = (
+            TokenBucket(throttle.rate, throttle.size, loop.time())
+            if throttle is not None and throttle.per == "account"
+            else None
+        )
         self.sessions: set[aio.Connection] = set()
         misbehave = self.profile.misbehave
         #: The profile's PDU-count faults, or None when it has none (checked per PDU).
@@ -139,7 +146,7 @@ class Carrier:
         self.wall_clock = wall_clock
         self.messages = MessageTable(config.max_messages)
         self._accounts: dict[str, AccountState] = {}
-        self._server: asyncio.Server | None = None
+        self._server: aio.Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: TimerQueue | None = None
         #: Final receipts due now, in order: one timer entry for the whole batch.
@@ -450,11 +457,13 @@ def receipt_pdu(msg: SimMessage, state: MessageState, *, intermediate: bool = Fa
 class CarrierHandler(aio.Handler):
     """One connection to the carrier."""
 
-    __slots__ = ("carrier", "conn", "pdus", "state")
+    __slots__ = ("carrier", "conn", "pdus", "state", "throttle")
 
     def __init__(self, carrier: Carrier) -> None:
         self.carrier = carrier
         self.state: AccountState | None = None
+        #: The profile's throttle bucket for this bind (its own, or the account's).
+        self.throttle: TokenBucket | None = None
         self.pdus = 0
         self.conn: aio.Connection | None = None
 
@@ -538,6 +547,11 @@ class CarrierHandler(aio.Handler):
             pdu.response_class(pdu.sequence_number, 0, carrier.config.system_id)  # type: ignore[call-arg]
         )
         self.state = state
+        throttle = state.profile.throttle
+        if throttle is not None:
+            self.throttle = state.throttle or TokenBucket(
+                throttle.rate, throttle.size, asyncio.get_running_loop().time()
+            )
         conn.context = state
         state.sessions.add(conn)
         carrier._unbound_conns.discard(conn)
@@ -548,10 +562,19 @@ class CarrierHandler(aio.Handler):
     # --- submits ------------------------------------------------------------------------
 
     def _admit(self, conn: aio.Connection, pdu: Pdu, state: AccountState) -> bool:
-        """Throttle and queue bound; answers and returns False when the PDU is refused."""
-        if state.bucket is not None and not state.bucket.take(asyncio.get_running_loop().time()):
-            self._respond(conn, pdu, CommandStatus.ESME_RTHROTTLED)
-            return False
+        """Throttles and queue bound; answers and returns False when the PDU is refused."""
+        account, throttle = state.bucket, self.throttle
+        if account is not None or throttle is not None:
+            now = asyncio.get_running_loop().time()
+            if (account is not None and account.delay(now) > 0) or (
+                throttle is not None and throttle.delay(now) > 0
+            ):
+                self._respond(conn, pdu, CommandStatus.ESME_RTHROTTLED)
+                return False
+            if account is not None:
+                account.take(now)
+            if throttle is not None:
+                throttle.take(now)
         if self.carrier.messages.pending_by.get(state.account.system_id, 0) >= (
             state.profile.max_pending
         ):
@@ -578,6 +601,7 @@ class CarrierHandler(aio.Handler):
         carrier = self.carrier
         if (
             state.bucket is not None
+            or self.throttle is not None
             or carrier.messages.pending_by.get(state.account.system_id, 0)
             >= state.profile.max_pending
         ) and not self._admit(conn, pdu, state):

@@ -120,6 +120,24 @@ class Misbehaviour(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Refuse every bind with this status."""
 
 
+class Throttle(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Throttling above a rate, as real carriers do: a token bucket of ``rate`` submits
+    per second holding at most ``burst``; a submit finding it empty is answered
+    ESME_RTHROTTLED (submit_sm, data_sm and submit_multi alike)."""
+
+    rate: Annotated[float, Meta(gt=0, le=10_000_000)]
+    """Submits per second taken."""
+    burst: Annotated[int, Meta(ge=1)] | None = None
+    """Submits that may come at once; null: a tenth of a second of ``rate`` (at least 1)."""
+    per: Literal["bind", "account"] = "bind"
+    """One bucket per bind (each connection gets ``rate``), or one for all the account's
+    binds together."""
+
+    @property
+    def size(self) -> float:
+        return float(self.burst) if self.burst is not None else max(1.0, self.rate / 10)
+
+
 class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How a carrier behaves toward one account. Seeded: runs repeat."""
 
@@ -147,7 +165,9 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """err: code reported with each final state (DELIVRD reports 0)."""
     rules: tuple[Rule, ...] = ()
     submit_errors: dict[StatusName, Share] = msgspec.field(default_factory=dict)
-    """Probability of refusing a submit with each status."""
+    """Probability of refusing a submit with each status (at random, whatever the rate)."""
+    throttle: Throttle | None = None
+    """ESME_RTHROTTLED above a rate (per bind or per account); null: no such limit."""
     max_pending: Annotated[int, Meta(ge=1)] = 1_000_000
     """Messages awaiting their final state at most; beyond it, ESME_RMSGQFUL."""
     message_id: Literal["decimal", "hex", "uuid"] = "hex"

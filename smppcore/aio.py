@@ -20,7 +20,7 @@ import ssl as ssl_module
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from smppcore.codec import HEADER, decode
 from smppcore.constants import HEADER_LENGTH, CommandStatus, status_name
@@ -141,7 +141,9 @@ class Handler:
     """
 
     def connection_made(self, conn: Connection) -> None:
-        """A transport is up (before any PDU)."""
+        """A connection is accepted (before any PDU). On a TLS listener this comes before
+        the handshake, while ``conn.transport`` is None: a connection in its handshake
+        counts as one, and ``conn.abort()`` ends the handshake."""
 
     def request_received(self, conn: Connection, pdu: Pdu) -> None:
         """The peer sent a request. The default refuses it (ESME_RX_R_APPN): override it.
@@ -164,6 +166,13 @@ class Handler:
 
     def session_closed(self, conn: Connection, reason: str) -> None:
         """The session is over (unbind, timer, error or lost connection)."""
+
+    def handshake_failed(self, conn: Connection, reason: str) -> None:
+        """A TLS listener's connection ended before its handshake did. ``reason`` says
+        why: the TLS error, ``no handshake within <n>s``, ``closed by the peer``, or
+        ``closed by the server`` (``conn.abort()``, the listener closing).
+        :meth:`session_closed` follows."""
+        log.info("TLS handshake with %s failed: %s", conn.peer, reason)
 
 
 class Connection(asyncio.Protocol):
@@ -202,8 +211,31 @@ class Connection(asyncio.Protocol):
         self._write_ready = asyncio.Event()
         self._write_ready.set()
         self._closed = self._loop.create_future()
+        #: Ends the TLS handshake under way (a TLS listener's connection before it is up).
+        self._cancel_handshake: Callable[[], object] | None = None
+        self._accepted = False  # the handler was made before the transport (TLS)
         #: Free-form slot for the application (the authenticated account, say).
         self.context: Any = None
+
+    def handshake_started(self, peer: tuple[Any, ...], cancel: Callable[[], object]) -> None:
+        """A TLS listener accepted the TCP connection from ``peer``; its handshake begins
+        and ``cancel`` ends it. The handler is made and told (``connection_made``) now."""
+        self.peer = peer
+        self._cancel_handshake = cancel
+        self._accepted = True
+        if self._handler_factory is not None:
+            self.handler = self._handler_factory(self)
+        self.handler.connection_made(self)
+
+    def handshake_ended(self, reason: str) -> None:
+        """The TLS handshake failed (``reason``): the handler hears it, then the session
+        is closed as for a lost connection."""
+        if self._cancel_handshake is None:
+            return  # already over (or never started)
+        self._cancel_handshake = None
+        if not self.closed:
+            self.handler.handshake_failed(self, reason)
+            self.connection_lost(None)
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -216,9 +248,11 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if _TCP_QUICKACK is not None:
                 self._quickack = sock
-        if self._handler_factory is not None:
-            self.handler = self._handler_factory(self)
-        self.handler.connection_made(self)
+        self._cancel_handshake = None
+        if not self._accepted:  # a TLS listener's handler has been told already
+            if self._handler_factory is not None:
+                self.handler = self._handler_factory(self)
+            self.handler.connection_made(self)
         self._arm(self.session.get_timer())
 
     def data_received(self, data: bytes) -> None:
@@ -261,6 +295,8 @@ class Connection(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed.done():
+            return  # a TLS handshake that failed: told once already (handshake_ended)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -429,9 +465,11 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once, discarding unsent data (a peer that reads nothing
-        would otherwise keep a clean close waiting)."""
+        would otherwise keep a clean close waiting); in its TLS handshake, end that."""
         if self.transport is not None:
             self.transport.abort()
+        elif self._cancel_handshake is not None:
+            self._cancel_handshake()
 
     def close(self) -> None:
         """Close the transport after writing what is queued."""
@@ -594,6 +632,125 @@ def _settle(fut: asyncio.Future[Pdu], result: Pdu | SmppError) -> None:
         fut.set_result(result)
 
 
+class Listener(Protocol):
+    """What :func:`start_server` returns: an ``asyncio.Server`` or a :class:`TlsServer`."""
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class TlsServer:
+    """A TLS listener that takes each connection before its handshake.
+
+    ``loop.create_server(ssl=...)`` makes the protocol see a connection only once its
+    handshake is over, and says nothing of one that fails: a flood of connections that
+    never finish a handshake would hold sockets outside any limit, unseen. Here each
+    accepted socket gets its Connection (and its handler's ``connection_made``, where
+    limits are applied) at once; the handshake runs within ``handshake_timeout`` and, when
+    it fails, the handler hears why (``handshake_failed``). ``conn.abort()`` ends a
+    handshake under way. Closing the listener ends the handshakes under way too.
+    """
+
+    def __init__(
+        self,
+        socks: list[socket.socket],
+        handler_factory: Callable[[Connection], Handler],
+        config: SessionConfig,
+        ssl: ssl_module.SSLContext,
+        handshake_timeout: float,
+    ) -> None:
+        self._socks = tuple(socks)
+        self._factory = handler_factory
+        self._config = config
+        self._ssl = ssl
+        self._timeout = handshake_timeout
+        self._handshakes: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in socks]
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return self._socks
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listening)
+            except OSError as exc:  # out of file descriptors, say: as asyncio does, wait
+                log.error("accepting on %s failed: %s", listening.getsockname(), exc)
+                await asyncio.sleep(1.0)
+                continue
+            task = loop.create_task(self._handshake(sock, peer))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, sock: socket.socket, peer: tuple[Any, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        conn = Connection(Role.MC, self._config, handler_factory=self._factory)
+        task = asyncio.current_task()
+        assert task is not None
+        reason = "closed by the server"
+        conn.handshake_started(peer, task.cancel)  # may abort it: cancelled at the await
+        try:
+            async with asyncio.timeout(self._timeout):
+                await loop.connect_accepted_socket(
+                    lambda: conn, sock, ssl=self._ssl, ssl_handshake_timeout=self._timeout + 5.0
+                )
+            return
+        except TimeoutError:
+            reason = f"no handshake within {self._timeout:g}s"
+        except ssl_module.SSLError as exc:
+            reason = str(getattr(exc, "verify_message", None) or exc.reason or exc)
+        except ConnectionResetError:
+            reason = "closed by the peer"
+        except OSError as exc:
+            reason = str(exc) or type(exc).__name__
+        except asyncio.CancelledError:
+            sock.close()
+            conn.handshake_ended(reason)
+            raise
+        sock.close()
+        conn.handshake_ended(reason)
+
+    def close(self) -> None:
+        """Stop accepting, close the listening sockets and end the handshakes under way
+        (connections already up are not touched, as with ``asyncio.Server``)."""
+        for task in (*self._accepting, *self._handshakes):
+            task.cancel()
+        for sock in self._socks:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._accepting, *self._handshakes, return_exceptions=True)
+
+
+def _listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for ``host``:``port`` (every address the
+    name has), as ``loop.create_server`` makes them."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 async def start_server(
     handler_factory: Callable[[Connection], Handler],
     host: str = "127.0.0.1",
@@ -602,21 +759,22 @@ async def start_server(
     config: SessionConfig | None = None,
     ssl: ssl_module.SSLContext | None = None,
     backlog: int = 1024,
-) -> asyncio.Server:
+) -> Listener:
     """Listen for ESMEs: each connection gets an MC-role Connection and its own handler.
 
-    With ``ssl``, the TLS handshake must end within the config's ``session_init_timeout``
-    (the time a connection has to bind, of which the handshake is part; 60 s, asyncio's
-    default, when that is off): a peer that connects and never says hello is closed."""
-    loop = asyncio.get_running_loop()
+    With ``ssl``, a :class:`TlsServer`: a connection counts from its TCP accept, and its
+    TLS handshake must end within the config's ``session_init_timeout`` (the time a
+    connection has to bind, of which the handshake is part; 60 s when that is off): a
+    peer that connects and never says hello is closed."""
     cfg = config or SessionConfig()
-    handshake = None if ssl is None else (cfg.session_init_timeout or 60.0)
+    if ssl is not None:
+        socks = await asyncio.to_thread(_listening_sockets, host, port, backlog)
+        return TlsServer(socks, handler_factory, cfg, ssl, cfg.session_init_timeout or 60.0)
+    loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: Connection(Role.MC, cfg, handler_factory=handler_factory),
         host,
         port,
-        ssl=ssl,
-        ssl_handshake_timeout=handshake,
         backlog=backlog,
     )
 
@@ -650,8 +808,10 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "Handler",
+    "Listener",
     "RequestTimeout",
     "State",
+    "TlsServer",
     "connect",
     "start_server",
 ]

@@ -10,7 +10,11 @@ Authentication: ``/metrics``, ``/route``, ``/api/v1/health``, ``/api/v1/ready`` 
 configured, those endpoints are off altogether (403) — never open, not even on loopback,
 since any local user could reach them.
 
-Errors are JSON ``{"error": "..."}`` with the HTTP status that fits.
+Errors are JSON ``{"error": "..."}`` with the HTTP status that fits. The server listens
+from the start of start-up: until the node has started, ``/api/v1/health`` and
+``/api/v1/openapi.json`` answer as usual, ``/api/v1/ready`` answers 503 not ready, and every
+other ``/api/v1`` endpoint 503 ``{"error": "starting: not serving yet"}`` with
+``Retry-After: 1`` (after the token is checked).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
@@ -32,6 +36,7 @@ from smppcore.config import ConfigError
 from smppcore.constants import CommandStatus, ton_npi_for
 from smppcore.text import choose_coding, encode_text
 from smsc.config import AdminConfig
+from smsc.control import ControlBusy
 from smsc.openapi import SPEC
 
 if TYPE_CHECKING:
@@ -43,8 +48,12 @@ log = logging.getLogger(__name__)
 
 #: Largest request body accepted (octets).
 MAX_BODY: Final = 64 * 1024
+#: The longest ``GET /api/v1/ready?wait=`` may hold a request.
+MAX_READY_WAIT: Final = 60.0
 #: Reachable without the token.
 OPEN_PATHS: Final = frozenset({"/api/v1/health", "/api/v1/ready", "/api/v1/openapi.json"})
+#: The error of every /api/v1 endpoint (but health, ready, openapi.json) during start-up.
+STARTING: Final = "starting: not serving yet"
 #: Longest text a submit through the API may carry (it goes in message_payload when long).
 MAX_TEXT: Final = 10_000
 
@@ -104,7 +113,9 @@ class AdminServer:
     def __init__(self, app: App, registry: CollectorRegistry) -> None:
         self.app = app
         self.registry = registry
-        web_app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors, self._auth])
+        web_app = web.Application(
+            client_max_size=MAX_BODY, middlewares=[self._errors, self._auth, self._starting]
+        )
         add = web_app.router
         add.add_get("/metrics", self.metrics)
         add.add_get("/route", self.route_text)
@@ -188,12 +199,22 @@ class AdminServer:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             # aiohttp keeps undecodable header octets as surrogates: compare them as octets
-            given.strip().encode("utf-8", "surrogateescape"), token.encode()
+            given.strip().encode("utf-8", "surrogateescape"),
+            token.encode(),
         ):
             return error(
                 401, "missing or wrong bearer token", **{"WWW-Authenticate": 'Bearer realm="smsc"'}
             )
         return await handler(request)
+
+    @web.middleware
+    async def _starting(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Until the node has started, only health, readiness and the OpenAPI document
+        answer under /api/; the rest is 503 (JSON, Retry-After: 1)."""
+        path = request.path
+        if self.app.started or not path.startswith("/api/") or path in OPEN_PATHS:
+            return await handler(request)
+        return error(503, STARTING, **{"Retry-After": "1"})
 
     # --- open -------------------------------------------------------------------------
 
@@ -218,13 +239,30 @@ class AdminServer:
         return _json({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        """Ready: the store is open and every carrier not taken out by the operator has
-        a bind up."""
+        """Ready: the store is open and takes writes (not while its disk is full, say:
+        submits are refused then), and every carrier not taken out by the operator has
+        a bind up. ``?wait=SECONDS`` (at most 60): answer as soon as that is so, or when the
+        wait is over (for scripts that start a server and wait for it, without polling).
+        During start-up: not ready, with no carriers yet."""
+        try:
+            wait = float(request.query.get("wait", "0"))
+        except ValueError:
+            return error(400, "wait: expected seconds")
+        if not 0 <= wait <= MAX_READY_WAIT:
+            return error(400, f"wait: expected 0 <= seconds <= {MAX_READY_WAIT:g}")
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        if not await self.app.wait_started(wait):
+            return _json({"ready": False, "store": self.app.store.is_open, "carriers": {}}, 503)
         router = self._router()
-        store = self.app.store.is_open
-        carriers = {s.name: s.bound for s in router.carrier_states()}
-        out = router.paused | router.drained
-        ok = store and all(bound > 0 for name, bound in carriers.items() if name not in out)
+        while True:
+            store = self.app.store.is_open and self.app.store.unwritable is None
+            carriers = {s.name: s.bound for s in router.carrier_states()}
+            out = router.paused | router.drained
+            ok = store and all(n > 0 for name, n in carriers.items() if name not in out)
+            left = until - loop.time()
+            if ok or left <= 0 or not await router.binds_changed(left):
+                break
         return _json({"ready": ok, "store": store, "carriers": carriers}, 200 if ok else 503)
 
     # --- binds ------------------------------------------------------------------------
@@ -262,32 +300,37 @@ class AdminServer:
 
     async def pause(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in self._router().pools:
-            return error(404, f"no carrier {name!r}")
-        self._router().pause(name)
-        log.info("carrier %s paused (admin API)", name)
-        return self._carrier_state(name)
+        return await self._control(name, "paused", self.app.pause_carrier(name))
 
     async def resume(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in self._router().pools:
-            return error(404, f"no carrier {name!r}")
-        await self._router().resume(name)
-        log.info("carrier %s resumed (admin API)", name)
-        return self._carrier_state(name)
+        return await self._control(name, "resumed", self.app.resume_carrier(name))
 
     async def drain(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in self._router().pools:
-            return error(404, f"no carrier {name!r}")
         try:
             timeout = float(request.query.get("timeout", "30"))
         except ValueError:
             return error(400, "timeout: expected seconds")
         if not 0 < timeout <= 300:
             return error(400, "timeout: expected 0 < seconds <= 300")
-        await self._router().drain(name, timeout)
-        log.info("carrier %s drained (admin API)", name)
+        return await self._control(name, "drained", self.app.drain_carrier(name, timeout))
+
+    async def _control(
+        self, name: str, done: str, change: Coroutine[Any, Any, None]
+    ) -> web.Response:
+        """Run a pause, resume or drain (it waits for a reload or another change under way:
+        409 when that takes too long); 404 when there is no such carrier (by then)."""
+        if name not in self._router().pools:
+            change.close()
+            return error(404, f"no carrier {name!r}")
+        try:
+            await change
+        except KeyError:  # removed by a reload it waited for
+            return error(404, f"no carrier {name!r}")
+        except ControlBusy as exc:
+            return error(409, str(exc))
+        log.info("carrier %s %s (admin API)", name, done)
         return self._carrier_state(name)
 
     async def mo(self, request: web.Request) -> web.Response:
@@ -403,6 +446,8 @@ class AdminServer:
     async def reload(self, request: web.Request) -> web.Response:
         try:
             plan = await self.app.reload()
+        except ControlBusy as exc:
+            return error(409, str(exc))
         except LookupError as exc:
             return error(409, str(exc.args[0]))
         except ConfigError as exc:

@@ -1,8 +1,9 @@
 """The composition root of ``smsc serve``: builds every part, starts them in order and
 stops them in the reverse order ARCHITECTURE.md gives.
 
-Start: store → id blocks → simulated carriers (loopback) → router (carrier binds) →
-ESME listener → HTTP (metrics, route explanations, admin API: smsc/admin.py).
+Start: HTTP (metrics, route explanations, admin API: smsc/admin.py; until the end of
+start-up only health, readiness and the OpenAPI document answer, the rest 503) → store →
+id blocks → simulated carriers (loopback) → router (carrier binds) → ESME listener.
 Stop, within ``shutdown_timeout`` overall: close the listeners (SMPP and HTTP) → stop
 intake → unbind ESMEs → stop dispatching (queued messages stay in the store — every
 accepted message is written there at intake — and resume at the next start) → await
@@ -13,10 +14,11 @@ Live reconfiguration (:meth:`App.reload`, SIGHUP, ``POST /api/v1/reload``): smsc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -26,7 +28,8 @@ from prometheus_client import CollectorRegistry
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
 from router.router import Router
-from router.store import SqliteStore
+from router.store import SqliteStore, run_purges
+from router.upstream import CarrierPool
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig
 from simulator.mo import build_mo
@@ -36,6 +39,7 @@ from smppcore.tls import TlsError, client_context, config_error, server_context
 from smsc.accounts import AccountState
 from smsc.admin import AdminServer, resolve_token
 from smsc.config import SmscConfig
+from smsc.control import CONTROL_WAIT, CarrierControl
 from smsc.delivery import Delivery
 from smsc.ids import IdAllocator
 from smsc.metrics import SmscCollector
@@ -96,6 +100,15 @@ def admin_token(config: SmscConfig, *, source: str = "") -> str | None:
         ) from None
 
 
+class _Prepared(msgspec.Struct, frozen=True, kw_only=True):
+    """What a reload made ready before changing anything (see App._prepare)."""
+
+    simulators: dict[str, Carrier]
+    pools: dict[str, CarrierPool]
+    router: RouterConfig
+    accounts: dict[str, AccountState]
+
+
 class App:
     """One smsc node."""
 
@@ -112,26 +125,41 @@ class App:
         self._loader = loader
         #: The admin API's bearer token (admin.token or admin.token_file); None: API off.
         self.admin_token: str | None = None
-        self._reload_lock = asyncio.Lock()
+        #: The one lock of carrier control: reload, pause, drain, resume.
+        self.control = CarrierControl()
+        #: What reloads replaced, being wound down (awaited by stop()).
+        self._winding: set[asyncio.Task[None]] = set()
         self._mo_rng = random.Random("smsc-admin-mo")
         self.registry = registry or CollectorRegistry()
         self.simulators: dict[str, Carrier] = {}
         self.store = SqliteStore(config.router.store)
+        #: Purges the store every ``store.purge_interval`` (cancelled before it closes).
+        self._purger: asyncio.Task[None] | None = None
         self.router: Router | None = None
         self.server: Server | None = None
         self.delivery: Delivery | None = None
-        self._listener: asyncio.Server | None = None
-        self._tls_listener: asyncio.Server | None = None
+        self._listener: aio.Listener | None = None
+        self._tls_listener: aio.Listener | None = None
         self._http: AdminServer | None = None
         self.port = 0
         #: The SMPP-over-TLS listener's port (0: none).
         self.tls_port = 0
         self.http_port = 0
+        self._started = asyncio.Event()
 
     async def start(self) -> None:
         config = self.config
         self.admin_token = admin_token(config)
+        if config.metrics.port is not None:
+            # First: liveness and metrics answer during a long start-up (a big store to
+            # recover); the rest of the admin API answers 503 until :attr:`started`.
+            await self._start_http(config.metrics.host, config.metrics.port)
         await self.store.open()
+        store_config = config.router.store
+        if store_config.purge_interval > 0:
+            self._purger = asyncio.create_task(
+                run_purges(self.store, store_config.purge_interval, time.time), name="store-purge"
+            )
         ids = IdAllocator(config.node_id, self.store.reserve_ids)
         await ids.start()
 
@@ -176,8 +204,21 @@ class App:
                 ssl=server_context(tls.server_tls()),
             )
             self.tls_port = self._tls_listener.sockets[0].getsockname()[1]
-        if config.metrics.port is not None:
-            await self._start_http(config.metrics.host, config.metrics.port)
+        self._started.set()
+
+    @property
+    def started(self) -> bool:
+        """start() has finished (and stop() not begun): the admin API serves."""
+        return self._started.is_set()
+
+    async def wait_started(self, timeout: float) -> bool:
+        """Wait until :attr:`started`; False once ``timeout`` passed."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._started.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _start_http(self, host: str, port: int) -> None:
         self._http = AdminServer(self, self.registry)
@@ -191,25 +232,66 @@ class App:
         log.info("simulated carrier %s on 127.0.0.1:%d", name, carrier.port)
         return carrier
 
-    def _upstream(self, carrier: RouterCarrier) -> RouterCarrier:
-        """A router carrier as the router binds to it: a simulated one on its loopback port."""
-        sim = self.simulators.get(carrier.name)
+    def _upstream(
+        self, carrier: RouterCarrier, simulated: Mapping[str, Carrier] | None = None
+    ) -> RouterCarrier:
+        """A router carrier as the router binds to it: a simulated one on its loopback port
+        (``simulated``: the simulators by carrier, default: those running now)."""
+        sim = (self.simulators if simulated is None else simulated).get(carrier.name)
         if sim is None:
             return carrier
         return msgspec.structs.replace(carrier, host="127.0.0.1", port=sim.port)
 
-    def _upstream_config(self, config: RouterConfig) -> RouterConfig:
-        carriers = tuple(self._upstream(c) for c in config.carriers)
+    def _upstream_config(
+        self, config: RouterConfig, simulated: Mapping[str, Carrier] | None = None
+    ) -> RouterConfig:
+        carriers = tuple(self._upstream(c, simulated) for c in config.carriers)
         return msgspec.structs.replace(config, carriers=carriers)
 
     # --- control plane ------------------------------------------------------------------
 
-    async def reload(self, new: SmscConfig | None = None) -> ReloadPlan:
+    async def pause_carrier(self, name: str, *, wait: float = CONTROL_WAIT) -> None:
+        """No new messages go to carrier ``name`` (KeyError: no such carrier)."""
+        async with self.control.turn(wait):
+            self._running_router().pause(name)
+
+    async def resume_carrier(self, name: str, *, wait: float = CONTROL_WAIT) -> None:
+        """Undo a pause or a drain (a drained carrier binds again, with its current config)."""
+        async with self.control.turn(wait):
+            router = self._running_router()
+            if name not in router.pools:
+                raise KeyError(name)
+            await router.resume(name)
+
+    async def drain_carrier(self, name: str, timeout: float, *, wait: float = CONTROL_WAIT) -> None:
+        """Pause ``name``, wait (at most ``timeout``) for its submits in flight, unbind it."""
+        async with self.control.turn(wait):
+            router = self._running_router()
+            if name not in router.pools:
+                raise KeyError(name)
+            await router.drain(name, timeout)
+
+    def _running_router(self) -> Router:
+        if self.router is None:
+            raise LookupError("not running")
+        return self.router
+
+    async def reload(
+        self, new: SmscConfig | None = None, *, wait: float = CONTROL_WAIT
+    ) -> ReloadPlan:
         """Apply ``new`` (default: what the loader reads now) to the running node; see
-        smsc/reload.py for what applies live. An invalid configuration raises (ConfigError,
-        OSError, ValueError) before anything changes; LookupError when there is nothing to
-        reload from. Returns what was done."""
-        async with self._reload_lock:
+        smsc/reload.py for what applies live. Returns what was done.
+
+        All or nothing: everything that can fail is checked and prepared first (the new
+        configuration decoded and checked, TLS files loaded, new simulated carriers
+        started, new carrier pools built) while the running configuration is untouched;
+        a failure there (ConfigError, OSError, ValueError; LookupError when there is
+        nothing to reload from; ControlBusy) stops what was prepared and raises. Then the
+        change is applied at once, without yielding to the loop; what it replaced (old
+        binds, simulators, removed accounts' sessions) is wound down after. Holds the lock
+        of carrier control throughout: a pause, drain or resume waits for it, and it for
+        them; a paused or drained carrier stays so."""
+        async with self.control.turn(wait):
             if new is None:
                 if self._loader is None:
                     raise LookupError("started without a configuration file: nothing to reload")
@@ -223,50 +305,31 @@ class App:
             config = plan.config
             token = admin_token(config)
             log.info("reloading the configuration")
+            ready = await self._prepare(plan, sims, router)
 
-            # New carriers first, so the new table can use them.
-            by_name = {c.name: c for c in config.router.carriers}
-            for name in plan.carriers_added:
-                if name in sims:
-                    await self._start_simulator(name, sims[name])
-                await router.add_carrier(self._upstream(by_name[name]))
-            for name in plan.carriers_changed:
-                old_sim = self.simulators.pop(name, None)
-                if name in sims:
-                    await self._start_simulator(name, sims[name])
-                await router.replace_carrier(
-                    self._upstream(by_name[name]), by_name[name].response_timeout + 1.0
-                )
-                if old_sim is not None:
-                    await old_sim.stop(5.0)
-
-            # Accounts: the one dict Server and Delivery share, changed in place.
+            # --- applied at once: no await until the configuration is the new one ------
             now = time.monotonic()
-            accounts = server.accounts
+            accounts = server.accounts  # the one dict Server and Delivery share
             for account in config.accounts:
                 state = accounts.get(account.system_id)
                 if state is None:
-                    accounts[account.system_id] = AccountState(account, now)
+                    accounts[account.system_id] = ready.accounts[account.system_id]
                 elif state.account != account:
                     state.reconfigure(account, now)
             for name in plan.accounts_removed:
                 del accounts[name]
-            router.reconfigure(
-                self._upstream_config(config.router),
+            retired = router.reconfigure(
+                ready.router,
                 {name: state.policy for name, state in accounts.items()},
+                ready.pools,
             )
             server.default_validity = config.router.retry.default_validity
-
-            # Removed carriers last: their queued messages go over the new table.
-            old_carriers = {c.name: c for c in self.config.router.carriers}
-            for name in plan.carriers_removed:
-                await router.remove_carrier(name, old_carriers[name].response_timeout + 1.0)
-                sim = self.simulators.pop(name, None)
-                if sim is not None:
-                    await sim.stop(5.0)
-            for name in plan.accounts_removed:
-                await server.unbind_account(name, 5.0)
-
+            old_sims = [
+                self.simulators.pop(name)
+                for name in (*plan.carriers_changed, *plan.carriers_removed)
+                if name in self.simulators
+            ]
+            self.simulators.update(ready.simulators)
             self.admin_token = token
             self.config = config
             log.info(
@@ -276,7 +339,70 @@ class App:
                 if plan.requires_restart
                 else "",
             )
+            # --- what it replaced is wound down (on its own if this caller goes away) ---
+            winding = asyncio.create_task(
+                self._wind_down(router, retired, old_sims, server, plan.accounts_removed)
+            )
+            self._winding.add(winding)
+            winding.add_done_callback(self._winding.discard)
+            await asyncio.shield(winding)
             return plan
+
+    async def _prepare(
+        self, plan: ReloadPlan, sims: dict[str, SimulatorConfig], router: Router
+    ) -> _Prepared:
+        """Everything a reload needs that can fail, made while nothing running changes:
+        new simulated carriers started (stopped again when a later step fails), pools
+        built for the carriers added or changed, the router's config with their ports,
+        the added accounts' state."""
+        config = plan.config
+        started: dict[str, Carrier] = {}
+        try:
+            for name in (*plan.carriers_added, *plan.carriers_changed):
+                if name in sims:
+                    started[name] = carrier = Carrier(sims[name])
+                    await carrier.start()
+                    log.info("simulated carrier %s on 127.0.0.1:%d", name, carrier.port)
+            # The simulators of the new configuration: those started, the others kept.
+            simulated = {
+                name: started[name] if name in started else self.simulators[name]
+                for name in sims
+                if name in started or name in self.simulators
+            }
+            by_name = {c.name: c for c in config.router.carriers}
+            pools = {
+                name: router.new_pool(self._upstream(by_name[name], simulated))
+                for name in (*plan.carriers_added, *plan.carriers_changed)
+            }
+            now = time.monotonic()
+            return _Prepared(
+                simulators=started,
+                pools=pools,
+                router=self._upstream_config(config.router, simulated),
+                accounts={
+                    a.system_id: AccountState(a, now)
+                    for a in config.accounts
+                    if a.system_id in plan.accounts_added
+                },
+            )
+        except BaseException:
+            for carrier in started.values():
+                await carrier.stop(5.0)
+            raise
+
+    async def _wind_down(
+        self,
+        router: Router,
+        pools: list[CarrierPool],
+        simulators: list[Carrier],
+        server: Server,
+        accounts_removed: tuple[str, ...],
+    ) -> None:
+        await router.retire(pools)
+        for carrier in simulators:
+            await carrier.stop(5.0)
+        for name in accounts_removed:
+            await server.unbind_account(name, 5.0)
 
     def inject_mo(
         self,
@@ -315,12 +441,16 @@ class App:
     async def stop(self, timeout: float | None = None) -> None:
         """Shut down in order within ``timeout`` seconds overall (default: the config's
         ``shutdown_timeout``): each stage gets what is left. The store is closed last in
-        any case (queued records are committed: nothing accepted is lost)."""
+        any case (queued records are committed: nothing accepted is lost — unless the
+        database cannot take them before the deadline, disk full say: then the store logs
+        what it gives up)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.config.shutdown_timeout if timeout is None else timeout)
 
         def left(cap: float = 3600.0) -> float:
             return max(0.05, min(cap, deadline - loop.time()))
+
+        self._started.clear()
 
         if self._listener is not None:
             self._listener.close()
@@ -328,6 +458,10 @@ class App:
             self._tls_listener.close()
         if self._http is not None:
             await self._http.stop()
+        if self._winding:  # what reloads replaced, still being wound down
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left()):
+                    await asyncio.gather(*self._winding, return_exceptions=True)
         if self.server is not None:
             self.server.accepting = False
             if self.router is not None:  # the submits still waiting get their answers first
@@ -340,7 +474,11 @@ class App:
             await self.delivery.stop()
         for carrier in self.simulators.values():
             await carrier.stop(left(5.0))
-        await self.store.close()
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.gather(self._purger, return_exceptions=True)
+            self._purger = None
+        await self.store.close(left())
         if self._listener is not None:
             await self._listener.wait_closed()
         if self._tls_listener is not None:

@@ -3,8 +3,11 @@
 Three simulated carriers on loopback, reached through real SMPP binds, whose prices and
 behaviour make least-cost choice and failover visible:
 
-- ``cheap``: cheapest, flaky — refuses 8% of submits with a temporary error, 12% of its
-  messages end UNDELIV, and it refuses every destination starting 4917;
+- ``cheap``: cheapest, flaky and limited — takes 300 submits a second (over both our
+  binds; above that, ESME_RTHROTTLED, as real carriers throttle), refuses 4% at random
+  with a temporary error, 12% of its messages end UNDELIV, and it refuses every
+  destination starting 4917. The router finds its rate (router/aimd.py) and sends it
+  about that much; the rest fails over to ``mid``;
 - ``mid``: mid price, sound;
 - ``premium``: dearest, reliable (99.5% DELIVRD), the last resort.
 
@@ -42,7 +45,8 @@ SIMULATED = (
                 "submit_latency": _FAST,
                 "receipt_delay": _RECEIPTS,
                 "states": {"DELIVRD": 0.85, "UNDELIV": 0.12, "EXPIRED": 0.03},
-                "submit_errors": {"ESME_RTHROTTLED": 0.04, "ESME_RSYSERR": 0.04},
+                "submit_errors": {"ESME_RSYSERR": 0.04},
+                "throttle": {"rate": 300.0, "burst": 30, "per": "account"},
                 "rules": [
                     {"match": {"destination_prefix": "4917"}, "submit_status": "ESME_RINVDSTADR"}
                 ],

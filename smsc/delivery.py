@@ -22,6 +22,11 @@ Each account holds at most ``max_held`` items (counted here: those held since st
 not yet delivered; a drain that finds the store empty sets the count to zero). While it
 is over that, :meth:`Delivery.refuses_receipts` tells the server to refuse submits that
 ask for a receipt (ESME_RMSGQFUL) — the receipts already promised are all kept.
+
+``settled`` (optional, on ``report``, ``mobile_originated`` and ``deliver``) is called once
+with True when the client acknowledged the deliver_sm, or it is committed to the store
+(held), or nothing was to be sent; False when it could be neither delivered nor stored.
+The router answers a carrier's deliver_sm on it (``ack_after: store``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from datetime import UTC, datetime
 from functools import lru_cache, partial
 
 from router.model import DeliveryReport, Message, StoredMessage
+from router.ports import SettledCallback
 from router.store import Store
 from smppcore.aio import Connection, RequestTimeout
 from smppcore.codec import HEADER, encode
@@ -124,13 +130,16 @@ class Delivery:
         self._stopping = False
         #: Deliveries that came while the account's held items were being sent: they go
         #: right after them, in order, without a trip through the store.
-        self._behind: dict[str, list[tuple[Item, float]]] = {}
+        self._behind: dict[str, list[tuple[Item, float, SettledCallback | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.held = 0
         self.expired = 0
         self.late = 0
         """Deliveries whose answer came after response_timeout, and were not sent again."""
+        #: Deliveries neither sent nor held (the store refused them) with nobody to answer
+        #: a temporary error to, per account (metrics; each logged).
+        self.dropped: dict[str, int] = {}
 
     @property
     def waiting_by_account(self) -> dict[str, int]:
@@ -145,9 +154,16 @@ class Delivery:
 
     # --- ReportSink -----------------------------------------------------------------------
 
-    def report(self, stored: StoredMessage, report: DeliveryReport) -> None:
+    def report(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        settled: SettledCallback | None = None,
+    ) -> None:
         msg = stored.message
         if not wants_receipt(msg.registered_delivery, report.state):
+            if settled is not None:
+                settled(True)
             return
         done = report.done_at or self.wall()
         source, destination = msg.source, msg.destination
@@ -166,9 +182,15 @@ class Delivery:
             message_preview(msg.short_message, msg.esm_class, msg.data_coding),
             not is_final(report.state),
         )
-        self.deliver(msg.account, body)
+        if not self.deliver(msg.account, body, settled):
+            if settled is not None:
+                settled(False)  # the carrier is answered a temporary error and resends it
+            else:
+                self._dropped(msg.account, msg.reported_id)
 
-    def mobile_originated(self, account: str, message: Message) -> None:
+    def mobile_originated(
+        self, account: str, message: Message, settled: SettledCallback | None = None
+    ) -> bool:
         pdu = DeliverSm(
             source_addr_ton=message.source.ton,
             source_addr_npi=message.source.npi,
@@ -181,21 +203,25 @@ class Delivery:
             data_coding=message.data_coding,
             short_message=message.short_message,
         )
-        self.deliver(account, pdu)
+        return self.deliver(account, pdu, settled)
 
     # --- sending ------------------------------------------------------------------------
 
-    def deliver(self, account: str, pdu: Item) -> None:
-        """Send ``pdu`` (a struct or an encoded body) to ``account`` now, or hold it."""
+    def deliver(self, account: str, pdu: Item, settled: SettledCallback | None = None) -> bool:
+        """Send ``pdu`` (a struct or an encoded body) to ``account`` now, or hold it;
+        ``settled(ok)`` once it is delivered or durably held. False when it could be
+        neither (the store refused to hold it: its queue is full or it cannot write):
+        ``settled`` is not called, and the sender should be answered a temporary error."""
         state = self.accounts.get(account)
         if state is None:
             log.warning("deliver_sm for unknown account %s dropped", account)
-            return
+            if settled is not None:
+                settled(True)  # nowhere to go, now or later
+            return True
         expires = self.wall() + state.account.receipt_ttl
         if account in self._draining:
-            self._wait_behind(account, pdu, expires)
-            return
-        self._send_now(state, account, pdu, expires)
+            return self._wait_behind(account, pdu, expires, settled)
+        return self._send_now(state, account, pdu, expires, settled)
 
     def refuses_receipts(self, account: str) -> bool:
         """Is ``account`` at its ``max_held``? Then a submit that asks for a receipt is
@@ -209,14 +235,21 @@ class Delivery:
         """Does a submit with this registered_delivery ask for a receipt of any kind?"""
         return bool(registered_delivery & _ASKS_RECEIPT)
 
-    def _send_now(self, state: AccountState, account: str, pdu: Item, expires: float) -> None:
+    def _send_now(
+        self,
+        state: AccountState,
+        account: str,
+        pdu: Item,
+        expires: float,
+        settled: SettledCallback | None = None,
+    ) -> bool:
         # A receiver whose window is full still takes it: its session queues the request
         # for a slot (bounded by max_waiting). Held instead, it would wait for a drain.
         conn = state.receiver() or state.receiver(full_ok=True)
         if conn is None:
-            self._hold(account, pdu, expires)
-            return
-        self._send(conn, account, pdu, expires, None)
+            return self._hold(account, pdu, expires, settled)
+        self._send(conn, account, pdu, expires, None, settled)
+        return True
 
     def _send(
         self,
@@ -225,8 +258,11 @@ class Delivery:
         pdu: Item,
         expires: float,
         done: Callable[[bool], None] | None,
+        settled: SettledCallback | None = None,
     ) -> None:
-        answered = partial(self._answered, conn, account, pdu, expires, done)
+        """``done``: a held item's delivery (the caller keeps it on failure); otherwise
+        it is held on failure, and ``settled`` told once delivered or held."""
+        answered = partial(self._answered, conn, account, pdu, expires, done, settled)
         try:
             if isinstance(pdu, bytes):
                 conn.send_request_encoded_callback(_DELIVER_SM, pdu, answered)
@@ -234,7 +270,7 @@ class Delivery:
                 conn.send_request_callback(pdu, answered)
         except SmppError:
             if done is None:
-                self._hold(account, pdu, expires)
+                self._hold_or_drop(account, pdu, expires, settled)
             else:
                 done(False)
 
@@ -245,6 +281,7 @@ class Delivery:
         pdu: Item,
         expires: float,
         done: Callable[[bool], None] | None,
+        settled: SettledCallback | None,
         result: Pdu | SmppError,
     ) -> None:
         ok = not isinstance(result, SmppError) and result.command_status not in TEMPORARY_STATUSES
@@ -258,7 +295,9 @@ class Delivery:
         if done is not None:
             done(ok)
         elif not ok:
-            pdu = self._hold(account, pdu, expires)
+            self._hold_or_drop(account, pdu, expires, settled)
+        elif settled is not None:
+            settled(True)
         if isinstance(result, RequestTimeout) and result.reason == "response":
             # It may yet be answered: then its held copy is not sent again (late_answer).
             self._suspect.add(conn)
@@ -301,31 +340,63 @@ class Delivery:
             late[body] = n - 1
         return True
 
-    def _wait_behind(self, account: str, pdu: Item, expires: float) -> None:
+    def _wait_behind(
+        self, account: str, pdu: Item, expires: float, settled: SettledCallback | None
+    ) -> bool:
         """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
         behind = self._behind.setdefault(account, [])
         if len(behind) >= _MAX_BEHIND:  # a long drain: the store keeps the rest, in order
-            for early, early_expires in behind:
-                self._hold(account, early, early_expires)
+            for early, early_expires, early_settled in behind:
+                self._hold_or_drop(account, early, early_expires, early_settled)
             behind.clear()
-            self._hold(account, pdu, expires)
-            return
-        behind.append((pdu, expires))
+            return self._hold(account, pdu, expires, settled)
+        behind.append((pdu, expires, settled))
+        return True
 
-    def _hold(self, account: str, pdu: Item, expires: float) -> bytes:
-        """Hold ``pdu`` in the store; its body. A drain starts if a receiver is bound."""
-        self.held += 1
-        self._holds[account] = self._holds.get(account, 0) + 1
+    def _hold(
+        self, account: str, pdu: Item, expires: float, settled: SettledCallback | None = None
+    ) -> bool:
+        """Hold ``pdu`` in the store, ``settled(ok)`` once committed; False when the store
+        refuses it (counted there; ``settled`` is not called)."""
         if isinstance(pdu, bytes):
-            body = pdu
             frame = HEADER.pack(HEADER_LENGTH + len(pdu), _DELIVER_SM, 0, 0) + pdu
         else:
             frame = encode(pdu)
-            body = frame[HEADER_LENGTH:]
-        self.store.hold(account, frame, expires)
+        if not self.store.hold(account, frame, expires, settled):
+            return False
+        self.held += 1
+        self._holds[account] = self._holds.get(account, 0) + 1
         self._count_held(account, 1)
-        self._start_drain(account)
-        return body
+        self._start_drain(account)  # a receiver bound (slow, or another one) takes it
+        return True
+
+    def _hold_or_drop(
+        self, account: str, pdu: Item, expires: float, settled: SettledCallback | None = None
+    ) -> None:
+        """Hold ``pdu``, which its sender already handed over. When the store refuses it,
+        the sender learns it through ``settled(False)`` (``ack_after: store``: the carrier
+        is answered a temporary error and resends it); with nobody to tell, it is dropped,
+        logged and counted."""
+        if not self._hold(account, pdu, expires, settled):
+            self._refused(account, settled)
+
+    def _refused(self, account: str, settled: SettledCallback | None) -> None:
+        """The store refused to hold an item its sender already handed over."""
+        if settled is not None:
+            settled(False)
+        else:
+            self._dropped(account, "")
+
+    def _dropped(self, account: str, message_id: str) -> None:
+        n = self.dropped[account] = self.dropped.get(account, 0) + 1
+        if n == 1 or n % 1000 == 0:  # the store says why, once; this says what it costs
+            log.warning(
+                "deliver_sm for %s%s dropped: no receiver, and the store refuses to hold it"
+                " (%d so far)",
+                account,
+                f" (receipt of {message_id})" if message_id else "",
+                n,
+            )
 
     def _count_held(self, account: str, change: int) -> None:
         """Follow the items ``account`` has held; log when it reaches and leaves max_held."""
@@ -391,6 +462,7 @@ class Delivery:
                     if not any(_live(c) for c in state.receivers):
                         return
                 holds = self._holds.get(account, 0)
+                room.clear()  # before the read: an answer during it is not missed
                 drain.answered = set()  # answered during the read (their release is queued)
                 items = await self.store.held(account, _DRAIN_BATCH + len(drain.inflight))
                 skip = drain.inflight.keys() | drain.answered
@@ -410,7 +482,9 @@ class Delivery:
                     # No receive-capable bind left. Those in flight are settled first (a
                     # bind that unbinds may still answer): not sent again by a later drain.
                     while drain.inflight:
-                        await _wait(room, _ROOM_CHECK)
+                        room.clear()
+                        if drain.inflight:
+                            await _wait(room, _ROOM_CHECK)
                     if not any(_live(c) for c in state.receivers):
                         return  # the next bind starts a drain
         except Exception:
@@ -418,11 +492,12 @@ class Delivery:
         finally:
             behind = self._behind.pop(account, [])
             account_state = self.accounts.get(account)
-            for pdu, expires in behind:  # still marked as draining: no drain starts here
+            for pdu, expires, settled in behind:  # still draining: no drain starts here
                 if emptied and account_state is not None:
-                    self._send_now(account_state, account, pdu, expires)
+                    if not self._send_now(account_state, account, pdu, expires, settled):
+                        self._refused(account, settled)
                 else:  # held items remain (no receiver, refused): behind them, in order
-                    self._hold(account, pdu, expires)
+                    self._hold_or_drop(account, pdu, expires, settled)
             self._draining.discard(account)
 
     async def _send_items(
@@ -481,6 +556,7 @@ class Delivery:
         deliver_sm was answered, if there is one — waiting for a slot to free; None when
         the account has no receive-capable bind left."""
         while True:
+            room.clear()
             conn = state.receiver(avoid=self._suspect)
             if conn is not None:
                 return conn
@@ -515,8 +591,8 @@ class _DrainState:
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait for ``event`` (cleared first) at most ``timeout`` seconds."""
-    event.clear()
+    """Wait for ``event`` at most ``timeout`` seconds. The caller clears it before it
+    looks at what the event announces, so that nothing set since is missed."""
     try:
         async with asyncio.timeout(timeout):
             await event.wait()

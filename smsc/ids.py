@@ -8,7 +8,10 @@ kill -9 — never repeats an id; it only skips the unused rest of a block.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
 
 _DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 COUNTER_DIGITS = 7
@@ -53,6 +56,7 @@ class IdAllocator:
         self._end = 0
         self._spare: tuple[int, int] | None = None
         self._refilling = False
+        self._refill_failing = False
 
     async def start(self) -> None:
         first = await self._reserve(self._block)
@@ -60,15 +64,26 @@ class IdAllocator:
         await self.refill()
 
     async def refill(self) -> None:
-        """Reserve the next block ahead of need (called when half the block is used)."""
+        """Reserve the next block ahead of need (called when half the block is used). A
+        reservation that fails (the store cannot write: disk full, say) is logged once
+        while it keeps failing; the next call tries again, and ``next`` answers from what
+        is left meanwhile."""
         if self._spare is not None or self._refilling:
             return
         self._refilling = True
         try:
             first = await self._reserve(self._block)
-            self._spare = (first, first + self._block)
+        except Exception as exc:
+            if not self._refill_failing:
+                log.warning("message ids: the next block could not be reserved: %s", exc)
+            self._refill_failing = True
+            return
         finally:
             self._refilling = False
+        if self._refill_failing:
+            log.info("message ids: blocks are reserved again")
+        self._refill_failing = False
+        self._spare = (first, first + self._block)
 
     @property
     def low(self) -> bool:

@@ -7,6 +7,7 @@ come from config or enums (account, carrier, command, status), never ids or numb
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
@@ -106,6 +107,15 @@ class SmscCollector(Collector):
         for account, n in sorted(self.delivery.waiting_by_account.items()):
             waiting.add_metric([account], n)
         yield waiting
+        dropped = CounterMetricFamily(
+            "smsc_deliveries_dropped",
+            "deliver_sm (receipts, MO) neither sent nor held: no receiver, and the store "
+            "refused to hold them (its queue full, or the database cannot be written)",
+            labels=["account"],
+        )
+        for account, n in sorted(self.delivery.dropped.items()):
+            dropped.add_metric([account], n)
+        yield dropped
 
     def _router(self) -> Iterator[Metric]:
         router = self.router
@@ -166,8 +176,14 @@ class SmscCollector(Collector):
         yield final
         events = CounterMetricFamily(
             "smsc_router_events",
-            "Rare router events: receipt_unmatched, receipt_unreadable, mo, mo_unrouted, "
-            "deferred (no carrier of the route available), paced (a submit waited for room)",
+            "Rare router events: receipt_unmatched, receipt_unreadable, receipt_duplicate, "
+            "receipt_deferred (answered ESME_RX_T_APPN: too many in the store), "
+            "receipt_timeout (no final receipt within the carrier's receipt_timeout), "
+            "receipt_store_timeout (the store did not answer in time), "
+            "resent (sent again after a restart: handed to the carrier, its answer unknown), "
+            "mo, mo_unrouted, mo_refused (answered ESME_RX_T_APPN: the store would not hold "
+            "it), deferred (no carrier of the route available), paced (a submit waited for "
+            "room)",
             labels=["event", "carrier"],
         )
         for (event, carrier), n in sorted(metrics.events.items()):
@@ -221,6 +237,17 @@ class SmscCollector(Collector):
             "deliver_sm by the status we answered",
             labels=["carrier", "command", "status"],
         )
+        rate = GaugeMetricFamily(
+            "smsc_carrier_rate_limit",
+            "Submits per second the carrier may be sent now: its binds' adaptive rates, cut "
+            "by ESME_RTHROTTLED / ESME_RMSGQFUL (+Inf: no limit configured or met)",
+            labels=["carrier"],
+        )
+        cuts = CounterMetricFamily(
+            "smsc_carrier_rate_cuts",
+            "Throttles that cut a carrier bind's adaptive rate (or held it at the floor)",
+            labels=["carrier"],
+        )
         failures = CounterMetricFamily(
             "smsc_carrier_submit_failures",
             "submit_sm to a carrier that got no answer, by reason",
@@ -238,7 +265,10 @@ class SmscCollector(Collector):
                 pdus.add_metric([name, command_name(cid), status_name(status)], n)
             for reason in _SUBMIT_FAILURES:
                 failures.add_metric([name, reason], pool.failures.get(reason, 0))
-        yield from (in_flight, bound, configured, available, attempts, pdus, failures)
+            limit = pool.rate_limit
+            rate.add_metric([name], math.inf if limit is None else limit)
+            cuts.add_metric([name], pool.rate_cuts)
+        yield from (in_flight, bound, configured, available, attempts, pdus, failures, rate, cuts)
 
     def _store(self) -> Iterator[Metric]:
         store = self.router.store
@@ -266,6 +296,55 @@ class SmscCollector(Collector):
         )
         yield GaugeMetricFamily(
             "smsc_store_queue_depth", "Records waiting for the store writer", value=store.queued
+        )
+        db_bytes, wal_bytes = store.file_sizes()
+        size = GaugeMetricFamily(
+            "smsc_store_size_bytes", "Bytes of the store's files on disk", labels=["file"]
+        )
+        size.add_metric(["db"], db_bytes)
+        size.add_metric(["wal"], wal_bytes)
+        yield size
+        rows = GaugeMetricFamily("smsc_store_rows", "Rows in the store", labels=["table"])
+        rows.add_metric(["messages"], store.message_rows)
+        rows.add_metric(["held"], store.held_rows)
+        yield rows
+        yield CounterMetricFamily(
+            "smsc_store_purged_messages",
+            "Final messages purged from the store (older than store.keep_days)",
+            value=store.purged_messages,
+        )
+        yield CounterMetricFamily(
+            "smsc_store_held_expired",
+            "Held deliveries (receipts, MO) dropped undelivered past their expiry (receipt_ttl)",
+            value=store.expired_held,
+        )
+        yield GaugeMetricFamily(
+            "smsc_store_writable",
+            "1 while the store's database takes writes; 0 while it cannot (disk full, "
+            "read-only, I/O errors: submits and held deliveries are refused)",
+            value=0 if store.unwritable else 1,
+        )
+        errors = CounterMetricFamily(
+            "smsc_store_write_errors",
+            "Store transactions that failed because the database could not be written",
+            labels=["reason"],
+        )
+        for reason, n in store.write_errors.items():
+            errors.add_metric([reason], n)
+        yield errors
+        refused = CounterMetricFamily(
+            "smsc_store_refused",
+            "Writes the store refused (queue full, or the database cannot be written): "
+            "add → submit answered ESME_RMSGQFUL, hold → deliver_sm answered ESME_RX_T_APPN",
+            labels=["kind"],
+        )
+        refused.add_metric(["add"], store.refused_adds)
+        refused.add_metric(["hold"], store.refused_holds)
+        yield refused
+        yield CounterMetricFamily(
+            "smsc_store_read_timeouts",
+            "Store reads that gave up after store.read_timeout (answered a temporary error)",
+            value=store.read_timeouts,
         )
 
 

@@ -25,6 +25,10 @@ _AUTH = {
     "401": {"$ref": "#/components/responses/Unauthorized"},
     "403": {"$ref": "#/components/responses/Disabled"},
 }
+_BUSY = _error(
+    "another carrier change (reload, pause, drain, resume) was under way for 30 s; "
+    "nothing was done"
+)
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _NUMBER = {"type": ["number", "null"]}
 
@@ -47,6 +51,7 @@ def _carrier_op(summary: str, extra: dict[str, Any] | None = None) -> dict[str, 
                 "200": _json(_ref("Carrier"), "the carrier's state afterwards"),
                 **({"400": _error("bad parameter")} if extra else {}),
                 "404": _error("no such carrier"),
+                "409": _BUSY,
                 **_AUTH,
             },
         }
@@ -80,6 +85,11 @@ SCHEMAS: dict[str, Any] = {
             "paused": {"type": "boolean", "description": "routing skips it"},
             "drained": {"type": "boolean", "description": "paused and unbound"},
             "health": _ref("Health"),
+            "rate": {
+                "type": ["number", "null"],
+                "description": "submits per second it may be sent now: its binds' adaptive "
+                "rates, cut by its throttling, within its configured rate; null: no limit",
+            },
         }
     ),
     "Bind": _obj(
@@ -126,6 +136,10 @@ SCHEMAS: dict[str, Any] = {
                         "eligible": {"type": "boolean"},
                         "reasons": {"type": "array", "items": {"type": "string"}},
                         "score": {"type": "number"},
+                        "rate": {
+                            "type": ["number", "null"],
+                            "description": "submits per second it may be sent now; null: no limit",
+                        },
                     }
                 ),
             },
@@ -204,9 +218,20 @@ PATHS: dict[str, Any] = {
     },
     "/ready": {
         "get": {
-            "summary": "Readiness: the store is open and every carrier not paused or drained "
-            "has a bind up (no token needed)",
+            "summary": "Readiness: the store is open and takes writes (not while its disk is "
+            "full or read-only) and every carrier not paused or drained has a bind up (no "
+            "token needed)",
             "security": [],
+            "parameters": [
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "description": "seconds to wait for readiness before answering (answers as "
+                    "soon as ready; 503 if still not ready when the wait ends)",
+                    "schema": {"type": "number", "minimum": 0, "maximum": 60, "default": 0},
+                }
+            ],
             "responses": {
                 code: _json(
                     _obj(
@@ -222,8 +247,12 @@ PATHS: dict[str, Any] = {
                     ),
                     what,
                 )
-                for code, what in (("200", "ready"), ("503", "not ready"))
-            },
+                for code, what in (
+                    ("200", "ready"),
+                    ("503", "not ready (during start-up: store false or true, carriers {})"),
+                )
+            }
+            | {"400": _error("bad wait parameter")},
         }
     },
     "/openapi.json": {
@@ -379,12 +408,42 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("Reload"), "applied"),
                 "400": _error("the new configuration is invalid; the old one keeps running"),
-                "409": _error("started without a configuration file"),
+                "409": _error(
+                    "started without a configuration file, or another carrier change "
+                    "(reload, pause, drain, resume) held the node for 30 s"
+                ),
                 **_AUTH,
             },
         }
     },
 }
+
+#: Paths that answer as usual during start-up; every other operation answers 503 Starting
+#: then (smsc/admin.py). /ready's 503 is its own "not ready".
+_SERVING_DURING_START_UP = frozenset({"/health", "/openapi.json", "/ready"})
+
+
+def _during_start_up(paths: dict[str, Any]) -> dict[str, Any]:
+    """``paths`` with the 503 of start-up on every operation that gives it."""
+    starting = {"$ref": "#/components/responses/Starting"}
+    both = _error("refused (queue full, store error); or the node is starting (see Starting)")
+    out: dict[str, Any] = {}
+    for path, ops in paths.items():
+        if path in _SERVING_DURING_START_UP:
+            out[path] = ops
+            continue
+        out[path] = {
+            method: {
+                **op,
+                "responses": {
+                    **op["responses"],
+                    "503": both if "503" in op["responses"] else starting,
+                },
+            }
+            for method, op in ops.items()
+        }
+    return out
+
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -393,17 +452,31 @@ SPEC: dict[str, Any] = {
         "version": __version__,
         "description": "Served on the metrics port. Every endpoint except health, ready and "
         "openapi.json needs `Authorization: Bearer <admin.token>`; with no token configured "
-        "they answer 403.",
+        "they answer 403. The server listens from the start of start-up: until the node has "
+        "started, every endpoint except health, ready and openapi.json answers 503 "
+        "(components/responses/Starting), ready answers 503 not ready.",
     },
     "servers": [{"url": "/api/v1"}],
     "security": [{"bearer": []}],
-    "paths": PATHS,
+    "paths": _during_start_up(PATHS),
     "components": {
         "schemas": SCHEMAS,
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "responses": {
             "Unauthorized": _error("missing or wrong bearer token"),
             "Disabled": _error("no admin.token configured: the endpoint is off"),
+            "Starting": {
+                **_error(
+                    'the node is starting (its store, carriers and listeners): '
+                    '{"error": "starting: not serving yet"}; try again'
+                ),
+                "headers": {
+                    "Retry-After": {
+                        "description": "seconds to wait before trying again (1)",
+                        "schema": {"type": "integer", "minimum": 1},
+                    }
+                },
+            },
         },
     },
 }

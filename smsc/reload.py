@@ -12,9 +12,19 @@ Applied live:
 - ``router.carriers`` and ``simulated_carriers``: a new carrier is bound (a new simulated
   one started first); a removed one is taken out of routing, its submits in flight are
   awaited (bounded), then it is unbound (and its simulator stopped); a changed one is
-  removed and added again. Queued messages are never tied to a carrier: they go on over
+  bound again with its new config, its old binds wound down the same way. A carrier an
+  operator paused stays paused; one drained stays drained and unbound (its new config is
+  used when it is resumed). Queued messages are never tied to a carrier: they go on over
   the carriers of the new table.
 - ``admin`` (the token) and ``shutdown_timeout``.
+
+All or nothing (:meth:`smsc.app.App.reload`): everything that can fail — decoding and
+cross-checks, TLS files, admin.token_file, starting new simulated carriers, building the new
+carrier binds — is done before anything running changes, and undone when a later step fails
+(or the reload is cancelled); the change itself is then applied without yielding to the
+event loop, and what it replaced is wound down after. A reload and the admin API's pause,
+drain and resume of carriers take one lock (smsc/control.py): each waits for the one under
+way.
 
 Everything else (``node_id``, ``system_id``, listeners, ``session``, ``security``,
 ``metrics``, ``log_level``, ``router.queue_max``, ``router.ack_after``, ``router.health``,

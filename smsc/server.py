@@ -22,7 +22,7 @@ import msgspec
 from router.metrics import SUBMIT_BUCKETS, Histogram
 from router.model import Address, Concat, Message, StoredMessage
 from router.ports import Intake
-from router.store import Store
+from router.store import Store, StoreError
 from smppcore import aio
 from smppcore.accounts import BIND_TYPE_OF_COMMAND, check_bind
 from smppcore.constants import CommandId, CommandStatus, EsmClass, MessageState
@@ -58,13 +58,17 @@ from smsc.accounts import AccountState
 from smsc.config import SecurityConfig
 from smsc.delivery import Delivery
 from smsc.ids import IdAllocator
-from smsc.security import BindGuard
+from smsc.security import Admission, BindGuard
 
 log = logging.getLogger(__name__)
 #: One line per bind attempt: account, bind type, peer, result — never the password.
 audit = logging.getLogger("smsc.audit")
 #: Refusals that count toward a peer's bind cool-down (a guessed password or account).
 _GUESSES = frozenset({CommandStatus.ESME_RINVPASWD, CommandStatus.ESME_RINVSYSID})
+
+#: Seconds a bind waits at most behind its address's binds being checked (a password check
+#: takes tens of milliseconds); past that it is refused ESME_RBINDFAIL.
+BIND_WAIT = 10.0
 
 _UDHI = int(EsmClass.UDHI)
 _S = CommandStatus
@@ -131,6 +135,8 @@ class Server:
         self.binds: dict[str, tuple[BoundSession, aio.Connection]] = {}
         self._bind_seq = 0
         self.accepting = True
+        #: Binds waiting for their turn behind their address's attempts in progress.
+        self._bind_waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: Connections in arrival order that had not bound when last looked at.
         self._unbound: dict[aio.Connection, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,6 +164,50 @@ class Server:
         connections.add(conn)
         unbound[conn] = None
         return True
+
+    async def bind_turn(self, peer: str | None) -> Admission:
+        """Wait (at most BIND_WAIT seconds) until the guard lets a bind from ``peer`` be
+        checked (GO: it is pending) or refuses it (COOLDOWN); WAIT when the time is up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BIND_WAIT
+        while True:
+            admission = self.guard.begin(peer, time.monotonic())
+            if admission is not Admission.WAIT or peer is None:
+                return admission
+            turn = loop.create_future()
+            waiting = self._bind_waiters.setdefault(peer, [])
+            waiting.append(turn)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await turn
+            except TimeoutError:
+                return Admission.WAIT
+            finally:
+                if turn in waiting:
+                    waiting.remove(turn)
+                if not waiting and self._bind_waiters.get(peer) is waiting:
+                    del self._bind_waiters[peer]
+
+    def bind_ended(self, peer: str | None, *, failed: bool) -> bool:
+        """A bind attempt the guard let through ended (``failed``: a guess, counted);
+        the binds waiting behind it ask again. True when a cool-down starts."""
+        guard = self.guard
+        started = guard.failed(peer, time.monotonic()) if failed else False
+        if not failed:
+            guard.release(peer)
+        if started:
+            cfg = guard.config
+            log.warning(
+                "%s: %d failed binds within %gs: refusing its binds for %gs",
+                peer,
+                cfg.failed_binds,
+                cfg.failed_bind_window,
+                cfg.bind_cooldown,
+            )
+        for turn in self._bind_waiters.get(peer, ()) if peer is not None else ():
+            if not turn.done():
+                turn.set_result(None)
+        return started
 
     def forget(self, conn: aio.Connection) -> None:
         self.connections.discard(conn)
@@ -240,6 +290,11 @@ class EsmeHandler(aio.Handler):
             self.state.remove(conn)
             log.info("session of %s closed: %s", self.state.system_id, reason)
 
+    def handshake_failed(self, conn: aio.Connection, reason: str) -> None:
+        # A TLS connection that never got as far as a bind: one audit line (session_closed,
+        # which follows, forgets it).
+        audit.info("tls handshake failed peer=%s reason=%s", _where(conn.peer), reason)
+
     def protocol_violation(self, conn: aio.Connection, event: ProtocolViolation) -> None:
         self.server.metrics.pdu(event.command_id, event.status)
 
@@ -268,29 +323,63 @@ class EsmeHandler(aio.Handler):
         server = self.server
         state = server.accounts.get(pdu.system_id)  # type: ignore[attr-defined]
         peer = conn.peer[0] if conn.peer else None
-        if server.guard.blocked(peer, time.monotonic()):
+        # Counted before the password is checked: see smsc/security.py.
+        admission = server.guard.begin(peer, time.monotonic())
+        if admission is Admission.GO:
+            self._check(conn, pdu, state, peer)
+        elif admission is Admission.COOLDOWN:
             self._bound(conn, pdu, state, _S.ESME_RBINDFAIL, " (peer in bind cool-down)")
-        elif state is not None and state.auth.password_hashed:
-            # scrypt takes tens of milliseconds on purpose: not on the event loop.
-            server.spawn(self._bind_hashed(conn, pdu, state))
         else:
-            self._bind(conn, pdu, state, None)
+            server.spawn(self._bind_later(conn, pdu, state, peer))
 
-    async def _bind_hashed(self, conn: aio.Connection, pdu: Pdu, state: AccountState) -> None:
-        offered: str = pdu.password  # type: ignore[attr-defined]
-        ok = await asyncio.to_thread(state.auth.password_matches, offered)
+    async def _bind_later(
+        self, conn: aio.Connection, pdu: Pdu, state: AccountState | None, peer: str | None
+    ) -> None:
+        """A bind that waits behind its address's attempts in progress."""
+        admission = await self.server.bind_turn(peer)
         if conn.closed:
-            return
-        if self.state is not None:  # a second bind, pipelined, overtaken by the first
-            self._bound(conn, pdu, state, _S.ESME_RALYBND, "")
+            if admission is Admission.GO:
+                self.server.bind_ended(peer, failed=False)
+        elif admission is Admission.GO:
+            self._check(conn, pdu, state, peer)
+        elif admission is Admission.COOLDOWN:
+            self._bound(conn, pdu, state, _S.ESME_RBINDFAIL, " (peer in bind cool-down)")
         else:
-            self._bind(conn, pdu, state, ok)
+            self._bound(conn, pdu, state, _S.ESME_RBINDFAIL, " (too many binds in progress)")
+
+    def _check(
+        self, conn: aio.Connection, pdu: Pdu, state: AccountState | None, peer: str | None
+    ) -> None:
+        """Check a bind the guard let through (it ends its attempt, once)."""
+        if state is not None and state.auth.password_hashed:
+            # scrypt takes tens of milliseconds on purpose: not on the event loop.
+            self.server.spawn(self._bind_hashed(conn, pdu, state, peer))
+        else:
+            self._bind(conn, pdu, state, None, peer)
+
+    async def _bind_hashed(
+        self, conn: aio.Connection, pdu: Pdu, state: AccountState, peer: str | None
+    ) -> None:
+        offered: str = pdu.password  # type: ignore[attr-defined]
+        try:
+            ok = await asyncio.to_thread(state.auth.password_matches, offered)
+        except BaseException:  # cancelled (shutdown): the attempt ends uncounted
+            self.server.bind_ended(peer, failed=False)
+            raise
+        if conn.closed:
+            self.server.bind_ended(peer, failed=not ok)  # checked all the same
+            return
+        self._bind(conn, pdu, state, ok, peer)
 
     def _bind(
-        self, conn: aio.Connection, pdu: Pdu, state: AccountState | None, password_ok: bool | None
+        self,
+        conn: aio.Connection,
+        pdu: Pdu,
+        state: AccountState | None,
+        password_ok: bool | None,
+        peer: str | None,
     ) -> None:
         server = self.server
-        peer = conn.peer[0] if conn.peer else None
         status = check_bind(
             state.auth if state else None,
             command_id=pdu.command_id,
@@ -299,19 +388,12 @@ class EsmeHandler(aio.Handler):
             sessions_in_use=len(state.sessions) if state else 0,
             password_ok=password_ok,
         )
-        if not server.accepting:
+        guess = status in _GUESSES  # counted whatever the answer says
+        if self.state is not None:  # a second bind, pipelined, overtaken by the first
+            status = _S.ESME_RALYBND
+        elif not server.accepting:
             status = _S.ESME_RBINDFAIL
-        note = ""
-        if status in _GUESSES and server.guard.failed(peer, time.monotonic()):
-            cfg = server.guard.config
-            log.warning(
-                "%s: %d failed binds within %gs: refusing its binds for %gs",
-                peer,
-                cfg.failed_binds,
-                cfg.failed_bind_window,
-                cfg.bind_cooldown,
-            )
-            note = " (cool-down starts)"
+        note = " (cool-down starts)" if server.bind_ended(peer, failed=guess) else ""
         self._bound(conn, pdu, state, status, note)
 
     def _bound(
@@ -529,7 +611,20 @@ class EsmeHandler(aio.Handler):
 
     def on_query_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, QuerySm)
-        self.server.spawn(self._query(conn, pdu))
+        self.server.spawn(self._reading_store(conn, pdu, self._query(conn, pdu)))
+
+    async def _reading_store(
+        self, conn: aio.Connection, pdu: Pdu, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run ``work``, a handler that reads the store. A store that does not answer
+        within its ``read_timeout`` (or is closed) fails the request with ESME_RSYSERR,
+        a temporary error: the client asks again later (the store logs why, once)."""
+        try:
+            await work
+        except StoreError as exc:
+            log.debug("command %#x answered ESME_RSYSERR: %s", pdu.command_id, exc)
+            if not conn.closed:
+                self._refuse(conn, pdu, _S.ESME_RSYSERR)
 
     async def _owned(self, message_id: str, source_addr: str) -> StoredMessage | None:
         """The stored message ``message_id`` if it is this client's (its account's; and
@@ -570,7 +665,7 @@ class EsmeHandler(aio.Handler):
 
     def on_cancel_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, CancelSm)
-        self.server.spawn(self._cancel(conn, pdu))
+        self.server.spawn(self._reading_store(conn, pdu, self._cancel(conn, pdu)))
 
     async def _cancel(self, conn: aio.Connection, pdu: CancelSm) -> None:
         server = self.server
@@ -586,7 +681,7 @@ class EsmeHandler(aio.Handler):
 
     def on_replace_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, ReplaceSm)
-        self.server.spawn(self._replace(conn, pdu))
+        self.server.spawn(self._reading_store(conn, pdu, self._replace(conn, pdu)))
 
     async def _replace(self, conn: aio.Connection, pdu: ReplaceSm) -> None:
         server = self.server

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-from smppcore.aio import Connection, Handler, start_server
+from smppcore.aio import Connection, Handler, Listener, start_server
 from smppcore.codec import FrameBuffer, decode, encode
 from smppcore.constants import CommandStatus, EsmClass, MessageState
 from smppcore.pdu import (
@@ -88,7 +88,7 @@ class MinimalMC:
         self._held: list[tuple[Connection, SubmitSm]] = []
         self._pending_receipts: dict[str, list[DeliverSm]] = {}
         self._next_id = 1
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self._changed: asyncio.Event | None = None
 
     # --- life -----------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from smsc_fixtures import (
 from smppcore.constants import MessageState
 from smppcore.text import decode_text
 from smppcore.tlv import Tag
-from smsc.app import App
+from smsc.admin import AdminServer
+from smsc.app import App, admin_token
 from smsc.openapi import SPEC
 
 
@@ -156,6 +157,31 @@ def test_unknown_paths_and_methods_answer_json_errors(run1: Run, tmp_path: Path)
 # --- health and readiness ----------------------------------------------------------------------
 
 
+def test_readiness_can_wait_for_the_binds(run1: Run, tmp_path: Path) -> None:
+    """``?wait=`` holds the answer until ready (here: never, a carrier is down) for at most
+    that long; a bad wait is a 400 naming the parameter."""
+    async def main() -> None:
+        cfg = config(tmp_path, down=True)
+        async with running_app(cfg, wait_for=["cheap", "dear"]) as app, api(app) as client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            reply = await client.get("/ready", token=None, params={"wait": "0.3"})
+            assert reply.status == 503
+            assert loop.time() - started >= 0.3
+            for bad in ("soon", "-1", "61"):
+                reply = await client.get(
+                    "/ready", token=None, params={"wait": bad}, valid_request=False
+                )
+                assert reply.status == 400
+                assert "wait" in reply.body["error"]
+            await client.post("/carriers/down/drain", params={"timeout": "1"})
+            reply = await client.get("/ready", token=None, params={"wait": "30"})
+            assert reply.status == 200
+
+    run1(main())
+
+
+
 def test_readiness_needs_every_carrier_bound_unless_drained(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         cfg = config(tmp_path, down=True)
@@ -174,6 +200,79 @@ def test_readiness_needs_every_carrier_bound_unless_drained(run1: Run, tmp_path:
             reply = await client.get("/ready", token=None)
             assert reply.status == 200
             assert reply.body["ready"] is True
+
+    run1(main())
+
+
+#: One request per documented operation (templated path → the call), for the start-up test.
+DURING_START_UP: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("get", "/health"): ("/health", {}),
+    ("get", "/ready"): ("/ready", {}),
+    ("get", "/openapi.json"): ("/openapi.json", {}),
+    ("get", "/binds"): ("/binds", {}),
+    ("delete", "/binds/{id}"): ("/binds/1", {}),
+    ("get", "/carriers"): ("/carriers", {}),
+    ("get", "/carriers/{name}"): ("/carriers/cheap", {}),
+    ("post", "/carriers/{name}/pause"): ("/carriers/cheap/pause", {}),
+    ("post", "/carriers/{name}/resume"): ("/carriers/cheap/resume", {}),
+    ("post", "/carriers/{name}/drain"): ("/carriers/cheap/drain", {"params": {"timeout": "1"}}),
+    ("post", "/carriers/{name}/mo"): ("/carriers/cheap/mo", {"json_body": {"text": "hi"}}),
+    ("get", "/routes"): ("/routes", {}),
+    ("get", "/routes/explain"): (
+        "/routes/explain",
+        {"params": {"destination": "447700900001", "account": SYSTEM_ID}},
+    ),
+    ("get", "/queue"): ("/queue", {}),
+    ("post", "/messages"): (
+        "/messages",
+        {"json_body": {"account": SYSTEM_ID, "destination": "447700900001", "text": "hi"}},
+    ),
+    ("post", "/reload"): ("/reload", {}),
+}
+
+
+def test_during_start_up_every_endpoint_answers_as_the_document_says(
+    run1: Run, tmp_path: Path
+) -> None:
+    """The admin server listens from the start of start-up (App.start starts it first).
+    Until the node has started: health and the document answer, ready says not ready, and
+    every other endpoint 503 (JSON, Retry-After) once the token is checked. Each request
+    and response is validated against the OpenAPI document (admin_fixtures.Api)."""
+
+    async def main() -> None:
+        app = App(config(tmp_path))
+        app.admin_token = admin_token(app.config)  # as App.start() has it, before the store
+        admin = AdminServer(app, app.registry)
+        await admin.start("127.0.0.1", 0)
+        try:
+            async with Api(admin.port) as client:
+                documented = {(m, p) for p, ops in SPEC["paths"].items() for m in ops}
+                assert set(DURING_START_UP) == documented
+                for (method, _), (path, kw) in DURING_START_UP.items():
+                    reply = await client.call(method.upper(), path, **kw)
+                    if path in ("/health", "/openapi.json"):
+                        assert reply.status == 200, (path, reply)
+                    elif path == "/ready":
+                        assert reply.status == 503
+                        assert reply.body == {"ready": False, "store": False, "carriers": {}}
+                    else:
+                        assert reply.status == 503, (path, reply)
+                        assert reply.body == {"error": "starting: not serving yet"}
+                        assert reply.headers["Retry-After"] == "1"
+                assert (await client.get("/carriers", token=None)).status == 401
+        finally:
+            await admin.stop()
+
+    run1(main())
+
+
+def test_the_node_serves_the_admin_api_once_started(run1: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running_app(config(tmp_path)) as app, api(app) as client:
+            assert app.started
+            assert (await client.get("/carriers")).status == 200
+            assert (await client.get("/ready", token=None)).status == 200
+        assert not app.started
 
     run1(main())
 
@@ -225,6 +324,7 @@ def test_a_paused_carrier_gets_no_messages_until_resumed(run1: Run, tmp_path: Pa
                     ("cheap", 1, False),
                     ("dear", 1, False),
                 ]
+                assert [c["rate"] for c in states] == [None, None]  # none set, none met
                 paused = await client.post("/carriers/cheap/pause")
                 assert paused.body["paused"] is True
                 assert paused.body["health"]["available"] is False

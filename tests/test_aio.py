@@ -311,12 +311,16 @@ def test_coalescing_connections_on_one_loop_share_one_timer(run: Run) -> None:
     connection that starts holding later joins the tick already armed (it waits less than
     its coalesce, never more), and a shorter coalesce moves the tick earlier for all."""
 
+    # Long coalesce times, so that a loaded machine's late loop turns cannot fire a tick
+    # before the test looks (a 0.08 s coalesce with a 0.02 s sleep failed under load).
+    slow, fast = 0.5, 0.005
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        a, ta = await bound_esme(quiet(coalesce=0.08))
-        b, tb = await bound_esme(quiet(coalesce=0.08))
+        a, ta = await bound_esme(quiet(coalesce=slow))
+        b, tb = await bound_esme(quiet(coalesce=slow))
         fa = a.send_request(submit())
-        await asyncio.sleep(0.02)  # the scenario: b's request comes later
+        await asyncio.sleep(0)  # the scenario: b's request comes later (a loop turn later)
         fb = b.send_request(submit())
         assert not ta.writes
         assert not tb.writes
@@ -326,12 +330,12 @@ def test_coalescing_connections_on_one_loop_share_one_timer(run: Run) -> None:
         await wait_done(fa)
         fb.cancel()
 
-        c, tc = await bound_esme(quiet(coalesce=0.005))
+        c, tc = await bound_esme(quiet(coalesce=fast))
         started = loop.time()
         fa = a.send_request(submit())
         fc = c.send_request(submit())
         await tc.next_write()
-        assert loop.time() - started < 0.08
+        assert loop.time() - started < slow
         assert [type(p) for p in ta.sent()] == [SubmitSm]  # went with c's earlier tick
         fa.cancel()
         fc.cancel()

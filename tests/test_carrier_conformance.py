@@ -725,6 +725,34 @@ def test_throughput_over_the_burst_is_rthrottled_and_refills_with_time(warp: Run
     warp(main())
 
 
+@pytest.mark.parametrize("per", ["bind", "account"])
+def test_profile_throttle_refuses_above_its_rate_per_bind_or_per_account(
+    warp: Run, per: str
+) -> None:
+    """profile throttle 2/s, burst 2: per bind, each of two binds passes 2 of 3 submits; per
+    account the two share the 2. Half a second later one more token has come."""
+
+    async def main() -> None:
+        prof = profile(throttle={"rate": 2.0, "burst": 2, "per": per})
+        async with running_carrier(profiles={"default": prof}) as carrier:
+            first = await bind_esme(carrier, "tx")
+            second = await bind_esme(carrier, "trx")
+            statuses = []
+            for esme in (first, second):
+                for _ in range(3):
+                    statuses.append((await esme.submit()).command_status)
+            throttled = S.ESME_RTHROTTLED
+            if per == "bind":
+                assert statuses == [0, 0, throttled] * 2
+            else:
+                assert statuses == [0, 0, throttled, throttled, throttled, throttled]
+            advance(0.51)
+            assert (await second.submit()).command_status == S.ESME_ROK
+            assert (await second.submit()).command_status == throttled
+
+    warp(main())
+
+
 def test_max_pending_bounds_the_queue_with_rmsgqful_and_frees_on_final(warp: Run) -> None:
     """max_pending 2 with receipts an hour away: the third submit → ESME_RMSGQFUL; once a
     message is final (cancelled) there is room again."""

@@ -15,6 +15,7 @@ import pdu_samples as s
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from smppcore.codec import DEFAULT_MAX_PDU_LENGTH, FrameBuffer, decode, encode
 from smppcore.constants import RESPONSE_BIT, CommandId, CommandStatus
@@ -509,7 +510,7 @@ def test_framebuffer_returns_nothing_until_the_last_byte(pdu: Pdu, wire: bytes) 
     assert decode(frame_out) == pdu
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100))
 @given(cuts=st.lists(st.integers(0, sum(map(len, GOLDEN_WIRES))), max_size=40))
 def test_framebuffer_any_chunking_yields_the_same_pdus(cuts: list[int]) -> None:
     """§2.5 (pipelining): PDUs back to back, split anywhere by TCP, come out whole and in order."""
@@ -541,7 +542,7 @@ def test_framebuffer_keeps_a_partial_pdu_that_follows_until_it_completes() -> No
     assert buffer.buffered == 3  # not even a whole command_length yet
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100))
 @given(cuts=st.lists(st.integers(0, 200), max_size=12), length=st.sampled_from([0, 15, 1 << 20]))
 def test_framebuffer_refuses_a_bad_length_the_same_however_it_is_split(
     cuts: list[int], length: int
@@ -1134,7 +1135,7 @@ def suspicious_frames(draw: st.DrawFn) -> bytes:
     return header(16 + len(body), command_id, status, seq) + body
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(data=suspicious_frames())
 def test_decode_of_random_bodies_raises_only_remote_protocol_error(data: bytes) -> None:
     """House rule: any exception other than RemoteProtocolError escaping the core is a bug."""
@@ -1152,7 +1153,7 @@ def test_decode_of_random_bodies_raises_only_remote_protocol_error(data: bytes) 
         assert (error.command_id, error.sequence_number) == (command_id, seq)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100))
 @given(data=st.binary(max_size=200), max_length=st.integers(16, 300))
 def test_framebuffer_never_raises_and_never_holds_more_than_a_pdu(
     data: bytes, max_length: int
@@ -1225,7 +1226,7 @@ def sm_pdus(draw: st.DrawFn, cls: type[SubmitSm] | type[DeliverSm]) -> Pdu:
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150))
 @given(pdu=st.one_of(sm_pdus(SubmitSm), sm_pdus(DeliverSm)))
 def test_submit_sm_and_deliver_sm_round_trip_for_any_values_within_limits(pdu: Pdu) -> None:
     """§4.4.1 / §4.6.1: every legal combination of field values survives encode → decode,

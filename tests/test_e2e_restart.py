@@ -9,8 +9,8 @@ takes a receiver bind, and the test waits for a receipt for each acknowledged id
 
 The carrier reports 2 s after each submit, so no receipt exists yet when the first server
 dies: what is tested is the durability of accepted messages and of the carrier
-correlation, not of receipts in flight at the kill (see the report: those are
-acknowledged to the carrier before they are durable).
+correlation. Receipts in flight at a kill, and kills of carriers, are tested by
+tests/test_crash.py (bench/crash.py).
 """
 
 from __future__ import annotations

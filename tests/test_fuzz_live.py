@@ -13,13 +13,22 @@ memory and descriptors must stay bounded.
 Clients are plain blocking sockets driven by smppcore's codec, so each byte on the wire is
 the test's choice. Every read has a deadline; nothing sleeps to wait.
 
-``SMSC_FUZZ_EXAMPLES=5000 .venv/bin/pytest tests/test_fuzz_live.py`` runs a long fuzz
-(hypothesis examples per test; the default keeps ``make test`` short).
+Hostile connections each come from an address of their own in 127.1.0.0/16 (any 127/8
+address reaches loopback), the well-behaved client from 127.0.0.1. The bind guard counts
+failed binds per peer address, rightly: the fuzzer's wrong passwords must cool down the
+fuzzer, not the client that binds correctly beside it (before, hypothesis's bad binds put
+127.0.0.1 in cool-down and the good binds of later examples were refused at random).
+``test_bind_guard_cools_down_the_guesser_and_spares_the_rest`` shows the guard still trips.
+
+``HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest tests/test_fuzz_live.py`` runs a long fuzz (fifty
+times the examples, random draws; see profiles.py); ``make test`` runs the derandomized ci
+profile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -40,6 +49,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 from smsc_fixtures import (
     app_config,
     bind_client,
@@ -76,7 +86,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Every wait on the server; nothing should come near it.
 DEADLINE = 10.0
 STARTUP_DEADLINE = 60.0
-EXAMPLES = int(os.environ.get("SMSC_FUZZ_EXAMPLES", "40"))
+EXAMPLES = examples(40)
 
 GOOD_ID, GOOD_PW = "acme", "acme-pw"
 FUZZ_ID, FUZZ_PW = "fuzz", "fuzz-pw"
@@ -87,6 +97,8 @@ MAX_CONNECTIONS = 1000
 SESSION_INIT = 2.0
 SLOT_TIMEOUT = 1.0
 INACTIVITY = 2.0
+#: The bind guard as configured for this server (SMSC defaults, written out).
+FAILED_BINDS, FAILED_BIND_WINDOW, BIND_COOLDOWN = 5, 60.0, 300.0
 _S = CommandStatus
 _HEADER = struct.Struct(">IIII")
 
@@ -141,6 +153,11 @@ def _config(tmp: Path) -> dict[str, Any]:
             "enquire_link_interval": None,
             "inactivity_timeout": INACTIVITY,
             "session_init_timeout": SESSION_INIT,
+        },
+        "security": {
+            "failed_binds": FAILED_BINDS,
+            "failed_bind_window": FAILED_BIND_WINDOW,
+            "bind_cooldown": BIND_COOLDOWN,
         },
         "accounts": [
             {"system_id": GOOD_ID, "password": GOOD_PW, "max_window": 100},
@@ -213,8 +230,10 @@ class Peer:
     """One TCP connection; reads are decoded with smppcore (the server must only ever send
     well-formed PDUs) and deliver_sm / enquire_link from the server are answered."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=DEADLINE, source_address=(source, 0)
+        )
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._frames = FrameBuffer(DEFAULT_MAX_PDU_LENGTH)
         self._ready: list[bytes] = []
@@ -334,11 +353,25 @@ BINDS: dict[str, type[Pdu] | None] = {
 }
 
 
+_HOSTILE = itertools.count(1)
+
+
+def hostile_address() -> str:
+    """A loopback address no connection of this run has used: 127.1.0.1, 127.1.0.2, ..."""
+    n = next(_HOSTILE)
+    return f"127.{1 + (n >> 16) % 254}.{(n >> 8) & 0xFF}.{n & 0xFF}"
+
+
 def fuzz_peer(serve: Serve, state: str) -> Peer:
-    peer = Peer(serve.port)
+    """A connection from a fresh hostile address, bound as ``state`` says."""
+    peer = Peer(serve.port, hostile_address())
     kind = BINDS[state]
     if kind is not None:
-        peer.bind(kind, FUZZ_ID, FUZZ_PW)
+        try:
+            peer.bind(kind, FUZZ_ID, FUZZ_PW)
+        except BaseException:
+            peer.close()
+            raise
     return peer
 
 
@@ -482,6 +515,38 @@ def test_request_in_the_wrong_state_gets_its_status(
         assert (answers, closed) == ([], False)
 
 
+GUESS = st.one_of(
+    st.tuples(
+        st.sampled_from([FUZZ_ID, GOOD_ID]),
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=8).filter(
+            lambda p: p not in (FUZZ_PW, GOOD_PW)
+        ),
+    ),
+    st.tuples(st.sampled_from(["nobody", "root", "smppclient"]), st.just("secret")),
+)
+
+
+@FUZZ
+@given(guesses=st.lists(GUESS, min_size=FAILED_BINDS, max_size=FAILED_BINDS))
+def test_bind_guard_cools_down_the_guesser_and_spares_the_rest(
+    serve: Serve, guesses: list[tuple[str, str]]
+) -> None:
+    """failed_binds wrong binds from one address, each answered for what it got wrong; then
+    that address is refused even with the right password, while a client elsewhere binds."""
+    guesser = hostile_address()
+    for system_id, password in guesses:
+        with Peer(serve.port, guesser) as peer:
+            resp = peer.request(
+                BindTransceiver(peer.next_seq(), system_id=system_id, password=password)
+            )
+        known = system_id in (FUZZ_ID, GOOD_ID)
+        assert resp.command_status == (_S.ESME_RINVPASWD if known else _S.ESME_RINVSYSID)
+    with Peer(serve.port, guesser) as peer:
+        resp = peer.request(BindTransceiver(peer.next_seq(), system_id=FUZZ_ID, password=FUZZ_PW))
+        assert resp.command_status == _S.ESME_RBINDFAIL, "the guesser was not cooled down"
+    assert_serving(serve)  # from 127.0.0.1
+
+
 @FUZZ
 @given(state=STATES, data=st.binary(min_size=1, max_size=600))
 def test_random_bytes_get_answers_or_a_close(serve: Serve, state: str, data: bytes) -> None:
@@ -560,43 +625,42 @@ def test_peer_that_writes_without_reading_is_not_buffered(serve: Serve) -> None:
     nothing must not make the server hold the answers without bound: it stops reading
     that peer (TCP pushes back), and drops it once its timers end the session. (Before
     the fix it read on, its unsent answers growing at the rate the peer sent.)"""
-    peer = fuzz_peer(serve, "tx")  # bound: no session_init_timeout to end it early
-    sock = peer.sock
-    chunk = (header(16, CommandId.ENQUIRE_LINK, 1) + header(16, 0x1AA, 2)) * 4096
-    ring = memoryview(chunk * 2)  # ring[sent % len(chunk):][:len(chunk)]: the stream goes on
-    limit = 32 * 1024 * 1024  # ~5 MB of kernel buffers, then the server stops reading
-    sent = 0
-    sock.setblocking(False)
-    with selectors.DefaultSelector() as sel:
-        sel.register(sock, selectors.EVENT_WRITE)
-        while sent < limit:
-            if not sel.select(0.5):
-                break  # the server has stopped reading us
-            at = sent % len(chunk)
-            try:
-                sent += sock.send(ring[at : at + len(chunk)])
-            except BlockingIOError:
-                continue
-            except (ConnectionResetError, BrokenPipeError):
-                break  # ended by inactivity_timeout already (a slow machine)
-        assert sent < limit, "the server kept reading a peer that reads nothing"
-        # Unread, the peer sends nothing: inactivity_timeout ends the session; its answers
-        # can never be written, so the close must not wait for them (slot_timeout bounds it).
-        sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        deadline = time.monotonic() + INACTIVITY + SLOT_TIMEOUT + DEADLINE
-        reset = False
-        while not reset and time.monotonic() < deadline:
-            sel.select(deadline - time.monotonic())
-            reset = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
-            if not reset:
+    with fuzz_peer(serve, "tx") as peer:  # bound: no session_init_timeout to end it early
+        sock = peer.sock
+        chunk = (header(16, CommandId.ENQUIRE_LINK, 1) + header(16, 0x1AA, 2)) * 4096
+        ring = memoryview(chunk * 2)  # ring[sent % len(chunk):][:len(chunk)]: the stream goes on
+        limit = 32 * 1024 * 1024  # ~5 MB of kernel buffers, then the server stops reading
+        sent = 0
+        sock.setblocking(False)
+        with selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_WRITE)
+            while sent < limit:
+                if not sel.select(0.5):
+                    break  # the server has stopped reading us
                 at = sent % len(chunk)
                 try:
                     sent += sock.send(ring[at : at + len(chunk)])
                 except BlockingIOError:
-                    pass
+                    continue
                 except (ConnectionResetError, BrokenPipeError):
-                    reset = True
-    sock.close()
+                    break  # ended by inactivity_timeout already (a slow machine)
+            assert sent < limit, "the server kept reading a peer that reads nothing"
+            # Unread, the peer sends nothing: inactivity_timeout ends the session; its answers
+            # can never be written, so the close must not wait for them (slot_timeout bounds it).
+            sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            deadline = time.monotonic() + INACTIVITY + SLOT_TIMEOUT + DEADLINE
+            reset = False
+            while not reset and time.monotonic() < deadline:
+                sel.select(deadline - time.monotonic())
+                reset = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+                if not reset:
+                    at = sent % len(chunk)
+                    try:
+                        sent += sock.send(ring[at : at + len(chunk)])
+                    except BlockingIOError:
+                        pass
+                    except (ConnectionResetError, BrokenPipeError):
+                        reset = True
     assert reset, "the server kept a session it had ended open for its unsent answers"
     assert_serving(serve)
 
@@ -729,8 +793,6 @@ def wait_all_closed(socks: list[socket.socket], deadline: float) -> None:
                     pass
                 sel.unregister(conn)
                 open_ -= 1
-    for s in socks:
-        s.close()
 
 
 def test_connection_flood_is_capped_reaped_and_leaves_good_clients_alone(serve: Serve) -> None:
@@ -751,10 +813,14 @@ def test_connection_flood_is_capped_reaped_and_leaves_good_clients_alone(serve: 
     try:
         for _ in range(3):
             socks = open_flood(serve.port, 2000, rng)
-            # A new client binds and submits during the flood (it evicts an idle one).
-            assert_serving(serve)
-            assert serve.fds() <= base_fds + MAX_CONNECTIONS + 5
-            wait_all_closed(socks, time.monotonic() + SESSION_INIT + 4 * DEADLINE)
+            try:
+                # A new client binds and submits during the flood (it evicts an idle one).
+                assert_serving(serve)
+                assert serve.fds() <= base_fds + MAX_CONNECTIONS + 5
+                wait_all_closed(socks, time.monotonic() + SESSION_INIT + 4 * DEADLINE)
+            finally:
+                for s in socks:
+                    s.close()  # our side, whatever happened (closing twice is harmless)
             assert serve.fds() <= base_fds + MAX_CONNECTIONS + 5
             rss_after.append(serve.rss_kib())
         accepted_during_flood = len(good.accepted)

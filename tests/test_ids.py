@@ -4,6 +4,7 @@ comes in durably reserved blocks."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from hypothesis import given
@@ -63,5 +64,34 @@ def test_running_out_of_reserved_ids_is_an_error_not_a_repeat() -> None:
         assert [ids.next(), ids.next()] == ["00000000", "00000001"]
         with pytest.raises(RuntimeError, match="exhausted"):
             ids.next()
+
+    asyncio.run(main())
+
+
+def test_a_refill_the_store_cannot_make_is_logged_once_and_tried_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store cannot write (disk full): refills fail, logged once, not raised out of
+    the background task; ids come from what is left; once the store writes, they resume."""
+    outcomes: list[int | Exception] = [0, OSError("disk full"), OSError("disk full"), 4]
+
+    async def reserve(count: int) -> int:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def main() -> None:
+        ids = IdAllocator(0, reserve, block=4)
+        with caplog.at_level(logging.INFO, logger="smsc.ids"):
+            await ids.start()  # its refill fails
+            assert [ids.next(), ids.next(), ids.next()] == ["00000000", "00000001", "00000002"]
+            assert ids.low
+            await ids.refill()  # fails again: not logged again
+            await ids.refill()  # the store writes again
+        assert [ids.next() for _ in range(5)] == [f"0000000{i}" for i in range(3, 8)]
+        messages = [r.getMessage() for r in caplog.records]
+        assert len([m for m in messages if "could not be reserved" in m]) == 1
+        assert any("reserved again" in m for m in messages)
 
     asyncio.run(main())

@@ -388,4 +388,6 @@ def test_the_open_loop_ticks_at_most_once_a_millisecond(loop_name: str) -> None:
 
     with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_name]) as runner:
         ticks, elapsed = runner.run(main())
-    assert 10 <= ticks <= elapsed * 1000 + 5
+    # It ticks (how often depends on how much CPU this process got), never more often
+    # than once a millisecond of the time that passed.
+    assert 1 <= ticks <= elapsed * 1000 + 5

@@ -35,7 +35,7 @@ from smsc_fixtures import (
 from router.metrics import Histogram, no_route_reason
 from router.routing import NO_MATCH, NOT_DIGITS
 from smppcore.constants import CommandStatus
-from smppcore.pdu import CancelSm
+from smppcore.pdu import CancelSm, EnquireLink
 from smppcore.smpptime import format_absolute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +115,10 @@ async def scenario(tmp_path: Path) -> Scrape:
         globex_rx = await bind_client(app, "rx", OTHER_ID, OTHER_PASSWORD)
         await wait_final_receipts(globex_rx, [held])
         ids.append(held)
+        # Its deliver_sm_resp is read before the enquire_link that follows it: the held
+        # receipt's release is queued then, and committed after the flush.
+        await globex_rx.request(EnquireLink())
+        await app.store.flush()
         await globex_rx.close()
         url = f"http://127.0.0.1:{app.http_port}/metrics"
         async with (
@@ -224,6 +228,9 @@ def test_carrier_pdus_receipts_and_binds(scrape: Scrape) -> None:
         assert scrape.value("smsc_carrier_bind_attempts_total", carrier=carrier, result="ok") == 1
         assert scrape.value("smsc_carrier_in_flight", carrier=carrier) == 0
         assert scrape.value("smsc_carrier_available", carrier=carrier) == 1
+        # No rate configured and no throttle met: no limit (ESME_RSYSERR is no throttle).
+        assert scrape.value("smsc_carrier_rate_limit", carrier=carrier) == float("inf")
+        assert scrape.value("smsc_carrier_rate_cuts_total", carrier=carrier) == 0
 
 
 def test_carrier_latency_histograms(scrape: Scrape) -> None:
@@ -245,6 +252,23 @@ def test_store_commit_latency(scrape: Scrape) -> None:
     # Each message is written at least twice (added, finished): 12 messages.
     assert scrape.value("smsc_store_records_total") >= 24
     assert scrape.value("smsc_store_failed_records_total") == 0
+
+
+def test_store_size_rows_and_health_are_read_at_scrape_time(scrape: Scrape) -> None:
+    # A row per message (none is old enough to be purged); globex's held receipt was
+    # delivered and released before the scrape.
+    assert scrape.value("smsc_store_rows", table="messages") == len(scrape.ids)
+    assert scrape.value("smsc_store_rows", table="held") == 0
+    assert scrape.value("smsc_store_size_bytes", file="db") > 0
+    assert scrape.value("smsc_store_size_bytes", file="wal") > 0
+    assert scrape.value("smsc_store_writable") == 1
+    for reason in ("disk_full", "read_only", "io_error", "busy", "no_memory"):
+        assert scrape.value("smsc_store_write_errors_total", reason=reason) == 0
+    assert scrape.value("smsc_store_refused_total", kind="add") == 0
+    assert scrape.value("smsc_store_refused_total", kind="hold") == 0
+    assert scrape.value("smsc_store_read_timeouts_total") == 0
+    assert scrape.value("smsc_store_purged_messages_total") == 0
+    assert scrape.value("smsc_store_held_expired_total") == 0
 
 
 # --- conventions ----------------------------------------------------------------------------

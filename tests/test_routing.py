@@ -411,6 +411,7 @@ def test_explain_lists_every_candidate_with_its_reasons() -> None:
         policy=AccountPolicy(allowed_carriers=frozenset({"mid", "cheap", "dear"})),
         health=health,
         now=1234.0,
+        rates={"cheap": 212.5, "mid": None},
     )
     assert (expl.prefix, expl.account_route, expl.at) == ("44", False, 1234.0)
     assert (expl.choice, expl.price, expl.fallbacks, expl.reason) == (
@@ -430,9 +431,20 @@ def test_explain_lists_every_candidate_with_its_reasons() -> None:
     text = format_explanation(expl)
     lines = text.splitlines()
     assert lines[0] == "destination +447700900123 for account acme: prefix '44' (global route)"
-    assert lines[1].split() == ["carrier", "price", "available", "healthy", "score", "notes"]
+    assert lines[1].split() == [
+        "carrier",
+        "price",
+        "available",
+        "healthy",
+        "score",
+        "rate/s",
+        "notes",
+    ]
+    assert [by_name[c].rate for c in ("cheap", "mid", "dear")] == [212.5, None, None]
     assert lines[2].split()[:3] == ["->", "mid", "0.0200"]
+    assert lines[2].split()[6] == "-"  # no limit
     assert lines[3].split()[:2] == ["1", "cheap"]
+    assert lines[3].split()[6] == "212"  # msg/s
     assert lines[4].split()[:2] == ["x", "dear"]
     assert "unavailable: breaker open (3.0s left)" in lines[4]
     assert lines[-1] == "choice: mid at 0.0200; then cheap"

@@ -13,6 +13,7 @@ import pytest
 from carrier_fixtures import bind_esme, running_carrier
 from loops import LOOP_FACTORIES
 from smsc_fixtures import (
+    DEADLINE,
     FAST,
     PASSWORD,
     SYSTEM_ID,
@@ -24,11 +25,13 @@ from smsc_fixtures import (
 from simulator.config import CarrierConfig
 from smppcore.accounts import Account, PasswordHash, check_bind, hash_password
 from smppcore.aio import BindError
+from smppcore.codec import FrameBuffer, decode, encode
 from smppcore.config import ConfigError, load_config
 from smppcore.constants import CommandId, CommandStatus
+from smppcore.pdu import BindTransceiver
 from smsc.cli import main
 from smsc.config import SecurityConfig, SmscConfig
-from smsc.security import BindGuard
+from smsc.security import Admission, BindGuard
 
 SALT = bytes(range(16))
 #: Cheap parameters for the tests that hash many times (the format carries them).
@@ -224,6 +227,58 @@ def test_no_limit_when_failed_binds_is_null() -> None:
     assert len(g) == 0
 
 
+def test_an_attempt_counts_from_its_start_and_waits_at_the_limit() -> None:
+    """Attempts being checked are pending: failures + pending at the limit make the next
+    one wait, however many arrive before the first check ends."""
+    g = guard()  # failed_binds 3
+    assert [g.begin("10.0.0.1", 0.0) for _ in range(3)] == [Admission.GO] * 3
+    assert g.pending("10.0.0.1") == 3
+    assert g.begin("10.0.0.1", 0.0) is Admission.WAIT  # a fourth is not checked yet
+    assert g.begin("10.0.0.2", 0.0) is Admission.GO  # other addresses are unaffected
+    assert not g.failed("10.0.0.1", 1.0)
+    assert not g.failed("10.0.0.1", 1.0)
+    assert g.begin("10.0.0.1", 1.0) is Admission.WAIT  # 2 failures + 1 pending
+    assert g.failed("10.0.0.1", 1.0)  # the third failure: cool-down
+    assert g.pending("10.0.0.1") == 0
+    assert g.begin("10.0.0.1", 1.0) is Admission.COOLDOWN
+    assert g.blocked("10.0.0.1", 300.9)
+    assert g.begin("10.0.0.1", 301.0) is Admission.GO
+
+
+def test_an_attempt_that_succeeds_is_released_without_counting() -> None:
+    g = guard()
+    for _ in range(3):
+        assert g.begin("10.0.0.1", 0.0) is Admission.GO
+    g.release("10.0.0.1")
+    assert g.pending("10.0.0.1") == 2
+    assert g.begin("10.0.0.1", 0.0) is Admission.GO  # the slot is free again
+    for _ in range(3):
+        g.release("10.0.0.1")
+    assert g.pending("10.0.0.1") == 0
+    g.release("10.0.0.1")  # one too many is harmless
+    assert g.pending("10.0.0.1") == 0
+    assert [g.begin("10.0.0.1", 1.0) for _ in range(4)][-1] is Admission.WAIT
+    assert g.blocks == 0
+
+
+def test_failures_age_out_but_attempts_in_progress_do_not() -> None:
+    g = guard()
+    g.failed("10.0.0.1", 0.0)
+    g.failed("10.0.0.1", 0.0)
+    assert g.begin("10.0.0.1", 1.0) is Admission.GO
+    assert g.begin("10.0.0.1", 1.0) is Admission.WAIT
+    assert g.begin("10.0.0.1", 60.0) is Admission.GO  # both failures aged out
+    assert g.begin("10.0.0.1", 60.0) is Admission.GO
+    assert g.begin("10.0.0.1", 1000.0) is Admission.WAIT  # three pending, however long
+
+
+def test_no_pending_count_without_a_limit() -> None:
+    g = guard(failed_binds=None)
+    assert all(g.begin("10.0.0.1", 0.0) is Admission.GO for _ in range(100))
+    assert g.begin(None, 0.0) is Admission.GO
+    assert len(g) == 0
+
+
 # --- live: smsc serve ------------------------------------------------------------------------
 
 
@@ -301,5 +356,96 @@ def test_the_carrier_simulator_accepts_a_hashed_password(run1: asyncio.Runner) -
                 await bind_esme(carrier, password="Secret")
             esme = await bind_esme(carrier, password="secret")
             await esme.close()
+
+    run1.run(main_())
+
+
+async def bind_answers(port: int, binds: list[bytes]) -> list[int]:
+    """Write ``binds`` (encoded) in one go on one connection; the statuses of their
+    answers, by sequence number."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"".join(binds))
+        frames = FrameBuffer()
+        answers: dict[int, int] = {}
+        async with asyncio.timeout(DEADLINE):
+            while len(answers) < len(binds):
+                data = await reader.read(65536)
+                assert data, f"closed after {len(answers)} answers"
+                for frame in frames.feed(data):
+                    pdu = decode(frame)
+                    answers[pdu.sequence_number] = pdu.command_status
+        return [answers[seq] for seq in sorted(answers)]
+    finally:
+        writer.close()
+
+
+def wrong_bind(seq: int, password: str = "guess") -> bytes:
+    return encode(BindTransceiver(seq, system_id=SYSTEM_ID, password=password))  # type: ignore[call-arg]
+
+
+def hashed_account_config(tmp_path: Path, failed_binds: int) -> SmscConfig:
+    hashed = hash_password(PASSWORD, SALT, **FAST_HASH)
+    return app_config(
+        tmp_path,
+        {"cheap": FAST},
+        accounts=[{"system_id": SYSTEM_ID, "password": hashed, "max_sessions": 20}],
+        security={"failed_binds": failed_binds, "failed_bind_window": 60, "bind_cooldown": 600},
+    )
+
+
+def test_pipelined_guesses_get_at_most_failed_binds_passwords_checked(
+    run1: asyncio.Runner, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """20 wrong binds in one write, to an account whose password is hashed (checked in a
+    thread): 5 are checked, the other 15 are refused unseen once the cool-down starts."""
+
+    async def main_() -> None:
+        async with running_app(hashed_account_config(tmp_path, 5)) as app:
+            statuses = await bind_answers(app.port, [wrong_bind(seq) for seq in range(1, 21)])
+            assert statuses.count(CommandStatus.ESME_RINVPASWD) == 5, statuses
+            assert statuses.count(CommandStatus.ESME_RBINDFAIL) == 15, statuses
+            assert app.server is not None
+            assert app.server.guard.blocks == 1
+            assert app.server.guard.pending("127.0.0.1") == 0
+
+    with caplog.at_level(logging.INFO, logger="smsc.audit"):
+        run1.run(main_())
+    audit = [r.getMessage() for r in caplog.records if r.name == "smsc.audit"]
+    assert len(audit) == 20
+    assert sum("(cool-down starts)" in line for line in audit) == 1
+
+
+def test_concurrent_guesses_over_many_connections_from_one_address_are_limited_too(
+    run1: asyncio.Runner, tmp_path: Path
+) -> None:
+    async def main_() -> None:
+        async with running_app(hashed_account_config(tmp_path, 3)) as app:
+            answers = await asyncio.gather(
+                *(bind_answers(app.port, [wrong_bind(1, f"guess-{i}")]) for i in range(12))
+            )
+            statuses = [status for (status,) in answers]
+            assert statuses.count(CommandStatus.ESME_RINVPASWD) == 3, statuses
+            assert statuses.count(CommandStatus.ESME_RBINDFAIL) == 9, statuses
+
+    run1.run(main_())
+
+
+def test_many_binds_at_once_with_the_right_password_all_get_in(
+    run1: asyncio.Runner, tmp_path: Path
+) -> None:
+    """An address binding more sessions at once than failed_binds, with the right
+    password, waits its turn for the check and is never refused."""
+
+    async def main_() -> None:
+        async with running_app(hashed_account_config(tmp_path, 2)) as app:
+            esmes = await asyncio.gather(*(bind_client(app) for _ in range(8)))
+            try:
+                assert app.server is not None
+                assert len(app.server.binds) == 8
+                assert app.server.guard.blocks == 0
+            finally:
+                for esme in esmes:
+                    await esme.close()
 
     run1.run(main_())

@@ -14,8 +14,9 @@ import struct
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from profiles import examples
 from sessions import BIND_FOR, Pair, reach, sample, wire
 
 from smppcore.codec import encode
@@ -332,12 +333,7 @@ def test_an_mc_may_not_answer_a_request_it_never_received() -> None:
 
 # --- hypothesis: nothing the peer sends makes the core raise ---------------------------------
 
-SETTINGS = settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = settings(max_examples=examples(200))
 LIVE_STARTS = [(role, state) for role in Role for state in State if state is not State.CLOSED]
 
 seqs = st.one_of(st.integers(0, 12), st.integers(0, 0xFFFFFFFF))

@@ -22,10 +22,11 @@ import pytest
 import pytest_asyncio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from small_fs import ext4_image, fill, make_read_only, mount_again, small_tmpfs
 
 from router.config import StoreConfig
 from router.model import Address, Concat, DeliveryReport, Message
-from router.store import SqliteStore, Store, StoreClosed
+from router.store import SqliteStore, Store, StoreClosed, StoreTimeout
 from smppcore.constants import MessageState
 from smppcore.tlv import Tlv
 
@@ -764,3 +765,315 @@ async def test_held_receipts_are_written_as_fast_as_the_messages_that_make_them(
         plain = min([await write(tmp_path / f"plain{k}.db", False) for k in range(2)])
         with_holds = min([await write(tmp_path / f"held{k}.db", True) for k in range(2)])
     assert with_holds < 2 * plain + 0.05, (with_holds, plain)
+
+
+# -- purge, row counts ---------------------------------------------------------------------
+
+
+def finished(s: SqliteStore, first: int, n: int, done_at: float) -> None:
+    for i in range(first, first + n):
+        s.add(msg(i))
+        s.set_final(
+            f"m{i:06d}", DeliveryReport(f"m{i:06d}", MessageState.DELIVERED, done_at=done_at)
+        )
+
+
+@pytest.mark.asyncio
+async def test_purge_deletes_a_batch_per_transaction_between_the_writers_own(
+    tmp_path: Path,
+) -> None:
+    """40 old final messages and 25 expired held items, one row per purge transaction: an
+    ack asked for while the purge runs comes before the purge ends (one purge transaction
+    between two of the writer's)."""
+    s = SqliteStore(config(tmp_path, keep_days=1, purge_batch=1), clock=Clock(0.0))
+    await s.open()
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            finished(s, 0, 40, done_at=10.0)  # old
+            finished(s, 100, 5, done_at=90_000.0)  # recent
+            s.add(msg(200))  # unfinished
+            for i in range(25):
+                s.hold("acme", bytes([i]), 50.0)  # expired at the purge
+            s.hold("acme", b"later", 100_000.0)
+            await s.flush()
+            assert (s.message_rows, s.held_rows) == (46, 26)
+            before = s.transactions
+
+            purge = asyncio.create_task(s.purge(86_420.0))
+            acks = [loop.create_future(), loop.create_future()]
+            assert s.add(msg(300), acks[0].set_result)
+            assert await acks[0] is True
+            assert s.add(msg(301), acks[1].set_result)  # the purge runs meanwhile
+            assert await acks[1] is True
+            assert 0 < s.expired_held + s.purged_messages < 65
+            assert not purge.done()
+            assert await purge == 65
+
+        assert s.expired_held == 25
+        assert s.purged_messages == 40
+        assert (s.message_rows, s.held_rows) == (8, 1)
+        assert s.transactions - before == 2  # the adds; purge transactions are not counted
+        with sqlite3.connect(tmp_path / "smsc.db") as db:
+            assert db.execute("SELECT count(*) FROM messages").fetchone() == (8,)
+            assert db.execute("SELECT count(*) FROM held").fetchone() == (1,)
+    finally:
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_row_counts_follow_the_writes_and_are_read_again_at_open(tmp_path: Path) -> None:
+    s = SqliteStore(config(tmp_path), clock=Clock(0.0), held_max=3)
+    await s.open()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            for i in range(5):
+                s.add(msg(i))
+                s.hold("acme", bytes([i]), 10.0)  # two dropped by held_max
+            s.add(msg(1))  # a duplicate: fails, adds no row
+            await s.flush()
+            assert (s.message_rows, s.held_rows) == (5, 3)
+            s.release([held_id for held_id, _ in await s.held("acme", 2)])
+            await s.flush()
+            assert (s.message_rows, s.held_rows) == (5, 1)
+            db_bytes, wal_bytes = s.file_sizes()
+            assert db_bytes > 0
+            assert wal_bytes > 0
+            await s.close()
+            s = SqliteStore(config(tmp_path), clock=Clock(0.0))
+            await s.open()
+            assert (s.message_rows, s.held_rows) == (5, 1)
+    finally:
+        await s.close()
+    assert SqliteStore(StoreConfig(path=":memory:")).file_sizes() == (0, 0)
+
+
+@pytest.mark.asyncio
+async def test_run_purges_purges_at_once_and_on_schedule_until_cancelled(tmp_path: Path) -> None:
+    from router.store import run_purges
+
+    s = SqliteStore(config(tmp_path, keep_days=1))
+    await s.open()
+    try:
+        finished(s, 0, 3, done_at=10.0)
+        await s.flush()
+        task = asyncio.create_task(run_purges(s, 3600.0, lambda: 86_420.0))
+        async with asyncio.timeout(DEADLINE):
+            await asyncio.sleep(0)  # one loop turn: the task starts and asks for its purge
+            # Purges run in order: ours ends after the task's first one, which ran at once.
+            assert await s.purge(86_420.0) == 0
+            assert s.purged_messages == 3
+            assert not task.done()  # waiting for the next one
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert s.message_rows == 0
+    finally:
+        await s.close()
+
+
+# -- deadlines and bounds ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_read_gives_up_after_read_timeout_while_the_database_hangs(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the write lock: the writer is stuck in SQLite. A read that
+    must see a queued write gives up after ``read_timeout`` (a TimeoutError the callers
+    answer a temporary error for), and the store carries on once the lock is gone."""
+    s = SqliteStore(config(tmp_path, read_timeout=0.2))
+    await s.open()
+    blocker = sqlite3.connect(tmp_path / "smsc.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        assert s.add(msg(1))
+        async with asyncio.timeout(DEADLINE):
+            with pytest.raises(StoreTimeout, match=r"get took more than 0\.2 s") as caught:
+                await s.get("m000001")
+            assert isinstance(caught.value, TimeoutError)
+            with pytest.raises(StoreTimeout):
+                await s.flush()
+            assert s.read_timeouts == 2
+            blocker.execute("ROLLBACK")
+            got = await s.get("m000001")
+        assert got is not None
+    finally:
+        blocker.close()
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_close_gives_up_after_its_deadline_and_says_what_it_abandons(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = SqliteStore(config(tmp_path))
+    await s.open()
+    blocker = sqlite3.connect(tmp_path / "smsc.db", isolation_level=None)
+    results: list[bool] = []
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        assert s.add(msg(1), results.append)
+        assert s.add(msg(2))
+        async with asyncio.timeout(DEADLINE):
+            with caplog.at_level(logging.ERROR, logger="router.store"):
+                await s.close(timeout=0.2)
+        assert not s.is_open
+        assert results == [False]  # its client is answered: not acknowledged
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any("not committed within 0.2 s" in line for line in lines), lines
+        assert any("2 queued records abandoned" in line for line in lines), lines
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await s.close()
+
+
+@pytest.mark.asyncio
+async def test_add_and_hold_refuse_beyond_queue_max(tmp_path: Path) -> None:
+    """An MO flood for an account with no receiver: holds past ``queue_max`` queued records
+    are refused (the layer above answers a temporary error), not kept in memory; state
+    changes of accepted messages are still taken."""
+    s = SqliteStore(config(tmp_path, queue_max=5), clock=Clock(0.0))
+    await s.open()
+    try:
+        taken = [s.hold("acme", bytes([i]), 10.0) for i in range(8)]
+        assert taken == [True] * 5 + [False] * 3
+        assert not s.add(msg(1))
+        s.set_final("m000009", DeliveryReport("m000009", MessageState.DELIVERED))  # taken
+        assert (s.refused_holds, s.refused_adds, s.queued) == (3, 1, 6)
+        async with asyncio.timeout(DEADLINE):
+            await s.flush()
+            assert s.add(msg(1))
+            assert s.hold("acme", b"\x08", 10.0)
+            await s.flush()
+            assert len(await s.held("acme", 10)) == 6
+    finally:
+        await s.close()
+
+
+# -- a full disk -----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("with_unacked", [True, False], ids=["enqueue-records", "acks-only"])
+async def test_a_full_disk_refuses_new_writes_keeps_what_was_accepted_and_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, with_unacked: bool
+) -> None:
+    """The store's file system fills up. Messages acknowledged before are kept; an add
+    waiting for its commit (``ack_after: store``) is failed, never acknowledged, and not
+    written later; a record already acknowledged (``ack_after: enqueue``) is kept in memory
+    and written when space returns; new adds and holds are refused meanwhile; one ERROR
+    line says why. With only acks in the failing batch, a probe write finds out that space
+    is back. Writes resume by themselves once the filler file is removed."""
+    with small_tmpfs(tmp_path / "fs") as fs:
+        path = str(fs / "smsc.db")
+        s = SqliteStore(StoreConfig(path=path, retry_max=0.05), clock=Clock(0.0))
+        await s.open()
+        loop = asyncio.get_running_loop()
+        acked: list[str] = []
+        unacked: list[str] = []
+        try:
+            async with asyncio.timeout(DEADLINE):
+                for i in range(20):  # acknowledged before the disk is full
+                    done = loop.create_future()
+                    assert s.add(msg(i, short_message=b"x" * 200), done.set_result)
+                    assert await done is True
+                    acked.append(f"m{i:06d}")
+                filler = fill(fs)
+                refused: str | None = None
+                with caplog.at_level(logging.INFO, logger="router.store"):
+                    i = 100
+                    while refused is None:  # until the WAL's last free page is used up
+                        i += 1
+                        if with_unacked:
+                            assert s.add(msg(1000 + i, short_message=b"y" * 200))
+                            unacked.append(f"m{1000 + i:06d}")
+                        done = loop.create_future()
+                        assert s.add(msg(i, short_message=b"x" * 200), done.set_result)
+                        if await done:
+                            acked.append(f"m{i:06d}")
+                        else:
+                            refused = f"m{i:06d}"
+                    assert s.unwritable == "disk_full"
+                    assert s.write_errors["disk_full"] >= 1
+                    assert not s.add(msg(5000))
+                    assert s.hold("acme", b"mo", 10.0) is False
+                    assert (s.refused_adds, s.refused_holds) == (1, 1)
+                    # A state change of an accepted message is taken, and waits in memory.
+                    s.set_final(acked[0], DeliveryReport(acked[0], MessageState.DELIVERED))
+                    with pytest.raises(StoreTimeout, match="cannot write: disk_full"):
+                        await s.flush(timeout=0.2)
+
+                    filler.unlink()  # space returns
+                    await s.flush()  # everything queued is written now
+                assert s.unwritable is None
+                errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+                assert len(errors) == 1, errors  # once, not per record nor per retry
+                assert "cannot be written (disk_full" in errors[0].getMessage()
+                assert any("written again" in r.getMessage() for r in caplog.records)
+
+                done = loop.create_future()
+                assert s.add(msg(6000), done.set_result)
+                assert await done is True
+            await s.close(timeout=DEADLINE)
+            s = SqliteStore(StoreConfig(path=path), clock=Clock(0.0))
+            await s.open()  # what is on disk:
+            async with asyncio.timeout(DEADLINE):
+                for mid in [*acked, *unacked, "m006000"]:
+                    assert await s.get(mid) is not None, mid
+                assert await s.get(refused) is None  # answered "not stored": it is not
+                first = await s.get(acked[0])
+                assert first is not None
+                assert first.state == MessageState.DELIVERED
+        finally:
+            await s.close(timeout=DEADLINE)
+
+
+@pytest.mark.asyncio
+async def test_a_file_system_turned_read_only_refuses_writes_and_loses_nothing_acknowledged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel turns the store's file system read-only (ext4 on an I/O error). Acked
+    messages stay on disk; the add waiting for its ack is failed; new adds are refused;
+    one ERROR line names the cause (read_only). The writer keeps what it holds and tries
+    again (a file system the kernel made read-only needs an operator: fsck, remount)
+    until ``close`` gives up on it at its deadline, saying what it abandons."""
+    with ext4_image(tmp_path) as (mnt, device):
+        path = str(mnt / "smsc.db")
+        s = SqliteStore(StoreConfig(path=path, retry_max=0.05), clock=Clock(0.0))
+        await s.open()
+        loop = asyncio.get_running_loop()
+        acked: list[str] = []
+        try:
+            async with asyncio.timeout(DEADLINE):
+                for i in range(20):
+                    done = loop.create_future()
+                    assert s.add(msg(i), done.set_result)
+                    assert await done is True
+                    acked.append(f"m{i:06d}")
+                # The acked writes are in the WAL, in the page cache (synchronous=NORMAL:
+                # they survive kill -9, not a crash of the file system). Written out first,
+                # as the kernel does within seconds; what it had not written when ext4
+                # aborts is lost with the file system, whatever the program.
+                os.sync()
+                make_read_only(device)
+                with caplog.at_level(logging.WARNING, logger="router.store"):
+                    s.set_final(acked[0], DeliveryReport(acked[0], MessageState.DELIVERED))
+                    done = loop.create_future()
+                    assert s.add(msg(100), done.set_result)
+                    assert await done is False
+                    assert s.unwritable == "read_only"
+                    assert s.write_errors["read_only"] >= 1
+                    assert not s.add(msg(101))
+                    await s.close(timeout=0.3)
+                errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+                assert "cannot be written (read_only" in errors[0]
+                assert [e for e in errors if "cannot be written" in e] == errors[:1]
+                assert any("1 queued records abandoned" in e for e in errors)  # the set_final
+        finally:
+            await s.close(timeout=DEADLINE)
+        # The file system, checked and mounted again by its operator: acked ones are there.
+        mount_again(mnt, device)
+        assert set(acked) <= committed_ids(path)
+        assert "m000100" not in committed_ids(path)

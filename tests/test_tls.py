@@ -8,9 +8,11 @@ client; every file lives under ``tmp_path``. Every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +238,142 @@ def test_a_peer_that_never_starts_the_handshake_is_closed_at_session_init_timeou
             server.close()
 
     run(main())
+
+
+class AuditLines(logging.Handler):
+    """Collects the ``smsc.audit`` lines that mention a TLS handshake; ``wait(n)`` returns
+    once ``n`` of them are in (deadline: DEADLINE)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "tls handshake" in record.getMessage():
+            self.lines.append(record.getMessage())
+            self._changed.set()
+
+    async def wait(self, n: int) -> list[str]:
+        async with asyncio.timeout(DEADLINE):
+            while len(self.lines) < n:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.lines
+
+
+@pytest.fixture
+def audit_lines() -> Iterator[AuditLines]:
+    logger = logging.getLogger("smsc.audit")
+    handler = AuditLines()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def where(writer: asyncio.StreamWriter) -> str:
+    host, port = writer.get_extra_info("sockname")[:2]
+    return f"{host}:{port}"
+
+
+def test_connections_in_their_tls_handshake_count_against_max_connections(
+    run: Run, tmp_path: Path, pki: Pki, audit_lines: AuditLines
+) -> None:
+    """Connections to the TLS port that never say hello fill listen.max_connections like
+    any unbound connection: at the limit the oldest is closed (long before its handshake
+    deadline, 60 s here), and a client that completes its handshake still gets in."""
+
+    async def main_() -> None:
+        config = app_config(
+            tmp_path,
+            {"cheap": FAST},
+            listen={"host": "127.0.0.1", "port": 0, "max_connections": 2},
+            listen_tls=pki.listen_tls(),
+        )
+        async with running_app(config) as app:
+            assert app.server is not None
+            silent = [await asyncio.open_connection("127.0.0.1", app.tls_port) for _ in range(3)]
+            try:
+                async with asyncio.timeout(DEADLINE):
+                    assert await silent[0][0].read() == b""  # the oldest one is closed
+                assert len(app.server.connections) == 2
+                assert app.server.metrics.connections_dropped == 1
+                esme = await tls_bind(app, pki.client())  # closes the next oldest
+                try:
+                    async with asyncio.timeout(DEADLINE):
+                        assert await silent[1][0].read() == b""
+                    our_id = await esme.submit_ok("447700900123")
+                    await esme.receipt_for(our_id)
+                finally:
+                    await esme.close()
+                lines = await audit_lines.wait(2)
+                assert f"peer={where(silent[0][1])} reason=closed by the server" in lines[0]
+                assert f"peer={where(silent[1][1])} reason=closed by the server" in lines[1]
+            finally:
+                for _, writer in silent:
+                    writer.close()
+
+    run(main_())
+
+
+def test_a_tls_connection_is_refused_before_its_handshake_when_every_slot_is_bound(
+    run1: Run, tmp_path: Path, pki: Pki
+) -> None:
+    async def main_() -> None:
+        config = app_config(
+            tmp_path,
+            {"cheap": FAST},
+            listen={"host": "127.0.0.1", "port": 0, "max_connections": 1},
+            listen_tls=pki.listen_tls(),
+        )
+        async with running_app(config) as app:
+            assert app.server is not None
+            esme = await bind_client(app)
+            try:
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    await connect("127.0.0.1", app.tls_port, ssl=pki.client(), timeout=DEADLINE)
+                assert app.server.metrics.connections_dropped == 1
+                await esme.submit_ok("447700900123")  # the bound session is unaffected
+            finally:
+                await esme.close()
+
+    run1(main_())
+
+
+def test_a_failed_or_timed_out_handshake_gets_one_audit_line(
+    run: Run, tmp_path: Path, pki: Pki, audit_lines: AuditLines
+) -> None:
+    async def main_() -> None:
+        session = {"window": 100, "inbound_window": 100, "session_init_timeout": 0.5}
+        config = app_config(tmp_path, {"cheap": FAST}, session=session, listen_tls=pki.listen_tls())
+        async with running_app(config) as app:
+            assert app.server is not None
+            reader, garbage = await asyncio.open_connection("127.0.0.1", app.tls_port)
+            silent_reader, silent = await asyncio.open_connection("127.0.0.1", app.tls_port)
+            try:
+                garbage.write(b"\0" * 64)  # not a ClientHello
+                async with asyncio.timeout(DEADLINE):
+                    answer = await reader.read()
+                    assert answer == b"" or answer[0] == 0x15  # at most a TLS alert
+                    assert await silent_reader.read() == b""  # at the handshake deadline
+                lines = await audit_lines.wait(2)
+            finally:
+                garbage.close()
+                silent.close()
+            failed = [line for line in lines if f"peer={where(garbage)} " in line]
+            timed_out = [line for line in lines if f"peer={where(silent)} " in line]
+            assert len(failed) == len(timed_out) == 1, lines
+            assert failed[0].startswith("tls handshake failed ")
+            assert "reason=no handshake" not in failed[0]
+            assert timed_out[0].endswith("reason=no handshake within 0.5s")
+            assert not app.server.connections  # both forgotten
+
+    run(main_())
 
 
 def test_client_certificate_required_when_client_ca_is_set(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from smppcore.constants import CommandStatus
 from smppcore.errors import LocalProtocolError, RemoteProtocolError
@@ -284,7 +285,7 @@ def test_encode_tlvs_refuses_a_value_over_the_16_bit_length() -> None:
     assert info.value.status == S.ESME_RINVPARLEN
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150))
 @given(
     st.lists(
         st.tuples(
@@ -301,7 +302,7 @@ def test_any_unknown_tlvs_round_trip_byte_exact(pairs: list[tuple[int, bytes]]) 
     assert encode_tlvs(decode_tlvs(raw, 0, len(raw))) == raw
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100))
 @given(st.binary(max_size=60))
 def test_decode_tlvs_of_random_octets_raises_only_remote_protocol_error(raw: bytes) -> None:
     try:

@@ -24,6 +24,7 @@ from carrier_fixtures import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from router.config import CarrierConfig, Reconnect
 from router.model import Accepted, Address, Failed, Message, Rejected, SubmitOutcome
@@ -35,7 +36,7 @@ from router.upstream import (
     submit_pdu,
 )
 from simulator.carrier import Carrier
-from smppcore.aio import BindError, connect
+from smppcore.aio import BindError, Connection, connect
 from smppcore.codec import encode
 from smppcore.config import load_config
 from smppcore.constants import CommandStatus, EsmClass
@@ -91,7 +92,7 @@ class Watch:
         self.deliver_status = deliver_status
         self._changed = asyncio.Event()
 
-    def on_deliver(self, name: str, pdu: DeliverSm) -> int:
+    def on_deliver(self, name: str, pdu: DeliverSm, conn: Connection) -> int:
         self.delivered.append((name, pdu))
         self._changed.set()
         return self.deliver_status
@@ -198,7 +199,7 @@ _TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x17F), max_size=23
 _OCTET = st.integers(-1, 256)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 @given(
     source=st.builds(Address, _OCTET, _OCTET, _TEXT),
     destination=st.builds(Address, _OCTET, _OCTET, _TEXT),
@@ -343,16 +344,42 @@ def test_outcomes_and_receipts(run: Run) -> None:
     run(main())
 
 
-def test_throttled_pauses_the_carrier(run: Run) -> None:
-    prof = profile(submit_errors={"ESME_RTHROTTLED": 1.0})
+@pytest.mark.parametrize("status", ["ESME_RTHROTTLED", "ESME_RMSGQFUL"])
+def test_a_throttle_cuts_the_binds_rate_and_at_the_floor_holds_it_back(
+    run: Run, status: str
+) -> None:
+    """A carrier refusing everything with a throttle: each answer to a submit sent after
+    the last cut cuts the bind's rate (100 → 70 msg/s, then 49, which is the floor of 50
+    here); at the floor the bind is held back ``throttle_pause``."""
+    prof = profile(submit_errors={status: 1.0})
 
     async def main() -> None:
         async with running_carrier(profiles={"default": prof}) as carrier:
             watch = Watch()
-            pool = await bound_pool(carrier, watch, throttle_pause=30.0)
+            pool = await bound_pool(
+                carrier,
+                watch,
+                rate=100.0,
+                burst=1,
+                throttle_pause=30.0,
+                adaptive={"min_rate": 50.0},
+            )
+            assert pool.rate_limit == 100.0
             assert pool.ready(now())
             result = await outcome(send(pool, message(1), now()))
-            assert result == Rejected("sim", S.ESME_RTHROTTLED, retryable=True)
+            assert result == Rejected("sim", S[status], retryable=True)
+            assert pool.rate_limit == pytest.approx(70.0)
+            assert not pool.paused(now())
+            at = pool.ready_at(now())
+            assert at is not None
+            assert at <= now() + 1 / 70 + 0.001  # the next token at 70/s, no pause
+            # The time the pool names (a clock deadline, not a state to wait for).
+            await asyncio.sleep(max(at - now(), 0.0) + 0.002)
+            assert pool.ready(now())
+            result = await outcome(send(pool, message(2), now()))
+            assert result == Rejected("sim", S[status], retryable=True)
+            assert pool.rate_limit == 50.0
+            assert pool.rate_cuts == 2
             t = now()
             assert pool.paused(t)
             assert not pool.ready(t)
@@ -360,8 +387,57 @@ def test_throttled_pauses_the_carrier(run: Run) -> None:
             assert at is not None
             assert t + 29.0 < at <= t + 30.0
             assert pool.ready(at)  # the pause is over then (the window is free)
-            refused = send(pool, message(2), t)
+            refused = send(pool, message(3), t)
             assert refused.result() == Failed("sim", "not ready")
+            await pool.stop(timeout=DEADLINE)
+
+    run(main())
+
+
+def test_only_throttles_of_submits_sent_after_the_cut_cut_again(run: Run) -> None:
+    """A window of submits throttled together is one cut, not one each; with no ``rate``
+    the bind had no limit, and the cut starts from the rate it was sending at."""
+    prof = profile(submit_errors={"ESME_RTHROTTLED": 1.0})
+
+    async def main() -> None:
+        async with running_carrier(profiles={"default": prof}) as carrier:
+            watch = Watch()
+            pool = await bound_pool(carrier, watch, window=10)
+            assert pool.rate_limit is None
+            t = now()
+            futures = [send(pool, message(i), t) for i in range(10)]
+            results = [await outcome(f) for f in futures]
+            assert results == [Rejected("sim", S.ESME_RTHROTTLED, retryable=True)] * 10
+            assert pool.rate_cuts == 1
+            assert pool.rate_limit is not None
+            await pool.stop(timeout=DEADLINE)
+
+    run(main())
+
+
+def test_a_throttle_cuts_the_bind_it_came_on(run: Run) -> None:
+    """Each bind has its own rate (carriers often throttle per bind): a throttle on one
+    bind cuts that bind's rate; the other keeps its own (here: still no limit, so the
+    carrier as a whole has none either)."""
+    prof = profile(throttle={"rate": 1.0, "burst": 1, "per": "bind"})
+
+    async def main() -> None:
+        async with running_carrier(profiles={"default": prof}) as carrier:
+            watch = Watch()
+            pool = await bound_pool(carrier, watch, binds=2)
+            first, second = pool._links
+            second.suspect = True  # both submits go over the first bind
+            t = now()
+            futures = [send(pool, message(i), t) for i in range(2)]
+            results = [await outcome(f) for f in futures]
+            assert isinstance(results[0], Accepted)
+            assert results[1] == Rejected("sim", S.ESME_RTHROTTLED, retryable=True)
+            assert first.rate.cuts == 1
+            assert first.rate.limit is not None
+            assert (second.rate.cuts, second.rate.limit) == (0, None)
+            assert pool.rate_limit is None
+            assert pool.rate_cuts == 1
+            second.suspect = False
             await pool.stop(timeout=DEADLINE)
 
     run(main())
@@ -600,7 +676,7 @@ def test_send_after_ready_goes_where_a_fresh_pick_would(run: Run) -> None:
                 return [lk.conn.session.in_flight if lk.conn else -1 for lk in links]
 
             for i in range(7):
-                expected = pool._pick()
+                expected = pool._pick(t)
                 assert expected is not None
                 assert pool.ready(t)
                 before = loads()
@@ -609,11 +685,11 @@ def test_send_after_ready_goes_where_a_fresh_pick_would(run: Run) -> None:
                 assert [b - a for a, b in zip(before, after, strict=True)] == [
                     1 if lk is expected else 0 for lk in links
                 ]
-            readied = pool._pick()
+            readied = pool._pick(t)
             assert readied is not None
             assert pool.ready(t)
             readied.suspect = True  # no longer submit-capable: send must look again
-            other = pool._pick()
+            other = pool._pick(t)
             assert other is not None
             assert other is not readied
             before = loads()
