@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from router.config import StoreConfig
 from router.model import Address, DeliveryReport, Message
-from router.store import SqliteStore
+from router.store import SqliteStore, StoreTimeout
 from smppcore.constants import MessageState
 
 #: A receipt deliver_sm's size, roughly (header, addresses, text, three TLVs).
@@ -77,7 +77,12 @@ async def run(path: Path, n: int, rate: float, hold: bool) -> dict[str, float]:
             due = started + (first + STEP) / rate if rate else 0.0
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
         offered = time.perf_counter() - started
-        await store.flush()
+        while True:
+            try:
+                await store.flush()  # bounded by store.read_timeout: wait on past it
+                break
+            except StoreTimeout:
+                continue
         took = time.perf_counter() - started
     finally:
         stop.set()
