@@ -183,6 +183,11 @@ class MessageQueue:
         """Each parking lot with messages in it: key → messages parked there."""
         return {key: lot.live for key, lot in self._lots.items()}
 
+    def parked_in(self, key: ParkKey) -> int:
+        """Messages parked under ``key``."""
+        lot = self._lots.get(key)
+        return 0 if lot is None else lot.live
+
     def oldest_submitted(self) -> float | None:
         """The earliest ``submitted_at`` among the waiting messages (ready, scheduled or
         parked); None when none waits. A scan: for the admin API, not for the dispatcher."""
