@@ -11,7 +11,8 @@ Shape
   down) wait in the lot of their :data:`ParkKey` (the carriers that could take them), FIFO
   per priority, and are not looked at until the router wakes the lot (:meth:`unpark`, all
   of them, or :meth:`unpark_first`, one trial message). Parked messages cost no work while
-  they wait.
+  they wait, and little memory: each is kept packed (one msgpack array of its fields, about
+  a third of the Message's size) until it is popped again.
 * Expiry buckets: every queued message (ready, scheduled or parked) with an ``expires_at``
   sits in the bucket of its 1/64 s tick, a dict; a heap orders the ticks. :meth:`expire`
   costs O(k + log n) for k expired messages, never a scan, and a message that leaves the
@@ -48,6 +49,9 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
 
 from router.model import Message
 
@@ -68,17 +72,43 @@ _SLACK = 64
 _TICKS = 64
 """Expiry buckets per second (a power of two: ``t * _TICKS`` is exact)."""
 
+#: A parked message is kept packed: its fields as one msgpack array (about 240 bytes for a
+#: 160-character text, against about 730 for the Message with its strings, addresses and
+#: floats). A million parked messages fit in memory; it is unpacked when popped.
+_Packed: Any = msgspec.defstruct(
+    "_PackedMessage",
+    [(f.name, f.type) for f in msgspec.structs.fields(Message)],
+    array_like=True,
+    frozen=True,
+    gc=False,
+)
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER: Any = msgspec.msgpack.Decoder(_Packed)
+
+
+def _pack(msg: Message) -> bytes:
+    return _ENCODER.encode(msgspec.structs.astuple(msg))
+
+
+def _unpack(data: bytes) -> Message:
+    return Message(**msgspec.structs.asdict(_DECODER.decode(data)))
+
 
 class _Slot:
     """One queued message and where it is; ``state`` is _GONE once it left the queue;
-    ``lot`` is its parking lot while ``state`` is _PARKED."""
+    ``lot`` is its parking lot while ``state`` is _PARKED. ``msg`` is packed (bytes) when
+    it was parked, until it is popped."""
 
     __slots__ = ("lot", "msg", "state")
 
-    def __init__(self, msg: Message, state: int) -> None:
+    def __init__(self, msg: Message | bytes, state: int) -> None:
         self.msg = msg
         self.state = state
         self.lot: _Lot | None = None
+
+    def message(self) -> Message:
+        msg = self.msg
+        return _unpack(msg) if isinstance(msg, bytes) else msg
 
 
 class _Lot:
@@ -189,9 +219,18 @@ class MessageQueue:
         return 0 if lot is None else lot.live
 
     def oldest_submitted(self) -> float | None:
-        """The earliest ``submitted_at`` among the waiting messages (ready, scheduled or
-        parked); None when none waits. A scan: for the admin API, not for the dispatcher."""
-        return min((slot.msg.submitted_at for slot in self._index.values()), default=None)
+        """The earliest ``submitted_at`` among the waiting messages; None when none waits.
+        Ready and scheduled messages are scanned (for the admin API, not the dispatcher);
+        of the parked ones, the first of each priority of each lot is read (they are
+        parked in the order they were queued)."""
+        slots = [s for level in self._levels for s in level if s.state == _READY]
+        slots += [e[2] for e in self._sched if self._sched_valid(e)]
+        for lot in self._lots.values():
+            for level in range(LEVELS):
+                lot.trim(level)
+                if lot.levels[level]:
+                    slots.append(lot.levels[level][0])
+        return min((s.message().submitted_at for s in slots), default=None)
 
     def __contains__(self, message_id: object) -> bool:
         return message_id in self._index
@@ -216,8 +255,8 @@ class MessageQueue:
             raise ValueError(f"priority {p} is not 0..{LEVELS - 1}")
         return p
 
-    def _add_expiry(self, slot: _Slot) -> None:
-        exp = slot.msg.expires_at
+    def _add_expiry(self, slot: _Slot, msg: Message) -> None:
+        exp = msg.expires_at
         if exp is None:
             return
         tick = int(exp * _TICKS)
@@ -231,8 +270,8 @@ class MessageQueue:
                 heapq.heapify(self._ticks)
         bucket[slot] = None
 
-    def _drop_expiry(self, slot: _Slot) -> None:
-        exp = slot.msg.expires_at
+    def _drop_expiry(self, slot: _Slot, msg: Message) -> None:
+        exp = msg.expires_at
         if exp is None:
             return
         tick = int(exp * _TICKS)
@@ -242,9 +281,9 @@ class MessageQueue:
             if not bucket:
                 del self._buckets[tick]
 
-    def _push_scheduled(self, slot: _Slot) -> bool:
+    def _push_scheduled(self, slot: _Slot, msg: Message) -> bool:
         """Into the schedule heap; True if this moved next_due earlier."""
-        at = slot.msg.schedule_at
+        at = msg.schedule_at
         assert at is not None
         earlier = self._peek_due() is None or at < self._sched[0][0]
         slot.state = _SCHEDULED
@@ -252,8 +291,7 @@ class MessageQueue:
         self._scheduled += 1
         return earlier
 
-    def _append_ready(self, slot: _Slot, *, front: bool = False) -> None:
-        level = slot.msg.priority
+    def _append_ready(self, slot: _Slot, level: int, *, front: bool = False) -> None:
         slot.state = _READY
         if front:
             self._levels[level].appendleft(slot)
@@ -262,23 +300,23 @@ class MessageQueue:
         self._per_level[level] += 1
         self._ready += 1
 
-    def _park_slot(self, slot: _Slot, key: ParkKey) -> None:
+    def _park_slot(self, slot: _Slot, key: ParkKey, level: int) -> None:
         lot = self._lots.get(key)
         if lot is None:
             lot = self._lots[key] = _Lot(key)
         slot.state = _PARKED
         slot.lot = lot
-        lot.levels[slot.msg.priority].append(slot)
+        lot.levels[level].append(slot)
         lot.live += 1
         self._parked += 1
 
-    def _kill(self, slot: _Slot) -> None:
-        """Take a live slot out of the counts, the index and its expiry bucket; its entries
-        in the levels, the schedule or a lot become dead."""
+    def _kill(self, slot: _Slot, msg: Message) -> None:
+        """Take a live slot (of ``msg``) out of the counts, the index and its expiry bucket;
+        its entries in the levels, the schedule or a lot become dead."""
         state = slot.state
         slot.state = _GONE
         if state == _READY:
-            self._per_level[slot.msg.priority] -= 1
+            self._per_level[msg.priority] -= 1
             self._ready -= 1
             self._dead_ready += 1
         elif state == _SCHEDULED:
@@ -296,11 +334,11 @@ class MessageQueue:
                 for dq in lot.levels:
                     dq.clear()
             else:
-                lot.trim(slot.msg.priority)
+                lot.trim(msg.priority)
                 if lot.dead > lot.live + _SLACK:
                     lot.compact()
-        self._drop_expiry(slot)
-        del self._index[slot.msg.id]
+        self._drop_expiry(slot, msg)
+        del self._index[msg.id]
 
     def _compact(self) -> None:
         if self._dead_ready > self._ready + _SLACK:
@@ -316,7 +354,8 @@ class MessageQueue:
     @staticmethod
     def _sched_valid(entry: tuple[float, int, _Slot]) -> bool:
         at, _, slot = entry
-        return slot.state == _SCHEDULED and slot.msg.schedule_at == at
+        msg = slot.msg  # a scheduled slot is never packed
+        return slot.state == _SCHEDULED and isinstance(msg, Message) and msg.schedule_at == at
 
     def _peek_due(self) -> float | None:
         sched = self._sched
@@ -340,12 +379,12 @@ class MessageQueue:
             return False
         slot = _Slot(msg, _GONE)
         self._index[msg.id] = slot
-        self._add_expiry(slot)
+        self._add_expiry(slot, msg)
         if msg.schedule_at is not None and msg.schedule_at > now:
-            if self._push_scheduled(slot):
+            if self._push_scheduled(slot, msg):
                 self._wake()
         else:
-            self._append_ready(slot)
+            self._append_ready(slot, msg.priority)
             self._wake()
         return True
 
@@ -358,8 +397,8 @@ class MessageQueue:
             raise ValueError(f"message {msg.id!r} is already queued")
         slot = _Slot(msg, _GONE)
         self._index[msg.id] = slot
-        self._add_expiry(slot)
-        self._append_ready(slot, front=True)
+        self._add_expiry(slot, msg)
+        self._append_ready(slot, msg.priority, front=True)
         self._wake()
 
     def park(self, msg: Message, key: ParkKey) -> None:
@@ -371,10 +410,10 @@ class MessageQueue:
         self._level(msg)
         if msg.id in self._index:
             raise ValueError(f"message {msg.id!r} is already queued")
-        slot = _Slot(msg, _GONE)
+        slot = _Slot(_pack(msg), _GONE)
         self._index[msg.id] = slot
-        self._add_expiry(slot)
-        self._park_slot(slot, key)
+        self._add_expiry(slot, msg)
+        self._park_slot(slot, key, msg.priority)
 
     def unpark(self, key: ParkKey) -> int:
         """Wake every message parked under ``key``: each goes to the FRONT of its ready
@@ -416,7 +455,7 @@ class MessageQueue:
                 lot.trim(level)
                 dq = lot.levels[level]
                 if dq:
-                    rank = (level, -dq[0].msg.submitted_at)
+                    rank = (level, -dq[0].message().submitted_at)
                     if best is None or rank > best:
                         best, chosen = rank, lot
                     break
@@ -428,9 +467,9 @@ class MessageQueue:
         if chosen.live == 0:
             del self._lots[chosen.key]
         slot.lot = None
-        self._append_ready(slot, front=True)
+        self._append_ready(slot, best[0], front=True)
         self._wake()
-        return slot.msg
+        return slot.message()
 
     def release_due(self, now: float) -> int:
         """Move scheduled messages due at ``now`` to the back of their level, earliest first;
@@ -443,7 +482,7 @@ class MessageQueue:
                 continue
             slot = entry[2]
             self._scheduled -= 1
-            self._append_ready(slot)
+            self._append_ready(slot, slot.message().priority)
             moved += 1
         if moved:
             self._wake()
@@ -480,7 +519,9 @@ class MessageQueue:
                         self._dead_ready -= 1
                         continue
                     msg = slot.msg
-                    self._kill(slot)
+                    if isinstance(msg, bytes):  # parked once
+                        msg = _unpack(msg)
+                    self._kill(slot, msg)
                     self._dead_ready -= 1  # popped, so not left behind in the deque
                     if msg.expires_at is not None and msg.expires_at <= now:
                         self._expired.append(msg)
@@ -507,13 +548,15 @@ class MessageQueue:
                 heapq.heappop(ticks)
                 del buckets[tick]
                 for slot in bucket:
-                    expired.append(slot.msg)
-                    self._kill(slot)
+                    msg = slot.message()
+                    expired.append(msg)
+                    self._kill(slot, msg)
                 continue
             # the tick ``now`` is in: only what expired by now (always the last bucket)
-            for slot in [s for s in bucket if s.msg.expires_at <= now]:  # type: ignore[operator]
-                expired.append(slot.msg)
-                self._kill(slot)
+            for msg, slot in [(s.message(), s) for s in bucket]:
+                if msg.expires_at is not None and msg.expires_at <= now:
+                    expired.append(msg)
+                    self._kill(slot, msg)
             break
         self._compact()
 
@@ -529,8 +572,8 @@ class MessageQueue:
         slot = self._index.get(message_id)
         if slot is None:
             return None
-        msg = slot.msg
-        self._kill(slot)
+        msg = slot.message()
+        self._kill(slot, msg)
         self._compact()
         return msg
 
@@ -548,30 +591,28 @@ class MessageQueue:
         if slot is None:
             return False
         self._level(msg)
-        old = slot.msg
+        old = slot.message()
         if msg.priority == old.priority and msg.schedule_at == old.schedule_at:
-            if msg.expires_at != old.expires_at:
-                self._drop_expiry(slot)
-                slot.msg = msg
-                self._add_expiry(slot)
-            else:
-                slot.msg = msg
+            self._drop_expiry(slot, old)
+            slot.msg = _pack(msg) if isinstance(slot.msg, bytes) else msg
+            self._add_expiry(slot, msg)
             self._compact()
             return True
         was_scheduled = slot.state == _SCHEDULED
         lot = slot.lot if slot.state == _PARKED else None
         key = None if lot is None else lot.key
-        self._kill(slot)
+        self._kill(slot, old)
         fresh = _Slot(msg, _GONE)
         self._index[msg.id] = fresh
-        self._add_expiry(fresh)
+        self._add_expiry(fresh, msg)
         if msg.schedule_at is not None and (was_scheduled or msg.schedule_at != old.schedule_at):
-            earlier = self._push_scheduled(fresh)
+            earlier = self._push_scheduled(fresh, msg)
         elif key is not None:
-            self._park_slot(fresh, key)
+            fresh.msg = _pack(msg)
+            self._park_slot(fresh, key, msg.priority)
             earlier = False
         else:
-            self._append_ready(fresh)
+            self._append_ready(fresh, msg.priority)
             earlier = True
         self._compact()
         if earlier:
