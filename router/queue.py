@@ -94,17 +94,19 @@ def _unpack(data: bytes) -> Message:
     return Message(**msgspec.structs.asdict(_DECODER.decode(data)))
 
 
-class _Slot:
+class _Slot(msgspec.Struct, gc=False, eq=False):
     """One queued message and where it is; ``state`` is _GONE once it left the queue;
     ``lot`` is its parking lot while ``state`` is _PARKED. ``msg`` is packed (bytes) when
-    it was parked, until it is popped."""
+    it was parked, until it is popped.
 
-    __slots__ = ("lot", "msg", "state")
+    Internal bookkeeping, mutable, compared and hashed by identity. Not tracked by the
+    garbage collector (``gc=False``): a full collection would otherwise walk every queued
+    message (~0.4 s with a million) and stall the loop. So it must never sit in a cycle:
+    ``lot`` is cleared whenever the slot leaves its lot (the lot's deques hold it)."""
 
-    def __init__(self, msg: Message | bytes, state: int) -> None:
-        self.msg = msg
-        self.state = state
-        self.lot: _Lot | None = None
+    msg: Message | bytes
+    state: int
+    lot: _Lot | None = None
 
     def message(self) -> Message:
         msg = self.msg
