@@ -16,7 +16,8 @@ Shape
 * Expiry buckets: every queued message (ready, scheduled or parked) with an ``expires_at``
   sits in the bucket of its 1/64 s tick, a dict; a heap orders the ticks. :meth:`expire`
   costs O(k + log n) for k expired messages, never a scan, and a message that leaves the
-  queue leaves its bucket at once (O(1)): nothing dead accumulates there.
+  queue leaves its bucket at once (O(1)): nothing dead accumulates there. Buckets left
+  empty are kept for reuse until they outnumber the others, then swept.
 * An index by message id, for cancel_sm / replace_sm in O(1) average.
 
 Removal from the level deques and the lots is lazy: a removed, replaced or popped message
@@ -146,6 +147,7 @@ class MessageQueue:
     __slots__ = (
         "_buckets",
         "_dead_ready",
+        "_empty_buckets",
         "_expired",
         "_index",
         "_levels",
@@ -176,6 +178,9 @@ class MessageQueue:
         self._parked = 0
         #: tick (int(expires_at * _TICKS)) → the slots expiring in it, in insertion order
         self._buckets: dict[int, dict[_Slot, None]] = {}
+        #: Buckets left empty: kept (a shallow queue empties and refills the bucket of the
+        #: current tick with every message) until they outnumber the others, then swept.
+        self._empty_buckets = 0
         #: heap of the ticks of ``_buckets``; may hold ticks of buckets gone since
         self._ticks: list[int] = []
         self._index: dict[str, _Slot] = {}
@@ -263,25 +268,36 @@ class MessageQueue:
             return
         tick = int(exp * _TICKS)
         bucket = self._buckets.get(tick)
-        if bucket is None:
-            bucket = self._buckets[tick] = {}
+        if bucket is None or not bucket:
+            if bucket is None:
+                bucket = self._buckets[tick] = {}
+            else:
+                self._empty_buckets -= 1
+            # Every bucket with slots has its tick in the heap (an empty one may not).
             ticks = self._ticks
             heapq.heappush(ticks, tick)
             if len(ticks) > 2 * len(self._buckets) + _SLACK:  # ticks of buckets gone
-                self._ticks = list(self._buckets)
-                heapq.heapify(self._ticks)
+                self._sweep()
         bucket[slot] = None
+
+    def _sweep(self) -> None:
+        """Drop the empty buckets and rebuild the heap of ticks."""
+        self._buckets = {t: b for t, b in self._buckets.items() if b}
+        self._ticks = list(self._buckets)
+        heapq.heapify(self._ticks)
+        self._empty_buckets = 0
 
     def _drop_expiry(self, slot: _Slot, msg: Message) -> None:
         exp = msg.expires_at
         if exp is None:
             return
-        tick = int(exp * _TICKS)
-        bucket = self._buckets.get(tick)
-        if bucket is not None:
-            bucket.pop(slot, None)
+        bucket = self._buckets.get(int(exp * _TICKS))
+        if bucket is not None and slot in bucket:
+            del bucket[slot]
             if not bucket:
-                del self._buckets[tick]
+                self._empty_buckets += 1
+                if self._empty_buckets > len(self._buckets) // 2 + _SLACK:
+                    self._sweep()
 
     def _push_scheduled(self, slot: _Slot, msg: Message) -> bool:
         """Into the schedule heap; True if this moved next_due earlier."""
@@ -499,7 +515,7 @@ class MessageQueue:
         after its ``expires_at``); None when no queued message has a validity."""
         ticks = self._ticks
         buckets = self._buckets
-        while ticks and ticks[0] not in buckets:
+        while ticks and not buckets.get(ticks[0]):  # gone, or empty (kept for reuse)
             heapq.heappop(ticks)
         return (ticks[0] + 1) / _TICKS if ticks else None
 
@@ -538,17 +554,16 @@ class MessageQueue:
         ``expires_at <= now``."""
         limit = int(now * _TICKS)
         ticks = self._ticks
-        buckets = self._buckets
         expired = self._expired
         while ticks and ticks[0] <= limit:
             tick = ticks[0]
-            bucket = buckets.get(tick)
-            if bucket is None:
+            bucket = self._buckets.get(tick)
+            if not bucket:  # gone, or empty (kept for reuse: a refill pushes the tick)
                 heapq.heappop(ticks)
                 continue
             if tick < limit:  # the whole tick is past
                 heapq.heappop(ticks)
-                del buckets[tick]
+                del self._buckets[tick]
                 for slot in bucket:
                     msg = slot.message()
                     expired.append(msg)
