@@ -21,8 +21,9 @@ Steps, in this order:
    ESME_RMSGQFUL at once (their p99);
 5. idle CPU of serve over 10 s with the deep queue and no traffic (target < 2 % of a core);
 6. (unless --no-drain) ``smsc carrier`` (bench/conf/carrier-bench.yaml) starts on the port:
-   the backlog drains at carrier speed — seconds until the queue is empty, from the
-   metrics endpoint, and the rate.
+   the backlog drains — seconds until the queue is empty, from the metrics endpoint, and
+   the rate; its peer: W messages more through serve to the carrier with the queue empty
+   (submitted and sent, the same path at the carrier's speed).
 
 The queue depth is read from serve's metrics endpoint (``smsc_queue_depth``) on loopback.
 Last output line: one JSON object.
@@ -238,15 +239,27 @@ def main() -> int:
                     time.sleep(0.5)
                     left = sum(depth(metrics_port).values())
                 took = time.monotonic() - t0
+                # The peer: serve -> carrier with the queue empty, W messages closed loop
+                # (intake pacing holds the client to the rate messages leave).
+                t1 = time.monotonic()
+                steady = load(port, w, tmp, args)
+                left_after = sum(depth(metrics_port).values())
+                while left_after > 0 and time.monotonic() < t1 + 300:
+                    time.sleep(0.2)
+                    left_after = sum(depth(metrics_port).values())
+                peer_rate = steady["accepted"] / (time.monotonic() - t1)
                 drain = {
                     "messages": queued,
                     "left": left,
                     "seconds": round(took, 1),
                     "msgs_per_s": round(queued / took, 1),
+                    "peer_msgs_per_s": round(peer_rate, 1),
+                    "ratio_vs_peer": round(queued / took / peer_rate, 2),
                 }
                 print(
                     f"carrier back: {queued:,} drained in {took:.1f} s = {queued / took:,.0f}/s"
-                    f" ({left:.0f} left)"
+                    f" ({left:.0f} left) = {drain['ratio_vs_peer']:.2f}x serve -> carrier with"
+                    f" the queue empty ({peer_rate:,.0f}/s, {w:,} messages)"
                 )
         finally:
             if carrier is not None:
