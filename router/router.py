@@ -686,9 +686,11 @@ class Router:
         ]
         if not waits and queue.ready_count:
             waits.append(0.5)
-        expiry = queue.next_expiry()  # parked (and scheduled) messages expire on time
-        if expiry is not None:
-            waits.append(expiry - now)
+        if queue.parked_count or queue.scheduled_count:
+            # Parked and scheduled messages expire on time (a ready one when popped).
+            expiry = queue.next_expiry()
+            if expiry is not None:
+                waits.append(expiry - now)
         if not waits:
             return None
         return max(0.0, min(waits)) + 0.0005
