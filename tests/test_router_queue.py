@@ -542,6 +542,8 @@ def test_queued_messages_are_not_walked_by_the_garbage_collector() -> None:
     assert len(slots) == 3
     assert not any(gc.is_tracked(slot) for slot in slots)
     assert q.unpark(UK) == 2
+    assert all(slot.lot is None or not any(slot.lot.levels) for slot in slots)
+    assert drain(q) == ["a", "b", "c"]
     assert all(slot.lot is None for slot in slots)
 
 
