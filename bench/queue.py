@@ -16,7 +16,8 @@ Steps, in this order:
 2. intake windows of W messages (default 50,000) at depths 0, depth/4 and depth, the
    queue filled in between by unmeasured runs: accepted/s and submit p99 of each window.
    The peer is the window at depth 0: the ratios deep/empty are printed;
-3. RSS with the deep queue: bytes per queued message = (RSS deep - RSS empty) / queued;
+3. RSS with the deep queue, once serve is idle (the store has written what it was given):
+   bytes per queued message = (RSS deep - RSS empty) / queued;
 4. the queue filled up to ``queue_max``; then 20,000 submits more must all be answered
    ESME_RMSGQFUL at once (their p99);
 5. idle CPU of serve over 10 s with the deep queue and no traffic (target < 2 % of a core);
@@ -79,7 +80,6 @@ def start_serve(tmp: Path, carrier_port: int, metrics_port: int, queue_max: int)
         carrier["port"] = carrier_port
     data["router"]["queue_max"] = queue_max
     data["router"]["store"]["path"] = str(tmp / "smsc.db")
-    data["router"]["store"]["queue_max"] = 1_000_000  # the writer may lag at 25,000/s
     data["metrics"] = {"host": "127.0.0.1", "port": metrics_port}
     conf = tmp / "smsc.yaml"
     conf.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -141,6 +141,14 @@ def window(s: dict[str, Any], at: int) -> dict[str, Any]:
 def unsent(s: dict[str, Any]) -> str:
     keys = ("rejected", "queue_full", "throttled", "timeouts", "lost", "abandoned", "unsent")
     return ", ".join(f"{k} {s[k]:,}" for k in keys if s.get(k)) or "none refused"
+
+
+def settle(pid: int, limit: float = 60.0) -> None:
+    """Wait (at most ``limit`` s) until serve is idle: the store has written the backlog of
+    the last submits (a record holds its message until written)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and idle_cpu(pid, 0.5) > 5:
+        pass
 
 
 def idle_cpu(pid: int, seconds: float) -> float:
@@ -205,6 +213,7 @@ def main() -> int:
                     f" {x['submit_max_ms']} ms ({x['accepted']:,}/{x['messages']:,} accepted)",
                     flush=True,
                 )
+            settle(pid)
             kinds = depth(metrics_port)
             rss_deep = rss_bytes(pid)
             per_msg = (rss_deep - rss_empty) / max(1, queued)
@@ -222,7 +231,7 @@ def main() -> int:
                 f" {fullw['submit_p50_ms']} p99 {fullw['submit_p99_ms']} ms"
             )
             queued += full["accepted"]
-            time.sleep(2.0)  # the last submits' store writes
+            settle(pid)
             idle_deep = idle_cpu(pid, IDLE_SECONDS)
             print(f"deep and idle: {idle_deep} % of a core over {IDLE_SECONDS:g} s (target < 2)")
             drain: dict[str, Any] = {}
@@ -240,7 +249,9 @@ def main() -> int:
                     left = sum(depth(metrics_port).values())
                 took = time.monotonic() - t0
                 # The peer: serve -> carrier with the queue empty, W messages closed loop
-                # (intake pacing holds the client to the rate messages leave).
+                # (intake pacing holds the client to the rate messages leave), once the
+                # drain's receipts and store writes are done.
+                settle(pid, 180.0)
                 t1 = time.monotonic()
                 steady = load(port, w, tmp, args)
                 left_after = sum(depth(metrics_port).values())
