@@ -28,11 +28,17 @@ grants ONE trial submit; its success closes the breaker, its failure re-opens it
 sent before it opened) count in the rates but do not move the breaker. A trial whose outcome
 never comes is forgotten after ``breaker_open`` seconds and another trial is granted, so the
 breaker cannot stick half-open.
+
+``on_breaker`` (optional) is called with the carrier's name and the new state whenever an
+outcome moves the breaker (it opens, or a trial closes or re-opens it), so that whoever holds
+messages back for the carrier can act; the move from open to half-open happens with time
+alone: :meth:`CarrierHealth.trial_at` says when.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
@@ -98,6 +104,7 @@ class CarrierHealth:
         "_last",
         "_lat_sum",
         "_lat_w",
+        "_on_breaker",
         "_opened_at",
         "_state",
         "_trial_at",
@@ -107,9 +114,16 @@ class CarrierHealth:
     )
 
     def __init__(
-        self, name: str, config: HealthConfig, now: float, *, min_samples: float = MIN_SAMPLES
+        self,
+        name: str,
+        config: HealthConfig,
+        now: float,
+        *,
+        min_samples: float = MIN_SAMPLES,
+        on_breaker: Callable[[str, BreakerState], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_breaker = on_breaker
         self.config = config
         self.min_samples = min_samples
         self._half_life = config.window_seconds
@@ -162,6 +176,16 @@ class CarrierHealth:
         self._trial_at = None
         self._consecutive = 0
 
+    def trial_at(self, now: float) -> float | None:
+        """When the breaker next lets a submit through, if it holds them back at ``now``
+        (open, or half-open with its trial in flight); None when it lets one through now."""
+        state = self._breaker(now)
+        if state == "open":
+            return self._opened_at + self.config.breaker_open
+        if state == "half_open" and self._trial_at is not None:
+            return self._trial_at + self.config.breaker_open
+        return None
+
     def try_acquire_trial(self, now: float) -> bool:
         """May one submit go to this carrier now, as far as the breaker is concerned?
 
@@ -203,6 +227,7 @@ class CarrierHealth:
                 self._state = "closed"
                 self._consecutive = 0
                 self._trial_at = None
+            self._moved()
             return
         if not failure:
             self._consecutive = 0
@@ -210,6 +235,11 @@ class CarrierHealth:
         self._consecutive += 1
         if self._consecutive >= self.config.breaker_failures:
             self._open(now)
+            self._moved()
+
+    def _moved(self) -> None:
+        if self._on_breaker is not None:
+            self._on_breaker(self.name, self._state)
 
     def record_receipt(self, now: float, delivered: bool) -> None:
         """A final receipt for one of our messages over this carrier: DELIVRD or not."""

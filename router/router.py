@@ -13,6 +13,12 @@ before its submit_sm goes out; a carrier's receipt or MO is answered ESME_ROK on
 the client has it (or it is held in the store) and the final state is committed. Every
 message accepted by a carrier has a receipt deadline (``receipt_timeout``). See
 "receipts and MO from carriers" and ``_recover`` for the windows SMPP leaves.
+
+A message that no carrier can take now (every carrier of its route is down, its breaker
+open, or paused) is parked in the queue under the set of carriers that could take it and
+costs nothing while it waits: the lot is woken when one of those carriers can take messages
+again (a bind up, resume, the breaker closing), or ONE message of it when the carrier's
+breaker lets a trial through. Nothing rescans parked messages; their validity still runs.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from router.model import (
     SubmitOutcome,
 )
 from router.ports import AcceptCallback, ReportSink
-from router.queue import MessageQueue
+from router.queue import MessageQueue, ParkKey
 from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
 from router.store import Store, StoreError
 from router.upstream import CarrierPool, Respond
@@ -64,6 +70,12 @@ _MAX_PINNED = 100_000
 #: Messages sent per dispatcher pass before it yields to the loop: a pass costs ~50 us a
 #: message, and every connection, timer and the store writer wait for it to end.
 _DISPATCH_BATCH = 256
+#: Messages taken from the queue per pass at most (sent, parked or finished here): parking
+#: one costs a few us, but a woken backlog that must be parked again is not one long stall.
+_HANDLE_BATCH = 2048
+#: When a carrier's breaker lets a trial through, its wake-up fires this long after, so
+#: that the trial is let through and not missed by a hair.
+_TRIAL_MARGIN = 0.001
 _MAX_SENT_CACHE = 200_000
 _DELIVERED = MessageState.DELIVERED
 #: value → name (``MessageState.name`` is a slow descriptor; the hot metrics key on it)
@@ -89,6 +101,7 @@ class RouterStats(msgspec.Struct, frozen=True):
     scheduled: int
     in_flight: int
     carriers: dict[str, int]
+    parked: int = 0
 
 
 class CarrierState(msgspec.Struct, frozen=True):
@@ -109,7 +122,7 @@ class CarrierState(msgspec.Struct, frozen=True):
 
 class QueueStats(msgspec.Struct, frozen=True):
     depth: int
-    """Messages waiting: ready plus scheduled."""
+    """Messages waiting: ready, scheduled and parked."""
     ready: int
     scheduled: int
     by_priority: tuple[int, ...]
@@ -119,6 +132,8 @@ class QueueStats(msgspec.Struct, frozen=True):
     in_flight: int
     paced: int = 0
     """Submits waiting for room before they are queued and answered (intake pacing)."""
+    parked: int = 0
+    """Messages waiting for a carrier of their route to come back (none can take them)."""
 
 
 class Router:
@@ -182,8 +197,9 @@ class Router:
         self._pass_due = False
         self._pass_timer: asyncio.TimerHandle | None = None
         self._binds_changed = asyncio.Event()
-        #: Messages in the schedule only because their carriers were unavailable.
-        self._deferred: dict[str, Message] = {}
+        #: carrier → the timer that looks again when its breaker lets a trial through
+        #: (only while messages are parked waiting for it).
+        self._watch_timers: dict[str, asyncio.TimerHandle] = {}
         #: Carriers taken out of routing by the operator (pause, drain); drained ones
         #: also have their binds stopped.
         self.paused: set[str] = set()
@@ -198,7 +214,7 @@ class Router:
     async def start(self) -> None:
         now = self.wall()
         for name, cfg in self._carriers.items():
-            self.health[name] = CarrierHealth(name, self.config.health, now)
+            self.health[name] = self._health(name, now)
             self.pools[name] = CarrierPool(
                 cfg, on_deliver=self._on_deliver, on_state=self._on_state, rng=self._rng
             )
@@ -263,6 +279,9 @@ class Router:
         if self._pass_timer is not None:
             self._pass_timer.cancel()
             self._pass_timer = None
+        for timer in self._watch_timers.values():
+            timer.cancel()
+        self._watch_timers.clear()
         await asyncio.gather(
             *(pool.stop(timeout) for pool in self.pools.values()), return_exceptions=True
         )
@@ -411,7 +430,6 @@ class Router:
         done(CommandStatus.ESME_ROK)
 
     def cancel(self, message_id: str) -> bool:
-        self._deferred.pop(message_id, None)
         msg = self.queue.remove(message_id)
         if msg is None:
             return False
@@ -419,7 +437,6 @@ class Router:
         return True
 
     def replace(self, message: Message) -> bool:
-        self._deferred.pop(message.id, None)
         if self.queue.replace(message):
             self.store.update_message(message)
             return True
@@ -446,6 +463,7 @@ class Router:
             scheduled=self.queue.scheduled_count,
             in_flight=self._in_flight,
             carriers={name: pool.bound for name, pool in self.pools.items()},
+            parked=self.queue.parked_count,
         )
 
     # --- control plane (admin API, live reconfiguration) ------------------------------
@@ -488,6 +506,7 @@ class Router:
             oldest_age=None if oldest is None else max(0.0, self.wall() - oldest),
             in_flight=self._in_flight,
             paced=self.paced,
+            parked=self.queue.parked_count,
         )
 
     @property
@@ -509,7 +528,7 @@ class Router:
             self.pools[name] = pool = self._pool(pool.config)
             await pool.start()
         self.paused.discard(name)
-        self._release_deferred()
+        self._watch(name, self.wall())
 
     async def drain(self, name: str, timeout: float) -> None:
         """Pause ``name``, wait (at most ``timeout``) for its submits in flight, unbind it."""
@@ -547,11 +566,14 @@ class Router:
             self.drained.discard(name)
             for group in [g for g, c in self._pinned.items() if c == name]:
                 del self._pinned[group]
+            timer = self._watch_timers.pop(name, None)
+            if timer is not None:
+                timer.cancel()
             # ``self._carriers`` keeps its config: outcomes and receipts in flight look it up.
         for name, pool in (pools or {}).items():
             old = self.pools.get(name)
             if old is None:
-                self.health[name] = CarrierHealth(name, self.config.health, self.wall())
+                self.health[name] = self._health(name, self.wall())
             else:
                 retired.append(old)
             self._carriers[name] = pool.config
@@ -564,7 +586,7 @@ class Router:
         self.policies = dict(policies)
         for cfg in config.carriers:
             self._carriers[cfg.name] = cfg
-        self._release_deferred()
+        self._unpark(lambda key: True)  # routes changed: what each message waits for too
         return retired
 
     async def retire(self, pools: Iterable[CarrierPool]) -> None:
@@ -579,19 +601,82 @@ class Router:
                 *(pool.stop(pool.config.response_timeout + 1.0) for pool in pools),
                 return_exceptions=True,
             )
-        self._release_deferred()
+        self._unpark(lambda key: True)  # what waited for a retired carrier, routed again
 
     def _pool(self, config: CarrierConfig) -> CarrierPool:
         return CarrierPool(
             config, on_deliver=self._on_deliver, on_state=self._on_state, rng=self._rng
         )
 
-    def _release_deferred(self) -> None:
-        """Messages waiting for an unavailable carrier are due now (something changed)."""
-        deferred, self._deferred = self._deferred, {}
-        for msg in deferred.values():
-            self.queue.replace(msgspec.structs.replace(msg, schedule_at=None))
-        self._wake_up()
+    def _health(self, name: str, now: float) -> CarrierHealth:
+        return CarrierHealth(name, self.config.health, now, on_breaker=self._on_breaker)
+
+    # --- parked messages ------------------------------------------------------------------
+
+    def _unpark(self, which: Callable[[ParkKey], bool]) -> None:
+        """Wake every lot of parked messages whose key satisfies ``which`` (an operator's
+        change: routes, carriers): they are routed again."""
+        for key in [k for k in self.queue.lots() if which(k)]:
+            self.queue.unpark(key)
+
+    def _on_breaker(self, carrier: str, state: str) -> None:
+        """An outcome moved ``carrier``'s breaker (opened, closed, re-opened)."""
+        if self.queue.parked_count:
+            self._watch(carrier, self.wall())
+
+    def _watch_fired(self, carrier: str) -> None:
+        self._watch_timers.pop(carrier, None)
+        self._watch(carrier, self.wall())
+
+    def _watch(self, carrier: str, now: float) -> None:
+        """Wake what is parked waiting for ``carrier`` as far as it can take it now: every
+        lot it could serve when it is bound, not paused and its breaker closed; ONE message
+        (the trial) when its breaker is half-open; else, with its breaker holding submits
+        back, a timer for when it lets a trial through. A carrier without a bind, or paused,
+        needs nothing: a bind coming up (``_on_state``) or resume calls this again.
+
+        Called on every event that can make a carrier available again, so parked messages
+        are never looked at while nothing changed."""
+        timer = self._watch_timers.pop(carrier, None)
+        if timer is not None:
+            timer.cancel()
+        keys = [key for key in self.queue.lots() if carrier in key]
+        health = self.health.get(carrier)
+        if not keys or health is None or carrier in self.paused or carrier not in self.pools:
+            return
+        view = health.view(now)
+        if view.binds <= 0:
+            return
+        if view.breaker == "closed":
+            for key in keys:
+                self.queue.unpark(key)
+            return
+        if view.available:  # half-open, its trial free: one message tries the carrier
+            self.queue.unpark_first(keys)
+            at: float | None = now + self.config.health.breaker_open  # if that one never went
+        else:
+            at = health.trial_at(now)
+        if at is not None and self._running:
+            delay = max(0.0, at - now) + _TRIAL_MARGIN
+            loop = asyncio.get_running_loop()
+            self._watch_timers[carrier] = loop.call_later(delay, self._watch_fired, carrier)
+
+    def _park(self, msg: Message, key: ParkKey) -> None:
+        """``msg`` waits, costing nothing, until a carrier of ``key`` can take it."""
+        new = not self.queue.parked_in(key)
+        self.queue.park(msg, key)
+        self.metrics.event("deferred")
+        if new:
+            # A new lot: arrange to hear when its carriers can take messages (after this
+            # pass, whose health snapshot found none of them could).
+            loop = asyncio.get_running_loop()
+            for carrier in key:
+                if carrier not in self._watch_timers:
+                    loop.call_soon(self._watch_if_unwatched, carrier)
+
+    def _watch_if_unwatched(self, carrier: str) -> None:
+        if carrier not in self._watch_timers:
+            self._watch(carrier, self.wall())
 
     # --- dispatching --------------------------------------------------------------------
 
@@ -611,11 +696,8 @@ class Router:
             health.set_binds(bound)
         self._wake_up()
         self._binds_changed.set()
-        if bound > 0 and self._deferred:
-            # A bind came up: the messages waiting for one are due now.
-            deferred, self._deferred = self._deferred, {}
-            for msg in deferred.values():
-                self.queue.replace(msgspec.structs.replace(msg, schedule_at=None))
+        if self.queue.parked_count:
+            self._watch(carrier, self.wall())  # a bind up may wake what waits for it
 
     def _pass(self) -> None:
         """One dispatcher pass; then another at once, after a delay, or on the next wake-up.
@@ -661,18 +743,18 @@ class Router:
             self._final(msg, MessageState.EXPIRED, 0, "")
         if self._paced:
             self._release_paced()
-        sent = 0
+        sent = handled = 0
         # Health changes only when outcomes arrive (later loop turns): one snapshot per
         # batch, not one per message. A half-open breaker's single trial is still taken
         # per message by try_acquire_trial in _route.
         views = self._views(now) if queue.ready_count else {}
         chooser = Chooser(self.table, views, self.policies)
-        while queue.ready_count and sent < _DISPATCH_BATCH:
+        while queue.ready_count and sent < _DISPATCH_BATCH and handled < _HANDLE_BATCH:
             popped = queue.pop_ready(now)
             if popped is None:
                 break
             msg = popped
-            self._deferred.pop(msg.id, None)
+            handled += 1
             carrier = self._route(msg, now, mono, views, chooser)
             if carrier is None:
                 continue
@@ -683,7 +765,11 @@ class Router:
             sent += 1
         for msg in queue.take_expired():
             self._final(msg, MessageState.EXPIRED, 0, "")
-        if sent >= _DISPATCH_BATCH or (self._paced and not self._crowded()):
+        if (
+            sent >= _DISPATCH_BATCH
+            or handled >= _HANDLE_BATCH
+            or (self._paced and not self._crowded())
+        ):
             return 0.0  # yield to the loop, then carry on (paced submits first)
         due = queue.next_due()
         waits = [] if due is None else [due - now]
@@ -695,8 +781,15 @@ class Router:
             for p in self.pools.values()
             if (t := p.ready_at(mono)) is not None and t > mono
         ]
+        if not waits and queue.ready_count:
+            waits.append(0.5)
+        if queue.parked_count or queue.scheduled_count:
+            # Parked and scheduled messages expire on time (a ready one when popped).
+            expiry = queue.next_expiry()
+            if expiry is not None:
+                waits.append(expiry - now)
         if not waits:
-            return None if not queue.ready_count else 0.5
+            return None
         return max(0.0, min(waits)) + 0.0005
 
     def _route(
@@ -708,46 +801,42 @@ class Router:
         chooser: Chooser,
     ) -> str | None:
         """The carrier to send ``msg`` over now; "" when it must wait for capacity; None
-        when it was finished here (no route). ``now`` is wall time, ``mono`` the loop's;
-        ``views`` is the carriers' health at the start of this dispatch batch, ``chooser``
-        :func:`choose` over them (and this pass's table and policies)."""
+        when it was finished here (no route) or parked (no carrier can take it now).
+        ``now`` is wall time, ``mono`` the loop's; ``views`` is the carriers' health at the
+        start of this dispatch batch, ``chooser`` :func:`choose` over them (and this pass's
+        table and policies)."""
         concat = msg.concat
         pinned = self._pinned.get(concat.group) if concat else None
         decision = chooser.choose(msg, pinned)
         if type(decision) is RouteDecision:  # the usual case
             return self._take(decision, msg, pinned, now, mono)
-        policy = self.policies.get(msg.account, AccountPolicy())
-        if isinstance(decision, NoRoute) and msg.tried:
+        if msg.tried:
             # Every carrier of the route failed it once: go round again rather than fail
             # a message on temporary errors (max_attempts and its validity bound this).
-            fresh = msgspec.structs.replace(msg, tried=())
-            decision = choose(
-                fresh, table=self.table, policy=policy, health=views, pinned=pinned, now=now
-            )
-        if isinstance(decision, NoRoute):
-            # Would it route if every carrier were up? Then it waits for one (a bind
-            # coming back, a breaker closing) until it is due again or expires; if not,
-            # nothing will ever take it (no route, the account's limits): it fails now.
-            up = {name: HealthView(carrier=name) for name in views}
+            decision = chooser.choose(msg, pinned, ())
+            if type(decision) is RouteDecision:
+                return self._take(decision, msg, pinned, now, mono)
+        # Would it route if every carrier were up? Then it waits, parked, for one of those
+        # (a bind coming back, a breaker letting it through) or until it expires; if not,
+        # nothing will ever take it (no route, the account's limits): it fails now.
+        waits_for = chooser.waits_for(msg, pinned)
+        if waits_for is None:
             later = choose(
                 msgspec.structs.replace(msg, tried=()),
                 table=self.table,
-                policy=policy,
-                health=up,
+                policy=self.policies.get(msg.account, AccountPolicy()),
+                health={name: HealthView(carrier=name) for name in views},
                 pinned=pinned,
                 now=now,
             )
-            if isinstance(later, NoRoute):
-                reason = no_route_reason(later.reason)
-                self.metrics.no_route[reason] = self.metrics.no_route.get(reason, 0) + 1
-                log.info("message %s: no route (%s)", msg.id, later.reason)
-                self._final(msg, MessageState.UNDELIVERABLE, 0, "")
-                return None
-            if self._defer(msg, now):
-                self.metrics.event("deferred")
-                return None
-            return ""
-        return self._take(decision, msg, pinned, now, mono)
+            why = later.reason if isinstance(later, NoRoute) else "no route"
+            reason = no_route_reason(why)
+            self.metrics.no_route[reason] = self.metrics.no_route.get(reason, 0) + 1
+            log.info("message %s: no route (%s)", msg.id, why)
+            self._final(msg, MessageState.UNDELIVERABLE, 0, "")
+            return None
+        self._park(msg, waits_for)
+        return None
 
     def _take(
         self, decision: RouteDecision, msg: Message, pinned: str | None, now: float, mono: float
@@ -770,18 +859,6 @@ class Router:
                     self._pin(msg.concat.group, name)
                 return name
         return ""
-
-    def _defer(self, msg: Message, now: float) -> bool:
-        """Hold ``msg`` back while every carrier of its route is unavailable, without
-        blocking the messages behind it: into the schedule, due again after
-        ``breaker_open`` (when an open breaker lets a trial through), or at once when a
-        bind comes up (``_on_state``). False when the queue is full (the caller puts it
-        back at the head and waits)."""
-        retry = msgspec.structs.replace(msg, schedule_at=now + self.config.health.breaker_open)
-        if not self.queue.put(retry, now):
-            return False
-        self._deferred[msg.id] = retry
-        return True
 
     def _pin(self, group: str, carrier: str) -> None:
         self._pinned[group] = carrier
@@ -873,7 +950,6 @@ class Router:
 
     def _final(self, msg: Message, state: MessageState, error: int, carrier: str) -> None:
         """Finish ``msg`` here (no carrier receipt will come) and report it."""
-        self._deferred.pop(msg.id, None)
         report = DeliveryReport(
             message_id=msg.id,
             state=state,

@@ -238,6 +238,7 @@ def choose(
 
 
 _MemoKey = tuple[int, str, tuple[str, ...], str | None]
+_WaitKey = tuple[int, str, str | None]
 
 
 class Chooser:
@@ -247,7 +248,7 @@ class Chooser:
     depends on nothing else. Bounded by the messages of the pass (make a new one per pass).
     """
 
-    __slots__ = ("_health", "_memo", "_policies", "_table")
+    __slots__ = ("_health", "_memo", "_policies", "_table", "_up", "_waits")
 
     def __init__(
         self,
@@ -260,21 +261,53 @@ class Chooser:
         self._policies = policies
         # keyed by id(match): the table (and so every match) outlives this object
         self._memo: dict[_MemoKey, RouteDecision | NoRoute] = {}
+        self._waits: dict[_WaitKey, frozenset[str] | None] = {}
+        self._up: dict[str, HealthView] | None = None
 
-    def choose(self, message: Message, pinned: str | None) -> RouteDecision | NoRoute:
+    def choose(
+        self, message: Message, pinned: str | None, tried: tuple[str, ...] | None = None
+    ) -> RouteDecision | NoRoute:
         """What ``choose(message, table=, policy=policies.get(account, AccountPolicy()),
-        health=, pinned=)`` returns."""
+        health=, pinned=)`` returns; with ``tried``, as if the message had tried those."""
         account = message.account
         match = self._table.lookup(message.destination.addr, account)
         if match is None:
             return NoRoute(_no_match(message.destination.addr))
-        tried = message.tried
+        if tried is None:
+            tried = message.tried
         key = (id(match), account, tried, pinned)
         decision = self._memo.get(key)
         if decision is None:
             policy = self._policies.get(account, _NO_POLICY)
             decision = self._memo[key] = _decide(match, policy, self._health, tried, pinned)
         return decision
+
+    def waits_for(self, message: Message, pinned: str | None) -> frozenset[str] | None:
+        """The carriers that could take ``message`` if they were up (bound, breaker closed,
+        not paused), whatever it tried: what it waits for when none of them can take it
+        now. None when none ever could (no route, or the account's limits exclude every
+        carrier of its route, or its pinned carrier): it will never go."""
+        account = message.account
+        match = self._table.lookup(message.destination.addr, account)
+        if match is None:
+            return None
+        key = (id(match), account, pinned)
+        try:
+            return self._waits[key]
+        except KeyError:
+            pass
+        up = self._up
+        if up is None:
+            up = self._up = {name: HealthView(carrier=name) for name in self._health}
+        policy = self._policies.get(account, _NO_POLICY)
+        decision = _decide(match, policy, up, (), pinned)
+        carriers = (
+            frozenset((decision.carrier, *decision.fallbacks))
+            if isinstance(decision, RouteDecision)
+            else None
+        )
+        self._waits[key] = carriers
+        return carriers
 
 
 _NO_POLICY = AccountPolicy()

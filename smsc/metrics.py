@@ -123,6 +123,7 @@ class SmscCollector(Collector):
         queue = GaugeMetricFamily("smsc_queue_depth", "Messages waiting", labels=["kind"])
         queue.add_metric(["ready"], router.queue.ready_count)
         queue.add_metric(["scheduled"], router.queue.scheduled_count)
+        queue.add_metric(["parked"], router.queue.parked_count)
         queue.add_metric(["paced"], router.paced)
         yield queue
         by_priority = GaugeMetricFamily(

@@ -151,7 +151,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Queue": _obj(
         {
-            "depth": {"type": "integer", "description": "ready plus scheduled"},
+            "depth": {"type": "integer", "description": "ready, scheduled and parked"},
             "ready": {"type": "integer"},
             "scheduled": {"type": "integer"},
             "by_priority": {
@@ -169,6 +169,10 @@ SCHEMAS: dict[str, Any] = {
             "paced": {
                 "type": "integer",
                 "description": "submits waiting for room before they are queued and answered",
+            },
+            "parked": {
+                "type": "integer",
+                "description": "messages waiting for a carrier of their route to come back",
             },
         }
     ),

@@ -459,6 +459,7 @@ def test_queue_stats_and_submit_through_the_api(run1: Run, tmp_path: Path) -> No
                     "oldest_age": None,
                     "in_flight": 0,
                     "paced": 0,
+                    "parked": 0,
                 }
                 for name in ("cheap", "dear"):
                     await client.post(f"/carriers/{name}/pause")
@@ -474,6 +475,7 @@ def test_queue_stats_and_submit_through_the_api(run1: Run, tmp_path: Path) -> No
                 message_id = reply.body["message_id"]
                 queued = await client.get("/queue")
                 assert queued.body["depth"] == 1
+                assert queued.body["parked"] == 1, "both carriers paused: it waits, parked"
                 assert queued.body["oldest_age"] is not None
                 assert queued.body["oldest_age"] >= 0
 

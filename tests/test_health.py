@@ -265,6 +265,32 @@ def test_a_lost_trial_is_forgotten_after_the_open_period() -> None:
     assert h.try_acquire_trial(20.0), "no outcome came: a new trial may go"
 
 
+def test_the_breaker_says_when_it_lets_a_trial_through_and_reports_each_move() -> None:
+    """What a router holding messages back for the carrier needs: when to look again
+    (``trial_at``), and a call when an outcome moves the breaker."""
+    moves: list[tuple[str, str]] = []
+    h = CarrierHealth("alpha", CFG, 0.0, on_breaker=lambda name, s: moves.append((name, s)))
+    h.set_binds(1)
+    assert h.trial_at(0.0) is None  # closed: lets submits through now
+    fail(h, 1.0, 2)
+    assert moves == []
+    fail(h, 2.0, 1)
+    assert moves == [("alpha", "open")]
+    assert h.trial_at(5.0) == 12.0
+    assert h.trial_at(12.0) is None  # half-open, the trial free
+    assert h.try_acquire_trial(12.0)
+    assert h.trial_at(13.0) == 22.0  # the trial in flight (forgotten after breaker_open)
+    fail(h, 14.0, 1, "failed")
+    assert moves == [("alpha", "open"), ("alpha", "open")]
+    assert h.trial_at(14.0) == 24.0
+    assert h.try_acquire_trial(24.0)
+    h.record_submit(24.5, 0.1, "accepted")
+    assert moves[-1] == ("alpha", "closed")
+    assert h.trial_at(24.5) is None
+    h.record_submit(25.0, 0.1, "accepted")  # no move: no call
+    assert len(moves) == 3
+
+
 def test_breaker_needs_a_bind_to_be_available() -> None:
     h = bound()
     fail(h, 0.0, 3)

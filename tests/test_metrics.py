@@ -200,6 +200,7 @@ def test_messages_by_final_state(scrape: Scrape) -> None:
     assert scrape.value("smsc_messages_total", account=OTHER_ID, state="DELIVERED") == 1
     assert scrape.value("smsc_queue_depth", kind="ready") == 0
     assert scrape.value("smsc_queue_depth", kind="scheduled") == 0
+    assert scrape.value("smsc_queue_depth", kind="parked") == 0
     for priority in "0123":
         assert scrape.value("smsc_queue_ready_by_priority", priority=priority) == 0
 
