@@ -456,6 +456,7 @@ def summarize(h: Harness) -> dict[str, Any]:
     window_dups = 0
     other_dups = 0
     gaps: list[float] = []  # first copy of a window duplicate → the kill after it
+    others: list[str] = []
     for our_id, got in out.receipts.items():
         if our_id not in out.acked:
             continue
@@ -467,6 +468,7 @@ def summarize(h: Harness) -> dict[str, Any]:
                 gaps.append(min(after))
             else:
                 other_dups += 1
+                others.append(our_id)
     in_flight = stray = 0
     for our_id, got in out.receipts.items():
         if our_id in out.acked:
@@ -500,6 +502,16 @@ def summarize(h: Harness) -> dict[str, Any]:
         "duplicates": window_dups + other_dups,
         "window_duplicates": window_dups,
         "other_duplicates": other_dups,
+        # Each: our id, then (state, arrival) of every copy and the serve kills, in seconds
+        # from the first copy, so an unexplained duplicate can be told apart.
+        "other_duplicate_details": [
+            [
+                our_id,
+                [(c[0], round(c[1] - out.receipts[our_id][0][1], 3)) for c in out.receipts[our_id]],
+                [round(k - out.receipts[our_id][0][1], 3) for k in out.serve_kills],
+            ]
+            for our_id in others[:5]
+        ],
         "window_gap_max_ms": round(max(gaps) * 1000, 1) if gaps else None,
         "unacked_receipts": in_flight + stray,
         "in_flight_receipts": in_flight,
