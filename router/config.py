@@ -4,7 +4,7 @@ store. Decoded once, strictly (smppcore.config.load_config); errors name the key
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 from msgspec import Meta
@@ -25,6 +25,11 @@ def price_of(value: str | int) -> Decimal:
     if isinstance(value, int):
         return Decimal(value) / Decimal(1_000_000)
     return Decimal(value)
+
+
+#: A carrier's ``receipt_timeout`` unless it says otherwise; also the deadline of a
+#: message recovered for a carrier no longer configured.
+DEFAULT_RECEIPT_TIMEOUT: Final = 14_400.0
 
 
 class Reconnect(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -97,7 +102,7 @@ class CarrierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How it writes them in receipts (hex in one, decimal in the other is common)."""
     mo_account: SystemId | None = None
     """The account that receives mobile-originated messages arriving from this carrier."""
-    receipt_timeout: Annotated[float, Meta(gt=0, le=30 * 86_400)] = 14_400.0
+    receipt_timeout: Annotated[float, Meta(gt=0, le=30 * 86_400)] = DEFAULT_RECEIPT_TIMEOUT
     """Seconds after the carrier accepted a message (or after a restart found it accepted)
     to wait for its final receipt (4 h); then the message is final as
     ``receipt_timeout_state`` and the client gets that receipt. Never past the message's

@@ -34,7 +34,7 @@ from functools import partial
 
 import msgspec
 
-from router.config import CarrierConfig, RouterConfig
+from router.config import DEFAULT_RECEIPT_TIMEOUT, CarrierConfig, RouterConfig
 from router.correlation import Correlator, correlation_key
 from router.health import CarrierHealth, HealthView
 from router.metrics import RouterMetrics, no_route_reason
@@ -53,7 +53,7 @@ from router.ports import AcceptCallback, ReportSink
 from router.queue import MessageQueue, ParkKey
 from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
 from router.store import Store, StoreError
-from router.upstream import CarrierPool, Respond
+from router.upstream import Answer, CarrierPool, Respond
 from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, EsmClass, MessageState
 from smppcore.pdu import DeliverSm
@@ -89,6 +89,9 @@ _MAX_RESOLVING = 10_000
 _EARLY_FLOOR = 20.0
 #: Seconds between housekeeping ticks: receipt deadlines, receipts parked for a mapping.
 _TICK = 1.0
+#: Reads of an overdue message the store may fail (``read_timeout`` each) before it is
+#: left unfinished (a restart's recovery finds it again).
+_OVERDUE_TRIES = 10
 _ROK = int(CommandStatus.ESME_ROK)
 #: Answer to a carrier's deliver_sm whose effect could not be made durable: send it again.
 _RETRY_LATER = int(CommandStatus.ESME_RX_T_APPN)
@@ -992,11 +995,13 @@ class Router:
     # it a repeated receipt finds the message final and is only answered. ``respond`` is
     # None in ``enqueue`` mode (answered at once) and for outcomes no carrier waits on.
 
-    def _on_deliver(self, carrier: str, pdu: DeliverSm, conn: Connection) -> int | None:
+    def _on_deliver(
+        self, carrier: str, pdu: DeliverSm, conn: Connection, answer: Answer
+    ) -> int | None:
         durable = self._durable
         respond: Respond | None = None
         if durable:
-            respond = partial(self.pools[carrier].answer, conn, pdu.sequence_number)
+            respond = partial(answer, conn, pdu.sequence_number)
         if not pdu.esm_class & _RECEIPT_BITS:
             return self._mobile_originated(carrier, pdu, respond)
         read = read_receipt(pdu)
@@ -1213,6 +1218,15 @@ class Router:
             # Neither delivered nor held (the store failed): the carrier sends it again.
             self._finished_durably(message_id, False)
             return
+        if not reported:
+            # A receipt we decided (expired, rejected, overdue) that the store refused to
+            # hold (full, or cannot write): nobody can send it again. Said, not silent.
+            self.metrics.event("receipt_dropped", report.carrier)
+            log.error(
+                "message %s: its %s receipt could neither be delivered nor held: dropped",
+                message_id,
+                report.state.name,
+            )
         self._finishing.setdefault(message_id, [respond])
         try:
             self.store.set_final(message_id, report, partial(self._finished_durably, message_id))
@@ -1246,9 +1260,8 @@ class Router:
         """``msg`` was accepted by ``carrier`` (at ``now``, wall time): its final receipt
         is due within the carrier's ``receipt_timeout``, and before its validity ends."""
         cfg = self._carriers.get(carrier)
-        if cfg is None:
-            return
-        deadline = now + cfg.receipt_timeout
+        # (A message recovered for a carrier no longer configured gets the default.)
+        deadline = now + (cfg.receipt_timeout if cfg is not None else DEFAULT_RECEIPT_TIMEOUT)
         expires = msg.expires_at
         if expires is not None and expires < deadline:
             heapq.heappush(self._capped, (expires, msg.id, carrier))
@@ -1287,9 +1300,11 @@ class Router:
             due: list[tuple[str, str, MessageState]] = []
             for carrier, deadlines in self._deadlines.items():
                 cfg = self._carriers.get(carrier)
-                if cfg is None:
-                    continue
-                state = MessageState[cfg.receipt_timeout_state]
+                state = (
+                    MessageState[cfg.receipt_timeout_state]
+                    if cfg is not None
+                    else MessageState.UNKNOWN
+                )
                 while deadlines:
                     message_id = next(iter(deadlines))
                     if deadlines[message_id] > now:
@@ -1321,7 +1336,17 @@ class Router:
             self._spawn(self._overdue_from_store(message_id, report))
 
     async def _overdue_from_store(self, message_id: str, report: DeliveryReport) -> None:
-        stored = await self.store.get(message_id)
+        for attempt in range(_OVERDUE_TRIES):
+            try:
+                stored = await self.store.get(message_id)
+                break
+            except StoreError as exc:
+                if attempt == 0:
+                    log.warning("message %s: overdue, but the store failed (%s)", message_id, exc)
+                await asyncio.sleep(_TICK)  # a backoff: the store says when it is back
+        else:
+            log.error("message %s: overdue, the store did not answer: left unfinished", message_id)
+            return
         if stored is None or stored.done_at is not None or message_id in self._finishing:
             return
         report = msgspec.structs.replace(report, carrier_message_id=stored.carrier_message_id)

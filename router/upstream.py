@@ -98,11 +98,15 @@ log = logging.getLogger(__name__)
 
 #: Answers one deliver_sm of the carrier with a command_status (once, at any later time).
 Respond = Callable[[int], None]
-#: ``on_deliver(carrier, pdu, conn)``: the status to answer now, or None to answer later
-#: with ``CarrierPool.answer(conn, pdu.sequence_number, status)`` (once the receipt's
-#: effect is durable). ``conn`` is the connection it came on (nothing is allocated for a
-#: later answer on the hot path, where it is answered at once).
-DeliverCallback = Callable[[str, DeliverSm, Connection], int | None]
+#: ``answer(conn, sequence_number, status)``: answers a deliver_sm later (the pool's
+#: :meth:`CarrierPool.answer`).
+Answer = Callable[[Connection, int, int], None]
+#: ``on_deliver(carrier, pdu, conn, answer)``: the status to answer now, or None to answer
+#: later with ``answer(conn, pdu.sequence_number, status)`` (once the receipt's effect is
+#: durable). ``conn`` is the connection it came on and ``answer`` the pool's own (a pool a
+#: reload retired still answers what comes while its binds wind down); nothing is
+#: allocated for a later answer on the hot path, where it is answered at once.
+DeliverCallback = Callable[[str, DeliverSm, Connection, Answer], int | None]
 #: ``before(go)``: a hook run before a submit_sm goes out (``send(..., before=...)``); the
 #: submit is written once it calls ``go(True)``, and given up (``Failed("not ready")``)
 #: on ``go(False)``.
@@ -299,6 +303,7 @@ class CarrierPool:
         self.config = config
         self.name = config.name
         self._on_deliver = on_deliver
+        self._answer: Answer = self.answer
         self._on_state = on_state
         self._rng = rng
         self._wall_clock = wall_clock
@@ -709,7 +714,7 @@ class CarrierPool:
     def _deliver(self, pdu: DeliverSm, conn: Connection) -> int | None:
         """The status to answer ``pdu`` with now, or None: :meth:`answer` answers it later."""
         try:
-            status = self._on_deliver(self.name, pdu, conn)
+            status = self._on_deliver(self.name, pdu, conn, self._answer)
         except Exception:
             log.exception("carrier %s: on_deliver failed", self.name)
             return int(CommandStatus.ESME_RX_T_APPN)

@@ -41,7 +41,7 @@ from functools import lru_cache, partial
 
 from router.model import DeliveryReport, Message, StoredMessage
 from router.ports import SettledCallback
-from router.store import Store
+from router.store import Store, StoreError
 from smppcore.aio import Connection, RequestTimeout
 from smppcore.codec import HEADER, encode
 from smppcore.constants import (
@@ -78,6 +78,8 @@ _RETRY_PAUSE = 1.0
 _MAX_UNANSWERED = 10_000
 #: Late answers remembered per account (until the drain meets the held copy), at most.
 _MAX_LATE = 10_000
+#: Seconds a late answer keeps its held copy from being sent again (see _taken_late).
+_LATE_TTL = 60.0
 #: registered_delivery bits that ask for a receipt of some kind (§5.2.17).
 _ASKS_RECEIPT = _RECEIPT_MASK | _INTERMEDIATE
 
@@ -126,7 +128,9 @@ class Delivery:
         #: (connection, sequence) of a deliver_sm that timed out → (account, its body).
         self._unanswered: dict[tuple[Connection, int], tuple[str, bytes]] = {}
         #: Bodies answered late, per account: their held copies are released, not sent.
-        self._late: dict[str, dict[bytes, int]] = {}
+        #: account → body of a deliver_sm answered after its response timeout → (how
+        #: many, until when it counts)
+        self._late: dict[str, dict[bytes, tuple[int, float]]] = {}
         self._stopping = False
         #: Deliveries that came while the account's held items were being sent: they go
         #: right after them, in order, without a trip through the store.
@@ -319,7 +323,8 @@ class Delivery:
         late = self._late.setdefault(account, {})
         if len(late) >= _MAX_LATE:
             del late[next(iter(late))]
-        late[body] = late.get(body, 0) + 1
+        n, _ = late.pop(body, (0, 0.0))
+        late[body] = (n + 1, self.wall() + _LATE_TTL)
         self.late += 1
         self.sent += 1
         room = self._room.get(account)
@@ -327,18 +332,21 @@ class Delivery:
             room.set()
 
     def _taken_late(self, account: str, body: bytes) -> bool:
-        """Was ``body`` answered late (and so is not to be sent again)? Consumes it."""
+        """Was ``body`` answered late (and so is not to be sent again)? Consumes it. A
+        late answer counts for ``_LATE_TTL`` seconds: its held copy comes to a drain well
+        within that, and an older one (its copy sent again meanwhile) must not swallow a
+        later MO of the same text."""
         late = self._late.get(account)
         if not late:
             return False
-        n = late.get(body, 0)
+        n, until = late.get(body, (0, 0.0))
         if not n:
             return False
-        if n == 1:
+        if n == 1 or until < self.wall():
             del late[body]
         else:
-            late[body] = n - 1
-        return True
+            late[body] = (n - 1, until)
+        return until >= self.wall()
 
     def _wait_behind(
         self, account: str, pdu: Item, expires: float, settled: SettledCallback | None
@@ -464,7 +472,12 @@ class Delivery:
                 holds = self._holds.get(account, 0)
                 room.clear()  # before the read: an answer during it is not missed
                 drain.answered = set()  # answered during the read (their release is queued)
-                items = await self.store.held(account, _DRAIN_BATCH + len(drain.inflight))
+                try:
+                    items = await self.store.held(account, _DRAIN_BATCH + len(drain.inflight))
+                except StoreError as exc:  # the store did not answer in time: try again
+                    log.warning("draining held deliveries of %s: %s; again soon", account, exc)
+                    drain.failed = True
+                    continue
                 skip = drain.inflight.keys() | drain.answered
                 fresh = [(i, raw) for i, raw in items if i not in skip]
                 if drain.failed:
@@ -475,6 +488,7 @@ class Delivery:
                         continue
                     if self._holds.get(account, 0) == holds:
                         emptied = True
+                        self._late.pop(account, None)  # nothing held is left to match
                         self._count_held(account, -self._held_now.get(account, 0))
                         return
                     continue  # something was held meanwhile

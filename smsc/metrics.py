@@ -179,6 +179,7 @@ class SmscCollector(Collector):
             "smsc_router_events",
             "Rare router events: receipt_unmatched, receipt_unreadable, receipt_duplicate, "
             "receipt_deferred (answered ESME_RX_T_APPN: too many in the store), "
+            "receipt_dropped (a receipt we decided that could be neither delivered nor held), "
             "receipt_timeout (no final receipt within the carrier's receipt_timeout), "
             "receipt_store_timeout (the store did not answer in time), "
             "resent (sent again after a restart: handed to the carrier, its answer unknown), "

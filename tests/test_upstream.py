@@ -29,6 +29,7 @@ from profiles import examples
 from router.config import CarrierConfig, Reconnect
 from router.model import Accepted, Address, Failed, Message, Rejected, SubmitOutcome
 from router.upstream import (
+    Answer,
     CarrierPool,
     backoff_delay,
     relative_validity,
@@ -92,7 +93,7 @@ class Watch:
         self.deliver_status = deliver_status
         self._changed = asyncio.Event()
 
-    def on_deliver(self, name: str, pdu: DeliverSm, conn: Connection) -> int:
+    def on_deliver(self, name: str, pdu: DeliverSm, conn: Connection, answer: Answer) -> int:
         self.delivered.append((name, pdu))
         self._changed.set()
         return self.deliver_status
