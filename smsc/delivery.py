@@ -120,6 +120,8 @@ class Delivery:
         self._draining: set[str] = set()
         self._holds: dict[str, int] = {}  # items held so far, per account (see _drain)
         self._held_now: dict[str, int] = {}  # held and not delivered yet, per account
+        #: Accounts whose drain found held items to send (not just an empty store).
+        self._backlog: set[str] = set()
         self._full: set[str] = set()  # accounts at their max_held (refusing receipts)
         #: Set when a deliver_sm of the account is answered (a slot frees) or it binds.
         self._room: dict[str, asyncio.Event] = {}
@@ -224,6 +226,11 @@ class Delivery:
             return True
         expires = self.wall() + state.account.receipt_ttl
         if account in self._draining:
+            if settled is not None and account in self._backlog:
+                # ack_after: store — its carrier waits for this answer: held in the store at
+                # once (behind the rest, in order), not in memory until a drain of maybe
+                # thousands ends, which would fill the carrier's window meanwhile.
+                return self._hold(account, pdu, expires, settled)
             return self._wait_behind(account, pdu, expires, settled)
         return self._send_now(state, account, pdu, expires, settled)
 
@@ -492,6 +499,7 @@ class Delivery:
                         self._count_held(account, -self._held_now.get(account, 0))
                         return
                     continue  # something was held meanwhile
+                self._backlog.add(account)
                 if await self._send_items(state, account, fresh, room, drain):
                     # No receive-capable bind left. Those in flight are settled first (a
                     # bind that unbinds may still answer): not sent again by a later drain.
@@ -513,6 +521,7 @@ class Delivery:
                 else:  # held items remain (no receiver, refused): behind them, in order
                     self._hold_or_drop(account, pdu, expires, settled)
             self._draining.discard(account)
+            self._backlog.discard(account)
 
     async def _send_items(
         self,

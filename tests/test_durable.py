@@ -189,6 +189,49 @@ def test_mo_is_answered_only_once_the_client_has_it(run1: Run, tmp_path: Path) -
     run1(main())
 
 
+def test_a_long_drain_does_not_keep_the_carrier_waiting_for_new_mo(
+    run1: Run, tmp_path: Path
+) -> None:
+    """An MO held while nobody was bound is being drained to a receiver that has not
+    answered it yet; a second MO that comes meanwhile is held behind it at once and its
+    carrier answered, instead of waiting in memory for the drain (and the client) to
+    finish — carriers' windows would fill with such answers. The client gets both, in
+    order."""
+
+    async def main() -> None:
+        async with MinimalMC({UPSTREAM_ID: UPSTREAM_PASSWORD}, auto_receipt=False) as mc:
+            config = mc_config(tmp_path, mc, mo_account=SYSTEM_ID)
+            async with running_app(config) as app:
+                [carrier] = mc.bound(UPSTREAM_ID)
+
+                def mo(text: bytes) -> asyncio.Future[Pdu]:
+                    return carrier.send_request(
+                        DeliverSm(
+                            source_addr="447700900123",
+                            destination_addr="MyBrand",
+                            short_message=text,
+                        )
+                    )
+
+                first = mo(b"first")
+                async with asyncio.timeout(DEADLINE):
+                    await first  # held: nobody is bound
+                esme = await bind_slow(app)
+                await esme.wait_for(lambda: len(esme.unanswered) == 1)  # drained, unanswered
+                second = mo(b"second")
+                async with asyncio.timeout(DEADLINE):
+                    await second
+                assert status_of(second) == CommandStatus.ESME_ROK
+                assert [p.short_message for p in esme.unanswered] == [b"first"]
+                esme.answer()
+                await esme.wait_for(lambda: len(esme.unanswered) == 1)
+                assert [p.short_message for p in esme.unanswered] == [b"second"]
+                esme.answer()
+                await esme.close()
+
+    run1(main())
+
+
 def test_enqueue_mode_answers_a_receipt_at_once(run1: Run, tmp_path: Path) -> None:
     """``ack_after: enqueue`` keeps the fast path: the carrier is answered before the
     client has the receipt."""
