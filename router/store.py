@@ -240,6 +240,10 @@ class Store(Protocol):
         """Forget held items (delivered)."""
         ...
 
+    async def held_counts(self) -> dict[str, int]:
+        """Unexpired held items per account (what a restart finds waiting)."""
+        ...
+
     async def purge(self, now: float) -> int:
         """Delete expired held items and final messages older than ``keep_days``; the count."""
         ...
@@ -880,6 +884,15 @@ class SqliteStore:
                 (account, self._clock(), limit),
             )
         return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    async def held_counts(self) -> dict[str, int]:
+        async with self._deadline("held_counts"):
+            await self._until(self._held_seq)
+            rows = await self._read(
+                "SELECT account, COUNT(*) FROM held WHERE expires_at > ? GROUP BY account",
+                (self._clock(),),
+            )
+        return {str(row[0]): int(row[1]) for row in rows}
 
     async def purge(self, now: float) -> int:
         """Carried out by the writer, ``purge_batch`` rows per transaction, one such

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
 from router.router import Router
-from router.store import SqliteStore, run_purges
+from router.store import SqliteStore, StoreError, run_purges
 from router.upstream import CarrierPool
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig
@@ -171,6 +171,14 @@ class App:
         now = time.monotonic()
         accounts = {a.system_id: AccountState(a, now) for a in config.accounts}
         self.delivery = Delivery(accounts, self.store)
+        # What was held before a restart counts toward each account's max_held at once.
+        try:
+            found = await self.store.held_counts()
+        except StoreError as exc:
+            log.warning("held items not counted at start (max_held counts from 0): %s", exc)
+            found = {}
+        for account, n in found.items():
+            self.delivery.found_held(account, n)
         self.router = Router(
             router_config,
             store=self.store,

@@ -413,6 +413,10 @@ class Delivery:
                 n,
             )
 
+    def found_held(self, account: str, n: int) -> None:
+        """``n`` items of ``account`` were found held in the store at start (a restart)."""
+        self._count_held(account, n)
+
     def _count_held(self, account: str, change: int) -> None:
         """Follow the items ``account`` has held; log when it reaches and leaves max_held."""
         held = max(0, self._held_now.get(account, 0) + change)

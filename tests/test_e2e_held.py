@@ -207,3 +207,31 @@ def test_an_account_at_max_held_refuses_submits_that_ask_for_a_receipt(
 
     with caplog.at_level(logging.WARNING, logger="smsc.delivery"):
         run(main())
+
+
+def test_what_was_held_before_a_restart_counts_toward_max_held(
+    run1: Run, tmp_path: Path
+) -> None:
+    """Two receipts held (max_held 2), then a restart on the same store: the account is at
+    its max_held from the start, and a receiver still gets both."""
+
+    async def main() -> None:
+        cfg = app_config(tmp_path, {"cheap": FAST}, accounts=accounts(max_held=2))
+        async with running_app(cfg) as app:
+            tx = await bind_client(app, "tx")
+            ids = await submit_each(tx, 2)
+            for message_id in ids:
+                await tx.until_final(message_id)  # its receipt is held by then
+            await tx.close()
+        async with running_app(cfg) as app:
+            tx = await bind_client(app, "tx")
+            refused = await tx.submit(text=b"one too many")
+            assert refused.command_status == CommandStatus.ESME_RMSGQFUL
+            rx = await bind_client(app, "rx")
+            await wait_final_receipts(rx, ids)
+            assert_one_final_receipt_each(rx, ids)
+            for esme in (tx, rx):
+                await esme.close()
+
+    run1(main())
+
