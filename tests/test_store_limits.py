@@ -116,9 +116,12 @@ def test_a_full_disk_under_load_refuses_submits_and_mo_then_resumes_losing_nothi
     killed meanwhile loses them); later ones are refused (ESME_RMSGQFUL)."""
 
     async def main() -> None:
-        with small_tmpfs(tmp_path / "fs") as fs:
+        with small_tmpfs(tmp_path / "fs", "16m") as fs:
             db_path = fs / "smsc.db"
-            store = {"path": str(db_path), "retry_max": 0.05}
+            # queue_max bounds what waits in memory for the disk (on a slow machine more is
+            # acknowledged before the writer finds the disk full): what it holds must fit
+            # in the 16 MB file system (with its WAL) once the filler is gone.
+            store = {"path": str(db_path), "retry_max": 0.05, "queue_max": 2_000}
             async with MinimalMC({UPSTREAM_ID: UPSTREAM_PASSWORD}) as mc:
                 config = config_with_mc(tmp_path, mc, store, ack_after=ack_after)
                 async with running_app(config) as app:
