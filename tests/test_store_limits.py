@@ -1,5 +1,5 @@
 """What ``smsc serve`` does when its store cannot keep up its promises: the store's file
-system fills up under load (a 2 MB tmpfs the test mounts and fills), the database hangs
+system fills up under load (a small tmpfs the test mounts and fills), the database hangs
 (another process holds its write lock), an account with no receiver is flooded with MO.
 
 Clients get clear temporary errors instead of acknowledgements that would be lost; the
