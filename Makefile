@@ -9,7 +9,7 @@ PY_STAMP := $(VENV)/.installed
 NODE_DIR := tests/interop/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: all run test test-repeat lint typecheck pytest bench setup clean distclean
+.PHONY: all run test test-repeat lint typecheck pytest bench setup services clean distclean
 
 all: test
 
@@ -26,19 +26,31 @@ lint: $(PY_STAMP)
 typecheck: $(PY_STAMP)
 	$(BIN)/mypy
 
-pytest: setup
+pytest: setup services
 	$(BIN)/pytest
 
 # The suite N times, each run a fresh process; lists every test that failed at least once.
 # HOG=1 runs a busy process beside it (flakes are timing assumptions; they show under load).
 N ?= 10
-test-repeat: setup
+test-repeat: setup services
 	$(BIN)/python tests/repeat.py --runs $(N) $(if $(HOG),--hog)
 
 bench: $(PY_STAMP)
 	$(BIN)/python bench/codec.py
 
 setup: $(PY_STAMP) $(NODE_STAMP)
+
+# Services the tests start themselves (on free loopback ports, in temporary directories):
+# Debian packages, installed when missing (CI runs as root on a fresh machine).
+DEBIAN_PACKAGES := redis-server
+services:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) \
+	    apt-get install -y -qq --no-install-recommends $$missing; fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
