@@ -9,12 +9,14 @@ sink is a fake, as ``smsc`` implements it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from minimal_mc import DEADLINE, MinimalMC
 
+from router.carriers import Carriers
 from router.config import (
     CarrierConfig,
     CarrierPrice,
@@ -26,11 +28,19 @@ from router.config import (
     RouterConfig,
     StoreConfig,
 )
+from router.dispatch import Dispatcher
+from router.finals import Finals
+from router.intake import PacedIntake
 from router.metrics import RouterMetrics
 from router.model import Address, DeliveryReport, Message, StoredMessage
 from router.ports import SettledCallback
+from router.queue import MessageQueue
+from router.receipts import Receipts
 from router.store import SqliteStore
+from router.upstream import Answer
+from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, MessageState
+from smppcore.pdu import DeliverSm
 
 T0 = 1_700_000_000.0
 ROK = int(CommandStatus.ESME_ROK)
@@ -84,6 +94,7 @@ def router_config(
     max_wait: float = 1.0,
     max_attempts: int = 4,
     breaker_failures: int = 20,
+    breaker_open: float = 10.0,
     tmp_path: Path | None = None,
 ) -> RouterConfig:
     """Every carrier on one route (``prefix``), cheapest first."""
@@ -105,7 +116,7 @@ def router_config(
         queue_max=queue_max,
         ack_after=ack_after,  # type: ignore[arg-type]
         intake=IntakeConfig(pace_above=pace_above, max_wait=max_wait),
-        health=HealthConfig(breaker_failures=breaker_failures),
+        health=HealthConfig(breaker_failures=breaker_failures, breaker_open=breaker_open),
         store=StoreConfig(path=str(tmp_path / "smsc.db")) if tmp_path else StoreConfig(),
         retry=RetryConfig(max_attempts=max_attempts),
     )
@@ -200,3 +211,98 @@ class Answers:
                 self._changed.clear()
                 await self._changed.wait()
         return self.statuses
+
+
+class Parts:
+    """The router's parts wired as :class:`router.router.Router` wires them, each built
+    directly (its constructor, its real collaborators): for tests of one part that need
+    the others. ``running`` is left False: a test drives passes itself (``dispatch``) or
+    sets it."""
+
+    def __init__(
+        self, config: RouterConfig, store: SqliteStore, sink: Sink, *, wall: float | None = None
+    ) -> None:
+        clock: Callable[[], float] = time.time if wall is None else (lambda: wall)
+        self.config = config
+        self.store = store
+        self.sink = sink
+        self.queue = MessageQueue(config.queue_max)
+        self.metrics = metrics_for(config)
+        durable = config.ack_after == "store"
+        self.finals = Finals(
+            store=store, sink=sink, metrics=self.metrics, durable=durable, wall=clock
+        )
+        self.carriers = Carriers(
+            config,
+            queue=self.queue,
+            metrics=self.metrics,
+            on_deliver=self._on_deliver,
+            wake=self._wake,
+            wall=clock,
+        )
+        self.receipts = Receipts(
+            config,
+            store=store,
+            carriers=self.carriers,
+            finals=self.finals,
+            metrics=self.metrics,
+            wall=clock,
+        )
+        self.intake = PacedIntake(
+            config,
+            queue=self.queue,
+            store=store,
+            carriers=self.carriers,
+            finals=self.finals,
+            metrics=self.metrics,
+            wake=self._wake,
+            wall=clock,
+        )
+        self.dispatcher = Dispatcher(
+            config,
+            queue=self.queue,
+            store=store,
+            carriers=self.carriers,
+            intake=self.intake,
+            receipts=self.receipts,
+            finals=self.finals,
+            metrics=self.metrics,
+            wall=clock,
+        )
+        self.queue.on_ready = self.dispatcher.wake_up
+
+    def _wake(self) -> None:
+        self.dispatcher.wake_up()
+
+    def _on_deliver(
+        self, carrier: str, pdu: DeliverSm, conn: Connection, answer: Answer
+    ) -> int | None:
+        return self.receipts.deliver(carrier, pdu, None)  # enqueue mode: answered at once
+
+    def set_running(self, running: bool) -> None:
+        self.carriers.running = self.intake.running = self.dispatcher.running = running
+
+    async def stop(self) -> None:
+        self.set_running(False)
+        self.dispatcher.stop()
+        await self.carriers.stop(DEADLINE)
+        await self.receipts.settle(DEADLINE)
+        await self.receipts.cancel()
+
+
+@asynccontextmanager
+async def running_parts(
+    tmp_path: Path, config: RouterConfig, sink: Sink, *, bound: bool = True
+) -> AsyncIterator[Parts]:
+    """:class:`Parts` on a real store, started and running; every carrier bound first
+    when ``bound``."""
+    async with open_store(tmp_path) as store:
+        parts = Parts(config, store, sink)
+        await parts.carriers.start(time.time())
+        try:
+            if bound:
+                await parts.carriers.wait_bound(DEADLINE)
+            parts.set_running(True)
+            yield parts
+        finally:
+            await parts.stop()
