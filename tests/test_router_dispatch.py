@@ -31,7 +31,7 @@ from router_parts import (
     running_parts,
 )
 
-from router.model import Accepted, Failed, Message, Rejected
+from router.model import Accepted, Concat, Failed, Message, Rejected
 from smppcore.constants import MessageState
 
 
@@ -203,5 +203,38 @@ def test_a_submit_no_bind_could_take_is_not_an_attempt(run: Run, tmp_path: Path)
             assert again is not None
             assert (again.attempts, again.tried) == (1, ())
             assert parts.metrics.carrier("uk").retries == 0
+
+    run(main())
+
+
+def test_the_parts_of_a_long_message_stay_on_the_carrier_the_first_took(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        sink = Sink()
+        async with (
+            MinimalMC(dict([UPSTREAM])) as mc,
+            running_parts(
+                tmp_path, router_config(carrier("cheap", mc), carrier("dear", mc)), sink
+            ) as parts,
+        ):
+            parts.dispatcher.running = False  # this test runs the passes
+            loop = asyncio.get_running_loop()
+            first, second = (
+                msgspec.structs.replace(message(f"p{seq}"), concat=Concat("g1", 2, seq))
+                for seq in (1, 2)
+            )
+            parts.queue.put(first, time.time())
+            parts.dispatcher.dispatch(time.time(), loop.time())
+            parts.carriers.pause("cheap")  # after the first part left
+            parts.queue.put(second, time.time())
+            parts.dispatcher.dispatch(time.time(), loop.time())
+            assert parts.queue.parked_count == 1  # waits for its carrier, not for "dear"
+            parts.dispatcher.running = True
+            await parts.carriers.resume("cheap")
+            await sink.wait_for(2)
+            assert sink.states() == {"p1": MessageState.DELIVERED, "p2": MessageState.DELIVERED}
+            assert parts.metrics.carrier("cheap").decisions == 2
+            assert parts.metrics.carrier("dear").decisions == 0
 
     run(main())
