@@ -104,6 +104,8 @@ class Router:
         self.store = store
         self.sink = sink
         self.wall = wall
+        #: One source of randomness for the parts (the pools' reconnect jitter).
+        self._rng = rng or random.Random()
         self.queue = MessageQueue(config.queue_max)
         #: counts and latency histograms, read by smsc/metrics.py at scrape time
         self.metrics = RouterMetrics(c.name for c in config.carriers)
@@ -120,7 +122,7 @@ class Router:
             on_deliver=self._on_deliver,
             wake=self._wake_up,
             wall=wall,
-            rng=rng,
+            rng=self._rng,
         )
         self.receipts = Receipts(
             config,
