@@ -36,7 +36,7 @@ import msgspec
 
 from router.config import DEFAULT_RECEIPT_TIMEOUT, CarrierConfig, RouterConfig
 from router.correlation import Correlator, correlation_key
-from router.health import CarrierHealth, HealthView
+from router.health import CarrierHealth, HealthView, rejected_kind
 from router.metrics import RouterMetrics, no_route_reason
 from router.model import (
     Accepted,
@@ -51,6 +51,7 @@ from router.model import (
 )
 from router.ports import AcceptCallback, ReportSink
 from router.queue import MessageQueue, ParkKey
+from router.rates import load_prices
 from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
 from router.store import Store, StoreError
 from router.upstream import Answer, CarrierPool, Respond
@@ -161,6 +162,7 @@ class Router:
         self.queue = MessageQueue(config.queue_max)
         self.queue.on_ready = self._wake_up
         self.table = RouteTable(config.routes)
+        self.prices = load_prices(config.rates)  # the carriers' rate cards (router/rates.py)
         self._carriers: dict[str, CarrierConfig] = {c.name: c for c in config.carriers}
         self.health: dict[str, CarrierHealth] = {}
         self.pools: dict[str, CarrierPool] = {}
@@ -458,6 +460,9 @@ class Router:
             health=views,
             now=now,
             rates={name: pool.rate_limit for name, pool in self.pools.items()},
+            windows={n: (p.in_flight, p.config.window * p.bound) for n, p in self.pools.items()},
+            settings=self.config.routing,
+            prices=self.prices,
         )
 
     def stats(self) -> RouterStats:
@@ -560,6 +565,7 @@ class Router:
         resumed); a paused one stays paused. Carriers not in ``config`` are taken out of
         routing. Returns the pools replaced or removed, for :meth:`retire`. Queue size, ack
         mode, health and store settings need a restart."""
+        prices = load_prices(config.rates)  # ConfigError before anything changed
         names = {c.name for c in config.carriers}
         retired = [pool for name, pool in self.pools.items() if name not in names]
         for name in [n for n in self.pools if n not in names]:
@@ -585,6 +591,7 @@ class Router:
                 pool.start_now()
             self.health[name].set_binds(pool.bound)
         self.table = RouteTable(config.routes)
+        self.prices = prices
         self.config = config
         self.policies = dict(policies)
         for cfg in config.carriers:
@@ -751,7 +758,10 @@ class Router:
         # batch, not one per message. A half-open breaker's single trial is still taken
         # per message by try_acquire_trial in _route.
         views = self._views(now) if queue.ready_count else {}
-        chooser = Chooser(self.table, views, self.policies)
+        chooser = Chooser(
+            self.table, views, self.policies, settings=self.config.routing, prices=self.prices,
+            now=now, rng=self._rng, on_explore=partial(self.metrics.event, "explored"),
+        )  # fmt: skip
         while queue.ready_count and sent < _DISPATCH_BATCH and handled < _HANDLE_BATCH:
             popped = queue.pop_ready(now)
             if popped is None:
@@ -927,9 +937,9 @@ class Router:
             # of the carrier's.
             self.queue.requeue(msgspec.structs.replace(msg, attempts=msg.attempts - 1))
             return
-        kind = "temporary" if isinstance(outcome, Rejected) else "failed"
+        kind = rejected_kind(outcome.status) if isinstance(outcome, Rejected) else "failed"
         if health is not None:
-            health.record_submit(now, latency, kind)  # type: ignore[arg-type]
+            health.record_submit(now, latency, kind)
         status = outcome.status if isinstance(outcome, Rejected) else 0
         counts = self.metrics.carrier(outcome.carrier)
         counts.submit_latency.observe(latency)
