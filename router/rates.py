@@ -143,6 +143,12 @@ class RateCard:
         self._lengths = tuple(sorted({len(p) for p in prefixes}, reverse=True))
         self.rows = rows
 
+    def valid_range(self) -> tuple[float, float]:
+        """The earliest and the latest ``valid_from`` of the card (-inf: always)."""
+        times = [t for table in (self._prefixes, self._networks) for s in table.values()
+                 for t in (s.times[0], s.times[-1])]  # fmt: skip
+        return (min(times), max(times)) if times else (-math.inf, -math.inf)
+
     @property
     def prefixes(self) -> int:
         return len(self._prefixes)
