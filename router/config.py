@@ -154,6 +154,10 @@ class RoutingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     explore: Annotated[float, Meta(ge=0, le=0.5)] = 0.02
     """Share of messages sent to an eligible carrier other than the first (the one with
     the fewest recent receipts), so that every carrier's delivery rate stays measured."""
+    explore_until: Annotated[float, Meta(ge=0)] | None = 50.0
+    """A carrier with this many recent (decayed) receipts is measured enough and is not
+    explored (50: about one message every 2 s with the default 60 s window); null:
+    explore whatever the receipts."""
     prior_delivery: Share = 0.8
     """The delivery rate assumed of a carrier with no receipts; measured receipts outweigh
     it as they come (and it returns as they age): nothing unmeasured is thought perfect."""

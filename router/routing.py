@@ -35,7 +35,9 @@ destination (router/rates.py) when it has one, else the route's.
 
 **Exploration** (:class:`Chooser` with an rng). A share ``routing.explore`` of the messages
 (neither pinned parts nor retries) go first to the eligible fallback with the fewest recent
-receipts, the choice then being their first fallback: every carrier keeps being measured.
+receipts, the choice then being their first fallback, while that fallback has fewer than
+``routing.explore_until`` recent receipts: every carrier keeps being measured, and once
+they all are, exploration costs nothing more.
 
 **Pinned** (concatenated messages). Once a part of a long message went over a carrier, every
 other part must go the same way, or the handset may never reassemble it. With ``pinned`` set,
@@ -358,14 +360,20 @@ def explore(
     match: RouteMatch,
     health: Mapping[str, HealthView],
     cards: tuple[Decimal | None, ...] = (),
-) -> RouteDecision:
+    until: float | None = None,
+) -> RouteDecision | None:
     """``decision`` with its least-measured fallback (fewest recent receipts; the first in
-    rank order among equals) put first and the rest after it in order."""
+    rank order among equals) put first and the rest after it in order; None when that one
+    has ``until`` receipts or more (every fallback is measured enough)."""
     fallbacks = decision.fallbacks
-    pick = min(
-        range(len(fallbacks)),
-        key=lambda k: (health[fallbacks[k]].receipts if fallbacks[k] in health else 0.0, k),
-    )
+
+    def receipts(k: int) -> float:
+        view = health.get(fallbacks[k])
+        return 0.0 if view is None else view.receipts
+
+    pick = min(range(len(fallbacks)), key=lambda k: (receipts(k), k))
+    if until is not None and receipts(pick) >= until:
+        return None
     carrier = fallbacks[pick]
     i = next(i for i, cp in enumerate(match.carriers) if cp.carrier == carrier)
     rest = (decision.carrier, *fallbacks[:pick], *fallbacks[pick + 1 :])
@@ -459,9 +467,11 @@ class Chooser:
             and self._rng is not None
             and self._rng.random() < self._explore
         ):
-            decision = explore(decision, match, self._health, cards)
-            if self._on_explore is not None:
-                self._on_explore(decision.carrier)
+            explored = explore(decision, match, self._health, cards, self._settings.explore_until)
+            if explored is not None:
+                if self._on_explore is not None:
+                    self._on_explore(explored.carrier)
+                return explored
         return decision
 
     def waits_for(self, message: Message, pinned: str | None) -> frozenset[str] | None:

@@ -220,6 +220,20 @@ def test_a_share_of_messages_explores_the_least_measured_fallback() -> None:
     assert seen == ["dear"] * len(explored)
 
 
+def test_exploration_stops_while_every_fallback_is_measured_enough_and_resumes_as_it_ages() -> None:
+    fleet = Fleet()
+    for name in ("cheap", "mid", "dear"):
+        fleet.receipts(name, 0.0, 60, 0)
+    settings = RoutingConfig(explore=0.5, explore_until=50.0)
+
+    def explored(now: float) -> int:
+        chooser = Chooser(table(), fleet.views(now), {}, settings=settings, rng=random.Random(3))
+        return sum(chooser.choose(msg(), None).carrier != "cheap" for _ in range(1000))  # type: ignore[union-attr]
+
+    assert explored(1.0) == 0  # 60 receipts each: measured enough
+    assert 400 < explored(60.0) < 600  # one half-life later: 30 each, explored again
+
+
 def test_pinned_parts_retries_and_a_zero_share_are_never_explored() -> None:
     views = Fleet().views(0.0)
     rng = random.Random(1)
