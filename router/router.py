@@ -43,7 +43,6 @@ from router.model import (
     DeliveryReport,
     Failed,
     Message,
-    NoRoute,
     Rejected,
     RouteDecision,
     StoredMessage,
@@ -52,7 +51,7 @@ from router.model import (
 from router.ports import AcceptCallback, ReportSink
 from router.queue import MessageQueue, ParkKey
 from router.rates import load_prices
-from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
+from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, explain
 from router.store import Store, StoreError
 from router.upstream import Answer, CarrierPool, Respond
 from smppcore.aio import Connection
@@ -834,15 +833,7 @@ class Router:
         # nothing will ever take it (no route, the account's limits): it fails now.
         waits_for = chooser.waits_for(msg, pinned)
         if waits_for is None:
-            later = choose(
-                msgspec.structs.replace(msg, tried=()),
-                table=self.table,
-                policy=self.policies.get(msg.account, AccountPolicy()),
-                health={name: HealthView(carrier=name) for name in views},
-                pinned=pinned,
-                now=now,
-            )
-            why = later.reason if isinstance(later, NoRoute) else "no route"
+            why = chooser.never_reason(msg, pinned)
             reason = no_route_reason(why)
             self.metrics.no_route[reason] = self.metrics.no_route.get(reason, 0) + 1
             log.info("message %s: no route (%s)", msg.id, why)

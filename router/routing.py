@@ -490,6 +490,24 @@ class Chooser:
             return self._waits[key]
         except KeyError:
             pass
+        decision = self._as_if_up(message, match, pinned, cards)
+        carriers = (
+            frozenset((decision.carrier, *decision.fallbacks))
+            if isinstance(decision, RouteDecision)
+            else None
+        )
+        self._waits[key] = carriers
+        return carriers
+
+    def _as_if_up(
+        self,
+        message: Message,
+        match: RouteMatch,
+        pinned: str | None,
+        cards: tuple[Decimal | None, ...],
+    ) -> RouteDecision | NoRoute:
+        """The decision for ``message`` with nothing tried and every carrier up (bound,
+        breaker closed, not paused), its measures as they are."""
         up = self._up
         if up is None:
             up = self._up = {
@@ -498,15 +516,18 @@ class Chooser:
                 )
                 for name, view in self._health.items()
             }
-        policy = self._policies.get(account, _NO_POLICY)
-        decision = _decide(match, policy, up, (), pinned, self._settings, cards)
-        carriers = (
-            frozenset((decision.carrier, *decision.fallbacks))
-            if isinstance(decision, RouteDecision)
-            else None
-        )
-        self._waits[key] = carriers
-        return carriers
+        policy = self._policies.get(message.account, _NO_POLICY)
+        return _decide(match, policy, up, (), pinned, self._settings, cards)
+
+    def never_reason(self, message: Message, pinned: str | None) -> str:
+        """Why ``message`` will never go (when :meth:`waits_for` says None): the NoRoute
+        reason of its route with every carrier up."""
+        match = self._table.lookup(message.destination.addr, message.account)
+        if match is None:
+            return _no_match(message.destination.addr)
+        cards = card_prices(self._prices, match, message.destination.addr, self._now)
+        decision = self._as_if_up(message, match, pinned, cards)
+        return decision.reason if isinstance(decision, NoRoute) else "no route"
 
 
 _NO_POLICY = AccountPolicy()

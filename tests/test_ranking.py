@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from router.config import CarrierPrice, HealthConfig, Route, RoutingConfig
 from router.health import CarrierHealth, HealthView, rejected_kind
+from router.metrics import no_route_reason
 from router.model import Address, Message, NoRoute, RouteDecision
 from router.routing import (
     NO_SERVICE,
@@ -175,6 +176,9 @@ def test_when_no_carrier_meets_the_service_levels_there_is_no_route() -> None:
     decision = choose(msg(), table=t, policy=ANY, health=views, pinned=None, now=10.0)
     assert decision == NoRoute(f"{NO_SERVICE} on route '44'")
     assert Chooser(t, views, {}).waits_for(msg(), None) is None
+    why = Chooser(t, views, {}).never_reason(msg(), None)
+    assert why == f"{NO_SERVICE} on route '44'"
+    assert no_route_reason(why) == "service_levels"  # smsc_route_no_route_total's label
     # one of them down but meeting the levels: the message waits for it
     fleet.receipts("dear", 10.0, 900, 0)
     fleet.health["dear"].set_binds(0)
