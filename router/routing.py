@@ -591,7 +591,9 @@ class Explanation(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     max_latency: float | None = None
     min_delivery: float | None = None
     explore: float = 0.0
-    """Share of messages sent first to the least-measured fallback instead of the choice."""
+    """Share of messages sent first to the least-measured fallback instead of the choice ..."""
+    explore_until: float | None = None
+    """... while that fallback has fewer recent receipts than this (None: always)."""
     candidates: tuple[CandidateView, ...] = ()
     """Eligible carriers first in the order they would be used, then the excluded ones."""
     choice: str | None = None
@@ -693,6 +695,7 @@ def explain(
         max_latency=match.max_latency,
         min_delivery=match.min_delivery,
         explore=settings.explore if chosen is not None and chosen.fallbacks else 0.0,
+        explore_until=settings.explore_until,
         candidates=tuple(out),
         choice=None if chosen is None else chosen.carrier,
         price=None if chosen is None else chosen.price,
@@ -753,7 +756,11 @@ def format_explanation(expl: Explanation) -> str:
         if expl.min_delivery is not None:
             levels.append(f"min_delivery {expl.min_delivery:g}")
         if expl.explore:
-            levels.append(f"exploring {expl.explore:.0%} of messages")
+            until = expl.explore_until
+            levels.append(
+                f"exploring {expl.explore:.0%} of messages"
+                + ("" if until is None else f" while a fallback has under {until:g} receipts")
+            )
         lines.append("; ".join(levels))
     if expl.candidates:
         header = (

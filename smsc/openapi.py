@@ -131,6 +131,10 @@ SCHEMAS: dict[str, Any] = {
                 "type": "number",
                 "description": "share of messages sent first to the least-measured fallback",
             },
+            "explore_until": {
+                **_NUMBER,
+                "description": "... while it has fewer recent receipts than this; null: always",
+            },
             "candidates": {
                 "type": "array",
                 "items": _obj(

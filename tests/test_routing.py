@@ -432,7 +432,9 @@ def test_explain_lists_every_candidate_with_its_reasons() -> None:
     text = format_explanation(expl)
     lines = text.splitlines()
     assert lines[0] == "destination +447700900123 for account acme: prefix '44' (global route)"
-    assert lines[1] == "rank by delivered_cost; exploring 2% of messages"
+    assert lines[1] == (
+        "rank by delivered_cost; exploring 2% of messages while a fallback has under 50 receipts"
+    )
     assert lines[2].split() == [
         "carrier",
         "price",
