@@ -640,7 +640,6 @@ def explain(
     decision = _decide(match, policy, health, tried, pinned, settings, cards)
     chosen = decision if isinstance(decision, RouteDecision) else None
     order = () if chosen is None else (chosen.carrier, *chosen.fallbacks)
-    first_cost: float | None = None
     views: dict[str, CandidateView] = {}
     for i, cp in enumerate(match.carriers):
         price = _price(match, i, cards)
@@ -651,8 +650,6 @@ def explain(
         view = view or HealthView(carrier=cp.carrier, available=False, healthy=False, score=0.0)
         estimate = delivery_estimate(view, settings)
         cost = _cost(price, estimate)
-        if order and cp.carrier == order[0]:
-            first_cost = cost
         in_flight, window = (windows or {}).get(cp.carrier, (None, None))
         eligible = not reasons and cp.carrier in order
         if not eligible and not reasons and pinned is not None:
@@ -681,7 +678,7 @@ def explain(
     out: list[CandidateView] = []
     for k, name in enumerate(order):
         cv = views.pop(name)
-        out.append(msgspec.structs.replace(cv, **_role(cv, k, rank, order, first_cost)))
+        out.append(msgspec.structs.replace(cv, **_role(cv, k, rank, order)))
     for cv in views.values():
         why = "; ".join(cv.reasons) or "not eligible"
         out.append(msgspec.structs.replace(cv, eligible=False, role="excluded", why=why))
@@ -714,9 +711,7 @@ def _measure(cv: CandidateView, rank: Rank) -> str:
     )
 
 
-def _role(
-    cv: CandidateView, k: int, rank: Rank, order: tuple[str, ...], first_cost: float | None
-) -> dict[str, object]:
+def _role(cv: CandidateView, k: int, rank: Rank, order: tuple[str, ...]) -> dict[str, object]:
     what = "price" if rank == "price" else "cost per delivered message"
     if k == 0:
         if not cv.healthy:
