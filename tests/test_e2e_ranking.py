@@ -23,6 +23,7 @@ from smsc_fixtures import (
 
 from smppcore.constants import CommandStatus
 from smsc.app import App
+from smsc.config import SmscConfig
 
 # cheap delivers 40 %: 0.0010 / 0.4 = 0.0025 per delivered message, more than mid's 0.0015
 POOR = profile(states={"DELIVRD": 0.4, "UNDELIV": 0.6})
@@ -84,6 +85,39 @@ def test_rank_price_keeps_the_cheapest_whatever_it_delivers(run1: Run, tmp_path:
             esme = await bind_client(app)
             taken = [c for _ in range(7) for c in await batch(app, esme, 10)]
             assert set(taken) == {"cheap"}
+            await esme.close()
+
+    run1(main())
+
+
+def test_the_cheap_carrier_wins_its_traffic_back_once_exploration_finds_it_recovered(
+    run1: Run, tmp_path: Path
+) -> None:
+    """It loses its traffic while it delivers 40 %; then it delivers again (its simulator
+    reloaded with a sound profile; its measures kept) and exploration, sending it a share
+    of the messages while it has few recent receipts, measures that: it is first again."""
+
+    def config(cheap: dict[str, object], explore: float) -> SmscConfig:
+        routing = {"routing": {"explore": explore}}
+        return app_config(tmp_path, {"cheap": cheap, "mid": FAST}, ROUTES, router=routing)
+
+    now = [config(POOR, 0.0)]
+
+    async def main() -> None:
+        async with running_app(now[0], loader=lambda: now[0]) as app:
+            esme = await bind_client(app)
+            for _ in range(7):
+                last = await batch(app, esme, 10)
+            assert set(last) == {"mid"}
+            now[0] = config(FAST, 0.2)
+            await app.reload()
+            for _ in range(100):  # each batch awaits its receipts: no sleep
+                last = await batch(app, esme, 10)
+                if set(last) == {"cheap"}:
+                    break
+            assert set(last) == {"cheap"}
+            assert app.router is not None
+            assert app.router.explain("447700900001", SYSTEM_ID).choice == "cheap"
             await esme.close()
 
     run1(main())
