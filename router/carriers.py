@@ -154,6 +154,10 @@ class Carriers:
         """Submits per second each carrier may be sent now; None: no limit."""
         return {name: pool.rate_limit for name, pool in self.pools.items()}
 
+    def windows(self) -> dict[str, tuple[int, int]]:
+        """Each carrier's submits in flight and window slots (its window × binds up)."""
+        return {n: (p.in_flight, p.config.window * p.bound) for n, p in self.pools.items()}
+
     def states(self, now: float) -> list[CarrierState]:
         views = self.views(now)
         return [

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -31,21 +32,21 @@ import msgspec
 from router.carriers import Carriers
 from router.config import RouterConfig
 from router.finals import Finals
-from router.health import HealthView
+from router.health import HealthView, rejected_kind
 from router.intake import PacedIntake
 from router.metrics import RouterMetrics, no_route_reason
 from router.model import (
     Accepted,
     Failed,
     Message,
-    NoRoute,
     Rejected,
     RouteDecision,
     SubmitOutcome,
 )
 from router.queue import MessageQueue
+from router.rates import PriceBook
 from router.receipts import Receipts
-from router.routing import AccountPolicy, Chooser, RouteTable, choose
+from router.routing import AccountPolicy, Chooser, RouteTable
 from router.store import Store
 from smppcore.constants import MessageState
 
@@ -76,10 +77,16 @@ class Dispatcher:
         finals: Finals,
         metrics: RouterMetrics,
         policies: Mapping[str, AccountPolicy] | None = None,
+        prices: PriceBook | None = None,
+        rng: random.Random | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.table = RouteTable(config.routes)
+        #: The carriers' rate cards (router/rates.py), loaded by the owner; None: none.
+        self.prices = prices
+        #: Chooses which messages explore (see router/routing.py).
+        self.rng = rng or random.Random()
         self.policies = dict(policies or {})
         self.queue = queue
         self.store = store
@@ -106,6 +113,7 @@ class Dispatcher:
         config: RouterConfig,
         policies: Mapping[str, AccountPolicy],
         removed: list[str],
+        prices: PriceBook | None,
     ) -> None:
         """Route with a reloaded ``config`` (routes, prices, retries) and ``policies``;
         the carriers ``removed`` keep no long message's parts."""
@@ -113,6 +121,7 @@ class Dispatcher:
             for group in [g for g, c in self._pinned.items() if c == name]:
                 del self._pinned[group]
         self.table = RouteTable(config.routes)
+        self.prices = prices
         self.config = config
         self.policies = dict(policies)
 
@@ -180,7 +189,10 @@ class Dispatcher:
         # batch, not one per message. A half-open breaker's single trial is still taken
         # per message by try_acquire_trial in _route.
         views = self.carriers.views(now) if queue.ready_count else {}
-        chooser = Chooser(self.table, views, self.policies)
+        chooser = Chooser(
+            self.table, views, self.policies, settings=self.config.routing, prices=self.prices,
+            now=now, rng=self.rng, on_explore=partial(self.metrics.event, "explored"),
+        )  # fmt: skip
         while queue.ready_count and sent < _DISPATCH_BATCH and handled < _HANDLE_BATCH:
             popped = queue.pop_ready(now)
             if popped is None:
@@ -255,15 +267,7 @@ class Dispatcher:
         # nothing will ever take it (no route, the account's limits): it fails now.
         waits_for = chooser.waits_for(msg, pinned)
         if waits_for is None:
-            later = choose(
-                msgspec.structs.replace(msg, tried=()),
-                table=self.table,
-                policy=self.policies.get(msg.account, AccountPolicy()),
-                health={name: HealthView(carrier=name) for name in views},
-                pinned=pinned,
-                now=now,
-            )
-            why = later.reason if isinstance(later, NoRoute) else "no route"
+            why = chooser.never_reason(msg, pinned)
             reason = no_route_reason(why)
             self.metrics.no_route[reason] = self.metrics.no_route.get(reason, 0) + 1
             log.info("message %s: no route (%s)", msg.id, why)
@@ -352,9 +356,9 @@ class Dispatcher:
             # of the carrier's.
             self.queue.requeue(msgspec.structs.replace(msg, attempts=msg.attempts - 1))
             return
-        kind = "temporary" if isinstance(outcome, Rejected) else "failed"
+        kind = rejected_kind(outcome.status) if isinstance(outcome, Rejected) else "failed"
         if health is not None:
-            health.record_submit(now, latency, kind)  # type: ignore[arg-type]
+            health.record_submit(now, latency, kind)
         status = outcome.status if isinstance(outcome, Rejected) else 0
         counts = self.metrics.carrier(outcome.carrier)
         counts.submit_latency.observe(latency)

@@ -45,6 +45,7 @@ from router.mo import MobileOriginated
 from router.model import DeliveryReport, Message
 from router.ports import AcceptCallback, ReportSink
 from router.queue import MessageQueue
+from router.rates import load_prices
 from router.receipts import Receipts
 from router.recovery import recover
 from router.routing import AccountPolicy, Explanation, RouteTable, explain
@@ -155,6 +156,8 @@ class Router:
             finals=self.finals,
             metrics=self.metrics,
             policies=policies,
+            prices=load_prices(config.rates),  # the carriers' rate cards (router/rates.py)
+            rng=self._rng,
             wall=wall,
         )
         self.queue.on_ready = self.dispatcher.wake_up
@@ -299,6 +302,9 @@ class Router:
             health=views,
             now=now,
             rates=self.carriers.rates(),
+            windows=self.carriers.windows(),
+            settings=self.config.routing,
+            prices=self.dispatcher.prices,
         )
 
     def stats(self) -> RouterStats:
@@ -359,8 +365,9 @@ class Router:
         resumed); a paused one stays paused. Carriers not in ``config`` are taken out of
         routing. Returns the pools replaced or removed, for :meth:`retire`. Queue size, ack
         mode, health and store settings need a restart."""
+        prices = load_prices(config.rates)  # ConfigError before anything changed
         retired, removed = self.carriers.reconfigure(config, pools)
-        self.dispatcher.reconfigure(config, policies, removed)
+        self.dispatcher.reconfigure(config, policies, removed, prices)
         self.intake.config = config
         self.config = config
         self.carriers.unpark_all()  # routes changed: what each message waits for too

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
+from router.rates import load_prices
 from router.router import Router
 from router.store import SqliteStore, StoreError, run_purges
 from router.upstream import CarrierPool
@@ -309,6 +310,7 @@ class App:
                 raise LookupError("not running")
             sims = dict(simulator_configs(new))  # refuse a bad simulated carrier up front
             check_tls(new)
+            load_prices(new.router.rates)  # a bad rate card refuses the reload up front
             plan = reload_plan(self.config, new)
             config = plan.config
             token = admin_token(config)

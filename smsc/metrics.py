@@ -185,7 +185,7 @@ class SmscCollector(Collector):
             "resent (sent again after a restart: handed to the carrier, its answer unknown), "
             "mo, mo_unrouted, mo_refused (answered ESME_RX_T_APPN: the store would not hold "
             "it), deferred (no carrier of the route available), paced (a submit waited for "
-            "room)",
+            "room), explored (sent first to a fallback to keep its delivery rate measured)",
             labels=["event", "carrier"],
         )
         for (event, carrier), n in sorted(metrics.events.items()):
