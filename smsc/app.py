@@ -229,6 +229,11 @@ class App:
             return False
         return True
 
+    def console_url(self, base: str) -> str | None:
+        """The browser console's login URL under ``base`` (``http://host:port``): with a
+        random one-time token when no admin token is configured; None: no HTTP port."""
+        return None if self._http is None else self._http.console.login_url(base)
+
     async def _start_http(self, host: str, port: int) -> None:
         self._http = AdminServer(self, self.registry)
         await self._http.start(host, port)

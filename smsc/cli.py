@@ -314,6 +314,8 @@ async def run_serve(
                 "/metrics",
                 flush=True,
             )
+            base = f"http://{_where(config.metrics.host, app.http_port)}"
+            print(f"smsc serve: console: {app.console_url(base)}", flush=True)
         if config.listen_tls is not None:
             where = _where(config.listen_tls.host, app.tls_port)
             print(f"smsc serve: SMPP over TLS on {where}", flush=True)
