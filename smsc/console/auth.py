@@ -105,9 +105,7 @@ class ConsoleAuth:
         if request.method in SAFE_METHODS:
             return True
         given = request.headers.get(CSRF_HEADER, "")
-        return hmac.compare_digest(
-            given.encode("utf-8", "surrogateescape"), session.csrf.encode()
-        )
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), session.csrf.encode())
 
     def logout(self, session: Session) -> None:
         self._sessions.pop(session.id, None)

@@ -168,8 +168,7 @@ def timeline(stored: StoredMessage, *, cancellable: bool) -> Timeline:
         Step(
             message.submitted_at,
             "accepted",
-            f"from {message.account}: {message.source.addr or '-'} → "
-            f"{message.destination.addr}",
+            f"from {message.account}: {message.source.addr or '-'} → {message.destination.addr}",
         )
     ]
     for i, carrier in enumerate(message.tried):

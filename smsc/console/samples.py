@@ -199,9 +199,7 @@ class Sampler:
             finals=finals,
             accepted_s=(counts.accepted - last.accepted) / span,
             sent_s=(counts.sent - last.sent) / span,
-            finals_s={
-                state: (n - last.finals.get(state, 0)) / span for state, n in finals.items()
-            },
+            finals_s={state: (n - last.finals.get(state, 0)) / span for state, n in finals.items()},
             queue=len(router.queue),
             p50_ms=None if p50 is None else p50 * 1000,
             p99_ms=None if p99 is None else p99 * 1000,

@@ -41,7 +41,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC: Final = Path(__file__).resolve().parent / "static"
 PAGES: Final = ("overview", "sessions", "carriers", "routes", "messages", "send")
 #: What answers without a session.
-OPEN: Final = frozenset({"/console/login", "/console/static/style.css"})
+OPEN: Final = frozenset({"/console/login", "/console/static/style.css", "/console/static/login.js"})
 #: Where a request's console session is kept (aiohttp request storage).
 SESSION_KEY: Final = "smsc.console.session"
 #: Longest a follow stream (Send page: a message to its receipt) stays open.
