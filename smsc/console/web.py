@@ -43,7 +43,7 @@ PAGES: Final = ("overview", "sessions", "carriers", "routes", "messages", "send"
 #: What answers without a session.
 OPEN: Final = frozenset({"/console/login", "/console/static/style.css", "/console/static/login.js"})
 #: Where a request's console session is kept (aiohttp request storage).
-SESSION_KEY: Final = "smsc.console.session"
+SESSION_KEY: Final = web.RequestKey("smsc.console.session", Session)
 #: Longest a follow stream (Send page: a message to its receipt) stays open.
 FOLLOW_FOR: Final = 300.0
 FOLLOW_EVERY: Final = 0.25
@@ -197,17 +197,15 @@ class Console:
         raise response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request[SESSION_KEY]
-        self.auth.logout(session)
-        response = web.HTTPSeeOther("/console/login")
+        self.auth.logout(request[SESSION_KEY])
+        response = web.Response(status=303, headers={"Location": "/console/login"})
         response.del_cookie(COOKIE, path="/")
-        raise response
+        return response
 
     # --- pages and files ------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request[SESSION_KEY]
-        return self._html("shell.html", csrf=session.csrf)
+        return self._html("shell.html", csrf=request[SESSION_KEY].csrf)
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         path = self._files.get(request.match_info["name"])
