@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import web
 
+from simulator.console import snapshot
 from smsc.console.auth import COOKIE, SAFE_METHODS, ConsoleAuth, Session
 from smsc.console.messages import Query, search, timeline
 from smsc.console.samples import Sampler
@@ -39,7 +40,7 @@ audit = logging.getLogger("smsc.audit")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATIC: Final = Path(__file__).resolve().parent / "static"
-PAGES: Final = ("overview", "sessions", "carriers", "routes", "messages", "send")
+PAGES: Final = ("overview", "sessions", "carriers", "routes", "messages", "send", "simulators")
 #: What answers without a session.
 OPEN: Final = frozenset({"/console/login", "/console/static/style.css", "/console/static/login.js"})
 #: Where a request's console session is kept (aiohttp request storage).
@@ -93,6 +94,7 @@ class Console:
         add.add_get("/console/api/messages/{id}", self.message)
         add.add_get("/console/api/messages/{id}/follow", self.follow)
         add.add_post("/console/api/messages/{id}/cancel", self.cancel)
+        add.add_get("/console/api/simulators", self.simulators)
         for page in PAGES:
             add.add_get(f"/console/{page}", self.page)
 
@@ -321,6 +323,17 @@ class Console:
         except (ConnectionError, TimeoutError):
             pass
         return response
+
+    async def simulators(self, request: web.Request) -> web.Response:
+        """The simulated carriers inside this node, as their own page shows them (their MO
+        goes through the admin API's ``POST /api/v1/carriers/{name}/mo``)."""
+        return _json(
+            {
+                "simulators": {
+                    name: snapshot(carrier) for name, carrier in self.app.simulators.items()
+                }
+            }
+        )
 
     async def cancel(self, request: web.Request) -> web.Response:
         router = self.app.router
