@@ -33,6 +33,7 @@ from router.store import SqliteStore, StoreError, run_purges
 from router.upstream import CarrierPool
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig
+from simulator.console import snapshot as simulator_snapshot
 from simulator.mo import build_mo
 from smppcore import aio
 from smppcore.config import ConfigError, load_config
@@ -418,6 +419,10 @@ class App:
             await carrier.stop(5.0)
         for name in accounts_removed:
             await server.unbind_account(name, 5.0)
+
+    def simulator_snapshots(self) -> dict[str, dict[str, Any]]:
+        """Each simulated carrier as its own page shows it (the console's Simulators page)."""
+        return {name: simulator_snapshot(sim) for name, sim in self.simulators.items()}
 
     def inject_mo(
         self,

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import web
 
-from simulator.console import snapshot
 from smsc.console.auth import COOKIE, SAFE_METHODS, ConsoleAuth, Session
 from smsc.console.messages import Query, search, timeline
 from smsc.console.samples import Sampler
@@ -327,13 +326,7 @@ class Console:
     async def simulators(self, request: web.Request) -> web.Response:
         """The simulated carriers inside this node, as their own page shows them (their MO
         goes through the admin API's ``POST /api/v1/carriers/{name}/mo``)."""
-        return _json(
-            {
-                "simulators": {
-                    name: snapshot(carrier) for name, carrier in self.app.simulators.items()
-                }
-            }
-        )
+        return _json({"simulators": self.app.simulator_snapshots()})
 
     async def cancel(self, request: web.Request) -> web.Response:
         router = self.app.router
