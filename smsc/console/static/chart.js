@@ -57,7 +57,7 @@ export class Chart {
       for (const s of this.series) top = Math.max(top, values[s.key] ?? 0);
     }
     const scale = top > 0 ? niceCeil(top) : 1;
-    this.max.textContent = `(scale 0–${fmt(scale)}${this.unit})`;
+    this.max.textContent = `(last 15 min; scale 0–${fmt(scale)}${this.unit})`;
     const x0 = shown.length ? shown[shown.length - 1][0] - WINDOW : 0;
     this.series.forEach((s, i) => {
       const coords = [];

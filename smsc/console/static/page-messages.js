@@ -17,7 +17,7 @@ export async function render(main) {
   const note = h('p', { class: 'status', role: 'status', 'aria-live': 'polite' });
   const results = h('div', { id: 'find-results' });
   const detail = h('div', { id: 'detail' });
-  main.replaceChildren(h('h1', {}, 'Messages'), form, note, results, detail);
+  main.replaceChildren(h('h1', {}, 'Messages'), form, note, detail, results);
 
   const show = async id => {
     try {
