@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from admin_fixtures import TOKEN
 from loops import Run
@@ -233,9 +234,17 @@ def test_the_event_stream_sends_the_ring_then_each_sample(run1: Run, tmp_path: P
     run1(main())
 
 
-def test_messages_are_found_and_bad_queries_named(run1: Run, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["file", ":memory:"])
+def test_messages_are_found_and_bad_queries_named(run1: Run, tmp_path: Path, store: str) -> None:
+    cfg = config(tmp_path)
+    if store == ":memory:":  # the search reads the store's shared in-memory database
+        router = msgspec.structs.replace(
+            cfg.router, store=msgspec.structs.replace(cfg.router.store, path=":memory:")
+        )
+        cfg = msgspec.structs.replace(cfg, router=router)
+
     async def main() -> None:
-        async with running_app(config(tmp_path)) as app, client() as session:
+        async with running_app(cfg) as app, client() as session:
             csrf = await login(session, app)
             ids = []
             for n in range(3):

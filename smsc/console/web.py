@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import web
 
+from router.store import StoreError
 from smsc.console.auth import COOKIE, SAFE_METHODS, ConsoleAuth, Session
 from smsc.console.messages import Query, search, timeline
 from smsc.console.samples import Sampler
@@ -47,6 +48,8 @@ SESSION_KEY: Final = web.RequestKey("smsc.console.session", Session)
 #: Longest a follow stream (Send page: a message to its receipt) stays open.
 FOLLOW_FOR: Final = 300.0
 FOLLOW_EVERY: Final = 0.25
+#: Seconds without a sample after which a stream sends a comment (and finds a gone reader).
+HEARTBEAT: Final = 15.0
 #: A stream write that takes longer than this ends the stream (a reader that stalls).
 WRITE_DEADLINE: Final = 5.0
 _TYPES: Final = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
@@ -151,7 +154,12 @@ class Console:
             )
             return _problem(403, "missing or wrong CSRF token (X-CSRF-Token)")
         request[SESSION_KEY] = session
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except StoreError as exc:  # a store read that timed out, or a store closing
+            if not request.path.startswith("/console/api/"):
+                raise
+            response = _problem(503, f"the store did not answer: {exc}")
         if request.method not in SAFE_METHODS:
             audit.info(
                 "console %s %s%s → %d (session %s, %s)",
@@ -244,7 +252,13 @@ class Console:
             response = await self._stream(request)
             await self._send(response, msgspec.json.encode(list(self.sampler.ring)), "history")
             while not self._stopping.is_set() and self.auth.session(request) is not None:
-                sample = await queue.get()
+                try:
+                    async with asyncio.timeout(HEARTBEAT):
+                        sample = await queue.get()
+                except TimeoutError:  # no sample (the node is starting): say we are here
+                    async with asyncio.timeout(WRITE_DEADLINE):
+                        await response.write(b": waiting for the node to start\n\n")
+                    continue
                 if sample is None:
                     break
                 await self._send(response, msgspec.json.encode(sample))
