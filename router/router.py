@@ -49,10 +49,9 @@ from router.model import (
     StoredMessage,
     SubmitOutcome,
 )
-from router.ports import AcceptCallback, ReportSink
+from router.ports import AcceptCallback, ReportSink, Store, StoreError
 from router.queue import MessageQueue, ParkKey
 from router.routing import AccountPolicy, Chooser, Explanation, RouteTable, choose, explain
-from router.store import Store, StoreError
 from router.upstream import Answer, CarrierPool, Respond
 from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, EsmClass, MessageState
@@ -168,9 +167,7 @@ class Router:
         # is in flight: no longer than a response timeout. Parked longer, it matches
         # nothing (and in ``ack_after: store`` its carrier waits for our answer meanwhile:
         # give up before a carrier's usual 30 s deliver_sm timeout makes it resend).
-        early_ttl = max(
-            (c.response_timeout for c in config.carriers), default=_EARLY_FLOOR
-        ) + 2.0
+        early_ttl = max((c.response_timeout for c in config.carriers), default=_EARLY_FLOOR) + 2.0
         self.correlator: Correlator[_Parked] = Correlator(
             store, max_cache=500_000, early_ttl=max(_EARLY_FLOOR, early_ttl), max_early=50_000
         )
