@@ -144,6 +144,13 @@ class Store(Protocol):
         state); ``on_durable(ok)`` once it is committed (or failed)."""
         ...
 
+    async def claim_final(self, message_id: str, report: DeliveryReport) -> bool:
+        """A final state as a compare-and-set, written now (not queued): True if this call
+        gave the message its final state, False if it had one already (another node, or
+        an earlier call, won) or is not stored. Of several nodes finishing one message at
+        once exactly one wins: the one that may deliver its receipt."""
+        ...
+
     def update_message(self, message: Message) -> None:
         """Replace the stored message (replace_sm, retry attempts and tried carriers)."""
         ...

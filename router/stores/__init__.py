@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from router.config import StoreConfig
 
 if TYPE_CHECKING:
+    from router.stores.redis import RedisStore
     from router.stores.sqlite import SqliteStore
 
 __all__ = ["create_store"]
@@ -25,12 +26,14 @@ def create_store(
     node_id: str = "",
     clock: Callable[[], float] = time.time,
     held_max: int | None = None,
-) -> SqliteStore:
+) -> SqliteStore | RedisStore:
     """The store for ``config``: on Redis at ``redis_url`` when one is given (shared by the
     nodes of a cluster; ``config.path`` is then unused), else SQLite at ``config.path``.
     ``node_id`` owns the messages this node adds."""
     if redis_url is not None:
-        raise NotImplementedError("the Redis store backend is not there yet")
+        from router.stores.redis import RedisStore
+
+        return RedisStore(config, url=redis_url, node_id=node_id, clock=clock, held_max=held_max)
     from router.stores.sqlite import SqliteStore
 
     return SqliteStore(config, node_id=node_id, clock=clock, held_max=held_max)

@@ -49,7 +49,7 @@ from typing import Any, Final
 import aiosqlite
 
 from router.config import StoreConfig
-from router.model import StoredMessage
+from router.model import DeliveryReport, StoredMessage
 from router.ports import StoreClosed, StoreError
 from router.stores.writebehind import (
     ADD,
@@ -63,6 +63,7 @@ from router.stores.writebehind import (
     WriteBehind,
 )
 from smppcore.constants import MessageState
+from smppcore.receipt import is_final
 
 __all__ = ["WRITE_ERROR_REASONS", "SqliteStore", "unwritable_reason"]
 
@@ -357,6 +358,10 @@ _PURGE_MESSAGES: Final = (
     "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages"
     " WHERE done_at IS NOT NULL AND done_at < ? LIMIT ?)"
 )
+#: A final state as a compare-and-set (``claim_final``).
+_CLAIM_FINAL: Final = (
+    "UPDATE messages SET state = ?, error = ?, done_at = ? WHERE id = ? AND done_at IS NULL"
+)
 #: Moves a node's unfinished messages to another (``take_over``).
 _TAKE_OVER: Final = "UPDATE messages SET owner = ? WHERE owner = ? AND done_at IS NULL"
 #: The write that tells whether the database takes writes again, when no record waits.
@@ -513,6 +518,22 @@ class SqliteStore(WriteBehind):
             return await loop.run_in_executor(
                 wthread, _write_one, wdb, _TAKE_OVER, (self._node_id, node_id)
             )
+
+    async def claim_final(self, message_id: str, report: DeliveryReport) -> bool:
+        """One conditional UPDATE on the writer's connection, after the writes queued
+        before it (``flush``), within ``read_timeout``."""
+        if not is_final(report.state):
+            raise ValueError(f"not a final state: {report.state!r}")
+        await self.flush()
+        wdb, wthread = self._wdb, self._wthread
+        if wdb is None or wthread is None or self._closing:
+            raise StoreClosed("store is not open")
+        done_at = report.done_at if report.done_at > 0 else self._clock()
+        params = (int(report.state), report.error, done_at, message_id)
+        loop = asyncio.get_running_loop()
+        async with self._deadline("claim_final"):
+            won = await loop.run_in_executor(wthread, _write_one, wdb, _CLAIM_FINAL, params)
+        return won > 0
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
         async with self._deadline("held"):
