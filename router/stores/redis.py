@@ -30,8 +30,10 @@ modulo 64, so that a message and the per-owner indexes it appears in share a slo
 - ``P:{m<b>}:done``          ZSET, final messages by done_at (``purge`` past ``keep_days``).
 - ``P:k:<carrier>:<key>``    STRING, the receipt index: carrier's id → our id; TTL keep_days.
 - ``P:{h:<account>}:q``      ZSET, the account's held deliveries in order (score = held id).
-- ``P:{h:<account>}:i``/``:e``/``:c``  HASHes by held id: the item, its expiry (Unix
-  seconds: the account's ``receipt_ttl``), the node that claimed it and until when.
+- ``P:{h:<account>}:i``      HASH by held id: the item.
+- ``P:{h:<account>}:x``      ZSET, held ids by expiry (Unix seconds: the account's
+  ``receipt_ttl``): ``held`` skips the expired, ``purge`` deletes them.
+- ``P:{h:<account>}:c``      HASH by held id: the node that claimed it, and until when.
 - ``P:held:accounts``        SET, accounts that have held deliveries (``held_counts``, purge).
 - ``P:held:seq``             STRING, held ids (``INCRBY`` a block at a time per node).
 - ``P:ids``                  STRING, message ids (``reserve_ids``: ``INCRBY n``).
@@ -62,6 +64,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -101,65 +104,98 @@ log = logging.getLogger(__name__)
 #: Changing it moves every message: it is part of the data format.
 BUCKETS: Final = 64
 #: Labels of ``write_errors`` for Redis.
-WRITE_ERROR_REASONS: Final = ("unreachable", "loading", "read_only", "no_memory")
+WRITE_ERROR_REASONS: Final = ("unreachable", "loading", "read_only", "no_memory", "replicas")
 #: Held ids a node takes from ``P:held:seq`` at a time.
 _HELD_BLOCK: Final = 1000
 
-# KEYS: message hash, owner-index prefix, done zset.
-# ARGV: id, create ("1": an add, "0": the message must exist), owner, submitted_at,
-#       final ("1": a state change, a compare-and-set on d), state, error, done_at ("" while
-#       not final), ttl ms, then field/value pairs set unconditionally.
-# Returns 1 written, 0 nothing to do (the same add sent again, or no such message), 2 the
-# state change lost its compare-and-set (the message was final already); an error for an
-# add of an id that holds another message.
-_MESSAGE_LUA: Final = """
-local exists = redis.call('EXISTS', KEYS[1])
-if ARGV[2] == '1' then
-  if exists == 1 then
-    if redis.call('HGET', KEYS[1], 'b') == ARGV[13] then return 0 end
-    return redis.error_reply('DUPLICATE message id ' .. ARGV[1])
+# One call per bucket and batch: every record of the batch whose keys are in the bucket,
+# packed in ONE msgpack argument (one argument to encode, not dozens per message).
+# KEYS: [1] the bucket's done zset (P:{m<b>}:done); the script names the message keys
+#   (P:{m<b>}:m:<id>), owner indexes (P:{m<b>}:u:<owner>) and receipt-index keys
+#   (P:{m<b>}:k:<carrier>:<key>) from the bucket's tag: all in the slot of KEYS[1].
+# ARGV: [1] the tag (P:{m<b>}), [2] ttl ms, [3] msgpack of the records, each an array:
+#   K <carrier:key> <id>          receipt index: SET key id PX ttl
+#   M <id> <create> <owner> <submitted_at> <final> <state> <error> <done_at> <pairs>
+#     create 1: an add (nothing if the same message is there: a batch sent again; -1 if
+#     another message has the id); 0: the message must exist (else nothing).
+#     pairs (field, value, ...) are set unconditionally (account, body, carrier fields);
+#     the body's value is the index in ARGV of the body (Redis's cmsgpack has no binary
+#     type: bodies follow the records, one argument each).
+#     final 1: a state change, compare-and-set on done_at (2: it lost, the message was
+#     final already); done_at "" for a state that is not final.
+# Returns one result per M record: 1 written, 0 nothing to do, 2 lost the CAS, -1 duplicate.
+_BATCH_LUA: Final = """
+local tag, ttl = ARGV[1], ARGV[2]
+local out = {}
+for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
+  if r[1] == 'K' then
+    redis.call('SET', tag .. ':k:' .. r[2], r[3], 'PX', ttl)
+  else
+    local id, create, owner, t = r[2], r[3], r[4], r[5]
+    local final, state, err, done = r[6], r[7], r[8], r[9]
+    local fields = r[10]
+    for k = 1, #fields, 2 do
+      if fields[k] == 'b' then fields[k + 1] = ARGV[fields[k + 1]] end
+    end
+    local key = tag .. ':m:' .. id
+    local res = 1
+    local exists = redis.call('EXISTS', key)
+    if create == 1 then
+      if exists == 1 then
+        if redis.call('HGET', key, 'b') == fields[4] then res = 0 else res = -1 end
+      end
+    elseif exists == 0 then
+      res = 0
+    end
+    if res == 1 then
+      if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+      if create == 1 then
+        redis.call('HSET', key, 'o', owner, 't', t, 's', state, 'e', err)
+        if final ~= 1 or done == '' then
+          redis.call('ZADD', tag .. ':u:' .. owner, t, id)
+        end
+      end
+      if final == 1 then
+        if redis.call('HEXISTS', key, 'd') == 1 then
+          res = 2
+        else
+          redis.call('HSET', key, 's', state, 'e', err)
+          if done ~= '' then
+            redis.call('HSET', key, 'd', done)
+            local o = redis.call('HGET', key, 'o')
+            if o then redis.call('ZREM', tag .. ':u:' .. o, id) end
+            redis.call('ZADD', KEYS[1], done, id)
+            redis.call('PEXPIRE', key, ttl)
+          end
+        end
+      end
+    end
+    out[#out + 1] = res
   end
-elseif exists == 0 then
-  return 0
 end
-if #ARGV > 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
-if ARGV[2] == '1' then
-  redis.call('HSET', KEYS[1], 'o', ARGV[3], 't', ARGV[4], 's', ARGV[6], 'e', ARGV[7])
-  if ARGV[5] ~= '1' or ARGV[8] == '' then
-    redis.call('ZADD', KEYS[2] .. ARGV[3], ARGV[4], ARGV[1])
-  end
-end
-if ARGV[5] ~= '1' then return 1 end
-if redis.call('HEXISTS', KEYS[1], 'd') == 1 then return 2 end
-redis.call('HSET', KEYS[1], 's', ARGV[6], 'e', ARGV[7])
-if ARGV[8] ~= '' then
-  redis.call('HSET', KEYS[1], 'd', ARGV[8])
-  local owner = redis.call('HGET', KEYS[1], 'o')
-  if owner then redis.call('ZREM', KEYS[2] .. owner, ARGV[1]) end
-  redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[9])
-end
-return 1
+return out
 """
 
-# KEYS: q, i, e, c of an account. ARGV: held id, expires_at, item, held_max.
+# KEYS: q, i, x, c of an account. ARGV: held_max, then held id, expires_at, item for each.
 # Returns how many of the oldest the bound dropped.
 _HOLD_LUA: Final = """
-if redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+for k = 2, #ARGV, 3 do
+  if redis.call('ZADD', KEYS[1], ARGV[k], ARGV[k]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[k], ARGV[k + 2])
+    redis.call('ZADD', KEYS[3], ARGV[k + 1], ARGV[k])
+  end
 end
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
 if over <= 0 then return 0 end
 local old = redis.call('ZPOPMIN', KEYS[1], over)
 for n = 1, #old, 2 do
-  redis.call('HDEL', KEYS[2], old[n]); redis.call('HDEL', KEYS[3], old[n])
+  redis.call('HDEL', KEYS[2], old[n]); redis.call('ZREM', KEYS[3], old[n])
   redis.call('HDEL', KEYS[4], old[n])
 end
 return over
 """
 
-# KEYS: q, i, e, c. ARGV: node, now, claim until, limit.
+# KEYS: q, i, x, c. ARGV: node, now, claim until, limit.
 # Returns id, item, id, item, ...: the oldest unexpired items not claimed by another node
 # (claimed now for this one).
 _HELD_LUA: Final = """
@@ -172,7 +208,7 @@ while want > 0 do
   if #ids == 0 then break end
   start = start + #ids
   for _, id in ipairs(ids) do
-    local exp = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+    local exp = tonumber(redis.call('ZSCORE', KEYS[3], id) or '0')
     local free = exp > now
     if free then
       local claim = redis.call('HGET', KEYS[4], id)
@@ -195,41 +231,24 @@ end
 return out
 """
 
-# KEYS: q, i, e, c. ARGV: held ids. Returns how many were there.
+# KEYS: q, i, x, c. ARGV: held ids. Returns how many were there.
 _RELEASE_LUA: Final = """
 local n = 0
 for _, id in ipairs(ARGV) do
   n = n + redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id); redis.call('HDEL', KEYS[3], id); redis.call('HDEL', KEYS[4], id)
+  redis.call('HDEL', KEYS[2], id); redis.call('ZREM', KEYS[3], id); redis.call('HDEL', KEYS[4], id)
 end
 return n
 """
 
-# KEYS: q, e. ARGV: now. Returns the unexpired items.
-_COUNT_LUA: Final = """
-local n = 0
-local now = tonumber(ARGV[1])
-for _, exp in ipairs(redis.call('HVALS', KEYS[2])) do
-  if tonumber(exp) > now then n = n + 1 end
-end
-return n
-"""
-
-# KEYS: q, i, e, c. ARGV: now, limit. Deletes up to limit expired items; how many.
+# KEYS: q, i, x, c. ARGV: now, limit. Deletes up to limit expired items; how many.
 _PURGE_HELD_LUA: Final = """
-local n = 0
-local now = tonumber(ARGV[1])
-local all = redis.call('HGETALL', KEYS[3])
-for k = 1, #all, 2 do
-  if n >= tonumber(ARGV[2]) then break end
-  if tonumber(all[k + 1]) <= now then
-    redis.call('ZREM', KEYS[1], all[k])
-    redis.call('HDEL', KEYS[2], all[k]); redis.call('HDEL', KEYS[3], all[k])
-    redis.call('HDEL', KEYS[4], all[k])
-    n = n + 1
-  end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id); redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id); redis.call('HDEL', KEYS[4], id)
 end
-return n
+return #ids
 """
 
 # KEYS: done zset. ARGV: cutoff, limit, message key prefix. Deletes final messages done
@@ -256,11 +275,10 @@ return #all / 2
 """
 
 _SCRIPTS: Final = {
-    "message": _MESSAGE_LUA,
+    "batch": _BATCH_LUA,
     "hold": _HOLD_LUA,
     "held": _HELD_LUA,
     "release": _RELEASE_LUA,
-    "count": _COUNT_LUA,
     "purge_held": _PURGE_HELD_LUA,
     "purge_messages": _PURGE_MESSAGES_LUA,
     "take_over": _TAKE_OVER_LUA,
@@ -269,8 +287,67 @@ _SCRIPTS: Final = {
 _FIELDS: Final = (b"b", b"s", b"e", b"c", b"ci", b"d", b"o")
 
 
-def _bucket(message_id: str) -> int:
-    return zlib.crc32(message_id.encode()) % BUCKETS
+#: Index in an M record (see _BATCH_LUA) of its final flag (then state, error, done_at).
+_FINAL_AT: Final = 5
+_encode_records = msgspec.msgpack.Encoder().encode
+
+
+class _Bucket:
+    """The records of one batch in one bucket: one script call (see _BATCH_LUA)."""
+
+    __slots__ = ("bodies", "records")
+
+    def __init__(self) -> None:
+        self.records: list[list[Any]] = []
+        self.bodies: list[bytes] = []
+
+    def body(self, body: bytes) -> int:
+        """Where ``body`` is in ARGV (after the tag, the ttl and the records)."""
+        self.bodies.append(body)
+        return len(self.bodies) + 3
+
+    def message(
+        self, mid: str, create: int, owner: str, submitted_at: str, state: int
+    ) -> list[Any]:
+        """A new M record; its last item is the list of field/value pairs to set."""
+        record = ["M", mid, create, owner, submitted_at, 0, state, 0, "", []]
+        self.records.append(record)
+        return record
+
+    def index(self, carrier_key: str, mid: str) -> None:
+        self.records.append(["K", carrier_key, mid])
+
+    def call(self, sha: str, tag: str, ttl_ms: int) -> tuple[Any, ...]:
+        return (
+            "EVALSHA", sha, 1, f"{tag}:done", tag, ttl_ms, _encode_records(self.records),
+            *self.bodies,
+        )  # fmt: skip
+
+
+class _Duplicate(ResponseError):
+    """An add of a message id that holds another message (a record's fault)."""
+
+
+class _TooFewReplicas(RedisError):
+    """``WAIT`` returned before ``wait_replicas`` replicas had the batch."""
+
+
+def _bucket(name: str) -> int:
+    """The bucket of a message id (or of ``carrier:key``, a receipt index)."""
+    return zlib.crc32(name.encode()) % BUCKETS
+
+
+def _bucket_of(buckets: dict[int, _Bucket], b: int) -> _Bucket:
+    found = buckets.get(b)
+    if found is None:
+        found = buckets[b] = _Bucket()
+    return found
+
+
+def _records(call: tuple[Any, ...]) -> list[list[Any]]:
+    """The records of a batch script call (for error messages)."""
+    records: list[list[Any]] = msgspec.msgpack.decode(call[6])
+    return records
 
 
 def _num(value: float) -> str:
@@ -329,12 +406,21 @@ class RedisStore(WriteBehind):
     def _message_key(self, message_id: str) -> str:
         return f"{self._p}:{{m{_bucket(message_id)}}}:m:{message_id}"
 
+    def _batch_results(self, call: tuple[Any, ...], result: Any) -> list[int]:
+        """The results of a batch script call; _Duplicate for an add of a taken id."""
+        results = [int(r) for r in result]
+        if -1 in results:
+            ids = [r[1] for r in _records(call) if r[0] == "M"]
+            raise _Duplicate(f"message id {ids[results.index(-1)]} holds another message")
+        return results
+
     def _held_keys(self, account: str) -> list[str]:
         tag = f"{self._p}:{{h:{account}}}"
-        return [f"{tag}:q", f"{tag}:i", f"{tag}:e", f"{tag}:c"]
+        return [f"{tag}:q", f"{tag}:i", f"{tag}:x", f"{tag}:c"]
 
     def _index_key(self, carrier: str, key: str) -> str:
-        return f"{self._p}:k:{carrier}:{key}"
+        name = f"{carrier}:{key}"
+        return f"{self._p}:{{m{_bucket(name)}}}:k:{name}"
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -400,14 +486,17 @@ class RedisStore(WriteBehind):
             calls.append(("WAIT", self._wait_replicas, self._wait_timeout_ms))
         results = await self._send(client, calls)
         dropped: dict[str, int] = {}
+        batch_sha, hold_sha = self._sha["batch"], self._sha["hold"]
         for call, result in zip(calls, results, strict=True):
             if isinstance(result, Exception):
                 raise result
-            if call[0] == "EVALSHA" and call[1] == self._sha["hold"] and result:
+            if call[1] == batch_sha:
+                self._batch_results(call, result)
+            elif call[1] == hold_sha and result:
                 account = call[3].removeprefix(f"{self._p}:{{h:").removesuffix("}:q")
                 dropped[account] = dropped.get(account, 0) + int(result)
         if self._wait_replicas and calls and int(results[-1]) < self._wait_replicas:
-            raise RedisTimeoutError(
+            raise _TooFewReplicas(
                 f"WAIT: {results[-1]} of {self._wait_replicas} replicas within"
                 f" {self._wait_timeout_ms} ms"
             )
@@ -456,16 +545,14 @@ class RedisStore(WriteBehind):
         self._held_next, self._held_end = end - block + 1, end + 1
 
     def _calls(self, ops: list[Op]) -> list[tuple[Any, ...]]:
-        """The commands that write ``ops``: one script call per message (its records in this
-        batch folded into the call of its first one), one ``SET`` per receipt index, one
-        script per held delivery, one per account's releases, one ``SADD`` per batch.
-
-        A message's call is ``EVALSHA sha 3 <3 keys> <ARGV>``: ARGV[n] is ``call[5 + n]``."""
-        calls: list[list[Any]] = []
-        folded: dict[str, list[Any]] = {}  # message id → its script call
+        """The commands that write ``ops``: ONE script call per bucket their messages and
+        receipt-index keys fall in (each message's records in this batch folded into one
+        record, see _BATCH_LUA), one script per account's held deliveries and per
+        account's releases, one ``SADD`` of the accounts that held some."""
+        buckets: dict[int, _Bucket] = {}
+        folded: dict[str, list[Any]] = {}  # message id → its M record
+        holds: dict[str, list[Any]] = {}
         releases: dict[str, list[int]] = {}
-        held_accounts: list[str] = []
-        sha = self._sha["message"]
         for op in ops:
             kind, params = op.kind, op.params
             if kind == HOLD:
@@ -473,20 +560,7 @@ class RedisStore(WriteBehind):
                     op.params = params = (*params, self._held_next)
                     self._held_next += 1
                 account, expires_at, item, held_id = params
-                calls.append(
-                    [
-                        "EVALSHA",
-                        self._sha["hold"],
-                        4,
-                        *self._held_keys(account),
-                        held_id,
-                        _num(expires_at),
-                        item,
-                        self._held_max,
-                    ]
-                )
-                if account not in held_accounts:
-                    held_accounts.append(account)
+                holds.setdefault(account, []).extend((held_id, _num(expires_at), item))
                 continue
             if kind == RELEASE:
                 account_of = self._held_account.get(params[0])
@@ -497,83 +571,69 @@ class RedisStore(WriteBehind):
             assert mid is not None
             if kind == ADD:
                 _, account, state, submitted_at, body, owner = params
-                call = [
-                    "EVALSHA",
-                    sha,
-                    3,
-                    *self._message_keys(mid),
-                    mid,
-                    "1",
-                    owner,
-                    _num(submitted_at),
-                    "0",
-                    int(state),
-                    0,
-                    "",
-                    self._keep_ms,
-                    "a",
-                    account,
-                    "b",
-                    body,
-                ]
-                calls.append(call)
-                if mid not in folded:  # an id added twice: the second add is its own call
-                    folded[mid] = call
+                bucket = _bucket_of(buckets, _bucket(mid))
+                record = bucket.message(mid, 1, owner, _num(submitted_at), int(state))
+                record[-1] += ("a", account, "b", bucket.body(body))
+                folded.setdefault(mid, record)  # an id added twice: its own record
                 continue
             found = folded.get(mid)
-            if found is not None:
-                call = found
+            if found is None:
+                record = _bucket_of(buckets, _bucket(mid)).message(mid, 0, "", "0", 0)
+                folded[mid] = record
             else:
-                call = [
-                    "EVALSHA",
-                    sha,
-                    3,
-                    *self._message_keys(mid),
-                    mid,
-                    "0",
-                    "",
-                    "0",
-                    "0",
-                    0,
-                    0,
-                    "",
-                    self._keep_ms,
-                ]
-                calls.append(call)
-                folded[mid] = call
+                record = found
             if kind == SENT:
                 carrier, carrier_message_id, key, _ = params
-                call += ["c", carrier, "ci", carrier_message_id, "k", key or ""]
+                record[-1] += ("c", carrier, "ci", carrier_message_id, "k", key or "")
                 if key is not None:
-                    calls.append(["SET", self._index_key(carrier, key), mid, "PX", self._keep_ms])
+                    name = f"{carrier}:{key}"
+                    _bucket_of(buckets, _bucket(name)).index(name, mid)
             elif kind == UPDATE:
                 account, submitted_at, body, _ = params
-                call += ["a", account, "t", _num(submitted_at), "b", body]
-            else:  # FINAL, CANCEL
-                if kind == FINAL:
-                    state, error, done_at, _ = params
-                else:
-                    if call[10] == "1" and call[13] != "":
-                        continue  # a cancel after a final state in this batch: nothing
-                    state, done_at, _ = params
-                    error = 0
-                call[10:14] = [
-                    "1",
+                body_at = _bucket_of(buckets, _bucket(mid)).body(body)
+                record[-1] += ("a", account, "t", _num(submitted_at), "b", body_at)
+            elif kind == FINAL:
+                state, error, done_at, _ = params
+                record[_FINAL_AT : _FINAL_AT + 4] = (
+                    1,
                     int(state),
                     int(error),
                     "" if done_at is None else _num(done_at),
-                ]
+                )
+            elif not (record[_FINAL_AT] == 1 and record[_FINAL_AT + 3] != ""):
+                # CANCEL, unless a final state came first in this batch
+                state, done_at, _ = params
+                record[_FINAL_AT : _FINAL_AT + 4] = (1, int(state), 0, _num(done_at))
+        calls: list[tuple[Any, ...]] = [
+            bucket.call(self._sha["batch"], f"{self._p}:{{m{b}}}", self._keep_ms)
+            for b, bucket in buckets.items()
+        ]
+        for account, items in holds.items():
+            calls.append(
+                ("EVALSHA", self._sha["hold"], 4, *self._held_keys(account), self._held_max,
+                 *items)
+            )  # fmt: skip
         for account, ids in releases.items():
-            calls.append(["EVALSHA", self._sha["release"], 4, *self._held_keys(account), *ids])
-        if held_accounts:
-            calls.append(["SADD", f"{self._p}:held:accounts", *held_accounts])
-        return [tuple(call) for call in calls]
+            calls.append(("EVALSHA", self._sha["release"], 4, *self._held_keys(account), *ids))
+        if holds:
+            calls.append(("SADD", f"{self._p}:held:accounts", *holds))
+        return calls
 
-    def _message_keys(self, message_id: str) -> list[str]:
-        tag = f"{self._p}:{{m{_bucket(message_id)}}}"
-        return [f"{tag}:m:{message_id}", f"{tag}:u:", f"{tag}:done"]
+    def _failed_in_flight(self, adds: list[Op]) -> None:
+        """A pipeline that failed half-way may have written some of ``adds`` although their
+        clients are refused: each is marked DELETED (a compare-and-set that does nothing to a
+        message never written), so that no node ever sends it."""
+        if self._closing:
+            log.warning("store: %d refused messages may be in Redis unfinished", len(adds))
+            return
+        now = self._clock()
+        for op in adds:
+            if op.message_id is not None:
+                self.mark_cancelled(op.message_id, now)
 
     def _why(self, exc: Exception) -> str | None:
+        if isinstance(exc, _TooFewReplicas):
+            return "replicas"
         if isinstance(exc, BusyLoadingError):
             return "loading"
         if isinstance(exc, ReadOnlyError):
@@ -741,23 +801,14 @@ class RedisStore(WriteBehind):
             seq = self._pending_ids.get(message_id)
             if seq is not None:
                 await self._until(seq)
-            result = await self._call(
-                "claim_final",
-                "EVALSHA",
-                self._sha["message"],
-                3,
-                *self._message_keys(message_id),
-                message_id,
-                "0",
-                "",
-                "0",
-                "1",
-                int(report.state),
-                report.error,
-                _num(done_at),
-                self._keep_ms,
+            bucket = _Bucket()
+            record = bucket.message(message_id, 0, "", "0", 0)
+            record[_FINAL_AT : _FINAL_AT + 4] = (1, int(report.state), report.error, _num(done_at))
+            call = bucket.call(
+                self._sha["batch"], f"{self._p}:{{m{_bucket(message_id)}}}", self._keep_ms
             )
-        return int(result) == 1
+            result = self._batch_results(call, await self._call("claim_final", *call))
+        return result == [1]
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
         async with self._deadline("held"):
@@ -789,9 +840,9 @@ class RedisStore(WriteBehind):
                 a.decode()
                 for a in await self._call("held_counts", "SMEMBERS", f"{self._p}:held:accounts")
             )
-            now = _num(self._clock())
+            now = "(" + _num(self._clock())  # expires_at > now
             calls: list[tuple[Any, ...]] = [
-                ("EVALSHA", self._sha["count"], 2, *self._held_keys(a)[::2], now) for a in accounts
+                ("ZCOUNT", self._held_keys(a)[2], now, "+inf") for a in accounts
             ]
             counts = await self._read_all(client, calls)
         return {a: int(n) for a, n in zip(accounts, counts, strict=True) if int(n)}

@@ -270,6 +270,11 @@ class WriteBehind:
         """One step of the oldest purge (``self._purges[0]``): settle its future when done."""
         raise NotImplementedError
 
+    def _failed_in_flight(self, adds: list[Op]) -> None:
+        """``adds`` were failed (their clients refused) after an attempt to write them that
+        may have reached the backend (a commit whose answer was lost). Nothing to do for a
+        backend whose failed commit writes nothing (SQLite)."""
+
     # -- state -------------------------------------------------------------------------------
 
     async def flush(self, timeout: float | None = None) -> None:
@@ -544,6 +549,7 @@ class WriteBehind:
         waiting = [op for op in batch if _waits(op)]
         if waiting:
             batch[:] = [op for op in batch if not _waits(op)]
+            self._failed_in_flight(waiting)
         queued = [op for op in self._queue if _waits(op)]
         if queued:
             self._queue = deque(op for op in self._queue if not _waits(op))
