@@ -236,6 +236,28 @@ def test_a_full_queue_refuses_adds_and_holds(backend: Backend, run1: Any) -> Non
     run1(asyncio.wait_for(main(), DEADLINE))
 
 
+def test_an_id_that_holds_another_message_is_refused(backend: Backend, run1: Any) -> None:
+    """A second add of an id with another message fails that add alone (its ack False),
+    in a batch of its own or amid others; the same message added again is no error."""
+
+    async def main() -> None:
+        async with opened(backend.make()) as store:
+            assert store.add(msg(1))
+            await store.flush()
+            future, done = durable()
+            assert store.add(msg(1, short_message=b"another"), done)
+            other, other_done = durable()
+            assert store.add(msg(2), other_done)
+            assert await future is False
+            assert await other is True
+            stored = await store.get("m000001")
+            assert stored is not None
+            assert stored.message == msg(1)
+            assert await store.get("m000002") is not None
+
+    run1(asyncio.wait_for(main(), DEADLINE))
+
+
 def test_reserved_ids_never_overlap(backend: Backend, run1: Any) -> None:
     async def main() -> None:
         async with opened(backend.make()) as store:
@@ -301,6 +323,18 @@ def test_held_items_come_back_in_order_until_released(backend: Backend, run1: An
             clock.now = 1_600.0  # r3 expired
             assert [item for _, item in await store.held("acme", 10)] == [b"r2"]
             assert await store.held_counts() == {"acme": 1, "other": 1}
+
+    run1(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_held_items_beyond_the_bound_drop_the_oldest(backend: Backend, run1: Any) -> None:
+    async def main() -> None:
+        async with opened(backend.make(held_max=2)) as store:
+            for n in range(3):
+                assert store.hold("acme", b"r%d" % n, 2e6)
+            await store.flush()
+            assert [i for _, i in await store.held("acme", 10)] == [b"r1", b"r2"]
+            assert store.dropped_held == 1
 
     run1(asyncio.wait_for(main(), DEADLINE))
 

@@ -3,39 +3,47 @@ asyncio client (hiredis parses), with the write-behind core of ``router.stores.w
 the nodes of a cluster share one Redis (7.x, or Valkey) and read and finish each other's
 messages.
 
-Batches. The writer sends a batch as ONE pipeline (one round trip). Each message's records in
-the batch are folded into one call of a Lua script on that message (an add that meets its
-send and final state is one call), plus one ``SET`` per carrier id (the receipt index, in a
-slot of its own), plus ``WAIT numreplicas timeout`` when ``wait_replicas`` is set. Every
-script is idempotent (an add of an id already there does nothing, a final state is a
-compare-and-set), so a batch that failed half-way is sent again whole. ``on_durable(True)``
-is called once the pipeline returned (with ``WAIT``: once that many replicas have it).
+Batches. The writer sends a batch as ONE pipeline (one round trip): ONE call of a Lua script
+per bucket of message ids the batch touches (``_BATCH_LUA``; a message's records in the batch
+folded into one record, all records of the bucket packed in one msgpack argument), one script
+call per account that holds deliveries and per account that releases some, one ``SADD`` of
+the accounts that held some, and ``WAIT numreplicas timeout`` when ``wait_replicas`` is set.
+Every script is idempotent (an add of the same message again does nothing, a final state is
+a compare-and-set, held items keep the ids given them once), so a batch that failed half-way
+is sent again whole. ``on_durable(True)`` is called once the pipeline returned (with
+``WAIT``: once that many replicas have it). Adds that were failed (refused to their clients)
+after a pipeline that may have reached Redis are marked DELETED, so no node sends them.
 
-Commands per message (``commands`` counts every command sent): an add, a send (its script and
-its index ``SET``) and a final state are 4 when each comes in a batch of its own; records
-that meet in a batch are fewer; ``set_sending`` (``ack_after: store``) adds one; a receipt's
-``find_sent`` from another node adds one read (the accepting node answers it from memory
-while the ``SET`` is queued, and from Redis later).
+Commands per message (``commands`` counts every command sent, a script call counts one): at
+most one per record — 3 for add, send and final state, 4 with ``set_sending`` (``ack_after:
+store``), when each comes alone in a batch (a send's receipt index may fall in another
+bucket: one more call); under load a batch of a thousand records costs at most one call per
+bucket, 64, a few hundredths of a command per message. Reads cost one each: ``get``
+(``HMGET``), and ``find_sent`` (``GET``) for a receipt of a message another node sent (the
+sending node answers from memory while its write is queued).
 
-Key layout (for Redis Cluster: the part in braces is the hash tag, all keys of one script
-share it). ``P`` is the prefix (``smsc`` by default), ``b`` a bucket: crc32 of the message id
-modulo 64, so that a message and the per-owner indexes it appears in share a slot:
+Key layout (for Redis Cluster: the part in braces is the hash tag; all keys one script call
+touches share its tag, hence its slot). ``P`` is the prefix (``smsc`` by default), ``b`` a
+bucket: crc32 of the message id (of ``carrier:key`` for a receipt index) modulo 64. The batch
+script is given its bucket's ``done`` key and derives the other keys of the bucket from the
+tag (they are in the same slot; Redis Cluster serves them from the node that has the slot):
 
 - ``P:{m<b>}:m:<id>``        HASH, the message: ``a`` account, ``t`` submitted_at, ``b`` body
   (msgpack), ``o`` owner node, ``s`` state, ``e`` error, ``c`` carrier, ``ci`` carrier's id,
   ``k`` correlation key, ``d`` done_at (absent until final). A final state sets a TTL of
-  ``keep_days`` (+ a day), after ``purge`` would have removed it.
+  ``keep_days`` + a day, after ``purge`` would have removed it.
 - ``P:{m<b>}:u:<owner>``     ZSET, the owner's unfinished messages (score submitted_at):
   ``unfinished`` reads this node's 64, ``take_over`` moves a dead node's into this node's.
 - ``P:{m<b>}:done``          ZSET, final messages by done_at (``purge`` past ``keep_days``).
-- ``P:k:<carrier>:<key>``    STRING, the receipt index: carrier's id → our id; TTL keep_days.
+- ``P:{m<b>}:k:<carrier>:<key>``  STRING, the receipt index: carrier's id → our id; TTL
+  ``keep_days`` + a day.
 - ``P:{h:<account>}:q``      ZSET, the account's held deliveries in order (score = held id).
 - ``P:{h:<account>}:i``      HASH by held id: the item.
 - ``P:{h:<account>}:x``      ZSET, held ids by expiry (Unix seconds: the account's
   ``receipt_ttl``): ``held`` skips the expired, ``purge`` deletes them.
 - ``P:{h:<account>}:c``      HASH by held id: the node that claimed it, and until when.
 - ``P:held:accounts``        SET, accounts that have held deliveries (``held_counts``, purge).
-- ``P:held:seq``             STRING, held ids (``INCRBY`` a block at a time per node).
+- ``P:held:seq``             STRING, held ids (``INCRBY`` a block of 1,000 at a time).
 - ``P:ids``                  STRING, message ids (``reserve_ids``: ``INCRBY n``).
 
 Held deliveries are claimed by the node that reads them (``held``) for ``claim_seconds``:
@@ -44,11 +52,11 @@ node sees them again until it releases them, and a node that died leaves them to
 reader once its claims lapse.
 
 Redis unreachable (connection refused or lost, timeouts, loading, a read-only replica, out of
-memory): the store is unwritable (``unwritable`` names why: ``unreachable``, ``loading``,
-``read_only``, ``no_memory``), adds and holds are refused, the batch is kept and tried again
-with the write-behind core's back-off, and it recovers by itself when Redis answers again
-(scripts are loaded again after a restart). Reads raise StoreError (StoreTimeout past
-``read_timeout``).
+memory, ``WAIT`` short of replicas): the store is unwritable (``unwritable`` names why:
+``unreachable``, ``loading``, ``read_only``, ``no_memory``, ``replicas``), adds and holds
+are refused, the batch is kept and tried again with the write-behind core's back-off, and it
+recovers by itself when Redis answers again (scripts are loaded again after a restart).
+Reads raise StoreError (StoreTimeout past ``read_timeout``).
 
 What a Redis crash loses depends on its persistence: with AOF ``appendfsync always``
 nothing acknowledged; with ``everysec`` up to a second of writes; ``WAIT`` on replicas
@@ -148,25 +156,25 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
       res = 0
     end
     if res == 1 then
-      if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
       if create == 1 then
-        redis.call('HSET', key, 'o', owner, 't', t, 's', state, 'e', err)
+        redis.call('HSET', key, 'o', owner, 't', t, 's', state, 'e', err, unpack(fields))
         if final ~= 1 or done == '' then
           redis.call('ZADD', tag .. ':u:' .. owner, t, id)
         end
+      elseif #fields > 0 then
+        redis.call('HSET', key, unpack(fields))
       end
       if final == 1 then
         if redis.call('HEXISTS', key, 'd') == 1 then
           res = 2
-        else
+        elseif done == '' then
           redis.call('HSET', key, 's', state, 'e', err)
-          if done ~= '' then
-            redis.call('HSET', key, 'd', done)
-            local o = redis.call('HGET', key, 'o')
-            if o then redis.call('ZREM', tag .. ':u:' .. o, id) end
-            redis.call('ZADD', KEYS[1], done, id)
-            redis.call('PEXPIRE', key, ttl)
-          end
+        else
+          redis.call('HSET', key, 's', state, 'e', err, 'd', done)
+          local o = redis.call('HGET', key, 'o')
+          if o then redis.call('ZREM', tag .. ':u:' .. o, id) end
+          redis.call('ZADD', KEYS[1], done, id)
+          redis.call('PEXPIRE', key, ttl)
         end
       end
     end
