@@ -80,39 +80,16 @@ class StoreTimeout(StoreError, TimeoutError):
     cannot commit what the read must see. Temporary: answer the peer a temporary error."""
 
 
-class Store(Protocol):
-    """Where accepted messages, their outcomes and held deliveries are kept.
+class MessageStore(Protocol):
+    """Accepted messages: where each went and what became of it. Writes are queued (the
+    backend makes them durable behind the caller: ``on_durable`` says when); reads see the
+    caller's own queued writes.
 
     Every message has an owner: the node that accepted it (or took it over from a node
     that died). ``unfinished`` returns this node's messages only; a node whose peer died
     calls ``take_over`` once the peer's lease has run out. One SQLite file belongs to one
-    node; on Redis every node reads and finishes any message (a final state is a
-    compare-and-set: the first final state wins).
-
-    Held deliveries are claimed by the node that reads them (``held``) until it releases
-    them or its claim lapses: two nodes never drain the same items at once."""
-
-    async def open(self) -> None: ...
-
-    @property
-    def node_id(self) -> str:
-        """The owner this store writes into the messages it adds."""
-        ...
-
-    @property
-    def unwritable(self) -> str | None:
-        """Why the store cannot write now (a reason word); None while it can."""
-        ...
-
-    async def close(self, timeout: float | None = None) -> None:
-        """Commit everything queued, then close; after ``timeout`` seconds (None: no limit)
-        give up on what is still queued (logged) and close anyway."""
-        ...
-
-    async def flush(self, timeout: float | None = None) -> None:
-        """Return once everything queued before the call is committed (or failed);
-        StoreTimeout after ``timeout`` seconds (None: the store's ``read_timeout``)."""
-        ...
+    node; on Redis every node reads and finishes any message (``claim_final`` is a
+    compare-and-set: the first final state wins)."""
 
     def add(self, message: Message, on_durable: DurableCallback | None = None) -> bool:
         """Queue a new message; False (nothing queued, no callback) when the queue is full."""
@@ -175,6 +152,12 @@ class Store(Protocol):
         over once, by one node. The caller then reads them with ``unfinished``."""
         ...
 
+
+class HeldDeliveries(Protocol):
+    """Receipts and MO kept for accounts that have no receive-capable bind, in order, until
+    delivered or expired. Held items are claimed by the node that reads them (``held``)
+    until it releases them or its claim lapses: two nodes never drain the same items."""
+
     def hold(
         self,
         account: str,
@@ -202,11 +185,42 @@ class Store(Protocol):
         """Unexpired held items per account (what a restart finds waiting)."""
         ...
 
-    async def purge(self, now: float) -> int:
-        """Delete expired held items and final messages older than ``keep_days``; the count."""
-        ...
+
+class IdReserve(Protocol):
+    """Blocks of message ids that no node and no restart hands out twice."""
 
     async def reserve_ids(self, n: int) -> int:
         """Durably reserve ``n`` message ids; the first of them (the next call starts after
         the last). Committed before it returns, so no id repeats even after kill -9."""
+        ...
+
+
+class Store(MessageStore, HeldDeliveries, IdReserve, Protocol):
+    """The whole store one backend provides (SQLite, Redis: ``router.stores``), with its
+    life cycle and upkeep."""
+
+    async def open(self) -> None: ...
+
+    @property
+    def node_id(self) -> str:
+        """The owner this store writes into the messages it adds."""
+        ...
+
+    @property
+    def unwritable(self) -> str | None:
+        """Why the store cannot write now (a reason word); None while it can."""
+        ...
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Commit everything queued, then close; after ``timeout`` seconds (None: no limit)
+        give up on what is still queued (logged) and close anyway."""
+        ...
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Return once everything queued before the call is committed (or failed);
+        StoreTimeout after ``timeout`` seconds (None: the store's ``read_timeout``)."""
+        ...
+
+    async def purge(self, now: float) -> int:
+        """Delete expired held items and final messages older than ``keep_days``; the count."""
         ...

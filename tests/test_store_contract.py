@@ -69,12 +69,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 
 @contextlib.asynccontextmanager
-async def opened(store: AnyStore) -> AsyncIterator[AnyStore]:
+async def opened(store: AnyStore, close_within: float = 5.0) -> AsyncIterator[AnyStore]:
     await store.open()
     try:
         yield store
     finally:
-        await store.close(5.0)
+        await store.close(close_within)
 
 
 def durable() -> tuple[asyncio.Future[bool], Callable[[bool], None]]:
@@ -95,7 +95,7 @@ def test_every_backend_is_a_store(backend: Backend) -> None:
 # -- messages ----------------------------------------------------------------------------------
 
 
-def test_an_added_message_reads_back_as_enroute(backend: Backend, run1: Any) -> None:
+def test_an_added_message_reads_back_as_enroute(backend: Backend, run: Any) -> None:
     async def main() -> None:
         async with opened(backend.make()) as store:
             m = msg(1, registered_delivery=1)
@@ -108,11 +108,11 @@ def test_an_added_message_reads_back_as_enroute(backend: Backend, run1: Any) -> 
             assert (stored.carrier, stored.carrier_message_id, stored.done_at) == ("", "", None)
             assert await store.get("nope") is None
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 def test_acks_come_after_the_commit_and_reads_see_queued_writes(
-    backend: Backend, run1: Any
+    backend: Backend, run: Any
 ) -> None:
     """``on_durable(True)`` once the add is committed; a read of a message with a write
     still queued (a long group commit) waits for it and sees it."""
@@ -131,10 +131,10 @@ def test_acks_come_after_the_commit_and_reads_see_queued_writes(
             assert (stored.state, stored.done_at) == (MessageState.DELIVERED, 5.0)
             assert await store.find_sent("c1", "x2") == "m000002"
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
-def test_sending_then_sent_then_receipt_lookup(backend: Backend, run1: Any) -> None:
+def test_sending_then_sent_then_receipt_lookup(backend: Backend, run: Any) -> None:
     async def main() -> None:
         async with opened(backend.make()) as store:
             assert store.add(msg(1))
@@ -152,10 +152,10 @@ def test_sending_then_sent_then_receipt_lookup(backend: Backend, run1: Any) -> N
             assert stored is not None
             assert stored.carrier_message_id == "ABC"
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
-def test_intermediate_states_leave_a_message_unfinished(backend: Backend, run1: Any) -> None:
+def test_intermediate_states_leave_a_message_unfinished(backend: Backend, run: Any) -> None:
     async def main() -> None:
         clock = Clock(7_000.0)
         async with opened(backend.make(clock=clock)) as store:
@@ -171,11 +171,11 @@ def test_intermediate_states_leave_a_message_unfinished(backend: Backend, run1: 
             assert (two.state, two.error, two.done_at) == (MessageState.UNDELIVERABLE, 11, 7_000.0)
             assert [s.message.id for s in await store.unfinished()] == ["m000001"]
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 def test_update_replaces_the_message_and_cancel_deletes_only_unfinished_ones(
-    backend: Backend, run1: Any
+    backend: Backend, run: Any
 ) -> None:
     async def main() -> None:
         async with opened(backend.make()) as store:
@@ -193,10 +193,10 @@ def test_update_replaces_the_message_and_cancel_deletes_only_unfinished_ones(
             assert two is not None
             assert (two.state, two.done_at) == (MessageState.DELIVERED, 9.0)
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
-def test_a_final_state_is_claimed_once(backend: Backend, run1: Any) -> None:
+def test_a_final_state_is_claimed_once(backend: Backend, run: Any) -> None:
     async def main() -> None:
         async with opened(backend.make()) as store:
             assert store.add(msg(1))
@@ -210,10 +210,10 @@ def test_a_final_state_is_claimed_once(backend: Backend, run1: Any) -> None:
             with pytest.raises(ValueError, match="not a final state"):
                 await store.claim_final("m000001", DeliveryReport("", MessageState.ENROUTE))
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
-def test_a_closed_store_kept_what_was_queued(backend: Backend, run1: Any) -> None:
+def test_a_closed_store_kept_what_was_queued(backend: Backend, run: Any) -> None:
     async def main() -> None:
         async with opened(backend.make(commit_interval=1.0)) as store:
             for i in range(50):
@@ -221,10 +221,10 @@ def test_a_closed_store_kept_what_was_queued(backend: Backend, run1: Any) -> Non
         async with opened(backend.make()) as again:
             assert len(await again.unfinished()) == 50
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
-def test_a_full_queue_refuses_adds_and_holds(backend: Backend, run1: Any) -> None:
+def test_a_full_queue_refuses_adds_and_holds(backend: Backend, run: Any) -> None:
     async def main() -> None:
         async with opened(backend.make(queue_max=2, commit_interval=1.0)) as store:
             assert store.add(msg(1))
@@ -233,10 +233,10 @@ def test_a_full_queue_refuses_adds_and_holds(backend: Backend, run1: Any) -> Non
             assert not store.hold("acme", b"r", 2e6)
             assert (store.refused_adds, store.refused_holds) == (1, 1)
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
-def test_an_id_that_holds_another_message_is_refused(backend: Backend, run1: Any) -> None:
+def test_an_id_that_holds_another_message_is_refused(backend: Backend, run: Any) -> None:
     """A second add of an id with another message fails that add alone (its ack False),
     in a batch of its own or amid others; the same message added again is no error."""
 
@@ -255,10 +255,10 @@ def test_an_id_that_holds_another_message_is_refused(backend: Backend, run1: Any
             assert stored.message == msg(1)
             assert await store.get("m000002") is not None
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
-def test_reserved_ids_never_overlap(backend: Backend, run1: Any) -> None:
+def test_reserved_ids_never_overlap(backend: Backend, run: Any) -> None:
     async def main() -> None:
         async with opened(backend.make()) as store:
             first = await store.reserve_ids(100)
@@ -270,13 +270,13 @@ def test_reserved_ids_never_overlap(backend: Backend, run1: Any) -> None:
         with pytest.raises(ValueError, match="at least one"):
             await backend.make().reserve_ids(0)
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 # -- ownership -------------------------------------------------------------------------------
 
 
-def test_unfinished_messages_are_the_owners_until_taken_over(backend: Backend, run1: Any) -> None:
+def test_unfinished_messages_are_the_owners_until_taken_over(backend: Backend, run: Any) -> None:
     """Node a accepted two messages and finished one; node b sees none of a's as its own
     until it takes a's over, then exactly the unfinished one; a second take-over finds
     nothing."""
@@ -298,13 +298,13 @@ def test_unfinished_messages_are_the_owners_until_taken_over(backend: Backend, r
         async with opened(backend.make("a")) as a_again:
             assert await a_again.unfinished() == []
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 # -- held deliveries -------------------------------------------------------------------------
 
 
-def test_held_items_come_back_in_order_until_released(backend: Backend, run1: Any) -> None:
+def test_held_items_come_back_in_order_until_released(backend: Backend, run: Any) -> None:
     async def main() -> None:
         clock = Clock(1_000.0)
         async with opened(backend.make(clock=clock)) as store:
@@ -324,10 +324,10 @@ def test_held_items_come_back_in_order_until_released(backend: Backend, run1: An
             assert [item for _, item in await store.held("acme", 10)] == [b"r2"]
             assert await store.held_counts() == {"acme": 1, "other": 1}
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
-def test_held_items_beyond_the_bound_drop_the_oldest(backend: Backend, run1: Any) -> None:
+def test_held_items_beyond_the_bound_drop_the_oldest(backend: Backend, run: Any) -> None:
     async def main() -> None:
         async with opened(backend.make(held_max=2)) as store:
             for n in range(3):
@@ -336,11 +336,11 @@ def test_held_items_beyond_the_bound_drop_the_oldest(backend: Backend, run1: Any
             assert [i for _, i in await store.held("acme", 10)] == [b"r1", b"r2"]
             assert store.dropped_held == 1
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 def test_purge_deletes_expired_held_items_and_old_final_messages(
-    backend: Backend, run1: Any
+    backend: Backend, run: Any
 ) -> None:
     async def main() -> None:
         now = 100 * DAY
@@ -362,7 +362,7 @@ def test_purge_deletes_expired_held_items_and_old_final_messages(
             assert [i for _, i in await store.held("acme", 10)] == [b"kept"]
             assert (store.purged_messages, store.expired_held) == (1, 1)
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 # -- two nodes on one Redis ------------------------------------------------------------------
@@ -374,7 +374,7 @@ def redis_backend(url: str) -> Backend:
 
 def test_a_message_added_on_one_node_is_read_and_finished_on_another(
     redis_url: str,  # noqa: F811
-    run1: Any,
+    run: Any,
 ) -> None:
     async def main() -> None:
         nodes = redis_backend(redis_url)
@@ -394,12 +394,12 @@ def test_a_message_added_on_one_node_is_read_and_finished_on_another(
             assert await a.unfinished() == []
             assert await b.unfinished() == []
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 def test_of_two_nodes_finishing_one_message_exactly_one_wins(
     redis_url: str,  # noqa: F811
-    run1: Any,
+    run: Any,
 ) -> None:
     async def main() -> None:
         nodes = redis_backend(redis_url)
@@ -425,12 +425,12 @@ def test_of_two_nodes_finishing_one_message_exactly_one_wins(
             assert stored is not None
             assert stored.state is not MessageState.REJECTED
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 def test_held_items_are_drained_by_one_node_at_a_time(
     redis_url: str,  # noqa: F811
-    run1: Any,
+    run: Any,
 ) -> None:
     """Node a reads (claims) the account's held items: node b sees none of them while a's
     claim lasts, nor once a released them; items held later go to whoever reads first; a
@@ -460,12 +460,12 @@ def test_held_items_are_drained_by_one_node_at_a_time(
             assert await a.held("acme", 10) == []
             assert await a.held_counts() == {"acme": 3}
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 def test_a_dead_nodes_messages_are_taken_over_once(
     redis_url: str,  # noqa: F811
-    run1: Any,
+    run: Any,
 ) -> None:
     async def main() -> None:
         nodes = redis_backend(redis_url)
@@ -479,12 +479,12 @@ def test_a_dead_nodes_messages_are_taken_over_once(
             assert len(mine_b) + len(mine_c) == 100
             assert not {s.message.id for s in mine_b} & {s.message.id for s in mine_c}
 
-    run1(asyncio.wait_for(main(), DEADLINE))
+    run(asyncio.wait_for(main(), DEADLINE))
 
 
 def test_commands_per_message_stay_few(
     redis_url: str,  # noqa: F811
-    run1: Any,
+    run: Any,
 ) -> None:
     """A message whose add, send and final state each go out in a batch of their own costs
     at most four commands (a send writes the receipt index, which may be in another
@@ -522,7 +522,7 @@ def test_commands_per_message_stay_few(
 # -- Redis outage ----------------------------------------------------------------------------
 
 
-def test_redis_outage_refuses_adds_then_recovers_by_itself(tmp_path: Path, run1: Any) -> None:
+def test_redis_outage_refuses_adds_then_recovers_by_itself(tmp_path: Path, run: Any) -> None:
     """Redis stops: an add waiting for its commit is failed (never acknowledged), the store
     says why it cannot write, refuses adds and holds, reads fail within their deadline;
     what was accepted before stays queued. Redis returns on the same port: the queued
@@ -556,6 +556,55 @@ def test_redis_outage_refuses_adds_then_recovers_by_itself(tmp_path: Path, run1:
             assert await store.get("m000004") is not None
 
     try:
-        run1(asyncio.wait_for(main(), DEADLINE + 20))
+        run(asyncio.wait_for(main(), DEADLINE + 20))
     finally:
         server.stop()
+
+
+def test_acknowledged_messages_survive_a_redis_kill_with_aof_always(
+    tmp_path: Path, run: Any
+) -> None:
+    """``appendfsync always``: every add acknowledged (``on_durable(True)``) is in Redis
+    after ``kill -9`` and a restart from its append-only file."""
+    server = RedisServer(tmp_path, aof=True, appendfsync="always")
+    server.start()
+
+    async def main() -> None:
+        store = redis_backend(server.url).make("a", retry_max=0.2)
+        async with opened(store):
+            acks = [durable() for _ in range(500)]
+            for i, (_, done) in enumerate(acks):
+                assert store.add(msg(i), done)
+            assert all([await future for future, _ in acks])
+            server.kill()
+            server.start()
+            for i in (0, 250, 499):
+                assert await store.get(f"m{i:06d}") is not None
+            assert len(await store.unfinished()) == 500
+
+    try:
+        run(asyncio.wait_for(main(), DEADLINE))
+    finally:
+        server.stop()
+
+
+def test_a_batch_short_of_its_replicas_is_not_acknowledged(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """``wait_replicas``: an add is acknowledged only once that many replicas have it;
+    with none to be had the store says so and refuses further adds."""
+
+    async def main() -> None:
+        store = RedisStore(
+            StoreConfig(retry_max=0.2), url=redis_url, node_id="a", wait_replicas=1,
+            wait_timeout=0.05,
+        )  # fmt: skip
+        async with opened(store, close_within=0.5):  # what is queued never gets a replica
+            future, done = durable()
+            assert store.add(msg(1), done)
+            assert await future is False
+            assert store.unwritable == "replicas"
+            assert not store.add(msg(2))
+
+    run(asyncio.wait_for(main(), DEADLINE))

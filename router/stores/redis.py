@@ -440,7 +440,9 @@ class RedisStore(WriteBehind):
             self._url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # the writer retries, with its own back-off
+            # Once more at once (a pooled connection that Redis closed when it restarted);
+            # beyond that the writer retries with its own back-off, and reads fail.
+            retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
         )
         try:
