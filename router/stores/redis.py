@@ -368,7 +368,8 @@ class RedisStore(WriteBehind):
     ``node_id`` owns the messages this node adds (and names its claims); ``wait_replicas``
     > 0 makes every batch wait (``WAIT``, ``wait_timeout`` seconds at most) until that many
     replicas have it before its acks; ``claim_seconds`` is how long a node's claim on held
-    deliveries it read lasts; ``prefix`` starts every key.
+    deliveries it read lasts; ``prefix`` starts every key; ``max_connections`` bounds the
+    connections to Redis (the writer uses one; reads wait for one, within ``read_timeout``).
     """
 
     def __init__(
@@ -383,6 +384,7 @@ class RedisStore(WriteBehind):
         wait_timeout: float = 1.0,
         claim_seconds: float = 30.0,
         prefix: str = "smsc",
+        max_connections: int = 16,
     ) -> None:
         if not node_id or "|" in node_id:
             raise ValueError("node_id: a non-empty name without '|'")
@@ -398,13 +400,15 @@ class RedisStore(WriteBehind):
         self._wait_timeout_ms = int(wait_timeout * 1000)
         self._claim_seconds = claim_seconds
         self._p = prefix
+        self._max_connections = max_connections
         self._keep_ms = int((config.keep_days + 1) * DAY * 1000)
         self._redis: aioredis.Redis | None = None
         self._sha: dict[str, str] = {}
         #: Held ids taken from ``P:held:seq``: the next one, and the end of the block.
         self._held_next = 0
         self._held_end = 0
-        #: Held id → account, for ``release`` (filled by ``held`` and ``hold``).
+        #: Held id → account, for ``release`` (filled by ``held``; an entry goes when its
+        #: release is written: bounded by the held items read and not yet released).
         self._held_account: dict[int, str] = {}
         self.commands = 0
         """Redis commands sent (scripts count one each): the bench divides by messages."""
@@ -436,15 +440,18 @@ class RedisStore(WriteBehind):
         if self._redis is not None:
             raise StoreClosed("store is already open")
         timeout = self._config.read_timeout
-        client = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             self._url,
+            # Bounded: a call waits for a free connection (read_timeout at most).
+            max_connections=self._max_connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             # Once more at once (a pooled connection that Redis closed when it restarted);
             # beyond that the writer retries with its own back-off, and reads fail.
             retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
         )
+        client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         try:
             async with asyncio.timeout(timeout):
                 await self._load_scripts(client)
