@@ -111,9 +111,7 @@ def test_an_added_message_reads_back_as_enroute(backend: Backend, run: Any) -> N
     run(asyncio.wait_for(main(), DEADLINE))
 
 
-def test_acks_come_after_the_commit_and_reads_see_queued_writes(
-    backend: Backend, run: Any
-) -> None:
+def test_acks_come_after_the_commit_and_reads_see_queued_writes(backend: Backend, run: Any) -> None:
     """``on_durable(True)`` once the add is committed; a read of a message with a write
     still queued (a long group commit) waits for it and sees it."""
 
@@ -361,6 +359,25 @@ def test_purge_deletes_expired_held_items_and_old_final_messages(
             assert await store.get("m000003") is not None
             assert [i for _, i in await store.held("acme", 10)] == [b"kept"]
             assert (store.purged_messages, store.expired_held) == (1, 1)
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_purge_larger_than_its_batch_goes_on_until_done(backend: Backend, run: Any) -> None:
+    async def main() -> None:
+        now = 100 * DAY
+        config = {"keep_days": 1.0, "purge_batch": 2}
+        async with opened(backend.make(clock=Clock(now), **config)) as store:
+            for i in range(5):
+                assert store.add(msg(i))
+                store.set_final(
+                    f"m{i:06d}", DeliveryReport("", MessageState.DELIVERED, done_at=1.0)
+                )
+                assert store.hold("acme", b"r%d" % i, now - 1)
+            await store.flush()
+            assert await store.purge(now) == 10
+            assert await store.held_counts() == {}
+            assert await store.get("m000004") is None
 
     run(asyncio.wait_for(main(), DEADLINE))
 

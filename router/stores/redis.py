@@ -666,54 +666,46 @@ class RedisStore(WriteBehind):
         return None
 
     async def _purge_step(self) -> None:
-        """The whole purge in two round trips: expired held items of every account that
-        has held items, and final messages past ``keep_days`` per bucket (``purge_batch``
-        at most each)."""
-        job = self._purges.popleft()
-        if job.future.done():
+        """One round of the oldest purge, two round trips: up to ``purge_batch`` expired
+        held items of every account that has held items, and up to ``purge_batch`` final
+        messages past ``keep_days`` of every bucket. The purge is done after a round that
+        found fewer than that everywhere; else the next round comes after the writer's
+        next batch."""
+        job = self._purges[0]
+        if job.future.done():  # its caller gave up
+            self._purges.popleft()
             return
+        limit = self._config.purge_batch
         try:
             client = self._client()
-            accounts = await self._call("purge", "SMEMBERS", f"{self._p}:held:accounts")
+            accounts = sorted(await self._call("purge", "SMEMBERS", f"{self._p}:held:accounts"))
             calls: list[tuple[Any, ...]] = [
-                (
-                    "EVALSHA",
-                    self._sha["purge_held"],
-                    4,
-                    *self._held_keys(a.decode()),
-                    _num(job.now),
-                    self._config.purge_batch,
-                )
-                for a in sorted(accounts)
-            ]
+                ("EVALSHA", self._sha["purge_held"], 4, *self._held_keys(a.decode()),
+                 _num(job.now), limit)
+                for a in accounts
+            ]  # fmt: skip
             for b in range(BUCKETS):
                 tag = f"{self._p}:{{m{b}}}"
                 calls.append(
-                    (
-                        "EVALSHA",
-                        self._sha["purge_messages"],
-                        1,
-                        f"{tag}:done",
-                        _num(job.cutoff),
-                        self._config.purge_batch,
-                        f"{tag}:m:",
-                    )
-                )
-            results = await self._send(client, calls)
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
+                    ("EVALSHA", self._sha["purge_messages"], 1, f"{tag}:done",
+                     _num(job.cutoff), limit, f"{tag}:m:")
+                )  # fmt: skip
+            results = [int(r) for r in await self._read_all(client, calls)]
         except Exception as exc:
-            log.warning("store: purge failed: %s", exc)
+            self._purges.popleft()
+            log.warning("store: purge stopped after %d rows: %s", job.deleted, exc)
             job.future.set_exception(StoreError(f"purge failed: {exc}"))
             return
-        held = sum(int(r) for r in results[: len(accounts)])
-        messages = sum(int(r) for r in results[len(accounts) :])
+        held = sum(results[: len(accounts)])
+        messages = sum(results[len(accounts) :])
         self.expired_held += held
         self.held_rows -= held
         self.purged_messages += messages
         self.message_rows -= messages
-        job.future.set_result(held + messages)
+        job.deleted += held + messages
+        if max(results, default=0) < limit:
+            self._purges.popleft()
+            job.future.set_result(job.deleted)
 
     # -- reads ---------------------------------------------------------------------------------
 
