@@ -26,14 +26,26 @@ def create_store(
     node_id: str = "",
     clock: Callable[[], float] = time.time,
     held_max: int | None = None,
+    wait_replicas: int = 0,
+    claim_seconds: float = 30.0,
 ) -> SqliteStore | RedisStore:
     """The store for ``config``: on Redis at ``redis_url`` when one is given (shared by the
     nodes of a cluster; ``config.path`` is then unused), else SQLite at ``config.path``.
-    ``node_id`` owns the messages this node adds."""
+    ``node_id`` owns the messages this node adds. Redis only: ``wait_replicas`` (acks
+    wait until that many replicas have a batch: ``WAIT``), ``claim_seconds`` (how long a
+    node's claim on the held deliveries it read lasts: the cluster's lease)."""
     if redis_url is not None:
         from router.stores.redis import RedisStore
 
-        return RedisStore(config, url=redis_url, node_id=node_id, clock=clock, held_max=held_max)
+        return RedisStore(
+            config,
+            url=redis_url,
+            node_id=node_id,
+            clock=clock,
+            held_max=held_max,
+            wait_replicas=wait_replicas,
+            claim_seconds=claim_seconds,
+        )
     from router.stores.sqlite import SqliteStore
 
     return SqliteStore(config, node_id=node_id, clock=clock, held_max=held_max)
