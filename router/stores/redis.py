@@ -147,13 +147,15 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
     end
     local key = tag .. ':m:' .. id
     local res = 1
-    local exists = redis.call('EXISTS', key)
+    local had_done, had_owner = false, false
     if create == 1 then
-      if exists == 1 then
+      if redis.call('EXISTS', key) == 1 then
         if redis.call('HGET', key, 'b') == fields[4] then res = 0 else res = -1 end
       end
-    elseif exists == 0 then
-      res = 0
+    else
+      local got = redis.call('HMGET', key, 'd', 'o')  -- every message has an owner
+      had_done, had_owner = got[1], got[2]
+      if not had_owner then res = 0 end
     end
     if res == 1 then
       if create == 1 then
@@ -165,14 +167,13 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
         redis.call('HSET', key, unpack(fields))
       end
       if final == 1 then
-        if redis.call('HEXISTS', key, 'd') == 1 then
+        if had_done then
           res = 2
         elseif done == '' then
           redis.call('HSET', key, 's', state, 'e', err)
         else
           redis.call('HSET', key, 's', state, 'e', err, 'd', done)
-          local o = redis.call('HGET', key, 'o')
-          if o then redis.call('ZREM', tag .. ':u:' .. o, id) end
+          redis.call('ZREM', tag .. ':u:' .. (had_owner or owner), id)
           redis.call('ZADD', KEYS[1], done, id)
           redis.call('PEXPIRE', key, ttl)
         end
