@@ -43,11 +43,11 @@ from router.model import (
     RouteDecision,
     SubmitOutcome,
 )
+from router.ports import Store
 from router.queue import MessageQueue
 from router.rates import PriceBook
 from router.receipts import Receipts
 from router.routing import AccountPolicy, Chooser, RouteTable
-from router.store import Store
 from smppcore.constants import MessageState
 
 log = logging.getLogger(__name__)

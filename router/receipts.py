@@ -32,7 +32,7 @@ from router.deadlines import ReceiptDeadlines
 from router.finals import RETRY_LATER, ROK, STATE_NAME, Finals, answer
 from router.metrics import RouterMetrics
 from router.model import DeliveryReport, Message
-from router.store import Store, StoreError
+from router.ports import Store, StoreError
 from router.upstream import Respond
 from smppcore.constants import CommandStatus, MessageState
 from smppcore.pdu import DeliverSm

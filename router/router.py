@@ -43,13 +43,12 @@ from router.intake import PacedIntake
 from router.metrics import RouterMetrics
 from router.mo import MobileOriginated
 from router.model import DeliveryReport, Message
-from router.ports import AcceptCallback, ReportSink
+from router.ports import AcceptCallback, ReportSink, Store
 from router.queue import MessageQueue
 from router.rates import load_prices
 from router.receipts import Receipts
 from router.recovery import recover
 from router.routing import AccountPolicy, Explanation, RouteTable, explain
-from router.store import Store
 from router.upstream import Answer, CarrierPool, Respond
 from smppcore.aio import Connection
 from smppcore.constants import EsmClass

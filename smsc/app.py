@@ -27,9 +27,11 @@ from prometheus_client import CollectorRegistry
 
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
+from router.ports import StoreError
 from router.rates import load_prices
 from router.router import Router
-from router.store import SqliteStore, StoreError, run_purges
+from router.stores.sqlite import SqliteStore
+from router.stores.writebehind import run_purges
 from router.upstream import CarrierPool
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig

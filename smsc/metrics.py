@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from router.metrics import NO_ROUTE_REASONS, Histogram
 from router.router import Router
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from smppcore.constants import command_name, status_name
 from smppcore.session import State
 from smsc.delivery import Delivery

@@ -36,7 +36,7 @@ from router.model import Address, DeliveryReport, Message, StoredMessage
 from router.ports import SettledCallback
 from router.queue import MessageQueue
 from router.receipts import Receipts
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from router.upstream import Answer
 from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, MessageState
