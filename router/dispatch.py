@@ -420,8 +420,8 @@ class Dispatcher:
         g.failed = True
         for _, state, part in list(g.parts.values()):
             if state is Part.ACCEPTED:
-                self.receipts.withdraw(part.id, carrier)
-                self._finish(part, MessageState.UNDELIVERABLE, 0, carrier)
+                if self.receipts.withdraw(part.id, carrier):  # not final yet
+                    self._finish(part, MessageState.UNDELIVERABLE, 0, carrier)
             elif state is Part.QUEUED:
                 queued = self.queue.remove(part.id)
                 if queued is not None:
@@ -447,9 +447,8 @@ class Dispatcher:
         assert g is not None
         self._count_long(carrier, "resent")
         log.info("long message %s: failed by %s, sent again over the next carrier", group, carrier)
-        again = [part for part in g.at_carrier()]
-        for part in again:
-            self.receipts.withdraw(part.id, carrier)
+        # Those final already (their receipt came) stay as they are: the client has it.
+        again = [part for part in g.at_carrier() if self.receipts.withdraw(part.id, carrier)]
         if failing is not None:
             again.append(failing)
         for part in again:
@@ -567,7 +566,9 @@ class Dispatcher:
     def _left_behind(self, msg: Message, carrier: str, failed: bool, now: float) -> None:
         """``carrier`` accepted a part of a long message that has failed (``failed``) or
         moved to another carrier meanwhile: it fails too, or goes again with the rest."""
-        self.receipts.withdraw(msg.id, carrier)
+        if not self.receipts.withdraw(msg.id, carrier):
+            self.pins.final(msg, now)  # its final receipt came already
+            return
         if failed:
             self._finish(msg, MessageState.UNDELIVERABLE, 0, carrier)
             return

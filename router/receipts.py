@@ -131,16 +131,20 @@ class Receipts:
         deadline = now + (cfg.receipt_timeout if cfg is not None else DEFAULT_RECEIPT_TIMEOUT)
         self.deadlines.add(msg.id, carrier, deadline, msg.expires_at)
 
-    def withdraw(self, message_id: str, carrier: str) -> None:
+    def withdraw(self, message_id: str, carrier: str) -> bool:
         """``carrier`` accepted ``message_id`` but it is taken back (its long message failed,
         or is sent again over another carrier): no receipt is awaited from that carrier,
-        and one that comes is ignored (counted as ``receipt_withdrawn``)."""
+        and one that comes is ignored (counted as ``receipt_withdrawn``). False (and
+        nothing done) when its final receipt came already: it is final."""
+        if not self.deadlines.awaits(message_id, carrier):
+            return False
         self.deadlines.drop(message_id, carrier)
         self.sent.pop(message_id, None)
         withdrawn = self.withdrawn
         withdrawn[message_id] = carrier
         if len(withdrawn) > _MAX_WITHDRAWN:
             withdrawn.popitem(last=False)
+        return True
 
     # --- receipts from carriers -------------------------------------------------------
 
