@@ -240,10 +240,10 @@ class Dispatcher:
             for p in self._pools.values()
             if (t := p.ready_at(mono)) is not None and t > mono
         ]
-        if not waits and queue.ready_count:
-            waits.append(0.5)
         if self._hold_until is not None:
             waits.append(self._hold_until - now)  # the held message may spill then
+        if not waits and queue.ready_count:
+            waits.append(0.5)
         pin_due = pins.next_deadline() if len(pins) else None
         if pin_due is not None:
             waits.append(pin_due - now)  # parts waiting for their carrier move then

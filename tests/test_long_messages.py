@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 from loops import Run
 from minimal_mc import MinimalMC
 from router_parts import (
@@ -325,5 +326,70 @@ def test_parts_pinned_to_a_paused_carrier_that_holds_one_fail_after_pin_wait(
                 }
                 assert parts.metrics.long_messages == {("cheap", "failed_all"): 1}
                 assert parts.metrics.carrier("dear").decisions == 0
+
+    run(main())
+
+
+# --- spill-over -------------------------------------------------------------------------
+
+
+def spill_config(mc: MinimalMC, spill: str, spill_wait: float = 1.0) -> RouterConfig:
+    """cheap (one bind, a window of one) before dear."""
+    config = router_config(carrier("cheap", mc, window=1), carrier("dear", mc))
+    return with_routing(config, spill=spill, spill_wait=spill_wait)
+
+
+@pytest.mark.parametrize(
+    ("spill", "later", "cheap", "dear"),
+    [
+        ("now", 0.0, 1, 1),  # the second goes to dear at once
+        ("wait", 0.5, 1, 0),  # it waits for cheap...
+        ("wait", 1.0, 1, 1),  # ...spill_wait at most
+        ("never", 3600.0, 1, 0),  # it waits for cheap, however long
+    ],
+)
+def test_when_the_cheapest_windows_are_full_the_spill_policy_decides(
+    run: Run, tmp_path: Path, spill: str, later: float, cheap: int, dear: int
+) -> None:
+    async def main() -> None:
+        async with MinimalMC(dict([UPSTREAM])) as mc:
+            mc.hold = True  # submits recorded, not answered: cheap's window stays full
+            async with running_parts(tmp_path, spill_config(mc, spill), Sink()) as parts:
+                d = parts.dispatcher
+                d.running = False  # this test runs the passes
+                mono = asyncio.get_running_loop().time
+                now = time.time()
+                for i in (1, 2):
+                    parts.queue.put(message(f"m{i}", submitted_at=now), now)
+                d.dispatch(now, mono())
+                if later:
+                    d.dispatch(now + later, mono())
+                assert parts.metrics.carrier("cheap").decisions == cheap
+                assert parts.metrics.carrier("dear").decisions == dear
+                assert parts.metrics.spills == ({("cheap", "window"): 1} if dear else {})
+                assert parts.queue.ready_count == 1 - dear  # held at the head of the queue
+                await mc.wait_for(lambda: len(mc.submits) == cheap + dear)
+                mc.hold = False
+                mc.release()
+
+    run(main())
+
+
+def test_a_held_message_has_the_pass_come_back_when_it_may_spill(run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with MinimalMC(dict([UPSTREAM])) as mc:
+            mc.hold = True
+            async with running_parts(tmp_path, spill_config(mc, "wait", 1.0), Sink()) as parts:
+                d = parts.dispatcher
+                d.running = False
+                now = time.time()
+                for i in (1, 2):
+                    parts.queue.put(message(f"m{i}", submitted_at=now), now)
+                delay = d.dispatch(now + 0.25, asyncio.get_running_loop().time())
+                assert delay is not None
+                assert 0.7 <= delay <= 0.76  # at now + 1.0, its spill_wait since it was due
+                await mc.wait_for(lambda: len(mc.submits) == 1)
+                mc.hold = False
+                mc.release()
 
     run(main())
