@@ -42,8 +42,13 @@ they all are, exploration costs nothing more.
 **Pinned** (concatenated messages). Once a part of a long message went over a carrier, every
 other part must go the same way, or the handset may never reassemble it. With ``pinned`` set,
 the choice is that carrier if it is still eligible by the rules above (healthy or not) and
-there are no fallbacks; otherwise NoRoute("pinned carrier X unavailable"), and the part
-fails rather than split the message.
+there are no fallbacks; otherwise NoRoute("pinned carrier X unavailable"): routing never
+splits a message. How long a part waits for its carrier, and what becomes of a message
+whose carrier fails it, is the dispatcher's (router/pins.py).
+
+**Spill-over** (``routing.spill``) is the dispatcher's too: when the choice has no capacity
+for a message (windows full, rate used up), whether it goes to the first fallback that has
+(``now``), after ``spill_wait`` (``wait``), or never (router/dispatch.py).
 """
 
 from __future__ import annotations

@@ -126,6 +126,12 @@ class SmscCollector(Collector):
         queue.add_metric(["parked"], router.queue.parked_count)
         queue.add_metric(["paced"], router.paced)
         yield queue
+        yield GaugeMetricFamily(
+            "smsc_route_pinned_long_messages",
+            "Long messages whose parts are pinned to a carrier (until every part is "
+            "accepted or final, or pin_idle)",
+            value=len(router.dispatcher.pins),
+        )
         by_priority = GaugeMetricFamily(
             "smsc_queue_ready_by_priority",
             "Messages ready to send, by priority",

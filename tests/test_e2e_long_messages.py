@@ -17,8 +17,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from carrier_fixtures import Esme
 from loops import Run
+from prometheus_client.parser import text_string_to_metric_families
 from smsc_fixtures import (
     FAST,
     app_config,
@@ -53,6 +55,19 @@ async def send_long(esme: Esme, ref: int, total: int) -> list[str]:
 
 async def carriers_of(app: App, ids: list[str]) -> list[str]:
     return [(await stored(app, i)).carrier for i in ids]
+
+
+async def scrape(app: App) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``GET /metrics``: each sample by name and labels."""
+    url = f"http://127.0.0.1:{app.http_port}/metrics"
+    async with aiohttp.ClientSession() as http, asyncio.timeout(5.0), http.get(url) as r:
+        assert r.status == 200
+        text = await r.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def router_of(app: App) -> Any:
@@ -144,6 +159,10 @@ def test_fail_all_a_message_whose_carrier_is_paused_midway_fails_with_a_receipt_
             assert {receipt_text(receipts[i][0]).state for i in ids} == {MessageState.UNDELIVERABLE}
             assert router.metrics.carrier("mid").decisions == 0
             assert router.metrics.long_messages == {("cheap", "failed_all"): 1}
+            samples = await scrape(app)
+            failed = frozenset({("carrier", "cheap"), ("action", "failed_all")})
+            assert samples[("smsc_route_long_messages_total", failed)] == 1
+            assert samples[("smsc_route_pinned_long_messages", frozenset())] == 0
             await esme.close()
 
     run1(main())
@@ -171,8 +190,14 @@ async def burst(spill: str, tmp_path: Path) -> tuple[int, int, dict[tuple[str, s
         ids = [r.message_id for r in resps]
         await wait_final_receipts(esme, ids)
         taken = await carriers_of(app, ids)
+        samples = await scrape(app)
         await esme.close()
-        return taken.count("cheap"), taken.count("mid"), dict(router_of(app).metrics.spills)
+        spills = {
+            (dict(labels)["carrier"], dict(labels)["reason"]): int(value)
+            for (name, labels), value in samples.items()
+            if name == "smsc_route_spill_total"
+        }
+        return taken.count("cheap"), taken.count("mid"), spills
 
 
 def test_a_burst_with_spill_wait_keeps_more_on_the_cheapest_than_spill_now(
