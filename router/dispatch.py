@@ -189,8 +189,10 @@ class Dispatcher:
         pins = self.pins
         if len(pins):
             pins.expire(now)
-            for pinned in pins.overdue(now):
-                queue.unpark(pin_key(pinned))  # their wait is over: routed elsewhere
+            for group, pinned in pins.overdue(now):
+                self._move(group, pinned, now)  # their wait is over: routed elsewhere
+            for pinned in pins.take_orphaned():
+                queue.unpark(pin_key(pinned))
         self._hold_until = self._no_hold()
         queue.release_due(now)
         queue.expire(now)

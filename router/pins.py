@@ -106,6 +106,8 @@ class Pins:
         self._groups: OrderedDict[str, Group] = OrderedDict()
         #: the groups whose carrier cannot take a waiting part → that carrier
         self._blocked: dict[str, str] = {}
+        #: carriers whose waiting parts lost their group (evicted): to be woken
+        self._orphaned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._groups)
@@ -127,7 +129,9 @@ class Pins:
         if g is None:
             g = groups[name] = Group(msg.concat.total, now)
             while len(groups) > self.settings.max_pins:
-                self._blocked.pop(groups.popitem(last=False)[0], None)
+                lost = self._blocked.pop(groups.popitem(last=False)[0], None)
+                if lost is not None:
+                    self._orphaned.add(lost)
         else:
             groups.move_to_end(name)
             g.touched = now
@@ -205,16 +209,22 @@ class Pins:
                 g.carrier = None
                 self._unblock(name, g)
 
-    def overdue(self, now: float) -> list[str]:
-        """Carriers whose waiting parts have waited ``pin_wait`` or more (wake them)."""
+    def overdue(self, now: float) -> list[tuple[str, str]]:
+        """The groups whose parts have waited ``pin_wait`` or more for their carrier, with
+        that carrier: each must be moved off it (and its parts woken)."""
         wait = self.settings.pin_wait
         groups = self._groups
-        out: set[str] = set()
-        for name, carrier in self._blocked.items():
-            since = groups[name].blocked_since
-            if since is not None and now - since >= wait:
-                out.add(carrier)
-        return sorted(out)
+        return [
+            (name, carrier)
+            for name, carrier in self._blocked.items()
+            if (since := groups[name].blocked_since) is not None and now - since >= wait
+        ]
+
+    def take_orphaned(self) -> set[str]:
+        """Carriers whose waiting parts lost their group to the bound (``max_pins``): wake
+        them, to be routed afresh."""
+        out, self._orphaned = self._orphaned, set()
+        return out
 
     def next_deadline(self) -> float | None:
         """When the next blocked group's wait ends (wall seconds), or None."""

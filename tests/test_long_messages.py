@@ -120,9 +120,21 @@ def test_a_part_waits_for_its_unavailable_carrier_pin_wait_at_most() -> None:
     assert pins.next_deadline() == T0 + 6
     assert pins.overdue(T0 + 5.9) == []
     assert pins.blocked(p2, T0 + 5.9)
-    assert pins.overdue(T0 + 6) == ["cheap"]
+    assert pins.overdue(T0 + 6) == [("acme:Shop:447700900123:u7", "cheap")]
     assert not pins.blocked(p2, T0 + 6)
     pins.sending(p2, T0 + 6.5)  # it could go after all: no longer blocked
+    assert pins.next_deadline() is None
+
+
+def test_parts_waiting_for_a_carrier_are_woken_when_the_bound_drops_their_group() -> None:
+    pins = Pins(msgspec.structs.replace(SETTINGS, max_pins=1))
+    waiting = part(2)
+    pins.pin(part(1), "cheap", T0)
+    assert pins.blocked(waiting, T0)
+    pins.pin(part(1, group="acme:Shop:4477:u99"), "dear", T0 + 1)  # the bound: one group
+    assert pins.carrier(waiting.concat.group) is None  # type: ignore[union-attr]
+    assert pins.take_orphaned() == {"cheap"}
+    assert pins.take_orphaned() == set()
     assert pins.next_deadline() is None
 
 
@@ -391,5 +403,33 @@ def test_a_held_message_has_the_pass_come_back_when_it_may_spill(run: Run, tmp_p
                 await mc.wait_for(lambda: len(mc.submits) == 1)
                 mc.hold = False
                 mc.release()
+
+    run(main())
+
+
+def test_a_wait_whose_parts_were_cancelled_still_ends(run: Run, tmp_path: Path) -> None:
+    """The parts waiting for their carrier were cancelled (cancel_sm): the wait ends on
+    time all the same, and the dispatcher has nothing more to come back for."""
+
+    async def main() -> None:
+        sink = Sink()
+        async with MinimalMC(dict([UPSTREAM])) as mc:
+            config = with_routing(
+                router_config(carrier("cheap", mc), carrier("dear", mc)), pin_wait=5.0
+            )
+            async with running_parts(tmp_path, config, sink) as parts:
+                d = parts.dispatcher
+                d.running = False
+                mono = asyncio.get_running_loop().time
+                now = time.time()
+                p1, p2 = part(1, total=2), part(2, total=2)
+                d.pins.pin(p1, "cheap", now)
+                parts.carriers.pause("cheap")
+                parts.queue.put(p2, now)
+                d.dispatch(now, mono())
+                assert parts.queue.remove(p2.id) is not None  # cancelled while it waited
+                assert d.dispatch(now + 5.0, mono()) is None
+                assert d.pins.next_deadline() is None
+                assert parts.metrics.long_messages == {("cheap", "rerouted"): 1}
 
     run(main())
