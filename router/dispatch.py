@@ -109,7 +109,8 @@ class Dispatcher:
         self._health = carriers.health
         #: Long messages' pins (their groups → the carrier their parts go over).
         self.pins = Pins(config.routing)
-        #: When the message held for its first choice (``spill: wait``) may spill.
+        #: When the message this pass held for its first choice (``spill: wait``) may
+        #: spill; read (and cleared) at the end of the pass.
         self._hold_until: float | None = None
         self.in_flight = 0
         """Submits sent and not answered yet."""
@@ -193,7 +194,6 @@ class Dispatcher:
                 self._move(group, pinned, now)  # their wait is over: routed elsewhere
             for pinned in pins.take_orphaned():
                 queue.unpark(pin_key(pinned))
-        self._hold_until = self._no_hold()
         queue.release_due(now)
         queue.expire(now)
         for msg in queue.take_expired():
@@ -231,6 +231,7 @@ class Dispatcher:
             or handled >= _HANDLE_BATCH
             or (intake.paced and not intake.crowded())
         ):
+            self._hold_until = None
             return 0.0  # yield to the loop, then carry on (paced submits first)
         due = queue.next_due()
         waits = [] if due is None else [due - now]
@@ -242,8 +243,9 @@ class Dispatcher:
             for p in self._pools.values()
             if (t := p.ready_at(mono)) is not None and t > mono
         ]
-        if self._hold_until is not None:
-            waits.append(self._hold_until - now)  # the held message may spill then
+        hold, self._hold_until = self._hold_until, None
+        if hold is not None:
+            waits.append(hold - now)  # the held message may spill then
         if not waits and queue.ready_count:
             waits.append(0.5)
         pin_due = pins.next_deadline() if len(pins) else None
@@ -346,10 +348,6 @@ class Dispatcher:
                 spills[first, reason] = spills.get((first, reason), 0) + 1
                 return name
         return ""
-
-    @staticmethod
-    def _no_hold() -> float | None:
-        return None
 
     def _may_spill(self, msg: Message, now: float) -> bool:
         """May ``msg`` go to a carrier other than its first choice, which has no capacity
@@ -524,6 +522,12 @@ class Dispatcher:
                 assert concat is not None
                 failing = (msg, MessageState.REJECTED, outcome.status)
                 self._group_failed(concat.group, carrier, now, failing)
+                return
+            if group is not None and not group.failed and carrier in group.left:
+                # The message left this carrier meanwhile: this part goes with the rest.
+                fresh = msgspec.structs.replace(msg, attempts=0, tried=())
+                self.pins.queued(fresh, now)
+                self.queue.requeue(fresh)
                 return
             self._finish(msg, MessageState.REJECTED, outcome.status, carrier)
             return

@@ -33,7 +33,7 @@ from router_parts import (
 )
 
 from router.config import RouterConfig, RoutingConfig
-from router.model import Accepted, Concat, Message, Rejected
+from router.model import Accepted, Concat, DeliveryReport, Message, Rejected
 from router.pins import Pins
 from smppcore.constants import MessageState
 
@@ -229,18 +229,21 @@ def test_resend_all_sends_every_part_again_over_the_next_carrier(run: Run, tmp_p
             async with running_parts(tmp_path, config, sink) as parts:
                 parts.dispatcher.running = False  # this test runs the passes
                 d = parts.dispatcher
-                p1, p2 = part(1, total=2, attempts=1), part(2, total=2, attempts=1)
+                p1, p2, p3 = (part(seq, attempts=1) for seq in (1, 2, 3))
                 d.pins.pin(p1, "cheap", time.time())
-                for p in (p1, p2):
+                for p in (p1, p2, p3):
                     d.pins.sending(p, time.time())
                 d.outcome(p1, time.monotonic(), Accepted("cheap", "C1"))
                 d.outcome(p2, time.monotonic(), Rejected("cheap", 0x45, False))
-                assert sink.reports == []  # nothing failed: both go again
+                assert sink.reports == []  # nothing failed: they go again
                 assert parts.queue.ready_count == 2
                 assert parts.metrics.long_messages == {("cheap", "resent"): 1}
+                # Part 3 was in flight: cheap takes it, but it goes with the rest.
+                d.outcome(p3, time.monotonic(), Accepted("cheap", "C3"))
+                assert parts.queue.ready_count == 3
                 d.dispatch(time.time(), asyncio.get_running_loop().time())
-                await mc.wait_for(lambda: len(mc.message_ids) == 2)
-                assert parts.metrics.carrier("dear").decisions == 2
+                await mc.wait_for(lambda: len(mc.message_ids) == 3)
+                assert parts.metrics.carrier("dear").decisions == 3
                 assert parts.metrics.carrier("cheap").decisions == 0  # never pinned again
                 group = d.pins.get(p1.concat.group)  # type: ignore[union-attr]
                 assert group is None or group.carrier == "dear"
@@ -431,5 +434,24 @@ def test_a_wait_whose_parts_were_cancelled_still_ends(run: Run, tmp_path: Path) 
                 assert d.dispatch(now + 5.0, mono()) is None
                 assert d.pins.next_deadline() is None
                 assert parts.metrics.long_messages == {("cheap", "rerouted"): 1}
+
+    run(main())
+
+
+def test_a_receipt_from_the_carrier_a_part_was_taken_back_from_is_ignored(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        sink = Sink()
+        async with open_store(tmp_path) as store:
+            parts = Parts(router_config(carrier("uk")), store, sink, wall=T0)
+            p1 = part(1, attempts=1)
+            parts.dispatcher.outcome(p1, time.monotonic(), Accepted("uk", "C1"))
+            assert parts.receipts.withdraw(p1.id, "uk")  # awaited still: taken back
+            late = DeliveryReport(message_id=p1.id, state=MessageState.DELIVERED, carrier="uk")
+            parts.receipts.receipt(p1, late, None)
+            assert sink.reports == []
+            assert parts.metrics.events[("receipt_withdrawn", "uk")] == 1
+            assert not parts.receipts.withdraw(p1.id, "uk")  # nothing awaited any more
 
     run(main())
