@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from carrier_fixtures import Esme
 from loops import Run
 from prometheus_client.parser import text_string_to_metric_families
@@ -115,11 +116,15 @@ def test_with_the_carrier_paused_new_3_part_messages_go_over_the_other(
     run1(main())
 
 
+@pytest.mark.parametrize("ack_after", ["enqueue", "store"])
 def test_resend_all_a_message_whose_carrier_is_paused_midway_goes_whole_over_the_other(
-    run1: Run, tmp_path: Path
+    run1: Run, tmp_path: Path, ack_after: str
 ) -> None:
     async def main() -> None:
-        routing = {"routing": {"explore": 0, "pin_wait": 0.2, "long_message_failure": "resend_all"}}
+        routing = {
+            "routing": {"explore": 0, "pin_wait": 0.2, "long_message_failure": "resend_all"},
+            "ack_after": ack_after,
+        }
         config = app_config(tmp_path, {"cheap": LATE, "mid": FAST}, router=routing)
         async with running_app(config) as app:
             esme = await bind_client(app)
