@@ -32,9 +32,11 @@ from router_parts import (
     running_parts,
 )
 
-from router.config import RouterConfig, RoutingConfig
+from router.config import CarrierPrice, Route, RouterConfig, RoutingConfig
+from router.health import HealthView
 from router.model import Accepted, Concat, DeliveryReport, Message, Rejected
 from router.pins import Pins
+from router.routing import AccountPolicy, RouteTable, explain, format_explanation
 from smppcore.constants import MessageState
 
 SETTINGS = RoutingConfig(pin_wait=5.0, pin_idle=60.0, max_pins=1000)
@@ -455,3 +457,29 @@ def test_a_receipt_from_the_carrier_a_part_was_taken_back_from_is_ignored(
             assert not parts.receipts.withdraw(p1.id, "uk")  # nothing awaited any more
 
     run(main())
+
+
+# --- explain ----------------------------------------------------------------------------
+
+
+def test_explain_says_how_spill_over_and_failed_long_messages_are_handled() -> None:
+    routes = [Route(prefix="44", carriers=(CarrierPrice("cheap", "1"), CarrierPrice("dear", "2")))]
+    settings = RoutingConfig(spill="wait", spill_wait=0.05, long_message_failure="resend_all")
+    expl = explain(
+        "447700900123",
+        "acme",
+        table=RouteTable(routes),
+        policy=AccountPolicy(),
+        health={n: HealthView(carrier=n) for n in ("cheap", "dear")},
+        now=T0,
+        settings=settings,
+    )
+    assert (expl.spill, expl.spill_wait, expl.long_message_failure) == (
+        "wait",
+        0.05,
+        "resend_all",
+    )
+    lines = format_explanation(expl).splitlines()
+    assert lines[-3] == "when cheap has no capacity: wait up to 50 ms for it, then the next"
+    assert lines[-2] == "a long message its carrier fails: resend_all"
+    assert lines[-1] == "choice: cheap at 1; then dear"
