@@ -181,6 +181,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
 
+    summary = "print a new HTTP API key and the hash to list under the account's api_keys"
+    commands.add_parser("api-key", help=summary, description=summary)
+
     summary = "inject an MO message into a running carrier simulator (via its admin port)"
     mo = commands.add_parser(
         "carrier-mo", help=summary, description=summary, epilog=_MO_HELP, formatter_class=fmt
@@ -219,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _carrier_mo(args)
     if args.command == "hash-password":
         return _hash_password()
+    if args.command == "api-key":
+        return _api_key()
     if args.command == "load":
         from simulator.load import cli as load_cli
 
@@ -520,6 +525,16 @@ def _hash_password() -> int:
         )
         return 2
     print(hash_password(password, secrets.token_bytes(16)), flush=True)
+    return 0
+
+
+def _api_key() -> int:
+    import secrets
+
+    from smsc.apikeys import new_key
+
+    key, digest = new_key(secrets.token_bytes(32))
+    print(f"key:  {key}\nhash: {digest}", flush=True)
     return 0
 
 

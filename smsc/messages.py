@@ -42,9 +42,7 @@ def admit(
     """ESME_ROK when the account may submit ``n`` messages now (its bucket's tokens are
     then spent), else the refusal: ESME_RMSGQFUL (its held receipts are at max_held and
     these ask for one) or ESME_RTHROTTLED (over its throughput). ``now``: monotonic."""
-    if delivery.asks_receipt(registered_delivery) and delivery.refuses_receipts(
-        state.system_id
-    ):
+    if delivery.asks_receipt(registered_delivery) and delivery.refuses_receipts(state.system_id):
         return _S.ESME_RMSGQFUL
     bucket = state.bucket
     if bucket is not None and not bucket.take(now, n):
@@ -88,9 +86,7 @@ def build_message(
     if priority > 3 or priority < 0:
         raise InvalidMessage("priority over 3", status=_S.ESME_RINVPRTFLG, field="priority")
     if expires_at is not None and expires_at <= now:
-        raise InvalidMessage(
-            "validity already past", status=_S.ESME_RINVEXPIRY, field="validity"
-        )
+        raise InvalidMessage("validity already past", status=_S.ESME_RINVEXPIRY, field="validity")
     if expires_at is None:
         expires_at = now + default_validity
     if concat is None and (tlvs or esm_class & _UDHI):

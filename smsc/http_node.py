@@ -1,0 +1,109 @@
+"""The application API's part of a node, as the composition root (smsc/app.py) starts and
+stops it: the API's records and the webhook outbox (SQLite files next to the store), the
+webhook sink in front of the SMPP delivery, the webhook sender, and the HTTP listener
+(when ``http_api`` is configured).
+
+Order: :meth:`open` before the router starts (the sink must be ready for its first
+report); :meth:`start` once the SMPP server exists; :meth:`close_listener` with the other
+listeners; :meth:`stop` after the router stopped (its last reports are in the outbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from router.ports import ReportSink
+from smppcore.tls import server_context
+from smsc.accounts import AccountState
+from smsc.config import SmscConfig
+from smsc.http_api import HttpApi
+from smsc.http_records import HttpRecords
+from smsc.outbox import SqliteOutbox
+from smsc.sqlitefile import beside
+from smsc.webhooks import Callbacks, Target, WebhookSender, WebhookSink
+
+if TYPE_CHECKING:
+    from router.router import Router
+    from smsc.server import Server
+
+log = logging.getLogger(__name__)
+
+
+class HttpNode:
+    def __init__(self, config: SmscConfig, *, wall: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.wall = wall
+        store_path = config.router.store.path
+        api = config.http_api
+        self.records = HttpRecords(
+            api.path if api is not None and api.path else beside(store_path, "http")
+        )
+        hooks = config.webhooks
+        self.outbox = SqliteOutbox(
+            hooks.path or beside(store_path, "webhooks"), max_pending=hooks.max_pending
+        )
+        self.callbacks = Callbacks()
+        self.sender: WebhookSender | None = None
+        self.api: HttpApi | None = None
+        self.port = 0
+
+    async def open(self) -> None:
+        await self.records.open()
+        await self.outbox.open()
+        since = self.wall() - self.config.webhooks.max_age
+        for sent in await self.records.with_callbacks(since):
+            self.callbacks.add(sent.id, Target(sent.callback_url, sent.reference))
+        if self.outbox.waiting:
+            log.info("webhook outbox: %d events waiting from before", self.outbox.waiting)
+
+    def sink(self, inner: ReportSink, accounts: Mapping[str, AccountState]) -> WebhookSink:
+        self.sender = WebhookSender(
+            self.config.webhooks,
+            self.outbox,
+            accounts,
+            rng=random.Random(),
+            wall=self.wall,
+        )
+        return WebhookSink(
+            inner, accounts, self.outbox, self.callbacks, wake=self.sender.wake, wall=self.wall
+        )
+
+    async def start(self, server: Server, router: Router) -> None:
+        if self.sender is not None:
+            self.sender.start()
+        api = self.config.http_api
+        if api is None:
+            return
+        ssl = server_context(api.tls.server_tls()) if api.tls is not None else None
+        self.api = HttpApi(
+            api,
+            server=server,
+            router=router,
+            records=self.records,
+            callbacks=self.callbacks,
+            outbox=self.outbox,
+            ssl=ssl,
+            wake_sender=self.sender.wake if self.sender is not None else lambda: None,
+            wall=self.wall,
+        )
+        await self.api.start()
+        self.port = self.api.port
+        log.info("HTTP API on %s:%d", api.host, self.port)
+
+    async def close_listener(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
+
+    async def stop(self, timeout: float) -> None:
+        if self.sender is not None:
+            await self.sender.stop()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        await self.outbox.close(max(0.05, until - loop.time()))
+        await self.records.close(max(0.05, until - loop.time()))

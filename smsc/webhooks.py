@@ -1,0 +1,424 @@
+"""Status and inbound webhooks: receipts and MO of an account with ``webhooks:`` (or of a
+message sent with a ``callback_url``) become signed JSON events POSTed to its URLs.
+
+Never from a request handler: :class:`WebhookSink` sits in front of the SMPP delivery on
+the router's ReportSink path and writes each event into the durable outbox
+(smsc/outbox.py); the carrier's deliver_sm is acknowledged once that is committed.
+:class:`WebhookSender` POSTs what the outbox holds, at most ``concurrency`` at once and
+``per_endpoint`` per receiving host (a slow receiver only delays itself), and retries any
+answer but a 2xx (timeouts, connection errors, 4xx and 5xx alike) with exponential
+backoff and jitter — or after the receiver's ``Retry-After`` — until the event is
+``max_age`` old; then it is dead-lettered (``GET /v1/webhooks/failures``).
+
+Each request carries ``Smsc-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." +
+body)>`` with the account's ``webhooks.secret`` (unsigned when it has none), and
+``Smsc-Event-Id``. Each event has an ``id`` and a ``sequence`` that grows with each event
+of a message (receivers order by it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import hmac
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from router.model import DeliveryReport, Message, StoredMessage
+from router.ports import ReportSink, SettledCallback
+from smppcore.constants import EsmClass, MessageState
+from smppcore.errors import RemoteProtocolError
+from smppcore.segment import parse_udh
+from smppcore.text import codec_name, decode_text
+from smsc.accounts import AccountState
+from smsc.delivery import wants_receipt
+from smsc.http_config import WebhooksConfig
+from smsc.outbox import Outbox, OutboxEvent
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Smsc-Signature"
+_UDHI = int(EsmClass.UDHI)
+#: Messages whose callback URL or reference is remembered in memory, at most.
+_MAX_TARGETS = 1_000_000
+
+EVENT_TYPES: dict[MessageState, str] = {
+    MessageState.DELIVERED: "message.delivered",
+    MessageState.EXPIRED: "message.expired",
+    MessageState.DELETED: "message.deleted",
+    MessageState.UNDELIVERABLE: "message.failed",
+    MessageState.REJECTED: "message.failed",
+    MessageState.UNKNOWN: "message.failed",
+    MessageState.SKIPPED: "message.failed",
+    MessageState.ENROUTE: "message.enroute",
+    MessageState.ACCEPTED: "message.accepted",
+    MessageState.SCHEDULED: "message.scheduled",
+}
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``Smsc-Signature`` value of ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, header: str, body: bytes, now: float, tolerance: float = 300.0) -> bool:
+    """Does ``header`` sign ``body`` with ``secret``, within ``tolerance`` seconds of now?"""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    expected = sign(secret, timestamp, body).rpartition("v1=")[2]
+    return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+class Target(msgspec.Struct, frozen=True):
+    """What a message sent through the HTTP API asked of its status events."""
+
+    callback_url: str | None
+    reference: str | None
+
+
+class Callbacks:
+    """Callback URL and reference of messages sent through the HTTP API, by id (its
+    parts' reports name it as their client id); bounded, the oldest forgotten first.
+    Filled at submit and, at start, from the API's records."""
+
+    def __init__(self, limit: int = _MAX_TARGETS) -> None:
+        self._targets: OrderedDict[str, Target] = OrderedDict()
+        self.limit = limit
+
+    def add(self, message_id: str, target: Target) -> None:
+        self._targets[message_id] = target
+        if len(self._targets) > self.limit:
+            self._targets.popitem(last=False)
+
+    def get(self, message_id: str) -> Target | None:
+        return self._targets.get(message_id)
+
+
+class _Sequence:
+    """Event sequence numbers: microseconds of the wall clock, strictly increasing (so
+    also across restarts, as long as the clock does not go back)."""
+
+    def __init__(self, wall: Callable[[], float]) -> None:
+        self.wall = wall
+        self.last = 0
+
+    def next(self) -> int:
+        self.last = max(self.last + 1, int(self.wall() * 1_000_000))
+        return self.last
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _part(message_id: str, reported: str) -> int:
+    if message_id == reported:
+        return 1
+    tail = message_id.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 1
+
+
+class WebhookSink:
+    """The router's ReportSink: events to the outbox for accounts (or messages) with a
+    webhook, everything else to ``inner`` (the SMPP delivery)."""
+
+    def __init__(
+        self,
+        inner: ReportSink,
+        accounts: Mapping[str, AccountState],
+        outbox: Outbox,
+        callbacks: Callbacks,
+        *,
+        wake: Callable[[], None] = lambda: None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.inner = inner
+        self.accounts = accounts
+        self.outbox = outbox
+        self.callbacks = callbacks
+        self.wake = wake
+        self.wall = wall
+        self._seq = _Sequence(wall)
+        #: Events refused by a full outbox with nobody to answer a temporary error to.
+        self.dropped = 0
+
+    def report(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        settled: SettledCallback | None = None,
+    ) -> None:
+        msg = stored.message
+        state = self.accounts.get(msg.account)
+        hooks = state.account.webhooks if state is not None else None
+        target = self.callbacks.get(msg.reported_id)
+        url = (target.callback_url if target else None) or (hooks.status_url if hooks else None)
+        if url is None:
+            self.inner.report(stored, report, settled)
+            return
+        if not wants_receipt(msg.registered_delivery, report.state):
+            if settled is not None:
+                settled(True)
+            return
+        now = self.wall()
+        seq = self._seq.next()
+        data = {
+            "message_id": msg.reported_id,
+            "part": _part(msg.id, msg.reported_id),
+            "parts": msg.concat.total if msg.concat else 1,
+            "to": msg.destination.addr,
+            "from": msg.source.addr,
+            "state": report.state.name.lower(),
+            "error": report.error,
+            "carrier": report.carrier or stored.carrier or None,
+            "done_at": _iso(report.done_at or now),
+            "reference": target.reference if target else None,
+        }
+        event = {
+            "id": f"evt_{msg.reported_id}_{seq}",
+            "type": EVENT_TYPES.get(report.state, "message.failed"),
+            "sequence": seq,
+            "created_at": _iso(now),
+            "data": data,
+        }
+        self._put(msg.account, url, msgspec.json.encode(event), now, settled)
+
+    def mobile_originated(
+        self, account: str, message: Message, settled: SettledCallback | None = None
+    ) -> bool | None:
+        state = self.accounts.get(account)
+        hooks = state.account.webhooks if state is not None else None
+        if hooks is None or hooks.inbound_url is None:
+            return self.inner.mobile_originated(account, message, settled)
+        payload = message.short_message
+        udh = b""
+        if message.esm_class & _UDHI:
+            try:
+                _, payload, udh = parse_udh(payload)
+            except RemoteProtocolError:  # a UDH that overruns: passed on as it came
+                udh = b""
+        now = self.wall()
+        seq = self._seq.next()
+        text = (
+            decode_text(payload, message.data_coding) if codec_name(message.data_coding) else None
+        )
+        data = {
+            "message_id": message.id,
+            "from": message.source.addr,
+            "to": message.destination.addr,
+            "text": text,
+            "data_coding": message.data_coding,
+            "udh": udh.hex() or None,
+            "binary": None if text is not None else payload.hex(),
+            "received_at": _iso(message.submitted_at or now),
+        }
+        event = {
+            "id": f"evt_{message.id}_{seq}",
+            "type": "message.inbound",
+            "sequence": seq,
+            "created_at": _iso(now),
+            "data": data,
+        }
+        return self._put(account, hooks.inbound_url, msgspec.json.encode(event), now, settled)
+
+    def _put(
+        self, account: str, url: str, body: bytes, now: float, settled: SettledCallback | None
+    ) -> bool:
+        done = self.outbox.put(account, url, body, now)
+        if done is None:  # the outbox is full: the carrier is answered a temporary error
+            if settled is not None:
+                settled(False)
+            else:
+                self.dropped += 1
+                log.warning("webhook event for %s dropped: the outbox is full", account)
+            return False
+        if settled is not None:
+            done.add_done_callback(lambda f: settled(not f.cancelled() and f.result()))
+        done.add_done_callback(lambda _: self.wake())
+        return True
+
+
+class SenderMetrics:
+    def __init__(self) -> None:
+        #: (account, outcome) → POSTs; outcome: delivered, retried, dead.
+        self.outcomes: dict[tuple[str, str], int] = {}
+
+    def count(self, account: str, outcome: str) -> None:
+        key = (account, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+
+class WebhookSender:
+    """POSTs the outbox's events. ``start()`` / ``wake()`` / ``await stop()``."""
+
+    def __init__(
+        self,
+        config: WebhooksConfig,
+        outbox: Outbox,
+        accounts: Mapping[str, AccountState],
+        *,
+        rng: random.Random,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.accounts = accounts
+        self.rng = rng
+        self.wall = wall
+        self.metrics = SenderMetrics()
+        self._wake = asyncio.Event()
+        self._inflight: dict[int, str] = {}  # event id → host
+        self._by_host: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            connector=aiohttp.TCPConnector(limit=self.config.concurrency),
+            headers={"User-Agent": "smsc-webhooks"},
+        )
+        self._loop_task = asyncio.create_task(self._run(), name="webhook-sender")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        cfg = self.config
+        while True:
+            try:
+                self._wake.clear()  # before reading: a put or an ending POST is not missed
+                spawned = False
+                if len(self._inflight) < cfg.concurrency:
+                    room = cfg.concurrency - len(self._inflight)
+                    for event in await self.outbox.due(self.wall(), room * 4, self._inflight):
+                        host = urlsplit(event.url).netloc
+                        if len(self._inflight) >= cfg.concurrency:
+                            break
+                        if self._by_host.get(host, 0) < cfg.per_endpoint:
+                            self._spawn(event, host)
+                            spawned = True
+                at = await self.outbox.next_due(self._inflight)
+                now = self.wall()
+                if at is None:
+                    wait = 5.0
+                elif at > now:
+                    wait = min(5.0, at - now)
+                else:  # due: read more at once, or (all held back by caps) after a POST ends
+                    wait = 0.0 if spawned else 1.0
+                if wait > 0:
+                    try:
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook sender: reading the outbox failed; again in 1 s")
+                await asyncio.sleep(1.0)
+
+    def _spawn(self, event: OutboxEvent, host: str) -> None:
+        self._inflight[event.id] = host
+        self._by_host[host] = self._by_host.get(host, 0) + 1
+        task = asyncio.create_task(self._post(event, host))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, event: OutboxEvent, host: str) -> None:
+        try:
+            error, retry_after = await self._attempt(event)
+            self._settle(event, error, retry_after)
+        finally:
+            self._inflight.pop(event.id, None)
+            n = self._by_host.get(host, 1) - 1
+            if n:
+                self._by_host[host] = n
+            else:
+                self._by_host.pop(host, None)
+            self._wake.set()
+
+    async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None]:
+        """One POST: (None, None) when taken; else (why not, the receiver's Retry-After)."""
+        assert self._session is not None
+        headers = {"Content-Type": "application/json", "Smsc-Event-Id": str(event.id)}
+        state = self.accounts.get(event.account)
+        hooks = state.account.webhooks if state is not None else None
+        if hooks is not None:
+            headers[SIGNATURE_HEADER] = sign(hooks.secret, int(self.wall()), event.body)
+        try:
+            async with self._session.post(event.url, data=event.body, headers=headers) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return None, None
+                return f"HTTP {resp.status}", _retry_after(
+                    resp.headers.get("Retry-After"), self.wall()
+                )
+        except TimeoutError:
+            return "timeout", None
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {exc}"[:200], None
+
+    def _settle(self, event: OutboxEvent, error: str | None, retry_after: float | None) -> None:
+        if error is None:
+            self.outbox.delivered(event.id)
+            self.metrics.count(event.account, "delivered")
+            return
+        cfg = self.config
+        attempts = event.attempts + 1
+        now = self.wall()
+        backoff = min(cfg.backoff_max, cfg.backoff_min * 2 ** min(attempts - 1, 30))
+        delay = backoff * (0.5 + self.rng.random() / 2)
+        if retry_after is not None:
+            delay = min(cfg.backoff_max, max(retry_after, 0.0))
+        if now + delay > event.created + cfg.max_age:
+            self.outbox.dead(event.id, attempts, error)
+            self.metrics.count(event.account, "dead")
+            log.warning(
+                "webhook event %d of %s dead-lettered after %d attempts: %s",
+                event.id,
+                event.account,
+                attempts,
+                error,
+            )
+            return
+        self.outbox.retry_at(event.id, attempts, now + delay, error)
+        self.metrics.count(event.account, "retried")
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds of a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
