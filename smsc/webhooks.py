@@ -287,6 +287,19 @@ class WebhookSender:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._settled = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until ``predicate()`` holds, checked after
+        each POST's outcome is recorded; False when the time is up."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._settled.clear()
+                    await self._settled.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -353,6 +366,7 @@ class WebhookSender:
         try:
             error, retry_after = await self._attempt(event)
             self._settle(event, error, retry_after)
+            self._settled.set()
         finally:
             self._inflight.pop(event.id, None)
             n = self._by_host.get(host, 1) - 1

@@ -148,8 +148,11 @@ class Client:
 
 
 class Call:
-    def __init__(self, at: float, path: str, headers: dict[str, str], body: bytes) -> None:
+    def __init__(
+        self, at: float, path: str, headers: dict[str, str], body: bytes, status: int
+    ) -> None:
         self.at = at
+        self.status = status
         self.path = path
         self.headers = headers
         self.body = body
@@ -190,16 +193,18 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         loop = asyncio.get_running_loop()
-        self.calls.append(Call(loop.time(), request.path, dict(request.headers), body))
+        failing = len(self.calls) < self.fail_first
+        status = self.fail_status if failing else 204
+        self.calls.append(Call(loop.time(), request.path, dict(request.headers), body, status))
         self._changed.set()
-        if len(self.calls) <= self.fail_first:
+        if failing:
             headers = {"Retry-After": self.retry_after} if self.retry_after else None
-            return web.Response(status=self.fail_status, headers=headers)
-        return web.Response(status=204)
+            return web.Response(status=status, headers=headers)
+        return web.Response(status=status)
 
     def taken(self) -> list[Call]:
         """The calls answered 2xx."""
-        return self.calls[self.fail_first :]
+        return [c for c in self.calls if c.status < 300]
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
         async with asyncio.timeout(timeout):
