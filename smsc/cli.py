@@ -29,6 +29,7 @@ from smppcore.config import ConfigError
 from smppcore.configfile import load_yaml_config
 from smsc import __version__
 from smsc.config import SmscConfig
+from smsc.http_config import HttpApiConfig
 from smsc.logs import configure as configure_logging
 
 if TYPE_CHECKING:
@@ -125,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="ESME listen port; 0 picks a free one")
     serve.add_argument(
         "--metrics-port", type=_port, metavar="PORT", help="HTTP port for /metrics and /route"
+    )
+    serve.add_argument(
+        "--api-port",
+        type=_port,
+        metavar="PORT",
+        help="HTTP port of the application API (/v1); turns it on; 0 picks a free one",
     )
     serve.add_argument(
         "--log-level",
@@ -244,6 +251,9 @@ def serve_config(args: argparse.Namespace) -> SmscConfig:
         changes["listen"] = msgspec.structs.replace(config.listen, port=args.port)
     if args.metrics_port is not None:
         changes["metrics"] = msgspec.structs.replace(config.metrics, port=args.metrics_port)
+    if args.api_port is not None:
+        api = config.http_api or HttpApiConfig()
+        changes["http_api"] = msgspec.structs.replace(api, port=args.api_port)
     if args.log_level is not None or args.log_format is not None:
         settings = config.log_settings
         changes["log_level"] = None
@@ -308,6 +318,10 @@ async def run_serve(
                 "/metrics",
                 flush=True,
             )
+        if config.http_api is not None:
+            where = _where(config.http_api.host, app.api_port)
+            scheme = "https" if config.http_api.tls is not None else "http"
+            print(f"smsc serve: application API at {scheme}://{where}/v1", flush=True)
         if config.listen_tls is not None:
             where = _where(config.listen_tls.host, app.tls_port)
             print(f"smsc serve: SMPP over TLS on {where}", flush=True)

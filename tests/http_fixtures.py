@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,12 @@ class Receiver:
             while not predicate():
                 self._changed.clear()
                 await self._changed.wait()
+
+
+def api_port(lines: list[str]) -> int:
+    """The API's port from ``smsc serve``'s start-up lines."""
+    for line in lines:
+        found = re.fullmatch(r"smsc serve: application API at http://127\.0\.0\.1:(\d+)/v1", line)
+        if found:
+            return int(found.group(1))
+    raise AssertionError(f"no API line in {lines}")

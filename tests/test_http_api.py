@@ -16,6 +16,7 @@ from http_fixtures import (
     Client,
     Receiver,
     api_config,
+    api_port,
     basic,
 )
 from loops import Run
@@ -25,6 +26,7 @@ from smsc_fixtures import (
     SYSTEM_ID,
     bind_client,
     running_app,
+    serve_process,
     stored,
 )
 
@@ -400,5 +402,20 @@ def test_the_account_endpoint_shows_limits_and_sessions(run1: Run, tmp_path: Pat
             assert body["sessions_bound"] == 1
             assert body["max_price"] == "0.01"
             assert KEY not in str(body)
+
+    run1(main())
+
+
+def test_the_embedded_default_takes_a_message_from_one_request(run1: Run, tmp_path: Path) -> None:
+    """``make run`` then one curl line: Basic auth with the default account test:test."""
+
+    async def main() -> None:
+        args = ("--port", "0", "--metrics-port", "0", "--api-port", "0")
+        async with (
+            serve_process(tmp_path, *args) as serve,
+            Client(api_port(serve.lines), basic("test", "test")) as c,
+        ):
+            body = await send(c, {"to": "447700900001", "text": "hello from curl"})
+            assert body["messages"][0]["status"] == "accepted"
 
     run1(main())

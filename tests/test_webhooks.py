@@ -5,13 +5,16 @@ observed, dead letters listed and sent again, events that outlive a restart."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from http_fixtures import SECRET, Client, Receiver, api_config
+import msgspec
+import yaml
+from http_fixtures import SECRET, Client, Receiver, api_config, api_port
 from loops import Run
-from smsc_fixtures import DEADLINE, SYSTEM_ID, bind_client, running_app
+from smsc_fixtures import DEADLINE, SYSTEM_ID, bind_client, running_app, serve_process
 
 from smppcore.constants import CommandStatus
 from smppcore.pdu import SubmitSm
@@ -140,17 +143,19 @@ def test_a_message_callback_url_overrides_and_no_receipt_means_no_event(
     run1: Run, tmp_path: Path
 ) -> None:
     async def main() -> None:
-        async with Receiver() as receiver:
-            async with running_app(api_config(tmp_path)) as app, client(app) as c:
-                quiet = await send_one(c, receipt=False, callback_url=receiver.url("/quiet"))
-                loud = await send_one(c, callback_url=receiver.url("/mine"), reference="x1")
-                await receiver.wait_for(lambda: bool(final_calls(receiver, loud)))
-                (call,) = final_calls(receiver, loud)
-                assert call.path == "/mine"
-                assert call.event["data"]["reference"] == "x1"
-                assert SIGNATURE_HEADER not in call.headers  # the account has no secret
-                # quiet's receipt came first (sent first, same carrier): nothing was posted
-                assert final_calls(receiver, quiet) == []
+        async with (
+            Receiver() as receiver,
+            running_app(api_config(tmp_path)) as app,
+            client(app) as c,
+        ):
+            quiet = await send_one(c, receipt=False, callback_url=receiver.url("/quiet"))
+            loud = await send_one(c, callback_url=receiver.url("/mine"), reference="x1")
+            await receiver.wait_for(lambda: bool(final_calls(receiver, loud)))
+            (call,) = final_calls(receiver, loud)
+            assert call.path == "/mine"
+            assert call.event["data"]["reference"] == "x1"
+            assert SIGNATURE_HEADER not in call.headers  # the account has no secret
+            assert final_calls(receiver, quiet) == []  # it asked for no receipt
 
     run1(main())
 
@@ -207,5 +212,35 @@ def test_events_waiting_for_a_receiver_outlive_a_restart(run1: Run, tmp_path: Pa
                 taken = [x for x in final_calls(receiver, message_id) if x.status == 204]
                 assert len(taken) == 1
                 assert taken[0].event["data"]["reference"] == "kept"
+
+    run1(main())
+
+
+def test_an_event_being_retried_is_delivered_after_kill_9_and_restart(
+    run1: Run, tmp_path: Path
+) -> None:
+    """``smsc serve`` killed while the receiver fails: the event waits in the outbox file
+    and the next ``smsc serve`` delivers it, once."""
+
+    async def main() -> None:
+        async with Receiver(fail_first=10**6) as receiver:
+            config = api_config(tmp_path, account=hooks(receiver))
+            path = tmp_path / "smsc.yaml"
+            path.write_text(yaml.safe_dump(msgspec.to_builtins(config)))
+            args = ("--config", str(path), "--api-port", "0")
+            async with serve_process(tmp_path, *args, name="first") as first:
+                async with Client(api_port(first.lines)) as c:
+                    message_id = await send_one(c, reference="survives")
+                await receiver.wait_for(lambda: len(final_calls(receiver, message_id)) >= 2)
+                first.proc.send_signal(signal.SIGKILL)
+                assert await first.exit_code() == -signal.SIGKILL
+            receiver.fail_first = 0
+            async with serve_process(tmp_path, *args, name="second"):
+                await receiver.wait_for(
+                    lambda: any(x.status == 204 for x in final_calls(receiver, message_id))
+                )
+            taken = [x for x in final_calls(receiver, message_id) if x.status == 204]
+            assert len(taken) == 1
+            assert taken[0].event["data"]["reference"] == "survives"
 
     run1(main())
