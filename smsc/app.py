@@ -221,7 +221,7 @@ class App:
                 ssl=server_context(tls.server_tls()),
             )
             self.tls_port = self._tls_listener.sockets[0].getsockname()[1]
-        await self.web.start(self.server, self.router)
+        await self.web.start(self.server, self.router, self.registry)
         self.api_port = self.web.port
         self._started.set()
 

@@ -39,6 +39,7 @@ from smppcore.segment import split, split_bytes
 from smsc.accounts import AccountState
 from smsc.apikeys import Authenticator, basic_credentials, bearer
 from smsc.http_config import HttpApiConfig
+from smsc.http_metrics import HttpCounters
 from smsc.http_openapi import SPEC
 from smsc.http_records import Answer, HttpRecords, SentMessage, part_id
 from smsc.http_times import instant, validity_end
@@ -153,6 +154,7 @@ class HttpApi:
         outbox: Outbox | None = None,
         ssl: Any = None,
         wake_sender: Callable[[], None] = lambda: None,
+        counters: HttpCounters | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -165,12 +167,13 @@ class HttpApi:
         self.wake_sender = wake_sender
         self.wall = wall
         self.auth = Authenticator(server.accounts)
+        self.counters = counters if counters is not None else HttpCounters()
         self._active = 0
         self._ref = 0
         #: (account, Idempotency-Key) of requests being answered now.
         self._busy_keys: set[tuple[str, str]] = set()
         app = web.Application(
-            client_max_size=config.max_body, middlewares=[self._problems, self._limit]
+            client_max_size=config.max_body, middlewares=[self._limit, self._problems]
         )
         add = app.router
         add.add_get("/v1/openapi.json", self.openapi)
@@ -221,17 +224,23 @@ class HttpApi:
     @web.middleware
     async def _limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._active >= self.config.max_concurrency:
-            raise Problem(
+            return Problem(
                 503,
                 "Busy",
                 f"{self._active} requests in progress (max_concurrency); try again",
                 headers={"Retry-After": "1"},
-            )
+            ).response(request.path)
         self._active += 1
+        status = 500
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status
+            return response
         finally:
             self._active -= 1
+            route = request.match_info.route.resource
+            template = route.canonical if route is not None else "other"
+            self.counters.request(request.method, template, status)
 
     async def _account(self, request: web.Request) -> AccountState:
         """The calling account (Problem 401 when the credentials do not name one)."""
@@ -352,6 +361,7 @@ class HttpApi:
         mono = time.monotonic()
         status = admit(state, server.delivery, registered, mono, n)
         if status == CommandStatus.ESME_RTHROTTLED:
+            self.counters.message(state.system_id, "throttled", len(destinations))
             wait = max(1, int(retry_after(state, mono, n) + 0.999))
             raise Problem(
                 429,
@@ -428,6 +438,9 @@ class HttpApi:
             )
         results = await asyncio.gather(*(self._submit(ms) for ms in messages))
         out = []
+        refused = sum(1 for status in results if status)
+        self.counters.message(state.system_id, "rejected", refused)
+        self.counters.message(state.system_id, "accepted", len(results) - refused)
         for record, status in zip(sent, results, strict=True):
             item: dict[str, Any] = {"id": record.id, "to": record.to, "parts": record.parts}
             if status:

@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry
+
 from router.ports import ReportSink
 from smppcore.tls import server_context
 from smsc.accounts import AccountState
 from smsc.config import SmscConfig
 from smsc.http_api import HttpApi
+from smsc.http_metrics import HttpCollector, HttpCounters
 from smsc.http_records import HttpRecords
 from smsc.outbox import SqliteOutbox
 from smsc.sqlitefile import beside
@@ -49,8 +52,10 @@ class HttpNode:
         )
         self.callbacks = Callbacks()
         self.sender: WebhookSender | None = None
+        self._sink: WebhookSink | None = None
         self.api: HttpApi | None = None
         self.port = 0
+        self._purger: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self.records.open()
@@ -60,6 +65,20 @@ class HttpNode:
             self.callbacks.add(sent.id, Target(sent.callback_url, sent.reference))
         if self.outbox.waiting:
             log.info("webhook outbox: %d events waiting from before", self.outbox.waiting)
+        if self.config.router.store.purge_interval > 0:
+            self._purger = asyncio.create_task(self._purge_loop(), name="http-purge")
+
+    async def _purge_loop(self) -> None:
+        """Forget what is older than the store keeps messages (records, dead letters)
+        and answers older than ``idempotency_ttl``, every ``store.purge_interval``."""
+        store = self.config.router.store
+        ttl = self.config.http_api.idempotency_ttl if self.config.http_api else 86_400.0
+        while True:
+            await asyncio.sleep(store.purge_interval)
+            now = self.wall()
+            keep = store.keep_days * 86_400
+            self.records.purge(now - keep, now - ttl)
+            self.outbox.purge(now - keep)
 
     def sink(self, inner: ReportSink, accounts: Mapping[str, AccountState]) -> WebhookSink:
         self.sender = WebhookSender(
@@ -69,14 +88,28 @@ class HttpNode:
             rng=random.Random(),
             wall=self.wall,
         )
-        return WebhookSink(
+        self._sink = WebhookSink(
             inner, accounts, self.outbox, self.callbacks, wake=self.sender.wake, wall=self.wall
         )
+        return self._sink
 
-    async def start(self, server: Server, router: Router) -> None:
-        if self.sender is not None:
-            self.sender.start()
+    async def start(
+        self, server: Server, router: Router, registry: CollectorRegistry | None = None
+    ) -> None:
+        sender = self.sender
+        if sender is not None:
+            sender.start()
         api = self.config.http_api
+        counters = HttpCounters()
+        if registry is not None:
+            registry.register(
+                HttpCollector(
+                    counters,
+                    sender.metrics.outcomes if sender is not None else {},
+                    lambda: self.outbox.waiting,
+                    lambda: self._sink.dropped if self._sink is not None else 0,
+                )
+            )
         if api is None:
             return
         ssl = server_context(api.tls.server_tls()) if api.tls is not None else None
@@ -89,6 +122,7 @@ class HttpNode:
             outbox=self.outbox,
             ssl=ssl,
             wake_sender=self.sender.wake if self.sender is not None else lambda: None,
+            counters=counters,
             wall=self.wall,
         )
         await self.api.start()
@@ -101,6 +135,10 @@ class HttpNode:
             self.api = None
 
     async def stop(self, timeout: float) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.gather(self._purger, return_exceptions=True)
+            self._purger = None
         if self.sender is not None:
             await self.sender.stop()
         loop = asyncio.get_running_loop()

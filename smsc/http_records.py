@@ -144,8 +144,10 @@ class HttpRecords:
         )
 
     def purge(self, before_messages: float, before_answers: float) -> None:
-        self.file.write("DELETE FROM messages WHERE created < ?", [(before_messages,)])
-        self.file.write("DELETE FROM idempotency WHERE created < ?", [(before_answers,)])
+        rows = [(before_messages,)]
+        self.file.write("DELETE FROM messages WHERE created < ?", rows, force=True)
+        rows = [(before_answers,)]
+        self.file.write("DELETE FROM idempotency WHERE created < ?", rows, force=True)
 
 
 def _sent(row: tuple[object, ...]) -> SentMessage:

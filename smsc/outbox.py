@@ -63,6 +63,10 @@ class Outbox(Protocol):
         """Send a dead-lettered event of ``account`` again (from now, a new max_age)."""
         ...
 
+    def purge(self, before: float) -> None:
+        """Forget dead-lettered events created before ``before``."""
+        ...
+
     async def open(self) -> None: ...
 
     async def close(self, timeout: float) -> None: ...
@@ -151,6 +155,10 @@ class SqliteOutbox:
             [(attempts, error, event_id)],
             force=True,
         )
+
+    def purge(self, before: float) -> None:
+        sql = "DELETE FROM events WHERE dead = 1 AND created < ?"
+        self.file.write(sql, [(before,)], force=True)
 
     async def failures(self, account: str, limit: int) -> list[OutboxEvent]:
         rows = await self.file.read(

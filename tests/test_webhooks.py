@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import yaml
 from http_fixtures import SECRET, Client, Receiver, api_config, api_port
@@ -42,6 +43,13 @@ async def send_one(c: Client, **fields: Any) -> str:
     assert reply.status == 202, reply
     message_id: str = reply.body["messages"][0]["id"]
     return message_id
+
+
+async def scrape(app: App) -> str:
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{app.http_port}/metrics"
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=DEADLINE)) as resp:
+            return await resp.text()
 
 
 def final_calls(receiver: Receiver, message_id: str) -> list[Any]:
@@ -88,6 +96,10 @@ def test_a_receipt_is_retried_after_500s_signed_and_carries_the_reference(
                 assert event["data"]["state"] == "delivered"
                 assert event["data"]["carrier"] == "fast"
                 assert isinstance(event["sequence"], int)
+                metrics = await scrape(app)
+                acct = f'account="{SYSTEM_ID}"'
+                assert f'smsc_webhook_posts_total{{{acct},outcome="retried"}} 2.0' in metrics
+                assert f'smsc_http_messages_total{{{acct},outcome="accepted"}} 1.0' in metrics
 
     run(main())
 
