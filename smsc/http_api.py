@@ -38,6 +38,7 @@ from smppcore.receipt import is_final
 from smppcore.segment import split, split_bytes
 from smsc.accounts import AccountState
 from smsc.apikeys import Authenticator, basic_credentials, bearer
+from smsc.callbacks import Callbacks, Target
 from smsc.http_config import HttpApiConfig
 from smsc.http_metrics import HttpCounters
 from smsc.http_openapi import SPEC
@@ -45,7 +46,6 @@ from smsc.http_records import Answer, HttpRecords, SentMessage, part_id
 from smsc.http_times import instant, validity_end
 from smsc.messages import InvalidMessage, admit, build_message, retry_after
 from smsc.outbox import Outbox
-from smsc.webhooks import Callbacks, Target
 
 if TYPE_CHECKING:
     from router.router import Router
@@ -134,10 +134,55 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-class _Part(msgspec.Struct, frozen=True):
+class Part(msgspec.Struct, frozen=True):
+    """One part's octets (UDH included when ``udhi``)."""
+
     short_message: bytes
     data_coding: int
     udhi: bool
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True):
+    """What a send asks, decoded and checked, whatever the endpoint's dialect."""
+
+    destinations: list[str]
+    parts: list[Part]
+    source: str
+    priority: int
+    registered: int
+    schedule_at: float | None
+    expires_at: float | None
+    target: Target | None
+
+
+def text_parts(text: str, coding: int | None, ref: int, field: str = "text") -> list[Part]:
+    """``text`` encoded (in ``coding``; None: GSM 03.38 when it fits, else UCS-2) and
+    split with a concatenation UDH when long. Problem naming ``field`` when it cannot."""
+    try:
+        segments = split(text, coding, ref=ref)
+    except EncodingError as exc:
+        raise invalid(field, str(exc)) from None
+    except LocalProtocolError as exc:
+        raise invalid(field, f"too long: {exc}") from None
+    return [Part(s.short_message, s.data_coding, s.esm_class_udhi) for s in segments]
+
+
+def binary_parts(
+    data: bytes, coding: int, udh: bytes | None, ref: int, field: str = "binary"
+) -> list[Part]:
+    """Octets as given: one part with ``udh`` (at most 140 octets in all), or split with
+    a concatenation UDH when long."""
+    if udh is not None:
+        if not udh or udh[0] != len(udh) - 1:
+            raise invalid("udh", "its first octet (UDHL) must count the octets after it")
+        if len(udh) + len(data) > 140:
+            raise invalid(field, "with its udh, over 140 octets")
+        return [Part(udh + data, coding, True)]
+    try:
+        segments = split_bytes(data, data_coding=coding, ref=ref)
+    except LocalProtocolError as exc:
+        raise invalid(field, f"too long: {exc}") from None
+    return [Part(s.short_message, s.data_coding, s.esm_class_udhi) for s in segments]
 
 
 class HttpApi:
@@ -175,6 +220,8 @@ class HttpApi:
         app = web.Application(
             client_max_size=config.max_body, middlewares=[self._limit, self._problems]
         )
+        #: The aiohttp application (more routes may be added before start: legacy_http).
+        self.web_app = app
         add = app.router
         add.add_get("/v1/openapi.json", self.openapi)
         add.add_post("/v1/messages", self.send)
@@ -336,7 +383,6 @@ class HttpApi:
 
     async def _accept(self, state: AccountState, raw: bytes) -> dict[str, Any]:
         req = _decode(raw)
-        server = self.server
         now = self.wall()
         destinations = [req.to] if isinstance(req.to, str) else list(req.to)
         parts = self._parts(req)
@@ -350,7 +396,30 @@ class HttpApi:
             raise invalid("send_at", "at or after the validity ends")
         hooks = state.account.webhooks
         registered = (1 if req.receipt else 0) | (0x10 if hooks and hooks.intermediate else 0)
-        source = req.from_.removeprefix("+") if req.from_ else ""
+        target = None
+        if req.callback_url or req.reference:
+            target = Target(req.callback_url, req.reference)
+        order = Order(
+            destinations=[d.lstrip("+") for d in destinations],
+            parts=parts,
+            source=req.from_.removeprefix("+") if req.from_ else "",
+            priority=req.priority,
+            registered=registered,
+            schedule_at=schedule_at,
+            expires_at=expires_at,
+            target=target,
+        )
+        return await self.dispatch(state, order)
+
+    async def dispatch(self, state: AccountState, order: Order) -> dict[str, Any]:
+        """Admit and submit ``order`` for ``state``'s account: one message per
+        destination. The answer's body; Problem when none is taken (429 over the
+        account's throughput, 503 refused)."""
+        server = self.server
+        now = self.wall()
+        destinations, parts, source = order.destinations, order.parts, order.source
+        schedule_at, expires_at = order.schedule_at, order.expires_at
+        registered = order.registered
         n = len(destinations) * len(parts)
         bucket = state.bucket
         if bucket is not None and n > bucket.burst:
@@ -386,7 +455,7 @@ class HttpApi:
                 raise Problem(
                     503, "Unavailable", "no message id available now", headers={"Retry-After": "1"}
                 ) from None
-            number = dest.lstrip("+")
+            number = dest
             built = []
             group = f"{state.system_id}:http:{msg_id}"
             for seq, part in enumerate(parts, 1):
@@ -401,7 +470,7 @@ class HttpApi:
                             short_message=part.short_message,
                             data_coding=part.data_coding,
                             esm_class=_UDHI if part.udhi else 0,
-                            priority=req.priority,
+                            priority=order.priority,
                             registered_delivery=registered,
                             now=now,
                             default_validity=server.default_validity,
@@ -421,13 +490,13 @@ class HttpApi:
                     source=source,
                     parts=len(parts),
                     created=now,
-                    reference=req.reference,
-                    callback_url=req.callback_url,
+                    reference=order.target.reference if order.target else None,
+                    target=order.target,
                 )
             )
-        if req.callback_url or req.reference:
+        if order.target is not None:
             for record in sent:
-                self.callbacks.add(record.id, Target(req.callback_url, req.reference))
+                self.callbacks.add(record.id, order.target)
         recorded = self.records.add(sent)
         if recorded is None or not await recorded:
             raise Problem(
@@ -456,9 +525,9 @@ class HttpApi:
                 f"the router refused every message: {out[0]['error']}",
                 headers={"Retry-After": "1"},
             )
-        return {"messages": out, "reference": req.reference}
+        return {"messages": out, "reference": order.target.reference if order.target else None}
 
-    def _parts(self, req: SendRequest) -> list[_Part]:
+    def _parts(self, req: SendRequest) -> list[Part]:
         if (req.text is None) == (req.binary is None):
             field = "text" if req.text is None else "binary"
             raise invalid(field, "give either text or binary", 422)
@@ -466,27 +535,16 @@ class HttpApi:
         if req.text is not None:
             if req.udh is not None or req.data_coding is not None:
                 raise invalid("udh" if req.udh else "data_coding", "only with binary")
-            try:
-                segments = split(req.text, ref=self._ref)
-            except EncodingError as exc:
-                raise invalid("text", str(exc)) from None
-            except LocalProtocolError as exc:
-                raise invalid("text", f"too long: {exc}") from None
-            return [_Part(s.short_message, s.data_coding, s.esm_class_udhi) for s in segments]
+            return text_parts(req.text, None, self._ref)
         data = _base64("binary", req.binary or "")
+        udh = None if req.udh is None else _base64("udh", req.udh)
         coding = int(DataCoding.BINARY) if req.data_coding is None else req.data_coding
-        if req.udh is not None:
-            udh = _base64("udh", req.udh)
-            if not udh or udh[0] != len(udh) - 1:
-                raise invalid("udh", "its first octet (UDHL) must count the octets after it")
-            if len(udh) + len(data) > 140:
-                raise invalid("binary", "with its udh, over 140 octets")
-            return [_Part(udh + data, coding, True)]
-        try:
-            segments = split_bytes(data, data_coding=coding, ref=self._ref)
-        except LocalProtocolError as exc:
-            raise invalid("binary", f"too long: {exc}") from None
-        return [_Part(s.short_message, s.data_coding, s.esm_class_udhi) for s in segments]
+        return binary_parts(data, coding, udh, self._ref)
+
+    def next_ref(self) -> int:
+        """The next concatenation reference (8 bits)."""
+        self._ref = (self._ref + 1) & 0xFF
+        return self._ref
 
     async def _submit(self, parts: list[Message]) -> int:
         """Hand the parts of one message to the router; the first refusal, or 0."""

@@ -22,13 +22,15 @@ from prometheus_client import CollectorRegistry
 from router.ports import ReportSink
 from smppcore.tls import server_context
 from smsc.accounts import AccountState
+from smsc.callbacks import Callbacks
 from smsc.config import SmscConfig
 from smsc.http_api import HttpApi
 from smsc.http_metrics import HttpCollector, HttpCounters
 from smsc.http_records import HttpRecords
+from smsc.legacy_http import LegacyEndpoints
 from smsc.outbox import SqliteOutbox
 from smsc.sqlitefile import beside
-from smsc.webhooks import Callbacks, Target, WebhookSender, WebhookSink
+from smsc.webhooks import WebhookSender, WebhookSink
 
 if TYPE_CHECKING:
     from router.router import Router
@@ -62,7 +64,8 @@ class HttpNode:
         await self.outbox.open()
         since = self.wall() - self.config.webhooks.max_age
         for sent in await self.records.with_callbacks(since):
-            self.callbacks.add(sent.id, Target(sent.callback_url, sent.reference))
+            if sent.target is not None:
+                self.callbacks.add(sent.id, sent.target)
         if self.outbox.waiting:
             log.info("webhook outbox: %d events waiting from before", self.outbox.waiting)
         if self.config.router.store.purge_interval > 0:
@@ -125,6 +128,7 @@ class HttpNode:
             counters=counters,
             wall=self.wall,
         )
+        LegacyEndpoints(self.api).register(self.api.web_app)
         await self.api.start()
         self.port = self.api.port
         log.info("HTTP API on %s:%d", api.host, self.port)

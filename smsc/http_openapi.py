@@ -199,6 +199,29 @@ SCHEMAS: dict[str, Any] = {
     ),
 }
 
+def _legacy(summary: str, answer: str, media: str = "text/plain") -> dict[str, Any]:
+    """A Kannel or Jasmin drop-in endpoint: its parameters in the query (GET) or a form
+    body (POST), its own answers (smsc/legacy_http.py)."""
+    op = {
+        "summary": summary,
+        "security": [],
+        "parameters": [
+            {"$ref": "#/components/parameters/username"},
+            {"$ref": "#/components/parameters/password"},
+        ],
+        "responses": {
+            "default": {"description": answer, "content": {media: {"schema": {}}}},
+        },
+    }
+    post = {
+        **op,
+        "requestBody": {
+            "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
+        },
+    }
+    return {"get": op, "post": post}
+
+
 _MESSAGE_READ = {"404": _problem("no such message of this account"), **_COMMON}
 
 SPEC: dict[str, Any] = {
@@ -300,6 +323,18 @@ SPEC: dict[str, Any] = {
                 "responses": {"200": _json(_ref("Failures"), "dead letters"), **_COMMON},
             }
         },
+        "/cgi-bin/sendsms": _legacy(
+            "Kannel's sendsms (to, from, text, charset, coding, udh, priority, validity,"
+            " deferred, dlr-mask, dlr-url)",
+            "202 '0: Accepted for delivery', or Kannel's error text",
+        ),
+        "/send": _legacy(
+            "Jasmin's send (to, from, coding, content, hex-content, priority,"
+            " validity-period, dlr, dlr-url, dlr-level, dlr-method)",
+            "200 'Success \"<id>\"', or 'Error \"...\"'",
+        ),
+        "/balance": _legacy("Jasmin's balance (none kept: ND)", "JSON", "application/json"),
+        "/rate": _legacy("Jasmin's rate (to, content)", "JSON", "application/json"),
         "/v1/webhooks/failures/{id}/retry": {
             "post": {
                 "summary": "send a dead-lettered event again",
@@ -316,6 +351,10 @@ SPEC: dict[str, Any] = {
     },
     "components": {
         "schemas": SCHEMAS,
+        "parameters": {
+            "username": {"name": "username", "in": "query", "schema": {"type": "string"}},
+            "password": {"name": "password", "in": "query", "schema": {"type": "string"}},
+        },
         "securitySchemes": {
             "apiKey": {"type": "http", "scheme": "bearer", "description": "smsc api-key"},
             "basic": {"type": "http", "scheme": "basic", "description": "system_id, password"},

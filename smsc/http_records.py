@@ -9,6 +9,7 @@ import asyncio
 
 import msgspec
 
+from smsc.callbacks import Target
 from smsc.sqlitefile import SqliteFile
 
 _SCHEMA = """
@@ -20,7 +21,7 @@ CREATE TABLE IF NOT EXISTS messages (
     parts INTEGER NOT NULL,
     created REAL NOT NULL,
     reference TEXT,
-    callback_url TEXT
+    target BLOB
 );
 CREATE INDEX IF NOT EXISTS messages_by_account ON messages (account, created, id);
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -46,7 +47,8 @@ class SentMessage(msgspec.Struct, frozen=True, kw_only=True):
     parts: int
     created: float
     reference: str | None = None
-    callback_url: str | None = None
+    target: Target | None = None
+    """What its status events ask (callback URL, reference, a legacy dialect)."""
 
     @property
     def part_ids(self) -> list[str]:
@@ -80,7 +82,16 @@ class HttpRecords:
         return self.file.write(
             "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (m.id, m.account, m.to, m.source, m.parts, m.created, m.reference, m.callback_url)
+                (
+                    m.id,
+                    m.account,
+                    m.to,
+                    m.source,
+                    m.parts,
+                    m.created,
+                    m.reference,
+                    None if m.target is None else msgspec.json.encode(m.target),
+                )
                 for m in messages
             ],
         )
@@ -119,11 +130,9 @@ class HttpRecords:
         return [_sent(r) for r in await self.file.read(sql, params)]
 
     async def with_callbacks(self, since: float) -> list[SentMessage]:
-        """Messages since ``since`` that have a reference or a callback URL."""
+        """Messages since ``since`` whose status events ask something (a target)."""
         rows = await self.file.read(
-            "SELECT * FROM messages WHERE created >= ? AND"
-            " (reference IS NOT NULL OR callback_url IS NOT NULL)",
-            (since,),
+            "SELECT * FROM messages WHERE created >= ? AND target IS NOT NULL", (since,)
         )
         return [_sent(r) for r in rows]
 
@@ -151,7 +160,7 @@ class HttpRecords:
 
 
 def _sent(row: tuple[object, ...]) -> SentMessage:
-    id_, account, to, source, parts, created, reference, callback = row
+    id_, account, to, source, parts, created, reference, target = row
     return SentMessage(
         id=str(id_),
         account=str(account),
@@ -160,5 +169,5 @@ def _sent(row: tuple[object, ...]) -> SentMessage:
         parts=int(parts),  # type: ignore[call-overload]
         created=float(created),  # type: ignore[arg-type]
         reference=None if reference is None else str(reference),
-        callback_url=None if callback is None else str(callback),
+        target=None if target is None else msgspec.json.decode(bytes(target), type=Target),  # type: ignore[call-overload]
     )

@@ -29,6 +29,9 @@ class OutboxEvent(msgspec.Struct, frozen=True, kw_only=True):
     created: float
     next_at: float
     last_error: str = ""
+    kind: str = "json"
+    """json: POST ``body`` (JSON, signed); get: GET ``url`` (no body); form: POST
+    ``body`` as application/x-www-form-urlencoded (Kannel's and Jasmin's callbacks)."""
 
 
 class Outbox(Protocol):
@@ -37,7 +40,9 @@ class Outbox(Protocol):
         """Events waiting to be delivered (not dead)."""
         ...
 
-    def put(self, account: str, url: str, body: bytes, now: float) -> asyncio.Future[bool] | None:
+    def put(
+        self, account: str, url: str, body: bytes, now: float, kind: str = "json"
+    ) -> asyncio.Future[bool] | None:
         """Queue an event; the future says True once it is durable. None: refused (full)."""
         ...
 
@@ -82,12 +87,13 @@ CREATE TABLE IF NOT EXISTS events (
     created REAL NOT NULL,
     next_at REAL NOT NULL,
     dead INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT ''
+    last_error TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT 'json'
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (dead, next_at, id);
 CREATE INDEX IF NOT EXISTS events_dead ON events (account, dead, id);
 """
-_COLUMNS = "id, account, url, body, attempts, created, next_at, last_error"
+_COLUMNS = "id, account, url, body, attempts, created, next_at, last_error, kind"
 
 
 class SqliteOutbox:
@@ -108,12 +114,15 @@ class SqliteOutbox:
     async def close(self, timeout: float = 5.0) -> None:
         await self.file.close(timeout)
 
-    def put(self, account: str, url: str, body: bytes, now: float) -> asyncio.Future[bool] | None:
+    def put(
+        self, account: str, url: str, body: bytes, now: float, kind: str = "json"
+    ) -> asyncio.Future[bool] | None:
         if self._waiting >= self.max_pending:
             return None
         done = self.file.write(
-            "INSERT INTO events (account, url, body, created, next_at) VALUES (?, ?, ?, ?, ?)",
-            [(account, url, body, now, now)],
+            "INSERT INTO events (account, url, body, created, next_at, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(account, url, body, now, now, kind)],
         )
         if done is not None:
             self._waiting += 1
@@ -184,7 +193,7 @@ class SqliteOutbox:
 
 
 def _event(row: tuple[object, ...]) -> OutboxEvent:
-    event_id, account, url, body, attempts, created, next_at, error = row
+    event_id, account, url, body, attempts, created, next_at, error, kind = row
     return OutboxEvent(
         id=int(event_id),  # type: ignore[call-overload]
         account=str(account),
@@ -194,4 +203,5 @@ def _event(row: tuple[object, ...]) -> OutboxEvent:
         created=float(created),  # type: ignore[arg-type]
         next_at=float(next_at),  # type: ignore[arg-type]
         last_error=str(error),
+        kind=str(kind),
     )

@@ -25,7 +25,6 @@ import hmac
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -40,16 +39,16 @@ from smppcore.errors import RemoteProtocolError
 from smppcore.segment import parse_udh
 from smppcore.text import codec_name, decode_text
 from smsc.accounts import AccountState
+from smsc.callbacks import Callbacks
 from smsc.delivery import wants_receipt
 from smsc.http_config import WebhooksConfig
+from smsc.legacy_dlr import legacy_request
 from smsc.outbox import Outbox, OutboxEvent
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Smsc-Signature"
 _UDHI = int(EsmClass.UDHI)
-#: Messages whose callback URL or reference is remembered in memory, at most.
-_MAX_TARGETS = 1_000_000
 
 EVENT_TYPES: dict[MessageState, str] = {
     MessageState.DELIVERED: "message.delivered",
@@ -82,31 +81,6 @@ def verify(secret: str, header: str, body: bytes, now: float, tolerance: float =
         return False
     expected = sign(secret, timestamp, body).rpartition("v1=")[2]
     return hmac.compare_digest(expected, fields.get("v1", ""))
-
-
-class Target(msgspec.Struct, frozen=True):
-    """What a message sent through the HTTP API asked of its status events."""
-
-    callback_url: str | None
-    reference: str | None
-
-
-class Callbacks:
-    """Callback URL and reference of messages sent through the HTTP API, by id (its
-    parts' reports name it as their client id); bounded, the oldest forgotten first.
-    Filled at submit and, at start, from the API's records."""
-
-    def __init__(self, limit: int = _MAX_TARGETS) -> None:
-        self._targets: OrderedDict[str, Target] = OrderedDict()
-        self.limit = limit
-
-    def add(self, message_id: str, target: Target) -> None:
-        self._targets[message_id] = target
-        if len(self._targets) > self.limit:
-            self._targets.popitem(last=False)
-
-    def get(self, message_id: str) -> Target | None:
-        return self._targets.get(message_id)
 
 
 class _Sequence:
@@ -167,6 +141,14 @@ class WebhookSink:
         state = self.accounts.get(msg.account)
         hooks = state.account.webhooks if state is not None else None
         target = self.callbacks.get(msg.reported_id)
+        if target is not None and target.dialect != "json":
+            request = legacy_request(target, stored, report, self.wall())
+            if request is None:
+                if settled is not None:
+                    settled(True)
+                return
+            self._put(msg.account, request[0], request[1], self.wall(), settled, request[2])
+            return
         url = (target.callback_url if target else None) or (hooks.status_url if hooks else None)
         if url is None:
             self.inner.report(stored, report, settled)
@@ -237,9 +219,15 @@ class WebhookSink:
         return self._put(account, hooks.inbound_url, msgspec.json.encode(event), now, settled)
 
     def _put(
-        self, account: str, url: str, body: bytes, now: float, settled: SettledCallback | None
+        self,
+        account: str,
+        url: str,
+        body: bytes,
+        now: float,
+        settled: SettledCallback | None,
+        kind: str = "json",
     ) -> bool:
-        done = self.outbox.put(account, url, body, now)
+        done = self.outbox.put(account, url, body, now, kind)
         if done is None:  # the outbox is full: the carrier is answered a temporary error
             if settled is not None:
                 settled(False)
@@ -379,13 +367,21 @@ class WebhookSender:
     async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None]:
         """One POST: (None, None) when taken; else (why not, the receiver's Retry-After)."""
         assert self._session is not None
-        headers = {"Content-Type": "application/json", "Smsc-Event-Id": str(event.id)}
+        headers = {"Smsc-Event-Id": str(event.id)}
+        method, data = "POST", event.body
+        if event.kind == "get":
+            method, data = "GET", b""
+        elif event.kind == "form":
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            headers["Content-Type"] = "application/json"
         state = self.accounts.get(event.account)
         hooks = state.account.webhooks if state is not None else None
         if hooks is not None:
-            headers[SIGNATURE_HEADER] = sign(hooks.secret, int(self.wall()), event.body)
+            headers[SIGNATURE_HEADER] = sign(hooks.secret, int(self.wall()), data)
         try:
-            async with self._session.post(event.url, data=event.body, headers=headers) as resp:
+            request = self._session.request(method, event.url, data=data or None, headers=headers)
+            async with request as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:
                     return None, None

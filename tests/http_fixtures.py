@@ -149,15 +149,24 @@ class Client:
 
 
 class Call:
+    """One request the receiver got (``event``: its JSON body, if it has one)."""
+
     def __init__(
-        self, at: float, path: str, headers: dict[str, str], body: bytes, status: int
+        self,
+        at: float,
+        request: web.Request,
+        body: bytes,
+        status: int,
     ) -> None:
         self.at = at
         self.status = status
-        self.path = path
-        self.headers = headers
+        self.method = request.method
+        self.path = request.path
+        self.query = dict(request.query)
+        self.headers = dict(request.headers)
         self.body = body
-        self.event: dict[str, Any] = json.loads(body)
+        is_json = request.content_type == "application/json"
+        self.event: dict[str, Any] = json.loads(body) if is_json else {"data": {}, "type": ""}
 
 
 class Receiver:
@@ -174,7 +183,7 @@ class Receiver:
         self.calls: list[Call] = []
         self._changed = asyncio.Event()
         app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         self.port = 0
 
@@ -196,7 +205,7 @@ class Receiver:
         loop = asyncio.get_running_loop()
         failing = len(self.calls) < self.fail_first
         status = self.fail_status if failing else 204
-        self.calls.append(Call(loop.time(), request.path, dict(request.headers), body, status))
+        self.calls.append(Call(loop.time(), request, body, status))
         self._changed.set()
         if failing:
             headers = {"Retry-After": self.retry_after} if self.retry_after else None
