@@ -72,9 +72,9 @@ class WebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """Events waiting at most; beyond it, new ones are refused (the carrier resends)."""
     timeout: Annotated[float, Meta(gt=0, le=300)] = 10.0
     """Seconds one POST may take."""
-    concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 128
     """POSTs in flight at once, overall."""
-    per_endpoint: Annotated[int, Meta(ge=1, le=1000)] = 8
+    per_endpoint: Annotated[int, Meta(ge=1, le=1000)] = 32
     """POSTs in flight at once to one host (a slow receiver delays only itself)."""
     backoff_min: Annotated[float, Meta(gt=0, le=3600)] = 1.0
     backoff_max: Annotated[float, Meta(gt=0, le=86_400)] = 600.0

@@ -132,7 +132,7 @@ class SqliteOutbox:
         rows = await self.file.read(
             f"SELECT {_COLUMNS} FROM events WHERE dead = 0 AND next_at <= ?"
             f" ORDER BY next_at, id LIMIT ?",
-            (now, limit + len(skip)),
+            (now, limit + len(skip)),  # those skipped come first, as the oldest
         )
         return [e for e in map(_event, rows) if e.id not in skip][:limit]
 

@@ -276,6 +276,9 @@ class WebhookSender:
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._settled = asyncio.Event()
+        #: Events settled while the outbox is being read: that read may show them as
+        #: they were (due), so they are not spawned from it again.
+        self._recent: set[int] = set()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until ``predicate()`` holds, checked after
@@ -316,7 +319,11 @@ class WebhookSender:
                 spawned = False
                 if len(self._inflight) < cfg.concurrency:
                     room = cfg.concurrency - len(self._inflight)
-                    for event in await self.outbox.due(self.wall(), room * 4, self._inflight):
+                    self._recent.clear()
+                    due = await self.outbox.due(self.wall(), room, self._inflight)
+                    for event in due:
+                        if event.id in self._recent or event.id in self._inflight:
+                            continue
                         host = urlsplit(event.url).netloc
                         if len(self._inflight) >= cfg.concurrency:
                             break
@@ -354,6 +361,7 @@ class WebhookSender:
         try:
             error, retry_after = await self._attempt(event)
             self._settle(event, error, retry_after)
+            self._recent.add(event.id)
             self._settled.set()
         finally:
             self._inflight.pop(event.id, None)
