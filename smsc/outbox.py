@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -46,12 +47,16 @@ class Outbox(Protocol):
         """Queue an event; the future says True once it is durable. None: refused (full)."""
         ...
 
-    async def due(self, now: float, limit: int, skip: Collection[int]) -> list[OutboxEvent]:
-        """Waiting events whose time has come, oldest first, but those in ``skip``."""
+    async def due(
+        self, now: float, limit: int, skip: Collection[int], hosts: Collection[str] = ()
+    ) -> list[OutboxEvent]:
+        """Waiting events whose time has come, oldest first, but those in ``skip`` and
+        those to the receiving ``hosts`` (at their cap, or their breaker open)."""
         ...
 
-    async def next_due(self, skip: Collection[int]) -> float | None:
-        """When the next waiting event (but those in ``skip``) is due; None: none waits."""
+    async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
+        """When the next waiting event (but those in ``skip`` or to ``hosts``) is due;
+        None: none waits."""
         ...
 
     def delivered(self, event_id: int) -> None: ...
@@ -88,7 +93,8 @@ CREATE TABLE IF NOT EXISTS events (
     next_at REAL NOT NULL,
     dead INTEGER NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
-    kind TEXT NOT NULL DEFAULT 'json'
+    kind TEXT NOT NULL DEFAULT 'json',
+    host TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (dead, next_at, id);
 CREATE INDEX IF NOT EXISTS events_dead ON events (account, dead, id);
@@ -120,26 +126,33 @@ class SqliteOutbox:
         if self._waiting >= self.max_pending:
             return None
         done = self.file.write(
-            "INSERT INTO events (account, url, body, created, next_at, kind)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(account, url, body, now, now, kind)],
+            "INSERT INTO events (account, url, body, created, next_at, kind, host)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(account, url, body, now, now, kind, urlsplit(url).netloc)],
         )
         if done is not None:
             self._waiting += 1
         return done
 
-    async def due(self, now: float, limit: int, skip: Collection[int]) -> list[OutboxEvent]:
+    async def due(
+        self, now: float, limit: int, skip: Collection[int], hosts: Collection[str] = ()
+    ) -> list[OutboxEvent]:
+        hosts = list(hosts)
         rows = await self.file.read(
             f"SELECT {_COLUMNS} FROM events WHERE dead = 0 AND next_at <= ?"
+            f" AND host NOT IN ({','.join('?' * len(hosts))})"
             f" ORDER BY next_at, id LIMIT ?",
-            (now, limit + len(skip)),  # those skipped come first, as the oldest
+            (now, *hosts, limit + len(skip)),  # those skipped come first, as the oldest
         )
         return [e for e in map(_event, rows) if e.id not in skip][:limit]
 
-    async def next_due(self, skip: Collection[int]) -> float | None:
+    async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
+        hosts = list(hosts)
         rows = await self.file.read(
-            "SELECT id, next_at FROM events WHERE dead = 0 ORDER BY next_at, id LIMIT ?",
-            (len(skip) + 1,),
+            "SELECT id, next_at FROM events WHERE dead = 0"
+            f" AND host NOT IN ({','.join('?' * len(hosts))})"
+            " ORDER BY next_at, id LIMIT ?",
+            (*hosts, len(skip) + 1),
         )
         for event_id, at in rows:
             if event_id not in skip:

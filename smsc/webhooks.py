@@ -48,6 +48,8 @@ from smsc.outbox import Outbox, OutboxEvent
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Smsc-Signature"
+#: Failed POSTs in a row to one host that open its breaker.
+BREAKER_FAILURES = 5
 _UDHI = int(EsmClass.UDHI)
 
 EVENT_TYPES: dict[MessageState, str] = {
@@ -279,6 +281,9 @@ class WebhookSender:
         #: Events settled while the outbox is being read: that read may show them as
         #: they were (due), so they are not spawned from it again.
         self._recent: set[int] = set()
+        #: Per receiving host: failures in a row, and until when its breaker is open.
+        self._failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until ``predicate()`` holds, checked after
@@ -317,10 +322,11 @@ class WebhookSender:
             try:
                 self._wake.clear()  # before reading: a put or an ending POST is not missed
                 spawned = False
+                blocked = self._blocked()
                 if len(self._inflight) < cfg.concurrency:
                     room = cfg.concurrency - len(self._inflight)
                     self._recent.clear()
-                    due = await self.outbox.due(self.wall(), room, self._inflight)
+                    due = await self.outbox.due(self.wall(), room, self._inflight, blocked)
                     for event in due:
                         if event.id in self._recent or event.id in self._inflight:
                             continue
@@ -330,8 +336,11 @@ class WebhookSender:
                         if self._by_host.get(host, 0) < cfg.per_endpoint:
                             self._spawn(event, host)
                             spawned = True
-                at = await self.outbox.next_due(self._inflight)
+                at = await self.outbox.next_due(self._inflight, self._blocked())
                 now = self.wall()
+                if self._open_until:  # a breaker closes then
+                    reopen = min(self._open_until.values())
+                    at = reopen if at is None else min(at, reopen)
                 if at is None:
                     wait = 5.0
                 elif at > now:
@@ -350,6 +359,28 @@ class WebhookSender:
                 log.exception("webhook sender: reading the outbox failed; again in 1 s")
                 await asyncio.sleep(1.0)
 
+    def _blocked(self) -> set[str]:
+        """Hosts not to POST to now: at their ``per_endpoint`` cap, or breaker open."""
+        now = self.wall()
+        for host, until in list(self._open_until.items()):
+            if until <= now:  # half open: the next POST tries it
+                del self._open_until[host]
+        cap = self.config.per_endpoint
+        return {h for h, n in self._by_host.items() if n >= cap} | self._open_until.keys()
+
+    def _breaker(self, host: str, ok: bool) -> None:
+        """After ``BREAKER_FAILURES`` failed POSTs in a row to ``host``, nothing is POSTed
+        to it for a while (doubling, up to ``backoff_max``): its events wait without
+        spending attempts, and the other receivers get the sender's slots."""
+        if ok:
+            self._failures.pop(host, None)
+            return
+        n = self._failures[host] = self._failures.get(host, 0) + 1
+        if n >= BREAKER_FAILURES:
+            cfg = self.config
+            pause = min(cfg.backoff_max, cfg.backoff_min * 2 ** min(n - BREAKER_FAILURES, 20))
+            self._open_until[host] = self.wall() + pause
+
     def _spawn(self, event: OutboxEvent, host: str) -> None:
         self._inflight[event.id] = host
         self._by_host[host] = self._by_host.get(host, 0) + 1
@@ -360,6 +391,7 @@ class WebhookSender:
     async def _post(self, event: OutboxEvent, host: str) -> None:
         try:
             error, retry_after = await self._attempt(event)
+            self._breaker(host, error is None)
             self._settle(event, error, retry_after)
             self._recent.add(event.id)
             self._settled.set()

@@ -39,14 +39,20 @@ def api_config(
     carriers: dict[str, dict[str, Any]] | None = None,
     *,
     account: dict[str, Any] | None = None,
+    other: dict[str, Any] | None = None,
     webhooks: dict[str, Any] | None = None,
     **top: Any,
 ) -> SmscConfig:
     """Carriers (default one, "fast"), the API on port 0, acme with an API key (and
-    ``account`` keys), globex with another key."""
+    ``account`` keys), globex with another key (and ``other`` keys)."""
     accounts = [
         {"system_id": SYSTEM_ID, "password": PASSWORD, "api_keys": [KEY_HASH], **(account or {})},
-        {"system_id": OTHER_ID, "password": OTHER_PASSWORD, "api_keys": [OTHER_KEY_HASH]},
+        {
+            "system_id": OTHER_ID,
+            "password": OTHER_PASSWORD,
+            "api_keys": [OTHER_KEY_HASH],
+            **(other or {}),
+        },
     ]
     return app_config(
         tmp_path,
@@ -175,9 +181,19 @@ class Receiver:
     every call."""
 
     def __init__(
-        self, *, fail_first: int = 0, fail_status: int = 500, retry_after: str | None = None
+        self,
+        *,
+        fail_first: int = 0,
+        fail_status: int = 500,
+        retry_after: str | None = None,
+        hang: asyncio.Event | None = None,
     ) -> None:
         self.fail_first = fail_first
+        #: When set: every call waits for it before it is answered (a stuck receiver).
+        self.hang = hang
+        #: Calls being answered now, and the most at once.
+        self.open = 0
+        self.most_open = 0
         self.fail_status = fail_status
         self.retry_after = retry_after
         self.calls: list[Call] = []
@@ -202,6 +218,14 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.hang is not None:
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+            self._changed.set()
+            try:
+                await self.hang.wait()
+            finally:
+                self.open -= 1
         loop = asyncio.get_running_loop()
         failing = len(self.calls) < self.fail_first
         status = self.fail_status if failing else 204

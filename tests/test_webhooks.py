@@ -5,6 +5,7 @@ observed, dead letters listed and sent again, events that outlive a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import yaml
-from http_fixtures import SECRET, Client, Receiver, api_config, api_port
+from http_fixtures import OTHER_KEY, SECRET, Client, Receiver, api_config, api_port
 from loops import Run
 from smsc_fixtures import DEADLINE, SYSTEM_ID, bind_client, running_app, serve_process
 
@@ -254,5 +255,53 @@ def test_an_event_being_retried_is_delivered_after_kill_9_and_restart(
             taken = [x for x in final_calls(receiver, message_id) if x.status == 204]
             assert len(taken) == 1
             assert taken[0].event["data"]["reference"] == "survives"
+
+    run1(main())
+
+
+def test_a_stuck_receiver_holds_only_its_own_slots_and_never_delays_another_account(
+    run1: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+        async with Receiver(hang=release) as stuck, Receiver() as healthy:
+            config = api_config(
+                tmp_path,
+                account=hooks(stuck),
+                other={"webhooks": {"status_url": healthy.url("/ok"), "secret": SECRET}},
+                webhooks={"per_endpoint": 2, "timeout": 30.0},
+            )
+            async with running_app(config) as app, client(app) as c:
+                for _ in range(5):
+                    await send_one(c)
+                await stuck.wait_for(lambda: stuck.open == 2)
+                async with Client(app.api_port, f"Bearer {OTHER_KEY}") as other:
+                    theirs = await send_one(other)
+                await healthy.wait_for(lambda: bool(final_calls(healthy, theirs)))
+                assert stuck.most_open == 2  # its per_endpoint cap, all the while
+                release.set()
+                await stuck.wait_for(lambda: len(stuck.taken()) == 5)
+
+    run1(main())
+
+
+def test_five_failures_in_a_row_open_the_receivers_breaker(run1: Run, tmp_path: Path) -> None:
+    """One POST at a time to the receiver: after 5 failures in a row nothing goes to it
+    for backoff_min (1 s) — not even the events never tried — then it is tried again."""
+
+    async def main() -> None:
+        async with Receiver(fail_first=10**6) as receiver:
+            config = api_config(
+                tmp_path,
+                account=hooks(receiver),
+                webhooks={"per_endpoint": 1, "backoff_min": 1.0, "backoff_max": 5.0},
+            )
+            async with running_app(config) as app, client(app) as c:
+                for _ in range(8):
+                    await send_one(c)
+                await receiver.wait_for(lambda: len(receiver.calls) >= 6)
+                calls = receiver.calls
+                assert len({x.event["id"] for x in calls[:5]}) == 5  # five events, once each
+                assert calls[5].at - calls[4].at >= 0.9  # the breaker was open
 
     run1(main())
