@@ -5,9 +5,15 @@ document (tests/http_fixtures.py), webhooks to a real aiohttp receiver."""
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import msgspec
+import pytest
+import trustme
 from http_fixtures import (
     KEY,
     OPENAPI,
@@ -30,11 +36,16 @@ from smsc_fixtures import (
     stored,
 )
 
+from smppcore.config import ConfigError, load_config
 from smppcore.constants import CommandStatus, DataCoding, EsmClass
 from smppcore.pdu import SubmitSm
 from smppcore.segment import parse_udh
 from smppcore.text import decode_text
+from smsc.apikeys import key_hash, new_key
 from smsc.app import App
+from smsc.cli import main
+from smsc.config import SmscConfig
+from smsc.http_config import HttpTls
 from smsc.http_openapi import SPEC
 
 
@@ -419,3 +430,102 @@ def test_the_embedded_default_takes_a_message_from_one_request(run1: Run, tmp_pa
             assert body["messages"][0]["status"] == "accepted"
 
     run1(main())
+
+
+# --- configuration, keys, TLS, reload ------------------------------------------------------------
+
+
+def test_smsc_api_key_prints_a_key_and_the_hash_the_config_takes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["api-key"]) == 0
+    out = capsys.readouterr().out
+    key = re.search(r"^key:\s+(\S+)$", out, re.M)
+    digest = re.search(r"^hash:\s+(\S+)$", out, re.M)
+    assert key is not None
+    assert digest is not None
+    assert key_hash(key.group(1)) == digest.group(1)
+    account = {"system_id": "a", "api_keys": [digest.group(1)]}
+    config = load_config({"accounts": [account]}, SmscConfig)
+    assert config.accounts[0].api_keys == (digest.group(1),)
+    assert main(["api-key"]) == 0
+    assert capsys.readouterr().out != out  # a new key each time
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"accounts": [{"system_id": "a", "api_keys": ["md5$00"]}]}, "$.accounts[0].api_keys[0]"),
+        (
+            {"accounts": [{"system_id": "a", "webhooks": {"secret": "short"}}]},
+            "$.accounts[0].webhooks.secret",
+        ),
+        (
+            {
+                "accounts": [
+                    {"system_id": "a", "webhooks": {"secret": SECRET, "status_url": "ftp://x"}}
+                ]
+            },
+            "$.accounts[0].webhooks.status_url",
+        ),
+        ({"http_api": {"port": 70000}}, "$.http_api.port"),
+        ({"http_api": {"colour": "red"}}, "$.http_api.colour"),
+        ({"webhooks": {"max_age": 0}}, "$.webhooks.max_age"),
+    ],
+)
+def test_a_bad_api_or_webhook_setting_names_its_path(data: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(data, SmscConfig)
+    assert err.value.path == path, err.value
+
+
+async def plaintext(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> None:
+    async with session.get(url, headers=headers) as resp:
+        await resp.read()
+
+
+def test_the_api_speaks_https_when_tls_is_configured(run1: Run, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "api.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "api.key"))
+    tls = {"cert": str(tmp_path / "api.pem"), "key": str(tmp_path / "api.key")}
+
+    async def main_() -> None:
+        config = api_config(tmp_path)
+        api = msgspec.structs.replace(config.http_api, tls=HttpTls(**tls))
+        config = msgspec.structs.replace(config, http_api=api)
+        async with running_app(config) as app:
+            ctx = ssl.create_default_context(cafile=None)
+            ca.configure_trust(ctx)
+            url = f"https://127.0.0.1:{app.api_port}/v1/account"
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=DEADLINE)
+            ) as session:
+                headers = {"Authorization": f"Bearer {KEY}"}
+                async with session.get(url, ssl=ctx, headers=headers) as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["system_id"] == SYSTEM_ID
+                plain = url.replace("https://", "http://")
+                with pytest.raises(aiohttp.ClientError):
+                    await plaintext(session, plain, headers)
+
+    run1(main_())
+
+
+def test_a_reload_that_adds_a_key_lets_it_in_at_once(run1: Run, tmp_path: Path) -> None:
+    new_key_, new_hash = new_key(bytes(range(2, 34)))
+
+    async def main_() -> None:
+        config = api_config(tmp_path)
+        async with running_app(config) as app, client(app, f"Bearer {new_key_}") as c:
+            assert (await c.get("/v1/account")).status == 401
+            acme = msgspec.structs.replace(
+                config.accounts[0], api_keys=(*config.accounts[0].api_keys, new_hash)
+            )
+            await app.reload(msgspec.structs.replace(config, accounts=(acme, *config.accounts[1:])))
+            assert (await c.get("/v1/account")).status == 200
+            async with client(app) as old:  # the first key still works
+                assert (await old.get("/v1/account")).status == 200
+
+    run1(main_())
