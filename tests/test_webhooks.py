@@ -16,7 +16,7 @@ import msgspec
 import yaml
 from http_fixtures import OTHER_KEY, SECRET, Client, Receiver, api_config, api_port
 from loops import Run
-from smsc_fixtures import DEADLINE, SYSTEM_ID, bind_client, running_app, serve_process
+from smsc_fixtures import DEADLINE, SYSTEM_ID, bind_client, profile, running_app, serve_process
 
 from smppcore.constants import CommandStatus
 from smppcore.pdu import SubmitSm
@@ -303,5 +303,25 @@ def test_five_failures_in_a_row_open_the_receivers_breaker(run1: Run, tmp_path: 
                 calls = receiver.calls
                 assert len({x.event["id"] for x in calls[:5]}) == 5  # five events, once each
                 assert calls[5].at - calls[4].at >= 0.9  # the breaker was open
+
+    run1(main())
+
+
+def test_intermediate_states_when_asked_come_first_in_sequence(run1: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Receiver() as receiver:
+            slow = {"receipt_delay": {"kind": "fixed", "ms": 100}}
+            config = api_config(
+                tmp_path, {"fast": profile(**slow)}, account=hooks(receiver, intermediate=True)
+            )
+            async with running_app(config) as app, client(app) as c:
+                message_id = await send_one(c)
+                await receiver.wait_for(lambda: bool(final_calls(receiver, message_id)))
+                events = [
+                    x.event for x in receiver.taken() if x.event["data"]["message_id"] == message_id
+                ]
+                assert [e["type"] for e in events] == ["message.enroute", "message.delivered"]
+                assert events[0]["sequence"] < events[1]["sequence"]
+                assert events[0]["id"] != events[1]["id"]
 
     run1(main())
