@@ -1,11 +1,12 @@
 """The application HTTP API under load, with webhooks on: keep-alive clients POST single
 messages (closed loop) → smsc (App, in this process) → a simulated carrier on loopback
 (immediate DELIVRD receipt) → a signed status webhook per message to an aiohttp receiver
-(in this process too, as smsc's webhooks would reach an application beside it).
+in the client's process (the application: it sends, and takes its webhooks).
 
 Run from the repository root:  .venv/bin/python bench/http_api.py [--seconds 5] [--clients 32]
 
-Runs, in this order, each with the same client (a child process: ``--client``):
+Runs, in this order, each with the same client (a child process: ``--client``, which also
+runs the webhook receiver):
 
 1. peer — a bare aiohttp handler on this machine (reads the JSON body, answers 202 with
    a small JSON): the ceiling of an aiohttp server here (``bare_rps``);
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -97,10 +97,12 @@ def config(store: Path, hook_url: str) -> SmscConfig:
     return load_config(data, SmscConfig, source="bench")
 
 
-# --- the client (a child process) ----------------------------------------------------------------
+# --- the client and the webhook receiver (a child process) ------------------------------------
 
 
 async def client(url: str, seconds: float, clients: int, auth: str) -> dict[str, Any]:
+    """POST single messages to ``url`` for ``seconds`` from ``clients`` keep-alive
+    connections (closed loop)."""
     body = json.dumps({"to": "447700900001", "text": "bench"}).encode()
     headers = {"Content-Type": "application/json", "Authorization": auth}
     latencies: list[float] = []
@@ -133,17 +135,70 @@ async def client(url: str, seconds: float, clients: int, auth: str) -> dict[str,
     }
 
 
-def run_client(url: str, seconds: float, clients: int, auth: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--client", url, "--seconds", str(seconds),
-         "--clients", str(clients), "--auth", auth],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 120,
-    )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+async def child(seconds: float, clients: int, auth: str) -> dict[str, Any]:
+    """The application: a webhook receiver (its port on stdout), then, once told the API's
+    URL on stdin, the load; then it waits (up to 60 s) for a webhook per accepted message."""
+    received: list[float] = []
+    changed = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        received.append(time.monotonic())
+        changed.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    url = (await asyncio.to_thread(sys.stdin.readline)).strip()
+    began = time.monotonic()
+    result = await client(url, seconds, clients, auth)
+    try:
+        async with asyncio.timeout(60.0):
+            while len(received) < result["accepted"] and auth != "Bearer x":
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        pass
+    last = received[-1] if received else time.monotonic()
+    result["webhooks"] = len(received)
+    result["webhooks_missing"] = max(0, result["accepted"] - len(received))
+    result["webhooks_per_s"] = len(received) / max(1e-9, last - began)
+    await runner.cleanup()
     return result
+
+
+class Child:
+    """The child process: ``await start()`` → the receiver's URL; ``await run(api_url)``."""
+
+    def __init__(self, seconds: float, clients: int, auth: str) -> None:
+        self.args = [
+            sys.executable, __file__, "--client", "--seconds", str(seconds),
+            "--clients", str(clients), "--auth", auth,
+        ]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> str:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(60.0):
+            line = (await self.proc.stdout.readline()).decode().split()
+        return f"http://127.0.0.1:{line[1]}/hook"
+
+    async def run(self, api_url: str, timeout: float) -> dict[str, Any]:
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(api_url.encode() + b"\n")
+        await self.proc.stdin.drain()
+        async with asyncio.timeout(timeout):
+            out, _ = await self.proc.communicate()
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
 
 
 # --- the runs ----------------------------------------------------------------------------------
@@ -161,60 +216,26 @@ async def bare(seconds: float, clients: int) -> dict[str, Any]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port = runner.addresses[0][1]
     try:
-        return await asyncio.to_thread(
-            run_client, f"http://127.0.0.1:{port}/v1/messages", seconds, clients, "Bearer x"
-        )
+        child_ = Child(seconds, clients, "Bearer x")
+        await child_.start()
+        return await child_.run(f"http://127.0.0.1:{port}/v1/messages", seconds + 120)
     finally:
         await runner.cleanup()
 
 
 async def smsc(seconds: float, clients: int) -> dict[str, Any]:
-    received: list[float] = []
-    done = asyncio.Event()
-    wanted = [0]
-
-    async def hook(request: web.Request) -> web.Response:
-        await request.read()
-        received.append(time.monotonic())
-        if wanted[0] and len(received) >= wanted[0]:
-            done.set()
-        return web.Response(status=204)
-
-    receiver = web.Application()
-    receiver.router.add_post("/hook", hook)
-    runner = web.AppRunner(receiver, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    hook_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    child_ = Child(seconds, clients, f"Bearer {KEY}")
+    hook_url = await child_.start()
     with tempfile.TemporaryDirectory() as tmp:
         app = App(config(Path(tmp), hook_url))
         try:
             await app.start()
             assert app.router is not None
             await app.router.wait_carriers_bound(30.0)
-            began = time.monotonic()
-            result = await asyncio.to_thread(
-                run_client,
-                f"http://127.0.0.1:{app.api_port}/v1/messages",
-                seconds,
-                clients,
-                f"Bearer {KEY}",
-            )
-            wanted[0] = result["accepted"]
-            if len(received) < wanted[0]:
-                try:
-                    async with asyncio.timeout(60.0):
-                        await done.wait()
-                except TimeoutError:
-                    pass
-            last = received[-1] if received else time.monotonic()
-            result["webhooks"] = len(received)
-            result["webhooks_missing"] = max(0, wanted[0] - len(received))
-            result["webhooks_per_s"] = len(received) / max(1e-9, last - began)
+            url = f"http://127.0.0.1:{app.api_port}/v1/messages"
+            return await child_.run(url, seconds + 120)
         finally:
             await app.stop(10.0)
-            await runner.cleanup()
-    return result
 
 
 async def main(seconds: float, clients: int) -> dict[str, Any]:
@@ -243,7 +264,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--auth", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     try:
@@ -253,6 +274,6 @@ if __name__ == "__main__":
     except ImportError:  # pragma: no cover
         runner = asyncio.run  # type: ignore[assignment]
     if args.client:
-        print(json.dumps(runner(client(args.client, args.seconds, args.clients, args.auth))))
+        print(json.dumps(runner(child(args.seconds, args.clients, args.auth))))
     else:
         print(json.dumps(runner(main(args.seconds, args.clients))))
