@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+_METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
+
 
 class HttpCounters:
     """What the API counts on its hot path (a dict increment each)."""
@@ -20,6 +22,8 @@ class HttpCounters:
         self.messages: dict[tuple[str, str], int] = {}
 
     def request(self, method: str, route: str, status: int) -> None:
+        if method not in _METHODS:
+            method = "other"
         key = (method, route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
 

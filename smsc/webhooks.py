@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Smsc-Signature"
 #: Failed POSTs in a row to one host that open its breaker.
 BREAKER_FAILURES = 5
+#: Receiving hosts whose failures are followed, at most (callback URLs name any host).
+_MAX_HOSTS = 10_000
 _UDHI = int(EsmClass.UDHI)
 
 EVENT_TYPES: dict[MessageState, str] = {
@@ -376,6 +378,10 @@ class WebhookSender:
             self._failures.pop(host, None)
             return
         n = self._failures[host] = self._failures.get(host, 0) + 1
+        if len(self._failures) > _MAX_HOSTS:  # forget the host failing longest ago
+            self._failures.pop(next(iter(self._failures)))
+            if len(self._open_until) > _MAX_HOSTS:
+                self._open_until.pop(next(iter(self._open_until)))
         if n >= BREAKER_FAILURES:
             cfg = self.config
             pause = min(cfg.backoff_max, cfg.backoff_min * 2 ** min(n - BREAKER_FAILURES, 20))
