@@ -39,11 +39,13 @@ class HttpCollector(Collector):
         posts: Mapping[tuple[str, str], int],
         waiting: Callable[[], int],
         dropped: Callable[[], int],
+        refused: Callable[[], int] = lambda: 0,
     ) -> None:
         self.counters = counters
         self.posts = posts
         self.waiting = waiting
         self.dropped = dropped
+        self.refused = refused
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -74,6 +76,11 @@ class HttpCollector(Collector):
             "smsc_webhook_outbox_waiting",
             "Webhook events waiting in the outbox (not dead-lettered)",
             value=self.waiting(),
+        )
+        yield CounterMetricFamily(
+            "smsc_webhook_events_refused",
+            "Webhook events refused by a full outbox, their carrier answered a temporary error",
+            value=self.refused(),
         )
         yield CounterMetricFamily(
             "smsc_webhook_events_dropped",

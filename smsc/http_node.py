@@ -111,6 +111,7 @@ class HttpNode:
                     sender.metrics.outcomes if sender is not None else {},
                     lambda: self.outbox.waiting,
                     lambda: self._sink.dropped if self._sink is not None else 0,
+                    lambda: self._sink.refused if self._sink is not None else 0,
                 )
             )
         if api is None:

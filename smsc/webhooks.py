@@ -134,6 +134,8 @@ class WebhookSink:
         self._seq = _Sequence(wall)
         #: Events refused by a full outbox with nobody to answer a temporary error to.
         self.dropped = 0
+        #: Events refused by a full outbox whose sender was told (it sends them again).
+        self.refused = 0
 
     def report(
         self,
@@ -234,7 +236,9 @@ class WebhookSink:
         done = self.outbox.put(account, url, body, now, kind)
         if done is None:  # the outbox is full: the carrier is answered a temporary error
             if settled is not None:
+                self.refused += 1
                 settled(False)
+                self.wake()  # (what waits on the sender's outcomes looks again)
             else:
                 self.dropped += 1
                 log.warning("webhook event for %s dropped: the outbox is full", account)
@@ -289,7 +293,8 @@ class WebhookSender:
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until ``predicate()`` holds, checked after
-        each POST's outcome is recorded; False when the time is up."""
+        each POST's outcome is recorded and each change to the outbox (:meth:`wake`);
+        False when the time is up."""
         try:
             async with asyncio.timeout(timeout):
                 while not predicate():
@@ -308,7 +313,9 @@ class WebhookSender:
         self._loop_task = asyncio.create_task(self._run(), name="webhook-sender")
 
     def wake(self) -> None:
+        """Something changed in the outbox: read it again (and :meth:`wait_for` looks)."""
         self._wake.set()
+        self._settled.set()
 
     async def stop(self) -> None:
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]

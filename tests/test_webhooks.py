@@ -325,3 +325,39 @@ def test_intermediate_states_when_asked_come_first_in_sequence(run1: Run, tmp_pa
                 assert events[0]["id"] != events[1]["id"]
 
     run1(main())
+
+
+def test_a_full_outbox_refuses_a_receipt_and_the_carrier_sends_it_again(
+    run1: Run, tmp_path: Path
+) -> None:
+    """ack_after: store and an outbox of one event: while the receiver holds the first,
+    the second receipt cannot be queued, so the carrier's deliver_sm is answered a
+    temporary error; the carrier sends it again, and once there is room it is kept and
+    delivered. Nothing is lost."""
+
+    async def main() -> None:
+        release = asyncio.Event()
+        async with Receiver(hang=release) as receiver:
+            config = api_config(
+                tmp_path,
+                account=hooks(receiver),
+                webhooks={"max_pending": 1, "timeout": 30.0},
+                router={"ack_after": "store"},
+            )
+            async with running_app(config) as app, client(app) as c:
+                sink, sender = app.web._sink, app.web.sender
+                assert sink is not None
+                assert sender is not None
+                first = await send_one(c)
+                await receiver.wait_for(lambda: receiver.open == 1)
+                second = await send_one(c)
+                assert await sender.wait_for(lambda: sink.refused >= 1, DEADLINE)
+                release.set()
+                await receiver.wait_for(
+                    lambda: all(final_calls(receiver, m) for m in (first, second))
+                )
+                assert sink.dropped == 0
+                metrics = await scrape(app)
+                assert "smsc_webhook_events_refused_total" in metrics
+
+    run1(main())
