@@ -331,11 +331,13 @@ class WebhookSender:
             try:
                 self._wake.clear()  # before reading: a put or an ending POST is not missed
                 spawned = False
+                full_read = False
                 blocked = self._blocked()
                 if len(self._inflight) < cfg.concurrency:
                     room = cfg.concurrency - len(self._inflight)
                     self._recent.clear()
                     due = await self.outbox.due(self.wall(), room, self._inflight, blocked)
+                    full_read = len(due) >= room
                     for event in due:
                         if event.id in self._recent or event.id in self._inflight:
                             continue
@@ -345,6 +347,12 @@ class WebhookSender:
                         if self._by_host.get(host, 0) < cfg.per_endpoint:
                             self._spawn(event, host)
                             spawned = True
+                if spawned:
+                    # What was due is on its way: read again at once if there may be more,
+                    # else when something changes (a put, a POST's end; 1 s at most).
+                    if not full_read:
+                        await _wait(self._wake, 1.0)
+                    continue
                 at = await self.outbox.next_due(self._inflight, self._blocked())
                 now = self.wall()
                 if self._open_until:  # a breaker closes then
@@ -354,14 +362,9 @@ class WebhookSender:
                     wait = 5.0
                 elif at > now:
                     wait = min(5.0, at - now)
-                else:  # due: read more at once, or (all held back by caps) after a POST ends
-                    wait = 0.0 if spawned else 1.0
-                if wait > 0:
-                    try:
-                        async with asyncio.timeout(wait):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
+                else:  # due, but held back (caps, breakers): after a POST ends
+                    wait = 1.0
+                await _wait(self._wake, wait)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -471,6 +474,16 @@ class WebhookSender:
             return
         self.outbox.retry_at(event.id, attempts, now + delay, error)
         self.metrics.count(event.account, "retried")
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait for ``event`` at most ``timeout`` seconds (the caller cleared it before it
+    looked at what the event announces)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
