@@ -63,7 +63,7 @@ class HttpNode:
         await self.records.open()
         await self.outbox.open()
         since = self.wall() - self.config.webhooks.max_age
-        for sent in await self.records.with_callbacks(since):
+        for sent in await self.records.with_callbacks(since, self.callbacks.limit):
             if sent.target is not None:
                 self.callbacks.add(sent.id, sent.target)
         if self.outbox.waiting:

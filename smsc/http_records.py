@@ -129,12 +129,15 @@ class HttpRecords:
         params.append(limit)
         return [_sent(r) for r in await self.file.read(sql, params)]
 
-    async def with_callbacks(self, since: float) -> list[SentMessage]:
-        """Messages since ``since`` whose status events ask something (a target)."""
+    async def with_callbacks(self, since: float, limit: int) -> list[SentMessage]:
+        """The newest ``limit`` messages since ``since`` whose status events ask something
+        (a target), oldest first."""
         rows = await self.file.read(
-            "SELECT * FROM messages WHERE created >= ? AND target IS NOT NULL", (since,)
+            "SELECT * FROM messages WHERE created >= ? AND target IS NOT NULL"
+            " ORDER BY created DESC LIMIT ?",
+            (since, limit),
         )
-        return [_sent(r) for r in rows]
+        return [_sent(r) for r in reversed(rows)]
 
     async def answer(self, account: str, key: str, since: float) -> Answer | None:
         rows = await self.file.read(
