@@ -290,7 +290,8 @@ def test_five_failures_in_a_row_open_the_receivers_breaker(run1: Run, tmp_path: 
     for backoff_min (1 s) — not even the events never tried — then it is tried again."""
 
     async def main() -> None:
-        async with Receiver(fail_first=10**6) as receiver:
+        release = asyncio.Event()
+        async with Receiver(fail_first=10**6, hang=release) as receiver:
             config = api_config(
                 tmp_path,
                 account=hooks(receiver),
@@ -299,6 +300,11 @@ def test_five_failures_in_a_row_open_the_receivers_breaker(run1: Run, tmp_path: 
             async with running_app(config) as app, client(app) as c:
                 for _ in range(8):
                     await send_one(c)
+                sender = app.web.sender
+                assert sender is not None
+                # every receipt waits in the outbox (the first held by the receiver)
+                assert await sender.wait_for(lambda: app.web.outbox.waiting == 8, DEADLINE)
+                release.set()
                 await receiver.wait_for(lambda: len(receiver.calls) >= 6)
                 calls = receiver.calls
                 assert len({x.event["id"] for x in calls[:5]}) == 5  # five events, once each
