@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
@@ -30,13 +31,14 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router.model import Address, Message
+from router.model import Address
 from router.routing import format_explanation
 from smppcore.config import ConfigError
 from smppcore.constants import CommandStatus, ton_npi_for
 from smppcore.text import choose_coding, encode_text
 from smsc.config import AdminConfig
 from smsc.control import ControlBusy
+from smsc.messages import admit, build_message
 from smsc.openapi import SPEC
 
 if TYPE_CHECKING:
@@ -389,12 +391,11 @@ class AdminServer:
         if state is None:
             return error(404, f"no account {body.account!r}")
         loop = asyncio.get_running_loop()
-        delivery = server.delivery
-        if delivery.asks_receipt(body.registered_delivery) and delivery.refuses_receipts(
-            state.system_id
-        ):
+        # The same admission and the same Message builder as SMPP and the HTTP API.
+        status = admit(state, server.delivery, body.registered_delivery, time.monotonic())
+        if status == CommandStatus.ESME_RMSGQFUL:
             return error(503, "refused: ESME_RMSGQFUL (the account's held receipts: max_held)")
-        if state.bucket is not None and not state.bucket.take(loop.time()):
+        if status:
             return error(429, "the account's throughput is used up (ESME_RTHROTTLED)")
         coding = int(choose_coding(body.text))
         data = encode_text(body.text, coding)
@@ -402,20 +403,17 @@ class AdminServer:
             msg_id = server.new_id()
         except RuntimeError:
             return error(503, "no message id available (store)")
-        now = server.wall()
-        dest = body.destination.lstrip("+")
-        source = body.source.removeprefix("+")
-        message = Message(
-            id=msg_id,
-            account=state.system_id,
-            source=_address(source),
-            destination=Address(1, 1, dest),
+        message = build_message(
+            state,
+            msg_id=msg_id,
+            source=_address(body.source.removeprefix("+")),
+            destination=Address(1, 1, body.destination.lstrip("+")),
             short_message=data,
             data_coding=coding,
-            priority=min(3, body.priority + state.account.default_priority),
+            priority=body.priority,
             registered_delivery=body.registered_delivery,
-            submitted_at=now,
-            expires_at=now + server.default_validity,
+            now=server.wall(),
+            default_validity=server.default_validity,
             payload_tlv=len(data) > 254,
         )
         done: asyncio.Future[int] = loop.create_future()

@@ -44,6 +44,7 @@ from smsc.admin import AdminServer, resolve_token
 from smsc.config import SmscConfig
 from smsc.control import CONTROL_WAIT, CarrierControl
 from smsc.delivery import Delivery
+from smsc.http_node import HttpNode
 from smsc.ids import IdAllocator
 from smsc.metrics import SmscCollector
 from smsc.reload import ReloadPlan
@@ -76,6 +77,9 @@ def check_tls(config: SmscConfig, *, source: str = "") -> None:
     checks: list[tuple[str, Callable[[], object]]] = []
     if config.listen_tls is not None:
         checks.append(("$.listen_tls", partial(server_context, config.listen_tls.server_tls())))
+    if config.http_api is not None and config.http_api.tls is not None:
+        tls = config.http_api.tls.server_tls()
+        checks.append(("$.http_api.tls", partial(server_context, tls)))
     for i, carrier in enumerate(config.router.carriers):
         if carrier.tls is not None:
             checks.append((f"$.router.carriers[{i}].tls", partial(client_context, carrier.tls)))
@@ -148,6 +152,10 @@ class App:
         #: The SMPP-over-TLS listener's port (0: none).
         self.tls_port = 0
         self.http_port = 0
+        #: The application HTTP API and webhooks (smsc/http_node.py).
+        self.web = HttpNode(config)
+        #: The application HTTP API's port (0: off).
+        self.api_port = 0
         self._started = asyncio.Event()
 
     async def start(self) -> None:
@@ -165,6 +173,7 @@ class App:
             )
         ids = IdAllocator(config.node_id, self.store.reserve_ids)
         await ids.start()
+        await self.web.open()
 
         router_config = config.router
         for name, sim_config in simulator_configs(config):
@@ -185,7 +194,7 @@ class App:
         self.router = Router(
             router_config,
             store=self.store,
-            sink=self.delivery,
+            sink=self.web.sink(self.delivery, accounts),
             policies={name: state.policy for name, state in accounts.items()},
         )
         await self.router.start()
@@ -215,6 +224,8 @@ class App:
                 ssl=server_context(tls.server_tls()),
             )
             self.tls_port = self._tls_listener.sockets[0].getsockname()[1]
+        await self.web.start(self.server, self.router, self.registry)
+        self.api_port = self.web.port
         self._started.set()
 
     @property
@@ -470,6 +481,7 @@ class App:
             self._tls_listener.close()
         if self._http is not None:
             await self._http.stop()
+        await self.web.close_listener()
         if self._winding:  # what reloads replaced, still being wound down
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left()):
@@ -484,6 +496,7 @@ class App:
             await self.router.stop(left())
         if self.delivery is not None:
             await self.delivery.stop()
+        await self.web.stop(left(5.0))
         for carrier in self.simulators.values():
             await carrier.stop(left(5.0))
         if self._purger is not None:

@@ -29,6 +29,7 @@ from smppcore.config import ConfigError
 from smppcore.configfile import load_yaml_config
 from smsc import __version__
 from smsc.config import SmscConfig
+from smsc.http_config import HttpApiConfig
 from smsc.logs import configure as configure_logging
 
 if TYPE_CHECKING:
@@ -127,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=_port, metavar="PORT", help="HTTP port for /metrics and /route"
     )
     serve.add_argument(
+        "--api-port",
+        type=_port,
+        metavar="PORT",
+        help="HTTP port of the application API (/v1); turns it on; 0 picks a free one",
+    )
+    serve.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="root log level (default: logging.level in the file, else info)",
@@ -181,6 +188,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
 
+    summary = "print a new HTTP API key and the hash to list under the account's api_keys"
+    commands.add_parser("api-key", help=summary, description=summary)
+
     summary = "inject an MO message into a running carrier simulator (via its admin port)"
     mo = commands.add_parser(
         "carrier-mo", help=summary, description=summary, epilog=_MO_HELP, formatter_class=fmt
@@ -228,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from smsc import rates_cli
 
         return rates_cli.run(args)
+    if args.command == "api-key":
+        return _api_key()
     if args.command == "load":
         from simulator.load import cli as load_cli
 
@@ -248,6 +260,9 @@ def serve_config(args: argparse.Namespace) -> SmscConfig:
         changes["listen"] = msgspec.structs.replace(config.listen, port=args.port)
     if args.metrics_port is not None:
         changes["metrics"] = msgspec.structs.replace(config.metrics, port=args.metrics_port)
+    if args.api_port is not None:
+        api = config.http_api or HttpApiConfig()
+        changes["http_api"] = msgspec.structs.replace(api, port=args.api_port)
     if args.log_level is not None or args.log_format is not None:
         settings = config.log_settings
         changes["log_level"] = None
@@ -312,6 +327,10 @@ async def run_serve(config: SmscConfig, *, loader: Callable[[], SmscConfig] | No
                 "/metrics",
                 flush=True,
             )
+        if config.http_api is not None:
+            where = _where(config.http_api.host, app.api_port)
+            scheme = "https" if config.http_api.tls is not None else "http"
+            print(f"smsc serve: application API at {scheme}://{where}/v1", flush=True)
         if config.listen_tls is not None:
             where = _where(config.listen_tls.host, app.tls_port)
             print(f"smsc serve: SMPP over TLS on {where}", flush=True)
@@ -529,6 +548,16 @@ def _hash_password() -> int:
         )
         return 2
     print(hash_password(password, secrets.token_bytes(16)), flush=True)
+    return 0
+
+
+def _api_key() -> int:
+    import secrets
+
+    from smsc.apikeys import new_key
+
+    key, digest = new_key(secrets.token_bytes(32))
+    print(f"key:  {key}\nhash: {digest}", flush=True)
     return 0
 
 

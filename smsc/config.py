@@ -16,6 +16,7 @@ from router.config import CarrierName, MicroUnits, PriceText, RouterConfig, pric
 from smppcore.accounts import AccountSettings, SystemId
 from smppcore.session import SessionConfig
 from smppcore.tls import FilePath, ServerTls
+from smsc.http_config import AccountWebhooks, ApiKeyHash, HttpApiConfig, WebhooksConfig
 from smsc.logs import LogFormat, LogLevel
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -40,6 +41,10 @@ class SmscAccount(AccountSettings, frozen=True, forbid_unknown_fields=True):
     (ESME_RMSGQFUL) until a receiver takes some — the receipts already promised are all
     kept. Counted since start (a restart counts from zero until a drain empties the
     account's held items). Below ``router.store.held_max``."""
+    api_keys: tuple[ApiKeyHash, ...] = ()
+    """Hashes of the account's HTTP API keys (``smsc api-key`` makes one)."""
+    webhooks: AccountWebhooks | None = None
+    """Its receipts and MO as webhook calls instead of deliver_sm; null: over SMPP."""
 
     @property
     def price_ceiling(self) -> Decimal | None:
@@ -149,6 +154,9 @@ class SmscConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     simulated_carriers: tuple[SimulatedCarrier, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
     admin: AdminConfig = AdminConfig()
+    http_api: HttpApiConfig | None = None
+    """The application HTTP API (smsc/http_api.py); null: off (on in the embedded default)."""
+    webhooks: WebhooksConfig = WebhooksConfig()
     shutdown_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     """Seconds a graceful shutdown may take overall; then what is left is abandoned (the
     store is still closed: queued messages are kept)."""

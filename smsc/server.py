@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from router.metrics import SUBMIT_BUCKETS, Histogram
-from router.model import Address, Concat, Message, StoredMessage
+from router.model import Address, Message, StoredMessage
 from router.ports import Intake, Store, StoreError
 from smppcore import aio
 from smppcore.accounts import BIND_TYPE_OF_COMMAND, check_bind
@@ -44,7 +44,6 @@ from smppcore.pdu import (
     UnsuccessSme,
 )
 from smppcore.receipt import is_final
-from smppcore.segment import parse_udh
 from smppcore.session import ProtocolViolation
 from smppcore.smpptime import (
     format_absolute,
@@ -57,6 +56,7 @@ from smsc.accounts import AccountState
 from smsc.config import SecurityConfig
 from smsc.delivery import Delivery
 from smsc.ids import IdAllocator
+from smsc.messages import admit, build_message
 from smsc.security import Admission, BindGuard
 
 log = logging.getLogger(__name__)
@@ -432,15 +432,11 @@ class EsmeHandler(aio.Handler):
     def _admit(self, conn: aio.Connection, pdu: Pdu) -> AccountState | None:
         state = self.state
         assert state is not None
-        delivery = self.server.delivery
-        asks = delivery.asks_receipt(getattr(pdu, "registered_delivery", 0))
-        if asks and delivery.refuses_receipts(state.system_id):
-            # Its receipts could not be kept: the account's held ones are at max_held.
-            self._refuse(conn, pdu, _S.ESME_RMSGQFUL)
-            return None
-        bucket = state.bucket
-        if bucket is not None and not bucket.take(time.monotonic()):
-            self._refuse(conn, pdu, _S.ESME_RTHROTTLED)
+        status = admit(
+            state, self.server.delivery, getattr(pdu, "registered_delivery", 0), time.monotonic()
+        )
+        if status:
+            self._refuse(conn, pdu, status)
             return None
         return state
 
@@ -469,25 +465,10 @@ class EsmeHandler(aio.Handler):
             if pdu.validity_period:
                 until = resolve(parse_validity_period(pdu.validity_period), wall)
                 expires_at = until.timestamp() if until else None
-                if expires_at is not None and expires_at <= now:
-                    raise RemoteProtocolError(
-                        "validity_period already past", status=_S.ESME_RINVEXPIRY
-                    )
-        if expires_at is None:
-            expires_at = now + server.default_validity
-        priority = getattr(pdu, "priority_flag", 0)
-        if priority > 3:
-            raise RemoteProtocolError("priority_flag over 3", status=_S.ESME_RINVPRTFLG)
-        tlvs = pdu.tlvs
-        # Neither UDHI nor TLVs (the usual single message): _concat would find no part.
-        concat = (
-            self._concat(state, pdu, dest, short_message) if tlvs or pdu.esm_class & _UDHI else None
-        )
-        passthrough = tuple(t for t in tlvs if t.tag != Tag.MESSAGE_PAYLOAD) if tlvs else ()
-        return Message(
-            id=msg_id,
+        return build_message(
+            state,
+            msg_id=msg_id,
             client_id=client_id,
-            account=state.system_id,
             source=Address(pdu.source_addr_ton, pdu.source_addr_npi, pdu.source_addr),
             destination=dest,
             short_message=short_message,
@@ -495,36 +476,15 @@ class EsmeHandler(aio.Handler):
             esm_class=pdu.esm_class,
             protocol_id=getattr(pdu, "protocol_id", 0),
             service_type=pdu.service_type,
-            priority=min(3, priority + state.account.default_priority),
+            priority=getattr(pdu, "priority_flag", 0),
             registered_delivery=pdu.registered_delivery,
-            tlvs=passthrough,
-            concat=concat,
-            submitted_at=now,
+            tlvs=pdu.tlvs,
+            now=now,
+            default_validity=server.default_validity,
             schedule_at=schedule_at,
             expires_at=expires_at,
             payload_tlv=payload_tlv,
         )
-
-    @staticmethod
-    def _concat(state: AccountState, pdu: Pdu, dest: Address, sm: bytes) -> Concat | None:
-        """The long message this part belongs to (UDH or SAR), for same-carrier routing."""
-        source = getattr(pdu, "source_addr", "")
-        if getattr(pdu, "esm_class", 0) & _UDHI:
-            info = parse_udh(sm)[0]
-            if info is not None and info.total > 1:
-                return Concat(
-                    f"{state.system_id}:{source}:{dest.addr}:u{info.ref}", info.total, info.seq
-                )
-            return None
-        if not getattr(pdu, "tlvs", ()):
-            return None
-        ref = pdu.tlv(Tag.SAR_MSG_REF_NUM)
-        if isinstance(ref, int):
-            total = pdu.tlv(Tag.SAR_TOTAL_SEGMENTS)
-            seq = pdu.tlv(Tag.SAR_SEGMENT_SEQNUM)
-            if isinstance(total, int) and isinstance(seq, int) and total > 1:
-                return Concat(f"{state.system_id}:{source}:{dest.addr}:s{ref}", total, seq)
-        return None
 
     def on_submit_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, (SubmitSm, DataSm))
