@@ -108,6 +108,25 @@ def _octet(value: str) -> int:
     return number
 
 
+def _redis_url(value: str) -> str:
+    from router.cluster.config import check_redis_url
+
+    try:
+        return check_redis_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a Redis URL: {exc}") from None
+
+
+def _node_id(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 <= number <= 35:
+        raise argparse.ArgumentTypeError(f"{number} is not in 0..35")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smsc",
@@ -125,6 +144,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="ESME listen port; 0 picks a free one")
     serve.add_argument(
         "--metrics-port", type=_port, metavar="PORT", help="HTTP port for /metrics and /route"
+    )
+    serve.add_argument(
+        "--redis",
+        type=_redis_url,
+        metavar="URL",
+        help="join the cluster on this Redis (redis://[:password@]host:port/db, rediss://,"
+        " unix://); overrides cluster.redis",
+    )
+    serve.add_argument(
+        "--node-id",
+        type=_node_id,
+        metavar="N",
+        help="this node's id, 0..35 (the first character of its message ids); overrides"
+        " node_id",
     )
     serve.add_argument(
         "--log-level",
@@ -239,6 +272,10 @@ def serve_config(args: argparse.Namespace) -> SmscConfig:
         changes["listen"] = msgspec.structs.replace(config.listen, port=args.port)
     if args.metrics_port is not None:
         changes["metrics"] = msgspec.structs.replace(config.metrics, port=args.metrics_port)
+    if args.redis is not None:
+        changes["cluster"] = msgspec.structs.replace(config.cluster, redis=args.redis)
+    if args.node_id is not None:
+        changes["node_id"] = args.node_id
     if args.log_level is not None or args.log_format is not None:
         settings = config.log_settings
         changes["log_level"] = None
