@@ -9,6 +9,9 @@ intake → unbind ESMEs → stop dispatching (queued messages stay in the store 
 accepted message is written there at intake — and resume at the next start) → await
 upstream windows and unbind carriers → stop simulators → flush and close the store.
 Live reconfiguration (:meth:`App.reload`, SIGHUP, ``POST /api/v1/reload``): smsc/reload.py.
+Cluster membership (smsc/cluster.py) is joined after the store opens (a node whose id a
+live node has stops there) and left after the carriers are unbound; a reload here is
+published to the other nodes, and theirs are applied here.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry
 
+from router.cluster import coordinator
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
+from router.ports import NodeReport, ReloadNotice
 from router.router import Router
 from router.store import SqliteStore, StoreError, run_purges
 from router.upstream import CarrierPool
@@ -38,6 +43,7 @@ from smppcore.config import ConfigError, load_config
 from smppcore.tls import TlsError, client_context, config_error, server_context
 from smsc.accounts import AccountState
 from smsc.admin import AdminServer, resolve_token
+from smsc.cluster import ClusterNode, config_hash
 from smsc.config import SmscConfig
 from smsc.control import CONTROL_WAIT, CarrierControl
 from smsc.delivery import Delivery
@@ -145,6 +151,13 @@ class App:
         #: The SMPP-over-TLS listener's port (0: none).
         self.tls_port = 0
         self.http_port = 0
+        #: This node's membership of the cluster (alone: the local coordinator).
+        self.cluster = ClusterNode(
+            coordinator(config.cluster, str(config.node_id)),
+            config.cluster,
+            report=self._node_report,
+            on_reload=self._reload_asked,
+        )
         self._started = asyncio.Event()
 
     async def start(self) -> None:
@@ -162,6 +175,7 @@ class App:
             )
         ids = IdAllocator(config.node_id, self.store.reserve_ids)
         await ids.start()
+        await self.cluster.start()  # NodeIdTaken, ClusterUnavailable: nothing bound yet
 
         router_config = config.router
         for name, sim_config in simulator_configs(config):
@@ -196,6 +210,7 @@ class App:
             default_validity=router_config.retry.default_validity,
             max_connections=config.listen.max_connections,
             guard=BindGuard(config.security),
+            sessions=self.cluster.coordinator if self.cluster.shared else None,
         )
         SmscCollector(self.server, self.router, self.delivery).register(self.registry)
         self._listener = await aio.start_server(
@@ -227,6 +242,24 @@ class App:
         except TimeoutError:
             return False
         return True
+
+    def _node_report(self) -> NodeReport:
+        """What this node says about itself at each heartbeat."""
+        server, router = self.server, self.router
+        return NodeReport(
+            address=self.config.listen.host,
+            ports=(self.port, self.tls_port, self.http_port),
+            config_hash=config_hash(self.config),
+            esme_binds=0 if server is None else len(server.binds),
+            queue_share=0 if router is None else len(router.queue),
+        )
+
+    async def _reload_asked(self, notice: ReloadNotice) -> None:
+        """Another node reloaded: reload here too (not published again)."""
+        try:
+            await self.reload(publish=False)
+        except LookupError as exc:
+            log.warning("reload asked by node %s not done: %s", notice.origin, exc.args[0])
 
     async def _start_http(self, host: str, port: int) -> None:
         self._http = AdminServer(self, self.registry)
@@ -285,7 +318,7 @@ class App:
         return self.router
 
     async def reload(
-        self, new: SmscConfig | None = None, *, wait: float = CONTROL_WAIT
+        self, new: SmscConfig | None = None, *, wait: float = CONTROL_WAIT, publish: bool = True
     ) -> ReloadPlan:
         """Apply ``new`` (default: what the loader reads now) to the running node; see
         smsc/reload.py for what applies live. Returns what was done.
@@ -298,7 +331,8 @@ class App:
         change is applied at once, without yielding to the loop; what it replaced (old
         binds, simulators, removed accounts' sessions) is wound down after. Holds the lock
         of carrier control throughout: a pause, drain or resume waits for it, and it for
-        them; a paused or drained carrier stays so."""
+        them; a paused or drained carrier stays so. In a cluster, a reload that worked is
+        published (``publish``): every other node reloads its file too."""
         async with self.control.turn(wait):
             if new is None:
                 if self._loader is None:
@@ -354,7 +388,9 @@ class App:
             self._winding.add(winding)
             winding.add_done_callback(self._winding.discard)
             await asyncio.shield(winding)
-            return plan
+        if publish and self.cluster.shared:
+            await self.cluster.publish_reload("reload")
+        return plan
 
     async def _prepare(
         self, plan: ReloadPlan, sims: dict[str, SimulatorConfig], router: Router
@@ -482,6 +518,7 @@ class App:
             await self.delivery.stop()
         for carrier in self.simulators.values():
             await carrier.stop(left(5.0))
+        await self.cluster.stop()  # after the carriers' binds: their slots are free now
         if self._purger is not None:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)

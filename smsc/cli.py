@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from router.ports import NodeIdTaken
 from simulator.config import CarrierConfig
 from smppcore.config import ConfigError
 from smppcore.configfile import load_yaml_config
@@ -304,7 +305,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         loader = None if args.config is None else (lambda: serve_config(args))
         return _run(run_serve(config, loader=loader))
-    except OSError as exc:
+    except (OSError, NodeIdTaken) as exc:  # a port in use, Redis unreachable, ...
         print(f"smsc serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -195,6 +195,8 @@ class RedisCoordinator:
         self._claims: dict[str, tuple[int, int]] = {}
         self._held: dict[str, int] = {}
         self._reload_from = "0-0"
+        #: open() succeeded: the registry entry under this id is this node's.
+        self._joined = False
         self._beat = client.register_script(_BEAT)
         self._session = client.register_script(_SESSION)
         self._tokens = client.register_script(_TOKENS)
@@ -239,6 +241,7 @@ class RedisCoordinator:
 
     async def open(self, now: float) -> None:
         await self._register(now)
+        self._joined = True
         async with _reaching("open"):
             last: Any = await self._redis.xrevrange(f"{{{self._p}}}:reload", count=1)
         if last:
@@ -246,6 +249,9 @@ class RedisCoordinator:
 
     async def close(self) -> None:
         try:
+            if not self._joined:  # never joined: the id may be another live node's
+                return
+            self._joined = False
             async with _reaching("close"):
                 pipe = self._redis.pipeline(transaction=False)
                 nodes, beats, owners = self._registry()

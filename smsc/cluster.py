@@ -1,0 +1,137 @@
+"""This node's membership of the cluster: it joins at start (refused while a live node has
+its id), heart-beats every ``cluster.heartbeat`` seconds (saying what it holds, renewing
+its leases, learning the carrier bind slots it holds), follows the reloads the other nodes
+publish, and leaves at stop. Alone (no ``cluster.redis``) it does the same against the
+local coordinator, so the admin API lists the one node the same way.
+
+When Redis does not answer, the node keeps running (its ESME sessions stay up), logs it
+once, reports ``reachable: false`` and tries again at each heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from router.cluster.config import ClusterConfig
+from router.ports import ClusterUnavailable, Coordinator, NodeReport, NodeState, ReloadNotice
+from smsc.config import SmscConfig
+
+log = logging.getLogger(__name__)
+
+#: Seconds one wait for another node's reload lasts before it is asked again.
+RELOAD_POLL = 5.0
+
+
+def config_hash(config: SmscConfig) -> str:
+    """A digest of what every node of a cluster must agree on (accounts, routes, carriers,
+    security): nodes whose hashes differ have drifted. Node-local keys (node_id, listeners,
+    metrics, logging) are left out."""
+    shared = (
+        config.system_id,
+        config.accounts,
+        config.router,
+        config.simulated_carriers,
+        config.security,
+        config.session,
+    )
+    return hashlib.sha256(msgspec.json.encode(shared)).hexdigest()[:16]
+
+
+class ClusterNode:
+    """Owns the coordinator's life and the heartbeat and reload tasks."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        config: ClusterConfig,
+        *,
+        report: Callable[[], NodeReport],
+        on_reload: Callable[[ReloadNotice], Awaitable[object]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.coordinator = coordinator
+        self.config = config
+        self._report = report
+        self._on_reload = on_reload
+        self._clock = clock
+        #: The last heartbeat reached the coordinator.
+        self.reachable = True
+        #: Carrier bind slots this node holds (as of the last heartbeat).
+        self.bind_slots: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def node_id(self) -> str:
+        return self.coordinator.node_id
+
+    @property
+    def shared(self) -> bool:
+        """Several nodes may share the limits (Redis), not this process alone."""
+        return self.config.enabled
+
+    async def start(self) -> None:
+        """Join (NodeIdTaken, ClusterUnavailable) and start heart-beating."""
+        await self.coordinator.open(self._clock())
+        await self.beat()
+        self._tasks = [
+            asyncio.create_task(self._beating(), name="cluster-heartbeat"),
+            asyncio.create_task(self._following(), name="cluster-reloads"),
+        ]
+
+    async def beat(self) -> None:
+        """One heartbeat now."""
+        try:
+            self.bind_slots = await self.coordinator.heartbeat(self._report(), self._clock())
+        except ClusterUnavailable as exc:
+            if self.reachable:
+                log.error("cluster: %s (retrying every %gs)", exc, self.config.heartbeat)
+            self.reachable = False
+            return
+        if not self.reachable:
+            log.warning("cluster: redis reachable again")
+        self.reachable = True
+
+    async def _beating(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat)
+            await self.beat()
+
+    async def _following(self) -> None:
+        while True:
+            try:
+                notice = await self.coordinator.next_reload(RELOAD_POLL)
+            except ClusterUnavailable:
+                await asyncio.sleep(self.config.heartbeat)
+                continue
+            if notice is not None:
+                log.info("cluster: node %s reloaded (%s): reloading", notice.origin, notice.reason)
+                try:
+                    await self._on_reload(notice)
+                except Exception:  # a bad file is the reload's to report; keep following
+                    log.exception("cluster: the reload asked by node %s failed", notice.origin)
+
+    async def publish_reload(self, reason: str) -> None:
+        """Tell the other nodes to reload (logged, not raised, when Redis is away)."""
+        try:
+            await self.coordinator.publish_reload(reason)
+        except ClusterUnavailable as exc:
+            log.error("cluster: the other nodes were not told to reload: %s", exc)
+
+    async def nodes(self) -> tuple[NodeState, ...]:
+        """Every node the coordinator knows (ClusterUnavailable)."""
+        return await self.coordinator.nodes(self._clock())
+
+    async def stop(self) -> None:
+        """Stop the tasks and leave (releasing what this node holds)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(ClusterUnavailable):
+            await self.coordinator.close()
