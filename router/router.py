@@ -151,8 +151,11 @@ class Router:
         policies: Mapping[str, AccountPolicy] | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        bind_slots: Callable[[str], int] | None = None,
     ) -> None:
         self.config = config
+        #: A carrier's bind slots this node holds (cluster); None: all its ``binds``.
+        self.bind_slots = bind_slots
         self.store = store
         self.sink = sink
         self.policies = dict(policies or {})
@@ -218,9 +221,7 @@ class Router:
         now = self.wall()
         for name, cfg in self._carriers.items():
             self.health[name] = self._health(name, now)
-            self.pools[name] = CarrierPool(
-                cfg, on_deliver=self._on_deliver, on_state=self._on_state, rng=self._rng
-            )
+            self.pools[name] = self._pool(cfg)
         for pool in self.pools.values():
             await pool.start()
         await self._recover()
@@ -607,8 +608,13 @@ class Router:
         self._unpark(lambda key: True)  # what waited for a retired carrier, routed again
 
     def _pool(self, config: CarrierConfig) -> CarrierPool:
+        slots = None if self.bind_slots is None else self.bind_slots(config.name)
         return CarrierPool(
-            config, on_deliver=self._on_deliver, on_state=self._on_state, rng=self._rng
+            config,
+            on_deliver=self._on_deliver,
+            on_state=self._on_state,
+            rng=self._rng,
+            bind_slots=slots,
         )
 
     def _health(self, name: str, now: float) -> CarrierHealth:

@@ -260,7 +260,7 @@ class AdminServer:
         while True:
             store = self.app.store.is_open and self.app.store.unwritable is None
             carriers = {s.name: s.bound for s in router.carrier_states()}
-            out = router.paused | router.drained
+            out = router.paused | router.drained | self.app.carriers_elsewhere()
             ok = store and all(n > 0 for name, n in carriers.items() if name not in out)
             left = until - loop.time()
             if ok or left <= 0 or not await router.binds_changed(left):

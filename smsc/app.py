@@ -157,6 +157,7 @@ class App:
             config.cluster,
             report=self._node_report,
             on_reload=self._reload_asked,
+            on_slots=self._apply_slots,
         )
         self._started = asyncio.Event()
 
@@ -176,6 +177,7 @@ class App:
         ids = IdAllocator(config.node_id, self.store.reserve_ids)
         await ids.start()
         await self.cluster.start()  # NodeIdTaken, ClusterUnavailable: nothing bound yet
+        await self.cluster.claim_binds((c.name, c.binds) for c in config.router.carriers)
 
         router_config = config.router
         for name, sim_config in simulator_configs(config):
@@ -198,6 +200,7 @@ class App:
             store=self.store,
             sink=self.delivery,
             policies={name: state.policy for name, state in accounts.items()},
+            bind_slots=self._slots_for if self.cluster.shared else None,
         )
         await self.router.start()
         self.server = Server(
@@ -253,6 +256,23 @@ class App:
             esme_binds=0 if server is None else len(server.binds),
             queue_share=0 if router is None else len(router.queue),
         )
+
+    def _slots_for(self, carrier: str) -> int:
+        """The bind slots of ``carrier`` this node holds (a pool opens that many)."""
+        return self.cluster.bind_slots.get(carrier, 0)
+
+    def _apply_slots(self, slots: dict[str, int]) -> None:
+        """After a heartbeat: each carrier's pool keeps as many binds as slots held."""
+        if self.router is not None:
+            for name, pool in self.router.pools.items():
+                if name in slots:
+                    pool.allow(slots[name])
+
+    def carriers_elsewhere(self) -> set[str]:
+        """Carriers whose every bind slot other nodes hold (none bound here by design)."""
+        if not self.cluster.shared:
+            return set()
+        return {name for name, n in self.cluster.slots().items() if n == 0}
 
     async def _reload_asked(self, notice: ReloadNotice) -> None:
         """Another node reloaded: reload here too (not published again)."""
@@ -347,6 +367,10 @@ class App:
             config = plan.config
             token = admin_token(config)
             log.info("reloading the configuration")
+            changed = {*plan.carriers_added, *plan.carriers_changed}
+            await self.cluster.claim_binds(
+                (c.name, c.binds) for c in config.router.carriers if c.name in changed
+            )
             ready = await self._prepare(plan, sims, router)
 
             # --- applied at once: no await until the configuration is the new one ------
@@ -388,6 +412,7 @@ class App:
             self._winding.add(winding)
             winding.add_done_callback(self._winding.discard)
             await asyncio.shield(winding)
+            await self.cluster.release_binds(plan.carriers_removed)
         if publish and self.cluster.shared:
             await self.cluster.publish_reload("reload")
         return plan

@@ -5,7 +5,12 @@ publish, and leaves at stop. Alone (no ``cluster.redis``) it does the same again
 local coordinator, so the admin API lists the one node the same way.
 
 When Redis does not answer, the node keeps running (its ESME sessions stay up), logs it
-once, reports ``reachable: false`` and tries again at each heartbeat."""
+once, reports ``reachable: false`` and tries again at each heartbeat.
+
+Carrier bind slots: a carrier's ``binds`` counts for the whole cluster. Each node asks for
+its fair share, ``ceil(binds / live nodes)``, at each heartbeat, and gets what the others
+leave: when a node dies its slots lapse with its lease and the others' next heartbeats
+take them; when a node joins, the others' shares shrink and it takes what they free."""
 
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 
@@ -53,13 +59,20 @@ class ClusterNode:
         *,
         report: Callable[[], NodeReport],
         on_reload: Callable[[ReloadNotice], Awaitable[object]],
+        on_slots: Callable[[dict[str, int]], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``on_slots(bind_slots)``: after each heartbeat on a shared cluster, the carrier
+        bind slots this node holds (by carrier)."""
         self.coordinator = coordinator
         self.config = config
         self._report = report
         self._on_reload = on_reload
+        self._on_slots = on_slots
         self._clock = clock
+        #: carrier -> (binds for the cluster, the share asked for)
+        self._carriers: dict[str, tuple[int, int]] = {}
+        self._alive = 1
         #: The last heartbeat reached the coordinator.
         self.reachable = True
         #: Carrier bind slots this node holds (as of the last heartbeat).
@@ -85,8 +98,15 @@ class ClusterNode:
         ]
 
     async def beat(self) -> None:
-        """One heartbeat now."""
+        """One heartbeat now (and, shared, the carriers' shares asked again)."""
         try:
+            if self.shared and self._carriers:
+                states = await self.coordinator.nodes(self._clock())
+                self._alive = max(1, sum(1 for n in states if n.alive))
+                for name, (total, want) in list(self._carriers.items()):
+                    share = math.ceil(total / self._alive)
+                    if share != want:
+                        await self._claim(name, total, share)
             self.bind_slots = await self.coordinator.heartbeat(self._report(), self._clock())
         except ClusterUnavailable as exc:
             if self.reachable:
@@ -96,6 +116,46 @@ class ClusterNode:
         if not self.reachable:
             log.warning("cluster: redis reachable again")
         self.reachable = True
+        if self.shared and self._on_slots is not None:
+            self._on_slots(self.slots())
+
+    def slots(self) -> dict[str, int]:
+        """The bind slots held, by carrier (0 for one claimed and not had)."""
+        return {name: self.bind_slots.get(name, 0) for name in self._carriers}
+
+    async def _claim(self, name: str, total: int, want: int) -> None:
+        held = await self.coordinator.claim_binds(name, total, want, self._clock())
+        self._carriers[name] = (total, want)
+        self.bind_slots[name] = held
+
+    async def claim_binds(self, carriers: Iterable[tuple[str, int]]) -> None:
+        """Ask for this node's share of each (carrier, binds) now (shared cluster only;
+        alone, every carrier's binds are this node's). Redis away: logged, the carrier
+        stays as it was (none held when new)."""
+        if not self.shared:
+            return
+        try:
+            states = await self.coordinator.nodes(self._clock())
+            self._alive = max(1, sum(1 for n in states if n.alive))
+        except ClusterUnavailable as exc:
+            log.error("cluster: nodes not counted: %s", exc)
+        for name, total in carriers:
+            try:
+                await self._claim(name, total, math.ceil(total / self._alive))
+            except ClusterUnavailable as exc:
+                log.error("cluster: bind slots of %s not claimed: %s", name, exc)
+                self._carriers.setdefault(name, (total, 0))
+
+    async def release_binds(self, names: Iterable[str]) -> None:
+        """Give back the bind slots of carriers this node no longer binds."""
+        for name in names:
+            self._carriers.pop(name, None)
+            self.bind_slots.pop(name, None)
+            if self.shared:
+                try:
+                    await self.coordinator.release_binds(name)
+                except ClusterUnavailable as exc:  # they lapse with the lease instead
+                    log.warning("cluster: bind slots of %s not released: %s", name, exc)
 
     async def _beating(self) -> None:
         while True:
