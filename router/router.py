@@ -331,13 +331,14 @@ class Router:
     async def wait_carriers_bound(
         self, timeout: float, carriers: Iterable[str] | None = None
     ) -> None:
-        """Return once every carrier (or each of ``carriers``) has all its configured binds
-        up and submit-capable; TimeoutError after ``timeout`` seconds. Woken by bind state
-        changes, never by polling."""
+        """Return once every carrier (or each of ``carriers``) has all the binds it may have
+        (its configured binds, or the bind slots this node holds) up and submit-capable;
+        TimeoutError after ``timeout`` seconds. Woken by bind state changes, never by
+        polling."""
         names = list(self.pools) if carriers is None else list(carriers)
         pools = [self.pools[name] for name in names]
         async with asyncio.timeout(timeout):
-            while not all(pool.bound >= pool.config.binds for pool in pools):
+            while not all(pool.bound >= pool.allowed for pool in pools):
                 self._binds_changed.clear()
                 await self._binds_changed.wait()
 

@@ -37,11 +37,12 @@ RELOAD_POLL = 5.0
 def config_hash(config: SmscConfig) -> str:
     """A digest of what every node of a cluster must agree on (accounts, routes, carriers,
     security): nodes whose hashes differ have drifted. Node-local keys (node_id, listeners,
-    metrics, logging) are left out."""
+    metrics, logging, the store's file) are left out."""
+    router = msgspec.structs.replace(config.router, store=type(config.router.store)())
     shared = (
         config.system_id,
         config.accounts,
-        config.router,
+        router,
         config.simulated_carriers,
         config.security,
         config.session,

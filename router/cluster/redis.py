@@ -222,7 +222,7 @@ class RedisCoordinator:
     # --- registry ------------------------------------------------------------------------
 
     async def _register(self, now: float) -> None:
-        entry = _Entry(self._report, dict(self._held), now)
+        entry = _Entry(self._report, {k: n for k, n in self._held.items() if n}, now)
         forget = now - max(60.0, _FORGET_LEASES * self.lease)
         async with _reaching("heartbeat"):
             ok = await self._beat(

@@ -1,0 +1,240 @@
+"""Two ``smsc serve`` nodes (Apps) on loopback sharing a real redis-server: what the
+cluster shares that is not a message. max_sessions counts both nodes' sessions; the
+admin API lists both nodes; a reload on one reloads the other; a carrier's ``binds`` is
+the number of binds for the whole cluster, and another node takes them over when the
+holder goes. Real leases here (a node's heartbeat in real time), so they are short, and
+every wait is for a condition under a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from admin_fixtures import TOKEN, Api
+from loops import Run
+from redis_server import redis_server, redis_url  # noqa: F401
+from smsc_fixtures import (
+    DEADLINE,
+    PASSWORD,
+    SYSTEM_ID,
+    UPSTREAM_ID,
+    accounts,
+    app_config,
+    bind_client,
+    running_app,
+    simulator,
+    upstream,
+)
+
+from simulator.carrier import Carrier
+from simulator.config import CarrierConfig as SimulatorConfig
+from smppcore.aio import BindError
+from smppcore.config import load_config
+from smppcore.constants import CommandStatus
+from smsc.app import App
+from smsc.config import SmscConfig
+
+#: Real time: a node silent for LEASE seconds is dead.
+LEASE = 0.6
+HEARTBEAT = 0.1
+
+
+def cluster(url: str) -> dict[str, Any]:
+    return {"redis": url, "lease": LEASE, "heartbeat": HEARTBEAT}
+
+
+def node_config(tmp_path: Path, url: str, node_id: int, **top: Any) -> SmscConfig:
+    where = tmp_path / f"node{node_id}"
+    where.mkdir(exist_ok=True)
+    return app_config(
+        where,
+        {"sim": {}},
+        node_id=node_id,
+        cluster=cluster(url),
+        admin={"token": TOKEN},
+        security={"failed_binds": None},  # the tests probe with binds that fail
+        **top,
+    )
+
+
+@asynccontextmanager
+async def two_nodes(a: SmscConfig, b: SmscConfig, **kw: Any) -> AsyncIterator[tuple[App, App]]:
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(running_app(a, wait_for=[], **kw))
+        second = await stack.enter_async_context(running_app(b, wait_for=[], **kw))
+        yield first, second
+
+
+async def bind_when_free(app: App, system_id: str, password: str) -> Any:
+    """Bind, again while refused, until it works (each try is a round trip) or DEADLINE."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            try:
+                return await bind_client(app, "trx", system_id, password)
+            except BindError as exc:
+                status = exc.status
+            assert status == CommandStatus.ESME_RBINDFAIL
+
+
+def test_max_sessions_counts_the_sessions_of_every_node(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    def config(tmp_path: Path, node_id: int) -> SmscConfig:
+        return node_config(
+            tmp_path, redis_url, node_id, accounts=accounts(max_sessions=2)
+        )
+
+    async def main(tmp_path: Path) -> None:
+        async with two_nodes(config(tmp_path, 1), config(tmp_path, 2)) as (a, b):
+            first = await bind_client(a, "trx")
+            second = await bind_client(b, "rx")
+            try:
+                for node in (a, b):
+                    with pytest.raises(BindError) as refused:
+                        await bind_client(node, "tx")
+                    assert refused.value.status == CommandStatus.ESME_RBINDFAIL
+                async with asyncio.timeout(DEADLINE):
+                    await first.c.unbind()
+                third = await bind_when_free(b, SYSTEM_ID, PASSWORD)  # the slot is back
+                await third.close()
+            finally:
+                await first.close()
+                await second.close()
+
+    run1(main(tmp_path))
+
+
+def test_the_admin_api_lists_every_node(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    async def main(tmp_path: Path) -> None:
+        configs = node_config(tmp_path, redis_url, 1), node_config(tmp_path, redis_url, 2)
+        async with two_nodes(*configs) as (a, b), Api(b.http_port) as client:
+            await a.cluster.beat()
+            await b.cluster.beat()
+            reply = await client.get("/cluster")
+            assert reply.status == 200
+            body = reply.body
+            assert (body["node_id"], body["shared"], body["reachable"]) == ("2", True, True)
+            nodes = {n["node_id"]: n for n in body["nodes"]}
+            assert set(nodes) == {"1", "2"}
+            assert nodes["1"]["ports"][0] == a.port
+            assert nodes["2"]["ports"][0] == b.port
+            assert all(n["alive"] for n in nodes.values())
+            # Same file, same hash: no drift. The carrier's one bind is one node's.
+            assert nodes["1"]["config_hash"] == nodes["2"]["config_hash"]
+            assert sum(n["bind_slots"].get("sim", 0) for n in nodes.values()) == 1
+
+    run1(main(tmp_path))
+
+
+def test_a_reload_on_one_node_reloads_every_node(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    async def main(tmp_path: Path) -> None:
+        path = tmp_path / "smsc.yaml"
+        base = node_config(tmp_path, redis_url, 1)
+
+        def write(extra_accounts: list[dict[str, Any]]) -> None:
+            data = {
+                "accounts": [*accounts(), *extra_accounts],
+                "admin": {"token": TOKEN},
+            }
+            path.write_text(yaml.safe_dump(data), encoding="utf-8")
+
+        def loader(node_id: int) -> Any:
+            def load() -> SmscConfig:
+                import msgspec
+
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+                extra = load_config(data, SmscConfig)
+                return msgspec.structs.replace(
+                    node_config(tmp_path, redis_url, node_id), accounts=extra.accounts
+                )
+
+            return load
+
+        write([])
+        a_config, b_config = base, node_config(tmp_path, redis_url, 2)
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(
+                running_app(a_config, wait_for=[], loader=loader(1))
+            )
+            b = await stack.enter_async_context(
+                running_app(b_config, wait_for=[], loader=loader(2))
+            )
+            with pytest.raises(BindError):
+                await bind_client(b, "trx", "newco", "newco-pw")
+            write([{"system_id": "newco", "password": "newco-pw"}])
+            async with Api(a.http_port) as client:
+                reply = await client.post("/reload")
+                assert reply.status == 200, reply
+            # Node 2 was not asked through its API: it follows node 1.
+            async with asyncio.timeout(DEADLINE):
+                while True:
+                    try:
+                        esme = await bind_client(b, "trx", "newco", "newco-pw")
+                        break
+                    except BindError as exc:
+                        status = exc.status
+                    assert status == CommandStatus.ESME_RINVSYSID
+            await esme.close()
+
+    run1(main(tmp_path))
+
+
+def test_a_carriers_binds_count_for_the_cluster_and_move_when_a_node_goes(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    async def main(tmp_path: Path) -> None:
+        sim = load_config({**simulator(), "host": "127.0.0.1", "port": 0}, SimulatorConfig)
+        carrier = Carrier(sim)
+        await carrier.start()
+        try:
+            router = {
+                "carriers": [upstream("ext", host="127.0.0.1", port=carrier.port, binds=1)],
+                "routes": [{"prefix": "", "carriers": [{"carrier": "ext", "price": "0.001"}]}],
+            }
+
+            def config(node_id: int) -> SmscConfig:
+                where = tmp_path / f"node{node_id}"
+                where.mkdir(exist_ok=True)
+                return app_config(
+                    where,
+                    {},
+                    node_id=node_id,
+                    cluster=cluster(redis_url),
+                    router={**router, "store": {"path": str(where / "smsc.db")}},
+                )
+
+            async with AsyncExitStack() as b_stack:
+                async with AsyncExitStack() as a_stack:
+                    a = await a_stack.enter_async_context(running_app(config(1)))
+                    b = await b_stack.enter_async_context(running_app(config(2), wait_for=[]))
+                    assert a.cluster.slots() == {"ext": 1}
+                    assert b.cluster.slots() == {"ext": 0}
+                    assert b.router is not None
+                    assert b.router.pools["ext"].bound == 0
+                    assert len(upstream_sessions(carrier)) == 1  # one bind for the whole cluster
+                # Node 1 has stopped: its slot is free, and node 2's heartbeat takes it.
+                async with asyncio.timeout(DEADLINE):
+                    while b.router.pools["ext"].bound < 1:
+                        await b.router.binds_changed(DEADLINE)
+                assert b.cluster.slots() == {"ext": 1}
+                assert len(upstream_sessions(carrier)) == 1
+        finally:
+            await carrier.stop(2.0)
+
+    run1(main(tmp_path))
+
+
+def upstream_sessions(carrier: Carrier) -> set[Any]:
+    """The carrier's bound sessions of the account the nodes bind with."""
+    state = carrier.account(UPSTREAM_ID)
+    assert state is not None
+    return state.sessions
