@@ -1,23 +1,28 @@
-"""Least-cost share under load: how much of the traffic the cheapest carrier carries.
+"""Least cost under load: the traffic's share and the money spent per delivered message.
 
-Run from the repository root:  .venv/bin/python bench/routing.py [--baseline REV]
+Run from the repository root:  .venv/bin/python bench/routing.py [--duration 20]
 
-For the code under test (this checkout) and, unless ``--no-baseline``, for ``--baseline``
-(a git revision, default ``main``, exported with ``git archive`` into a temporary
-directory): ``python -m smsc serve`` on its embedded default (three simulated carriers:
-cheap, mid, premium; ``--port 0`` and a free metrics port, the store in a temporary
-directory), then, once every carrier bind is up, exactly what a new user types:
+Twice, with the code of this checkout: ``python -m smsc serve`` on its embedded default
+(three simulated carriers: cheap, mid, premium; ``--port 0`` and a free metrics port, the
+store in a temporary directory) — once as it is (``routing.rank: delivered_cost``, 2 %
+exploration, adaptive rates), once as the price-only baseline the issue names (the same
+configuration with ``routing: {rank: price, explore: 0}`` and the fixed pause: each
+carrier's ``adaptive.min_rate`` at 1e9, so that every ESME_RTHROTTLED holds the bind back
+for ``throttle_pause`` as before router/aimd.py) — then, once every carrier bind is up,
+exactly what a new user types:
 
     smsc load --port <port> --duration 20 --rate 1000
 
-(``python -m smsc load``, the harness's defaults otherwise). Then /metrics is read:
-``smsc_route_decisions_total`` and the carriers' accepted submits
-(``smsc_carrier_pdus_total{command="submit_sm",status="ESME_ROK"}``) per carrier.
+(``python -m smsc load``, the harness's defaults otherwise: destinations 4479..., the
+route "44"). Then /metrics is read: ``smsc_route_decisions_total``, the carriers' accepted
+submits (``smsc_carrier_pdus_total{command="submit_sm",status="ESME_ROK"}``) and their
+receipts by state (``smsc_carrier_receipts_total``).
 
 ``cheapest_share`` is the share of the submits the carriers accepted that ``cheap``
 accepted (what it carried); ``decisions_share`` the share of routing decisions that chose
-it (the figure issue 15 quotes: a throttled attempt is a decision too). The last output
-line is one JSON object with both, for the code under test and the baseline.
+it. ``cost_per_10k_delivered`` is the money spent (each accepted submit — one part — at
+its carrier's price on route "44") per 10,000 DELIVRD receipts. The last output line is
+one JSON object with both runs' figures.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +71,48 @@ def samples(text: str, name: str, **labels: str) -> dict[str, float]:
     return out
 
 
-def measure(source: Path, duration: float, rate: float) -> dict[str, Any]:
-    """One serve + load run with the code in ``source``."""
+def default_config(
+    routing: dict[str, Any] | None, fixed_pause: bool = False
+) -> tuple[dict[str, Any], dict[str, Decimal]]:
+    """The embedded default as plain data (``routing`` replacing its routing section;
+    ``fixed_pause``: every carrier's adaptive ``min_rate`` so high that each throttle
+    pauses the bind for ``throttle_pause`` instead of cutting its rate — the router before
+    router/aimd.py), and route "44"'s price per carrier."""
+    sys.path.insert(0, str(ROOT))
+    import msgspec
+
+    from smsc.defaults import DEFAULT
+
+    data: dict[str, Any] = msgspec.to_builtins(DEFAULT)
+    if routing is not None:
+        data["router"]["routing"] = routing
+    if fixed_pause:
+        for carrier in data["router"]["carriers"]:
+            carrier["adaptive"] = {**carrier["adaptive"], "min_rate": 1e9}
+    route = next(r for r in DEFAULT.router.routes if r.prefix == "44")
+    return data, {cp.carrier: cp.amount for cp in route.carriers}
+
+
+def measure(
+    source: Path,
+    duration: float,
+    rate: float,
+    routing: dict[str, Any] | None,
+    fixed_pause: bool = False,
+) -> dict[str, Any]:
+    """One serve + load run with the code in ``source`` (``routing``: a routing section
+    replacing the embedded default's; None: the default as it is; ``fixed_pause``: see
+    :func:`default_config`)."""
     env = {**os.environ, "PYTHONPATH": str(source)}
     metrics_port = free_port()
+    data, prices = default_config(routing, fixed_pause)
     with tempfile.TemporaryDirectory() as tmp:
+        args = []
+        if routing is not None or fixed_pause:
+            (Path(tmp) / "smsc.yaml").write_text(json.dumps(data))  # JSON is YAML
+            args = ["--config", "smsc.yaml"]
         serve = subprocess.Popen(
-            [sys.executable, "-m", "smsc", "serve", "--port", "0",
+            [sys.executable, "-m", "smsc", "serve", *args, "--port", "0",
              "--metrics-port", str(metrics_port), "--log-level", "warning"],
             cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
@@ -118,9 +159,18 @@ def measure(source: Path, duration: float, rate: float) -> dict[str, Any]:
         text, "smsc_carrier_pdus_total", command="submit_sm", status="ESME_RTHROTTLED"
     )
     limits = samples(text, "smsc_carrier_rate_limit")
+    delivered = samples(text, "smsc_carrier_receipts_total", state="DELIVERED")
+    explored = samples(text, "smsc_router_events_total", event="explored")
     total_dec = sum(decisions.values()) or 1.0
     total_acc = sum(accepted.values()) or 1.0
+    spent = sum(Decimal(int(n)) * prices[c] for c, n in accepted.items() if c in prices)
+    total_dlv = sum(delivered.values())
+    cost = float(spent) / total_dlv * 10_000 if total_dlv else None
     return {
+        "cost_per_10k_delivered": None if cost is None else round(cost, 3),
+        "spent": str(spent),
+        "delivered": {c: int(delivered.get(c, 0)) for c in CARRIERS},
+        "explored": {c: int(explored.get(c, 0)) for c in CARRIERS},
         "cheapest_share": round(accepted.get("cheap", 0.0) / total_acc, 4),
         "decisions_share": round(decisions.get("cheap", 0.0) / total_dec, 4),
         "decisions": {c: int(decisions.get(c, 0)) for c in CARRIERS},
@@ -140,7 +190,6 @@ def measure(source: Path, duration: float, rate: float) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", default="main", help="git revision to compare with")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=1000.0)
@@ -148,26 +197,20 @@ def main() -> int:
     result: dict[str, Any] = {"command": f"smsc load --port P --duration "
                               f"{args.duration:g} --rate {args.rate:g}"}  # fmt: skip
     if not args.no_baseline:
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = subprocess.run(
-                ["git", "archive", args.baseline], cwd=ROOT, capture_output=True, check=True
-            )
-            subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-            rev = subprocess.run(
-                ["git", "rev-parse", "--short", args.baseline],
-                cwd=ROOT, capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
-            base = measure(Path(tmp), args.duration, args.rate)
-            print(f"baseline {rev}: {json.dumps(base)}", flush=True)
-            result["baseline_rev"] = rev
-            result["baseline_cheapest_share"] = base["cheapest_share"]
-            result["baseline_decisions_share"] = base["decisions_share"]
-            result["baseline"] = base
-    now = measure(ROOT, args.duration, args.rate)
-    print(f"this checkout: {json.dumps(now)}", flush=True)
+        price_only = {"rank": "price", "explore": 0}
+        base = measure(ROOT, args.duration, args.rate, price_only, fixed_pause=True)
+        print(f"baseline (rank: price, fixed pause): {json.dumps(base)}", flush=True)
+        result["baseline_cost_per_10k_delivered"] = base["cost_per_10k_delivered"]
+        result["baseline_cheapest_share"] = base["cheapest_share"]
+    now = measure(ROOT, args.duration, args.rate, None)
+    print(f"delivered_cost (the default): {json.dumps(now)}", flush=True)
+    result["cost_per_10k_delivered"] = now["cost_per_10k_delivered"]
     result["cheapest_share"] = now["cheapest_share"]
     result["decisions_share"] = now["decisions_share"]
-    result["run"] = now
+    if not args.no_baseline and now["cost_per_10k_delivered"] and base["cost_per_10k_delivered"]:
+        result["ratio_vs_baseline"] = round(
+            now["cost_per_10k_delivered"] / base["cost_per_10k_delivered"], 4
+        )
     print(json.dumps(result))
     return 0
 

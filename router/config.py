@@ -123,6 +123,10 @@ class CarrierPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return price_of(self.price)
 
 
+Rank = Literal["price", "delivered_cost"]
+Share = Annotated[float, Meta(ge=0, le=1)]
+
+
 class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Destinations starting with ``prefix`` (E.164 digits, MCC/MNC style) may go to these
     carriers at these prices. The longest matching prefix wins; "" matches everything."""
@@ -131,6 +135,58 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     carriers: Annotated[tuple[CarrierPrice, ...], Meta(min_length=1)]
     accounts: tuple[SystemId, ...] = ()
     """Only for these accounts (an override); empty: every account."""
+    rank: Rank | None = None
+    """How this route orders its carriers; null: ``routing.rank``."""
+    max_latency: Seconds | None = None
+    """Service level: a carrier whose measured submit_sm_resp latency is above this many
+    seconds is excluded from the route (not merely ranked lower)."""
+    min_delivery: Share | None = None
+    """Service level: a carrier whose measured share of receipts DELIVRD is below this is
+    excluded from the route."""
+
+
+class RoutingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How carriers are ranked (router/routing.py)."""
+
+    rank: Rank = "delivered_cost"
+    """``delivered_cost``: by price per part ÷ the carrier's estimated delivery rate (what
+    a delivered message costs); ``price``: by price alone. Per route: ``routes[].rank``."""
+    explore: Annotated[float, Meta(ge=0, le=0.5)] = 0.02
+    """Share of messages sent to an eligible carrier other than the first (the one with
+    the fewest recent receipts), so that every carrier's delivery rate stays measured."""
+    explore_until: Annotated[float, Meta(ge=0)] | None = 50.0
+    """A carrier with this many recent (decayed) receipts is measured enough and is not
+    explored (50: about one message every 2 s with the default 60 s window); null:
+    explore whatever the receipts."""
+    prior_delivery: Share = 0.8
+    """The delivery rate assumed of a carrier with no receipts; measured receipts outweigh
+    it as they come (and it returns as they age): nothing unmeasured is thought perfect."""
+    prior_weight: Annotated[float, Meta(gt=0, le=10_000)] = 10.0
+    """How many receipts ``prior_delivery`` counts for."""
+
+
+class RateCardConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One carrier's rate card, a CSV file (router/rates.py)."""
+
+    carrier: CarrierName
+    file: Annotated[str, Meta(min_length=1)]
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] | None = None
+    """The card's currency; null: ``rates.currency``."""
+
+
+class RatesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Prices from carriers' rate cards, in one currency; a card's price for a destination
+    replaces the route's configured price for that carrier."""
+
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] = "EUR"
+    """The currency routing compares prices in (and the routes' prices are in)."""
+    conversion: dict[Annotated[str, Meta(pattern=r"^[A-Z]{3}$")], PriceText] = {}
+    """Units of ``currency`` per unit of another currency (USD: "0.92")."""
+    cards: tuple[RateCardConfig, ...] = ()
+    networks: str | None = None
+    """CSV of number ranges: prefix,mccmnc (the network a number belongs to)."""
+    ported: str | None = None
+    """CSV of ported numbers: number,mccmnc (beats ``networks``)."""
 
 
 class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -222,6 +278,8 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     intake: IntakeConfig = IntakeConfig()
     retry: RetryConfig = RetryConfig()
     health: HealthConfig = HealthConfig()
+    routing: RoutingConfig = RoutingConfig()
+    rates: RatesConfig = RatesConfig()
     store: StoreConfig = StoreConfig()
 
     def __post_init__(self) -> None:
@@ -239,3 +297,12 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                     raise ValueError(
                         f"routes[{i}].carriers[{j}].carrier: no carrier named {cp.carrier!r}"
                     )
+        for i, card in enumerate(self.rates.cards):
+            if card.carrier not in known:
+                raise ValueError(f"rates.cards[{i}].carrier: no carrier named {card.carrier!r}")
+            currency = card.currency or self.rates.currency
+            if currency != self.rates.currency and currency not in self.rates.conversion:
+                raise ValueError(
+                    f"rates.cards[{i}].currency: no conversion from {currency} "
+                    f"to {self.rates.currency} (rates.conversion)"
+                )

@@ -17,9 +17,16 @@ kind           example                                      acceptance    circui
 ``accepted``   submit_sm_resp ESME_ROK                      success       success
 ``rejected``   permanent reject (ESME_RINVDSTADR ...)       failure       success: the
                                                                           carrier answered
-``temporary``  ESME_RTHROTTLED, ESME_RMSGQFUL, ESME_RSYSERR  failure       failure
+``throttled``  ESME_RTHROTTLED, ESME_RMSGQFUL               not counted   neither: the
+                                                                          carrier answered
+``temporary``  ESME_RSYSERR and other temporary errors      failure       failure
 ``failed``     response timeout, bind dropped               failure       failure
 =============  ===========================================  ============  =================
+
+A throttle says the carrier is up and wants less: the adaptive rate (router/aimd.py) slows
+down for it, so it neither lowers the acceptance rate nor moves the breaker (in a closed
+breaker it does not reset the failure count either; as a half-open trial's answer it closes
+the breaker). Only its latency counts.
 
 Circuit breaker: ``breaker_failures`` consecutive breaker failures open it for
 ``breaker_open`` seconds. Then it is half-open: :meth:`CarrierHealth.try_acquire_trial`
@@ -44,8 +51,9 @@ from typing import Literal
 import msgspec
 
 from router.config import HealthConfig
+from smppcore.constants import CommandStatus
 
-SubmitKind = Literal["accepted", "rejected", "temporary", "failed"]
+SubmitKind = Literal["accepted", "rejected", "throttled", "temporary", "failed"]
 BreakerState = Literal["closed", "open", "half_open"]
 
 MIN_SAMPLES = 10.0
@@ -55,7 +63,14 @@ NO_DATA_SCORE = 0.5 * 0.5 / 1.5
 """The score of a carrier with no data yet (see :attr:`HealthView.score`)."""
 
 _BREAKER_FAILURE = frozenset({"temporary", "failed"})
-_KINDS = frozenset({"accepted", "rejected", "temporary", "failed"})
+_KINDS = frozenset({"accepted", "rejected", "throttled", "temporary", "failed"})
+_THROTTLES = frozenset({int(CommandStatus.ESME_RTHROTTLED), int(CommandStatus.ESME_RMSGQFUL)})
+
+
+def rejected_kind(status: int) -> SubmitKind:
+    """The kind of a temporary rejection with command status ``status``: ``throttled`` for
+    ESME_RTHROTTLED and ESME_RMSGQFUL, ``temporary`` otherwise."""
+    return "throttled" if status in _THROTTLES else "temporary"
 
 
 class HealthView(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -208,7 +223,9 @@ class CarrierHealth:
         if kind not in _KINDS:
             raise ValueError(f"unknown submit outcome {kind!r}")
         self._decay(now)
-        self._acc_w += 1.0
+        throttled = kind == "throttled"
+        if not throttled:
+            self._acc_w += 1.0
         if kind == "accepted":
             self._acc_n += 1.0
         if math.isfinite(latency_s) and latency_s >= 0:
@@ -218,7 +235,7 @@ class CarrierHealth:
         state = self._state
         if state != "closed":  # only an open or half-open breaker moves with time
             state = self._breaker(now)
-        if state == "open":
+        if state == "open" or (throttled and state == "closed"):
             return
         if state == "half_open":
             if failure:

@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Final
 
-from router.routing import NO_MATCH, NOT_DIGITS
+from router.routing import NO_MATCH, NO_SERVICE, NOT_DIGITS
 
 #: Seconds: submit_sm → submit_sm_resp, at our edge or at a carrier's.
 SUBMIT_BUCKETS: Final = (
@@ -29,7 +29,9 @@ STORE_BUCKETS: Final = (
 )  # fmt: skip
 
 #: ``smsc_route_no_route_total`` reasons (a fixed set: routing's texts name prefixes).
-NO_ROUTE_REASONS: Final = ("no_prefix", "bad_destination", "no_eligible_carrier", "pinned")
+NO_ROUTE_REASONS: Final = (
+    "no_prefix", "bad_destination", "no_eligible_carrier", "pinned", "service_levels",
+)  # fmt: skip
 
 
 class Histogram:
@@ -68,6 +70,8 @@ def no_route_reason(reason: str) -> str:
         return "bad_destination"
     if reason.startswith("pinned"):
         return "pinned"
+    if reason.startswith(NO_SERVICE):
+        return "service_levels"
     return "no_eligible_carrier"
 
 

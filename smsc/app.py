@@ -31,9 +31,11 @@ from prometheus_client import CollectorRegistry
 from router.cluster import coordinator
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
-from router.ports import NodeReport, ReloadNotice
+from router.ports import NodeReport, ReloadNotice, StoreError
+from router.rates import load_prices
 from router.router import Router
-from router.store import SqliteStore, StoreError, run_purges
+from router.stores.sqlite import SqliteStore
+from router.stores.writebehind import run_purges
 from router.upstream import CarrierPool
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig
@@ -363,6 +365,7 @@ class App:
                 raise LookupError("not running")
             sims = dict(simulator_configs(new))  # refuse a bad simulated carrier up front
             check_tls(new)
+            load_prices(new.router.rates)  # a bad rate card refuses the reload up front
             plan = reload_plan(self.config, new)
             config = plan.config
             token = admin_token(config)

@@ -228,6 +228,11 @@ def _parser() -> argparse.ArgumentParser:
     mo.add_argument("--data-coding", type=_octet, help="0 GSM, 8 UCS-2, ... (default: auto)")
     mo.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
 
+    from smsc import rates_cli
+
+    rates_cli.add_arguments(
+        commands.add_parser("rates", help=rates_cli.DESCRIPTION, description=rates_cli.__doc__)
+    )
     from simulator.load import cli as load_cli
 
     load_cli.add_arguments(
@@ -253,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _carrier_mo(args)
     if args.command == "hash-password":
         return _hash_password()
+    if args.command == "rates":
+        from smsc import rates_cli
+
+        return rates_cli.run(args)
     if args.command == "load":
         from simulator.load import cli as load_cli
 
@@ -291,12 +300,14 @@ def serve_config(args: argparse.Namespace) -> SmscConfig:
 def _serve(args: argparse.Namespace) -> int:
     try:
         config = serve_config(args)
+        from router.rates import load_prices
         from smsc.app import admin_token, check_tls, simulator_configs
 
         # Refuse a bad simulated carrier, certificate or token file before starting anything.
         simulator_configs(config, source=args.config or "")
         check_tls(config, source=args.config or "")
         admin_token(config, source=args.config or "")
+        load_prices(config.router.rates)  # a bad rate card: every bad row's line, exit 2
     except ConfigError as exc:
         print(f"smsc: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from router.metrics import NO_ROUTE_REASONS, Histogram
 from router.router import Router
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from smppcore.constants import command_name, status_name
 from smppcore.session import State
 from smsc.delivery import Delivery
@@ -185,7 +185,7 @@ class SmscCollector(Collector):
             "resent (sent again after a restart: handed to the carrier, its answer unknown), "
             "mo, mo_unrouted, mo_refused (answered ESME_RX_T_APPN: the store would not hold "
             "it), deferred (no carrier of the route available), paced (a submit waited for "
-            "room)",
+            "room), explored (sent first to a fallback to keep its delivery rate measured)",
             labels=["event", "carrier"],
         )
         for (event, carrier), n in sorted(metrics.events.items()):

@@ -26,8 +26,7 @@ _AUTH = {
     "403": {"$ref": "#/components/responses/Disabled"},
 }
 _BUSY = _error(
-    "another carrier change (reload, pause, drain, resume) was under way for 30 s; "
-    "nothing was done"
+    "another carrier change (reload, pause, drain, resume) was under way for 30 s; nothing was done"
 )
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _NUMBER = {"type": ["number", "null"]}
@@ -125,20 +124,57 @@ SCHEMAS: dict[str, Any] = {
             "at": {"type": "number"},
             "prefix": {"type": ["string", "null"]},
             "account_route": {"type": "boolean"},
+            "rank": {"enum": ["price", "delivered_cost"]},
+            "max_latency": {**_NUMBER, "description": "the route's service level (seconds)"},
+            "min_delivery": {**_NUMBER, "description": "the route's service level (share)"},
+            "explore": {
+                "type": "number",
+                "description": "share of messages sent first to the least-measured fallback",
+            },
+            "explore_until": {
+                **_NUMBER,
+                "description": "... while it has fewer recent receipts than this; null: always",
+            },
             "candidates": {
                 "type": "array",
                 "items": _obj(
                     {
                         "carrier": {"type": "string"},
-                        "price": {"type": "string"},
+                        "price": {
+                            "type": "string",
+                            "description": "per part, routing currency",
+                        },
+                        "price_source": {"enum": ["route", "card"]},
                         "available": {"type": "boolean"},
                         "healthy": {"type": "boolean"},
                         "eligible": {"type": "boolean"},
+                        "role": {"enum": ["first", "fallback", "demoted", "excluded"]},
+                        "why": {"type": "string"},
                         "reasons": {"type": "array", "items": {"type": "string"}},
                         "score": {"type": "number"},
+                        "delivery": {
+                            **_NUMBER,
+                            "description": "measured share of receipts DELIVRD (decayed)",
+                        },
+                        "receipts": {"type": "number", "description": "decayed receipt count"},
+                        "delivery_estimate": {
+                            "type": "number",
+                            "description": "delivery pulled toward the prior: what ranks",
+                        },
+                        "cost_per_delivered": {
+                            "type": ["string", "null"],
+                            "description": "price / delivery_estimate",
+                        },
+                        "latency": {**_NUMBER, "description": "submit_sm_resp seconds"},
+                        "breaker": {"enum": ["closed", "open", "half_open"]},
                         "rate": {
                             "type": ["number", "null"],
                             "description": "submits per second it may be sent now; null: no limit",
+                        },
+                        "in_flight": {"type": ["integer", "null"]},
+                        "window": {
+                            "type": ["integer", "null"],
+                            "description": "submits its bound binds may have in flight",
                         },
                     }
                 ),
@@ -519,7 +555,7 @@ SPEC: dict[str, Any] = {
             "Disabled": _error("no admin.token configured: the endpoint is off"),
             "Starting": {
                 **_error(
-                    'the node is starting (its store, carriers and listeners): '
+                    "the node is starting (its store, carriers and listeners): "
                     '{"error": "starting: not serving yet"}; try again'
                 ),
                 "headers": {

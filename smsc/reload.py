@@ -9,6 +9,9 @@ Applied live:
   take the new limits (throughput, price ceiling, allowed carriers, ... — ``max_window``
   and ``max_sessions`` at the next bind); removed ones have their sessions unbound.
 - ``router.routes`` (prefixes and prices) and ``router.retry``: the route table is swapped.
+- ``router.routing`` (ranking, exploration) and ``router.rates``: the rate card files are
+  read again on every reload (a card replaced by ``smsc rates import`` applies), all or
+  nothing: a bad card refuses the reload.
 - ``router.carriers`` and ``simulated_carriers``: a new carrier is bound (a new simulated
   one started first); a removed one is taken out of routing, its submits in flight are
   awaited (bounded), then it is unbound (and its simulator stopped); a changed one is
@@ -43,7 +46,7 @@ from smsc.config import SmscConfig
 #: Top-level keys applied live; every other one needs a restart.
 LIVE = frozenset({"accounts", "router", "simulated_carriers", "admin", "shutdown_timeout"})
 #: Keys under ``router`` applied live.
-LIVE_ROUTER = frozenset({"carriers", "routes", "retry"})
+LIVE_ROUTER = frozenset({"carriers", "routes", "retry", "routing", "rates"})
 
 
 class ReloadPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +112,8 @@ def plan(old: SmscConfig, new: SmscConfig) -> ReloadPlan:
         key
         for key, changed in (
             ("router.retry", old.router.retry != new.router.retry),
+            ("router.routing", old.router.routing != new.router.routing),
+            ("router.rates", old.router.rates != new.router.rates),
             ("admin", old.admin != new.admin),
             ("shutdown_timeout", old.shutdown_timeout != new.shutdown_timeout),
         )

@@ -21,8 +21,7 @@ import msgspec
 
 from router.metrics import SUBMIT_BUCKETS, Histogram
 from router.model import Address, Concat, Message, StoredMessage
-from router.ports import ClusterUnavailable, Coordinator, Intake
-from router.store import Store, StoreError
+from router.ports import ClusterUnavailable, Coordinator, Intake, Store, StoreError
 from smppcore import aio
 from smppcore.accounts import BIND_TYPE_OF_COMMAND, check_bind
 from smppcore.constants import CommandId, CommandStatus, EsmClass, MessageState

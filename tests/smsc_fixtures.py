@@ -114,7 +114,9 @@ def app_config(
 ) -> SmscConfig:
     """An SmscConfig (decoded as a YAML file would be) with a simulated carrier per
     ``carriers`` entry (name → profile) and a route table (default: one "" route over the
-    carriers, priced in the order given: the first is the cheapest)."""
+    carriers, priced in the order given: the first is the cheapest). Exploration is off
+    (``routing.explore: 0``: 2 % of messages would go to a fallback at random); ``router``
+    may set it."""
     if routes is None:
         routes = [
             {
@@ -140,6 +142,7 @@ def app_config(
             "carriers": [upstream(name, **upstreams.get(name, {})) for name in carriers],
             "routes": routes,
             "store": {"path": str(tmp_path / "smsc.db")},
+            "routing": {"explore": 0},
             **(router or {}),
         },
         "simulated_carriers": [

@@ -164,7 +164,9 @@ def test_score_prefers_delivery_and_low_latency() -> None:
         st.tuples(
             st.floats(0, 1000),
             st.floats(0, 30),
-            st.sampled_from(["accepted", "rejected", "temporary", "failed", "dlr+", "dlr-"]),
+            st.sampled_from(
+                ["accepted", "rejected", "throttled", "temporary", "failed", "dlr+", "dlr-"]
+            ),
         ),
         max_size=60,
     )
@@ -299,3 +301,21 @@ def test_breaker_needs_a_bind_to_be_available() -> None:
     assert v.breaker == "half_open"
     assert not v.available
     assert v.reasons == ("no bind up",)
+
+
+def test_a_throttle_neither_counts_as_a_breaker_failure_nor_resets_the_count() -> None:
+    """ESME_RTHROTTLED says the carrier is up and wants less (the adaptive rate slows
+    down): failures either side of throttles still add up; a throttle answering the
+    half-open trial closes the breaker."""
+    h = CarrierHealth("c", HealthConfig(breaker_failures=3, breaker_open=10.0), 0.0)
+    h.set_binds(1)
+    fail(h, 1.0, 2)
+    for _ in range(50):
+        h.record_submit(1.5, 0.01, "throttled")
+    assert h.view(1.5).breaker == "closed"
+    assert h.view(1.5).acceptance == 0.0  # two failures; the throttles are not counted
+    fail(h, 2.0, 1)
+    assert h.view(2.0).breaker == "open"
+    assert h.try_acquire_trial(12.0)
+    h.record_submit(12.1, 0.01, "throttled")
+    assert h.view(12.1).breaker == "closed"

@@ -412,6 +412,7 @@ def test_explain_lists_every_candidate_with_its_reasons() -> None:
         health=health,
         now=1234.0,
         rates={"cheap": 212.5, "mid": None},
+        windows={"mid": (3, 200), "cheap": (0, 100)},
     )
     assert (expl.prefix, expl.account_route, expl.at) == ("44", False, 1234.0)
     assert (expl.choice, expl.price, expl.fallbacks, expl.reason) == (
@@ -431,22 +432,39 @@ def test_explain_lists_every_candidate_with_its_reasons() -> None:
     text = format_explanation(expl)
     lines = text.splitlines()
     assert lines[0] == "destination +447700900123 for account acme: prefix '44' (global route)"
-    assert lines[1].split() == [
+    assert lines[1] == (
+        "rank by delivered_cost; exploring 2% of messages while a fallback has under 50 receipts"
+    )
+    assert lines[2].split() == [
         "carrier",
         "price",
-        "available",
-        "healthy",
-        "score",
+        "delivery",
+        "n",
+        "cost/dlvd",
+        "latency",
         "rate/s",
-        "notes",
+        "window",
+        "breaker",
+        "why",
     ]
     assert [by_name[c].rate for c in ("cheap", "mid", "dear")] == [212.5, None, None]
-    assert lines[2].split()[:3] == ["->", "mid", "0.0200"]
-    assert lines[2].split()[6] == "-"  # no limit
-    assert lines[3].split()[:2] == ["1", "cheap"]
-    assert lines[3].split()[6] == "212"  # msg/s
-    assert lines[4].split()[:2] == ["x", "dear"]
-    assert "unavailable: breaker open (3.0s left)" in lines[4]
+    assert [by_name[c].role for c in ("mid", "cheap", "dear", "twin")] == [
+        "first",
+        "demoted",
+        "excluded",
+        "excluded",
+    ]
+    # no receipts yet: the prior delivery rate (0.8), so cost per delivered is price / 0.8
+    assert by_name["mid"].cost_per_delivered == Decimal("0.025")
+    mid, cheap, dear = (line.split() for line in lines[3:6])
+    assert mid[:3] == ["->", "mid", "0.0200"]
+    assert mid[5:10] == ["0.025000", "-", "-", "3/200", "closed"]  # no limit on its rate
+    assert "lowest cost per delivered message" in lines[3]
+    assert cheap[:2] == ["1", "cheap"]
+    assert cheap[7:9] == ["212", "0/100"]  # msg/s, window use
+    assert "demoted: unhealthy: delivery 0.10 < 0.30" in lines[4]
+    assert dear[:2] == ["x", "dear"]
+    assert "unavailable: breaker open (3.0s left)" in lines[5]
     assert lines[-1] == "choice: mid at 0.0200; then cheap"
 
 

@@ -1,0 +1,227 @@
+"""A message's final state: counted, logged once, reported to the owning account (the
+:class:`router.ports.ReportSink`) and stored — and the carriers whose receipt decided it
+answered only once that is done.
+
+``ack_after: store``: the client's receipt is delivered (its deliver_sm_resp) or held in
+the store FIRST, THEN the final state is committed, and only then is the carrier's
+deliver_sm answered ESME_ROK (ESME_RX_T_APPN when that failed, so the carrier sends it
+again). In this order a kill -9 at any point loses nothing: before the commit the carrier
+resends (and the client may get the receipt twice: the window from the client's
+deliver_sm_resp to our commit, a few ms); after it a repeated receipt finds the message
+final and is only answered. ``enqueue``: the final state is written behind and reported at
+once; carriers were answered already.
+
+``respond`` is how to answer the carrier's deliver_sm (None in ``enqueue`` mode, and for
+outcomes no carrier waits on: decided by us, or a receipt deadline).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+
+from router.metrics import RouterMetrics
+from router.model import DeliveryReport, Message, StoredMessage
+from router.ports import ReportSink, Store
+from router.upstream import Respond
+from smppcore.constants import CommandStatus, MessageState
+
+log = logging.getLogger(__name__)
+#: One INFO line per message at its final state (``logging.components`` can silence it).
+summary_log = logging.getLogger("router.messages")
+
+ROK = int(CommandStatus.ESME_ROK)
+#: Answer to a carrier's deliver_sm whose effect could not be made durable: send it again.
+RETRY_LATER = int(CommandStatus.ESME_RX_T_APPN)
+#: value → name (``MessageState.name`` is a slow descriptor; the hot metrics key on it)
+STATE_NAME: dict[int, str] = {int(s): s.name for s in MessageState}
+
+
+class Finals:
+    """Finishes messages: :meth:`decide` (no carrier receipt will come) and :meth:`report`
+    (a carrier's receipt, or a deadline's), with the answers owed to carriers meanwhile.
+
+    ``durable`` is ``ack_after: store``; ``wall`` gives Unix seconds (``done_at``)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sink: ReportSink,
+        metrics: RouterMetrics,
+        durable: bool,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.metrics = metrics
+        self.durable = durable
+        self.wall = wall
+        #: Final receipts being made durable: our id → answers owed to carriers (a
+        #: repeated receipt joins the first one's answer instead of reporting twice).
+        self.finishing: dict[str, list[Respond | None]] = {}
+
+    def decide(self, msg: Message, state: MessageState, error: int, carrier: str) -> None:
+        """Finish ``msg`` here (no carrier receipt will come) and report it."""
+        report = DeliveryReport(
+            message_id=msg.id,
+            state=state,
+            error=error & 0xFFF,
+            done_at=self.wall(),
+            carrier=carrier,
+        )
+        self.finished(msg, report, None)
+        stored = StoredMessage(message=msg, state=state, error=error, carrier=carrier)
+        if not self.durable:
+            self.store.set_final(msg.id, report)
+            self.sink.report(stored, report)
+            return
+        # The client's receipt delivered or held first, then the final state: a kill -9
+        # between the two sends it again (after a restart), never loses it.
+        self.sink.report(stored, report, partial(self.commit, msg.id, report, None))
+
+    def finished(self, msg: Message, report: DeliveryReport, accepted: float | None) -> None:
+        """Every message's final state passes here once (:meth:`decide`, or a carrier's
+        final receipt): its metrics and its summary line. ``accepted`` is when the carrier
+        accepted it (``time.monotonic``), when known."""
+        metrics = self.metrics
+        key = (msg.account, STATE_NAME[report.state])
+        metrics.final[key] = metrics.final.get(key, 0) + 1
+        carrier_s: float | None = None
+        if accepted is not None:
+            carrier_s = time.monotonic() - accepted
+            metrics.carrier(report.carrier).receipt_latency.observe(carrier_s)
+        if summary_log.isEnabledFor(logging.INFO):  # a cached lookup when silenced
+            _summary(msg, report, carrier_s)
+
+    def report(
+        self, msg: Message, report: DeliveryReport, final: bool, respond: Respond | None
+    ) -> None:
+        """Report a receipt for ``msg`` (its id in ``report``) to the sink: an intermediate
+        one (answered once the client has it), or a ``final`` one (already through
+        :meth:`finished`; answered once it is delivered or held and committed)."""
+        stored = StoredMessage(
+            message=msg,
+            state=report.state,
+            error=report.error,
+            carrier=report.carrier,
+            carrier_message_id=report.carrier_message_id,
+            done_at=report.done_at if final else None,
+        )
+        if not self.durable:
+            if final:
+                self.store.set_final(msg.id, report)
+            self.sink.report(stored, report)
+            return
+        if not final:  # intermediate: nothing to commit, answered once the client has it
+            try:
+                self.sink.report(stored, report, partial(answer_ok, respond))
+            except Exception:
+                log.exception("message %s: its receipt could not be delivered nor held", msg.id)
+                answer(respond, RETRY_LATER)
+            return
+        self.finishing[msg.id] = [respond]
+        try:
+            self.sink.report(stored, report, partial(self.commit, msg.id, report, respond))
+        except Exception:  # the store is gone (closed, failed): the carrier sends it again
+            log.exception("message %s: its receipt could not be delivered nor held", msg.id)
+            self.durably(msg.id, False)
+
+    def repeated(self, our_id: str, report: DeliveryReport, respond: Respond | None) -> None:
+        """A final receipt for a message whose final state is being made durable: its
+        answer waits for that one's (no second receipt to the client)."""
+        self.metrics.event("receipt_duplicate", report.carrier)
+        self.finishing[our_id].append(respond)
+        if self.store.unwritable is not None:
+            self.answer_later(our_id)
+
+    def commit(
+        self, message_id: str, report: DeliveryReport, respond: Respond | None, reported: bool
+    ) -> None:
+        """The client has the receipt (or it is held): commit the final state, then answer
+        the carrier(s)."""
+        if not reported and respond is not None:
+            # Neither delivered nor held (the store failed): the carrier sends it again.
+            self.durably(message_id, False)
+            return
+        if not reported:
+            # A receipt we decided (expired, rejected, overdue) that the store refused to
+            # hold (full, or cannot write): nobody can send it again. Said, not silent.
+            self.metrics.event("receipt_dropped", report.carrier)
+            log.error(
+                "message %s: its %s receipt could neither be delivered nor held: dropped",
+                message_id,
+                report.state.name,
+            )
+        self.finishing.setdefault(message_id, [respond])
+        try:
+            self.store.set_final(message_id, report, partial(self.durably, message_id))
+        except Exception:
+            log.exception("message %s: its final state could not be stored", message_id)
+            self.durably(message_id, False)
+            return
+        if self.store.unwritable is not None:
+            # The store cannot write now (a full disk): the final state stays queued until
+            # it can, but the carrier is not kept waiting for it — its window would fill
+            # with receipts and stop its MO too. It is answered to send it again later.
+            self.answer_later(message_id)
+
+    def answer_later(self, message_id: str) -> None:
+        """Answer the carriers waiting on ``message_id``'s final state: send it again."""
+        waiting = self.finishing.get(message_id)
+        if waiting:
+            for respond in waiting:
+                answer(respond, RETRY_LATER)
+            waiting.clear()
+
+    def answer_waiting(self) -> None:
+        """While the store cannot write, no carrier is kept waiting for a final state:
+        each is told to send its receipt again (see :meth:`commit`)."""
+        if self.finishing and self.store.unwritable is not None:
+            for message_id in list(self.finishing):
+                self.answer_later(message_id)
+
+    def durably(self, message_id: str, ok: bool) -> None:
+        """``message_id``'s final state is committed (``ok``) or could not be: answer the
+        carriers waiting on it."""
+        if not ok:
+            log.error("message %s: its final state could not be stored", message_id)
+        for respond in self.finishing.pop(message_id, ()):
+            answer(respond, ROK if ok else RETRY_LATER)
+
+
+def answer(respond: Respond | None, status: int) -> None:
+    if respond is not None:
+        respond(status)
+
+
+def answer_ok(respond: Respond | None, ok: bool) -> None:
+    """Answer a carrier once its deliver_sm reached the client or the store (``ok``), or
+    with a temporary error so that it sends it again."""
+    if respond is not None:
+        respond(ROK if ok else RETRY_LATER)
+
+
+def _summary(msg: Message, report: DeliveryReport, carrier_s: float | None) -> None:
+    """The line ``router.messages`` logs once per message: ids, account, carrier, final
+    state, attempts, error, timings. Never the text, the numbers or a password."""
+    total = max(0.0, report.done_at - msg.submitted_at) if msg.submitted_at else None
+    summary_log.info(
+        "message %s %s",
+        msg.id,
+        report.state.name,
+        extra={
+            "message_id": msg.id,
+            "account": msg.account,
+            "carrier": report.carrier,
+            "state": report.state.name,
+            "attempts": msg.attempts,
+            "error": report.error,
+            "tried": list(msg.tried),
+            "part": f"{msg.concat.seq}/{msg.concat.total}" if msg.concat else None,
+            "total_seconds": None if total is None else round(total, 6),
+            "carrier_seconds": None if carrier_s is None else round(carrier_s, 6),
+        },
+    )
