@@ -29,6 +29,7 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from router.cluster import coordinator
+from router.cluster.tokens import LeasedBucket
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
 from router.ports import NodeReport, ReloadNotice, StoreError
@@ -43,7 +44,7 @@ from simulator.mo import build_mo
 from smppcore import aio
 from smppcore.config import ConfigError, load_config
 from smppcore.tls import TlsError, client_context, config_error, server_context
-from smsc.accounts import AccountState
+from smsc.accounts import AccountState, SharedThrottle
 from smsc.admin import AdminServer, resolve_token
 from smsc.cluster import ClusterNode, config_hash
 from smsc.config import SmscConfig
@@ -187,7 +188,10 @@ class App:
         router_config = self._upstream_config(router_config)
 
         now = time.monotonic()
-        accounts = {a.system_id: AccountState(a, now) for a in config.accounts}
+        accounts = {
+            a.system_id: AccountState(a, now, shared=self._shared_throttle())
+            for a in config.accounts
+        }
         self.delivery = Delivery(accounts, self.store)
         # What was held before a restart counts toward each account's max_held at once.
         try:
@@ -258,6 +262,20 @@ class App:
             esme_binds=0 if server is None else len(server.binds),
             queue_share=0 if router is None else len(router.queue),
         )
+
+    def _shared_throttle(self) -> SharedThrottle | None:
+        """In a cluster, an account's throughput bucket is shared by the nodes (each takes
+        tokens in batches: router/cluster/tokens.py); alone, None (its own bucket)."""
+        if not self.cluster.shared:
+            return None
+        coordinator = self.cluster.coordinator
+
+        def shared(account: str, rate: float, burst: float) -> LeasedBucket:
+            bucket = LeasedBucket(coordinator, f"acct:{account}", rate, burst)
+            bucket.prime()
+            return bucket
+
+        return shared
 
     def _slots_for(self, carrier: str) -> int:
         """The bind slots of ``carrier`` this node holds (a pool opens that many)."""
@@ -452,7 +470,7 @@ class App:
                 pools=pools,
                 router=self._upstream_config(config.router, simulated),
                 accounts={
-                    a.system_id: AccountState(a, now)
+                    a.system_id: AccountState(a, now, shared=self._shared_throttle())
                     for a in config.accounts
                     if a.system_id in plan.accounts_added
                 },

@@ -109,6 +109,40 @@ def test_max_sessions_counts_the_sessions_of_every_node(
     run1(main(tmp_path))
 
 
+def test_an_accounts_throughput_is_shared_by_the_nodes(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """Burst 3 and a rate that adds no token within the test: three submits in all are
+    accepted, whichever node they reach (each node alone would accept three)."""
+
+    def config(node_id: int) -> SmscConfig:
+        return node_config(
+            tmp_path, redis_url, node_id, accounts=accounts(throughput=0.001, burst=3)
+        )
+
+    async def main() -> None:
+        async with two_nodes(config(1), config(2)) as (a, b):
+            on_a, on_b = await bind_client(a, "trx"), await bind_client(b, "trx")
+            try:
+                accepted = {"a": 0, "b": 0}
+                for _ in range(10):
+                    for name, esme in (("a", on_a), ("b", on_b)):
+                        resp = await esme.submit(registered_delivery=0)
+                        assert resp.command_status in (
+                            CommandStatus.ESME_ROK,
+                            CommandStatus.ESME_RTHROTTLED,
+                        )
+                        accepted[name] += resp.command_status == CommandStatus.ESME_ROK
+                assert 2 <= sum(accepted.values()) <= 3  # a token leased and not spent is lost
+                assert accepted["a"] >= 1
+                assert accepted["b"] >= 1
+            finally:
+                await on_a.close()
+                await on_b.close()
+
+    run1(main())
+
+
 def test_the_admin_api_lists_every_node(
     run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
 ) -> None:

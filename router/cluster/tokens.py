@@ -55,7 +55,10 @@ class LeasedBucket:
         """Tokens held locally, not spent yet."""
         return self._tokens
 
-    def take(self) -> bool:
+    def take(self, now: float | None = None) -> bool:
+        """Spend one local token (``now`` is not needed: the shared bucket keeps time; it
+        is taken for the call shape of smppcore's TokenBucket). False: none here now (a
+        refill is asked for)."""
         if self._tokens > 0:
             self._tokens -= 1
             if self._tokens <= self._low:
@@ -63,6 +66,10 @@ class LeasedBucket:
             return True
         self._start_refill()
         return False
+
+    def prime(self) -> None:
+        """Ask for a first batch now (on the running loop), before the first take."""
+        self._start_refill()
 
     def _start_refill(self) -> asyncio.Task[int]:
         """The refill under way, or a new one: never two calls at once for one bucket."""
