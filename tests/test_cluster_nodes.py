@@ -17,7 +17,7 @@ import pytest
 import yaml
 from admin_fixtures import TOKEN, Api
 from loops import Run
-from redis_server import redis_server, redis_url  # noqa: F401
+from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 from smsc_fixtures import (
     DEADLINE,
     PASSWORD,
@@ -272,3 +272,48 @@ def upstream_sessions(carrier: Carrier) -> set[Any]:
     state = carrier.account(UPSTREAM_ID)
     assert state is not None
     return state.sessions
+
+
+def test_while_redis_is_away_sessions_stay_up_binds_are_refused_and_it_recovers(
+    run1: Run, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+
+    async def beat_until(app: App, reachable: bool) -> None:
+        """Heartbeats (each one a round trip) until the node sees Redis as ``reachable``."""
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                await app.cluster.beat()
+                if app.cluster.reachable is reachable:
+                    return
+
+    async def main() -> None:
+        config = node_config(tmp_path, server.url, 1)
+        async with running_app(config, wait_for=[]) as node, Api(node.http_port) as client:
+            esme = await bind_client(node, "trx")
+            try:
+                server.kill()
+                await beat_until(node, False)
+                away = await client.get("/cluster")
+                assert away.status == 503
+                assert "redis unreachable" in away.body["error"]
+                with pytest.raises(BindError) as refused:
+                    await bind_client(node, "tx")
+                assert refused.value.status == CommandStatus.ESME_RBINDFAIL
+                assert not esme.c.closed  # the sessions bound stay up
+                server.start()  # same port, empty
+                await beat_until(node, True)
+                back = await client.get("/cluster")
+                assert back.status == 200
+                assert back.body["reachable"]
+                assert [n["node_id"] for n in back.body["nodes"]] == ["1"]
+                again = await bind_client(node, "tx")
+                await again.close()
+            finally:
+                await esme.close()
+
+    try:
+        run1(main())
+    finally:
+        server.stop()

@@ -281,7 +281,9 @@ class RedisCoordinator:
             for account, tokens in self._mine.items():
                 if tokens:
                     key = self._sessions_key(account)
-                    pipe.zadd(key, dict.fromkeys(tokens, until), xx=True)
+                    # Added back, not only renewed: after a Redis restart the sessions
+                    # bound here count again (``tokens`` are exactly this node's live ones).
+                    pipe.zadd(key, dict.fromkeys(tokens, until))
                     pipe.pexpire(key, self._ttl_ms)
             claims = list(self._claims.items())
             for carrier, (total, want) in claims:
