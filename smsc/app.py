@@ -46,7 +46,7 @@ from smppcore.config import ConfigError, load_config
 from smppcore.tls import TlsError, client_context, config_error, server_context
 from smsc.accounts import AccountState, SharedThrottle
 from smsc.admin import AdminServer, resolve_token
-from smsc.cluster import ClusterNode, config_hash
+from smsc.cluster import ClusterCollector, ClusterNode, config_hash
 from smsc.config import SmscConfig
 from smsc.control import CONTROL_WAIT, CarrierControl
 from smsc.delivery import Delivery
@@ -222,6 +222,7 @@ class App:
             sessions=self.cluster.coordinator if self.cluster.shared else None,
         )
         SmscCollector(self.server, self.router, self.delivery).register(self.registry)
+        ClusterCollector(self.cluster).register(self.registry)
         self._listener = await aio.start_server(
             self.server.handler, config.listen.host, config.listen.port, config=config.session
         )

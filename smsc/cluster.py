@@ -20,9 +20,12 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import msgspec
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from router.cluster.config import ClusterConfig
 from router.ports import ClusterUnavailable, Coordinator, NodeReport, NodeState, ReloadNotice
@@ -74,6 +77,9 @@ class ClusterNode:
         #: carrier -> (binds for the cluster, the share asked for)
         self._carriers: dict[str, tuple[int, int]] = {}
         self._alive = 1
+        #: Heartbeats that did not reach the coordinator; reloads other nodes asked.
+        self.heartbeat_failures = 0
+        self.reloads_followed = 0
         #: The last heartbeat reached the coordinator.
         self.reachable = True
         #: Carrier bind slots this node holds (as of the last heartbeat).
@@ -110,6 +116,7 @@ class ClusterNode:
                         await self._claim(name, total, share)
             self.bind_slots = await self.coordinator.heartbeat(self._report(), self._clock())
         except ClusterUnavailable as exc:
+            self.heartbeat_failures += 1
             if self.reachable:
                 log.error("cluster: %s (retrying every %gs)", exc, self.config.heartbeat)
             self.reachable = False
@@ -171,6 +178,7 @@ class ClusterNode:
                 await asyncio.sleep(self.config.heartbeat)
                 continue
             if notice is not None:
+                self.reloads_followed += 1
                 log.info("cluster: node %s reloaded (%s): reloading", notice.origin, notice.reason)
                 try:
                     await self._on_reload(notice)
@@ -196,3 +204,39 @@ class ClusterNode:
         self._tasks = []
         with contextlib.suppress(ClusterUnavailable):
             await self.coordinator.close()
+
+
+class ClusterCollector(Collector):
+    """``smsc_cluster_*``, read at scrape time."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    def register(self, registry: CollectorRegistry) -> None:
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        yield GaugeMetricFamily(
+            "smsc_cluster_reachable",
+            "1 while the last heartbeat reached the cluster's Redis (always 1 alone)",
+            value=1.0 if node.reachable else 0.0,
+        )
+        yield CounterMetricFamily(
+            "smsc_cluster_heartbeat_failures",
+            "Heartbeats that did not reach the cluster's Redis",
+            value=node.heartbeat_failures,
+        )
+        yield CounterMetricFamily(
+            "smsc_cluster_reloads_followed",
+            "Reloads done because another node reloaded",
+            value=node.reloads_followed,
+        )
+        slots = GaugeMetricFamily(
+            "smsc_cluster_bind_slots",
+            "Carrier bind slots this node holds (a carrier's binds count for the cluster)",
+            labels=["carrier"],
+        )
+        for name, n in sorted(node.slots().items()):
+            slots.add_metric([name], n)
+        yield slots

@@ -295,6 +295,10 @@ def test_while_redis_is_away_sessions_stay_up_binds_are_refused_and_it_recovers(
             try:
                 server.kill()
                 await beat_until(node, False)
+                assert node.registry.get_sample_value("smsc_cluster_reachable") == 0.0
+                failures = node.registry.get_sample_value("smsc_cluster_heartbeat_failures_total")
+                assert failures is not None
+                assert failures >= 1
                 away = await client.get("/cluster")
                 assert away.status == 503
                 assert "redis unreachable" in away.body["error"]
@@ -304,6 +308,7 @@ def test_while_redis_is_away_sessions_stay_up_binds_are_refused_and_it_recovers(
                 assert not esme.c.closed  # the sessions bound stay up
                 server.start()  # same port, empty
                 await beat_until(node, True)
+                assert node.registry.get_sample_value("smsc_cluster_reachable") == 1.0
                 back = await client.get("/cluster")
                 assert back.status == 200
                 assert back.body["reachable"]
