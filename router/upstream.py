@@ -330,6 +330,9 @@ class CarrierPool:
         self._bucket = (
             TokenBucket(rate, float(burst or max(1.0, rate)), 0.0) if rate is not None else None
         )
+        #: In a cluster the carrier's ``rate`` is shared out like its binds: this node
+        #: sends at ``rate * slots / binds`` (see :meth:`allow`); None: the whole rate.
+        self._sliced = bind_slots is not None
         adaptive = config.adaptive
         self.aimd = AimdConfig(
             ceiling=rate,
@@ -349,6 +352,7 @@ class CarrierPool:
         self._stop_event = asyncio.Event()
         #: Binds (by index) this node may have up: the bind slots it holds.
         self._allowed = config.binds if bind_slots is None else max(0, bind_slots)
+        self._slice_rate()
         #: Set (and replaced) whenever ``_allowed`` changes: wakes the binds waiting for one.
         self._slots_changed = asyncio.Event()
         self._pending = 0
@@ -424,11 +428,22 @@ class CarrierPool:
             return
         log.info("carrier %s: %d of %d bind slots held here", self.name, slots, self.config.binds)
         self._allowed = slots
+        self._slice_rate()
         for link in self._links:
             if link.index >= slots and link.conn is not None:
                 link.ended.set()
         changed, self._slots_changed = self._slots_changed, asyncio.Event()
         changed.set()
+
+    def _slice_rate(self) -> None:
+        """This node's share of the carrier's ``rate``: as many parts of it as bind slots
+        held (none: the bucket is left as it is, no bind sends anyway)."""
+        rate, burst = self.config.rate, self.config.burst
+        if not self._sliced or rate is None or self._allowed == 0:
+            return
+        share = self._allowed / self.config.binds
+        size = float(burst or max(1.0, rate)) * share
+        self._bucket = TokenBucket(rate * share, max(1.0, size), 0.0)
 
     @property
     def allowed(self) -> int:
@@ -498,10 +513,18 @@ class CarrierPool:
         for lk in self._senders:
             limit = lk.rate.limit
             if limit is None:
-                return self.config.rate
+                return self.rate_share
             total += limit
-        ceiling = self.config.rate
+        ceiling = self.rate_share
         return total if ceiling is None else min(total, ceiling)
+
+    @property
+    def rate_share(self) -> float | None:
+        """The part of the carrier's ``rate`` this node may send at: all of it alone, as
+        many parts as bind slots held in a cluster; None: no rate configured."""
+        if self._bucket is None:
+            return None
+        return self._bucket.rate
 
     @property
     def rate_cuts(self) -> int:

@@ -736,3 +736,21 @@ def test_a_pool_opens_only_the_binds_its_slots_allow(run: Run) -> None:
             assert pool.binds_made == 3
 
     run(main())
+
+
+def test_a_pool_sends_at_its_slots_share_of_the_carriers_rate() -> None:
+    watch = Watch()
+    config = pool_config(1, binds=4, rate=100.0)
+    alone = make_pool(config, watch)
+    assert alone.rate_share == 100.0
+    pool = CarrierPool(
+        config,
+        on_deliver=watch.on_deliver,
+        on_state=watch.on_state,
+        rng=random.Random(7),
+        bind_slots=1,
+    )
+    assert pool.rate_share == 25.0  # one bind of four: a quarter of the carrier's rate
+    pool.allow(3)
+    assert pool.rate_share == 75.0
+    assert make_pool(pool_config(1, binds=4), watch).rate_share is None
