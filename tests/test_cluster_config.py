@@ -3,7 +3,14 @@ errors naming the key, the password never shown, the command line winning over t
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
+from loops import Run
+from processes import smsc_run
+from redis_server import redis_server, redis_url  # noqa: F401
+from smsc_fixtures import closed_port, serve_process
 
 from router.cluster import coordinator
 from router.cluster.config import ClusterConfig
@@ -93,3 +100,33 @@ def test_a_bad_flag_exits_2(
         _parser().parse_args(["serve", flag, value])
     assert caught.value.code == 2
     assert reason in capsys.readouterr().err
+
+
+# --- smsc serve in a cluster -----------------------------------------------------------------
+
+
+def test_serve_exits_1_when_redis_cannot_be_reached(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    result = smsc_run("serve", "--redis", url, "--port", "0", "--metrics-port", "0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "smsc serve: redis unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_exits_1_when_a_live_node_has_its_id(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    args = ("--redis", redis_url, "--node-id", "3", "--port", "0", "--metrics-port", "0")
+
+    async def main() -> None:
+        first = tmp_path / "first"
+        first.mkdir()
+        async with serve_process(first, *args):
+            second = tmp_path / "second"
+            second.mkdir()
+            result = await asyncio.to_thread(smsc_run, "serve", *args, cwd=second)
+        assert result.returncode == 1
+        assert "node id '3' is in use by a live node" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    run1(main())
