@@ -28,7 +28,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from router.cluster.config import ClusterConfig
-from router.ports import ClusterUnavailable, Coordinator, NodeReport, NodeState, ReloadNotice
+from router.ports import (
+    ClusterUnavailable,
+    Coordinator,
+    NodeIdTaken,
+    NodeReport,
+    NodeState,
+    ReloadNotice,
+)
 from smsc.config import SmscConfig
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,8 @@ class ClusterNode:
         #: carrier -> (binds for the cluster, the share asked for)
         self._carriers: dict[str, tuple[int, int]] = {}
         self._alive = 1
+        #: When the last heartbeat got through (the clock's seconds).
+        self._last_beat = clock()
         #: Heartbeats that did not reach the coordinator; reloads other nodes asked.
         self.heartbeat_failures = 0
         self.reloads_followed = 0
@@ -105,22 +114,34 @@ class ClusterNode:
         ]
 
     async def beat(self) -> None:
-        """One heartbeat now (and, shared, the carriers' shares asked again)."""
+        """One heartbeat now (and, shared, the carriers' shares asked again).
+
+        Fencing: once no heartbeat has got through for ``lease`` seconds, the other nodes
+        count this one dead and take its bind slots; it gives them up too (its carrier
+        binds close) until a heartbeat gets through again."""
+        now = self._clock()
         try:
             if self.shared and self._carriers:
-                states = await self.coordinator.nodes(self._clock())
+                states = await self.coordinator.nodes(now)
                 self._alive = max(1, sum(1 for n in states if n.alive))
                 for name, (total, want) in list(self._carriers.items()):
                     share = math.ceil(total / self._alive)
                     if share != want:
                         await self._claim(name, total, share)
-            self.bind_slots = await self.coordinator.heartbeat(self._report(), self._clock())
-        except ClusterUnavailable as exc:
+            self.bind_slots = await self.coordinator.heartbeat(self._report(), now)
+        except (ClusterUnavailable, NodeIdTaken) as exc:
             self.heartbeat_failures += 1
             if self.reachable:
                 log.error("cluster: %s (retrying every %gs)", exc, self.config.heartbeat)
             self.reachable = False
+            if self.bind_slots and now - self._last_beat > self.config.lease:
+                log.error("cluster: no heartbeat for %gs: giving up the carrier bind slots",
+                          self.config.lease)  # fmt: skip
+                self.bind_slots = {}
+                if self._on_slots is not None:
+                    self._on_slots(self.slots())
             return
+        self._last_beat = now
         if not self.reachable:
             log.warning("cluster: redis reachable again")
         self.reachable = True
@@ -168,7 +189,10 @@ class ClusterNode:
     async def _beating(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat)
-            await self.beat()
+            try:
+                await self.beat()
+            except Exception:  # a bug must not stop the heartbeats (the node would die)
+                log.exception("cluster: heartbeat failed")
 
     async def _following(self) -> None:
         while True:

@@ -31,12 +31,16 @@ from smsc_fixtures import (
     upstream,
 )
 
+from router.cluster.config import ClusterConfig
+from router.cluster.redis import RedisCoordinator
+from router.ports import NodeReport
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig
 from smppcore.aio import BindError
 from smppcore.config import load_config
 from smppcore.constants import CommandStatus
 from smsc.app import App
+from smsc.cluster import ClusterNode
 from smsc.config import SmscConfig
 
 #: Real time: a node silent for LEASE seconds is dead.
@@ -317,6 +321,57 @@ def test_while_redis_is_away_sessions_stay_up_binds_are_refused_and_it_recovers(
                 await again.close()
             finally:
                 await esme.close()
+
+    try:
+        run1(main())
+    finally:
+        server.stop()
+
+
+def test_a_node_cut_off_from_redis_for_a_lease_gives_up_its_bind_slots(
+    run1: Run, tmp_path: Path
+) -> None:
+    """The others count it dead after a lease and take its slots: it must not keep its
+    carrier binds open meanwhile (the carrier would see more binds than it allows)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    config = ClusterConfig(redis=server.url, lease=10.0, heartbeat=2.0, timeout=0.5)
+    now = [1_800_000_000.0]
+    seen: list[dict[str, int]] = []
+
+    async def no_reload(notice: object) -> None:
+        raise AssertionError(notice)
+
+    async def main() -> None:
+        node = ClusterNode(
+            RedisCoordinator.from_config(config, "1"),
+            config,
+            report=NodeReport,
+            on_reload=no_reload,
+            on_slots=seen.append,
+            clock=lambda: now[0],
+        )
+        await node.start()
+        try:
+            await node.claim_binds([("ext", 2)])
+            assert node.slots() == {"ext": 2}
+            server.kill()
+            now[0] += 5.0
+            await node.beat()
+            assert not node.reachable
+            assert node.slots() == {"ext": 2}  # within the lease: kept
+            now[0] += 6.0
+            await node.beat()
+            assert node.slots() == {"ext": 0}  # past it: given up
+            assert seen[-1] == {"ext": 0}
+            server.start()
+            async with asyncio.timeout(DEADLINE):
+                while not node.reachable:  # each beat is a round trip
+                    await node.beat()
+            assert node.slots() == {"ext": 2}
+            assert seen[-1] == {"ext": 2}
+        finally:
+            await node.stop()
 
     try:
         run1(main())
