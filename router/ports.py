@@ -9,6 +9,7 @@ from typing import Protocol
 
 import msgspec
 
+from router.health import HealthSums
 from router.model import DeliveryReport, Message, StoredMessage
 
 #: Called with ESME_ROK once a message is accepted (queued, or durably stored in
@@ -252,6 +253,8 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
     """ESME sessions bound to it."""
     queue_share: int = 0
     """Messages it holds in its queue."""
+    health: dict[str, HealthSums] = msgspec.field(default_factory=dict)
+    """What it has seen of each carrier (decayed sums): pooled by the others' routing."""
 
 
 class NodeState(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,6 +32,7 @@ from router.cluster import coordinator
 from router.cluster.tokens import LeasedBucket
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
+from router.health import HealthSums
 from router.ports import NodeReport, ReloadNotice, StoreError
 from router.rates import load_prices
 from router.router import Router
@@ -161,6 +162,7 @@ class App:
             report=self._node_report,
             on_reload=self._reload_asked,
             on_slots=self._apply_slots,
+            on_peers=self._apply_peers,
         )
         self._started = asyncio.Event()
 
@@ -262,6 +264,11 @@ class App:
             config_hash=config_hash(self.config),
             esme_binds=0 if server is None else len(server.binds),
             queue_share=0 if router is None else len(router.queue),
+            health=(
+                {}
+                if router is None or not self.cluster.shared
+                else {name: h.sums(router.wall()) for name, h in router.carriers.health.items()}
+            ),
         )
 
     def _shared_throttle(self) -> SharedThrottle | None:
@@ -288,6 +295,18 @@ class App:
             for name, pool in self.router.pools.items():
                 if name in slots:
                     pool.allow(slots[name])
+
+    def _apply_peers(self, peers: dict[str, list[HealthSums]]) -> None:
+        """After a heartbeat: what the other nodes have seen of each carrier, pooled into
+        this node's health (a carrier they have not reported: nothing from them)."""
+        if self.router is None:
+            return
+        half_life = self.config.router.health.window_seconds
+        for name, health in self.router.carriers.health.items():
+            pooled = HealthSums(at=self.router.wall())
+            for sums in peers.get(name, ()):
+                pooled = pooled.plus(sums, half_life)
+            health.set_peers(pooled)
 
     def carriers_elsewhere(self) -> set[str]:
         """Carriers whose every bind slot other nodes hold (none bound here by design)."""

@@ -7,6 +7,9 @@ local coordinator, so the admin API lists the one node the same way.
 When Redis does not answer, the node keeps running (its ESME sessions stay up), logs it
 once, reports ``reachable: false`` and tries again at each heartbeat.
 
+Carrier health is pooled: each heartbeat carries what this node has seen of each carrier
+(decayed sums), and each node adds the other live nodes' to its own when it routes.
+
 Carrier bind slots: a carrier's ``binds`` counts for the whole cluster. Each node asks for
 its fair share, ``ceil(binds / live nodes)``, at each heartbeat, and gets what the others
 leave: when a node dies its slots lapse with its lease and the others' next heartbeats
@@ -28,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from router.cluster.config import ClusterConfig
+from router.health import HealthSums
 from router.ports import (
     ClusterUnavailable,
     Coordinator,
@@ -71,15 +75,18 @@ class ClusterNode:
         report: Callable[[], NodeReport],
         on_reload: Callable[[ReloadNotice], Awaitable[object]],
         on_slots: Callable[[dict[str, int]], object] | None = None,
+        on_peers: Callable[[dict[str, list[HealthSums]]], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``on_slots(bind_slots)``: after each heartbeat on a shared cluster, the carrier
-        bind slots this node holds (by carrier)."""
+        bind slots this node holds (by carrier). ``on_peers(sums)``: what the other live
+        nodes have seen of each carrier (their health sums, by carrier)."""
         self.coordinator = coordinator
         self.config = config
         self._report = report
         self._on_reload = on_reload
         self._on_slots = on_slots
+        self._on_peers = on_peers
         self._clock = clock
         #: carrier -> (binds for the cluster, the share asked for)
         self._carriers: dict[str, tuple[int, int]] = {}
@@ -124,6 +131,13 @@ class ClusterNode:
             if self.shared and self._carriers:
                 states = await self.coordinator.nodes(now)
                 self._alive = max(1, sum(1 for n in states if n.alive))
+                if self._on_peers is not None:
+                    peers: dict[str, list[HealthSums]] = {}
+                    for state in states:
+                        if state.alive and state.node_id != self.node_id:
+                            for name, sums in state.report.health.items():
+                                peers.setdefault(name, []).append(sums)
+                    self._on_peers(peers)
                 for name, (total, want) in list(self._carriers.items()):
                     share = math.ceil(total / self._alive)
                     if share != want:

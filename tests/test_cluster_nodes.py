@@ -29,6 +29,7 @@ from smsc_fixtures import (
     running_app,
     simulator,
     upstream,
+    wait_final_receipts,
 )
 
 from router.cluster.config import ClusterConfig
@@ -169,6 +170,33 @@ def test_the_admin_api_lists_every_node(
             assert sum(n["bind_slots"].get("sim", 0) for n in nodes.values()) == 1
 
     run1(main(tmp_path))
+
+
+def test_a_node_routes_on_what_every_node_has_seen_of_a_carrier(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    async def main() -> None:
+        configs = node_config(tmp_path, redis_url, 1), node_config(tmp_path, redis_url, 2)
+        async with two_nodes(*configs) as (a, b):
+            assert a.router is not None
+            assert b.router is not None
+            await a.router.wait_carriers_bound(DEADLINE)  # node 1 holds sim's one bind
+            esme = await bind_client(a, "trx")
+            try:
+                ids = [await esme.submit_ok() for _ in range(3)]
+                await wait_final_receipts(esme, ids)
+            finally:
+                await esme.close()
+            before = b.router.carriers.views(b.router.wall())["sim"]
+            assert before.submits == 0
+            await a.cluster.beat()  # node 1 shares what it saw...
+            await b.cluster.beat()  # ...node 2 reads it
+            after = b.router.carriers.views(b.router.wall())["sim"]
+            assert after.submits == pytest.approx(3.0, rel=0.01)
+            assert after.acceptance == 1.0
+            assert after.receipts == pytest.approx(3.0, rel=0.01)
+
+    run1(main())
 
 
 def test_a_reload_on_one_node_reloads_every_node(
