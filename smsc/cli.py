@@ -323,9 +323,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 130
 
 
-async def run_serve(
-    config: SmscConfig, *, loader: Callable[[], SmscConfig] | None = None
-) -> int:
+async def run_serve(config: SmscConfig, *, loader: Callable[[], SmscConfig] | None = None) -> int:
     """Run smsc until SIGINT/SIGTERM, then shut down in order (within shutdown_timeout).
     SIGHUP re-reads the configuration through ``loader`` and applies it live."""
     from smsc.app import App

@@ -135,6 +135,13 @@ SCHEMAS: dict[str, Any] = {
                 **_NUMBER,
                 "description": "... while it has fewer recent receipts than this; null: always",
             },
+            "spill": {
+                "enum": ["now", "wait", "never"],
+                "description": "when the choice has no capacity: the next carrier at once, "
+                "after spill_wait, or never",
+            },
+            "spill_wait": {"type": "number", "description": "seconds (spill: wait)"},
+            "long_message_failure": {"enum": ["fail_all", "resend_all"]},
             "candidates": {
                 "type": "array",
                 "items": _obj(
