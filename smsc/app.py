@@ -36,7 +36,7 @@ from router.health import HealthSums
 from router.ports import NodeReport, ReloadNotice, StoreError
 from router.rates import load_prices
 from router.router import Router
-from router.stores.sqlite import SqliteStore
+from router.stores import create_store
 from router.stores.writebehind import run_purges
 from router.upstream import CarrierPool
 from simulator.carrier import Carrier
@@ -142,7 +142,15 @@ class App:
         self._mo_rng = random.Random("smsc-admin-mo")
         self.registry = registry or CollectorRegistry()
         self.simulators: dict[str, Carrier] = {}
-        self.store = SqliteStore(config.router.store)
+        #: SQLite alone; in a cluster (cluster.redis) the nodes' shared Redis store.
+        self.store = create_store(
+            config.router.store,
+            redis_url=config.cluster.url_with_credentials(),
+            # Alone, the owner SQLite files have always had (""): their messages recover.
+            node_id=str(config.node_id) if config.cluster.enabled else "",
+            claim_seconds=config.cluster.lease,
+            prefix=config.cluster.key_prefix,
+        )
         #: Purges the store every ``store.purge_interval`` (cancelled before it closes).
         self._purger: asyncio.Task[None] | None = None
         self.router: Router | None = None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from router.ports import NodeIdTaken
+from router.ports import NodeIdTaken, StoreError
 from simulator.config import CarrierConfig
 from smppcore.config import ConfigError
 from smppcore.configfile import load_yaml_config
@@ -316,7 +316,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         loader = None if args.config is None else (lambda: serve_config(args))
         return _run(run_serve(config, loader=loader))
-    except (OSError, NodeIdTaken) as exc:  # a port in use, Redis unreachable, ...
+    except (OSError, NodeIdTaken, StoreError) as exc:  # a port in use, Redis away, ...
         print(f"smsc serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

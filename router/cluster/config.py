@@ -1,7 +1,8 @@
 """The ``cluster:`` section of the serve configuration: where the nodes meet (Redis), how
 long a node's leases last and how often it renews them.
 
-With no ``redis`` URL the node runs alone (the local coordinator, today's behaviour)."""
+With no ``redis`` URL the node runs alone (the local coordinator and the SQLite store,
+today's behaviour); with one, the coordination and the message store are on Redis."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     """CA certificates (PEM) that sign the Redis server's certificate (rediss://);
     null: the system's."""
     key_prefix: KeyPrefix = "smsc"
-    """The start of every key (several clusters may share a Redis)."""
+    """The start of every key, the message store's too (several clusters may share a
+    Redis)."""
     lease: Annotated[float, Meta(gt=0, le=3600)] = 10.0
     """Seconds a node's heartbeat, session slots and carrier bind slots last: a node
     whose heartbeat is older is dead, and what it held is free for the others."""
@@ -80,6 +82,19 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             )
         if self.username is not None and self.password is None:
             raise ValueError("username: needs a password")
+
+    def url_with_credentials(self) -> str | None:
+        """``redis`` with ``username``/``password`` written into it (for clients that take
+        a URL alone, such as the message store's); None when not in a cluster."""
+        if self.redis is None or self.password is None:
+            return self.redis
+        parts = urllib.parse.urlsplit(self.redis)
+        if parts.password is not None or parts.scheme == "unix":
+            return self.redis
+        user = urllib.parse.quote(self.username or "", safe="")
+        secret = urllib.parse.quote(self.password, safe="")
+        netloc = f"{user}:{secret}@{parts.netloc.rpartition('@')[2]}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
     @property
     def enabled(self) -> bool:
