@@ -306,7 +306,7 @@ def upstream_sessions(carrier: Carrier) -> set[Any]:
     return state.sessions
 
 
-def test_while_redis_is_away_sessions_stay_up_binds_are_refused_and_it_recovers(
+def test_while_redis_is_away_sessions_stay_up_submits_and_binds_are_refused_and_it_recovers(
     run1: Run, tmp_path: Path
 ) -> None:
     server = RedisServer(tmp_path)
@@ -321,7 +321,7 @@ def test_while_redis_is_away_sessions_stay_up_binds_are_refused_and_it_recovers(
                     return
 
     async def main() -> None:
-        config = node_config(tmp_path, server.url, 1)
+        config = node_config(tmp_path, server.url, 1, router={"ack_after": "store"})
         async with running_app(config, wait_for=[]) as node, Api(node.http_port) as client:
             esme = await bind_client(node, "trx")
             try:
@@ -338,6 +338,9 @@ def test_while_redis_is_away_sessions_stay_up_binds_are_refused_and_it_recovers(
                     await bind_client(node, "tx")
                 assert refused.value.status == CommandStatus.ESME_RBINDFAIL
                 assert not esme.c.closed  # the sessions bound stay up
+                # ack_after: store: what cannot be stored is not acknowledged.
+                refused_submit = await esme.submit(registered_delivery=0)
+                assert refused_submit.command_status == CommandStatus.ESME_RSYSERR
                 server.start()  # same port, empty
                 await beat_until(node, True)
                 assert node.registry.get_sample_value("smsc_cluster_reachable") == 1.0
@@ -347,6 +350,9 @@ def test_while_redis_is_away_sessions_stay_up_binds_are_refused_and_it_recovers(
                 assert [n["node_id"] for n in back.body["nodes"]] == ["1"]
                 again = await bind_client(node, "tx")
                 await again.close()
+                async with asyncio.timeout(DEADLINE):  # the store finds Redis back too
+                    while (await esme.submit(registered_delivery=0)).command_status:
+                        pass
             finally:
                 await esme.close()
 
