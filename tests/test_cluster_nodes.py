@@ -199,6 +199,27 @@ def test_a_node_routes_on_what_every_node_has_seen_of_a_carrier(
     run1(main())
 
 
+def test_a_node_whose_configuration_differs_shows_in_the_cluster_listing(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    async def main() -> None:
+        drifted = node_config(
+            tmp_path,
+            redis_url,
+            2,
+            accounts=[*accounts(), {"system_id": "newco", "password": "newco-pw"}],
+        )
+        async with two_nodes(node_config(tmp_path, redis_url, 1), drifted) as (a, b):
+            await a.cluster.beat()
+            await b.cluster.beat()
+            async with Api(a.http_port) as client:
+                nodes = (await client.get("/cluster")).body["nodes"]
+            hashes = {n["node_id"]: n["config_hash"] for n in nodes}
+            assert hashes["1"] != hashes["2"]
+
+    run1(main())
+
+
 def test_a_reload_on_one_node_reloads_every_node(
     run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
 ) -> None:
