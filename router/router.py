@@ -99,7 +99,10 @@ class Router:
         policies: Mapping[str, AccountPolicy] | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        bind_slots: Callable[[str], int] | None = None,
     ) -> None:
+        """``bind_slots(carrier)``: the carrier's bind slots this node holds (a cluster);
+        None: all its ``binds``."""
         self.config = config
         self.store = store
         self.sink = sink
@@ -123,6 +126,7 @@ class Router:
             wake=self._wake_up,
             wall=wall,
             rng=self._rng,
+            bind_slots=bind_slots,
         )
         self.receipts = Receipts(
             config,

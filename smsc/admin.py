@@ -32,6 +32,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.model import Address
+from router.ports import ClusterUnavailable
 from router.routing import format_explanation
 from smppcore.config import ConfigError
 from smppcore.constants import CommandStatus, ton_npi_for
@@ -138,6 +139,7 @@ class AdminServer:
         add.add_get(f"{v1}/queue", self.queue)
         add.add_post(f"{v1}/messages", self.submit)
         add.add_post(f"{v1}/reload", self.reload)
+        add.add_get(f"{v1}/cluster", self.cluster)
         self._runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=2.0)
         self._openapi = msgspec.json.encode(SPEC)
 
@@ -260,7 +262,7 @@ class AdminServer:
         while True:
             store = self.app.store.is_open and self.app.store.unwritable is None
             carriers = {s.name: s.bound for s in router.carrier_states()}
-            out = router.paused | router.drained
+            out = router.paused | router.drained | self.app.carriers_elsewhere()
             ok = store and all(n > 0 for name, n in carriers.items() if name not in out)
             left = until - loop.time()
             if ok or left <= 0 or not await router.binds_changed(left):
@@ -438,6 +440,38 @@ class AdminServer:
                 name = f"status {status:#x}"
             return error(503, f"refused: {name}")
         return _json({"message_id": msg_id}, 202)
+
+    # --- cluster ----------------------------------------------------------------------
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        """The nodes (alive, or lately dead), so that drift and failures show."""
+        node = self.app.cluster
+        try:
+            states = await node.nodes()
+        except ClusterUnavailable as exc:
+            return error(503, str(exc))
+        return _json(
+            {
+                "node_id": node.node_id,
+                "shared": node.shared,
+                "reachable": node.reachable,
+                "lease": node.config.lease,
+                "nodes": [
+                    {
+                        "node_id": s.node_id,
+                        "address": s.report.address,
+                        "ports": list(s.report.ports),
+                        "alive": s.alive,
+                        "heartbeat_age": round(s.age, 3),
+                        "config_hash": s.report.config_hash,
+                        "esme_binds": s.report.esme_binds,
+                        "bind_slots": s.bind_slots,
+                        "queue_share": s.report.queue_share,
+                    }
+                    for s in states
+                ],
+            }
+        )
 
     # --- reload -----------------------------------------------------------------------
 

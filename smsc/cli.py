@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from router.ports import NodeIdTaken, StoreError
 from simulator.config import CarrierConfig
 from smppcore.config import ConfigError
 from smppcore.configfile import load_yaml_config
@@ -109,6 +110,25 @@ def _octet(value: str) -> int:
     return number
 
 
+def _redis_url(value: str) -> str:
+    from router.cluster.config import check_redis_url
+
+    try:
+        return check_redis_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a Redis URL: {exc}") from None
+
+
+def _node_id(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 <= number <= 35:
+        raise argparse.ArgumentTypeError(f"{number} is not in 0..35")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smsc",
@@ -132,6 +152,20 @@ def _parser() -> argparse.ArgumentParser:
         type=_port,
         metavar="PORT",
         help="HTTP port of the application API (/v1); turns it on; 0 picks a free one",
+    )
+    serve.add_argument(
+        "--redis",
+        type=_redis_url,
+        metavar="URL",
+        help="join the cluster on this Redis (redis://[:password@]host:port/db, rediss://,"
+        " unix://); overrides cluster.redis",
+    )
+    serve.add_argument(
+        "--node-id",
+        type=_node_id,
+        metavar="N",
+        help="this node's id, 0..35 (the first character of its message ids); overrides"
+        " node_id",
     )
     serve.add_argument(
         "--log-level",
@@ -263,6 +297,10 @@ def serve_config(args: argparse.Namespace) -> SmscConfig:
     if args.api_port is not None:
         api = config.http_api or HttpApiConfig()
         changes["http_api"] = msgspec.structs.replace(api, port=args.api_port)
+    if args.redis is not None:
+        changes["cluster"] = msgspec.structs.replace(config.cluster, redis=args.redis)
+    if args.node_id is not None:
+        changes["node_id"] = args.node_id
     if args.log_level is not None or args.log_format is not None:
         settings = config.log_settings
         changes["log_level"] = None
@@ -293,7 +331,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         loader = None if args.config is None else (lambda: serve_config(args))
         return _run(run_serve(config, loader=loader))
-    except OSError as exc:
+    except (OSError, NodeIdTaken, StoreError) as exc:  # a port in use, Redis away, ...
         print(f"smsc serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

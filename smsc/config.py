@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from router.cluster.config import ClusterConfig
 from router.config import CarrierName, MicroUnits, PriceText, RouterConfig, price_of
 from smppcore.accounts import AccountSettings, SystemId
 from smppcore.session import SessionConfig
@@ -141,7 +142,8 @@ class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class SmscConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node_id: Annotated[int, Meta(ge=0, le=35)] = 0
-    """This node's number, the first character of every message id (base 36)."""
+    """This node's number, the first character of every message id (base 36); in a
+    cluster, its id (unique: a node refuses to start while a live one has it)."""
     system_id: SystemId = "smsc"
     """Our system_id in bind responses."""
     listen: Listener = Listener()
@@ -157,6 +159,8 @@ class SmscConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     http_api: HttpApiConfig | None = None
     """The application HTTP API (smsc/http_api.py); null: off (on in the embedded default)."""
     webhooks: WebhooksConfig = WebhooksConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    """Several nodes sharing Redis; default: this node alone."""
     shutdown_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     """Seconds a graceful shutdown may take overall; then what is left is abandoned (the
     store is still closed: queued messages are kept)."""

@@ -21,7 +21,7 @@ import msgspec
 
 from router.metrics import SUBMIT_BUCKETS, Histogram
 from router.model import Address, Message, StoredMessage
-from router.ports import Intake, Store, StoreError
+from router.ports import ClusterUnavailable, Coordinator, Intake, Store, StoreError
 from smppcore import aio
 from smppcore.accounts import BIND_TYPE_OF_COMMAND, check_bind
 from smppcore.constants import CommandId, CommandStatus, EsmClass, MessageState
@@ -116,7 +116,10 @@ class Server:
         max_connections: int = 1000,
         guard: BindGuard | None = None,
         wall: Callable[[], float] = time.time,
+        sessions: Coordinator | None = None,
     ) -> None:
+        """``sessions``: where an account's session slots are counted across the nodes of
+        a cluster (max_sessions holds for all of them); None: this node alone."""
         self.system_id = system_id
         self.accounts = accounts
         self.intake = intake
@@ -128,6 +131,7 @@ class Server:
         #: Failed binds per peer address and their cool-downs.
         self.guard = guard if guard is not None else BindGuard(SecurityConfig())
         self.wall = wall
+        self.sessions = sessions
         self.metrics = ServerMetrics()
         self.connections: set[aio.Connection] = set()
         #: Bound sessions by bind id (admin API: list, kick).
@@ -276,6 +280,10 @@ class EsmeHandler(aio.Handler):
         self.server = server
         self.state: AccountState | None = None
         self.bind_id = ""
+        #: (account, token) of the cluster session slot this session holds.
+        self.slot: tuple[str, str] | None = None
+        #: A bind is waiting for its cluster session slot.
+        self._binding = False
 
     def connection_made(self, conn: aio.Connection) -> None:
         if not self.server.admit(conn):
@@ -285,6 +293,9 @@ class EsmeHandler(aio.Handler):
         self.server.forget(conn)
         if self.bind_id:
             self.server.binds.pop(self.bind_id, None)
+        if self.slot is not None:
+            self.server.spawn(self._release_slot(*self.slot))
+            self.slot = None
         if self.state is not None:
             self.state.remove(conn)
             log.info("session of %s closed: %s", self.state.system_id, reason)
@@ -388,12 +399,52 @@ class EsmeHandler(aio.Handler):
             password_ok=password_ok,
         )
         guess = status in _GUESSES  # counted whatever the answer says
-        if self.state is not None:  # a second bind, pipelined, overtaken by the first
+        if self.state is not None or self._binding:  # a second bind, pipelined
             status = _S.ESME_RALYBND
         elif not server.accepting:
             status = _S.ESME_RBINDFAIL
         note = " (cool-down starts)" if server.bind_ended(peer, failed=guess) else ""
+        if status == _S.ESME_ROK and state is not None and server.sessions is not None:
+            self._binding = True
+            server.spawn(self._bind_in_cluster(conn, pdu, state, note, server.sessions))
+            return
         self._bound(conn, pdu, state, status, note)
+
+    async def _bind_in_cluster(
+        self, conn: aio.Connection, pdu: Pdu, state: AccountState, note: str, sessions: Coordinator
+    ) -> None:
+        """A bind that passed every local check takes one of the account's session slots
+        across the cluster (max_sessions counts every node's sessions): ESME_RBINDFAIL when
+        all are taken, or when the cluster cannot be asked."""
+        account = state.system_id
+        try:
+            slot = await sessions.acquire_session(
+                account, state.account.max_sessions, self.server.wall()
+            )
+        except ClusterUnavailable:
+            self._binding = False
+            self._bound(conn, pdu, state, _S.ESME_RBINDFAIL, f"{note} (cluster unreachable)")
+            return
+        self._binding = False
+        if slot is None:
+            self._bound(
+                conn, pdu, state, _S.ESME_RBINDFAIL, f"{note} (max_sessions across the cluster)"
+            )
+            return
+        if conn.closed:
+            await self._release_slot(account, slot)
+            return
+        self.slot = (account, slot)
+        self._bound(conn, pdu, state, _S.ESME_ROK, note)
+
+    async def _release_slot(self, account: str, slot: str) -> None:
+        sessions = self.server.sessions
+        if sessions is None:
+            return
+        try:
+            await sessions.release_session(account, slot)
+        except ClusterUnavailable as exc:  # it lapses with this node's lease instead
+            log.warning("session slot of %s not released: %s", account, exc)
 
     def _bound(
         self, conn: aio.Connection, pdu: Pdu, state: AccountState | None, status: int, note: str
