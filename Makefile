@@ -9,7 +9,7 @@ PY_STAMP := $(VENV)/.installed
 NODE_DIR := tests/interop/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: all run test test-repeat lint typecheck pytest bench setup services clean distclean
+.PHONY: all run run-cluster test test-repeat lint typecheck pytest bench setup services clean distclean
 
 all: test
 
@@ -17,6 +17,25 @@ all: test
 # carriers, metrics on 127.0.0.1:9775), in the foreground; Ctrl-C stops it in order.
 run: setup
 	$(BIN)/smsc serve
+
+# Two nodes of a cluster on one local Redis (port 6390, data in a temporary directory): node 1
+# on 127.0.0.1:2775 (metrics 9775), node 2 on 127.0.0.1:2785 (metrics 9785), each with the
+# embedded default's simulated carriers (their binds shared out between the nodes) and its
+# own working directory (each in a process group of its own, so that Ctrl-C reaches make,
+# which stops the nodes in order, then Redis).
+CLUSTER_REDIS := redis://127.0.0.1:6390/0
+run-cluster: setup services
+	@dir=$$(mktemp -d -t smsc-cluster-XXXXXX); mkdir -p $$dir/node1 $$dir/node2; \
+	setsid redis-server --bind 127.0.0.1 --port 6390 --dir $$dir --save '' \
+	  --appendonly yes --logfile $$dir/redis.log & redis=$$!; \
+	for i in $$(seq 100); do redis-cli -p 6390 ping >/dev/null 2>&1 && break; sleep 0.1; done; \
+	echo "redis: $(CLUSTER_REDIS) (data and logs in $$dir)"; \
+	(cd $$dir/node1 && exec setsid $(abspath $(BIN))/smsc serve --redis $(CLUSTER_REDIS) \
+	  --node-id 1 --port 2775 --metrics-port 9775) & one=$$!; \
+	(cd $$dir/node2 && exec setsid $(abspath $(BIN))/smsc serve --redis $(CLUSTER_REDIS) \
+	  --node-id 2 --port 2785 --metrics-port 9785) & two=$$!; \
+	stop() { kill $$one $$two 2>/dev/null; wait $$one $$two; kill $$redis; wait $$redis; }; \
+	trap stop INT TERM; wait $$one $$two; kill $$redis 2>/dev/null; wait $$redis
 
 test: lint typecheck pytest
 

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from router.config import StoreConfig
 from router.model import Address, DeliveryReport, Message
-from router.store import SqliteStore, StoreTimeout
+from router.ports import StoreTimeout
+from router.stores.sqlite import SqliteStore
 from smppcore.constants import MessageState
 
 #: A receipt deliver_sm's size, roughly (header, addresses, text, three TLVs).

@@ -69,8 +69,12 @@ class Carriers:
         wake: Callable[[], None],
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        bind_slots: Callable[[str], int] | None = None,
     ) -> None:
+        """``bind_slots(carrier)``: how many of a carrier's binds this node may open (the
+        bind slots it holds in a cluster; see CarrierPool.allow); None: all of them."""
         self.queue = queue
+        self._bind_slots = bind_slots
         self.metrics = metrics
         self.wall = wall
         self._on_deliver = on_deliver
@@ -112,13 +116,14 @@ class Carriers:
         )
 
     async def wait_bound(self, timeout: float, carriers: Iterable[str] | None = None) -> None:
-        """Return once every carrier (or each of ``carriers``) has all its configured binds
-        up and submit-capable; TimeoutError after ``timeout`` seconds. Woken by bind state
-        changes, never by polling."""
+        """Return once every carrier (or each of ``carriers``) has all the binds it may have
+        (its configured binds, or the bind slots this node holds) up and submit-capable;
+        TimeoutError after ``timeout`` seconds. Woken by bind state changes, never by
+        polling."""
         names = list(self.pools) if carriers is None else list(carriers)
         pools = [self.pools[name] for name in names]
         async with asyncio.timeout(timeout):
-            while not all(pool.bound >= pool.config.binds for pool in pools):
+            while not all(pool.bound >= pool.allowed for pool in pools):
                 self.binds_changed.clear()
                 await self.binds_changed.wait()
 
@@ -255,8 +260,13 @@ class Carriers:
         self.unpark_all()
 
     def _pool(self, config: CarrierConfig) -> CarrierPool:
+        slots = None if self._bind_slots is None else self._bind_slots(config.name)
         return CarrierPool(
-            config, on_deliver=self._on_deliver, on_state=self.on_state, rng=self._rng
+            config,
+            on_deliver=self._on_deliver,
+            on_state=self.on_state,
+            rng=self._rng,
+            bind_slots=slots,
         )
 
     def _health(self, name: str, now: float) -> CarrierHealth:

@@ -163,6 +163,30 @@ class RoutingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     it as they come (and it returns as they age): nothing unmeasured is thought perfect."""
     prior_weight: Annotated[float, Meta(gt=0, le=10_000)] = 10.0
     """How many receipts ``prior_delivery`` counts for."""
+    spill: Literal["now", "wait", "never"] = "now"
+    """When the first choice's windows are full (or its rate used up) and another eligible
+    carrier could take the message: ``now`` sends it to the next one at once; ``wait``
+    holds it for a slot of the first choice until it has waited ``spill_wait`` seconds
+    since it was due (submitted, or its scheduled time), then spills; ``never`` always
+    waits for the first choice (others take messages only when it is unavailable or fails
+    them). Counted in ``smsc_route_spill_total{carrier,reason}``."""
+    spill_wait: Annotated[float, Meta(ge=0, le=3600)] = 0.05
+    """Seconds a due message waits for a slot of its first choice with ``spill: wait``."""
+    long_message_failure: Literal["fail_all", "resend_all"] = "fail_all"
+    """When the carrier a long message's parts are pinned to fails one part for good
+    (refused permanently, retries exhausted) or stays unavailable past ``pin_wait`` while
+    it holds parts of it already: ``fail_all`` fails every part (a failure receipt each,
+    the parts it accepted included); ``resend_all`` sends the whole message again over the
+    next carrier (falling back to ``fail_all`` when there is none)."""
+    pin_wait: Annotated[float, Meta(gt=0, le=3600)] = 5.0
+    """Seconds a part waits for its pinned carrier while that one is unavailable (paused,
+    no bind, breaker open); then the message is routed elsewhere whole (see
+    ``long_message_failure``)."""
+    pin_idle: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
+    """Seconds without any part routed or answered after which a long message's pin is
+    dropped (a pin goes as soon as every part is accepted or final)."""
+    max_pins: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    """Long messages pinned at most; beyond it the least recently used pin is dropped."""
 
 
 class RateCardConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -55,7 +55,7 @@ P = TypeVar("P")
 
 
 class SentIndex(Protocol):
-    """What correlation needs from the store (``router.store.Store`` provides it)."""
+    """What correlation needs from the store (``router.ports.Store`` provides it)."""
 
     def set_sent(
         self, message_id: str, carrier: str, carrier_message_id: str, *, key: str | None = None

@@ -42,6 +42,13 @@ class ReceiptDeadlines:
             deadlines = self._deadlines[carrier] = {}
         deadlines[message_id] = deadline
 
+    def awaits(self, message_id: str, carrier: str) -> bool:
+        """Is ``message_id``'s receipt from ``carrier`` still awaited?"""
+        deadlines = self._deadlines.get(carrier)
+        if deadlines is not None and message_id in deadlines:
+            return True
+        return message_id in self._capped_ids
+
     def drop(self, message_id: str, carrier: str) -> None:
         """Its final receipt came: no deadline any more."""
         deadlines = self._deadlines.get(carrier)

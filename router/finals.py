@@ -24,8 +24,7 @@ from functools import partial
 
 from router.metrics import RouterMetrics
 from router.model import DeliveryReport, Message, StoredMessage
-from router.ports import ReportSink
-from router.store import Store
+from router.ports import ReportSink, Store
 from router.upstream import Respond
 from smppcore.constants import CommandStatus, MessageState
 

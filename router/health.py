@@ -105,8 +105,39 @@ class HealthView(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """Why the carrier is unavailable or unhealthy, for explanations."""
 
 
+class HealthSums(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A carrier's decayed sums as one node has seen them at ``at`` (wall clock): what the
+    nodes of a cluster share so that each routes on what all of them have seen."""
+
+    at: float
+    acc_n: float = 0.0
+    acc_w: float = 0.0
+    lat_sum: float = 0.0
+    lat_w: float = 0.0
+    dlv_n: float = 0.0
+    dlv_w: float = 0.0
+
+    def plus(self, other: HealthSums, half_life: float) -> HealthSums:
+        """Both together, at the later of the two instants (the earlier one decayed)."""
+        a, b = (self, other) if self.at >= other.at else (other, self)
+        f = 0.5 ** ((a.at - b.at) / half_life)
+        return HealthSums(
+            at=a.at,
+            acc_n=a.acc_n + b.acc_n * f,
+            acc_w=a.acc_w + b.acc_w * f,
+            lat_sum=a.lat_sum + b.lat_sum * f,
+            lat_w=a.lat_w + b.lat_w * f,
+            dlv_n=a.dlv_n + b.dlv_n * f,
+            dlv_w=a.dlv_w + b.dlv_w * f,
+        )
+
+
 class CarrierHealth:
-    """Decayed acceptance, delivery and latency, bind count and circuit breaker of a carrier."""
+    """Decayed acceptance, delivery and latency, bind count and circuit breaker of a carrier.
+
+    In a cluster, :meth:`set_peers` adds what the other nodes have seen of the carrier
+    (their :meth:`sums`) to the rates and latency; the breaker and binds stay this node's.
+    """
 
     __slots__ = (
         "_acc_n",
@@ -121,6 +152,7 @@ class CarrierHealth:
         "_lat_w",
         "_on_breaker",
         "_opened_at",
+        "_peers",
         "_state",
         "_trial_at",
         "config",
@@ -154,6 +186,8 @@ class CarrierHealth:
         self._consecutive = 0
         self._opened_at = 0.0
         self._trial_at: float | None = None  # half-open: when the trial was granted
+        #: What the other nodes of a cluster have seen (decayed with this node's sums).
+        self._peers = HealthSums(at=now)
 
     # -- decay ---------------------------------------------------------------------------
 
@@ -169,6 +203,25 @@ class CarrierHealth:
         self._lat_w *= f
         self._dlv_n *= f
         self._dlv_w *= f
+
+    # -- the cluster -----------------------------------------------------------------------
+
+    def sums(self, now: float) -> HealthSums:
+        """This node's own decayed sums at ``now`` (not the peers'), to share."""
+        self._decay(now)
+        return HealthSums(
+            at=now,
+            acc_n=self._acc_n,
+            acc_w=self._acc_w,
+            lat_sum=self._lat_sum,
+            lat_w=self._lat_w,
+            dlv_n=self._dlv_n,
+            dlv_w=self._dlv_w,
+        )
+
+    def set_peers(self, peers: HealthSums) -> None:
+        """What the other nodes have seen (their sums together), replacing the last."""
+        self._peers = peers
 
     # -- breaker ---------------------------------------------------------------------------
 
@@ -276,9 +329,17 @@ class CarrierHealth:
         self._decay(now)
         cfg = self.config
         state = self._breaker(now)
-        acceptance = self._acc_n / self._acc_w if self._acc_w > 0 else None
-        delivery = self._dlv_n / self._dlv_w if self._dlv_w > 0 else None
-        latency = self._lat_sum / self._lat_w if self._lat_w > 0 else None
+        acc_n, acc_w, dlv_n, dlv_w = self._acc_n, self._acc_w, self._dlv_n, self._dlv_w
+        lat_sum, lat_w = self._lat_sum, self._lat_w
+        peers = self._peers
+        if peers.acc_w or peers.dlv_w or peers.lat_w:  # a cluster: what the others saw
+            f = 0.5 ** (max(0.0, now - peers.at) / self._half_life)
+            acc_n, acc_w = acc_n + peers.acc_n * f, acc_w + peers.acc_w * f
+            dlv_n, dlv_w = dlv_n + peers.dlv_n * f, dlv_w + peers.dlv_w * f
+            lat_sum, lat_w = lat_sum + peers.lat_sum * f, lat_w + peers.lat_w * f
+        acceptance = acc_n / acc_w if acc_w > 0 else None
+        delivery = dlv_n / dlv_w if dlv_w > 0 else None
+        latency = lat_sum / lat_w if lat_w > 0 else None
 
         reasons: list[str] = []
         if self._binds <= 0:
@@ -292,21 +353,21 @@ class CarrierHealth:
 
         healthy = True
         enough = self.min_samples
-        if acceptance is not None and self._acc_w >= enough and acceptance < cfg.min_acceptance:
+        if acceptance is not None and acc_w >= enough and acceptance < cfg.min_acceptance:
             healthy = False
             reasons.append(f"acceptance {acceptance:.2f} < {cfg.min_acceptance:.2f}")
-        if delivery is not None and self._dlv_w >= enough and delivery < cfg.min_delivery:
+        if delivery is not None and dlv_w >= enough and delivery < cfg.min_delivery:
             healthy = False
             reasons.append(f"delivery {delivery:.2f} < {cfg.min_delivery:.2f}")
-        if latency is not None and self._lat_w >= enough and latency > cfg.max_latency:
+        if latency is not None and lat_w >= enough and latency > cfg.max_latency:
             healthy = False
             reasons.append(f"latency {latency:.2f}s > {cfg.max_latency:.2f}s")
 
         # Laplace-smoothed rates (one success and one failure assumed) and a latency smoothed
         # with one sample at half the limit, so little data scores between bad and proven.
-        acc_s = (self._acc_n + 1.0) / (self._acc_w + 2.0)
-        dlv_s = (self._dlv_n + 1.0) / (self._dlv_w + 2.0)
-        lat_s = (self._lat_sum + cfg.max_latency / 2) / (self._lat_w + 1.0)
+        acc_s = (acc_n + 1.0) / (acc_w + 2.0)
+        dlv_s = (dlv_n + 1.0) / (dlv_w + 2.0)
+        lat_s = (lat_sum + cfg.max_latency / 2) / (lat_w + 1.0)
         score = acc_s * dlv_s / (1.0 + lat_s / cfg.max_latency)
 
         return HealthView(
@@ -315,8 +376,8 @@ class CarrierHealth:
             acceptance=acceptance,
             delivery=delivery,
             latency=latency,
-            submits=self._acc_w,
-            receipts=self._dlv_w,
+            submits=acc_w,
+            receipts=dlv_w,
             breaker=state,
             available=available,
             healthy=healthy,

@@ -26,9 +26,8 @@ from router.config import RouterConfig
 from router.finals import Finals
 from router.metrics import RouterMetrics
 from router.model import Message
-from router.ports import AcceptCallback
+from router.ports import AcceptCallback, Store
 from router.queue import MessageQueue
-from router.store import Store
 from smppcore.constants import CommandStatus, MessageState
 
 log = logging.getLogger(__name__)

@@ -105,9 +105,16 @@ class RouterMetrics:
         self.receipts: dict[tuple[str, str], int] = {}
         #: (account, state name) → messages that reached a final state.
         self.final: dict[tuple[str, str], int] = {}
+        #: (first choice, reason: window | rate | breaker) → messages sent to another
+        #: carrier because the first choice had no capacity for them (routing.spill).
+        self.spills: dict[tuple[str, str], int] = {}
+        #: (carrier, action: rerouted | resent | failed_all) → long messages moved off a
+        #: pinned carrier (unavailable, holding no part), sent again over the next one, or
+        #: failed part by part (router/pins.py).
+        self.long_messages: dict[tuple[str, str], int] = {}
         #: (event, carrier or "") → rare events: receipt_unmatched, receipt_unreadable,
         #: receipt_duplicate, receipt_deferred, receipt_timeout, resent, mo, mo_unrouted,
-        #: deferred.
+        #: deferred, explored, receipt_withdrawn.
         self.events: dict[tuple[str, str], int] = {}
 
     def carrier(self, name: str) -> CarrierCounts:

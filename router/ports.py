@@ -4,9 +4,12 @@ backends for these (Redis), not a rewrite."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import msgspec
+
+from router.health import HealthSums
 from router.model import DeliveryReport, Message, StoredMessage
 
 #: Called with ESME_ROK once a message is accepted (queued, or durably stored in
@@ -57,4 +60,287 @@ class ReportSink(Protocol):
         the account; ``settled(ok)`` once it is delivered or durably held. False: neither
         could be done now (the store refuses to hold more); the carrier's deliver_sm is
         then answered ESME_RX_T_APPN, to be sent again."""
+        ...
+
+
+# -- the message store ------------------------------------------------------------------
+
+#: Called on the event loop once per write that asks for it: True after the backend made
+#: the write durable (committed), False if it could not be stored (after a retry).
+DurableCallback = Callable[[bool], None]
+
+
+class StoreError(RuntimeError):
+    """The store cannot serve a call."""
+
+
+class StoreClosed(StoreError):
+    """A write to a store that is not open (misuse: the store closes last at shutdown)."""
+
+
+class StoreTimeout(StoreError, TimeoutError):
+    """A read (or flush) did not complete within ``read_timeout``: the database hangs or
+    cannot commit what the read must see. Temporary: answer the peer a temporary error."""
+
+
+class MessageStore(Protocol):
+    """Accepted messages: where each went and what became of it. Writes are queued (the
+    backend makes them durable behind the caller: ``on_durable`` says when); reads see the
+    caller's own queued writes.
+
+    Every message has an owner: the node that accepted it (or took it over from a node
+    that died). ``unfinished`` returns this node's messages only; a node whose peer died
+    calls ``take_over`` once the peer's lease has run out. One SQLite file belongs to one
+    node; on Redis every node reads and finishes any message (``claim_final`` is a
+    compare-and-set: the first final state wins)."""
+
+    def add(self, message: Message, on_durable: DurableCallback | None = None) -> bool:
+        """Queue a new message; False (nothing queued, no callback) when the queue is full."""
+        ...
+
+    def set_sent(
+        self, message_id: str, carrier: str, carrier_message_id: str, *, key: str | None = None
+    ) -> None:
+        """The carrier accepted the message with its id; ``key`` is that id normalised for
+        receipt correlation (``find_sent``), the id itself when None."""
+        ...
+
+    def set_sending(
+        self, message_id: str, carrier: str, on_durable: DurableCallback | None = None
+    ) -> None:
+        """The message is being handed to ``carrier`` (no carrier id yet): written before
+        the submit_sm goes out (``ack_after: store``), so that a restart knows which
+        messages a carrier may have taken without our hearing of it (``unfinished``:
+        ``carrier`` set, ``carrier_message_id`` empty)."""
+        ...
+
+    def set_final(
+        self,
+        message_id: str,
+        report: DeliveryReport,
+        on_durable: DurableCallback | None = None,
+    ) -> None:
+        """Record an outcome (a final one sets ``done_at``; an intermediate one only the
+        state); ``on_durable(ok)`` once it is committed (or failed)."""
+        ...
+
+    async def claim_final(self, message_id: str, report: DeliveryReport) -> bool:
+        """A final state as a compare-and-set, written now (not queued): True if this call
+        gave the message its final state, False if it had one already (another node, or
+        an earlier call, won) or is not stored. Of several nodes finishing one message at
+        once exactly one wins: the one that may deliver its receipt."""
+        ...
+
+    def update_message(self, message: Message) -> None:
+        """Replace the stored message (replace_sm, retry attempts and tried carriers)."""
+        ...
+
+    def mark_cancelled(self, message_id: str, done_at: float) -> None:
+        """cancel_sm: the message becomes DELETED, if it had no final state yet."""
+        ...
+
+    async def get(self, message_id: str) -> StoredMessage | None: ...
+
+    async def find_sent(self, carrier: str, key: str) -> str | None:
+        """Our id of the message ``carrier`` accepted under the normalised id ``key``."""
+        ...
+
+    async def unfinished(self) -> list[StoredMessage]:
+        """This node's messages with no final state, oldest first (restart recovery)."""
+        ...
+
+    async def take_over(self, node_id: str) -> int:
+        """Make this node the owner of every unfinished message of ``node_id`` (a node
+        that died: its lease ran out); how many. Atomic per message: a message is taken
+        over once, by one node. The caller then reads them with ``unfinished``."""
+        ...
+
+
+class HeldDeliveries(Protocol):
+    """Receipts and MO kept for accounts that have no receive-capable bind, in order, until
+    delivered or expired. Held items are claimed by the node that reads them (``held``)
+    until it releases them or its claim lapses: two nodes never drain the same items."""
+
+    def hold(
+        self,
+        account: str,
+        item: bytes,
+        expires_at: float,
+        on_durable: DurableCallback | None = None,
+    ) -> bool:
+        """Keep an opaque delivery (receipt or MO) for ``account`` until it binds to
+        receive; ``on_durable(ok)`` once it is committed (or failed). False (nothing kept,
+        ``on_durable`` not called) when the store cannot take it now (its queue is full,
+        or the database cannot be written): answer the sender a temporary error."""
+        ...
+
+    async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` unexpired held items of ``account``, oldest first, with their ids,
+        claimed for this node until released (another node skips them while the claim
+        lasts; this node sees them again until it releases them)."""
+        ...
+
+    def release(self, ids: Sequence[int]) -> None:
+        """Forget held items (delivered)."""
+        ...
+
+    async def held_counts(self) -> dict[str, int]:
+        """Unexpired held items per account (what a restart finds waiting)."""
+        ...
+
+
+class IdReserve(Protocol):
+    """Blocks of message ids that no node and no restart hands out twice."""
+
+    async def reserve_ids(self, n: int) -> int:
+        """Durably reserve ``n`` message ids; the first of them (the next call starts after
+        the last). Committed before it returns, so no id repeats even after kill -9."""
+        ...
+
+
+class Store(MessageStore, HeldDeliveries, IdReserve, Protocol):
+    """The whole store one backend provides (SQLite, Redis: ``router.stores``), with its
+    life cycle and upkeep."""
+
+    async def open(self) -> None: ...
+
+    @property
+    def node_id(self) -> str:
+        """The owner this store writes into the messages it adds."""
+        ...
+
+    @property
+    def unwritable(self) -> str | None:
+        """Why the store cannot write now (a reason word); None while it can."""
+        ...
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Commit everything queued, then close; after ``timeout`` seconds (None: no limit)
+        give up on what is still queued (logged) and close anyway."""
+        ...
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Return once everything queued before the call is committed (or failed);
+        StoreTimeout after ``timeout`` seconds (None: the store's ``read_timeout``)."""
+        ...
+
+    async def purge(self, now: float) -> int:
+        """Delete expired held items and final messages older than ``keep_days``; the count."""
+        ...
+
+
+# --- cluster coordination (router/cluster/: local and Redis backends) --------------------
+
+
+class ClusterUnavailable(ConnectionError):
+    """The shared coordination store (Redis) did not answer within its timeout."""
+
+
+class NodeIdTaken(RuntimeError):
+    """A live node already runs with this node id."""
+
+
+class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a node says about itself at each heartbeat."""
+
+    address: str = ""
+    """Where its ESME listener is (host)."""
+    ports: tuple[int, ...] = ()
+    """Its ESME (then TLS, then HTTP) ports; 0: that one is off."""
+    config_hash: str = ""
+    """A digest of the shared part of its configuration: nodes that differ drift."""
+    esme_binds: int = 0
+    """ESME sessions bound to it."""
+    queue_share: int = 0
+    """Messages it holds in its queue."""
+    health: dict[str, HealthSums] = msgspec.field(default_factory=dict)
+    """What it has seen of each carrier (decayed sums): pooled by the others' routing."""
+
+
+class NodeState(msgspec.Struct, frozen=True, kw_only=True):
+    """A node as the cluster sees it."""
+
+    node_id: str
+    report: NodeReport
+    bind_slots: dict[str, int]
+    """Carrier bind slots it holds, by carrier."""
+    heartbeat_at: float
+    """Wall-clock seconds of its last heartbeat."""
+    age: float
+    """Seconds since then (at the ``now`` asked about)."""
+    alive: bool
+    """Its heartbeat is at most ``lease`` seconds old."""
+
+
+class ReloadNotice(msgspec.Struct, frozen=True, kw_only=True):
+    """Another node reloaded its configuration: this one should too."""
+
+    origin: str
+    """The node that reloaded."""
+    reason: str = ""
+
+
+class Coordinator(Protocol):
+    """What the nodes of one deployment share that is not a message: who is alive, and
+    limits that hold for all of them together. Every ``now`` is wall-clock seconds
+    (time.time()) on the caller's clock; a lease taken at ``now`` lasts until ``now +
+    lease``, and is renewed by :meth:`heartbeat`. Methods of the Redis backend raise
+    ClusterUnavailable when Redis does not answer in time."""
+
+    node_id: str
+    lease: float
+
+    async def open(self, now: float) -> None:
+        """Join: NodeIdTaken when a live node has this id."""
+        ...
+
+    async def close(self) -> None:
+        """Leave: release every slot this node holds and drop it from the registry."""
+        ...
+
+    async def heartbeat(self, report: NodeReport, now: float) -> dict[str, int]:
+        """Say this node is alive, renew its session and bind slots (claiming again, up
+        to what it asked, the bind slots other nodes let lapse). Returns the bind slots it
+        holds now, by carrier."""
+        ...
+
+    async def nodes(self, now: float) -> tuple[NodeState, ...]:
+        """Every node known, alive or lately dead, by node id."""
+        ...
+
+    async def acquire_session(self, account: str, limit: int, now: float) -> str | None:
+        """A session slot of ``account`` (at most ``limit`` live across the cluster): its
+        token, or None when all are taken."""
+        ...
+
+    async def release_session(self, account: str, slot: str) -> None: ...
+
+    async def sessions(self, account: str, now: float) -> int:
+        """Live session slots of ``account`` across the cluster."""
+        ...
+
+    async def take_tokens(
+        self, bucket: str, rate: float, burst: float, want: int, now: float
+    ) -> int:
+        """Up to ``want`` tokens of the shared token bucket ``bucket`` (``rate`` per
+        second, at most ``burst`` banked): how many were granted (0..want)."""
+        ...
+
+    async def claim_binds(self, carrier: str, total: int, want: int, now: float) -> int:
+        """Hold up to ``want`` of ``carrier``'s ``total`` bind slots (what other live
+        nodes hold is not free): how many this node holds now. Renewed, and claimed again,
+        at each heartbeat with the same ``total`` and ``want``."""
+        ...
+
+    async def release_binds(self, carrier: str) -> None:
+        """Give back every bind slot of ``carrier`` and stop claiming it."""
+        ...
+
+    async def publish_reload(self, reason: str) -> None:
+        """Ask every other node to reload its configuration."""
+        ...
+
+    async def next_reload(self, timeout: float) -> ReloadNotice | None:
+        """The next reload another node published since the last one returned (or since
+        :meth:`open`); None when none came within ``timeout`` seconds."""
         ...

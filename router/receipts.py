@@ -32,7 +32,7 @@ from router.deadlines import ReceiptDeadlines
 from router.finals import RETRY_LATER, ROK, STATE_NAME, Finals, answer
 from router.metrics import RouterMetrics
 from router.model import DeliveryReport, Message
-from router.store import Store, StoreError
+from router.ports import Store, StoreError
 from router.upstream import Respond
 from smppcore.constants import CommandStatus, MessageState
 from smppcore.pdu import DeliverSm
@@ -45,6 +45,9 @@ _DELIVERED = MessageState.DELIVERED
 #: Messages accepted by a carrier kept in memory (with their acceptance time) for their
 #: receipts; older ones are read from the store when their receipt comes.
 _MAX_SENT_CACHE = 200_000
+#: Messages taken back from a carrier (a long message failed or sent elsewhere) whose
+#: receipts from it are ignored, at most (the oldest forgotten first).
+_MAX_WITHDRAWN = 100_000
 #: Loop turns a receipt waits for its submit_sm_resp's outcome before the store is asked.
 MEMORY_TURNS = 3
 #: Receipts being matched through the store at most (a task each); past it a receipt
@@ -94,6 +97,8 @@ class Receipts:
         #: our id → (message, ``time.monotonic`` when its carrier accepted it)
         self.sent: OrderedDict[str, tuple[Message, float]] = OrderedDict()
         self.deadlines = ReceiptDeadlines()
+        #: our id → the carrier it was taken back from (:meth:`withdraw`)
+        self.withdrawn: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -125,6 +130,21 @@ class Receipts:
         # (A message recovered for a carrier no longer configured gets the default.)
         deadline = now + (cfg.receipt_timeout if cfg is not None else DEFAULT_RECEIPT_TIMEOUT)
         self.deadlines.add(msg.id, carrier, deadline, msg.expires_at)
+
+    def withdraw(self, message_id: str, carrier: str) -> bool:
+        """``carrier`` accepted ``message_id`` but it is taken back (its long message failed,
+        or is sent again over another carrier): no receipt is awaited from that carrier,
+        and one that comes is ignored (counted as ``receipt_withdrawn``). False (and
+        nothing done) when its final receipt came already: it is final."""
+        if not self.deadlines.awaits(message_id, carrier):
+            return False
+        self.deadlines.drop(message_id, carrier)
+        self.sent.pop(message_id, None)
+        withdrawn = self.withdrawn
+        withdrawn[message_id] = carrier
+        if len(withdrawn) > _MAX_WITHDRAWN:
+            withdrawn.popitem(last=False)
+        return True
 
     # --- receipts from carriers -------------------------------------------------------
 
@@ -275,6 +295,10 @@ class Receipts:
     def receipt(self, msg: Message, report: DeliveryReport, respond: Respond | None) -> None:
         """A receipt for ``msg``: an intermediate one is passed on; a final one ends its
         deadline, counts, and finishes the message."""
+        if self.withdrawn and self.withdrawn.get(msg.id) == report.carrier:
+            self.metrics.event("receipt_withdrawn", report.carrier)
+            answer(respond, ROK)
+            return
         report = msgspec.structs.replace(report, message_id=msg.id)
         state = report.state
         final = is_final(state)

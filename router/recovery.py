@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 
 from router.metrics import RouterMetrics
+from router.ports import Store
 from router.queue import MessageQueue
 from router.receipts import Receipts
-from router.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -43,13 +43,12 @@ from router.intake import PacedIntake
 from router.metrics import RouterMetrics
 from router.mo import MobileOriginated
 from router.model import DeliveryReport, Message
-from router.ports import AcceptCallback, ReportSink
+from router.ports import AcceptCallback, ReportSink, Store
 from router.queue import MessageQueue
 from router.rates import load_prices
 from router.receipts import Receipts
 from router.recovery import recover
 from router.routing import AccountPolicy, Explanation, RouteTable, explain
-from router.store import Store
 from router.upstream import Answer, CarrierPool, Respond
 from smppcore.aio import Connection
 from smppcore.constants import EsmClass
@@ -100,7 +99,10 @@ class Router:
         policies: Mapping[str, AccountPolicy] | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        bind_slots: Callable[[str], int] | None = None,
     ) -> None:
+        """``bind_slots(carrier)``: the carrier's bind slots this node holds (a cluster);
+        None: all its ``binds``."""
         self.config = config
         self.store = store
         self.sink = sink
@@ -124,6 +126,7 @@ class Router:
             wake=self._wake_up,
             wall=wall,
             rng=self._rng,
+            bind_slots=bind_slots,
         )
         self.receipts = Receipts(
             config,

@@ -42,8 +42,13 @@ they all are, exploration costs nothing more.
 **Pinned** (concatenated messages). Once a part of a long message went over a carrier, every
 other part must go the same way, or the handset may never reassemble it. With ``pinned`` set,
 the choice is that carrier if it is still eligible by the rules above (healthy or not) and
-there are no fallbacks; otherwise NoRoute("pinned carrier X unavailable"), and the part
-fails rather than split the message.
+there are no fallbacks; otherwise NoRoute("pinned carrier X unavailable"): routing never
+splits a message. How long a part waits for its carrier, and what becomes of a message
+whose carrier fails it, is the dispatcher's (router/pins.py).
+
+**Spill-over** (``routing.spill``) is the dispatcher's too: when the choice has no capacity
+for a message (windows full, rate used up), whether it goes to the first fallback that has
+(``now``), after ``spill_wait`` (``wait``), or never (router/dispatch.py).
 """
 
 from __future__ import annotations
@@ -594,6 +599,13 @@ class Explanation(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """Share of messages sent first to the least-measured fallback instead of the choice ..."""
     explore_until: float | None = None
     """... while that fallback has fewer recent receipts than this (None: always)."""
+    spill: Literal["now", "wait", "never"] = "now"
+    """When the choice has no capacity (windows full, rate used up): ``now``, the next
+    carrier takes the message at once; ``wait``, after it waited ``spill_wait`` seconds;
+    ``never``, it waits for the choice."""
+    spill_wait: float = 0.0
+    long_message_failure: Literal["fail_all", "resend_all"] = "fail_all"
+    """What becomes of a long message whose pinned carrier fails a part for good."""
     candidates: tuple[CandidateView, ...] = ()
     """Eligible carriers first in the order they would be used, then the excluded ones."""
     choice: str | None = None
@@ -601,6 +613,19 @@ class Explanation(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     fallbacks: tuple[str, ...] = ()
     reason: str | None = None
     """Why there is no choice (the NoRoute reason)."""
+
+
+def spill_text(expl: Explanation) -> str:
+    """How the choice's lack of capacity is met, in a sentence."""
+    first = expl.choice or "the first choice"
+    if expl.spill == "now":
+        return f"when {first} has no capacity (windows full, rate used up): the next at once"
+    if expl.spill == "wait":
+        return (
+            f"when {first} has no capacity: wait up to {expl.spill_wait * 1000:g} ms "
+            "for it, then the next"
+        )
+    return f"when {first} has no capacity: wait for it (never spill)"
 
 
 def _money(value: Decimal | float) -> Decimal:
@@ -634,6 +659,9 @@ def explain(
             prefix=None,
             rank=settings.rank,
             reason=_no_match(destination),
+            spill=settings.spill,
+            spill_wait=settings.spill_wait,
+            long_message_failure=settings.long_message_failure,
         )
     rank = match.rank or settings.rank
     cards = card_prices(prices, match, destination, now)
@@ -693,6 +721,9 @@ def explain(
         min_delivery=match.min_delivery,
         explore=settings.explore if chosen is not None and chosen.fallbacks else 0.0,
         explore_until=settings.explore_until,
+        spill=settings.spill,
+        spill_wait=settings.spill_wait,
+        long_message_failure=settings.long_message_failure,
         candidates=tuple(out),
         choice=None if chosen is None else chosen.carrier,
         price=None if chosen is None else chosen.price,
@@ -793,6 +824,9 @@ def format_explanation(expl: Explanation) -> str:
         if any(cv.price_source == "card" for cv in expl.candidates):
             lines.append("* price from the carrier's rate card")
     if expl.choice is not None:
+        if expl.fallbacks:
+            lines.append(spill_text(expl))
+        lines.append(f"a long message its carrier fails: {expl.long_message_failure}")
         tail = f"choice: {expl.choice} at {expl.price}"
         if expl.fallbacks:
             tail += "; then " + ", ".join(expl.fallbacks)

@@ -53,6 +53,7 @@ Decisions (see also :func:`submit_pdu`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -93,6 +94,8 @@ from smppcore.tls import client_context
 from smppcore.tlv import Tag, Tlv, encode_tlvs, find_tlv
 
 _DELIVER_SM_RESP = int(CommandId.DELIVER_SM_RESP)
+#: Seconds a bind without a slot waits before it looks again (it is woken when one comes).
+SLOT_LOOK = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +302,10 @@ class CarrierPool:
         on_state: StateCallback | None = None,
         rng: random.Random,
         wall_clock: Callable[[], float] = time.time,
+        bind_slots: int | None = None,
     ) -> None:
+        """``bind_slots``: how many of ``config.binds`` this node may open (the carrier's
+        bind slots it holds in a cluster; see :meth:`allow`); None: all of them."""
         self.config = config
         self.name = config.name
         self._on_deliver = on_deliver
@@ -324,6 +330,9 @@ class CarrierPool:
         self._bucket = (
             TokenBucket(rate, float(burst or max(1.0, rate)), 0.0) if rate is not None else None
         )
+        #: In a cluster the carrier's ``rate`` is shared out like its binds: this node
+        #: sends at ``rate * slots / binds`` (see :meth:`allow`); None: the whole rate.
+        self._sliced = bind_slots is not None
         adaptive = config.adaptive
         self.aimd = AimdConfig(
             ceiling=rate,
@@ -341,6 +350,11 @@ class CarrierPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._stop_event = asyncio.Event()
+        #: Binds (by index) this node may have up: the bind slots it holds.
+        self._allowed = config.binds if bind_slots is None else max(0, bind_slots)
+        self._slice_rate()
+        #: Set (and replaced) whenever ``_allowed`` changes: wakes the binds waiting for one.
+        self._slots_changed = asyncio.Event()
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -405,6 +419,53 @@ class CarrierPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def allow(self, slots: int) -> None:
+        """Keep at most ``slots`` binds up (a carrier's ``binds`` counts for the whole
+        cluster; this node holds ``slots`` of them): binds above it close (their submits
+        in flight come back as failed, to be routed again); more slots open more."""
+        slots = max(0, min(slots, self.config.binds))
+        if slots == self._allowed:
+            return
+        log.info("carrier %s: %d of %d bind slots held here", self.name, slots, self.config.binds)
+        self._allowed = slots
+        self._slice_rate()
+        for link in self._links:
+            if link.index >= slots and link.conn is not None:
+                link.ended.set()
+        changed, self._slots_changed = self._slots_changed, asyncio.Event()
+        changed.set()
+
+    def _slice_rate(self) -> None:
+        """This node's share of the carrier's ``rate``: as many parts of it as bind slots
+        held (none: the bucket is left as it is, no bind sends anyway)."""
+        rate, burst = self.config.rate, self.config.burst
+        if not self._sliced or rate is None or self._allowed == 0:
+            return
+        share = self._allowed / self.config.binds
+        size = float(burst or max(1.0, rate)) * share
+        self._bucket = TokenBucket(rate * share, max(1.0, size), 0.0)
+
+    @property
+    def allowed(self) -> int:
+        """Binds this node may have up (its bind slots)."""
+        return self._allowed
+
+    async def _slot_for(self, link: _Link) -> bool:
+        """Wait until ``link`` has a bind slot (True) or the pool stops (False)."""
+        while link.index >= self._allowed:
+            if self._stop_event.is_set():
+                return False
+            waiters = [
+                asyncio.ensure_future(self._stop_event.wait()),
+                asyncio.ensure_future(self._slots_changed.wait()),
+            ]
+            try:  # bounded: looked at again every SLOT_LOOK seconds whatever happens
+                await asyncio.wait(waiters, timeout=SLOT_LOOK, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        return not self._stop_event.is_set()
+
     # --- state ------------------------------------------------------------------------
 
     @property
@@ -452,10 +513,18 @@ class CarrierPool:
         for lk in self._senders:
             limit = lk.rate.limit
             if limit is None:
-                return self.config.rate
+                return self.rate_share
             total += limit
-        ceiling = self.config.rate
+        ceiling = self.rate_share
         return total if ceiling is None else min(total, ceiling)
+
+    @property
+    def rate_share(self) -> float | None:
+        """The part of the carrier's ``rate`` this node may send at: all of it alone, as
+        many parts as bind slots held in a cluster; None: no rate configured."""
+        if self._bucket is None:
+            return None
+        return self._bucket.rate
 
     @property
     def rate_cuts(self) -> int:
@@ -743,6 +812,8 @@ class CarrierPool:
         cfg = self.config
         limit = cfg.response_timeout
         while not self._stop_event.is_set():
+            if not await self._slot_for(link):
+                break
             conn: Connection | None = None
             try:
                 link.ended = asyncio.Event()
@@ -763,7 +834,12 @@ class CarrierPool:
                 self.binds_made += 1
                 log.info("carrier bind %s up", link.name)
                 self._state_changed()
+                if link.index >= self._allowed:  # its slot went while it bound
+                    link.ended.set()
                 await link.ended.wait()  # the bind's lifetime: ends on close, or on stop()
+                if link.index >= self._allowed and not conn.closed:  # its slot went
+                    with contextlib.suppress(OSError, TimeoutError, SmppError):
+                        await conn.unbind(limit)
                 await _close(conn, limit)
             except (OSError, TimeoutError, SmppError) as exc:
                 link.failures += 1

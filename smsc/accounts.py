@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from typing import Protocol
 
 from router.routing import AccountPolicy
 from smppcore.aio import Connection
@@ -10,10 +11,33 @@ from smppcore.throttle import TokenBucket
 from smsc.config import SmscAccount
 
 
+class Throttle(Protocol):
+    """An account's throughput limit: smppcore's TokenBucket on one node, a share of a
+    cluster-wide bucket (router.cluster.tokens.LeasedBucket) on several."""
+
+    burst: float
+
+    def take(self, now: float, n: float = 1.0) -> bool: ...
+
+    def delay(self, now: float, n: float = 1.0) -> float: ...
+
+    @property
+    def tokens(self) -> float: ...
+
+
+#: ``shared(account, rate, burst)``: the account's bucket shared by the cluster's nodes.
+SharedThrottle = Callable[[str, float, float], Throttle]
+
+
 class AccountState:
     """One account: its config, its bound sessions, its token bucket."""
 
-    def __init__(self, account: SmscAccount, now: float) -> None:
+    def __init__(
+        self, account: SmscAccount, now: float, *, shared: SharedThrottle | None = None
+    ) -> None:
+        """``shared``: makes the account's throughput bucket one the nodes of a cluster
+        share; None: this node's own."""
+        self._shared = shared
         self.sessions: set[Connection] = set()
         self.receivers: list[Connection] = []
         self._rr = 0
@@ -24,11 +48,14 @@ class AccountState:
         apply to the next submit; max_window to the next bind."""
         self.account = account
         self.auth = account.auth()
-        self.bucket = (
-            TokenBucket(account.throughput, account.burst or max(1.0, account.throughput), now)
-            if account.throughput
-            else None
-        )
+        self.bucket: Throttle | None = None
+        if account.throughput:
+            burst = account.burst or max(1.0, account.throughput)
+            self.bucket = (
+                TokenBucket(account.throughput, burst, now)
+                if self._shared is None
+                else self._shared(account.system_id, account.throughput, float(burst))
+            )
         self.policy = AccountPolicy(
             max_price=account.price_ceiling,
             allowed_carriers=(

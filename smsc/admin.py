@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
@@ -30,7 +31,8 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router.model import Address, Message
+from router.model import Address
+from router.ports import ClusterUnavailable
 from router.routing import format_explanation
 from smppcore.config import ConfigError
 from smppcore.constants import CommandStatus, ton_npi_for
@@ -38,6 +40,7 @@ from smppcore.text import choose_coding, encode_text
 from smsc.config import AdminConfig
 from smsc.console.web import SESSION_KEY, Console
 from smsc.control import ControlBusy
+from smsc.messages import admit, build_message
 from smsc.openapi import SPEC
 
 if TYPE_CHECKING:
@@ -141,6 +144,7 @@ class AdminServer:
         add.add_get(f"{v1}/queue", self.queue)
         add.add_post(f"{v1}/messages", self.submit)
         add.add_post(f"{v1}/reload", self.reload)
+        add.add_get(f"{v1}/cluster", self.cluster)
         self._runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=2.0)
         self._openapi = msgspec.json.encode(SPEC)
 
@@ -265,7 +269,7 @@ class AdminServer:
         while True:
             store = self.app.store.is_open and self.app.store.unwritable is None
             carriers = {s.name: s.bound for s in router.carrier_states()}
-            out = router.paused | router.drained
+            out = router.paused | router.drained | self.app.carriers_elsewhere()
             ok = store and all(n > 0 for name, n in carriers.items() if name not in out)
             left = until - loop.time()
             if ok or left <= 0 or not await router.binds_changed(left):
@@ -396,12 +400,11 @@ class AdminServer:
         if state is None:
             return error(404, f"no account {body.account!r}")
         loop = asyncio.get_running_loop()
-        delivery = server.delivery
-        if delivery.asks_receipt(body.registered_delivery) and delivery.refuses_receipts(
-            state.system_id
-        ):
+        # The same admission and the same Message builder as SMPP and the HTTP API.
+        status = admit(state, server.delivery, body.registered_delivery, time.monotonic())
+        if status == CommandStatus.ESME_RMSGQFUL:
             return error(503, "refused: ESME_RMSGQFUL (the account's held receipts: max_held)")
-        if state.bucket is not None and not state.bucket.take(loop.time()):
+        if status:
             return error(429, "the account's throughput is used up (ESME_RTHROTTLED)")
         coding = int(choose_coding(body.text))
         data = encode_text(body.text, coding)
@@ -409,20 +412,17 @@ class AdminServer:
             msg_id = server.new_id()
         except RuntimeError:
             return error(503, "no message id available (store)")
-        now = server.wall()
-        dest = body.destination.lstrip("+")
-        source = body.source.removeprefix("+")
-        message = Message(
-            id=msg_id,
-            account=state.system_id,
-            source=_address(source),
-            destination=Address(1, 1, dest),
+        message = build_message(
+            state,
+            msg_id=msg_id,
+            source=_address(body.source.removeprefix("+")),
+            destination=Address(1, 1, body.destination.lstrip("+")),
             short_message=data,
             data_coding=coding,
-            priority=min(3, body.priority + state.account.default_priority),
+            priority=body.priority,
             registered_delivery=body.registered_delivery,
-            submitted_at=now,
-            expires_at=now + server.default_validity,
+            now=server.wall(),
+            default_validity=server.default_validity,
             payload_tlv=len(data) > 254,
         )
         done: asyncio.Future[int] = loop.create_future()
@@ -447,6 +447,38 @@ class AdminServer:
                 name = f"status {status:#x}"
             return error(503, f"refused: {name}")
         return _json({"message_id": msg_id}, 202)
+
+    # --- cluster ----------------------------------------------------------------------
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        """The nodes (alive, or lately dead), so that drift and failures show."""
+        node = self.app.cluster
+        try:
+            states = await node.nodes()
+        except ClusterUnavailable as exc:
+            return error(503, str(exc))
+        return _json(
+            {
+                "node_id": node.node_id,
+                "shared": node.shared,
+                "reachable": node.reachable,
+                "lease": node.config.lease,
+                "nodes": [
+                    {
+                        "node_id": s.node_id,
+                        "address": s.report.address,
+                        "ports": list(s.report.ports),
+                        "alive": s.alive,
+                        "heartbeat_age": round(s.age, 3),
+                        "config_hash": s.report.config_hash,
+                        "esme_binds": s.report.esme_binds,
+                        "bind_slots": s.bind_slots,
+                        "queue_share": s.report.queue_share,
+                    }
+                    for s in states
+                ],
+            }
+        )
 
     # --- reload -----------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ intake → unbind ESMEs → stop dispatching (queued messages stay in the store 
 accepted message is written there at intake — and resume at the next start) → await
 upstream windows and unbind carriers → stop simulators → flush and close the store.
 Live reconfiguration (:meth:`App.reload`, SIGHUP, ``POST /api/v1/reload``): smsc/reload.py.
+Cluster membership (smsc/cluster.py) is joined after the store opens (a node whose id a
+live node has stops there) and left after the carriers are unbound; a reload here is
+published to the other nodes, and theirs are applied here.
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry
 
+from router.cluster import coordinator
+from router.cluster.tokens import LeasedBucket
 from router.config import CarrierConfig as RouterCarrier
 from router.config import RouterConfig
+from router.health import HealthSums
+from router.ports import NodeReport, ReloadNotice, StoreError
 from router.rates import load_prices
 from router.router import Router
-from router.store import SqliteStore, StoreError, run_purges
+from router.stores import create_store
+from router.stores.writebehind import run_purges
 from router.upstream import CarrierPool
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig
@@ -38,11 +46,13 @@ from simulator.mo import build_mo
 from smppcore import aio
 from smppcore.config import ConfigError, load_config
 from smppcore.tls import TlsError, client_context, config_error, server_context
-from smsc.accounts import AccountState
+from smsc.accounts import AccountState, SharedThrottle
 from smsc.admin import AdminServer, resolve_token
+from smsc.cluster import ClusterCollector, ClusterNode, config_hash
 from smsc.config import SmscConfig
 from smsc.control import CONTROL_WAIT, CarrierControl
 from smsc.delivery import Delivery
+from smsc.http_node import HttpNode
 from smsc.ids import IdAllocator
 from smsc.metrics import SmscCollector
 from smsc.reload import ReloadPlan
@@ -75,6 +85,9 @@ def check_tls(config: SmscConfig, *, source: str = "") -> None:
     checks: list[tuple[str, Callable[[], object]]] = []
     if config.listen_tls is not None:
         checks.append(("$.listen_tls", partial(server_context, config.listen_tls.server_tls())))
+    if config.http_api is not None and config.http_api.tls is not None:
+        tls = config.http_api.tls.server_tls()
+        checks.append(("$.http_api.tls", partial(server_context, tls)))
     for i, carrier in enumerate(config.router.carriers):
         if carrier.tls is not None:
             checks.append((f"$.router.carriers[{i}].tls", partial(client_context, carrier.tls)))
@@ -134,7 +147,15 @@ class App:
         self._mo_rng = random.Random("smsc-admin-mo")
         self.registry = registry or CollectorRegistry()
         self.simulators: dict[str, Carrier] = {}
-        self.store = SqliteStore(config.router.store)
+        #: SQLite alone; in a cluster (cluster.redis) the nodes' shared Redis store.
+        self.store = create_store(
+            config.router.store,
+            redis_url=config.cluster.url_with_credentials(),
+            # Alone, the owner SQLite files have always had (""): their messages recover.
+            node_id=str(config.node_id) if config.cluster.enabled else "",
+            claim_seconds=config.cluster.lease,
+            prefix=config.cluster.key_prefix,
+        )
         #: Purges the store every ``store.purge_interval`` (cancelled before it closes).
         self._purger: asyncio.Task[None] | None = None
         self.router: Router | None = None
@@ -147,6 +168,19 @@ class App:
         #: The SMPP-over-TLS listener's port (0: none).
         self.tls_port = 0
         self.http_port = 0
+        #: The application HTTP API and webhooks (smsc/http_node.py).
+        self.web = HttpNode(config)
+        #: The application HTTP API's port (0: off).
+        self.api_port = 0
+        #: This node's membership of the cluster (alone: the local coordinator).
+        self.cluster = ClusterNode(
+            coordinator(config.cluster, str(config.node_id)),
+            config.cluster,
+            report=self._node_report,
+            on_reload=self._reload_asked,
+            on_slots=self._apply_slots,
+            on_peers=self._apply_peers,
+        )
         self._started = asyncio.Event()
 
     async def start(self) -> None:
@@ -164,6 +198,9 @@ class App:
             )
         ids = IdAllocator(config.node_id, self.store.reserve_ids)
         await ids.start()
+        await self.web.open()
+        await self.cluster.start()  # NodeIdTaken, ClusterUnavailable: nothing bound yet
+        await self.cluster.claim_binds((c.name, c.binds) for c in config.router.carriers)
 
         router_config = config.router
         for name, sim_config in simulator_configs(config):
@@ -171,7 +208,10 @@ class App:
         router_config = self._upstream_config(router_config)
 
         now = time.monotonic()
-        accounts = {a.system_id: AccountState(a, now) for a in config.accounts}
+        accounts = {
+            a.system_id: AccountState(a, now, shared=self._shared_throttle())
+            for a in config.accounts
+        }
         self.delivery = Delivery(accounts, self.store)
         # What was held before a restart counts toward each account's max_held at once.
         try:
@@ -184,8 +224,9 @@ class App:
         self.router = Router(
             router_config,
             store=self.store,
-            sink=self.delivery,
+            sink=self.web.sink(self.delivery, accounts),
             policies={name: state.policy for name, state in accounts.items()},
+            bind_slots=self._slots_for if self.cluster.shared else None,
         )
         await self.router.start()
         self.server = Server(
@@ -198,8 +239,10 @@ class App:
             default_validity=router_config.retry.default_validity,
             max_connections=config.listen.max_connections,
             guard=BindGuard(config.security),
+            sessions=self.cluster.coordinator if self.cluster.shared else None,
         )
         SmscCollector(self.server, self.router, self.delivery).register(self.registry)
+        ClusterCollector(self.cluster).register(self.registry)
         self._listener = await aio.start_server(
             self.server.handler, config.listen.host, config.listen.port, config=config.session
         )
@@ -214,6 +257,8 @@ class App:
                 ssl=server_context(tls.server_tls()),
             )
             self.tls_port = self._tls_listener.sockets[0].getsockname()[1]
+        await self.web.start(self.server, self.router, self.registry)
+        self.api_port = self.web.port
         self._started.set()
 
     @property
@@ -234,6 +279,72 @@ class App:
         """The browser console's login URL under ``base`` (``http://host:port``): with a
         random one-time token when no admin token is configured; None: no HTTP port."""
         return None if self._http is None else self._http.console.login_url(base)
+
+    def _node_report(self) -> NodeReport:
+        """What this node says about itself at each heartbeat."""
+        server, router = self.server, self.router
+        return NodeReport(
+            address=self.config.listen.host,
+            ports=(self.port, self.tls_port, self.http_port),
+            config_hash=config_hash(self.config),
+            esme_binds=0 if server is None else len(server.binds),
+            queue_share=0 if router is None else len(router.queue),
+            health=(
+                {}
+                if router is None or not self.cluster.shared
+                else {name: h.sums(router.wall()) for name, h in router.carriers.health.items()}
+            ),
+        )
+
+    def _shared_throttle(self) -> SharedThrottle | None:
+        """In a cluster, an account's throughput bucket is shared by the nodes (each takes
+        tokens in batches: router/cluster/tokens.py); alone, None (its own bucket)."""
+        if not self.cluster.shared:
+            return None
+        coordinator = self.cluster.coordinator
+
+        def shared(account: str, rate: float, burst: float) -> LeasedBucket:
+            bucket = LeasedBucket(coordinator, f"acct:{account}", rate, burst)
+            bucket.prime()
+            return bucket
+
+        return shared
+
+    def _slots_for(self, carrier: str) -> int:
+        """The bind slots of ``carrier`` this node holds (a pool opens that many)."""
+        return self.cluster.bind_slots.get(carrier, 0)
+
+    def _apply_slots(self, slots: dict[str, int]) -> None:
+        """After a heartbeat: each carrier's pool keeps as many binds as slots held."""
+        if self.router is not None:
+            for name, pool in self.router.pools.items():
+                if name in slots:
+                    pool.allow(slots[name])
+
+    def _apply_peers(self, peers: dict[str, list[HealthSums]]) -> None:
+        """After a heartbeat: what the other nodes have seen of each carrier, pooled into
+        this node's health (a carrier they have not reported: nothing from them)."""
+        if self.router is None:
+            return
+        half_life = self.config.router.health.window_seconds
+        for name, health in self.router.carriers.health.items():
+            pooled = HealthSums(at=self.router.wall())
+            for sums in peers.get(name, ()):
+                pooled = pooled.plus(sums, half_life)
+            health.set_peers(pooled)
+
+    def carriers_elsewhere(self) -> set[str]:
+        """Carriers whose every bind slot other nodes hold (none bound here by design)."""
+        if not self.cluster.shared:
+            return set()
+        return {name for name, n in self.cluster.slots().items() if n == 0}
+
+    async def _reload_asked(self, notice: ReloadNotice) -> None:
+        """Another node reloaded: reload here too (not published again)."""
+        try:
+            await self.reload(publish=False)
+        except LookupError as exc:
+            log.warning("reload asked by node %s not done: %s", notice.origin, exc.args[0])
 
     async def _start_http(self, host: str, port: int) -> None:
         self._http = AdminServer(self, self.registry)
@@ -292,7 +403,7 @@ class App:
         return self.router
 
     async def reload(
-        self, new: SmscConfig | None = None, *, wait: float = CONTROL_WAIT
+        self, new: SmscConfig | None = None, *, wait: float = CONTROL_WAIT, publish: bool = True
     ) -> ReloadPlan:
         """Apply ``new`` (default: what the loader reads now) to the running node; see
         smsc/reload.py for what applies live. Returns what was done.
@@ -305,7 +416,8 @@ class App:
         change is applied at once, without yielding to the loop; what it replaced (old
         binds, simulators, removed accounts' sessions) is wound down after. Holds the lock
         of carrier control throughout: a pause, drain or resume waits for it, and it for
-        them; a paused or drained carrier stays so."""
+        them; a paused or drained carrier stays so. In a cluster, a reload that worked is
+        published (``publish``): every other node reloads its file too."""
         async with self.control.turn(wait):
             if new is None:
                 if self._loader is None:
@@ -321,6 +433,10 @@ class App:
             config = plan.config
             token = admin_token(config)
             log.info("reloading the configuration")
+            changed = {*plan.carriers_added, *plan.carriers_changed}
+            await self.cluster.claim_binds(
+                (c.name, c.binds) for c in config.router.carriers if c.name in changed
+            )
             ready = await self._prepare(plan, sims, router)
 
             # --- applied at once: no await until the configuration is the new one ------
@@ -362,7 +478,10 @@ class App:
             self._winding.add(winding)
             winding.add_done_callback(self._winding.discard)
             await asyncio.shield(winding)
-            return plan
+            await self.cluster.release_binds(plan.carriers_removed)
+        if publish and self.cluster.shared:
+            await self.cluster.publish_reload("reload")
+        return plan
 
     async def _prepare(
         self, plan: ReloadPlan, sims: dict[str, SimulatorConfig], router: Router
@@ -396,7 +515,7 @@ class App:
                 pools=pools,
                 router=self._upstream_config(config.router, simulated),
                 accounts={
-                    a.system_id: AccountState(a, now)
+                    a.system_id: AccountState(a, now, shared=self._shared_throttle())
                     for a in config.accounts
                     if a.system_id in plan.accounts_added
                 },
@@ -478,6 +597,7 @@ class App:
             self._tls_listener.close()
         if self._http is not None:
             await self._http.stop()
+        await self.web.close_listener()
         if self._winding:  # what reloads replaced, still being wound down
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left()):
@@ -492,8 +612,10 @@ class App:
             await self.router.stop(left())
         if self.delivery is not None:
             await self.delivery.stop()
+        await self.web.stop(left(5.0))
         for carrier in self.simulators.values():
             await carrier.stop(left(5.0))
+        await self.cluster.stop()  # after the carriers' binds: their slots are free now
         if self._purger is not None:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)

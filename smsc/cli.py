@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from router.ports import NodeIdTaken, StoreError
 from simulator.config import CarrierConfig
 from smppcore.config import ConfigError
 from smppcore.configfile import load_yaml_config
 from smsc import __version__
 from smsc.config import SmscConfig
+from smsc.http_config import HttpApiConfig
 from smsc.logs import configure as configure_logging
 
 if TYPE_CHECKING:
@@ -112,6 +114,25 @@ def _octet(value: str) -> int:
     return number
 
 
+def _redis_url(value: str) -> str:
+    from router.cluster.config import check_redis_url
+
+    try:
+        return check_redis_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a Redis URL: {exc}") from None
+
+
+def _node_id(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 <= number <= 35:
+        raise argparse.ArgumentTypeError(f"{number} is not in 0..35")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smsc",
@@ -129,6 +150,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="ESME listen port; 0 picks a free one")
     serve.add_argument(
         "--metrics-port", type=_port, metavar="PORT", help="HTTP port for /metrics and /route"
+    )
+    serve.add_argument(
+        "--api-port",
+        type=_port,
+        metavar="PORT",
+        help="HTTP port of the application API (/v1); turns it on; 0 picks a free one",
+    )
+    serve.add_argument(
+        "--redis",
+        type=_redis_url,
+        metavar="URL",
+        help="join the cluster on this Redis (redis://[:password@]host:port/db, rediss://,"
+        " unix://); overrides cluster.redis",
+    )
+    serve.add_argument(
+        "--node-id",
+        type=_node_id,
+        metavar="N",
+        help="this node's id, 0..35 (the first character of its message ids); overrides"
+        " node_id",
     )
     serve.add_argument(
         "--log-level",
@@ -185,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
 
+    summary = "print a new HTTP API key and the hash to list under the account's api_keys"
+    commands.add_parser("api-key", help=summary, description=summary)
+
     summary = "inject an MO message into a running carrier simulator (via its admin port)"
     mo = commands.add_parser(
         "carrier-mo", help=summary, description=summary, epilog=_MO_HELP, formatter_class=fmt
@@ -232,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from smsc import rates_cli
 
         return rates_cli.run(args)
+    if args.command == "api-key":
+        return _api_key()
     if args.command == "load":
         from simulator.load import cli as load_cli
 
@@ -252,6 +298,13 @@ def serve_config(args: argparse.Namespace) -> SmscConfig:
         changes["listen"] = msgspec.structs.replace(config.listen, port=args.port)
     if args.metrics_port is not None:
         changes["metrics"] = msgspec.structs.replace(config.metrics, port=args.metrics_port)
+    if args.api_port is not None:
+        api = config.http_api or HttpApiConfig()
+        changes["http_api"] = msgspec.structs.replace(api, port=args.api_port)
+    if args.redis is not None:
+        changes["cluster"] = msgspec.structs.replace(config.cluster, redis=args.redis)
+    if args.node_id is not None:
+        changes["node_id"] = args.node_id
     if args.log_level is not None or args.log_format is not None:
         settings = config.log_settings
         changes["log_level"] = None
@@ -282,16 +335,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         loader = None if args.config is None else (lambda: serve_config(args))
         return _run(run_serve(config, loader=loader))
-    except OSError as exc:
+    except (OSError, NodeIdTaken, StoreError) as exc:  # a port in use, Redis away, ...
         print(f"smsc serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-async def run_serve(
-    config: SmscConfig, *, loader: Callable[[], SmscConfig] | None = None
-) -> int:
+async def run_serve(config: SmscConfig, *, loader: Callable[[], SmscConfig] | None = None) -> int:
     """Run smsc until SIGINT/SIGTERM, then shut down in order (within shutdown_timeout).
     SIGHUP re-reads the configuration through ``loader`` and applies it live."""
     from smsc.app import App
@@ -320,6 +371,10 @@ async def run_serve(
             )
             base = f"http://{_where(config.metrics.host, app.http_port)}"
             print(f"smsc serve: console: {app.console_url(base)}", flush=True)
+        if config.http_api is not None:
+            where = _where(config.http_api.host, app.api_port)
+            scheme = "https" if config.http_api.tls is not None else "http"
+            print(f"smsc serve: application API at {scheme}://{where}/v1", flush=True)
         if config.listen_tls is not None:
             where = _where(config.listen_tls.host, app.tls_port)
             print(f"smsc serve: SMPP over TLS on {where}", flush=True)
@@ -537,6 +592,16 @@ def _hash_password() -> int:
         )
         return 2
     print(hash_password(password, secrets.token_bytes(16)), flush=True)
+    return 0
+
+
+def _api_key() -> int:
+    import secrets
+
+    from smsc.apikeys import new_key
+
+    key, digest = new_key(secrets.token_bytes(32))
+    print(f"key:  {key}\nhash: {digest}", flush=True)
     return 0
 
 

@@ -12,10 +12,12 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from router.cluster.config import ClusterConfig
 from router.config import CarrierName, MicroUnits, PriceText, RouterConfig, price_of
 from smppcore.accounts import AccountSettings, SystemId
 from smppcore.session import SessionConfig
 from smppcore.tls import FilePath, ServerTls
+from smsc.http_config import AccountWebhooks, ApiKeyHash, HttpApiConfig, WebhooksConfig
 from smsc.logs import LogFormat, LogLevel
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -40,6 +42,10 @@ class SmscAccount(AccountSettings, frozen=True, forbid_unknown_fields=True):
     (ESME_RMSGQFUL) until a receiver takes some — the receipts already promised are all
     kept. Counted since start (a restart counts from zero until a drain empties the
     account's held items). Below ``router.store.held_max``."""
+    api_keys: tuple[ApiKeyHash, ...] = ()
+    """Hashes of the account's HTTP API keys (``smsc api-key`` makes one)."""
+    webhooks: AccountWebhooks | None = None
+    """Its receipts and MO as webhook calls instead of deliver_sm; null: over SMPP."""
 
     @property
     def price_ceiling(self) -> Decimal | None:
@@ -136,7 +142,8 @@ class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class SmscConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node_id: Annotated[int, Meta(ge=0, le=35)] = 0
-    """This node's number, the first character of every message id (base 36)."""
+    """This node's number, the first character of every message id (base 36); in a
+    cluster, its id (unique: a node refuses to start while a live one has it)."""
     system_id: SystemId = "smsc"
     """Our system_id in bind responses."""
     listen: Listener = Listener()
@@ -149,6 +156,11 @@ class SmscConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     simulated_carriers: tuple[SimulatedCarrier, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
     admin: AdminConfig = AdminConfig()
+    http_api: HttpApiConfig | None = None
+    """The application HTTP API (smsc/http_api.py); null: off (on in the embedded default)."""
+    webhooks: WebhooksConfig = WebhooksConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    """Several nodes sharing Redis; default: this node alone."""
     shutdown_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     """Seconds a graceful shutdown may take overall; then what is left is abandoned (the
     store is still closed: queued messages are kept)."""

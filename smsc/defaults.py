@@ -21,6 +21,7 @@ from typing import Any
 
 from router.config import CarrierConfig, CarrierPrice, Route, RouterConfig
 from smsc.config import SimulatedCarrier, SmscAccount, SmscConfig
+from smsc.http_config import HttpApiConfig
 
 
 def _sim(system_id: str, profile: dict[str, Any]) -> dict[str, Any]:
@@ -110,4 +111,5 @@ DEFAULT = SmscConfig(
         ),
     ),
     simulated_carriers=SIMULATED,
+    http_api=HttpApiConfig(),
 )

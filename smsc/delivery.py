@@ -40,8 +40,7 @@ from datetime import UTC, datetime
 from functools import lru_cache, partial
 
 from router.model import DeliveryReport, Message, StoredMessage
-from router.ports import SettledCallback
-from router.store import Store, StoreError
+from router.ports import SettledCallback, Store, StoreError
 from smppcore.aio import Connection, RequestTimeout
 from smppcore.codec import HEADER, encode
 from smppcore.constants import (

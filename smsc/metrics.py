@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from router.metrics import NO_ROUTE_REASONS, Histogram
 from router.router import Router
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from smppcore.constants import command_name, status_name
 from smppcore.session import State
 from smsc.delivery import Delivery
@@ -126,6 +126,12 @@ class SmscCollector(Collector):
         queue.add_metric(["parked"], router.queue.parked_count)
         queue.add_metric(["paced"], router.paced)
         yield queue
+        yield GaugeMetricFamily(
+            "smsc_route_pinned_long_messages",
+            "Long messages whose parts are pinned to a carrier (until every part is "
+            "accepted or final, or pin_idle)",
+            value=len(router.dispatcher.pins),
+        )
         by_priority = GaugeMetricFamily(
             "smsc_queue_ready_by_priority",
             "Messages ready to send, by priority",
@@ -169,6 +175,26 @@ class SmscCollector(Collector):
         for (source, target), n in sorted(metrics.failovers.items()):
             failovers.add_metric([source, target], n)
         yield failovers
+        spills = CounterMetricFamily(
+            "smsc_route_spill",
+            "Messages sent to another carrier because the first choice had no capacity for "
+            "them (routing.spill), by the first choice and why: window (its windows full), "
+            "rate (its send rate used up), breaker (its half-open trial taken)",
+            labels=["carrier", "reason"],
+        )
+        for (name, reason), n in sorted(metrics.spills.items()):
+            spills.add_metric([name, reason], n)
+        yield spills
+        long_messages = CounterMetricFamily(
+            "smsc_route_long_messages",
+            "Long messages taken off the carrier their parts were pinned to: rerouted (it "
+            "was unavailable past pin_wait, holding no part), resent (every part sent again "
+            "over the next carrier), failed_all (every part failed)",
+            labels=["carrier", "action"],
+        )
+        for (name, action), n in sorted(metrics.long_messages.items()):
+            long_messages.add_metric([name, action], n)
+        yield long_messages
         final = CounterMetricFamily(
             "smsc_messages", "Messages that reached a final state", labels=["account", "state"]
         )
@@ -185,7 +211,9 @@ class SmscCollector(Collector):
             "resent (sent again after a restart: handed to the carrier, its answer unknown), "
             "mo, mo_unrouted, mo_refused (answered ESME_RX_T_APPN: the store would not hold "
             "it), deferred (no carrier of the route available), paced (a submit waited for "
-            "room), explored (sent first to a fallback to keep its delivery rate measured)",
+            "room), explored (sent first to a fallback to keep its delivery rate measured), "
+            "receipt_withdrawn (a receipt from a carrier a long message's part was taken "
+            "back from: ignored)",
             labels=["event", "carrier"],
         )
         for (event, carrier), n in sorted(metrics.events.items()):

@@ -135,6 +135,13 @@ SCHEMAS: dict[str, Any] = {
                 **_NUMBER,
                 "description": "... while it has fewer recent receipts than this; null: always",
             },
+            "spill": {
+                "enum": ["now", "wait", "never"],
+                "description": "when the choice has no capacity: the next carrier at once, "
+                "after spill_wait, or never",
+            },
+            "spill_wait": {"type": "number", "description": "seconds (spill: wait)"},
+            "long_message_failure": {"enum": ["fail_all", "resend_all"]},
             "candidates": {
                 "type": "array",
                 "items": _obj(
@@ -244,6 +251,43 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string"},
                 "description": "changed keys that need a restart (not applied)",
             },
+        }
+    ),
+    "Node": _obj(
+        {
+            "node_id": {"type": "string"},
+            "address": {"type": "string", "description": "its ESME listener's host"},
+            "ports": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "description": "ESME, TLS and HTTP ports (0: off)",
+            },
+            "alive": {"type": "boolean", "description": "heartbeat at most lease seconds old"},
+            "heartbeat_age": {"type": "number", "minimum": 0, "description": "seconds"},
+            "config_hash": {
+                "type": "string",
+                "description": "digest of the shared configuration: nodes that differ drift",
+            },
+            "esme_binds": {"type": "integer", "minimum": 0},
+            "bind_slots": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 1},
+                "description": "carrier bind slots it holds, by carrier",
+            },
+            "queue_share": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "messages in its queue",
+            },
+        }
+    ),
+    "Cluster": _obj(
+        {
+            "node_id": {"type": "string", "description": "the node answering"},
+            "shared": {"type": "boolean", "description": "false: one node, no Redis"},
+            "reachable": {"type": "boolean", "description": "its last heartbeat got through"},
+            "lease": {"type": "number", "description": "seconds"},
+            "nodes": {"type": "array", "items": _ref("Node")},
         }
     ),
 }
@@ -438,6 +482,17 @@ PATHS: dict[str, Any] = {
                 "413": _error("body over 64 KiB"),
                 "503": _error("refused (queue full, store error)"),
                 "504": _error("the router did not answer in time; the error names the message id"),
+                **_AUTH,
+            },
+        }
+    },
+    "/cluster": {
+        "get": {
+            "summary": "The nodes of the cluster (this one alone without cluster.redis): "
+            "heartbeat age, config hash, ESME binds, carrier bind slots, queue share",
+            "responses": {
+                "200": _json(_ref("Cluster"), "the nodes"),
+                "503": _error("the cluster's Redis did not answer"),
                 **_AUTH,
             },
         }

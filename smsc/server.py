@@ -20,9 +20,8 @@ from typing import Any
 import msgspec
 
 from router.metrics import SUBMIT_BUCKETS, Histogram
-from router.model import Address, Concat, Message, StoredMessage
-from router.ports import Intake
-from router.store import Store, StoreError
+from router.model import Address, Message, StoredMessage
+from router.ports import ClusterUnavailable, Coordinator, Intake, Store, StoreError
 from smppcore import aio
 from smppcore.accounts import BIND_TYPE_OF_COMMAND, check_bind
 from smppcore.constants import CommandId, CommandStatus, EsmClass, MessageState
@@ -45,7 +44,6 @@ from smppcore.pdu import (
     UnsuccessSme,
 )
 from smppcore.receipt import is_final
-from smppcore.segment import parse_udh
 from smppcore.session import ProtocolViolation
 from smppcore.smpptime import (
     format_absolute,
@@ -58,6 +56,7 @@ from smsc.accounts import AccountState
 from smsc.config import SecurityConfig
 from smsc.delivery import Delivery
 from smsc.ids import IdAllocator
+from smsc.messages import admit, build_message
 from smsc.security import Admission, BindGuard
 
 log = logging.getLogger(__name__)
@@ -117,7 +116,10 @@ class Server:
         max_connections: int = 1000,
         guard: BindGuard | None = None,
         wall: Callable[[], float] = time.time,
+        sessions: Coordinator | None = None,
     ) -> None:
+        """``sessions``: where an account's session slots are counted across the nodes of
+        a cluster (max_sessions holds for all of them); None: this node alone."""
         self.system_id = system_id
         self.accounts = accounts
         self.intake = intake
@@ -129,6 +131,7 @@ class Server:
         #: Failed binds per peer address and their cool-downs.
         self.guard = guard if guard is not None else BindGuard(SecurityConfig())
         self.wall = wall
+        self.sessions = sessions
         self.metrics = ServerMetrics()
         self.connections: set[aio.Connection] = set()
         #: Bound sessions by bind id (admin API: list, kick).
@@ -277,6 +280,10 @@ class EsmeHandler(aio.Handler):
         self.server = server
         self.state: AccountState | None = None
         self.bind_id = ""
+        #: (account, token) of the cluster session slot this session holds.
+        self.slot: tuple[str, str] | None = None
+        #: A bind is waiting for its cluster session slot.
+        self._binding = False
 
     def connection_made(self, conn: aio.Connection) -> None:
         if not self.server.admit(conn):
@@ -286,6 +293,9 @@ class EsmeHandler(aio.Handler):
         self.server.forget(conn)
         if self.bind_id:
             self.server.binds.pop(self.bind_id, None)
+        if self.slot is not None:
+            self.server.spawn(self._release_slot(*self.slot))
+            self.slot = None
         if self.state is not None:
             self.state.remove(conn)
             log.info("session of %s closed: %s", self.state.system_id, reason)
@@ -389,12 +399,52 @@ class EsmeHandler(aio.Handler):
             password_ok=password_ok,
         )
         guess = status in _GUESSES  # counted whatever the answer says
-        if self.state is not None:  # a second bind, pipelined, overtaken by the first
+        if self.state is not None or self._binding:  # a second bind, pipelined
             status = _S.ESME_RALYBND
         elif not server.accepting:
             status = _S.ESME_RBINDFAIL
         note = " (cool-down starts)" if server.bind_ended(peer, failed=guess) else ""
+        if status == _S.ESME_ROK and state is not None and server.sessions is not None:
+            self._binding = True
+            server.spawn(self._bind_in_cluster(conn, pdu, state, note, server.sessions))
+            return
         self._bound(conn, pdu, state, status, note)
+
+    async def _bind_in_cluster(
+        self, conn: aio.Connection, pdu: Pdu, state: AccountState, note: str, sessions: Coordinator
+    ) -> None:
+        """A bind that passed every local check takes one of the account's session slots
+        across the cluster (max_sessions counts every node's sessions): ESME_RBINDFAIL when
+        all are taken, or when the cluster cannot be asked."""
+        account = state.system_id
+        try:
+            slot = await sessions.acquire_session(
+                account, state.account.max_sessions, self.server.wall()
+            )
+        except ClusterUnavailable:
+            self._binding = False
+            self._bound(conn, pdu, state, _S.ESME_RBINDFAIL, f"{note} (cluster unreachable)")
+            return
+        self._binding = False
+        if slot is None:
+            self._bound(
+                conn, pdu, state, _S.ESME_RBINDFAIL, f"{note} (max_sessions across the cluster)"
+            )
+            return
+        if conn.closed:
+            await self._release_slot(account, slot)
+            return
+        self.slot = (account, slot)
+        self._bound(conn, pdu, state, _S.ESME_ROK, note)
+
+    async def _release_slot(self, account: str, slot: str) -> None:
+        sessions = self.server.sessions
+        if sessions is None:
+            return
+        try:
+            await sessions.release_session(account, slot)
+        except ClusterUnavailable as exc:  # it lapses with this node's lease instead
+            log.warning("session slot of %s not released: %s", account, exc)
 
     def _bound(
         self, conn: aio.Connection, pdu: Pdu, state: AccountState | None, status: int, note: str
@@ -433,15 +483,11 @@ class EsmeHandler(aio.Handler):
     def _admit(self, conn: aio.Connection, pdu: Pdu) -> AccountState | None:
         state = self.state
         assert state is not None
-        delivery = self.server.delivery
-        asks = delivery.asks_receipt(getattr(pdu, "registered_delivery", 0))
-        if asks and delivery.refuses_receipts(state.system_id):
-            # Its receipts could not be kept: the account's held ones are at max_held.
-            self._refuse(conn, pdu, _S.ESME_RMSGQFUL)
-            return None
-        bucket = state.bucket
-        if bucket is not None and not bucket.take(time.monotonic()):
-            self._refuse(conn, pdu, _S.ESME_RTHROTTLED)
+        status = admit(
+            state, self.server.delivery, getattr(pdu, "registered_delivery", 0), time.monotonic()
+        )
+        if status:
+            self._refuse(conn, pdu, status)
             return None
         return state
 
@@ -470,25 +516,10 @@ class EsmeHandler(aio.Handler):
             if pdu.validity_period:
                 until = resolve(parse_validity_period(pdu.validity_period), wall)
                 expires_at = until.timestamp() if until else None
-                if expires_at is not None and expires_at <= now:
-                    raise RemoteProtocolError(
-                        "validity_period already past", status=_S.ESME_RINVEXPIRY
-                    )
-        if expires_at is None:
-            expires_at = now + server.default_validity
-        priority = getattr(pdu, "priority_flag", 0)
-        if priority > 3:
-            raise RemoteProtocolError("priority_flag over 3", status=_S.ESME_RINVPRTFLG)
-        tlvs = pdu.tlvs
-        # Neither UDHI nor TLVs (the usual single message): _concat would find no part.
-        concat = (
-            self._concat(state, pdu, dest, short_message) if tlvs or pdu.esm_class & _UDHI else None
-        )
-        passthrough = tuple(t for t in tlvs if t.tag != Tag.MESSAGE_PAYLOAD) if tlvs else ()
-        return Message(
-            id=msg_id,
+        return build_message(
+            state,
+            msg_id=msg_id,
             client_id=client_id,
-            account=state.system_id,
             source=Address(pdu.source_addr_ton, pdu.source_addr_npi, pdu.source_addr),
             destination=dest,
             short_message=short_message,
@@ -496,36 +527,15 @@ class EsmeHandler(aio.Handler):
             esm_class=pdu.esm_class,
             protocol_id=getattr(pdu, "protocol_id", 0),
             service_type=pdu.service_type,
-            priority=min(3, priority + state.account.default_priority),
+            priority=getattr(pdu, "priority_flag", 0),
             registered_delivery=pdu.registered_delivery,
-            tlvs=passthrough,
-            concat=concat,
-            submitted_at=now,
+            tlvs=pdu.tlvs,
+            now=now,
+            default_validity=server.default_validity,
             schedule_at=schedule_at,
             expires_at=expires_at,
             payload_tlv=payload_tlv,
         )
-
-    @staticmethod
-    def _concat(state: AccountState, pdu: Pdu, dest: Address, sm: bytes) -> Concat | None:
-        """The long message this part belongs to (UDH or SAR), for same-carrier routing."""
-        source = getattr(pdu, "source_addr", "")
-        if getattr(pdu, "esm_class", 0) & _UDHI:
-            info = parse_udh(sm)[0]
-            if info is not None and info.total > 1:
-                return Concat(
-                    f"{state.system_id}:{source}:{dest.addr}:u{info.ref}", info.total, info.seq
-                )
-            return None
-        if not getattr(pdu, "tlvs", ()):
-            return None
-        ref = pdu.tlv(Tag.SAR_MSG_REF_NUM)
-        if isinstance(ref, int):
-            total = pdu.tlv(Tag.SAR_TOTAL_SEGMENTS)
-            seq = pdu.tlv(Tag.SAR_SEGMENT_SEQNUM)
-            if isinstance(total, int) and isinstance(seq, int) and total > 1:
-                return Concat(f"{state.system_id}:{source}:{dest.addr}:s{ref}", total, seq)
-        return None
 
     def on_submit_sm(self, conn: aio.Connection, pdu: Pdu) -> None:
         assert isinstance(pdu, (SubmitSm, DataSm))

@@ -26,6 +26,7 @@ from router.config import (
     RetryConfig,
     Route,
     RouterConfig,
+    RoutingConfig,
     StoreConfig,
 )
 from router.dispatch import Dispatcher
@@ -36,7 +37,7 @@ from router.model import Address, DeliveryReport, Message, StoredMessage
 from router.ports import SettledCallback
 from router.queue import MessageQueue
 from router.receipts import Receipts
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from router.upstream import Answer
 from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, MessageState
@@ -97,7 +98,8 @@ def router_config(
     breaker_open: float = 10.0,
     tmp_path: Path | None = None,
 ) -> RouterConfig:
-    """Every carrier on one route (``prefix``), cheapest first."""
+    """Every carrier on one route (``prefix``), cheapest first; no exploration (2 % of
+    messages would go to a dearer carrier at random)."""
     routes = (
         (
             Route(
@@ -119,6 +121,7 @@ def router_config(
         health=HealthConfig(breaker_failures=breaker_failures, breaker_open=breaker_open),
         store=StoreConfig(path=str(tmp_path / "smsc.db")) if tmp_path else StoreConfig(),
         retry=RetryConfig(max_attempts=max_attempts),
+        routing=RoutingConfig(explore=0.0),
     )
 
 

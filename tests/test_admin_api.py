@@ -228,6 +228,7 @@ DURING_START_UP: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
         {"json_body": {"account": SYSTEM_ID, "destination": "447700900001", "text": "hi"}},
     ),
     ("post", "/reload"): ("/reload", {}),
+    ("get", "/cluster"): ("/cluster", {}),
 }
 
 
@@ -516,5 +517,30 @@ def test_reload_without_a_configuration_file_is_refused(run1: Run, tmp_path: Pat
             reply = await client.post("/reload")
             assert reply.status == 409
             assert "nothing to reload" in reply.body["error"]
+
+    run1(main())
+
+
+# --- cluster -----------------------------------------------------------------------------------
+
+
+def test_a_lone_node_lists_itself_as_the_cluster(run1: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running_app(config(tmp_path)) as app, api(app) as client:
+            esme = await bind_client(app, "trx")
+            try:
+                await app.cluster.beat()
+                reply = await client.get("/cluster")
+            finally:
+                await esme.close()
+            assert reply.status == 200
+            body = reply.body
+            assert (body["node_id"], body["shared"], body["reachable"]) == ("0", False, True)
+            (node,) = body["nodes"]
+            assert node["node_id"] == "0"
+            assert node["alive"]
+            assert node["ports"] == [app.port, 0, app.http_port]
+            assert node["esme_binds"] == 1
+            assert len(node["config_hash"]) == 16
 
     run1(main())

@@ -11,7 +11,7 @@ import pytest
 from router.config import StoreConfig
 from router.correlation import Correlator, Early, correlation_key
 from router.model import Address, Message
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from smppcore.receipt import IdStyle
 
 DEADLINE = 10.0

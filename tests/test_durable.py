@@ -34,7 +34,7 @@ from smsc_fixtures import (
 
 from router.config import StoreConfig
 from router.model import Address, DeliveryReport, Message
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, MessageState
 from smppcore.pdu import (

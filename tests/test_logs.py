@@ -242,7 +242,9 @@ def test_no_password_and_no_message_body_in_any_record(tmp_path: Path) -> None:
 
 def test_serve_logs_json_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     async def main() -> None:
-        async with serve_process(tmp_path, "--port", "0", "--metrics-port", "0") as serve:
+        async with serve_process(
+            tmp_path, "--port", "0", "--metrics-port", "0", "--api-port", "0"
+        ) as serve:
             pass
         lines = serve.stderr.read_text().splitlines()
         assert lines

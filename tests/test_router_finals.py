@@ -17,7 +17,7 @@ from router_parts import RETRY_LATER, ROK, T0, Answers, Sink, message, open_stor
 from router.finals import Finals
 from router.metrics import RouterMetrics
 from router.model import DeliveryReport
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from smppcore.constants import MessageState
 
 

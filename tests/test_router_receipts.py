@@ -35,7 +35,7 @@ from router.config import RouterConfig
 from router.finals import Finals
 from router.queue import MessageQueue
 from router.receipts import Receipts
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from smppcore.constants import MessageState
 from smppcore.pdu import DeliverSm
 

@@ -174,7 +174,7 @@ def test_embedded_default_serves_routes_explains_and_stops_on_sigterm(
     run: Run, tmp_path: Path
 ) -> None:
     async def main() -> None:
-        args = ("--port", "0", "--metrics-port", "0")
+        args = ("--port", "0", "--metrics-port", "0", "--api-port", "0")
         async with serve_process(tmp_path, *args) as serve:
             assert serve.http_port is not None
             state = await submit_and_wait_receipt(serve.port, "test", "test", "447700900001")
@@ -230,7 +230,7 @@ def test_smsc_route_without_a_server_says_it_cannot_reach_it(tmp_path: Path) -> 
 
 def test_example_config_serves_and_stops_on_sigint(tmp_path: Path) -> None:
     async def main() -> None:
-        args = ("--config", str(EXAMPLE), "--port", "0", "--metrics-port", "0")
+        args = ("--config", str(EXAMPLE), "--port", "0", "--metrics-port", "0", "--api-port", "0")
         async with serve_process(tmp_path, *args, "--log-level", "warning") as serve:
             # "33..." routes to sim (partner, at 4.5 micro-units cheaper, is not running).
             state = await submit_and_wait_receipt(serve.port, "test", "test", "33612345678")

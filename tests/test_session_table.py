@@ -37,6 +37,7 @@ from smppcore.pdu import (
 from smppcore.session import (
     TABLE,
     Direction,
+    LateResponse,
     ProtocolViolation,
     RequestExpired,
     RequestReceived,
@@ -54,7 +55,14 @@ C = CommandId
 HEADER = struct.Struct(">IIII")
 SEQ = 77
 NOW = 1.0
-EVENT_TYPES = (RequestReceived, ResponseReceived, RequestExpired, ProtocolViolation, SessionClosed)
+EVENT_TYPES = (
+    RequestReceived,
+    ResponseReceived,
+    RequestExpired,
+    LateResponse,  # the answer to a request that had expired
+    ProtocolViolation,
+    SessionClosed,
+)
 
 REQUESTS = sorted(cid for cid in PDU_CLASSES if not cid & RESPONSE_BIT)
 RESPONSES = sorted(cid for cid in PDU_CLASSES if cid & RESPONSE_BIT)

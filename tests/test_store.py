@@ -1,5 +1,5 @@
-"""router.store: batching, durability callbacks, read-your-writes, recovery, held deliveries,
-permissions, failures, and the kill -9 guarantee of ``ack_after: store``.
+"""router.stores (SQLite): batching, durability callbacks, read-your-writes, recovery, held
+deliveries, permissions, failures, and the kill -9 guarantee of ``ack_after: store``.
 
 Every test runs under a deadline and waits on the store (flush, callbacks), never on sleeps.
 """
@@ -26,7 +26,8 @@ from small_fs import ext4_image, fill, make_read_only, mount_again, small_tmpfs
 
 from router.config import StoreConfig
 from router.model import Address, Concat, DeliveryReport, Message
-from router.store import SqliteStore, Store, StoreClosed, StoreTimeout
+from router.ports import Store, StoreClosed, StoreTimeout
+from router.stores.sqlite import SqliteStore
 from smppcore.constants import MessageState
 from smppcore.tlv import Tlv
 
@@ -346,7 +347,7 @@ async def test_a_failing_record_fails_only_its_own_ack(
         store.add(msg(2), lambda ok: results.__setitem__("before", ok))
         store.add(msg(1), lambda ok: results.__setitem__("duplicate", ok))  # PK violation
         store.add(msg(3), lambda ok: results.__setitem__("after", ok))
-        with caplog.at_level(logging.WARNING, logger="router.store"):
+        with caplog.at_level(logging.WARNING, logger="router.stores"):
             await store.flush()
     assert results == {"first": True, "before": True, "duplicate": False, "after": True}
     assert store.failed == 1
@@ -612,7 +613,7 @@ async def test_held_items_are_bounded_per_account(
             for i in range(5):
                 s.hold("acme", bytes([i]), 10.0)
             s.hold("other", b"x", 10.0)
-            with caplog.at_level(logging.WARNING, logger="router.store"):
+            with caplog.at_level(logging.WARNING, logger="router.stores"):
                 await s.flush()
                 s.hold("acme", b"\x05", 10.0)
                 await s.flush()
@@ -665,7 +666,7 @@ CHILD = """
 import asyncio, os, sys
 from router.config import StoreConfig
 from router.model import Address, Message
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 
 async def main(path):
     store = SqliteStore(StoreConfig(path=path, batch_max=64))
@@ -841,7 +842,7 @@ async def test_row_counts_follow_the_writes_and_are_read_again_at_open(tmp_path:
 
 @pytest.mark.asyncio
 async def test_run_purges_purges_at_once_and_on_schedule_until_cancelled(tmp_path: Path) -> None:
-    from router.store import run_purges
+    from router.stores.writebehind import run_purges
 
     s = SqliteStore(config(tmp_path, keep_days=1))
     await s.open()
@@ -907,7 +908,7 @@ async def test_close_gives_up_after_its_deadline_and_says_what_it_abandons(
         assert s.add(msg(1), results.append)
         assert s.add(msg(2))
         async with asyncio.timeout(DEADLINE):
-            with caplog.at_level(logging.ERROR, logger="router.store"):
+            with caplog.at_level(logging.ERROR, logger="router.stores"):
                 await s.close(timeout=0.2)
         assert not s.is_open
         assert results == [False]  # its client is answered: not acknowledged
@@ -973,7 +974,7 @@ async def test_a_full_disk_refuses_new_writes_keeps_what_was_accepted_and_resume
                     acked.append(f"m{i:06d}")
                 filler = fill(fs)
                 refused: str | None = None
-                with caplog.at_level(logging.INFO, logger="router.store"):
+                with caplog.at_level(logging.INFO, logger="router.stores"):
                     i = 100
                     while refused is None:  # until the WAL's last free page is used up
                         i += 1
@@ -1049,7 +1050,7 @@ async def test_a_file_system_turned_read_only_refuses_writes_and_loses_nothing_a
                 # aborts is lost with the file system, whatever the program.
                 os.sync()
                 make_read_only(device)
-                with caplog.at_level(logging.WARNING, logger="router.store"):
+                with caplog.at_level(logging.WARNING, logger="router.stores"):
                     s.set_final(acked[0], DeliveryReport(acked[0], MessageState.DELIVERED))
                     done = loop.create_future()
                     assert s.add(msg(100), done.set_result)

@@ -37,7 +37,7 @@ from smsc_fixtures import (
 
 from router.config import StoreConfig
 from router.model import Address, DeliveryReport, Message, StoredMessage
-from router.store import SqliteStore
+from router.stores.sqlite import SqliteStore
 from smppcore.constants import CommandStatus, MessageState
 from smppcore.pdu import DeliverSm, QuerySm, QuerySmResp
 from smsc.accounts import AccountState
@@ -136,7 +136,7 @@ def test_a_full_disk_under_load_refuses_submits_and_mo_then_resumes_losing_nothi
             acked += [mid for _, mid in batch]
         filler = fill(fs)
         statuses: list[int] = []
-        with caplog.at_level(logging.WARNING, logger="router.store"):
+        with caplog.at_level(logging.WARNING, logger="router.stores"):
             async with asyncio.timeout(DEADLINE):
                 while not REFUSED & set(statuses):
                     batch = await submit_batch(esme, 50)

@@ -705,3 +705,52 @@ def test_send_after_ready_goes_where_a_fresh_pick_would(run: Run) -> None:
             await pool.stop(timeout=DEADLINE)
 
     run(main())
+
+
+# --- bind slots (a carrier's binds counted for the whole cluster) ------------------------
+
+
+def test_a_pool_opens_only_the_binds_its_slots_allow(run: Run) -> None:
+    async def main() -> None:
+        async with running_carrier() as carrier:
+            watch = Watch()
+            config = pool_config(carrier.port, binds=3)
+            pool = CarrierPool(
+                config,
+                on_deliver=watch.on_deliver,
+                on_state=watch.on_state,
+                rng=random.Random(7),
+                bind_slots=1,
+            )
+            await pool.start()
+            await watch.until(lambda: watch.bound == 1)
+            assert pool.allowed == 1
+            pool.allow(3)  # slots taken over from a node that died
+            await watch.until(lambda: watch.bound == 3)
+            pool.allow(1)  # a node joined: two slots given back
+            await watch.until(lambda: watch.bound == 1)
+            assert pool.binds_made == 3  # never more binds than slots held
+            pool.allow(0)
+            await watch.until(lambda: watch.bound == 0)
+            await pool.stop(timeout=DEADLINE)
+            assert pool.binds_made == 3
+
+    run(main())
+
+
+def test_a_pool_sends_at_its_slots_share_of_the_carriers_rate() -> None:
+    watch = Watch()
+    config = pool_config(1, binds=4, rate=100.0)
+    alone = make_pool(config, watch)
+    assert alone.rate_share == 100.0
+    pool = CarrierPool(
+        config,
+        on_deliver=watch.on_deliver,
+        on_state=watch.on_state,
+        rng=random.Random(7),
+        bind_slots=1,
+    )
+    assert pool.rate_share == 25.0  # one bind of four: a quarter of the carrier's rate
+    pool.allow(3)
+    assert pool.rate_share == 75.0
+    assert make_pool(pool_config(1, binds=4), watch).rate_share is None

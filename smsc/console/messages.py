@@ -22,7 +22,7 @@ from smppcore.constants import MessageState
 from smppcore.text import decode_text
 
 if TYPE_CHECKING:
-    from router.store import SqliteStore
+    from router.stores.sqlite import SqliteStore
 
 SCAN_LIMIT: Final = 20_000
 SEARCH_DEADLINE: Final = 5.0

@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import web
 
-from router.store import StoreError
+from router.ports import StoreError
+from router.stores.sqlite import SqliteStore
 from smsc.console.auth import COOKIE, SAFE_METHODS, ConsoleAuth, Session
 from smsc.console.messages import Query, search, timeline
+from smsc.console.messages import found as found_message
 from smsc.console.samples import Sampler
 
 if TYPE_CHECKING:
@@ -292,8 +294,14 @@ class Console:
             query = msgspec.convert(raw, Query, strict=False)
         except msgspec.ValidationError as exc:
             return _problem(400, str(exc))
+        store = self.app.store
+        if not isinstance(store, SqliteStore):  # the cluster's Redis store: by id alone
+            if not query.id:
+                return _problem(501, "this store (Redis) is searched by message id only")
+            stored = await store.get(query.id)
+            return _json({"messages": [found_message(stored)] if stored else []})
         try:
-            found = await search(self.app.store, self.app.config.router.store.path, query)
+            found = await search(store, self.app.config.router.store.path, query)
         except TimeoutError as exc:
             return _problem(503, str(exc) or "the search took too long")
         except sqlite3.Error as exc:

@@ -1,0 +1,220 @@
+"""The durable webhook outbox: every event to POST is written here (and committed) before
+whoever produced it is told it is safe — a carrier's deliver_sm is acknowledged only
+then — and stays until its receiver took it or it is dead-lettered.
+
+:class:`Outbox` is the interface the sender (smsc/webhooks.py) needs; :class:`SqliteOutbox`
+keeps it in an SQLite file of its own next to the store (a Redis one can follow for the
+cluster). Bounded: past ``max_pending`` waiting events, :meth:`Outbox.put` refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import msgspec
+
+from smsc.sqlitefile import SqliteFile
+
+
+class OutboxEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One event waiting to be POSTed (or dead-lettered)."""
+
+    id: int
+    account: str
+    url: str
+    body: bytes
+    attempts: int
+    created: float
+    next_at: float
+    last_error: str = ""
+    kind: str = "json"
+    """json: POST ``body`` (JSON, signed); get: GET ``url`` (no body); form: POST
+    ``body`` as application/x-www-form-urlencoded (Kannel's and Jasmin's callbacks)."""
+
+
+class Outbox(Protocol):
+    @property
+    def waiting(self) -> int:
+        """Events waiting to be delivered (not dead)."""
+        ...
+
+    def put(
+        self, account: str, url: str, body: bytes, now: float, kind: str = "json"
+    ) -> asyncio.Future[bool] | None:
+        """Queue an event; the future says True once it is durable. None: refused (full)."""
+        ...
+
+    async def due(
+        self, now: float, limit: int, skip: Collection[int], hosts: Collection[str] = ()
+    ) -> list[OutboxEvent]:
+        """Waiting events whose time has come, oldest first, but those in ``skip`` and
+        those to the receiving ``hosts`` (at their cap, or their breaker open)."""
+        ...
+
+    async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
+        """When the next waiting event (but those in ``skip`` or to ``hosts``) is due;
+        None: none waits."""
+        ...
+
+    def delivered(self, event_id: int) -> None: ...
+
+    def retry_at(self, event_id: int, attempts: int, at: float, error: str) -> None: ...
+
+    def dead(self, event_id: int, attempts: int, error: str) -> None: ...
+
+    async def failures(self, account: str, limit: int) -> list[OutboxEvent]:
+        """The account's dead-lettered events, newest first."""
+        ...
+
+    async def revive(self, account: str, event_id: int, now: float) -> bool:
+        """Send a dead-lettered event of ``account`` again (from now, a new max_age)."""
+        ...
+
+    def purge(self, before: float) -> None:
+        """Forget dead-lettered events created before ``before``."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self, timeout: float) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    next_at REAL NOT NULL,
+    dead INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT 'json',
+    host TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (dead, next_at, id);
+CREATE INDEX IF NOT EXISTS events_dead ON events (account, dead, id);
+"""
+_COLUMNS = "id, account, url, body, attempts, created, next_at, last_error, kind"
+
+
+class SqliteOutbox:
+    def __init__(self, path: str, *, max_pending: int = 1_000_000) -> None:
+        self.file = SqliteFile(path, _SCHEMA, max_pending=max_pending)
+        self.max_pending = max_pending
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    async def open(self) -> None:
+        await self.file.open()
+        rows = await self.file.read("SELECT COUNT(*) FROM events WHERE dead = 0")
+        self._waiting = int(rows[0][0])
+
+    async def close(self, timeout: float = 5.0) -> None:
+        await self.file.close(timeout)
+
+    def put(
+        self, account: str, url: str, body: bytes, now: float, kind: str = "json"
+    ) -> asyncio.Future[bool] | None:
+        if self._waiting >= self.max_pending:
+            return None
+        done = self.file.write(
+            "INSERT INTO events (account, url, body, created, next_at, kind, host)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(account, url, body, now, now, kind, urlsplit(url).netloc)],
+        )
+        if done is not None:
+            self._waiting += 1
+        return done
+
+    async def due(
+        self, now: float, limit: int, skip: Collection[int], hosts: Collection[str] = ()
+    ) -> list[OutboxEvent]:
+        hosts = list(hosts)
+        rows = await self.file.read(
+            f"SELECT {_COLUMNS} FROM events WHERE dead = 0 AND next_at <= ?"
+            f" AND host NOT IN ({','.join('?' * len(hosts))})"
+            f" ORDER BY next_at, id LIMIT ?",
+            (now, *hosts, limit + len(skip)),  # those skipped come first, as the oldest
+        )
+        return [e for e in map(_event, rows) if e.id not in skip][:limit]
+
+    async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
+        hosts = list(hosts)
+        rows = await self.file.read(
+            "SELECT id, next_at FROM events WHERE dead = 0"
+            f" AND host NOT IN ({','.join('?' * len(hosts))})"
+            " ORDER BY next_at, id LIMIT ?",
+            (*hosts, len(skip) + 1),
+        )
+        for event_id, at in rows:
+            if event_id not in skip:
+                return float(at)
+        return None
+
+    def delivered(self, event_id: int) -> None:
+        self._waiting = max(0, self._waiting - 1)
+        self.file.write("DELETE FROM events WHERE id = ?", [(event_id,)], force=True)
+
+    def retry_at(self, event_id: int, attempts: int, at: float, error: str) -> None:
+        self.file.write(
+            "UPDATE events SET attempts = ?, next_at = ?, last_error = ? WHERE id = ?",
+            [(attempts, at, error, event_id)],
+            force=True,
+        )
+
+    def dead(self, event_id: int, attempts: int, error: str) -> None:
+        self._waiting = max(0, self._waiting - 1)
+        self.file.write(
+            "UPDATE events SET dead = 1, attempts = ?, last_error = ? WHERE id = ?",
+            [(attempts, error, event_id)],
+            force=True,
+        )
+
+    def purge(self, before: float) -> None:
+        sql = "DELETE FROM events WHERE dead = 1 AND created < ?"
+        self.file.write(sql, [(before,)], force=True)
+
+    async def failures(self, account: str, limit: int) -> list[OutboxEvent]:
+        rows = await self.file.read(
+            f"SELECT {_COLUMNS} FROM events WHERE account = ? AND dead = 1"
+            " ORDER BY id DESC LIMIT ?",
+            (account, limit),
+        )
+        return [_event(r) for r in rows]
+
+    async def revive(self, account: str, event_id: int, now: float) -> bool:
+        rows = await self.file.read(
+            "SELECT id FROM events WHERE id = ? AND account = ? AND dead = 1", (event_id, account)
+        )
+        if not rows:
+            return False
+        done = self.file.write(
+            "UPDATE events SET dead = 0, attempts = 0, created = ?, next_at = ? WHERE id = ?",
+            [(now, now, event_id)],
+            force=True,
+        )
+        self._waiting += 1
+        return done is not None and await done
+
+
+def _event(row: tuple[object, ...]) -> OutboxEvent:
+    event_id, account, url, body, attempts, created, next_at, error, kind = row
+    return OutboxEvent(
+        id=int(event_id),  # type: ignore[call-overload]
+        account=str(account),
+        url=str(url),
+        body=bytes(body),  # type: ignore[call-overload]
+        attempts=int(attempts),  # type: ignore[call-overload]
+        created=float(created),  # type: ignore[arg-type]
+        next_at=float(next_at),  # type: ignore[arg-type]
+        last_error=str(error),
+        kind=str(kind),
+    )

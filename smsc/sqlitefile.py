@@ -1,0 +1,144 @@
+"""A small SQLite file of smsc's own (the HTTP API's records, the webhook outbox), off the
+event loop: one thread owns the connection; writes are gathered into one transaction
+(group commit) and each caller learns when its write is durable; reads wait for the
+writes queued before them. Bounded: past ``max_pending`` queued writes, :meth:`write`
+refuses (returns None) and the caller answers a temporary error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: One write: SQL and its rows (executemany).
+Write = tuple[str, Sequence[Sequence[Any]]]
+
+
+class SqliteFile:
+    """``await open()``; ``write(...)`` → Future (True once committed, False if the
+    transaction failed); ``await read(sql, params)``; ``await close(timeout)``."""
+
+    def __init__(self, path: str, schema: str, *, max_pending: int = 100_000) -> None:
+        self.path = path
+        self.schema = schema
+        self.max_pending = max_pending
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{os.path.basename(path)}")
+        self._queue: list[tuple[Write, asyncio.Future[bool]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def open(self) -> None:
+        self._db = await self._call(self._connect)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"sqlite-{self.path}")
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(self.schema)
+        return db
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def write(
+        self, sql: str, rows: Sequence[Sequence[Any]], *, force: bool = False
+    ) -> asyncio.Future[bool] | None:
+        """Queue a write; None when ``max_pending`` writes already wait (nothing queued) —
+        unless ``force`` (a change to what is already kept: it counts, but is never
+        refused) — or when the file is closed."""
+        if self._db is None or (len(self._queue) >= self.max_pending and not force):
+            return None
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append(((sql, rows), done))
+        self._idle.clear()
+        self._wake.set()
+        return done
+
+    async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of ``sql``, after the writes queued before it are committed."""
+        await self.flush()
+        db = self._db
+        if db is None:
+            raise sqlite3.ProgrammingError("closed")
+        return await self._call(lambda: db.execute(sql, params).fetchall())
+
+    async def flush(self) -> None:
+        """Wait until what was queued so far is committed (the caller sets a deadline)."""
+        while not self._idle.is_set():
+            await self._idle.wait()
+
+    async def _write_loop(self) -> None:
+        db = self._db
+        assert db is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                self._idle.set()
+                continue
+            writes = [w for w, _ in batch]
+            try:
+                await self._call(partial(_transaction, db, writes))
+                ok = True
+            except sqlite3.Error as exc:
+                log.error("%s: a write of %d statements failed: %s", self.path, len(writes), exc)
+                ok = False
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(ok)
+            if not self._queue:
+                self._idle.set()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.flush()
+        except TimeoutError:
+            log.warning("%s: %d writes not committed at close", self.path, len(self._queue))
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        db, self._db = self._db, None
+        if db is not None:
+            await self._call(db.close)
+        self._pool.shutdown(wait=False)
+
+
+def _transaction(db: sqlite3.Connection, writes: list[Write]) -> None:
+    db.execute("BEGIN")
+    try:
+        for sql, rows in writes:
+            db.executemany(sql, rows)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def beside(store_path: str, suffix: str) -> str:
+    """``smsc.db`` → ``smsc-<suffix>.db`` in the same directory (``:memory:`` stays)."""
+    if store_path == ":memory:" or store_path.startswith("file:"):
+        return ":memory:"
+    root, ext = os.path.splitext(store_path)
+    return f"{root}-{suffix}{ext or '.db'}"

@@ -1,0 +1,500 @@
+"""Status and inbound webhooks: receipts and MO of an account with ``webhooks:`` (or of a
+message sent with a ``callback_url``) become signed JSON events POSTed to its URLs.
+
+Never from a request handler: :class:`WebhookSink` sits in front of the SMPP delivery on
+the router's ReportSink path and writes each event into the durable outbox
+(smsc/outbox.py); the carrier's deliver_sm is acknowledged once that is committed.
+:class:`WebhookSender` POSTs what the outbox holds, at most ``concurrency`` at once and
+``per_endpoint`` per receiving host (a slow receiver only delays itself), and retries any
+answer but a 2xx (timeouts, connection errors, 4xx and 5xx alike) with exponential
+backoff and jitter — or after the receiver's ``Retry-After`` — until the event is
+``max_age`` old; then it is dead-lettered (``GET /v1/webhooks/failures``).
+
+Each request carries ``Smsc-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." +
+body)>`` with the account's ``webhooks.secret`` (unsigned when it has none), and
+``Smsc-Event-Id``. Each event has an ``id`` and a ``sequence`` that grows with each event
+of a message (receivers order by it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import hmac
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from router.model import DeliveryReport, Message, StoredMessage
+from router.ports import ReportSink, SettledCallback
+from smppcore.constants import EsmClass, MessageState
+from smppcore.errors import RemoteProtocolError
+from smppcore.segment import parse_udh
+from smppcore.text import codec_name, decode_text
+from smsc.accounts import AccountState
+from smsc.callbacks import Callbacks
+from smsc.delivery import wants_receipt
+from smsc.http_config import WebhooksConfig
+from smsc.legacy_dlr import legacy_request
+from smsc.outbox import Outbox, OutboxEvent
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Smsc-Signature"
+#: Failed POSTs in a row to one host that open its breaker.
+BREAKER_FAILURES = 5
+#: Receiving hosts whose failures are followed, at most (callback URLs name any host).
+_MAX_HOSTS = 10_000
+_UDHI = int(EsmClass.UDHI)
+
+EVENT_TYPES: dict[MessageState, str] = {
+    MessageState.DELIVERED: "message.delivered",
+    MessageState.EXPIRED: "message.expired",
+    MessageState.DELETED: "message.deleted",
+    MessageState.UNDELIVERABLE: "message.failed",
+    MessageState.REJECTED: "message.failed",
+    MessageState.UNKNOWN: "message.failed",
+    MessageState.SKIPPED: "message.failed",
+    MessageState.ENROUTE: "message.enroute",
+    MessageState.ACCEPTED: "message.accepted",
+    MessageState.SCHEDULED: "message.scheduled",
+}
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``Smsc-Signature`` value of ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, header: str, body: bytes, now: float, tolerance: float = 300.0) -> bool:
+    """Does ``header`` sign ``body`` with ``secret``, within ``tolerance`` seconds of now?"""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    expected = sign(secret, timestamp, body).rpartition("v1=")[2]
+    return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+class _Sequence:
+    """Event sequence numbers: microseconds of the wall clock, strictly increasing (so
+    also across restarts, as long as the clock does not go back)."""
+
+    def __init__(self, wall: Callable[[], float]) -> None:
+        self.wall = wall
+        self.last = 0
+
+    def next(self) -> int:
+        self.last = max(self.last + 1, int(self.wall() * 1_000_000))
+        return self.last
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _part(message_id: str, reported: str) -> int:
+    if message_id == reported:
+        return 1
+    tail = message_id.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 1
+
+
+class WebhookSink:
+    """The router's ReportSink: events to the outbox for accounts (or messages) with a
+    webhook, everything else to ``inner`` (the SMPP delivery)."""
+
+    def __init__(
+        self,
+        inner: ReportSink,
+        accounts: Mapping[str, AccountState],
+        outbox: Outbox,
+        callbacks: Callbacks,
+        *,
+        wake: Callable[[], None] = lambda: None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.inner = inner
+        self.accounts = accounts
+        self.outbox = outbox
+        self.callbacks = callbacks
+        self.wake = wake
+        self.wall = wall
+        self._seq = _Sequence(wall)
+        #: Events refused by a full outbox with nobody to answer a temporary error to.
+        self.dropped = 0
+        #: Events refused by a full outbox whose sender was told (it sends them again).
+        self.refused = 0
+
+    def report(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        settled: SettledCallback | None = None,
+    ) -> None:
+        msg = stored.message
+        state = self.accounts.get(msg.account)
+        hooks = state.account.webhooks if state is not None else None
+        target = self.callbacks.get(msg.reported_id)
+        if target is not None and target.dialect != "json":
+            request = legacy_request(target, stored, report, self.wall())
+            if request is None:
+                if settled is not None:
+                    settled(True)
+                return
+            self._put(msg.account, request[0], request[1], self.wall(), settled, request[2])
+            return
+        url = (target.callback_url if target else None) or (hooks.status_url if hooks else None)
+        if url is None:
+            self.inner.report(stored, report, settled)
+            return
+        if not wants_receipt(msg.registered_delivery, report.state):
+            if settled is not None:
+                settled(True)
+            return
+        now = self.wall()
+        seq = self._seq.next()
+        data = {
+            "message_id": msg.reported_id,
+            "part": _part(msg.id, msg.reported_id),
+            "parts": msg.concat.total if msg.concat else 1,
+            "to": msg.destination.addr,
+            "from": msg.source.addr,
+            "state": report.state.name.lower(),
+            "error": report.error,
+            "carrier": report.carrier or stored.carrier or None,
+            "done_at": _iso(report.done_at or now),
+            "reference": target.reference if target else None,
+        }
+        event = {
+            "id": f"evt_{msg.reported_id}_{seq}",
+            "type": EVENT_TYPES.get(report.state, "message.failed"),
+            "sequence": seq,
+            "created_at": _iso(now),
+            "data": data,
+        }
+        self._put(msg.account, url, msgspec.json.encode(event), now, settled)
+
+    def mobile_originated(
+        self, account: str, message: Message, settled: SettledCallback | None = None
+    ) -> bool | None:
+        state = self.accounts.get(account)
+        hooks = state.account.webhooks if state is not None else None
+        if hooks is None or hooks.inbound_url is None:
+            return self.inner.mobile_originated(account, message, settled)
+        payload = message.short_message
+        udh = b""
+        if message.esm_class & _UDHI:
+            try:
+                _, payload, udh = parse_udh(payload)
+            except RemoteProtocolError:  # a UDH that overruns: passed on as it came
+                udh = b""
+        now = self.wall()
+        seq = self._seq.next()
+        text = (
+            decode_text(payload, message.data_coding) if codec_name(message.data_coding) else None
+        )
+        data = {
+            "message_id": message.id,
+            "from": message.source.addr,
+            "to": message.destination.addr,
+            "text": text,
+            "data_coding": message.data_coding,
+            "udh": udh.hex() or None,
+            "binary": None if text is not None else payload.hex(),
+            "received_at": _iso(message.submitted_at or now),
+        }
+        event = {
+            "id": f"evt_{message.id}_{seq}",
+            "type": "message.inbound",
+            "sequence": seq,
+            "created_at": _iso(now),
+            "data": data,
+        }
+        return self._put(account, hooks.inbound_url, msgspec.json.encode(event), now, settled)
+
+    def _put(
+        self,
+        account: str,
+        url: str,
+        body: bytes,
+        now: float,
+        settled: SettledCallback | None,
+        kind: str = "json",
+    ) -> bool:
+        done = self.outbox.put(account, url, body, now, kind)
+        if done is None:  # the outbox is full: the carrier is answered a temporary error
+            if settled is not None:
+                self.refused += 1
+                settled(False)
+                self.wake()  # (what waits on the sender's outcomes looks again)
+            else:
+                self.dropped += 1
+                log.warning("webhook event for %s dropped: the outbox is full", account)
+            return False
+        if settled is not None:
+            done.add_done_callback(lambda f: settled(not f.cancelled() and f.result()))
+        done.add_done_callback(lambda _: self.wake())
+        return True
+
+
+class SenderMetrics:
+    def __init__(self) -> None:
+        #: (account, outcome) → POSTs; outcome: delivered, retried, dead.
+        self.outcomes: dict[tuple[str, str], int] = {}
+
+    def count(self, account: str, outcome: str) -> None:
+        key = (account, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+
+class WebhookSender:
+    """POSTs the outbox's events. ``start()`` / ``wake()`` / ``await stop()``."""
+
+    def __init__(
+        self,
+        config: WebhooksConfig,
+        outbox: Outbox,
+        accounts: Mapping[str, AccountState],
+        *,
+        rng: random.Random,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.accounts = accounts
+        self.rng = rng
+        self.wall = wall
+        self.metrics = SenderMetrics()
+        self._wake = asyncio.Event()
+        self._inflight: dict[int, str] = {}  # event id → host
+        self._by_host: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._settled = asyncio.Event()
+        #: Events settled while the outbox is being read: that read may show them as
+        #: they were (due), so they are not spawned from it again.
+        self._recent: set[int] = set()
+        #: Per receiving host: failures in a row, and until when its breaker is open.
+        self._failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until ``predicate()`` holds, checked after
+        each POST's outcome is recorded and each change to the outbox (:meth:`wake`);
+        False when the time is up."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._settled.clear()
+                    await self._settled.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            connector=aiohttp.TCPConnector(limit=self.config.concurrency),
+            headers={"User-Agent": "smsc-webhooks"},
+        )
+        self._loop_task = asyncio.create_task(self._run(), name="webhook-sender")
+
+    def wake(self) -> None:
+        """Something changed in the outbox: read it again (and :meth:`wait_for` looks)."""
+        self._wake.set()
+        self._settled.set()
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        cfg = self.config
+        while True:
+            try:
+                self._wake.clear()  # before reading: a put or an ending POST is not missed
+                spawned = False
+                full_read = False
+                blocked = self._blocked()
+                if len(self._inflight) < cfg.concurrency:
+                    room = cfg.concurrency - len(self._inflight)
+                    self._recent.clear()
+                    due = await self.outbox.due(self.wall(), room, self._inflight, blocked)
+                    full_read = len(due) >= room
+                    for event in due:
+                        if event.id in self._recent or event.id in self._inflight:
+                            continue
+                        host = urlsplit(event.url).netloc
+                        if len(self._inflight) >= cfg.concurrency:
+                            break
+                        if self._by_host.get(host, 0) < cfg.per_endpoint:
+                            self._spawn(event, host)
+                            spawned = True
+                if spawned:
+                    # What was due is on its way: read again at once if there may be more,
+                    # else when something changes (a put, a POST's end; 1 s at most).
+                    if not full_read:
+                        await _wait(self._wake, 1.0)
+                    continue
+                at = await self.outbox.next_due(self._inflight, self._blocked())
+                now = self.wall()
+                if self._open_until:  # a breaker closes then
+                    reopen = min(self._open_until.values())
+                    at = reopen if at is None else min(at, reopen)
+                if at is None:
+                    wait = 5.0
+                elif at > now:
+                    wait = min(5.0, at - now)
+                else:  # due, but held back (caps, breakers): after a POST ends
+                    wait = 1.0
+                await _wait(self._wake, wait)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook sender: reading the outbox failed; again in 1 s")
+                await asyncio.sleep(1.0)
+
+    def _blocked(self) -> set[str]:
+        """Hosts not to POST to now: at their ``per_endpoint`` cap, or breaker open."""
+        now = self.wall()
+        for host, until in list(self._open_until.items()):
+            if until <= now:  # half open: the next POST tries it
+                del self._open_until[host]
+        cap = self.config.per_endpoint
+        return {h for h, n in self._by_host.items() if n >= cap} | self._open_until.keys()
+
+    def _breaker(self, host: str, ok: bool) -> None:
+        """After ``BREAKER_FAILURES`` failed POSTs in a row to ``host``, nothing is POSTed
+        to it for a while (doubling, up to ``backoff_max``): its events wait without
+        spending attempts, and the other receivers get the sender's slots."""
+        if ok:
+            self._failures.pop(host, None)
+            return
+        n = self._failures[host] = self._failures.get(host, 0) + 1
+        if len(self._failures) > _MAX_HOSTS:  # forget the host failing longest ago
+            self._failures.pop(next(iter(self._failures)))
+            if len(self._open_until) > _MAX_HOSTS:
+                self._open_until.pop(next(iter(self._open_until)))
+        if n >= BREAKER_FAILURES:
+            cfg = self.config
+            pause = min(cfg.backoff_max, cfg.backoff_min * 2 ** min(n - BREAKER_FAILURES, 20))
+            self._open_until[host] = self.wall() + pause
+
+    def _spawn(self, event: OutboxEvent, host: str) -> None:
+        self._inflight[event.id] = host
+        self._by_host[host] = self._by_host.get(host, 0) + 1
+        task = asyncio.create_task(self._post(event, host))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, event: OutboxEvent, host: str) -> None:
+        try:
+            error, retry_after = await self._attempt(event)
+            self._breaker(host, error is None)
+            self._settle(event, error, retry_after)
+            self._recent.add(event.id)
+            self._settled.set()
+        finally:
+            self._inflight.pop(event.id, None)
+            n = self._by_host.get(host, 1) - 1
+            if n:
+                self._by_host[host] = n
+            else:
+                self._by_host.pop(host, None)
+            self._wake.set()
+
+    async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None]:
+        """One POST: (None, None) when taken; else (why not, the receiver's Retry-After)."""
+        assert self._session is not None
+        headers = {"Smsc-Event-Id": str(event.id)}
+        method, data = "POST", event.body
+        if event.kind == "get":
+            method, data = "GET", b""
+        elif event.kind == "form":
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            headers["Content-Type"] = "application/json"
+        state = self.accounts.get(event.account)
+        hooks = state.account.webhooks if state is not None else None
+        if hooks is not None:
+            headers[SIGNATURE_HEADER] = sign(hooks.secret, int(self.wall()), data)
+        try:
+            request = self._session.request(method, event.url, data=data or None, headers=headers)
+            async with request as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return None, None
+                return f"HTTP {resp.status}", _retry_after(
+                    resp.headers.get("Retry-After"), self.wall()
+                )
+        except TimeoutError:
+            return "timeout", None
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {exc}"[:200], None
+
+    def _settle(self, event: OutboxEvent, error: str | None, retry_after: float | None) -> None:
+        if error is None:
+            self.outbox.delivered(event.id)
+            self.metrics.count(event.account, "delivered")
+            return
+        cfg = self.config
+        attempts = event.attempts + 1
+        now = self.wall()
+        backoff = min(cfg.backoff_max, cfg.backoff_min * 2 ** min(attempts - 1, 30))
+        delay = backoff * (0.5 + self.rng.random() / 2)
+        if retry_after is not None:
+            delay = min(cfg.backoff_max, max(retry_after, 0.0))
+        if now + delay > event.created + cfg.max_age:
+            self.outbox.dead(event.id, attempts, error)
+            self.metrics.count(event.account, "dead")
+            log.warning(
+                "webhook event %d of %s dead-lettered after %d attempts: %s",
+                event.id,
+                event.account,
+                attempts,
+                error,
+            )
+            return
+        self.outbox.retry_at(event.id, attempts, now + delay, error)
+        self.metrics.count(event.account, "retried")
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait for ``event`` at most ``timeout`` seconds (the caller cleared it before it
+    looked at what the event announces)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds of a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
