@@ -47,7 +47,16 @@ from smsc_fixtures import (
 )
 
 expect.set_options(timeout=DEADLINE)
-PAGES = ("overview", "sessions", "carriers", "routes", "messages", "send", "simulators")
+PAGES = (
+    "overview",
+    "sessions",
+    "carriers",
+    "routes",
+    "messages",
+    "send",
+    "simulators",
+    "cluster",
+)
 #: Seconds an smpplib client waits at most for what a test expects of it.
 WAIT = DEADLINE / 1000
 

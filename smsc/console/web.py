@@ -42,7 +42,16 @@ audit = logging.getLogger("smsc.audit")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATIC: Final = Path(__file__).resolve().parent / "static"
-PAGES: Final = ("overview", "sessions", "carriers", "routes", "messages", "send", "simulators")
+PAGES: Final = (
+    "overview",
+    "sessions",
+    "carriers",
+    "routes",
+    "messages",
+    "send",
+    "simulators",
+    "cluster",
+)
 #: What answers without a session.
 OPEN: Final = frozenset({"/console/login", "/console/static/style.css", "/console/static/login.js"})
 #: Where a request's console session is kept (aiohttp request storage).
@@ -250,8 +259,9 @@ class Console:
         queue = self.sampler.subscribe()
         if queue is None:
             return _problem(503, "too many live views open")
+        response = self._stream()
         try:
-            response = await self._stream(request)
+            await response.prepare(request)
             await self._send(response, msgspec.json.encode(list(self.sampler.ring)), "history")
             while not self._stopping.is_set() and self.auth.session(request) is not None:
                 try:
@@ -270,16 +280,17 @@ class Console:
             self.sampler.unsubscribe(queue)
         return response
 
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(
+    @staticmethod
+    def _stream() -> web.StreamResponse:
+        """An event stream's response (prepared by its handler, which handles a browser
+        gone before that)."""
+        return web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-store",
                 "X-Accel-Buffering": "no",
             }
         )
-        await response.prepare(request)
-        return response
 
     async def _send(self, response: web.StreamResponse, data: bytes, event: str = "") -> None:
         head = f"event: {event}\n".encode() if event else b""
@@ -323,11 +334,12 @@ class Console:
         """The message's timeline each time it changes, until its final state (or
         :data:`FOLLOW_FOR`): the Send page follows a test message to its receipt."""
         message_id = request.match_info["id"]
-        response = await self._stream(request)
+        response = self._stream()
         last = b""
         loop = asyncio.get_running_loop()
         until = loop.time() + FOLLOW_FOR
         try:
+            await response.prepare(request)
             while loop.time() < until and not self._stopping.is_set():
                 stored = await self.app.store.get(message_id)
                 if stored is not None:
