@@ -60,8 +60,9 @@ bench: $(PY_STAMP)
 setup: $(PY_STAMP) $(NODE_STAMP)
 
 # Services the tests start themselves (on free loopback ports, in temporary directories):
-# Debian packages, installed when missing (CI runs as root on a fresh machine).
-DEBIAN_PACKAGES := redis-server
+# Debian packages, installed when missing (CI runs as root on a fresh machine); chromium
+# is the browser of the console tests (driven by Playwright from PyPI, never downloaded by it).
+DEBIAN_PACKAGES := redis-server chromium
 services:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -5,6 +5,9 @@ Routes:
 ``GET /metrics``
     Prometheus exposition of the registry (text or OpenMetrics, by the Accept header).
 
+``GET /``
+    The simulator's page (simulator/console/): sessions, last messages, MO form, profiles.
+
 ``POST /mo``
     Inject one MO message toward an account's receive-capable binds (held while it has
     none). JSON body::
@@ -34,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from simulator.carrier import Carrier
+from simulator.console import SimulatorConsole
 from simulator.mo import MoError, build_mo
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,9 @@ class Admin:
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_post("/mo", self.mo)
+        #: The page (GET /, its files, its event stream): simulator/console/.
+        self.console = SimulatorConsole(carrier)
+        self.console.install(self.app)
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=shutdown_timeout)
         self._site: web.TCPSite | None = None
 
@@ -88,6 +95,7 @@ class Admin:
 
     async def stop(self) -> None:
         """Stop listening and close connections (in-flight requests get shutdown_timeout)."""
+        self.console.stop()  # its event streams end at once
         await self._runner.cleanup()
 
     # --- handlers ---------------------------------------------------------------------------

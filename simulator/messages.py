@@ -118,6 +118,17 @@ class MessageTable:
         self.pending += delta
         self.pending_by[system_id] = self.pending_by.get(system_id, 0) + delta
 
+    def last(self, n: int) -> list[SimMessage]:
+        """The ``n`` messages added last, newest first (the console's list)."""
+        out: list[SimMessage] = []
+        for key in reversed(self._order):
+            msg = self._items.get(key)
+            if msg is not None:
+                out.append(msg)
+                if len(out) >= n:
+                    break
+        return out
+
     def get(self, key: str) -> SimMessage | None:
         return self._items.get(key)
 

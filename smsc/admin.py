@@ -38,6 +38,7 @@ from smppcore.config import ConfigError
 from smppcore.constants import CommandStatus, ton_npi_for
 from smppcore.text import choose_coding, encode_text
 from smsc.config import AdminConfig
+from smsc.console.web import SESSION_KEY, Console
 from smsc.control import ControlBusy
 from smsc.messages import admit, build_message
 from smsc.openapi import SPEC
@@ -116,9 +117,13 @@ class AdminServer:
     def __init__(self, app: App, registry: CollectorRegistry) -> None:
         self.app = app
         self.registry = registry
+        #: The browser console (smsc/console/): its pages, and its sessions' use of the API.
+        self.console = Console(app)
         web_app = web.Application(
-            client_max_size=MAX_BODY, middlewares=[self._errors, self._auth, self._starting]
+            client_max_size=MAX_BODY,
+            middlewares=[self._errors, self.console.guard, self._auth, self._starting],
         )
+        self.console.install(web_app)
         add = web_app.router
         add.add_get("/metrics", self.metrics)
         add.add_get("/route", self.route_text)
@@ -147,6 +152,7 @@ class AdminServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
+        self.console.start()
 
     @property
     def port(self) -> int:
@@ -156,6 +162,7 @@ class AdminServer:
         return port
 
     async def stop(self) -> None:
+        await self.console.stop()  # its event streams end first: nothing to wait for
         await self._runner.cleanup()
 
     def _submit_wait(self) -> float:
@@ -195,8 +202,8 @@ class AdminServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if not path.startswith("/api/") or path in OPEN_PATHS:
-            return await handler(request)
+        if not path.startswith("/api/") or path in OPEN_PATHS or SESSION_KEY in request:
+            return await handler(request)  # (a console session: checked by Console.guard)
         token = self.app.admin_token
         if token is None:
             return error(403, "admin API disabled: no admin.token configured")

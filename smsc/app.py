@@ -41,6 +41,7 @@ from router.stores.writebehind import run_purges
 from router.upstream import CarrierPool
 from simulator.carrier import Carrier
 from simulator.config import CarrierConfig as SimulatorConfig
+from simulator.console import snapshot as simulator_snapshot
 from simulator.mo import build_mo
 from smppcore import aio
 from smppcore.config import ConfigError, load_config
@@ -273,6 +274,11 @@ class App:
         except TimeoutError:
             return False
         return True
+
+    def console_url(self, base: str) -> str | None:
+        """The browser console's login URL under ``base`` (``http://host:port``): with a
+        random one-time token when no admin token is configured; None: no HTTP port."""
+        return None if self._http is None else self._http.console.login_url(base)
 
     def _node_report(self) -> NodeReport:
         """What this node says about itself at each heartbeat."""
@@ -532,6 +538,10 @@ class App:
             await carrier.stop(5.0)
         for name in accounts_removed:
             await server.unbind_account(name, 5.0)
+
+    def simulator_snapshots(self) -> dict[str, dict[str, Any]]:
+        """Each simulated carrier as its own page shows it (the console's Simulators page)."""
+        return {name: simulator_snapshot(sim) for name, sim in self.simulators.items()}
 
     def inject_mo(
         self,

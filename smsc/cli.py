@@ -53,7 +53,10 @@ unbind every ESME, keep what is queued in the store (resumed at the next start),
 the carriers and exit 0 (within shutdown_timeout); a second signal exits at once.
 SIGHUP re-reads --config and applies it live (accounts, routes, prices, carriers); a bad
 file is refused and the running configuration stays. The admin API (/api/v1 on the
-metrics port, needs admin.token) is described at /api/v1/openapi.json."""
+metrics port, needs admin.token) is described at /api/v1/openapi.json. The browser
+console is on the metrics port too: at start it prints "smsc serve: console: URL"; without
+admin.token the URL carries a random login token made for this run, with admin.token set
+that token logs in."""
 
 _CARRIER_HELP = """\
 Without --config, runs the embedded default: 127.0.0.1:2776, one account test/test
@@ -62,6 +65,7 @@ latency and delivery-state profile. conf/carrier.example.yaml documents every ke
 
 With --metrics-port (or admin_port in the file) an HTTP admin endpoint listens on
 admin_host (default 127.0.0.1):
+  GET  /          the simulator's page: sessions, last messages, an MO form, profiles
   GET  /metrics   Prometheus metrics (smsc_carrier_*)
   POST /mo        inject an MO message, JSON:
                   {"system_id": "test", "text": "Hi", "source": "447700900123",
@@ -365,6 +369,8 @@ async def run_serve(config: SmscConfig, *, loader: Callable[[], SmscConfig] | No
                 "/metrics",
                 flush=True,
             )
+            base = f"http://{_where(config.metrics.host, app.http_port)}"
+            print(f"smsc serve: console: {app.console_url(base)}", flush=True)
         if config.http_api is not None:
             where = _where(config.http_api.host, app.api_port)
             scheme = "https" if config.http_api.tls is not None else "http"
