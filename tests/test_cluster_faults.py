@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 from carrier_fixtures import Esme
 from cluster_fixtures import node_config, running_carrier, two_nodes
 from loops import Run
-from redis_server import RedisServer
-from smsc_fixtures import DEADLINE, bind_client, final_receipts, receipt_text
+from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
+from smsc_fixtures import DEADLINE, bind_client, final_receipts, receipt_text, running_app
 
 from smppcore.constants import CommandStatus, MessageState
 from smsc.app import App
@@ -141,3 +142,36 @@ async def load_through_an_outage(server: RedisServer, a: App, b: App) -> None:
         for esme in esmes:
             with contextlib.suppress(Exception):
                 await esme.close()
+
+
+def test_with_wait_replicas_and_no_replica_nothing_is_acknowledged(
+    run1: Run,
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """``cluster.wait_replicas: 1`` on a Redis that has no replica: WAIT comes back short,
+    so a write never counts as stored, and with ``ack_after: store`` a submit is refused
+    ESME_RSYSERR, not acknowledged; the session stays up."""
+
+    async def main() -> None:
+        async with running_carrier() as carrier:
+            config = node_config(
+                tmp_path,
+                redis_url,
+                1,
+                carrier.port,
+                router={"ack_after": "store"},
+            )
+            cluster = msgspec.structs.replace(config.cluster, wait_replicas=1, wait_timeout=0.1)
+            config = msgspec.structs.replace(config, cluster=cluster)
+            async with running_app(config) as node:
+                esme = await bind_client(node, "trx")
+                try:
+                    refused = await esme.submit()
+                    assert refused.command_status == CommandStatus.ESME_RSYSERR
+                    assert not esme.c.closed
+                    assert node.store.unwritable == "replicas"
+                finally:
+                    await esme.close()
+
+    run1(main())
