@@ -139,7 +139,10 @@ class PacedIntake:
                     done(CommandStatus.ESME_ROK)
 
             if not self.store.add(message, durable):
-                done(CommandStatus.ESME_RMSGQFUL)
+                # Cannot be stored now (the database is away: the same answer as a write
+                # that failed), or the writer's queue is full (try again later).
+                unstorable = self.store.unwritable is not None
+                done(CommandStatus.ESME_RSYSERR if unstorable else CommandStatus.ESME_RMSGQFUL)
             return
         if not self.queue.put(message, self.wall()):
             done(CommandStatus.ESME_RMSGQFUL)

@@ -155,6 +155,8 @@ class App:
             node_id=str(config.node_id) if config.cluster.enabled else "",
             claim_seconds=config.cluster.lease,
             prefix=config.cluster.key_prefix,
+            wait_replicas=config.cluster.wait_replicas,
+            wait_timeout=config.cluster.wait_timeout,
         )
         #: Purges the store every ``store.purge_interval`` (cancelled before it closes).
         self._purger: asyncio.Task[None] | None = None

@@ -410,9 +410,9 @@ async def node_trx_mix(port: int) -> tuple[str, dict[tuple[int, int], str]]:
     return bound["system_id"], {(r["index"], r["part"]): r["message_id"] for r in resps}
 
 
-async def node_tx_to_rx(port: int) -> None:
+async def node_tx_to_rx(port: int) -> list[str]:
     """A node TX submits a GSM and a 2-part UCS-2 message; the 3 receipts reach a node RX
-    bound to the same account, none the TX."""
+    bound to the same account, none the TX. Returns the ids given (checked)."""
     rx = await NodeClient.start(port, "rx", expect_receipts=3)
     tx: NodeClient | None = None
     try:
@@ -427,7 +427,9 @@ async def node_tx_to_rx(port: int) -> None:
         if tx is not None:
             await tx.kill()
     assert tx.of("deliver_sm") == []
-    check_node_receipts(tx.of("submit_sm_resp"), rx.of("deliver_sm", "receipt"))
+    resps = tx.of("submit_sm_resp")
+    check_node_receipts(resps, rx.of("deliver_sm", "receipt"))
+    return [r["message_id"] for r in resps]
 
 
 def rebuilt_text(parts: list[SimMessage | None]) -> str:

@@ -69,6 +69,13 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     """Seconds between heartbeats (each renews the node's leases): below ``lease``."""
     timeout: Annotated[float, Meta(gt=0, le=60)] = 2.0
     """Seconds a Redis command may take before the node counts Redis as unreachable."""
+    wait_replicas: Annotated[int, Meta(ge=0, le=16)] = 0
+    """Replicas of Redis that must have a write of the message store before it counts as
+    stored (``WAIT``): with ``ack_after: store`` a submit is acknowledged only then. 0: once
+    the primary has it (its persistence settings decide what a crash of it loses)."""
+    wait_timeout: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    """Seconds ``WAIT`` may take: short of ``wait_replicas`` by then, the write counts as not
+    stored (submits are refused ESME_RSYSERR) and is tried again."""
 
     def __post_init__(self) -> None:
         if self.redis is not None:

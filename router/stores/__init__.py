@@ -27,15 +27,16 @@ def create_store(
     clock: Callable[[], float] = time.time,
     held_max: int | None = None,
     wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
     claim_seconds: float = 30.0,
     prefix: str = "smsc",
 ) -> SqliteStore | RedisStore:
     """The store for ``config``: on Redis at ``redis_url`` when one is given (shared by the
     nodes of a cluster; ``config.path`` is then unused), else SQLite at ``config.path``.
     ``node_id`` owns the messages this node adds. Redis only: ``wait_replicas`` (acks
-    wait until that many replicas have a batch: ``WAIT``), ``claim_seconds`` (how long a
-    node's claim on the held deliveries it read lasts: the cluster's lease), ``prefix``
-    (the start of every key)."""
+    wait until that many replicas have a batch: ``WAIT``, ``wait_timeout`` seconds at
+    most), ``claim_seconds`` (how long a node's claim on the held deliveries it read
+    lasts: the cluster's lease), ``prefix`` (the start of every key)."""
     if redis_url is not None:
         from router.stores.redis import RedisStore
 
@@ -46,6 +47,7 @@ def create_store(
             clock=clock,
             held_max=held_max,
             wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
             claim_seconds=claim_seconds,
             prefix=prefix,
         )

@@ -158,22 +158,25 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
       if not had_owner then res = 0 end
     end
     if res == 1 then
-      if create == 1 then
-        redis.call('HSET', key, 'o', owner, 't', t, 's', state, 'e', err, unpack(fields))
-        if final ~= 1 or done == '' then
-          redis.call('ZADD', tag .. ':u:' .. owner, t, id)
+      -- One HSET per message: its fields, and the state when it changes (not when it lost).
+      local settle = final == 1 and done ~= ''
+      if final == 1 and had_done then
+        res = 2
+        if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+      else
+        if final == 1 and create ~= 1 then
+          fields[#fields + 1] = 's'; fields[#fields + 1] = state
+          fields[#fields + 1] = 'e'; fields[#fields + 1] = err
         end
-      elseif #fields > 0 then
-        redis.call('HSET', key, unpack(fields))
-      end
-      if final == 1 then
-        if had_done then
-          res = 2
-        elseif done == '' then
-          redis.call('HSET', key, 's', state, 'e', err)
-        else
-          redis.call('HSET', key, 's', state, 'e', err, 'd', done)
-          redis.call('ZREM', tag .. ':u:' .. (had_owner or owner), id)
+        if settle then fields[#fields + 1] = 'd'; fields[#fields + 1] = done end
+        if create == 1 then
+          redis.call('HSET', key, 'o', owner, 't', t, 's', state, 'e', err, unpack(fields))
+          if not settle then redis.call('ZADD', tag .. ':u:' .. owner, t, id) end
+        elseif #fields > 0 then
+          redis.call('HSET', key, unpack(fields))
+        end
+        if settle then  -- final: out of the owner's index (a new one never went in)
+          if create ~= 1 then redis.call('ZREM', tag .. ':u:' .. (had_owner or owner), id) end
           redis.call('ZADD', KEYS[1], done, id)
           redis.call('PEXPIRE', key, ttl)
         end
