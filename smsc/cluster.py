@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds one wait for another node's reload lasts before it is asked again.
 RELOAD_POLL = 5.0
+#: Seconds stop() waits for the heartbeat and reload tasks to end.
+STOP_DEADLINE = 10.0
 
 
 def config_hash(config: SmscConfig) -> str:
@@ -101,6 +103,9 @@ class ClusterNode:
         #: Carrier bind slots this node holds (as of the last heartbeat).
         self.bind_slots: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: Set by stop(): the tasks' loops end even if a cancellation is lost on the way
+        #: (redis-py's read timeouts can turn one into a TimeoutError).
+        self._stopping = False
 
     @property
     def node_id(self) -> str:
@@ -201,7 +206,7 @@ class ClusterNode:
                     log.warning("cluster: bind slots of %s not released: %s", name, exc)
 
     async def _beating(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.config.heartbeat)
             try:
                 await self.beat()
@@ -209,7 +214,7 @@ class ClusterNode:
                 log.exception("cluster: heartbeat failed")
 
     async def _following(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 notice = await self.coordinator.next_reload(RELOAD_POLL)
             except ClusterUnavailable:
@@ -236,9 +241,17 @@ class ClusterNode:
 
     async def stop(self) -> None:
         """Stop the tasks and leave (releasing what this node holds)."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._stopping = True
+        pending = set(self._tasks)
+        end = asyncio.get_running_loop().time() + STOP_DEADLINE
+        while pending:  # cancel again what swallowed a cancellation and still runs
+            left = end - asyncio.get_running_loop().time()
+            if left <= 0:
+                log.error("cluster: %d task(s) did not stop: %s", len(pending), pending)
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=min(0.5, left))
         self._tasks = []
         with contextlib.suppress(ClusterUnavailable):
             await self.coordinator.close()
