@@ -305,9 +305,13 @@ def measured(app: App, url: str, pids: dict[str, int], seconds: float) -> dict[s
     began = time.monotonic()
     result = app.run(url, seconds + 120)
     took = time.monotonic() - began
-    cpu = {k: round((cb.cpu_seconds(p) - before[k]) / took, 2) for k, p in pids.items()}
-    cpu["application"] = round(result.pop("cpu") / took, 2)
-    result["cpu"] = cpu
+    spent = {k: cb.cpu_seconds(p) - before[k] for k, p in pids.items()}
+    spent["application"] = result.pop("cpu")
+    result["cpu"] = {k: round(v / took, 2) for k, v in spent.items()}
+    # CPU per accepted message, each process (from the first POST to the last webhook)
+    result["cpu_us_per_msg"] = {
+        k: round(1e6 * v / max(1, result["accepted"]), 1) for k, v in spent.items()
+    }
     return result
 
 
@@ -321,7 +325,7 @@ def bare(seconds: float, clients: int) -> dict[str, Any]:
         cb.stop_server(proc)
 
 
-def smsc(seconds: float, clients: int) -> dict[str, Any]:
+def smsc(seconds: float, clients: int, entry: str | None = None) -> dict[str, Any]:
     carrier, carrier_port = cb.start_server([sys.executable, "-m", "smsc", *cb.CARRIER_ARGS])
     app = App(seconds, clients, f"Bearer {KEY}", hooks=True)
     try:
@@ -331,7 +335,13 @@ def smsc(seconds: float, clients: int) -> dict[str, Any]:
             conf = tmp / "smsc.yaml"
             conf.write_text(yaml.safe_dump(serve_config(tmp, carrier_port, hook_url)))
             serve = subprocess.Popen(
-                [sys.executable, "-m", "smsc", "serve", "--config", str(conf)],
+                [
+                    sys.executable,
+                    *([entry] if entry else ["-m", "smsc"]),
+                    "serve",
+                    "--config",
+                    str(conf),
+                ],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -360,19 +370,19 @@ def smsc(seconds: float, clients: int) -> dict[str, Any]:
         cb.stop_server(carrier)
 
 
-def main(seconds: float, clients: int) -> dict[str, Any]:
+def main(seconds: float, clients: int, entry: str | None = None) -> dict[str, Any]:
     peer = bare(seconds, clients)
     print(
         f"bare aiohttp: {peer['rps']:,.0f} requests/s, p99 {peer['p99_ms']:.1f} ms;"
         f" CPU {peer['cpu']}",
         flush=True,
     )
-    ours = smsc(seconds, clients)
+    ours = smsc(seconds, clients, entry)
     print(
         f"smsc: {ours['rps']:,.0f} messages/s accepted, p99 POST {ours['p99_ms']:.1f} ms,"
         f" statuses {ours['statuses']}; webhooks {ours['webhooks']:,}"
         f" ({ours['webhooks_per_s']:,.0f}/s, {ours['webhooks_missing']} missing);"
-        f" CPU {ours['cpu']}",
+        f" CPU {ours['cpu']}; CPU µs per message {ours['cpu_us_per_msg']}",
         flush=True,
     )
     return {
@@ -383,6 +393,8 @@ def main(seconds: float, clients: int) -> dict[str, Any]:
         "bare_rps": round(peer["rps"], 1),
         "webhooks_missing": ours["webhooks_missing"],
         "cpu": {"smsc_run": ours["cpu"], "bare_run": peer["cpu"]},
+        "cpu_us_per_msg": ours["cpu_us_per_msg"],
+        "bare_cpu_us_per_request": peer["cpu_us_per_msg"],
         "clients": clients,
         "seconds": seconds,
         "target_msgs_per_s": 5000,
@@ -393,6 +405,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--serve-entry",
+        metavar="FILE.py",
+        help="start smsc serve as `python FILE.py serve ...` (a patch under trial; FILE ends"
+        " by calling smsc.cli.main), as bench/e2e.py does",
+    )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--hooks", action="store_true", help=argparse.SUPPRESS)
@@ -409,4 +427,4 @@ if __name__ == "__main__":
     elif args.bare:
         runner(bare_server())
     else:
-        print(json.dumps(main(args.seconds, args.clients)))
+        print(json.dumps(main(args.seconds, args.clients, args.serve_entry)))

@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
@@ -506,12 +507,19 @@ class HttpApi:
                 headers={"Retry-After": "1"},
             )
         # The record is written while the router takes the messages (each is in the
-        # store in any case: GET finds a message by its first part without the record).
-        results, ok = await asyncio.gather(
-            asyncio.gather(*(self._submit(ms) for ms in messages)), recorded
-        )
-        if not ok:
-            log.warning("HTTP API: %d messages accepted without their record", len(sent))
+        # store in any case: GET finds a message by its first part without the record;
+        # reads of the records wait for the writes queued before them). ``ack_after:
+        # store`` answers once the record is committed too; ``enqueue`` (accepted once
+        # in memory) does not wait for it: it is written behind, in the next group commit.
+        recorded.add_done_callback(partial(_recorded, len(sent)))
+        if self.router.config.ack_after == "store":
+            results, _ = await asyncio.gather(
+                asyncio.gather(*(self._submit(ms) for ms in messages)), recorded
+            )
+        elif len(messages) == 1:
+            results = [await self._submit(messages[0])]
+        else:
+            results = await asyncio.gather(*(self._submit(ms) for ms in messages))
         out = []
         refused = sum(1 for status in results if status)
         self.counters.message(state.system_id, "rejected", refused)
@@ -567,6 +575,8 @@ class HttpApi:
             self.server.intake.submit(message, answered)
         try:
             async with asyncio.timeout(self.router.config.intake.max_wait + 30.0):
+                if len(futures) == 1:
+                    return await futures[0]
                 statuses = await asyncio.gather(*futures)
         except TimeoutError:
             return int(CommandStatus.ESME_RSYSERR)
@@ -835,6 +845,11 @@ def _timeline(stored: StoredMessage, price: Any) -> list[dict[str, Any]]:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _recorded(count: int, done: asyncio.Future[bool]) -> None:
+    if done.cancelled() or not done.result():
+        log.warning("HTTP API: %d messages accepted without their record", count)
 
 
 def _type(status: int) -> str:

@@ -5,6 +5,12 @@ then — and stays until its receiver took it or it is dead-lettered.
 :class:`Outbox` is the interface the sender (smsc/webhooks.py) needs; :class:`SqliteOutbox`
 keeps it in an SQLite file of its own next to the store (a Redis one can follow for the
 cluster). Bounded: past ``max_pending`` waiting events, :meth:`Outbox.put` refuses.
+
+The sender's common case costs no read: an event committed by :meth:`SqliteOutbox.put` is
+also kept in memory (up to ``MEMORY`` of them) until :meth:`SqliteOutbox.due` hands it
+out for its first attempt; the file is read only when it may hold waiting events that
+memory does not (retries, events from before a restart, those past ``MEMORY``, revived
+ones). The file stays the record: an event leaves it only once delivered.
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ class Outbox(Protocol):
         those to the receiving ``hosts`` (at their cap, or their breaker open)."""
         ...
 
+    def give_back(self, events: list[OutboxEvent]) -> None:
+        """Events :meth:`due` handed out that were not POSTed after all (their host at
+        its cap): the next :meth:`due` may hand them out again."""
+        ...
+
     async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
         """When the next waiting event (but those in ``skip`` or to ``hosts``) is due;
         None: none waits."""
@@ -100,6 +111,8 @@ CREATE INDEX IF NOT EXISTS events_due ON events (dead, next_at, id);
 CREATE INDEX IF NOT EXISTS events_dead ON events (account, dead, id);
 """
 _COLUMNS = "id, account, url, body, attempts, created, next_at, last_error, kind"
+#: Committed events kept in memory for their first attempt, at most.
+MEMORY = 10_000
 
 
 class SqliteOutbox:
@@ -107,6 +120,15 @@ class SqliteOutbox:
         self.file = SqliteFile(path, _SCHEMA, max_pending=max_pending)
         self.max_pending = max_pending
         self._waiting = 0
+        #: Events put but not yet committed (counted in ``_waiting``).
+        self._uncommitted = 0
+        #: Committed events never handed out (at most MEMORY): by host, by id, oldest
+        #: first; and how many.
+        self._fresh: dict[str, dict[int, OutboxEvent]] = {}
+        self._in_memory = 0
+        self._last_id = 0
+        #: The newest event whose commit is known here (ids commit in order).
+        self._seen_id = 0
 
     @property
     def waiting(self) -> int:
@@ -116,6 +138,16 @@ class SqliteOutbox:
         await self.file.open()
         rows = await self.file.read("SELECT COUNT(*) FROM events WHERE dead = 0")
         self._waiting = int(rows[0][0])
+        rows = await self.file.read(
+            "SELECT MAX(x) FROM (SELECT MAX(id) AS x FROM events"
+            " UNION ALL SELECT seq FROM sqlite_sequence WHERE name = 'events')"
+        )
+        self._last_id = self._seen_id = int(rows[0][0] or 0)
+
+    def _elsewhere(self, skip: Collection[int], taken: int = 0) -> bool:
+        """May the file hold waiting events that are neither in memory nor in ``skip``
+        (those being POSTed) nor ``taken`` (just handed out)?"""
+        return self._waiting - self._uncommitted > self._in_memory + len(skip) + taken
 
     async def close(self, timeout: float = 5.0) -> None:
         await self.file.close(timeout)
@@ -125,28 +157,90 @@ class SqliteOutbox:
     ) -> asyncio.Future[bool] | None:
         if self._waiting >= self.max_pending:
             return None
+        event_id = self._last_id + 1
         done = self.file.write(
-            "INSERT INTO events (account, url, body, created, next_at, kind, host)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(account, url, body, now, now, kind, urlsplit(url).netloc)],
+            "INSERT INTO events (id, account, url, body, created, next_at, kind, host)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(event_id, account, url, body, now, now, kind, urlsplit(url).netloc)],
         )
-        if done is not None:
-            self._waiting += 1
+        if done is None:
+            return None
+        self._last_id = event_id
+        self._waiting += 1
+        self._uncommitted += 1
+        event = OutboxEvent(
+            id=event_id,
+            account=account,
+            url=url,
+            body=body,
+            attempts=0,
+            created=now,
+            next_at=now,
+            kind=kind,
+        )
+        done.add_done_callback(lambda f: self._committed(event, not f.cancelled() and f.result()))
         return done
+
+    def _committed(self, event: OutboxEvent, ok: bool) -> None:
+        self._uncommitted -= 1
+        self._seen_id = max(self._seen_id, event.id)
+        if not ok:  # not in the file: nothing waits (whoever put it is told False)
+            self._waiting = max(0, self._waiting - 1)
+        elif self._in_memory < MEMORY:
+            self._fresh.setdefault(urlsplit(event.url).netloc, {})[event.id] = event
+            self._in_memory += 1
 
     async def due(
         self, now: float, limit: int, skip: Collection[int], hosts: Collection[str] = ()
     ) -> list[OutboxEvent]:
+        out: list[OutboxEvent] = []
+        for host in [h for h in self._fresh if h not in hosts]:
+            events = self._fresh[host]
+            while events and len(out) < limit:
+                out.append(events.pop(next(iter(events))))
+            if not events:
+                del self._fresh[host]
+        self._in_memory -= len(out)
+        if len(out) >= limit or not self._elsewhere(skip, len(out)):
+            out.sort(key=lambda e: e.id)
+            return out
         hosts = list(hosts)
+        taken = {e.id for e in out}
         rows = await self.file.read(
             f"SELECT {_COLUMNS} FROM events WHERE dead = 0 AND next_at <= ?"
             f" AND host NOT IN ({','.join('?' * len(hosts))})"
             f" ORDER BY next_at, id LIMIT ?",
-            (now, *hosts, limit + len(skip)),  # those skipped come first, as the oldest
+            (now, *hosts, limit + len(skip) + len(taken)),  # those skipped come first
         )
-        return [e for e in map(_event, rows) if e.id not in skip][:limit]
+        for event in map(_event, rows):
+            if len(out) >= limit:
+                break
+            # (one committed but not yet known here comes through memory, shortly)
+            if event.id in skip or event.id in taken or event.id > self._seen_id:
+                continue
+            host = urlsplit(event.url).netloc
+            if self._fresh.get(host, {}).pop(event.id, None) is not None:
+                self._in_memory -= 1  # handed out now: not again from memory
+            out.append(event)
+        return out
+
+    def give_back(self, events: list[OutboxEvent]) -> None:
+        for event in events:
+            if self._in_memory >= MEMORY:
+                return  # (still in the file: read from there)
+            fresh = self._fresh.setdefault(urlsplit(event.url).netloc, {})
+            if event.id not in fresh:
+                fresh[event.id] = event
+                self._in_memory += 1
 
     async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
+        fresh = [
+            next(iter(events.values())).next_at
+            for host, events in self._fresh.items()
+            if events and host not in hosts
+        ]
+        if not self._elsewhere(skip):
+            return min(fresh) if fresh else None
         hosts = list(hosts)
         rows = await self.file.read(
             "SELECT id, next_at FROM events WHERE dead = 0"

@@ -35,8 +35,11 @@ class SqliteFile:
         self._queue: list[tuple[Write, asyncio.Future[bool]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: Writes queued, and writes done (committed or failed), since open: in order.
+        self._queued = 0
+        self._done = 0
+        #: Set (and replaced) after each transaction.
+        self._progress = asyncio.Event()
 
     @property
     def pending(self) -> int:
@@ -69,7 +72,7 @@ class SqliteFile:
             return None
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append(((sql, rows), done))
-        self._idle.clear()
+        self._queued += 1
         self._wake.set()
         return done
 
@@ -82,9 +85,11 @@ class SqliteFile:
         return await self._call(lambda: db.execute(sql, params).fetchall())
 
     async def flush(self) -> None:
-        """Wait until what was queued so far is committed (the caller sets a deadline)."""
-        while not self._idle.is_set():
-            await self._idle.wait()
+        """Wait until what was queued so far is committed (the caller sets a deadline) —
+        not for what is queued meanwhile: a steady flow of writes does not hold it up."""
+        target = self._queued
+        while self._done < target:
+            await self._progress.wait()
 
     async def _write_loop(self) -> None:
         db = self._db
@@ -94,7 +99,6 @@ class SqliteFile:
             self._wake.clear()
             batch, self._queue = self._queue, []
             if not batch:
-                self._idle.set()
                 continue
             writes = [w for w, _ in batch]
             try:
@@ -106,13 +110,15 @@ class SqliteFile:
             for _, fut in batch:
                 if not fut.done():
                     fut.set_result(ok)
-            if not self._queue:
-                self._idle.set()
+            self._done += len(batch)
+            progress, self._progress = self._progress, asyncio.Event()
+            progress.set()
 
     async def close(self, timeout: float = 5.0) -> None:
         try:
             async with asyncio.timeout(timeout):
-                await self.flush()
+                while self._done < self._queued:  # all of it, even what comes meanwhile
+                    await self.flush()
         except TimeoutError:
             log.warning("%s: %d writes not committed at close", self.path, len(self._queue))
         if self._writer is not None:

@@ -338,15 +338,20 @@ class WebhookSender:
                     self._recent.clear()
                     due = await self.outbox.due(self.wall(), room, self._inflight, blocked)
                     full_read = len(due) >= room
+                    unsent = []
                     for event in due:
                         if event.id in self._recent or event.id in self._inflight:
                             continue
                         host = urlsplit(event.url).netloc
-                        if len(self._inflight) >= cfg.concurrency:
-                            break
-                        if self._by_host.get(host, 0) < cfg.per_endpoint:
+                        if (
+                            len(self._inflight) < cfg.concurrency
+                            and self._by_host.get(host, 0) < cfg.per_endpoint
+                        ):
                             self._spawn(event, host)
                             spawned = True
+                        else:
+                            unsent.append(event)
+                    self.outbox.give_back(unsent)
                 if spawned:
                     # What was due is on its way: read again at once if there may be more,
                     # else when something changes (a put, a POST's end; 1 s at most).
