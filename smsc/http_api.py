@@ -218,9 +218,7 @@ class HttpApi:
         self._ref = 0
         #: (account, Idempotency-Key) of requests being answered now.
         self._busy_keys: set[tuple[str, str]] = set()
-        app = web.Application(
-            client_max_size=config.max_body, middlewares=[self._limit, self._problems]
-        )
+        app = web.Application(client_max_size=config.max_body, middlewares=[self._front])
         #: The aiohttp application (more routes may be added before start: legacy_http).
         self.web_app = app
         add = app.router
@@ -251,26 +249,10 @@ class HttpApi:
     # --- middlewares ------------------------------------------------------------------
 
     @web.middleware
-    async def _problems(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except Problem as problem:
-            return problem.response(request.path)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            headers = {}
-            if isinstance(exc, web.HTTPMethodNotAllowed):
-                headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
-            return Problem(exc.status, exc.reason, exc.reason, headers=headers).response(
-                request.path
-            )
-        except Exception:
-            log.exception("HTTP API: %s %s failed", request.method, request.path)
-            return Problem(500, "Internal error", "see the smsc log").response(request.path)
-
-    @web.middleware
-    async def _limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _front(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """At most ``max_concurrency`` requests at once; every error an RFC 9457 problem;
+        each request counted by route and status. (One middleware: each costs a call
+        chain per request.)"""
         if self._active >= self.config.max_concurrency:
             return Problem(
                 503,
@@ -281,7 +263,22 @@ class HttpApi:
         self._active += 1
         status = 500
         try:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except Problem as problem:
+                response = problem.response(request.path)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                headers = {}
+                if isinstance(exc, web.HTTPMethodNotAllowed):
+                    headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+                response = Problem(exc.status, exc.reason, exc.reason, headers=headers).response(
+                    request.path
+                )
+            except Exception:
+                log.exception("HTTP API: %s %s failed", request.method, request.path)
+                response = Problem(500, "Internal error", "see the smsc log").response(request.path)
             status = response.status
             return response
         finally:
@@ -573,6 +570,8 @@ class HttpApi:
 
             futures.append(done)
             self.server.intake.submit(message, answered)
+        if all(f.done() for f in futures):  # answered at once (not paced, not durable)
+            return next((s for s in (f.result() for f in futures) if s), 0)
         try:
             async with asyncio.timeout(self.router.config.intake.max_wait + 30.0):
                 if len(futures) == 1:

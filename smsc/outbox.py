@@ -116,9 +116,10 @@ MEMORY = 10_000
 
 
 class SqliteOutbox:
-    def __init__(self, path: str, *, max_pending: int = 1_000_000) -> None:
+    def __init__(self, path: str, *, max_pending: int = 1_000_000, memory: int = MEMORY) -> None:
         self.file = SqliteFile(path, _SCHEMA, max_pending=max_pending)
         self.max_pending = max_pending
+        self.memory = memory
         self._waiting = 0
         #: Events put but not yet committed (counted in ``_waiting``).
         self._uncommitted = 0
@@ -186,7 +187,7 @@ class SqliteOutbox:
         self._seen_id = max(self._seen_id, event.id)
         if not ok:  # not in the file: nothing waits (whoever put it is told False)
             self._waiting = max(0, self._waiting - 1)
-        elif self._in_memory < MEMORY:
+        elif self._in_memory < self.memory:
             self._fresh.setdefault(urlsplit(event.url).netloc, {})[event.id] = event
             self._in_memory += 1
 
@@ -202,7 +203,7 @@ class SqliteOutbox:
                 del self._fresh[host]
         self._in_memory -= len(out)
         if len(out) >= limit or not self._elsewhere(skip, len(out)):
-            out.sort(key=lambda e: e.id)
+            out.sort(key=_due_order)
             return out
         hosts = list(hosts)
         taken = {e.id for e in out}
@@ -222,11 +223,12 @@ class SqliteOutbox:
             if self._fresh.get(host, {}).pop(event.id, None) is not None:
                 self._in_memory -= 1  # handed out now: not again from memory
             out.append(event)
+        out.sort(key=_due_order)
         return out
 
     def give_back(self, events: list[OutboxEvent]) -> None:
         for event in events:
-            if self._in_memory >= MEMORY:
+            if self._in_memory >= self.memory:
                 return  # (still in the file: read from there)
             fresh = self._fresh.setdefault(urlsplit(event.url).netloc, {})
             if event.id not in fresh:
@@ -297,6 +299,10 @@ class SqliteOutbox:
         )
         self._waiting += 1
         return done is not None and await done
+
+
+def _due_order(event: OutboxEvent) -> tuple[float, int]:
+    return event.next_at, event.id
 
 
 def _event(row: tuple[object, ...]) -> OutboxEvent:
