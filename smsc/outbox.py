@@ -16,6 +16,7 @@ ones). The file stays the record: an event leaves it only once delivered.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Collection
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -125,8 +126,9 @@ class SqliteOutbox:
         self._uncommitted = 0
         #: Committed events never handed out (at most MEMORY): by host, by id, oldest
         #: first; and how many.
-        self._fresh: dict[str, dict[int, OutboxEvent]] = {}
-        self._in_memory = 0
+        self._fresh: dict[str, deque[OutboxEvent]] = {}
+        #: Ids of those (an event whose id is not here any more is skipped: handed out).
+        self._fresh_ids: set[int] = set()
         self._last_id = 0
         #: The newest event whose commit is known here (ids commit in order).
         self._seen_id = 0
@@ -148,7 +150,8 @@ class SqliteOutbox:
     def _elsewhere(self, skip: Collection[int], taken: int = 0) -> bool:
         """May the file hold waiting events that are neither in memory nor in ``skip``
         (those being POSTed) nor ``taken`` (just handed out)?"""
-        return self._waiting - self._uncommitted > self._in_memory + len(skip) + taken
+        fresh = len(self._fresh_ids)
+        return self._waiting - self._uncommitted > fresh + len(skip) + taken
 
     async def close(self, timeout: float = 5.0) -> None:
         await self.file.close(timeout)
@@ -187,21 +190,24 @@ class SqliteOutbox:
         self._seen_id = max(self._seen_id, event.id)
         if not ok:  # not in the file: nothing waits (whoever put it is told False)
             self._waiting = max(0, self._waiting - 1)
-        elif self._in_memory < self.memory:
-            self._fresh.setdefault(urlsplit(event.url).netloc, {})[event.id] = event
-            self._in_memory += 1
+        elif len(self._fresh_ids) < self.memory:
+            self._fresh.setdefault(urlsplit(event.url).netloc, deque()).append(event)
+            self._fresh_ids.add(event.id)
 
     async def due(
         self, now: float, limit: int, skip: Collection[int], hosts: Collection[str] = ()
     ) -> list[OutboxEvent]:
         out: list[OutboxEvent] = []
+        ids = self._fresh_ids
         for host in [h for h in self._fresh if h not in hosts]:
             events = self._fresh[host]
             while events and len(out) < limit:
-                out.append(events.pop(next(iter(events))))
+                event = events.popleft()
+                if event.id in ids:
+                    ids.remove(event.id)
+                    out.append(event)
             if not events:
                 del self._fresh[host]
-        self._in_memory -= len(out)
         if len(out) >= limit or not self._elsewhere(skip, len(out)):
             out.sort(key=_due_order)
             return out
@@ -219,28 +225,26 @@ class SqliteOutbox:
             # (one committed but not yet known here comes through memory, shortly)
             if event.id in skip or event.id in taken or event.id > self._seen_id:
                 continue
-            host = urlsplit(event.url).netloc
-            if self._fresh.get(host, {}).pop(event.id, None) is not None:
-                self._in_memory -= 1  # handed out now: not again from memory
+            self._fresh_ids.discard(event.id)  # handed out now: not again from memory
             out.append(event)
         out.sort(key=_due_order)
         return out
 
     def give_back(self, events: list[OutboxEvent]) -> None:
-        for event in events:
-            if self._in_memory >= self.memory:
+        for event in sorted(events, key=_due_order, reverse=True):  # first ones first
+            if len(self._fresh_ids) >= self.memory:
                 return  # (still in the file: read from there)
-            fresh = self._fresh.setdefault(urlsplit(event.url).netloc, {})
-            if event.id not in fresh:
-                fresh[event.id] = event
-                self._in_memory += 1
+            if event.id not in self._fresh_ids:
+                self._fresh.setdefault(urlsplit(event.url).netloc, deque()).appendleft(event)
+                self._fresh_ids.add(event.id)
 
     async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
-        fresh = [
-            next(iter(events.values())).next_at
-            for host, events in self._fresh.items()
-            if events and host not in hosts
-        ]
+        fresh = []
+        for host, events in self._fresh.items():
+            while events and events[0].id not in self._fresh_ids:
+                events.popleft()  # handed out from the file meanwhile
+            if events and host not in hosts:
+                fresh.append(events[0].next_at)
         if not self._elsewhere(skip):
             return min(fresh) if fresh else None
         hosts = list(hosts)

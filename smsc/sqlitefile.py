@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Seconds a transaction waits for more writes to join it (unless a read waits).
+GATHER = 0.002
 #: One write: SQL and its rows (executemany).
 Write = tuple[str, Sequence[Sequence[Any]]]
 
@@ -26,10 +28,18 @@ class SqliteFile:
     """``await open()``; ``write(...)`` → Future (True once committed, False if the
     transaction failed); ``await read(sql, params)``; ``await close(timeout)``."""
 
-    def __init__(self, path: str, schema: str, *, max_pending: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: str,
+        schema: str,
+        *,
+        max_pending: int = 100_000,
+        gather: float = GATHER,
+    ) -> None:
         self.path = path
         self.schema = schema
         self.max_pending = max_pending
+        self.gather = gather
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{os.path.basename(path)}")
         self._queue: list[tuple[Write, asyncio.Future[bool]]] = []
@@ -40,6 +50,8 @@ class SqliteFile:
         self._done = 0
         #: Set (and replaced) after each transaction.
         self._progress = asyncio.Event()
+        #: A read waits: commit what is queued without gathering more.
+        self._urgent = asyncio.Event()
 
     @property
     def pending(self) -> int:
@@ -89,6 +101,7 @@ class SqliteFile:
         not for what is queued meanwhile: a steady flow of writes does not hold it up."""
         target = self._queued
         while self._done < target:
+            self._urgent.set()
             await self._progress.wait()
 
     async def _write_loop(self) -> None:
@@ -96,6 +109,15 @@ class SqliteFile:
         assert db is not None
         while True:
             await self._wake.wait()
+            if self.gather > 0 and not self._urgent.is_set():
+                # group commit: what comes within ``gather`` seconds joins this transaction
+                # (fewer, larger ones: each costs a hand-off to the thread and a commit)
+                try:
+                    async with asyncio.timeout(self.gather):
+                        await self._urgent.wait()
+                except TimeoutError:
+                    pass
+            self._urgent.clear()
             self._wake.clear()
             batch, self._queue = self._queue, []
             if not batch:
