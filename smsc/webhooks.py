@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
 import hmac
 import logging
 import random
@@ -70,8 +69,8 @@ EVENT_TYPES: dict[MessageState, str] = {
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The ``Smsc-Signature`` value of ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+    mac = hmac.digest(secret.encode(), f"{timestamp}.".encode() + body, "sha256")
+    return f"t={timestamp},v1={mac.hex()}"
 
 
 def verify(secret: str, header: str, body: bytes, now: float, tolerance: float = 300.0) -> bool:
