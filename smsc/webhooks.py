@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
+import hashlib
 import hmac
 import logging
 import random
@@ -69,8 +71,15 @@ EVENT_TYPES: dict[MessageState, str] = {
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The ``Smsc-Signature`` value of ``body`` sent at ``timestamp``."""
-    mac = hmac.digest(secret.encode(), f"{timestamp}.".encode() + body, "sha256")
-    return f"t={timestamp},v1={mac.hex()}"
+    mac = _keyed(secret).copy()  # (a keyed HMAC copied: not set up again per event)
+    mac.update(f"{timestamp}.".encode())
+    mac.update(body)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _keyed(secret: str) -> hmac.HMAC:
+    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
 
 def verify(secret: str, header: str, body: bytes, now: float, tolerance: float = 300.0) -> bool:
