@@ -114,6 +114,9 @@ CREATE INDEX IF NOT EXISTS events_dead ON events (account, dead, id);
 _COLUMNS = "id, account, url, body, attempts, created, next_at, last_error, kind"
 #: Committed events kept in memory for their first attempt, at most.
 MEMORY = 10_000
+#: Seconds after which :meth:`SqliteOutbox.due` reads the file even when its counts say
+#: that memory holds every waiting event (a safety net: a miscount delays, never loses).
+RESCAN = 5.0
 
 
 class SqliteOutbox:
@@ -129,6 +132,8 @@ class SqliteOutbox:
         self._fresh: dict[str, deque[OutboxEvent]] = {}
         #: Ids of those (an event whose id is not here any more is skipped: handed out).
         self._fresh_ids: set[int] = set()
+        #: When (the callers' clock) the file was last read for due events.
+        self._read_at = float("-inf")
         self._last_id = 0
         #: The newest event whose commit is known here (ids commit in order).
         self._seen_id = 0
@@ -208,9 +213,11 @@ class SqliteOutbox:
                     out.append(event)
             if not events:
                 del self._fresh[host]
-        if len(out) >= limit or not self._elsewhere(skip, len(out)):
+        rescan = now - self._read_at >= RESCAN
+        if len(out) >= limit or not (rescan or self._elsewhere(skip, len(out))):
             out.sort(key=_due_order)
             return out
+        self._read_at = now
         hosts = list(hosts)
         taken = {e.id for e in out}
         rows = await self.file.read(
