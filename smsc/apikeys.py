@@ -62,14 +62,27 @@ class Authenticator:
     def __init__(self, accounts: Mapping[str, AccountState]) -> None:
         self.accounts = accounts
         self._remembered: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        #: Keys that named an account: key → (its hash, the account's state); looked
+        #: again at each use (a reload may drop the key or replace the account).
+        self._keys: OrderedDict[str, tuple[str, AccountState]] = OrderedDict()
 
     def by_key(self, key: str) -> AccountState | None:
+        known = self._keys.get(key)
+        if known is not None:
+            digest, state = known
+            if self.accounts.get(state.system_id) is state and digest in state.account.api_keys:
+                return state
+            del self._keys[key]
         digest = key_hash(key)
         found = None
         for state in self.accounts.values():
-            for known in state.account.api_keys:
-                if hmac.compare_digest(known, digest):
+            for listed in state.account.api_keys:
+                if hmac.compare_digest(listed, digest):
                     found = state
+        if found is not None:
+            self._keys[key] = (digest, found)
+            if len(self._keys) > _MAX_REMEMBERED:
+                self._keys.popitem(last=False)
         return found
 
     async def by_password(self, system_id: str, password: str) -> AccountState | None:

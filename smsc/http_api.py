@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
@@ -217,9 +218,7 @@ class HttpApi:
         self._ref = 0
         #: (account, Idempotency-Key) of requests being answered now.
         self._busy_keys: set[tuple[str, str]] = set()
-        app = web.Application(
-            client_max_size=config.max_body, middlewares=[self._limit, self._problems]
-        )
+        app = web.Application(client_max_size=config.max_body, middlewares=[self._front])
         #: The aiohttp application (more routes may be added before start: legacy_http).
         self.web_app = app
         add = app.router
@@ -250,26 +249,10 @@ class HttpApi:
     # --- middlewares ------------------------------------------------------------------
 
     @web.middleware
-    async def _problems(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except Problem as problem:
-            return problem.response(request.path)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            headers = {}
-            if isinstance(exc, web.HTTPMethodNotAllowed):
-                headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
-            return Problem(exc.status, exc.reason, exc.reason, headers=headers).response(
-                request.path
-            )
-        except Exception:
-            log.exception("HTTP API: %s %s failed", request.method, request.path)
-            return Problem(500, "Internal error", "see the smsc log").response(request.path)
-
-    @web.middleware
-    async def _limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _front(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """At most ``max_concurrency`` requests at once; every error an RFC 9457 problem;
+        each request counted by route and status. (One middleware: each costs a call
+        chain per request.)"""
         if self._active >= self.config.max_concurrency:
             return Problem(
                 503,
@@ -280,7 +263,22 @@ class HttpApi:
         self._active += 1
         status = 500
         try:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except Problem as problem:
+                response = problem.response(request.path)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                headers = {}
+                if isinstance(exc, web.HTTPMethodNotAllowed):
+                    headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+                response = Problem(exc.status, exc.reason, exc.reason, headers=headers).response(
+                    request.path
+                )
+            except Exception:
+                log.exception("HTTP API: %s %s failed", request.method, request.path)
+                response = Problem(500, "Internal error", "see the smsc log").response(request.path)
             status = response.status
             return response
         finally:
@@ -506,12 +504,19 @@ class HttpApi:
                 headers={"Retry-After": "1"},
             )
         # The record is written while the router takes the messages (each is in the
-        # store in any case: GET finds a message by its first part without the record).
-        results, ok = await asyncio.gather(
-            asyncio.gather(*(self._submit(ms) for ms in messages)), recorded
-        )
-        if not ok:
-            log.warning("HTTP API: %d messages accepted without their record", len(sent))
+        # store in any case: GET finds a message by its first part without the record;
+        # reads of the records wait for the writes queued before them). ``ack_after:
+        # store`` answers once the record is committed too; ``enqueue`` (accepted once
+        # in memory) does not wait for it: it is written behind, in the next group commit.
+        recorded.add_done_callback(partial(_recorded, len(sent)))
+        if self.router.config.ack_after == "store":
+            results, _ = await asyncio.gather(
+                asyncio.gather(*(self._submit(ms) for ms in messages)), recorded
+            )
+        elif len(messages) == 1:
+            results = [await self._submit(messages[0])]
+        else:
+            results = await asyncio.gather(*(self._submit(ms) for ms in messages))
         out = []
         refused = sum(1 for status in results if status)
         self.counters.message(state.system_id, "rejected", refused)
@@ -565,8 +570,12 @@ class HttpApi:
 
             futures.append(done)
             self.server.intake.submit(message, answered)
+        if all(f.done() for f in futures):  # answered at once (not paced, not durable)
+            return next((s for s in (f.result() for f in futures) if s), 0)
         try:
             async with asyncio.timeout(self.router.config.intake.max_wait + 30.0):
+                if len(futures) == 1:
+                    return await futures[0]
                 statuses = await asyncio.gather(*futures)
         except TimeoutError:
             return int(CommandStatus.ESME_RSYSERR)
@@ -835,6 +844,11 @@ def _timeline(stored: StoredMessage, price: Any) -> list[dict[str, Any]]:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _recorded(count: int, done: asyncio.Future[bool]) -> None:
+    if done.cancelled() or not done.result():
+        log.warning("HTTP API: %d messages accepted without their record", count)
 
 
 def _type(status: int) -> str:

@@ -5,11 +5,18 @@ then — and stays until its receiver took it or it is dead-lettered.
 :class:`Outbox` is the interface the sender (smsc/webhooks.py) needs; :class:`SqliteOutbox`
 keeps it in an SQLite file of its own next to the store (a Redis one can follow for the
 cluster). Bounded: past ``max_pending`` waiting events, :meth:`Outbox.put` refuses.
+
+The sender's common case costs no read: an event committed by :meth:`SqliteOutbox.put` is
+also kept in memory (up to ``MEMORY`` of them) until :meth:`SqliteOutbox.due` hands it
+out for its first attempt; the file is read only when it may hold waiting events that
+memory does not (retries, events from before a restart, those past ``MEMORY``, revived
+ones). The file stays the record: an event leaves it only once delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Collection
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -52,6 +59,11 @@ class Outbox(Protocol):
     ) -> list[OutboxEvent]:
         """Waiting events whose time has come, oldest first, but those in ``skip`` and
         those to the receiving ``hosts`` (at their cap, or their breaker open)."""
+        ...
+
+    def give_back(self, events: list[OutboxEvent]) -> None:
+        """Events :meth:`due` handed out that were not POSTed after all (their host at
+        its cap): the next :meth:`due` may hand them out again."""
         ...
 
     async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
@@ -100,13 +112,31 @@ CREATE INDEX IF NOT EXISTS events_due ON events (dead, next_at, id);
 CREATE INDEX IF NOT EXISTS events_dead ON events (account, dead, id);
 """
 _COLUMNS = "id, account, url, body, attempts, created, next_at, last_error, kind"
+#: Committed events kept in memory for their first attempt, at most.
+MEMORY = 10_000
+#: Seconds after which :meth:`SqliteOutbox.due` reads the file even when its counts say
+#: that memory holds every waiting event (a safety net: a miscount delays, never loses).
+RESCAN = 5.0
 
 
 class SqliteOutbox:
-    def __init__(self, path: str, *, max_pending: int = 1_000_000) -> None:
+    def __init__(self, path: str, *, max_pending: int = 1_000_000, memory: int = MEMORY) -> None:
         self.file = SqliteFile(path, _SCHEMA, max_pending=max_pending)
         self.max_pending = max_pending
+        self.memory = memory
         self._waiting = 0
+        #: Events put but not yet committed (counted in ``_waiting``).
+        self._uncommitted = 0
+        #: Committed events never handed out (at most MEMORY): by host, by id, oldest
+        #: first; and how many.
+        self._fresh: dict[str, deque[OutboxEvent]] = {}
+        #: Ids of those (an event whose id is not here any more is skipped: handed out).
+        self._fresh_ids: set[int] = set()
+        #: When (the callers' clock) the file was last read for due events.
+        self._read_at = float("-inf")
+        self._last_id = 0
+        #: The newest event whose commit is known here (ids commit in order).
+        self._seen_id = 0
 
     @property
     def waiting(self) -> int:
@@ -116,6 +146,17 @@ class SqliteOutbox:
         await self.file.open()
         rows = await self.file.read("SELECT COUNT(*) FROM events WHERE dead = 0")
         self._waiting = int(rows[0][0])
+        rows = await self.file.read(
+            "SELECT MAX(x) FROM (SELECT MAX(id) AS x FROM events"
+            " UNION ALL SELECT seq FROM sqlite_sequence WHERE name = 'events')"
+        )
+        self._last_id = self._seen_id = int(rows[0][0] or 0)
+
+    def _elsewhere(self, skip: Collection[int], taken: int = 0) -> bool:
+        """May the file hold waiting events that are neither in memory nor in ``skip``
+        (those being POSTed) nor ``taken`` (just handed out)?"""
+        fresh = len(self._fresh_ids)
+        return self._waiting - self._uncommitted > fresh + len(skip) + taken
 
     async def close(self, timeout: float = 5.0) -> None:
         await self.file.close(timeout)
@@ -125,28 +166,94 @@ class SqliteOutbox:
     ) -> asyncio.Future[bool] | None:
         if self._waiting >= self.max_pending:
             return None
+        event_id = self._last_id + 1
         done = self.file.write(
-            "INSERT INTO events (account, url, body, created, next_at, kind, host)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(account, url, body, now, now, kind, urlsplit(url).netloc)],
+            "INSERT INTO events (id, account, url, body, created, next_at, kind, host)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(event_id, account, url, body, now, now, kind, urlsplit(url).netloc)],
         )
-        if done is not None:
-            self._waiting += 1
+        if done is None:
+            return None
+        self._last_id = event_id
+        self._waiting += 1
+        self._uncommitted += 1
+        event = OutboxEvent(
+            id=event_id,
+            account=account,
+            url=url,
+            body=body,
+            attempts=0,
+            created=now,
+            next_at=now,
+            kind=kind,
+        )
+        done.add_done_callback(lambda f: self._committed(event, not f.cancelled() and f.result()))
         return done
+
+    def _committed(self, event: OutboxEvent, ok: bool) -> None:
+        self._uncommitted -= 1
+        self._seen_id = max(self._seen_id, event.id)
+        if not ok:  # not in the file: nothing waits (whoever put it is told False)
+            self._waiting = max(0, self._waiting - 1)
+        elif len(self._fresh_ids) < self.memory:
+            self._fresh.setdefault(urlsplit(event.url).netloc, deque()).append(event)
+            self._fresh_ids.add(event.id)
 
     async def due(
         self, now: float, limit: int, skip: Collection[int], hosts: Collection[str] = ()
     ) -> list[OutboxEvent]:
+        out: list[OutboxEvent] = []
+        ids = self._fresh_ids
+        for host in [h for h in self._fresh if h not in hosts]:
+            events = self._fresh[host]
+            while events and len(out) < limit:
+                event = events.popleft()
+                if event.id in ids:
+                    ids.remove(event.id)
+                    out.append(event)
+            if not events:
+                del self._fresh[host]
+        rescan = now - self._read_at >= RESCAN
+        if len(out) >= limit or not (rescan or self._elsewhere(skip, len(out))):
+            out.sort(key=_due_order)
+            return out
+        self._read_at = now
         hosts = list(hosts)
+        taken = {e.id for e in out}
         rows = await self.file.read(
             f"SELECT {_COLUMNS} FROM events WHERE dead = 0 AND next_at <= ?"
             f" AND host NOT IN ({','.join('?' * len(hosts))})"
             f" ORDER BY next_at, id LIMIT ?",
-            (now, *hosts, limit + len(skip)),  # those skipped come first, as the oldest
+            (now, *hosts, limit + len(skip) + len(taken)),  # those skipped come first
         )
-        return [e for e in map(_event, rows) if e.id not in skip][:limit]
+        for event in map(_event, rows):
+            if len(out) >= limit:
+                break
+            # (one committed but not yet known here comes through memory, shortly)
+            if event.id in skip or event.id in taken or event.id > self._seen_id:
+                continue
+            self._fresh_ids.discard(event.id)  # handed out now: not again from memory
+            out.append(event)
+        out.sort(key=_due_order)
+        return out
+
+    def give_back(self, events: list[OutboxEvent]) -> None:
+        for event in sorted(events, key=_due_order, reverse=True):  # first ones first
+            if len(self._fresh_ids) >= self.memory:
+                return  # (still in the file: read from there)
+            if event.id not in self._fresh_ids:
+                self._fresh.setdefault(urlsplit(event.url).netloc, deque()).appendleft(event)
+                self._fresh_ids.add(event.id)
 
     async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
+        fresh = []
+        for host, events in self._fresh.items():
+            while events and events[0].id not in self._fresh_ids:
+                events.popleft()  # handed out from the file meanwhile
+            if events and host not in hosts:
+                fresh.append(events[0].next_at)
+        if not self._elsewhere(skip):
+            return min(fresh) if fresh else None
         hosts = list(hosts)
         rows = await self.file.read(
             "SELECT id, next_at FROM events WHERE dead = 0"
@@ -203,6 +310,10 @@ class SqliteOutbox:
         )
         self._waiting += 1
         return done is not None and await done
+
+
+def _due_order(event: OutboxEvent) -> tuple[float, int]:
+    return event.next_at, event.id
 
 
 def _event(row: tuple[object, ...]) -> OutboxEvent:

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Seconds a transaction waits for more writes to join it (unless a read waits).
+GATHER = 0.002
 #: One write: SQL and its rows (executemany).
 Write = tuple[str, Sequence[Sequence[Any]]]
 
@@ -26,17 +28,30 @@ class SqliteFile:
     """``await open()``; ``write(...)`` → Future (True once committed, False if the
     transaction failed); ``await read(sql, params)``; ``await close(timeout)``."""
 
-    def __init__(self, path: str, schema: str, *, max_pending: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: str,
+        schema: str,
+        *,
+        max_pending: int = 100_000,
+        gather: float = GATHER,
+    ) -> None:
         self.path = path
         self.schema = schema
         self.max_pending = max_pending
+        self.gather = gather
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{os.path.basename(path)}")
         self._queue: list[tuple[Write, asyncio.Future[bool]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: Writes queued, and writes done (committed or failed), since open: in order.
+        self._queued = 0
+        self._done = 0
+        #: Set (and replaced) after each transaction.
+        self._progress = asyncio.Event()
+        #: A read waits: commit what is queued without gathering more.
+        self._urgent = asyncio.Event()
 
     @property
     def pending(self) -> int:
@@ -69,7 +84,7 @@ class SqliteFile:
             return None
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append(((sql, rows), done))
-        self._idle.clear()
+        self._queued += 1
         self._wake.set()
         return done
 
@@ -82,19 +97,30 @@ class SqliteFile:
         return await self._call(lambda: db.execute(sql, params).fetchall())
 
     async def flush(self) -> None:
-        """Wait until what was queued so far is committed (the caller sets a deadline)."""
-        while not self._idle.is_set():
-            await self._idle.wait()
+        """Wait until what was queued so far is committed (the caller sets a deadline) —
+        not for what is queued meanwhile: a steady flow of writes does not hold it up."""
+        target = self._queued
+        while self._done < target:
+            self._urgent.set()
+            await self._progress.wait()
 
     async def _write_loop(self) -> None:
         db = self._db
         assert db is not None
         while True:
             await self._wake.wait()
+            if self.gather > 0 and not self._urgent.is_set():
+                # group commit: what comes within ``gather`` seconds joins this transaction
+                # (fewer, larger ones: each costs a hand-off to the thread and a commit)
+                try:
+                    async with asyncio.timeout(self.gather):
+                        await self._urgent.wait()
+                except TimeoutError:
+                    pass
+            self._urgent.clear()
             self._wake.clear()
             batch, self._queue = self._queue, []
             if not batch:
-                self._idle.set()
                 continue
             writes = [w for w, _ in batch]
             try:
@@ -106,13 +132,15 @@ class SqliteFile:
             for _, fut in batch:
                 if not fut.done():
                     fut.set_result(ok)
-            if not self._queue:
-                self._idle.set()
+            self._done += len(batch)
+            progress, self._progress = self._progress, asyncio.Event()
+            progress.set()
 
     async def close(self, timeout: float = 5.0) -> None:
         try:
             async with asyncio.timeout(timeout):
-                await self.flush()
+                while self._done < self._queued:  # all of it, even what comes meanwhile
+                    await self.flush()
         except TimeoutError:
             log.warning("%s: %d writes not committed at close", self.path, len(self._queue))
         if self._writer is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hashlib
 import hmac
 import logging
@@ -70,8 +71,15 @@ EVENT_TYPES: dict[MessageState, str] = {
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The ``Smsc-Signature`` value of ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    mac = _keyed(secret).copy()  # (a keyed HMAC copied: not set up again per event)
+    mac.update(f"{timestamp}.".encode())
+    mac.update(body)
     return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _keyed(secret: str) -> hmac.HMAC:
+    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
 
 def verify(secret: str, header: str, body: bytes, now: float, tolerance: float = 300.0) -> bool:
@@ -338,15 +346,20 @@ class WebhookSender:
                     self._recent.clear()
                     due = await self.outbox.due(self.wall(), room, self._inflight, blocked)
                     full_read = len(due) >= room
+                    unsent = []
                     for event in due:
                         if event.id in self._recent or event.id in self._inflight:
                             continue
                         host = urlsplit(event.url).netloc
-                        if len(self._inflight) >= cfg.concurrency:
-                            break
-                        if self._by_host.get(host, 0) < cfg.per_endpoint:
+                        if (
+                            len(self._inflight) < cfg.concurrency
+                            and self._by_host.get(host, 0) < cfg.per_endpoint
+                        ):
                             self._spawn(event, host)
                             spawned = True
+                        else:
+                            unsent.append(event)
+                    self.outbox.give_back(unsent)
                 if spawned:
                     # What was due is on its way: read again at once if there may be more,
                     # else when something changes (a put, a POST's end; 1 s at most).

@@ -529,3 +529,16 @@ def test_a_reload_that_adds_a_key_lets_it_in_at_once(run1: Run, tmp_path: Path) 
                 assert (await old.get("/v1/account")).status == 200
 
     run1(main_())
+
+
+def test_a_reload_that_drops_a_key_shuts_it_out_at_once(run1: Run, tmp_path: Path) -> None:
+    async def main_() -> None:
+        config = api_config(tmp_path)
+        async with running_app(config) as app, client(app) as c:
+            assert (await c.get("/v1/account")).status == 200
+            assert (await c.get("/v1/account")).status == 200  # (known by now)
+            acme = msgspec.structs.replace(config.accounts[0], api_keys=())
+            await app.reload(msgspec.structs.replace(config, accounts=(acme, *config.accounts[1:])))
+            assert (await c.get("/v1/account")).status == 401
+
+    run1(main_())

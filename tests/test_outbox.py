@@ -1,0 +1,148 @@
+"""The webhook outbox and the SQLite file under it: every committed event is handed out
+once for its first attempt (from memory, or from the file when memory is full or after a
+reopen), retries come back from the file when due, and a read never waits for writes
+queued after it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from loops import Run
+
+from smsc.outbox import SqliteOutbox
+from smsc.sqlitefile import SqliteFile
+
+DEADLINE = 10.0
+NOW = 1_700_000_000.0
+A = "http://a.example/hook"
+B = "http://b.example/hook"
+
+
+async def put_all(outbox: SqliteOutbox, urls: list[str]) -> None:
+    done = [outbox.put("acct", url, b"{}", NOW) for url in urls]
+    assert all(d is not None for d in done)
+    async with asyncio.timeout(DEADLINE):
+        assert all(await asyncio.gather(*[d for d in done if d is not None]))
+
+
+def test_each_committed_event_is_handed_out_once_memory_full_or_not(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        outbox = SqliteOutbox(str(tmp_path / "o.db"), memory=2)
+        await outbox.open()
+        try:
+            await put_all(outbox, [A] * 5)
+            first = await outbox.due(NOW, 3, set())
+            rest = await outbox.due(NOW, 10, {e.id for e in first})
+            ids = [e.id for e in first + rest]
+            assert len(ids) == 5
+            assert len(set(ids)) == 5
+            assert await outbox.due(NOW, 10, set(ids)) == []
+            for event_id in ids:
+                outbox.delivered(event_id)
+            assert outbox.waiting == 0
+            assert await outbox.due(NOW + 1, 10, set()) == []
+            assert await outbox.next_due(set()) is None
+        finally:
+            await outbox.close()
+
+    run(main())
+
+
+def test_a_blocked_host_waits_and_an_event_given_back_is_handed_out_again(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        outbox = SqliteOutbox(str(tmp_path / "o.db"))
+        await outbox.open()
+        try:
+            await put_all(outbox, [A, B, A])
+            got = await outbox.due(NOW, 10, set(), hosts={"a.example"})
+            assert [e.url for e in got] == [B]
+            assert await outbox.next_due({got[0].id}, hosts={"a.example"}) is None
+            to_a = await outbox.due(NOW, 10, {got[0].id})
+            assert [e.url for e in to_a] == [A, A]
+            outbox.give_back(to_a[1:])
+            skip = {got[0].id, to_a[0].id}
+            assert [e.id for e in await outbox.due(NOW, 10, skip)] == [to_a[1].id]
+        finally:
+            await outbox.close()
+
+    run(main())
+
+
+def test_a_retried_event_comes_back_from_the_file_when_due(run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        outbox = SqliteOutbox(str(tmp_path / "o.db"))
+        await outbox.open()
+        try:
+            await put_all(outbox, [A])
+            (event,) = await outbox.due(NOW, 10, set())
+            outbox.retry_at(event.id, 1, NOW + 60, "HTTP 503")
+            assert await outbox.due(NOW + 30, 10, set()) == []
+            assert await outbox.next_due(set()) == NOW + 60
+            (again,) = await outbox.due(NOW + 60, 10, set())
+            assert (again.id, again.attempts, again.last_error) == (event.id, 1, "HTTP 503")
+        finally:
+            await outbox.close()
+
+    run(main())
+
+
+def test_events_from_before_a_reopen_are_read_from_the_file_and_ids_go_on(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        path = str(tmp_path / "o.db")
+        outbox = SqliteOutbox(path)
+        await outbox.open()
+        await put_all(outbox, [A, A])
+        (sent,) = await outbox.due(NOW, 1, set())
+        outbox.delivered(sent.id)
+        await outbox.close()
+        outbox = SqliteOutbox(path)
+        await outbox.open()
+        try:
+            assert outbox.waiting == 1
+            await put_all(outbox, [B])
+            got = await outbox.due(NOW, 10, set())
+            assert [e.url for e in got] == [A, B]
+            assert len({sent.id, *(e.id for e in got)}) == 3
+        finally:
+            await outbox.close()
+
+    run(main())
+
+
+def test_a_read_waits_for_earlier_writes_not_for_a_steady_flow_of_later_ones(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        file = SqliteFile(str(tmp_path / "f.db"), "CREATE TABLE t (n INTEGER);")
+        await file.open()
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                file.write("INSERT INTO t VALUES (?)", [(n,)])
+                await asyncio.sleep(0)
+
+        flow = asyncio.create_task(writer())
+        try:
+            await asyncio.sleep(0)
+            marker = file.write("INSERT INTO t VALUES (?)", [(-1,)])
+            assert marker is not None
+            async with asyncio.timeout(DEADLINE):
+                rows = await file.read("SELECT COUNT(*) FROM t WHERE n = -1")
+            assert marker.done()
+            assert rows == [(1,)]
+        finally:
+            stop.set()
+            await flow
+            await file.close()
+
+    run(main())
