@@ -116,7 +116,9 @@ def test_held_receipts_reach_a_session_that_was_silent_once_it_answers_again(
             assert_one_final_receipt_each(esme, ids)
             assert app.delivery is not None
             assert app.delivery.held >= n - 2  # they were held, and came without a rebind
-            assert app.delivery.late == 2
+            # The first was answered late; the second too, unless the client's answers
+            # (sent when the next deliver_sm arrives) beat its timeout on a busy machine.
+            assert 1 <= app.delivery.late <= 2
             await esme.close()
 
     run(main())
