@@ -19,22 +19,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from carrier_fixtures import Esme, wait_any
+from carrier_fixtures import ESME_SESSION, Esme, wait_any
 from loops import Run
+from minimal_mc import MinimalMC
 from redis_server import redis_server, redis_url  # noqa: F401
 from smsc_fixtures import (
     DEADLINE,
+    PASSWORD,
     SYSTEM_ID,
+    UPSTREAM_ID,
+    UPSTREAM_PASSWORD,
     app_config,
     assert_one_final_receipt_each,
     bind_client,
     final_receipts,
     running_app,
+    upstream,
     wait_final_receipts,
 )
 
+from smppcore.aio import Connection
 from smppcore.constants import CommandStatus, MessageState
-from smppcore.pdu import CancelSm, CancelSmResp, ReplaceSm, ReplaceSmResp
+from smppcore.pdu import (
+    BindTransceiver,
+    CancelSm,
+    CancelSmResp,
+    DeliverSm,
+    DeliverSmResp,
+    Pdu,
+    ReplaceSm,
+    ReplaceSmResp,
+)
+from smppcore.session import Role
 from smsc.app import App
 from smsc.config import SmscConfig
 
@@ -231,5 +247,171 @@ def test_query_cancel_and_replace_on_one_node_for_a_message_accepted_on_the_othe
             finally:
                 await on_a.close()
                 await on_b.close()
+
+    run1(main())
+
+
+# --- receipts over any node's bind of a carrier ------------------------------------------
+
+
+class HoldingEsme(Esme):
+    """An ESME that stops answering deliver_sm while ``answering`` is False (it records
+    them), until :meth:`answer_all`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answering = True
+        self._unanswered: list[tuple[Connection, int]] = []
+
+    def request_received(self, conn: Connection, pdu: Pdu) -> None:
+        if self.answering or not isinstance(pdu, DeliverSm):
+            super().request_received(conn, pdu)
+            return
+        self.delivered.append(pdu)
+        self._unanswered.append((conn, pdu.sequence_number))
+        self._changed.set()
+
+    def answer_all(self) -> None:
+        self.answering = True
+        for conn, sequence_number in self._unanswered:
+            conn.respond(DeliverSmResp(sequence_number=sequence_number))
+        self._unanswered.clear()
+
+
+async def bind_holding(app: App) -> HoldingEsme:
+    """A HoldingEsme bound as a transceiver of the test account."""
+    esme = HoldingEsme()
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(DEADLINE):
+        _, esme.conn = await loop.create_connection(
+            lambda: Connection(Role.ESME, ESME_SESSION, esme), "127.0.0.1", app.port
+        )
+        await esme.c.bind(BindTransceiver(system_id=SYSTEM_ID, password=PASSWORD))
+    return esme
+
+
+def shared_carrier_config(tmp_path: Path, url: str, node_id: int, port: int) -> SmscConfig:
+    """A node of a cluster whose carrier ``ext`` (a scripted MC) has two binds: one each."""
+    where = tmp_path / f"node{node_id}"
+    where.mkdir(exist_ok=True)
+    return app_config(
+        where,
+        {},
+        node_id=node_id,
+        cluster={"redis": url, "lease": LEASE, "heartbeat": HEARTBEAT},
+        router={
+            "carriers": [upstream("ext", host="127.0.0.1", port=port, binds=2)],
+            "routes": [{"prefix": "", "carriers": [{"carrier": "ext", "price": "0.001"}]}],
+            "store": {"path": str(where / "smsc.db")},
+            "ack_after": "store",
+        },
+    )
+
+
+@asynccontextmanager
+async def two_nodes_one_carrier(
+    tmp_path: Path, url: str
+) -> AsyncIterator[tuple[App, App, MinimalMC]]:
+    """Nodes A and B, each with one bind of the same carrier (a MinimalMC that sends
+    receipts only when told to, over the bind the test picks)."""
+    async with AsyncExitStack() as stack:
+        mc = await stack.enter_async_context(
+            MinimalMC({UPSTREAM_ID: UPSTREAM_PASSWORD}, auto_receipt=False)
+        )
+        a = await stack.enter_async_context(
+            running_app(shared_carrier_config(tmp_path, url, 1, mc.port))
+        )
+        b = await stack.enter_async_context(
+            running_app(shared_carrier_config(tmp_path, url, 2, mc.port), wait_for=[])
+        )
+        assert a.router is not None
+        assert b.router is not None
+        async with asyncio.timeout(DEADLINE):  # A gives up its second bind to B
+            while (a.router.pools["ext"].bound, b.router.pools["ext"].bound) != (1, 1):
+                await b.router.binds_changed(HEARTBEAT)
+        await mc.wait_for(lambda: len(mc.bound(UPSTREAM_ID)) == 2)
+        yield a, b, mc
+
+
+def test_a_receipt_that_comes_to_the_other_node_before_its_submit_sm_resp_is_not_lost(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The carrier sends the receipt over node B's bind before it answers node A's
+    submit_sm: B finds no message for it yet, looks again until A has committed the
+    carrier's id, then finishes the message; the client on A gets the receipt once."""
+
+    async def main() -> None:
+        async with two_nodes_one_carrier(tmp_path, redis_url) as (a, _, mc):
+            esme = await bind_client(a, "trx")
+            try:
+                mc.hold = True
+                submit = asyncio.ensure_future(esme.submit_ok())
+                await mc.wait_for(lambda: len(mc.submits) == 1)
+                over_a = mc._held[0][0]
+                (over_b,) = [c for c in mc.bound(UPSTREAM_ID) if c is not over_a]
+                carrier_id = str(mc._next_id)  # what the held submit will be answered
+                answered = mc.push_receipt(over_b, carrier_id)  # B has no such id yet
+                mc.hold = False
+                assert mc.release() == 1
+                our_id = await submit
+                async with asyncio.timeout(DEADLINE):
+                    ack = await answered
+                assert isinstance(ack, DeliverSmResp)
+                assert ack.command_status == CommandStatus.ESME_ROK  # delivered or held, final
+                await wait_final_receipts(esme, [our_id])
+                await held_in_redis(a, 0)
+                assert_one_final_receipt_each(esme, [our_id])
+                assert (await esme.query(our_id)).message_state == MessageState.DELIVERED
+            finally:
+                await esme.close()
+
+    run1(main())
+
+
+def test_a_receipt_sent_to_both_nodes_reaches_the_client_once(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A carrier that sends one receipt over both nodes' binds (a resend after a lost
+    answer, say): both nodes match it; the final state's compare-and-set lets one report
+    it; both carriers' deliver_sm are answered ESME_ROK."""
+
+    async def main() -> None:
+        async with two_nodes_one_carrier(tmp_path, redis_url) as (a, b, mc):
+            esme = await bind_holding(b)  # the client on B; messages sent from A or B
+            try:
+                ids = [await esme.submit_ok(f"4477009000{i:02d}") for i in range(10)]
+                await mc.wait_for(lambda: len(mc.message_ids) == len(ids))
+                # The client answers no deliver_sm for now: a node that reported a receipt
+                # waits for it, so both would deliver if both reported.
+                esme.answering = False
+                binds = mc.bound(UPSTREAM_ID)
+                answers = [
+                    mc.push_receipt(conn, carrier_id)
+                    for carrier_id in mc.message_ids
+                    for conn in binds
+                ]
+                await esme.wait_for(lambda: set(ids) <= final_receipts(esme).keys())
+                # One of each pair is a duplicate: answered while the client holds the other.
+                await mc.wait_for(lambda: len(mc.receipt_acks) == len(ids))
+                esme.answer_all()
+                async with asyncio.timeout(DEADLINE):
+                    acks = await asyncio.gather(*answers)
+                assert [x.command_status for x in acks] == [CommandStatus.ESME_ROK] * len(acks)
+                await wait_final_receipts(esme, ids)
+                await held_in_redis(a, 0)  # every answer came after the delivery or hold
+                assert_one_final_receipt_each(esme, ids)
+                assert len(esme.delivered) == len(ids)
+                duplicates = sum(
+                    app.router.metrics.events.get(("receipt_duplicate", "ext"), 0)
+                    for app in (a, b)
+                    if app.router is not None
+                )
+                assert duplicates == len(ids)
+            finally:
+                await esme.close()
 
     run1(main())
