@@ -394,9 +394,9 @@ class Receipts:
         self.metrics.event("receipt_timeout", carrier)
         report = DeliveryReport(message_id="", state=state, done_at=now, carrier=carrier)
         sent = self.sent.get(message_id)
-        if sent is not None:
+        if sent is not None and not self.shared:
             self.receipt(sent[0], report, None)
-        else:
+        else:  # (in a cluster another node may have had its receipt: the store says)
             self._spawn(self._overdue_from_store(message_id, report))
 
     async def _overdue_from_store(self, message_id: str, report: DeliveryReport) -> None:

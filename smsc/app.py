@@ -284,7 +284,9 @@ class App:
             intake=router,
             woken=delivery.woken,
             sweep=delivery.sweep,
-            sweep_interval=max(cluster.heartbeat, 1.0),
+            # Signals are rarely missed (a stream, read on from the last entry): a sweep
+            # per lease (when another node's claims lapse) is enough.
+            sweep_interval=max(cluster.lease, 1.0),
             timeout=cluster.timeout,
             flush=self.store.flush,
         )

@@ -290,7 +290,9 @@ async def bind_holding(app: App) -> HoldingEsme:
     return esme
 
 
-def shared_carrier_config(tmp_path: Path, url: str, node_id: int, port: int) -> SmscConfig:
+def shared_carrier_config(
+    tmp_path: Path, url: str, node_id: int, port: int, **carrier: Any
+) -> SmscConfig:
     """A node of a cluster whose carrier ``ext`` (a scripted MC) has two binds: one each."""
     where = tmp_path / f"node{node_id}"
     where.mkdir(exist_ok=True)
@@ -300,7 +302,7 @@ def shared_carrier_config(tmp_path: Path, url: str, node_id: int, port: int) -> 
         node_id=node_id,
         cluster={"redis": url, "lease": LEASE, "heartbeat": HEARTBEAT},
         router={
-            "carriers": [upstream("ext", host="127.0.0.1", port=port, binds=2)],
+            "carriers": [upstream("ext", host="127.0.0.1", port=port, binds=2, **carrier)],
             "routes": [{"prefix": "", "carriers": [{"carrier": "ext", "price": "0.001"}]}],
             "store": {"path": str(where / "smsc.db")},
             "ack_after": "store",
@@ -310,7 +312,7 @@ def shared_carrier_config(tmp_path: Path, url: str, node_id: int, port: int) -> 
 
 @asynccontextmanager
 async def two_nodes_one_carrier(
-    tmp_path: Path, url: str
+    tmp_path: Path, url: str, **carrier: Any
 ) -> AsyncIterator[tuple[App, App, MinimalMC]]:
     """Nodes A and B, each with one bind of the same carrier (a MinimalMC that sends
     receipts only when told to, over the bind the test picks)."""
@@ -319,10 +321,10 @@ async def two_nodes_one_carrier(
             MinimalMC({UPSTREAM_ID: UPSTREAM_PASSWORD}, auto_receipt=False)
         )
         a = await stack.enter_async_context(
-            running_app(shared_carrier_config(tmp_path, url, 1, mc.port))
+            running_app(shared_carrier_config(tmp_path, url, 1, mc.port, **carrier))
         )
         b = await stack.enter_async_context(
-            running_app(shared_carrier_config(tmp_path, url, 2, mc.port), wait_for=[])
+            running_app(shared_carrier_config(tmp_path, url, 2, mc.port, **carrier), wait_for=[])
         )
         assert a.router is not None
         assert b.router is not None
@@ -340,10 +342,12 @@ def test_a_receipt_that_comes_to_the_other_node_before_its_submit_sm_resp_is_not
 ) -> None:
     """The carrier sends the receipt over node B's bind before it answers node A's
     submit_sm: B finds no message for it yet, looks again until A has committed the
-    carrier's id, then finishes the message; the client on A gets the receipt once."""
+    carrier's id, then finishes the message; the client on A gets the receipt once — also
+    after A's own receipt deadline for the message has passed (A never saw the receipt:
+    the store tells it the message is final)."""
 
     async def main() -> None:
-        async with two_nodes_one_carrier(tmp_path, redis_url) as (a, _, mc):
+        async with two_nodes_one_carrier(tmp_path, redis_url, receipt_timeout=1.0) as (a, _, mc):
             esme = await bind_client(a, "trx")
             try:
                 mc.hold = True
@@ -361,6 +365,15 @@ def test_a_receipt_that_comes_to_the_other_node_before_its_submit_sm_resp_is_not
                 assert isinstance(ack, DeliverSmResp)
                 assert ack.command_status == CommandStatus.ESME_ROK  # delivered or held, final
                 await wait_final_receipts(esme, [our_id])
+                await held_in_redis(a, 0)
+                assert_one_final_receipt_each(esme, [our_id])
+                assert (await esme.query(our_id)).message_state == MessageState.DELIVERED
+                assert a.router is not None
+                timeouts = a.router.metrics.events
+                async with asyncio.timeout(DEADLINE):  # each look a query_sm round trip
+                    while not timeouts.get(("receipt_timeout", "ext")):
+                        await esme.query(our_id)
+                assert await a.router.receipts.settle(DEADLINE)
                 await held_in_redis(a, 0)
                 assert_one_final_receipt_each(esme, [our_id])
                 assert (await esme.query(our_id)).message_state == MessageState.DELIVERED
