@@ -103,11 +103,18 @@ class Finals:
             _summary(msg, report, carrier_s)
 
     def report(
-        self, msg: Message, report: DeliveryReport, final: bool, respond: Respond | None
+        self,
+        msg: Message,
+        report: DeliveryReport,
+        final: bool,
+        respond: Respond | None,
+        *,
+        accepted: float | None = None,
     ) -> None:
         """Report a receipt for ``msg`` (its id in ``report``) to the sink: an intermediate
         one (answered once the client has it), or a ``final`` one (already through
-        :meth:`finished`; answered once it is delivered or held and committed)."""
+        :meth:`finished` — in a cluster, it goes there once its claim is won, with
+        ``accepted``; answered once it is delivered or held and committed)."""
         stored = StoredMessage(
             message=msg,
             state=report.state,
@@ -130,7 +137,7 @@ class Finals:
             return
         self.finishing[msg.id] = [respond]
         if self.shared:
-            task = asyncio.create_task(self._claim(stored, report))
+            task = asyncio.create_task(self._claim(stored, report, accepted))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             return
@@ -140,7 +147,9 @@ class Finals:
             log.exception("message %s: its receipt could not be delivered nor held", msg.id)
             self.durably(msg.id, False)
 
-    async def _claim(self, stored: StoredMessage, report: DeliveryReport) -> None:
+    async def _claim(
+        self, stored: StoredMessage, report: DeliveryReport, accepted: float | None
+    ) -> None:
         """In a cluster, a final receipt may reach two nodes (a carrier sends it again over
         another node's bind; a node's receipt deadline passes while another has the
         receipt): the final state is claimed first, a compare-and-set in the shared store,
@@ -161,6 +170,7 @@ class Finals:
             self.metrics.event("receipt_duplicate", report.carrier)
             self.durably(message_id, True)
             return
+        self.finished(stored.message, report, accepted)  # counted and logged by one node
         try:
             self.sink.report(stored, report, partial(self._claimed, message_id, report))
         except Exception:

@@ -365,7 +365,11 @@ class Receipts:
             key = (report.carrier, STATE_NAME[state])
             receipts = self.metrics.receipts
             receipts[key] = receipts.get(key, 0) + 1
-            self.finals.finished(msg, report, None if sent is None else sent[1])
+            accepted = None if sent is None else sent[1]
+            if not self.finals.shared:  # (in a cluster: once its claim is won)
+                self.finals.finished(msg, report, accepted)
+            self.finals.report(msg, report, final, respond, accepted=accepted)
+            return
         self.finals.report(msg, report, final, respond)
 
     # --- receipt deadlines ------------------------------------------------------------

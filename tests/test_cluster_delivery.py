@@ -424,6 +424,12 @@ def test_a_receipt_sent_to_both_nodes_reaches_the_client_once(
                     if app.router is not None
                 )
                 assert duplicates == len(ids)
+                finals = sum(
+                    app.router.metrics.final.get((SYSTEM_ID, "DELIVERED"), 0)
+                    for app in (a, b)
+                    if app.router is not None
+                )
+                assert finals == len(ids)  # each message's final state counted (and logged) once
             finally:
                 await esme.close()
 
