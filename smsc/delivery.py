@@ -409,6 +409,8 @@ class Delivery:
     def woken(self, account: str) -> None:
         """Another node held items for ``account``: drain them if it has a
         receive-capable bind here."""
+        if account not in self.accounts:
+            return
         self._wakes[account] = self._wakes.get(account, 0) + 1
         room = self._room.get(account)
         if room is not None:
