@@ -14,6 +14,13 @@ slot to free when none has one; it ends once the store has nothing left of the a
 or no receive-capable bind is left. New deliveries wait behind a running drain (in
 memory up to ``_MAX_BEHIND``, then in the store) so that they do not overtake it.
 
+In a cluster (the store is the nodes' shared Redis) an item held for an account that has
+no receive-capable bind on this node is announced, once committed, to the other nodes
+(``held_elsewhere``: smsc/peers.py); a node with such a bind drains it (``woken``), and
+every node sweeps its bound accounts now and then (``sweep``) for a signal it missed. The
+store's claims (``held`` claims what it returns for this node) keep two nodes from sending
+one item; the order holds per node, not between two nodes draining one account at once.
+
 A deliver_sm_resp that comes after ``response_timeout`` is not wasted: the session
 reports it (smppcore LateResponse), and the held copy, not yet sent again, is released
 instead of sent twice.
