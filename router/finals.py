@@ -17,6 +17,7 @@ outcomes no carrier waits on: decided by us, or a receipt deadline).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -62,6 +63,11 @@ class Finals:
         #: Final receipts being made durable: our id → answers owed to carriers (a
         #: repeated receipt joins the first one's answer instead of reporting twice).
         self.finishing: dict[str, list[Respond | None]] = {}
+        #: The store is shared by the nodes of a cluster (it names this node): a final
+        #: receipt is a compare-and-set first (see _claim).
+        self.shared = bool(store.node_id)
+        #: The claims running (awaited and ended with the receipts' store reads).
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def decide(self, msg: Message, state: MessageState, error: int, carrier: str) -> None:
         """Finish ``msg`` here (no carrier receipt will come) and report it."""
@@ -97,11 +103,18 @@ class Finals:
             _summary(msg, report, carrier_s)
 
     def report(
-        self, msg: Message, report: DeliveryReport, final: bool, respond: Respond | None
+        self,
+        msg: Message,
+        report: DeliveryReport,
+        final: bool,
+        respond: Respond | None,
+        *,
+        accepted: float | None = None,
     ) -> None:
         """Report a receipt for ``msg`` (its id in ``report``) to the sink: an intermediate
         one (answered once the client has it), or a ``final`` one (already through
-        :meth:`finished`; answered once it is delivered or held and committed)."""
+        :meth:`finished` — in a cluster, it goes there once its claim is won, with
+        ``accepted``; answered once it is delivered or held and committed)."""
         stored = StoredMessage(
             message=msg,
             state=report.state,
@@ -110,7 +123,7 @@ class Finals:
             carrier_message_id=report.carrier_message_id,
             done_at=report.done_at if final else None,
         )
-        if not self.durable:
+        if not self.durable and not (final and self.shared):
             if final:
                 self.store.set_final(msg.id, report)
             self.sink.report(stored, report)
@@ -123,11 +136,57 @@ class Finals:
                 answer(respond, RETRY_LATER)
             return
         self.finishing[msg.id] = [respond]
+        if self.shared:
+            task = asyncio.create_task(self._claim(stored, report, accepted))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
         try:
             self.sink.report(stored, report, partial(self.commit, msg.id, report, respond))
         except Exception:  # the store is gone (closed, failed): the carrier sends it again
             log.exception("message %s: its receipt could not be delivered nor held", msg.id)
             self.durably(msg.id, False)
+
+    async def _claim(
+        self, stored: StoredMessage, report: DeliveryReport, accepted: float | None
+    ) -> None:
+        """In a cluster, a final receipt may reach two nodes (a carrier sends it again over
+        another node's bind; a node's receipt deadline passes while another has the
+        receipt): the final state is claimed first, a compare-and-set in the shared store,
+        and only the node that wins reports it — the client gets it once. The carriers are
+        answered ESME_ROK once the receipt is delivered or held (a loser's at once), and
+        ESME_RX_T_APPN when the store did not answer (they send it again).
+
+        The price of the order: a node killed between its claim and the hold (a round trip)
+        loses that receipt (the carrier's resend finds the message final)."""
+        message_id = stored.message.id
+        try:
+            won = await self.store.claim_final(message_id, report)
+        except Exception as exc:
+            log.warning("message %s: its final state could not be claimed: %s", message_id, exc)
+            self.durably(message_id, False)
+            return
+        if not won:
+            self.metrics.event("receipt_duplicate", report.carrier)
+            self.durably(message_id, True)
+            return
+        self.finished(stored.message, report, accepted)  # counted and logged by one node
+        try:
+            self.sink.report(stored, report, partial(self._claimed, message_id, report))
+        except Exception:
+            log.exception("message %s: its receipt could not be delivered nor held", message_id)
+            self._claimed(message_id, report, False)
+
+    def _claimed(self, message_id: str, report: DeliveryReport, reported: bool) -> None:
+        """A claimed final receipt is delivered or held (``reported``), or neither."""
+        if not reported:
+            self.metrics.event("receipt_dropped", report.carrier)
+            log.error(
+                "message %s: its %s receipt could neither be delivered nor held: dropped",
+                message_id,
+                report.state.name,
+            )
+        self.durably(message_id, True)  # final in the store: a resend would be a duplicate
 
     def repeated(self, our_id: str, report: DeliveryReport, respond: Respond | None) -> None:
         """A final receipt for a message whose final state is being made durable: its

@@ -129,3 +129,6 @@ class StoredMessage(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     carrier: str = ""
     carrier_message_id: str = ""
     done_at: float | None = None
+    owner: str = ""
+    """The node that holds it (accepted it, or took it over); "" when the store has one
+    owner only (SQLite)."""

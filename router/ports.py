@@ -344,3 +344,44 @@ class Coordinator(Protocol):
         """The next reload another node published since the last one returned (or since
         :meth:`open`); None when none came within ``timeout`` seconds."""
         ...
+
+
+# --- signals between nodes (router/cluster/signals.py) ----------------------------------
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A notice from one node to the others (or to one of them).
+
+    ``held``: deliveries were held for ``account`` (nodes with one of its receivers drain
+    them). ``cancel`` / ``replace``: the node ``to`` holds message ``message_id`` in its
+    queue; it answers with ``answer`` (``token`` repeated, ``ok``). ``body`` is the new
+    message of a replace (msgpack of router.model.Message)."""
+
+    kind: str
+    origin: str
+    to: str = ""
+    """The node it is for; "" for every node."""
+    account: str = ""
+    message_id: str = ""
+    token: str = ""
+    ok: bool = False
+    body: bytes = b""
+
+
+class Signals(Protocol):
+    """Notices between the nodes of a cluster, in order, each seen by every live node that
+    reads after it was sent (what a node misses while away it learns otherwise: a drain
+    at bind, a query of the store)."""
+
+    node_id: str
+
+    async def send(self, signals: Sequence[Signal]) -> None:
+        """Send ``signals`` (one round trip); ClusterUnavailable when Redis is away."""
+        ...
+
+    async def next(self, timeout: float) -> list[Signal]:
+        """The signals the other nodes sent (for this node or every node) since the last
+        call; [] when none came within ``timeout`` seconds. ClusterUnavailable."""
+        ...
+
+    async def close(self) -> None: ...

@@ -60,6 +60,11 @@ _RETRY_READ = 1.0
 #: Reads of an overdue message the store may fail (``read_timeout`` each) before it is
 #: left unfinished (a restart's recovery finds it again).
 _OVERDUE_TRIES = 10
+#: Seconds before a cluster's unmatched receipt is looked up again (then doubling, up to
+#: _RECHECK_MAX): the node that sent its message commits the carrier's id within its
+#: store's commit_interval of the submit_sm_resp.
+_RECHECK_FIRST = 0.02
+_RECHECK_MAX = 1.0
 #: What the correlator parks for a receipt: the report, and how to answer the carrier.
 _Parked = tuple[DeliveryReport, Respond | None]
 
@@ -91,8 +96,10 @@ class Receipts:
         # nothing (and in ``ack_after: store`` its carrier waits for our answer meanwhile:
         # give up before a carrier's usual 30 s deliver_sm timeout makes it resend).
         early_ttl = max((c.response_timeout for c in config.carriers), default=_EARLY_FLOOR) + 2.0
+        #: Seconds a receipt waits for its submit_sm_resp at most.
+        self.early_ttl = max(_EARLY_FLOOR, early_ttl)
         self.correlator: Correlator[_Parked] = Correlator(
-            store, max_cache=500_000, early_ttl=max(_EARLY_FLOOR, early_ttl), max_early=50_000
+            store, max_cache=500_000, early_ttl=self.early_ttl, max_early=50_000
         )
         #: our id → (message, ``time.monotonic`` when its carrier accepted it)
         self.sent: OrderedDict[str, tuple[Message, float]] = OrderedDict()
@@ -100,6 +107,9 @@ class Receipts:
         #: our id → the carrier it was taken back from (:meth:`withdraw`)
         self.withdrawn: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The store is shared by the nodes of a cluster (it names this node): a receipt
+        #: may be for a message another node sent (see _recheck).
+        self.shared = bool(store.node_id)
 
     @property
     def resolving(self) -> int:
@@ -216,6 +226,10 @@ class Receipts:
             log.exception("receipt from %s for %s: the store failed", carrier, receipt_id)
             answer(respond, RETRY_LATER)
             return
+        if our_id is None and self.shared:
+            our_id = await self._recheck(carrier, receipt_id, report, respond)
+            if our_id is None:
+                return
         if our_id is None:
             pool = self.carriers.pools.get(carrier)
             if pool is None or pool.in_flight == 0:
@@ -227,6 +241,38 @@ class Receipts:
             if our_id is None:
                 return  # parked until its submit_sm_resp is processed (or it expires)
         self._receipt_for(our_id, report, respond)
+
+    async def _recheck(
+        self, carrier: str, receipt_id: str, report: DeliveryReport, respond: Respond | None
+    ) -> str | None:
+        """In a cluster, a receipt that matches nothing yet may be for a message another
+        node (or this one) sent and whose submit_sm_resp is not processed or committed
+        yet: memory and the store are asked again, at growing intervals, for
+        ``early_ttl`` seconds. Then it is unmatched: answered ESME_RX_T_APPN when its
+        carrier waits for our answer (``ack_after: store``: it sends it again), else
+        counted and logged. None when it was answered here."""
+        cfg = self.configs[carrier]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.early_ttl
+        pause = _RECHECK_FIRST
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(pause, left))  # a back-off between reads
+            pause = min(pause * 2, _RECHECK_MAX)
+            try:
+                our_id = await self.correlator.resolve(carrier, receipt_id, cfg.receipt_id)
+            except StoreError as exc:
+                self._store_failed(report, exc)
+                answer(respond, RETRY_LATER)
+                return None
+            if our_id is not None:
+                self.correlator.matched_early += 1
+                return our_id
+        if respond is not None:
+            self.metrics.event("receipt_deferred", carrier)
+            answer(respond, RETRY_LATER)
+        else:
+            self._unmatched(carrier, receipt_id, None)
+        return None
 
     def _receipt_for(self, our_id: str, report: DeliveryReport, respond: Respond | None) -> None:
         sent = self.sent.get(our_id)
@@ -319,7 +365,11 @@ class Receipts:
             key = (report.carrier, STATE_NAME[state])
             receipts = self.metrics.receipts
             receipts[key] = receipts.get(key, 0) + 1
-            self.finals.finished(msg, report, None if sent is None else sent[1])
+            accepted = None if sent is None else sent[1]
+            if not self.finals.shared:  # (in a cluster: once its claim is won)
+                self.finals.finished(msg, report, accepted)
+            self.finals.report(msg, report, final, respond, accepted=accepted)
+            return
         self.finals.report(msg, report, final, respond)
 
     # --- receipt deadlines ------------------------------------------------------------
@@ -348,9 +398,9 @@ class Receipts:
         self.metrics.event("receipt_timeout", carrier)
         report = DeliveryReport(message_id="", state=state, done_at=now, carrier=carrier)
         sent = self.sent.get(message_id)
-        if sent is not None:
+        if sent is not None and not self.shared:
             self.receipt(sent[0], report, None)
-        else:
+        else:  # (in a cluster another node may have had its receipt: the store says)
             self._spawn(self._overdue_from_store(message_id, report))
 
     async def _overdue_from_store(self, message_id: str, report: DeliveryReport) -> None:
@@ -378,16 +428,18 @@ class Receipts:
         repeated); True when none is left."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._tasks:
+        while self._tasks or self.finals.tasks:
             left = deadline - loop.time()
             if left <= 0:
                 return False
-            await asyncio.wait(set(self._tasks), timeout=left)  # they may start others
+            # (they may start others)
+            await asyncio.wait(self._tasks | self.finals.tasks, timeout=left)
         return True
 
     async def cancel(self) -> None:
         """End the store reads still running (at shutdown, after :meth:`settle`)."""
-        for task in list(self._tasks):
+        tasks = self._tasks | self.finals.tasks
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

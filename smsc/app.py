@@ -55,6 +55,7 @@ from smsc.delivery import Delivery
 from smsc.http_node import HttpNode
 from smsc.ids import IdAllocator
 from smsc.metrics import SmscCollector
+from smsc.peers import Peers
 from smsc.reload import ReloadPlan
 from smsc.reload import plan as reload_plan
 from smsc.security import BindGuard
@@ -163,6 +164,8 @@ class App:
         self.router: Router | None = None
         self.server: Server | None = None
         self.delivery: Delivery | None = None
+        #: In a cluster: the signals between nodes (smsc/peers.py).
+        self.peers: Peers | None = None
         self._listener: aio.Listener | None = None
         self._tls_listener: aio.Listener | None = None
         self._http: AdminServer | None = None
@@ -231,6 +234,8 @@ class App:
             bind_slots=self._slots_for if self.cluster.shared else None,
         )
         await self.router.start()
+        if self.cluster.shared:
+            await self._start_peers(self.router, self.delivery)
         self.server = Server(
             system_id=config.system_id,
             accounts=accounts,
@@ -242,6 +247,7 @@ class App:
             max_connections=config.listen.max_connections,
             guard=BindGuard(config.security),
             sessions=self.cluster.coordinator if self.cluster.shared else None,
+            peers=self.peers,
         )
         SmscCollector(self.server, self.router, self.delivery).register(self.registry)
         ClusterCollector(self.cluster).register(self.registry)
@@ -262,6 +268,33 @@ class App:
         await self.web.start(self.server, self.router, self.registry)
         self.api_port = self.web.port
         self._started.set()
+
+    async def _start_peers(self, router: Router, delivery: Delivery) -> None:
+        """In a cluster: the signals between nodes (held deliveries announced to the nodes
+        that have a receiver of the account; cancel and replace asked of the node that
+        queues the message)."""
+        from router.cluster.signals import RedisSignals
+
+        cluster = self.config.cluster
+        signals = RedisSignals.from_config(cluster, str(self.config.node_id))
+        try:
+            await signals.open()
+        except BaseException:
+            await signals.close()
+            raise
+        self.peers = Peers(
+            signals,
+            intake=router,
+            woken=delivery.woken,
+            sweep=delivery.sweep,
+            # Signals are rarely missed (a stream, read on from the last entry): a sweep
+            # per lease (when another node's claims lapse) is enough.
+            sweep_interval=max(cluster.lease, 1.0),
+            timeout=cluster.timeout,
+            flush=self.store.flush,
+        )
+        delivery.held_elsewhere = self.peers.held
+        self.peers.start()
 
     @property
     def started(self) -> bool:
@@ -612,6 +645,9 @@ class App:
             await self.server.stop()
         if self.router is not None:
             await self.router.stop(left())
+        if self.peers is not None:
+            await self.peers.stop()
+            self.peers = None
         if self.delivery is not None:
             await self.delivery.stop()
         await self.web.stop(left(5.0))

@@ -14,6 +14,13 @@ slot to free when none has one; it ends once the store has nothing left of the a
 or no receive-capable bind is left. New deliveries wait behind a running drain (in
 memory up to ``_MAX_BEHIND``, then in the store) so that they do not overtake it.
 
+In a cluster (the store is the nodes' shared Redis) an item held for an account that has
+no receive-capable bind on this node is announced, once committed, to the other nodes
+(``held_elsewhere``: smsc/peers.py); a node with such a bind drains it (``woken``), and
+every node sweeps its bound accounts now and then (``sweep``) for a signal it missed. The
+store's claims (``held`` claims what it returns for this node) keep two nodes from sending
+one item; the order holds per node, not between two nodes draining one account at once.
+
 A deliver_sm_resp that comes after ``response_timeout`` is not wasted: the session
 reports it (smppcore LateResponse), and the held copy, not yet sent again, is released
 instead of sent twice.
@@ -116,6 +123,13 @@ class Delivery:
         self.accounts = accounts
         self.store = store
         self.wall = wall
+        #: In a cluster: told (after the hold is committed) when an item is held for an
+        #: account with no receive-capable bind here, so that the nodes with one drain it
+        #: (smsc.peers.Peers.held). None alone.
+        self.held_elsewhere: Callable[[str], None] | None = None
+        #: Signals from other nodes that they held items, per account (a drain that
+        #: finds the store empty ends only when none came during its read).
+        self._wakes: dict[str, int] = {}
         self._draining: set[str] = set()
         self._holds: dict[str, int] = {}  # items held so far, per account (see _drain)
         self._held_now: dict[str, int] = {}  # held and not delivered yet, per account
@@ -376,13 +390,46 @@ class Delivery:
             frame = HEADER.pack(HEADER_LENGTH + len(pdu), _DELIVER_SM, 0, 0) + pdu
         else:
             frame = encode(pdu)
-        if not self.store.hold(account, frame, expires, settled):
+        on_durable = settled
+        if self.held_elsewhere is not None and not self._receives_here(account):
+            on_durable = partial(self._held_durably, account, settled)
+        if not self.store.hold(account, frame, expires, on_durable):
             return False
         self.held += 1
         self._holds[account] = self._holds.get(account, 0) + 1
         self._count_held(account, 1)
         self._start_drain(account)  # a receiver bound (slow, or another one) takes it
         return True
+
+    def _receives_here(self, account: str) -> bool:
+        state = self.accounts.get(account)
+        return state is not None and any(_live(c) for c in state.receivers)
+
+    def _held_durably(self, account: str, settled: SettledCallback | None, ok: bool) -> None:
+        """An item held for ``account`` (no receiver here) is committed: the nodes that
+        have one are told."""
+        if ok and self.held_elsewhere is not None:
+            self.held_elsewhere(account)
+        if settled is not None:
+            settled(ok)
+
+    def woken(self, account: str) -> None:
+        """Another node held items for ``account``: drain them if it has a
+        receive-capable bind here."""
+        if account not in self.accounts:
+            return
+        self._wakes[account] = self._wakes.get(account, 0) + 1
+        room = self._room.get(account)
+        if room is not None:
+            room.set()
+        self._start_drain(account)
+
+    def sweep(self) -> None:
+        """Start a drain for every account with a receive-capable bind here (in a cluster,
+        now and then: items held by a node whose signal was missed, or claimed by a node
+        that died and whose claims lapsed)."""
+        for account in self.accounts:
+            self._start_drain(account)
 
     def _hold_or_drop(
         self, account: str, pdu: Item, expires: float, settled: SettledCallback | None = None
@@ -479,7 +526,7 @@ class Delivery:
                     await asyncio.sleep(_RETRY_PAUSE)  # then read what failed again, in order
                     if not any(_live(c) for c in state.receivers):
                         return
-                holds = self._holds.get(account, 0)
+                holds = self._holds.get(account, 0) + self._wakes.get(account, 0)
                 room.clear()  # before the read: an answer during it is not missed
                 drain.answered = set()  # answered during the read (their release is queued)
                 try:
@@ -496,7 +543,7 @@ class Delivery:
                     if drain.inflight:
                         await _wait(room, _ROOM_CHECK)  # an answer, then read again
                         continue
-                    if self._holds.get(account, 0) == holds:
+                    if self._holds.get(account, 0) + self._wakes.get(account, 0) == holds:
                         emptied = True
                         self._late.pop(account, None)  # nothing held is left to match
                         self._count_held(account, -self._held_now.get(account, 0))

@@ -57,6 +57,7 @@ from smsc.config import SecurityConfig
 from smsc.delivery import Delivery
 from smsc.ids import IdAllocator
 from smsc.messages import admit, build_message
+from smsc.peers import Peers
 from smsc.security import Admission, BindGuard
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,11 @@ class Server:
         guard: BindGuard | None = None,
         wall: Callable[[], float] = time.time,
         sessions: Coordinator | None = None,
+        peers: Peers | None = None,
     ) -> None:
         """``sessions``: where an account's session slots are counted across the nodes of
-        a cluster (max_sessions holds for all of them); None: this node alone."""
+        a cluster (max_sessions holds for all of them); None: this node alone. ``peers``:
+        the other nodes of a cluster, asked to cancel or replace a message they queue."""
         self.system_id = system_id
         self.accounts = accounts
         self.intake = intake
@@ -132,6 +135,7 @@ class Server:
         self.guard = guard if guard is not None else BindGuard(SecurityConfig())
         self.wall = wall
         self.sessions = sessions
+        self.peers = peers
         self.metrics = ServerMetrics()
         self.connections: set[aio.Connection] = set()
         #: Bound sessions by bind id (admin API: list, kick).
@@ -649,6 +653,18 @@ class EsmeHandler(aio.Handler):
             return None
         return stored
 
+    async def _elsewhere(self, stored: StoredMessage, new: Message | None) -> bool:
+        """In a cluster, cancel (``new`` None) or replace a message that another node
+        holds, not final yet: that node is asked (it alone knows whether the message is
+        still in its queue). StoreError when it does not answer in time."""
+        peers = self.server.peers
+        owner = stored.owner
+        if peers is None or not owner or owner == peers.node_id or stored.done_at is not None:
+            return False
+        if new is None:
+            return await peers.cancel(owner, stored.message.id)
+        return await peers.replace(owner, new)
+
     async def _query(self, conn: aio.Connection, pdu: QuerySm) -> None:
         stored = await self._owned(pdu.message_id, pdu.source_addr)
         if stored is None:
@@ -680,7 +696,9 @@ class EsmeHandler(aio.Handler):
     async def _cancel(self, conn: aio.Connection, pdu: CancelSm) -> None:
         server = self.server
         stored = await self._owned(pdu.message_id, pdu.source_addr)
-        if stored is None or not server.intake.cancel(pdu.message_id):
+        if stored is None or not (
+            server.intake.cancel(pdu.message_id) or await self._elsewhere(stored, None)
+        ):
             # §4.9.1: no id-less bulk cancel here; only a message not yet sent upstream.
             self._refuse(conn, pdu, _S.ESME_RCANCELFAIL)
             return
@@ -720,7 +738,7 @@ class EsmeHandler(aio.Handler):
             schedule_at=schedule_at,
             expires_at=expires_at,
         )
-        if not server.intake.replace(new):
+        if not (server.intake.replace(new) or await self._elsewhere(stored, new)):
             self._refuse(conn, pdu, _S.ESME_RREPLACEFAIL)
             return
         server.metrics.pdu(pdu.command_id, 0)

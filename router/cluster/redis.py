@@ -138,7 +138,7 @@ class _Entry(msgspec.Struct, frozen=True):
 
 
 @contextlib.asynccontextmanager
-async def _reaching(what: str) -> AsyncIterator[None]:
+async def reaching(what: str) -> AsyncIterator[None]:
     """Redis's connection errors and timeouts as ClusterUnavailable."""
     try:
         yield
@@ -224,7 +224,7 @@ class RedisCoordinator:
     async def _register(self, now: float) -> None:
         entry = _Entry(self._report, {k: n for k, n in self._held.items() if n}, now)
         forget = now - max(60.0, _FORGET_LEASES * self.lease)
-        async with _reaching("heartbeat"):
+        async with reaching("heartbeat"):
             ok = await self._beat(
                 keys=self._registry(),
                 args=[
@@ -242,7 +242,7 @@ class RedisCoordinator:
     async def open(self, now: float) -> None:
         await self._register(now)
         self._joined = True
-        async with _reaching("open"):
+        async with reaching("open"):
             last: Any = await self._redis.xrevrange(f"{{{self._p}}}:reload", count=1)
         if last:
             self._reload_from = _text(last[0][0])
@@ -252,7 +252,7 @@ class RedisCoordinator:
             if not self._joined:  # never joined: the id may be another live node's
                 return
             self._joined = False
-            async with _reaching("close"):
+            async with reaching("close"):
                 pipe = self._redis.pipeline(transaction=False)
                 nodes, beats, owners = self._registry()
                 pipe.hdel(nodes, self.node_id)
@@ -276,7 +276,7 @@ class RedisCoordinator:
     async def heartbeat(self, report: NodeReport, now: float) -> dict[str, int]:
         self._report = report
         until = now + self.lease
-        async with _reaching("heartbeat"):
+        async with reaching("heartbeat"):
             pipe = self._redis.pipeline(transaction=False)
             for account, tokens in self._mine.items():
                 if tokens:
@@ -296,7 +296,7 @@ class RedisCoordinator:
         return {name: n for name, n in self._held.items() if n}
 
     async def nodes(self, now: float) -> tuple[NodeState, ...]:
-        async with _reaching("nodes"):
+        async with reaching("nodes"):
             raw = await self._redis.hgetall(self._registry()[0])
         out = []
         for node_id, payload in raw.items():
@@ -322,7 +322,7 @@ class RedisCoordinator:
     async def acquire_session(self, account: str, limit: int, now: float) -> str | None:
         self._seq += 1
         token = f"{self.node_id}:{self._instance}:{self._seq}"
-        async with _reaching("session"):
+        async with reaching("session"):
             taken = await self._session(
                 keys=[self._sessions_key(account)],
                 args=[limit, repr(now), repr(now + self.lease), token, self._ttl_ms],
@@ -338,11 +338,11 @@ class RedisCoordinator:
             mine.discard(slot)
             if not mine:
                 del self._mine[account]
-        async with _reaching("session"):
+        async with reaching("session"):
             await self._redis.zrem(self._sessions_key(account), slot)
 
     async def sessions(self, account: str, now: float) -> int:
-        async with _reaching("sessions"):
+        async with reaching("sessions"):
             return int(await self._redis.zcount(self._sessions_key(account), f"({now!r}", "+inf"))
 
     # --- token buckets -------------------------------------------------------------------
@@ -351,7 +351,7 @@ class RedisCoordinator:
         self, bucket: str, rate: float, burst: float, want: int, now: float
     ) -> int:
         ttl = max(60_000, math.ceil(burst / rate * 1000) + 60_000)
-        async with _reaching("tokens"):
+        async with reaching("tokens"):
             granted = await self._tokens(
                 keys=[f"{{{self._p}:tb:{bucket}}}"],
                 args=[repr(rate), repr(burst), want, repr(now), ttl],
@@ -369,7 +369,7 @@ class RedisCoordinator:
 
     async def claim_binds(self, carrier: str, total: int, want: int, now: float) -> int:
         self._claims[carrier] = (total, want)
-        async with _reaching("binds"):
+        async with reaching("binds"):
             held = int(await self._claim(self._redis, carrier, total, want, now))
         self._held[carrier] = held
         return held
@@ -378,7 +378,7 @@ class RedisCoordinator:
         self._claims.pop(carrier, None)
         self._held.pop(carrier, None)
         holders, counts = self._carrier_keys(carrier)
-        async with _reaching("binds"):
+        async with reaching("binds"):
             pipe = self._redis.pipeline(transaction=True)
             pipe.zrem(holders, self.node_id)
             pipe.hdel(counts, self.node_id)
@@ -387,7 +387,7 @@ class RedisCoordinator:
     # --- reload fan-out ------------------------------------------------------------------
 
     async def publish_reload(self, reason: str) -> None:
-        async with _reaching("reload"):
+        async with reaching("reload"):
             await self._redis.xadd(
                 f"{{{self._p}}}:reload",
                 {"origin": self.node_id, "reason": reason},
@@ -401,7 +401,7 @@ class RedisCoordinator:
         while (left := end - time.monotonic()) > 0:
             # Blocks in slices well inside the socket timeout.
             block = max(1, min(1000, int(left * 1000)))
-            async with _reaching("reload"):
+            async with reaching("reload"):
                 got: Any = await self._redis.xread({key: self._reload_from}, count=16, block=block)
             for _stream, entries in got or ():
                 for entry_id, fields in entries:

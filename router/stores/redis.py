@@ -736,7 +736,7 @@ class RedisStore(WriteBehind):
         return self._stored(values)
 
     def _stored(self, values: Sequence[Any]) -> StoredMessage | None:
-        body, state, error, carrier, carrier_message_id, done_at, _owner = values
+        body, state, error, carrier, carrier_message_id, done_at, owner = values
         if body is None:
             return None
         return StoredMessage(
@@ -746,6 +746,7 @@ class RedisStore(WriteBehind):
             carrier=(carrier or b"").decode(),
             carrier_message_id=(carrier_message_id or b"").decode(),
             done_at=None if done_at is None else float(done_at),
+            owner=(owner or b"").decode(),
         )
 
     async def find_sent(self, carrier: str, key: str) -> str | None:
