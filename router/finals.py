@@ -153,18 +153,18 @@ class Finals:
         """In a cluster, a final receipt may reach two nodes (a carrier sends it again over
         another node's bind; a node's receipt deadline passes while another has the
         receipt): the final state is claimed first, a compare-and-set in the shared store,
-        and only the node that wins reports it — the client gets it once. The carriers are
-        answered ESME_ROK once the receipt is delivered or held (a loser's at once), and
-        ESME_RX_T_APPN when the store did not answer (they send it again).
-
-        The price of the order: a node killed between its claim and the hold (a round trip)
-        loses that receipt (the carrier's resend finds the message final)."""
+        and only the node that wins reports it — the client gets it once. The winner holds
+        a report lease until the receipt is delivered or held (then settled); a claim
+        meanwhile, and a store that does not answer, get ESME_RX_T_APPN (the carrier sends
+        it again); a node that dies before it settles leaves a lease that lapses, and the
+        carrier's resend is claimed and reported again (at least once: the client may get
+        that receipt twice, never none)."""
         message_id = stored.message.id
         try:
             won = await self.store.claim_final(message_id, report)
         except Exception as exc:
-            log.warning("message %s: its final state could not be claimed: %s", message_id, exc)
-            self.durably(message_id, False)
+            log.info("message %s: its final receipt cannot be claimed now: %s", message_id, exc)
+            self._retry_later(message_id)
             return
         if not won:
             self.metrics.event("receipt_duplicate", report.carrier)
@@ -178,15 +178,36 @@ class Finals:
             self._claimed(message_id, report, False)
 
     def _claimed(self, message_id: str, report: DeliveryReport, reported: bool) -> None:
-        """A claimed final receipt is delivered or held (``reported``), or neither."""
-        if not reported:
-            self.metrics.event("receipt_dropped", report.carrier)
-            log.error(
-                "message %s: its %s receipt could neither be delivered nor held: dropped",
-                message_id,
-                report.state.name,
-            )
-        self.durably(message_id, True)  # final in the store: a resend would be a duplicate
+        """A claimed final receipt is delivered or held (``reported``): settle the claim,
+        then answer the carriers. Neither: a carrier sends it again (its lease lapses
+        first); one we decided ourselves, with no carrier to send it again, is dropped."""
+        if reported:
+            task = asyncio.create_task(self._settle(message_id))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
+        if any(respond is not None for respond in self.finishing.get(message_id, ())):
+            self._retry_later(message_id)
+            return
+        self.metrics.event("receipt_dropped", report.carrier)
+        log.error(
+            "message %s: its %s receipt could neither be delivered nor held: dropped",
+            message_id,
+            report.state.name,
+        )
+        self.durably(message_id, True)
+
+    async def _settle(self, message_id: str) -> None:
+        try:
+            await self.store.settle_final(message_id)
+        except Exception as exc:  # its lease lapses instead; the carriers are answered
+            log.warning("message %s: its final receipt's claim not settled: %s", message_id, exc)
+        self.durably(message_id, True)
+
+    def _retry_later(self, message_id: str) -> None:
+        """Ask the carriers waiting on ``message_id``'s final state to send it again."""
+        for respond in self.finishing.pop(message_id, ()):
+            answer(respond, RETRY_LATER)
 
     def repeated(self, our_id: str, report: DeliveryReport, respond: Respond | None) -> None:
         """A final receipt for a message whose final state is being made durable: its

@@ -128,7 +128,17 @@ class MessageStore(Protocol):
         """A final state as a compare-and-set, written now (not queued): True if this call
         gave the message its final state, False if it had one already (another node, or
         an earlier call, won) or is not stored. Of several nodes finishing one message at
-        once exactly one wins: the one that may deliver its receipt."""
+        once exactly one wins: the one that may deliver its receipt.
+
+        On a store shared by nodes the winner holds a report lease until
+        :meth:`settle_final`: meanwhile another claim raises StoreError (the carrier is
+        asked to send the receipt again later); once the lease lapses unsettled (the
+        winner died before its receipt was delivered or held) the next claim wins again."""
+        ...
+
+    async def settle_final(self, message_id: str) -> None:
+        """The receipt of a final state this node claimed is delivered or held: later
+        claims are duplicates (a no-op where one node owns the store)."""
         ...
 
     def update_message(self, message: Message) -> None:

@@ -200,6 +200,7 @@ def test_a_final_state_is_claimed_once(backend: Backend, run: Any) -> None:
             assert store.add(msg(1))
             report = DeliveryReport("", MessageState.DELIVERED, done_at=3.0)
             assert await store.claim_final("m000001", report) is True
+            await store.settle_final("m000001")  # its receipt is delivered or held
             assert await store.claim_final("m000001", report) is False
             assert await store.claim_final("unknown", report) is False
             stored = await store.get("m000001")
@@ -428,19 +429,58 @@ def test_of_two_nodes_finishing_one_message_exactly_one_wins(
             expired = DeliveryReport("", MessageState.EXPIRED, done_at=3.0)
             for i in range(20):
                 wins = await asyncio.gather(
-                    a.claim_final(f"m{i:06d}", delivered), b.claim_final(f"m{i:06d}", expired)
+                    a.claim_final(f"m{i:06d}", delivered),
+                    b.claim_final(f"m{i:06d}", expired),
+                    return_exceptions=True,
                 )
-                assert sorted(wins) == [False, True]
+                # The loser finds the winner reporting it (try again later: StoreError).
+                assert wins.count(True) == 1
+                loser = wins[1] if wins[0] is True else wins[0]
+                assert isinstance(loser, StoreError), wins
                 stored = await b.get(f"m{i:06d}")
                 assert stored is not None
-                winner = MessageState.DELIVERED if wins[0] else MessageState.EXPIRED
+                winner = MessageState.DELIVERED if wins[0] is True else MessageState.EXPIRED
                 assert stored.state is winner
+                await (a if wins[0] is True else b).settle_final(f"m{i:06d}")
+                # Settled: the loser's next try is a duplicate.
+                again = (b if wins[0] is True else a).claim_final(f"m{i:06d}", delivered)
+                assert await again is False
             # A write-behind final state after the claim does not overwrite it either.
             a.set_final("m000000", DeliveryReport("", MessageState.REJECTED, done_at=4.0))
             await a.flush()
             stored = await a.get("m000000")
             assert stored is not None
             assert stored.state is not MessageState.REJECTED
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_claim_whose_node_died_before_settling_is_claimed_again_once_it_lapses(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """Node a claims a final state and dies before its receipt is delivered or held: the
+    carrier's resend, at node b, is asked to come back while a's lease lasts, and once it
+    lapsed b claims it and reports it (at least once); after b settles, it is a duplicate."""
+
+    async def main() -> None:
+        clock = Clock(1_000.0)
+        nodes = redis_backend(redis_url)
+        report = DeliveryReport("", MessageState.DELIVERED, done_at=2.0)
+        async with (
+            opened(nodes.make("a", clock=clock)) as a,
+            opened(nodes.make("b", clock=clock)) as b,
+        ):
+            assert a.add(msg(1))
+            await a.flush()
+            assert await a.claim_final("m000001", report) is True  # ... and a dies
+            with pytest.raises(StoreError, match="being reported"):
+                await b.claim_final("m000001", report)
+            clock.now += 31.0  # a's lease lapsed (claim_seconds 30)
+            assert await b.claim_final("m000001", report) is True
+            await b.settle_final("m000001")
+            assert await b.claim_final("m000001", report) is False
+            assert await a.claim_final("m000001", report) is False
 
     run(asyncio.wait_for(main(), DEADLINE))
 

@@ -286,8 +286,39 @@ redis.call('DEL', KEYS[1])
 return #all / 2
 """
 
+# A final state claimed by one node (claim_final), and its report lease.
+# KEYS: [1] the message (P:{m<b>}:m:<id>), [2] its report lease (P:{m<b>}:r:<id>), [3] the
+#   bucket's done zset. ARGV: [1] the tag, [2] this node, [3] now ms, [4] lease until ms,
+#   [5] ttl ms, [6] state, [7] error, [8] done_at, [9] the message id.
+# The winner holds the lease until its receipt is delivered or held (settle_final deletes
+# it); a node that dies first leaves a lease that lapses, and the carrier's resend, on any
+# node, is claimed again.
+# Returns 1 claimed (or taken over from a lapsed lease), 0 no such message, 2 final and
+# settled (a duplicate), 3 final and being reported by a live claim (try again later).
+_CLAIM_LUA: Final = """
+local key, lease = KEYS[1], KEYS[2]
+local tag, node, now, till, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local got = redis.call('HMGET', key, 'd', 'o')
+if not got[2] then return 0 end
+if got[1] then
+  local held = redis.call('GET', lease)
+  if not held then return 2 end
+  local sep = string.find(held, '|', 1, true)
+  if tonumber(string.sub(held, sep + 1)) > now then return 3 end
+  redis.call('SET', lease, node .. '|' .. till, 'PX', ttl)
+  return 1
+end
+redis.call('HSET', key, 's', ARGV[6], 'e', ARGV[7], 'd', ARGV[8])
+redis.call('ZREM', tag .. ':u:' .. got[2], ARGV[9])
+redis.call('ZADD', KEYS[3], ARGV[8], ARGV[9])
+redis.call('PEXPIRE', key, ttl)
+redis.call('SET', lease, node .. '|' .. till, 'PX', ttl)
+return 1
+"""
+
 _SCRIPTS: Final = {
     "batch": _BATCH_LUA,
+    "claim": _CLAIM_LUA,
     "hold": _HOLD_LUA,
     "held": _HELD_LUA,
     "release": _RELEASE_LUA,
@@ -806,23 +837,47 @@ class RedisStore(WriteBehind):
             return sum(int(r) for r in await self._read_all(client, calls))
 
     async def claim_final(self, message_id: str, report: DeliveryReport) -> bool:
-        """The message script's compare-and-set, at once (after this node's queued writes
-        of the message)."""
+        """The claim script's compare-and-set, at once (after this node's queued writes of
+        the message), with a report lease of ``claim_seconds`` until :meth:`settle_final`."""
         if not is_final(report.state):
             raise ValueError(f"not a final state: {report.state!r}")
         done_at = report.done_at if report.done_at > 0 else self._clock()
+        tag = f"{self._p}:{{m{_bucket(message_id)}}}"
+        now = self._clock()
         async with self._deadline("claim_final"):
             seq = self._pending_ids.get(message_id)
             if seq is not None:
                 await self._until(seq)
-            bucket = _Bucket()
-            record = bucket.message(message_id, 0, "", "0", 0)
-            record[_FINAL_AT : _FINAL_AT + 4] = (1, int(report.state), report.error, _num(done_at))
-            call = bucket.call(
-                self._sha["batch"], f"{self._p}:{{m{_bucket(message_id)}}}", self._keep_ms
+            result = int(
+                await self._call(
+                    "claim_final",
+                    "EVALSHA",
+                    self._sha["claim"],
+                    3,
+                    f"{tag}:m:{message_id}",
+                    f"{tag}:r:{message_id}",
+                    f"{tag}:done",
+                    tag,
+                    self._node_id,
+                    int(now * 1000),
+                    int((now + self._claim_seconds) * 1000),
+                    self._keep_ms,
+                    int(report.state),
+                    report.error,
+                    _num(done_at),
+                    message_id,
+                )
             )
-            result = self._batch_results(call, await self._call("claim_final", *call))
-        return result == [1]
+        if result == 3:
+            raise StoreError(f"message {message_id}: its final receipt is being reported")
+        return result == 1
+
+    async def settle_final(self, message_id: str) -> None:
+        """The claimed final state's receipt is delivered or held: its lease goes, and a
+        later claim is a duplicate."""
+        tag = f"{self._p}:{{m{_bucket(message_id)}}}"
+        async with self._deadline("settle_final"):
+            await self._call("settle_final", "DEL", f"{tag}:r:{message_id}")
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
         async with self._deadline("held"):

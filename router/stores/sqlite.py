@@ -519,6 +519,9 @@ class SqliteStore(WriteBehind):
                 wthread, _write_one, wdb, _TAKE_OVER, (self._node_id, node_id)
             )
 
+    async def settle_final(self, message_id: str) -> None:
+        """One node owns this store: its claims need no lease."""
+
     async def claim_final(self, message_id: str, report: DeliveryReport) -> bool:
         """One conditional UPDATE on the writer's connection, after the writes queued
         before it (``flush``), within ``read_timeout``."""
