@@ -19,7 +19,8 @@ run: setup
 	$(BIN)/smsc serve
 
 # Two nodes of a cluster on one local Redis (port 6390, data in a temporary directory): node 1
-# on 127.0.0.1:2775 (metrics 9775), node 2 on 127.0.0.1:2785 (metrics 9785), each with the
+# on 127.0.0.1:2775 (metrics and console 9775, HTTP API 8775), node 2 on 127.0.0.1:2785
+# (9785, 8785), each with the
 # embedded default's simulated carriers (their binds shared out between the nodes) and its
 # own working directory (each in a process group of its own, so that Ctrl-C reaches make,
 # which stops the nodes in order, then Redis).
@@ -31,9 +32,9 @@ run-cluster: setup services
 	for i in $$(seq 100); do redis-cli -p 6390 ping >/dev/null 2>&1 && break; sleep 0.1; done; \
 	echo "redis: $(CLUSTER_REDIS) (data and logs in $$dir)"; \
 	(cd $$dir/node1 && exec setsid $(abspath $(BIN))/smsc serve --redis $(CLUSTER_REDIS) \
-	  --node-id 1 --port 2775 --metrics-port 9775) & one=$$!; \
+	  --node-id 1 --port 2775 --metrics-port 9775 --api-port 8775) & one=$$!; \
 	(cd $$dir/node2 && exec setsid $(abspath $(BIN))/smsc serve --redis $(CLUSTER_REDIS) \
-	  --node-id 2 --port 2785 --metrics-port 9785) & two=$$!; \
+	  --node-id 2 --port 2785 --metrics-port 9785 --api-port 8785) & two=$$!; \
 	stop() { kill $$one $$two 2>/dev/null; wait $$one $$two; kill $$redis; wait $$redis; }; \
 	trap stop INT TERM; wait $$one $$two; kill $$redis 2>/dev/null; wait $$redis
 
