@@ -39,11 +39,11 @@ def free_port() -> int:
 
 
 def start_server(
-    cmd: list[str], env: dict[str, str] | None = None
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> tuple[subprocess.Popen[str], int]:
     """Start ``cmd`` and wait for its "listening ... :PORT" line; the process and PORT."""
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + START_DEADLINE
