@@ -242,6 +242,13 @@ def window1(port: int, seconds: float, after_receipt: bool) -> dict[str, Any]:
 # --- report ---------------------------------------------------------------------------------
 
 
+def last_line(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """A bench's last output line: ``result`` with the load's shape (``--binds``,
+    ``--window``, ``--duration``) and the machine, as one JSON object."""
+    shape = {"binds": args.binds, "window": args.window, "duration_s": args.duration}
+    print(json.dumps({**result, **shape, "machine": machine()}, separators=(",", ":")))
+
+
 def machine() -> dict[str, Any]:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -365,34 +372,28 @@ def main() -> int:
         " (target 1,000);"
         f" saturates with smsc: {saturates}; {time.monotonic() - started:.0f} s"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "carrier",
-                "msgs_per_s": best["smsc"]["msgs_per_s"],
-                "peer_msgs_per_s": best["node"]["msgs_per_s"],
-                "ratio_vs_node_smpp": round(ratio, 2),
-                "paired_median_ratio": round(paired_median, 2),
-                "paired_ratios": [round(x, 2) for x in paired],
-                "window1_msgs_per_s": w1_ours,
-                "peer_window1_msgs_per_s": min(
-                    w1["node_after_resp"]["msgs_per_s"], w1["node_after_receipt"]["msgs_per_s"]
-                ),
-                "targets": {"ratio_vs_node_smpp": 3, "window1_msgs_per_s": 1000},
-                "targets_met": ratio >= 3 and w1_ours >= 1000,
-                "saturates": saturates,
-                "smsc": best["smsc"],
-                "node": best["node"],
-                "window1": w1,
-                "binds": args.binds,
-                "window": args.window,
-                "workers": args.workers,
-                "duration_s": args.duration,
-                "rounds": args.rounds,
-                "machine": machine(),
-            },
-            separators=(",", ":"),
-        )
+    last_line(
+        {
+            "bench": "carrier",
+            "msgs_per_s": best["smsc"]["msgs_per_s"],
+            "peer_msgs_per_s": best["node"]["msgs_per_s"],
+            "ratio_vs_node_smpp": round(ratio, 2),
+            "paired_median_ratio": round(paired_median, 2),
+            "paired_ratios": [round(x, 2) for x in paired],
+            "window1_msgs_per_s": w1_ours,
+            "peer_window1_msgs_per_s": min(
+                w1["node_after_resp"]["msgs_per_s"], w1["node_after_receipt"]["msgs_per_s"]
+            ),
+            "targets": {"ratio_vs_node_smpp": 3, "window1_msgs_per_s": 1000},
+            "targets_met": ratio >= 3 and w1_ours >= 1000,
+            "saturates": saturates,
+            "smsc": best["smsc"],
+            "node": best["node"],
+            "window1": w1,
+            "workers": args.workers,
+            "rounds": args.rounds,
+        },
+        args,
     )
     return 0
 

@@ -454,44 +454,38 @@ def main() -> int:
         f" vs SQLite {node_ratio:.2f}x (target <= 1.25); Redis {cmds} cmds/msg (target <= 4);"
         f" targets {verdict}; {time.monotonic() - started:.0f} s"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "cluster",
-                "single_sqlite_msgs_per_s": sq["msgs_per_s"],
-                "single_redis_msgs_per_s": rd["msgs_per_s"],
-                "cluster2_msgs_per_s": c2["msgs_per_s"],
-                "peer": "one node on SQLite (single_sqlite), same run",
-                "ratio_redis_vs_sqlite": round(rd["msgs_per_s"] / sq["msgs_per_s"], 2),
-                "ratio_cluster2_vs_single_redis": round(c2["msgs_per_s"] / rd["msgs_per_s"], 2),
-                "paired_ratios_cluster2_vs_single_redis": paired,
-                "redis_cmds_per_msg": cmds,
-                "redis_calls_per_msg": rd["redis_calls_per_msg"],
-                "cluster2_redis_cmds_per_msg": c2["redis_cmds_per_msg"],
-                "node_cpu_us_per_msg_sqlite": sq["node_cpu_us_per_msg"],
-                "node_cpu_us_per_msg_redis": c,
-                "node_cpu_us_per_msg_cluster2": c2["node_cpu_us_per_msg"],
-                "node_cpu_ratio_redis_vs_sqlite": round(node_ratio, 2),
-                "redis_cpu_us_per_msg": r,
-                "carrier_cpu_us_per_msg": k,
-                "generator_cpu_us_per_msg": rd["cpu_us_per_msg"]["generator"],
-                "scaling": scale,
-                "targets": {
-                    "redis_cmds_per_msg": 4,
-                    "node_cpu_ratio_redis_vs_sqlite": 1.25,
-                    "cluster2_vs_single_redis": 1.0,
-                },
-                "targets_met": met,
-                "best": {k: v["best"] for k, v in results.items()},
-                "rounds": runs,
-                "binds": args.binds,
-                "window": args.window,
-                "duration_s": args.duration,
-                "appendfsync": args.appendfsync,
-                "machine": cb.machine(),
+    cb.last_line(
+        {
+            "bench": "cluster",
+            "single_sqlite_msgs_per_s": sq["msgs_per_s"],
+            "single_redis_msgs_per_s": rd["msgs_per_s"],
+            "cluster2_msgs_per_s": c2["msgs_per_s"],
+            "peer": "one node on SQLite (single_sqlite), same run",
+            "ratio_redis_vs_sqlite": round(rd["msgs_per_s"] / sq["msgs_per_s"], 2),
+            "ratio_cluster2_vs_single_redis": round(c2["msgs_per_s"] / rd["msgs_per_s"], 2),
+            "paired_ratios_cluster2_vs_single_redis": paired,
+            "redis_cmds_per_msg": cmds,
+            "redis_calls_per_msg": rd["redis_calls_per_msg"],
+            "cluster2_redis_cmds_per_msg": c2["redis_cmds_per_msg"],
+            "node_cpu_us_per_msg_sqlite": sq["node_cpu_us_per_msg"],
+            "node_cpu_us_per_msg_redis": c,
+            "node_cpu_us_per_msg_cluster2": c2["node_cpu_us_per_msg"],
+            "node_cpu_ratio_redis_vs_sqlite": round(node_ratio, 2),
+            "redis_cpu_us_per_msg": r,
+            "carrier_cpu_us_per_msg": k,
+            "generator_cpu_us_per_msg": rd["cpu_us_per_msg"]["generator"],
+            "scaling": scale,
+            "targets": {
+                "redis_cmds_per_msg": 4,
+                "node_cpu_ratio_redis_vs_sqlite": 1.25,
+                "cluster2_vs_single_redis": 1.0,
             },
-            separators=(",", ":"),
-        )
+            "targets_met": met,
+            "best": {k: v["best"] for k, v in results.items()},
+            "rounds": runs,
+            "appendfsync": args.appendfsync,
+        },
+        args,
     )
     return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -207,28 +206,22 @@ def main() -> int:
         f" {cpu_ratio:.3f}x; idle serve CPU {idle['streams']:.4f} vs {idle['none']:.4f} cores;"
         f" {time.monotonic() - started:.0f} s"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "console",
-                "msgs_per_s": round(streams, 1),
-                "peer": "the same load on the same server with no console stream open",
-                "peer_msgs_per_s": round(none, 1),
-                "ratio": round(ratio, 3),
-                "target_ratio": 0.97,
-                "target_met": ratio >= 0.97,
-                "cpu_per_receipt_ratio": round(cpu_ratio, 3),
-                "idle_serve_cpu_cores": idle,
-                "streams": STREAMS,
-                "runs": runs,
-                "binds": args.binds,
-                "window": args.window,
-                "duration_s": args.duration,
-                "rounds": args.rounds,
-                "machine": cb.machine(),
-            },
-            separators=(",", ":"),
-        )
+    cb.last_line(
+        {
+            "bench": "console",
+            "msgs_per_s": round(streams, 1),
+            "peer": "the same load on the same server with no console stream open",
+            "peer_msgs_per_s": round(none, 1),
+            "ratio": round(ratio, 3),
+            "target_ratio": 0.97,
+            "target_met": ratio >= 0.97,
+            "cpu_per_receipt_ratio": round(cpu_ratio, 3),
+            "idle_serve_cpu_cores": idle,
+            "streams": STREAMS,
+            "runs": runs,
+            "rounds": args.rounds,
+        },
+        args,
     )
     return 0
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import json
 import os
 import pstats
 import signal
@@ -186,28 +185,22 @@ def main() -> int:
         f" {opened['target_rate']:,.0f}/s (target < 5); saturates: {saturates};"
         f" {time.monotonic() - started:.0f} s"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "e2e",
-                "msgs_per_s": closed["msgs_per_s"],
-                "p99_submit_ms": opened["submit_p99_ms"],
-                "open_loop_rate": opened["target_rate"],
-                "peer": "the same load straight at smsc carrier (one hop, the ceiling)",
-                "peer_msgs_per_s": ref["msgs_per_s"],
-                "ratio_vs_carrier_direct": round(ratio, 2),
-                "targets": {"msgs_per_s": 20_000, "p99_submit_ms": 5},
-                "targets_met": met,
-                "saturates": saturates,
-                **results,
-                "binds": args.binds,
-                "window": args.window,
-                "workers": args.workers,
-                "duration_s": args.duration,
-                "machine": cb.machine(),
-            },
-            separators=(",", ":"),
-        )
+    cb.last_line(
+        {
+            "bench": "e2e",
+            "msgs_per_s": closed["msgs_per_s"],
+            "p99_submit_ms": opened["submit_p99_ms"],
+            "open_loop_rate": opened["target_rate"],
+            "peer": "the same load straight at smsc carrier (one hop, the ceiling)",
+            "peer_msgs_per_s": ref["msgs_per_s"],
+            "ratio_vs_carrier_direct": round(ratio, 2),
+            "targets": {"msgs_per_s": 20_000, "p99_submit_ms": 5},
+            "targets_met": met,
+            "saturates": saturates,
+            **results,
+            "workers": args.workers,
+        },
+        args,
     )
     return 0
 
