@@ -43,6 +43,7 @@ by tens of percent within a minute, so this is the noise check), ``window1_msgs_
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -59,42 +60,15 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = ROOT / "tests" / "interop" / "node" / "node_modules"
 NODE_SMSC = ROOT / "bench" / "peers" / "node_smsc.js"
 CARRIER_CONF = ROOT / "bench" / "conf" / "carrier-bench.yaml"
-TICK = os.sysconf("SC_CLK_TCK")
-#: ``smsc carrier`` on the bench profile, on a free port.
-CARRIER_ARGS = ["carrier", "--config", str(CARRIER_CONF), "--port", "0", "--log-level", "warning"]
-
-
-# --- processes and CPU ---------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` (Linux /proc); 0.0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (all cores; /proc/stat, not idle/iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                kids = Path(f"/proc/{p}/task/{task}/children").read_text().split()
-                todo.extend(int(k) for k in kids)
-        except OSError:
-            pass
-    return out
+_spec = importlib.util.spec_from_file_location("bench_procs", ROOT / "bench" / "procs.py")
+assert _spec is not None
+assert _spec.loader is not None
+procs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(procs)
+# The names the benches have used as cb.<name> (bench/http_api.py, bench/soak.py still do).
+CARRIER_ARGS = procs.CARRIER_ARGS
+cpu_seconds, machine_busy, tree = procs.cpu_seconds, procs.machine_busy, procs.tree
+start_server, stop_server = procs.start_server, procs.stop_server
 
 
 class Sampler:
@@ -150,33 +124,6 @@ class Sampler:
         (t0, c0), (t1, c1) = window[0], window[-1]
         dt = t1 - t0
         return {k: round((c1[k] - c0[k]) / dt, 2) for k in c0}, dt
-
-
-def start_server(
-    cmd: list[str], env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if "listening" in line:
-            return proc, int(line.strip().rsplit(":", 1)[-1].rsplit(" ", 1)[-1])
-    proc.kill()
-    raise SystemExit(f"bench/carrier.py: {cmd[0]} did not start")
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 # --- the windowed load -----------------------------------------------------------------------
@@ -293,6 +240,13 @@ def window1(port: int, seconds: float, after_receipt: bool) -> dict[str, Any]:
 
 
 # --- report ---------------------------------------------------------------------------------
+
+
+def last_line(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """A bench's last output line: ``result`` with the load's shape (``--binds``,
+    ``--window``, ``--duration``) and the machine, as one JSON object."""
+    shape = {"binds": args.binds, "window": args.window, "duration_s": args.duration}
+    print(json.dumps({**result, **shape, "machine": machine()}, separators=(",", ":")))
 
 
 def machine() -> dict[str, Any]:
@@ -418,34 +372,28 @@ def main() -> int:
         " (target 1,000);"
         f" saturates with smsc: {saturates}; {time.monotonic() - started:.0f} s"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "carrier",
-                "msgs_per_s": best["smsc"]["msgs_per_s"],
-                "peer_msgs_per_s": best["node"]["msgs_per_s"],
-                "ratio_vs_node_smpp": round(ratio, 2),
-                "paired_median_ratio": round(paired_median, 2),
-                "paired_ratios": [round(x, 2) for x in paired],
-                "window1_msgs_per_s": w1_ours,
-                "peer_window1_msgs_per_s": min(
-                    w1["node_after_resp"]["msgs_per_s"], w1["node_after_receipt"]["msgs_per_s"]
-                ),
-                "targets": {"ratio_vs_node_smpp": 3, "window1_msgs_per_s": 1000},
-                "targets_met": ratio >= 3 and w1_ours >= 1000,
-                "saturates": saturates,
-                "smsc": best["smsc"],
-                "node": best["node"],
-                "window1": w1,
-                "binds": args.binds,
-                "window": args.window,
-                "workers": args.workers,
-                "duration_s": args.duration,
-                "rounds": args.rounds,
-                "machine": machine(),
-            },
-            separators=(",", ":"),
-        )
+    last_line(
+        {
+            "bench": "carrier",
+            "msgs_per_s": best["smsc"]["msgs_per_s"],
+            "peer_msgs_per_s": best["node"]["msgs_per_s"],
+            "ratio_vs_node_smpp": round(ratio, 2),
+            "paired_median_ratio": round(paired_median, 2),
+            "paired_ratios": [round(x, 2) for x in paired],
+            "window1_msgs_per_s": w1_ours,
+            "peer_window1_msgs_per_s": min(
+                w1["node_after_resp"]["msgs_per_s"], w1["node_after_receipt"]["msgs_per_s"]
+            ),
+            "targets": {"ratio_vs_node_smpp": 3, "window1_msgs_per_s": 1000},
+            "targets_met": ratio >= 3 and w1_ours >= 1000,
+            "saturates": saturates,
+            "smsc": best["smsc"],
+            "node": best["node"],
+            "window1": w1,
+            "workers": args.workers,
+            "rounds": args.rounds,
+        },
+        args,
     )
     return 0
 

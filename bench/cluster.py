@@ -57,7 +57,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,8 +67,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 # bench/ itself off the path: bench/queue.py would shadow the standard library's queue
 sys.path[0] = str(ROOT)
@@ -79,11 +76,11 @@ assert _spec is not None
 assert _spec.loader is not None
 cb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cb)
+procs = cb.procs
 
 import redis  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
-SMSC_CONF = ROOT / "bench" / "conf" / "smsc-bench.yaml"
 #: The carrier's binds for the whole cluster: 2 per node with two nodes.
 CARRIER_BINDS = 4
 #: Our Lua scripts (the store's, the coordinator's): the commands they run count in
@@ -100,12 +97,6 @@ def script_commands() -> frozenset[str]:
     for path in _LUA_SOURCES:
         found.update(m.lower() for m in re.findall(r"redis\.call\('([A-Za-z]+)'", path.read_text()))
     return frozenset(found)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- Redis figures ---------------------------------------------------------------------------
@@ -148,23 +139,17 @@ class Serve:
 
     def __init__(self, tmp: Path, name: str, carrier_port: int, cluster: dict[str, Any] | None,
                  node_id: int | None) -> None:  # fmt: skip
-        data = yaml.safe_load(SMSC_CONF.read_text())
-        for carrier in data["router"]["carriers"]:
-            carrier["port"] = carrier_port
-            carrier["binds"] = CARRIER_BINDS
         where = tmp / name
         where.mkdir()
-        data["router"]["store"]["path"] = str(where / "smsc.db")
+        data = procs.serve_config(carrier_port, where / "smsc.db")
+        for carrier in data["router"]["carriers"]:
+            carrier["binds"] = CARRIER_BINDS
         if cluster is not None:
             data["cluster"] = cluster
             data["node_id"] = node_id
-        self.metrics_port = free_port()
+        self.metrics_port = procs.free_port()
         data["metrics"] = {"port": self.metrics_port}
-        conf = where / "smsc.yaml"
-        conf.write_text(yaml.safe_dump(data, sort_keys=False))
-        self.proc, self.port = cb.start_server(
-            [sys.executable, "-m", "smsc", "serve", "--config", str(conf)]
-        )
+        self.proc, self.port = procs.start_serve(data, where)
         self.name = name
 
     def carrier_binds(self) -> float:
@@ -181,7 +166,7 @@ class Serve:
         return 0.0
 
     def stop(self) -> None:
-        cb.stop_server(self.proc)
+        procs.stop_server(self.proc)
 
 
 def wait_binds(nodes: list[Serve], each: int, deadline: float = 30.0) -> None:
@@ -201,10 +186,10 @@ def wait_binds(nodes: list[Serve], each: int, deadline: float = 30.0) -> None:
 
 def _cpu_all(pids: dict[str, int], gens: list[subprocess.Popen[str]],
              seen: dict[int, float]) -> dict[str, float]:  # fmt: skip
-    cpu = {name: cb.cpu_seconds(pid) for name, pid in pids.items()}
+    cpu = {name: procs.cpu_seconds(pid) for name, pid in pids.items()}
     for gen in gens:
-        for pid in cb.tree(gen.pid):
-            if c := cb.cpu_seconds(pid):
+        for pid in procs.tree(gen.pid):
+            if c := procs.cpu_seconds(pid):
                 seen[pid] = c
     cpu["generator"] = sum(seen.values())
     return cpu
@@ -220,7 +205,7 @@ def run_load(name: str, pids: dict[str, int], ports: list[int], args: argparse.N
         seen: dict[int, float] = {}
         before_cmds = commandstats(redis_url) if redis_url else {}
         cpu0 = _cpu_all(pids, [], seen)
-        busy0 = cb.machine_busy()
+        busy0 = procs.machine_busy()
         load = [
             sys.executable, "-m", "simulator.load", "--system-id", "test", "--password", "test",
             "--binds", str(per), "--window", str(args.window),
@@ -258,7 +243,7 @@ def run_load(name: str, pids: dict[str, int], ports: list[int], args: argparse.N
         # Until the stores wrote the last final states (their CPU and commands count).
         after_cmds = settled(redis_url) if redis_url else {}
         elapsed = time.monotonic() - t0
-        busy = cb.machine_busy() - busy0
+        busy = procs.machine_busy() - busy0
         cpu1 = _cpu_all(pids, [], seen)
         cpu1["generator"] = sum(seen.values())
         for g, out in zip(gens, outputs, strict=True):
@@ -407,8 +392,8 @@ def main() -> int:
         server.start()
         stack.callback(server.stop)
         assert server.proc is not None
-        carrier, carrier_port = cb.start_server([sys.executable, "-m", "smsc", *cb.CARRIER_ARGS])
-        stack.callback(cb.stop_server, carrier)
+        carrier, carrier_port = procs.start_carrier()
+        stack.callback(procs.stop_server, carrier)
         base = {"carrier": carrier.pid}
         plans = [
             ("single_sqlite", None, 1, "one node, SQLite "),
@@ -469,44 +454,38 @@ def main() -> int:
         f" vs SQLite {node_ratio:.2f}x (target <= 1.25); Redis {cmds} cmds/msg (target <= 4);"
         f" targets {verdict}; {time.monotonic() - started:.0f} s"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "cluster",
-                "single_sqlite_msgs_per_s": sq["msgs_per_s"],
-                "single_redis_msgs_per_s": rd["msgs_per_s"],
-                "cluster2_msgs_per_s": c2["msgs_per_s"],
-                "peer": "one node on SQLite (single_sqlite), same run",
-                "ratio_redis_vs_sqlite": round(rd["msgs_per_s"] / sq["msgs_per_s"], 2),
-                "ratio_cluster2_vs_single_redis": round(c2["msgs_per_s"] / rd["msgs_per_s"], 2),
-                "paired_ratios_cluster2_vs_single_redis": paired,
-                "redis_cmds_per_msg": cmds,
-                "redis_calls_per_msg": rd["redis_calls_per_msg"],
-                "cluster2_redis_cmds_per_msg": c2["redis_cmds_per_msg"],
-                "node_cpu_us_per_msg_sqlite": sq["node_cpu_us_per_msg"],
-                "node_cpu_us_per_msg_redis": c,
-                "node_cpu_us_per_msg_cluster2": c2["node_cpu_us_per_msg"],
-                "node_cpu_ratio_redis_vs_sqlite": round(node_ratio, 2),
-                "redis_cpu_us_per_msg": r,
-                "carrier_cpu_us_per_msg": k,
-                "generator_cpu_us_per_msg": rd["cpu_us_per_msg"]["generator"],
-                "scaling": scale,
-                "targets": {
-                    "redis_cmds_per_msg": 4,
-                    "node_cpu_ratio_redis_vs_sqlite": 1.25,
-                    "cluster2_vs_single_redis": 1.0,
-                },
-                "targets_met": met,
-                "best": {k: v["best"] for k, v in results.items()},
-                "rounds": runs,
-                "binds": args.binds,
-                "window": args.window,
-                "duration_s": args.duration,
-                "appendfsync": args.appendfsync,
-                "machine": cb.machine(),
+    cb.last_line(
+        {
+            "bench": "cluster",
+            "single_sqlite_msgs_per_s": sq["msgs_per_s"],
+            "single_redis_msgs_per_s": rd["msgs_per_s"],
+            "cluster2_msgs_per_s": c2["msgs_per_s"],
+            "peer": "one node on SQLite (single_sqlite), same run",
+            "ratio_redis_vs_sqlite": round(rd["msgs_per_s"] / sq["msgs_per_s"], 2),
+            "ratio_cluster2_vs_single_redis": round(c2["msgs_per_s"] / rd["msgs_per_s"], 2),
+            "paired_ratios_cluster2_vs_single_redis": paired,
+            "redis_cmds_per_msg": cmds,
+            "redis_calls_per_msg": rd["redis_calls_per_msg"],
+            "cluster2_redis_cmds_per_msg": c2["redis_cmds_per_msg"],
+            "node_cpu_us_per_msg_sqlite": sq["node_cpu_us_per_msg"],
+            "node_cpu_us_per_msg_redis": c,
+            "node_cpu_us_per_msg_cluster2": c2["node_cpu_us_per_msg"],
+            "node_cpu_ratio_redis_vs_sqlite": round(node_ratio, 2),
+            "redis_cpu_us_per_msg": r,
+            "carrier_cpu_us_per_msg": k,
+            "generator_cpu_us_per_msg": rd["cpu_us_per_msg"]["generator"],
+            "scaling": scale,
+            "targets": {
+                "redis_cmds_per_msg": 4,
+                "node_cpu_ratio_redis_vs_sqlite": 1.25,
+                "cluster2_vs_single_redis": 1.0,
             },
-            separators=(",", ":"),
-        )
+            "targets_met": met,
+            "best": {k: v["best"] for k, v in results.items()},
+            "rounds": runs,
+            "appendfsync": args.appendfsync,
+        },
+        args,
     )
     return 0
 

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import importlib.util
-import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,40 +30,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_carrier", ROOT / "bench" / "carrier.py")
 assert _spec is not None
 assert _spec.loader is not None
 cb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cb)
+procs = cb.procs
 
-SMSC_CONF = ROOT / "bench" / "conf" / "smsc-bench.yaml"
 TOKEN = "console-bench-token-0123456789"
 STREAMS = 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def start_serve(tmp: Path, carrier_port: int, http_port: int) -> tuple[Any, int]:
-    data = yaml.safe_load(SMSC_CONF.read_text())
-    for carrier in data["router"]["carriers"]:
-        carrier["port"] = carrier_port
-    data["router"]["store"]["path"] = str(tmp / "smsc.db")
+    data = procs.serve_config(carrier_port, tmp / "smsc.db")
     data["metrics"] = {"host": "127.0.0.1", "port": http_port}
     data["admin"] = {"token": TOKEN}
-    conf = tmp / "smsc.yaml"
-    conf.write_text(yaml.safe_dump(data, sort_keys=False))
-    started: tuple[Any, int] = cb.start_server(
-        [sys.executable, "-m", "smsc", "serve", "--config", str(conf)]
-    )
-    return started
+    return procs.start_serve(data, tmp)
 
 
 def wait_ready(http_port: int) -> None:
@@ -146,13 +127,11 @@ def idle_cost(pid: int, args: argparse.Namespace, seconds: float = 5.0) -> dict[
         readers = [Stream(args.http_port, args.cookie, stop) for _ in range(n)]
         for reader in readers:
             reader.start()
-        before, t0 = cb.cpu_seconds(pid), time.monotonic()
-        stop.wait(seconds)  # the measuring period itself
-        after, t1 = cb.cpu_seconds(pid), time.monotonic()
+        cores = procs.cpu_share(pid, stop.wait, seconds)
         stop.set()
         for reader in readers:
             reader.join(10)
-        out[case] = round((after - before) / (t1 - t0), 4)
+        out[case] = round(cores, 4)
     return out
 
 
@@ -174,12 +153,12 @@ def main() -> int:
         f" (no stream, {STREAMS} overview streams); nproc={len(os.sched_getaffinity(0))}",
         flush=True,
     )
-    carrier, carrier_port = cb.start_server([sys.executable, "-m", "smsc", *cb.CARRIER_ARGS])
+    carrier, carrier_port = procs.start_carrier()
     runs: dict[str, list[dict[str, Any]]] = {"none": [], "streams": []}
     idle: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="smsc-console-") as tmpdir:
-            args.http_port = free_port()
+            args.http_port = procs.free_port()
             serve, port = start_serve(Path(tmpdir), carrier_port, args.http_port)
             try:
                 wait_ready(args.http_port)
@@ -205,9 +184,9 @@ def main() -> int:
                             flush=True,
                         )
             finally:
-                cb.stop_server(serve)
+                procs.stop_server(serve)
     finally:
-        cb.stop_server(carrier)
+        procs.stop_server(carrier)
 
     def median(case: str) -> float:
         return statistics.median(r["msgs_per_s"] for r in runs[case]) if runs[case] else 0.0
@@ -227,28 +206,22 @@ def main() -> int:
         f" {cpu_ratio:.3f}x; idle serve CPU {idle['streams']:.4f} vs {idle['none']:.4f} cores;"
         f" {time.monotonic() - started:.0f} s"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "console",
-                "msgs_per_s": round(streams, 1),
-                "peer": "the same load on the same server with no console stream open",
-                "peer_msgs_per_s": round(none, 1),
-                "ratio": round(ratio, 3),
-                "target_ratio": 0.97,
-                "target_met": ratio >= 0.97,
-                "cpu_per_receipt_ratio": round(cpu_ratio, 3),
-                "idle_serve_cpu_cores": idle,
-                "streams": STREAMS,
-                "runs": runs,
-                "binds": args.binds,
-                "window": args.window,
-                "duration_s": args.duration,
-                "rounds": args.rounds,
-                "machine": cb.machine(),
-            },
-            separators=(",", ":"),
-        )
+    cb.last_line(
+        {
+            "bench": "console",
+            "msgs_per_s": round(streams, 1),
+            "peer": "the same load on the same server with no console stream open",
+            "peer_msgs_per_s": round(none, 1),
+            "ratio": round(ratio, 3),
+            "target_ratio": 0.97,
+            "target_met": ratio >= 0.97,
+            "cpu_per_receipt_ratio": round(cpu_ratio, 3),
+            "idle_serve_cpu_cores": idle,
+            "streams": STREAMS,
+            "runs": runs,
+            "rounds": args.rounds,
+        },
+        args,
     )
     return 0
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import json
 import os
 import pstats
 import signal
@@ -52,8 +51,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_carrier", ROOT / "bench" / "carrier.py")
 assert _spec is not None
@@ -61,7 +58,7 @@ assert _spec.loader is not None
 cb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cb)
 
-SMSC_CONF = ROOT / "bench" / "conf" / "smsc-bench.yaml"
+procs = cb.procs
 
 
 def start_serve(
@@ -72,22 +69,10 @@ def start_serve(
     store_settings: dict[str, Any] | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
     """``store_settings``: more ``router.store`` keys (bench/soak.py: a short keep_days)."""
-    data = yaml.safe_load(SMSC_CONF.read_text())
-    for carrier in data["router"]["carriers"]:
-        carrier["port"] = carrier_port
-    store = tmp / ("profiled.db" if profile else "smsc.db")
-    data["router"]["store"]["path"] = str(store)
+    data = procs.serve_config(carrier_port, tmp / ("profiled.db" if profile else "smsc.db"))
     data["router"]["store"].update(store_settings or {})
-    conf = tmp / "smsc.yaml"
-    conf.write_text(yaml.safe_dump(data, sort_keys=False))
-    pre = [sys.executable]
-    if profile is not None:
-        pre += ["-m", "cProfile", "-o", str(profile)]
-    entry = [wrapper] if wrapper else ["-m", "smsc"]
-    started: tuple[subprocess.Popen[str], int] = cb.start_server(
-        [*pre, *entry, "serve", "--config", str(conf)]
-    )
-    return started
+    pre = ("-m", "cProfile", "-o", str(profile)) if profile is not None else ()
+    return procs.start_serve(data, tmp, pre, wrapper)
 
 
 def wait_bound(seconds: float = 1.0) -> None:
@@ -145,7 +130,7 @@ def main() -> int:
         f" serve -> carrier (4 binds x window 500); nproc={len(os.sched_getaffinity(0))}",
         flush=True,
     )
-    carrier, carrier_port = cb.start_server([sys.executable, "-m", "smsc", *cb.CARRIER_ARGS])
+    carrier, carrier_port = procs.start_carrier()
     results: dict[str, Any] = {}
     profile_top: list[str] = []
     try:
@@ -168,7 +153,7 @@ def main() -> int:
                 label = f"open loop at {rate:,.0f}/s".ljust(31)
                 print(show(label, opened, ("serve", "carrier")), flush=True)
             finally:
-                cb.stop_server(serve)
+                procs.stop_server(serve)
             if args.profile:
                 prof = Path(args.profile).resolve()
                 serve, port = start_serve(tmp, carrier_port, prof, args.serve_entry)
@@ -187,7 +172,7 @@ def main() -> int:
                 for line in profile_top:
                     print("  " + line)
     finally:
-        cb.stop_server(carrier)
+        procs.stop_server(carrier)
     closed, opened, ref = results["closed_loop"], results["open_loop"], results["carrier_direct"]
     ratio = closed["msgs_per_s"] / ref["msgs_per_s"] if ref["msgs_per_s"] else 0.0
     saturates = cb.saturation(closed["cpu"], "serve", args.workers)
@@ -200,28 +185,22 @@ def main() -> int:
         f" {opened['target_rate']:,.0f}/s (target < 5); saturates: {saturates};"
         f" {time.monotonic() - started:.0f} s"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "e2e",
-                "msgs_per_s": closed["msgs_per_s"],
-                "p99_submit_ms": opened["submit_p99_ms"],
-                "open_loop_rate": opened["target_rate"],
-                "peer": "the same load straight at smsc carrier (one hop, the ceiling)",
-                "peer_msgs_per_s": ref["msgs_per_s"],
-                "ratio_vs_carrier_direct": round(ratio, 2),
-                "targets": {"msgs_per_s": 20_000, "p99_submit_ms": 5},
-                "targets_met": met,
-                "saturates": saturates,
-                **results,
-                "binds": args.binds,
-                "window": args.window,
-                "workers": args.workers,
-                "duration_s": args.duration,
-                "machine": cb.machine(),
-            },
-            separators=(",", ":"),
-        )
+    cb.last_line(
+        {
+            "bench": "e2e",
+            "msgs_per_s": closed["msgs_per_s"],
+            "p99_submit_ms": opened["submit_p99_ms"],
+            "open_loop_rate": opened["target_rate"],
+            "peer": "the same load straight at smsc carrier (one hop, the ceiling)",
+            "peer_msgs_per_s": ref["msgs_per_s"],
+            "ratio_vs_carrier_direct": round(ratio, 2),
+            "targets": {"msgs_per_s": 20_000, "p99_submit_ms": 5},
+            "targets_met": met,
+            "saturates": saturates,
+            **results,
+            "workers": args.workers,
+        },
+        args,
     )
     return 0
 

@@ -36,7 +36,6 @@ import argparse
 import importlib.util
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,36 +53,18 @@ assert _spec.loader is not None
 cb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cb)
 
-SMSC_CONF = ROOT / "bench" / "conf" / "smsc-bench.yaml"
+procs = cb.procs
+
 TEXT_LENGTH = 160
 IDLE_SECONDS = 10.0
 FULL_MESSAGES = 20_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def start_serve(tmp: Path, carrier_port: int, metrics_port: int, queue_max: int) -> Any:
-    data = yaml.safe_load(SMSC_CONF.read_text())
-    for carrier in data["router"]["carriers"]:
-        carrier["port"] = carrier_port
+    data = procs.serve_config(carrier_port, tmp / "smsc.db")
     data["router"]["queue_max"] = queue_max
-    data["router"]["store"]["path"] = str(tmp / "smsc.db")
     data["metrics"] = {"host": "127.0.0.1", "port": metrics_port}
-    conf = tmp / "smsc.yaml"
-    conf.write_text(yaml.safe_dump(data, sort_keys=False))
-    return cb.start_server([sys.executable, "-m", "smsc", "serve", "--config", str(conf)])
+    return procs.start_serve(data, tmp)
 
 
 def depth(metrics_port: int) -> dict[str, float]:
@@ -153,9 +134,7 @@ def settle(pid: int, limit: float = 60.0) -> None:
 
 def idle_cpu(pid: int, seconds: float) -> float:
     """Share of one core serve used over ``seconds`` of no traffic, in %."""
-    c0, t0 = cb.cpu_seconds(pid), time.monotonic()
-    time.sleep(seconds)
-    return round(100 * (cb.cpu_seconds(pid) - c0) / (time.monotonic() - t0), 2)
+    return round(100 * procs.cpu_share(pid, time.sleep, seconds), 2)
 
 
 def main() -> int:
@@ -180,7 +159,7 @@ def main() -> int:
         f" nproc={len(cb.os.sched_getaffinity(0))}",
         flush=True,
     )
-    carrier_port, metrics_port = free_port(), free_port()
+    carrier_port, metrics_port = procs.free_port(), procs.free_port()
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="smsc-queue-") as tmpdir:
         tmp = Path(tmpdir)
@@ -190,7 +169,7 @@ def main() -> int:
             pid = serve.pid
             time.sleep(1.0)  # settle after start-up (imports, first bind attempts)
             idle_empty = idle_cpu(pid, IDLE_SECONDS / 2)
-            rss_empty = rss_bytes(pid)
+            rss_empty = procs.rss_bytes(pid)
             print(f"empty: idle CPU {idle_empty} % of a core, RSS {rss_empty / 2**20:.1f} MiB")
             windows: list[dict[str, Any]] = []
             queued = 0
@@ -215,7 +194,7 @@ def main() -> int:
                 )
             settle(pid)
             kinds = depth(metrics_port)
-            rss_deep = rss_bytes(pid)
+            rss_deep = procs.rss_bytes(pid)
             per_msg = (rss_deep - rss_empty) / max(1, queued)
             print(
                 f"deep: {queued:,} queued (metrics: {kinds}); RSS {rss_deep / 2**20:.1f} MiB"
@@ -239,9 +218,9 @@ def main() -> int:
                 t0 = time.monotonic()
                 carrier_cmd = [
                     sys.executable, "-m", "smsc", "carrier", "--config",
-                    str(cb.CARRIER_CONF), "--port", str(carrier_port), "--log-level", "warning",
+                    str(procs.CARRIER_CONF), "--port", str(carrier_port), "--log-level", "warning",
                 ]  # fmt: skip
-                carrier, _ = cb.start_server(carrier_cmd)
+                carrier, _ = procs.start_server(carrier_cmd)
                 left = sum(depth(metrics_port).values())
                 deadline = t0 + 600
                 while left > 0 and time.monotonic() < deadline:
@@ -274,8 +253,8 @@ def main() -> int:
                 )
         finally:
             if carrier is not None:
-                cb.stop_server(carrier)
-            cb.stop_server(serve)
+                procs.stop_server(carrier)
+            procs.stop_server(serve)
     empty_w, deep_w = windows[0], windows[-1]
     rate_ratio = deep_w["accepted_per_s"] / (empty_w["accepted_per_s"] or 1)
     p99_ratio = (deep_w["submit_p99_ms"] or 0) / (empty_w["submit_p99_ms"] or 1)

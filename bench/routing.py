@@ -28,10 +28,10 @@ one JSON object with both runs' figures.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,14 +42,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench_procs", ROOT / "bench" / "procs.py")
+assert _spec is not None
+assert _spec.loader is not None
+procs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(procs)
+
 CARRIERS = ("cheap", "mid", "premium")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> str:
@@ -104,31 +103,20 @@ def measure(
     replacing the embedded default's; None: the default as it is; ``fixed_pause``: see
     :func:`default_config`)."""
     env = {**os.environ, "PYTHONPATH": str(source)}
-    metrics_port = free_port()
+    metrics_port = procs.free_port()
     data, prices = default_config(routing, fixed_pause)
     with tempfile.TemporaryDirectory() as tmp:
         args = []
         if routing is not None or fixed_pause:
             (Path(tmp) / "smsc.yaml").write_text(json.dumps(data))  # JSON is YAML
             args = ["--config", "smsc.yaml"]
-        serve = subprocess.Popen(
+        serve, port = procs.start_server(
             [sys.executable, "-m", "smsc", "serve", *args, "--port", "0",
              "--metrics-port", str(metrics_port), "--log-level", "warning"],
-            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env, Path(tmp),
         )  # fmt: skip
         try:
-            assert serve.stdout is not None
-            port = None
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                line = serve.stdout.readline()
-                if not line:
-                    break
-                if "listening on" in line:
-                    port = int(line.strip().rsplit(":", 1)[-1])
-                    break
-            if port is None:
-                raise SystemExit(f"bench/routing.py: smsc serve from {source} did not start")
+            deadline = time.monotonic() + procs.START_DEADLINE
             while time.monotonic() < deadline:  # every carrier bind up (a poll: a bench)
                 text = scrape(metrics_port)
                 bound = samples(text, "smsc_carrier_binds")
@@ -147,12 +135,7 @@ def measure(
             report = json.loads((Path(tmp) / "load.json").read_text())["summary"]
             text = scrape(metrics_port)
         finally:
-            serve.terminate()
-            try:
-                serve.wait(20)
-            except subprocess.TimeoutExpired:
-                serve.kill()
-                serve.wait(5)
+            procs.stop_server(serve)
     decisions = samples(text, "smsc_route_decisions_total")
     accepted = samples(text, "smsc_carrier_pdus_total", command="submit_sm", status="ESME_ROK")
     throttled = samples(

@@ -24,7 +24,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -43,9 +42,7 @@ cb = e2e.cb
 
 
 def rss_mb(pid: int) -> float:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
-    return int(match.group(1)) / 1024 if match else 0.0
+    return float(cb.procs.rss_bytes(pid) / 2**20)
 
 
 def store_mb(db: Path) -> float:

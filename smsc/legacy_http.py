@@ -122,8 +122,7 @@ class LegacyEndpoints:
         params = await _params(request)
         state = await self._account(params)
         if state is None:
-            user = params.get("username", b"").decode("latin-1")
-            return _text(403, f'Error "Authentication failure for username:{user}"')
+            return _jasmin_denied(params)
         try:
             order = self._jasmin_order(state, params)
             body = await self.api.dispatch(state, order)
@@ -190,16 +189,14 @@ class LegacyEndpoints:
         params = await _params(request)
         state = await self._account(params)
         if state is None:
-            user = params.get("username", b"").decode("latin-1")
-            return _text(403, f'Error "Authentication failure for username:{user}"')
+            return _jasmin_denied(params)
         return web.json_response({"balance": "ND", "sms_count": "ND"})
 
     async def jasmin_rate(self, request: web.Request) -> web.Response:
         params = await _params(request)
         state = await self._account(params)
         if state is None:
-            user = params.get("username", b"").decode("latin-1")
-            return _text(403, f'Error "Authentication failure for username:{user}"')
+            return _jasmin_denied(params)
         try:
             (number,) = _numbers([params.get("to", b"").decode("latin-1")], "to")
             parts = self._jasmin_order(state, {"content": b"", **params, "to": number.encode()})
@@ -219,6 +216,11 @@ class LegacyEndpoints:
         if not user:
             return None
         return await self.api.auth.by_password(user, password)
+
+
+def _jasmin_denied(params: dict[str, bytes]) -> web.Response:
+    user = params.get("username", b"").decode("latin-1")
+    return _text(403, f'Error "Authentication failure for username:{user}"')
 
 
 async def _params(request: web.Request) -> dict[str, bytes]:

@@ -13,10 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
+from openapi_client import CheckedClient, Reply
 from openapi_core import Config, OpenAPI
-from openapi_core.testing import MockRequest, MockResponse
 from smsc_fixtures import DEADLINE, OTHER_ID, OTHER_PASSWORD, PASSWORD, SYSTEM_ID, app_config
 
 from smsc.apikeys import new_key
@@ -68,40 +67,13 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-class Reply:
-    def __init__(self, status: int, body: Any, headers: dict[str, str], content_type: str):
-        self.status = status
-        self.body = body
-        self.headers = headers
-        self.content_type = content_type
-
-    def __repr__(self) -> str:
-        return f"Reply({self.status}, {self.body!r})"
-
-
-class Client:
+class Client(CheckedClient):
     """``await client.post("/v1/messages", json_body={...})`` → Reply, checked against the
     OpenAPI document; errors must be problem+json."""
 
     def __init__(self, port: int, auth: str | None = None) -> None:
-        self.host = f"http://127.0.0.1:{port}"
+        super().__init__(port, OPENAPI)
         self.auth = auth if auth is not None else f"Bearer {KEY}"
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEADLINE))
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    async def get(self, path: str, **kw: Any) -> Reply:
-        return await self.call("GET", path, **kw)
-
-    async def post(self, path: str, **kw: Any) -> Reply:
-        return await self.call("POST", path, **kw)
-
-    async def delete(self, path: str, **kw: Any) -> Reply:
-        return await self.call("DELETE", path, **kw)
 
     async def call(
         self,
@@ -119,39 +91,21 @@ class Client:
         given = self.auth if auth is True else auth
         if isinstance(given, str):
             sent["Authorization"] = given
-        data = raw
-        if data is None and json_body is not None:
-            data = json.dumps(json_body).encode()
-        if data is not None:
-            sent["Content-Type"] = "application/json"
-        async with self.session.request(
-            method, self.host + path, data=data, params=params, headers=sent
-        ) as response:
-            body = await response.read()
-            status, content_type = response.status, response.content_type
-            got_headers = dict(response.headers)
-        request = MockRequest(
-            self.host,
-            method.lower(),
+        reply, body = await self.exchange(
+            method,
             path,
-            args=params or {},
+            json_body=json_body,
+            raw=raw,
+            params=params,
             headers=sent,
-            data=data,
-            content_type="application/json" if data is not None else "",
+            check_request=valid_request,
+            refused=(401,),
         )
-        if valid_request and status != 401:
-            OPENAPI.validate_request(request)
-        if status >= 400:
-            assert content_type == "application/problem+json", (status, content_type, body)
-        else:
-            assert content_type == "application/json", (status, content_type, body)
-        OPENAPI.validate_response(
-            request, MockResponse(body, status_code=status, content_type=content_type)
-        )
-        decoded = json.loads(body)
-        if status >= 400:
-            assert decoded["status"] == status, decoded
-        return Reply(status, decoded, got_headers, content_type)
+        wanted = "application/problem+json" if reply.status >= 400 else "application/json"
+        assert reply.content_type == wanted, (reply.status, reply.content_type, body)
+        if reply.status >= 400:
+            assert reply.body["status"] == reply.status, reply.body
+        return reply
 
 
 class Call:

@@ -57,6 +57,16 @@ async def nodes(url: str | None) -> AsyncIterator[Make]:
             await node.close()
 
 
+@asynccontextmanager
+async def two_nodes(url: str) -> AsyncIterator[tuple[Coordinator, Coordinator]]:
+    """Nodes "1" and "2" of one cluster on Redis, both opened at T0."""
+    async with nodes(url) as make:
+        a, b = make("1"), make("2")
+        await a.open(T0)
+        await b.open(T0)
+        yield a, b
+
+
 # --- each backend -------------------------------------------------------------------------
 
 
@@ -197,10 +207,7 @@ def test_a_leased_bucket_spends_local_tokens_and_refills_in_batches(
 
 def test_max_sessions_holds_across_nodes(run: Run, redis_url: str) -> None:  # noqa: F811
     async def main() -> None:
-        async with nodes(redis_url) as make:
-            a, b = make("1"), make("2")
-            await a.open(T0)
-            await b.open(T0)
+        async with two_nodes(redis_url) as (a, b):
             slot = await a.acquire_session("acme", 2, T0)
             assert slot is not None
             assert await b.acquire_session("acme", 2, T0) is not None
@@ -217,10 +224,7 @@ def test_a_dead_nodes_session_slots_expire_with_its_lease(
     redis_url: str,  # noqa: F811
 ) -> None:
     async def main() -> None:
-        async with nodes(redis_url) as make:
-            a, b = make("1"), make("2")
-            await a.open(T0)
-            await b.open(T0)
+        async with two_nodes(redis_url) as (a, b):
             assert await a.acquire_session("acme", 2, T0) is not None
             assert await b.acquire_session("acme", 2, T0) is not None
             t = T0 + LEASE - 1
@@ -238,10 +242,7 @@ def test_bind_slots_of_a_dead_node_go_to_another_within_the_lease(
     redis_url: str,  # noqa: F811
 ) -> None:
     async def main() -> None:
-        async with nodes(redis_url) as make:
-            a, b = make("1"), make("2")
-            await a.open(T0)
-            await b.open(T0)
+        async with two_nodes(redis_url) as (a, b):
             assert await a.claim_binds("mid", 2, 2, T0) == 2
             assert await b.claim_binds("mid", 2, 2, T0) == 0  # the carrier's 2 are a's
             t = T0 + LEASE / 2
@@ -264,10 +265,7 @@ def test_bind_slots_are_shared_out_up_to_the_carriers_total(
     redis_url: str,  # noqa: F811
 ) -> None:
     async def main() -> None:
-        async with nodes(redis_url) as make:
-            a, b = make("1"), make("2")
-            await a.open(T0)
-            await b.open(T0)
+        async with two_nodes(redis_url) as (a, b):
             assert await a.claim_binds("mid", 3, 2, T0) == 2
             assert await b.claim_binds("mid", 3, 2, T0) == 1
             await a.release_binds("mid")  # a unbinds the carrier (drain, reload, stop)
@@ -278,10 +276,7 @@ def test_bind_slots_are_shared_out_up_to_the_carriers_total(
 
 def test_a_token_bucket_is_shared_by_the_nodes(run: Run, redis_url: str) -> None:  # noqa: F811
     async def main() -> None:
-        async with nodes(redis_url) as make:
-            a, b = make("1"), make("2")
-            await a.open(T0)
-            await b.open(T0)
+        async with two_nodes(redis_url) as (a, b):
             granted = 0
             for t in (T0, T0 + 0.5, T0 + 1.0):
                 for node in (a, b, a, b):
@@ -328,10 +323,7 @@ def test_the_registry_lists_every_node_with_what_it_reported(
     redis_url: str,  # noqa: F811
 ) -> None:
     async def main() -> None:
-        async with nodes(redis_url) as make:
-            a, b = make("1"), make("2")
-            await a.open(T0)
-            await b.open(T0)
+        async with two_nodes(redis_url) as (a, b):
             await a.claim_binds("mid", 2, 1, T0)
             await a.heartbeat(NodeReport(address="10.0.0.1", esme_binds=3, queue_share=7), T0)
             await b.heartbeat(NodeReport(address="10.0.0.2", config_hash="h"), T0 + 2)

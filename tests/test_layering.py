@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("smppcore", "smsc", "router", "simulator")
+PACKAGES = ("smppcore", "smsc", "router", "simulator", "consolestyle")
 
 # Standard-library modules a pure smppcore module must not touch: I/O, clocks, randomness,
 # threads, logging setup. Third-party ones are listed for a clearer message; the
@@ -120,6 +120,12 @@ RULES = (
         "simulator does not import router: it is a carrier, not a client of the router",
         lambda p: p.startswith("simulator/"),
         lambda m: _under(m, "router"),
+    ),
+    Rule(
+        "consolestyle-data-only",
+        "consolestyle holds the consoles' shared stylesheet and imports none of the packages",
+        lambda p: p.startswith("consolestyle/"),
+        lambda m: _under(m, "smppcore", "router", "smsc", "simulator"),
     ),
     Rule(
         "simulator-only-from-root",

@@ -17,6 +17,7 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 
+from consolestyle import STYLESHEET
 from simulator.carrier import Carrier
 from smppcore.constants import command_name, status_name
 from smppcore.session import State
@@ -98,6 +99,7 @@ class SimulatorConsole:
     def __init__(self, carrier: Carrier) -> None:
         self.carrier = carrier
         self._files = {p.name: p for p in STATIC.iterdir() if _NAME.match(p.name)}
+        self._files[STYLESHEET.name] = STYLESHEET
         self._streams = 0
         self._stopping = asyncio.Event()
 

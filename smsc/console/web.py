@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import web
 
+from consolestyle import STYLESHEET
 from router.ports import StoreError
 from router.stores.sqlite import SqliteStore
 from smsc.console.auth import COOKIE, SAFE_METHODS, ConsoleAuth, Session
@@ -93,6 +94,7 @@ class Console:
         self.auth = ConsoleAuth(lambda: app.admin_token)
         self.sampler = Sampler(app)
         self._files = {p.name: p for p in STATIC.iterdir() if _NAME.match(p.name)}
+        self._files[STYLESHEET.name] = STYLESHEET
         self._stopping = asyncio.Event()
 
     def install(self, web_app: web.Application) -> None:
