@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from router.model import DeliveryReport, Message, StoredMessage
@@ -45,6 +44,7 @@ from smsc.delivery import wants_receipt
 from smsc.http_config import WebhooksConfig
 from smsc.legacy_dlr import legacy_request
 from smsc.outbox import Outbox, OutboxEvent
+from smsc.webhook_client import HttpError, WebhookClient
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class WebhookSender:
         self._by_host: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._client: WebhookClient | None = None
         self._settled = asyncio.Event()
         #: Events settled while the outbox is being read: that read may show them as
         #: they were (due), so they are not spawned from it again.
@@ -313,11 +313,7 @@ class WebhookSender:
         return True
 
     def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            connector=aiohttp.TCPConnector(limit=self.config.concurrency),
-            headers={"User-Agent": "smsc-webhooks"},
-        )
+        self._client = WebhookClient(timeout=self.config.timeout, max_idle=self.config.per_endpoint)
         self._loop_task = asyncio.create_task(self._run(), name="webhook-sender")
 
     def wake(self) -> None:
@@ -330,8 +326,8 @@ class WebhookSender:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def _run(self) -> None:
         cfg = self.config
@@ -435,7 +431,7 @@ class WebhookSender:
 
     async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None]:
         """One POST: (None, None) when taken; else (why not, the receiver's Retry-After)."""
-        assert self._session is not None
+        assert self._client is not None
         headers = {"Smsc-Event-Id": str(event.id)}
         method, data = "POST", event.body
         if event.kind == "get":
@@ -449,18 +445,14 @@ class WebhookSender:
         if hooks is not None:
             headers[SIGNATURE_HEADER] = sign(hooks.secret, int(self.wall()), data)
         try:
-            request = self._session.request(method, event.url, data=data or None, headers=headers)
-            async with request as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    return None, None
-                return f"HTTP {resp.status}", _retry_after(
-                    resp.headers.get("Retry-After"), self.wall()
-                )
+            resp = await self._client.request(method, event.url, data, headers)
         except TimeoutError:
             return "timeout", None
-        except aiohttp.ClientError as exc:
+        except (HttpError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"[:200], None
+        if 200 <= resp.status < 300:
+            return None, None
+        return f"HTTP {resp.status}", _retry_after(resp.headers.get("retry-after"), self.wall())
 
     def _settle(self, event: OutboxEvent, error: str | None, retry_after: float | None) -> None:
         if error is None:
