@@ -156,12 +156,29 @@ class SqliteFile:
 def _transaction(db: sqlite3.Connection, writes: list[Write]) -> None:
     db.execute("BEGIN")
     try:
-        for sql, rows in writes:
+        for sql, rows in _runs(writes):
             db.executemany(sql, rows)
     except BaseException:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _runs(writes: list[Write]) -> list[Write]:
+    """``writes`` with each run of the same statement as one executemany (in order: a
+    statement's rows never move past another statement's)."""
+    out: list[Write] = []
+    rows: list[Sequence[Any]] | None = None
+    for sql, more in writes:
+        if out and out[-1][0] == sql:
+            if rows is None:
+                rows = list(out[-1][1])
+                out[-1] = (sql, rows)
+            rows.extend(more)
+        else:
+            out.append((sql, more))
+            rows = None
+    return out
 
 
 def beside(store_path: str, suffix: str) -> str:
