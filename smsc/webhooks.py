@@ -414,12 +414,24 @@ class WebhookSender:
         task.add_done_callback(self._tasks.discard)
 
     async def _post(self, event: OutboxEvent, host: str) -> None:
+        """POST ``event``; then, while the receiver takes them and the next event to it is
+        at hand with nothing else waiting, the next one in the same task and slot (the
+        loop of :meth:`_run` would start just that one, a task and a wake-up later)."""
         try:
-            error, retry_after = await self._attempt(event)
-            self._breaker(host, error is None)
-            self._settle(event, error, retry_after)
-            self._recent.add(event.id)
-            self._settled.set()
+            while True:
+                error, retry_after = await self._attempt(event)
+                self._breaker(host, error is None)
+                self._settle(event, error, retry_after)
+                self._recent.add(event.id)
+                self._settled.set()
+                if error is not None or self._open_until:
+                    break
+                self._inflight.pop(event.id, None)  # settled: not in flight any more
+                following = self.outbox.take_next(host, self._inflight)
+                if following is None:
+                    break
+                self._inflight[following.id] = host
+                event = following
         finally:
             self._inflight.pop(event.id, None)
             n = self._by_host.get(host, 1) - 1

@@ -73,6 +73,38 @@ def test_a_blocked_host_waits_and_an_event_given_back_is_handed_out_again(
     run(main())
 
 
+def test_the_next_event_to_a_host_is_taken_only_when_nothing_waits_elsewhere(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        outbox = SqliteOutbox(str(tmp_path / "o.db"), memory=3)
+        await outbox.open()
+        try:
+            await put_all(outbox, [A, A, A])
+            first = await outbox.due(NOW, 1, set())
+            outbox.delivered(first[0].id)
+            second = outbox.take_next("a.example", set())
+            assert second is not None
+            assert second.id == first[0].id + 1
+            await put_all(outbox, [B])  # another host waits: the sender's loop chooses
+            assert outbox.take_next("a.example", {second.id}) is None
+            to_b = await outbox.due(NOW, 1, {second.id}, hosts={"a.example"})
+            assert [e.url for e in to_b] == [B]
+            outbox.delivered(to_b[0].id)
+            third = outbox.take_next("a.example", {second.id})
+            assert third is not None
+            assert third.id == second.id + 1
+            assert outbox.take_next("a.example", {second.id, third.id}) is None
+            await put_all(outbox, [A] * 4)  # past memory: one only in the file
+            assert outbox.take_next("a.example", {second.id, third.id}) is None
+            rest = await outbox.due(NOW, 10, {second.id, third.id})
+            assert sorted(e.id for e in rest) == [5, 6, 7, 8]
+        finally:
+            await outbox.close()
+
+    run(main())
+
+
 def test_a_retried_event_comes_back_from_the_file_when_due(run: Run, tmp_path: Path) -> None:
     async def main() -> None:
         outbox = SqliteOutbox(str(tmp_path / "o.db"))
