@@ -178,3 +178,43 @@ def test_a_read_waits_for_earlier_writes_not_for_a_steady_flow_of_later_ones(
             await file.close()
 
     run(main())
+
+
+def test_a_transaction_of_many_writes_keeps_their_order_and_every_row(
+    run: Run, tmp_path: Path
+) -> None:
+    """Runs of one INSERT or DELETE-by-key are written many rows to a statement; the
+    outcome is that of each write in turn."""
+
+    async def main() -> None:
+        schema = "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT, n INTEGER NOT NULL DEFAULT 0);"
+        file = SqliteFile(str(tmp_path / "f.db"), schema)
+        await file.open()
+        try:
+            writes = []
+            for k in range(1, 151):
+                writes.append(
+                    file.write("INSERT OR REPLACE INTO t (k, v) VALUES (?, ?)", [(k, "a")])
+                )
+            writes.append(file.write("INSERT OR REPLACE INTO t (k, v) VALUES (?, ?)", [(7, "b")]))
+            for k in range(1, 100, 2):  # odd keys below 100 go
+                writes.append(file.write("DELETE FROM t WHERE k = ?", [(k,)]))
+            writes.append(file.write("UPDATE t SET n = n + 1 WHERE k = ?", [(8,), (8,)]))
+            writes.append(file.write("INSERT OR REPLACE INTO t (k, v) VALUES (?, ?)", [(7, "c")]))
+            writes.append(file.write("DELETE FROM t WHERE k = ?", [(150,), (149,), (999,)]))
+            async with asyncio.timeout(DEADLINE):
+                assert all(await asyncio.gather(*[w for w in writes if w is not None]))
+                rows = await file.read("SELECT k, v, n FROM t ORDER BY k")
+            expected = {k: ("a", 0) for k in range(1, 149) if not (k % 2 and k < 100)}
+            expected[7] = ("c", 0)
+            expected[8] = ("a", 2)
+            assert rows == [(k, v, n) for k, (v, n) in sorted(expected.items())]
+            failed = file.write("INSERT INTO t (k, v) VALUES (?, ?)", [(1000, "x"), (1000, "y")])
+            assert failed is not None
+            async with asyncio.timeout(DEADLINE):
+                assert await failed is False  # the whole transaction, as one write failed
+                assert await file.read("SELECT COUNT(*) FROM t WHERE k = 1000") == [(0,)]
+        finally:
+            await file.close()
+
+    run(main())
