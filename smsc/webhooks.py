@@ -24,10 +24,12 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -108,8 +110,22 @@ class _Sequence:
         return self.last
 
 
+_second: list[Any] = [None, ""]  # the last second _iso formatted, and its text
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-12-06T12:00:00.123Z`` (milliseconds, truncated as datetime does after it
+    rounds to microseconds); the date and time of the last second are reused."""
+    fraction, whole = math.modf(ts)
+    second, micros = int(whole), round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    elif micros < 0:
+        second, micros = second - 1, micros + 1_000_000
+    if _second[0] != second:
+        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = second
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 def _part(message_id: str, reported: str) -> int:
