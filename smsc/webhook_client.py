@@ -22,7 +22,7 @@ import asyncio
 import base64
 import ssl
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import msgspec
 
@@ -89,6 +89,7 @@ class _Conn(asyncio.Protocol):
             self._fail(exc)
 
     def eof_received(self) -> bool:
+        self.closed = True  # (the transport closes: not to be taken for a request now)
         if self._waiter is not None and self._mode == "close" and self._status:
             self._finish(keep=False)
         return False
@@ -290,7 +291,10 @@ class WebhookClient:
         for name, value in (headers or {}).items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 raise HttpError(f"header {name!r} holds a line break")
-            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+            try:
+                lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+            except UnicodeEncodeError:
+                raise HttpError(f"header {name!r} is not Latin-1") from None
         if body or method not in ("GET", "HEAD"):
             lines.append(b"Content-Length: %d\r\n" % len(body))
         lines.append(b"\r\n")
@@ -372,13 +376,22 @@ class WebhookClient:
         found = self._targets.get(url)
         if found is not None:
             return found
+        if any(ord(c) <= 32 or ord(c) == 127 for c in url):  # (urlsplit drops some)
+            raise HttpError(f"URL holds a space or control character: {url[:200]!r}")
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise HttpError(f"not an http(s) URL: {url[:200]!r}")
-        tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
-        host = parts.hostname
-        netloc = parts.netloc.rpartition("@")[2]
+        try:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("not http(s)")
+            tls = parts.scheme == "https"
+            port = parts.port or (443 if tls else 80)
+            host = parts.hostname
+            netloc = parts.netloc.rpartition("@")[2]
+            if not netloc.isascii():  # an international name: its ASCII (IDNA) form
+                ascii_host = host.encode("idna").decode("ascii")
+                netloc = netloc.replace(host, ascii_host)
+                host = ascii_host
+        except ValueError:  # (UnicodeError is one)
+            raise HttpError(f"not an http(s) URL: {url[:200]!r}") from None
         head = f"Host: {netloc}\r\n"
         if parts.username is not None:
             user = f"{parts.username}:{parts.password or ''}".encode()
@@ -386,8 +399,8 @@ class WebhookClient:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        if any(c in path or c in netloc for c in "\r\n "):
-            raise HttpError(f"URL holds a space or line break: {url[:200]!r}")
+        if not path.isascii():  # as a browser sends it: non-ASCII as UTF-8, %-escaped
+            path = "".join(c if c.isascii() else quote(c) for c in path)
         found = _Target((parts.scheme, host, port), host, port, tls, head.encode(), path)
         if len(self._targets) >= 4096:
             self._targets.clear()

@@ -298,6 +298,36 @@ def test_what_is_not_http_is_an_error_not_a_hang(run: Run) -> None:
     run(main())
 
 
+def test_urls_are_sent_as_ascii_and_bad_ones_refused(run: Run) -> None:
+    heads: list[bytes] = []
+
+    def answer(n: int, head: bytes) -> bytes | None:
+        heads.append(head)
+        return b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    async def main() -> None:
+        async with raw_server(answer) as (base, _):
+            client = new_client()
+            resp = await client.request("POST", f"{base}/h/caf\u00e9?q=\u00fc&r=%20")
+            auth = base.replace("http://", "http://user:pa%3Ass@")
+            await client.request("GET", f"{auth}/x")
+            for bad in (f"{base}/a\x7fb", f"{base}/a\tb", "http://127.0.0.1:99999/x"):
+                with pytest.raises(HttpError):
+                    await client.request("POST", bad, b"{}")
+            await client.close()
+        assert resp.status == 204
+        post = heads[0].split(b"\r\n")
+        assert post[0] == b"POST /h/caf%C3%A9?q=%C3%BC&r=%20 HTTP/1.1"
+        assert b"Content-Length: 0" in post
+        get = heads[1].split(b"\r\n")
+        assert get[0] == b"GET /x HTTP/1.1"
+        assert b"Host: " + base.removeprefix("http://").encode() in get
+        assert b"Authorization: Basic dXNlcjpwYSUzQXNz" in get  # user:pa%3Ass as written
+        assert not any(h.lower().startswith(b"content-length") for h in get)
+
+    run(main())
+
+
 def test_https_through_the_loops_tls(run1: Run, tmp_path: Path) -> None:
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
