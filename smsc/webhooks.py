@@ -311,6 +311,7 @@ class WebhookSender:
         #: Events settled while the outbox is being read: that read may show them as
         #: they were (due), so they are not spawned from it again.
         self._recent: set[int] = set()
+        self._reading = False
         #: Per receiving host: failures in a row, and until when its breaker is open.
         self._failures: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
@@ -356,7 +357,11 @@ class WebhookSender:
                 if len(self._inflight) < cfg.concurrency:
                     room = cfg.concurrency - len(self._inflight)
                     self._recent.clear()
-                    due = await self.outbox.due(self.wall(), room, self._inflight, blocked)
+                    self._reading = True
+                    try:
+                        due = await self.outbox.due(self.wall(), room, self._inflight, blocked)
+                    finally:
+                        self._reading = False
                     full_read = len(due) >= room
                     unsent = []
                     for event in due:
@@ -438,7 +443,8 @@ class WebhookSender:
                 error, retry_after = await self._attempt(event)
                 self._breaker(host, error is None)
                 self._settle(event, error, retry_after)
-                self._recent.add(event.id)
+                if self._reading:  # (bounded: what settles during one read)
+                    self._recent.add(event.id)
                 self._settled.set()
                 if error is not None or self._open_until:
                     break
