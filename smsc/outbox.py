@@ -66,6 +66,12 @@ class Outbox(Protocol):
         its cap): the next :meth:`due` may hand them out again."""
         ...
 
+    def take_next(self, host: str, skip: Collection[int]) -> OutboxEvent | None:
+        """The oldest waiting event to ``host`` when it is at hand (committed, due, never
+        handed out) and nothing waits elsewhere that :meth:`due` would read first (the
+        file, other hosts); else None. For a sender whose POST to ``host`` just ended."""
+        ...
+
     async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
         """When the next waiting event (but those in ``skip`` or to ``hosts``) is due;
         None: none waits."""
@@ -244,6 +250,21 @@ class SqliteOutbox:
             if event.id not in self._fresh_ids:
                 self._fresh.setdefault(urlsplit(event.url).netloc, deque()).appendleft(event)
                 self._fresh_ids.add(event.id)
+
+    def take_next(self, host: str, skip: Collection[int]) -> OutboxEvent | None:
+        events = self._fresh.get(host)
+        if events is None or len(self._fresh) > 1 or self._elsewhere(skip):
+            return None
+        ids = self._fresh_ids
+        while events:
+            event = events.popleft()
+            if event.id in ids:
+                ids.remove(event.id)
+                if not events:
+                    del self._fresh[host]
+                return event
+        del self._fresh[host]
+        return None
 
     async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
         fresh = []

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,13 @@ T = TypeVar("T")
 GATHER = 0.002
 #: One write: SQL and its rows (executemany).
 Write = tuple[str, Sequence[Sequence[Any]]]
+#: Rows per statement when a run of one ``INSERT ... VALUES (?, ...)`` or ``DELETE ...
+#: WHERE key = ?`` is written as multi-row statements (largest first; what is left goes
+#: row by row). sqlite3 releases the GIL around each statement's step, and with the event
+#: loop busy each taking it back waits its turn: once per 64 rows rather than per row.
+WIDE = (64, 8)
+_VALUES = re.compile(r"(INSERT\b.*\bVALUES\s*)(\(\s*\?(?:\s*,\s*\?)*\s*\))\s*", re.S | re.I)
+_BY_KEY = re.compile(r"(DELETE\b[^?]*\bWHERE\s+\w+\s*)=\s*\?\s*", re.S | re.I)
 
 
 class SqliteFile:
@@ -156,12 +164,59 @@ class SqliteFile:
 def _transaction(db: sqlite3.Connection, writes: list[Write]) -> None:
     db.execute("BEGIN")
     try:
-        for sql, rows in writes:
-            db.executemany(sql, rows)
+        for sql, rows in _runs(writes):
+            _execute(db, sql, rows)
     except BaseException:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _execute(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``db.executemany(sql, rows)``, in multi-row statements where ``sql`` allows."""
+    start = 0
+    for size in WIDE:
+        count = (len(rows) - start) // size
+        wide = _widened(sql, size) if count else None
+        if wide is None:
+            continue
+        end = start + count * size
+        db.executemany(
+            wide, [[v for row in rows[i : i + size] for v in row] for i in range(start, end, size)]
+        )
+        start = end
+    if start < len(rows):
+        db.executemany(sql, rows[start:] if start else rows)
+
+
+@lru_cache(maxsize=64)
+def _widened(sql: str, size: int) -> str | None:
+    """``sql`` for ``size`` rows at once: ``INSERT ... VALUES (?, ?), (?, ?), ...`` or
+    ``DELETE ... WHERE key IN (?, ?, ...)``; None for other statements."""
+    found = _VALUES.fullmatch(sql)
+    if found is not None:
+        return found.group(1) + ", ".join([found.group(2)] * size)
+    found = _BY_KEY.fullmatch(sql)
+    if found is not None:
+        return found.group(1) + "IN (" + ", ".join("?" * size) + ")"
+    return None
+
+
+def _runs(writes: list[Write]) -> list[Write]:
+    """``writes`` with each run of the same statement as one executemany (in order: a
+    statement's rows never move past another statement's)."""
+    out: list[Write] = []
+    rows: list[Sequence[Any]] | None = None
+    for sql, more in writes:
+        if out and out[-1][0] == sql:
+            if rows is None:
+                rows = list(out[-1][1])
+                out[-1] = (sql, rows)
+            rows.extend(more)
+        else:
+            out.append((sql, more))
+            rows = None
+    return out
 
 
 def beside(store_path: str, suffix: str) -> str:

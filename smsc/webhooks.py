@@ -24,13 +24,14 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from router.model import DeliveryReport, Message, StoredMessage
@@ -45,6 +46,7 @@ from smsc.delivery import wants_receipt
 from smsc.http_config import WebhooksConfig
 from smsc.legacy_dlr import legacy_request
 from smsc.outbox import Outbox, OutboxEvent
+from smsc.webhook_client import HttpError, WebhookClient
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,22 @@ class _Sequence:
         return self.last
 
 
+_second: list[Any] = [None, ""]  # the last second _iso formatted, and its text
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-12-06T12:00:00.123Z`` (milliseconds, truncated as datetime does after it
+    rounds to microseconds); the date and time of the last second are reused."""
+    fraction, whole = math.modf(ts)
+    second, micros = int(whole), round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    elif micros < 0:
+        second, micros = second - 1, micros + 1_000_000
+    if _second[0] != second:
+        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = second
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 def _part(message_id: str, reported: str) -> int:
@@ -290,11 +306,12 @@ class WebhookSender:
         self._by_host: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._client: WebhookClient | None = None
         self._settled = asyncio.Event()
         #: Events settled while the outbox is being read: that read may show them as
         #: they were (due), so they are not spawned from it again.
         self._recent: set[int] = set()
+        self._reading = False
         #: Per receiving host: failures in a row, and until when its breaker is open.
         self._failures: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
@@ -313,11 +330,7 @@ class WebhookSender:
         return True
 
     def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            connector=aiohttp.TCPConnector(limit=self.config.concurrency),
-            headers={"User-Agent": "smsc-webhooks"},
-        )
+        self._client = WebhookClient(timeout=self.config.timeout, max_idle=self.config.per_endpoint)
         self._loop_task = asyncio.create_task(self._run(), name="webhook-sender")
 
     def wake(self) -> None:
@@ -330,8 +343,8 @@ class WebhookSender:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def _run(self) -> None:
         cfg = self.config
@@ -344,7 +357,11 @@ class WebhookSender:
                 if len(self._inflight) < cfg.concurrency:
                     room = cfg.concurrency - len(self._inflight)
                     self._recent.clear()
-                    due = await self.outbox.due(self.wall(), room, self._inflight, blocked)
+                    self._reading = True
+                    try:
+                        due = await self.outbox.due(self.wall(), room, self._inflight, blocked)
+                    finally:
+                        self._reading = False
                     full_read = len(due) >= room
                     unsent = []
                     for event in due:
@@ -418,12 +435,25 @@ class WebhookSender:
         task.add_done_callback(self._tasks.discard)
 
     async def _post(self, event: OutboxEvent, host: str) -> None:
+        """POST ``event``; then, while the receiver takes them and the next event to it is
+        at hand with nothing else waiting, the next one in the same task and slot (the
+        loop of :meth:`_run` would start just that one, a task and a wake-up later)."""
         try:
-            error, retry_after = await self._attempt(event)
-            self._breaker(host, error is None)
-            self._settle(event, error, retry_after)
-            self._recent.add(event.id)
-            self._settled.set()
+            while True:
+                error, retry_after = await self._attempt(event)
+                self._breaker(host, error is None)
+                self._settle(event, error, retry_after)
+                if self._reading:  # (bounded: what settles during one read)
+                    self._recent.add(event.id)
+                self._settled.set()
+                if error is not None or self._open_until:
+                    break
+                self._inflight.pop(event.id, None)  # settled: not in flight any more
+                following = self.outbox.take_next(host, self._inflight)
+                if following is None:
+                    break
+                self._inflight[following.id] = host
+                event = following
         finally:
             self._inflight.pop(event.id, None)
             n = self._by_host.get(host, 1) - 1
@@ -435,7 +465,7 @@ class WebhookSender:
 
     async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None]:
         """One POST: (None, None) when taken; else (why not, the receiver's Retry-After)."""
-        assert self._session is not None
+        assert self._client is not None
         headers = {"Smsc-Event-Id": str(event.id)}
         method, data = "POST", event.body
         if event.kind == "get":
@@ -449,18 +479,14 @@ class WebhookSender:
         if hooks is not None:
             headers[SIGNATURE_HEADER] = sign(hooks.secret, int(self.wall()), data)
         try:
-            request = self._session.request(method, event.url, data=data or None, headers=headers)
-            async with request as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    return None, None
-                return f"HTTP {resp.status}", _retry_after(
-                    resp.headers.get("Retry-After"), self.wall()
-                )
+            resp = await self._client.request(method, event.url, data, headers)
         except TimeoutError:
             return "timeout", None
-        except aiohttp.ClientError as exc:
+        except (HttpError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"[:200], None
+        if 200 <= resp.status < 300:
+            return None, None
+        return f"HTTP {resp.status}", _retry_after(resp.headers.get("retry-after"), self.wall())
 
     def _settle(self, event: OutboxEvent, error: str | None, retry_after: float | None) -> None:
         if error is None:

@@ -73,6 +73,38 @@ def test_a_blocked_host_waits_and_an_event_given_back_is_handed_out_again(
     run(main())
 
 
+def test_the_next_event_to_a_host_is_taken_only_when_nothing_waits_elsewhere(
+    run: Run, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        outbox = SqliteOutbox(str(tmp_path / "o.db"), memory=3)
+        await outbox.open()
+        try:
+            await put_all(outbox, [A, A, A])
+            first = await outbox.due(NOW, 1, set())
+            outbox.delivered(first[0].id)
+            second = outbox.take_next("a.example", set())
+            assert second is not None
+            assert second.id == first[0].id + 1
+            await put_all(outbox, [B])  # another host waits: the sender's loop chooses
+            assert outbox.take_next("a.example", {second.id}) is None
+            to_b = await outbox.due(NOW, 1, {second.id}, hosts={"a.example"})
+            assert [e.url for e in to_b] == [B]
+            outbox.delivered(to_b[0].id)
+            third = outbox.take_next("a.example", {second.id})
+            assert third is not None
+            assert third.id == second.id + 1
+            assert outbox.take_next("a.example", {second.id, third.id}) is None
+            await put_all(outbox, [A] * 4)  # past memory: one only in the file
+            assert outbox.take_next("a.example", {second.id, third.id}) is None
+            rest = await outbox.due(NOW, 10, {second.id, third.id})
+            assert sorted(e.id for e in rest) == [5, 6, 7, 8]
+        finally:
+            await outbox.close()
+
+    run(main())
+
+
 def test_a_retried_event_comes_back_from_the_file_when_due(run: Run, tmp_path: Path) -> None:
     async def main() -> None:
         outbox = SqliteOutbox(str(tmp_path / "o.db"))
@@ -143,6 +175,46 @@ def test_a_read_waits_for_earlier_writes_not_for_a_steady_flow_of_later_ones(
         finally:
             stop.set()
             await flow
+            await file.close()
+
+    run(main())
+
+
+def test_a_transaction_of_many_writes_keeps_their_order_and_every_row(
+    run: Run, tmp_path: Path
+) -> None:
+    """Runs of one INSERT or DELETE-by-key are written many rows to a statement; the
+    outcome is that of each write in turn."""
+
+    async def main() -> None:
+        schema = "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT, n INTEGER NOT NULL DEFAULT 0);"
+        file = SqliteFile(str(tmp_path / "f.db"), schema)
+        await file.open()
+        try:
+            writes = []
+            for k in range(1, 151):
+                writes.append(
+                    file.write("INSERT OR REPLACE INTO t (k, v) VALUES (?, ?)", [(k, "a")])
+                )
+            writes.append(file.write("INSERT OR REPLACE INTO t (k, v) VALUES (?, ?)", [(7, "b")]))
+            for k in range(1, 100, 2):  # odd keys below 100 go
+                writes.append(file.write("DELETE FROM t WHERE k = ?", [(k,)]))
+            writes.append(file.write("UPDATE t SET n = n + 1 WHERE k = ?", [(8,), (8,)]))
+            writes.append(file.write("INSERT OR REPLACE INTO t (k, v) VALUES (?, ?)", [(7, "c")]))
+            writes.append(file.write("DELETE FROM t WHERE k = ?", [(150,), (149,), (999,)]))
+            async with asyncio.timeout(DEADLINE):
+                assert all(await asyncio.gather(*[w for w in writes if w is not None]))
+                rows = await file.read("SELECT k, v, n FROM t ORDER BY k")
+            expected = {k: ("a", 0) for k in range(1, 149) if not (k % 2 and k < 100)}
+            expected[7] = ("c", 0)
+            expected[8] = ("a", 2)
+            assert rows == [(k, v, n) for k, (v, n) in sorted(expected.items())]
+            failed = file.write("INSERT INTO t (k, v) VALUES (?, ?)", [(1000, "x"), (1000, "y")])
+            assert failed is not None
+            async with asyncio.timeout(DEADLINE):
+                assert await failed is False  # the whole transaction, as one write failed
+                assert await file.read("SELECT COUNT(*) FROM t WHERE k = 1000") == [(0,)]
+        finally:
             await file.close()
 
     run(main())
