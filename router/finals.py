@@ -160,12 +160,28 @@ class Finals:
         carrier's resend is claimed and reported again (at least once: the client may get
         that receipt twice, never none)."""
         message_id = stored.message.id
-        try:
-            won = await self.store.claim_final(message_id, report)
-        except Exception as exc:
-            log.info("message %s: its final receipt cannot be claimed now: %s", message_id, exc)
-            self._retry_later(message_id)
-            return
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _CLAIM_RETRY
+        pause = 0.05
+        while True:
+            try:
+                won = await self.store.claim_final(message_id, report)
+                break
+            except Exception as exc:
+                waiting = self.finishing.get(message_id, ())
+                if any(respond is not None for respond in waiting):
+                    # A carrier waits for our answer: it sends the receipt again.
+                    log.info("message %s: final receipt not claimed now: %s", message_id, exc)
+                    self._retry_later(message_id)
+                    return
+                if loop.time() + pause > give_up:
+                    # Nobody would send it again (answered already, or decided here).
+                    log.error("message %s: final receipt never claimed: %s", message_id, exc)
+                    self.metrics.event("receipt_dropped", report.carrier)
+                    self.finishing.pop(message_id, None)
+                    return
+                await asyncio.sleep(pause)  # a bounded retry with back-off, not a wait
+                pause = min(2.0, pause * 2)
         if not won:
             self.metrics.event("receipt_duplicate", report.carrier)
             self.durably(message_id, True)
@@ -270,6 +286,12 @@ class Finals:
             log.error("message %s: its final state could not be stored", message_id)
         for respond in self.finishing.pop(message_id, ()):
             answer(respond, ROK if ok else RETRY_LATER)
+
+
+#: Seconds a node keeps trying to claim a final receipt that no carrier will send again
+#: (``ack_after: enqueue``, or one decided here) while the store cannot answer or another
+#: node's report lease (``claim_seconds``, 30 s) is live.
+_CLAIM_RETRY = 90.0
 
 
 def answer(respond: Respond | None, status: int) -> None:

@@ -301,6 +301,14 @@ class Receipts:
             self._unmatched(report.carrier, report.carrier_message_id, respond)
             return
         if stored.done_at is not None:
+            if self.finals.shared and is_final(report.state):
+                # In a cluster the final state is written when a node claims it, before
+                # its receipt is delivered or held: the claim says whether this is a
+                # duplicate, one being reported (sent again later), or one whose node
+                # died before reporting it (reported now).
+                report = msgspec.structs.replace(report, message_id=our_id)
+                self.finals.report(stored.message, report, True, respond)
+                return
             # Final already (its receipt went to the client or is held): a carrier
             # repeating a receipt, say because our deliver_sm_resp was late or lost.
             self.metrics.event("receipt_duplicate", report.carrier)

@@ -41,6 +41,7 @@ from router.ports import (
     ReloadNotice,
 )
 from smsc.config import SmscConfig
+from smsc.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -242,16 +243,7 @@ class ClusterNode:
     async def stop(self) -> None:
         """Stop the tasks and leave (releasing what this node holds)."""
         self._stopping = True
-        pending = set(self._tasks)
-        end = asyncio.get_running_loop().time() + STOP_DEADLINE
-        while pending:  # cancel again what swallowed a cancellation and still runs
-            left = end - asyncio.get_running_loop().time()
-            if left <= 0:
-                log.error("cluster: %d task(s) did not stop: %s", len(pending), pending)
-                break
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=min(0.5, left))
+        await stop_tasks(self._tasks, STOP_DEADLINE, "cluster")
         self._tasks = []
         with contextlib.suppress(ClusterUnavailable):
             await self.coordinator.close()

@@ -24,6 +24,7 @@ import msgspec
 
 from router.model import Message
 from router.ports import ClusterUnavailable, Intake, Signal, Signals, StoreError
+from smsc.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 _POLL = 1.0
 #: Seconds to wait after Redis did not answer before reading again.
 _PAUSE = 0.5
+#: Seconds stop() waits for the node's signal tasks to end.
+_STOP_DEADLINE = 10.0
 #: Questions (cancel, replace) waiting for their answer, at most.
 _MAX_ASKING = 10_000
 
@@ -68,6 +71,8 @@ class Peers:
         self._waking: asyncio.Task[None] | None = None
         self._asking: dict[str, asyncio.Future[bool]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: Set by stop(): the loops end even if a cancellation is lost in a Redis read.
+        self._stopping = False
         #: Signals sent and received, by kind (metrics, tests).
         self.sent: dict[str, int] = {}
         self.received: dict[str, int] = {}
@@ -83,14 +88,13 @@ class Peers:
         ]
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [*self._tasks, *([self._waking] if self._waking else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks, _STOP_DEADLINE, "peers")
         self._tasks = []
         for future in self._asking.values():
-            if not future.done():
-                future.cancel()
+            if not future.done():  # the SMPP handler awaiting it answers ESME_RSYSERR
+                future.set_exception(StoreError("this node is stopping"))
         await self.signals.close()
 
     # --- held deliveries ----------------------------------------------------------------
@@ -115,7 +119,7 @@ class Peers:
                 return
 
     async def _sweeping(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.sweep_interval)
             try:
                 self._sweep()
@@ -162,7 +166,7 @@ class Peers:
             self.sent[signal.kind] = self.sent.get(signal.kind, 0) + 1
 
     async def _following(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 got = await self.signals.next(_POLL)
             except ClusterUnavailable as exc:

@@ -146,6 +146,13 @@ async def reaching(what: str) -> AsyncIterator[None]:
         raise ClusterUnavailable(f"redis unreachable ({what}): {exc}") from exc
 
 
+def block_ms(client: aioredis.Redis, left: float) -> int:
+    """Milliseconds a blocking read (XREAD BLOCK) may wait: what is ``left``, in slices of
+    at most 1 s and half the client's socket timeout (else the socket times out first)."""
+    timeout = client.connection_pool.connection_kwargs.get("socket_timeout") or 2.0
+    return max(1, int(min(left, 1.0, float(timeout) / 2) * 1000))
+
+
 def connect(config: ClusterConfig) -> aioredis.Redis:
     """A client (a pool of connections) for ``config.redis``; every command has
     ``config.timeout`` seconds."""
@@ -399,8 +406,7 @@ class RedisCoordinator:
         key = f"{{{self._p}}}:reload"
         end = time.monotonic() + timeout
         while (left := end - time.monotonic()) > 0:
-            # Blocks in slices well inside the socket timeout.
-            block = max(1, min(1000, int(left * 1000)))
+            block = block_ms(self._redis, left)
             async with reaching("reload"):
                 got: Any = await self._redis.xread({key: self._reload_from}, count=16, block=block)
             for _stream, entries in got or ():

@@ -18,7 +18,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from router.cluster.config import ClusterConfig
-from router.cluster.redis import connect, reaching
+from router.cluster.redis import block_ms, connect, reaching
 from router.ports import Signal
 
 #: Entries kept in the stream (about): far more than the nodes read between two reads.
@@ -74,8 +74,7 @@ class RedisSignals:
     async def next(self, timeout: float) -> list[Signal]:
         end = time.monotonic() + timeout
         while (left := end - time.monotonic()) > 0:
-            # Blocks in slices well inside the socket timeout.
-            block = max(1, min(1000, int(left * 1000)))
+            block = block_ms(self._redis, left)
             async with reaching("signals"):
                 got: Any = await self._redis.xread(
                     {self._key: self._from}, count=_BATCH, block=block
