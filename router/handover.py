@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 #: Messages taken at once at most.
 _TAKE = 256
-#: Seconds a take waits for messages (then looks again at which carriers are bound).
-_WAIT = 1.0
+#: Seconds a take waits for messages (then looks again at which carriers are bound, and
+#: whether to stop): also how long :meth:`Taking.stop` may wait for the task to end.
+WAIT = 0.25
 
 
 class Taking:
@@ -52,6 +53,7 @@ class Taking:
         self.metrics = metrics
         self._adopt = adopt
         self._failing = False
+        self._stopping = False
 
     def offer(self, carrier: str, msg: Message) -> bool:
         """Hand ``msg`` over to the nodes bound to ``carrier``; False: the buffer is full
@@ -68,23 +70,28 @@ class Taking:
             name for name, pool in self.carriers.pools.items() if pool.bound and name not in paused
         )
 
+    def stop(self) -> None:
+        """:meth:`run` ends after its current wait (``WAIT`` seconds at most): a blocking
+        read of Redis is not cancelled half-way (the client may not recover from that)."""
+        self._stopping = True
+
     async def run(self) -> None:
-        """Take handed-over messages until cancelled: for the carriers bound here, as many
-        as the queue has room for; with none bound, wait for a bind to change."""
-        while True:
+        """Take handed-over messages until :meth:`stop`: for the carriers bound here, as
+        many as the queue has room for; with none bound, wait for a bind to change."""
+        while not self._stopping:
             names = self._bound_here()
             room = min(_TAKE, self.queue.max_size - len(self.queue))
             if not names or room <= 0:
                 # Nothing to take for: a bind coming up (or the next check) ends the wait.
-                await self.carriers.changed(_WAIT)
+                await self.carriers.changed(WAIT)
                 continue
             try:
-                taken = await self.port.take(names, room, _WAIT)
+                taken = await self.port.take(names, room, WAIT)
             except StoreError as exc:
                 if not self._failing:
                     log.error("hand-over: cannot take messages: %s", exc)
                 self._failing = True
-                await self.carriers.changed(_WAIT)
+                await self.carriers.changed(WAIT)
                 continue
             if self._failing:
                 log.warning("hand-over: taking messages again")

@@ -41,6 +41,7 @@ from router.config import CarrierConfig, RouterConfig
 from router.correlation import Correlator
 from router.dispatch import Dispatcher
 from router.finals import Finals
+from router.handover import WAIT as HANDOVER_WAIT
 from router.handover import Taking
 from router.health import CarrierHealth
 from router.intake import PacedIntake
@@ -245,8 +246,13 @@ class Router:
             self._tick = None
         self.intake.release()  # queued (and stored) now: nothing accepted is dropped
         self.dispatcher.stop()
-        if self._taking_task is not None:
-            self._taking_task.cancel()
+        if self._taking_task is not None and self.taking is not None:
+            self.taking.stop()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time()) + HANDOVER_WAIT):
+                    await asyncio.shield(self._taking_task)
+            except TimeoutError:  # Redis hangs: cancel it (the store closes its connections)
+                self._taking_task.cancel()
             await asyncio.gather(self._taking_task, return_exceptions=True)
             self._taking_task = None
         if self.taking is not None:  # what is offered goes to Redis, or stays this node's

@@ -324,6 +324,8 @@ class App:
                 if name in slots:
                     pool.allow(slots[name])
             self.router.set_elsewhere(self.cluster.elsewhere)
+            if not self._started.is_set():
+                return  # starting, or stopping: no take-over begins
             dead = self.cluster.dead
             self._taken &= dead  # a node back alive may die again: taken over again then
             for node_id in sorted(dead - self._taken):

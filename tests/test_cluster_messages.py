@@ -179,8 +179,9 @@ def test_the_messages_of_a_node_killed_mid_load_are_finished_by_a_live_node(
             live = await stack.enter_async_context(running_app(config, wait_for=[]))
             assert live.router is not None
             assert live.cluster.slots() == {"ext": 0}
-            await live.cluster.beat()  # node 2 learns that node 1 holds the carrier's bind
-            assert live.router.carriers.remote("ext")
+            async with asyncio.timeout(DEADLINE):  # each heartbeat is a round trip
+                while not live.router.carriers.remote("ext"):
+                    await live.cluster.beat()  # until node 2 reads that node 1 holds the bind
             esme = await bind_client(live, "trx")
             acked: list[str] = []
             try:

@@ -836,8 +836,10 @@ class RedisStore(WriteBehind):
         ms = max(1, int(self._claim_seconds * 1000))
         async with self._deadline("take_over"):
             got = await self._call("take_over", "SET", lock, self._node_id, "NX", "PX", ms)
-            if not got:
-                return []
+            if not got:  # another node takes them over; or this one, failed half-way
+                holder = await self._call("take_over", "GET", lock)
+                if holder is None or holder.decode() != self._node_id:
+                    return []
             calls: list[tuple[Any, ...]] = []
             for b in range(BUCKETS):
                 tag = f"{self._p}:{{m{b}}}"
