@@ -87,9 +87,13 @@ class Taking:
                 continue
             try:
                 taken = await self.port.take(names, room, WAIT)
-            except StoreError as exc:
+            except Exception as exc:  # StoreError; a bug must not stop the taking either
                 if not self._failing:
-                    log.error("hand-over: cannot take messages: %s", exc)
+                    log.error(
+                        "hand-over: cannot take messages: %s",
+                        exc,
+                        exc_info=not isinstance(exc, StoreError),
+                    )
                 self._failing = True
                 await self.carriers.changed(WAIT)
                 continue

@@ -251,9 +251,9 @@ class RedisHandover:
         if not carriers or count <= 0:
             return []
         client = self._store.client()
-        await self._load(client)
         streams = {self._stream(c): c for c in carriers}
         try:
+            await self._load(client)
             for key in streams:
                 if key not in self._groups:
                     with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
@@ -270,7 +270,11 @@ class RedisHandover:
             raise StoreError(f"hand-over: Redis: {exc}") from exc
         if not entries:
             return []
-        return await self._adopt(client, streams, entries)
+        try:
+            return await self._adopt(client, streams, entries)
+        except RedisError as exc:  # the entries stay pending: read again (own, or claimed)
+            self._own_read = False
+            raise StoreError(f"hand-over: Redis: {exc}") from exc
 
     async def _read(
         self, client: Any, streams: dict[str, str], count: int, timeout: float
