@@ -22,6 +22,7 @@ from processes import smsc_process
 from redis_server import redis_server, redis_url  # noqa: F401
 from smsc_fixtures import (
     DEADLINE,
+    FAST,
     UPSTREAM_ID,
     accounts,
     app_config,
@@ -202,5 +203,80 @@ def test_the_messages_of_a_node_killed_mid_load_are_finished_by_a_live_node(
             receipts = final_receipts(esme)
             assert all(len(got) == 1 for got in receipts.values()), receipts
             assert set(receipts) <= set(acked)
+
+    run1(main())
+
+
+def test_a_message_refused_by_the_carrier_on_one_node_fails_over_to_a_carrier_on_another(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """Carrier b1 (the cheaper, bound from node 2) refuses every submit with a temporary
+    error; a1 (bound from node 1) delivers. A message submitted on node 1 goes to node 2
+    for b1, fails over there to a1, and comes back to node 1, which sends it."""
+    refusing = {**simulator(), "host": "127.0.0.1", "port": 0}
+    refusing["profiles"] = {"default": {**FAST, "submit_errors": {"ESME_RSYSERR": 1.0}}}
+
+    async def main() -> None:
+        b1 = Carrier(load_config(refusing, SimulatorConfig))
+        await b1.start()
+        try:
+            async with external_carrier() as a1, AsyncExitStack() as stack:
+
+                def config(node_id: int) -> SmscConfig:
+                    where = tmp_path / f"node{node_id}"
+                    where.mkdir(exist_ok=True)
+                    router = router_section(a1.port, where)
+                    router["carriers"] = [
+                        upstream("a1", host="127.0.0.1", port=a1.port, binds=1),
+                        upstream("b1", host="127.0.0.1", port=b1.port, binds=1),
+                    ]
+                    router["routes"] = [
+                        {
+                            "prefix": "",
+                            "carriers": [
+                                {"carrier": "b1", "price": "0.001"},
+                                {"carrier": "a1", "price": "0.002"},
+                            ],
+                        }
+                    ]
+                    return app_config(
+                        where,
+                        {},
+                        node_id=node_id,
+                        cluster={"redis": redis_url, "lease": LEASE, "heartbeat": LEASE / 6},
+                        router=router,
+                    )
+
+                one = await stack.enter_async_context(running_app(config(1)))
+                two = await stack.enter_async_context(running_app(config(2), wait_for=[]))
+                assert one.router is not None
+                assert two.router is not None
+                # Node 1 joined alone and holds both carriers' one bind: it lets b1's go,
+                # and node 2's next heartbeat takes it.
+                await one.cluster.release_binds(["b1"])
+                one.router.pools["b1"].allow(0)
+                await two.router.wait_carriers_bound(DEADLINE, ["b1"])
+                async with asyncio.timeout(DEADLINE):  # each heartbeat is a round trip
+                    while not (
+                        one.router.carriers.remote("b1") and two.router.carriers.remote("a1")
+                    ):
+                        await one.cluster.beat()
+                        await two.cluster.beat()
+                esme = await bind_client(one, "trx")
+                try:
+                    ids = [await esme.submit_ok() for _ in range(5)]
+                    await wait_final_receipts(esme, ids)
+                finally:
+                    await esme.close()
+                receipts = final_receipts(esme)
+                assert all(len(receipts[mid]) == 1 for mid in ids)
+                for mid in ids:
+                    found = await one.store.get(mid)
+                    assert found is not None
+                    assert (found.state, found.carrier) == (MessageState.DELIVERED, "a1")
+                assert one.router.metrics.events[("handed_over", "b1")] >= 1
+                assert two.router.metrics.events[("handed_over", "a1")] >= 1
+        finally:
+            await b1.stop(2.0)
 
     run1(main())
