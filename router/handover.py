@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 
 #: Messages taken at once at most.
 _TAKE = 256
-#: Seconds a take waits for messages (then looks again at which carriers are bound, and
-#: whether to stop): also how long :meth:`Taking.stop` may wait for the task to end.
-WAIT = 0.25
+#: Seconds between two looks for messages handed over, while none come (a read that does
+#: not block: a blocking read cancelled half-way may never end): 20 reads a second per
+#: idle node, and up to that long before a message handed over is taken. Also how long
+#: :meth:`Taking.stop` may wait for the task to end (with one read).
+WAIT = 0.05
 
 
 class Taking:
@@ -86,7 +88,7 @@ class Taking:
                 await self.carriers.changed(WAIT)
                 continue
             try:
-                taken = await self.port.take(names, room, WAIT)
+                taken = await self.port.take(names, room, 0.0)
             except Exception as exc:  # StoreError; a bug must not stop the taking either
                 if not self._failing:
                     log.error(
@@ -100,7 +102,9 @@ class Taking:
             if self._failing:
                 log.warning("hand-over: taking messages again")
                 self._failing = False
-            if taken:
-                for handed in taken:
-                    self.metrics.event("adopted", handed.carrier)
-                self._adopt(taken)
+            if not taken:
+                await self.carriers.changed(WAIT)
+                continue
+            for handed in taken:
+                self.metrics.event("adopted", handed.carrier)
+            self._adopt(taken)

@@ -11,7 +11,8 @@ a consumer group of the nodes (each node reads the carriers it holds a bind of):
    waits and tries again) — then one script per bucket of message ids moves each message's
    owner from this node to the carrier's hand-over queue (``>carrier``: a restart of this
    node does not recover it, a take-over of this node does not take it);
-2. taking node: ``XREADGROUP`` (blocking, bounded) of the carriers it holds binds of; one
+2. taking node: ``XREADGROUP`` (blocking up to ``timeout``; the router's task does not
+   block, it polls: router.handover) of the carriers it holds binds of; one
    script per bucket ADOPTS each message: a compare-and-set of its owner (the offering
    node, or ``>carrier``) to this node, returning the message, or nothing when another node
    has it already or it is final; then one script per stream acknowledges and deletes the
@@ -297,10 +298,10 @@ class RedisHandover:
                 entries += _entries([[key, reply[1]]])
         if entries:
             return entries
-        block = max(1, int(min(timeout, self._store.read_timeout / 2) * 1000))
+        block = int(min(timeout, self._store.read_timeout / 2) * 1000)
         self._count(1)
         replies = await client.xreadgroup(
-            _GROUP, self._me, dict.fromkeys(streams, ">"), count=count, block=block
+            _GROUP, self._me, dict.fromkeys(streams, ">"), count=count, block=block or None
         )
         return _entries(replies)
 
