@@ -499,6 +499,36 @@ def test_a_dead_nodes_messages_are_taken_over_once(
     run(asyncio.wait_for(main(), DEADLINE))
 
 
+def test_a_take_over_returns_the_messages_it_took_and_one_node_takes_them(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """Two live nodes take over a dead node's messages at once: one of them gets every
+    unfinished one (a lock), the other none; the final one stays where it was."""
+
+    async def main() -> None:
+        nodes = redis_backend(redis_url)
+        async with opened(nodes.make("dead")) as dead:
+            for i in range(50):
+                assert dead.add(msg(i))
+            dead.set_final("m000007", DeliveryReport("", MessageState.DELIVERED, done_at=1.0))
+        async with opened(nodes.make("b")) as b, opened(nodes.make("c")) as c:
+            got_b, got_c = await asyncio.gather(
+                b.take_over_messages("dead"), c.take_over_messages("dead")
+            )
+            taken, other = (got_b, got_c) if got_b else (got_c, got_b)
+            assert other == []
+            ids = [s.message.id for s in taken]
+            assert len(ids) == 49
+            assert "m000007" not in ids
+            assert ids == sorted(ids)  # oldest first
+            owner = b if taken is got_b else c
+            assert {s.message.id for s in await owner.unfinished()} == set(ids)
+            assert await owner.take_over_messages("dead") == []  # nothing left
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
 def test_commands_per_message_stay_few(
     redis_url: str,  # noqa: F811
     run: Any,
