@@ -480,6 +480,25 @@ def test_held_items_are_drained_by_one_node_at_a_time(
     run(asyncio.wait_for(main(), DEADLINE))
 
 
+def test_take_over_messages_returns_the_unfinished_ones_it_took(
+    backend: Backend, run: Any
+) -> None:
+    async def main() -> None:
+        async with opened(backend.make("a")) as a:
+            assert a.add(msg(1))
+            assert a.add(msg(2))
+            a.set_final("m000001", DeliveryReport("", MessageState.DELIVERED, done_at=1.0))
+        async with opened(backend.make("b")) as b:
+            assert b.add(msg(3))
+            taken = await b.take_over_messages("a")
+            assert [s.message.id for s in taken] == ["m000002"]
+            assert await b.take_over_messages("a") == []
+            assert await b.take_over_messages("b") == []  # its own: nothing to take
+            assert [s.message.id for s in await b.unfinished()] == ["m000002", "m000003"]
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
 def test_a_dead_nodes_messages_are_taken_over_once(
     redis_url: str,  # noqa: F811
     run: Any,
