@@ -75,6 +75,8 @@ class Carriers:
         bind slots it holds in a cluster; see CarrierPool.allow); None: all of them."""
         self.queue = queue
         self._bind_slots = bind_slots
+        #: A cluster: the bind slots other live nodes hold, by carrier (none: alone).
+        self.elsewhere: dict[str, int] = {}
         self.metrics = metrics
         self.wall = wall
         self._on_deliver = on_deliver
@@ -147,6 +149,8 @@ class Carriers:
         """Every carrier's health at ``now``; a paused carrier shows as unavailable, so
         routing skips it (and messages only it could take wait, deferred)."""
         views = {name: h.view(now) for name, h in self.health.items()}
+        if self.elsewhere:
+            self._bound_elsewhere(views)
         for name in self.paused:
             view = views.get(name)
             if view is not None:
@@ -154,6 +158,31 @@ class Carriers:
                     view, available=False, reasons=(*view.reasons, "paused by the operator")
                 )
         return views
+
+    def remote(self, name: str) -> bool:
+        """A cluster: this node holds none of ``name``'s bind slots, other live nodes do
+        (a message routed to it is handed over to one of them)."""
+        if not self.elsewhere.get(name):
+            return False
+        pool = self.pools.get(name)
+        return pool is not None and pool.allowed == 0
+
+    def set_elsewhere(self, slots: Mapping[str, int]) -> None:
+        """The bind slots other live nodes hold, by carrier (after a heartbeat). A change
+        may make messages parked for a carrier sendable through another node."""
+        fresh = {name: n for name, n in slots.items() if n > 0}
+        if fresh != self.elsewhere:
+            self.elsewhere = fresh
+            self.unpark_all()
+            self._wake()
+
+    def _bound_elsewhere(self, views: dict[str, HealthView]) -> None:
+        """Carriers bound only through other nodes show as available (their binds: the
+        other nodes' slots), unless something else than the missing bind holds them."""
+        for name, n in self.elsewhere.items():
+            view = views.get(name)
+            if view is not None and self.remote(name) and view.reasons == ("no bind up",):
+                views[name] = msgspec.structs.replace(view, binds=n, available=True, reasons=())
 
     def rates(self) -> dict[str, float | None]:
         """Submits per second each carrier may be sent now; None: no limit."""

@@ -23,6 +23,9 @@ message to :mod:`router.receipts` to await its receipt.
 
 ``ack_after: store``: which carrier a message is handed to is committed before its
 submit_sm goes out (write-ahead).
+
+A cluster: a message routed to a carrier whose binds only other nodes hold is handed over
+to one of them (:mod:`router.handover`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import msgspec
 from router.carriers import Carriers
 from router.config import RouterConfig
 from router.finals import Finals
+from router.handover import Taking
 from router.health import HealthView, rejected_kind
 from router.intake import PacedIntake
 from router.metrics import RouterMetrics, no_route_reason
@@ -117,6 +121,8 @@ class Dispatcher:
         self._pass_due = False
         self._pass_timer: asyncio.TimerHandle | None = None
         self.running = False
+        #: A cluster: hands over what is routed to carriers bound only on other nodes.
+        self.taking: Taking | None = None
 
     def reconfigure(
         self,
@@ -321,11 +327,15 @@ class Dispatcher:
 
     def _take(
         self, decision: RouteDecision, msg: Message, pinned: str | None, now: float, mono: float
-    ) -> str:
+    ) -> str | None:
         """The first carrier of ``decision`` (its choice, then its fallbacks) that can take
         ``msg`` now — ready and let through by its breaker — or "" to wait for capacity.
-        A long message's parts stay on the carrier the first part took."""
+        A long message's parts stay on the carrier the first part took. None: handed over
+        to another node (a cluster: the choice is bound only there)."""
         first = decision.carrier
+        taking = self.taking
+        if taking is not None and self.carriers.remote(first):
+            return None if taking.offer(first, msg) else ""
         pool = self._pools.get(first)
         if pool is not None and pool.ready(mono):
             if self._health[first].try_acquire_trial(now):

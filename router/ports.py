@@ -165,6 +165,46 @@ class MessageStore(Protocol):
         over once, by one node. The caller then reads them with ``unfinished``."""
         ...
 
+    async def take_over_messages(self, node_id: str) -> list[StoredMessage]:
+        """:meth:`take_over`, returning exactly the messages this call took (oldest
+        first): what a running node adopts (``Router.take_over``) while its own are in
+        memory already."""
+        ...
+
+
+class HandedOver(msgspec.Struct, frozen=True, kw_only=True):
+    """A message another node handed over to this one (it holds a bind of ``carrier``)."""
+
+    carrier: str
+    stored: StoredMessage
+
+
+class Handover(Protocol):
+    """Messages routed on one node to a carrier whose binds other nodes hold: handed over
+    through the shared store to a node that holds one (at least once: a node that reads one
+    and dies before it adopted it leaves it to another after the lease). Adopting is a
+    compare-and-set on the message's owner: one node takes each message."""
+
+    def offer(self, carrier: str, message: Message) -> bool:
+        """Hand ``message`` (stored, owned by this node) over to the nodes holding binds of
+        ``carrier``; False (nothing done) when the hand-over buffer is full."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Messages offered and not yet handed over (in this node's buffer)."""
+        ...
+
+    async def take(self, carriers: Sequence[str], count: int, timeout: float) -> list[HandedOver]:
+        """Up to ``count`` messages handed over for ``carriers`` (whose binds this node
+        holds), now owned by this node; waits up to ``timeout`` seconds for some."""
+        ...
+
+    async def close(self, timeout: float) -> None:
+        """Hand over what is buffered (at most ``timeout`` seconds), then stop; what is
+        left stays this node's (its restart recovers it)."""
+        ...
+
 
 class HeldDeliveries(Protocol):
     """Receipts and MO kept for accounts that have no receive-capable bind, in order, until

@@ -9,13 +9,20 @@
   ``resent`` (smsc_router_events) and is logged;
 - accepted by a carrier: its receipt is awaited (the correlation is in the store) until
   ``receipt_timeout`` from now, or its validity.
+
+The same holds for the messages a live node takes over from a node that died
+(:func:`pick_up`, from ``Router.take_over``): a carrier may see one of them twice when the
+dead node had handed it over (``set_sending`` committed, ``ack_after: store``) and died
+before the carrier's answer was committed; each such one counts as ``resent``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from router.metrics import RouterMetrics
+from router.model import StoredMessage
 from router.ports import Store
 from router.queue import MessageQueue
 from router.receipts import Receipts
@@ -27,10 +34,28 @@ async def recover(
     store: Store, queue: MessageQueue, receipts: Receipts, metrics: RouterMetrics, now: float
 ) -> None:
     """Pick up the unfinished messages of ``store`` (see the module); ``now`` is wall time."""
-    requeued = 0
+    pick_up(await store.unfinished(), queue, receipts, metrics, now)
+
+
+def pick_up(
+    found: Iterable[StoredMessage],
+    queue: MessageQueue,
+    receipts: Receipts,
+    metrics: RouterMetrics,
+    now: float,
+    *,
+    why: str = "the restart",
+) -> int:
+    """Pick up ``found`` (unfinished messages now this node's: after a restart, or taken
+    over from a node that died) as the module says; those already in memory here (queued,
+    or awaiting their receipt) are left as they are. How many were picked up."""
+    requeued = picked = 0
     resent: dict[str, int] = {}
-    for stored in await store.unfinished():
+    for stored in found:
         msg = stored.message
+        if msg.id in queue or receipts.deadlines.awaits(msg.id, stored.carrier):
+            continue
+        picked += 1
         if not stored.carrier:
             queue.requeue(msg)
             requeued += 1
@@ -39,9 +64,10 @@ async def recover(
             resent[stored.carrier] = resent.get(stored.carrier, 0) + 1
             metrics.event("resent", stored.carrier)
             log.warning(
-                "message %s: handed to %s before the restart, its answer unknown: sent again",
+                "message %s: handed to %s before %s, its answer unknown: sent again",
                 msg.id,
                 stored.carrier,
+                why,
             )
         else:
             receipts.await_receipt(msg, stored.carrier, now)
@@ -53,3 +79,4 @@ async def recover(
             count,
             carrier,
         )
+    return picked

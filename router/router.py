@@ -14,7 +14,10 @@ It is the facade over the parts that each own one job, wired here:
 - :mod:`router.finals`: a message's final state reported, committed, and the carriers
   waiting on it answered (the durability order of ``ack_after: store``);
 - :mod:`router.mo`: mobile-originated messages to the carrier's account;
-- :mod:`router.recovery`: what a restart picks up again from the store.
+- :mod:`router.recovery`: what a restart picks up again from the store, and what a live
+  node takes over from a node that died (:meth:`Router.take_over`);
+- :mod:`router.handover`: a cluster's messages routed to carriers bound on other nodes,
+  and those other nodes hand over to this one.
 
 Durability (``ack_after: store``): which carrier a message is handed to is committed
 before its submit_sm goes out; a carrier's receipt or MO is answered ESME_ROK only once
@@ -38,16 +41,18 @@ from router.config import CarrierConfig, RouterConfig
 from router.correlation import Correlator
 from router.dispatch import Dispatcher
 from router.finals import Finals
+from router.handover import WAIT as HANDOVER_WAIT
+from router.handover import Taking
 from router.health import CarrierHealth
 from router.intake import PacedIntake
 from router.metrics import RouterMetrics
 from router.mo import MobileOriginated
 from router.model import DeliveryReport, Message
-from router.ports import AcceptCallback, ReportSink, Store
+from router.ports import AcceptCallback, HandedOver, Handover, ReportSink, Store
 from router.queue import MessageQueue
 from router.rates import load_prices
 from router.receipts import Receipts
-from router.recovery import recover
+from router.recovery import pick_up, recover
 from router.routing import AccountPolicy, Explanation, RouteTable, explain
 from router.upstream import Answer, CarrierPool, Respond
 from smppcore.aio import Connection
@@ -100,9 +105,11 @@ class Router:
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         bind_slots: Callable[[str], int] | None = None,
+        handover: Handover | None = None,
     ) -> None:
         """``bind_slots(carrier)``: the carrier's bind slots this node holds (a cluster);
-        None: all its ``binds``."""
+        None: all its ``binds``. ``handover``: a cluster's hand-over of messages between
+        nodes (:mod:`router.handover`); None: alone."""
         self.config = config
         self.store = store
         self.sink = sink
@@ -165,6 +172,17 @@ class Router:
         )
         self.queue.on_ready = self.dispatcher.wake_up
         self._tick: asyncio.TimerHandle | None = None
+        self.taking: Taking | None = None
+        if handover is not None:
+            self.taking = Taking(
+                handover,
+                carriers=self.carriers,
+                queue=self.queue,
+                metrics=self.metrics,
+                adopt=self.adopt,
+            )
+            self.dispatcher.taking = self.taking
+        self._taking_task: asyncio.Task[None] | None = None
 
     # --- what others read ---------------------------------------------------------------
 
@@ -213,6 +231,8 @@ class Router:
         await recover(self.store, self.queue, self.receipts, self.metrics, self.wall())
         self._set_running(True)
         self._tick = asyncio.get_running_loop().call_later(_TICK, self._housekeeping)
+        if self.taking is not None:
+            self._taking_task = asyncio.create_task(self.taking.run(), name="router-handover")
         self.dispatcher.wake_up()
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -226,6 +246,17 @@ class Router:
             self._tick = None
         self.intake.release()  # queued (and stored) now: nothing accepted is dropped
         self.dispatcher.stop()
+        if self._taking_task is not None and self.taking is not None:
+            self.taking.stop()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time()) + HANDOVER_WAIT):
+                    await asyncio.shield(self._taking_task)
+            except TimeoutError:  # Redis hangs: cancel it (the store closes its connections)
+                self._taking_task.cancel()
+            await asyncio.gather(self._taking_task, return_exceptions=True)
+            self._taking_task = None
+        if self.taking is not None:  # what is offered goes to Redis, or stays this node's
+            await self.taking.port.close(max(0.0, deadline - loop.time()))
         await self.carriers.stop(timeout)
         # A carrier will not resend a receipt we answered: deliver or hold what is being
         # matched through the store (the store closes after the router) before giving up.
@@ -277,6 +308,39 @@ class Router:
 
     def replace(self, message: Message) -> bool:
         return self.intake.replace(message)
+
+    # --- a cluster: messages across nodes --------------------------------------------
+
+    def set_elsewhere(self, slots: Mapping[str, int]) -> None:
+        """The bind slots other live nodes hold, by carrier (after each heartbeat): a
+        carrier bound only there is routed to through the hand-over."""
+        self.carriers.set_elsewhere(slots)
+
+    def adopt(self, handed: list[HandedOver]) -> None:
+        """Messages other nodes handed over to this one (now this node's in the store):
+        queued to be routed here (one already queued is left as it is)."""
+        queue = self.queue
+        for item in handed:
+            msg = item.stored.message
+            if msg.id not in queue:
+                queue.requeue(msg)
+
+    async def take_over(self, node_id: str) -> int:
+        """Take over the unfinished messages of ``node_id``, a node that died (its
+        heartbeat is older than the lease): those never sent are queued, those a carrier
+        accepted await their receipt until ``receipt_timeout`` from now, those sent with
+        no answer recorded are sent again (``resent``; see :mod:`router.recovery`). How
+        many were taken (none when another node is taking them: the store's lock).
+        StoreError when the store cannot do it now."""
+        found = await self.store.take_over_messages(node_id)
+        if not found:
+            return 0
+        picked = pick_up(
+            found, self.queue, self.receipts, self.metrics, self.wall(), why=f"node {node_id} died"
+        )
+        log.warning("took over %d unfinished messages of node %s", picked, node_id)
+        self.dispatcher.wake_up()
+        return len(found)
 
     # --- receipts and MO from carriers ------------------------------------------------
 

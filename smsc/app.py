@@ -36,7 +36,7 @@ from router.health import HealthSums
 from router.ports import NodeReport, ReloadNotice, StoreError
 from router.rates import load_prices
 from router.router import Router
-from router.stores import create_store
+from router.stores import create_handover, create_store
 from router.stores.writebehind import run_purges
 from router.upstream import CarrierPool
 from simulator.carrier import Carrier
@@ -161,6 +161,10 @@ class App:
         )
         #: Purges the store every ``store.purge_interval`` (cancelled before it closes).
         self._purger: asyncio.Task[None] | None = None
+        #: Dead nodes whose messages this node has taken over (or another node did: the
+        #: store's lock); a node seen alive again leaves it. The take-overs running.
+        self._taken: set[str] = set()
+        self._taking_over: set[asyncio.Task[None]] = set()
         self.router: Router | None = None
         self.server: Server | None = None
         self.delivery: Delivery | None = None
@@ -228,6 +232,11 @@ class App:
             self.delivery.found_held(account, n)
         self.router = Router(
             router_config,
+            handover=(
+                create_handover(self.store, lease=config.cluster.lease)
+                if self.cluster.shared
+                else None
+            ),
             store=self.store,
             sink=self.web.sink(self.delivery, accounts),
             policies={name: state.policy for name, state in accounts.items()},
@@ -355,6 +364,27 @@ class App:
             for name, pool in self.router.pools.items():
                 if name in slots:
                     pool.allow(slots[name])
+            self.router.set_elsewhere(self.cluster.elsewhere)
+            if not self._started.is_set():
+                return  # starting, or stopping: no take-over begins
+            dead = self.cluster.dead
+            self._taken &= dead  # a node back alive may die again: taken over again then
+            for node_id in sorted(dead - self._taken):
+                self._taken.add(node_id)
+                task = asyncio.create_task(self._take_over(node_id), name="cluster-take-over")
+                self._taking_over.add(task)
+                task.add_done_callback(self._taking_over.discard)
+
+    async def _take_over(self, node_id: str) -> None:
+        """Take over the unfinished messages of ``node_id`` (dead); tried again at the
+        next heartbeat when the store cannot do it now."""
+        if self.router is None:
+            return
+        try:
+            await self.router.take_over(node_id)
+        except StoreError as exc:
+            log.error("cluster: messages of dead node %s not taken over: %s", node_id, exc)
+            self._taken.discard(node_id)
 
     def _apply_peers(self, peers: dict[str, list[HealthSums]]) -> None:
         """After a heartbeat: what the other nodes have seen of each carrier, pooled into
@@ -643,6 +673,9 @@ class App:
                 await self.router.close_intake(left(5.0))
             await self.server.unbind_all(left(5.0))
             await self.server.stop()
+        for task in self._taking_over:
+            task.cancel()
+        await asyncio.gather(*self._taking_over, return_exceptions=True)
         if self.router is not None:
             await self.router.stop(left())
         if self.peers is not None:

@@ -103,6 +103,10 @@ class ClusterNode:
         self.reachable = True
         #: Carrier bind slots this node holds (as of the last heartbeat).
         self.bind_slots: dict[str, int] = {}
+        #: Carrier bind slots the other live nodes hold, by carrier; and the nodes the
+        #: registry lists as dead (heartbeat older than the lease), as of the last one.
+        self.elsewhere: dict[str, int] = {}
+        self.dead: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         #: Set by stop(): the tasks' loops end even if a cancellation is lost on the way
         #: (redis-py's read timeouts can turn one into a TimeoutError).
@@ -137,6 +141,7 @@ class ClusterNode:
             if self.shared and self._carriers:
                 states = await self.coordinator.nodes(now)
                 self._alive = max(1, sum(1 for n in states if n.alive))
+                self._note_others(states)
                 if self._on_peers is not None:
                     peers: dict[str, list[HealthSums]] = {}
                     for state in states:
@@ -167,6 +172,20 @@ class ClusterNode:
         self.reachable = True
         if self.shared and self._on_slots is not None:
             self._on_slots(self.slots())
+
+    def _note_others(self, states: tuple[NodeState, ...]) -> None:
+        """What the registry says of the other nodes: their bind slots, the dead."""
+        elsewhere: dict[str, int] = {}
+        dead: set[str] = set()
+        for state in states:
+            if state.node_id == self.node_id:
+                continue
+            if not state.alive:
+                dead.add(state.node_id)
+                continue
+            for name, n in state.bind_slots.items():
+                elsewhere[name] = elsewhere.get(name, 0) + n
+        self.elsewhere, self.dead = elsewhere, dead
 
     def slots(self) -> dict[str, int]:
         """The bind slots held, by carrier (0 for one claimed and not had)."""

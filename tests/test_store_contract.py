@@ -520,6 +520,25 @@ def test_held_items_are_drained_by_one_node_at_a_time(
     run(asyncio.wait_for(main(), DEADLINE))
 
 
+def test_take_over_messages_returns_the_unfinished_ones_it_took(
+    backend: Backend, run: Any
+) -> None:
+    async def main() -> None:
+        async with opened(backend.make("a")) as a:
+            assert a.add(msg(1))
+            assert a.add(msg(2))
+            a.set_final("m000001", DeliveryReport("", MessageState.DELIVERED, done_at=1.0))
+        async with opened(backend.make("b")) as b:
+            assert b.add(msg(3))
+            taken = await b.take_over_messages("a")
+            assert [s.message.id for s in taken] == ["m000002"]
+            assert await b.take_over_messages("a") == []
+            assert await b.take_over_messages("b") == []  # its own: nothing to take
+            assert [s.message.id for s in await b.unfinished()] == ["m000002", "m000003"]
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
 def test_a_dead_nodes_messages_are_taken_over_once(
     redis_url: str,  # noqa: F811
     run: Any,
@@ -535,6 +554,36 @@ def test_a_dead_nodes_messages_are_taken_over_once(
             mine_b, mine_c = await b.unfinished(), await c.unfinished()
             assert len(mine_b) + len(mine_c) == 100
             assert not {s.message.id for s in mine_b} & {s.message.id for s in mine_c}
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_take_over_returns_the_messages_it_took_and_one_node_takes_them(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """Two live nodes take over a dead node's messages at once: one of them gets every
+    unfinished one (a lock), the other none; the final one stays where it was."""
+
+    async def main() -> None:
+        nodes = redis_backend(redis_url)
+        async with opened(nodes.make("dead")) as dead:
+            for i in range(50):
+                assert dead.add(msg(i))
+            dead.set_final("m000007", DeliveryReport("", MessageState.DELIVERED, done_at=1.0))
+        async with opened(nodes.make("b")) as b, opened(nodes.make("c")) as c:
+            got_b, got_c = await asyncio.gather(
+                b.take_over_messages("dead"), c.take_over_messages("dead")
+            )
+            taken, other = (got_b, got_c) if got_b else (got_c, got_b)
+            assert other == []
+            ids = [s.message.id for s in taken]
+            assert len(ids) == 49
+            assert "m000007" not in ids
+            assert ids == sorted(ids)  # oldest first
+            owner = b if taken is got_b else c
+            assert {s.message.id for s in await owner.unfinished()} == set(ids)
+            assert await owner.take_over_messages("dead") == []  # nothing left
 
     run(asyncio.wait_for(main(), DEADLINE))
 

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 from router.config import StoreConfig
 
 if TYPE_CHECKING:
+    from router.ports import Handover
     from router.stores.redis import RedisStore
     from router.stores.sqlite import SqliteStore
 
-__all__ = ["create_store"]
+__all__ = ["create_handover", "create_store"]
 
 
 def create_store(
@@ -54,3 +55,15 @@ def create_store(
     from router.stores.sqlite import SqliteStore
 
     return SqliteStore(config, node_id=node_id, clock=clock, held_max=held_max)
+
+
+def create_handover(store: SqliteStore | RedisStore, *, lease: float) -> Handover | None:
+    """The hand-over of messages between nodes over ``store`` (Redis: a cluster); None for
+    a store of one node. ``lease``: how long another node's unfinished read is left to it."""
+    from router.stores.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        return None
+    from router.stores.handover import RedisHandover
+
+    return RedisHandover(store, lease=lease)

@@ -104,7 +104,7 @@ from router.stores.writebehind import (
 from smppcore.constants import MessageState
 from smppcore.receipt import is_final
 
-__all__ = ["BUCKETS", "WRITE_ERROR_REASONS", "RedisStore"]
+__all__ = ["BUCKETS", "WRITE_ERROR_REASONS", "RedisStore", "bucket"]
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +316,23 @@ redis.call('SET', lease, node .. '|' .. till, 'PX', ttl)
 return 1
 """
 
+# KEYS: the dead node's index, this node's. ARGV: this node, message key prefix, the dead
+# node. Like _TAKE_OVER_LUA, but only messages the dead node still owns, and their ids.
+_TAKE_OVER_IDS_LUA: Final = """
+local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local out = {}
+for k = 1, #all, 2 do
+  local key = ARGV[2] .. all[k]
+  if redis.call('HGET', key, 'o') == ARGV[3] then
+    redis.call('HSET', key, 'o', ARGV[1])
+    redis.call('ZADD', KEYS[2], all[k + 1], all[k])
+    out[#out + 1] = all[k]
+  end
+end
+redis.call('DEL', KEYS[1])
+return out
+"""
+
 _SCRIPTS: Final = {
     "batch": _BATCH_LUA,
     "claim": _CLAIM_LUA,
@@ -325,6 +342,7 @@ _SCRIPTS: Final = {
     "purge_held": _PURGE_HELD_LUA,
     "purge_messages": _PURGE_MESSAGES_LUA,
     "take_over": _TAKE_OVER_LUA,
+    "take_over_ids": _TAKE_OVER_IDS_LUA,
 }
 
 _FIELDS: Final = (b"b", b"s", b"e", b"c", b"ci", b"d", b"o")
@@ -378,6 +396,10 @@ class _TooFewReplicas(RedisError):
 def _bucket(name: str) -> int:
     """The bucket of a message id (or of ``carrier:key``, a receipt index)."""
     return zlib.crc32(name.encode()) % BUCKETS
+
+
+#: The bucket of a message id (its keys' hash tag is ``{m<bucket>}``).
+bucket = _bucket
 
 
 def _bucket_of(buckets: dict[int, _Bucket], b: int) -> _Bucket:
@@ -835,6 +857,62 @@ class RedisStore(WriteBehind):
             )
         async with self._deadline("take_over"):
             return sum(int(r) for r in await self._read_all(client, calls))
+
+    async def take_over_messages(self, node_id: str) -> list[StoredMessage]:
+        """One node at a time takes a dead node's messages over (a lock, ``SET NX``, for
+        ``claim_seconds``: another node finds it taken and gets none); then one script per
+        bucket, in one pipeline, moves the messages the dead node still owns (a message is
+        taken once), and one pipeline reads them."""
+        if node_id == self._node_id:
+            return []
+        await self.flush()
+        client = self._client()
+        lock = f"{self._p}:takeover:{node_id}"
+        ms = max(1, int(self._claim_seconds * 1000))
+        async with self._deadline("take_over"):
+            got = await self._call("take_over", "SET", lock, self._node_id, "NX", "PX", ms)
+            if not got:  # another node takes them over; or this one, failed half-way
+                holder = await self._call("take_over", "GET", lock)
+                if holder is None or holder.decode() != self._node_id:
+                    return []
+            calls: list[tuple[Any, ...]] = []
+            for b in range(BUCKETS):
+                tag = f"{self._p}:{{m{b}}}"
+                calls.append(
+                    (
+                        "EVALSHA",
+                        self._sha["take_over_ids"],
+                        2,
+                        f"{tag}:u:{node_id}",
+                        f"{tag}:u:{self._node_id}",
+                        self._node_id,
+                        f"{tag}:m:",
+                        node_id,
+                    )
+                )
+            ids = [i.decode() for r in await self._read_all(client, calls) for i in r]
+            reads = [("HMGET", self._message_key(mid), *_FIELDS) for mid in ids]
+            out = [s for s in map(self._stored, await self._read_all(client, reads)) if s]
+        out.sort(key=lambda s: s.message.submitted_at)
+        return out
+
+    # -- for the hand-over between nodes (router.stores.handover) ----------------------------
+
+    def client(self) -> aioredis.Redis:
+        """The open client (StoreClosed when not open)."""
+        return self._client()
+
+    @property
+    def prefix(self) -> str:
+        return self._p
+
+    @property
+    def read_timeout(self) -> float:
+        return self._config.read_timeout
+
+    def stored(self, values: Sequence[Any]) -> StoredMessage | None:
+        """A message from the values of its hash's fields b s e c ci d o, in that order."""
+        return self._stored(values)
 
     async def claim_final(self, message_id: str, report: DeliveryReport) -> bool:
         """The claim script's compare-and-set, at once (after this node's queued writes of

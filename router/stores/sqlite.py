@@ -522,6 +522,20 @@ class SqliteStore(WriteBehind):
     async def settle_final(self, message_id: str) -> None:
         """One node owns this store: its claims need no lease."""
 
+    async def take_over_messages(self, node_id: str) -> list[StoredMessage]:
+        """The unfinished messages of ``node_id``, read, then taken over (one file belongs
+        to one node: nobody else takes them meanwhile)."""
+        if node_id == self._node_id:
+            return []
+        await self.flush()
+        rows = await self._read(
+            f"SELECT {_STORED_COLUMNS} FROM messages WHERE owner = ? AND done_at IS NULL"
+            " ORDER BY submitted_at",
+            (node_id,),
+        )
+        await self.take_over(node_id)
+        return [self._stored(row) for row in rows]
+
     async def claim_final(self, message_id: str, report: DeliveryReport) -> bool:
         """One conditional UPDATE on the writer's connection, after the writes queued
         before it (``flush``), within ``read_timeout``."""
