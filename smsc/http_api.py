@@ -571,15 +571,28 @@ class HttpApi:
             futures.append(done)
             self.server.intake.submit(message, answered)
         if all(f.done() for f in futures):  # answered at once (not paced, not durable)
-            return next((s for s in (f.result() for f in futures) if s), 0)
+            return self._all_or_none(parts, [f.result() for f in futures])
         try:
             async with asyncio.timeout(self.router.config.intake.max_wait + 30.0):
                 if len(futures) == 1:
                     return await futures[0]
                 statuses = await asyncio.gather(*futures)
         except TimeoutError:
+            for message in parts:  # its fate unknown: none of it is to go
+                self.server.intake.cancel(message.id)
             return int(CommandStatus.ESME_RSYSERR)
-        return next((s for s in statuses if s), 0)
+        return self._all_or_none(parts, statuses)
+
+    def _all_or_none(self, parts: list[Message], statuses: list[int]) -> int:
+        """The first refusal, or 0. A message is taken whole or not at all: when one part
+        is refused, the parts already accepted are cancelled (the client is told it was
+        refused and may send it again: no partial message reaches the handset)."""
+        refused = next((s for s in statuses if s), 0)
+        if refused:
+            for message, status in zip(parts, statuses, strict=True):
+                if status == 0:
+                    self.server.intake.cancel(message.id)
+        return refused
 
     # --- reading ------------------------------------------------------------------------
 

@@ -189,6 +189,28 @@ def test_a_long_unicode_text_is_split_with_udh_and_every_part_takes_one_carrier(
     run1(main())
 
 
+def test_a_long_message_is_taken_whole_or_not_at_all(run1: Run, tmp_path: Path) -> None:
+    """The queue has room for three parts of a five-part message (its carrier paused, so
+    they wait): the fourth is refused, the three already taken are cancelled, and the
+    answer says the message was not taken — no partial message reaches the handset."""
+    text = "Grüße 🌍 " * 30  # UCS-2, 300 characters: 5 parts
+
+    async def main() -> None:
+        config = api_config(tmp_path, router={"queue_max": 3})
+        async with running_app(config) as app, client(app) as c:
+            assert app.router is not None
+            app.router.pause("fast")
+            reply = await c.post("/v1/messages", json_body={"to": "447700900001", "text": text})
+            assert reply.status != 202, reply.body
+            stats = app.router.stats()
+            assert (stats.queued, stats.parked, stats.scheduled) == (0, 0, 0)
+            # Room again: the next one is taken whole.
+            short = await c.post("/v1/messages", json_body={"to": "447700900001", "text": "hi"})
+            assert short.status == 202
+
+    run1(main())
+
+
 def test_a_thousand_destinations_in_one_request_each_get_an_id(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with running_app(api_config(tmp_path)) as app, client(app) as c:
