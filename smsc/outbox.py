@@ -325,12 +325,15 @@ class SqliteOutbox:
         if not rows:
             return False
         done = self.file.write(
-            "UPDATE events SET dead = 0, attempts = 0, created = ?, next_at = ? WHERE id = ?",
+            "UPDATE events SET dead = 0, attempts = 0, created = ?, next_at = ?"
+            " WHERE id = ? AND dead = 1",
             [(now, now, event_id)],
             force=True,
         )
-        self._waiting += 1
-        return done is not None and await done
+        if done is None or not await done:
+            return False
+        self._waiting += 1  # once it is waiting again, not before
+        return True
 
 
 def _due_order(event: OutboxEvent) -> tuple[float, int]:
