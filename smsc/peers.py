@@ -101,7 +101,10 @@ class Peers:
 
     def held(self, account: str) -> None:
         """Deliveries for ``account`` are held (committed) and it has no receiver here:
-        tell the other nodes (once for all the accounts held since the last send)."""
+        tell the other nodes (once for all the accounts held since the last send). Not
+        once stopping: the other nodes' sweeps find them (and the client is closed)."""
+        if self._stopping:
+            return
         self._to_wake[account] = None
         if self._waking is None or self._waking.done():
             self._waking = asyncio.create_task(self._wake(), name="peers-wake")
@@ -142,6 +145,8 @@ class Peers:
         )  # fmt: skip
 
     async def _ask(self, question: Signal) -> bool:
+        if self._stopping:
+            raise StoreError("this node is stopping")
         if len(self._asking) >= _MAX_ASKING:
             raise StoreError("too many questions to other nodes waiting")
         token = secrets.token_hex(8)
