@@ -259,8 +259,10 @@ class RedisCoordinator:
             if not self._joined:  # never joined: the id may be another live node's
                 return
             self._joined = False
-            async with reaching("close"):
-                pipe = self._redis.pipeline(transaction=False)
+            async with (
+                reaching("close"),
+                self._redis.pipeline(transaction=False) as pipe,  # reset when left
+            ):
                 nodes, beats, owners = self._registry()
                 pipe.hdel(nodes, self.node_id)
                 pipe.zrem(beats, self.node_id)
@@ -283,8 +285,10 @@ class RedisCoordinator:
     async def heartbeat(self, report: NodeReport, now: float) -> dict[str, int]:
         self._report = report
         until = now + self.lease
-        async with reaching("heartbeat"):
-            pipe = self._redis.pipeline(transaction=False)
+        async with (
+            reaching("heartbeat"),
+            self._redis.pipeline(transaction=False) as pipe,  # reset when left
+        ):
             for account, tokens in self._mine.items():
                 if tokens:
                     key = self._sessions_key(account)
@@ -385,8 +389,10 @@ class RedisCoordinator:
         self._claims.pop(carrier, None)
         self._held.pop(carrier, None)
         holders, counts = self._carrier_keys(carrier)
-        async with reaching("binds"):
-            pipe = self._redis.pipeline(transaction=True)
+        async with (
+            reaching("binds"),
+            self._redis.pipeline(transaction=True) as pipe,  # reset when left
+        ):
             pipe.zrem(holders, self.node_id)
             pipe.hdel(counts, self.node_id)
             await pipe.execute()

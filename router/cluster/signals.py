@@ -64,8 +64,10 @@ class RedisSignals:
     async def send(self, signals: Sequence[Signal]) -> None:
         if not signals:
             return
-        async with reaching("signals"):
-            pipe = self._redis.pipeline(transaction=False)
+        async with (
+            reaching("signals"),
+            self._redis.pipeline(transaction=False) as pipe,  # reset when left
+        ):
             for signal in signals:
                 pipe.xadd(self._key, {"s": _encode(signal)}, maxlen=_KEPT, approximate=True)
             await pipe.execute()
