@@ -62,6 +62,7 @@ from smppcore.pdu import DeliverSm, Pdu
 from smppcore.receipt import is_final
 from smppcore.receipt_pdu import message_preview, receipt_sm_body
 from smsc.accounts import AccountState
+from smsc.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -541,7 +542,7 @@ class Delivery:
                     continue
                 if not fresh:
                     if drain.inflight:
-                        await _wait(room, _ROOM_CHECK)  # an answer, then read again
+                        await wait_event(room, _ROOM_CHECK)  # an answer, then read again
                         continue
                     if self._holds.get(account, 0) + self._wakes.get(account, 0) == holds:
                         emptied = True
@@ -556,7 +557,7 @@ class Delivery:
                     while drain.inflight:
                         room.clear()
                         if drain.inflight:
-                            await _wait(room, _ROOM_CHECK)
+                            await wait_event(room, _ROOM_CHECK)
                     if not any(_live(c) for c in state.receivers):
                         return  # the next bind starts a drain
         except Exception:
@@ -635,7 +636,7 @@ class Delivery:
                 return conn
             if not any(_live(c) for c in state.receivers):
                 return None
-            await _wait(room, _ROOM_CHECK)
+            await wait_event(room, _ROOM_CHECK)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -662,15 +663,6 @@ class _DrainState:
         #: An item was refused or left unanswered: pause, then read again.
         self.failed = False
 
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait for ``event`` at most ``timeout`` seconds. The caller clears it before it
-    looks at what the event announces, so that nothing set since is missed."""
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        pass
 
 
 def _body(frame: bytes) -> bytes | None:

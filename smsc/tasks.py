@@ -1,4 +1,5 @@
-"""Stopping the background tasks a component owns, with a deadline.
+"""Waiting on the background: an event under a deadline (:func:`wait_event`), and stopping
+the tasks a component owns with a deadline (:func:`stop_tasks`).
 
 A task blocked in a Redis read (redis-py, uvloop) can lose a cancellation on the way: its
 read timeout turns the CancelledError into a TimeoutError that the task's loop handles as
@@ -32,3 +33,13 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[None]], timeout: float, what: 
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=min(_AGAIN, left))
     return True
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait for ``event`` at most ``timeout`` seconds. The caller clears it before it looks
+    at what the event announces, so that nothing set since is missed."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass

@@ -46,6 +46,7 @@ from smsc.delivery import wants_receipt
 from smsc.http_config import WebhooksConfig
 from smsc.legacy_dlr import legacy_request
 from smsc.outbox import Outbox, OutboxEvent
+from smsc.tasks import wait_event
 from smsc.webhook_client import HttpError, WebhookClient
 
 log = logging.getLogger(__name__)
@@ -381,7 +382,7 @@ class WebhookSender:
                     # What was due is on its way: read again at once if there may be more,
                     # else when something changes (a put, a POST's end; 1 s at most).
                     if not full_read:
-                        await _wait(self._wake, 1.0)
+                        await wait_event(self._wake, 1.0)
                     continue
                 at = await self.outbox.next_due(self._inflight, self._blocked())
                 now = self.wall()
@@ -394,7 +395,7 @@ class WebhookSender:
                     wait = min(5.0, at - now)
                 else:  # due, but held back (caps, breakers): after a POST ends
                     wait = 1.0
-                await _wait(self._wake, wait)
+                await wait_event(self._wake, wait)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -514,15 +515,6 @@ class WebhookSender:
         self.outbox.retry_at(event.id, attempts, now + delay, error)
         self.metrics.count(event.account, "retried")
 
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait for ``event`` at most ``timeout`` seconds (the caller cleared it before it
-    looked at what the event announces)."""
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        pass
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
