@@ -93,6 +93,27 @@ async def submit_batch(esme: Any, n: int) -> list[tuple[int, str]]:
     return [(r.command_status, r.message_id) for r in resps]
 
 
+class Logged(logging.Handler):
+    """An event set when ``logger`` logs a record at ``level`` or above: to await what the
+    store says about itself (from the loop's thread or another) under a deadline."""
+
+    def __init__(self, logger: str, level: int) -> None:
+        super().__init__(level)
+        self._logger = logging.getLogger(logger)
+        self._loop = asyncio.get_running_loop()
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._loop.call_soon_threadsafe(self.event.set)
+
+    def __enter__(self) -> Logged:
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+
+
 def on_disk(path: Path) -> set[str]:
     """Message ids in the database file, as another process sees it (committed only)."""
     with sqlite3.connect(path) as db:
@@ -136,7 +157,10 @@ def test_a_full_disk_under_load_refuses_submits_and_mo_then_resumes_losing_nothi
             acked += [mid for _, mid in batch]
         filler = fill(fs)
         statuses: list[int] = []
-        with caplog.at_level(logging.WARNING, logger="router.stores"):
+        with (
+            caplog.at_level(logging.WARNING, logger="router.stores"),
+            Logged("router.stores", logging.ERROR) as unwritable,
+        ):
             async with asyncio.timeout(DEADLINE):
                 while not REFUSED & set(statuses):
                     batch = await submit_batch(esme, 50)
@@ -151,6 +175,12 @@ def test_a_full_disk_under_load_refuses_submits_and_mo_then_resumes_losing_nothi
                 # At risk: acknowledged, kept in memory only until space returns.
                 assert app.store.queued > 0
                 assert not set(acked) <= on_disk(db_path)
+
+            # In ``enqueue`` mode the queue may fill (queue_max) before the writer's
+            # transaction finds the disk full: the store says so when it does.
+            async with asyncio.timeout(DEADLINE):
+                await unwritable.event.wait()
+            assert app.store.unwritable == "disk_full"
 
             [carrier] = mc.bound(UPSTREAM_ID)
             async with asyncio.timeout(DEADLINE):
