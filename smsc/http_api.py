@@ -43,7 +43,7 @@ from smsc.callbacks import Callbacks, Target
 from smsc.http_config import HttpApiConfig
 from smsc.http_metrics import HttpCounters
 from smsc.http_openapi import SPEC
-from smsc.http_records import Answer, HttpRecords, SentMessage, part_id
+from smsc.http_records import Answer, HttpRecords, RecordsUnavailable, SentMessage, part_id
 from smsc.http_times import instant, validity_end
 from smsc.messages import InvalidMessage, admit, build_message, retry_after
 from smsc.outbox import Outbox
@@ -267,6 +267,15 @@ class HttpApi:
                 response = await handler(request)
             except Problem as problem:
                 response = problem.response(request.path)
+            except RecordsUnavailable as exc:
+                log.warning("HTTP API: %s %s: records unavailable: %s", request.method,
+                            request.path, exc)  # fmt: skip
+                response = Problem(
+                    503,
+                    "Unavailable",
+                    "the API's records cannot be read now",
+                    headers={"Retry-After": "1"},
+                ).response(request.path)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
@@ -508,6 +517,15 @@ class HttpApi:
         # reads of the records wait for the writes queued before them). ``ack_after:
         # store`` answers once the record is committed too; ``enqueue`` (accepted once
         # in memory) does not wait for it: it is written behind, in the next group commit.
+        if self.records.shared and not await recorded:
+            # Other nodes read the record (a receipt may land on any of them at once):
+            # written first, or nothing is submitted.
+            raise Problem(
+                503,
+                "Unavailable",
+                "the API's records cannot be written now",
+                headers={"Retry-After": "1"},
+            )
         recorded.add_done_callback(partial(_recorded, len(sent)))
         if self.router.config.ack_after == "store":
             results, _ = await asyncio.gather(

@@ -1,5 +1,6 @@
 """The application API's part of a node, as the composition root (smsc/app.py) starts and
-stops it: the API's records and the webhook outbox (SQLite files next to the store), the
+stops it: the API's records and the webhook outbox (SQLite files next to the store; the
+records in Redis in a cluster: smsc/http_records_redis.py), the
 webhook sink in front of the SMPP delivery, the webhook sender, and the HTTP listener
 (when ``http_api`` is configured).
 
@@ -17,16 +18,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from router.cluster.redis import connect
 from router.ports import ReportSink
 from smppcore.tls import server_context
 from smsc.accounts import AccountState
-from smsc.callbacks import Callbacks
+from smsc.callbacks import Callbacks, Target
 from smsc.config import SmscConfig
 from smsc.http_api import HttpApi
 from smsc.http_metrics import HttpCollector, HttpCounters
-from smsc.http_records import HttpRecords
+from smsc.http_records import HttpRecords, SqliteRecords
+from smsc.http_records_redis import RedisRecords
 from smsc.legacy_http import LegacyEndpoints
 from smsc.outbox import SqliteOutbox
 from smsc.sqlitefile import beside
@@ -45,9 +49,22 @@ class HttpNode:
         self.wall = wall
         store_path = config.router.store.path
         api = config.http_api
-        self.records = HttpRecords(
-            api.path if api is not None and api.path else beside(store_path, "http")
-        )
+        #: In a cluster: the one Redis client of the records (and the outbox); closed here.
+        self.redis: aioredis.Redis | None = None
+        self.records: HttpRecords
+        if config.cluster.enabled:
+            self.redis = connect(config.cluster)
+            self.records = RedisRecords(
+                self.redis,
+                prefix=config.cluster.key_prefix,
+                retention=config.router.store.keep_days * 86_400,
+                answer_ttl=api.idempotency_ttl if api is not None else 86_400.0,
+                timeout=config.cluster.timeout,
+            )
+        else:
+            self.records = SqliteRecords(
+                api.path if api is not None and api.path else beside(store_path, "http")
+            )
         hooks = config.webhooks
         self.outbox = SqliteOutbox(
             hooks.path or beside(store_path, "webhooks"), max_pending=hooks.max_pending
@@ -91,10 +108,23 @@ class HttpNode:
             rng=random.Random(),
             wall=self.wall,
         )
+        shared = self.records.shared and self.config.http_api is not None
         self._sink = WebhookSink(
-            inner, accounts, self.outbox, self.callbacks, wake=self.sender.wake, wall=self.wall
+            inner,
+            accounts,
+            self.outbox,
+            self.callbacks,
+            wake=self.sender.wake,
+            wall=self.wall,
+            # In a cluster a message sent through another node's API: its target is read.
+            lookup=self._target if shared else None,
+            lookup_timeout=self.config.cluster.timeout,
         )
         return self._sink
+
+    async def _target(self, message_id: str) -> Target | None:
+        sent = await self.records.get(message_id)
+        return None if sent is None else sent.target
 
     async def start(
         self, server: Server, router: Router, registry: CollectorRegistry | None = None
@@ -144,9 +174,13 @@ class HttpNode:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)
             self._purger = None
-        if self.sender is not None:
-            await self.sender.stop()
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout
+        if self._sink is not None:  # the router's last reports into the outbox
+            await self._sink.stop(max(0.05, until - loop.time()))
+        if self.sender is not None:
+            await self.sender.stop()
         await self.outbox.close(max(0.05, until - loop.time()))
         await self.records.close(max(0.05, until - loop.time()))
+        if self.redis is not None:
+            await self.redis.aclose()

@@ -1,11 +1,16 @@
-"""What the HTTP API remembers of its own (an SQLite file next to the store): the
-messages sent through it (to list an account's messages, and to know each one's parts,
-reference and callback URL), and the answers to requests with an ``Idempotency-Key``
-(replayed for ``idempotency_ttl`` seconds)."""
+"""What the HTTP API remembers of its own: the messages sent through it (to list an
+account's messages, and to know each one's parts, reference and callback URL), and the
+answers to requests with an ``Idempotency-Key`` (replayed for ``idempotency_ttl`` seconds).
+
+:class:`HttpRecords` is the interface the API needs; :class:`SqliteRecords` keeps them in
+an SQLite file next to the store (a node alone); smsc/http_records_redis.py in the
+cluster's Redis (every node sees every node's messages and answers).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import msgspec
 
@@ -68,7 +73,70 @@ class Answer(msgspec.Struct, frozen=True):
     response: bytes
 
 
-class HttpRecords:
+class RecordsUnavailable(Exception):
+    """The records cannot be read now (their Redis does not answer): the API answers 503."""
+
+
+class HttpRecords(Protocol):
+    @property
+    def shared(self) -> bool:
+        """Other nodes read these records too: a message's record is written before the
+        message is submitted (its receipt may land on another node at once)."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self, timeout: float = 5.0) -> None: ...
+
+    def add(self, messages: list[SentMessage]) -> asyncio.Future[bool] | None:
+        """Record ``messages``; the future says True once durable. None: refused (full)."""
+        ...
+
+    async def get(self, message_id: str) -> SentMessage | None:
+        """The message ``message_id`` (RecordsUnavailable)."""
+        ...
+
+    async def page(
+        self,
+        account: str,
+        *,
+        to: str | None,
+        since: float | None,
+        until: float | None,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> list[SentMessage]:
+        """The account's messages, newest first (``created``, then ``id``, descending),
+        created in [since, until), to ``to``, after the cursor ``after`` (created, id);
+        at most ``limit`` (RecordsUnavailable)."""
+        ...
+
+    async def with_callbacks(self, since: float, limit: int) -> list[SentMessage]:
+        """Messages whose targets a node keeps in memory from the start (oldest first)."""
+        ...
+
+    async def answer(self, account: str, key: str, since: float) -> Answer | None:
+        """The answer remembered for ``key`` of ``account`` since ``since``
+        (RecordsUnavailable)."""
+        ...
+
+    def remember(
+        self, account: str, key: str, answer: Answer, now: float
+    ) -> asyncio.Future[bool] | None:
+        """Remember the answer to ``key``; the future says True once durable."""
+        ...
+
+    def purge(self, before_messages: float, before_answers: float) -> None:
+        """Forget messages created before ``before_messages`` and answers before
+        ``before_answers``."""
+        ...
+
+
+class SqliteRecords:
+    """The records in an SQLite file (a node alone)."""
+
+    shared = False
+
     def __init__(self, path: str, *, max_pending: int = 100_000) -> None:
         self.file = SqliteFile(path, _SCHEMA, max_pending=max_pending)
 

@@ -1,0 +1,201 @@
+"""The HTTP API's records in the cluster's Redis (see smsc/http_records.py for what they
+are): every node lists, shows and follows the messages sent through any node's API, and an
+``Idempotency-Key`` answered on one node is replayed on every other.
+
+Key layout (``P`` the cluster's ``key_prefix``; the part in braces is the hash tag, for
+Redis Cluster):
+
+- ``P:{hr:<id>}:m``              STRING, one message (msgpack of SentMessage), by its id;
+  expires ``retention`` seconds after it was written (``store.keep_days``, as the SQLite
+  records are purged).
+- ``P:{ha:<account>}:list``      ZSET, the account's messages, score ``created``, member
+  ``<id> NUL <msgpack of SentMessage>`` (a page is one read; equal scores sort by id).
+  Trimmed to ``retention`` at each add; the key expires ``retention`` after the last one.
+- ``P:{ha:<account>}:i:<key>``   STRING, the answer to an Idempotency-Key (msgpack of
+  (body_hash, status, response, created)), ``SET NX`` with a TTL of ``idempotency_ttl``:
+  the first answer stays, on every node.
+
+Commands: an add is one pipeline (one round trip) of 3 + 1 per message (SET per message,
+ZADD of all, ZREMRANGEBYSCORE, PEXPIRE); a remember one ``SET NX PX``; reads one command
+each. Every call has ``timeout`` seconds; Redis away: writes resolve False (the API answers
+503 and submits nothing), reads raise RecordsUnavailable (503)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from smsc.http_records import Answer, RecordsUnavailable, SentMessage
+
+log = logging.getLogger(__name__)
+
+#: Rows a page reads at a time while filtering (by ``to``) in this process.
+CHUNK = 500
+_SEP = b"\x00"
+_encode = msgspec.msgpack.Encoder().encode
+_decode_sent = msgspec.msgpack.Decoder(SentMessage).decode
+_decode_answer = msgspec.msgpack.Decoder(tuple[str, int, bytes, float]).decode
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+class RedisRecords:
+    """The records on ``client`` (not closed here: its owner closes it)."""
+
+    shared = True
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "smsc",
+        retention: float = 7 * 86_400.0,
+        answer_ttl: float = 86_400.0,
+        timeout: float = 2.0,
+        max_pending: int = 10_000,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.retention = retention
+        self.answer_ttl = answer_ttl
+        self.timeout = timeout
+        self.max_pending = max_pending
+        #: Writes on their way (owned here: awaited, then cancelled, at close).
+        self._writes: set[asyncio.Task[bool]] = set()
+
+    def message_key(self, message_id: str) -> str:
+        return f"{self.prefix}:{{hr:{message_id}}}:m"
+
+    def list_key(self, account: str) -> str:
+        return f"{self.prefix}:{{ha:{account}}}:list"
+
+    def answer_key(self, account: str, key: str) -> str:
+        return f"{self.prefix}:{{ha:{account}}}:i:{key}"
+
+    async def open(self) -> None:
+        """Nothing to prepare (the client connects on first use)."""
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout``) for the writes on their way; cancel the rest."""
+        writes = list(self._writes)
+        if writes:
+            _, late = await asyncio.wait(writes, timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    def _write(self, what: str, calls: list[tuple[Any, ...]]) -> asyncio.Future[bool] | None:
+        if len(self._writes) >= self.max_pending:
+            return None
+        task = asyncio.create_task(self._send(what, calls))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    async def _send(self, what: str, calls: list[tuple[Any, ...]]) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for call in calls:
+                        pipe.execute_command(*call)
+                    replies = await pipe.execute(raise_on_error=False)
+        except _FAILURES as exc:
+            log.warning("HTTP records: %s not written: %s", what, exc)
+            return False
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if errors:
+            log.warning("HTTP records: %s not written: %s", what, errors[0])
+            return False
+        return True
+
+    async def _read(self, *call: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self.redis.execute_command(*call)  # type: ignore[no-untyped-call]
+        except _FAILURES as exc:
+            raise RecordsUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+
+    def add(self, messages: list[SentMessage]) -> asyncio.Future[bool] | None:
+        keep_ms = max(1, math.ceil(self.retention * 1000))
+        calls: list[tuple[Any, ...]] = []
+        lists: dict[str, list[Any]] = {}
+        newest: dict[str, float] = {}
+        for m in messages:
+            packed = _encode(m)
+            calls.append(("SET", self.message_key(m.id), packed, "PX", keep_ms))
+            lists.setdefault(m.account, []).extend((m.created, m.id.encode() + _SEP + packed))
+            newest[m.account] = max(newest.get(m.account, m.created), m.created)
+        for account, pairs in lists.items():
+            key = self.list_key(account)
+            calls.append(("ZADD", key, *pairs))
+            oldest = newest[account] - self.retention
+            calls.append(("ZREMRANGEBYSCORE", key, "-inf", f"({oldest!r}"))
+            calls.append(("PEXPIRE", key, keep_ms))
+        return self._write(f"{len(messages)} messages", calls)
+
+    async def get(self, message_id: str) -> SentMessage | None:
+        raw = await self._read("GET", self.message_key(message_id))
+        return None if raw is None else _decode_sent(raw)
+
+    async def page(
+        self,
+        account: str,
+        *,
+        to: str | None,
+        since: float | None,
+        until: float | None,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> list[SentMessage]:
+        top = "+inf" if until is None else f"({until!r}"
+        if after is not None and (until is None or after[0] < until):
+            top = repr(after[0])
+        bottom = "-inf" if since is None else repr(since)
+        out: list[SentMessage] = []
+        offset = 0
+        chunk = max(limit, CHUNK) if to is not None else limit + 1
+        while len(out) < limit:
+            rows = await self._read(
+                "ZREVRANGEBYSCORE", self.list_key(account), top, bottom, "LIMIT", offset, chunk
+            )
+            for row in rows:
+                m = _decode_sent(row.partition(_SEP)[2])
+                if after is not None and (m.created, m.id) >= after:
+                    continue
+                if to is not None and m.to != to:
+                    continue
+                out.append(m)
+                if len(out) == limit:
+                    break
+            if len(rows) < chunk:
+                break
+            offset += chunk
+        return out
+
+    async def with_callbacks(self, since: float, limit: int) -> list[SentMessage]:
+        """None: in a cluster a message's target is read from Redis when a report needs it
+        (:meth:`get`), whichever node sent it."""
+        return []
+
+    async def answer(self, account: str, key: str, since: float) -> Answer | None:
+        raw = await self._read("GET", self.answer_key(account, key))
+        if raw is None:
+            return None
+        body_hash, status, response, created = _decode_answer(raw)
+        return Answer(body_hash, status, response) if created >= since else None
+
+    def remember(
+        self, account: str, key: str, answer: Answer, now: float
+    ) -> asyncio.Future[bool] | None:
+        packed = _encode((answer.body_hash, answer.status, answer.response, now))
+        ttl_ms = max(1, math.ceil(self.answer_ttl * 1000))
+        call = ("SET", self.answer_key(account, key), packed, "NX", "PX", ttl_ms)
+        return self._write("an idempotent answer", [call])
+
+    def purge(self, before_messages: float, before_answers: float) -> None:
+        """Nothing: Redis forgets them itself (TTLs; each list trimmed at each add)."""

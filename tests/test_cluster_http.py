@@ -1,0 +1,145 @@
+"""The application HTTP API across the nodes of a cluster: two ``smsc serve`` nodes (Apps)
+on loopback sharing a real redis-server, each with the API on a port of its own, and the
+simulated carrier ``sim`` with one bind for the whole cluster (node A holds it: every
+receipt lands on A).
+
+A message sent through node B's API with a ``callback_url`` gets its status event when its
+receipt lands on node A; B's and A's API both list it and show it; an ``Idempotency-Key``
+replayed on the other node replays the answer (the message is sent once)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+from http_fixtures import Client, Receiver, api_config
+from loops import Run
+from redis_server import redis_server, redis_url  # noqa: F401
+from smsc_fixtures import running_app
+
+from smsc.app import App
+from smsc.config import SmscConfig
+
+LEASE = 2.0
+HEARTBEAT = 0.1
+
+
+def node_config(tmp_path: Path, url: str, node_id: int) -> SmscConfig:
+    where = tmp_path / f"node{node_id}"
+    where.mkdir(exist_ok=True)
+    return api_config(
+        where,
+        {"sim": {}},
+        node_id=node_id,
+        cluster={"redis": url, "lease": LEASE, "heartbeat": HEARTBEAT},
+    )
+
+
+@asynccontextmanager
+async def two_nodes(tmp_path: Path, url: str) -> AsyncIterator[tuple[App, App]]:
+    """Node A (holds sim's one bind: receipts arrive there) and node B."""
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(running_app(node_config(tmp_path, url, 1)))
+        b = await stack.enter_async_context(running_app(node_config(tmp_path, url, 2), wait_for=[]))
+        assert a.cluster.bind_slots.get("sim") == 1
+        assert b.cluster.bind_slots.get("sim", 0) == 0
+        yield a, b
+
+
+def final_events(receiver: Receiver, message_id: str) -> list[str]:
+    return [
+        c.event["type"]
+        for c in receiver.taken()
+        if c.event["data"].get("message_id") == message_id
+        and c.event["type"] in ("message.delivered", "message.failed", "message.expired")
+    ]
+
+
+def test_a_message_sent_on_b_gets_its_callback_when_its_receipt_lands_on_a(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with Receiver() as receiver, two_nodes(tmp_path, redis_url) as (_a, b):
+            async with Client(b.api_port) as on_b:
+                reply = await on_b.post(
+                    "/v1/messages",
+                    json_body={
+                        "to": "447700900001",
+                        "text": "hi",
+                        "callback_url": receiver.url("/cb"),
+                        "reference": "order-7",
+                    },
+                )
+            assert reply.status == 202, reply
+            message_id = reply.body["messages"][0]["id"]
+            await receiver.wait_for(lambda: bool(final_events(receiver, message_id)))
+            assert final_events(receiver, message_id) == ["message.delivered"]
+            call = next(c for c in receiver.taken() if c.event["data"]["message_id"] == message_id)
+            assert call.path == "/cb"
+            assert call.event["data"]["reference"] == "order-7"
+
+    run1(main())
+
+
+def test_either_node_shows_and_lists_the_messages_sent_through_both(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with (
+            two_nodes(tmp_path, redis_url) as (a, b),
+            Client(a.api_port) as on_a,
+            Client(b.api_port) as on_b,
+        ):
+            sent = []
+            for i, c in enumerate([on_a, on_b, on_a, on_b]):
+                reply = await c.post(
+                    "/v1/messages",
+                    json_body={"to": f"44770090000{i}", "text": "hi", "reference": f"r{i}"},
+                )
+                assert reply.status == 202, reply
+                sent.append(reply.body["messages"][0]["id"])
+            for c in (on_a, on_b):
+                for i, message_id in enumerate(sent):
+                    shown = await c.get(f"/v1/messages/{message_id}")
+                    assert shown.status == 200, shown
+                    assert shown.body["reference"] == f"r{i}"
+                listed = await c.get("/v1/messages", params={"limit": "3"})
+                assert [m["id"] for m in listed.body["messages"]] == sent[::-1][:3]
+                rest = await c.get(
+                    "/v1/messages", params={"limit": "3", "cursor": listed.body["next_cursor"]}
+                )
+                assert [m["id"] for m in rest.body["messages"]] == sent[:1]
+                one = await c.get("/v1/messages", params={"to": "447700900001"})
+                assert [m["id"] for m in one.body["messages"]] == [sent[1]]
+
+    run1(main())
+
+
+def test_an_idempotency_key_replayed_on_the_other_node_sends_once(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with two_nodes(tmp_path, redis_url) as (a, b):
+            async with Client(a.api_port) as on_a, Client(b.api_port) as on_b:
+                body = {"to": "447700900001", "text": "once"}
+                key = {"Idempotency-Key": "order-42"}
+                first = await on_a.post("/v1/messages", json_body=body, headers=key)
+                again = await on_b.post("/v1/messages", json_body=body, headers=key)
+                other = await on_b.post(
+                    "/v1/messages", json_body={**body, "text": "twice"}, headers=key
+                )
+                listed = await on_b.get("/v1/messages")
+            assert first.status == again.status == 202
+            assert again.body == first.body
+            assert again.headers.get("Idempotent-Replayed") == "true"
+            assert other.status == 422
+            assert [m["id"] for m in listed.body["messages"]] == [first.body["messages"][0]["id"]]
+
+    run1(main())
