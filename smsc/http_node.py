@@ -1,6 +1,6 @@
 """The application API's part of a node, as the composition root (smsc/app.py) starts and
-stops it: the API's records and the webhook outbox (SQLite files next to the store; the
-records in Redis in a cluster: smsc/http_records_redis.py), the
+stops it: the API's records and the webhook outbox (SQLite files next to the store; in a
+cluster both in its Redis: smsc/http_records_redis.py, smsc/outbox_redis.py), the
 webhook sink in front of the SMPP delivery, the webhook sender, and the HTTP listener
 (when ``http_api`` is configured).
 
@@ -32,7 +32,8 @@ from smsc.http_metrics import HttpCollector, HttpCounters
 from smsc.http_records import HttpRecords, SqliteRecords
 from smsc.http_records_redis import RedisRecords
 from smsc.legacy_http import LegacyEndpoints
-from smsc.outbox import SqliteOutbox
+from smsc.outbox import Outbox, SqliteOutbox
+from smsc.outbox_redis import RedisOutbox
 from smsc.sqlitefile import beside
 from smsc.webhooks import WebhookSender, WebhookSink
 
@@ -66,9 +67,20 @@ class HttpNode:
                 api.path if api is not None and api.path else beside(store_path, "http")
             )
         hooks = config.webhooks
-        self.outbox = SqliteOutbox(
-            hooks.path or beside(store_path, "webhooks"), max_pending=hooks.max_pending
-        )
+        self.outbox: Outbox
+        if self.redis is not None:
+            self.outbox = RedisOutbox(
+                self.redis,
+                prefix=config.cluster.key_prefix,
+                # An event handed out is this node's for longer than its POST may take.
+                lease=hooks.timeout + config.cluster.lease,
+                max_pending=hooks.max_pending,
+                timeout=config.cluster.timeout,
+            )
+        else:
+            self.outbox = SqliteOutbox(
+                hooks.path or beside(store_path, "webhooks"), max_pending=hooks.max_pending
+            )
         self.callbacks = Callbacks()
         self.sender: WebhookSender | None = None
         self._sink: WebhookSink | None = None

@@ -3,8 +3,9 @@ whoever produced it is told it is safe — a carrier's deliver_sm is acknowledge
 then — and stays until its receiver took it or it is dead-lettered.
 
 :class:`Outbox` is the interface the sender (smsc/webhooks.py) needs; :class:`SqliteOutbox`
-keeps it in an SQLite file of its own next to the store (a Redis one can follow for the
-cluster). Bounded: past ``max_pending`` waiting events, :meth:`Outbox.put` refuses.
+keeps it in an SQLite file of its own next to the store (a node alone); in a cluster
+smsc/outbox_redis.py keeps it in Redis, shared by the nodes. Bounded: past ``max_pending``
+waiting events, :meth:`Outbox.put` refuses.
 
 The sender's common case costs no read: an event committed by :meth:`SqliteOutbox.put` is
 also kept in memory (up to ``MEMORY`` of them) until :meth:`SqliteOutbox.due` hands it

@@ -5,18 +5,21 @@ receipt lands on A).
 
 A message sent through node B's API with a ``callback_url`` gets its status event when its
 receipt lands on node A; B's and A's API both list it and show it; an ``Idempotency-Key``
-replayed on the other node replays the answer (the message is sent once)."""
+replayed on the other node replays the answer (the message is sent once); a webhook event
+that node A was POSTing when it died is POSTed by node B once A's claim on it has lapsed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+from aiohttp import web
 from http_fixtures import Client, Receiver, api_config
 from loops import Run
 from redis_server import redis_server, redis_url  # noqa: F401
-from smsc_fixtures import running_app
+from smsc_fixtures import DEADLINE, running_app
 
 from smsc.app import App
 from smsc.config import SmscConfig
@@ -141,5 +144,87 @@ def test_an_idempotency_key_replayed_on_the_other_node_sends_once(
             assert again.headers.get("Idempotent-Replayed") == "true"
             assert other.status == 422
             assert [m["id"] for m in listed.body["messages"]] == [first.body["messages"][0]["id"]]
+
+    run1(main())
+
+
+class StuckThenAnswering:
+    """A webhook receiver that leaves every call unanswered until :meth:`answer` (a node
+    POSTing to it is stuck mid-POST); from then on it answers 204 and records the body."""
+
+    def __init__(self) -> None:
+        self.stuck = 0
+        self.bodies: list[bytes] = []
+        self.changed = asyncio.Event()
+        self._answering = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        self.url = ""
+
+    async def __aenter__(self) -> StuckThenAnswering:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._answering.set()
+        await self._runner.cleanup()
+
+    def answer(self) -> None:
+        self._answering.set()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not self._answering.is_set():
+            self.stuck += 1
+            self.changed.set()
+            async with asyncio.timeout(DEADLINE):
+                await self._answering.wait()
+            return web.Response(status=503)  # (its caller is gone by now)
+        self.bodies.append(body)
+        self.changed.set()
+        return web.Response(status=204)
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(DEADLINE):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def test_an_event_a_dead_node_was_posting_is_posted_by_the_other_after_its_lease(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with StuckThenAnswering() as receiver, AsyncExitStack() as a_running:
+            a = await a_running.enter_async_context(
+                running_app(node_config(tmp_path, redis_url, 1))
+            )
+            async with running_app(node_config(tmp_path, redis_url, 2), wait_for=[]) as b:
+                async with Client(a.api_port) as on_a:
+                    reply = await on_a.post(
+                        "/v1/messages",
+                        json_body={
+                            "to": "447700900001",
+                            "text": "hi",
+                            "callback_url": receiver.url,
+                        },
+                    )
+                assert reply.status == 202, reply
+                message_id = reply.body["messages"][0]["id"]
+                await receiver.until(lambda: receiver.stuck >= 1)  # A is POSTing it
+                await a_running.aclose()  # A dies mid-POST: its claim stays in Redis
+                receiver.answer()
+                await receiver.until(lambda: bool(receiver.bodies))
+                [body] = receiver.bodies
+                assert message_id.encode() in body
+                assert b"message.delivered" in body
+                assert b.web.sender is not None
+                assert b.web.sender.metrics.outcomes == {("acme", "delivered"): 1}  # by B
 
     run1(main())

@@ -1,0 +1,381 @@
+"""The webhook outbox in the cluster's Redis (the interface: smsc/outbox.py): an event put
+on any node is durable in Redis before whoever produced it is told so (a carrier's
+deliver_sm is acknowledged only then), any node's sender may POST it, and one node at a
+time does: :meth:`RedisOutbox.due` claims the events it hands out for ``lease`` seconds
+(longer than a POST may take). A node that dies holding claims leaves its events to the
+others once the lease has passed; dead letters are listed and sent again from any node.
+
+Key layout (``P`` the cluster's ``key_prefix``; every key has the hash tag ``{wo}``, so one
+script call touches one slot of a Redis Cluster; the scripts derive the keys from the tag):
+
+- ``P:{wo}:seq``            STRING, event ids (INCR).
+- ``P:{wo}:e:<id>``         HASH, the event: ``a`` account, ``u`` url, ``b`` body, ``k``
+  kind, ``h`` receiving host, ``n`` attempts, ``c`` created, ``t`` next attempt, ``r`` last
+  error, ``d`` 1 once dead-lettered.
+- ``P:{wo}:due``            ZSET, the waiting events (not dead): score = when it may be
+  handed out: its next attempt, or while claimed the end of the claim. Its size is what
+  ``max_pending`` bounds, for the whole cluster.
+- ``P:{wo}:dead``           ZSET, dead-lettered events by ``created`` (``purge``).
+- ``P:{wo}:dead:<account>`` ZSET, the account's dead-lettered events by id.
+
+Commands: a put is one script call; the sender's read of what is due one script call for a
+batch of events (it also counts the waiting ones); each outcome (delivered, retry, dead)
+one. Every call has ``timeout`` seconds. Redis away: a put resolves False (the carrier is
+answered a temporary error and sends its receipt again), the sender reads nothing and tries
+again, an outcome not written leaves the event claimed until its lease ends (then it is
+POSTed again: at least once, never lost); the failures endpoints answer 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Collection, Coroutine
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from smsc.http_records import RecordsUnavailable
+from smsc.outbox import OutboxEvent
+
+log = logging.getLogger(__name__)
+
+#: Due events one read looks at, at most, beyond those it hands out (those to hosts held
+#: back are skipped over).
+SCAN = 1_000
+#: Dead letters one purge call removes (it calls again until none is left).
+PURGE_BATCH = 1_000
+#: Writes (puts and outcomes) on their way at once, at most: past it a put is refused.
+MAX_WRITES = 10_000
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+_PUT = """
+local tag = ARGV[1]
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+local id = redis.call('INCR', tag .. ':seq')
+redis.call('HSET', tag .. ':e:' .. id, 'a', ARGV[3], 'u', ARGV[4], 'b', ARGV[5], 'k', ARGV[6],
+  'h', ARGV[7], 'n', '0', 'c', ARGV[8], 't', ARGV[8], 'r', '', 'd', '0')
+redis.call('ZADD', KEYS[1], ARGV[8], id)
+return id
+"""
+
+# ARGV: tag, now, claim's end, limit, scan, n, n ids to skip (this node's in flight),
+# hosts held back... Returns {waiting, {id, account, url, body, attempts, created,
+# next_at, error, kind}...}
+_CLAIM = """
+local tag, now, till = ARGV[1], ARGV[2], ARGV[3]
+local limit, scan, n = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local skip, blocked = {}, {}
+for i = 7, 6 + n do skip[ARGV[i]] = true end
+for i = 7 + n, #ARGV do blocked[ARGV[i]] = true end
+local out = {0}
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, scan + limit)
+for _, id in ipairs(ids) do
+  if #out > limit then break end
+  local f = redis.call('HMGET', tag .. ':e:' .. id, 'h', 'a', 'u', 'b', 'n', 'c', 't', 'r', 'k')
+  if not f[1] then
+    redis.call('ZREM', KEYS[1], id)
+  elseif not blocked[f[1]] and not skip[id] then
+    redis.call('ZADD', KEYS[1], till, id)
+    out[#out + 1] = {id, f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]}
+  end
+end
+out[1] = redis.call('ZCARD', KEYS[1])
+return out
+"""
+
+# ARGV: tag, op, id, op's arguments. Returns 1 done, 0 nothing to do.
+_SETTLE = """
+local tag, op, id = ARGV[1], ARGV[2], ARGV[3]
+local key = tag .. ':e:' .. id
+if op == 'done' then
+  redis.call('ZREM', KEYS[1], id)
+  return redis.call('DEL', key)
+end
+if op == 'revive' then
+  if redis.call('ZREM', tag .. ':dead:' .. ARGV[4], id) == 0 then return 0 end
+  redis.call('ZREM', tag .. ':dead', id)
+  redis.call('HSET', key, 'n', '0', 'c', ARGV[5], 't', ARGV[5], 'd', '0')
+  redis.call('ZADD', KEYS[1], ARGV[5], id)
+  return 1
+end
+if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'd') == '1' then
+  return 0
+end
+if op == 'retry' then
+  redis.call('HSET', key, 'n', ARGV[4], 't', ARGV[5], 'r', ARGV[6])
+  redis.call('ZADD', KEYS[1], ARGV[5], id)
+elseif op == 'dead' then
+  redis.call('HSET', key, 'n', ARGV[4], 'r', ARGV[5], 'd', '1')
+  redis.call('ZREM', KEYS[1], id)
+  local f = redis.call('HMGET', key, 'a', 'c')
+  redis.call('ZADD', tag .. ':dead', f[2], id)
+  redis.call('ZADD', tag .. ':dead:' .. f[1], id, id)
+elseif op == 'back' then
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) > tonumber(ARGV[4]) then
+    redis.call('ZADD', KEYS[1], redis.call('HGET', key, 't'), id)
+  end
+end
+return 1
+"""
+
+# ARGV: tag, account, limit. Returns the account's dead letters, newest first.
+_FAILED = """
+local tag = ARGV[1]
+local out = {}
+for _, id in ipairs(redis.call('ZREVRANGE', tag .. ':dead:' .. ARGV[2], 0, ARGV[3] - 1)) do
+  local f = redis.call('HMGET', tag .. ':e:' .. id, 'a', 'u', 'b', 'n', 'c', 't', 'r', 'k')
+  if f[1] then out[#out + 1] = {id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]} end
+end
+return out
+"""
+
+# ARGV: tag, before, batch. Forgets dead letters created before ``before``; how many.
+_PURGE = """
+local tag = ARGV[1]
+local dead = tag .. ':dead'
+local ids = redis.call('ZRANGEBYSCORE', dead, '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  local key = tag .. ':e:' .. id
+  local account = redis.call('HGET', key, 'a')
+  if account then redis.call('ZREM', dead .. ':' .. account, id) end
+  redis.call('DEL', key)
+  redis.call('ZREM', dead, id)
+end
+return #ids
+"""
+
+
+class RedisOutbox:
+    """The outbox on ``client`` (not closed here: its owner closes it)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "smsc",
+        lease: float = 30.0,
+        max_pending: int = 1_000_000,
+        timeout: float = 2.0,
+    ) -> None:
+        """``lease``: seconds an event handed out stays this node's (above the longest a
+        POST may take)."""
+        self.redis = client
+        self.tag = f"{prefix}:{{wo}}"
+        self.due_key = f"{self.tag}:due"
+        self.lease = lease
+        self.max_pending = max_pending
+        self.timeout = timeout
+        self._waiting = 0
+        #: The ``now`` of the last :meth:`due` (events given back were claimed then).
+        self._claimed_at = 0.0
+        self._writes: set[asyncio.Task[Any]] = set()
+        #: Outcomes (delivered, retry, dead, given back, purge) on their way: a read waits
+        #: for those queued before it (it sees them, as the SQLite outbox's reads do).
+        self._outcomes: set[asyncio.Task[Any]] = set()
+        self._down = False
+        self._put = client.register_script(_PUT)
+        self._claim = client.register_script(_CLAIM)
+        self._settle = client.register_script(_SETTLE)
+        self._failed = client.register_script(_FAILED)
+        self._purge = client.register_script(_PURGE)
+
+    @property
+    def waiting(self) -> int:
+        """Events waiting in the whole cluster, as of the last read."""
+        return self._waiting
+
+    async def open(self) -> None:
+        """Count what waits (Redis away: counted at the first read that works)."""
+        try:
+            self._waiting = int(await self._call(self.redis.zcard(self.due_key)))
+        except _FAILURES as exc:
+            self._failure("counting the waiting events", exc)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout``) for the writes on their way; cancel the rest."""
+        writes = list(self._writes)
+        if writes:
+            _, late = await asyncio.wait(writes, timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    # --- plumbing --------------------------------------------------------------------
+
+    async def _call(self, call: Awaitable[Any]) -> Any:
+        async with asyncio.timeout(self.timeout):
+            result = await call
+        if self._down:
+            log.warning("webhook outbox: redis reachable again")
+            self._down = False
+        return result
+
+    def _failure(self, what: str, exc: BaseException) -> None:
+        if not self._down:
+            log.error("webhook outbox: %s failed (redis: %s); trying again", what, exc)
+        self._down = True
+
+    async def _script(self, script: Any, *args: Any) -> Any:
+        return await self._call(script(keys=[self.due_key], args=[self.tag, *args]))
+
+    def _spawn(self, call: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
+        if len(self._writes) >= MAX_WRITES:
+            call.close()
+            return None
+        task = asyncio.create_task(call)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    async def _outcome(self, what: str, *args: Any) -> bool:
+        try:
+            return bool(await self._script(self._settle, *args))
+        except _FAILURES as exc:
+            self._failure(what, exc)
+            return False
+
+    def _later(self, what: str, *args: Any) -> None:
+        self._track(self._spawn(self._outcome(what, *args)), what)
+
+    def _track(self, task: asyncio.Task[Any] | None, what: str) -> None:
+        if task is None:
+            log.warning("webhook outbox: %s not written (%d writes waiting)", what, MAX_WRITES)
+            return
+        self._outcomes.add(task)
+        task.add_done_callback(self._outcomes.discard)
+
+    async def _written(self) -> None:
+        """Wait (at most ``timeout``) for the outcomes queued so far."""
+        if self._outcomes:
+            await asyncio.wait(list(self._outcomes), timeout=self.timeout)
+
+    # --- the interface ---------------------------------------------------------------
+
+    def put(
+        self, account: str, url: str, body: bytes, now: float, kind: str = "json"
+    ) -> asyncio.Future[bool] | None:
+        host = urlsplit(url).netloc
+        return self._spawn(self._put_one(account, url, body, now, kind, host))
+
+    async def _put_one(
+        self, account: str, url: str, body: bytes, now: float, kind: str, host: str
+    ) -> bool:
+        args = (self.max_pending, account, url, body, kind, host, repr(now))
+        try:
+            event_id = await self._script(self._put, *args)
+        except _FAILURES as exc:
+            self._failure("an event's put", exc)
+            return False
+        if not event_id:
+            log.warning("webhook outbox: full (max_pending %d): event refused", self.max_pending)
+            return False
+        self._waiting += 1
+        return True
+
+    async def due(
+        self, now: float, limit: int, skip: Collection[int], hosts: Collection[str] = ()
+    ) -> list[OutboxEvent]:
+        """Claims what it hands out for ``lease`` seconds from ``now``."""
+        await self._written()
+        try:
+            found = await self._script(
+                self._claim,
+                repr(now),
+                repr(now + self.lease),
+                limit,
+                SCAN + len(skip),
+                len(skip),
+                *skip,
+                *hosts,
+            )
+        except _FAILURES as exc:
+            self._failure("reading the due events", exc)
+            return []
+        self._waiting = int(found[0])
+        self._claimed_at = now
+        events = [_event(row) for row in found[1:]]
+        events.sort(key=lambda e: (e.next_at, e.id))
+        return events
+
+    def give_back(self, events: list[OutboxEvent]) -> None:
+        for event in events:  # (claimed by this node since the last due: it is theirs)
+            self._later("an event given back", "back", event.id, repr(self._claimed_at))
+
+    def take_next(self, host: str, skip: Collection[int]) -> OutboxEvent | None:
+        """None: every event is claimed through :meth:`due` (one read for a batch)."""
+        return None
+
+    async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
+        await self._written()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrange(self.due_key, 0, 0, withscores=True)
+                pipe.zcard(self.due_key)
+                first, waiting = await self._call(pipe.execute())
+        except _FAILURES as exc:
+            self._failure("reading when the next event is due", exc)
+            return None
+        self._waiting = int(waiting)
+        return float(first[0][1]) if first else None
+
+    def delivered(self, event_id: int) -> None:
+        self._waiting = max(0, self._waiting - 1)
+        self._later("an event's delivery", "done", event_id)
+
+    def retry_at(self, event_id: int, attempts: int, at: float, error: str) -> None:
+        self._later("an event's retry", "retry", event_id, attempts, repr(at), error)
+
+    def dead(self, event_id: int, attempts: int, error: str) -> None:
+        self._waiting = max(0, self._waiting - 1)
+        self._later("an event's dead letter", "dead", event_id, attempts, error)
+
+    async def failures(self, account: str, limit: int) -> list[OutboxEvent]:
+        await self._written()
+        try:
+            rows = await self._script(self._failed, account, limit)
+        except _FAILURES as exc:
+            raise RecordsUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+        return [_event(row) for row in rows]
+
+    async def revive(self, account: str, event_id: int, now: float) -> bool:
+        await self._written()
+        try:
+            done = await self._script(self._settle, "revive", event_id, account, repr(now))
+        except _FAILURES as exc:
+            raise RecordsUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+        if done:
+            self._waiting += 1
+        return bool(done)
+
+    def purge(self, before: float) -> None:
+        self._track(self._spawn(self._purge_all(before)), "a purge")
+
+    async def _purge_all(self, before: float) -> None:
+        try:
+            while await self._script(self._purge, repr(before), PURGE_BATCH) >= PURGE_BATCH:
+                pass
+        except _FAILURES as exc:
+            self._failure("purging dead letters", exc)
+
+
+def _text(value: bytes) -> str:
+    return value.decode()
+
+
+def _event(row: list[Any]) -> OutboxEvent:
+    event_id, account, url, body, attempts, created, next_at, error, kind = row
+    return OutboxEvent(
+        id=int(event_id),
+        account=_text(account),
+        url=_text(url),
+        body=bytes(body),
+        attempts=int(attempts),
+        created=float(created),
+        next_at=float(next_at),
+        last_error=_text(error),
+        kind=_text(kind),
+    )
