@@ -224,7 +224,9 @@ def test_an_event_a_dead_node_was_posting_is_posted_by_the_other_after_its_lease
                 [body] = receiver.bodies
                 assert message_id.encode() in body
                 assert b"message.delivered" in body
-                assert b.web.sender is not None
-                assert b.web.sender.metrics.outcomes == {("acme", "delivered"): 1}  # by B
+                sender = b.web.sender
+                assert sender is not None
+                assert await sender.wait_for(lambda: bool(sender.metrics.outcomes), DEADLINE)
+                assert sender.metrics.outcomes == {("acme", "delivered"): 1}  # POSTed by B
 
     run1(main())
