@@ -6,7 +6,8 @@ receipt lands on A).
 A message sent through node B's API with a ``callback_url`` gets its status event when its
 receipt lands on node A; B's and A's API both list it and show it; an ``Idempotency-Key``
 replayed on the other node replays the answer (the message is sent once); a webhook event
-that node A was POSTing when it died is POSTed by node B once A's claim on it has lapsed."""
+that node A was POSTing when it died is POSTed by node B once A's claim on it has lapsed;
+with Redis away the API answers 503 problems and nothing it acknowledged is lost."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from aiohttp import web
 from http_fixtures import Client, Receiver, api_config
 from loops import Run
-from redis_server import redis_server, redis_url  # noqa: F401
+from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 from smsc_fixtures import DEADLINE, running_app
 
 from smsc.app import App
@@ -230,3 +231,48 @@ def test_an_event_a_dead_node_was_posting_is_posted_by_the_other_after_its_lease
                 assert sender.metrics.outcomes == {("acme", "delivered"): 1}  # POSTed by B
 
     run1(main())
+
+
+def test_with_redis_away_the_api_answers_503_and_loses_nothing_it_acknowledged(
+    run1: Run, tmp_path: Path
+) -> None:
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", aof=True, appendfsync="always")
+    server.start()
+
+    async def main() -> None:
+        async with (
+            Receiver() as receiver,
+            running_app(node_config(tmp_path, server.url, 1)) as a,
+            Client(a.api_port) as c,
+        ):
+
+            async def send(to: str) -> int:
+                body = {"to": to, "text": "hi", "callback_url": receiver.url("/cb")}
+                reply = await c.post("/v1/messages", json_body=body)
+                return reply.status
+
+            assert await send("447700900001") == 202
+            await receiver.wait_for(lambda: len(receiver.taken()) == 1)
+            sender = a.web.sender
+            assert sender is not None
+            assert await sender.wait_for(lambda: bool(sender.metrics.outcomes), DEADLINE)
+            assert await a.web.outbox.next_due(set()) is None  # (its outcome is written)
+            server.stop()
+            assert await send("447700900002") == 503
+            for path in ("/v1/messages", "/v1/messages/1000001", "/v1/webhooks/failures"):
+                reply = await c.get(path)
+                assert reply.status == 503, (path, reply)
+                assert reply.body["title"] == "Unavailable"
+            server.start()  # same port: the node is not told
+            async with asyncio.timeout(DEADLINE):
+                while (status := await send("447700900003")) != 202:
+                    assert status == 503  # (until the client has connected again)
+            await receiver.wait_for(lambda: len(receiver.taken()) == 2)
+            listed = await c.get("/v1/messages")
+            assert [m["to"] for m in listed.body["messages"]] == ["447700900003", "447700900001"]
+
+    try:
+        run1(main())
+    finally:
+        server.stop()
