@@ -366,13 +366,27 @@ class HttpApi:
                     content_type=_type(known.status),
                     headers={"Idempotent-Replayed": "true"},
                 )
-            status, body, headers = await self._send(state, raw)
+            shared = self.records.shared
+            if shared and not await self.records.reserve(state.system_id, key, now):
+                raise Problem(
+                    409,
+                    "In progress",
+                    "a request with this Idempotency-Key is being answered (or just was)",
+                )
+            try:
+                status, body, headers = await self._send(state, raw)
+            except BaseException:
+                if shared:
+                    self.records.release(state.system_id, key)
+                raise
             if status < 500 and status != 429:  # a temporary refusal is not remembered
                 done = self.records.remember(
                     state.system_id, key, Answer(digest, status, body), now
                 )
                 if done is not None:
                     await done
+            elif shared:
+                self.records.release(state.system_id, key)
             return web.Response(
                 body=body, status=status, content_type=_type(status), headers=headers
             )

@@ -60,6 +60,8 @@ class HttpNode:
                 prefix=config.cluster.key_prefix,
                 retention=config.router.store.keep_days * 86_400,
                 answer_ttl=api.idempotency_ttl if api is not None else 86_400.0,
+                # The longest a send may take (HttpApi._submit's deadline), and a margin.
+                reserve_ttl=config.router.intake.max_wait + 60.0,
                 timeout=config.cluster.timeout,
             )
         else:

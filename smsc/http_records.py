@@ -126,6 +126,16 @@ class HttpRecords(Protocol):
         """Remember the answer to ``key``; the future says True once durable."""
         ...
 
+    async def reserve(self, account: str, key: str, now: float) -> bool:
+        """Mark ``key`` as being answered now, for every node sharing the records (asked
+        only when :attr:`shared`; a node alone knows its own requests); False: it is being
+        answered, or was (RecordsUnavailable)."""
+        ...
+
+    def release(self, account: str, key: str) -> None:
+        """Undo :meth:`reserve` (the request was refused for now: no answer remembered)."""
+        ...
+
     def purge(self, before_messages: float, before_answers: float) -> None:
         """Forget messages created before ``before_messages`` and answers before
         ``before_answers``."""
@@ -222,6 +232,12 @@ class SqliteRecords:
             "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
             [(account, key, answer.body_hash, answer.status, answer.response, now)],
         )
+
+    async def reserve(self, account: str, key: str, now: float) -> bool:
+        return True  # (a node alone: HttpApi knows the requests being answered)
+
+    def release(self, account: str, key: str) -> None:
+        pass
 
     def purge(self, before_messages: float, before_answers: float) -> None:
         rows = [(before_messages,)]

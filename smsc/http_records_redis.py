@@ -11,14 +11,16 @@ Redis Cluster):
 - ``P:{ha:<account>}:list``      ZSET, the account's messages, score ``created``, member
   ``<id> NUL <msgpack of SentMessage>`` (a page is one read; equal scores sort by id).
   Trimmed to ``retention`` at each add; the key expires ``retention`` after the last one.
-- ``P:{ha:<account>}:i:<key>``   STRING, the answer to an Idempotency-Key (msgpack of
-  (body_hash, status, response, created)), ``SET NX`` with a TTL of ``idempotency_ttl``:
-  the first answer stays, on every node.
+- ``P:{ha:<account>}:i:<key>``   STRING, an Idempotency-Key: while a node answers it a
+  reservation (``SET NX`` with a TTL of ``reserve_ttl``: the longest a send may take; status
+  0), then its answer (msgpack of (body_hash, status, response, created)) for
+  ``idempotency_ttl``: one node sends, the others answer 409 meanwhile, replay it after.
 
 Commands: an add is one pipeline (one round trip) of 3 + 1 per message (SET per message,
-ZADD of all, ZREMRANGEBYSCORE, PEXPIRE); a remember one ``SET NX PX``; reads one command
-each. Every call has ``timeout`` seconds; Redis away: writes resolve False (the API answers
-503 and submits nothing), reads raise RecordsUnavailable (503)."""
+ZADD of all, ZREMRANGEBYSCORE, PEXPIRE); a request with an Idempotency-Key three (GET,
+``SET NX PX``, ``SET PX``); reads one command each. Every call has ``timeout`` seconds;
+Redis away: writes resolve False (the API answers 503 and submits nothing), reads raise
+RecordsUnavailable (503)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_sent = msgspec.msgpack.Decoder(SentMessage).decode
 _decode_answer = msgspec.msgpack.Decoder(tuple[str, int, bytes, float]).decode
 _FAILURES = (RedisError, OSError, TimeoutError)
+#: The status of a key's reservation (an answer has an HTTP status).
+_RESERVED = 0
 
 
 class RedisRecords:
@@ -56,6 +60,7 @@ class RedisRecords:
         prefix: str = "smsc",
         retention: float = 7 * 86_400.0,
         answer_ttl: float = 86_400.0,
+        reserve_ttl: float = 120.0,
         timeout: float = 2.0,
         max_pending: int = 10_000,
     ) -> None:
@@ -63,6 +68,7 @@ class RedisRecords:
         self.prefix = prefix
         self.retention = retention
         self.answer_ttl = answer_ttl
+        self.reserve_ttl = reserve_ttl
         self.timeout = timeout
         self.max_pending = max_pending
         #: Writes on their way (owned here: awaited, then cancelled, at close).
@@ -187,14 +193,26 @@ class RedisRecords:
         if raw is None:
             return None
         body_hash, status, response, created = _decode_answer(raw)
-        return Answer(body_hash, status, response) if created >= since else None
+        if status == _RESERVED or created < since:
+            return None
+        return Answer(body_hash, status, response)
+
+    async def reserve(self, account: str, key: str, now: float) -> bool:
+        packed = _encode(("", _RESERVED, b"", now))
+        ttl_ms = max(1, math.ceil(self.reserve_ttl * 1000))
+        done = await self._read("SET", self.answer_key(account, key), packed, "NX", "PX", ttl_ms)
+        return done is not None
+
+    def release(self, account: str, key: str) -> None:
+        self._write("a reservation's release", [("DEL", self.answer_key(account, key))])
 
     def remember(
         self, account: str, key: str, answer: Answer, now: float
     ) -> asyncio.Future[bool] | None:
+        """Replaces this node's reservation of ``key``."""
         packed = _encode((answer.body_hash, answer.status, answer.response, now))
         ttl_ms = max(1, math.ceil(self.answer_ttl * 1000))
-        call = ("SET", self.answer_key(account, key), packed, "NX", "PX", ttl_ms)
+        call = ("SET", self.answer_key(account, key), packed, "PX", ttl_ms)
         return self._write("an idempotent answer", [call])
 
     def purge(self, before_messages: float, before_answers: float) -> None:

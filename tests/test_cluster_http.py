@@ -149,6 +149,35 @@ def test_an_idempotency_key_replayed_on_the_other_node_sends_once(
     run1(main())
 
 
+def test_one_idempotency_key_sent_on_both_nodes_at_once_sends_once(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with (
+            two_nodes(tmp_path, redis_url) as (a, b),
+            Client(a.api_port) as on_a,
+            Client(b.api_port) as on_b,
+        ):
+            body = {"to": "447700900001", "text": "once"}
+            key = {"Idempotency-Key": "order-43"}
+            replies = await asyncio.gather(
+                *(c.post("/v1/messages", json_body=body, headers=key) for c in (on_a, on_b))
+            )
+            statuses = sorted(r.status for r in replies)
+            assert statuses in ([202, 202], [202, 409]), replies
+            ids = {r.body["messages"][0]["id"] for r in replies if r.status == 202}
+            assert len(ids) == 1
+            listed = await on_b.get("/v1/messages")
+            assert [m["id"] for m in listed.body["messages"]] == list(ids)
+            again = await on_a.post("/v1/messages", json_body=body, headers=key)
+            assert again.status == 202
+            assert again.headers.get("Idempotent-Replayed") == "true"
+
+    run1(main())
+
+
 class StuckThenAnswering:
     """A webhook receiver that leaves every call unanswered until :meth:`answer` (a node
     POSTing to it is stuck mid-POST); from then on it answers 204 and records the body."""

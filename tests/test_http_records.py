@@ -149,15 +149,26 @@ def test_an_answer_is_remembered_per_account_and_key_until_its_ttl(
     run(main())
 
 
-def test_redis_keeps_the_first_answer_to_a_key(run: Run, redis_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_redis_reserves_a_key_for_one_request_until_answered_or_released(
+    run: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     async def main() -> None:
         async with opened(redis_url, tmp_path) as records:
+            assert await records.reserve("acme", "k-1", T0)
+            assert not await records.reserve("acme", "k-1", T0)  # another node's request
+            assert await records.answer("acme", "k-1", T0 - DAY) is None  # not answered yet
+            assert await records.reserve("globex", "k-1", T0)
+            records.release("globex", "k-1")
             first = Answer("hash-1", 202, b"first")
-            for answer in (first, Answer("hash-2", 202, b"second")):
-                done = records.remember("acme", "k-1", answer, T0)
-                assert done is not None
-                assert await done
+            done = records.remember("acme", "k-1", first, T0)
+            assert done is not None
+            assert await done
             assert await records.answer("acme", "k-1", T0) == first
+            assert not await records.reserve("acme", "k-1", T0)  # answered: replayed
+            await records.close(2.0)  # (the release written)
+            assert await records.reserve("globex", "k-1", T0)
 
     run(main())
 
