@@ -34,6 +34,7 @@ from smsc.http_records_redis import RedisRecords
 from smsc.legacy_http import LegacyEndpoints
 from smsc.outbox import Outbox, SqliteOutbox
 from smsc.outbox_redis import RedisOutbox
+from smsc.shared_targets import TargetLookup
 from smsc.sqlitefile import beside
 from smsc.webhooks import WebhookSender, WebhookSink
 
@@ -86,6 +87,8 @@ class HttpNode:
         self.callbacks = Callbacks()
         self.sender: WebhookSender | None = None
         self._sink: WebhookSink | None = None
+        #: In a cluster with the API: in front of the sink (smsc/shared_targets.py).
+        self._lookup: TargetLookup | None = None
         self.api: HttpApi | None = None
         self.port = 0
         self._purger: asyncio.Task[None] | None = None
@@ -114,7 +117,7 @@ class HttpNode:
             self.records.purge(now - keep, now - ttl)
             self.outbox.purge(now - keep)
 
-    def sink(self, inner: ReportSink, accounts: Mapping[str, AccountState]) -> WebhookSink:
+    def sink(self, inner: ReportSink, accounts: Mapping[str, AccountState]) -> ReportSink:
         self.sender = WebhookSender(
             self.config.webhooks,
             self.outbox,
@@ -122,18 +125,15 @@ class HttpNode:
             rng=random.Random(),
             wall=self.wall,
         )
-        shared = self.records.shared and self.config.http_api is not None
         self._sink = WebhookSink(
-            inner,
-            accounts,
-            self.outbox,
-            self.callbacks,
-            wake=self.sender.wake,
-            wall=self.wall,
-            # In a cluster a message sent through another node's API: its target is read.
-            lookup=self._target if shared else None,
-            lookup_timeout=self.config.cluster.timeout,
+            inner, accounts, self.outbox, self.callbacks, wake=self.sender.wake, wall=self.wall
         )
+        if self.records.shared and self.config.http_api is not None:
+            # In a cluster a message may have been sent through another node's API.
+            self._lookup = TargetLookup(
+                self._sink, self.callbacks, self._target, timeout=self.config.cluster.timeout
+            )
+            return self._lookup
         return self._sink
 
     async def _target(self, message_id: str) -> Target | None:
@@ -190,8 +190,8 @@ class HttpNode:
             self._purger = None
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout
-        if self._sink is not None:  # the router's last reports into the outbox
-            await self._sink.stop(max(0.05, until - loop.time()))
+        if self._lookup is not None:  # the router's last reports into the outbox
+            await self._lookup.stop(max(0.05, until - loop.time()))
         if self.sender is not None:
             await self.sender.stop()
         await self.outbox.close(max(0.05, until - loop.time()))

@@ -27,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +41,7 @@ from smppcore.errors import RemoteProtocolError
 from smppcore.segment import parse_udh
 from smppcore.text import codec_name, decode_text
 from smsc.accounts import AccountState
-from smsc.callbacks import Callbacks, Target
+from smsc.callbacks import Callbacks
 from smsc.delivery import wants_receipt
 from smsc.http_config import WebhooksConfig
 from smsc.legacy_dlr import legacy_request
@@ -57,8 +57,6 @@ BREAKER_FAILURES = 5
 #: Receiving hosts whose failures are followed, at most (callback URLs name any host).
 _MAX_HOSTS = 10_000
 _UDHI = int(EsmClass.UDHI)
-#: Reports waiting at once for their target from the shared records (a cluster), at most.
-MAX_LOOKUPS = 10_000
 
 EVENT_TYPES: dict[MessageState, str] = {
     MessageState.DELIVERED: "message.delivered",
@@ -140,14 +138,7 @@ def _part(message_id: str, reported: str) -> int:
 
 class WebhookSink:
     """The router's ReportSink: events to the outbox for accounts (or messages) with a
-    webhook, everything else to ``inner`` (the SMPP delivery).
-
-    In a cluster a message may have been sent through another node's API: when its target
-    is not in ``callbacks`` (this node's memory), ``lookup`` reads it from the shared
-    records (at most ``MAX_LOOKUPS`` at once, each within ``lookup_timeout``), and the
-    report goes on once it is known. A lookup that fails answers the carrier a temporary
-    error (``settled(False)``: it sends the receipt again); with nobody to answer, the
-    report goes on as for a message without a target."""
+    webhook, everything else to ``inner`` (the SMPP delivery)."""
 
     def __init__(
         self,
@@ -158,17 +149,11 @@ class WebhookSink:
         *,
         wake: Callable[[], None] = lambda: None,
         wall: Callable[[], float] = time.time,
-        lookup: Callable[[str], Awaitable[Target | None]] | None = None,
-        lookup_timeout: float = 2.0,
     ) -> None:
         self.inner = inner
         self.accounts = accounts
         self.outbox = outbox
         self.callbacks = callbacks
-        self.lookup = lookup
-        self.lookup_timeout = lookup_timeout
-        #: Reports waiting for their target from the shared records (owned: stop()).
-        self._lookups: set[asyncio.Task[None]] = set()
         self.wake = wake
         self.wall = wall
         self._seq = _Sequence(wall)
@@ -184,62 +169,9 @@ class WebhookSink:
         settled: SettledCallback | None = None,
     ) -> None:
         msg = stored.message
-        target = self.callbacks.get(msg.reported_id)
-        if target is None and self.lookup is not None:
-            if len(self._lookups) >= MAX_LOOKUPS:
-                log.warning("webhook sink: %d target lookups at once: report refused",
-                            len(self._lookups))  # fmt: skip
-                if settled is not None:
-                    settled(False)
-                    return
-                self._report(stored, report, settled, None)
-                return
-            task = asyncio.create_task(self._looked_up(stored, report, settled))
-            self._lookups.add(task)
-            task.add_done_callback(self._lookups.discard)
-            return
-        self._report(stored, report, settled, target)
-
-    async def _looked_up(
-        self, stored: StoredMessage, report: DeliveryReport, settled: SettledCallback | None
-    ) -> None:
-        assert self.lookup is not None
-        message_id = stored.message.reported_id
-        try:
-            async with asyncio.timeout(self.lookup_timeout):
-                target = await self.lookup(message_id)
-        except asyncio.CancelledError:
-            if settled is not None:
-                settled(False)
-            raise
-        except Exception as exc:
-            log.warning("webhook sink: the target of %s not read: %s", message_id, exc)
-            if settled is not None:
-                settled(False)
-                return
-            target = None
-        if target is not None:
-            self.callbacks.add(message_id, target)
-        self._report(stored, report, settled, target)
-
-    async def stop(self, timeout: float) -> None:
-        """Let the reports waiting for their target go on (at most ``timeout``)."""
-        if self._lookups:
-            _, late = await asyncio.wait(list(self._lookups), timeout=timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-
-    def _report(
-        self,
-        stored: StoredMessage,
-        report: DeliveryReport,
-        settled: SettledCallback | None,
-        target: Target | None,
-    ) -> None:
-        msg = stored.message
         state = self.accounts.get(msg.account)
         hooks = state.account.webhooks if state is not None else None
+        target = self.callbacks.get(msg.reported_id)
         if target is not None and target.dialect != "json":
             request = legacy_request(target, stored, report, self.wall())
             if request is None:

@@ -1,0 +1,144 @@
+"""TargetLookup (smsc/shared_targets.py): in a cluster, a report whose message was sent
+through another node's API goes on to the webhook sink once its target is read from the
+shared records — in the order the reports came, a failed or slow lookup answered as a
+temporary error to the carrier, at most ``limit`` waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loops import Run
+from router_parts import Sink
+
+from router.model import Address, DeliveryReport, Message, StoredMessage
+from smppcore.constants import MessageState
+from smsc.callbacks import Callbacks, Target
+from smsc.shared_targets import TargetLookup
+
+DEADLINE = 10.0
+HOOK = Target("http://hooks.example/cb", "order-7")
+
+
+def stored(message_id: str) -> StoredMessage:
+    message = Message(
+        id=message_id, account="acme", source=Address(1, 1, "SHOP"),
+        destination=Address(1, 1, "447700900001"),
+    )  # fmt: skip
+    return StoredMessage(message=message)
+
+
+def receipt(message_id: str, state: MessageState = MessageState.DELIVERED) -> DeliveryReport:
+    return DeliveryReport(message_id, state)
+
+
+class Records:
+    """The shared records as the lookup sees them: each read waits for the test to answer
+    it (``answer``), or fails (``fail``)."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, asyncio.Future[Target | None]] = {}
+        self.changed = asyncio.Event()
+
+    async def target(self, message_id: str) -> Target | None:
+        assert message_id not in self.asked  # read once
+        found = self.asked[message_id] = asyncio.get_running_loop().create_future()
+        self.changed.set()
+        return await found
+
+    async def until_asked(self, *ids: str) -> None:
+        async with asyncio.timeout(DEADLINE):
+            while not set(ids) <= self.asked.keys():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+class Outcomes:
+    """The ``settled`` of the reports: each outcome, in order; and a wait for them."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, ok: bool) -> None:
+        self.seen.append(ok)
+        self._changed.set()
+
+    async def wait_for(self, count: int) -> list[bool]:
+        async with asyncio.timeout(DEADLINE):
+            while len(self.seen) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.seen
+
+
+def test_reports_go_on_in_the_order_they_came_with_the_target_read(run: Run) -> None:
+    async def main() -> None:
+        sink, records, callbacks = Sink(), Records(), Callbacks()
+        lookup = TargetLookup(sink, callbacks, records.target)
+        callbacks.add("known", HOOK)
+        lookup.report(stored("m1"), receipt("m1", MessageState.ENROUTE))
+        lookup.report(stored("m1"), receipt("m1"))
+        lookup.report(stored("known"), receipt("known"))  # behind those that wait
+        await records.until_asked("m1")
+        records.asked["m1"].set_result(HOOK)  # (one read for both of m1's reports)
+        await sink.wait_for(3)
+        assert [(s.message.id, r.state) for s, r in sink.reports] == [
+            ("m1", MessageState.ENROUTE),
+            ("m1", MessageState.DELIVERED),
+            ("known", MessageState.DELIVERED),
+        ]
+        assert callbacks.get("m1") == HOOK
+        lookup.report(stored("known"), receipt("known"))  # nothing waits: at once
+        assert len(sink.reports) == 4
+
+    run(main())
+
+
+def test_a_failed_lookup_is_a_temporary_error_to_the_carrier_and_the_rest_go_on(
+    run: Run,
+) -> None:
+    async def main() -> None:
+        sink, records, callbacks = Sink(), Records(), Callbacks()
+        lookup = TargetLookup(sink, callbacks, records.target)
+        outcomes = Outcomes()
+        lookup.report(stored("m1"), receipt("m1"), outcomes)
+        lookup.report(stored("m2"), receipt("m2"), outcomes)
+        await records.until_asked("m1", "m2")
+        records.asked["m2"].set_result(None)  # sent over SMPP: no target; read first
+        records.asked["m1"].set_exception(ConnectionError("redis away"))
+        assert await outcomes.wait_for(2) == [False, True]  # m2 went on after m1
+        assert [s.message.id for s, _ in sink.reports] == ["m2"]
+        assert lookup.refused == 1
+
+    run(main())
+
+
+def test_past_the_limit_a_report_is_refused_and_stop_refuses_those_still_waiting(
+    run: Run,
+) -> None:
+    async def main() -> None:
+        sink, records, callbacks = Sink(), Records(), Callbacks()
+        lookup = TargetLookup(sink, callbacks, records.target, limit=2)
+        outcomes = Outcomes()
+        for n in range(3):
+            lookup.report(stored(f"m{n}"), receipt(f"m{n}"), outcomes)
+        assert outcomes.seen == [False]
+        await records.until_asked("m0", "m1")
+        await lookup.stop(0.01)
+        assert outcomes.seen == [False, False, False]
+        assert sink.reports == []
+
+    run(main())
+
+
+def test_a_slow_lookup_times_out(run: Run) -> None:
+    async def main() -> None:
+        sink, records, callbacks = Sink(), Records(), Callbacks()
+        lookup = TargetLookup(sink, callbacks, records.target, timeout=0.01)
+        outcomes = Outcomes()
+        lookup.report(stored("m1"), receipt("m1"), outcomes)
+        await records.until_asked("m1")
+        assert await outcomes.wait_for(1) == [False]
+        assert sink.reports == []
+
+    run(main())
