@@ -62,8 +62,12 @@ SECRET = "bench-secret-0123456789"
 BODY = json.dumps({"to": "447700900001", "text": "bench"}).encode()
 
 
-def serve_config(store: Path, carrier_port: int, hook_url: str) -> dict[str, Any]:
+def serve_config(
+    store: Path, carrier_port: int, hook_url: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``extra``: top-level keys added (bench/cluster_http.py: ``node_id``, ``cluster``)."""
     return {
+        **(extra or {}),
         "listen": {"host": "127.0.0.1", "port": 0},
         "metrics": {"port": None},
         "http_api": {"host": "127.0.0.1", "port": 0},
@@ -325,7 +329,9 @@ def bare(seconds: float, clients: int) -> dict[str, Any]:
         cb.stop_server(proc)
 
 
-def smsc(seconds: float, clients: int, entry: str | None = None) -> dict[str, Any]:
+def smsc(
+    seconds: float, clients: int, entry: str | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     carrier, carrier_port = cb.start_server([sys.executable, "-m", "smsc", *cb.CARRIER_ARGS])
     app = App(seconds, clients, f"Bearer {KEY}", hooks=True)
     try:
@@ -333,7 +339,7 @@ def smsc(seconds: float, clients: int, entry: str | None = None) -> dict[str, An
         with tempfile.TemporaryDirectory(prefix="smsc-http-") as tmpdir:
             tmp = Path(tmpdir)
             conf = tmp / "smsc.yaml"
-            conf.write_text(yaml.safe_dump(serve_config(tmp, carrier_port, hook_url)))
+            conf.write_text(yaml.safe_dump(serve_config(tmp, carrier_port, hook_url, extra)))
             serve = subprocess.Popen(
                 [
                     sys.executable,

@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from router.cluster.redis import connect
+from router.cluster.config import ClusterConfig
 from router.ports import ReportSink
 from smppcore.tls import server_context
 from smsc.accounts import AccountState
@@ -44,6 +47,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Connections to Redis of the records and the outbox, at most: a call waits for one
+#: (``cluster.timeout`` at most).
+REDIS_CONNECTIONS = 32
+
+
+def _redis_client(cluster: ClusterConfig) -> aioredis.Redis:
+    """The client of the records and the outbox: a bounded pool (a call waits its turn,
+    under the deadline, rather than failing when many are on their way at once)."""
+    url = cluster.url_with_credentials()
+    assert url is not None
+    options: dict[str, Any] = {
+        "max_connections": REDIS_CONNECTIONS,
+        "timeout": cluster.timeout,
+        "socket_timeout": cluster.timeout,
+        "socket_connect_timeout": cluster.timeout,
+        # Once more at once (a pooled connection Redis closed when it restarted).
+        "retry": Retry(NoBackoff(), 1),
+    }
+    if url.startswith("rediss:"):
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        if cluster.tls_ca is not None:
+            options["ssl_ca_certs"] = cluster.tls_ca
+    pool = aioredis.BlockingConnectionPool.from_url(url, **options)
+    return aioredis.Redis.from_pool(pool)  # (closing the client closes the pool)
+
 
 class HttpNode:
     def __init__(self, config: SmscConfig, *, wall: Callable[[], float] = time.time) -> None:
@@ -55,7 +83,7 @@ class HttpNode:
         self.redis: aioredis.Redis | None = None
         self.records: HttpRecords
         if config.cluster.enabled:
-            self.redis = connect(config.cluster)
+            self.redis = _redis_client(config.cluster)
             self.records = RedisRecords(
                 self.redis,
                 prefix=config.cluster.key_prefix,
