@@ -28,6 +28,12 @@ class Target(msgspec.Struct, frozen=True):
     """The account, for Kannel's %n."""
 
 
+#: The target of a message whose events ask nothing of their own (the account's webhook,
+#: or SMPP, as for a message without a target): in a cluster, a message known to ask
+#: nothing needs no read of the shared records when its receipt comes.
+NO_TARGET = Target(None, None)
+
+
 class Callbacks:
     """Callback URL and reference of messages sent through the HTTP API, by id (its
     parts' reports name it as their client id); bounded, the oldest forgotten first.

@@ -39,7 +39,7 @@ from smppcore.receipt import is_final
 from smppcore.segment import split, split_bytes
 from smsc.accounts import AccountState
 from smsc.apikeys import Authenticator, basic_credentials, bearer
-from smsc.callbacks import Callbacks, Target
+from smsc.callbacks import NO_TARGET, Callbacks, Target
 from smsc.http_config import HttpApiConfig
 from smsc.http_metrics import HttpCounters
 from smsc.http_openapi import SPEC
@@ -518,6 +518,9 @@ class HttpApi:
         if order.target is not None:
             for record in sent:
                 self.callbacks.add(record.id, order.target)
+        elif self.records.shared:  # known here to ask nothing: its receipts read no record
+            for record in sent:
+                self.callbacks.add(record.id, NO_TARGET)
         recorded = self.records.add(sent)
         if recorded is None:  # its writes are backed up: nothing is submitted
             raise Problem(

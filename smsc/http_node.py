@@ -106,6 +106,7 @@ class HttpNode:
                 # An event handed out is this node's for longer than its POST may take.
                 lease=hooks.timeout + config.cluster.lease,
                 max_pending=hooks.max_pending,
+                per_host=hooks.per_endpoint,
                 timeout=config.cluster.timeout,
             )
         else:

@@ -12,9 +12,10 @@ script call touches one slot of a Redis Cluster; the scripts derive the keys fro
 - ``P:{wo}:e:<id>``         HASH, the event: ``a`` account, ``u`` url, ``b`` body, ``k``
   kind, ``h`` receiving host, ``n`` attempts, ``c`` created, ``t`` next attempt, ``r`` last
   error, ``d`` 1 once dead-lettered.
-- ``P:{wo}:due``            ZSET, the waiting events (not dead): score = when it may be
-  handed out: its next attempt, or while claimed the end of the claim. Its size is what
-  ``max_pending`` bounds, for the whole cluster.
+- ``P:{wo}:due``            ZSET, the waiting events (not dead), member ``<id>@<host>``
+  (a read skips the hosts held back without reading their events): score = when it may
+  be handed out: its next attempt, or while claimed the end of the claim. Its size is
+  what ``max_pending`` bounds, for the whole cluster.
 - ``P:{wo}:dead``           ZSET, dead-lettered events by ``created`` (``purge``).
 - ``P:{wo}:dead:<account>`` ZSET, the account's dead-lettered events by id.
 
@@ -57,29 +58,39 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 local id = redis.call('INCR', tag .. ':seq')
 redis.call('HSET', tag .. ':e:' .. id, 'a', ARGV[3], 'u', ARGV[4], 'b', ARGV[5], 'k', ARGV[6],
   'h', ARGV[7], 'n', '0', 'c', ARGV[8], 't', ARGV[8], 'r', '', 'd', '0')
-redis.call('ZADD', KEYS[1], ARGV[8], id)
+redis.call('ZADD', KEYS[1], ARGV[8], id .. '@' .. ARGV[7])
 return id
 """
 
-# ARGV: tag, now, claim's end, limit, scan, n, n ids to skip (this node's in flight),
-# hosts held back... Returns {waiting, {id, account, url, body, attempts, created,
-# next_at, error, kind}...}
+# ARGV: tag, now, claim's end, limit, scan, per host, n, n ids to skip (this node's in
+# flight), m, m (host, room) pairs (hosts with events handed out here: what is left of
+# ``per host``), hosts held back... Returns {waiting, {id, account, url, body, attempts,
+# created, next_at, error, kind, host}...}
 _CLAIM = """
 local tag, now, till = ARGV[1], ARGV[2], ARGV[3]
-local limit, scan, n = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local skip, blocked = {}, {}
-for i = 7, 6 + n do skip[ARGV[i]] = true end
-for i = 7 + n, #ARGV do blocked[ARGV[i]] = true end
+local limit, scan, per_host = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
+local skip, room, blocked = {}, {}, {}
+for i = 8, 7 + n do skip[ARGV[i]] = true end
+local at = 8 + n
+local m = tonumber(ARGV[at])
+for i = at + 1, at + 2 * m, 2 do room[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = at + 2 * m + 1, #ARGV do blocked[ARGV[i]] = true end
 local out = {0}
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, scan + limit)
-for _, id in ipairs(ids) do
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, scan + limit)
+for _, member in ipairs(members) do
   if #out > limit then break end
-  local f = redis.call('HMGET', tag .. ':e:' .. id, 'h', 'a', 'u', 'b', 'n', 'c', 't', 'r', 'k')
-  if not f[1] then
-    redis.call('ZREM', KEYS[1], id)
-  elseif not blocked[f[1]] and not skip[id] then
-    redis.call('ZADD', KEYS[1], till, id)
-    out[#out + 1] = {id, f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]}
+  local id, host = string.match(member, '^(%d+)@(.*)$')
+  local left = room[host] or per_host
+  if id and not blocked[host] and not skip[id] and left > 0 then
+    local f = redis.call('HMGET', tag .. ':e:' .. id, 'a', 'u', 'b', 'n', 'c', 't', 'r', 'k')
+    if not f[1] then
+      redis.call('ZREM', KEYS[1], member)
+    else
+      room[host] = left - 1
+      redis.call('ZADD', KEYS[1], till, member)
+      out[#out + 1] = {id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], host}
+    end
   end
 end
 out[1] = redis.call('ZCARD', KEYS[1])
@@ -90,33 +101,33 @@ return out
 _SETTLE = """
 local tag, op, id = ARGV[1], ARGV[2], ARGV[3]
 local key = tag .. ':e:' .. id
+local f = redis.call('HMGET', key, 'h', 'd', 'a', 'c', 't')
+if not f[1] then return 0 end
+local member = id .. '@' .. f[1]
 if op == 'done' then
-  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[1], member)
   return redis.call('DEL', key)
 end
 if op == 'revive' then
   if redis.call('ZREM', tag .. ':dead:' .. ARGV[4], id) == 0 then return 0 end
   redis.call('ZREM', tag .. ':dead', id)
   redis.call('HSET', key, 'n', '0', 'c', ARGV[5], 't', ARGV[5], 'd', '0')
-  redis.call('ZADD', KEYS[1], ARGV[5], id)
+  redis.call('ZADD', KEYS[1], ARGV[5], member)
   return 1
 end
-if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'd') == '1' then
-  return 0
-end
+if f[2] == '1' then return 0 end
 if op == 'retry' then
   redis.call('HSET', key, 'n', ARGV[4], 't', ARGV[5], 'r', ARGV[6])
-  redis.call('ZADD', KEYS[1], ARGV[5], id)
+  redis.call('ZADD', KEYS[1], ARGV[5], member)
 elseif op == 'dead' then
   redis.call('HSET', key, 'n', ARGV[4], 'r', ARGV[5], 'd', '1')
-  redis.call('ZREM', KEYS[1], id)
-  local f = redis.call('HMGET', key, 'a', 'c')
-  redis.call('ZADD', tag .. ':dead', f[2], id)
-  redis.call('ZADD', tag .. ':dead:' .. f[1], id, id)
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZADD', tag .. ':dead', f[4], id)
+  redis.call('ZADD', tag .. ':dead:' .. f[3], id, id)
 elseif op == 'back' then
-  local score = redis.call('ZSCORE', KEYS[1], id)
+  local score = redis.call('ZSCORE', KEYS[1], member)
   if score and tonumber(score) > tonumber(ARGV[4]) then
-    redis.call('ZADD', KEYS[1], redis.call('HGET', key, 't'), id)
+    redis.call('ZADD', KEYS[1], f[5], member)
   end
 end
 return 1
@@ -159,16 +170,23 @@ class RedisOutbox:
         prefix: str = "smsc",
         lease: float = 30.0,
         max_pending: int = 1_000_000,
+        per_host: int = 32,
         timeout: float = 2.0,
     ) -> None:
         """``lease``: seconds an event handed out stays this node's (above the longest a
-        POST may take)."""
+        POST may take). ``per_host``: events to one receiving host handed out here and not
+        settled yet, at most (the sender's ``per_endpoint``: it would give the rest back)."""
         self.redis = client
         self.tag = f"{prefix}:{{wo}}"
         self.due_key = f"{self.tag}:due"
         self.lease = lease
         self.max_pending = max_pending
+        self.per_host = per_host
         self.timeout = timeout
+        #: Events handed out here and not settled yet: their hosts and when their claims
+        #: end (then they are not this node's any more); and how many by host.
+        self._out: dict[int, tuple[str, float]] = {}
+        self._out_by_host: dict[str, int] = {}
         self._waiting = 0
         #: The ``now`` of the last :meth:`due` (events given back were claimed then).
         self._claimed_at = 0.0
@@ -281,6 +299,9 @@ class RedisOutbox:
     ) -> list[OutboxEvent]:
         """Claims what it hands out for ``lease`` seconds from ``now``."""
         await self._written()
+        for event_id in [i for i, (_, end) in self._out.items() if end <= now]:
+            self._settled(event_id)  # its claim lapsed (handed out, never settled)
+        rooms = [x for host, n in self._out_by_host.items() for x in (host, self.per_host - n)]
         try:
             found = await self._script(
                 self._claim,
@@ -288,8 +309,11 @@ class RedisOutbox:
                 repr(now + self.lease),
                 limit,
                 SCAN + len(skip),
+                self.per_host,
                 len(skip),
                 *skip,
+                len(rooms) // 2,
+                *rooms,
                 *hosts,
             )
         except _FAILURES as exc:
@@ -297,12 +321,31 @@ class RedisOutbox:
             return []
         self._waiting = int(found[0])
         self._claimed_at = now
-        events = [_event(row) for row in found[1:]]
+        events = []
+        for row in found[1:]:
+            event = _event(row[:9])
+            host = _text(row[9])
+            events.append(event)
+            if event.id not in self._out:
+                self._out_by_host[host] = self._out_by_host.get(host, 0) + 1
+            self._out[event.id] = (host, now + self.lease)
         events.sort(key=lambda e: (e.next_at, e.id))
         return events
 
+    def _settled(self, event_id: int) -> None:
+        """``event_id`` is no longer handed out here."""
+        out = self._out.pop(event_id, None)
+        if out is not None:
+            host = out[0]
+            n = self._out_by_host[host] - 1
+            if n:
+                self._out_by_host[host] = n
+            else:
+                del self._out_by_host[host]
+
     def give_back(self, events: list[OutboxEvent]) -> None:
         for event in events:  # (claimed by this node since the last due: it is theirs)
+            self._settled(event.id)
             self._later("an event given back", "back", event.id, repr(self._claimed_at))
 
     def take_next(self, host: str, skip: Collection[int]) -> OutboxEvent | None:
@@ -324,13 +367,16 @@ class RedisOutbox:
 
     def delivered(self, event_id: int) -> None:
         self._waiting = max(0, self._waiting - 1)
+        self._settled(event_id)
         self._later("an event's delivery", "done", event_id)
 
     def retry_at(self, event_id: int, attempts: int, at: float, error: str) -> None:
+        self._settled(event_id)
         self._later("an event's retry", "retry", event_id, attempts, repr(at), error)
 
     def dead(self, event_id: int, attempts: int, error: str) -> None:
         self._waiting = max(0, self._waiting - 1)
+        self._settled(event_id)
         self._later("an event's dead letter", "dead", event_id, attempts, error)
 
     async def failures(self, account: str, limit: int) -> list[OutboxEvent]:

@@ -44,7 +44,7 @@ async def outboxes(url: str | None, tmp_path: Path) -> AsyncIterator[Callable[..
     async with AsyncExitStack() as stack:
         made = 0
 
-        async def make(*, max_pending: int = 1_000) -> Outbox:
+        async def make(*, max_pending: int = 1_000, per_host: int = 32) -> Outbox:
             nonlocal made
             made += 1
             outbox: Outbox
@@ -53,7 +53,9 @@ async def outboxes(url: str | None, tmp_path: Path) -> AsyncIterator[Callable[..
             else:
                 client = aioredis.Redis.from_url(url, socket_timeout=2.0)
                 stack.push_async_callback(client.aclose)
-                outbox = RedisOutbox(client, lease=LEASE, max_pending=max_pending)
+                outbox = RedisOutbox(
+                    client, lease=LEASE, max_pending=max_pending, per_host=per_host
+                )
             await outbox.open()
             stack.push_async_callback(outbox.close, 2.0)
             return outbox
@@ -225,5 +227,30 @@ def test_redis_away_refuses_puts_reads_nothing_and_failures_name_it(
             assert await outbox.due(NOW, 10, set()) == []
             with pytest.raises(RecordsUnavailable):
                 await outbox.failures("acme", 10)
+
+    run(main())
+
+
+def test_redis_hands_out_at_most_per_host_events_to_one_host_until_some_settle(
+    run: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with outboxes(redis_url, tmp_path) as make:
+            outbox = await make(per_host=2)
+            for url in (A, A, A, B):
+                await put(outbox, url)
+            first = await outbox.due(NOW, 10, set())
+            assert sorted(e.url for e in first) == [A, A, B]
+            inflight = {e.id for e in first}
+            assert await outbox.due(NOW, 10, inflight) == []  # A's host at 2
+            outbox.delivered(first[0].id if first[0].url == A else first[1].id)
+            [third] = await outbox.due(NOW, 10, inflight)
+            assert third.url == A
+            assert third.id not in inflight
+            # handed out and never settled: not counted once its claim has lapsed
+            later = await outbox.due(NOW + LEASE + 1, 10, set())
+            assert sorted(e.url for e in later) == [A, A, B]
 
     run(main())
