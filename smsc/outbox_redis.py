@@ -21,17 +21,19 @@ script call touches one slot of a Redis Cluster; the scripts derive the keys fro
 
 Commands: a put is one script call; the sender's read of what is due one script call for a
 batch of events (it also counts the waiting ones); each outcome (delivered, retry, dead)
-one. Every call has ``timeout`` seconds. Redis away: a put resolves False (the carrier is
-answered a temporary error and sends its receipt again), the sender reads nothing and tries
-again, an outcome not written leaves the event claimed until its lease ends (then it is
-POSTed again: at least once, never lost); the failures endpoints answer 503.
+one; the calls queued while a pipeline is on its way go in the next (smsc/redis_pipeline.py:
+one round trip for a batch). Every pipeline has ``timeout`` seconds. Redis away: a put
+resolves False (the carrier is answered a temporary error and sends its receipt again),
+the sender reads nothing and tries again, an outcome not written leaves the event claimed
+until its lease ends (then it is POSTed again: at least once, never lost); the failures
+endpoints answer 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Collection, Coroutine
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,17 +42,17 @@ from redis.exceptions import RedisError
 
 from smsc.http_records import RecordsUnavailable
 from smsc.outbox import OutboxEvent
+from smsc.redis_pipeline import FAILURES, Serial
 
 log = logging.getLogger(__name__)
 
 #: Due events one read looks at, at most, beyond those it hands out (those to hosts held
 #: back are skipped over).
 SCAN = 1_000
-#: Dead letters one purge call removes (it calls again until none is left).
-PURGE_BATCH = 1_000
-#: Writes (puts and outcomes) on their way at once, at most: past it a put is refused.
-MAX_WRITES = 10_000
-_FAILURES = (RedisError, OSError, TimeoutError)
+#: Dead letters one purge removes, at most (the purges come every store.purge_interval).
+PURGE_BATCH = 10_000
+#: Calls (puts, outcomes, reads) queued at once, at most: past it a put is refused.
+MAX_WRITES = 100_000
 
 _PUT = """
 local tag = ARGV[1]
@@ -160,8 +162,18 @@ return #ids
 """
 
 
+# ARGV: tag. Returns {score of the first due (or false), waiting}.
+_NEXT = """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {first[2] or false, redis.call('ZCARD', KEYS[1])}
+"""
+
+
 class RedisOutbox:
-    """The outbox on ``client`` (not closed here: its owner closes it)."""
+    """The outbox on ``client`` (not closed here: its owner closes it). Every call goes
+    through one :class:`Serial` (smsc/redis_pipeline.py): the puts and outcomes of a turn
+    of the loop in one pipeline, and each read sees the writes this node queued before
+    it (as the SQLite outbox's reads do)."""
 
     def __init__(
         self,
@@ -183,6 +195,12 @@ class RedisOutbox:
         self.max_pending = max_pending
         self.per_host = per_host
         self.timeout = timeout
+        self.serial = Serial(
+            client,
+            scripts=(_PUT, _CLAIM, _SETTLE, _FAILED, _PURGE, _NEXT),
+            timeout=timeout,
+            limit=MAX_WRITES,
+        )
         #: Events handed out here and not settled yet: their hosts and when their claims
         #: end (then they are not this node's any more); and how many by host.
         self._out: dict[int, tuple[str, float]] = {}
@@ -190,16 +208,7 @@ class RedisOutbox:
         self._waiting = 0
         #: The ``now`` of the last :meth:`due` (events given back were claimed then).
         self._claimed_at = 0.0
-        self._writes: set[asyncio.Task[Any]] = set()
-        #: Outcomes (delivered, retry, dead, given back, purge) on their way: a read waits
-        #: for those queued before it (it sees them, as the SQLite outbox's reads do).
-        self._outcomes: set[asyncio.Task[Any]] = set()
         self._down = False
-        self._put = client.register_script(_PUT)
-        self._claim = client.register_script(_CLAIM)
-        self._settle = client.register_script(_SETTLE)
-        self._failed = client.register_script(_FAILED)
-        self._purge = client.register_script(_PURGE)
 
     @property
     def waiting(self) -> int:
@@ -208,25 +217,29 @@ class RedisOutbox:
 
     async def open(self) -> None:
         """Count what waits (Redis away: counted at the first read that works)."""
+        self.serial.start()
         try:
-            self._waiting = int(await self._call(self.redis.zcard(self.due_key)))
-        except _FAILURES as exc:
+            _, self._waiting = await self._next()
+        except FAILURES as exc:
             self._failure("counting the waiting events", exc)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Wait (at most ``timeout``) for the writes on their way; cancel the rest."""
-        writes = list(self._writes)
-        if writes:
-            _, late = await asyncio.wait(writes, timeout=timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        """Send what is queued (at most ``timeout``); what is left is not written (an
+        outcome lost: the event is POSTed again once its claim lapses)."""
+        await self.serial.close(timeout)
 
     # --- plumbing --------------------------------------------------------------------
 
-    async def _call(self, call: Awaitable[Any]) -> Any:
-        async with asyncio.timeout(self.timeout):
-            result = await call
+    def _queue(self, script: str, *args: Any) -> asyncio.Future[Any] | None:
+        return self.serial.script(script, [self.due_key], self.tag, *args)
+
+    async def _call(self, script: str, *args: Any) -> Any:
+        """Queue a call and await its reply (FAILURES; RedisError when refused)."""
+        reply = self._queue(script, *args)
+        if reply is None:
+            raise RedisError(f"{MAX_WRITES} calls queued")
+        async with asyncio.timeout(2 * self.timeout):  # (queued behind one pipeline)
+            result = await reply
         if self._down:
             log.warning("webhook outbox: redis reachable again")
             self._down = False
@@ -237,39 +250,21 @@ class RedisOutbox:
             log.error("webhook outbox: %s failed (redis: %s); trying again", what, exc)
         self._down = True
 
-    async def _script(self, script: Any, *args: Any) -> Any:
-        return await self._call(script(keys=[self.due_key], args=[self.tag, *args]))
-
-    def _spawn(self, call: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
-        if len(self._writes) >= MAX_WRITES:
-            call.close()
-            return None
-        task = asyncio.create_task(call)
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        return task
-
-    async def _outcome(self, what: str, *args: Any) -> bool:
-        try:
-            return bool(await self._script(self._settle, *args))
-        except _FAILURES as exc:
-            self._failure(what, exc)
-            return False
-
     def _later(self, what: str, *args: Any) -> None:
-        self._track(self._spawn(self._outcome(what, *args)), what)
-
-    def _track(self, task: asyncio.Task[Any] | None, what: str) -> None:
-        if task is None:
-            log.warning("webhook outbox: %s not written (%d writes waiting)", what, MAX_WRITES)
+        """An outcome: queued, not awaited (a failure is logged)."""
+        reply = self._queue(_SETTLE, *args)
+        if reply is None:
+            log.warning("webhook outbox: %s not written (%d calls queued)", what, MAX_WRITES)
             return
-        self._outcomes.add(task)
-        task.add_done_callback(self._outcomes.discard)
+        reply.add_done_callback(lambda f: self._outcome(what, f))
 
-    async def _written(self) -> None:
-        """Wait (at most ``timeout``) for the outcomes queued so far."""
-        if self._outcomes:
-            await asyncio.wait(list(self._outcomes), timeout=self.timeout)
+    def _outcome(self, what: str, reply: asyncio.Future[Any]) -> None:
+        if not reply.cancelled() and reply.exception() is not None:
+            self._failure(what, reply.exception())  # type: ignore[arg-type]
+
+    async def _next(self) -> tuple[float | None, int]:
+        first, waiting = await self._call(_NEXT)
+        return (None if first is None else float(first)), int(waiting)
 
     # --- the interface ---------------------------------------------------------------
 
@@ -277,34 +272,40 @@ class RedisOutbox:
         self, account: str, url: str, body: bytes, now: float, kind: str = "json"
     ) -> asyncio.Future[bool] | None:
         host = urlsplit(url).netloc
-        return self._spawn(self._put_one(account, url, body, now, kind, host))
-
-    async def _put_one(
-        self, account: str, url: str, body: bytes, now: float, kind: str, host: str
-    ) -> bool:
         args = (self.max_pending, account, url, body, kind, host, repr(now))
-        try:
-            event_id = await self._script(self._put, *args)
-        except _FAILURES as exc:
+        reply = self._queue(_PUT, *args)
+        if reply is None:
+            return None
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        reply.add_done_callback(lambda f: self._put_done(f, done))
+        return done
+
+    def _put_done(self, reply: asyncio.Future[Any], done: asyncio.Future[bool]) -> None:
+        if reply.cancelled():
+            done.set_result(False)
+            return
+        exc = reply.exception()
+        if exc is not None:
             self._failure("an event's put", exc)
-            return False
-        if not event_id:
+            done.set_result(False)
+            return
+        if not reply.result():
             log.warning("webhook outbox: full (max_pending %d): event refused", self.max_pending)
-            return False
+            done.set_result(False)
+            return
         self._waiting += 1
-        return True
+        done.set_result(True)
 
     async def due(
         self, now: float, limit: int, skip: Collection[int], hosts: Collection[str] = ()
     ) -> list[OutboxEvent]:
         """Claims what it hands out for ``lease`` seconds from ``now``."""
-        await self._written()
         for event_id in [i for i, (_, end) in self._out.items() if end <= now]:
             self._settled(event_id)  # its claim lapsed (handed out, never settled)
         rooms = [x for host, n in self._out_by_host.items() for x in (host, self.per_host - n)]
         try:
-            found = await self._script(
-                self._claim,
+            found = await self._call(
+                _CLAIM,
                 repr(now),
                 repr(now + self.lease),
                 limit,
@@ -316,7 +317,7 @@ class RedisOutbox:
                 *rooms,
                 *hosts,
             )
-        except _FAILURES as exc:
+        except FAILURES as exc:
             self._failure("reading the due events", exc)
             return []
         self._waiting = int(found[0])
@@ -353,17 +354,12 @@ class RedisOutbox:
         return None
 
     async def next_due(self, skip: Collection[int], hosts: Collection[str] = ()) -> float | None:
-        await self._written()
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zrange(self.due_key, 0, 0, withscores=True)
-                pipe.zcard(self.due_key)
-                first, waiting = await self._call(pipe.execute())
-        except _FAILURES as exc:
+            first, self._waiting = await self._next()
+        except FAILURES as exc:
             self._failure("reading when the next event is due", exc)
             return None
-        self._waiting = int(waiting)
-        return float(first[0][1]) if first else None
+        return first
 
     def delivered(self, event_id: int) -> None:
         self._waiting = max(0, self._waiting - 1)
@@ -380,32 +376,26 @@ class RedisOutbox:
         self._later("an event's dead letter", "dead", event_id, attempts, error)
 
     async def failures(self, account: str, limit: int) -> list[OutboxEvent]:
-        await self._written()
         try:
-            rows = await self._script(self._failed, account, limit)
-        except _FAILURES as exc:
+            rows = await self._call(_FAILED, account, limit)
+        except FAILURES as exc:
             raise RecordsUnavailable(f"redis: {exc or type(exc).__name__}") from exc
         return [_event(row) for row in rows]
 
     async def revive(self, account: str, event_id: int, now: float) -> bool:
-        await self._written()
         try:
-            done = await self._script(self._settle, "revive", event_id, account, repr(now))
-        except _FAILURES as exc:
+            done = await self._call(_SETTLE, "revive", event_id, account, repr(now))
+        except FAILURES as exc:
             raise RecordsUnavailable(f"redis: {exc or type(exc).__name__}") from exc
         if done:
             self._waiting += 1
         return bool(done)
 
     def purge(self, before: float) -> None:
-        self._track(self._spawn(self._purge_all(before)), "a purge")
-
-    async def _purge_all(self, before: float) -> None:
-        try:
-            while await self._script(self._purge, repr(before), PURGE_BATCH) >= PURGE_BATCH:
-                pass
-        except _FAILURES as exc:
-            self._failure("purging dead letters", exc)
+        """Forgets ``PURGE_BATCH`` dead letters at most (the next purge the next ones)."""
+        reply = self._queue(_PURGE, repr(before), PURGE_BATCH)
+        if reply is not None:
+            reply.add_done_callback(lambda f: self._outcome("a purge", f))
 
 
 def _text(value: bytes) -> str:
