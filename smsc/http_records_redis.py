@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from smsc.http_records import Answer, RecordsUnavailable, SentMessage
+from smsc.redis_pipeline import Serial
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ class RedisRecords:
         self.reserve_ttl = reserve_ttl
         self.timeout = timeout
         self.max_pending = max_pending
-        #: Writes on their way (owned here: awaited, then cancelled, at close).
-        self._writes: set[asyncio.Task[bool]] = set()
+        #: The writes, a pipeline at a time (those of a turn of the loop together).
+        self.serial = Serial(client, timeout=timeout, limit=max_pending)
 
     def message_key(self, message_id: str) -> str:
         return f"{self.prefix}:{{hr:{message_id}}}:m"
@@ -84,40 +85,21 @@ class RedisRecords:
         return f"{self.prefix}:{{ha:{account}}}:i:{key}"
 
     async def open(self) -> None:
-        """Nothing to prepare (the client connects on first use)."""
+        """Start the writer (the client connects on first use)."""
+        self.serial.start()
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Wait (at most ``timeout``) for the writes on their way; cancel the rest."""
-        writes = list(self._writes)
-        if writes:
-            _, late = await asyncio.wait(writes, timeout=timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        """Send the writes queued (at most ``timeout``); what is left is not written."""
+        await self.serial.close(timeout)
 
     def _write(self, what: str, calls: list[tuple[Any, ...]]) -> asyncio.Future[bool] | None:
-        if len(self._writes) >= self.max_pending:
+        if self.serial.room < len(calls):
             return None
-        task = asyncio.create_task(self._send(what, calls))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        return task
-
-    async def _send(self, what: str, calls: list[tuple[Any, ...]]) -> bool:
-        try:
-            async with asyncio.timeout(self.timeout):
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for call in calls:
-                        pipe.execute_command(*call)
-                    replies = await pipe.execute(raise_on_error=False)
-        except _FAILURES as exc:
-            log.warning("HTTP records: %s not written: %s", what, exc)
-            return False
-        errors = [r for r in replies if isinstance(r, Exception)]
-        if errors:
-            log.warning("HTTP records: %s not written: %s", what, errors[0])
-            return False
-        return True
+        replies = [r for call in calls if (r := self.serial.call(*call)) is not None]
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        gathered = asyncio.gather(*replies, return_exceptions=True)
+        gathered.add_done_callback(lambda g: _settle(what, g, done))
+        return done
 
     async def _read(self, *call: Any) -> Any:
         try:
@@ -217,3 +199,16 @@ class RedisRecords:
 
     def purge(self, before_messages: float, before_answers: float) -> None:
         """Nothing: Redis forgets them itself (TTLs; each list trimmed at each add)."""
+
+
+def _settle(what: str, gathered: asyncio.Future[list[Any]], done: asyncio.Future[bool]) -> None:
+    """``done`` True when every call of a write went through."""
+    if done.done():
+        return
+    if gathered.cancelled():
+        done.set_result(False)
+        return
+    errors = [r for r in gathered.result() if isinstance(r, BaseException)]
+    if errors:
+        log.warning("HTTP records: %s not written: %s", what, errors[0])
+    done.set_result(not errors)

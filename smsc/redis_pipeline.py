@@ -51,9 +51,18 @@ class Serial:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: Pipelines sent (one round trip each).
+        self.pipelines = 0
         #: Set when the queue is empty and nothing is on its way.
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def room(self) -> int:
+        """Calls :meth:`call` takes now (0: closing, or not started)."""
+        if self._closing or self._task is None:
+            return 0
+        return self.limit - len(self._queue)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="redis-serial")
@@ -111,6 +120,7 @@ class Serial:
                 done.set_result(reply)
 
     async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        self.pipelines += 1
         async with self.redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)
