@@ -319,7 +319,9 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
     age: float
     """Seconds since then (at the ``now`` asked about)."""
     alive: bool
-    """Its heartbeat is at most ``lease`` seconds old."""
+    """Its heartbeat is at most ``lease`` seconds old, and it has not left."""
+    left: bool = False
+    """It stopped cleanly (the others took over what it had not finished)."""
 
 
 class ReloadNotice(msgspec.Struct, frozen=True, kw_only=True):

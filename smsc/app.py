@@ -686,12 +686,15 @@ class App:
         await self.web.stop(left(5.0))
         for carrier in self.simulators.values():
             await carrier.stop(left(5.0))
-        await self.cluster.stop()  # after the carriers' binds: their slots are free now
         if self._purger is not None:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)
             self._purger = None
         await self.store.close(left())
+        # Last: after the carriers' binds (their slots are free now) and after the store
+        # has every record (the other nodes take over, at once, what this node leaves
+        # unfinished: all of it must be written by then).
+        await self.cluster.stop()
         if self._listener is not None:
             await self._listener.wait_closed()
         if self._tls_listener is not None:

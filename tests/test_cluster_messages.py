@@ -290,3 +290,55 @@ def test_a_message_refused_by_the_carrier_on_one_node_fails_over_to_a_carrier_on
             await b1.stop(2.0)
 
     run1(main())
+
+
+def test_a_node_stopped_cleanly_leaves_its_unsent_messages_to_a_live_node_at_once(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """Node 1 holds the carrier's one bind, paused there by the operator: the messages it
+    accepts wait in its queue. Node 1 stops cleanly (what SIGTERM does): it leaves the
+    cluster marked as left, its bind slot goes to node 2, and node 2 takes over node 1's
+    unfinished messages at once — the lease here outlasts every deadline, so a take-over
+    that waited for it would fail — and sends them: each gets one final state, and its
+    receipt is held in Redis for the account until a receiver binds on node 2."""
+    lease = 20 * DEADLINE
+
+    async def main() -> None:
+        async with external_carrier() as carrier, AsyncExitStack() as stack:
+            one = App(node_config(tmp_path, redis_url, 1, carrier.port, lease=lease))
+            await one.start()
+            try:
+                assert one.router is not None
+                await one.router.wait_carriers_bound(DEADLINE)
+                two = await stack.enter_async_context(
+                    running_app(
+                        node_config(tmp_path, redis_url, 2, carrier.port, lease=lease),
+                        wait_for=[],
+                    )
+                )
+                assert two.router is not None
+                assert two.cluster.slots() == {"ext": 0}
+                await one.pause_carrier("ext")
+                esme = await bind_client(one, "tx")
+                ids = [await esme.submit_ok() for _ in range(10)]
+                await esme.close()
+            finally:
+                async with asyncio.timeout(DEADLINE):
+                    await one.stop(timeout=2.0)
+            [gone] = [n for n in await two.cluster.nodes() if n.node_id == "1"]
+            assert (gone.left, gone.alive) == (True, False)
+
+            async with asyncio.timeout(DEADLINE):  # each heartbeat is a round trip
+                while two.router.pools["ext"].bound < 1:
+                    await two.cluster.beat()  # learns node 1 left: its slot, its messages
+                    await two.router.binds_changed(0.2)
+            found = await wait_all_final(two, ids)
+            assert {s.state for s in found.values()} == {MessageState.DELIVERED}
+            receiver = await bind_client(two, "rx")
+            try:
+                await wait_final_receipts(receiver, ids)
+            finally:
+                await receiver.close()
+            assert all(len(got) == 1 for got in final_receipts(receiver).values())
+
+    run1(main())
