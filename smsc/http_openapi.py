@@ -104,7 +104,16 @@ SCHEMAS: dict[str, Any] = {
             },
             "send_at": {"type": "string", "description": "ISO 8601 instant with a zone"},
             "receipt": {"type": "boolean"},
-            "callback_url": {"type": "string", "format": "uri"},
+            "callback_url": {
+                "type": "string",
+                "format": "uri",
+                "description": "where this message's events are POSTed instead of the"
+                " account's status_url. Its host must be (or resolve to) an address in"
+                " webhooks.callback_networks (default: public addresses; never link-local"
+                " cloud metadata unless listed): an address literal outside them is answered"
+                " 422 naming callback_url; a name resolving outside them fails the event"
+                " (dead-lettered at once, last_error 'refused: ...')",
+            },
             "reference": {"type": "string", "maxLength": 256},
         },
         required=["to"],
@@ -190,8 +199,18 @@ SCHEMAS: dict[str, Any] = {
                         "url": {"type": "string"},
                         "attempts": {"type": "integer"},
                         "created_at": {"type": "string"},
-                        "last_error": {"type": "string"},
-                        "event": {"type": "object"},
+                        "last_error": {
+                            "type": "string",
+                            "description": "why it failed last; 'refused: ...' when its"
+                            " callback URL may not be reached (webhooks.callback_networks):"
+                            " dead at once, never retried",
+                        },
+                        "event": {
+                            "type": "object",
+                            "description": "the JSON event; for a Kannel or Jasmin dlr-url,"
+                            " the request it makes: {method: GET} (the url holds it) or"
+                            " {method: POST, form}",
+                        },
                     }
                 ),
             }

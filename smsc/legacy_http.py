@@ -102,6 +102,7 @@ class LegacyEndpoints:
         url = params.get("dlr-url", b"").decode("utf-8", "replace") or None
         target = None
         if url is not None and mask:
+            self.api.check_callback("dlr-url", url)
             target = Target(url, None, dialect="kannel", mask=mask, user=state.system_id)
         validity = _int(params, "validity", 1, 10**7)
         deferred = _int(params, "deferred", 0, 10**7)
@@ -172,6 +173,7 @@ class LegacyEndpoints:
             raise _bad("dlr-method", "dlr-method must be GET or POST.")
         target = None
         if wants and url is not None:
+            self.api.check_callback("dlr-url", url)
             target = Target(url, None, dialect="jasmin", mask=level, method=method)
         validity = _int(params, "validity-period", 1, 10**7)
         return Order(

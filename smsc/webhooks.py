@@ -41,6 +41,7 @@ from smppcore.errors import RemoteProtocolError
 from smppcore.segment import parse_udh
 from smppcore.text import codec_name, decode_text
 from smsc.accounts import AccountState
+from smsc.callback_guard import CallbackGuard, CallbackRefused
 from smsc.callbacks import Callbacks
 from smsc.delivery import wants_receipt
 from smsc.http_config import WebhooksConfig
@@ -331,7 +332,11 @@ class WebhookSender:
         return True
 
     def start(self) -> None:
-        self._client = WebhookClient(timeout=self.config.timeout, max_idle=self.config.per_endpoint)
+        self._client = WebhookClient(
+            timeout=self.config.timeout,
+            max_idle=self.config.per_endpoint,
+            guard=CallbackGuard(self.config.callback_networks),
+        )
         self._loop_task = asyncio.create_task(self._run(), name="webhook-sender")
 
     def wake(self) -> None:
@@ -441,9 +446,12 @@ class WebhookSender:
         loop of :meth:`_run` would start just that one, a task and a wake-up later)."""
         try:
             while True:
-                error, retry_after = await self._attempt(event)
-                self._breaker(host, error is None)
-                self._settle(event, error, retry_after)
+                error, retry_after, refused = await self._attempt(event)
+                if refused:  # (nothing was sent: the host's breaker is left as it is)
+                    self._refused(event, error or "refused")
+                else:
+                    self._breaker(host, error is None)
+                    self._settle(event, error, retry_after)
                 if self._reading:  # (bounded: what settles during one read)
                     self._recent.add(event.id)
                 self._settled.set()
@@ -464,8 +472,9 @@ class WebhookSender:
                 self._by_host.pop(host, None)
             self._wake.set()
 
-    async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None]:
-        """One POST: (None, None) when taken; else (why not, the receiver's Retry-After)."""
+    async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None, bool]:
+        """One POST: (None, None, False) when taken; else (why not, the receiver's
+        Retry-After, whether its URL is refused: webhooks.callback_networks)."""
         assert self._client is not None
         headers = {"Smsc-Event-Id": str(event.id)}
         method, data = "POST", event.body
@@ -479,15 +488,32 @@ class WebhookSender:
         hooks = state.account.webhooks if state is not None else None
         if hooks is not None:
             headers[SIGNATURE_HEADER] = sign(hooks.secret, int(self.wall()), data)
+        # The operator's own URLs go anywhere; any other was given by an application.
+        trusted = hooks is not None and event.url in (hooks.status_url, hooks.inbound_url)
         try:
-            resp = await self._client.request(method, event.url, data, headers)
+            resp = await self._client.request(method, event.url, data, headers, guarded=not trusted)
+        except CallbackRefused as exc:
+            return f"refused: {exc}"[:300], None, True
         except TimeoutError:
-            return "timeout", None
+            return "timeout", None, False
         except (HttpError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"[:200], None
+            return f"{type(exc).__name__}: {exc}"[:200], None, False
         if 200 <= resp.status < 300:
-            return None, None
-        return f"HTTP {resp.status}", _retry_after(resp.headers.get("retry-after"), self.wall())
+            return None, None, False
+        after = _retry_after(resp.headers.get("retry-after"), self.wall())
+        return f"HTTP {resp.status}", after, False
+
+    def _refused(self, event: OutboxEvent, error: str) -> None:
+        """``event``'s URL may not be reached (webhooks.callback_networks): dead at once
+        (asking again would be refused again), with why."""
+        self.outbox.dead(event.id, event.attempts + 1, error)
+        self.metrics.count(event.account, "dead")
+        log.warning(
+            "webhook event %d of %s dead-lettered: its callback URL is refused: %s",
+            event.id,
+            event.account,
+            error,
+        )
 
     def _settle(self, event: OutboxEvent, error: str | None, retry_after: float | None) -> None:
         if error is None:
@@ -514,7 +540,6 @@ class WebhookSender:
             return
         self.outbox.retry_at(event.id, attempts, now + delay, error)
         self.metrics.count(event.account, "retried")
-
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
