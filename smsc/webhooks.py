@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from router.model import DeliveryReport, Message, StoredMessage
+from router.model import DeliveryReport, Message, Refusal, StoredMessage
 from router.ports import ReportSink, SettledCallback
 from smppcore.constants import EsmClass, MessageState
 from smppcore.errors import RemoteProtocolError
@@ -45,7 +46,7 @@ from smsc.callback_guard import CallbackGuard, CallbackRefused
 from smsc.callbacks import Callbacks
 from smsc.delivery import wants_receipt
 from smsc.http_config import WebhooksConfig
-from smsc.legacy_dlr import legacy_request
+from smsc.legacy_dlr import legacy_accepted, legacy_refused, legacy_request
 from smsc.outbox import Outbox, OutboxEvent
 from smsc.tasks import wait_event
 from smsc.webhook_client import HttpError, WebhookClient
@@ -57,6 +58,9 @@ SIGNATURE_HEADER = "Smsc-Signature"
 BREAKER_FAILURES = 5
 #: Receiving hosts whose failures are followed, at most (callback URLs name any host).
 _MAX_HOSTS = 10_000
+#: Messages whose refusal was called back, remembered until their final report (which
+#: follows at once) at most.
+_MAX_REFUSED = 10_000
 _UDHI = int(EsmClass.UDHI)
 
 EVENT_TYPES: dict[MessageState, str] = {
@@ -139,7 +143,9 @@ def _part(message_id: str, reported: str) -> int:
 
 class WebhookSink:
     """The router's ReportSink: events to the outbox for accounts (or messages) with a
-    webhook, everything else to ``inner`` (the SMPP delivery)."""
+    webhook, everything else to ``inner`` (the SMPP delivery). Also its SubmitWatch: the
+    carrier's acceptance, and a refusal before any carrier took a message, become the
+    Kannel (dlr-mask 8, 16) and Jasmin (dlr-level 1) callbacks that asked for them."""
 
     def __init__(
         self,
@@ -162,6 +168,9 @@ class WebhookSink:
         self.dropped = 0
         #: Events refused by a full outbox whose sender was told (it sends them again).
         self.refused = 0
+        #: Messages whose refusal a Kannel or Jasmin callback told (their final report
+        #: is not called back again: those tools send none after it).
+        self._told_refused: OrderedDict[str, None] = OrderedDict()
 
     def report(
         self,
@@ -174,7 +183,8 @@ class WebhookSink:
         hooks = state.account.webhooks if state is not None else None
         target = self.callbacks.get(msg.reported_id)
         if target is not None and target.dialect != "json":
-            request = legacy_request(target, stored, report, self.wall())
+            told = self._told_refused.pop(msg.id, False) is None
+            request = None if told else legacy_request(target, stored, report, self.wall())
             if request is None:
                 if settled is not None:
                     settled(True)
@@ -211,6 +221,29 @@ class WebhookSink:
             "data": data,
         }
         self._put(msg.account, url, msgspec.json.encode(event), now, settled)
+
+    # --- SubmitWatch ----------------------------------------------------------------------
+
+    def submit_accepted(self, message: Message, carrier: str, carrier_message_id: str) -> None:
+        target = self.callbacks.get(message.reported_id)
+        if target is None or target.dialect == "json":
+            return
+        request = legacy_accepted(target, message, carrier, carrier_message_id, self.wall())
+        if request is not None:
+            self._put(message.account, request[0], request[1], self.wall(), None, request[2])
+
+    def submit_refused(self, message: Message, refusal: Refusal) -> None:
+        target = self.callbacks.get(message.reported_id)
+        if target is None or target.dialect == "json":
+            return
+        request = legacy_refused(target, message, refusal, self.wall())
+        if request is None:
+            return
+        self._put(message.account, request[0], request[1], self.wall(), None, request[2])
+        told = self._told_refused
+        told[message.id] = None
+        if len(told) > _MAX_REFUSED:
+            told.popitem(last=False)
 
     def mobile_originated(
         self, account: str, message: Message, settled: SettledCallback | None = None
