@@ -41,7 +41,7 @@ from smsc.accounts import AccountState
 from smsc.apikeys import Authenticator, basic_credentials, bearer
 from smsc.callback_guard import DEFAULT_NETWORKS, CallbackGuard, CallbackRefused
 from smsc.callbacks import Callbacks, Target
-from smsc.http_config import HttpApiConfig
+from smsc.http_config import HttpApiConfig, check_url
 from smsc.http_metrics import HttpCounters
 from smsc.http_openapi import SPEC
 from smsc.http_records import Answer, HttpRecords, SentMessage, part_id
@@ -415,13 +415,15 @@ class HttpApi:
         return await self.dispatch(state, order)
 
     def check_callback(self, field: str, url: str | None) -> None:
-        """422 naming ``field`` when ``url`` names an address literal that callbacks may
-        not reach (a name is judged when the callback connects: smsc/webhook_client.py)."""
+        """422 naming ``field`` when ``url`` is not an absolute http(s) URL, or names an
+        address literal that callbacks may not reach (a name is judged when the callback
+        connects: smsc/webhook_client.py)."""
         if url is None:
             return
         try:
+            check_url(url)
             self.guard.check_url(url)
-        except CallbackRefused as exc:
+        except (ValueError, CallbackRefused) as exc:
             raise invalid(field, str(exc)) from None
 
     async def dispatch(self, state: AccountState, order: Order) -> dict[str, Any]:
