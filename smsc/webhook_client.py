@@ -66,8 +66,10 @@ class _Conn(asyncio.Protocol):
     def __init__(self, max_body: int) -> None:
         self.max_body = max_body
         self.transport: asyncio.Transport | None = None
-        #: The address connected to (what a guarded request's reuse is judged by).
+        #: The address connected to (what a guarded request's reuse is judged by), and
+        #: the guard's verdict on it once asked (None: not yet).
         self.address = ""
+        self.allowed: bool | None = None
         self.closed = False
         self.idle_since = 0.0
         self._buf = bytearray()
@@ -327,7 +329,7 @@ class WebhookClient:
         async with asyncio.timeout(self.timeout):
             while True:
                 conn, reused = self._take(target.key), True
-                if conn is not None and guarded and not self._allowed(conn.address):
+                if conn is not None and guarded and not self._reusable(conn):
                     conn.close()  # (opened for a trusted request: not for this one)
                     conn = None
                 if conn is None:
@@ -386,6 +388,12 @@ class WebhookClient:
     def _allowed(self, address: str) -> bool:
         return self.guard is not None and self.guard.allows(address)
 
+    def _reusable(self, conn: _Conn) -> bool:
+        """May a guarded request go over ``conn``? (Judged once per connection.)"""
+        if conn.allowed is None:
+            conn.allowed = self._allowed(conn.address)
+        return conn.allowed
+
     async def _open(self, target: _Target, guarded: bool) -> _Conn:
         loop = asyncio.get_running_loop()
         context = None
@@ -409,9 +417,11 @@ class WebhookClient:
             except OSError as exc:
                 error = exc
                 continue
-            if guarded and not self._allowed(conn.address):  # (never: it is what we gave)
-                conn.close()
-                raise CallbackRefused(self._refusal(target.host, conn.address))
+            if guarded:
+                conn.allowed = self._allowed(conn.address)
+                if not conn.allowed:  # (never: it is an address we allowed)
+                    conn.close()
+                    raise CallbackRefused(self._refusal(target.host, conn.address))
             self.opened += 1
             return conn
         assert error is not None
