@@ -76,6 +76,7 @@ class CallbackGuard:
     """``allows(address)``; ``check_url(url)`` for a URL's literal address."""
 
     def __init__(self, networks: Iterable[str]) -> None:
+        networks = tuple(networks)
         self.public = False
         nets: list[Network] = []
         for text in networks:

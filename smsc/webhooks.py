@@ -14,6 +14,17 @@ Each request carries ``Smsc-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + 
 body)>`` with the account's ``webhooks.secret`` (unsigned when it has none), and
 ``Smsc-Event-Id``. Each event has an ``id`` and a ``sequence`` that grows with each event
 of a message (receivers order by it).
+
+A URL that is not one of its account's configured ``status_url``/``inbound_url`` (those
+are the operator's) was given by an application — a message's ``callback_url``, a Kannel
+or Jasmin ``dlr-url`` — and may reach only ``webhooks.callback_networks``
+(smsc/callback_guard.py), judged on the address connected to; one that resolves outside
+them is dead-lettered at once (``last_error`` ``refused: ...``, a WARNING line), never
+retried.
+
+The sink is also the router's SubmitWatch: a carrier's acceptance and a refusal before any
+carrier took a message become the Kannel (dlr-mask 8, 16) and Jasmin (dlr-level 1)
+callbacks that asked for them (smsc/legacy_dlr.py), through the same outbox.
 """
 
 from __future__ import annotations
