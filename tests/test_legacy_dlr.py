@@ -134,6 +134,8 @@ def test_kannel_type_16_when_the_carrier_refuses_and_no_type_2_after_it(
             running_app(api_config(tmp_path, REFUSING)) as app,
             Http(app) as http,
         ):
+            # One bind, no latency: the carrier answers in the order they are sent, so
+            # the first one is refused (and final) before the others are.
             quiet = await kannel(http, receiver, "491700000001", 1, "/quiet")
             all_of_them = await kannel(http, receiver, "491700000002", 31, "/all")
             final_only = await kannel(http, receiver, "491700000003", 3, "/final")
