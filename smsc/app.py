@@ -230,6 +230,7 @@ class App:
             found = {}
         for account, n in found.items():
             self.delivery.found_held(account, n)
+        sink = self.web.sink(self.delivery, accounts)
         self.router = Router(
             router_config,
             handover=(
@@ -238,7 +239,8 @@ class App:
                 else None
             ),
             store=self.store,
-            sink=self.web.sink(self.delivery, accounts),
+            sink=sink,
+            watch=sink,  # Kannel's dlr-mask 8/16, Jasmin's dlr-level 1
             policies={name: state.policy for name, state in accounts.items()},
             bind_slots=self._slots_for if self.cluster.shared else None,
         )

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from router.ports import ReportSink
 from smppcore.tls import server_context
 from smsc.accounts import AccountState
+from smsc.callback_guard import CallbackGuard
 from smsc.callbacks import Callbacks
 from smsc.config import SmscConfig
 from smsc.http_api import HttpApi
@@ -128,6 +129,7 @@ class HttpNode:
             wake_sender=self.sender.wake if self.sender is not None else lambda: None,
             counters=counters,
             wall=self.wall,
+            guard=CallbackGuard(self.config.webhooks.callback_networks),
         )
         LegacyEndpoints(self.api).register(self.api.web_app)
         await self.api.start()
