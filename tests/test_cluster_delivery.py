@@ -54,7 +54,11 @@ from smppcore.session import Role
 from smsc.app import App
 from smsc.config import SmscConfig
 
-LEASE = 0.6
+#: No node dies here: a lease long enough that no live node's lapses on a slow, loaded
+#: machine. It is also how long a node's claim on the held items it drains and its report
+#: lease on a receipt last (store.claim_seconds): one lapsed while its node still delivers
+#: lets the other node send the same item again (a receipt twice). Heartbeats stay quick.
+LEASE = 5.0
 HEARTBEAT = 0.1
 #: schedule_delivery_time an hour from now (relative, §7.1.1.2): the message waits queued.
 IN_AN_HOUR = "000000010000000R"
