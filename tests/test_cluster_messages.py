@@ -1,8 +1,8 @@
 """Messages across the nodes of a cluster on a real redis-server: a message accepted on a
 node that holds no bind of its carrier is sent by a node that does (handed over through
 Redis), and the messages of a node killed mid-load are taken over by a live node within
-the lease. Real leases (real time), so they are short; every wait is for a condition under
-a deadline.
+the lease. Real leases (real time): short only where a node is killed, long enough
+elsewhere that no live node's lapses; every wait is for a condition under a deadline.
 
 Receipts reach a client bound on the node that sends them (here: the receiver is bound on
 that node); a receipt for a client bound on another node is held in Redis for the account
@@ -43,7 +43,12 @@ from smppcore.tlv import Tag
 from smsc.app import App
 from smsc.config import SmscConfig
 
-LEASE = 0.6
+#: A node's lease (and the claims and report leases that last as long, store.claim_seconds),
+#: long enough that no live node's lapses on a slow, loaded machine (a live node counted dead
+#: would lose its bind to the other, which then sends and reports messages itself); the
+#: test of a node killed sets a short one of its own. Heartbeats stay quick.
+LEASE = 5.0
+HEARTBEAT = 0.1
 
 
 @asynccontextmanager
@@ -75,7 +80,13 @@ def router_section(port: int, where: Path, **extra: Any) -> dict[str, Any]:
 
 
 def node_config(
-    tmp_path: Path, url: str, node_id: int, port: int, lease: float = LEASE, **carrier: Any
+    tmp_path: Path,
+    url: str,
+    node_id: int,
+    port: int,
+    lease: float = LEASE,
+    heartbeat: float = HEARTBEAT,
+    **carrier: Any,
 ) -> SmscConfig:
     where = tmp_path / f"node{node_id}"
     where.mkdir(exist_ok=True)
@@ -83,7 +94,7 @@ def node_config(
         where,
         {},
         node_id=node_id,
-        cluster={"redis": url, "lease": lease, "heartbeat": lease / 6},
+        cluster={"redis": url, "lease": lease, "heartbeat": heartbeat},
         router=router_section(port, where, **carrier),
     )
 
@@ -178,7 +189,13 @@ def test_the_messages_of_a_node_killed_mid_load_are_finished_by_a_live_node(
             )
             # Node 1 claimed the carrier's one bind slot before it listened.
             config = node_config(
-                tmp_path, redis_url, 2, carrier.port, lease=lease, receipt_timeout=2.0
+                tmp_path,
+                redis_url,
+                2,
+                carrier.port,
+                lease=lease,
+                heartbeat=lease / 6,
+                receipt_timeout=2.0,
             )
             live = await stack.enter_async_context(running_app(config, wait_for=[]))
             assert live.router is not None
@@ -253,7 +270,7 @@ def test_a_message_refused_by_the_carrier_on_one_node_fails_over_to_a_carrier_on
                         where,
                         {},
                         node_id=node_id,
-                        cluster={"redis": redis_url, "lease": LEASE, "heartbeat": LEASE / 6},
+                        cluster={"redis": redis_url, "lease": LEASE, "heartbeat": HEARTBEAT},
                         router=router,
                     )
 
