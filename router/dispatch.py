@@ -50,12 +50,13 @@ from router.model import (
     Accepted,
     Failed,
     Message,
+    Refusal,
     Rejected,
     RouteDecision,
     SubmitOutcome,
 )
 from router.pins import Part, Pins, pin_key
-from router.ports import Store
+from router.ports import Store, SubmitWatch
 from router.queue import MessageQueue
 from router.rates import PriceBook
 from router.receipts import Receipts
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 #: Messages sent per dispatcher pass before it yields to the loop: a pass costs ~50 us a
 #: message, and every connection, timer and the store writer wait for it to end.
 _DISPATCH_BATCH = 256
+#: Why the parts of a long message that failed end (``Refusal.reason``).
+_LONG_FAILED = "long message failed"
 #: Messages taken from the queue per pass at most (sent, parked or finished here): parking
 #: one costs a few us, but a woken backlog that must be parked again is not one long stall.
 _HANDLE_BATCH = 2048
@@ -123,6 +126,8 @@ class Dispatcher:
         self.running = False
         #: A cluster: hands over what is routed to carriers bound only on other nodes.
         self.taking: Taking | None = None
+        #: Told of every acceptance and every refusal (set by the owner; None: nobody).
+        self.watch: SubmitWatch | None = None
 
     def reconfigure(
         self,
@@ -203,7 +208,7 @@ class Dispatcher:
         queue.release_due(now)
         queue.expire(now)
         for msg in queue.take_expired():
-            self._finish(msg, MessageState.EXPIRED, 0, "")
+            self._finish(msg, MessageState.EXPIRED, 0, "", "expired")
         intake = self.intake
         if intake.paced:
             intake.release()
@@ -231,7 +236,7 @@ class Dispatcher:
             self._send(carrier, msg, mono)
             sent += 1
         for msg in queue.take_expired():
-            self._finish(msg, MessageState.EXPIRED, 0, "")
+            self._finish(msg, MessageState.EXPIRED, 0, "", "expired")
         if (
             sent >= _DISPATCH_BATCH
             or handled >= _HANDLE_BATCH
@@ -288,7 +293,7 @@ class Dispatcher:
             group = self.pins.get(concat.group)
             if group is not None:
                 if group.failed:  # fail_all: a part still to come fails too
-                    self._finish(msg, MessageState.UNDELIVERABLE, 0, "")
+                    self._finish(msg, MessageState.UNDELIVERABLE, 0, "", _LONG_FAILED)
                     return None
                 pinned = group.carrier
                 if group.left:  # resend_all: never over the carriers it left
@@ -320,7 +325,7 @@ class Dispatcher:
             reason = no_route_reason(why)
             self.metrics.no_route[reason] = self.metrics.no_route.get(reason, 0) + 1
             log.info("message %s: no route (%s)", msg.id, why)
-            self._finish(msg, MessageState.UNDELIVERABLE, 0, "")
+            self._finish(msg, MessageState.UNDELIVERABLE, 0, "", "no route")
             return None
         self.carriers.park(msg, waits_for)
         return None
@@ -380,10 +385,19 @@ class Dispatcher:
 
     # --- long messages ----------------------------------------------------------------
 
-    def _finish(self, msg: Message, state: MessageState, error: int, carrier: str) -> None:
-        """``msg`` is final here (no carrier receipt will come)."""
+    def _finish(
+        self, msg: Message, state: MessageState, error: int, carrier: str, refused: str | None
+    ) -> None:
+        """``msg`` is final here (no carrier receipt will come). ``refused``: why, when no
+        carrier holds it (the watch hears of it); None: a carrier had accepted it."""
         if msg.concat is not None:
             self.pins.final(msg, self.wall())
+        watch = self.watch
+        if refused is not None and watch is not None:
+            try:
+                watch.submit_refused(msg, Refusal(state, carrier, error, refused))
+            except Exception:
+                log.exception("message %s: its refusal could not be announced", msg.id)
         self.finals.decide(msg, state, error, carrier)
 
     def _move(self, group: str, carrier: str, now: float) -> None:
@@ -414,7 +428,7 @@ class Dispatcher:
         g = self.pins.get(group)
         if g is None:
             if failing is not None:
-                self._finish(failing[0], failing[1], failing[2], carrier)
+                self._finish(failing[0], failing[1], failing[2], carrier, _LONG_FAILED)
             return
         resend = self.config.routing.long_message_failure == "resend_all"
         if resend and failing is not None and self._has_next(failing[0], g.left, carrier, now):
@@ -431,14 +445,14 @@ class Dispatcher:
         for _, state, part in list(g.parts.values()):
             if state is Part.ACCEPTED:
                 if self.receipts.withdraw(part.id, carrier):  # not final yet
-                    self._finish(part, MessageState.UNDELIVERABLE, 0, carrier)
+                    self._finish(part, MessageState.UNDELIVERABLE, 0, carrier, None)
             elif state is Part.QUEUED:
                 queued = self.queue.remove(part.id)
                 if queued is not None:
-                    self._finish(queued, MessageState.UNDELIVERABLE, 0, carrier)
+                    self._finish(queued, MessageState.UNDELIVERABLE, 0, carrier, _LONG_FAILED)
         # Parts in flight are failed by their outcome; parts still to come when routed.
         if failing is not None:
-            self._finish(*failing[:2], failing[2], carrier)
+            self._finish(*failing[:2], failing[2], carrier, _LONG_FAILED)
 
     def _has_next(self, msg: Message, left: tuple[str, ...], carrier: str, now: float) -> bool:
         """Could ``msg`` go over a carrier other than ``carrier`` and those ``left``?"""
@@ -519,6 +533,12 @@ class Dispatcher:
                 health.record_submit(now, latency, "accepted")
             self.metrics.carrier(carrier).submit_latency.observe(latency)
             self.receipts.accepted(msg, carrier, outcome.carrier_message_id, now, answered)
+            watch = self.watch
+            if watch is not None:
+                try:
+                    watch.submit_accepted(msg, carrier, outcome.carrier_message_id)
+                except Exception:
+                    log.exception("message %s: its acceptance could not be announced", msg.id)
             if group is not None and (group.failed or carrier in group.left):
                 self._left_behind(msg, carrier, group.failed, now)
             elif concat is not None:
@@ -539,7 +559,7 @@ class Dispatcher:
                 self.pins.queued(fresh, now)
                 self.queue.requeue(fresh)
                 return
-            self._finish(msg, MessageState.REJECTED, outcome.status, carrier)
+            self._finish(msg, MessageState.REJECTED, outcome.status, carrier, "rejected")
             return
         if isinstance(outcome, Failed) and outcome.reason == "not ready":
             # It never left us (no bind could take it): neither an attempt nor a failure
@@ -570,7 +590,8 @@ class Dispatcher:
                 assert concat is not None
                 self._group_failed(concat.group, carrier, now, (msg, state, status))
                 return
-            self._finish(msg, state, status, carrier)
+            why = "expired" if state == MessageState.EXPIRED else "retries exhausted"
+            self._finish(msg, state, status, carrier, why)
             return
         if pinned:
             # Temporary trouble on the pinned carrier: try it again, parts stay together.
@@ -586,7 +607,7 @@ class Dispatcher:
             self.pins.final(msg, now)  # its final receipt came already
             return
         if failed:
-            self._finish(msg, MessageState.UNDELIVERABLE, 0, carrier)
+            self._finish(msg, MessageState.UNDELIVERABLE, 0, carrier, None)
             return
         fresh = msgspec.structs.replace(msg, attempts=0, tried=())
         self.pins.queued(fresh, now)

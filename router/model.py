@@ -108,6 +108,21 @@ class Failed(msgspec.Struct, frozen=True, gc=False):
 SubmitOutcome = Accepted | Rejected | Failed
 
 
+class Refusal(msgspec.Struct, frozen=True, gc=False):
+    """Why a message ends before any carrier took it (refused by one for good, no route,
+    its retries or its validity used up): what Kannel calls the SMSC's NACK (dlr-mask 16)
+    and Jasmin a level-1 receipt with an error."""
+
+    state: MessageState
+    """Its final state (REJECTED, UNDELIVERABLE, EXPIRED)."""
+    carrier: str
+    """The carrier that refused it last ("" when none answered)."""
+    status: int
+    """That carrier's command_status; 0 when no carrier refused it (``reason`` says why)."""
+    reason: str
+    """rejected, retries exhausted, expired, no route, long message failed."""
+
+
 class DeliveryReport(msgspec.Struct, frozen=True, gc=False):
     """The fate of one of our messages, as reported by a carrier (or by us)."""
 

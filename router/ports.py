@@ -10,7 +10,7 @@ from typing import Protocol
 import msgspec
 
 from router.health import HealthSums
-from router.model import DeliveryReport, Message, StoredMessage
+from router.model import DeliveryReport, Message, Refusal, StoredMessage
 
 #: Called with ESME_ROK once a message is accepted (queued, or durably stored in
 #: ``ack_after: store`` mode), or with the status refusing it (ESME_RMSGQFUL...).
@@ -60,6 +60,24 @@ class ReportSink(Protocol):
         the account; ``settled(ok)`` once it is delivered or durably held. False: neither
         could be done now (the store refuses to hold more); the carrier's deliver_sm is
         then answered ESME_RX_T_APPN, to be sent again."""
+        ...
+
+
+class SubmitWatch(Protocol):
+    """Who hears how each message's submission ends, besides its final state (smsc: the
+    callbacks of Kannel's dlr-mask 8 and 16 and Jasmin's dlr-level 1). Called on the
+    loop, synchronously: it must not block, and what it sends out it makes durable itself."""
+
+    def submit_accepted(self, message: Message, carrier: str, carrier_message_id: str) -> None:
+        """``carrier`` answered ``message``'s submit_sm ESME_ROK, as ``carrier_message_id``
+        (its receipt is awaited now)."""
+        ...
+
+    def submit_refused(self, message: Message, refusal: Refusal) -> None:
+        """``message`` ends without any carrier holding it (``refusal`` says why); called
+        just before its final state goes to the :class:`ReportSink`. Not called for a
+        message a carrier had accepted (a long message's part withdrawn, a receipt
+        deadline): those end through their receipt."""
         ...
 
 
@@ -319,7 +337,9 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True):
     age: float
     """Seconds since then (at the ``now`` asked about)."""
     alive: bool
-    """Its heartbeat is at most ``lease`` seconds old."""
+    """Its heartbeat is at most ``lease`` seconds old, and it has not left."""
+    left: bool = False
+    """It stopped cleanly (the others took over what it had not finished)."""
 
 
 class ReloadNotice(msgspec.Struct, frozen=True, kw_only=True):

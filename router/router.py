@@ -1,6 +1,7 @@
 """The router: intake → bounded priority queue → least-cost choice → carrier pools, and
 receipts back. :class:`Router` implements :class:`router.ports.Intake` and calls a
-:class:`router.ports.ReportSink` with every final outcome and MO.
+:class:`router.ports.ReportSink` with every final outcome and MO (and, when given, a
+:class:`router.ports.SubmitWatch` with each carrier's acceptance and each refusal).
 
 It is the facade over the parts that each own one job, wired here:
 
@@ -48,7 +49,7 @@ from router.intake import PacedIntake
 from router.metrics import RouterMetrics
 from router.mo import MobileOriginated
 from router.model import DeliveryReport, Message
-from router.ports import AcceptCallback, HandedOver, Handover, ReportSink, Store
+from router.ports import AcceptCallback, HandedOver, Handover, ReportSink, Store, SubmitWatch
 from router.queue import MessageQueue
 from router.rates import load_prices
 from router.receipts import Receipts
@@ -106,10 +107,12 @@ class Router:
         rng: random.Random | None = None,
         bind_slots: Callable[[str], int] | None = None,
         handover: Handover | None = None,
+        watch: SubmitWatch | None = None,
     ) -> None:
         """``bind_slots(carrier)``: the carrier's bind slots this node holds (a cluster);
         None: all its ``binds``. ``handover``: a cluster's hand-over of messages between
-        nodes (:mod:`router.handover`); None: alone."""
+        nodes (:mod:`router.handover`); None: alone. ``watch``: told of each carrier's
+        acceptance and of each message refused before any carrier took it."""
         self.config = config
         self.store = store
         self.sink = sink
@@ -170,6 +173,7 @@ class Router:
             rng=self._rng,
             wall=wall,
         )
+        self.dispatcher.watch = watch
         self.queue.on_ready = self.dispatcher.wake_up
         self._tick: asyncio.TimerHandle | None = None
         self.taking: Taking | None = None

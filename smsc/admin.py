@@ -469,6 +469,7 @@ class AdminServer:
                         "address": s.report.address,
                         "ports": list(s.report.ports),
                         "alive": s.alive,
+                        "left": s.left,
                         "heartbeat_age": round(s.age, 3),
                         "config_hash": s.report.config_hash,
                         "esme_binds": s.report.esme_binds,

@@ -230,6 +230,7 @@ class App:
             found = {}
         for account, n in found.items():
             self.delivery.found_held(account, n)
+        sink = self.web.sink(self.delivery, accounts)
         self.router = Router(
             router_config,
             handover=(
@@ -238,7 +239,8 @@ class App:
                 else None
             ),
             store=self.store,
-            sink=self.web.sink(self.delivery, accounts),
+            sink=sink,
+            watch=sink,  # Kannel's dlr-mask 8/16, Jasmin's dlr-level 1
             policies={name: state.policy for name, state in accounts.items()},
             bind_slots=self._slots_for if self.cluster.shared else None,
         )
@@ -686,12 +688,15 @@ class App:
         await self.web.stop(left(5.0))
         for carrier in self.simulators.values():
             await carrier.stop(left(5.0))
-        await self.cluster.stop()  # after the carriers' binds: their slots are free now
         if self._purger is not None:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)
             self._purger = None
         await self.store.close(left())
+        # Last: after the carriers' binds (their slots are free now) and after the store
+        # has every record (the other nodes take over, at once, what this node leaves
+        # unfinished: all of it must be written by then).
+        await self.cluster.stop()
         if self._listener is not None:
             await self._listener.wait_closed()
         if self._tls_listener is not None:

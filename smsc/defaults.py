@@ -13,6 +13,10 @@ behaviour make least-cost choice and failover visible:
 
 Routes: "44" (UK) and "49" (Germany) have their own prices; "" (everything else) too.
 ``smsc route --destination 4477009001 --account test`` (or GET /route) explains a choice.
+
+Callback URLs given with a message (``callback_url``, Kannel's and Jasmin's ``dlr-url``)
+may reach public addresses and this machine's loopback (``webhooks.callback_networks``);
+a config file's default leaves loopback out (smsc/callback_guard.py).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from __future__ import annotations
 from typing import Any
 
 from router.config import CarrierConfig, CarrierPrice, Route, RouterConfig
+from smsc.callback_guard import LOCAL_NETWORKS
 from smsc.config import SimulatedCarrier, SmscAccount, SmscConfig
-from smsc.http_config import HttpApiConfig
+from smsc.http_config import HttpApiConfig, WebhooksConfig
 
 
 def _sim(system_id: str, profile: dict[str, Any]) -> dict[str, Any]:
@@ -112,4 +117,7 @@ DEFAULT = SmscConfig(
     ),
     simulated_carriers=SIMULATED,
     http_api=HttpApiConfig(),
+    # Callback URLs given with a message may reach this machine's loopback too (a receiver
+    # started next to `make run`); a config file's default is public addresses only.
+    webhooks=WebhooksConfig(callback_networks=LOCAL_NETWORKS),
 )

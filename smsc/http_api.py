@@ -39,14 +39,15 @@ from smppcore.receipt import is_final
 from smppcore.segment import split, split_bytes
 from smsc.accounts import AccountState
 from smsc.apikeys import Authenticator, basic_credentials, bearer
+from smsc.callback_guard import DEFAULT_NETWORKS, CallbackGuard, CallbackRefused
 from smsc.callbacks import NO_TARGET, Callbacks, Target
-from smsc.http_config import HttpApiConfig
+from smsc.http_config import HttpApiConfig, check_url
 from smsc.http_metrics import HttpCounters
 from smsc.http_openapi import SPEC
 from smsc.http_records import Answer, HttpRecords, RecordsUnavailable, SentMessage, part_id
 from smsc.http_times import instant, validity_end
 from smsc.messages import InvalidMessage, admit, build_message, retry_after
-from smsc.outbox import Outbox
+from smsc.outbox import Outbox, OutboxEvent
 
 if TYPE_CHECKING:
     from router.router import Router
@@ -202,8 +203,11 @@ class HttpApi:
         wake_sender: Callable[[], None] = lambda: None,
         counters: HttpCounters | None = None,
         wall: Callable[[], float] = time.time,
+        guard: CallbackGuard | None = None,
     ) -> None:
         self.config = config
+        #: What callback URLs given with a message may name (webhooks.callback_networks).
+        self.guard = guard if guard is not None else CallbackGuard(DEFAULT_NETWORKS)
         self.server = server
         self.router = router
         self.records = records
@@ -418,6 +422,7 @@ class HttpApi:
         hooks = state.account.webhooks
         registered = (1 if req.receipt else 0) | (0x10 if hooks and hooks.intermediate else 0)
         target = None
+        self.check_callback("callback_url", req.callback_url)
         if req.callback_url or req.reference:
             target = Target(req.callback_url, req.reference)
         order = Order(
@@ -431,6 +436,18 @@ class HttpApi:
             target=target,
         )
         return await self.dispatch(state, order)
+
+    def check_callback(self, field: str, url: str | None) -> None:
+        """422 naming ``field`` when ``url`` is not an absolute http(s) URL, or names an
+        address literal that callbacks may not reach (a name is judged when the callback
+        connects: smsc/webhook_client.py)."""
+        if url is None:
+            return
+        try:
+            check_url(url)
+            self.guard.check_url(url)
+        except (ValueError, CallbackRefused) as exc:
+            raise invalid(field, str(exc)) from None
 
     async def dispatch(self, state: AccountState, order: Order) -> dict[str, Any]:
         """Admit and submit ``order`` for ``state``'s account: one message per
@@ -794,7 +811,7 @@ class HttpApi:
                         "attempts": e.attempts,
                         "created_at": _iso(e.created),
                         "last_error": e.last_error,
-                        "event": msgspec.json.decode(e.body),
+                        "event": _dead_event(e),
                     }
                     for e in events
                 ]
@@ -892,6 +909,17 @@ def _timeline(stored: StoredMessage, price: Any) -> list[dict[str, Any]]:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dead_event(event: OutboxEvent) -> dict[str, Any]:
+    """A dead letter's event: our JSON event, or the request a Kannel or Jasmin callback
+    makes (a GET of ``url``; a POST of a form)."""
+    if event.kind == "get":
+        return {"method": "GET"}
+    if event.kind == "form":
+        return {"method": "POST", "form": event.body.decode("latin-1")}
+    decoded: dict[str, Any] = msgspec.json.decode(event.body)
+    return decoded
 
 
 def _recorded(count: int, done: asyncio.Future[bool]) -> None:

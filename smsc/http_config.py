@@ -11,6 +11,7 @@ import msgspec
 from msgspec import Meta
 
 from smppcore.tls import FilePath, ServerTls
+from smsc.callback_guard import DEFAULT_NETWORKS, parse_network
 
 _Port = Annotated[int, Meta(ge=0, le=65535)]
 #: ``sha256$<hex>`` of an API key, as ``smsc api-key`` prints it.
@@ -78,6 +79,21 @@ class WebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """POSTs in flight at once to one host (a slow receiver delays only itself)."""
     backoff_min: Annotated[float, Meta(gt=0, le=3600)] = 1.0
     backoff_max: Annotated[float, Meta(gt=0, le=86_400)] = 600.0
+    callback_networks: Annotated[
+        tuple[Annotated[str, Meta(min_length=1, max_length=64)], ...], Meta(max_length=1000)
+    ] = DEFAULT_NETWORKS
+    """Where callback URLs given by applications (a message's ``callback_url``, Kannel's
+    and Jasmin's ``dlr-url``) may connect: CIDRs, and ``public`` for every globally
+    routable address (smsc/callback_guard.py). Link-local (cloud metadata) and unspecified
+    addresses only when a listed network lies inside them. The accounts' own webhook URLs
+    (set here by the operator) are not restricted."""
+
+    def __post_init__(self) -> None:
+        for i, text in enumerate(self.callback_networks):
+            try:
+                parse_network(text)
+            except ValueError as exc:
+                raise ValueError(f"callback_networks[{i}]: {exc}") from None
 
 
 def check_url(url: str) -> None:

@@ -28,6 +28,7 @@ from router.cluster.config import ClusterConfig
 from router.ports import ReportSink
 from smppcore.tls import server_context
 from smsc.accounts import AccountState
+from smsc.callback_guard import CallbackGuard
 from smsc.callbacks import Callbacks, Target
 from smsc.config import SmscConfig
 from smsc.http_api import HttpApi
@@ -146,7 +147,10 @@ class HttpNode:
             self.records.purge(now - keep, now - ttl)
             self.outbox.purge(now - keep)
 
-    def sink(self, inner: ReportSink, accounts: Mapping[str, AccountState]) -> ReportSink:
+    def sink(
+        self, inner: ReportSink, accounts: Mapping[str, AccountState]
+    ) -> WebhookSink | TargetLookup:
+        """The router's ReportSink and SubmitWatch."""
         self.sender = WebhookSender(
             self.config.webhooks,
             self.outbox,
@@ -201,6 +205,7 @@ class HttpNode:
             wake_sender=self.sender.wake if self.sender is not None else lambda: None,
             counters=counters,
             wall=self.wall,
+            guard=CallbackGuard(self.config.webhooks.callback_networks),
         )
         LegacyEndpoints(self.api).register(self.api.web_app)
         await self.api.start()

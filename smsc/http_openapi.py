@@ -104,7 +104,16 @@ SCHEMAS: dict[str, Any] = {
             },
             "send_at": {"type": "string", "description": "ISO 8601 instant with a zone"},
             "receipt": {"type": "boolean"},
-            "callback_url": {"type": "string", "format": "uri"},
+            "callback_url": {
+                "type": "string",
+                "format": "uri",
+                "description": "where this message's events are POSTed instead of the"
+                " account's status_url. Its host must be (or resolve to) an address in"
+                " webhooks.callback_networks (default: public addresses; never link-local"
+                " cloud metadata unless listed): an address literal outside them is answered"
+                " 422 naming callback_url; a name resolving outside them fails the event"
+                " (dead-lettered at once, last_error 'refused: ...')",
+            },
             "reference": {"type": "string", "maxLength": 256},
         },
         required=["to"],
@@ -190,8 +199,18 @@ SCHEMAS: dict[str, Any] = {
                         "url": {"type": "string"},
                         "attempts": {"type": "integer"},
                         "created_at": {"type": "string"},
-                        "last_error": {"type": "string"},
-                        "event": {"type": "object"},
+                        "last_error": {
+                            "type": "string",
+                            "description": "why it failed last; 'refused: ...' when its"
+                            " callback URL may not be reached (webhooks.callback_networks):"
+                            " dead at once, never retried",
+                        },
+                        "event": {
+                            "type": "object",
+                            "description": "the JSON event; for a Kannel or Jasmin dlr-url,"
+                            " the request it makes: {method: GET} (the url holds it) or"
+                            " {method: POST, form}",
+                        },
                     }
                 ),
             }
@@ -325,12 +344,19 @@ SPEC: dict[str, Any] = {
         },
         "/cgi-bin/sendsms": _legacy(
             "Kannel's sendsms (to, from, text, charset, coding, udh, priority, validity,"
-            " deferred, dlr-mask, dlr-url)",
+            " deferred, dlr-mask, dlr-url). dlr-mask bits: 1 delivered, 2 not delivered,"
+            " 4 buffered (from the carrier's receipt), 8 accepted by the carrier (%A:"
+            " ACK/), 16 refused before any carrier took it (%A: NACK/0x<status>/<text>"
+            " or NACK/<why>; also sent, as type 16, to a mask with 2). A dlr-url whose"
+            " host is an address outside webhooks.callback_networks is answered 422",
             "202 '0: Accepted for delivery', or Kannel's error text",
         ),
         "/send": _legacy(
             "Jasmin's send (to, from, coding, content, hex-content, priority,"
-            " validity-period, dlr, dlr-url, dlr-level, dlr-method)",
+            " validity-period, dlr, dlr-url, dlr-level, dlr-method). dlr-level 1: the"
+            " carrier's submit_sm_resp (id, message_status ESME_ROK or the refusal's"
+            " name, level, connector); 2: the terminal receipt; 3: both. A dlr-url whose"
+            " host is an address outside webhooks.callback_networks is answered 422",
             "200 'Success \"<id>\"', or 'Error \"...\"'",
         ),
         "/balance": _legacy("Jasmin's balance (none kept: ND)", "JSON", "application/json"),

@@ -1,23 +1,42 @@
 """Delivery-report callbacks in the dialects of Kannel and Jasmin, for messages sent
 through their drop-in endpoints (smsc/legacy_http.py): the request an application
-written for them expects, built when the receipt comes (and then queued in the webhook
-outbox like every other callback: retried, unlike theirs).
+written for them expects, built when the carrier answers the submit or the receipt comes
+(and then queued in the webhook outbox like every other callback: retried, unlike theirs).
 
-Kannel (``dlr-url`` with escapes, called with GET): ``%d`` the report type — 1 delivered
-to the phone, 2 not delivered, 4 queued on the SMSC (an intermediate state) — asked for
-by the ``dlr-mask`` bits; ``%A`` the receipt text (``id:... stat:DELIVRD err:000 ...``);
-``%i`` the carrier; ``%I`` our message id; ``%F`` the carrier's message id; ``%p`` the
-handset and ``%P`` our sender (a receipt comes *from* the handset, so Kannel swaps them);
-``%q``/``%Q`` the same with a leading 00 as +; ``%t`` the time (``YYYY-MM-DD
-HH:MM:SS``, UTC), ``%T`` as Unix seconds; ``%n`` the account; ``%%`` a percent sign.
-Values are URL-encoded. (Kannel's types 8 and 16, the carrier's submit answer, are not
-sent: the receipt is.)
+Kannel (``dlr-url`` with escapes, called with GET). ``%d`` is the report type, asked for
+by the ``dlr-mask`` bits:
 
-Jasmin (``dlr-url``, ``dlr-method`` GET or POST form): the level-2 (terminal) receipt
-with ``id``, ``message_status`` (DELIVRD, UNDELIV, EXPIRED, REJECTD, DELETED, UNKNOWN,
-ACCEPTD), ``level``, ``connector``, ``id_smsc``, ``sub``, ``dlvrd``, ``subdate``,
-``donedate``, ``err`` and ``text``, for ``dlr-level`` 2 or 3. Any 2xx answer is taken;
-no ``ACK/Jasmin`` body is needed.
+- 1 delivered to the phone, 2 not delivered, 4 queued on the SMSC (an intermediate
+  state): from the carrier's receipt; ``%A`` is the receipt text (``id:... stat:DELIVRD
+  err:000 ...``);
+- 8 "SMSC accepted": the carrier answered the submit_sm ESME_ROK; ``%A`` is ``ACK/``;
+- 16 "SMSC rejected": the message ends before any carrier took it (a carrier refused it
+  for good, no route, retries or validity used up); ``%A`` is ``NACK/0x<status, 8 hex
+  digits>/<what the status means>`` for a carrier's refusal (as Kannel 1.4.5 writes it),
+  ``NACK/<why>`` when no carrier refused it (``NACK/no route``, ``NACK/retries
+  exhausted``...). As Kannel, a dlr-mask with 2 (not delivered) also gets this type-16
+  call, and then no type-2 one: the message never reached a carrier.
+
+The other escapes: ``%i`` the carrier; ``%I`` our message id; ``%F`` the carrier's
+message id; ``%p`` the handset and ``%P`` our sender (a receipt comes *from* the handset,
+so Kannel swaps them); ``%q``/``%Q`` the same with a leading 00 as +; ``%t`` the time
+(``YYYY-MM-DD HH:MM:SS``, UTC), ``%T`` as Unix seconds; ``%n`` the account; ``%%`` a
+percent sign. Values are URL-encoded. A long message calls once per part (``%I`` names
+the message).
+
+Jasmin (``dlr-url``, ``dlr-method`` GET or POST form; any 2xx answer is taken, no
+``ACK/Jasmin`` body is needed):
+
+- level 1 (``dlr-level`` 1 or 3), the "SMS-C level" receipt: ``id``, ``message_status``
+  (the submit_sm_resp's command_status name: ``ESME_ROK``, or a refusal's such as
+  ``ESME_RINVDSTADR``; ``ESME_RSUBMITFAIL`` when the message ends before any carrier
+  answered it), ``level`` (1) and ``connector`` (the carrier). As Jasmin, a temporary
+  refusal that is retried calls nothing; a message refused for good then gets no level-2
+  call.
+- level 2 (``dlr-level`` 2 or 3), the terminal receipt: ``id``, ``message_status``
+  (DELIVRD, UNDELIV, EXPIRED, REJECTD, DELETED, UNKNOWN, ACCEPTD), ``level``,
+  ``connector``, ``id_smsc``, ``sub``, ``dlvrd``, ``subdate``, ``donedate``, ``err`` and
+  ``text``.
 """
 
 from __future__ import annotations
@@ -25,8 +44,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
-from router.model import DeliveryReport, StoredMessage
-from smppcore.constants import MessageState
+from router.model import DeliveryReport, Message, Refusal, StoredMessage
+from smppcore.constants import CommandStatus, MessageState, status_name
 from smppcore.receipt import Receipt, format_receipt, is_final, stat_word
 from smppcore.receipt_pdu import message_preview
 from smsc.callbacks import Target
@@ -34,6 +53,63 @@ from smsc.callbacks import Target
 KANNEL_DELIVERED = 1
 KANNEL_FAILED = 2
 KANNEL_BUFFERED = 4
+KANNEL_SMSC_ACCEPTED = 8
+KANNEL_SMSC_REJECTED = 16
+#: A legacy callback: (url, body, outbox kind).
+Request = tuple[str, bytes, str]
+#: Jasmin's message_status of a refusal no carrier answered.
+_NO_ANSWER = int(CommandStatus.ESME_RSUBMITFAIL)
+
+#: What a command_status means (SMPP 3.4 section 5.1.3), for Kannel's NACK text.
+STATUS_TEXT: dict[int, str] = {
+    0x01: "Message Length is invalid",
+    0x02: "Command Length is invalid",
+    0x03: "Invalid Command ID",
+    0x04: "Incorrect BIND Status for given command",
+    0x05: "ESME Already in Bound State",
+    0x06: "Invalid Priority Flag",
+    0x07: "Invalid Registered Delivery Flag",
+    0x08: "System Error",
+    0x0A: "Invalid Source Address",
+    0x0B: "Invalid Destination Address",
+    0x0C: "Message ID is invalid",
+    0x0D: "Bind Failed",
+    0x0E: "Invalid Password",
+    0x0F: "Invalid System ID",
+    0x11: "Cancel SM Failed",
+    0x13: "Replace SM Failed",
+    0x14: "Message Queue Full",
+    0x15: "Invalid Service Type",
+    0x33: "Invalid number of destinations",
+    0x34: "Invalid Distribution List name",
+    0x40: "Destination flag is invalid",
+    0x42: "Invalid submit with replace request",
+    0x43: "Invalid esm_class field data",
+    0x44: "Cannot Submit to Distribution List",
+    0x45: "submit_sm or submit_multi failed",
+    0x48: "Invalid Source address TON",
+    0x49: "Invalid Source address NPI",
+    0x50: "Invalid Destination address TON",
+    0x51: "Invalid Destination address NPI",
+    0x53: "Invalid system_type field",
+    0x54: "Invalid replace_if_present flag",
+    0x55: "Invalid number of messages",
+    0x58: "Throttling error (ESME has exceeded allowed message limits)",
+    0x61: "Invalid Scheduled Delivery Time",
+    0x62: "Invalid message validity period (Expiry time)",
+    0x63: "Predefined Message Invalid or Not Found",
+    0x64: "ESME Receiver Temporary App Error Code",
+    0x65: "ESME Receiver Permanent App Error Code",
+    0x66: "ESME Receiver Reject Message Error Code",
+    0x67: "query_sm request failed",
+    0xC0: "Error in the optional part of the PDU Body",
+    0xC1: "Optional Parameter not allowed",
+    0xC2: "Invalid Parameter Length",
+    0xC3: "Expected Optional Parameter missing",
+    0xC4: "Invalid Optional Parameter Value",
+    0xFE: "Delivery Failure",
+    0xFF: "Unknown Error",
+}
 
 
 def kannel_type(state: MessageState) -> int:
@@ -66,20 +142,61 @@ def _receipt(stored: StoredMessage, report: DeliveryReport, message_id: str) -> 
 def kannel_url(
     target: Target, stored: StoredMessage, report: DeliveryReport, now: float
 ) -> str | None:
-    """The ``dlr-url`` with its escapes filled in; None when ``dlr-mask`` does not ask for
-    this report's type."""
+    """The ``dlr-url`` of a receipt (types 1, 2, 4) with its escapes filled in; None when
+    ``dlr-mask`` does not ask for this report's type."""
     kind = kannel_type(report.state)
     if not kind & target.mask or target.callback_url is None:
         return None
     msg = stored.message
-    handset, sender = msg.destination.addr, msg.source.addr
+    answer = format_receipt(_receipt(stored, report, msg.reported_id))
+    carrier = report.carrier or stored.carrier
+    carrier_id = report.carrier_message_id or stored.carrier_message_id
     when = report.done_at or now
+    return _fill(target, target.callback_url, msg, kind, answer, carrier, carrier_id, when)
+
+
+def kannel_accepted_url(
+    target: Target, msg: Message, carrier: str, carrier_message_id: str, now: float
+) -> str | None:
+    """The ``dlr-url`` of type 8 (the carrier accepted the submit); None unless asked."""
+    if not target.mask & KANNEL_SMSC_ACCEPTED or target.callback_url is None:
+        return None
+    kind = KANNEL_SMSC_ACCEPTED
+    return _fill(target, target.callback_url, msg, kind, "ACK/", carrier, carrier_message_id, now)
+
+
+def kannel_refused_url(target: Target, msg: Message, refusal: Refusal, now: float) -> str | None:
+    """The ``dlr-url`` of type 16 (refused before any carrier took it); None unless
+    ``dlr-mask`` asks for type 16 or 2 (as Kannel)."""
+    if not target.mask & (KANNEL_SMSC_REJECTED | KANNEL_FAILED) or target.callback_url is None:
+        return None
+    if refusal.status:
+        text = STATUS_TEXT.get(refusal.status, status_name(refusal.status))
+        answer = f"NACK/0x{refusal.status:08x}/{text}"
+    else:
+        answer = f"NACK/{refusal.reason}"
+    kind = KANNEL_SMSC_REJECTED
+    return _fill(target, target.callback_url, msg, kind, answer, refusal.carrier, "", now)
+
+
+def _fill(
+    target: Target,
+    template: str,
+    msg: Message,
+    kind: int,
+    answer: str,
+    carrier: str,
+    carrier_id: str,
+    when: float,
+) -> str:
+    """``template`` with Kannel's escapes replaced (URL-encoded)."""
+    handset, sender = msg.destination.addr, msg.source.addr
     values = {
         "d": str(kind),
-        "A": format_receipt(_receipt(stored, report, msg.reported_id)),
-        "i": report.carrier or stored.carrier,
+        "A": answer,
+        "i": carrier,
         "I": msg.reported_id,
-        "F": report.carrier_message_id or stored.carrier_message_id,
+        "F": carrier_id,
         "p": handset,
         "P": sender,
         "q": "+" + handset[2:] if handset.startswith("00") else handset,
@@ -89,7 +206,6 @@ def kannel_url(
         "n": target.user,
     }
     out: list[str] = []
-    template = target.callback_url
     i = 0
     while i < len(template):
         char = template[i]
@@ -134,14 +250,51 @@ def jasmin_fields(
     }
 
 
+def jasmin_level1(target: Target, msg: Message, carrier: str, status: int) -> dict[str, str] | None:
+    """Jasmin's level-1 ("SMS-C level") receipt: the submit_sm_resp's status by name;
+    None unless ``dlr-level`` is 1 or 3."""
+    if target.mask not in (1, 3):
+        return None
+    return {
+        "id": msg.reported_id,
+        "message_status": status_name(status),
+        "level": "1",
+        "connector": carrier,
+    }
+
+
 def legacy_request(
     target: Target, stored: StoredMessage, report: DeliveryReport, now: float
-) -> tuple[str, bytes, str] | None:
-    """(url, body, outbox kind) of the callback ``target`` asks for this report, or None."""
+) -> Request | None:
+    """(url, body, outbox kind) of the callback ``target`` asks for this receipt, or None."""
     if target.dialect == "kannel":
         url = kannel_url(target, stored, report, now)
         return None if url is None else (url, b"", "get")
-    fields = jasmin_fields(target, stored, report)
+    return _jasmin(target, jasmin_fields(target, stored, report))
+
+
+def legacy_accepted(
+    target: Target, msg: Message, carrier: str, carrier_message_id: str, now: float
+) -> Request | None:
+    """The callback ``target`` asks for when ``carrier`` accepted ``msg``, or None."""
+    if target.dialect == "kannel":
+        url = kannel_accepted_url(target, msg, carrier, carrier_message_id, now)
+        return None if url is None else (url, b"", "get")
+    return _jasmin(target, jasmin_level1(target, msg, carrier, int(CommandStatus.ESME_ROK)))
+
+
+def legacy_refused(target: Target, msg: Message, refusal: Refusal, now: float) -> Request | None:
+    """The callback ``target`` asks for when ``msg`` is refused before any carrier took
+    it, or None."""
+    if target.dialect == "kannel":
+        url = kannel_refused_url(target, msg, refusal, now)
+        return None if url is None else (url, b"", "get")
+    status = refusal.status or _NO_ANSWER
+    return _jasmin(target, jasmin_level1(target, msg, refusal.carrier, status))
+
+
+def _jasmin(target: Target, fields: dict[str, str] | None) -> Request | None:
+    """Jasmin's call with ``fields``: a POST form, or a GET with them in the query."""
     if fields is None or target.callback_url is None:
         return None
     if target.method == "POST":

@@ -14,6 +14,12 @@ callbacks (smsc/legacy_dlr.py) — retried through the webhook outbox, unlike th
   (GET/POST). Answers ``200 Success "<id>"``; ``/balance`` (no balance is kept: ND, as
   Jasmin says for unlimited) and ``/rate`` (the route's price per part, the parts).
 
+Callbacks: Kannel's dlr-mask types 1, 2, 4 (receipts), 8 (the carrier accepted) and 16
+(refused before any carrier took it); Jasmin's dlr-level 1 (the carrier's answer to the
+submit), 2 (the terminal receipt) and 3 (both) — smsc/legacy_dlr.py. A ``dlr-url`` whose
+host is an address literal outside ``webhooks.callback_networks`` is answered 422 naming
+it (smsc/callback_guard.py); a name is judged when the callback connects.
+
 Parameters are read from the raw query (GET) or form body (POST), so that ``text`` in a
 charset other than UTF-8 and a binary ``udh`` arrive as sent. Every account policy
 applies as in smsc/http_api.py (the same dispatch): throughput, carriers, price ceiling.
@@ -102,6 +108,7 @@ class LegacyEndpoints:
         url = params.get("dlr-url", b"").decode("utf-8", "replace") or None
         target = None
         if url is not None and mask:
+            self.api.check_callback("dlr-url", url)
             target = Target(url, None, dialect="kannel", mask=mask, user=state.system_id)
         validity = _int(params, "validity", 1, 10**7)
         deferred = _int(params, "deferred", 0, 10**7)
@@ -172,6 +179,7 @@ class LegacyEndpoints:
             raise _bad("dlr-method", "dlr-method must be GET or POST.")
         target = None
         if wants and url is not None:
+            self.api.check_callback("dlr-url", url)
             target = Target(url, None, dialect="jasmin", mask=level, method=method)
         validity = _int(params, "validity-period", 1, 10**7)
         return Order(

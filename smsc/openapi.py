@@ -262,7 +262,14 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "integer", "minimum": 0, "maximum": 65535},
                 "description": "ESME, TLS and HTTP ports (0: off)",
             },
-            "alive": {"type": "boolean", "description": "heartbeat at most lease seconds old"},
+            "alive": {
+                "type": "boolean",
+                "description": "heartbeat at most lease seconds old, and not left",
+            },
+            "left": {
+                "type": "boolean",
+                "description": "stopped cleanly; the other nodes took over its unfinished messages",
+            },
             "heartbeat_age": {"type": "number", "minimum": 0, "description": "seconds"},
             "config_hash": {
                 "type": "string",

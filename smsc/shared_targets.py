@@ -9,7 +9,11 @@ Reports go on in the order they came (a message's intermediate receipt before it
 one): once one waits for a lookup, those after it wait behind it. At most ``limit`` wait;
 past that, and when a lookup fails or takes longer than ``timeout``, the carrier is
 answered a temporary error (``settled(False)``: it sends the receipt again); with nobody
-to answer, the report goes on without a target (the account's webhook, or SMPP)."""
+to answer, the report goes on without a target (the account's webhook, or SMPP).
+
+It is the router's SubmitWatch too (the carrier's acceptance or a refusal: Kannel's and
+Jasmin's callbacks, smsc/legacy_dlr.py): those wait for their message's target the same
+way, in the same order as its receipts."""
 
 from __future__ import annotations
 
@@ -17,9 +21,11 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Protocol
 
-from router.model import DeliveryReport, Message, StoredMessage
-from router.ports import ReportSink, SettledCallback
+from router.model import DeliveryReport, Message, Refusal, StoredMessage
+from router.ports import ReportSink, SettledCallback, SubmitWatch
 from smsc.callbacks import Callbacks, Target
 
 log = logging.getLogger(__name__)
@@ -27,17 +33,24 @@ log = logging.getLogger(__name__)
 #: Reports waiting at once for a target (or behind one that does), at most.
 LIMIT = 10_000
 
+#: What waits: its target's read, its message id, what to do once the target is known, and
+#: what to do when it cannot be read.
 _Waiting = tuple[
-    "asyncio.Future[Target | None]", StoredMessage, DeliveryReport, SettledCallback | None
+    "asyncio.Future[Target | None]", str, Callable[[], object], Callable[[], object]
 ]
 
 
+class Downstream(ReportSink, SubmitWatch, Protocol):
+    """The webhook sink: a ReportSink and a SubmitWatch."""
+
+
 class TargetLookup:
-    """A ReportSink: reports to ``inner`` once their target is in ``callbacks``."""
+    """A ReportSink and SubmitWatch: each call to ``inner`` once its message's target is
+    in ``callbacks``."""
 
     def __init__(
         self,
-        inner: ReportSink,
+        inner: Downstream,
         callbacks: Callbacks,
         lookup: Callable[[str], Awaitable[Target | None]],
         *,
@@ -61,14 +74,35 @@ class TargetLookup:
         report: DeliveryReport,
         settled: SettledCallback | None = None,
     ) -> None:
-        message_id = stored.message.reported_id
+        def refuse() -> None:
+            if settled is not None:
+                self.refused += 1
+                settled(False)
+            else:
+                self.inner.report(stored, report, None)
+
+        self._when_known(
+            stored.message.reported_id, partial(self.inner.report, stored, report, settled), refuse
+        )
+
+    def submit_accepted(self, message: Message, carrier: str, carrier_message_id: str) -> None:
+        go = partial(self.inner.submit_accepted, message, carrier, carrier_message_id)
+        self._when_known(message.reported_id, go, go)
+
+    def submit_refused(self, message: Message, refusal: Refusal) -> None:
+        go = partial(self.inner.submit_refused, message, refusal)
+        self._when_known(message.reported_id, go, go)
+
+    def _when_known(
+        self, message_id: str, go: Callable[[], object], refuse: Callable[[], object]
+    ) -> None:
         target = self.callbacks.get(message_id)
         if target is not None and not self._waiting:
-            self.inner.report(stored, report, settled)
+            go()
             return
         if len(self._waiting) >= self.limit:
-            log.warning("target lookup: %d reports waiting: one refused", len(self._waiting))
-            self._refuse(stored, report, settled)
+            log.warning("target lookup: %d calls waiting: one refused", len(self._waiting))
+            refuse()
             return
         found: asyncio.Future[Target | None]
         if target is not None:  # behind one that waits
@@ -81,7 +115,7 @@ class TargetLookup:
             self._tasks[message_id] = task
             task.add_done_callback(lambda _: self._tasks.pop(message_id, None))
             found = task
-        self._waiting.append((found, stored, report, settled))
+        self._waiting.append((found, message_id, go, refuse))
         found.add_done_callback(self._go_on)
 
     async def _find(self, message_id: str) -> Target | None:
@@ -89,28 +123,18 @@ class TargetLookup:
             return await self.lookup(message_id)
 
     def _go_on(self, _: object = None) -> None:
-        """The reports at the head whose lookups ended, in order."""
+        """The calls at the head whose lookups ended, in order."""
         while self._waiting and self._waiting[0][0].done():
-            found, stored, report, settled = self._waiting.popleft()
+            found, message_id, go, refuse = self._waiting.popleft()
             if found.cancelled() or found.exception() is not None:
                 if not found.cancelled():
-                    log.warning("target lookup: %s not read: %r", stored.message.reported_id,
-                                found.exception())  # fmt: skip
-                self._refuse(stored, report, settled)
+                    log.warning("target lookup: %s not read: %r", message_id, found.exception())
+                refuse()
                 continue
             target = found.result()
             if target is not None:
-                self.callbacks.add(stored.message.reported_id, target)
-            self.inner.report(stored, report, settled)
-
-    def _refuse(
-        self, stored: StoredMessage, report: DeliveryReport, settled: SettledCallback | None
-    ) -> None:
-        if settled is not None:
-            self.refused += 1
-            settled(False)
-        else:
-            self.inner.report(stored, report, None)
+                self.callbacks.add(message_id, target)
+            go()
 
     def mobile_originated(
         self, account: str, message: Message, settled: SettledCallback | None = None

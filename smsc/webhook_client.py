@@ -14,17 +14,26 @@ connections (the oldest are closed beyond that); a body is kept up to ``max_body
 writing and the whole response); a connection whose request timed out or failed is closed,
 never reused. A request on a reused connection that the server closed before answering
 (a keep-alive race) is sent once more on a new connection: webhooks are at-least-once.
+
+A ``guarded`` request (a callback URL an application gave: smsc/callback_guard.py) resolves
+the host itself and connects only to an address the guard allows, trying those in the
+order the resolver gave; none: :class:`~smsc.callback_guard.CallbackRefused`. An idle
+connection is reused for it only when the address it is connected to is allowed too.
+The client never follows redirects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import ssl
 import time
 from urllib.parse import quote, urlsplit
 
 import msgspec
+
+from smsc.callback_guard import CallbackGuard, CallbackRefused
 
 #: Idle connections older than this are not reused (servers close theirs after 5–75 s).
 IDLE_SECONDS = 15.0
@@ -57,6 +66,10 @@ class _Conn(asyncio.Protocol):
     def __init__(self, max_body: int) -> None:
         self.max_body = max_body
         self.transport: asyncio.Transport | None = None
+        #: The address connected to (what a guarded request's reuse is judged by), and
+        #: the guard's verdict on it once asked (None: not yet).
+        self.address = ""
+        self.allowed: bool | None = None
         self.closed = False
         self.idle_since = 0.0
         self._buf = bytearray()
@@ -76,6 +89,9 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.address = str(peer[0])
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:  # nothing asked: the server talks out of turn
@@ -270,8 +286,11 @@ class WebhookClient:
         max_body: int = 64 * 1024,
         user_agent: str = "smsc-webhooks",
         ssl_context: ssl.SSLContext | None = None,
+        guard: CallbackGuard | None = None,
     ) -> None:
         self.timeout = timeout
+        #: What guarded requests may connect to (None: a guarded request is refused).
+        self.guard = guard
         self.max_idle = max_idle
         self.max_hosts = max_hosts
         self.max_body = max_body
@@ -284,8 +303,16 @@ class WebhookClient:
         self.opened = 0  # connections opened, for tests and metrics
 
     async def request(
-        self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        *,
+        guarded: bool = False,
     ) -> Response:
+        """``guarded``: connect only to an address :attr:`guard` allows (else
+        CallbackRefused, before anything is sent)."""
         target = self._target(url)
         lines = [f"{method} {target.target} HTTP/1.1\r\n".encode(), target.head, self._agent]
         for name, value in (headers or {}).items():
@@ -302,8 +329,11 @@ class WebhookClient:
         async with asyncio.timeout(self.timeout):
             while True:
                 conn, reused = self._take(target.key), True
+                if conn is not None and guarded and not self._reusable(conn):
+                    conn.close()  # (opened for a trusted request: not for this one)
+                    conn = None
                 if conn is None:
-                    conn, reused = await self._open(target), False
+                    conn, reused = await self._open(target, guarded), False
                 self._busy.add(conn)
                 try:
                     return await conn.send(data, method == "HEAD")
@@ -355,22 +385,65 @@ class WebhookClient:
         conn.idle_since = time.monotonic()
         conns.append(conn)
 
-    async def _open(self, target: _Target) -> _Conn:
+    def _allowed(self, address: str) -> bool:
+        return self.guard is not None and self.guard.allows(address)
+
+    def _reusable(self, conn: _Conn) -> bool:
+        """May a guarded request go over ``conn``? (Judged once per connection.)"""
+        if conn.allowed is None:
+            conn.allowed = self._allowed(conn.address)
+        return conn.allowed
+
+    async def _open(self, target: _Target, guarded: bool) -> _Conn:
         loop = asyncio.get_running_loop()
         context = None
         if target.tls:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
-        _, conn = await loop.create_connection(
-            lambda: _Conn(self.max_body),
-            target.host,
-            target.port,
-            ssl=context,
-            server_hostname=target.host if context is not None else None,
+        hosts = [target.host]
+        if guarded:
+            hosts = await self._allowed_addresses(target)
+        error: OSError | None = None
+        for host in hosts:  # (guarded: each address allowed, in the resolver's order)
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self.max_body),
+                    host,
+                    target.port,
+                    ssl=context,
+                    server_hostname=target.host if context is not None else None,
+                )
+            except OSError as exc:
+                error = exc
+                continue
+            if guarded:
+                conn.allowed = self._allowed(conn.address)
+                if not conn.allowed:  # (never: it is an address we allowed)
+                    conn.close()
+                    raise CallbackRefused(self._refusal(target.host, conn.address))
+            self.opened += 1
+            return conn
+        assert error is not None
+        raise error
+
+    async def _allowed_addresses(self, target: _Target) -> list[str]:
+        """The addresses ``target``'s host resolves to that the guard allows, in the
+        resolver's order; CallbackRefused when there are none."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
-        self.opened += 1
-        return conn
+        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        allowed = [a for a in found if self._allowed(a)]
+        if not allowed:
+            raise CallbackRefused(self._refusal(target.host, ", ".join(found) or "nothing"))
+        return allowed
+
+    def _refusal(self, host: str, address: str) -> str:
+        if self.guard is None:
+            return f"{host}: callbacks given with a message are not allowed here"
+        return self.guard.refusal(host, address)
 
     def _target(self, url: str) -> _Target:
         found = self._targets.get(url)

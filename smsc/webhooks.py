@@ -14,6 +14,17 @@ Each request carries ``Smsc-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + 
 body)>`` with the account's ``webhooks.secret`` (unsigned when it has none), and
 ``Smsc-Event-Id``. Each event has an ``id`` and a ``sequence`` that grows with each event
 of a message (receivers order by it).
+
+A URL that is not one of its account's configured ``status_url``/``inbound_url`` (those
+are the operator's) was given by an application — a message's ``callback_url``, a Kannel
+or Jasmin ``dlr-url`` — and may reach only ``webhooks.callback_networks``
+(smsc/callback_guard.py), judged on the address connected to; one that resolves outside
+them is dead-lettered at once (``last_error`` ``refused: ...``, a WARNING line), never
+retried.
+
+The sink is also the router's SubmitWatch: a carrier's acceptance and a refusal before any
+carrier took a message become the Kannel (dlr-mask 8, 16) and Jasmin (dlr-level 1)
+callbacks that asked for them (smsc/legacy_dlr.py), through the same outbox.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import logging
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -34,17 +46,18 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from router.model import DeliveryReport, Message, StoredMessage
+from router.model import DeliveryReport, Message, Refusal, StoredMessage
 from router.ports import ReportSink, SettledCallback
 from smppcore.constants import EsmClass, MessageState
 from smppcore.errors import RemoteProtocolError
 from smppcore.segment import parse_udh
 from smppcore.text import codec_name, decode_text
 from smsc.accounts import AccountState
+from smsc.callback_guard import CallbackGuard, CallbackRefused
 from smsc.callbacks import Callbacks
 from smsc.delivery import wants_receipt
 from smsc.http_config import WebhooksConfig
-from smsc.legacy_dlr import legacy_request
+from smsc.legacy_dlr import legacy_accepted, legacy_refused, legacy_request
 from smsc.outbox import Outbox, OutboxEvent
 from smsc.tasks import wait_event
 from smsc.webhook_client import HttpError, WebhookClient
@@ -56,6 +69,9 @@ SIGNATURE_HEADER = "Smsc-Signature"
 BREAKER_FAILURES = 5
 #: Receiving hosts whose failures are followed, at most (callback URLs name any host).
 _MAX_HOSTS = 10_000
+#: Messages whose refusal was called back, remembered until their final report (which
+#: follows at once) at most.
+_MAX_REFUSED = 10_000
 _UDHI = int(EsmClass.UDHI)
 
 EVENT_TYPES: dict[MessageState, str] = {
@@ -138,7 +154,9 @@ def _part(message_id: str, reported: str) -> int:
 
 class WebhookSink:
     """The router's ReportSink: events to the outbox for accounts (or messages) with a
-    webhook, everything else to ``inner`` (the SMPP delivery)."""
+    webhook, everything else to ``inner`` (the SMPP delivery). Also its SubmitWatch: the
+    carrier's acceptance, and a refusal before any carrier took a message, become the
+    Kannel (dlr-mask 8, 16) and Jasmin (dlr-level 1) callbacks that asked for them."""
 
     def __init__(
         self,
@@ -161,6 +179,9 @@ class WebhookSink:
         self.dropped = 0
         #: Events refused by a full outbox whose sender was told (it sends them again).
         self.refused = 0
+        #: Messages whose refusal a Kannel or Jasmin callback told (their final report
+        #: is not called back again: those tools send none after it).
+        self._told_refused: OrderedDict[str, None] = OrderedDict()
 
     def report(
         self,
@@ -173,7 +194,8 @@ class WebhookSink:
         hooks = state.account.webhooks if state is not None else None
         target = self.callbacks.get(msg.reported_id)
         if target is not None and target.dialect != "json":
-            request = legacy_request(target, stored, report, self.wall())
+            told = self._told_refused.pop(msg.id, False) is None
+            request = None if told else legacy_request(target, stored, report, self.wall())
             if request is None:
                 if settled is not None:
                     settled(True)
@@ -210,6 +232,29 @@ class WebhookSink:
             "data": data,
         }
         self._put(msg.account, url, msgspec.json.encode(event), now, settled)
+
+    # --- SubmitWatch ----------------------------------------------------------------------
+
+    def submit_accepted(self, message: Message, carrier: str, carrier_message_id: str) -> None:
+        target = self.callbacks.get(message.reported_id)
+        if target is None or target.dialect == "json":
+            return
+        request = legacy_accepted(target, message, carrier, carrier_message_id, self.wall())
+        if request is not None:
+            self._put(message.account, request[0], request[1], self.wall(), None, request[2])
+
+    def submit_refused(self, message: Message, refusal: Refusal) -> None:
+        target = self.callbacks.get(message.reported_id)
+        if target is None or target.dialect == "json":
+            return
+        request = legacy_refused(target, message, refusal, self.wall())
+        if request is None:
+            return
+        self._put(message.account, request[0], request[1], self.wall(), None, request[2])
+        told = self._told_refused
+        told[message.id] = None
+        if len(told) > _MAX_REFUSED:
+            told.popitem(last=False)
 
     def mobile_originated(
         self, account: str, message: Message, settled: SettledCallback | None = None
@@ -331,7 +376,11 @@ class WebhookSender:
         return True
 
     def start(self) -> None:
-        self._client = WebhookClient(timeout=self.config.timeout, max_idle=self.config.per_endpoint)
+        self._client = WebhookClient(
+            timeout=self.config.timeout,
+            max_idle=self.config.per_endpoint,
+            guard=CallbackGuard(self.config.callback_networks),
+        )
         self._loop_task = asyncio.create_task(self._run(), name="webhook-sender")
 
     def wake(self) -> None:
@@ -441,9 +490,12 @@ class WebhookSender:
         loop of :meth:`_run` would start just that one, a task and a wake-up later)."""
         try:
             while True:
-                error, retry_after = await self._attempt(event)
-                self._breaker(host, error is None)
-                self._settle(event, error, retry_after)
+                error, retry_after, refused = await self._attempt(event)
+                if refused:  # (nothing was sent: the host's breaker is left as it is)
+                    self._refused(event, error or "refused")
+                else:
+                    self._breaker(host, error is None)
+                    self._settle(event, error, retry_after)
                 if self._reading:  # (bounded: what settles during one read)
                     self._recent.add(event.id)
                 self._settled.set()
@@ -464,8 +516,9 @@ class WebhookSender:
                 self._by_host.pop(host, None)
             self._wake.set()
 
-    async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None]:
-        """One POST: (None, None) when taken; else (why not, the receiver's Retry-After)."""
+    async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None, bool]:
+        """One POST: (None, None, False) when taken; else (why not, the receiver's
+        Retry-After, whether its URL is refused: webhooks.callback_networks)."""
         assert self._client is not None
         headers = {"Smsc-Event-Id": str(event.id)}
         method, data = "POST", event.body
@@ -479,15 +532,32 @@ class WebhookSender:
         hooks = state.account.webhooks if state is not None else None
         if hooks is not None:
             headers[SIGNATURE_HEADER] = sign(hooks.secret, int(self.wall()), data)
+        # The operator's own URLs go anywhere; any other was given by an application.
+        trusted = hooks is not None and event.url in (hooks.status_url, hooks.inbound_url)
         try:
-            resp = await self._client.request(method, event.url, data, headers)
+            resp = await self._client.request(method, event.url, data, headers, guarded=not trusted)
+        except CallbackRefused as exc:
+            return f"refused: {exc}"[:300], None, True
         except TimeoutError:
-            return "timeout", None
+            return "timeout", None, False
         except (HttpError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"[:200], None
+            return f"{type(exc).__name__}: {exc}"[:200], None, False
         if 200 <= resp.status < 300:
-            return None, None
-        return f"HTTP {resp.status}", _retry_after(resp.headers.get("retry-after"), self.wall())
+            return None, None, False
+        after = _retry_after(resp.headers.get("retry-after"), self.wall())
+        return f"HTTP {resp.status}", after, False
+
+    def _refused(self, event: OutboxEvent, error: str) -> None:
+        """``event``'s URL may not be reached (webhooks.callback_networks): dead at once
+        (asking again would be refused again), with why."""
+        self.outbox.dead(event.id, event.attempts + 1, error)
+        self.metrics.count(event.account, "dead")
+        log.warning(
+            "webhook event %d of %s dead-lettered: its callback URL is refused: %s",
+            event.id,
+            event.account,
+            error,
+        )
 
     def _settle(self, event: OutboxEvent, error: str | None, retry_after: float | None) -> None:
         if error is None:
@@ -514,7 +584,6 @@ class WebhookSender:
             return
         self.outbox.retry_at(event.id, attempts, now + delay, error)
         self.metrics.count(event.account, "retried")
-
 
 
 def _retry_after(value: str | None, now: float) -> float | None:

@@ -323,7 +323,10 @@ def test_the_registry_lists_every_node_with_what_it_reported(
     redis_url: str,  # noqa: F811
 ) -> None:
     async def main() -> None:
-        async with two_nodes(redis_url) as (a, b):
+        async with nodes(redis_url) as make:
+            a, b = make("1"), make("2")
+            await a.open(T0)
+            await b.open(T0)
             await a.claim_binds("mid", 2, 1, T0)
             await a.heartbeat(NodeReport(address="10.0.0.1", esme_binds=3, queue_share=7), T0)
             await b.heartbeat(NodeReport(address="10.0.0.2", config_hash="h"), T0 + 2)
@@ -334,7 +337,16 @@ def test_the_registry_lists_every_node_with_what_it_reported(
             assert listed[1].report.config_hash == "h"
             assert [n.age for n in listed] == [pytest.approx(3.0), pytest.approx(1.0)]
             await a.close()
-            assert [n.node_id for n in await b.nodes(T0 + 3)] == ["2"]  # a left
+            # a left: listed as such, not alive (the others take over what it left), and
+            # its id may join again at once
+            listed = await b.nodes(T0 + 3)
+            assert [(n.node_id, n.alive, n.left) for n in listed] == [
+                ("1", False, True),
+                ("2", True, False),
+            ]
+            assert listed[0].bind_slots == {}
+            await make("1").open(T0 + 3)
+            assert [n.alive for n in await b.nodes(T0 + 3)] == [True, True]
 
     run(main())
 

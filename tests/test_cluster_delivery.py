@@ -54,7 +54,11 @@ from smppcore.session import Role
 from smsc.app import App
 from smsc.config import SmscConfig
 
-LEASE = 0.6
+#: No node dies here: a lease long enough that no live node's lapses on a slow, loaded
+#: machine. It is also how long a node's claim on the held items it drains and its report
+#: lease on a receipt last (store.claim_seconds): one lapsed while its node still delivers
+#: lets the other node send the same item again (a receipt twice). Heartbeats stay quick.
+LEASE = 5.0
 HEARTBEAT = 0.1
 #: schedule_delivery_time an hour from now (relative, §7.1.1.2): the message waits queued.
 IN_AN_HOUR = "000000010000000R"
@@ -168,7 +172,7 @@ def test_two_receivers_on_two_nodes_get_each_receipt_once_in_all(
                     def all_in() -> bool:
                         return set(ids) <= final_receipts(on_a).keys() | final_receipts(on_b).keys()
 
-                    await wait_any(all_in, on_a, on_b)
+                    await wait_any(all_in, on_a, on_b, timeout=DEADLINE)  # 220 receipts, two nodes
                     await held_in_redis(b, 0)
                     got_a, got_b = final_receipts(on_a), final_receipts(on_b)
                     for message_id in ids:
@@ -193,7 +197,7 @@ def test_mo_from_a_carrier_on_one_node_reaches_the_account_on_the_other(
             try:
                 for n in range(3):
                     a.inject_mo("sim", text=f"STOP {n}", source="447700900099")
-                await rx.receipts(3)
+                await rx.receipts(3, DEADLINE)
                 texts = [p.short_message for p in rx.delivered]
                 assert texts == [b"STOP 0", b"STOP 1", b"STOP 2"]  # in order
                 await held_in_redis(a, 0)
@@ -407,10 +411,10 @@ def test_a_receipt_sent_to_both_nodes_reaches_the_client_once(
                 binds = mc.bound(UPSTREAM_ID)
                 sent = [(conn, carrier_id) for carrier_id in mc.message_ids for conn in binds]
                 answers = [mc.push_receipt(conn, carrier_id) for conn, carrier_id in sent]
-                await esme.wait_for(lambda: set(ids) <= final_receipts(esme).keys())
+                await esme.wait_for(lambda: set(ids) <= final_receipts(esme).keys(), DEADLINE)
                 # One of each pair is the other's copy: answered while the client holds the
                 # first — ESME_RX_T_APPN, to be sent again: the first is being reported.
-                await mc.wait_for(lambda: len(mc.receipt_acks) == len(ids))
+                await mc.wait_for(lambda: len(mc.receipt_acks) == len(ids), DEADLINE)
                 early = [x.result().command_status for x in answers if x.done()]
                 assert early == [CommandStatus.ESME_RX_T_APPN] * len(ids), early
                 esme.answer_all()

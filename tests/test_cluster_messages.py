@@ -1,8 +1,8 @@
 """Messages across the nodes of a cluster on a real redis-server: a message accepted on a
 node that holds no bind of its carrier is sent by a node that does (handed over through
 Redis), and the messages of a node killed mid-load are taken over by a live node within
-the lease. Real leases (real time), so they are short; every wait is for a condition under
-a deadline.
+the lease. Real leases (real time): short only where a node is killed, long enough
+elsewhere that no live node's lapses; every wait is for a condition under a deadline.
 
 Receipts reach a client bound on the node that sends them (here: the receiver is bound on
 that node); a receipt for a client bound on another node is held in Redis for the account
@@ -43,7 +43,12 @@ from smppcore.tlv import Tag
 from smsc.app import App
 from smsc.config import SmscConfig
 
-LEASE = 0.6
+#: A node's lease (and the claims and report leases that last as long, store.claim_seconds),
+#: long enough that no live node's lapses on a slow, loaded machine (a live node counted dead
+#: would lose its bind to the other, which then sends and reports messages itself); the
+#: test of a node killed sets a short one of its own. Heartbeats stay quick.
+LEASE = 5.0
+HEARTBEAT = 0.1
 
 
 @asynccontextmanager
@@ -75,7 +80,13 @@ def router_section(port: int, where: Path, **extra: Any) -> dict[str, Any]:
 
 
 def node_config(
-    tmp_path: Path, url: str, node_id: int, port: int, lease: float = LEASE, **carrier: Any
+    tmp_path: Path,
+    url: str,
+    node_id: int,
+    port: int,
+    lease: float = LEASE,
+    heartbeat: float = HEARTBEAT,
+    **carrier: Any,
 ) -> SmscConfig:
     where = tmp_path / f"node{node_id}"
     where.mkdir(exist_ok=True)
@@ -83,7 +94,7 @@ def node_config(
         where,
         {},
         node_id=node_id,
-        cluster={"redis": url, "lease": lease, "heartbeat": lease / 6},
+        cluster={"redis": url, "lease": lease, "heartbeat": heartbeat},
         router=router_section(port, where, **carrier),
     )
 
@@ -178,7 +189,13 @@ def test_the_messages_of_a_node_killed_mid_load_are_finished_by_a_live_node(
             )
             # Node 1 claimed the carrier's one bind slot before it listened.
             config = node_config(
-                tmp_path, redis_url, 2, carrier.port, lease=lease, receipt_timeout=2.0
+                tmp_path,
+                redis_url,
+                2,
+                carrier.port,
+                lease=lease,
+                heartbeat=lease / 6,
+                receipt_timeout=2.0,
             )
             live = await stack.enter_async_context(running_app(config, wait_for=[]))
             assert live.router is not None
@@ -253,7 +270,7 @@ def test_a_message_refused_by_the_carrier_on_one_node_fails_over_to_a_carrier_on
                         where,
                         {},
                         node_id=node_id,
-                        cluster={"redis": redis_url, "lease": LEASE, "heartbeat": LEASE / 6},
+                        cluster={"redis": redis_url, "lease": LEASE, "heartbeat": HEARTBEAT},
                         router=router,
                     )
 
@@ -288,5 +305,57 @@ def test_a_message_refused_by_the_carrier_on_one_node_fails_over_to_a_carrier_on
                 assert two.router.metrics.events[("handed_over", "a1")] >= 1
         finally:
             await b1.stop(2.0)
+
+    run1(main())
+
+
+def test_a_node_stopped_cleanly_leaves_its_unsent_messages_to_a_live_node_at_once(
+    run1: Run, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """Node 1 holds the carrier's one bind, paused there by the operator: the messages it
+    accepts wait in its queue. Node 1 stops cleanly (what SIGTERM does): it leaves the
+    cluster marked as left, its bind slot goes to node 2, and node 2 takes over node 1's
+    unfinished messages at once — the lease here outlasts every deadline, so a take-over
+    that waited for it would fail — and sends them: each gets one final state, and its
+    receipt is held in Redis for the account until a receiver binds on node 2."""
+    lease = 20 * DEADLINE
+
+    async def main() -> None:
+        async with external_carrier() as carrier, AsyncExitStack() as stack:
+            one = App(node_config(tmp_path, redis_url, 1, carrier.port, lease=lease))
+            await one.start()
+            try:
+                assert one.router is not None
+                await one.router.wait_carriers_bound(DEADLINE)
+                two = await stack.enter_async_context(
+                    running_app(
+                        node_config(tmp_path, redis_url, 2, carrier.port, lease=lease),
+                        wait_for=[],
+                    )
+                )
+                assert two.router is not None
+                assert two.cluster.slots() == {"ext": 0}
+                await one.pause_carrier("ext")
+                esme = await bind_client(one, "tx")
+                ids = [await esme.submit_ok() for _ in range(10)]
+                await esme.close()
+            finally:
+                async with asyncio.timeout(DEADLINE):
+                    await one.stop(timeout=2.0)
+            [gone] = [n for n in await two.cluster.nodes() if n.node_id == "1"]
+            assert (gone.left, gone.alive) == (True, False)
+
+            async with asyncio.timeout(DEADLINE):  # each heartbeat is a round trip
+                while two.router.pools["ext"].bound < 1:
+                    await two.cluster.beat()  # learns node 1 left: its slot, its messages
+                    await two.router.binds_changed(0.2)
+            found = await wait_all_final(two, ids)
+            assert {s.state for s in found.values()} == {MessageState.DELIVERED}
+            receiver = await bind_client(two, "rx")
+            try:
+                await wait_final_receipts(receiver, ids)
+            finally:
+                await receiver.close()
+            assert all(len(got) == 1 for got in final_receipts(receiver).values())
 
     run1(main())

@@ -272,7 +272,10 @@ def test_the_carrier_is_recorded_before_the_submit_and_a_restart_resends_counted
     async def main() -> None:
         async with MinimalMC({UPSTREAM_ID: UPSTREAM_PASSWORD}) as mc:
             mc.hold = True  # submits recorded, not answered
-            config = mc_config(tmp_path, mc)
+            # The held submit must not time out (upstream() gives 2 s) and go again before
+            # the stop abandons it (0.5 s, plus the unbind's grace, plus a slow machine):
+            # the one resend counted here is the restart's.
+            config = mc_config(tmp_path, mc, response_timeout=60.0)
             async with running_app(config, stop_timeout=0.5) as app:
                 tx = await bind_client(app, "tx")
                 our_id = (await tx.submit()).message_id

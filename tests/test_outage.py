@@ -17,6 +17,7 @@ from typing import Any
 from loops import Run
 from minimal_mc import MinimalMC
 from smsc_fixtures import (
+    DEADLINE,
     UPSTREAM_ID,
     UPSTREAM_PASSWORD,
     app_config,
@@ -90,7 +91,7 @@ def test_a_backlog_waits_for_a_carrier_that_is_down_at_no_cost_then_drains_in_pr
                 # Markers: the EXPIRED receipts (1 s on), and refused binds meanwhile.
                 await wait_final_receipts(esme, short_ids)
                 refused = len(mc.binds)
-                await mc.wait_for(lambda: len(mc.binds) >= refused + 3)
+                await mc.wait_for(lambda: len(mc.binds) >= refused + 3, DEADLINE)
                 for message_id in short_ids:
                     (pdu,) = final_receipts(esme)[message_id]
                     assert receipt_text(pdu).state == MessageState.EXPIRED
@@ -144,9 +145,10 @@ def test_an_open_breaker_lets_one_trial_message_through_per_period_not_the_backl
                 )
                 assert {r.command_status for r in resps} == {CommandStatus.ESME_ROK}
                 ids = [r.message_id for r in resps]
-                await mc.wait_for(lambda: len(mc.submits) >= 5)  # the window, held
-                # Three trials, one per breaker period, each timing out:
-                await mc.wait_for(lambda: len(mc.submits) >= 5 + 3)
+                await mc.wait_for(lambda: len(mc.submits) >= 5, DEADLINE)  # the window, held
+                # Three trials, one per breaker period, each timing out (1.5 s of timers
+                # at least: the deadline is smsc's, not the MC's default 5 s):
+                await mc.wait_for(lambda: len(mc.submits) >= 5 + 3, DEADLINE)
                 assert len(mc.submits) == 5 + 3, "one submit per trial, not the backlog"
                 assert router.queue.parked_count >= 40 - 1  # all but the trial in flight
                 assert router.health["uk"].view(router.wall()).breaker != "closed"

@@ -1,7 +1,7 @@
 """TargetLookup (smsc/shared_targets.py): in a cluster, a report whose message was sent
 through another node's API goes on to the webhook sink once its target is read from the
-shared records — in the order the reports came, a failed or slow lookup answered as a
-temporary error to the carrier, at most ``limit`` waiting."""
+shared records — in the order the reports came (a submit's acceptance too), a failed or
+slow lookup answered as a temporary error to the carrier, at most ``limit`` waiting."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import asyncio
 from loops import Run
 from router_parts import Sink
 
-from router.model import Address, DeliveryReport, Message, StoredMessage
+from router.model import Address, DeliveryReport, Message, Refusal, StoredMessage
+from router.ports import SettledCallback
 from smppcore.constants import MessageState
 from smsc.callbacks import Callbacks, Target
 from smsc.shared_targets import TargetLookup
@@ -29,6 +30,30 @@ def stored(message_id: str) -> StoredMessage:
 
 def receipt(message_id: str, state: MessageState = MessageState.DELIVERED) -> DeliveryReport:
     return DeliveryReport(message_id, state)
+
+
+class Downstream(Sink):
+    """The webhook sink as TargetLookup sees it: reports, and the submits' outcomes (each
+    recorded in :attr:`seen` in the order given, with the reports)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def report(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        settled: SettledCallback | None = None,
+    ) -> None:
+        self.seen.append(("report", stored.message.id))
+        super().report(stored, report, settled)
+
+    def submit_accepted(self, message: Message, carrier: str, carrier_message_id: str) -> None:
+        self.seen.append(("accepted", message.id))
+
+    def submit_refused(self, message: Message, refusal: Refusal) -> None:
+        self.seen.append(("refused", message.id))
 
 
 class Records:
@@ -140,5 +165,23 @@ def test_a_slow_lookup_times_out(run: Run) -> None:
         await records.until_asked("m1")
         assert await outcomes.wait_for(1) == [False]
         assert sink.reports == []
+
+    run(main())
+
+
+def test_a_submits_acceptance_waits_for_its_target_in_order_with_the_receipts(
+    run: Run,
+) -> None:
+    async def main() -> None:
+        sink, records, callbacks = Downstream(), Records(), Callbacks()
+        lookup = TargetLookup(sink, callbacks, records.target)
+        lookup.report(stored("m1"), receipt("m1"))
+        lookup.submit_accepted(stored("m2").message, "sim", "c-2")
+        lookup.report(stored("m2"), receipt("m2"))
+        await records.until_asked("m1", "m2")
+        records.asked["m2"].set_result(HOOK)
+        records.asked["m1"].set_result(None)
+        await sink.wait_for(2)
+        assert sink.seen == [("report", "m1"), ("accepted", "m2"), ("report", "m2")]
 
     run(main())

@@ -99,7 +99,12 @@ def test_shutdown_keeps_its_overall_deadline_with_a_carrier_that_never_answers(
             async with asyncio.timeout(DEADLINE):
                 await app.stop()  # shutdown_timeout: 1 s, though the submit waits up to 60 s
             took = loop.time() - started
-        assert took < 3.0, took  # the budget, plus the store's close and a loaded machine
+        # What it must not do is wait for the submit's 60 s response_timeout. What it may
+        # take: the 1 s budget, then the carrier's unbind grace (0.5 s: router/upstream.py
+        # gives an unbind at least that, and this carrier never answers it), then the
+        # simulators' and the store's close — ~1.6 s here, timers that a slow, loaded
+        # machine does not shorten plus work that it lengthens; 3 s of slack for that.
+        assert took < 1.0 + 0.5 + 3.0, took
 
     run1(main())
 

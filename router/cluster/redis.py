@@ -135,6 +135,7 @@ class _Entry(msgspec.Struct, frozen=True):
     report: NodeReport
     bind_slots: dict[str, int]
     heartbeat_at: float
+    left_at: float | None = None
 
 
 @contextlib.asynccontextmanager
@@ -204,6 +205,8 @@ class RedisCoordinator:
         self._reload_from = "0-0"
         #: open() succeeded: the registry entry under this id is this node's.
         self._joined = False
+        #: ``now`` of the last heartbeat written.
+        self._beat_at = 0.0
         self._beat = client.register_script(_BEAT)
         self._session = client.register_script(_SESSION)
         self._tokens = client.register_script(_TOKENS)
@@ -230,6 +233,7 @@ class RedisCoordinator:
 
     async def _register(self, now: float) -> None:
         entry = _Entry(self._report, {k: n for k, n in self._held.items() if n}, now)
+        self._beat_at = now
         forget = now - max(60.0, _FORGET_LEASES * self.lease)
         async with reaching("heartbeat"):
             ok = await self._beat(
@@ -263,9 +267,14 @@ class RedisCoordinator:
                 reaching("close"),
                 self._redis.pipeline(transaction=False) as pipe,  # reset when left
             ):
-                nodes, beats, owners = self._registry()
-                pipe.hdel(nodes, self.node_id)
-                pipe.zrem(beats, self.node_id)
+                # The entry stays, marked as left: the other nodes count this node dead
+                # at their next heartbeat and take over what it has not finished (messages
+                # still queued here, or sent and waiting for their receipts) at once, not
+                # after its lease; it is forgotten as a dead node's is. The owner goes, so
+                # the same id may join again at once.
+                nodes, _, owners = self._registry()
+                entry = _Entry(self._report, {}, self._beat_at, left_at=time.time())
+                pipe.hset(nodes, self.node_id, msgspec.json.encode(entry))
                 pipe.hdel(owners, self.node_id)
                 for account, tokens in self._mine.items():
                     if tokens:
@@ -323,7 +332,8 @@ class RedisCoordinator:
                     bind_slots=entry.bind_slots,
                     heartbeat_at=entry.heartbeat_at,
                     age=age,
-                    alive=age <= self.lease,
+                    alive=entry.left_at is None and age <= self.lease,
+                    left=entry.left_at is not None,
                 )
             )
         return tuple(sorted(out, key=lambda n: n.node_id))

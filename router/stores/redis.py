@@ -135,6 +135,21 @@ _HELD_BLOCK: Final = 1000
 _BATCH_LUA: Final = """
 local tag, ttl = ARGV[1], ARGV[2]
 local out = {}
+-- The index changes of the whole call, made at the end with one variadic command each
+-- (ZADD/ZREM per owner, ZADD of the done index): a command per bucket, not per message.
+local unfinished, finished, done_index = {}, {}, {}
+local function push(lists, name, a, b)
+  local list = lists[name]
+  if not list then list = {}; lists[name] = list end
+  list[#list + 1] = a
+  if b then list[#list + 1] = b end
+end
+-- One command per 4,000 arguments at most (Lua's unpack has a stack limit).
+local function each(command, key, list)
+  for k = 1, #list, 4000 do
+    redis.call(command, key, unpack(list, k, math.min(k + 3999, #list)))
+  end
+end
 for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
   if r[1] == 'K' then
     redis.call('SET', tag .. ':k:' .. r[2], r[3], 'PX', ttl)
@@ -171,13 +186,13 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
         if settle then fields[#fields + 1] = 'd'; fields[#fields + 1] = done end
         if create == 1 then
           redis.call('HSET', key, 'o', owner, 't', t, 's', state, 'e', err, unpack(fields))
-          if not settle then redis.call('ZADD', tag .. ':u:' .. owner, t, id) end
+          if not settle then push(unfinished, owner, t, id) end
         elseif #fields > 0 then
           redis.call('HSET', key, unpack(fields))
         end
         if settle then  -- final: out of the owner's index (a new one never went in)
-          if create ~= 1 then redis.call('ZREM', tag .. ':u:' .. (had_owner or owner), id) end
-          redis.call('ZADD', KEYS[1], done, id)
+          if create ~= 1 then push(finished, had_owner or owner, id) end
+          done_index[#done_index + 1] = done; done_index[#done_index + 1] = id
           redis.call('PEXPIRE', key, ttl)
         end
       end
@@ -185,6 +200,9 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
     out[#out + 1] = res
   end
 end
+for owner, list in pairs(unfinished) do each('ZADD', tag .. ':u:' .. owner, list) end
+for owner, list in pairs(finished) do each('ZREM', tag .. ':u:' .. owner, list) end
+each('ZADD', KEYS[1], done_index)
 return out
 """
 

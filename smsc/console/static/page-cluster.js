@@ -20,7 +20,8 @@ export async function render(main) {
         hashes.size > 1 || !c.reachable ? 'warn' : '');
       holder.replaceChildren(table([
         ['Node', n => (n.node_id === c.node_id ? h('strong', {}, `${n.node_id} (this one)`) : n.node_id)],
-        ['Alive', n => h('span', { class: n.alive ? 'ok' : 'bad' }, n.alive ? 'yes' : 'no')],
+        ['Alive', n => h('span', { class: n.alive ? 'ok' : n.left ? '' : 'bad' },
+          n.alive ? 'yes' : n.left ? 'left' : 'no')],
         ['Heartbeat', n => `${num(n.heartbeat_age, 1)} s ago`],
         ['Address', n => `${n.address} (${n.ports.filter(p => p).join(', ')})`],
         ['Config', n => n.config_hash.slice(0, 12)],
