@@ -96,9 +96,13 @@ class RedisRecords:
         if self.serial.room < len(calls):
             return None
         replies = [r for call in calls if (r := self.serial.call(*call)) is not None]
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
         gathered = asyncio.gather(*replies, return_exceptions=True)
         gathered.add_done_callback(lambda g: _settle(what, g, done))
+        # (queued behind other pipelines: an answer within two of them, else False)
+        late = loop.call_later(2 * self.timeout, _late, what, done)
+        done.add_done_callback(lambda _: late.cancel())
         return done
 
     async def _read(self, *call: Any) -> Any:
@@ -212,3 +216,9 @@ def _settle(what: str, gathered: asyncio.Future[list[Any]], done: asyncio.Future
     if errors:
         log.warning("HTTP records: %s not written: %s", what, errors[0])
     done.set_result(not errors)
+
+
+def _late(what: str, done: asyncio.Future[bool]) -> None:
+    if not done.done():
+        log.warning("HTTP records: %s not written in time", what)
+        done.set_result(False)

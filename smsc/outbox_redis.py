@@ -276,11 +276,17 @@ class RedisOutbox:
         reply = self._queue(_PUT, *args)
         if reply is None:
             return None
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
         reply.add_done_callback(lambda f: self._put_done(f, done))
+        # (queued behind other pipelines: durable within two of them, else told False)
+        late = loop.call_later(2 * self.timeout, _late, done)
+        done.add_done_callback(lambda _: late.cancel())
         return done
 
     def _put_done(self, reply: asyncio.Future[Any], done: asyncio.Future[bool]) -> None:
+        if done.done():  # (told False already: too late)
+            return
         if reply.cancelled():
             done.set_result(False)
             return
@@ -396,6 +402,12 @@ class RedisOutbox:
         reply = self._queue(_PURGE, repr(before), PURGE_BATCH)
         if reply is not None:
             reply.add_done_callback(lambda f: self._outcome("a purge", f))
+
+
+def _late(done: asyncio.Future[bool]) -> None:
+    if not done.done():
+        log.warning("webhook outbox: an event's put not answered in time: refused")
+        done.set_result(False)
 
 
 def _text(value: bytes) -> str:

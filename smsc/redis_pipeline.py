@@ -106,7 +106,9 @@ class Serial:
             for _, done in batch:
                 done.cancel()
             raise
-        except FAILURES as exc:
+        except Exception as exc:  # Redis away (FAILURES), or a bug: the batch fails
+            if not isinstance(exc, FAILURES):
+                log.exception("redis: a pipeline failed")
             for _, done in batch:
                 if not done.done():
                     done.set_exception(exc if isinstance(exc, RedisError) else RedisError(exc))
