@@ -15,9 +15,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
-from http_fixtures import Client, Receiver, api_config
+from http_fixtures import SECRET, Client, Receiver, api_config
 from loops import Run
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 from smsc_fixtures import DEADLINE, running_app
@@ -29,7 +30,7 @@ LEASE = 2.0
 HEARTBEAT = 0.1
 
 
-def node_config(tmp_path: Path, url: str, node_id: int) -> SmscConfig:
+def node_config(tmp_path: Path, url: str, node_id: int, **kw: Any) -> SmscConfig:
     where = tmp_path / f"node{node_id}"
     where.mkdir(exist_ok=True)
     return api_config(
@@ -37,15 +38,18 @@ def node_config(tmp_path: Path, url: str, node_id: int) -> SmscConfig:
         {"sim": {}},
         node_id=node_id,
         cluster={"redis": url, "lease": LEASE, "heartbeat": HEARTBEAT},
+        **kw,
     )
 
 
 @asynccontextmanager
-async def two_nodes(tmp_path: Path, url: str) -> AsyncIterator[tuple[App, App]]:
+async def two_nodes(tmp_path: Path, url: str, **kw: Any) -> AsyncIterator[tuple[App, App]]:
     """Node A (holds sim's one bind: receipts arrive there) and node B."""
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(running_app(node_config(tmp_path, url, 1)))
-        b = await stack.enter_async_context(running_app(node_config(tmp_path, url, 2), wait_for=[]))
+        a = await stack.enter_async_context(running_app(node_config(tmp_path, url, 1, **kw)))
+        b = await stack.enter_async_context(
+            running_app(node_config(tmp_path, url, 2, **kw), wait_for=[])
+        )
         assert a.cluster.bind_slots.get("sim") == 1
         assert b.cluster.bind_slots.get("sim", 0) == 0
         yield a, b
@@ -174,6 +178,61 @@ def test_one_idempotency_key_sent_on_both_nodes_at_once_sends_once(
             again = await on_a.post("/v1/messages", json_body=body, headers=key)
             assert again.status == 202
             assert again.headers.get("Idempotent-Replayed") == "true"
+
+    run1(main())
+
+
+async def dead_lettered(nodes: list[App]) -> None:
+    """Until one node's sender has dead-lettered an event (A's, as a rule: it has it)."""
+    senders = [node.web.sender for node in nodes if node.web.sender is not None]
+
+    def dead() -> bool:
+        return any(s.metrics.outcomes.get(("acme", "dead"), 0) for s in senders)
+
+    waits = [asyncio.create_task(s.wait_for(dead, DEADLINE)) for s in senders]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        assert any(task.result() for task in done)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+def test_a_dead_letter_of_node_a_is_listed_and_sent_again_from_node_b(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with Receiver(fail_first=10**6, fail_status=503) as receiver:
+            hooks = {"webhooks": {"status_url": receiver.url("/status"), "secret": SECRET}}
+            async with (
+                two_nodes(tmp_path, redis_url, account=hooks, webhooks={"max_age": 0.3}) as (a, b),
+                Client(a.api_port) as on_a,
+                Client(b.api_port) as on_b,
+            ):
+                reply = await on_a.post(
+                    "/v1/messages", json_body={"to": "447700900001", "text": "x"}
+                )
+                assert reply.status == 202
+                message_id = reply.body["messages"][0]["id"]
+                await dead_lettered([a, b])
+                for c in (on_a, on_b):  # (a read waits for the writes its node queued)
+                    await c.get("/v1/webhooks/failures")
+                listed_on_a = (await on_a.get("/v1/webhooks/failures")).body["failures"]
+                listed_on_b = (await on_b.get("/v1/webhooks/failures")).body["failures"]
+                assert listed_on_b == listed_on_a
+                (failure,) = listed_on_b
+                assert failure["event"]["data"]["message_id"] == message_id
+                receiver.fail_first = 0  # the receiver is back
+                again = await on_b.post(f"/v1/webhooks/failures/{failure['id']}/retry")
+                assert again.status == 202
+                await receiver.wait_for(lambda: bool(receiver.taken()))
+                assert receiver.taken()[0].event["id"] == failure["event"]["id"]
+                assert (await on_a.get("/v1/webhooks/failures")).body["failures"] == []
+                twice = await on_a.post(f"/v1/webhooks/failures/{failure['id']}/retry")
+                assert twice.status == 404
 
     run1(main())
 
