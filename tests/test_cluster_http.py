@@ -22,6 +22,8 @@ from http_fixtures import SECRET, Client, Receiver, api_config
 from loops import Run
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 from smsc_fixtures import DEADLINE, running_app
+from test_legacy_dlr import kannel
+from test_legacy_http import Http
 
 from smsc.app import App
 from smsc.config import SmscConfig
@@ -178,6 +180,30 @@ def test_one_idempotency_key_sent_on_both_nodes_at_once_sends_once(
             again = await on_a.post("/v1/messages", json_body=body, headers=key)
             assert again.status == 202
             assert again.headers.get("Idempotent-Replayed") == "true"
+
+    run1(main())
+
+
+def test_kannels_callbacks_of_a_message_sent_on_b_come_from_a_in_order(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """dlr-mask 1|8 through B's Kannel endpoint: A submits it (its carrier's acceptance:
+    type 8) and gets its receipt (type 1); A reads the dlr-url from the shared records."""
+
+    async def main() -> None:
+        async with (
+            Receiver() as receiver,
+            two_nodes(tmp_path, redis_url) as (_a, b),
+            Http(b) as on_b,
+        ):
+            message_id = await kannel(on_b, receiver, "447700900001", 1 | 8)
+            await receiver.wait_for(lambda: len(receiver.taken()) == 2)
+            # put in the outbox in order (its event ids), POSTed at once (either may land first)
+            calls = sorted(receiver.taken(), key=lambda c: int(c.headers["Smsc-Event-Id"]))
+            assert [c.query["type"] for c in calls] == ["8", "1"]
+            assert {c.query["id"] for c in calls} == {message_id}
 
     run1(main())
 
