@@ -664,7 +664,10 @@ def test_unanswered_enquire_link_closes(run: Run) -> None:
 
 def test_answered_enquire_link_keeps_the_session(run: Run) -> None:
     async def main() -> None:
-        conn, t = await bound_esme(quiet(enquire_link_interval=0.1, response_timeout=0.2))
+        # Each probe is answered a loop turn or two after it is written: a short
+        # response_timeout would close the session when the machine stalls in between
+        # (what this test shows is that answered probes keep it, not how fast).
+        conn, t = await bound_esme(quiet(enquire_link_interval=0.1, response_timeout=DEADLINE))
         for _ in range(3):
             [probe] = await t.next_write()
             assert isinstance(probe, EnquireLink)
@@ -1042,7 +1045,9 @@ def test_loopback_responses_are_read_while_inbound_window_is_full(run: Run) -> N
     healthy session is closed)."""
 
     async def main() -> None:
-        config = quiet(inbound_window=1, response_timeout=0.5)
+        # The MC's wait for the deliver_sm_resp: long enough for a loaded machine, shorter
+        # than the test's DEADLINE so that the bug shows as the RequestTimeout below.
+        config = quiet(inbound_window=1, response_timeout=DEADLINE / 2)
         async with MinimalMC(config=config, auto_receipt=False) as mc:
             mc.hold = True
             esme = Esme()
