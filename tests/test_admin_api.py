@@ -115,6 +115,7 @@ def test_a_token_that_is_not_utf8_is_refused_with_401_json(run1: Run, tmp_path: 
                 )
                 reply = await reader.read()
                 writer.close()
+                await writer.wait_closed()
             head, _, body = reply.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 401"), head
             assert b"application/json" in head
