@@ -316,7 +316,6 @@ def test_coalescing_connections_on_one_loop_share_one_timer(run: Run) -> None:
     slow, fast = 0.5, 0.005
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         a, ta = await bound_esme(quiet(coalesce=slow))
         b, tb = await bound_esme(quiet(coalesce=slow))
         fa = a.send_request(submit())
@@ -330,14 +329,20 @@ def test_coalescing_connections_on_one_loop_share_one_timer(run: Run) -> None:
         await wait_done(fa)
         fb.cancel()
 
-        c, tc = await bound_esme(quiet(coalesce=fast))
-        started = loop.time()
-        fa = a.send_request(submit())
+        # d holds its requests longer than the test's deadline: they can only go out with
+        # the earlier tick of a connection with a shorter coalesce (a wall-clock bound on
+        # the wait, as here before, fails when a loaded machine stalls longer than that).
+        d, td = fake(Role.ESME, quiet(coalesce=10 * DEADLINE))
+        d_bound = d.send_request(BindTransceiver(system_id="esme", password="pw"))
+        c, tc = await bound_esme(quiet(coalesce=fast))  # its bind's tick takes d's along
+        [d_bind] = td.sent()
+        d.data_received(wire(BindTransceiverResp(sequence_number=d_bind.sequence_number)))
+        await wait_done(d_bound)
+        fd = d.send_request(submit())
         fc = c.send_request(submit())
         await tc.next_write()
-        assert loop.time() - started < slow
-        assert [type(p) for p in ta.sent()] == [SubmitSm]  # went with c's earlier tick
-        fa.cancel()
+        assert [type(p) for p in td.sent()] == [SubmitSm]  # went with c's earlier tick
+        fd.cancel()
         fc.cancel()
 
     run(main())
