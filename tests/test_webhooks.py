@@ -295,7 +295,14 @@ def test_five_failures_in_a_row_open_the_receivers_breaker(run1: Run, tmp_path: 
             config = api_config(
                 tmp_path,
                 account=hooks(receiver),
-                webhooks={"per_endpoint": 1, "backoff_min": 1.0, "backoff_max": 5.0},
+                # (timeout: the first POST is held until the 8 events are in the outbox; a
+                # POST that timed out meanwhile would be retried and counted as a failure)
+                webhooks={
+                    "per_endpoint": 1,
+                    "backoff_min": 1.0,
+                    "backoff_max": 5.0,
+                    "timeout": 30.0,
+                },
             )
             async with running_app(config) as app, client(app) as c:
                 for _ in range(8):
