@@ -677,6 +677,7 @@ def test_answered_enquire_link_keeps_the_session(run: Run) -> None:
             [probe] = await t.next_write()
             assert isinstance(probe, EnquireLink)
             conn.data_received(wire(EnquireLinkResp(sequence_number=probe.sequence_number)))
+            assert not conn.session.awaiting_responses  # the answer was matched to it
         assert conn.bound
         assert not t.is_closing()
 
