@@ -75,6 +75,11 @@ SMPPLIB_LOGGER = "smsc.tests.smpplib"
 logging.getLogger(SMPPLIB_LOGGER).setLevel(logging.CRITICAL)  # its normal chatter, not ours
 
 
+#: Seconds smpplib waits on its socket: for a bind's or an unbind's answer, and between
+#: two checks of read_until's deadline while idle.
+SOCKET_TIMEOUT = 5.0
+
+
 class SmpplibPeer:
     """One smpplib client with the default handlers replaced by collectors."""
 
@@ -82,7 +87,10 @@ class SmpplibPeer:
         self.client = smpplib.client.Client(
             "127.0.0.1",
             port,
-            timeout=1.0,
+            # smpplib's socket timeout is also how long bind and unbind wait for their
+            # answer (then ConnectionError): 1 s is too little for a server on a loaded
+            # machine. Waits for receipts go through read_until's own deadline.
+            timeout=SOCKET_TIMEOUT,
             logger_name=SMPPLIB_LOGGER,
             allow_unknown_opt_params=True,
         )
@@ -106,7 +114,7 @@ class SmpplibPeer:
         return len(parts)
 
     def read_until(self, done: Callable[[], bool], deadline: float) -> None:
-        # read_once sends an enquire_link when the 1 s socket timeout passes idle.
+        # read_once sends an enquire_link when the socket timeout passes idle.
         while not done():
             if time.monotonic() > deadline:
                 raise TimeoutError(

@@ -16,7 +16,7 @@ from smsc_fixtures import (
     SYSTEM_ID,
     app_config,
     bind_client,
-    closed_port,
+    held_closed_port,
     running_app,
     stored,
 )
@@ -29,21 +29,22 @@ from smsc.app import App, admin_token
 from smsc.openapi import SPEC
 
 
-def config(tmp_path: Path, *, token: str | None = TOKEN, down: bool = False) -> Any:
-    """Two simulated carriers, cheap (MO goes to acme) and dear; with ``down`` a third,
-    real carrier that cannot be reached (and that no route names)."""
+def config(tmp_path: Path, *, token: str | None = TOKEN, down: int | None = None) -> Any:
+    """Two simulated carriers, cheap (MO goes to acme) and dear; with ``down`` (a port
+    nothing listens on) a third, real carrier that cannot be reached (and that no route
+    names)."""
     cfg = app_config(
         tmp_path,
         {"cheap": {}, "dear": {}},
         upstreams={"cheap": {"mo_account": SYSTEM_ID}},
         **({"admin": {"token": token}} if token else {}),
     )
-    if down:
+    if down is not None:
         import msgspec
 
         from router.config import CarrierConfig
 
-        extra = CarrierConfig(name="down", port=closed_port(), binds=1)
+        extra = CarrierConfig(name="down", port=down, binds=1)
         router = msgspec.structs.replace(cfg.router, carriers=(*cfg.router.carriers, extra))
         cfg = msgspec.structs.replace(cfg, router=router)
     return cfg
@@ -115,6 +116,7 @@ def test_a_token_that_is_not_utf8_is_refused_with_401_json(run1: Run, tmp_path: 
                 )
                 reply = await reader.read()
                 writer.close()
+                await writer.wait_closed()
             head, _, body = reply.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 401"), head
             assert b"application/json" in head
@@ -160,8 +162,8 @@ def test_unknown_paths_and_methods_answer_json_errors(run1: Run, tmp_path: Path)
 def test_readiness_can_wait_for_the_binds(run1: Run, tmp_path: Path) -> None:
     """``?wait=`` holds the answer until ready (here: never, a carrier is down) for at most
     that long; a bad wait is a 400 naming the parameter."""
-    async def main() -> None:
-        cfg = config(tmp_path, down=True)
+    async def main(down: int) -> None:
+        cfg = config(tmp_path, down=down)
         async with running_app(cfg, wait_for=["cheap", "dear"]) as app, api(app) as client:
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -178,13 +180,14 @@ def test_readiness_can_wait_for_the_binds(run1: Run, tmp_path: Path) -> None:
             reply = await client.get("/ready", token=None, params={"wait": "30"})
             assert reply.status == 200
 
-    run1(main())
+    with held_closed_port() as down:
+        run1(main(down))
 
 
 
 def test_readiness_needs_every_carrier_bound_unless_drained(run1: Run, tmp_path: Path) -> None:
-    async def main() -> None:
-        cfg = config(tmp_path, down=True)
+    async def main(down: int) -> None:
+        cfg = config(tmp_path, down=down)
         async with running_app(cfg, wait_for=["cheap", "dear"]) as app, api(app) as client:
             reply = await client.get("/ready", token=None)
             assert reply.status == 503
@@ -201,7 +204,8 @@ def test_readiness_needs_every_carrier_bound_unless_drained(run1: Run, tmp_path:
             assert reply.status == 200
             assert reply.body["ready"] is True
 
-    run1(main())
+    with held_closed_port() as down:
+        run1(main(down))
 
 
 #: One request per documented operation (templated path → the call), for the start-up test.

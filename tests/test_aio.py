@@ -316,7 +316,6 @@ def test_coalescing_connections_on_one_loop_share_one_timer(run: Run) -> None:
     slow, fast = 0.5, 0.005
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         a, ta = await bound_esme(quiet(coalesce=slow))
         b, tb = await bound_esme(quiet(coalesce=slow))
         fa = a.send_request(submit())
@@ -330,14 +329,20 @@ def test_coalescing_connections_on_one_loop_share_one_timer(run: Run) -> None:
         await wait_done(fa)
         fb.cancel()
 
-        c, tc = await bound_esme(quiet(coalesce=fast))
-        started = loop.time()
-        fa = a.send_request(submit())
+        # d holds its requests longer than the test's deadline: they can only go out with
+        # the earlier tick of a connection with a shorter coalesce (a wall-clock bound on
+        # the wait, as here before, fails when a loaded machine stalls longer than that).
+        d, td = fake(Role.ESME, quiet(coalesce=10 * DEADLINE))
+        d_bound = d.send_request(BindTransceiver(system_id="esme", password="pw"))
+        c, tc = await bound_esme(quiet(coalesce=fast))  # its bind's tick takes d's along
+        [d_bind] = td.sent()
+        d.data_received(wire(BindTransceiverResp(sequence_number=d_bind.sequence_number)))
+        await wait_done(d_bound)
+        fd = d.send_request(submit())
         fc = c.send_request(submit())
         await tc.next_write()
-        assert loop.time() - started < slow
-        assert [type(p) for p in ta.sent()] == [SubmitSm]  # went with c's earlier tick
-        fa.cancel()
+        assert [type(p) for p in td.sent()] == [SubmitSm]  # went with c's earlier tick
+        fd.cancel()
         fc.cancel()
 
     run(main())
@@ -664,11 +669,15 @@ def test_unanswered_enquire_link_closes(run: Run) -> None:
 
 def test_answered_enquire_link_keeps_the_session(run: Run) -> None:
     async def main() -> None:
-        conn, t = await bound_esme(quiet(enquire_link_interval=0.1, response_timeout=0.2))
+        # Each probe is answered a loop turn or two after it is written: a short
+        # response_timeout would close the session when the machine stalls in between
+        # (what this test shows is that answered probes keep it, not how fast).
+        conn, t = await bound_esme(quiet(enquire_link_interval=0.1, response_timeout=DEADLINE))
         for _ in range(3):
             [probe] = await t.next_write()
             assert isinstance(probe, EnquireLink)
             conn.data_received(wire(EnquireLinkResp(sequence_number=probe.sequence_number)))
+            assert not conn.session.awaiting_responses  # the answer was matched to it
         assert conn.bound
         assert not t.is_closing()
 
@@ -1042,7 +1051,9 @@ def test_loopback_responses_are_read_while_inbound_window_is_full(run: Run) -> N
     healthy session is closed)."""
 
     async def main() -> None:
-        config = quiet(inbound_window=1, response_timeout=0.5)
+        # The MC's wait for the deliver_sm_resp: long enough for a loaded machine, shorter
+        # than the test's DEADLINE so that the bug shows as the RequestTimeout below.
+        config = quiet(inbound_window=1, response_timeout=DEADLINE / 2)
         async with MinimalMC(config=config, auto_receipt=False) as mc:
             mc.hold = True
             esme = Esme()

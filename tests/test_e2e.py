@@ -315,8 +315,9 @@ def test_a_carrier_throttling_above_a_rate_carries_about_that_rate_and_the_rest_
     """cheap takes 50 submits a second (its own token bucket, burst 5) and throttles the
     rest; the client sends four times that for 3 s (the load harness, open loop). The
     router finds cheap's rate: cheap carries about 50/s over the run (its own counters over
-    the run's own sending time, within 20 %), the rest goes to mid at once, and nothing is
-    lost — every message accepted once by one carrier, every one with its receipt. The
+    the run's own sending time: at most 1.2x, at least half), the rest goes to mid at once,
+    and nothing is lost — every message accepted once by one carrier, every one with its
+    receipt. The
     rate found shows in the router's carrier state and in the route explanation."""
 
     async def main() -> None:
@@ -346,9 +347,14 @@ def test_a_carrier_throttling_above_a_rate_carries_about_that_rate_and_the_rest_
             assert took["cheap"] + took["mid"] == s["accepted"]
             r = s["receipts"]
             assert (r["received"], r["missing"], r["unmatched"]) == (s["accepted"], 0, 0)
-            # cheap carried about its rate, over the run's own sending time.
+            # cheap carried about its rate, over the run's own sending time: never above it,
+            # and at least half of it. (Not closer: the carrier's bucket holds 5 tokens, so
+            # a second in which this shared machine stalls the process — the carrier is in
+            # it — is a second of cheap's capacity nobody can use, and the run is 3 s. The
+            # fault this guards against, a fixed pause after each throttle, carries a few
+            # submits per pause: a small fraction of the rate.)
             carried = took["cheap"] / s["sending_s"]
-            assert 0.8 * THROTTLE_RATE <= carried <= 1.2 * THROTTLE_RATE, (took, s["sending_s"])
+            assert 0.5 * THROTTLE_RATE <= carried <= 1.2 * THROTTLE_RATE, (took, s["sending_s"])
             assert submit_resps(cheap, CommandStatus.ESME_RTHROTTLED) >= 1
             # Throttles are a small share of what cheap was sent (they cut the rate; the
             # old fixed pause kept it idle instead).

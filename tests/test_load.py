@@ -396,18 +396,24 @@ def test_open_loop_counts_latency_from_the_intended_send_time(run_uv: Run) -> No
 
 
 def test_open_loop_keeps_its_rate_when_the_server_keeps_up(run_uv: Run) -> None:
+    """The scripted server and the harness share this loop, so the server keeps up only
+    while the process gets the CPU for both: 400/s leaves a slow, loaded CI machine room
+    (at 1000/s, pinned to one busy core, it fell a fifth behind its schedule)."""
+
     async def main() -> None:
         script = Script()
         async with scripted(script) as port:
             cfg = config(
                 port,
                 binds={"count": 2},
-                load={"rate": 1000, "ramp": 0.5, "duration": 1.5},
+                load={"rate": 400, "ramp": 0.5, "duration": 1.5},
                 traffic={"registered_delivery": False},
             )
             s = (await harness(cfg))["summary"]
-        # 250 messages during the ramp (its area), then 1000/s for one second.
-        assert s["messages"] == pytest.approx(1250, abs=3)
+        # 100 messages during the ramp (its area), then 400/s for one second: each one
+        # scheduled was sent or is counted unsent, and (the server keeping up) sent.
+        assert s["messages"] + s["unsent"] == pytest.approx(500, abs=3)
+        assert s["messages"] == pytest.approx(500, abs=3)
         assert s["unsent"] <= 3
         assert s["latency"]["p50_ms"] < 5
 
