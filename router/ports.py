@@ -364,8 +364,11 @@ class Coordinator(Protocol):
         """Join: NodeIdTaken when a live node has this id."""
         ...
 
-    async def close(self) -> None:
-        """Leave: release every slot this node holds and drop it from the registry."""
+    async def close(self, *, leave: bool = True) -> None:
+        """Release every slot this node holds; with ``leave`` mark it as left in the
+        registry (the other nodes take over what it has not finished at their next
+        heartbeat), else it stays as it was (taken over once its lease has run out, unless
+        it comes back first)."""
         ...
 
     async def heartbeat(self, report: NodeReport, now: float) -> dict[str, int]:

@@ -240,7 +240,9 @@ class App:
             ),
             store=self.store,
             sink=sink,
-            watch=sink,  # Kannel's dlr-mask 8/16, Jasmin's dlr-level 1
+            # Kannel's dlr-mask 8/16, Jasmin's dlr-level 1: only messages sent through the
+            # HTTP API ask for them (none without it: nothing to call per message then).
+            watch=sink if config.http_api is not None else None,
             policies={name: state.policy for name, state in accounts.items()},
             bind_slots=self._slots_for if self.cluster.shared else None,
         )
@@ -657,6 +659,7 @@ class App:
             return max(0.05, min(cap, deadline - loop.time()))
 
         self._started.clear()
+        closed = False
 
         if self._listener is not None:
             self._listener.close()
@@ -680,6 +683,9 @@ class App:
         await asyncio.gather(*self._taking_over, return_exceptions=True)
         if self.router is not None:
             await self.router.stop(left())
+            # Its carriers are unbound: their slots go to the other nodes now, not once
+            # this node has left (the store's close may take the rest of the deadline).
+            await self.cluster.release_binds(list(self.router.pools))
         if self.peers is not None:
             await self.peers.stop()
             self.peers = None
@@ -692,11 +698,15 @@ class App:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)
             self._purger = None
-        await self.store.close(left())
-        # Last: after the carriers' binds (their slots are free now) and after the store
-        # has every record (the other nodes take over, at once, what this node leaves
-        # unfinished: all of it must be written by then).
-        await self.cluster.stop()
+        try:
+            await self.store.close(left())
+            closed = True
+        finally:
+            # Last: after the store has every record, the node leaves; the other nodes
+            # take over, at once, what it leaves unfinished, so all of it must be written
+            # by then. If the store could not close cleanly the node only goes: it is
+            # taken over once its lease has run out, as a dead node is.
+            await self.cluster.stop(leave=closed)
         if self._listener is not None:
             await self._listener.wait_closed()
         if self._tls_listener is not None:

@@ -259,13 +259,14 @@ class ClusterNode:
         """Every node the coordinator knows (ClusterUnavailable)."""
         return await self.coordinator.nodes(self._clock())
 
-    async def stop(self) -> None:
-        """Stop the tasks and leave (releasing what this node holds)."""
+    async def stop(self, *, leave: bool = True) -> None:
+        """Stop the tasks and release what this node holds; ``leave``: as a node that
+        finished cleanly (see Coordinator.close)."""
         self._stopping = True
         await stop_tasks(self._tasks, STOP_DEADLINE, "cluster")
         self._tasks = []
         with contextlib.suppress(ClusterUnavailable):
-            await self.coordinator.close()
+            await self.coordinator.close(leave=leave)
 
 
 class ClusterCollector(Collector):

@@ -588,6 +588,46 @@ def test_a_take_over_returns_the_messages_it_took_and_one_node_takes_them(
     run(asyncio.wait_for(main(), DEADLINE))
 
 
+def test_a_node_that_comes_back_while_another_takes_it_over_recovers_none_of_its_taken(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """Node "x" restarts while node "y" is taking its messages over (y holds x's take-over
+    lock, as a take-over in flight does): x's recovery waits for y to be done, then
+    recovers only what is still its own — never a message y took too (both would send
+    it). And a take-over finds the lock of a node recovering its own messages held: it
+    takes nothing."""
+
+    async def main() -> None:
+        nodes = redis_backend(redis_url)
+        async with opened(nodes.make("x")) as x:
+            for i in range(20):
+                assert x.add(msg(i))
+        async with opened(nodes.make("x")) as x, opened(nodes.make("y")) as y:
+            lock = "smsc:takeover:x"
+            assert await x.client().set(lock, "y", nx=True, px=30_000)  # y's take-over began
+            before = x.commands
+            recovering = asyncio.ensure_future(x.unfinished())
+            for _ in range(10_000):  # turns of the loop until x's recovery sent a command
+                if x.commands != before:
+                    break
+                await asyncio.sleep(0)
+            assert x.commands != before
+            taken = await y.take_over_messages("x")  # y's take-over goes on and ends
+            assert len(taken) == 20
+            assert await recovering == []
+            assert not await x.client().exists(lock)  # released: x was not kept waiting
+
+            for i in range(20, 25):
+                assert x.add(msg(i))
+            await x.flush()
+            assert await x.client().set(lock, "x", nx=True, px=30_000)  # x recovering
+            assert await y.take_over_messages("x") == []
+            assert len(await y.unfinished()) == 20
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
 def test_commands_per_message_stay_few(
     redis_url: str,  # noqa: F811
     run: Any,

@@ -31,7 +31,7 @@ class LocalCoordinator:
     async def open(self, now: float) -> None:
         self._beat = now
 
-    async def close(self) -> None:
+    async def close(self, *, leave: bool = True) -> None:
         self._sessions.clear()
         self._binds.clear()
         self._beat = None

@@ -258,7 +258,7 @@ class RedisCoordinator:
         if last:
             self._reload_from = _text(last[0][0])
 
-    async def close(self) -> None:
+    async def close(self, *, leave: bool = True) -> None:
         try:
             if not self._joined:  # never joined: the id may be another live node's
                 return
@@ -267,14 +267,15 @@ class RedisCoordinator:
                 reaching("close"),
                 self._redis.pipeline(transaction=False) as pipe,  # reset when left
             ):
-                # The entry stays, marked as left: the other nodes count this node dead
-                # at their next heartbeat and take over what it has not finished (messages
-                # still queued here, or sent and waiting for their receipts) at once, not
-                # after its lease; it is forgotten as a dead node's is. The owner goes, so
-                # the same id may join again at once.
+                # The entry stays. Leaving, it is marked as left: the other nodes count
+                # this node dead at their next heartbeat and take over what it has not
+                # finished (messages still queued here, or sent and waiting for their
+                # receipts) at once, not after its lease; it is forgotten as a dead node's
+                # is. The owner goes either way, so the same id may join again at once.
                 nodes, _, owners = self._registry()
-                entry = _Entry(self._report, {}, self._beat_at, left_at=time.time())
-                pipe.hset(nodes, self.node_id, msgspec.json.encode(entry))
+                if leave:
+                    entry = _Entry(self._report, {}, self._beat_at, left_at=time.time())
+                    pipe.hset(nodes, self.node_id, msgspec.json.encode(entry))
                 pipe.hdel(owners, self.node_id)
                 for account, tokens in self._mine.items():
                     if tokens:

@@ -66,6 +66,7 @@ nothing acknowledged; with ``everysec`` up to a second of writes; ``WAIT`` on re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -349,6 +350,12 @@ for k = 1, #all, 2 do
 end
 redis.call('DEL', KEYS[1])
 return out
+"""
+
+# KEYS: a lock. ARGV: its holder. Deletes it if that node holds it.
+_RELEASE_LOCK_LUA: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _SCRIPTS: Final = {
@@ -830,15 +837,44 @@ class RedisStore(WriteBehind):
 
     async def unfinished(self) -> list[StoredMessage]:
         """This node's unfinished messages: one pipeline over the 64 indexes, one over the
-        messages. The wait for queued writes has the read deadline; the reads none."""
+        messages. The wait for queued writes has the read deadline; the reads none.
+
+        Read under this node's take-over lock (see :meth:`take_over_messages`): a node
+        that restarts while another takes its messages over (it had left, or its lease had
+        run out) waits until that one is done, and then recovers what is still its own —
+        never a message the other node took too. The wait is bounded by the lock's life
+        (``claim_seconds``) and a read timeout."""
         await self.flush()
         client = self._client()
-        index = [("ZRANGE", f"{self._p}:{{m{b}}}:u:{self._node_id}", 0, -1) for b in range(BUCKETS)]
-        ids = [i.decode() for r in await self._read_all(client, index) for i in r]
-        reads = [("HMGET", self._message_key(mid), *_FIELDS) for mid in ids]
-        out = [s for s in map(self._stored, await self._read_all(client, reads)) if s]
+        lock = self._take_over_lock(self._node_id)
+        ms = max(1, int(self._claim_seconds * 1000))
+        limit = self._claim_seconds + 2 * self._config.read_timeout
+        pause = 0.01
+        async with self._deadline("recover (another node takes this one's messages over)", limit):
+            while not await self._call("recover", "SET", lock, self._node_id, "NX", "PX", ms):
+                await asyncio.sleep(pause)  # polling another node's lock: no event to await
+                pause = min(pause * 2, 0.5)
+        try:
+            index = [
+                ("ZRANGE", f"{self._p}:{{m{b}}}:u:{self._node_id}", 0, -1) for b in range(BUCKETS)
+            ]
+            ids = [i.decode() for r in await self._read_all(client, index) for i in r]
+            reads = [("HMGET", self._message_key(mid), *_FIELDS) for mid in ids]
+            out = [s for s in map(self._stored, await self._read_all(client, reads)) if s]
+        finally:
+            await self._release_lock(lock)
         out.sort(key=lambda s: s.message.submitted_at)
         return out
+
+    def _take_over_lock(self, node_id: str) -> str:
+        """The lock under which ``node_id``'s messages are taken over, or recovered by it."""
+        return f"{self._p}:takeover:{node_id}"
+
+    async def _release_lock(self, lock: str) -> None:
+        """Delete ``lock`` if this node holds it (else it lapses by itself)."""
+        with contextlib.suppress(StoreError):
+            async with self._deadline("release take-over lock"):
+                await self._call("release", "EVAL", _RELEASE_LOCK_LUA, 1, lock, self._node_id)
 
     async def _read_all(self, client: aioredis.Redis, calls: list[tuple[Any, ...]]) -> list[Any]:
         if not calls:
@@ -885,7 +921,7 @@ class RedisStore(WriteBehind):
             return []
         await self.flush()
         client = self._client()
-        lock = f"{self._p}:takeover:{node_id}"
+        lock = self._take_over_lock(node_id)
         ms = max(1, int(self._claim_seconds * 1000))
         async with self._deadline("take_over"):
             got = await self._call("take_over", "SET", lock, self._node_id, "NX", "PX", ms)
@@ -911,6 +947,8 @@ class RedisStore(WriteBehind):
             ids = [i.decode() for r in await self._read_all(client, calls) for i in r]
             reads = [("HMGET", self._message_key(mid), *_FIELDS) for mid in ids]
             out = [s for s in map(self._stored, await self._read_all(client, reads)) if s]
+        # Done: the node, if it comes back, recovers at once what is still its own.
+        await self._release_lock(lock)
         out.sort(key=lambda s: s.message.submitted_at)
         return out
 
