@@ -16,8 +16,9 @@ answer to the submit:
 latest for a part sent twice), until each of its ``total`` parts has one. Bounded: at
 most ``limit`` messages wait (a message beyond it decides the oldest waiting one at once,
 by what it has), and a message none of whose parts was answered for ``IDLE`` seconds is
-decided by what it has at the next call (its other parts are never answered: a node that
-died with them, or a carrier that took them past their receipt). A decided message's id
+decided by what it has at the next :meth:`SplitAnswers.sweep` (the webhook sink sweeps at
+each answer and each report while messages wait) — its other parts may never be answered
+(a node that died holding them). A decided message's id
 is remembered (bounded too) so that a part answered late does not start it again.
 """
 

@@ -197,6 +197,8 @@ class WebhookSink:
         settled: SettledCallback | None = None,
     ) -> None:
         msg = stored.message
+        if self.splits:  # (long messages wait: those idle long enough are decided)
+            self.sweep()
         state = self.accounts.get(msg.account)
         hooks = state.account.webhooks if state is not None else None
         target = self.callbacks.get(msg.reported_id)
@@ -270,8 +272,8 @@ class WebhookSink:
         self._call_back(self.splits.answer(part, answer, now), now)
 
     def sweep(self) -> None:
-        """Call back the long messages whose parts stopped being answered (also done at
-        each answer; for a caller with a timer)."""
+        """Call back the long messages whose parts stopped being answered (done at each
+        answer and each report while some wait; a caller with a timer may call it too)."""
         now = self.wall()
         self._call_back(self.splits.sweep(now), now)
 

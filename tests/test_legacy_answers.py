@@ -29,7 +29,7 @@ from router.ports import SettledCallback
 from smppcore.constants import MessageState
 from smsc.callbacks import Callbacks, Target
 from smsc.legacy_dlr import kannel_refused_url
-from smsc.legacy_split import Answer, SplitAnswers
+from smsc.legacy_split import IDLE, Answer, SplitAnswers
 from smsc.outbox import SqliteOutbox
 from smsc.webhooks import WebhookSink
 
@@ -191,6 +191,32 @@ def test_jasmin_level_1_of_a_long_message_is_the_last_parts_answer(
             assert [(c["id"], c["level"], c["message_status"]) for c in got] == [
                 ("m", "1", "ESME_ROK"),  # as Jasmin: the response that closed it
                 ("n", "1", "ESME_RINVDSTADR"),
+            ]
+
+    run1(main())
+
+
+def test_a_long_message_whose_parts_stop_being_answered_is_decided_after_idle_minutes(
+    run1: Run, tmp_path: Path
+) -> None:
+    """Part 1 of 2 accepted, part 2 never answered (its node died with it): at the first
+    report after IDLE seconds the message is decided by what it has — Kannel's type 16,
+    since not every part was accepted."""
+
+    async def main() -> None:
+        clock = [NOW]
+        async with sink_with(tmp_path, long=kannel(8 | 16), other=kannel(1)) as sink:
+            sink.wall = lambda: clock[0]
+            sink.submit_accepted(part("long", 1, 2), "uk", "C1")
+            clock[0] = NOW + IDLE - 1
+            sink.report(*final("other", MessageState.DELIVERED, "C7"))
+            assert [c["type"] for c in await calls(sink)] == ["1"]
+            clock[0] = NOW + IDLE
+            sink.report(*final("other", MessageState.DELIVERED, "C7"))
+            got = await calls(sink)
+            assert [(c["type"], c["answer"]) for c in got][1:] == [
+                ("16", "NACK/parts unanswered"),
+                ("1", got[2]["answer"]),
             ]
 
     run1(main())
