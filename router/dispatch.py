@@ -386,10 +386,17 @@ class Dispatcher:
     # --- long messages ----------------------------------------------------------------
 
     def _finish(
-        self, msg: Message, state: MessageState, error: int, carrier: str, refused: str | None
+        self,
+        msg: Message,
+        state: MessageState,
+        error: int,
+        carrier: str,
+        refused: str | None,
+        carrier_message_id: str = "",
     ) -> None:
         """``msg`` is final here (no carrier receipt will come). ``refused``: why, when no
-        carrier holds it (the watch hears of it); None: a carrier had accepted it."""
+        carrier holds it (the watch hears of it); None: a carrier had accepted it, as
+        ``carrier_message_id`` (reported with it: the sink knows it reached a carrier)."""
         if msg.concat is not None:
             self.pins.final(msg, self.wall())
         watch = self.watch
@@ -398,7 +405,7 @@ class Dispatcher:
                 watch.submit_refused(msg, Refusal(state, carrier, error, refused))
             except Exception:
                 log.exception("message %s: its refusal could not be announced", msg.id)
-        self.finals.decide(msg, state, error, carrier)
+        self.finals.decide(msg, state, error, carrier, carrier_message_id)
 
     def _move(self, group: str, carrier: str, now: float) -> None:
         """``group``'s pinned ``carrier`` stayed unavailable past ``pin_wait`` (or will
@@ -442,10 +449,11 @@ class Dispatcher:
         self._count_long(carrier, "failed_all")
         log.info("long message %s: failed by %s, every part fails", group, carrier)
         g.failed = True
-        for _, state, part in list(g.parts.values()):
+        for carrier_id, state, part in list(g.parts.values()):
             if state is Part.ACCEPTED:
                 if self.receipts.withdraw(part.id, carrier):  # not final yet
-                    self._finish(part, MessageState.UNDELIVERABLE, 0, carrier, None)
+                    failed = MessageState.UNDELIVERABLE
+                    self._finish(part, failed, 0, carrier, None, carrier_id)
             elif state is Part.QUEUED:
                 queued = self.queue.remove(part.id)
                 if queued is not None:
@@ -540,9 +548,9 @@ class Dispatcher:
                 except Exception:
                     log.exception("message %s: its acceptance could not be announced", msg.id)
             if group is not None and (group.failed or carrier in group.left):
-                self._left_behind(msg, carrier, group.failed, now)
+                self._left_behind(msg, carrier, group.failed, now, outcome.carrier_message_id)
             elif concat is not None:
-                self.pins.accepted(msg, now)
+                self.pins.accepted(msg, now, outcome.carrier_message_id)
             return
         if isinstance(outcome, Rejected) and not outcome.retryable:
             if health is not None:
@@ -600,14 +608,17 @@ class Dispatcher:
             self.pins.queued(retry, now)
         self.queue.requeue(retry)
 
-    def _left_behind(self, msg: Message, carrier: str, failed: bool, now: float) -> None:
-        """``carrier`` accepted a part of a long message that has failed (``failed``) or
-        moved to another carrier meanwhile: it fails too, or goes again with the rest."""
+    def _left_behind(
+        self, msg: Message, carrier: str, failed: bool, now: float, carrier_id: str
+    ) -> None:
+        """``carrier`` accepted a part of a long message (as ``carrier_id``) that has
+        failed (``failed``) or moved to another carrier meanwhile: it fails too, or goes
+        again with the rest."""
         if not self.receipts.withdraw(msg.id, carrier):
             self.pins.final(msg, now)  # its final receipt came already
             return
         if failed:
-            self._finish(msg, MessageState.UNDELIVERABLE, 0, carrier, None)
+            self._finish(msg, MessageState.UNDELIVERABLE, 0, carrier, None, carrier_id)
             return
         fresh = msgspec.structs.replace(msg, attempts=0, tried=())
         self.pins.queued(fresh, now)

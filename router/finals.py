@@ -69,17 +69,33 @@ class Finals:
         #: The claims running (awaited and ended with the receipts' store reads).
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def decide(self, msg: Message, state: MessageState, error: int, carrier: str) -> None:
-        """Finish ``msg`` here (no carrier receipt will come) and report it."""
+    def decide(
+        self,
+        msg: Message,
+        state: MessageState,
+        error: int,
+        carrier: str,
+        carrier_message_id: str = "",
+    ) -> None:
+        """Finish ``msg`` here (no carrier receipt will come) and report it.
+        ``carrier_message_id``: the carrier's id when one had accepted it ("" when none
+        did: the sink tells the two apart by it)."""
         report = DeliveryReport(
             message_id=msg.id,
             state=state,
             error=error & 0xFFF,
             done_at=self.wall(),
             carrier=carrier,
+            carrier_message_id=carrier_message_id,
         )
         self.finished(msg, report, None)
-        stored = StoredMessage(message=msg, state=state, error=error, carrier=carrier)
+        stored = StoredMessage(
+            message=msg,
+            state=state,
+            error=error,
+            carrier=carrier,
+            carrier_message_id=carrier_message_id,
+        )
         if not self.durable:
             self.store.set_final(msg.id, report)
             self.sink.report(stored, report)

@@ -68,7 +68,8 @@ class Group:
     def __init__(self, total: int, now: float) -> None:
         self.carrier: str | None = None
         self.total = total
-        #: part seq → (our id, where it is, the message as last seen)
+        #: part seq → (the carrier's id of an accepted part, else "", where it is, the
+        #: message as last seen)
         self.parts: dict[int, tuple[str, Part, Message]] = {}
         self.touched = now
         #: since when its carrier could not take a waiting part (None: it could)
@@ -137,12 +138,12 @@ class Pins:
             g.touched = now
         return g
 
-    def _set(self, msg: Message, state: Part, now: float) -> Group | None:
+    def _set(self, msg: Message, state: Part, now: float, carrier_id: str = "") -> Group | None:
         concat = msg.concat
         if concat is None:
             return None
         g = self.group(msg, now)
-        g.parts[concat.seq] = (msg.id, state, msg)
+        g.parts[concat.seq] = (carrier_id, state, msg)
         if g.settled():
             self._drop(concat.group)
         return g
@@ -171,9 +172,9 @@ class Pins:
         """A part is with us again (to be sent again, or waiting)."""
         self._set(msg, Part.QUEUED, now)
 
-    def accepted(self, msg: Message, now: float) -> None:
-        """The pinned carrier accepted a part."""
-        self._set(msg, Part.ACCEPTED, now)
+    def accepted(self, msg: Message, now: float, carrier_id: str = "") -> None:
+        """The pinned carrier accepted a part (as ``carrier_id``)."""
+        self._set(msg, Part.ACCEPTED, now, carrier_id)
 
     def final(self, msg: Message, now: float) -> None:
         """A part is final here (refused, expired, failed)."""

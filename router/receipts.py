@@ -101,8 +101,9 @@ class Receipts:
         self.correlator: Correlator[_Parked] = Correlator(
             store, max_cache=500_000, early_ttl=self.early_ttl, max_early=50_000
         )
-        #: our id → (message, ``time.monotonic`` when its carrier accepted it)
-        self.sent: OrderedDict[str, tuple[Message, float]] = OrderedDict()
+        #: our id → (message, ``time.monotonic`` when its carrier accepted it, the
+        #: carrier's id for it)
+        self.sent: OrderedDict[str, tuple[Message, float, str]] = OrderedDict()
         self.deadlines = ReceiptDeadlines()
         #: our id → the carrier it was taken back from (:meth:`withdraw`)
         self.withdrawn: OrderedDict[str, str] = OrderedDict()
@@ -124,7 +125,7 @@ class Receipts:
         """``carrier`` accepted ``msg`` as ``carrier_message_id`` (at ``now``, wall time;
         ``at``, monotonic): its receipt is awaited, and one that came early is matched."""
         sent = self.sent
-        sent[msg.id] = (msg, at)
+        sent[msg.id] = (msg, at, carrier_message_id)
         if len(sent) > _MAX_SENT_CACHE:
             sent.popitem(last=False)
         cfg = self.configs[carrier]
@@ -407,6 +408,8 @@ class Receipts:
         report = DeliveryReport(message_id="", state=state, done_at=now, carrier=carrier)
         sent = self.sent.get(message_id)
         if sent is not None and not self.shared:
+            # (with the carrier's id: the message had reached a carrier)
+            report = msgspec.structs.replace(report, carrier_message_id=sent[2])
             self.receipt(sent[0], report, None)
         else:  # (in a cluster another node may have had its receipt: the store says)
             self._spawn(self._overdue_from_store(message_id, report))

@@ -24,8 +24,13 @@ service explicitly.
 The check is made on the address actually connected to (smsc/webhook_client.py resolves
 the name itself and connects only to an address allowed here), so a name that resolves to
 a public address when the request is checked and to a private one when the callback is
-made (DNS rebinding) gains nothing. An IPv6 address that carries an IPv4 one (mapped
-``::ffff:a.b.c.d``, 6to4, NAT64 ``64:ff9b::/96``) is judged as that IPv4 address.
+made (DNS rebinding) gains nothing. An IPv6 address that carries an IPv4 one is judged as
+that IPv4 address: mapped ``::ffff:a.b.c.d``, IPv4-compatible ``::a.b.c.d`` (``::/96``
+but ``::`` and ``::1``), SIIT ``::ffff:0:a.b.c.d`` (``::ffff:0:0:0/96``), 6to4
+``2002::/16``, NAT64 ``64:ff9b::/96`` and the local-use NAT64 prefix ``64:ff9b:1::/48``
+(RFC 8215) in its ``/96`` form (any other address in it stays IPv6, reserved: refused by
+``public``). ``public`` also refuses what Python's ``is_global`` lets through on some
+versions: reserved ranges and the deprecated site-local ``fec0::/10``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,12 @@ NEVER_UNLESS_NAMED: tuple[Network, ...] = tuple(
         "::/128",  # unspecified
     )
 )
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: IPv6 ranges whose last 32 bits are the IPv4 address a connection reaches.
+_EMBEDDING: tuple[ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052)
+    ipaddress.IPv6Network("64:ff9b:1::/96"),  # local-use NAT64 (RFC 8215), /96 form
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # SIIT (RFC 6145)
+)
 #: Default of the config file, and of the embedded default (smsc/defaults.py).
 DEFAULT_NETWORKS: tuple[str, ...] = (PUBLIC,)
 LOCAL_NETWORKS: tuple[str, ...] = (PUBLIC, "127.0.0.0/8", "::1/128")
@@ -103,7 +113,7 @@ class CallbackGuard:
                     ip in net and net.version == never.version and net.subnet_of(never)  # type: ignore[arg-type]
                     for net in self.networks
                 )
-        if self.public and ip.is_global and not ip.is_multicast:
+        if self.public and _public(ip):
             return True
         return any(ip in net for net in self.networks if net.version == ip.version)
 
@@ -131,13 +141,26 @@ class CallbackGuard:
         )
 
 
+def _public(ip: Address) -> bool:
+    """Globally routable: ``is_global`` (which Python 3.11 grants to some reserved and
+    site-local IPv6 ranges), and neither multicast, reserved, site-local nor private."""
+    if not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_private:
+        return False
+    return not (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)
+
+
 def _judged(ip: Address) -> Address:
     """The address judged for ``ip``: the IPv4 address an IPv6 one carries (mapped,
-    6to4, NAT64: what the connection reaches in the end), else ``ip``."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        inner = ip.ipv4_mapped or ip.sixtofour
-        if inner is None and ip in _NAT64:
-            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if inner is not None:
-            return inner
+    IPv4-compatible, SIIT, 6to4, NAT64: what the connection reaches in the end), else
+    ``ip``."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    inner = ip.ipv4_mapped or ip.sixtofour
+    if inner is not None:
+        return inner
+    value = int(ip)
+    if 1 < value < 2**32:  # ::a.b.c.d (IPv4-compatible; not :: nor ::1)
+        return ipaddress.IPv4Address(value)
+    if any(ip in net for net in _EMBEDDING):
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
     return ip

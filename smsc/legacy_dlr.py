@@ -13,16 +13,21 @@ by the ``dlr-mask`` bits:
 - 16 "SMSC rejected": the message ends before any carrier took it (a carrier refused it
   for good, no route, retries or validity used up); ``%A`` is ``NACK/0x<status, 8 hex
   digits>/<what the status means>`` for a carrier's refusal (as Kannel 1.4.5 writes it),
-  ``NACK/<why>`` when no carrier refused it (``NACK/no route``, ``NACK/retries
-  exhausted``...). As Kannel, a dlr-mask with 2 (not delivered) also gets this type-16
-  call, and then no type-2 one: the message never reached a carrier.
+  ``NACK/<why>`` when no carrier refused it (``NACK/no route``, ``NACK/expired``...; in
+  Kannel's own words where it has them: ``NACK/Retries Exceeded`` when the retries are
+  used up, as its bb_smscconn.c). As Kannel, a dlr-mask with 2 (not delivered) also gets
+  this type-16 call, and then no type-2 one: the message never reached a carrier.
+
+  A long message gets ONE type 8 or 16 for the whole of it, once every part is answered
+  (as Kannel's handle_split): 8 when every part was accepted, else 16 with the refusal
+  (smsc/legacy_split.py).
 
 The other escapes: ``%i`` the carrier; ``%I`` our message id; ``%F`` the carrier's
 message id; ``%p`` the handset and ``%P`` our sender (a receipt comes *from* the handset,
 so Kannel swaps them); ``%q``/``%Q`` the same with a leading 00 as +; ``%t`` the time
 (``YYYY-MM-DD HH:MM:SS``, UTC), ``%T`` as Unix seconds; ``%n`` the account; ``%%`` a
-percent sign. Values are URL-encoded. A long message calls once per part (``%I`` names
-the message).
+percent sign. Values are URL-encoded. A long message's receipts (types 1, 2, 4) call once
+per part (``%I`` names the message).
 
 Jasmin (``dlr-url``, ``dlr-method`` GET or POST form; any 2xx answer is taken, no
 ``ACK/Jasmin`` body is needed):
@@ -32,11 +37,20 @@ Jasmin (``dlr-url``, ``dlr-method`` GET or POST form; any 2xx answer is taken, n
   ``ESME_RINVDSTADR``; ``ESME_RSUBMITFAIL`` when the message ends before any carrier
   answered it), ``level`` (1) and ``connector`` (the carrier). As Jasmin, a temporary
   refusal that is retried calls nothing; a message refused for good then gets no level-2
-  call.
+  call. A long message gets one level-1 call, when the last of its parts is answered,
+  with that last answer's status (as Jasmin's LongSubmitSmTransaction).
 - level 2 (``dlr-level`` 2 or 3), the terminal receipt: ``id``, ``message_status``
   (DELIVRD, UNDELIV, EXPIRED, REJECTD, DELETED, UNKNOWN, ACCEPTD), ``level``,
   ``connector``, ``id_smsc``, ``sub``, ``dlvrd``, ``subdate``, ``donedate``, ``err`` and
-  ``text``.
+  ``text``. Only for a message a carrier accepted: ``dlr-level`` 2 alone on a message
+  refused before any carrier took it calls nothing at all (as Jasmin, which maps a
+  message for its terminal receipt only on an ESME_ROK submit_sm_resp).
+
+Which final reports follow a refusal is decided from the report alone (no memory): a
+message no carrier accepted has no carrier message id, and its final report is not
+called back when the refusal was (Kannel: dlr-mask 16 or 2; Jasmin: always — level 1 or
+3 were told, level 2 alone is told nothing). A cancelled message (DELETED before any
+carrier took it, never announced as a refusal) is called back as before.
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ from smppcore.constants import CommandStatus, MessageState, status_name
 from smppcore.receipt import Receipt, format_receipt, is_final, stat_word
 from smppcore.receipt_pdu import message_preview
 from smsc.callbacks import Target
+from smsc.legacy_split import Verdict
 
 KANNEL_DELIVERED = 1
 KANNEL_FAILED = 2
@@ -59,6 +74,11 @@ KANNEL_SMSC_REJECTED = 16
 Request = tuple[str, bytes, str]
 #: Jasmin's message_status of a refusal no carrier answered.
 _NO_ANSWER = int(CommandStatus.ESME_RSUBMITFAIL)
+#: Kannel's own words for why a message failed before a carrier took it, where it has
+#: them (gw/bb_smscconn.c), by our Refusal.reason.
+KANNEL_REASON: dict[str, str] = {"retries exhausted": "Retries Exceeded"}
+#: The refusal of a long message decided before every part was answered, none refused.
+UNANSWERED = Refusal(MessageState.UNKNOWN, "", 0, "parts unanswered")
 
 #: What a command_status means (SMPP 3.4 section 5.1.3), for Kannel's NACK text.
 STATUS_TEXT: dict[int, str] = {
@@ -174,7 +194,7 @@ def kannel_refused_url(target: Target, msg: Message, refusal: Refusal, now: floa
         text = STATUS_TEXT.get(refusal.status, status_name(refusal.status))
         answer = f"NACK/0x{refusal.status:08x}/{text}"
     else:
-        answer = f"NACK/{refusal.reason}"
+        answer = f"NACK/{KANNEL_REASON.get(refusal.reason, refusal.reason)}"
     kind = KANNEL_SMSC_REJECTED
     return _fill(target, target.callback_url, msg, kind, answer, refusal.carrier, "", now)
 
@@ -263,10 +283,33 @@ def jasmin_level1(target: Target, msg: Message, carrier: str, status: int) -> di
     }
 
 
+def asks_submit_answer(target: Target) -> bool:
+    """Does ``target`` ask to hear the carrier's answer to the submit (Kannel: dlr-mask
+    8, 16, or 2 which implies 16; Jasmin: dlr-level 1 or 3)?"""
+    if target.dialect == "kannel":
+        return bool(target.mask & (KANNEL_SMSC_ACCEPTED | KANNEL_SMSC_REJECTED | KANNEL_FAILED))
+    return target.dialect == "jasmin" and target.mask in (1, 3)
+
+
+def told_by_refusal(target: Target, stored: StoredMessage, report: DeliveryReport) -> bool:
+    """Is ``report`` the final state of a message no carrier accepted (no carrier
+    message id), whose refusal ``target`` was told of or, as its tool, wants nothing
+    after (Kannel: dlr-mask 16, or 2 which implies it; Jasmin: any level)?"""
+    if report.carrier_message_id or stored.carrier_message_id:
+        return False
+    if report.state == MessageState.DELETED:  # cancelled: no refusal announced it
+        return False
+    if target.dialect == "kannel":
+        return bool(target.mask & (KANNEL_SMSC_REJECTED | KANNEL_FAILED))
+    return True
+
+
 def legacy_request(
     target: Target, stored: StoredMessage, report: DeliveryReport, now: float
 ) -> Request | None:
     """(url, body, outbox kind) of the callback ``target`` asks for this receipt, or None."""
+    if told_by_refusal(target, stored, report):
+        return None
     if target.dialect == "kannel":
         url = kannel_url(target, stored, report, now)
         return None if url is None else (url, b"", "get")
@@ -291,6 +334,20 @@ def legacy_refused(target: Target, msg: Message, refusal: Refusal, now: float) -
         return None if url is None else (url, b"", "get")
     status = refusal.status or _NO_ANSWER
     return _jasmin(target, jasmin_level1(target, msg, refusal.carrier, status))
+
+
+def legacy_verdict(target: Target, verdict: Verdict, now: float) -> Request | None:
+    """The one callback ``target`` asks for a long message whose parts are answered."""
+    msg, last = verdict.message, verdict.last
+    if target.dialect == "kannel":
+        if verdict.accepted:
+            return legacy_accepted(target, msg, last.carrier, last.carrier_message_id, now)
+        refused = verdict.refused
+        refusal = refused.refusal if refused is not None else None
+        return legacy_refused(target, msg, refusal or UNANSWERED, now)
+    if last.refusal is not None:
+        return legacy_refused(target, msg, last.refusal, now)
+    return legacy_accepted(target, msg, last.carrier, last.carrier_message_id, now)
 
 
 def _jasmin(target: Target, fields: dict[str, str] | None) -> Request | None:

@@ -24,7 +24,10 @@ retried.
 
 The sink is also the router's SubmitWatch: a carrier's acceptance and a refusal before any
 carrier took a message become the Kannel (dlr-mask 8, 16) and Jasmin (dlr-level 1)
-callbacks that asked for them (smsc/legacy_dlr.py), through the same outbox.
+callbacks that asked for them (smsc/legacy_dlr.py), through the same outbox; for a long
+message, one callback once every part is answered (smsc/legacy_split.py). Those have
+nobody to answer a temporary error to: one the outbox refuses (full) or fails to keep is
+counted in ``dropped`` (``smsc_webhook_events_dropped_total``) and logged.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import logging
 import math
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -57,7 +59,14 @@ from smsc.callback_guard import CallbackGuard, CallbackRefused
 from smsc.callbacks import Callbacks
 from smsc.delivery import wants_receipt
 from smsc.http_config import WebhooksConfig
-from smsc.legacy_dlr import legacy_accepted, legacy_refused, legacy_request
+from smsc.legacy_dlr import (
+    asks_submit_answer,
+    legacy_accepted,
+    legacy_refused,
+    legacy_request,
+    legacy_verdict,
+)
+from smsc.legacy_split import Answer, SplitAnswers, Verdict
 from smsc.outbox import Outbox, OutboxEvent
 from smsc.tasks import wait_event
 from smsc.webhook_client import HttpError, WebhookClient
@@ -69,9 +78,6 @@ SIGNATURE_HEADER = "Smsc-Signature"
 BREAKER_FAILURES = 5
 #: Receiving hosts whose failures are followed, at most (callback URLs name any host).
 _MAX_HOSTS = 10_000
-#: Messages whose refusal was called back, remembered until their final report (which
-#: follows at once) at most.
-_MAX_REFUSED = 10_000
 _UDHI = int(EsmClass.UDHI)
 
 EVENT_TYPES: dict[MessageState, str] = {
@@ -175,13 +181,14 @@ class WebhookSink:
         self.wake = wake
         self.wall = wall
         self._seq = _Sequence(wall)
-        #: Events refused by a full outbox with nobody to answer a temporary error to.
+        #: Events lost with nobody to answer a temporary error to: refused by a full
+        #: outbox, or not kept by it.
         self.dropped = 0
         #: Events refused by a full outbox whose sender was told (it sends them again).
         self.refused = 0
-        #: Messages whose refusal a Kannel or Jasmin callback told (their final report
-        #: is not called back again: those tools send none after it).
-        self._told_refused: OrderedDict[str, None] = OrderedDict()
+        #: The answers to the parts of long messages sent through Kannel's or Jasmin's
+        #: endpoints, until each message has one SMSC-level callback.
+        self.splits = SplitAnswers()
 
     def report(
         self,
@@ -190,12 +197,13 @@ class WebhookSink:
         settled: SettledCallback | None = None,
     ) -> None:
         msg = stored.message
+        if self.splits:  # (long messages wait: those idle long enough are decided)
+            self.sweep()
         state = self.accounts.get(msg.account)
         hooks = state.account.webhooks if state is not None else None
         target = self.callbacks.get(msg.reported_id)
         if target is not None and target.dialect != "json":
-            told = self._told_refused.pop(msg.id, False) is None
-            request = None if told else legacy_request(target, stored, report, self.wall())
+            request = legacy_request(target, stored, report, self.wall())
             if request is None:
                 if settled is not None:
                     settled(True)
@@ -237,24 +245,47 @@ class WebhookSink:
 
     def submit_accepted(self, message: Message, carrier: str, carrier_message_id: str) -> None:
         target = self.callbacks.get(message.reported_id)
-        if target is None or target.dialect == "json":
+        if target is None or not asks_submit_answer(target):
             return
-        request = legacy_accepted(target, message, carrier, carrier_message_id, self.wall())
+        now = self.wall()
+        if message.concat is not None and message.concat.total > 1:
+            self._verdicts(message, Answer(carrier, carrier_message_id), now)
+            return
+        request = legacy_accepted(target, message, carrier, carrier_message_id, now)
         if request is not None:
-            self._put(message.account, request[0], request[1], self.wall(), None, request[2])
+            self._put(message.account, request[0], request[1], now, None, request[2])
 
     def submit_refused(self, message: Message, refusal: Refusal) -> None:
         target = self.callbacks.get(message.reported_id)
-        if target is None or target.dialect == "json":
+        if target is None or not asks_submit_answer(target):
             return
-        request = legacy_refused(target, message, refusal, self.wall())
-        if request is None:
+        now = self.wall()
+        if message.concat is not None and message.concat.total > 1:
+            self._verdicts(message, Answer(refusal.carrier, refusal=refusal), now)
             return
-        self._put(message.account, request[0], request[1], self.wall(), None, request[2])
-        told = self._told_refused
-        told[message.id] = None
-        if len(told) > _MAX_REFUSED:
-            told.popitem(last=False)
+        request = legacy_refused(target, message, refusal, now)
+        if request is not None:
+            self._put(message.account, request[0], request[1], now, None, request[2])
+
+    def _verdicts(self, part: Message, answer: Answer, now: float) -> None:
+        """Record a long message's part's answer; call back the messages it decides."""
+        self._call_back(self.splits.answer(part, answer, now), now)
+
+    def sweep(self) -> None:
+        """Call back the long messages whose parts stopped being answered (done at each
+        answer and each report while some wait; a caller with a timer may call it too)."""
+        now = self.wall()
+        self._call_back(self.splits.sweep(now), now)
+
+    def _call_back(self, verdicts: list[Verdict], now: float) -> None:
+        for verdict in verdicts:
+            msg = verdict.message
+            target = self.callbacks.get(msg.reported_id)
+            if target is None:
+                continue
+            request = legacy_verdict(target, verdict, now)
+            if request is not None:
+                self._put(msg.account, request[0], request[1], now, None, request[2])
 
     def mobile_originated(
         self, account: str, message: Message, settled: SettledCallback | None = None
@@ -310,13 +341,27 @@ class WebhookSink:
                 settled(False)
                 self.wake()  # (what waits on the sender's outcomes looks again)
             else:
-                self.dropped += 1
-                log.warning("webhook event for %s dropped: the outbox is full", account)
+                self._dropped(account, "the outbox is full")
             return False
         if settled is not None:
             done.add_done_callback(lambda f: settled(not f.cancelled() and f.result()))
+        else:  # nobody to tell: a write the outbox could not keep is counted
+            done.add_done_callback(lambda f: self._kept(f, account))
         done.add_done_callback(lambda _: self.wake())
         return True
+
+    def _kept(self, done: asyncio.Future[bool], account: str) -> None:
+        if done.cancelled() or done.exception() is not None or not done.result():
+            self._dropped(account, "the outbox could not keep it")
+
+    def _dropped(self, account: str, why: str) -> None:
+        """An event with nobody to answer a temporary error to is lost: counted, and
+        logged (the first, then every 1000th: a full outbox drops many at once)."""
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning(
+                "webhook event for %s dropped: %s (%d dropped so far)", account, why, self.dropped
+            )
 
 
 class SenderMetrics:

@@ -51,6 +51,18 @@ PUBLIC_ONLY = {"callback_networks": ["public"]}
         ("::ffff:127.0.0.1", False),  # an IPv4-mapped address is judged as IPv4
         ("::ffff:8.8.8.8", True),
         ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+        ("::7f00:1", False),  # IPv4-compatible (::/96) 127.0.0.1
+        ("::a00:1", False),  # IPv4-compatible 10.0.0.1
+        ("::808:808", True),  # IPv4-compatible 8.8.8.8
+        ("64:ff9b:1::7f00:1", False),  # local-use NAT64 (RFC 8215) of 127.0.0.1
+        ("64:ff9b:1::808:808", True),  # local-use NAT64 of 8.8.8.8
+        ("64:ff9b:1:7f00:1::", False),  # local-use NAT64 not in its /96 form: reserved
+        ("::ffff:0:7f00:1", False),  # SIIT (::ffff:0:0:0/96) of 127.0.0.1
+        ("::ffff:0:a9fe:a9fe", False),  # SIIT of the metadata service
+        ("::ffff:0:808:808", True),  # SIIT of 8.8.8.8
+        ("fec0::1", False),  # deprecated site-local (fec0::/10)
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
         ("not an address", False),
     ],
 )

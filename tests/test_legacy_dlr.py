@@ -16,6 +16,7 @@ from smsc_fixtures import DEADLINE, PASSWORD, SYSTEM_ID, profile, running_app, s
 from test_legacy_http import Http
 
 from smsc.app import App
+from smsc.http_records import part_id
 
 AUTH = f"username={SYSTEM_ID}&password={quote(PASSWORD, safe='')}"
 #: The simulated carrier refuses destinations starting 4917 for good.
@@ -32,11 +33,13 @@ def q(value: str) -> str:
     return quote(value, safe="")
 
 
-async def kannel(http: Http, receiver: Receiver, to: str, mask: int, path: str = "/dlr") -> str:
+async def kannel(
+    http: Http, receiver: Receiver, to: str, mask: int, path: str = "/dlr", text: str = "hi"
+) -> str:
     """Send one message through Kannel's sendsms asking ``mask``; our id."""
     dlr = q(receiver.url(path) + "?" + ESCAPES)
     status, text, headers = await http.get(
-        f"/cgi-bin/sendsms?{AUTH}&to={to}&from=Acme&text=hi&dlr-mask={mask}&dlr-url={dlr}"
+        f"/cgi-bin/sendsms?{AUTH}&to={to}&from=Acme&text={q(text)}&dlr-mask={mask}&dlr-url={dlr}"
     )
     assert (status, text) == (202, "0: Accepted for delivery")
     return headers["X-Smsc-Message-Id"]
@@ -250,5 +253,54 @@ def test_jasmin_level_1_names_the_carriers_refusal_and_no_level_2_follows(
                     "connector": "",
                 },
             }
+
+    run1(main())
+
+
+def test_kannel_type_8_once_for_a_long_message_when_every_part_is_accepted(
+    run1: Run, tmp_path: Path
+) -> None:
+    """A three-part message asking dlr-mask 8: one type-8 call for the whole message (as
+    Kannel's handle_split), made once the carrier accepted every part — not one per part."""
+
+    async def main() -> None:
+        async with (
+            Receiver() as receiver,
+            running_app(api_config(tmp_path)) as app,
+            Http(app) as http,
+        ):
+            message_id = await kannel(http, receiver, "447700900001", 8, text="x" * 400)
+            await receiver.wait_for(lambda: bool(receiver.taken()))
+            for n in (1, 2, 3):  # every part accepted by now
+                assert (await stored(app, part_id(message_id, n))).carrier_message_id
+            await settled(app)
+            (call,) = receiver.calls
+            assert (call.query["type"], call.query["answer"]) == ("8", "ACK/")
+            assert call.query["id"] == message_id
+
+    run1(main())
+
+
+def test_jasmin_level_2_alone_calls_nothing_for_a_message_no_carrier_took(
+    run1: Run, tmp_path: Path
+) -> None:
+    """As Jasmin: a terminal (level-2) receipt comes only from the carrier, for a message
+    it accepted; one refused at the submit gets no call at all. The one delivered after it
+    does (and shows the refused one had its chance)."""
+
+    async def main() -> None:
+        async with (
+            Receiver() as receiver,
+            running_app(api_config(tmp_path, REFUSING)) as app,
+            Http(app) as http,
+        ):
+            refused = await jasmin(http, receiver, "491700000001", 2)
+            delivered = await jasmin(http, receiver, "447700900001", 2)
+            await receiver.wait_for(lambda: bool(receiver.taken()))
+            assert (await stored(app, refused)).state.name == "REJECTED"
+            await settled(app)
+            (call,) = receiver.calls
+            assert fields(call)["id"] == delivered
+            assert fields(call)["message_status"] == "DELIVRD"
 
     run1(main())

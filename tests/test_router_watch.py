@@ -13,7 +13,15 @@ import msgspec
 from loops import Run
 from router_parts import T0, Parts, Sink, carrier, message, open_store, router_config
 
-from router.model import Accepted, DeliveryReport, Message, Refusal, Rejected, StoredMessage
+from router.model import (
+    Accepted,
+    Concat,
+    DeliveryReport,
+    Message,
+    Refusal,
+    Rejected,
+    StoredMessage,
+)
 from router.ports import SettledCallback
 from smppcore.constants import MessageState
 
@@ -124,5 +132,50 @@ def test_a_message_a_carrier_accepted_is_never_refused_by_its_receipt_deadline(
             parts.receipts.tick(T0 + 10 * 86_400)  # long past any receipt_timeout
             await sink.wait_for(1)
             assert [entry[0] for entry in sink.log] == ["accepted", "report"]
+
+    run(main())
+
+
+def test_a_receipt_deadline_reports_the_message_with_its_carriers_id(
+    run: Run, tmp_path: Path
+) -> None:
+    """The sink tells a message a carrier accepted from one refused before any did by the
+    carrier's id alone (Kannel's type 2 after a type 16, smsc/legacy_dlr.py): the report
+    of an overdue receipt carries it."""
+
+    async def main() -> None:
+        sink = Log()
+        async with open_store(tmp_path) as store:
+            parts = Parts(router_config(carrier("uk")), store, sink, wall=T0)
+            parts.dispatcher.outcome(sent(), time.monotonic(), Accepted("uk", "C1"))
+            parts.receipts.tick(T0 + 10 * 86_400)
+            await sink.wait_for(1)
+            ((stored, report),) = sink.reports
+            assert "C1" in (stored.carrier_message_id, report.carrier_message_id)
+
+    run(main())
+
+
+def test_a_part_withdrawn_when_its_long_message_fails_is_reported_with_its_carriers_id(
+    run: Run, tmp_path: Path
+) -> None:
+    """Part 1 accepted by the pinned carrier (as C1), part 2 refused by it for good: the
+    long message fails whole; part 1 is withdrawn and reported with C1 (it reached a
+    carrier: no refusal was told for it), part 2 as refused."""
+
+    async def main() -> None:
+        sink = Log()
+        async with open_store(tmp_path) as store:
+            parts = Parts(router_config(carrier("uk")), store, sink, wall=T0)
+            watched(parts, sink)
+            one = sent("m1", concat=Concat("shop:1", 2, 1))
+            two = sent("m1-2", concat=Concat("shop:1", 2, 2))
+            parts.dispatcher.pins.pin(one, "uk", T0)
+            parts.dispatcher.outcome(one, time.monotonic(), Accepted("uk", "C1"))
+            parts.dispatcher.outcome(two, time.monotonic(), Rejected("uk", 0x0B, False))
+            reported = {stored.message.id: stored for stored, _ in sink.reports}
+            assert reported["m1"].carrier_message_id == "C1"
+            assert reported["m1-2"].carrier_message_id == ""
+            assert [e[0] for e in sink.log if e[1] == "m1"] == ["accepted", "report"]
 
     run(main())
