@@ -40,7 +40,7 @@ from smppcore.segment import split, split_bytes
 from smsc.accounts import AccountState
 from smsc.apikeys import Authenticator, basic_credentials, bearer
 from smsc.callback_guard import DEFAULT_NETWORKS, CallbackGuard, CallbackRefused
-from smsc.callbacks import NO_TARGET, Callbacks, Target
+from smsc.callbacks import NO_TARGET, VIA_API, Callbacks, Target
 from smsc.http_config import HttpApiConfig, check_url
 from smsc.http_metrics import HttpCounters
 from smsc.http_openapi import SPEC
@@ -515,6 +515,7 @@ class HttpApi:
                             schedule_at=schedule_at,
                             expires_at=expires_at,
                             concat=Concat(group, len(parts), seq) if len(parts) > 1 else None,
+                            via=VIA_API,
                         )
                     )
                 except InvalidMessage as exc:
