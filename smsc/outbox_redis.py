@@ -26,7 +26,9 @@ one round trip for a batch). Every pipeline has ``timeout`` seconds. Redis away:
 resolves False (the carrier is answered a temporary error and sends its receipt again),
 the sender reads nothing and tries again, an outcome not written leaves the event claimed
 until its lease ends (then it is POSTed again: at least once, never lost); the failures
-endpoints answer 503.
+endpoints answer 503. A node that stops cleanly gives back the events whose POSTs it
+cancelled (:meth:`RedisOutbox.give_back`, before the outbox closes): another node sends
+them at once, not once the claim lapses.
 """
 
 from __future__ import annotations
