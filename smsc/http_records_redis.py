@@ -202,8 +202,8 @@ class RedisRecords:
         done = await self._read("SET", self.answer_key(account, key), packed, "NX", "PX", ttl_ms)
         return done is not None
 
-    def release(self, account: str, key: str) -> None:
-        self._write("a reservation's release", [("DEL", self.answer_key(account, key))])
+    def release(self, account: str, key: str) -> asyncio.Future[bool] | None:
+        return self._write("a reservation's release", [("DEL", self.answer_key(account, key))])
 
     def remember(
         self, account: str, key: str, answer: Answer, now: float

@@ -6,8 +6,10 @@ in the API's records (smsc/http_records.py); in a cluster a key is first reserve
 
 When the answer cannot be written (Redis backed up or away) the key must still send once:
 
-- nothing was sent (a 4xx answer): the reservation is released (a request with the key
-  again is answered again, the same way);
+- nothing was sent (a 4xx answer; a 5xx or 429 is never remembered): the reservation is
+  released (a request with the key again is answered again); a release that cannot be
+  written is written again the same way as an answer (below), else the key would answer
+  409 until the reservation lapses;
 - something was sent (2xx): the reservation is kept (the other nodes answer 409), this node
   replays the answer from memory, and the answer is written again every ``retry_every``
   seconds until it is, as long as the reservation holds (``hold``: it lapses then, and a
@@ -65,7 +67,9 @@ class Idempotency:
         #: (account, key) of requests being answered here now.
         self._busy: set[tuple[str, str]] = set()
         #: Answers of sends not written yet (in a cluster), and when they were given.
-        self._unwritten: OrderedDict[tuple[str, str], tuple[Answer, float]] = OrderedDict()
+        #: (None: the reservation's release.)
+        self._unwritten: OrderedDict[tuple[str, str], tuple[Answer | None, float]] = OrderedDict()
+        self._stopped = False
         self._wake = asyncio.Event()
         #: Set when no answer waits to be written.
         self._written = asyncio.Event()
@@ -106,11 +110,11 @@ class Idempotency:
                 status, response, headers = await answer()
             except BaseException:
                 if shared:
-                    self.records.release(account, key)
+                    self._release(mark, now)
                 raise
             if status >= 500 or status == 429:  # a temporary refusal is not remembered
                 if shared:
-                    self.records.release(account, key)
+                    await self._release(mark, now)
             else:
                 given = Answer(digest, status, response)
                 done = self.records.remember(account, key, given, now)
@@ -127,11 +131,36 @@ class Idempotency:
             return None
         return kept[0]
 
+    def _release(self, mark: tuple[str, str], now: float) -> asyncio.Future[None]:
+        """Release ``mark``'s reservation; written again later when it cannot be now. The
+        future: done once the release's outcome is known (within two pipelines' time)."""
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done = self.records.release(*mark)
+
+        def outcome(done: asyncio.Future[bool] | None) -> None:
+            if done is None or done.cancelled() or not done.result():
+                self._again(mark, None, now)
+            if not ended.done():
+                ended.set_result(None)
+
+        if done is None:
+            outcome(None)
+        else:
+            done.add_done_callback(outcome)
+        return ended
+
     def _not_written(self, mark: tuple[str, str], given: Answer, now: float) -> None:
         if given.status >= 300:  # nothing was sent: asked again, answered again
-            self.records.release(*mark)
+            self._release(mark, now)
             return
         log.warning("idempotency: the answer to a key not written: written again")
+        self._again(mark, given, now)
+
+    def _again(self, mark: tuple[str, str], given: Answer | None, now: float) -> None:
+        """Write ``given`` (None: the release) of ``mark`` again, until it is written."""
+        if self._stopped:
+            log.error("idempotency: a key's answer or release not written at the stop")
+            return
         self._unwritten[mark] = (given, now)
         self._written.clear()
         if len(self._unwritten) > self.limit:
@@ -148,14 +177,18 @@ class Idempotency:
             now = self.wall()
             pending: list[tuple[tuple[str, str], asyncio.Future[bool]]] = []
             for mark, (given, at) in list(self._unwritten.items()):
-                if at + self.hold <= now:
+                if at + self.hold <= now:  # (the reservation lapsed: nothing to release)
                     del self._unwritten[mark]
-                    log.error(
-                        "idempotency: an answer not written before its key's reservation "
-                        "lapsed: a request with that key again would send again"
-                    )
+                    if given is not None:
+                        log.error(
+                            "idempotency: an answer not written before its key's reservation "
+                            "lapsed: a request with that key again would send again"
+                        )
                     continue
-                done = self.records.remember(*mark, given, at)
+                if given is None:
+                    done = self.records.release(*mark)
+                else:
+                    done = self.records.remember(*mark, given, at)
                 if done is not None:
                     pending.append((mark, done))
             for mark, done in pending:
@@ -166,7 +199,9 @@ class Idempotency:
                 self._written.set()
 
     async def stop(self, timeout: float) -> None:
-        """Let the answers not written be written (at most ``timeout``), then stop."""
+        """Let the answers (and releases) not written be written (at most ``timeout``),
+        then stop."""
+        self._stopped = True
         if self._writer is not None:
             await wait_event(self._written, timeout)
             await stop_tasks([self._writer], timeout, "idempotency")

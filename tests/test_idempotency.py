@@ -2,7 +2,8 @@
 records (a real redis-server; two Idempotency objects on clients of their own are two
 nodes): a key sends once; when its answer cannot be written (Redis holding writes back),
 the node that sent keeps the reservation, replays the answer itself, and writes it once
-Redis takes writes again: then the other node replays it too, and nothing is sent twice."""
+Redis takes writes again: then the other node replays it too, and nothing is sent twice; a
+refusal for now releases the key, once Redis takes writes again if not at once."""
 
 from __future__ import annotations
 
@@ -92,6 +93,31 @@ def test_an_answer_not_written_keeps_the_key_and_is_written_once_redis_takes_wri
                 assert a.unwritten == 0
                 on_b = await b.send("acme", "k-1", BODY, sends)  # not 409: replayed
                 assert on_b == (202, first[1], {"Idempotent-Replayed": "true"})
+                assert sends.count == 1
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+            await admin.aclose()
+
+    run(main())
+
+
+def test_a_refusal_for_now_releases_the_key_even_once_redis_takes_writes_again(
+    run: Run,
+    redis_url: str,  # noqa: F811
+) -> None:
+    async def main() -> None:
+        admin = aioredis.Redis.from_url(redis_url)
+        try:
+            async with nodes(redis_url, 2) as (a, b):
+                refused = Sends(status=503)  # nothing sent: not remembered
+                refused.then = admin
+                assert (await a.send("acme", "k-1", BODY, refused))[0] == 503
+                assert a.unwritten == 1  # the release: not written yet
+                await admin.execute_command("CLIENT", "UNPAUSE")
+                await a.stop(DEADLINE)
+                assert a.unwritten == 0
+                sends = Sends()
+                assert (await b.send("acme", "k-1", BODY, sends))[0] == 202  # not 409
                 assert sends.count == 1
         finally:
             await admin.execute_command("CLIENT", "UNPAUSE")
