@@ -138,7 +138,7 @@ class Serve:
     """One ``smsc serve`` process on a copy of the bench configuration."""
 
     def __init__(self, tmp: Path, name: str, carrier_port: int, cluster: dict[str, Any] | None,
-                 node_id: int | None) -> None:  # fmt: skip
+                 node_id: int | None, http_api: bool = False) -> None:  # fmt: skip
         where = tmp / name
         where.mkdir()
         data = procs.serve_config(carrier_port, where / "smsc.db")
@@ -147,6 +147,8 @@ class Serve:
         if cluster is not None:
             data["cluster"] = cluster
             data["node_id"] = node_id
+        if http_api:  # (its reports' target lookup in front of the SMPP delivery)
+            data["http_api"] = {"host": "127.0.0.1", "port": procs.free_port()}
         self.metrics_port = procs.free_port()
         data["metrics"] = {"port": self.metrics_port}
         self.proc, self.port = procs.start_serve(data, where)
@@ -322,7 +324,7 @@ def show(label: str, x: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def nodes(tmp: Path, label: str, carrier_port: int, redis_url: str | None, n: int,
-          heartbeat: float) -> Iterator[list[Serve]]:  # fmt: skip
+          heartbeat: float, http_api: bool = False) -> Iterator[list[Serve]]:  # fmt: skip
     """``n`` serve processes; stopped (all of them) on the way out, on error too."""
     cluster = (
         {"redis": redis_url, "heartbeat": heartbeat, "lease": heartbeat * 6} if redis_url else None
@@ -330,9 +332,8 @@ def nodes(tmp: Path, label: str, carrier_port: int, redis_url: str | None, n: in
     started: list[Serve] = []
     try:
         for i in range(n):
-            started.append(
-                Serve(tmp, f"{label}-{i + 1}", carrier_port, cluster, i + 1 if cluster else None)
-            )
+            node_id = i + 1 if cluster else None
+            started.append(Serve(tmp, f"{label}-{i + 1}", carrier_port, cluster, node_id, http_api))
         wait_binds(started, CARRIER_BINDS // n)
         yield started
     finally:
@@ -366,6 +367,9 @@ def main() -> int:
                         default="everysec", help="Redis AOF (off: no persistence)")  # fmt: skip
     parser.add_argument("--heartbeat", type=float, default=0.5, help="cluster.heartbeat (s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three runs")
+    parser.add_argument("--http-api", action="store_true",
+                        help="the nodes with http_api on (the SMPP load's receipts pass the"
+                        " cluster's target lookup)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds = 3.0, 1
@@ -407,7 +411,9 @@ def main() -> int:
                     redis.Redis.from_url(url).flushall()
                 where = tmp / f"round{r + 1}"
                 where.mkdir(exist_ok=True)
-                with nodes(where, key, carrier_port, url, n, args.heartbeat) as serves:
+                with nodes(
+                    where, key, carrier_port, url, n, args.heartbeat, args.http_api
+                ) as serves:
                     pids = {f"node{i + 1}": s.proc.pid for i, s in enumerate(serves)}
                     pids.update(base)
                     if url:

@@ -65,6 +65,10 @@ class Message(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     client_id: str = ""
     """The id the client was given, when it differs from ``id`` (each destination of a
     submit_multi is its own message; the client knows them all by one id)."""
+    via: str = ""
+    """Where it came in: "" over SMPP (or the admin API), "http" through the application
+    HTTP API (its JSON, Kannel and Jasmin endpoints): only those may carry a callback
+    target (in a cluster, only their reports look for one in the shared records)."""
 
     @property
     def reported_id(self) -> str:

@@ -33,6 +33,10 @@ class Target(msgspec.Struct, frozen=True):
 #: nothing needs no read of the shared records when its receipt comes.
 NO_TARGET = Target(None, None)
 
+#: The ``via`` of the messages the HTTP API creates (router.model.Message): only those may
+#: have a target.
+VIA_API = "http"
+
 
 class Callbacks:
     """Callback URL and reference of messages sent through the HTTP API, by id (its

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import logging
 import re
 import time
@@ -40,12 +39,13 @@ from smppcore.segment import split, split_bytes
 from smsc.accounts import AccountState
 from smsc.apikeys import Authenticator, basic_credentials, bearer
 from smsc.callback_guard import DEFAULT_NETWORKS, CallbackGuard, CallbackRefused
-from smsc.callbacks import NO_TARGET, Callbacks, Target
+from smsc.callbacks import NO_TARGET, VIA_API, Callbacks, Target
 from smsc.http_config import HttpApiConfig, check_url
 from smsc.http_metrics import HttpCounters
 from smsc.http_openapi import SPEC
-from smsc.http_records import Answer, HttpRecords, RecordsUnavailable, SentMessage, part_id
+from smsc.http_records import HttpRecords, RecordsUnavailable, SentMessage, part_id
 from smsc.http_times import instant, validity_end
+from smsc.idempotency import Idempotency, KeyInUse, KeyReused
 from smsc.messages import InvalidMessage, admit, build_message, retry_after
 from smsc.outbox import Outbox, OutboxEvent
 
@@ -220,8 +220,14 @@ class HttpApi:
         self.counters = counters if counters is not None else HttpCounters()
         self._active = 0
         self._ref = 0
-        #: (account, Idempotency-Key) of requests being answered now.
-        self._busy_keys: set[tuple[str, str]] = set()
+        #: Requests with an Idempotency-Key: answered once (smsc/idempotency.py).
+        self.idempotency = Idempotency(
+            records,
+            ttl=config.idempotency_ttl,
+            # (the reservation's: the longest a send may take, and a margin; http_node.py)
+            hold=router.config.intake.max_wait + 60.0,
+            wall=wall,
+        )
         app = web.Application(client_max_size=config.max_body, middlewares=[self._front])
         #: The aiohttp application (more routes may be added before start: legacy_http).
         self.web_app = app
@@ -249,6 +255,7 @@ class HttpApi:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+        await self.idempotency.stop(1.0)
 
     # --- middlewares ------------------------------------------------------------------
 
@@ -344,58 +351,17 @@ class HttpApi:
             )
         if not 1 <= len(key) <= 255:
             raise invalid("Idempotency-Key", "1 to 255 characters", 400)
-        digest = hashlib.sha256(raw).hexdigest()
-        now = self.wall()
-        mark = (state.system_id, key)
-        if mark in self._busy_keys:
-            raise Problem(
-                409, "In progress", "a request with this Idempotency-Key is being answered"
-            )
-        self._busy_keys.add(mark)
         try:
-            known = await self.records.answer(
-                state.system_id, key, now - self.config.idempotency_ttl
+            status, body, headers = await self.idempotency.send(
+                state.system_id, key, raw, partial(self._send, state, raw)
             )
-            if known is not None:
-                if known.body_hash != digest:
-                    raise Problem(
-                        422,
-                        "Idempotency key reused",
-                        "this Idempotency-Key was used with another body",
-                        field="Idempotency-Key",
-                    )
-                return web.Response(
-                    body=known.response,
-                    status=known.status,
-                    content_type=_type(known.status),
-                    headers={"Idempotent-Replayed": "true"},
-                )
-            shared = self.records.shared
-            if shared and not await self.records.reserve(state.system_id, key, now):
-                raise Problem(
-                    409,
-                    "In progress",
-                    "a request with this Idempotency-Key is being answered (or just was)",
-                )
-            try:
-                status, body, headers = await self._send(state, raw)
-            except BaseException:
-                if shared:
-                    self.records.release(state.system_id, key)
-                raise
-            if status < 500 and status != 429:  # a temporary refusal is not remembered
-                done = self.records.remember(
-                    state.system_id, key, Answer(digest, status, body), now
-                )
-                if done is not None:
-                    await done
-            elif shared:
-                self.records.release(state.system_id, key)
-            return web.Response(
-                body=body, status=status, content_type=_type(status), headers=headers
-            )
-        finally:
-            self._busy_keys.discard(mark)
+        except KeyInUse as exc:
+            raise Problem(409, "In progress", str(exc)) from None
+        except KeyReused as exc:
+            raise Problem(
+                422, "Idempotency key reused", str(exc), field="Idempotency-Key"
+            ) from None
+        return web.Response(body=body, status=status, content_type=_type(status), headers=headers)
 
     async def _send(self, state: AccountState, raw: bytes) -> tuple[int, bytes, dict[str, str]]:
         """Answer a send: (status, body, headers)."""
@@ -515,6 +481,7 @@ class HttpApi:
                             schedule_at=schedule_at,
                             expires_at=expires_at,
                             concat=Concat(group, len(parts), seq) if len(parts) > 1 else None,
+                            via=VIA_API,
                         )
                     )
                 except InvalidMessage as exc:

@@ -83,9 +83,11 @@ class HttpNode:
         #: In a cluster: the one Redis client of the records (and the outbox); closed here.
         self.redis: aioredis.Redis | None = None
         self.records: HttpRecords
+        #: In a cluster: the same records, where a report's target is read.
+        self._shared: RedisRecords | None = None
         if config.cluster.enabled:
             self.redis = _redis_client(config.cluster)
-            self.records = RedisRecords(
+            self.records = self._shared = RedisRecords(
                 self.redis,
                 prefix=config.cluster.key_prefix,
                 retention=config.router.store.keep_days * 86_400,
@@ -161,17 +163,18 @@ class HttpNode:
         self._sink = WebhookSink(
             inner, accounts, self.outbox, self.callbacks, wake=self.sender.wake, wall=self.wall
         )
-        if self.records.shared and self.config.http_api is not None:
+        if self._shared is not None and self.config.http_api is not None:
             # In a cluster a message may have been sent through another node's API.
             self._lookup = TargetLookup(
-                self._sink, self.callbacks, self._target, timeout=self.config.cluster.timeout
+                self._sink, self.callbacks, self._targets, timeout=self.config.cluster.timeout
             )
             return self._lookup
         return self._sink
 
-    async def _target(self, message_id: str) -> Target | None:
-        sent = await self.records.get(message_id)
-        return None if sent is None else sent.target
+    async def _targets(self, message_ids: list[str]) -> list[Target | None]:
+        assert self._shared is not None
+        found = await self._shared.get_many(message_ids)
+        return [None if sent is None else sent.target for sent in found]
 
     async def start(
         self, server: Server, router: Router, registry: CollectorRegistry | None = None
@@ -224,11 +227,13 @@ class HttpNode:
             self._purger = None
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout
-        if self._lookup is not None:  # the router's last reports into the outbox
-            await self._lookup.stop(max(0.05, until - loop.time()))
-        if self.sender is not None:
-            await self.sender.stop()
-        await self.outbox.close(max(0.05, until - loop.time()))
-        await self.records.close(max(0.05, until - loop.time()))
-        if self.redis is not None:
-            await self.redis.aclose()
+        try:
+            if self._lookup is not None:  # the router's last reports into the outbox
+                await self._lookup.stop(max(0.05, until - loop.time()))
+            if self.sender is not None:
+                await self.sender.stop()
+            await self.outbox.close(max(0.05, until - loop.time()))
+            await self.records.close(max(0.05, until - loop.time()))
+        finally:  # (open connections would hold up the loop's close: uvloop)
+            if self.redis is not None:
+                await self.redis.aclose()

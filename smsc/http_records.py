@@ -132,8 +132,10 @@ class HttpRecords(Protocol):
         answered, or was (RecordsUnavailable)."""
         ...
 
-    def release(self, account: str, key: str) -> None:
-        """Undo :meth:`reserve` (the request was refused for now: no answer remembered)."""
+    def release(self, account: str, key: str) -> asyncio.Future[bool] | None:
+        """Undo :meth:`reserve` (the request was refused for now: no answer remembered);
+        the future says True once done. None: refused (writes backed up), or nothing to
+        undo (a node alone)."""
         ...
 
     def purge(self, before_messages: float, before_answers: float) -> None:
@@ -236,8 +238,8 @@ class SqliteRecords:
     async def reserve(self, account: str, key: str, now: float) -> bool:
         return True  # (a node alone: HttpApi knows the requests being answered)
 
-    def release(self, account: str, key: str) -> None:
-        pass
+    def release(self, account: str, key: str) -> asyncio.Future[bool] | None:
+        return None
 
     def purge(self, before_messages: float, before_answers: float) -> None:
         rows = [(before_messages,)]

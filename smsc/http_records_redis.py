@@ -17,7 +17,8 @@ Redis Cluster):
   ``idempotency_ttl``: one node sends, the others answer 409 meanwhile, replay it after.
 
 Commands: an add is one pipeline (one round trip) of 3 + 1 per message (SET per message,
-ZADD of all, ZREMRANGEBYSCORE, PEXPIRE); a request with an Idempotency-Key three (GET,
+ZADD of all, ZREMRANGEBYSCORE, PEXPIRE); the targets of the reports of a turn of the loop one
+pipeline (GET per message: :meth:`get_many`); a request with an Idempotency-Key three (GET,
 ``SET NX PX``, ``SET PX``); reads one command each. Every call has ``timeout`` seconds;
 Redis away: writes resolve False (the API answers 503 and submits nothing), reads raise
 RecordsUnavailable (503)."""
@@ -134,6 +135,18 @@ class RedisRecords:
         raw = await self._read("GET", self.message_key(message_id))
         return None if raw is None else _decode_sent(raw)
 
+    async def get_many(self, message_ids: list[str]) -> list[SentMessage | None]:
+        """The records of ``message_ids`` (None: not found), in one round trip."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for message_id in message_ids:
+                        pipe.get(self.message_key(message_id))
+                    raws = await pipe.execute()
+        except _FAILURES as exc:
+            raise RecordsUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+        return [None if raw is None else _decode_sent(raw) for raw in raws]
+
     async def page(
         self,
         account: str,
@@ -189,8 +202,8 @@ class RedisRecords:
         done = await self._read("SET", self.answer_key(account, key), packed, "NX", "PX", ttl_ms)
         return done is not None
 
-    def release(self, account: str, key: str) -> None:
-        self._write("a reservation's release", [("DEL", self.answer_key(account, key))])
+    def release(self, account: str, key: str) -> asyncio.Future[bool] | None:
+        return self._write("a reservation's release", [("DEL", self.answer_key(account, key))])
 
     def remember(
         self, account: str, key: str, answer: Answer, now: float

@@ -77,6 +77,7 @@ def build_message(
     payload_tlv: bool = False,
     client_id: str = "",
     concat: Concat | None = None,
+    via: str = "",
 ) -> Message:
     """The router's Message for one submit (``now``: wall clock, Unix seconds). The
     long message it belongs to is read from its UDH or SAR TLVs unless ``concat`` is
@@ -113,6 +114,7 @@ def build_message(
         schedule_at=schedule_at,
         expires_at=expires_at,
         payload_tlv=payload_tlv,
+        via=via,
     )
 
 

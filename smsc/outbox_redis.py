@@ -26,7 +26,9 @@ one round trip for a batch). Every pipeline has ``timeout`` seconds. Redis away:
 resolves False (the carrier is answered a temporary error and sends its receipt again),
 the sender reads nothing and tries again, an outcome not written leaves the event claimed
 until its lease ends (then it is POSTed again: at least once, never lost); the failures
-endpoints answer 503.
+endpoints answer 503. A node that stops cleanly gives back the events whose POSTs it
+cancelled (:meth:`RedisOutbox.give_back`, before the outbox closes): another node sends
+them at once, not once the claim lapses.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ elseif op == 'dead' then
   redis.call('ZADD', tag .. ':dead:' .. f[3], id, id)
 elseif op == 'back' then
   local score = redis.call('ZSCORE', KEYS[1], member)
-  if score and tonumber(score) > tonumber(ARGV[4]) then
+  if score and tonumber(score) == tonumber(ARGV[4]) then
     redis.call('ZADD', KEYS[1], f[5], member)
   end
 end
@@ -206,8 +208,6 @@ class RedisOutbox:
         self._out: dict[int, tuple[str, float]] = {}
         self._out_by_host: dict[str, int] = {}
         self._waiting = 0
-        #: The ``now`` of the last :meth:`due` (events given back were claimed then).
-        self._claimed_at = 0.0
         self._down = False
 
     @property
@@ -327,7 +327,6 @@ class RedisOutbox:
             self._failure("reading the due events", exc)
             return []
         self._waiting = int(found[0])
-        self._claimed_at = now
         events = []
         for row in found[1:]:
             event = _event(row[:9])
@@ -351,9 +350,13 @@ class RedisOutbox:
                 del self._out_by_host[host]
 
     def give_back(self, events: list[OutboxEvent]) -> None:
-        for event in events:  # (claimed by this node since the last due: it is theirs)
+        """Each event due again at once (its next attempt), if this node's claim on it
+        still holds (its score is that claim's end: another node's claim is left alone)."""
+        for event in events:
+            out = self._out.get(event.id)
             self._settled(event.id)
-            self._later("an event given back", "back", event.id, repr(self._claimed_at))
+            if out is not None:
+                self._later("an event given back", "back", event.id, repr(out[1]))
 
     def take_next(self, host: str, skip: Collection[int]) -> OutboxEvent | None:
         """None: every event is claimed through :meth:`due` (one read for a batch)."""

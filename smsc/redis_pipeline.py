@@ -4,8 +4,11 @@ call sees every call queued before it (one pipeline in flight, on one connection
 time). For the many small writes of the HTTP API's records and the webhook outbox in a
 cluster: a Redis call costs a round trip and ~50 µs of Python; a batch of them, one.
 
-Scripts are called by their SHA (``EVALSHA``); a call that finds its script missing (Redis
-restarted) loads it and is sent again (it did not run). Bounded: past ``limit`` queued
+Scripts are called by their SHA (``EVALSHA``); when a call finds its script missing (Redis
+restarted) the scripts are loaded and, when none of the calls from that one on ran (each
+found its script missing), those calls are sent again in order; when one after it ran (a
+plain command), the calls that did not run fail (NoScriptError) rather than run after
+it: calls never apply out of the order they were queued in. Bounded: past ``limit`` queued
 calls :meth:`Serial.call` refuses (None). Each pipeline has ``timeout`` seconds; when it
 fails, every call in it fails (its future raises) — a call may have run or not."""
 
@@ -95,13 +98,19 @@ class Serial:
         try:
             async with asyncio.timeout(self.timeout):
                 replies = await self._pipeline([command for command, _ in batch])
-                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-                if missing:  # Redis lost its scripts (restarted): they did not run
+                first = next(
+                    (i for i, r in enumerate(replies) if isinstance(r, NoScriptError)), None
+                )
+                if first is not None:  # Redis lost its scripts (restarted)
                     for source in self._scripts.values():
                         await self.redis.script_load(source)
-                    again = await self._pipeline([batch[i][0] for i in missing])
-                    for i, reply in zip(missing, again, strict=True):
-                        replies[i] = reply
+                    if all(isinstance(r, NoScriptError) for r in replies[first:]):
+                        # None of the calls from there on ran: sent again, in order.
+                        replies[first:] = await self._pipeline(
+                            [command for command, _ in batch[first:]]
+                        )
+                    # Else a call after one that did not run ran: those that did not run
+                    # fail (sent again now, they would run after it: out of order).
         except asyncio.CancelledError:
             for _, done in batch:
                 done.cancel()

@@ -399,6 +399,8 @@ class WebhookSender:
         self._loop_task: asyncio.Task[None] | None = None
         self._client: WebhookClient | None = None
         self._settled = asyncio.Event()
+        #: Events whose POST was cancelled (stop): given back.
+        self._cancelled: list[OutboxEvent] = []
         #: Events settled while the outbox is being read: that read may show them as
         #: they were (due), so they are not spawned from it again.
         self._recent: set[int] = set()
@@ -434,10 +436,15 @@ class WebhookSender:
         self._settled.set()
 
     async def stop(self) -> None:
+        """Cancel the POSTs on their way and give their events back to the outbox (in a
+        cluster another node sends them at once, not once this node's claim lapses)."""
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._cancelled:
+            self.outbox.give_back(self._cancelled)
+            self._cancelled = []
         if self._client is not None:
             await self._client.close()
 
@@ -552,6 +559,9 @@ class WebhookSender:
                     break
                 self._inflight[following.id] = host
                 event = following
+        except asyncio.CancelledError:
+            self._cancelled.append(event)  # (not settled: settling is never awaited)
+            raise
         finally:
             self._inflight.pop(event.id, None)
             n = self._by_host.get(host, 1) - 1

@@ -347,6 +347,44 @@ def test_an_event_a_dead_node_was_posting_is_posted_by_the_other_after_its_lease
     run1(main())
 
 
+def test_a_node_that_stops_cleanly_gives_back_the_event_it_was_posting_at_once(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Its claim would hold the event for webhooks.timeout + cluster.lease (32 s here,
+    past the test's deadline): given back at the stop, the other node POSTs it now."""
+
+    async def main() -> None:
+        slow = {"webhooks": {"timeout": 30.0}}
+        async with StuckThenAnswering() as receiver, AsyncExitStack() as a_running:
+            a = await a_running.enter_async_context(
+                running_app(node_config(tmp_path, redis_url, 1, **slow))
+            )
+            async with running_app(node_config(tmp_path, redis_url, 2, **slow), wait_for=[]) as b:
+                async with Client(a.api_port) as on_a:
+                    reply = await on_a.post(
+                        "/v1/messages",
+                        json_body={
+                            "to": "447700900001",
+                            "text": "hi",
+                            "callback_url": receiver.url,
+                        },
+                    )
+                assert reply.status == 202, reply
+                await receiver.until(lambda: receiver.stuck >= 1)  # A is POSTing it
+                await a_running.aclose()  # A stops cleanly mid-POST
+                receiver.answer()
+                sender = b.web.sender
+                assert sender is not None
+                assert await sender.wait_for(lambda: bool(sender.metrics.outcomes), DEADLINE)
+                assert sender.metrics.outcomes == {("acme", "delivered"): 1}  # POSTed by B
+                [body] = receiver.bodies
+                assert reply.body["messages"][0]["id"].encode() in body
+
+    run1(main())
+
+
 def test_with_redis_away_the_api_answers_503_and_loses_nothing_it_acknowledged(
     run1: Run, tmp_path: Path
 ) -> None:

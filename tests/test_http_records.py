@@ -195,6 +195,23 @@ def test_redis_expires_answers_and_trims_an_accounts_list_to_the_retention(
     run(main())
 
 
+def test_redis_reads_the_records_of_many_messages_in_one_round_trip(
+    run: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with opened(redis_url, tmp_path) as records:
+            assert isinstance(records, RedisRecords)
+            hook = Target("http://hooks.example/cb", "order-7")
+            await added(records, [sent(1, target=hook), sent(2)])
+            found = await records.get_many([sent(2).id, "nobody", sent(1).id])
+            assert found == [sent(2), None, sent(1, target=hook)]
+            assert await records.get_many([]) == []
+
+    run(main())
+
+
 def test_redis_away_refuses_writes_and_reads_name_it(run: Run, tmp_path: Path) -> None:
     async def main() -> None:
         with socket.socket() as s:  # a port nobody listens on
@@ -208,5 +225,8 @@ def test_redis_away_refuses_writes_and_reads_name_it(run: Run, tmp_path: Path) -
                 await records.get(sent(1).id)
             with pytest.raises(RecordsUnavailable):
                 await records.answer("acme", "k-1", T0)
+            assert isinstance(records, RedisRecords)
+            with pytest.raises(RecordsUnavailable):
+                await records.get_many([sent(1).id])
 
     run(main())

@@ -193,6 +193,30 @@ def test_an_event_is_handed_to_one_node_at_a_time_and_a_dead_nodes_after_its_lea
     run(main())
 
 
+def test_an_event_given_back_goes_to_another_node_at_once_unless_it_holds_it_since(
+    run: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with outboxes(redis_url, tmp_path) as make:
+            first, second, third = await make(), await make(), await make()
+            await put(first)
+            await put(first, B)
+            to_a, to_b = await first.due(NOW, 10, set())
+            first.give_back([to_a])  # (a stop: its POST cancelled)
+            assert [e.id for e in await second.due(NOW + 1, 10, set())] == [to_a.id]
+            second.delivered(to_a.id)
+            # first's claim on to_b lapses; second takes it; first's late give-back of it
+            # leaves second's claim alone
+            [taken] = await second.due(NOW + LEASE + 1, 10, set())
+            assert taken.id == to_b.id
+            first.give_back([to_b])
+            assert await third.due(NOW + LEASE + 2, 10, set()) == []
+
+    run(main())
+
+
 def test_dead_letters_of_one_node_are_sent_again_from_another(
     run: Run,
     redis_url: str,  # noqa: F811

@@ -9,12 +9,13 @@ import socket
 import pytest
 import redis.asyncio as aioredis
 from loops import Run
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from smsc.redis_pipeline import Serial
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+SET = "return redis.call('SET', KEYS[1], ARGV[1])"
 
 
 def test_calls_queued_together_go_in_one_pipeline_and_answer_in_order(
@@ -56,6 +57,43 @@ def test_a_script_redis_lost_is_loaded_again_and_runs_once(
             again = serial.script(INCR_BY, ["n"], 1)
             assert again is not None
             assert await again == 2
+        finally:
+            await serial.close(2.0)
+            await client.aclose()
+
+    run(main())
+
+
+def test_calls_redis_lost_the_scripts_of_never_run_after_one_queued_later(
+    run: Run,
+    redis_url: str,  # noqa: F811
+) -> None:
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        serial = Serial(client, scripts=(SET, INCR_BY))
+        serial.start()
+        try:
+            warm = serial.script(SET, ["k"], "x")
+            assert warm is not None
+            assert await warm == b"OK"
+            await client.script_flush()  # as after a restart
+            # One pipeline: a script (missing: not run), then a plain command (runs).
+            scripted = serial.script(SET, ["k"], "first")
+            plain = serial.call("APPEND", "k", "-then")
+            assert scripted is not None
+            assert plain is not None
+            with pytest.raises(NoScriptError):
+                await scripted  # (sent again, it would overwrite what came after it)
+            assert await plain == len(b"x-then")
+            assert await client.get("k") == b"x-then"
+            # Both queued again together, all scripts: in order, once each.
+            first = serial.script(SET, ["k"], "a")
+            await client.script_flush()
+            second = serial.script(INCR_BY, ["n"], 5)
+            assert first is not None
+            assert second is not None
+            assert (await first, await second) == (b"OK", 5)
+            assert await client.get("k") == b"a"
         finally:
             await serial.close(2.0)
             await client.aclose()

@@ -1,7 +1,10 @@
 """TargetLookup (smsc/shared_targets.py): in a cluster, a report whose message was sent
 through another node's API goes on to the webhook sink once its target is read from the
-shared records — in the order the reports came (a submit's acceptance too), a failed or
-slow lookup answered as a temporary error to the carrier, at most ``limit`` waiting."""
+shared records — a message's reports in the order they came (a submit's acceptance too),
+a failed or slow lookup answered as a temporary error to the carrier, at most ``limit``
+waiting. A message that came over SMPP is never looked up and waits for nothing; the
+reads of a turn of the loop go in one lookup; what was read (even nothing) is not read
+again."""
 
 from __future__ import annotations
 
@@ -13,17 +16,18 @@ from router_parts import Sink
 from router.model import Address, DeliveryReport, Message, Refusal, StoredMessage
 from router.ports import SettledCallback
 from smppcore.constants import MessageState
-from smsc.callbacks import Callbacks, Target
+from smsc.callbacks import NO_TARGET, VIA_API, Callbacks, Target
 from smsc.shared_targets import TargetLookup
 
 DEADLINE = 10.0
 HOOK = Target("http://hooks.example/cb", "order-7")
 
 
-def stored(message_id: str) -> StoredMessage:
+def stored(message_id: str, via: str = VIA_API) -> StoredMessage:
+    """A message the HTTP API created (``via``), or one that came over SMPP (via "")."""
     message = Message(
         id=message_id, account="acme", source=Address(1, 1, "SHOP"),
-        destination=Address(1, 1, "447700900001"),
+        destination=Address(1, 1, "447700900001"), via=via,
     )  # fmt: skip
     return StoredMessage(message=message)
 
@@ -57,18 +61,23 @@ class Downstream(Sink):
 
 
 class Records:
-    """The shared records as the lookup sees them: each read waits for the test to answer
-    it (``answer``), or fails (``fail``)."""
+    """The shared records as the lookup sees them: each message's read waits for the test
+    to answer it (``asked[id].set_result``), or fails (``set_exception``); :attr:`reads`
+    the ids of each read (one round trip each)."""
 
     def __init__(self) -> None:
         self.asked: dict[str, asyncio.Future[Target | None]] = {}
+        self.reads: list[list[str]] = []
         self.changed = asyncio.Event()
 
-    async def target(self, message_id: str) -> Target | None:
-        assert message_id not in self.asked  # read once
-        found = self.asked[message_id] = asyncio.get_running_loop().create_future()
+    async def target(self, message_ids: list[str]) -> list[Target | None]:
+        self.reads.append(message_ids)
+        loop = asyncio.get_running_loop()
+        for message_id in message_ids:
+            assert message_id not in self.asked  # read once
+            self.asked[message_id] = loop.create_future()
         self.changed.set()
-        return await found
+        return [await self.asked[message_id] for message_id in message_ids]
 
     async def until_asked(self, *ids: str) -> None:
         async with asyncio.timeout(DEADLINE):
@@ -96,25 +105,86 @@ class Outcomes:
         return self.seen
 
 
-def test_reports_go_on_in_the_order_they_came_with_the_target_read(run: Run) -> None:
+def test_a_messages_reports_go_on_in_the_order_they_came_with_its_target_read(
+    run: Run,
+) -> None:
     async def main() -> None:
         sink, records, callbacks = Sink(), Records(), Callbacks()
         lookup = TargetLookup(sink, callbacks, records.target)
         callbacks.add("known", HOOK)
         lookup.report(stored("m1"), receipt("m1", MessageState.ENROUTE))
         lookup.report(stored("m1"), receipt("m1"))
-        lookup.report(stored("known"), receipt("known"))  # behind those that wait
+        lookup.report(stored("known"), receipt("known"))  # its own target known: at once
+        assert [s.message.id for s, _ in sink.reports] == ["known"]
         await records.until_asked("m1")
         records.asked["m1"].set_result(HOOK)  # (one read for both of m1's reports)
         await sink.wait_for(3)
-        assert [(s.message.id, r.state) for s, r in sink.reports] == [
+        assert [(s.message.id, r.state) for s, r in sink.reports][1:] == [
             ("m1", MessageState.ENROUTE),
             ("m1", MessageState.DELIVERED),
-            ("known", MessageState.DELIVERED),
         ]
         assert callbacks.get("m1") == HOOK
-        lookup.report(stored("known"), receipt("known"))  # nothing waits: at once
+        lookup.report(stored("m1"), receipt("m1"))  # known now: at once
         assert len(sink.reports) == 4
+        assert records.reads == [["m1"]]
+
+    run(main())
+
+
+def test_a_message_that_came_over_smpp_is_never_looked_up_and_waits_for_nothing(
+    run: Run,
+) -> None:
+    async def main() -> None:
+        sink, records, callbacks = Downstream(), Records(), Callbacks()
+        lookup = TargetLookup(sink, callbacks, records.target, limit=1)
+        outcomes = Outcomes()
+        lookup.report(stored("api"), receipt("api"), outcomes)  # waits for its read
+        lookup.submit_accepted(stored("smpp", via="").message, "sim", "c-1")
+        lookup.report(stored("smpp", via=""), receipt("smpp", MessageState.ENROUTE), outcomes)
+        lookup.report(stored("smpp", via=""), receipt("smpp"), outcomes)
+        assert sink.seen == [("accepted", "smpp"), ("report", "smpp"), ("report", "smpp")]
+        assert outcomes.seen == [True, True]  # (not refused: the limit is the API's one)
+        await records.until_asked("api")
+        records.asked["api"].set_result(HOOK)
+        assert await outcomes.wait_for(3) == [True, True, True]
+        assert records.reads == [["api"]]  # the SMPP message read nothing
+
+    run(main())
+
+
+def test_the_reads_of_a_turn_go_together_a_batch_at_a_time_bounded(run: Run) -> None:
+    async def main() -> None:
+        sink, records, callbacks = Sink(), Records(), Callbacks()
+        lookup = TargetLookup(sink, callbacks, records.target, batch=2, concurrency=1)
+        for n in range(5):
+            lookup.report(stored(f"m{n}"), receipt(f"m{n}"))
+        await records.until_asked("m0", "m1")
+        assert records.reads == [["m0", "m1"]]  # one on its way at once
+        for n in range(5):
+            if n % 2 == 0 and n:
+                await records.until_asked(f"m{n}")
+            records.asked[f"m{n}"].set_result(HOOK)
+        await sink.wait_for(5)
+        assert records.reads == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+        assert [s.message.id for s, _ in sink.reports] == [f"m{n}" for n in range(5)]
+
+    run(main())
+
+
+def test_a_message_without_a_target_is_remembered_as_such_and_not_read_again(
+    run: Run,
+) -> None:
+    async def main() -> None:
+        sink, records, callbacks = Sink(), Records(), Callbacks()
+        lookup = TargetLookup(sink, callbacks, records.target)
+        lookup.report(stored("m1"), receipt("m1", MessageState.ENROUTE))
+        await records.until_asked("m1")
+        records.asked["m1"].set_result(None)  # no callback of its own (or no record)
+        await sink.wait_for(1)
+        assert callbacks.get("m1") == NO_TARGET
+        lookup.report(stored("m1"), receipt("m1"))
+        assert len(sink.reports) == 2
+        assert records.reads == [["m1"]]
 
     run(main())
 
@@ -127,13 +197,16 @@ def test_a_failed_lookup_is_a_temporary_error_to_the_carrier_and_the_rest_go_on(
         lookup = TargetLookup(sink, callbacks, records.target)
         outcomes = Outcomes()
         lookup.report(stored("m1"), receipt("m1"), outcomes)
-        lookup.report(stored("m2"), receipt("m2"), outcomes)
-        await records.until_asked("m1", "m2")
-        records.asked["m2"].set_result(None)  # sent over SMPP: no target; read first
+        await records.until_asked("m1")
+        lookup.report(stored("m2"), receipt("m2"), outcomes)  # (read on its own)
+        await records.until_asked("m2")
+        records.asked["m2"].set_result(None)  # no target; read first: goes on at once
+        assert await outcomes.wait_for(1) == [True]
         records.asked["m1"].set_exception(ConnectionError("redis away"))
-        assert await outcomes.wait_for(2) == [False, True]  # m2 went on after m1
+        assert await outcomes.wait_for(2) == [True, False]
         assert [s.message.id for s, _ in sink.reports] == ["m2"]
         assert lookup.refused == 1
+        assert callbacks.get("m1") is None  # not known: its receipt sent again reads again
 
     run(main())
 

@@ -98,12 +98,12 @@ def test_every_backend_is_a_store(backend: Backend) -> None:
 def test_an_added_message_reads_back_as_enroute(backend: Backend, run: Any) -> None:
     async def main() -> None:
         async with opened(backend.make()) as store:
-            m = msg(1, registered_delivery=1)
+            m = msg(1, registered_delivery=1, via="http")
             assert store.add(m)
             await store.flush()
             stored = await store.get(m.id)
             assert stored is not None
-            assert stored.message == m
+            assert stored.message == m  # (every field: where it came in too)
             assert stored.state is MessageState.ENROUTE
             assert (stored.carrier, stored.carrier_message_id, stored.done_at) == ("", "", None)
             assert await store.get("nope") is None
@@ -282,7 +282,7 @@ def test_unfinished_messages_are_the_owners_until_taken_over(backend: Backend, r
 
     async def main() -> None:
         async with opened(backend.make("a")) as a:
-            assert a.add(msg(1))
+            assert a.add(msg(1, via="http"))
             assert a.add(msg(2))
             a.set_final("m000002", DeliveryReport("", MessageState.DELIVERED, done_at=1.0))
             await a.flush()
@@ -292,8 +292,8 @@ def test_unfinished_messages_are_the_owners_until_taken_over(backend: Backend, r
             assert [s.message.id for s in await b.unfinished()] == ["m000003"]
             assert await b.take_over("a") == 1
             assert await b.take_over("a") == 0
-            ids = [s.message.id for s in await b.unfinished()]
-            assert ids == ["m000001", "m000003"]  # oldest first
+            taken = [(s.message.id, s.message.via) for s in await b.unfinished()]
+            assert taken == [("m000001", "http"), ("m000003", "")]  # oldest first
         async with opened(backend.make("a")) as a_again:
             assert await a_again.unfinished() == []
 
