@@ -169,3 +169,12 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_url(redis_server: RedisServer) -> str:
     redis_server.flushall()
     return redis_server.url
+
+
+@pytest.fixture(name="backend", params=["sqlite", "redis"])
+def sqlite_or_redis(request: pytest.FixtureRequest) -> str | None:
+    """A contract suite's backend, as the fixture ``backend``: None for SQLite, else the
+    URL of an emptied Redis."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("redis_url"))

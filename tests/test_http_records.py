@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from loops import Run
-from redis_server import redis_server, redis_url  # noqa: F401
+from redis_server import redis_server, redis_url, sqlite_or_redis  # noqa: F401
 
 from smsc.callbacks import Target
 from smsc.http_records import Answer, HttpRecords, RecordsUnavailable, SentMessage, SqliteRecords
@@ -20,14 +20,6 @@ from smsc.http_records_redis import RedisRecords
 
 T0 = 1_800_000_000.0
 DAY = 86_400.0
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest) -> str | None:
-    """None for SQLite, else the URL of an emptied Redis."""
-    if request.param == "sqlite":
-        return None
-    return str(request.getfixturevalue("redis_url"))
 
 
 @asynccontextmanager

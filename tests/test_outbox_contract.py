@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from loops import Run
-from redis_server import redis_server, redis_url  # noqa: F401
+from redis_server import redis_server, redis_url, sqlite_or_redis  # noqa: F401
 
 from smsc.http_records import RecordsUnavailable
 from smsc.outbox import Outbox, SqliteOutbox
@@ -28,14 +28,6 @@ A = "http://a.example/hook"
 B = "http://b.example/hook"
 
 Make = Callable[..., Outbox]
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest) -> str | None:
-    """None for SQLite, else the URL of an emptied Redis."""
-    if request.param == "sqlite":
-        return None
-    return str(request.getfixturevalue("redis_url"))
 
 
 @asynccontextmanager
