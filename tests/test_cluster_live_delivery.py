@@ -1,0 +1,82 @@
+"""A receiver bound on a node of the cluster gets its deliveries straight from memory, not
+through Redis: a drain that is only looking for held items (a node's sweep, another
+node's signal, a bind) does not hold live deliveries up while Redis is slow to answer
+it; only what this node knows to be held goes first.
+
+Redis is made slow here by pausing its clients' writes (``CLIENT PAUSE ... WRITE``: scripts
+wait too): the drain's read of held items (a script that claims them) waits until the
+pause is lifted. Every wait is for a condition under a
+deadline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from loops import Run
+from redis_server import redis_server, redis_url  # noqa: F401
+from smsc_fixtures import DEADLINE, SYSTEM_ID, app_config, bind_client, running_app
+
+from smppcore.pdu import DeliverSm
+from smsc.config import SmscConfig
+
+#: No node dies here: a lease (and a Redis pause) far longer than the test's waits.
+LEASE = 30.0
+#: Redis paused this long at most (ms): lifted by the test as soon as it has looked.
+PAUSE_MS = int(3 * DEADLINE * 1000)
+#: More than a look's worth: enough that, held up, they would be seen to wait.
+N = 50
+
+
+def one_node(tmp_path: Path, url: str) -> SmscConfig:
+    return app_config(
+        tmp_path,
+        {"sim": {}},
+        node_id=1,
+        cluster={"redis": url, "lease": LEASE, "heartbeat": 0.1},
+    )
+
+
+@asynccontextmanager
+async def paused(url: str) -> AsyncIterator[None]:
+    """Redis runs no write or script (a slow Redis, stretched) until the block ends."""
+    client = aioredis.from_url(url)
+    try:
+        await client.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+        try:
+            yield
+        finally:
+            await client.execute_command("CLIENT", "UNPAUSE")
+    finally:
+        await client.aclose()
+
+
+def mo(i: int) -> DeliverSm:
+    return DeliverSm(source_addr=f"4477009{i:05d}", destination_addr="1234", short_message=b"hi")
+
+
+def test_a_sweep_waiting_on_a_slow_redis_does_not_hold_up_deliveries_to_a_bound_receiver(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with running_app(one_node(tmp_path, redis_url)) as app:
+            rx = await bind_client(app, "rx")
+            try:
+                delivery = app.delivery
+                assert delivery is not None
+                async with paused(redis_url):
+                    delivery.sweep()  # a drain starts; its look at Redis waits
+                    for i in range(N):
+                        assert delivery.deliver(SYSTEM_ID, mo(i))
+                    got = await rx.receipts(N)  # while Redis still has not answered
+                assert [pdu.source_addr for pdu in got] == [mo(i).source_addr for i in range(N)]
+                assert delivery.held == 0  # none took the trip through Redis
+                assert delivery.sent == N
+            finally:
+                await rx.close()
+
+    run1(main())
