@@ -389,12 +389,21 @@ class Delivery:
     def _wait_behind(
         self, account: str, pdu: Item, expires: float, settled: SettledCallback | None
     ) -> bool:
-        """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
+        """Keep ``pdu`` for when the running drain ends: the order stays that of arrival.
+        Past ``_MAX_BEHIND`` the store takes those waiting, in order, as many as it will;
+        what it refuses (its writer's queue full, or it cannot write) was taken already
+        and stays here, and ``pdu`` is refused instead (False: its sender is answered a
+        temporary error and sends it again) — never one that was taken dropped."""
         behind = self._behind.setdefault(account, [])
         if len(behind) >= _MAX_BEHIND:  # a long drain: the store keeps the rest, in order
+            kept = 0
             for early, early_expires, early_settled in behind:
-                self._hold_or_drop(account, early, early_expires, early_settled)
-            behind.clear()
+                if not self._hold(account, early, early_expires, early_settled):
+                    break
+                kept += 1
+            del behind[:kept]
+            if behind:
+                return False
             return self._hold(account, pdu, expires, settled)
         behind.append((pdu, expires, settled))
         return True

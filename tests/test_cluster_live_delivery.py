@@ -80,3 +80,46 @@ def test_a_sweep_waiting_on_a_slow_redis_does_not_hold_up_deliveries_to_a_bound_
                 await rx.close()
 
     run1(main())
+
+
+def test_deliveries_waiting_behind_held_ones_are_kept_when_redis_refuses_more(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A node that knows of held items (a restart found some) makes new deliveries wait
+    behind them, in memory up to a bound; past it the store takes what it will (here:
+    its writer's queue is small and Redis is not answering) — what it refuses stays in
+    memory, and the next delivery is refused (its sender is answered a temporary error
+    and sends it again). None that was taken is dropped, and they arrive in order."""
+
+    async def main() -> None:
+        config = app_config(
+            tmp_path,
+            {"sim": {}},
+            router={"store": {"path": str(tmp_path / "smsc.db"), "queue_max": 50}},
+            node_id=1,
+            cluster={"redis": redis_url, "lease": LEASE, "heartbeat": 0.1},
+        )
+        async with running_app(config) as app:
+            rx = await bind_client(app, "rx")
+            try:
+                delivery = app.delivery
+                assert delivery is not None
+                taken: list[str] = []
+                async with paused(redis_url):
+                    delivery.found_held(SYSTEM_ID, 1)  # as a restart that found one held
+                    delivery.sweep()  # its drain's read of the held ones waits
+                    for i in range(100_000):
+                        if not delivery.deliver(SYSTEM_ID, mo(i)):
+                            break  # refused: the sender sends it again later
+                        taken.append(mo(i).source_addr)
+                    else:
+                        raise AssertionError("nothing was ever refused")
+                assert delivery.dropped == {}
+                got = await rx.receipts(len(taken), timeout=3 * DEADLINE)
+                assert [pdu.source_addr for pdu in got] == taken
+            finally:
+                await rx.close()
+
+    run1(main())
