@@ -127,10 +127,15 @@ class Delivery:
         store: Store,
         *,
         wall: Callable[[], float] = time.time,
+        senders_wait: bool = False,
     ) -> None:
         self.accounts = accounts
         self.store = store
         self.wall = wall
+        #: Do senders wait for ``settled`` before they are answered (``ack_after: store``)?
+        #: Then, while held items are being drained, a new delivery that has a ``settled``
+        #: is held in the store at once rather than kept waiting in memory behind them.
+        self.senders_wait = senders_wait
         #: In a cluster: told (after the hold is committed) when an item is held for an
         #: account with no receive-capable bind here, so that the nodes with one drain it
         #: (smsc.peers.Peers.held). None alone.
@@ -247,12 +252,14 @@ class Delivery:
             return True
         expires = self.wall() + state.account.receipt_ttl
         if account in self._draining and self._held_first(account):
-            if settled is not None and account in self._backlog and state.receiver() is None:
-                # Its sender waits for this answer and the account's receivers are the
-                # bottleneck (no free slot): held in the store at once (behind the rest,
-                # in order), not in memory until a drain of maybe thousands ends, which
-                # would fill the carrier's window meanwhile. While a receiver has room
-                # the drain is moving: it waits in memory (bounded by _MAX_BEHIND).
+            if self.senders_wait and settled is not None and account in self._backlog:
+                # ack_after: store — its carrier waits for this answer: held in the store at
+                # once (behind the rest, in order), not in memory until a drain of maybe
+                # thousands ends, which would fill the carrier's window meanwhile. (In
+                # ack_after: enqueue nobody waits — ``settled`` may still come, to settle
+                # a cluster's claim on a final receipt: it waits in memory like the rest;
+                # sent through the store, every delivery would take the trip through it
+                # and the drain would never catch up.)
                 return self._hold(account, pdu, expires, settled)
             return self._wait_behind(account, pdu, expires, settled)
         return self._send_now(state, account, pdu, expires, settled)

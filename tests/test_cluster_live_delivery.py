@@ -10,16 +10,29 @@ deadline."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from carrier_fixtures import ESME_SESSION, Esme
 from loops import Run
 from redis_server import redis_server, redis_url  # noqa: F401
-from smsc_fixtures import DEADLINE, SYSTEM_ID, app_config, bind_client, running_app
+from smsc_fixtures import (
+    DEADLINE,
+    PASSWORD,
+    SYSTEM_ID,
+    app_config,
+    bind_client,
+    receipt_id,
+    running_app,
+)
 
-from smppcore.pdu import DeliverSm
+from smppcore.aio import Connection
+from smppcore.pdu import BindReceiver, DeliverSm, DeliverSmResp, EnquireLink, Pdu
+from smppcore.session import Role
+from smsc.app import App
 from smsc.config import SmscConfig
 
 #: No node dies here: a lease (and a Redis pause) far longer than the test's waits.
@@ -121,5 +134,81 @@ def test_deliveries_waiting_behind_held_ones_are_kept_when_redis_refuses_more(
                 assert [pdu.source_addr for pdu in got] == taken
             finally:
                 await rx.close()
+
+    run1(main())
+
+
+class LateReceiver(Esme):
+    """A receiver that answers its deliver_sm only when told (:meth:`answer`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unanswered: list[int] = []
+
+    def request_received(self, conn: Connection, pdu: Pdu) -> None:
+        if not isinstance(pdu, DeliverSm):
+            super().request_received(conn, pdu)
+            return
+        self.delivered.append(pdu)
+        self.unanswered.append(pdu.sequence_number)
+        self._changed.set()
+
+    def answer(self) -> None:
+        for sequence_number in self.unanswered:
+            self.c.respond(DeliverSmResp(sequence_number=sequence_number))
+        self.unanswered.clear()
+
+
+async def bind_late(app: App) -> LateReceiver:
+    esme = LateReceiver()
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(DEADLINE):
+        _, esme.conn = await loop.create_connection(
+            lambda: Connection(Role.ESME, ESME_SESSION, esme), "127.0.0.1", app.port
+        )
+        await esme.c.bind(BindReceiver(system_id=SYSTEM_ID, password=PASSWORD))
+    return esme
+
+
+async def until(esme: Esme, condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` of the node's state, an enquire_link round trip per look."""
+    async with asyncio.timeout(DEADLINE):
+        while not condition():
+            await esme.c.request(EnquireLink())
+
+
+def test_in_ack_after_enqueue_a_receipt_that_comes_during_a_drain_waits_in_memory(
+    run1: Run,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``ack_after: enqueue``: a final receipt that comes while the account's held ones are
+    being sent waits behind them in memory (its carrier was answered already), not in
+    Redis — sent through Redis, every receipt would take that trip while the drain lasts,
+    and under load it would last for ever. The client gets both, in order."""
+
+    async def main() -> None:
+        async with running_app(one_node(tmp_path, redis_url)) as app:
+            delivery = app.delivery
+            assert delivery is not None
+            tx = await bind_client(app, "tx")
+            rx: LateReceiver | None = None
+            try:
+                first = await tx.submit_ok("447700900001")
+                await until(tx, lambda: delivery.held == 1)  # nobody to receive it
+                rx = await bind_late(app)
+                await rx.wait_for(lambda: len(rx.delivered) == 1)  # drained, unanswered
+                second = await tx.submit_ok("447700900002")
+                finals = app.router.metrics.final
+                await until(tx, lambda: sum(finals.values()) == 2)  # reported meanwhile
+                assert delivery.held == 1  # the second waits in memory, not in Redis
+                rx.answer()
+                await rx.wait_for(lambda: len(rx.delivered) == 2)
+                rx.answer()
+                assert [receipt_id(pdu) for pdu in rx.delivered] == [first, second]
+            finally:
+                await tx.close()
+                if rx is not None:
+                    await rx.close()
 
     run1(main())
