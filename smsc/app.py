@@ -221,7 +221,9 @@ class App:
             a.system_id: AccountState(a, now, shared=self._shared_throttle())
             for a in config.accounts
         }
-        self.delivery = Delivery(accounts, self.store)
+        self.delivery = Delivery(
+            accounts, self.store, senders_wait=config.router.ack_after == "store"
+        )
         # What was held before a restart counts toward each account's max_held at once.
         try:
             found = await self.store.held_counts()

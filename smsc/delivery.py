@@ -11,8 +11,15 @@ bound (a slow or stalled session, or a refusal). The drain hands an item to a bi
 a free window slot — preferring binds whose last deliver_sm was answered over one that
 let its last one time out — and waits (re-checking every ``_ROOM_CHECK`` seconds) for a
 slot to free when none has one; it ends once the store has nothing left of the account,
-or no receive-capable bind is left. New deliveries wait behind a running drain (in
-memory up to ``_MAX_BEHIND``, then in the store) so that they do not overtake it.
+or no receive-capable bind is left. New deliveries wait behind a running drain that has
+held items to send — ones this node held and has not delivered, or ones the drain found
+— (in memory up to ``_MAX_BEHIND``, then in the store) so that they do not overtake
+them. A drain that is only looking (started by a bind, a sweep or another node's
+signal, with nothing known held) holds nothing up: live deliveries go straight to the
+bound session, as they would without it. (Made to wait, what arrived while a busy
+shared store answered the look would spill into the store past ``_MAX_BEHIND`` and
+from then on every delivery would take the trip through it: a drain that never
+catches up.)
 
 In a cluster (the store is the nodes' shared Redis) an item held for an account that has
 no receive-capable bind on this node is announced, once committed, to the other nodes
@@ -120,10 +127,15 @@ class Delivery:
         store: Store,
         *,
         wall: Callable[[], float] = time.time,
+        senders_wait: bool = False,
     ) -> None:
         self.accounts = accounts
         self.store = store
         self.wall = wall
+        #: Do senders wait for ``settled`` before they are answered (``ack_after: store``)?
+        #: Then, while held items are being drained, a new delivery that has a ``settled``
+        #: is held in the store at once rather than kept waiting in memory behind them.
+        self.senders_wait = senders_wait
         #: In a cluster: told (after the hold is committed) when an item is held for an
         #: account with no receive-capable bind here, so that the nodes with one drain it
         #: (smsc.peers.Peers.held). None alone.
@@ -239,14 +251,26 @@ class Delivery:
                 settled(True)  # nowhere to go, now or later
             return True
         expires = self.wall() + state.account.receipt_ttl
-        if account in self._draining:
-            if settled is not None and account in self._backlog:
+        if account in self._draining and self._held_first(account):
+            if self.senders_wait and settled is not None and account in self._backlog:
                 # ack_after: store — its carrier waits for this answer: held in the store at
                 # once (behind the rest, in order), not in memory until a drain of maybe
-                # thousands ends, which would fill the carrier's window meanwhile.
+                # thousands ends, which would fill the carrier's window meanwhile. (In
+                # ack_after: enqueue nobody waits — ``settled`` may still come, to settle
+                # a cluster's claim on a final receipt: it waits in memory like the rest;
+                # sent through the store, every delivery would take the trip through it
+                # and the drain would never catch up.)
                 return self._hold(account, pdu, expires, settled)
             return self._wait_behind(account, pdu, expires, settled)
         return self._send_now(state, account, pdu, expires, settled)
+
+    def _held_first(self, account: str) -> bool:
+        """Must a new delivery of ``account`` wait for its held items? Only while this
+        node knows of some: ones it held and has not delivered yet, or ones its drain
+        found. A drain that is only looking (at a bind, a sweep, another node's signal:
+        the store is most likely empty) does not hold up live deliveries; its reading
+        the store may take a while, and what piled up meanwhile would spill into it."""
+        return account in self._backlog or self._held_now.get(account, 0) > 0
 
     def refuses_receipts(self, account: str) -> bool:
         """Is ``account`` at its ``max_held``? Then a submit that asks for a receipt is
@@ -372,12 +396,21 @@ class Delivery:
     def _wait_behind(
         self, account: str, pdu: Item, expires: float, settled: SettledCallback | None
     ) -> bool:
-        """Keep ``pdu`` for when the running drain ends: the order stays that of arrival."""
+        """Keep ``pdu`` for when the running drain ends: the order stays that of arrival.
+        Past ``_MAX_BEHIND`` the store takes those waiting, in order, as many as it will;
+        what it refuses (its writer's queue full, or it cannot write) was taken already
+        and stays here, and ``pdu`` is refused instead (False: its sender is answered a
+        temporary error and sends it again) — never one that was taken dropped."""
         behind = self._behind.setdefault(account, [])
         if len(behind) >= _MAX_BEHIND:  # a long drain: the store keeps the rest, in order
+            kept = 0
             for early, early_expires, early_settled in behind:
-                self._hold_or_drop(account, early, early_expires, early_settled)
-            behind.clear()
+                if not self._hold(account, early, early_expires, early_settled):
+                    break
+                kept += 1
+            del behind[:kept]
+            if behind:
+                return False
             return self._hold(account, pdu, expires, settled)
         behind.append((pdu, expires, settled))
         return True
