@@ -210,13 +210,24 @@ class Finals:
             self._claimed(message_id, report, False)
 
     def _claimed(self, message_id: str, report: DeliveryReport, reported: bool) -> None:
-        """A claimed final receipt is delivered or held (``reported``): settle the claim,
-        then answer the carriers. Neither: a carrier sends it again (its lease lapses
-        first); one we decided ourselves, with no carrier to send it again, is dropped."""
+        """A claimed final receipt is delivered or held (``reported``): answer the
+        carriers, and settle the claim behind them. Neither: a carrier sends it again (its
+        lease lapses first); one we decided ourselves, with no carrier to send it again, is
+        dropped.
+
+        The carriers are answered without waiting for the settle to be written (on Redis
+        it is a record of the store's next batch, not a round trip of its own): the claim
+        committed the final state already and the client has the receipt, so the settle
+        only makes a later copy of the receipt a duplicate at once. A node that dies
+        between the answer and the settle's write leaves a lease that lapses after
+        ``claim_seconds``; the carrier, answered, does not send the receipt again, so
+        nothing is reported twice (a carrier that repeats it anyway, after the lapse, has
+        it reported again: at least once, never lost)."""
         if reported:
             task = asyncio.create_task(self._settle(message_id))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+            self.durably(message_id, True)
             return
         if any(respond is not None for respond in self.finishing.get(message_id, ())):
             self._retry_later(message_id)
@@ -234,7 +245,6 @@ class Finals:
             await self.store.settle_final(message_id)
         except Exception as exc:  # its lease lapses instead; the carriers are answered
             log.warning("message %s: its final receipt's claim not settled: %s", message_id, exc)
-        self.durably(message_id, True)
 
     def _retry_later(self, message_id: str) -> None:
         """Ask the carriers waiting on ``message_id``'s final state to send it again."""
