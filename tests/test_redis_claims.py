@@ -20,7 +20,7 @@ from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 from router.config import StoreConfig
 from router.model import Address, DeliveryReport, Message
 from router.ports import StoreError
-from router.stores.redis import BUCKETS, RedisStore
+from router.stores.redis import BUCKETS, RedisStore, bucket
 from smppcore.constants import MessageState
 
 DEADLINE = 20.0
@@ -173,3 +173,41 @@ def test_a_claim_fails_like_a_read_while_redis_is_unreachable(tmp_path: Path, ru
         run(asyncio.wait_for(main(), DEADLINE + 20))
     finally:
         server.stop()
+
+
+def test_a_report_lease_written_by_the_version_before_is_honoured(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """The version before kept a claim's report lease in a key of its own
+    (``P:{m<b>}:r:<id>``, ``<node>|<until ms>``): while it is live a claim is asked to come
+    back later; once it lapsed the claim takes it over (and the old key goes); a message
+    final with no lease at all is a duplicate."""
+
+    async def main() -> None:
+        clock_ms = 1_000_000 * 1000  # the store's clock (below): now, in ms
+        store = RedisStore(StoreConfig(), url=redis_url, node_id="b", clock=lambda: 1_000_000.0)
+        async with opened(store):
+            for i in (1, 2, 3):
+                assert store.add(msg(i))
+            await store.flush()
+            client = store.client()
+            old: dict[str, int] = {"m000001": clock_ms + 30_000, "m000002": clock_ms - 1}
+            for mid in ("m000001", "m000002", "m000003"):
+                tag = f"{store.prefix}:{{m{bucket(mid)}}}"
+                # What the version before wrote for a won claim: the final state ...
+                await client.hset(
+                    f"{tag}:m:{mid}", mapping={"s": int(MessageState.DELIVERED), "e": 0, "d": "2.0"}
+                )
+                if mid in old:  # ... and its lease, not settled yet
+                    await client.set(f"{tag}:r:{mid}", f"a|{old[mid]}", px=86_400_000)
+            with pytest.raises(StoreError, match="being reported"):
+                await store.claim_final("m000001", DELIVERED)  # a's lease is live
+            assert await store.claim_final("m000002", DELIVERED) is True  # a's lapsed
+            tag2 = f"{store.prefix}:{{m{bucket('m000002')}}}"
+            assert await client.exists(f"{tag2}:r:m000002") == 0
+            await store.settle_final("m000002")
+            assert await store.claim_final("m000002", DELIVERED) is False
+            assert await store.claim_final("m000003", DELIVERED) is False  # settled
+
+    run(asyncio.wait_for(main(), DEADLINE))

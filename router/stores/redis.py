@@ -25,7 +25,7 @@ sending node answers from memory while its write is queued).
 Final receipts in a cluster (``claim_final``, ``settle_final``) are records of the batches
 too, not round trips of their own: a claim (a C record: the compare-and-set and the report
 lease) makes the writer send its batch at once and waits for that batch's answer; a settle
-(an S record: the lease's ``DEL``) is queued like a state change. Under load a claim and a
+(an S record: ``HDEL`` of the lease's field) is queued like a state change. Under load a claim and a
 settle cost a share of their bucket's script call, as the other records do.
 
 Key layout (for Redis Cluster: the part in braces is the hash tag; all keys one script call
@@ -36,13 +36,19 @@ tag (they are in the same slot; Redis Cluster serves them from the node that has
 
 - ``P:{m<b>}:m:<id>``        HASH, the message: ``a`` account, ``t`` submitted_at, ``b`` body
   (msgpack), ``o`` owner node, ``s`` state, ``e`` error, ``c`` carrier, ``ci`` carrier's id,
-  ``k`` correlation key, ``d`` done_at (absent until final). A final state sets a TTL of
+  ``k`` correlation key, ``d`` done_at (absent until final), ``r`` the final state's
+  report lease, ``<node>|<until ms>``, from the claim until the settle (or until it
+  lapses: the time is compared, the field stays). A final state sets a TTL of
   ``keep_days`` + a day, after ``purge`` would have removed it.
 - ``P:{m<b>}:u:<owner>``     ZSET, the owner's unfinished messages (score submitted_at):
   ``unfinished`` reads this node's 64, ``take_over`` moves a dead node's into this node's.
 - ``P:{m<b>}:done``          ZSET, final messages by done_at (``purge`` past ``keep_days``).
-- ``P:{m<b>}:r:<id>``        STRING, a final state's report lease: ``<node>|<until ms>``,
-  from the claim until the settle (or until it lapses); TTL ``keep_days`` + a day.
+- ``P:{m<b>}:r:<id>``        STRING, a report lease as the version before this one wrote it
+  (``<node>|<until ms>``, TTL ``keep_days`` + a day): still honoured by a claim (it is
+  deleted when a claim takes the lease over); no longer written. A node of that version
+  does not see the leases this one writes (it takes a claimed message for settled:
+  during a rolling upgrade a receipt repeated to an old node while a new one reports it
+  is answered as a duplicate).
 - ``P:{m<b>}:k:<carrier>:<key>``  STRING, the receipt index: carrier's id → our id; TTL
   ``keep_days`` + a day.
 - ``P:{h:<account>}:q``      ZSET, the account's held deliveries in order (score = held id).
@@ -145,10 +151,11 @@ _HELD_BLOCK: Final = 1000
 #     final already); done_at "" for a state that is not final.
 #   C <id> <state> <error> <done_at> <node> <now ms> <lease until ms>
 #     a final state claimed by this node (claim_final): a compare-and-set on done_at that
-#     also takes the report lease P:{m<b>}:r:<id> (STRING "<node>|<until ms>", TTL ttl),
-#     held until the receipt is delivered or held (S); a node that dies first leaves a
-#     lease that lapses, and the carrier's resend, on any node, is claimed again.
-#   S <id>                        settle_final: DEL of the report lease.
+#     also takes the report lease (the message's field r, "<node>|<until ms>"), held until
+#     the receipt is delivered or held (S); a node that dies first leaves a lease that
+#     lapses, and the carrier's resend, on any node, is claimed again. A lease written by
+#     the version before (its own key P:{m<b>}:r:<id>) is read where the field is absent.
+#   S <id>                        settle_final: HDEL of the field r.
 # Returns one result per M record: 1 written, 0 nothing to do, 2 lost the CAS, -1 duplicate;
 # and per C record: 1 claimed (or taken over from a lapsed lease, or this very claim in a
 # batch sent again), 0 no such message, 2 final and settled (a duplicate), 3 final and
@@ -175,14 +182,18 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
   if r[1] == 'K' then
     redis.call('SET', tag .. ':k:' .. r[2], r[3], 'PX', ttl)
   elseif r[1] == 'C' then
-    local id, lease = r[2], tag .. ':r:' .. r[2]
-    local key, claim = tag .. ':m:' .. r[2], r[6] .. '|' .. r[8]
-    local got = redis.call('HMGET', key, 'd', 'o')
+    local id, key = r[2], tag .. ':m:' .. r[2]
+    local claim = r[6] .. '|' .. r[8]
+    local got = redis.call('HMGET', key, 'd', 'o', 'r')
     local res = 1
     if not got[2] then
       res = 0
     elseif got[1] then
-      local held = redis.call('GET', lease)
+      local held, old = got[3], nil
+      if not held then  -- a lease written by the version before this one: its own key
+        old = tag .. ':r:' .. id
+        held = redis.call('GET', old)
+      end
       if not held then
         res = 2
       elseif held ~= claim then  -- equal: this claim, in a batch sent again
@@ -190,19 +201,19 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
         if tonumber(string.sub(held, sep + 1)) > tonumber(r[7]) then
           res = 3
         else
-          redis.call('SET', lease, claim, 'PX', ttl)
+          redis.call('HSET', key, 'r', claim)
+          if old then redis.call('DEL', old) end
         end
       end
     else
-      redis.call('HSET', key, 's', r[3], 'e', r[4], 'd', r[5])
+      redis.call('HSET', key, 's', r[3], 'e', r[4], 'd', r[5], 'r', claim)
       push(finished, got[2], id)
       done_index[#done_index + 1] = r[5]; done_index[#done_index + 1] = id
       redis.call('PEXPIRE', key, ttl)
-      redis.call('SET', lease, claim, 'PX', ttl)
     end
     out[#out + 1] = res
   elseif r[1] == 'S' then
-    redis.call('DEL', tag .. ':r:' .. r[2])
+    redis.call('HDEL', tag .. ':m:' .. r[2], 'r')
   else
     local id, create, owner, t = r[2], r[3], r[4], r[5]
     local final, state, err, done = r[6], r[7], r[8], r[9]
