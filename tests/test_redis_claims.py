@@ -150,7 +150,8 @@ def test_a_claim_sent_again_in_a_retried_batch_is_still_won(
 def test_a_claim_fails_like_a_read_while_redis_is_unreachable(tmp_path: Path, run: Any) -> None:
     """Redis stops: a claim raises StoreError (the carrier is asked to send the receipt
     again), the one in the batch that found Redis gone and the ones after it at once; it is
-    not kept queued for later. Redis returns: claims are won again."""
+    not kept queued for later; a settle fails likewise. Redis returns: claims are won
+    again."""
     server = RedisServer(tmp_path, aof=True)  # the message survives the outage
     server.start()
 
@@ -164,6 +165,8 @@ def test_a_claim_fails_like_a_read_while_redis_is_unreachable(tmp_path: Path, ru
             assert store.unwritable == "unreachable"
             with pytest.raises(StoreError, match="cannot be written"):
                 await store.claim_final("m000001", DELIVERED)
+            with pytest.raises(StoreError, match="cannot be written"):
+                await store.settle_final("m000001")  # its lease lapses instead
             server.start()
             await store.flush(timeout=15.0)
             assert store.unwritable is None

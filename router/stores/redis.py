@@ -25,7 +25,7 @@ sending node answers from memory while its write is queued).
 Final receipts in a cluster (``claim_final``, ``settle_final``) are records of the batches
 too, not round trips of their own: a claim (a C record: the compare-and-set and the report
 lease) makes the writer send its batch at once and waits for that batch's answer; a settle
-(an S record: ``HDEL`` of the lease's field) is queued like a state change. Under load a claim and a
+(an S record: ``HDEL`` of the lease's field) likewise. Under load a claim and a
 settle cost a share of their bucket's script call, as the other records do.
 
 Key layout (for Redis Cluster: the part in braces is the hash tag; all keys one script call
@@ -105,7 +105,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.config import StoreConfig
 from router.model import DeliveryReport, StoredMessage
-from router.ports import StoreClosed, StoreError
+from router.ports import StoreClosed, StoreError, StoreTimeout
 from router.stores.writebehind import (
     ADD,
     CLAIM,
@@ -486,6 +486,16 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+def _settled(written: asyncio.Future[None], ok: bool) -> None:
+    """A settle's batch is committed, or failed."""
+    if written.done():
+        return
+    if ok:
+        written.set_result(None)
+    else:
+        written.set_exception(StoreError("store: settle_final: not written"))
+
+
 def _claim_written(outcome: asyncio.Future[int], store: RedisStore, ok: bool) -> None:
     """A claim's batch is committed (its result is in ``outcome`` already) or failed."""
     if outcome.done():
@@ -726,6 +736,10 @@ class RedisStore(WriteBehind):
                 if account_of is not None:
                     releases.setdefault(account_of, []).append(params[0])
                 continue
+            if kind == SETTLE:
+                settled = params[0]
+                _bucket_of(buckets, _bucket(settled)).settle(settled)
+                continue
             mid = op.message_id
             assert mid is not None
             if kind == CLAIM:
@@ -734,9 +748,6 @@ class RedisStore(WriteBehind):
                 _bucket_of(buckets, _bucket(mid)).claim(mid, op)
                 # What this node writes of the message after the claim comes after it.
                 folded.pop(mid, None)
-                continue
-            if kind == SETTLE:
-                _bucket_of(buckets, _bucket(mid)).settle(mid)
                 continue
             if kind == ADD:
                 _, account, state, submitted_at, body, owner = params
@@ -1056,7 +1067,8 @@ class RedisStore(WriteBehind):
             raise StoreError(f"store: claim_final: Redis cannot be written ({self._unwritable})")
         done_at = report.done_at if report.done_at > 0 else self._clock()
         now = self._clock()
-        outcome: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[int] = loop.create_future()
         params = (
             int(report.state),
             report.error,
@@ -1069,24 +1081,39 @@ class RedisStore(WriteBehind):
         op = Op(CLAIM, params, message_id=message_id, outcome=outcome)
         op.on_durable = partial(_claim_written, outcome, self)
         self._put(op)
-        async with self._deadline("claim_final"):
-            # The deadline cancels ``outcome``: a claim not sent yet is then not sent.
+        # The read deadline, as a timer (a claim per final receipt: lighter than a timeout
+        # scope): past it ``outcome`` fails, and a claim not sent yet is then not sent.
+        expire = loop.call_later(self._config.read_timeout, self._claim_expired, outcome)
+        try:
             result = await outcome
+        finally:
+            expire.cancel()
         if result == 3:
             raise StoreError(f"message {message_id}: its final receipt is being reported")
         return result == 1
 
-    async def settle_final(self, message_id: str) -> None:
+    def _claim_expired(self, outcome: asyncio.Future[int]) -> None:
+        if outcome.done():
+            return
+        self.read_timeouts += 1
+        why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
+        limit = self._config.read_timeout
+        outcome.set_exception(StoreTimeout(f"store: claim_final took more than {limit:g} s{why}"))
+
+    def settle_final(self, message_id: str) -> asyncio.Future[None]:
         """The claimed final state's receipt is delivered or held: its lease goes, and a
-        later claim is a duplicate. An S record, queued for the writer's next batch (no
-        round trip of its own); this waits until it is written, within ``read_timeout``
-        (a caller need not wait: see ``router.finals``). Not written (Redis unwritable
-        past the deadline, a node that dies first): the lease lapses after
-        ``claim_seconds`` instead."""
-        op = Op(SETTLE, (message_id,), message_id=message_id)
-        self._put(op)
-        async with self._deadline("settle_final"):
-            await self._until(op.seq)
+        later claim is a duplicate. An S record of the writer's next batch (no round trip
+        of its own), which it sends at once, as for a claim; the future is done once it is
+        written. Not written (Redis unwritable: failed at once, like a claim; a node that
+        dies first): the lease lapses after ``claim_seconds`` instead."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._unwritable is not None:
+            written.set_exception(
+                StoreError(f"store: settle_final: Redis cannot be written ({self._unwritable})")
+            )
+            return written
+        self._put(Op(SETTLE, (message_id,), on_durable=partial(_settled, written)))
+        return written
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
         async with self._deadline("held"):

@@ -142,9 +142,10 @@ class Purge:
 
 
 def _waits(op: Op) -> bool:
-    """A record whose caller waits for its commit: an add whose acknowledgement does
-    (``ack_after: store``), or a claim (its caller waits for the result)."""
-    return op.on_durable is not None and (op.kind == ADD or op.kind == CLAIM)
+    """A record whose caller waits for its commit and is not kept waiting while the store
+    cannot write: an add whose acknowledgement does (``ack_after: store``), a claim (its
+    caller waits for the result), a settle (a carrier waits for its answer)."""
+    return op.on_durable is not None and op.kind in (ADD, CLAIM, SETTLE)
 
 
 @dataclass(order=True)
@@ -561,7 +562,7 @@ class WriteBehind:
         (their clients are answered ESME_RSYSERR) and taken out: none is written later.
         So are claims (their callers get StoreError, like a read's, and the carrier is
         asked to send the receipt again; one that reached the backend all the same leaves
-        a report lease that lapses)."""
+        a report lease that lapses) and settles (the lease lapses instead)."""
         waiting = [op for op in batch if _waits(op)]
         if waiting:
             batch[:] = [op for op in batch if not _waits(op)]
