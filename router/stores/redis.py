@@ -84,6 +84,7 @@ import contextlib
 import logging
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Final
@@ -557,6 +558,10 @@ class RedisStore(WriteBehind):
         self._held_account: dict[int, str] = {}
         self.commands = 0
         """Redis commands sent (scripts count one each): the bench divides by messages."""
+        #: Claims waiting for their batch, by deadline (bounded by the writer's queue: a
+        #: claim is a record of it), and the one timer that fails those past it.
+        self._claim_deadlines: deque[tuple[float, asyncio.Future[int]]] = deque()
+        self._claim_timer: asyncio.TimerHandle | None = None
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -613,6 +618,10 @@ class RedisStore(WriteBehind):
         try:
             await self._stop_writer(timeout)
         finally:
+            if self._claim_timer is not None:  # every claim is answered or failed by now
+                self._claim_timer.cancel()
+                self._claim_timer = None
+            self._claim_deadlines.clear()
             client, self._redis = self._redis, None
             await client.aclose()
 
@@ -1081,24 +1090,38 @@ class RedisStore(WriteBehind):
         op = Op(CLAIM, params, message_id=message_id, outcome=outcome)
         op.on_durable = partial(_claim_written, outcome, self)
         self._put(op)
-        # The read deadline, as a timer (a claim per final receipt: lighter than a timeout
-        # scope): past it ``outcome`` fails, and a claim not sent yet is then not sent.
-        expire = loop.call_later(self._config.read_timeout, self._claim_expired, outcome)
-        try:
-            result = await outcome
-        finally:
-            expire.cancel()
+        # The read deadline: past it ``outcome`` fails (and a claim not sent yet is then
+        # not sent). One timer for all the claims waiting (a claim per final receipt: a
+        # timeout scope or a timer each costs more than the rest of the claim).
+        waiting = self._claim_deadlines
+        while waiting and waiting[0][1].done():  # answered (claims are answered in order)
+            waiting.popleft()
+        waiting.append((loop.time() + self._config.read_timeout, outcome))
+        if self._claim_timer is None:
+            self._claim_timer = loop.call_at(self._claim_deadlines[0][0], self._expire_claims)
+        result = await outcome
         if result == 3:
             raise StoreError(f"message {message_id}: its final receipt is being reported")
         return result == 1
 
-    def _claim_expired(self, outcome: asyncio.Future[int]) -> None:
-        if outcome.done():
-            return
-        self.read_timeouts += 1
-        why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
-        limit = self._config.read_timeout
-        outcome.set_exception(StoreTimeout(f"store: claim_final took more than {limit:g} s{why}"))
+    def _expire_claims(self) -> None:
+        """Fail the claims waiting past their deadline; the timer is set again for the
+        next one waiting, if any (deadlines come in order: one ``read_timeout`` each)."""
+        self._claim_timer = None
+        waiting = self._claim_deadlines
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+            outcome = waiting.popleft()[1]
+            if not outcome.done():
+                self.read_timeouts += 1
+                why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
+                limit = self._config.read_timeout
+                outcome.set_exception(
+                    StoreTimeout(f"store: claim_final took more than {limit:g} s{why}")
+                )
+        if waiting:
+            self._claim_timer = loop.call_at(waiting[0][0], self._expire_claims)
 
     def settle_final(self, message_id: str) -> asyncio.Future[None]:
         """The claimed final state's receipt is delivered or held: its lease goes, and a
