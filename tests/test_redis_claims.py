@@ -214,3 +214,29 @@ def test_a_report_lease_written_by_the_version_before_is_honoured(
             assert await store.claim_final("m000003", DELIVERED) is False  # settled
 
     run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_claim_waits_no_longer_than_the_read_deadline(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """Redis stops answering writes for longer than ``read_timeout``: the claim raises
+    StoreError within it (the carrier is asked to send the receipt again); once Redis
+    answers, the store writes again."""
+
+    async def main() -> None:
+        async with opened(node(redis_url, read_timeout=0.5, retry_max=0.2)) as store:
+            assert store.add(msg(1))
+            assert store.add(msg(2))
+            await store.flush()
+            await store.client().execute_command("CLIENT", "PAUSE", 4000, "WRITE")
+            try:
+                async with asyncio.timeout(3.0):  # well before the pause ends
+                    with pytest.raises(StoreError):
+                        await store.claim_final("m000001", DELIVERED)
+            finally:
+                await store.client().execute_command("CLIENT", "UNPAUSE")
+            await store.flush(timeout=15.0)
+            assert await store.claim_final("m000002", DELIVERED) is True
+
+    run(asyncio.wait_for(main(), DEADLINE))
