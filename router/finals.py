@@ -212,11 +212,19 @@ class Finals:
     def _claimed(self, message_id: str, report: DeliveryReport, reported: bool) -> None:
         """A claimed final receipt is delivered or held (``reported``): settle the claim,
         then answer the carriers. Neither: a carrier sends it again (its lease lapses
-        first); one we decided ourselves, with no carrier to send it again, is dropped."""
+        first); one we decided ourselves, with no carrier to send it again, is dropped.
+
+        The settle is a write behind (on Redis a record of the store's next batch, sent at
+        once, not a round trip of its own); the carriers are answered once it is written,
+        so that a copy of the receipt at another node is a duplicate by then (answered
+        ESME_ROK, not asked to come again). Answering them once it is queued would be
+        safe too — the claim committed the final state and the client has the receipt; a
+        node that died before the settle's write leaves a lease that lapses, and the
+        answered carrier sends nothing again — but such copies would be asked to come
+        again once more. A settle that cannot be written (Redis unwritable) fails at once:
+        the carriers are answered all the same, the lease lapses instead."""
         if reported:
-            task = asyncio.create_task(self._settle(message_id))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._settle(message_id)
             return
         if any(respond is not None for respond in self.finishing.get(message_id, ())):
             self._retry_later(message_id)
@@ -229,10 +237,21 @@ class Finals:
         )
         self.durably(message_id, True)
 
-    async def _settle(self, message_id: str) -> None:
+    def _settle(self, message_id: str) -> None:
+        """Settle ``message_id``'s claim, then answer its carriers (a settle not written is
+        logged: its lease lapses instead)."""
         try:
-            await self.store.settle_final(message_id)
-        except Exception as exc:  # its lease lapses instead; the carriers are answered
+            written = self.store.settle_final(message_id)
+        except Exception as exc:  # the store is closed
+            self._settled(message_id, exc)
+            return
+        written.add_done_callback(partial(self._settle_written, message_id))
+
+    def _settle_written(self, message_id: str, written: asyncio.Future[None]) -> None:
+        self._settled(message_id, None if written.cancelled() else written.exception())
+
+    def _settled(self, message_id: str, exc: BaseException | None) -> None:
+        if exc is not None:
             log.warning("message %s: its final receipt's claim not settled: %s", message_id, exc)
         self.durably(message_id, True)
 

@@ -4,6 +4,7 @@ backends for these (Redis), not a rewrite."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -154,9 +155,11 @@ class MessageStore(Protocol):
         winner died before its receipt was delivered or held) the next claim wins again."""
         ...
 
-    async def settle_final(self, message_id: str) -> None:
+    def settle_final(self, message_id: str) -> asyncio.Future[None]:
         """The receipt of a final state this node claimed is delivered or held: later
-        claims are duplicates (a no-op where one node owns the store)."""
+        claims are duplicates (a no-op where one node owns the store). Queued by the call
+        itself (a write behind, like ``set_final``); the future is done once it is written,
+        or failed (StoreError: not written, the lease lapses after its time instead)."""
         ...
 
     def update_message(self, message: Message) -> None:

@@ -22,6 +22,12 @@ bucket, 64, a few hundredths of a command per message. Reads cost one each: ``ge
 (``HMGET``), and ``find_sent`` (``GET``) for a receipt of a message another node sent (the
 sending node answers from memory while its write is queued).
 
+Final receipts in a cluster (``claim_final``, ``settle_final``) are records of the batches
+too, not round trips of their own: a claim (a C record: the compare-and-set and the report
+lease) makes the writer send its batch at once and waits for that batch's answer; a settle
+(an S record: ``HDEL`` of the lease's field) likewise. Under load a claim and a
+settle cost a share of their bucket's script call, as the other records do.
+
 Key layout (for Redis Cluster: the part in braces is the hash tag; all keys one script call
 touches share its tag, hence its slot). ``P`` is the prefix (``smsc`` by default), ``b`` a
 bucket: crc32 of the message id (of ``carrier:key`` for a receipt index) modulo 64. The batch
@@ -30,11 +36,19 @@ tag (they are in the same slot; Redis Cluster serves them from the node that has
 
 - ``P:{m<b>}:m:<id>``        HASH, the message: ``a`` account, ``t`` submitted_at, ``b`` body
   (msgpack), ``o`` owner node, ``s`` state, ``e`` error, ``c`` carrier, ``ci`` carrier's id,
-  ``k`` correlation key, ``d`` done_at (absent until final). A final state sets a TTL of
+  ``k`` correlation key, ``d`` done_at (absent until final), ``r`` the final state's
+  report lease, ``<node>|<until ms>``, from the claim until the settle (or until it
+  lapses: the time is compared, the field stays). A final state sets a TTL of
   ``keep_days`` + a day, after ``purge`` would have removed it.
 - ``P:{m<b>}:u:<owner>``     ZSET, the owner's unfinished messages (score submitted_at):
   ``unfinished`` reads this node's 64, ``take_over`` moves a dead node's into this node's.
 - ``P:{m<b>}:done``          ZSET, final messages by done_at (``purge`` past ``keep_days``).
+- ``P:{m<b>}:r:<id>``        STRING, a report lease as the version before this one wrote it
+  (``<node>|<until ms>``, TTL ``keep_days`` + a day): still honoured by a claim (it is
+  deleted when a claim takes the lease over); no longer written. A node of that version
+  does not see the leases this one writes (it takes a claimed message for settled:
+  during a rolling upgrade a receipt repeated to an old node while a new one reports it
+  is answered as a duplicate).
 - ``P:{m<b>}:k:<carrier>:<key>``  STRING, the receipt index: carrier's id → our id; TTL
   ``keep_days`` + a day.
 - ``P:{h:<account>}:q``      ZSET, the account's held deliveries in order (score = held id).
@@ -70,7 +84,9 @@ import contextlib
 import logging
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Final
 
 import msgspec
@@ -90,14 +106,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.config import StoreConfig
 from router.model import DeliveryReport, StoredMessage
-from router.ports import StoreClosed, StoreError
+from router.ports import StoreClosed, StoreError, StoreTimeout
 from router.stores.writebehind import (
     ADD,
+    CLAIM,
     DAY,
     FINAL,
     HOLD,
     RELEASE,
     SENT,
+    SETTLE,
     UPDATE,
     Op,
     WriteBehind,
@@ -132,7 +150,17 @@ _HELD_BLOCK: Final = 1000
 #     type: bodies follow the records, one argument each).
 #     final 1: a state change, compare-and-set on done_at (2: it lost, the message was
 #     final already); done_at "" for a state that is not final.
-# Returns one result per M record: 1 written, 0 nothing to do, 2 lost the CAS, -1 duplicate.
+#   C <id> <state> <error> <done_at> <node> <now ms> <lease until ms>
+#     a final state claimed by this node (claim_final): a compare-and-set on done_at that
+#     also takes the report lease (the message's field r, "<node>|<until ms>"), held until
+#     the receipt is delivered or held (S); a node that dies first leaves a lease that
+#     lapses, and the carrier's resend, on any node, is claimed again. A lease written by
+#     the version before (its own key P:{m<b>}:r:<id>) is read where the field is absent.
+#   S <id>                        settle_final: HDEL of the field r.
+# Returns one result per M record: 1 written, 0 nothing to do, 2 lost the CAS, -1 duplicate;
+# and per C record: 1 claimed (or taken over from a lapsed lease, or this very claim in a
+# batch sent again), 0 no such message, 2 final and settled (a duplicate), 3 final and
+# being reported by a live claim (try again later). In the order of the records.
 _BATCH_LUA: Final = """
 local tag, ttl = ARGV[1], ARGV[2]
 local out = {}
@@ -154,6 +182,39 @@ end
 for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
   if r[1] == 'K' then
     redis.call('SET', tag .. ':k:' .. r[2], r[3], 'PX', ttl)
+  elseif r[1] == 'C' then
+    local id, key = r[2], tag .. ':m:' .. r[2]
+    local claim = r[6] .. '|' .. r[8]
+    local got = redis.call('HMGET', key, 'd', 'o', 'r')
+    local res = 1
+    if not got[2] then
+      res = 0
+    elseif got[1] then
+      local held, old = got[3], nil
+      if not held then  -- a lease written by the version before this one: its own key
+        old = tag .. ':r:' .. id
+        held = redis.call('GET', old)
+      end
+      if not held then
+        res = 2
+      elseif held ~= claim then  -- equal: this claim, in a batch sent again
+        local sep = string.find(held, '|', 1, true)
+        if tonumber(string.sub(held, sep + 1)) > tonumber(r[7]) then
+          res = 3
+        else
+          redis.call('HSET', key, 'r', claim)
+          if old then redis.call('DEL', old) end
+        end
+      end
+    else
+      redis.call('HSET', key, 's', r[3], 'e', r[4], 'd', r[5], 'r', claim)
+      push(finished, got[2], id)
+      done_index[#done_index + 1] = r[5]; done_index[#done_index + 1] = id
+      redis.call('PEXPIRE', key, ttl)
+    end
+    out[#out + 1] = res
+  elseif r[1] == 'S' then
+    redis.call('HDEL', tag .. ':m:' .. r[2], 'r')
   else
     local id, create, owner, t = r[2], r[3], r[4], r[5]
     local final, state, err, done = r[6], r[7], r[8], r[9]
@@ -305,36 +366,6 @@ redis.call('DEL', KEYS[1])
 return #all / 2
 """
 
-# A final state claimed by one node (claim_final), and its report lease.
-# KEYS: [1] the message (P:{m<b>}:m:<id>), [2] its report lease (P:{m<b>}:r:<id>), [3] the
-#   bucket's done zset. ARGV: [1] the tag, [2] this node, [3] now ms, [4] lease until ms,
-#   [5] ttl ms, [6] state, [7] error, [8] done_at, [9] the message id.
-# The winner holds the lease until its receipt is delivered or held (settle_final deletes
-# it); a node that dies first leaves a lease that lapses, and the carrier's resend, on any
-# node, is claimed again.
-# Returns 1 claimed (or taken over from a lapsed lease), 0 no such message, 2 final and
-# settled (a duplicate), 3 final and being reported by a live claim (try again later).
-_CLAIM_LUA: Final = """
-local key, lease = KEYS[1], KEYS[2]
-local tag, node, now, till, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local got = redis.call('HMGET', key, 'd', 'o')
-if not got[2] then return 0 end
-if got[1] then
-  local held = redis.call('GET', lease)
-  if not held then return 2 end
-  local sep = string.find(held, '|', 1, true)
-  if tonumber(string.sub(held, sep + 1)) > now then return 3 end
-  redis.call('SET', lease, node .. '|' .. till, 'PX', ttl)
-  return 1
-end
-redis.call('HSET', key, 's', ARGV[6], 'e', ARGV[7], 'd', ARGV[8])
-redis.call('ZREM', tag .. ':u:' .. got[2], ARGV[9])
-redis.call('ZADD', KEYS[3], ARGV[8], ARGV[9])
-redis.call('PEXPIRE', key, ttl)
-redis.call('SET', lease, node .. '|' .. till, 'PX', ttl)
-return 1
-"""
-
 # KEYS: the dead node's index, this node's. ARGV: this node, message key prefix, the dead
 # node. Like _TAKE_OVER_LUA, but only messages the dead node still owns, and their ids.
 _TAKE_OVER_IDS_LUA: Final = """
@@ -360,7 +391,6 @@ return 0
 
 _SCRIPTS: Final = {
     "batch": _BATCH_LUA,
-    "claim": _CLAIM_LUA,
     "hold": _HOLD_LUA,
     "held": _HELD_LUA,
     "release": _RELEASE_LUA,
@@ -381,11 +411,13 @@ _encode_records = msgspec.msgpack.Encoder().encode
 class _Bucket:
     """The records of one batch in one bucket: one script call (see _BATCH_LUA)."""
 
-    __slots__ = ("bodies", "records")
+    __slots__ = ("answers", "bodies", "claims", "records")
 
     def __init__(self) -> None:
         self.records: list[list[Any]] = []
         self.bodies: list[bytes] = []
+        self.answers = 0  # records the script answers (M and C), in order
+        self.claims: list[tuple[int, Op]] = []  # a C record's place in the answers, its op
 
     def body(self, body: bytes) -> int:
         """Where ``body`` is in ARGV (after the tag, the ttl and the records)."""
@@ -398,10 +430,21 @@ class _Bucket:
         """A new M record; its last item is the list of field/value pairs to set."""
         record = ["M", mid, create, owner, submitted_at, 0, state, 0, "", []]
         self.records.append(record)
+        self.answers += 1
         return record
 
     def index(self, carrier_key: str, mid: str) -> None:
         self.records.append(["K", carrier_key, mid])
+
+    def claim(self, mid: str, op: Op) -> None:
+        """A C record: ``op`` is a CLAIM (its params after the id's bucket was chosen)."""
+        state, error, done_at, node, now_ms, until_ms, _ = op.params
+        self.records.append(["C", mid, state, error, done_at, node, now_ms, until_ms])
+        self.claims.append((self.answers, op))
+        self.answers += 1
+
+    def settle(self, mid: str) -> None:
+        self.records.append(["S", mid])
 
     def call(self, sha: str, tag: str, ttl_ms: int) -> tuple[Any, ...]:
         return (
@@ -442,6 +485,27 @@ def _records(call: tuple[Any, ...]) -> list[list[Any]]:
 
 def _num(value: float) -> str:
     return repr(float(value))
+
+
+def _settled(written: asyncio.Future[None], ok: bool) -> None:
+    """A settle's batch is committed, or failed."""
+    if written.done():
+        return
+    if ok:
+        written.set_result(None)
+    else:
+        written.set_exception(StoreError("store: settle_final: not written"))
+
+
+def _claim_written(outcome: asyncio.Future[int], store: RedisStore, ok: bool) -> None:
+    """A claim's batch is committed (its result is in ``outcome`` already) or failed."""
+    if outcome.done():
+        return
+    if ok:  # committed without an answer for it: not expected, but never a hang
+        outcome.set_exception(StoreError("store: claim_final: no answer from the batch"))
+        return
+    why = f" (cannot write: {store.unwritable})" if store.unwritable else ""
+    outcome.set_exception(StoreError(f"store: claim_final: not written{why}"))
 
 
 class RedisStore(WriteBehind):
@@ -494,6 +558,10 @@ class RedisStore(WriteBehind):
         self._held_account: dict[int, str] = {}
         self.commands = 0
         """Redis commands sent (scripts count one each): the bench divides by messages."""
+        #: Claims waiting for their batch, by deadline (bounded by the writer's queue: a
+        #: claim is a record of it), and the one timer that fails those past it.
+        self._claim_deadlines: deque[tuple[float, asyncio.Future[int]]] = deque()
+        self._claim_timer: asyncio.TimerHandle | None = None
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -504,7 +572,7 @@ class RedisStore(WriteBehind):
         """The results of a batch script call; _Duplicate for an add of a taken id."""
         results = [int(r) for r in result]
         if -1 in results:
-            ids = [r[1] for r in _records(call) if r[0] == "M"]
+            ids = [r[1] for r in _records(call) if r[0] in ("M", "C")]
             raise _Duplicate(f"message id {ids[results.index(-1)]} holds another message")
         return results
 
@@ -550,6 +618,10 @@ class RedisStore(WriteBehind):
         try:
             await self._stop_writer(timeout)
         finally:
+            if self._claim_timer is not None:  # every claim is answered or failed by now
+                self._claim_timer.cancel()
+                self._claim_timer = None
+            self._claim_deadlines.clear()
             client, self._redis = self._redis, None
             await client.aclose()
 
@@ -578,7 +650,7 @@ class RedisStore(WriteBehind):
         holds = sum(op.kind == HOLD for op in ops)
         if holds:
             await self._take_held_ids(client, holds)
-        calls = self._calls(ops)
+        calls, claims = self._calls(ops)
         if probe:
             calls.append(("SET", f"{self._p}:probe", str(time.time_ns())))
         if self._wait_replicas and calls:
@@ -586,11 +658,13 @@ class RedisStore(WriteBehind):
         results = await self._send(client, calls)
         dropped: dict[str, int] = {}
         batch_sha, hold_sha = self._sha["batch"], self._sha["hold"]
-        for call, result in zip(calls, results, strict=True):
+        answered: list[tuple[Op, int]] = []
+        for n, (call, result) in enumerate(zip(calls, results, strict=True)):
             if isinstance(result, Exception):
                 raise result
             if call[1] == batch_sha:
-                self._batch_results(call, result)
+                answers = self._batch_results(call, result)
+                answered.extend((op, answers[at]) for at, op in claims[n])
             elif call[1] == hold_sha and result:
                 account = call[3].removeprefix(f"{self._p}:{{h:").removesuffix("}:q")
                 dropped[account] = dropped.get(account, 0) + int(result)
@@ -602,6 +676,9 @@ class RedisStore(WriteBehind):
         for op in ops:
             if op.kind == RELEASE:
                 self._held_account.pop(op.params[0], None)
+        for op, answer in answered:  # the claims' results, now that the batch is committed
+            if op.outcome is not None and not op.outcome.done():
+                op.outcome.set_result(answer)
         self.commit_seconds.observe(time.perf_counter() - started)
         self.transactions += 1
         self.records += len(ops)
@@ -643,11 +720,13 @@ class RedisStore(WriteBehind):
         self.commands += 1
         self._held_next, self._held_end = end - block + 1, end + 1
 
-    def _calls(self, ops: list[Op]) -> list[tuple[Any, ...]]:
+    def _calls(self, ops: list[Op]) -> tuple[list[tuple[Any, ...]], list[list[tuple[int, Op]]]]:
         """The commands that write ``ops``: ONE script call per bucket their messages and
         receipt-index keys fall in (each message's records in this batch folded into one
-        record, see _BATCH_LUA), one script per account's held deliveries and per
-        account's releases, one ``SADD`` of the accounts that held some."""
+        record, see _BATCH_LUA; a claim and a settle are records of their own, in order),
+        one script per account's held deliveries and per account's releases, one ``SADD``
+        of the accounts that held some. With them, for each bucket's call (the first
+        calls), its claims: where each one's result is in the call's answer, and its op."""
         buckets: dict[int, _Bucket] = {}
         folded: dict[str, list[Any]] = {}  # message id → its M record
         holds: dict[str, list[Any]] = {}
@@ -666,8 +745,19 @@ class RedisStore(WriteBehind):
                 if account_of is not None:
                     releases.setdefault(account_of, []).append(params[0])
                 continue
+            if kind == SETTLE:
+                settled = params[0]
+                _bucket_of(buckets, _bucket(settled)).settle(settled)
+                continue
             mid = op.message_id
             assert mid is not None
+            if kind == CLAIM:
+                if op.outcome is not None and op.outcome.done():
+                    continue  # its caller gave up (a deadline): not claimed for nobody
+                _bucket_of(buckets, _bucket(mid)).claim(mid, op)
+                # What this node writes of the message after the claim comes after it.
+                folded.pop(mid, None)
+                continue
             if kind == ADD:
                 _, account, state, submitted_at, body, owner = params
                 bucket = _bucket_of(buckets, _bucket(mid))
@@ -707,6 +797,7 @@ class RedisStore(WriteBehind):
             bucket.call(self._sha["batch"], f"{self._p}:{{m{b}}}", self._keep_ms)
             for b, bucket in buckets.items()
         ]
+        claims = [bucket.claims for bucket in buckets.values()]
         for account, items in holds.items():
             calls.append(
                 ("EVALSHA", self._sha["hold"], 4, *self._held_keys(account), self._held_max,
@@ -716,7 +807,7 @@ class RedisStore(WriteBehind):
             calls.append(("EVALSHA", self._sha["release"], 4, *self._held_keys(account), *ids))
         if holds:
             calls.append(("SADD", f"{self._p}:held:accounts", *holds))
-        return calls
+        return calls, claims
 
     def _failed_in_flight(self, adds: list[Op]) -> None:
         """A pipeline that failed half-way may have written some of ``adds`` although their
@@ -971,47 +1062,81 @@ class RedisStore(WriteBehind):
         return self._stored(values)
 
     async def claim_final(self, message_id: str, report: DeliveryReport) -> bool:
-        """The claim script's compare-and-set, at once (after this node's queued writes of
-        the message), with a report lease of ``claim_seconds`` until :meth:`settle_final`."""
+        """A C record of the writer's next batch (after this node's queued writes of the
+        message): the batch script's compare-and-set, with a report lease of
+        ``claim_seconds`` until :meth:`settle_final`. No round trip of its own: the claim
+        makes the writer send its batch at once (as an add whose ack waits for its commit
+        does) and waits for that batch's answer, within ``read_timeout``.
+
+        Redis unwritable: StoreError at once, as a read (a claim is not kept queued for a
+        caller that has moved on; the carrier sends the receipt again)."""
         if not is_final(report.state):
             raise ValueError(f"not a final state: {report.state!r}")
+        if self._unwritable is not None:
+            raise StoreError(f"store: claim_final: Redis cannot be written ({self._unwritable})")
         done_at = report.done_at if report.done_at > 0 else self._clock()
-        tag = f"{self._p}:{{m{_bucket(message_id)}}}"
         now = self._clock()
-        async with self._deadline("claim_final"):
-            seq = self._pending_ids.get(message_id)
-            if seq is not None:
-                await self._until(seq)
-            result = int(
-                await self._call(
-                    "claim_final",
-                    "EVALSHA",
-                    self._sha["claim"],
-                    3,
-                    f"{tag}:m:{message_id}",
-                    f"{tag}:r:{message_id}",
-                    f"{tag}:done",
-                    tag,
-                    self._node_id,
-                    int(now * 1000),
-                    int((now + self._claim_seconds) * 1000),
-                    self._keep_ms,
-                    int(report.state),
-                    report.error,
-                    _num(done_at),
-                    message_id,
-                )
-            )
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[int] = loop.create_future()
+        params = (
+            int(report.state),
+            report.error,
+            _num(done_at),
+            self._node_id,
+            str(int(now * 1000)),
+            str(int((now + self._claim_seconds) * 1000)),
+            message_id,
+        )
+        op = Op(CLAIM, params, message_id=message_id, outcome=outcome)
+        op.on_durable = partial(_claim_written, outcome, self)
+        self._put(op)
+        # The read deadline: past it ``outcome`` fails (and a claim not sent yet is then
+        # not sent). One timer for all the claims waiting (a claim per final receipt: a
+        # timeout scope or a timer each costs more than the rest of the claim).
+        waiting = self._claim_deadlines
+        while waiting and waiting[0][1].done():  # answered (claims are answered in order)
+            waiting.popleft()
+        waiting.append((loop.time() + self._config.read_timeout, outcome))
+        if self._claim_timer is None:
+            self._claim_timer = loop.call_at(self._claim_deadlines[0][0], self._expire_claims)
+        result = await outcome
         if result == 3:
             raise StoreError(f"message {message_id}: its final receipt is being reported")
         return result == 1
 
-    async def settle_final(self, message_id: str) -> None:
+    def _expire_claims(self) -> None:
+        """Fail the claims waiting past their deadline; the timer is set again for the
+        next one waiting, if any (deadlines come in order: one ``read_timeout`` each)."""
+        self._claim_timer = None
+        waiting = self._claim_deadlines
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+            outcome = waiting.popleft()[1]
+            if not outcome.done():
+                self.read_timeouts += 1
+                why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
+                limit = self._config.read_timeout
+                outcome.set_exception(
+                    StoreTimeout(f"store: claim_final took more than {limit:g} s{why}")
+                )
+        if waiting:
+            self._claim_timer = loop.call_at(waiting[0][0], self._expire_claims)
+
+    def settle_final(self, message_id: str) -> asyncio.Future[None]:
         """The claimed final state's receipt is delivered or held: its lease goes, and a
-        later claim is a duplicate."""
-        tag = f"{self._p}:{{m{_bucket(message_id)}}}"
-        async with self._deadline("settle_final"):
-            await self._call("settle_final", "DEL", f"{tag}:r:{message_id}")
+        later claim is a duplicate. An S record of the writer's next batch (no round trip
+        of its own), which it sends at once, as for a claim; the future is done once it is
+        written. Not written (Redis unwritable: failed at once, like a claim; a node that
+        dies first): the lease lapses after ``claim_seconds`` instead."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._unwritable is not None:
+            written.set_exception(
+                StoreError(f"store: settle_final: Redis cannot be written ({self._unwritable})")
+            )
+            return written
+        self._put(Op(SETTLE, (message_id,), on_durable=partial(_settled, written)))
+        return written
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
         async with self._deadline("held"):

@@ -519,8 +519,11 @@ class SqliteStore(WriteBehind):
                 wthread, _write_one, wdb, _TAKE_OVER, (self._node_id, node_id)
             )
 
-    async def settle_final(self, message_id: str) -> None:
-        """One node owns this store: its claims need no lease."""
+    def settle_final(self, message_id: str) -> asyncio.Future[None]:
+        """One node owns this store: its claims need no lease (done at once)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def take_over_messages(self, node_id: str) -> list[StoredMessage]:
         """The unfinished messages of ``node_id``, read, then taken over (one file belongs

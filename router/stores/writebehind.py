@@ -66,10 +66,12 @@ from smppcore.receipt import is_final
 __all__ = [
     "ADD",
     "CANCEL",
+    "CLAIM",
     "FINAL",
     "HOLD",
     "RELEASE",
     "SENT",
+    "SETTLE",
     "UPDATE",
     "Op",
     "Purge",
@@ -94,6 +96,10 @@ RETRY_MIN: Final = 0.05
 #   CANCEL  (state, done_at, id)
 #   HOLD    (account, expires_at, item)
 #   RELEASE (held id,)
+#   CLAIM   (state, error, done_at, node, now, lease_until, id)   a final state as a
+#           compare-and-set with a report lease; its result goes to ``Op.outcome``
+#   SETTLE  (id,)   the claimed final state's receipt is delivered or held: the lease goes
+# (CLAIM and SETTLE are written by backends whose store nodes share: Redis.)
 
 ADD: Final = 0
 SENT: Final = 1
@@ -102,6 +108,8 @@ UPDATE: Final = 3
 CANCEL: Final = 4
 HOLD: Final = 5
 RELEASE: Final = 6
+CLAIM: Final = 7
+SETTLE: Final = 8
 
 
 @dataclass(slots=True)
@@ -116,6 +124,10 @@ class Op:
     on_durable: DurableCallback | None = None
     settled: bool = False
     """Failed and taken out of its batch (an ack that could not wait): not abandoned."""
+    outcome: asyncio.Future[int] | None = None
+    """Where the backend puts what writing this record answered (a claim's result); its
+    caller awaits it. Cancelled (the caller gave up) before the batch is sent: the record
+    is not written."""
 
 
 @dataclass(slots=True)
@@ -130,8 +142,10 @@ class Purge:
 
 
 def _waits(op: Op) -> bool:
-    """An add whose acknowledgement waits for its commit (``ack_after: store``)."""
-    return op.kind == ADD and op.on_durable is not None
+    """A record whose caller waits for its commit and is not kept waiting while the store
+    cannot write: an add whose acknowledgement does (``ack_after: store``), a claim (its
+    caller waits for the result), a settle (a carrier waits for its answer)."""
+    return op.on_durable is not None and op.kind in (ADD, CLAIM, SETTLE)
 
 
 @dataclass(order=True)
@@ -545,11 +559,16 @@ class WriteBehind:
     def _fail_waiting_adds(self, batch: list[Op]) -> None:
         """The database cannot be written: the adds whose clients wait for their commit
         (``ack_after: store``), in ``batch`` and still queued behind it, are failed now
-        (their clients are answered ESME_RSYSERR) and taken out: none is written later."""
+        (their clients are answered ESME_RSYSERR) and taken out: none is written later.
+        So are claims (their callers get StoreError, like a read's, and the carrier is
+        asked to send the receipt again; one that reached the backend all the same leaves
+        a report lease that lapses) and settles (the lease lapses instead)."""
         waiting = [op for op in batch if _waits(op)]
         if waiting:
             batch[:] = [op for op in batch if not _waits(op)]
-            self._failed_in_flight(waiting)
+            adds = [op for op in waiting if op.kind == ADD]
+            if adds:
+                self._failed_in_flight(adds)
         queued = [op for op in self._queue if _waits(op)]
         if queued:
             self._queue = deque(op for op in self._queue if not _waits(op))

@@ -1,0 +1,242 @@
+"""Final-state claims and settles on Redis go through the write-behind batches: a claim is a
+record of its bucket's batch script call (no round trip of its own), answered when that
+batch returns; a settle is a record too. The contract (tests/test_store_contract.py) says
+what a claim means; this says what it costs and how it is ordered among a node's writes.
+
+Every test runs under a deadline and waits on the store, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
+
+from router.config import StoreConfig
+from router.model import Address, DeliveryReport, Message
+from router.ports import StoreError
+from router.stores.redis import BUCKETS, RedisStore, bucket
+from smppcore.constants import MessageState
+
+DEADLINE = 20.0
+SRC = Address(5, 0, "ACME")
+DST = Address(1, 1, "447700900123")
+DELIVERED = DeliveryReport("", MessageState.DELIVERED, done_at=2.0)
+
+
+def msg(i: int, **kw: Any) -> Message:
+    fields: dict[str, Any] = {"short_message": b"hello", "submitted_at": 1_000.0 + i}
+    fields.update(kw)
+    return Message(id=f"m{i:06d}", account="acme", source=SRC, destination=DST, **fields)
+
+
+def node(url: str, node_id: str = "a", **config: Any) -> RedisStore:
+    return RedisStore(StoreConfig(**config), url=url, node_id=node_id)
+
+
+@contextlib.asynccontextmanager
+async def opened(store: RedisStore) -> AsyncIterator[RedisStore]:
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close(5.0)
+
+
+def test_claims_and_settles_under_load_cost_no_round_trip_of_their_own(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A thousand claims at once go out in the writer's batches (at most one script call
+    per bucket and batch), and so do their settles; then every claim is a duplicate."""
+    n = 1_000
+
+    async def main() -> None:
+        async with opened(node(redis_url)) as store:
+            for i in range(n):
+                assert store.add(msg(i))
+            await store.flush()
+            base = store.commands
+            won = await asyncio.gather(
+                *(store.claim_final(f"m{i:06d}", DELIVERED) for i in range(n))
+            )
+            assert won == [True] * n
+            await asyncio.gather(*(store.settle_final(f"m{i:06d}") for i in range(n)))
+            # One claim and one settle per message sent alone would be 2 * n commands.
+            assert store.commands - base <= 4 * BUCKETS
+            again = await asyncio.gather(
+                *(store.claim_final(f"m{i:06d}", DELIVERED) for i in range(n))
+            )
+            assert again == [False] * n
+            stored = await store.get(f"m{n - 1:06d}")
+            assert stored is not None
+            assert (stored.state, stored.done_at) == (MessageState.DELIVERED, 2.0)
+            assert await store.unfinished() == []
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_claim_comes_after_this_nodes_queued_writes_and_before_its_later_ones(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """In one batch: the add, the send, the claim, then a write-behind final state queued
+    after the claim: the claim finds the message and wins; the later final state loses the
+    compare-and-set to it."""
+
+    async def main() -> None:
+        async with opened(node(redis_url)) as store:
+            assert store.add(msg(1))
+            store.set_sent("m000001", "c1", "X1")
+
+            async def later() -> None:  # its task runs after the claim's has queued it
+                store.set_final("m000001", DeliveryReport("", MessageState.REJECTED, done_at=4.0))
+
+            won, _ = await asyncio.gather(store.claim_final("m000001", DELIVERED), later())
+            assert won is True
+            await store.flush()
+            stored = await store.get("m000001")
+            assert stored is not None
+            assert (stored.state, stored.done_at) == (MessageState.DELIVERED, 2.0)
+            assert stored.carrier_message_id == "X1"
+            assert await store.find_sent("c1", "X1") == "m000001"
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_claim_does_not_wait_for_the_group_commit(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A claim makes the writer send its batch at once, as an add whose ack waits does:
+    with a commit interval longer than the read deadline it is still answered."""
+
+    async def main() -> None:
+        async with opened(node(redis_url, commit_interval=1.0, read_timeout=0.9)) as store:
+            assert store.add(msg(1))
+            await store.flush()
+            assert await store.claim_final("m000001", DELIVERED) is True
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_claim_sent_again_in_a_retried_batch_is_still_won(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A batch that fails by a record's fault (an add of an id that holds another message)
+    is sent again, whole and then record by record: the claim in it ran the first time, and
+    is answered as this node's claim each time, not as a claim being reported."""
+
+    async def main() -> None:
+        async with opened(node(redis_url)) as store:
+            assert store.add(msg(1))
+            assert store.add(msg(2))
+            await store.flush()
+            assert store.add(msg(2, short_message=b"another message"))  # a duplicate id
+            assert await store.claim_final("m000001", DELIVERED) is True
+            assert store.failed == 1  # the duplicate only
+            await store.settle_final("m000001")
+            assert await store.claim_final("m000001", DELIVERED) is False
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_claim_fails_like_a_read_while_redis_is_unreachable(tmp_path: Path, run: Any) -> None:
+    """Redis stops: a claim raises StoreError (the carrier is asked to send the receipt
+    again), the one in the batch that found Redis gone and the ones after it at once; it is
+    not kept queued for later; a settle fails likewise. Redis returns: claims are won
+    again."""
+    server = RedisServer(tmp_path, aof=True)  # the message survives the outage
+    server.start()
+
+    async def main() -> None:
+        async with opened(node(server.url, retry_max=0.2, read_timeout=2.0)) as store:
+            assert store.add(msg(1))
+            await store.flush()
+            server.stop()
+            with pytest.raises(StoreError):
+                await store.claim_final("m000001", DELIVERED)
+            assert store.unwritable == "unreachable"
+            with pytest.raises(StoreError, match="cannot be written"):
+                await store.claim_final("m000001", DELIVERED)
+            with pytest.raises(StoreError, match="cannot be written"):
+                await store.settle_final("m000001")  # its lease lapses instead
+            server.start()
+            await store.flush(timeout=15.0)
+            assert store.unwritable is None
+            assert await store.claim_final("m000001", DELIVERED) is True
+
+    try:
+        run(asyncio.wait_for(main(), DEADLINE + 20))
+    finally:
+        server.stop()
+
+
+def test_a_report_lease_written_by_the_version_before_is_honoured(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """The version before kept a claim's report lease in a key of its own
+    (``P:{m<b>}:r:<id>``, ``<node>|<until ms>``): while it is live a claim is asked to come
+    back later; once it lapsed the claim takes it over (and the old key goes); a message
+    final with no lease at all is a duplicate."""
+
+    async def main() -> None:
+        clock_ms = 1_000_000 * 1000  # the store's clock (below): now, in ms
+        store = RedisStore(StoreConfig(), url=redis_url, node_id="b", clock=lambda: 1_000_000.0)
+        async with opened(store):
+            for i in (1, 2, 3):
+                assert store.add(msg(i))
+            await store.flush()
+            client = store.client()
+            old: dict[str, int] = {"m000001": clock_ms + 30_000, "m000002": clock_ms - 1}
+            for mid in ("m000001", "m000002", "m000003"):
+                tag = f"{store.prefix}:{{m{bucket(mid)}}}"
+                # What the version before wrote for a won claim: the final state ...
+                await client.hset(
+                    f"{tag}:m:{mid}", mapping={"s": int(MessageState.DELIVERED), "e": 0, "d": "2.0"}
+                )
+                if mid in old:  # ... and its lease, not settled yet
+                    await client.set(f"{tag}:r:{mid}", f"a|{old[mid]}", px=86_400_000)
+            with pytest.raises(StoreError, match="being reported"):
+                await store.claim_final("m000001", DELIVERED)  # a's lease is live
+            assert await store.claim_final("m000002", DELIVERED) is True  # a's lapsed
+            tag2 = f"{store.prefix}:{{m{bucket('m000002')}}}"
+            assert await client.exists(f"{tag2}:r:m000002") == 0
+            await store.settle_final("m000002")
+            assert await store.claim_final("m000002", DELIVERED) is False
+            assert await store.claim_final("m000003", DELIVERED) is False  # settled
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_claim_waits_no_longer_than_the_read_deadline(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """Redis stops answering writes for longer than ``read_timeout``: the claim raises
+    StoreError within it (the carrier is asked to send the receipt again); once Redis
+    answers, the store writes again."""
+
+    async def main() -> None:
+        async with opened(node(redis_url, read_timeout=0.5, retry_max=0.2)) as store:
+            assert store.add(msg(1))
+            assert store.add(msg(2))
+            await store.flush()
+            await store.client().execute_command("CLIENT", "PAUSE", 4000, "WRITE")
+            try:
+                async with asyncio.timeout(3.0):  # well before the pause ends
+                    with pytest.raises(StoreError):
+                        await store.claim_final("m000001", DELIVERED)
+            finally:
+                await store.client().execute_command("CLIENT", "UNPAUSE")
+            await store.flush(timeout=15.0)
+            assert await store.claim_final("m000002", DELIVERED) is True
+
+    run(asyncio.wait_for(main(), DEADLINE))
