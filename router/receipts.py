@@ -347,9 +347,13 @@ class Receipts:
             report, respond = early.payload
             self._unmatched(early.carrier, report.carrier_message_id, respond)
 
-    def receipt(self, msg: Message, report: DeliveryReport, respond: Respond | None) -> None:
+    def receipt(
+        self, msg: Message, report: DeliveryReport, respond: Respond | None, *, ours: bool = False
+    ) -> None:
         """A receipt for ``msg``: an intermediate one is passed on; a final one ends its
-        deadline, counts, and finishes the message."""
+        deadline, counts, and finishes the message. ``ours``: the final state is this
+        router's own (no receipt came in time): the carrier's id stays mapped in memory, so
+        that its late receipt is known at once for a duplicate."""
         if self.withdrawn and self.withdrawn.get(msg.id) == report.carrier:
             self.metrics.event("receipt_withdrawn", report.carrier)
             answer(respond, ROK)
@@ -367,7 +371,7 @@ class Receipts:
                 health.record_receipt(self.wall(), state == _DELIVERED)
             sent = self.sent.pop(msg.id, None)
             cfg = self.configs.get(report.carrier)
-            if cfg is not None and report.carrier_message_id:
+            if cfg is not None and report.carrier_message_id and not ours:
                 # Final: its mapping leaves memory (the store keeps it for a late duplicate);
                 # else the in-memory map grows with every message up to max_cache.
                 self.correlator.forget(report.carrier, report.carrier_message_id, cfg.receipt_id)
@@ -410,7 +414,7 @@ class Receipts:
         if sent is not None and not self.shared:
             # (with the carrier's id: the message had reached a carrier)
             report = msgspec.structs.replace(report, carrier_message_id=sent[2])
-            self.receipt(sent[0], report, None)
+            self.receipt(sent[0], report, None, ours=True)
         else:  # (in a cluster another node may have had its receipt: the store says)
             self._spawn(self._overdue_from_store(message_id, report))
 
