@@ -303,6 +303,9 @@ class Receipts:
             return
         if stored.done_at is not None:
             if self.finals.shared and is_final(report.state):
+                if our_id in self.finals.finishing:  # a copy while its claim runs: joins it
+                    self.finals.repeated(our_id, report, respond)
+                    return
                 # In a cluster the final state is written when a node claims it, before
                 # its receipt is delivered or held: the claim says whether this is a
                 # duplicate, one being reported (sent again later), or one whose node

@@ -164,7 +164,10 @@ def test_pages_send_to_the_login_page_until_the_printed_url_logs_in(
 
 def test_the_login_form_takes_the_token_with_the_keyboard(page: Page, smsc: Smsc) -> None:
     page.goto(f"{smsc.base}/console/routes")
-    page.keyboard.type(smsc.url.split("token=")[1])  # the field has the focus
+    # The field takes the focus by itself (autofocus: the browser applies it once the page
+    # is shown, which may be a moment after the load event): no click needed.
+    expect(page.locator("#token")).to_be_focused()
+    page.keyboard.type(smsc.url.split("token=")[1])
     page.keyboard.press("Enter")
     expect(page).to_have_url(f"{smsc.base}/console/routes")
     expect(page.locator("#routes")).to_contain_text("cheap 0.001")

@@ -19,7 +19,7 @@ from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 
 from router.config import StoreConfig
 from router.model import Address, DeliveryReport, Message
-from router.ports import StoreError
+from router.ports import StoreError, StoreTimeout
 from router.stores.redis import BUCKETS, RedisStore, bucket
 from smppcore.constants import MessageState
 
@@ -150,8 +150,8 @@ def test_a_claim_sent_again_in_a_retried_batch_is_still_won(
 def test_a_claim_fails_like_a_read_while_redis_is_unreachable(tmp_path: Path, run: Any) -> None:
     """Redis stops: a claim raises StoreError (the carrier is asked to send the receipt
     again), the one in the batch that found Redis gone and the ones after it at once; it is
-    not kept queued for later; a settle fails likewise. Redis returns: claims are won
-    again."""
+    not kept queued for later. A settle is kept queued, its caller answered past the read
+    deadline. Redis returns: the settle is written, claims are won again."""
     server = RedisServer(tmp_path, aof=True)  # the message survives the outage
     server.start()
 
@@ -165,11 +165,16 @@ def test_a_claim_fails_like_a_read_while_redis_is_unreachable(tmp_path: Path, ru
             assert store.unwritable == "unreachable"
             with pytest.raises(StoreError, match="cannot be written"):
                 await store.claim_final("m000001", DELIVERED)
-            with pytest.raises(StoreError, match="cannot be written"):
-                await store.settle_final("m000001")  # its lease lapses instead
+            # A settle stays queued (written once Redis is back: it is harmless late); its
+            # caller — the carriers' answers — waits no longer than the read deadline.
+            settled = store.settle_final("m000001")
+            with pytest.raises(StoreTimeout):
+                await settled
+            assert store.queued >= 1
             server.start()
             await store.flush(timeout=15.0)
             assert store.unwritable is None
+            assert store.queued == 0
             assert await store.claim_final("m000001", DELIVERED) is True
 
     try:

@@ -212,6 +212,27 @@ def test_a_final_state_is_claimed_once(backend: Backend, run: Any) -> None:
     run(asyncio.wait_for(main(), DEADLINE))
 
 
+def test_two_claims_of_one_node_at_one_instant_are_won_once(backend: Backend, run: Any) -> None:
+    """Two copies of a final receipt claimed by one node at the same instant (its clock
+    does not move between them): one wins; the other is a duplicate, or — on a store
+    shared by nodes, while the winner's report lease holds — refused for now."""
+
+    async def main() -> None:
+        async with opened(backend.make(clock=Clock())) as store:
+            assert store.add(msg(1))
+            report = DeliveryReport("", MessageState.DELIVERED, done_at=3.0)
+            results = await asyncio.gather(
+                store.claim_final("m000001", report),
+                store.claim_final("m000001", report),
+                return_exceptions=True,
+            )
+            assert results.count(True) == 1, results
+            [other] = [r for r in results if r is not True]
+            assert other is False or isinstance(other, StoreError), results
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
 def test_a_closed_store_kept_what_was_queued(backend: Backend, run: Any) -> None:
     async def main() -> None:
         async with opened(backend.make(commit_interval=1.0)) as store:

@@ -556,11 +556,13 @@ class RedisStore(WriteBehind):
         #: Held id → account, for ``release`` (filled by ``held``; an entry goes when its
         #: release is written: bounded by the held items read and not yet released).
         self._held_account: dict[int, str] = {}
+        #: The end of the last claim's lease (ms): each claim's lease value is unique.
+        self._last_until = 0
         self.commands = 0
         """Redis commands sent (scripts count one each): the bench divides by messages."""
         #: Claims waiting for their batch, by deadline (bounded by the writer's queue: a
         #: claim is a record of it), and the one timer that fails those past it.
-        self._claim_deadlines: deque[tuple[float, asyncio.Future[int]]] = deque()
+        self._claim_deadlines: deque[tuple[float, asyncio.Future[Any], str]] = deque()
         self._claim_timer: asyncio.TimerHandle | None = None
 
     # -- keys --------------------------------------------------------------------------------
@@ -1078,13 +1080,17 @@ class RedisStore(WriteBehind):
         now = self._clock()
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[int] = loop.create_future()
+        # Each claim's lease value is its own (the script takes an equal value for this
+        # claim sent again): two claims of one node in one millisecond differ by the end.
+        until = max(int((now + self._claim_seconds) * 1000), self._last_until + 1)
+        self._last_until = until
         params = (
             int(report.state),
             report.error,
             _num(done_at),
             self._node_id,
             str(int(now * 1000)),
-            str(int((now + self._claim_seconds) * 1000)),
+            str(until),
             message_id,
         )
         op = Op(CLAIM, params, message_id=message_id, outcome=outcome)
@@ -1093,16 +1099,23 @@ class RedisStore(WriteBehind):
         # The read deadline: past it ``outcome`` fails (and a claim not sent yet is then
         # not sent). One timer for all the claims waiting (a claim per final receipt: a
         # timeout scope or a timer each costs more than the rest of the claim).
-        waiting = self._claim_deadlines
-        while waiting and waiting[0][1].done():  # answered (claims are answered in order)
-            waiting.popleft()
-        waiting.append((loop.time() + self._config.read_timeout, outcome))
-        if self._claim_timer is None:
-            self._claim_timer = loop.call_at(self._claim_deadlines[0][0], self._expire_claims)
+        self._wait_for_written(outcome, "claim_final")
         result = await outcome
         if result == 3:
             raise StoreError(f"message {message_id}: its final receipt is being reported")
         return result == 1
+
+    def _wait_for_written(self, future: asyncio.Future[Any], what: str) -> None:
+        """``future`` fails (StoreTimeout) if its record is not written within the read
+        deadline. One timer for all the claims and settles waiting (one per final receipt:
+        a timeout scope or a timer each costs more than the rest of the claim)."""
+        loop = asyncio.get_running_loop()
+        waiting = self._claim_deadlines
+        while waiting and waiting[0][1].done():  # answered (mostly in order)
+            waiting.popleft()
+        waiting.append((loop.time() + self._config.read_timeout, future, what))
+        if self._claim_timer is None:
+            self._claim_timer = loop.call_at(waiting[0][0], self._expire_claims)
 
     def _expire_claims(self) -> None:
         """Fail the claims waiting past their deadline; the timer is set again for the
@@ -1112,13 +1125,13 @@ class RedisStore(WriteBehind):
         loop = asyncio.get_running_loop()
         now = loop.time()
         while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
-            outcome = waiting.popleft()[1]
+            _, outcome, what = waiting.popleft()
             if not outcome.done():
                 self.read_timeouts += 1
                 why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
                 limit = self._config.read_timeout
                 outcome.set_exception(
-                    StoreTimeout(f"store: claim_final took more than {limit:g} s{why}")
+                    StoreTimeout(f"store: {what} took more than {limit:g} s{why}")
                 )
         if waiting:
             self._claim_timer = loop.call_at(waiting[0][0], self._expire_claims)
@@ -1127,15 +1140,13 @@ class RedisStore(WriteBehind):
         """The claimed final state's receipt is delivered or held: its lease goes, and a
         later claim is a duplicate. An S record of the writer's next batch (no round trip
         of its own), which it sends at once, as for a claim; the future is done once it is
-        written. Not written (Redis unwritable: failed at once, like a claim; a node that
-        dies first): the lease lapses after ``claim_seconds`` instead."""
+        written, or fails (StoreTimeout) past the read deadline — the record stays queued,
+        also while Redis cannot be written, and is written when it can (a late one is
+        harmless: the receipt was delivered or held). Not written at all (a node that dies
+        first): the lease lapses after ``claim_seconds`` instead."""
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._unwritable is not None:
-            written.set_exception(
-                StoreError(f"store: settle_final: Redis cannot be written ({self._unwritable})")
-            )
-            return written
         self._put(Op(SETTLE, (message_id,), on_durable=partial(_settled, written)))
+        self._wait_for_written(written, "settle_final")
         return written
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:

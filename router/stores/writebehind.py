@@ -144,8 +144,9 @@ class Purge:
 def _waits(op: Op) -> bool:
     """A record whose caller waits for its commit and is not kept waiting while the store
     cannot write: an add whose acknowledgement does (``ack_after: store``), a claim (its
-    caller waits for the result), a settle (a carrier waits for its answer)."""
-    return op.on_durable is not None and op.kind in (ADD, CLAIM, SETTLE)
+    caller waits for the result). (A settle stays queued: it is written when the store can
+    write again, and its caller's wait has a deadline of its own.)"""
+    return op.on_durable is not None and op.kind in (ADD, CLAIM)
 
 
 @dataclass(order=True)
