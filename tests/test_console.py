@@ -322,6 +322,7 @@ def test_cancelling_the_confirmation_changes_nothing(page: Page, smsc: Smsc) -> 
     login(page, smsc)
     page.goto(f"{smsc.base}/console/carriers")
     page.locator('button[data-carrier="dear"][data-action="drain"]').click()
+    expect(page.locator("#confirm-ok")).to_be_focused()  # the dialog is up, keys go to it
     page.keyboard.press("Escape")
     expect(page.locator("#confirm")).to_be_hidden()
     carriers = _api_get(page, smsc, "/api/v1/carriers")["carriers"]
