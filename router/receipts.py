@@ -314,8 +314,13 @@ class Receipts:
                 self.finals.report(stored.message, report, True, respond)
                 return
             # Final already (its receipt went to the client or is held): a carrier
-            # repeating a receipt, say because our deliver_sm_resp was late or lost.
+            # repeating a receipt, say because our deliver_sm_resp was late or lost. (A
+            # mapping kept in memory for it — a message finished here, past its deadline —
+            # has done its job.)
             self.metrics.event("receipt_duplicate", report.carrier)
+            cfg = self.configs.get(report.carrier)
+            if cfg is not None and report.carrier_message_id:
+                self.correlator.forget(report.carrier, report.carrier_message_id, cfg.receipt_id)
             answer(respond, ROK)
             return
         self.receipt(stored.message, report, respond)
