@@ -354,20 +354,9 @@ end
 return #ids
 """
 
-# KEYS: the dead node's index, this node's. ARGV: this node, message key prefix.
-# Moves every unfinished message of the dead node to this one; how many.
-_TAKE_OVER_LUA: Final = """
-local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-for k = 1, #all, 2 do
-  redis.call('HSET', ARGV[2] .. all[k], 'o', ARGV[1])
-  redis.call('ZADD', KEYS[2], all[k + 1], all[k])
-end
-redis.call('DEL', KEYS[1])
-return #all / 2
-"""
-
 # KEYS: the dead node's index, this node's. ARGV: this node, message key prefix, the dead
-# node. Like _TAKE_OVER_LUA, but only messages the dead node still owns, and their ids.
+# node. Moves the messages the dead node still owns to this node's index (their owner
+# rewritten); returns their ids.
 _TAKE_OVER_IDS_LUA: Final = """
 local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local out = {}
@@ -396,7 +385,6 @@ _SCRIPTS: Final = {
     "release": _RELEASE_LUA,
     "purge_held": _PURGE_HELD_LUA,
     "purge_messages": _PURGE_MESSAGES_LUA,
-    "take_over": _TAKE_OVER_LUA,
     "take_over_ids": _TAKE_OVER_IDS_LUA,
 }
 
@@ -982,28 +970,9 @@ class RedisStore(WriteBehind):
         return results
 
     async def take_over(self, node_id: str) -> int:
-        """One script per bucket, in one pipeline: each moves the dead node's index into
-        this node's and rewrites the owners, atomically (a message is taken once)."""
-        if node_id == self._node_id:
-            return 0
-        await self.flush()
-        client = self._client()
-        calls: list[tuple[Any, ...]] = []
-        for b in range(BUCKETS):
-            tag = f"{self._p}:{{m{b}}}"
-            calls.append(
-                (
-                    "EVALSHA",
-                    self._sha["take_over"],
-                    2,
-                    f"{tag}:u:{node_id}",
-                    f"{tag}:u:{self._node_id}",
-                    self._node_id,
-                    f"{tag}:m:",
-                )
-            )
-        async with self._deadline("take_over"):
-            return sum(int(r) for r in await self._read_all(client, calls))
+        """:meth:`take_over_messages`, counted (one way to take a node over: under its
+        take-over lock, which its own recovery takes too)."""
+        return len(await self.take_over_messages(node_id))
 
     async def take_over_messages(self, node_id: str) -> list[StoredMessage]:
         """One node at a time takes a dead node's messages over (a lock, ``SET NX``, for
