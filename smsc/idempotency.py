@@ -25,7 +25,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from smsc.http_records import Answer, HttpRecords
+from smsc.http_records import Answer, HttpRecords, RecordsUnavailable
 from smsc.tasks import stop_tasks, wait_event
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class Idempotency:
         wall: Callable[[], float],
         retry_every: float = 1.0,
         limit: int = LIMIT,
+        timeout: float = 5.0,
     ) -> None:
         self.records = records
         self.ttl = ttl
@@ -64,6 +65,8 @@ class Idempotency:
         self.wall = wall
         self.retry_every = retry_every
         self.limit = limit
+        #: How long a read of the records, or the write of an answer, may take.
+        self.timeout = timeout
         #: (account, key) of requests being answered here now.
         self._busy: set[tuple[str, str]] = set()
         #: Answers of sends not written yet (in a cluster), and when they were given.
@@ -96,7 +99,13 @@ class Idempotency:
         try:
             known = self._remembered(mark, now)
             if known is None:
-                known = await self.records.answer(account, key, now - self.ttl)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        known = await self.records.answer(account, key, now - self.ttl)
+                except TimeoutError:
+                    raise RecordsUnavailable(
+                        f"the Idempotency-Key answers were not read within {self.timeout:g} s"
+                    ) from None
             if known is not None:
                 if known.body_hash != digest:
                     raise KeyReused("this Idempotency-Key was used with another body")
@@ -118,7 +127,14 @@ class Idempotency:
             else:
                 given = Answer(digest, status, response)
                 done = self.records.remember(account, key, given, now)
-                written = done is not None and await done
+                written = False
+                if done is not None:
+                    # Sent already: the answer goes back whatever becomes of its write.
+                    try:
+                        async with asyncio.timeout(self.timeout):
+                            written = await asyncio.shield(done)  # (its writer sets it)
+                    except TimeoutError:
+                        log.warning("Idempotency-Key answer not written within %g s", self.timeout)
                 if not written and shared:
                     self._not_written(mark, given, now)
             return status, response, headers

@@ -15,6 +15,7 @@ fails, every call in it fails (its future raises) — a call may have run or not
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from typing import Any
@@ -31,7 +32,9 @@ FAILURES = (RedisError, OSError, TimeoutError)
 BATCH = 1_000
 
 
+@functools.cache
 def sha(script: str) -> str:
+    """The SHA1 Redis names ``script`` by (once per script: a few module constants)."""
     return hashlib.sha1(script.encode()).hexdigest()
 
 
