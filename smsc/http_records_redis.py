@@ -39,12 +39,31 @@ from smsc.redis_pipeline import Serial
 
 log = logging.getLogger(__name__)
 
-#: Rows a page reads at a time while filtering (by ``to``) in this process.
-CHUNK = 500
 _SEP = b"\x00"
 _encode = msgspec.msgpack.Encoder().encode
-_decode_sent = msgspec.msgpack.Decoder(SentMessage).decode
-_decode_answer = msgspec.msgpack.Decoder(tuple[str, int, bytes, float]).decode
+_sent_decoder = msgspec.msgpack.Decoder(SentMessage)
+_answer_decoder = msgspec.msgpack.Decoder(tuple[str, int, bytes, float])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode_sent(raw: bytes) -> SentMessage:
+    """A record (RecordsUnavailable when it is not one this version reads)."""
+    try:
+        return _sent_decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # (ValidationError is one)
+        raise RecordsUnavailable(f"a message record this node cannot read: {exc}") from exc
+
+
+def _decode_answer(raw: bytes) -> tuple[str, int, bytes, float]:
+    """An Idempotency-Key answer (RecordsUnavailable when it is not one this version
+    reads)."""
+    try:
+        return _answer_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise RecordsUnavailable(f"an Idempotency-Key answer this node cannot read: {exc}") from exc
 _FAILURES = (RedisError, OSError, TimeoutError)
 #: The status of a key's reservation (an answer has an HTTP status).
 _RESERVED = 0
@@ -82,6 +101,11 @@ class RedisRecords:
     def list_key(self, account: str) -> str:
         return f"{self.prefix}:{{ha:{account}}}:list"
 
+    def to_key(self, account: str, to: str) -> str:
+        """The account's messages to ``to`` (ids by created): a page filtered by ``to``
+        reads these, not the whole list."""
+        return f"{self.prefix}:{{ha:{account}}}:to:{to}"
+
     def answer_key(self, account: str, key: str) -> str:
         return f"{self.prefix}:{{ha:{account}}}:i:{key}"
 
@@ -117,14 +141,17 @@ class RedisRecords:
         keep_ms = max(1, math.ceil(self.retention * 1000))
         calls: list[tuple[Any, ...]] = []
         lists: dict[str, list[Any]] = {}
+        tos: dict[tuple[str, str], list[Any]] = {}
         newest: dict[str, float] = {}
         for m in messages:
             packed = _encode(m)
             calls.append(("SET", self.message_key(m.id), packed, "PX", keep_ms))
             lists.setdefault(m.account, []).extend((m.created, m.id.encode() + _SEP + packed))
+            tos.setdefault((m.account, m.to), []).extend((m.created, m.id))
             newest[m.account] = max(newest.get(m.account, m.created), m.created)
-        for account, pairs in lists.items():
-            key = self.list_key(account)
+        keys = [(self.list_key(a), pairs, a) for a, pairs in lists.items()]
+        keys += [(self.to_key(a, to), pairs, a) for (a, to), pairs in tos.items()]
+        for key, pairs, account in keys:
             calls.append(("ZADD", key, *pairs))
             oldest = newest[account] - self.retention
             calls.append(("ZREMRANGEBYSCORE", key, "-inf", f"({oldest!r}"))
@@ -161,9 +188,11 @@ class RedisRecords:
         if after is not None and (until is None or after[0] < until):
             top = repr(after[0])
         bottom = "-inf" if since is None else repr(since)
+        if to is not None:
+            return await self._page_to(account, to, top, bottom, after, limit)
         out: list[SentMessage] = []
         offset = 0
-        chunk = max(limit, CHUNK) if to is not None else limit + 1
+        chunk = limit + 1
         while len(out) < limit:
             rows = await self._read(
                 "ZREVRANGEBYSCORE", self.list_key(account), top, bottom, "LIMIT", offset, chunk
@@ -172,12 +201,44 @@ class RedisRecords:
                 m = _decode_sent(row.partition(_SEP)[2])
                 if after is not None and (m.created, m.id) >= after:
                     continue
-                if to is not None and m.to != to:
-                    continue
                 out.append(m)
                 if len(out) == limit:
                     break
             if len(rows) < chunk:
+                break
+            offset += chunk
+        return out
+
+    async def _page_to(
+        self,
+        account: str,
+        to: str,
+        top: str,
+        bottom: str,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> list[SentMessage]:
+        """A page of the account's messages to ``to``: from its own index (ids), the
+        records in one round trip per chunk; work in proportion to the page, not to the
+        account's list."""
+        out: list[SentMessage] = []
+        offset = 0
+        chunk = limit + 1
+        while len(out) < limit:
+            rows = await self._read(
+                "ZREVRANGEBYSCORE", self.to_key(account, to), top, bottom,
+                "WITHSCORES", "LIMIT", offset, chunk,
+            )  # fmt: skip
+            if rows and isinstance(rows[0], list | tuple):  # (RESP3: [member, score] each)
+                rows = [x for row in rows for x in row]
+            pairs = [(float(rows[k + 1]), _text(rows[k])) for k in range(0, len(rows), 2)]
+            ids = [mid for created, mid in pairs if after is None or (created, mid) < after]
+            for m in await self.get_many(ids):
+                if m is not None:  # (None: past its retention)
+                    out.append(m)
+                    if len(out) == limit:
+                        break
+            if len(pairs) < chunk:
                 break
             offset += chunk
         return out
