@@ -32,10 +32,9 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from smsc.http_records import Answer, RecordsUnavailable, SentMessage
-from smsc.redis_pipeline import Serial
+from smsc.redis_pipeline import FAILURES, Serial
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,6 @@ def _decode_answer(raw: bytes) -> tuple[str, int, bytes, float]:
         return _answer_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise RecordsUnavailable(f"an Idempotency-Key answer this node cannot read: {exc}") from exc
-_FAILURES = (RedisError, OSError, TimeoutError)
 #: The status of a key's reservation (an answer has an HTTP status).
 _RESERVED = 0
 
@@ -134,7 +132,7 @@ class RedisRecords:
         try:
             async with asyncio.timeout(self.timeout):
                 return await self.redis.execute_command(*call)  # type: ignore[no-untyped-call]
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise RecordsUnavailable(f"redis: {exc or type(exc).__name__}") from exc
 
     def add(self, messages: list[SentMessage]) -> asyncio.Future[bool] | None:
@@ -170,7 +168,7 @@ class RedisRecords:
                     for message_id in message_ids:
                         pipe.get(self.message_key(message_id))
                     raws = await pipe.execute()
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise RecordsUnavailable(f"redis: {exc or type(exc).__name__}") from exc
         return [None if raw is None else _decode_sent(raw) for raw in raws]
 
