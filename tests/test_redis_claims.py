@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+import redis.asyncio as aioredis
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 
 from router.config import StoreConfig
@@ -183,40 +185,95 @@ def test_a_claim_fails_like_a_read_while_redis_is_unreachable(tmp_path: Path, ru
         server.stop()
 
 
-def test_a_report_lease_written_by_the_version_before_is_honoured(
+def test_redis_executes_a_few_commands_per_call_whatever_the_records_in_it(
     redis_url: str,  # noqa: F811
     run: Any,
 ) -> None:
-    """The version before kept a claim's report lease in a key of its own
-    (``P:{m<b>}:r:<id>``, ``<node>|<until ms>``): while it is live a claim is asked to come
-    back later; once it lapsed the claim takes it over (and the old key goes); a message
-    final with no lease at all is a duplicate."""
+    """A thousand messages added, sent, claimed and settled, each step a batch of its own:
+    the commands Redis executes (those the scripts run included: INFO commandstats) stay
+    a few per script call — one per container a call reads or writes, not one per
+    message — so, all four steps together, under four per message."""
+    n = 1_000
 
     async def main() -> None:
-        clock_ms = 1_000_000 * 1000  # the store's clock (below): now, in ms
-        store = RedisStore(StoreConfig(), url=redis_url, node_id="b", clock=lambda: 1_000_000.0)
-        async with opened(store):
-            for i in (1, 2, 3):
+        async with opened(node(redis_url)) as store:
+            client = store.client()
+            await client.config_resetstat()
+            base = store.commands
+            for i in range(n):
                 assert store.add(msg(i))
             await store.flush()
-            client = store.client()
-            old: dict[str, int] = {"m000001": clock_ms + 30_000, "m000002": clock_ms - 1}
-            for mid in ("m000001", "m000002", "m000003"):
-                tag = f"{store.prefix}:{{m{bucket(mid)}}}"
-                # What the version before wrote for a won claim: the final state ...
-                await client.hset(
-                    f"{tag}:m:{mid}", mapping={"s": int(MessageState.DELIVERED), "e": 0, "d": "2.0"}
-                )
-                if mid in old:  # ... and its lease, not settled yet
-                    await client.set(f"{tag}:r:{mid}", f"a|{old[mid]}", px=86_400_000)
-            with pytest.raises(StoreError, match="being reported"):
-                await store.claim_final("m000001", DELIVERED)  # a's lease is live
-            assert await store.claim_final("m000002", DELIVERED) is True  # a's lapsed
-            tag2 = f"{store.prefix}:{{m{bucket('m000002')}}}"
-            assert await client.exists(f"{tag2}:r:m000002") == 0
-            await store.settle_final("m000002")
-            assert await store.claim_final("m000002", DELIVERED) is False
-            assert await store.claim_final("m000003", DELIVERED) is False  # settled
+            for i in range(n):
+                store.set_sent(f"m{i:06d}", "c1", f"X{i}")
+            await store.flush()
+            won = await asyncio.gather(
+                *(store.claim_final(f"m{i:06d}", DELIVERED) for i in range(n))
+            )
+            assert won == [True] * n
+            await asyncio.gather(*(store.settle_final(f"m{i:06d}") for i in range(n)))
+            stats = await client.info("commandstats")
+            executed = sum(
+                int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",
+                                                                       "cmdstat_config|resetstat")
+            )  # fmt: skip
+            calls = store.commands - base
+            assert executed <= 12 * calls
+            assert executed < 4 * n
+            assert await store.find_sent("c1", "X7") == "m000007"
+            stored = await store.get("m000007")
+            assert stored is not None
+            assert (stored.state, stored.carrier_message_id) == (MessageState.DELIVERED, "X7")
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_unfinished_messages_of_the_version_before_are_moved_at_start(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """The version before kept each message in a hash of its own (``P:{m<b>}:m:<id>``) and
+    each receipt index entry in a key of its own: a node starting on such a Redis moves
+    the unfinished messages into this layout first (once: ``P:format`` says it is done),
+    so that they are recovered, found by their receipt and finished; the final ones are
+    left to expire; an index member with no message is dropped."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            for i, final in ((1, False), (2, True)):
+                m = msg(i)
+                tag = f"smsc:{{m{bucket(m.id)}}}"
+                fields: dict[str, Any] = {
+                    "a": "acme", "t": repr(m.submitted_at), "b": msgspec.msgpack.encode(m),
+                    "o": "a", "s": int(MessageState.ENROUTE), "e": 0, "c": "c1",
+                    "ci": f"X{i}", "k": f"x{i}",
+                }  # fmt: skip
+                if final:
+                    fields.update(s=int(MessageState.DELIVERED), d="2.0")
+                else:
+                    await client.zadd(f"{tag}:u:a", {m.id: m.submitted_at})
+                await client.hset(f"{tag}:m:{m.id}", mapping=fields)
+                await client.set(f"smsc:{{m{bucket(f'c1:x{i}')}}}:k:c1:x{i}", m.id)
+            await client.zadd(f"smsc:{{m{bucket('m000009')}}}:u:a", {"m000009": 9.0})
+            async with opened(node(redis_url, "a")) as store:
+                [stored] = await store.unfinished()
+                assert stored.message == msg(1)
+                assert (stored.owner, stored.state) == ("a", MessageState.ENROUTE)
+                assert (stored.carrier, stored.carrier_message_id) == ("c1", "X1")
+                assert await store.find_sent("c1", "x1") == "m000001"
+                assert await store.get("m000002") is None  # final: left to expire
+                assert await store.claim_final("m000001", DELIVERED) is True
+                await store.settle_final("m000001")
+                assert await store.unfinished() == []
+            assert await client.get("smsc:format") == b"2"
+            assert await client.exists(f"smsc:{{m{bucket('m000001')}}}:m:m000001") == 0
+            assert await client.exists(f"smsc:{{m{bucket('m000009')}}}:u:a") == 0
+            async with opened(node(redis_url, "a")) as again:  # nothing to move any more
+                stored_again = await again.get("m000001")
+                assert stored_again is not None
+                assert stored_again.state is MessageState.DELIVERED
+        finally:
+            await client.aclose()
 
     run(asyncio.wait_for(main(), DEADLINE))
 

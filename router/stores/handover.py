@@ -47,7 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from router.model import Message
 from router.ports import HandedOver, StoreError
-from router.stores.redis import RedisStore, bucket
+from router.stores.redis import RECORD_LUA, RedisStore, bucket
 
 __all__ = ["RedisHandover"]
 
@@ -75,47 +75,70 @@ end
 return out
 """
 
-# KEYS: [1] the bucket's done zset (for its slot). ARGV: [1] the bucket's tag, [2] this
-# node, then (id, carrier) pairs: each message this node still owns (and not final) moves
-# to the carrier's hand-over queue, ``>carrier``. How many moved.
-_HAND_LUA: Final = """
-local tag, me, moved = ARGV[1], ARGV[2], 0
-for k = 3, #ARGV, 2 do
-  local id = ARGV[k]
-  local key = tag .. ':m:' .. id
-  local got = redis.call('HMGET', key, 'o', 'd', 't')
-  if got[1] == me and not got[2] then
-    local queue = '>' .. ARGV[k + 1]
-    redis.call('HSET', key, 'o', queue)
-    redis.call('ZREM', tag .. ':u:' .. me, id)
-    redis.call('ZADD', tag .. ':u:' .. queue, got[3], id)
-    moved = moved + 1
+# KEYS: [1] the bucket's live hash. ARGV: [1] the bucket's tag, [2] this node, then (id,
+# carrier) pairs: each message this node still owns (and not final) moves to the carrier's
+# hand-over queue, ``>carrier``. How many moved. One HMGET and one HSET of the live hash,
+# per owner one ZREM / ZADD.
+_HAND_LUA: Final = (
+    RECORD_LUA
+    + """
+local tag, me = ARGV[1], ARGV[2]
+local ids = {}
+for k = 3, #ARGV, 2 do ids[#ids + 1] = ARGV[k] end
+local got = fetch(KEYS[1], ids)
+local sets, gone, queued = {}, {}, {}
+for n, id in ipairs(ids) do
+  if got[n] then
+    local m = decode(got[n])
+    if m.h[3] == me and m.h[9] == 0 then
+      local queue = '>' .. ARGV[2 * n + 2]
+      m.h[3] = queue
+      sets[#sets + 1] = id; sets[#sets + 1] = encode(m)
+      gone[#gone + 1] = id
+      push(queued, queue, m.h[2], id)
+    end
   end
 end
-return moved
+each('HSET', KEYS[1], sets)
+each('ZREM', tag .. ':u:' .. me, gone)
+for queue, list in pairs(queued) do each('ZADD', tag .. ':u:' .. queue, list) end
+return #gone
 """
+)
 
-# KEYS: [1] the bucket's done zset. ARGV: [1] tag, [2] this node, then (id, from, carrier)
+# KEYS: [1] the bucket's live hash. ARGV: [1] tag, [2] this node, then (id, from, carrier)
 # triples. Each message owned by ``from`` or by ``>carrier``, and not final, becomes this
-# node's: its fields (b s e c ci d o) are returned; 0 for one another node has, or final.
-_ADOPT_LUA: Final = """
-local tag, me, out = ARGV[1], ARGV[2], {}
-for k = 3, #ARGV, 3 do
-  local id = ARGV[k]
-  local key = tag .. ':m:' .. id
-  local got = redis.call('HMGET', key, 'o', 'd', 't')
-  local owner = got[1]
-  if owner and not got[2] and (owner == ARGV[k + 1] or owner == '>' .. ARGV[k + 2]) then
-    redis.call('HSET', key, 'o', me)
-    redis.call('ZREM', tag .. ':u:' .. owner, id)
-    redis.call('ZADD', tag .. ':u:' .. me, got[3], id)
-    out[#out + 1] = redis.call('HMGET', key, 'b', 's', 'e', 'c', 'ci', 'd', 'o')
-  else
-    out[#out + 1] = 0
+# node's: its record is returned; 0 for one another node has, or final.
+_ADOPT_LUA: Final = (
+    RECORD_LUA
+    + """
+local tag, me = ARGV[1], ARGV[2]
+local ids = {}
+for k = 3, #ARGV, 3 do ids[#ids + 1] = ARGV[k] end
+local got = fetch(KEYS[1], ids)
+local out, sets, left, mine = {}, {}, {}, {}
+for n, id in ipairs(ids) do
+  local at = 3 * n + 1
+  out[n] = 0
+  if got[n] then
+    local m = decode(got[n])
+    local owner = m.h[3]
+    if m.h[9] == 0 and (owner == ARGV[at] or owner == '>' .. ARGV[at + 1]) then
+      m.h[3] = me
+      local record = encode(m)
+      sets[#sets + 1] = id; sets[#sets + 1] = record
+      push(left, owner, id)
+      mine[#mine + 1] = m.h[2]; mine[#mine + 1] = id
+      out[n] = record
+    end
   end
 end
+each('HSET', KEYS[1], sets)
+for owner, list in pairs(left) do each('ZREM', tag .. ':u:' .. owner, list) end
+each('ZADD', tag .. ':u:' .. me, mine)
 return out
 """
+)
 
 # KEYS: [1] a stream. ARGV: the group, then entry ids: acknowledged and deleted.
 _DONE_LUA: Final = """
@@ -238,7 +261,7 @@ class RedisHandover:
                 buckets.setdefault(bucket(mid), []).extend((mid, carrier))
         sha = self._sha["hand"]
         calls = [
-            ("EVALSHA", sha, 1, f"{self._tag(b)}:done", self._tag(b), self._me, *pairs)
+            ("EVALSHA", sha, 1, f"{self._tag(b)}:live", self._tag(b), self._me, *pairs)
             for b, pairs in buckets.items()
         ]
         await self._pipeline(client, calls)
@@ -317,16 +340,15 @@ class RedisHandover:
             args: list[Any] = [self._tag(b), self._me]
             for stream, _, mid, origin in group:
                 args += [mid, origin, streams[stream]]
-            calls.append(("EVALSHA", self._sha["adopt"], 1, f"{self._tag(b)}:done", *args))
+            calls.append(("EVALSHA", self._sha["adopt"], 1, f"{self._tag(b)}:live", *args))
             order.append(group)
         results = await self._pipeline(client, calls)
         out: list[HandedOver] = []
         for group, result in zip(order, results, strict=True):
-            for (stream, _, _, _), values in zip(group, result, strict=True):
-                if isinstance(values, list):
-                    stored = self._store.stored(values)
-                    if stored is not None:
-                        out.append(HandedOver(carrier=streams[stream], stored=stored))
+            for (stream, _, _, _), record in zip(group, result, strict=True):
+                if isinstance(record, bytes):
+                    stored = self._store.stored(record)
+                    out.append(HandedOver(carrier=streams[stream], stored=stored))
         by_stream: dict[str, list[str]] = {}
         for stream, entry_id, _, _ in entries:
             by_stream.setdefault(stream, []).append(entry_id)

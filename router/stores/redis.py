@@ -82,6 +82,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import zlib
 from collections import deque
@@ -135,43 +136,18 @@ WRITE_ERROR_REASONS: Final = ("unreachable", "loading", "read_only", "no_memory"
 #: Held ids a node takes from ``P:held:seq`` at a time.
 _HELD_BLOCK: Final = 1000
 
-# One call per bucket and batch: every record of the batch whose keys are in the bucket,
-# packed in ONE msgpack argument (one argument to encode, not dozens per message).
-# KEYS: [1] the bucket's done zset (P:{m<b>}:done); the script names the message keys
-#   (P:{m<b>}:m:<id>), owner indexes (P:{m<b>}:u:<owner>) and receipt-index keys
-#   (P:{m<b>}:k:<carrier>:<key>) from the bucket's tag: all in the slot of KEYS[1].
-# ARGV: [1] the tag (P:{m<b>}), [2] ttl ms, [3] msgpack of the records, each an array:
-#   K <carrier:key> <id>          receipt index: SET key id PX ttl
-#   M <id> <create> <owner> <submitted_at> <final> <state> <error> <done_at> <pairs>
-#     create 1: an add (nothing if the same message is there: a batch sent again; -1 if
-#     another message has the id); 0: the message must exist (else nothing).
-#     pairs (field, value, ...) are set unconditionally (account, body, carrier fields);
-#     the body's value is the index in ARGV of the body (Redis's cmsgpack has no binary
-#     type: bodies follow the records, one argument each).
-#     final 1: a state change, compare-and-set on done_at (2: it lost, the message was
-#     final already); done_at "" for a state that is not final.
-#   C <id> <state> <error> <done_at> <node> <now ms> <lease until ms>
-#     a final state claimed by this node (claim_final): a compare-and-set on done_at that
-#     also takes the report lease (the message's field r, "<node>|<until ms>"), held until
-#     the receipt is delivered or held (S); a node that dies first leaves a lease that
-#     lapses, and the carrier's resend, on any node, is claimed again. A lease written by
-#     the version before (its own key P:{m<b>}:r:<id>) is read where the field is absent.
-#   S <id>                        settle_final: HDEL of the field r.
-# Returns one result per M record: 1 written, 0 nothing to do, 2 lost the CAS, -1 duplicate;
-# and per C record: 1 claimed (or taken over from a lapsed lease, or this very claim in a
-# batch sent again), 0 no such message, 2 final and settled (a duplicate), 3 final and
-# being reported by a live claim (try again later). In the order of the records.
-_BATCH_LUA: Final = """
-local tag, ttl = ARGV[1], ARGV[2]
-local out = {}
--- The index changes of the whole call, made at the end with one variadic command each
--- (ZADD/ZREM per owner, ZADD of the done index): a command per bucket, not per message.
-local unfinished, finished, done_index = {}, {}, {}
-local function push(lists, name, a, b)
-  local list = lists[name]
-  if not list then list = {}; lists[name] = list end
-  list[#list + 1] = a
-  if b then list[#list + 1] = b end
+# The record codec and helpers every script that reads or writes message records starts
+# with (router.stores.handover's too). A record: 2 bytes (big-endian) the length of its
+# header, the header (a msgpack array, see RECORD_FIELDS), the body (the Message, msgpack
+# as the node encoded it; Redis's cmsgpack has no binary type, so the body stays outside).
+RECORD_LUA: Final = """
+local function decode(s)
+  local n = string.byte(s, 1) * 256 + string.byte(s, 2)
+  return {h = cmsgpack.unpack(string.sub(s, 3, n + 2)), b = string.sub(s, n + 3)}
+end
+local function encode(m)
+  local head = cmsgpack.pack(m.h)
+  return string.char(math.floor(#head / 256), #head % 256) .. head .. m.b
 end
 -- One command per 4,000 arguments at most (Lua's unpack has a stack limit).
 local function each(command, key, list)
@@ -179,95 +155,232 @@ local function each(command, key, list)
     redis.call(command, key, unpack(list, k, math.min(k + 3999, #list)))
   end
 end
-for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
-  if r[1] == 'K' then
-    redis.call('SET', tag .. ':k:' .. r[2], r[3], 'PX', ttl)
-  elseif r[1] == 'C' then
-    local id, key = r[2], tag .. ':m:' .. r[2]
+-- HMGET of ids (in chunks): the values in the order of ids (false: none).
+local function fetch(key, ids)
+  local out = {}
+  for k = 1, #ids, 4000 do
+    local got = redis.call('HMGET', key, unpack(ids, k, math.min(k + 3999, #ids)))
+    for j = 1, #got do out[k + j - 1] = got[j] end
+  end
+  return out
+end
+local function push(lists, name, a, b)
+  local list = lists[name]
+  if not list then list = {}; lists[name] = list end
+  list[#list + 1] = a
+  if b then list[#list + 1] = b end
+end
+"""
+
+# One call per bucket and batch: every record of the batch whose keys are in the bucket,
+# packed in ONE msgpack argument (one argument to encode, not dozens per message).
+# KEYS: [1] the bucket's live hash (P:{m<b>}:live); the script names the other keys of the
+#   bucket (f:<day>, days, u:<owner>, rk:<day>) from the bucket's tag: all in its slot.
+# ARGV: [1] the tag (P:{m<b>}), [2] today (the node's UTC day number), [3] the offset of a
+#   final container's expiry (f:<d> expires at d * 86400 + offset), [4] the expiry of
+#   today's receipt index (and the least expiry of a final container), [5] now (Unix
+#   seconds: the expiries are set as TTLs, from the node's clock), [6] msgpack of the
+#   records, each an array; then the bodies (one argument each):
+#   K <carrier:key> <id>          receipt index: HSET rk:<today> carrier:key id
+#   M <id> <create> <owner> <submitted_at> <final> <state> <error> <done_at> <day> <sets>
+#     create 1: an add (nothing if the same message is there: a batch sent again; -1 if
+#     another message has the id); 0: the message must exist (else nothing).
+#     sets (position, value, ...) are set unconditionally: header positions (1 account,
+#     2 submitted_at, 6 carrier, 7 carrier's id, 8 correlation key), 0 the body (its value:
+#     its index in ARGV).
+#     final 1: a state change, compare-and-set on done_at (2: it lost, the message was
+#     final already); done_at 0 for a state that is not final; day: the container a final
+#     state moves the message to.
+#   C <id> <state> <error> <done_at> <node> <now ms> <lease until ms> <day>
+#     a final state claimed by this node (claim_final): a compare-and-set on done_at that
+#     also takes the report lease ("<node>|<until ms>", the header's position 10), held
+#     until the receipt is delivered or held (S); a node that dies first leaves a lease
+#     that lapses, and the carrier's resend, on any node, is claimed again.
+#   S <id> <day or -1>            settle_final: the lease goes (the day: where its claim
+#     put the message, if this node knows; looked at first).
+# Reads: ONE HMGET of live for every id of the call; the ids not live (final), the creates
+# final in this call (a batch sent again) in their own day's container: HMGET of the days
+# named (today's first, then those of the call's records), then of every day the bucket
+# holds (the days zset), until all are found. Records are changed in memory, in order
+# (a record sees what the ones before it did); then ONE HSET of live, ONE HDEL of live
+# (those that became final), per day one HSET and one EXPIRE NX (a new container: ZADD
+# days), per owner one ZADD and one ZREM, one HSET of today's receipt index (EXPIRE NX).
+# Returns one result per M record: 1 written, 0 nothing to do, 2 lost the CAS, -1 duplicate;
+# and per C record: 1 claimed (or taken over from a lapsed lease, or this very claim in a
+# batch sent again), 0 no such message, 2 final and settled (a duplicate), 3 final and
+# being reported by a live claim (try again later). In the order of the records.
+_BATCH_LUA: Final = (
+    RECORD_LUA
+    + """
+local tag, today = ARGV[1], tonumber(ARGV[2])
+local f_offset, k_expire, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local live = KEYS[1]
+local records = cmsgpack.unpack(ARGV[6])
+local recs, origin = {}, {}  -- id: its record {h, b, at}; where it was ('live' or a day)
+local ids, seen = {}, {}
+for _, r in ipairs(records) do
+  if r[1] ~= 'K' and not seen[r[2]] then seen[r[2]] = true; ids[#ids + 1] = r[2] end
+end
+if #ids > 0 then
+  local got = fetch(live, ids)
+  for k, id in ipairs(ids) do
+    if got[k] then
+      local m = decode(got[k]); m.at = 'live'; recs[id] = m; origin[id] = 'live'
+    end
+  end
+end
+-- Not live: looked for in the day containers.
+local wanted, created, own, named, order = {}, {}, {}, {}, {today}
+named[today] = true
+local function name(day)
+  if day and day >= 0 and not named[day] then named[day] = true; order[#order + 1] = day end
+end
+for _, r in ipairs(records) do
+  local kind, id = r[1], r[2]
+  if kind == 'C' then name(r[9])
+  elseif kind == 'S' then name(r[3])
+  elseif kind == 'M' and r[6] == 1 and r[9] ~= 0 then name(r[10]) end
+  if kind ~= 'K' and not recs[id] and not wanted[id] and not created[id] then
+    if kind ~= 'M' or r[3] ~= 1 then
+      wanted[id] = true
+    else  -- an add: new (what comes after it in this call finds it in memory) ...
+      created[id] = true
+      -- ... unless final in this call, and this call was sent before: in its day
+      if r[6] == 1 and r[9] ~= 0 then push(own, r[10], id) end
+    end
+  end
+end
+local function look(day, list)
+  local key = tag .. ':f:' .. day
+  local got = fetch(key, list)
+  for k, id in ipairs(list) do
+    if got[k] and not recs[id] then
+      local m = decode(got[k]); m.at = day; recs[id] = m; origin[id] = day
+      wanted[id] = nil
+    end
+  end
+end
+local function missing()
+  local list = {}
+  for id in pairs(wanted) do list[#list + 1] = id end
+  return list
+end
+for _, day in ipairs(order) do
+  local list = missing()
+  for _, id in ipairs(own[day] or {}) do list[#list + 1] = id end
+  if #list > 0 then look(day, list) end
+end
+if next(wanted) then
+  for _, day in ipairs(redis.call('ZREVRANGE', tag .. ':days', 0, -1)) do
+    day = tonumber(day)
+    if not named[day] then
+      look(day, missing())
+      if not next(wanted) then break end
+    end
+  end
+end
+-- The records, in order, on the messages in memory.
+local out, dirty, keyed = {}, {}, {}
+local unfinished, finished = {}, {}  -- owner: ids (with scores) in / out of its index
+local function apply(m, sets)
+  for k = 1, #sets, 2 do
+    if sets[k] == 0 then m.b = ARGV[sets[k + 1]] else m.h[sets[k]] = sets[k + 1] end
+  end
+end
+for _, r in ipairs(records) do
+  local kind, id = r[1], r[2]
+  if kind == 'K' then
+    keyed[#keyed + 1] = id; keyed[#keyed + 1] = r[3]
+  elseif kind == 'S' then
+    local m = recs[id]
+    if m and m.h[10] ~= '' then m.h[10] = ''; dirty[id] = true end
+  elseif kind == 'C' then
+    local m, res = recs[id], 1
     local claim = r[6] .. '|' .. r[8]
-    local got = redis.call('HMGET', key, 'd', 'o', 'r')
-    local res = 1
-    if not got[2] then
+    if not m then
       res = 0
-    elseif got[1] then
-      local held, old = got[3], nil
-      if not held then  -- a lease written by the version before this one: its own key
-        old = tag .. ':r:' .. id
-        held = redis.call('GET', old)
-      end
-      if not held then
+    elseif m.h[9] ~= 0 then
+      local held = m.h[10]
+      if held == '' then
         res = 2
       elseif held ~= claim then  -- equal: this claim, in a batch sent again
         local sep = string.find(held, '|', 1, true)
         if tonumber(string.sub(held, sep + 1)) > tonumber(r[7]) then
           res = 3
         else
-          redis.call('HSET', key, 'r', claim)
-          if old then redis.call('DEL', old) end
+          m.h[10] = claim; dirty[id] = true
         end
       end
     else
-      redis.call('HSET', key, 's', r[3], 'e', r[4], 'd', r[5], 'r', claim)
-      push(finished, got[2], id)
-      done_index[#done_index + 1] = r[5]; done_index[#done_index + 1] = id
-      redis.call('PEXPIRE', key, ttl)
+      m.h[4], m.h[5], m.h[9], m.h[10] = r[3], r[4], r[5], claim
+      push(finished, m.h[3], id); m.at = r[9]; dirty[id] = true
     end
     out[#out + 1] = res
-  elseif r[1] == 'S' then
-    redis.call('HDEL', tag .. ':m:' .. r[2], 'r')
   else
-    local id, create, owner, t = r[2], r[3], r[4], r[5]
-    local final, state, err, done = r[6], r[7], r[8], r[9]
-    local fields = r[10]
-    for k = 1, #fields, 2 do
-      if fields[k] == 'b' then fields[k + 1] = ARGV[fields[k + 1]] end
-    end
-    local key = tag .. ':m:' .. id
-    local res = 1
-    local had_done, had_owner = false, false
+    local create, final, state, err, done, sets = r[3], r[6], r[7], r[8], r[9], r[11]
+    local m, res = recs[id], 1
     if create == 1 then
-      if redis.call('EXISTS', key) == 1 then
-        if redis.call('HGET', key, 'b') == fields[4] then res = 0 else res = -1 end
-      end
-    else
-      local got = redis.call('HMGET', key, 'd', 'o')  -- every message has an owner
-      had_done, had_owner = got[1], got[2]
-      if not had_owner then res = 0 end
-    end
-    if res == 1 then
-      -- One HSET per message: its fields, and the state when it changes (not when it lost).
-      local settle = final == 1 and done ~= ''
-      if final == 1 and had_done then
-        res = 2
-        if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+      if m then
+        local body
+        for k = 1, #sets, 2 do if sets[k] == 0 then body = ARGV[sets[k + 1]] end end
+        if m.b == body then res = 0 else res = -1 end
       else
-        if final == 1 and create ~= 1 then
-          fields[#fields + 1] = 's'; fields[#fields + 1] = state
-          fields[#fields + 1] = 'e'; fields[#fields + 1] = err
+        m = {h = {'', r[5], r[4], state, err, '', '', '', 0, ''}, b = '', at = 'live'}
+        apply(m, sets)
+        if final == 1 and done ~= 0 then
+          m.h[9] = done; m.at = r[10]
+        else
+          push(unfinished, r[4], r[5], id)
         end
-        if settle then fields[#fields + 1] = 'd'; fields[#fields + 1] = done end
-        if create == 1 then
-          redis.call('HSET', key, 'o', owner, 't', t, 's', state, 'e', err, unpack(fields))
-          if not settle then push(unfinished, owner, t, id) end
-        elseif #fields > 0 then
-          redis.call('HSET', key, unpack(fields))
-        end
-        if settle then  -- final: out of the owner's index (a new one never went in)
-          if create ~= 1 then push(finished, had_owner or owner, id) end
-          done_index[#done_index + 1] = done; done_index[#done_index + 1] = id
-          redis.call('PEXPIRE', key, ttl)
+        recs[id] = m; dirty[id] = true
+      end
+    elseif not m then
+      res = 0
+    else
+      if #sets > 0 then apply(m, sets); dirty[id] = true end
+      if final == 1 then
+        if m.h[9] ~= 0 then
+          res = 2
+        else
+          m.h[4], m.h[5] = state, err; dirty[id] = true
+          if done ~= 0 then m.h[9] = done; push(finished, m.h[3], id); m.at = r[10] end
         end
       end
     end
     out[#out + 1] = res
   end
 end
+-- The writes: one variadic command per container.
+local live_set, live_del, by_day = {}, {}, {}
+for id in pairs(dirty) do
+  local m = recs[id]
+  if m.at == 'live' then
+    live_set[#live_set + 1] = id; live_set[#live_set + 1] = encode(m)
+  else
+    push(by_day, m.at, id, encode(m))
+    if origin[id] == 'live' then live_del[#live_del + 1] = id end
+  end
+end
+each('HSET', live, live_set)
+each('HDEL', live, live_del)
+for day, list in pairs(by_day) do
+  local key = tag .. ':f:' .. day
+  each('HSET', key, list)
+  local ttl = math.max(day * 86400 + f_offset, k_expire) - now
+  if redis.call('EXPIRE', key, string.format('%d', ttl), 'NX') == 1 then
+    redis.call('ZADD', tag .. ':days', day, day)  -- a new container
+  end
+end
 for owner, list in pairs(unfinished) do each('ZADD', tag .. ':u:' .. owner, list) end
 for owner, list in pairs(finished) do each('ZREM', tag .. ':u:' .. owner, list) end
-each('ZADD', KEYS[1], done_index)
+if #keyed > 0 then
+  local key = tag .. ':rk:' .. today
+  each('HSET', key, keyed)
+  redis.call('EXPIRE', key, string.format('%d', k_expire - now), 'NX')
+end
 return out
 """
-
+)
 # KEYS: q, i, x, c of an account. ARGV: held_max, then held id, expires_at, item for each.
 # Returns how many of the oldest the bound dropped.
 _HOLD_LUA: Final = """
@@ -343,34 +456,141 @@ end
 return #ids
 """
 
-# KEYS: done zset. ARGV: cutoff, limit, message key prefix. Deletes final messages done
-# before cutoff; how many.
+# KEYS: the bucket's days zset. ARGV: the tag, the cutoff's day, limit. Deletes the final
+# containers of the days before the cutoff's (up to limit records: a container larger than
+# what is left loses that many, HRANDFIELD + HDEL); how many records.
 _PURGE_MESSAGES_LUA: Final = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(ids) do
-  redis.call('DEL', ARGV[3] .. id)
-  redis.call('ZREM', KEYS[1], id)
-end
-return #ids
-"""
-
-# KEYS: the dead node's index, this node's. ARGV: this node, message key prefix, the dead
-# node. Moves the messages the dead node still owns to this node's index (their owner
-# rewritten); returns their ids.
-_TAKE_OVER_IDS_LUA: Final = """
-local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local out = {}
-for k = 1, #all, 2 do
-  local key = ARGV[2] .. all[k]
-  if redis.call('HGET', key, 'o') == ARGV[3] then
-    redis.call('HSET', key, 'o', ARGV[1])
-    redis.call('ZADD', KEYS[2], all[k + 1], all[k])
-    out[#out + 1] = all[k]
+local days = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+local left, n = tonumber(ARGV[3]), 0
+for _, day in ipairs(days) do
+  if left <= 0 then break end
+  local key = ARGV[1] .. ':f:' .. day
+  local size = redis.call('HLEN', key)
+  if size <= left then
+    redis.call('UNLINK', key)
+    redis.call('ZREM', KEYS[1], day)
+    n, left = n + size, left - size
+  else
+    local ids = redis.call('HRANDFIELD', key, left)
+    for k = 1, #ids, 4000 do
+      redis.call('HDEL', key, unpack(ids, k, math.min(k + 3999, #ids)))
+    end
+    n, left = n + #ids, 0
   end
 end
-redis.call('DEL', KEYS[1])
+return n
+"""
+
+# KEYS: [1] the bucket's live hash, [2] an owner's index. ARGV: the tag. The owner's
+# messages: id, record, id, record, ... (one HMGET per 4,000).
+_OWNED_LUA: Final = (
+    RECORD_LUA
+    + """
+local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+local got = fetch(KEYS[1], ids)
+local out = {}
+for k, id in ipairs(ids) do
+  if got[k] then out[#out + 1] = id; out[#out + 1] = got[k] end
+end
 return out
 """
+)
+
+# KEYS: [1] the bucket's live hash, [2] the dead node's index, [3] this node's. ARGV: this
+# node, the dead node. The messages the dead node still owns become this node's (their
+# owner rewritten, one HSET; one ZADD to this node's index); the dead node's index goes.
+# Returns id, record, ... of those taken.
+_TAKE_OVER_LUA: Final = (
+    RECORD_LUA
+    + """
+local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local ids = {}
+for k = 1, #all, 2 do ids[#ids + 1] = all[k] end
+local got = fetch(KEYS[1], ids)
+local out, sets, index = {}, {}, {}
+for k, id in ipairs(ids) do
+  if got[k] then
+    local m = decode(got[k])
+    if m.h[3] == ARGV[2] and m.h[9] == 0 then
+      m.h[3] = ARGV[1]
+      local record = encode(m)
+      sets[#sets + 1] = id; sets[#sets + 1] = record
+      index[#index + 1] = all[2 * k]; index[#index + 1] = id
+      out[#out + 1] = id; out[#out + 1] = record
+    end
+  end
+end
+each('HSET', KEYS[1], sets)
+each('ZADD', KEYS[3], index)
+redis.call('DEL', KEYS[2])
+return out
+"""
+)
+
+# KEYS: [1] the bucket's live hash. ARGV: the tag, the id. The message's record, live or
+# in the most recent day container that has it (ZREVRANGE of the days); nil: none.
+_GET_LUA: Final = """
+local found = redis.call('HGET', KEYS[1], ARGV[2])
+if found then return found end
+for _, day in ipairs(redis.call('ZREVRANGE', ARGV[1] .. ':days', 0, -1)) do
+  found = redis.call('HGET', ARGV[1] .. ':f:' .. day, ARGV[2])
+  if found then return found end
+end
+return false
+"""
+
+# KEYS: [1] the bucket's receipt index of the first day to look in. ARGV: the tag, the
+# first day, the last (older), carrier:key. Our id, from the most recent day that has it.
+_FIND_SENT_LUA: Final = """
+for day = tonumber(ARGV[2]), tonumber(ARGV[3]), -1 do
+  local found = redis.call('HGET', ARGV[1] .. ':rk:' .. day, ARGV[4])
+  if found then return found end
+end
+return false
+"""
+
+# Moving the version before's unfinished messages into this layout (RedisStore.open).
+# KEYS: [1] the bucket's live hash, [2] an owner's index (P:{m<b>}:u:<owner>). ARGV: the
+# tag, the first rank, how many. Each member from that rank: live already (kept); an old
+# hash P:{m<b>}:m:<id> with no final state (made a record in live, the hash deleted, kept);
+# else (final, or nothing) out of the index. Returns the members kept, those moved, then
+# carrier:key,
+# id pairs of the receipt index of those moved (written by the caller: another bucket).
+_MIGRATE_LUA: Final = (
+    RECORD_LUA
+    + """
+local tag, first = ARGV[1], tonumber(ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[2], first, first + tonumber(ARGV[3]) - 1)
+local got = fetch(KEYS[1], ids)
+local kept, sets, gone, index = 0, {}, {}, {}
+for k, id in ipairs(ids) do
+  if got[k] then
+    kept = kept + 1
+  else
+    local key = tag .. ':m:' .. id
+    local f = redis.call('HMGET', key, 'a', 't', 'o', 's', 'e', 'c', 'ci', 'k', 'd', 'b')
+    if f[3] and f[10] and not f[9] then
+      local m = {h = {f[1] or '', tonumber(f[2]) or 0, f[3], tonumber(f[4]) or 0,
+                      tonumber(f[5]) or 0, f[6] or '', f[7] or '', f[8] or '', 0, ''},
+                 b = f[10]}
+      sets[#sets + 1] = id; sets[#sets + 1] = encode(m)
+      redis.call('DEL', key)
+      if (f[6] or '') ~= '' and (f[8] or '') ~= '' then
+        index[#index + 1] = f[6] .. ':' .. f[8]; index[#index + 1] = id
+      end
+      kept = kept + 1
+    else
+      gone[#gone + 1] = id
+    end
+  end
+end
+each('HSET', KEYS[1], sets)
+each('ZREM', KEYS[2], gone)
+local out = {kept, #sets / 2}
+for _, v in ipairs(index) do out[#out + 1] = v end
+return out
+"""
+)
 
 # KEYS: a lock. ARGV: its holder. Deletes it if that node holds it.
 _RELEASE_LOCK_LUA: Final = """
@@ -385,15 +605,45 @@ _SCRIPTS: Final = {
     "release": _RELEASE_LUA,
     "purge_held": _PURGE_HELD_LUA,
     "purge_messages": _PURGE_MESSAGES_LUA,
-    "take_over_ids": _TAKE_OVER_IDS_LUA,
+    "owned": _OWNED_LUA,
+    "take_over": _TAKE_OVER_LUA,
+    "get": _GET_LUA,
+    "find_sent": _FIND_SENT_LUA,
+    "migrate": _MIGRATE_LUA,
 }
 
-_FIELDS: Final = (b"b", b"s", b"e", b"c", b"ci", b"d", b"o")
+
+class _Head(msgspec.Struct, array_like=True, frozen=True):
+    """A record's header (see RECORD_LUA), as the scripts pack it: its positions (Lua's,
+    from 1) are ``RECORD_FIELDS``."""
+
+    account: str
+    submitted_at: float
+    owner: str
+    state: int
+    error: int
+    carrier: str
+    carrier_message_id: str
+    key: str
+    done_at: float  # 0: not final
+    lease: str  # "<node>|<until ms>" from a claim until its settle; "": none
 
 
-#: Index in an M record (see _BATCH_LUA) of its final flag (then state, error, done_at).
+#: The header's fields, by their position in Lua (1 account ... 10 lease).
+RECORD_FIELDS: Final = _Head.__struct_fields__
+_decode_head = msgspec.msgpack.Decoder(_Head).decode
+#: Positions (Lua's) an M record's ``sets`` name; 0 is the body.
+_BODY, _ACCOUNT, _SUBMITTED_AT, _CARRIER, _CARRIER_ID, _KEY = 0, 1, 2, 6, 7, 8
+#: Index in an M record (see _BATCH_LUA) of its final flag (then state, error, done_at,
+#: day).
 _FINAL_AT: Final = 5
+#: Claims whose container day this node remembers for their settle (a hint: bounded).
+_CLAIMED_DAYS_MAX: Final = 65_536
 _encode_records = msgspec.msgpack.Encoder().encode
+#: The stored format (``P:format``); the version before had none.
+FORMAT: Final = "2"
+#: How long a node moves the version before's messages (or waits for another doing it).
+_MIGRATE_SECONDS: Final = 60.0
 
 
 class _Bucket:
@@ -408,15 +658,15 @@ class _Bucket:
         self.claims: list[tuple[int, Op]] = []  # a C record's place in the answers, its op
 
     def body(self, body: bytes) -> int:
-        """Where ``body`` is in ARGV (after the tag, the ttl and the records)."""
+        """Where ``body`` is in ARGV (after the tag, today, two expiries, now, the records)."""
         self.bodies.append(body)
-        return len(self.bodies) + 3
+        return len(self.bodies) + 6
 
     def message(
-        self, mid: str, create: int, owner: str, submitted_at: str, state: int
+        self, mid: str, create: int, owner: str, submitted_at: float, state: int
     ) -> list[Any]:
-        """A new M record; its last item is the list of field/value pairs to set."""
-        record = ["M", mid, create, owner, submitted_at, 0, state, 0, "", []]
+        """A new M record; its last item is the list of position/value pairs to set."""
+        record = ["M", mid, create, owner, submitted_at, 0, state, 0, 0, -1, []]
         self.records.append(record)
         self.answers += 1
         return record
@@ -426,17 +676,20 @@ class _Bucket:
 
     def claim(self, mid: str, op: Op) -> None:
         """A C record: ``op`` is a CLAIM (its params after the id's bucket was chosen)."""
-        state, error, done_at, node, now_ms, until_ms, _ = op.params
-        self.records.append(["C", mid, state, error, done_at, node, now_ms, until_ms])
+        state, error, done_at, node, now_ms, until_ms, _, day = op.params
+        record = ["C", mid, state, error, float(done_at), node, now_ms, until_ms, day]
+        self.records.append(record)
         self.claims.append((self.answers, op))
         self.answers += 1
 
-    def settle(self, mid: str) -> None:
-        self.records.append(["S", mid])
+    def settle(self, mid: str, day: int) -> None:
+        self.records.append(["S", mid, day])
 
-    def call(self, sha: str, tag: str, ttl_ms: int) -> tuple[Any, ...]:
+    def call(self, sha: str, tag: str, times: tuple[int, int, int, int]) -> tuple[Any, ...]:
+        """``times``: today, the final containers' expiry offset, the receipt index's
+        expiry, now (see _BATCH_LUA)."""
         return (
-            "EVALSHA", sha, 1, f"{tag}:done", tag, ttl_ms, _encode_records(self.records),
+            "EVALSHA", sha, 1, f"{tag}:live", tag, *times, _encode_records(self.records),
             *self.bodies,
         )  # fmt: skip
 
@@ -467,12 +720,17 @@ def _bucket_of(buckets: dict[int, _Bucket], b: int) -> _Bucket:
 
 def _records(call: tuple[Any, ...]) -> list[list[Any]]:
     """The records of a batch script call (for error messages)."""
-    records: list[list[Any]] = msgspec.msgpack.decode(call[6])
+    records: list[list[Any]] = msgspec.msgpack.decode(call[9])
     return records
 
 
 def _num(value: float) -> str:
     return repr(float(value))
+
+
+def _day(t: float) -> int:
+    """The UTC day number of Unix time ``t``."""
+    return int(t // DAY)
 
 
 def _settled(written: asyncio.Future[None], ok: bool) -> None:
@@ -535,7 +793,13 @@ class RedisStore(WriteBehind):
         self._claim_seconds = claim_seconds
         self._p = prefix
         self._max_connections = max_connections
-        self._keep_ms = int((config.keep_days + 1) * DAY * 1000)
+        #: A final state's container day is its done_at's, but no older than this many
+        #: days before today (older ones are past keep_days already: the next purge).
+        self._window = math.ceil(config.keep_days) + 1
+        self._keep_s = math.ceil(config.keep_days * DAY)
+        #: Message id → the container day of this node's won claim, until its settle (a
+        #: hint for the settle's script; bounded, oldest forgotten first).
+        self._claimed_days: dict[str, int] = {}
         self._redis: aioredis.Redis | None = None
         self._sha: dict[str, str] = {}
         #: Held ids taken from ``P:held:seq``: the next one, and the end of the block.
@@ -555,8 +819,8 @@ class RedisStore(WriteBehind):
 
     # -- keys --------------------------------------------------------------------------------
 
-    def _message_key(self, message_id: str) -> str:
-        return f"{self._p}:{{m{_bucket(message_id)}}}:m:{message_id}"
+    def _tag(self, b: int) -> str:
+        return f"{self._p}:{{m{b}}}"
 
     def _batch_results(self, call: tuple[Any, ...], result: Any) -> list[int]:
         """The results of a batch script call; _Duplicate for an add of a taken id."""
@@ -570,9 +834,21 @@ class RedisStore(WriteBehind):
         tag = f"{self._p}:{{h:{account}}}"
         return [f"{tag}:q", f"{tag}:i", f"{tag}:x", f"{tag}:c"]
 
-    def _index_key(self, carrier: str, key: str) -> str:
-        name = f"{carrier}:{key}"
-        return f"{self._p}:{{m{_bucket(name)}}}:k:{name}"
+    def _times(self, now: float) -> tuple[int, int, int, int]:
+        """A batch call's times (see _BATCH_LUA): today; a final container of day d
+        expires at d * DAY + the offset: the end of the last day it is written (d + window)
+        and keep_days + a day more; today's receipt index at the end of today and keep_days
+        + a day more; now."""
+        today = _day(now)
+        f_offset = (self._window + 2) * int(DAY) + self._keep_s
+        k_expire = (today + 2) * int(DAY) + self._keep_s
+        return today, f_offset, k_expire, int(now)
+
+    def _final_day(self, done_at: float, today: int) -> int:
+        """The container day of a message final at ``done_at``: its UTC day, within
+        [today - window, today] (a done_at ahead of this node's clock counts as today; one
+        older than the window is past ``keep_days``, and the next purge takes it)."""
+        return min(max(_day(done_at), today - self._window), today)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -598,8 +874,91 @@ class RedisStore(WriteBehind):
         except (RedisError, OSError, TimeoutError) as exc:
             await client.aclose()
             raise StoreError(f"store: Redis at {_safe(self._url)} does not answer: {exc}") from exc
+        try:
+            await self._upgrade(client)
+        except BaseException:
+            await client.aclose()
+            raise
         self._redis = client
         self._start_writer()
+
+    async def _upgrade(self, client: aioredis.Redis) -> None:
+        """Make sure Redis holds this format (``P:format``): on a Redis the version before
+        wrote (no format key), move its unfinished messages into this layout first, under
+        a lock (``P:migrate``, one node at a time; another node waits for the format key):
+        every owner index (``SCAN`` of ``P:{m*}:u:*``), a script per 1,000 members (old
+        hashes made records of the live hash, their receipt index written again). Its
+        final messages are left to expire (their TTL); its report leases are dropped.
+        StoreError when this cannot be done within a minute (the lock's holder takes
+        longer, Redis fails) or Redis holds a format this version does not know."""
+        limit = max(self._config.read_timeout, _MIGRATE_SECONDS)
+        key, lock = f"{self._p}:format", f"{self._p}:migrate"
+        pause = 0.01
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    found = await client.get(key)
+                    self.commands += 1
+                    if found is not None:
+                        held = found.decode() if isinstance(found, bytes) else str(found)
+                        if held != FORMAT:
+                            raise StoreError(
+                                f"store: Redis holds messages of format {held!r};"
+                                f" this version reads format {FORMAT!r}"
+                            )
+                        return
+                    self.commands += 1
+                    if await client.set(lock, self._node_id, nx=True, px=int(limit * 1000)):
+                        break
+                    await asyncio.sleep(pause)  # another node migrates: no event to await
+                    pause = min(pause * 2, 0.5)
+                moved = await self._migrate(client)
+                self.commands += 2
+                await client.set(key, FORMAT)
+                await client.delete(lock)
+        except TimeoutError:
+            raise StoreError(
+                f"store: Redis at {_safe(self._url)}: its messages could not be moved to"
+                f" format {FORMAT} within {limit:g} s (stop the nodes of the version before"
+                " and start again)"
+            ) from None
+        except RedisError as exc:
+            raise StoreError(f"store: Redis at {_safe(self._url)}: {exc}") from exc
+        if moved:
+            log.warning("store: %d unfinished messages moved to format %s", moved, FORMAT)
+
+    async def _migrate(self, client: aioredis.Redis) -> int:
+        """The version before's unfinished messages moved (see _upgrade); how many."""
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._p) + ":{m*}:u:*"
+        moved = 0
+        buckets: dict[int, _Bucket] = {}  # receipt index entries: K records (today's)
+        async for raw in client.scan_iter(match=pattern, count=1000):
+            name = raw.decode()
+            tag = name[: name.index("}:u:") + 1]
+            first = 0
+            while True:
+                self.commands += 1
+                got = await client.evalsha(
+                    self._sha["migrate"], 2, f"{tag}:live", name, tag, first, 1000
+                )
+                kept, moved = int(got[0]), moved + int(got[1])
+                pairs = [v.decode() for v in got[2:]]
+                for n in range(0, len(pairs), 2):
+                    _bucket_of(buckets, _bucket(pairs[n])).index(pairs[n], pairs[n + 1])
+                first += kept
+                self.commands += 1
+                if first >= await client.zcard(name):
+                    break
+        if buckets:
+            times = self._times(self._clock())
+            calls = [
+                bucket.call(self._sha["batch"], self._tag(b), times)
+                for b, bucket in buckets.items()
+            ]
+            for result in await self._send(client, calls):
+                if isinstance(result, Exception):
+                    raise result
+        return moved
 
     async def close(self, timeout: float | None = None) -> None:
         """Send everything queued, stop the writer, close the connections. Idempotent."""
@@ -716,7 +1075,12 @@ class RedisStore(WriteBehind):
         record, see _BATCH_LUA; a claim and a settle are records of their own, in order),
         one script per account's held deliveries and per account's releases, one ``SADD``
         of the accounts that held some. With them, for each bucket's call (the first
-        calls), its claims: where each one's result is in the call's answer, and its op."""
+        calls), its claims: where each one's result is in the call's answer, and its op.
+
+        A final state's container day is chosen once, the first time its record is
+        encoded (kept in its params, as a hold's id: a batch sent again names the same)."""
+        now = self._clock()
+        today = _day(now)
         buckets: dict[int, _Bucket] = {}
         folded: dict[str, list[Any]] = {}  # message id → its M record
         holds: dict[str, list[Any]] = {}
@@ -737,13 +1101,16 @@ class RedisStore(WriteBehind):
                 continue
             if kind == SETTLE:
                 settled = params[0]
-                _bucket_of(buckets, _bucket(settled)).settle(settled)
+                hint = self._claimed_days.pop(settled, -1)
+                _bucket_of(buckets, _bucket(settled)).settle(settled, hint)
                 continue
             mid = op.message_id
             assert mid is not None
             if kind == CLAIM:
                 if op.outcome is not None and op.outcome.done():
                     continue  # its caller gave up (a deadline): not claimed for nobody
+                if len(params) == 7:  # its container day, once
+                    op.params = (*params, self._final_day(float(params[2]), today))
                 _bucket_of(buckets, _bucket(mid)).claim(mid, op)
                 # What this node writes of the message after the claim comes after it.
                 folded.pop(mid, None)
@@ -751,41 +1118,55 @@ class RedisStore(WriteBehind):
             if kind == ADD:
                 _, account, state, submitted_at, body, owner = params
                 bucket = _bucket_of(buckets, _bucket(mid))
-                record = bucket.message(mid, 1, owner, _num(submitted_at), int(state))
-                record[-1] += ("a", account, "b", bucket.body(body))
+                record = bucket.message(mid, 1, owner, float(submitted_at), int(state))
+                record[-1] += (_ACCOUNT, account, _BODY, bucket.body(body))
                 folded.setdefault(mid, record)  # an id added twice: its own record
                 continue
             found = folded.get(mid)
             if found is None:
-                record = _bucket_of(buckets, _bucket(mid)).message(mid, 0, "", "0", 0)
+                record = _bucket_of(buckets, _bucket(mid)).message(mid, 0, "", 0.0, 0)
                 folded[mid] = record
             else:
                 record = found
             if kind == SENT:
                 carrier, carrier_message_id, key, _ = params
-                record[-1] += ("c", carrier, "ci", carrier_message_id, "k", key or "")
+                record[-1] += (_CARRIER, carrier, _CARRIER_ID, carrier_message_id, _KEY, key or "")
                 if key is not None:
                     name = f"{carrier}:{key}"
                     _bucket_of(buckets, _bucket(name)).index(name, mid)
             elif kind == UPDATE:
                 account, submitted_at, body, _ = params
                 body_at = _bucket_of(buckets, _bucket(mid)).body(body)
-                record[-1] += ("a", account, "t", _num(submitted_at), "b", body_at)
+                record[-1] += (
+                    _ACCOUNT,
+                    account,
+                    _SUBMITTED_AT,
+                    float(submitted_at),
+                    _BODY,
+                    body_at,
+                )
             elif kind == FINAL:
-                state, error, done_at, _ = params
-                record[_FINAL_AT : _FINAL_AT + 4] = (
+                if len(params) == 4:  # its container day, once
+                    done = params[2]
+                    day = -1 if done is None else self._final_day(done, today)
+                    op.params = params = (*params, day)
+                state, error, done_at, _, day = params
+                record[_FINAL_AT : _FINAL_AT + 5] = (
                     1,
                     int(state),
                     int(error),
-                    "" if done_at is None else _num(done_at),
+                    0 if done_at is None else float(done_at),
+                    day,
                 )
-            elif not (record[_FINAL_AT] == 1 and record[_FINAL_AT + 3] != ""):
+            elif not (record[_FINAL_AT] == 1 and record[_FINAL_AT + 3] != 0):
                 # CANCEL, unless a final state came first in this batch
-                state, done_at, _ = params
-                record[_FINAL_AT : _FINAL_AT + 4] = (1, int(state), 0, _num(done_at))
+                if len(params) == 3:  # its container day, once
+                    op.params = params = (*params, self._final_day(params[1], today))
+                state, done_at, _, day = params
+                record[_FINAL_AT : _FINAL_AT + 5] = (1, int(state), 0, float(done_at), day)
+        times = self._times(now)
         calls: list[tuple[Any, ...]] = [
-            bucket.call(self._sha["batch"], f"{self._p}:{{m{b}}}", self._keep_ms)
-            for b, bucket in buckets.items()
+            bucket.call(self._sha["batch"], self._tag(b), times) for b, bucket in buckets.items()
         ]
         claims = [bucket.claims for bucket in buckets.values()]
         for account, items in holds.items():
@@ -831,7 +1212,9 @@ class RedisStore(WriteBehind):
     async def _purge_step(self) -> None:
         """One round of the oldest purge, two round trips: up to ``purge_batch`` expired
         held items of every account that has held items, and up to ``purge_batch`` final
-        messages past ``keep_days`` of every bucket. The purge is done after a round that
+        messages of the day containers before the cutoff's day of every bucket (day by day:
+        a message done on the cutoff's own day goes with its day, at the next purge after
+        it). The purge is done after a round that
         found fewer than that everywhere; else the next round comes after the writer's
         next batch."""
         job = self._purges[0]
@@ -847,11 +1230,11 @@ class RedisStore(WriteBehind):
                  _num(job.now), limit)
                 for a in accounts
             ]  # fmt: skip
-            for b in range(BUCKETS):
-                tag = f"{self._p}:{{m{b}}}"
+            cutoff_day = _day(job.cutoff)
+            for tag in map(self._tag, range(BUCKETS)):
                 calls.append(
-                    ("EVALSHA", self._sha["purge_messages"], 1, f"{tag}:done",
-                     _num(job.cutoff), limit, f"{tag}:m:")
+                    ("EVALSHA", self._sha["purge_messages"], 1, f"{tag}:days", tag,
+                     cutoff_day, limit)
                 )  # fmt: skip
             results = [int(r) for r in await self._read_all(client, calls)]
         except Exception as exc:
@@ -887,38 +1270,57 @@ class RedisStore(WriteBehind):
             raise StoreError(f"store: {what}: Redis: {exc}") from exc
 
     async def get(self, message_id: str) -> StoredMessage | None:
+        """One script call: ``HGET`` of the bucket's live hash, else of its day containers,
+        the most recent first."""
         async with self._deadline("get"):
             seq = self._pending_ids.get(message_id)
             if seq is not None:
                 await self._until(seq)
-            values = await self._call("get", "HMGET", self._message_key(message_id), *_FIELDS)
-        return self._stored(values)
+            tag = self._tag(_bucket(message_id))
+            found = await self._call(
+                "get", "EVALSHA", self._sha["get"], 1, f"{tag}:live", tag, message_id
+            )
+        return None if found is None else self._stored(found)
 
-    def _stored(self, values: Sequence[Any]) -> StoredMessage | None:
-        body, state, error, carrier, carrier_message_id, done_at, owner = values
-        if body is None:
-            return None
+    def _stored(self, record: bytes) -> StoredMessage:
+        """A message from its record (see RECORD_LUA)."""
+        size = int.from_bytes(record[:2], "big")
+        head = _decode_head(record[2 : 2 + size])
         return StoredMessage(
-            message=self._decode(body),
-            state=MessageState(int(state)),
-            error=int(error),
-            carrier=(carrier or b"").decode(),
-            carrier_message_id=(carrier_message_id or b"").decode(),
-            done_at=None if done_at is None else float(done_at),
-            owner=(owner or b"").decode(),
+            message=self._decode(record[2 + size :]),
+            state=MessageState(head.state),
+            error=head.error,
+            carrier=head.carrier,
+            carrier_message_id=head.carrier_message_id,
+            done_at=head.done_at or None,
+            owner=head.owner,
         )
 
+    def _stored_pairs(self, flat: Sequence[Any]) -> list[StoredMessage]:
+        """Messages from id, record, id, record, ... (a script's answer)."""
+        return [self._stored(flat[n + 1]) for n in range(0, len(flat), 2)]
+
     async def find_sent(self, carrier: str, key: str) -> str | None:
+        """One script call: ``HGET`` of the receipt index of tomorrow (a node whose clock
+        is ahead), today, and back to the oldest day an index may still be kept."""
         pending = self._pending_sent.get((carrier, key))
         if pending is not None:
             return pending[0]
+        name = f"{carrier}:{key}"
+        tag = self._tag(_bucket(name))
+        first = _day(self._clock()) + 1
+        last = first - self._window - 3
         async with self._deadline("find_sent"):
-            found = await self._call("find_sent", "GET", self._index_key(carrier, key))
+            found = await self._call(
+                "find_sent", "EVALSHA", self._sha["find_sent"], 1, f"{tag}:rk:{first}", tag,
+                first, last, name,
+            )  # fmt: skip
         return None if found is None else found.decode()
 
     async def unfinished(self) -> list[StoredMessage]:
-        """This node's unfinished messages: one pipeline over the 64 indexes, one over the
-        messages. The wait for queued writes has the read deadline; the reads none.
+        """This node's unfinished messages: one pipeline of a script per bucket (its index
+        of this node's, one HMGET of the live hash). The wait for queued writes has the
+        read deadline; the reads none.
 
         Read under this node's take-over lock (see :meth:`take_over_messages`): a node
         that restarts while another takes its messages over (it had left, or its lease had
@@ -936,12 +1338,12 @@ class RedisStore(WriteBehind):
                 await asyncio.sleep(pause)  # polling another node's lock: no event to await
                 pause = min(pause * 2, 0.5)
         try:
-            index = [
-                ("ZRANGE", f"{self._p}:{{m{b}}}:u:{self._node_id}", 0, -1) for b in range(BUCKETS)
+            sha = self._sha["owned"]
+            calls: list[tuple[Any, ...]] = [
+                ("EVALSHA", sha, 2, f"{tag}:live", f"{tag}:u:{self._node_id}")
+                for tag in map(self._tag, range(BUCKETS))
             ]
-            ids = [i.decode() for r in await self._read_all(client, index) for i in r]
-            reads = [("HMGET", self._message_key(mid), *_FIELDS) for mid in ids]
-            out = [s for s in map(self._stored, await self._read_all(client, reads)) if s]
+            out = [s for r in await self._read_all(client, calls) for s in self._stored_pairs(r)]
         finally:
             await self._release_lock(lock)
         out.sort(key=lambda s: s.message.submitted_at)
@@ -978,7 +1380,7 @@ class RedisStore(WriteBehind):
         """One node at a time takes a dead node's messages over (a lock, ``SET NX``, for
         ``claim_seconds``: another node finds it taken and gets none); then one script per
         bucket, in one pipeline, moves the messages the dead node still owns (a message is
-        taken once), and one pipeline reads them."""
+        taken once) and returns them."""
         if node_id == self._node_id:
             return []
         await self.flush()
@@ -991,24 +1393,13 @@ class RedisStore(WriteBehind):
                 holder = await self._call("take_over", "GET", lock)
                 if holder is None or holder.decode() != self._node_id:
                     return []
-            calls: list[tuple[Any, ...]] = []
-            for b in range(BUCKETS):
-                tag = f"{self._p}:{{m{b}}}"
-                calls.append(
-                    (
-                        "EVALSHA",
-                        self._sha["take_over_ids"],
-                        2,
-                        f"{tag}:u:{node_id}",
-                        f"{tag}:u:{self._node_id}",
-                        self._node_id,
-                        f"{tag}:m:",
-                        node_id,
-                    )
-                )
-            ids = [i.decode() for r in await self._read_all(client, calls) for i in r]
-            reads = [("HMGET", self._message_key(mid), *_FIELDS) for mid in ids]
-            out = [s for s in map(self._stored, await self._read_all(client, reads)) if s]
+            sha = self._sha["take_over"]
+            calls: list[tuple[Any, ...]] = [
+                ("EVALSHA", sha, 3, f"{tag}:live", f"{tag}:u:{node_id}",
+                 f"{tag}:u:{self._node_id}", self._node_id, node_id)
+                for tag in map(self._tag, range(BUCKETS))
+            ]  # fmt: skip
+            out = [s for r in await self._read_all(client, calls) for s in self._stored_pairs(r)]
         # Done: the node, if it comes back, recovers at once what is still its own.
         await self._release_lock(lock)
         out.sort(key=lambda s: s.message.submitted_at)
@@ -1028,9 +1419,9 @@ class RedisStore(WriteBehind):
     def read_timeout(self) -> float:
         return self._config.read_timeout
 
-    def stored(self, values: Sequence[Any]) -> StoredMessage | None:
-        """A message from the values of its hash's fields b s e c ci d o, in that order."""
-        return self._stored(values)
+    def stored(self, record: bytes) -> StoredMessage:
+        """A message from its record (see RECORD_LUA)."""
+        return self._stored(record)
 
     async def claim_final(self, message_id: str, report: DeliveryReport) -> bool:
         """A C record of the writer's next batch (after this node's queued writes of the
@@ -1072,6 +1463,11 @@ class RedisStore(WriteBehind):
         result = await outcome
         if result == 3:
             raise StoreError(f"message {message_id}: its final receipt is being reported")
+        if result == 1:  # where its settle finds it first (op.params: its day at the end)
+            days = self._claimed_days
+            if len(days) >= _CLAIMED_DAYS_MAX:
+                del days[next(iter(days))]
+            days[message_id] = op.params[-1]
         return result == 1
 
     def _wait_for_written(self, future: asyncio.Future[Any], what: str) -> None:
