@@ -9,48 +9,64 @@ folded into one record, all records of the bucket packed in one msgpack argument
 call per account that holds deliveries and per account that releases some, one ``SADD`` of
 the accounts that held some, and ``WAIT numreplicas timeout`` when ``wait_replicas`` is set.
 Every script is idempotent (an add of the same message again does nothing, a final state is
-a compare-and-set, held items keep the ids given them once), so a batch that failed half-way
-is sent again whole. ``on_durable(True)`` is called once the pipeline returned (with
+a compare-and-set, held items keep the ids given them once, a final state's container day is
+chosen once), so a batch that failed half-way is sent again whole. An add of an id that holds
+another message is refused (-1) when that message is unfinished, or final in this call's day
+containers; one final in an older day's container is not looked for (ids come from
+``reserve_ids`` and do not repeat). ``on_durable(True)`` is called once the pipeline returned (with
 ``WAIT``: once that many replicas have it). Adds that were failed (refused to their clients)
 after a pipeline that may have reached Redis are marked DELETED, so no node sends them.
 
-Commands per message (``commands`` counts every command sent, a script call counts one): at
+Commands per message. ``commands`` counts every command sent (a script call counts one): at
 most one per record — 3 for add, send and final state, 4 with ``set_sending`` (``ack_after:
 store``), when each comes alone in a batch (a send's receipt index may fall in another
 bucket: one more call); under load a batch of a thousand records costs at most one call per
-bucket, 64, a few hundredths of a command per message. Reads cost one each: ``get``
-(``HMGET``), and ``find_sent`` (``GET``) for a receipt of a message another node sent (the
-sending node answers from memory while its write is queued).
+bucket, 64, a few hundredths of a command per message. What Redis EXECUTES (the commands
+the scripts run included) is what costs Redis's one thread, so the messages of a bucket are
+grouped in a few containers, each read and written with ONE variadic command per script
+call, whatever the number of records in it: a batch call runs one HMGET of the live hash
+(every id of the call), one HSET and one HDEL of it, per day container it reads or writes
+one HMGET / HSET / EXPIRE NX, per owner one ZADD and one ZREM, one HSET (and EXPIRE NX) of
+today's receipt index: about ten commands per call, however many messages it carries
+(bench/cluster.py: ~1.3 per message, against ~9.4 with a hash per message). Reads: ``get``
+is one script call (an HGET of the live hash, else of the day containers, most recent
+first); ``find_sent`` one script call (HGET of the receipt index of tomorrow, today and
+back to the oldest day kept: a receipt of a message another node sent; the sending node
+answers from memory while its write is queued).
 
 Final receipts in a cluster (``claim_final``, ``settle_final``) are records of the batches
 too, not round trips of their own: a claim (a C record: the compare-and-set and the report
 lease) makes the writer send its batch at once and waits for that batch's answer; a settle
-(an S record: ``HDEL`` of the lease's field) likewise. Under load a claim and a
-settle cost a share of their bucket's script call, as the other records do.
+(an S record: the lease cleared) likewise. Under load a claim and a settle cost a share of
+their bucket's script call, as the other records do.
 
 Key layout (for Redis Cluster: the part in braces is the hash tag; all keys one script call
 touches share its tag, hence its slot). ``P`` is the prefix (``smsc`` by default), ``b`` a
-bucket: crc32 of the message id (of ``carrier:key`` for a receipt index) modulo 64. The batch
-script is given its bucket's ``done`` key and derives the other keys of the bucket from the
-tag (they are in the same slot; Redis Cluster serves them from the node that has the slot):
+bucket: crc32 of the message id (of ``carrier:key`` for a receipt index) modulo 64; ``<day>``
+a UTC day number (Unix time // 86,400, from the node's clock). The batch script is given its
+bucket's live hash and derives the other keys of the bucket from the tag (they are in the
+same slot; Redis Cluster serves them from the node that has the slot):
 
-- ``P:{m<b>}:m:<id>``        HASH, the message: ``a`` account, ``t`` submitted_at, ``b`` body
-  (msgpack), ``o`` owner node, ``s`` state, ``e`` error, ``c`` carrier, ``ci`` carrier's id,
-  ``k`` correlation key, ``d`` done_at (absent until final), ``r`` the final state's
-  report lease, ``<node>|<until ms>``, from the claim until the settle (or until it
-  lapses: the time is compared, the field stays). A final state sets a TTL of
-  ``keep_days`` + a day, after ``purge`` would have removed it.
+- ``P:{m<b>}:live``          HASH id → record: the bucket's unfinished messages.
+- ``P:{m<b>}:f:<day>``       HASH id → record: the bucket's messages that became final with a
+  done_at of that day — clamped to [today - (ceil(keep_days) + 1), today]: a done_at ahead
+  of the node's clock counts as today, one older than that is past ``keep_days`` already.
+  A record moves from ``live`` to its day once, when its state becomes final; a container
+  is written only on the days up to window days after its own, and expires (``EXPIRE NX``,
+  set by the call that makes it) keep_days + a day after the last of them, after ``purge``
+  would have deleted it: no per-message TTL.
+- ``P:{m<b>}:days``          ZSET, the days the bucket has a final container of (added when
+  a container is made): ``get`` and the batch script look there for a message not live,
+  ``purge`` deletes the containers of the days before the cutoff's (day by day: a message
+  done on the cutoff's own day goes at the first purge after that day; a large container
+  ``purge_batch`` records at a time, HRANDFIELD + HDEL).
+- ``P:{m<b>}:rk:<day>``      HASH ``carrier:key`` → our id: the receipt index of the messages
+  sent that day (by the node's clock); expires keep_days + a day after the end of its day.
 - ``P:{m<b>}:u:<owner>``     ZSET, the owner's unfinished messages (score submitted_at):
-  ``unfinished`` reads this node's 64, ``take_over`` moves a dead node's into this node's.
-- ``P:{m<b>}:done``          ZSET, final messages by done_at (``purge`` past ``keep_days``).
-- ``P:{m<b>}:r:<id>``        STRING, a report lease as the version before this one wrote it
-  (``<node>|<until ms>``, TTL ``keep_days`` + a day): still honoured by a claim (it is
-  deleted when a claim takes the lease over); no longer written. A node of that version
-  does not see the leases this one writes (it takes a claimed message for settled:
-  during a rolling upgrade a receipt repeated to an old node while a new one reports it
-  is answered as a duplicate).
-- ``P:{m<b>}:k:<carrier>:<key>``  STRING, the receipt index: carrier's id → our id; TTL
-  ``keep_days`` + a day.
+  ``unfinished`` reads this node's 64 (one script per bucket: the index, one HMGET of the
+  live hash), ``take_over`` moves a dead node's into this node's; ``>carrier``: messages
+  handed over to a carrier's nodes (router.stores.handover).
+- ``P:format``               STRING, the stored format, ``2`` (see Format).
 - ``P:{h:<account>}:q``      ZSET, the account's held deliveries in order (score = held id).
 - ``P:{h:<account>}:i``      HASH by held id: the item.
 - ``P:{h:<account>}:x``      ZSET, held ids by expiry (Unix seconds: the account's
@@ -59,6 +75,27 @@ tag (they are in the same slot; Redis Cluster serves them from the node that has
 - ``P:held:accounts``        SET, accounts that have held deliveries (``held_counts``, purge).
 - ``P:held:seq``             STRING, held ids (``INCRBY`` a block of 1,000 at a time).
 - ``P:ids``                  STRING, message ids (``reserve_ids``: ``INCRBY n``).
+
+A record (``RECORD_LUA`` reads and writes it in the scripts, ``_Head`` in Python): 2 bytes,
+big-endian, the length of its header; the header, a msgpack array: account, submitted_at,
+owner node, state, error, carrier, carrier's id, correlation key, done_at (0 until final),
+report lease (``<node>|<until ms>`` from a claim until its settle, or until it lapses: the
+time is compared; "" none); then the body, the Message in msgpack as the node encoded it
+(Redis's cmsgpack has no binary type: the body stays out of the header, and is passed to
+the scripts as an argument of its own). About 40 bytes more than the body.
+
+Format. The version before kept a hash per message (``P:{m<b>}:m:<id>``), a string per
+receipt index entry (``P:{m<b>}:k:<carrier>:<key>``), a ``done`` zset per bucket and its
+report leases in keys of their own (``P:{m<b>}:r:<id>``). A node that opens a Redis with no
+``P:format`` moves its unfinished messages into this layout first, under a lock
+(``P:migrate``; another node starting meanwhile waits for ``P:format``, a minute at most):
+every owner index (``SCAN`` of ``P:{m*}:u:*``), a script per bucket and 1,000 members (each
+old hash with no done_at becomes a record of ``live`` and is deleted; a member with neither
+leaves the index); their receipt index entries are written again (today's); then
+``P:format`` is set. The old final messages, receipt index entries and leases are left to
+expire (their TTLs): ``get`` no longer finds them, and a late receipt of one is unknown.
+Stop every node of the version before first: one still running keeps writing the old
+layout, which no node reads any more.
 
 Held deliveries are claimed by the node that reads them (``held``) for ``claim_seconds``:
 another node skips them meanwhile (two nodes never drain one account at once), the claiming
