@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,37 @@ def test_unfinished_messages_of_the_version_before_are_moved_at_start(
                 assert stored_again.state is MessageState.DELIVERED
         finally:
             await client.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_settle_after_a_restart_finds_the_lease_of_the_claim_before_it(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A node remembers where its won claims keep their leases (the day) for their settles;
+    a node that restarted between a claim and its settle has forgotten: the settle finds
+    the message's day by itself, and a later claim is a duplicate. So is a claim of a
+    message final since an earlier day, once settled."""
+
+    async def main() -> None:
+        async with opened(node(redis_url)) as store:
+            assert store.add(msg(1))
+            assert store.add(msg(2))
+            await store.flush()
+            now = time.time()  # (the store's clock: the days its leases are kept by)
+            today = DeliveryReport("", MessageState.DELIVERED, done_at=now)
+            old = DeliveryReport("", MessageState.DELIVERED, done_at=now - 86_400)
+            assert await store.claim_final("m000001", today) is True
+            assert await store.claim_final("m000002", old) is True
+        async with opened(node(redis_url)) as again:
+            await again.settle_final("m000001")
+            await again.settle_final("m000002")
+            assert await again.claim_final("m000001", DELIVERED) is False
+            assert await again.claim_final("m000002", DELIVERED) is False
+            stored = await again.get("m000002")
+            assert stored is not None
+            assert stored.done_at == old.done_at
 
     run(asyncio.wait_for(main(), DEADLINE))
 

@@ -26,8 +26,10 @@ the scripts run included) is what costs Redis's one thread, so the messages of a
 grouped in a few containers, each read and written with ONE variadic command per script
 call, whatever the number of records in it: a batch call runs one HMGET of the live hash
 (every id of the call), one HSET and one HDEL of it, per day container it reads or writes
-one HMGET / HSET / EXPIRE NX, per owner one ZADD and one ZREM, one HSET (and EXPIRE NX) of
-today's receipt index: about ten commands per call, however many messages it carries
+one HMGET / HSET / EXPIRE NX, and of its lease hash one HSET / HDEL (a HGET per claim of a
+message final already: a duplicate receipt), per owner one ZADD and one ZREM, one HSET (and
+EXPIRE NX) of today's receipt index: about ten commands per call, however many messages it
+carries
 (bench/cluster.py: ~1.3 per message, against ~9.4 with a hash per message). Reads: ``get``
 is one script call (an HGET of the live hash, else of the day containers, most recent
 first); ``find_sent`` one script call (HGET of the receipt index of tomorrow, today and
@@ -37,7 +39,7 @@ answers from memory while its write is queued).
 Final receipts in a cluster (``claim_final``, ``settle_final``) are records of the batches
 too, not round trips of their own: a claim (a C record: the compare-and-set and the report
 lease) makes the writer send its batch at once and waits for that batch's answer; a settle
-(an S record: the lease cleared) likewise. Under load a claim and a settle cost a share of
+(an S record: HDEL of the lease) likewise. Under load a claim and a settle cost a share of
 their bucket's script call, as the other records do.
 
 Key layout (for Redis Cluster: the part in braces is the hash tag; all keys one script call
@@ -60,6 +62,10 @@ same slot; Redis Cluster serves them from the node that has the slot):
   ``purge`` deletes the containers of the days before the cutoff's (day by day: a message
   done on the cutoff's own day goes at the first purge after that day; a large container
   ``purge_batch`` records at a time, HRANDFIELD + HDEL).
+- ``P:{m<b>}:l:<day>``       HASH id → report lease, ``<node>|<until ms>``, of the messages of
+  ``f:<day>`` from a claim until its settle (or until it lapses: the time is compared, the
+  field stays); same expiry as ``f:<day>``. Apart from the record, so that a settle is one
+  HDEL (the claiming node remembers the day), no read of the message.
 - ``P:{m<b>}:rk:<day>``      HASH ``carrier:key`` → our id: the receipt index of the messages
   sent that day (by the node's clock); expires keep_days + a day after the end of its day.
 - ``P:{m<b>}:u:<owner>``     ZSET, the owner's unfinished messages (score submitted_at):
@@ -78,9 +84,8 @@ same slot; Redis Cluster serves them from the node that has the slot):
 
 A record (``RECORD_LUA`` reads and writes it in the scripts, ``_Head`` in Python): 2 bytes,
 big-endian, the length of its header; the header, a msgpack array: account, submitted_at,
-owner node, state, error, carrier, carrier's id, correlation key, done_at (0 until final),
-report lease (``<node>|<until ms>`` from a claim until its settle, or until it lapses: the
-time is compared; "" none); then the body, the Message in msgpack as the node encoded it
+owner node, state, error, carrier, carrier's id, correlation key, done_at (0 until final);
+then the body, the Message in msgpack as the node encoded it
 (Redis's cmsgpack has no binary type: the body stays out of the header, and is passed to
 the scripts as an argument of its own). About 40 bytes more than the body.
 
@@ -182,7 +187,15 @@ local function decode(s)
   local n = string.byte(s, 1) * 256 + string.byte(s, 2)
   return {h = cmsgpack.unpack(string.sub(s, 3, n + 2)), b = string.sub(s, n + 3)}
 end
+-- A record read or given whole (m.raw) is decoded only when something reads or changes it.
+local function full(m)
+  if m.raw then
+    local d = decode(m.raw); m.h, m.b, m.raw = d.h, d.b, nil
+  end
+  return m
+end
 local function encode(m)
+  if m.raw then return m.raw end
   local head = cmsgpack.pack(m.h)
   return string.char(math.floor(#head / 256), #head % 256) .. head .. m.b
 end
@@ -221,31 +234,36 @@ end
 #   K <carrier:key> <id>          receipt index: HSET rk:<today> carrier:key id
 #   M <id> <create> <owner> <submitted_at> <final> <state> <error> <done_at> <day> <sets>
 #     create 1: an add (nothing if the same message is there: a batch sent again; -1 if
-#     another message has the id); 0: the message must exist (else nothing).
-#     sets (position, value, ...) are set unconditionally: header positions (1 account,
-#     2 submitted_at, 6 carrier, 7 carrier's id, 8 correlation key), 0 the body (its value:
-#     its index in ARGV).
+#     another message has the id), its sets: -1 and the index in ARGV of its whole record
+#     (the node builds it: what this batch writes of the message folded in, its final
+#     state too); 0: the message must exist (else nothing), its sets (position, value,
+#     ...) are set unconditionally: header positions (1 account, 2 submitted_at,
+#     6 carrier, 7 carrier's id, 8 correlation key), 0 the body (its value: its index in
+#     ARGV).
 #     final 1: a state change, compare-and-set on done_at (2: it lost, the message was
 #     final already); done_at 0 for a state that is not final; day: the container a final
 #     state moves the message to.
 #   C <id> <state> <error> <done_at> <node> <now ms> <lease until ms> <day>
 #     a final state claimed by this node (claim_final): a compare-and-set on done_at that
-#     also takes the report lease ("<node>|<until ms>", the header's position 10), held
-#     until the receipt is delivered or held (S); a node that dies first leaves a lease
-#     that lapses, and the carrier's resend, on any node, is claimed again.
-#   S <id> <day or -1>            settle_final: the lease goes (the day: where its claim
-#     put the message, if this node knows; looked at first).
+#     also takes the report lease ("<node>|<until ms>", in l:<day> of the message's day;
+#     read, HGET, only for a claim of a message final already), held until the receipt is
+#     delivered or held (S); a node that dies first leaves a lease that lapses, and the
+#     carrier's resend, on any node, is claimed again.
+#   S <id> <day or -1>            settle_final: HDEL of the lease from l:<day> (-1: the
+#     day is unknown to the node; the script finds the message's).
 # Reads: ONE HMGET of live for every id of the call; the ids not live (final), the creates
 # final in this call (a batch sent again) in their own day's container: HMGET of the days
 # named (today's first, then those of the call's records), then of every day the bucket
 # holds (the days zset), until all are found. Records are changed in memory, in order
 # (a record sees what the ones before it did); then ONE HSET of live, ONE HDEL of live
 # (those that became final), per day one HSET and one EXPIRE NX (a new container: ZADD
-# days), per owner one ZADD and one ZREM, one HSET of today's receipt index (EXPIRE NX).
-# Returns one result per M record: 1 written, 0 nothing to do, 2 lost the CAS, -1 duplicate;
-# and per C record: 1 claimed (or taken over from a lapsed lease, or this very claim in a
-# batch sent again), 0 no such message, 2 final and settled (a duplicate), 3 final and
-# being reported by a live claim (try again later). In the order of the records.
+# days), per day one HSET (EXPIRE NX) / HDEL of the leases, per owner one ZADD and one
+# ZREM, one HSET of today's receipt index (EXPIRE NX).
+# Returns two arrays: one result per M record: 1 written, 0 nothing to do, 2 lost the CAS,
+# -1 duplicate; and per C record: 1 claimed (or taken over from a lapsed lease, or this
+# very claim in a batch sent again), 0 no such message, 2 final and settled (a duplicate),
+# 3 final and being reported by a live claim (try again later), in the order of the
+# records; then per C record the day of its message's lease (-1: no message).
 _BATCH_LUA: Final = (
     RECORD_LUA
     + """
@@ -256,14 +274,15 @@ local records = cmsgpack.unpack(ARGV[6])
 local recs, origin = {}, {}  -- id: its record {h, b, at}; where it was ('live' or a day)
 local ids, seen = {}, {}
 for _, r in ipairs(records) do
-  if r[1] ~= 'K' and not seen[r[2]] then seen[r[2]] = true; ids[#ids + 1] = r[2] end
+  local kind = r[1]
+  if kind ~= 'K' and not (kind == 'S' and r[3] >= 0) and not seen[r[2]] then
+    seen[r[2]] = true; ids[#ids + 1] = r[2]
+  end
 end
 if #ids > 0 then
   local got = fetch(live, ids)
   for k, id in ipairs(ids) do
-    if got[k] then
-      local m = decode(got[k]); m.at = 'live'; recs[id] = m; origin[id] = 'live'
-    end
+    if got[k] then recs[id] = {raw = got[k], at = 'live'}; origin[id] = 'live' end
   end
 end
 -- Not live: looked for in the day containers.
@@ -275,9 +294,9 @@ end
 for _, r in ipairs(records) do
   local kind, id = r[1], r[2]
   if kind == 'C' then name(r[9])
-  elseif kind == 'S' then name(r[3])
   elseif kind == 'M' and r[6] == 1 and r[9] ~= 0 then name(r[10]) end
-  if kind ~= 'K' and not recs[id] and not wanted[id] and not created[id] then
+  if kind == 'K' or (kind == 'S' and r[3] >= 0) then  -- (a settle with its day: no record)
+  elseif not recs[id] and not wanted[id] and not created[id] then
     if kind ~= 'M' or r[3] ~= 1 then
       wanted[id] = true
     else  -- an add: new (what comes after it in this call finds it in memory) ...
@@ -292,7 +311,7 @@ local function look(day, list)
   local got = fetch(key, list)
   for k, id in ipairs(list) do
     if got[k] and not recs[id] then
-      local m = decode(got[k]); m.at = day; recs[id] = m; origin[id] = day
+      recs[id] = {raw = got[k], at = day}; origin[id] = day
       wanted[id] = nil
     end
   end
@@ -317,7 +336,16 @@ if next(wanted) then
   end
 end
 -- The records, in order, on the messages in memory.
-local out, dirty, keyed = {}, {}, {}
+local out, dirty, keyed, claimed = {}, {}, {}, {}
+-- Report leases: id -> lease, or false (none); read when a claim needs one (HGET; nil:
+-- not read yet); written at the end, in the day's lease hash of the message.
+local leases, lease_day = {}, {}
+local function lease_of(id, day)
+  if leases[id] == nil then
+    leases[id] = redis.call('HGET', tag .. ':l:' .. day, id)
+  end
+  return leases[id]
+end
 local unfinished, finished = {}, {}  -- owner: ids (with scores) in / out of its index
 local function apply(m, sets)
   for k = 1, #sets, 2 do
@@ -329,51 +357,54 @@ for _, r in ipairs(records) do
   if kind == 'K' then
     keyed[#keyed + 1] = id; keyed[#keyed + 1] = r[3]
   elseif kind == 'S' then
-    local m = recs[id]
-    if m and m.h[10] ~= '' then m.h[10] = ''; dirty[id] = true end
+    local day = r[3]
+    if day < 0 then
+      local m = recs[id]
+      if m and m.at ~= 'live' then day = m.at end
+    end
+    if day >= 0 then leases[id] = false; lease_day[id] = day end
   elseif kind == 'C' then
     local m, res = recs[id], 1
+    if m then full(m) end
     local claim = r[6] .. '|' .. r[8]
     if not m then
       res = 0
     elseif m.h[9] ~= 0 then
-      local held = m.h[10]
-      if held == '' then
+      local held = lease_of(id, m.at)
+      if not held then
         res = 2
       elseif held ~= claim then  -- equal: this claim, in a batch sent again
         local sep = string.find(held, '|', 1, true)
         if tonumber(string.sub(held, sep + 1)) > tonumber(r[7]) then
           res = 3
         else
-          m.h[10] = claim; dirty[id] = true
+          leases[id] = claim; lease_day[id] = m.at
         end
       end
     else
-      m.h[4], m.h[5], m.h[9], m.h[10] = r[3], r[4], r[5], claim
+      m.h[4], m.h[5], m.h[9] = r[3], r[4], r[5]
       push(finished, m.h[3], id); m.at = r[9]; dirty[id] = true
+      leases[id] = claim; lease_day[id] = m.at
     end
     out[#out + 1] = res
+    claimed[#claimed + 1] = m and m.at or -1
   else
     local create, final, state, err, done, sets = r[3], r[6], r[7], r[8], r[9], r[11]
     local m, res = recs[id], 1
-    if create == 1 then
+    if create == 1 then  -- sets: -1, the whole record's index in ARGV
+      local raw = ARGV[sets[2]]
       if m then
-        local body
-        for k = 1, #sets, 2 do if sets[k] == 0 then body = ARGV[sets[k + 1]] end end
-        if m.b == body then res = 0 else res = -1 end
+        local n = string.byte(raw, 1) * 256 + string.byte(raw, 2)
+        if full(m).b == string.sub(raw, n + 3) then res = 0 else res = -1 end
       else
-        m = {h = {'', r[5], r[4], state, err, '', '', '', 0, ''}, b = '', at = 'live'}
-        apply(m, sets)
-        if final == 1 and done ~= 0 then
-          m.h[9] = done; m.at = r[10]
-        else
-          push(unfinished, r[4], r[5], id)
-        end
+        m = {raw = raw, at = 'live'}
+        if final == 1 and done ~= 0 then m.at = r[10] else push(unfinished, r[4], r[5], id) end
         recs[id] = m; dirty[id] = true
       end
     elseif not m then
       res = 0
     else
+      full(m)
       if #sets > 0 then apply(m, sets); dirty[id] = true end
       if final == 1 then
         if m.h[9] ~= 0 then
@@ -400,14 +431,26 @@ for id in pairs(dirty) do
 end
 each('HSET', live, live_set)
 each('HDEL', live, live_del)
+local function ttl(day)
+  return string.format('%d', math.max(day * 86400 + f_offset, k_expire) - now)
+end
 for day, list in pairs(by_day) do
   local key = tag .. ':f:' .. day
   each('HSET', key, list)
-  local ttl = math.max(day * 86400 + f_offset, k_expire) - now
-  if redis.call('EXPIRE', key, string.format('%d', ttl), 'NX') == 1 then
+  if redis.call('EXPIRE', key, ttl(day), 'NX') == 1 then
     redis.call('ZADD', tag .. ':days', day, day)  -- a new container
   end
 end
+local lease_set, lease_del = {}, {}
+for id, day in pairs(lease_day) do
+  if leases[id] then push(lease_set, day, id, leases[id]) else push(lease_del, day, id) end
+end
+for day, list in pairs(lease_set) do
+  local key = tag .. ':l:' .. day
+  each('HSET', key, list)
+  redis.call('EXPIRE', key, ttl(day), 'NX')
+end
+for day, list in pairs(lease_del) do each('HDEL', tag .. ':l:' .. day, list) end
 for owner, list in pairs(unfinished) do each('ZADD', tag .. ':u:' .. owner, list) end
 for owner, list in pairs(finished) do each('ZREM', tag .. ':u:' .. owner, list) end
 if #keyed > 0 then
@@ -415,7 +458,7 @@ if #keyed > 0 then
   each('HSET', key, keyed)
   redis.call('EXPIRE', key, string.format('%d', k_expire - now), 'NX')
 end
-return out
+return {out, claimed}
 """
 )
 # KEYS: q, i, x, c of an account. ARGV: held_max, then held id, expires_at, item for each.
@@ -494,23 +537,25 @@ return #ids
 """
 
 # KEYS: the bucket's days zset. ARGV: the tag, the cutoff's day, limit. Deletes the final
-# containers of the days before the cutoff's (up to limit records: a container larger than
-# what is left loses that many, HRANDFIELD + HDEL); how many records.
+# containers (and lease hashes) of the days before the cutoff's (up to limit records: a
+# container larger than what is left loses that many, HRANDFIELD + HDEL); how many records.
 _PURGE_MESSAGES_LUA: Final = """
 local days = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
 local left, n = tonumber(ARGV[3]), 0
 for _, day in ipairs(days) do
   if left <= 0 then break end
-  local key = ARGV[1] .. ':f:' .. day
+  local key, leases = ARGV[1] .. ':f:' .. day, ARGV[1] .. ':l:' .. day
   local size = redis.call('HLEN', key)
   if size <= left then
-    redis.call('UNLINK', key)
+    redis.call('UNLINK', key, leases)
     redis.call('ZREM', KEYS[1], day)
     n, left = n + size, left - size
   else
     local ids = redis.call('HRANDFIELD', key, left)
     for k = 1, #ids, 4000 do
-      redis.call('HDEL', key, unpack(ids, k, math.min(k + 3999, #ids)))
+      local part = {unpack(ids, k, math.min(k + 3999, #ids))}
+      redis.call('HDEL', key, unpack(part))
+      redis.call('HDEL', leases, unpack(part))
     end
     n, left = n + #ids, 0
   end
@@ -608,7 +653,7 @@ for k, id in ipairs(ids) do
     local f = redis.call('HMGET', key, 'a', 't', 'o', 's', 'e', 'c', 'ci', 'k', 'd', 'b')
     if f[3] and f[10] and not f[9] then
       local m = {h = {f[1] or '', tonumber(f[2]) or 0, f[3], tonumber(f[4]) or 0,
-                      tonumber(f[5]) or 0, f[6] or '', f[7] or '', f[8] or '', 0, ''},
+                      tonumber(f[5]) or 0, f[6] or '', f[7] or '', f[8] or '', 0},
                  b = f[10]}
       sets[#sets + 1] = id; sets[#sets + 1] = encode(m)
       redis.call('DEL', key)
@@ -663,10 +708,9 @@ class _Head(msgspec.Struct, array_like=True, frozen=True):
     carrier_message_id: str
     key: str
     done_at: float  # 0: not final
-    lease: str  # "<node>|<until ms>" from a claim until its settle; "": none
 
 
-#: The header's fields, by their position in Lua (1 account ... 10 lease).
+#: The header's fields, by their position in Lua (1 account ... 9 done_at).
 RECORD_FIELDS: Final = _Head.__struct_fields__
 _decode_head = msgspec.msgpack.Decoder(_Head).decode
 #: Positions (Lua's) an M record's ``sets`` name; 0 is the body.
@@ -674,7 +718,8 @@ _BODY, _ACCOUNT, _SUBMITTED_AT, _CARRIER, _CARRIER_ID, _KEY = 0, 1, 2, 6, 7, 8
 #: Index in an M record (see _BATCH_LUA) of its final flag (then state, error, done_at,
 #: day).
 _FINAL_AT: Final = 5
-#: Claims whose container day this node remembers for their settle (a hint: bounded).
+#: Won claims whose lease's day this node remembers for their settle (bounded: a settle
+#: whose claim was forgotten has its script find the message's day).
 _CLAIMED_DAYS_MAX: Final = 65_536
 _encode_records = msgspec.msgpack.Encoder().encode
 #: The stored format (``P:format``); the version before had none.
@@ -698,6 +743,19 @@ class _Bucket:
         """Where ``body`` is in ARGV (after the tag, today, two expiries, now, the records)."""
         self.bodies.append(body)
         return len(self.bodies) + 6
+
+    def _arguments(self) -> None:
+        """An add's record made whole (see _whole); a body of an update put in ARGV."""
+        for record in self.records:
+            if record[0] != "M":
+                continue
+            sets = record[-1]
+            if record[2] == 1:
+                record[-1] = [-1, self.body(_whole(record))]
+                continue
+            for k in range(0, len(sets), 2):
+                if sets[k] == _BODY:
+                    sets[k + 1] = self.body(sets[k + 1])
 
     def message(
         self, mid: str, create: int, owner: str, submitted_at: float, state: int
@@ -725,6 +783,7 @@ class _Bucket:
     def call(self, sha: str, tag: str, times: tuple[int, int, int, int]) -> tuple[Any, ...]:
         """``times``: today, the final containers' expiry offset, the receipt index's
         expiry, now (see _BATCH_LUA)."""
+        self._arguments()
         return (
             "EVALSHA", sha, 1, f"{tag}:live", tag, *times, _encode_records(self.records),
             *self.bodies,
@@ -763,6 +822,23 @@ def _records(call: tuple[Any, ...]) -> list[list[Any]]:
 
 def _num(value: float) -> str:
     return repr(float(value))
+
+
+def _whole(record: list[Any]) -> bytes:
+    """The record (see RECORD_LUA) of an add's M record, with what its sets and its
+    final state say (the body: the sets' position 0, bytes here)."""
+    _, _, _, owner, submitted_at, final, state, error, done_at, _, sets = record
+    head: list[Any] = ["", submitted_at, owner, state, error, "", "", "", 0]
+    body = b""
+    for k in range(0, len(sets), 2):
+        if sets[k] == _BODY:
+            body = sets[k + 1]
+        else:
+            head[sets[k] - 1] = sets[k + 1]
+    if final == 1 and done_at != 0:
+        head[8] = done_at
+    encoded = _encode_records(head)
+    return len(encoded).to_bytes(2, "big") + encoded + body
 
 
 def _day(t: float) -> int:
@@ -834,8 +910,8 @@ class RedisStore(WriteBehind):
         #: days before today (older ones are past keep_days already: the next purge).
         self._window = math.ceil(config.keep_days) + 1
         self._keep_s = math.ceil(config.keep_days * DAY)
-        #: Message id → the container day of this node's won claim, until its settle (a
-        #: hint for the settle's script; bounded, oldest forgotten first).
+        #: Message id → the day of this node's won claim's lease, until its settle (the
+        #: settle then needs no read; bounded, oldest forgotten first).
         self._claimed_days: dict[str, int] = {}
         self._redis: aioredis.Redis | None = None
         self._sha: dict[str, str] = {}
@@ -859,13 +935,14 @@ class RedisStore(WriteBehind):
     def _tag(self, b: int) -> str:
         return f"{self._p}:{{m{b}}}"
 
-    def _batch_results(self, call: tuple[Any, ...], result: Any) -> list[int]:
-        """The results of a batch script call; _Duplicate for an add of a taken id."""
-        results = [int(r) for r in result]
+    def _batch_results(self, call: tuple[Any, ...], result: Any) -> tuple[list[int], list[int]]:
+        """The results of a batch script call, and the container days of its claims (in
+        their order); _Duplicate for an add of a taken id."""
+        results = [int(r) for r in result[0]]
         if -1 in results:
             ids = [r[1] for r in _records(call) if r[0] in ("M", "C")]
             raise _Duplicate(f"message id {ids[results.index(-1)]} holds another message")
-        return results
+        return results, [int(d) for d in result[1]]
 
     def _held_keys(self, account: str) -> list[str]:
         tag = f"{self._p}:{{h:{account}}}"
@@ -1044,13 +1121,15 @@ class RedisStore(WriteBehind):
         results = await self._send(client, calls)
         dropped: dict[str, int] = {}
         batch_sha, hold_sha = self._sha["batch"], self._sha["hold"]
-        answered: list[tuple[Op, int]] = []
+        answered: list[tuple[Op, int, int]] = []
         for n, (call, result) in enumerate(zip(calls, results, strict=True)):
             if isinstance(result, Exception):
                 raise result
             if call[1] == batch_sha:
-                answers = self._batch_results(call, result)
-                answered.extend((op, answers[at]) for at, op in claims[n])
+                answers, days = self._batch_results(call, result)
+                answered.extend(
+                    (op, answers[at], day) for (at, op), day in zip(claims[n], days, strict=True)
+                )
             elif call[1] == hold_sha and result:
                 account = call[3].removeprefix(f"{self._p}:{{h:").removesuffix("}:q")
                 dropped[account] = dropped.get(account, 0) + int(result)
@@ -1062,7 +1141,12 @@ class RedisStore(WriteBehind):
         for op in ops:
             if op.kind == RELEASE:
                 self._held_account.pop(op.params[0], None)
-        for op, answer in answered:  # the claims' results, now that the batch is committed
+        for op, answer, day in answered:  # the claims' results, now the batch is committed
+            if answer == 1 and op.message_id is not None:  # where its settle finds the lease
+                remembered = self._claimed_days
+                if len(remembered) >= _CLAIMED_DAYS_MAX:
+                    del remembered[next(iter(remembered))]
+                remembered[op.message_id] = day
             if op.outcome is not None and not op.outcome.done():
                 op.outcome.set_result(answer)
         self.commit_seconds.observe(time.perf_counter() - started)
@@ -1137,9 +1221,10 @@ class RedisStore(WriteBehind):
                     releases.setdefault(account_of, []).append(params[0])
                 continue
             if kind == SETTLE:
-                settled = params[0]
-                hint = self._claimed_days.pop(settled, -1)
-                _bucket_of(buckets, _bucket(settled)).settle(settled, hint)
+                if len(params) == 1:  # the day of its lease, once (-1: the script finds it)
+                    op.params = params = (params[0], self._claimed_days.pop(params[0], -1))
+                settled, day = params
+                _bucket_of(buckets, _bucket(settled)).settle(settled, day)
                 continue
             mid = op.message_id
             assert mid is not None
@@ -1156,7 +1241,7 @@ class RedisStore(WriteBehind):
                 _, account, state, submitted_at, body, owner = params
                 bucket = _bucket_of(buckets, _bucket(mid))
                 record = bucket.message(mid, 1, owner, float(submitted_at), int(state))
-                record[-1] += (_ACCOUNT, account, _BODY, bucket.body(body))
+                record[-1] += (_ACCOUNT, account, _BODY, body)
                 folded.setdefault(mid, record)  # an id added twice: its own record
                 continue
             found = folded.get(mid)
@@ -1173,15 +1258,7 @@ class RedisStore(WriteBehind):
                     _bucket_of(buckets, _bucket(name)).index(name, mid)
             elif kind == UPDATE:
                 account, submitted_at, body, _ = params
-                body_at = _bucket_of(buckets, _bucket(mid)).body(body)
-                record[-1] += (
-                    _ACCOUNT,
-                    account,
-                    _SUBMITTED_AT,
-                    float(submitted_at),
-                    _BODY,
-                    body_at,
-                )
+                record[-1] += (_ACCOUNT, account, _SUBMITTED_AT, float(submitted_at), _BODY, body)
             elif kind == FINAL:
                 if len(params) == 4:  # its container day, once
                     done = params[2]
@@ -1500,11 +1577,6 @@ class RedisStore(WriteBehind):
         result = await outcome
         if result == 3:
             raise StoreError(f"message {message_id}: its final receipt is being reported")
-        if result == 1:  # where its settle finds it first (op.params: its day at the end)
-            days = self._claimed_days
-            if len(days) >= _CLAIMED_DAYS_MAX:
-                del days[next(iter(days))]
-            days[message_id] = op.params[-1]
         return result == 1
 
     def _wait_for_written(self, future: asyncio.Future[Any], what: str) -> None:
