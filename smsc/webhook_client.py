@@ -6,14 +6,18 @@ one small POST whose answer is a status line (and a body nobody reads). This cli
 a pool of persistent connections per (scheme, host, port) and, per request: takes an idle
 connection (or opens one: TCP, or TLS through the loop's ssl support), writes the request
 in one write, and parses the response's status line, headers and body (Content-Length,
-chunked, or until the connection closes).
+chunked, or until the connection closes). :meth:`WebhookClient.post_many` writes several
+POSTs to one URL at once on one connection (HTTP/1.1 pipelining) and reads their answers
+in order.
 
 Bounded: at most ``max_idle`` idle connections per host and ``max_hosts`` hosts with idle
 connections (the oldest are closed beyond that); a body is kept up to ``max_body`` bytes
 (the rest is read and dropped). Every request has a deadline (``timeout``: connecting,
 writing and the whole response); a connection whose request timed out or failed is closed,
 never reused. A request on a reused connection that the server closed before answering
-(a keep-alive race) is sent once more on a new connection: webhooks are at-least-once.
+(a keep-alive race) is sent once more on a new connection — and pipelined requests the
+server closed the connection on before answering, while each round gets some answered:
+webhooks are at-least-once.
 
 A ``guarded`` request (a callback URL an application gave: smsc/callback_guard.py) resolves
 the host itself and connects only to an address the guard allows, trying those in the

@@ -5,7 +5,10 @@ Never from a request handler: :class:`WebhookSink` sits in front of the SMPP del
 the router's ReportSink path and writes each event into the durable outbox
 (smsc/outbox.py); the carrier's deliver_sm is acknowledged once that is committed.
 :class:`WebhookSender` POSTs what the outbox holds, at most ``concurrency`` at once and
-``per_endpoint`` per receiving host (a slow receiver only delays itself), and retries any
+over at most ``per_endpoint`` connections per receiving host (a slow receiver only delays
+itself); JSON events to an account's own URL go up to ``pipeline`` in one write on one
+connection (HTTP/1.1 pipelining, answers in order: one write, one read and one task per
+batch rather than per event), one at a time to a receiver whose last POST failed. It retries any
 answer but a 2xx (timeouts, connection errors, 4xx and 5xx alike) with exponential
 backoff and jitter — or after the receiver's ``Retry-After`` — until the event is
 ``max_age`` old; then it is dead-lettered (``GET /v1/webhooks/failures``).
