@@ -187,7 +187,9 @@ class Lane(asyncio.Protocol):
         self.active_at = self.listener.loop.time()
         if self.task is None:
             self._next()
-        elif len(self.buf) > self.listener.max_buffer and not self._read_paused:
+        # (requests pipelined behind the one being answered, or while the client does
+        # not read its answers: read on once they are taken)
+        if len(self.buf) > self.listener.max_buffer and not (self._read_paused or self.closed):
             self._read_paused = True
             assert self.transport is not None
             self.transport.pause_reading()

@@ -106,6 +106,21 @@ def test_pipelined_posts_are_answered_in_order(run: Run, tmp_path: Path) -> None
     run(main_())
 
 
+def test_a_long_pipeline_is_read_as_it_is_answered(run: Run, tmp_path: Path) -> None:
+    """300 requests (~60 kB) in one write, over the lane's buffer bound (max_body + 8190
+    octets): reading pauses and resumes; each is answered, in order."""
+
+    async def main_() -> None:
+        config = api_config(tmp_path)
+        api = msgspec.structs.replace(config.http_api, max_body=1024)
+        async with running_app(msgspec.structs.replace(config, http_api=api)) as app:
+            numbers = [f"447700902{n:03d}" for n in range(300)]
+            got = await exchange(app.api_port, b"".join(post(n) for n in numbers), 300)
+            assert [a.json()["messages"][0]["to"] for a in got] == numbers
+
+    run(main_())
+
+
 def test_a_request_that_is_not_plain_hands_the_rest_of_the_connection_to_aiohttp(
     run: Run, tmp_path: Path
 ) -> None:
