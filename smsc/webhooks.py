@@ -46,7 +46,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -136,22 +135,26 @@ class _Sequence:
         return self.last
 
 
-_second: list[Any] = [None, ""]  # the last second _iso formatted, and its text
+#: Seconds ``_iso`` formatted lately, and their text (an event formats two: its
+#: creation, now, and the report's done_at, often minutes before: receipts' done date).
+_seconds: dict[int, str] = {}
 
 
 def _iso(ts: float) -> str:
     """``2026-12-06T12:00:00.123Z`` (milliseconds, truncated as datetime does after it
-    rounds to microseconds); the date and time of the last second are reused."""
+    rounds to microseconds); the date and time of recent seconds are reused."""
     fraction, whole = math.modf(ts)
     second, micros = int(whole), round(fraction * 1_000_000)
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
     elif micros < 0:
         second, micros = second - 1, micros + 1_000_000
-    if _second[0] != second:
-        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second[0] = second
-    return f"{_second[1]}.{micros // 1000:03d}Z"
+    text = _seconds.get(second)
+    if text is None:
+        if len(_seconds) >= 64:
+            _seconds.clear()
+        text = _seconds[second] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 def _part(message_id: str, reported: str) -> int:
