@@ -13,6 +13,12 @@ in GSM 03.38 when it fits, else UCS-2, and split with a concatenation UDH when l
 parts are ``<id>``, ``<id>-2``, ... in the store and share one carrier. Every error is an
 RFC 9457 ``application/problem+json`` with ``field`` naming what is wrong when a field
 is. Webhooks are never sent from here: see smsc/webhooks.py.
+
+The routes are aiohttp's, behind the listener of smsc/http_fast.py: a plain ``POST
+/v1/messages`` (Content-Length body, nothing unusual in its head) is read and answered by
+that listener through :meth:`HttpApi.post_messages` — the same auth, caps, answers and
+counts as the aiohttp route, at a third of aiohttp's cost per request — and any other
+request hands its connection to aiohttp.
 """
 
 from __future__ import annotations
