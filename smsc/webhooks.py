@@ -629,9 +629,11 @@ class WebhookSender:
     async def _attempts(
         self, events: list[OutboxEvent]
     ) -> list[tuple[str | None, float | None, bool]]:
-        """Each event's POST (:meth:`_attempt`): several in one write when there are."""
-        if len(events) == 1:
-            return [await self._attempt(events[0])]
+        """Each event's POST (:meth:`_attempt`): several in one write when there are
+        (one by one if they may not share it any more: a reload moved the account's URL,
+        or the receiver failed meanwhile)."""
+        if len(events) == 1 or not all(self._pipelined(e) for e in events):
+            return [await self._attempt(event) for event in events]
         assert self._client is not None
         now = int(self.wall())
         requests = []
