@@ -16,7 +16,9 @@ answers 204 — both small, so that the load is not what saturates.
 Runs, in this order, each with the same application:
 
 1. peer — a bare aiohttp handler in its own process (reads the JSON body, answers 202
-   with a small JSON): the ceiling of an aiohttp server here (``bare_rps``);
+   with a small JSON): the ceiling of an aiohttp server here (``bare_rps``; smsc's
+   listener reads a plain POST /v1/messages itself, smsc/http_fast.py, not through
+   aiohttp, so this is a yardstick now, not its ceiling);
 2. smsc — ``msgs_per_s``: messages accepted (202) per second; ``p99_post_ms``: the
    POST's 99th percentile (closed loop, service time); then every webhook is awaited (up
    to 60 s): ``webhooks_per_s`` = status webhooks received / seconds from the first POST

@@ -76,7 +76,13 @@ class WebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 128
     """POSTs in flight at once, overall."""
     per_endpoint: Annotated[int, Meta(ge=1, le=1000)] = 32
-    """POSTs in flight at once to one host (a slow receiver delays only itself)."""
+    """Connections in use at once to one host, each with a POST in flight (or up to
+    ``pipeline``): a slow receiver delays only itself."""
+    pipeline: Annotated[int, Meta(ge=1, le=100)] = 16
+    """POSTs sent at once on one connection to an account's own webhook URL (HTTP/1.1
+    pipelining: one write, the answers in order); 1: one at a time. One at a time too to
+    a receiver whose last POST failed, until one is taken. A POST the receiver closed the
+    connection on before answering is sent again."""
     backoff_min: Annotated[float, Meta(gt=0, le=3600)] = 1.0
     backoff_max: Annotated[float, Meta(gt=0, le=86_400)] = 600.0
     callback_networks: Annotated[

@@ -6,14 +6,18 @@ one small POST whose answer is a status line (and a body nobody reads). This cli
 a pool of persistent connections per (scheme, host, port) and, per request: takes an idle
 connection (or opens one: TCP, or TLS through the loop's ssl support), writes the request
 in one write, and parses the response's status line, headers and body (Content-Length,
-chunked, or until the connection closes).
+chunked, or until the connection closes). :meth:`WebhookClient.post_many` writes several
+POSTs to one URL at once on one connection (HTTP/1.1 pipelining) and reads their answers
+in order.
 
 Bounded: at most ``max_idle`` idle connections per host and ``max_hosts`` hosts with idle
 connections (the oldest are closed beyond that); a body is kept up to ``max_body`` bytes
 (the rest is read and dropped). Every request has a deadline (``timeout``: connecting,
 writing and the whole response); a connection whose request timed out or failed is closed,
 never reused. A request on a reused connection that the server closed before answering
-(a keep-alive race) is sent once more on a new connection: webhooks are at-least-once.
+(a keep-alive race) is sent once more on a new connection — and pipelined requests the
+server closed the connection on before answering, while each round gets some answered:
+webhooks are at-least-once.
 
 A ``guarded`` request (a callback URL an application gave: smsc/callback_guard.py) resolves
 the host itself and connects only to an address the guard allows, trying those in the
@@ -29,6 +33,7 @@ import base64
 import socket
 import ssl
 import time
+from collections import deque
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -61,7 +66,8 @@ class _Target(msgspec.Struct, frozen=True):
 
 
 class _Conn(asyncio.Protocol):
-    """One connection: at most one request at a time; parses the answer to it."""
+    """One connection: its requests (one, or several pipelined), answered in order;
+    parses the answers."""
 
     def __init__(self, max_body: int) -> None:
         self.max_body = max_body
@@ -73,8 +79,8 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._buf = bytearray()
-        self._waiter: asyncio.Future[Response] | None = None
-        self._no_body = False
+        #: The requests not yet answered, oldest first: (its answer, a HEAD's?).
+        self._waiters: deque[tuple[asyncio.Future[Response], bool]] = deque()
         self._got_any = False
         # parse state of the current response
         self._status = 0
@@ -93,8 +99,13 @@ class _Conn(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             self.address = str(peer[0])
 
+    @property
+    def waiting(self) -> bool:
+        """Are answers still due on this connection?"""
+        return bool(self._waiters)
+
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # nothing asked: the server talks out of turn
+        if not self._waiters:  # nothing asked: the server talks out of turn
             self._fail(HttpError("data from the server with no request pending"))
             return
         self._got_any = True
@@ -106,33 +117,45 @@ class _Conn(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.closed = True  # (the transport closes: not to be taken for a request now)
-        if self._waiter is not None and self._mode == "close" and self._status:
+        if self._waiters and self._mode == "close" and self._status:
             self._finish(keep=False)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._waiter is not None and not self._waiter.done():
-            if self._mode == "close" and self._status:
-                self._finish(keep=False)
-            else:
-                why = f"the server closed the connection{f': {exc}' if exc else ''}"
-                self._waiter.set_exception(_Closed(why, early=not self._got_any))
-        self._waiter = None
+        if self._waiters and self._mode == "close" and self._status:
+            self._finish(keep=False)
+        why = f"the server closed the connection{f': {exc}' if exc else ''}"
+        early = not self._got_any  # (those after the first: nothing of theirs was read)
+        while self._waiters:
+            waiter, _ = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(_Closed(why, early=early))
+            early = True
 
     # --- requests ---
 
     def send(self, data: bytes, no_body: bool) -> asyncio.Future[Response]:
+        return self.send_many(data, 1, no_body)[0]
+
+    def send_many(
+        self, data: bytes, count: int, no_body: bool = False
+    ) -> list[asyncio.Future[Response]]:
+        """Write ``count`` requests (``data``, in one write); their answers, in order."""
         assert self.transport is not None
-        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._waiter = fut
-        self._no_body = no_body
+        assert not self._waiters
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Response]] = []
+        for _ in range(count):
+            fut: asyncio.Future[Response] = loop.create_future()
+            self._waiters.append((fut, no_body))
+            futures.append(fut)
         self._got_any = False
         self._status = 0
         self._mode = ""
         self._body = bytearray()
         self.transport.write(data)
-        return fut
+        return futures
 
     def close(self) -> None:
         self.closed = True
@@ -142,7 +165,7 @@ class _Conn(asyncio.Protocol):
     # --- parsing ---
 
     def _parse(self) -> None:
-        while self._waiter is not None:
+        while self._waiters:
             if not self._status:
                 if not self._parse_head():
                     return
@@ -191,7 +214,7 @@ class _Conn(asyncio.Protocol):
         )
         self._status = status
         self._headers = headers
-        if self._no_body or status in (204, 304):
+        if self._waiters[0][1] or status in (204, 304):
             self._mode, self._left = "length", 0
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._mode, self._chunk_state = "chunked", "size"
@@ -252,17 +275,24 @@ class _Conn(asyncio.Protocol):
             self._body += data[:room]
 
     def _finish(self, keep: bool) -> None:
-        waiter, self._waiter = self._waiter, None
-        if not keep or self._buf:  # bytes beyond the answer: the connection is out of step
-            self.close()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(Response(self._status, self._headers, bytes(self._body)))
+        waiter, _ = self._waiters.popleft()
+        response = Response(self._status, self._headers, bytes(self._body))
+        # the next answer's parse state (its first octets may be in the buffer already)
+        self._status, self._mode, self._body = 0, "", bytearray()
+        self._got_any = bool(self._buf)
+        if not keep or (self._buf and not self._waiters):
+            self.close()  # (bytes beyond the answers: the connection is out of step)
+        if not waiter.done():
+            waiter.set_result(response)
 
     def _fail(self, exc: Exception) -> None:
-        waiter, self._waiter = self._waiter, None
         self.close()
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        first = True
+        while self._waiters:  # (those after the first: nothing of theirs was read)
+            waiter, _ = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc if first else _Closed(str(exc), early=True))
+            first = False
 
 
 class _Closed(HttpError):
@@ -314,18 +344,7 @@ class WebhookClient:
         """``guarded``: connect only to an address :attr:`guard` allows (else
         CallbackRefused, before anything is sent)."""
         target = self._target(url)
-        lines = [f"{method} {target.target} HTTP/1.1\r\n".encode(), target.head, self._agent]
-        for name, value in (headers or {}).items():
-            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-                raise HttpError(f"header {name!r} holds a line break")
-            try:
-                lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-            except UnicodeEncodeError:
-                raise HttpError(f"header {name!r} is not Latin-1") from None
-        if body or method not in ("GET", "HEAD"):
-            lines.append(b"Content-Length: %d\r\n" % len(body))
-        lines.append(b"\r\n")
-        data = b"".join(lines) + body
+        data = self._encode(method, target, body, headers)
         async with asyncio.timeout(self.timeout):
             while True:
                 conn, reused = self._take(target.key), True
@@ -349,6 +368,74 @@ class WebhookClient:
                         self._give(target.key, conn)
                     # (a timeout cancels send's await: the connection is closed below)
 
+    def _encode(
+        self, method: str, target: _Target, body: bytes, headers: dict[str, str] | None
+    ) -> bytes:
+        lines = [f"{method} {target.target} HTTP/1.1\r\n".encode(), target.head, self._agent]
+        for name, value in (headers or {}).items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise HttpError(f"header {name!r} holds a line break")
+            try:
+                lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+            except UnicodeEncodeError:
+                raise HttpError(f"header {name!r} is not Latin-1") from None
+        if body or method not in ("GET", "HEAD"):
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        lines.append(b"\r\n")
+        return b"".join(lines) + body
+
+    async def post_many(
+        self, url: str, requests: list[tuple[bytes, dict[str, str]]]
+    ) -> list[Response | Exception]:
+        """POST each (body, headers) to ``url`` (not guarded), pipelined on one
+        connection (in one write), within one ``timeout``: the answers, in order — or,
+        for each that got none, why (TimeoutError, HttpError, OSError). The requests a
+        server closed the connection on before answering (nothing of their answer read)
+        are sent again, in order, on a new connection while each round gets some answered."""
+        target = self._target(url)
+        results: list[Response | Exception | None] = [None] * len(requests)
+        datas: list[bytes] = []
+        pending: list[int] = []
+        for i, (body, headers) in enumerate(requests):
+            try:
+                datas.append(self._encode("POST", target, body, headers))
+                pending.append(i)
+            except HttpError as exc:
+                datas.append(b"")
+                results[i] = exc
+        try:
+            async with asyncio.timeout(self.timeout):
+                while pending:
+                    conn, reused = self._take(target.key), True
+                    if conn is None:
+                        conn, reused = await self._open(target, False), False
+                    self._busy.add(conn)
+                    try:
+                        futures = conn.send_many(b"".join(datas[i] for i in pending), len(pending))
+                        answers = await asyncio.gather(*futures, return_exceptions=True)
+                    finally:
+                        self._busy.discard(conn)
+                        if conn.closed:
+                            conn.close()
+                        else:
+                            self._give(target.key, conn)
+                    again = []
+                    for i, answer in zip(pending, answers, strict=True):
+                        if isinstance(answer, _Closed) and answer.early:
+                            again.append(i)  # (sent again below, unless no progress)
+                        results[i] = answer  # type: ignore[assignment]
+                    if len(again) == len(pending) and not reused:
+                        break  # a new connection that answered none: their errors stand
+                    pending = again
+        except TimeoutError as exc:
+            for i, result in enumerate(results):
+                if result is None or (isinstance(result, _Closed) and result.early):
+                    results[i] = exc
+        except (HttpError, OSError) as exc:  # (opening a connection failed)
+            for i in pending:
+                results[i] = exc
+        return [r if r is not None else HttpError("no answer") for r in results]
+
     async def close(self) -> None:
         for conns in self._idle.values():
             for conn in conns:
@@ -371,7 +458,7 @@ class WebhookClient:
         return None
 
     def _give(self, key: tuple[str, str, int], conn: _Conn) -> None:
-        if conn._waiter is not None:  # its request did not end (a timeout): out of step
+        if conn.waiting:  # its request did not end (a timeout): out of step
             conn.close()
             return
         conns = self._idle.get(key)

@@ -5,7 +5,10 @@ Never from a request handler: :class:`WebhookSink` sits in front of the SMPP del
 the router's ReportSink path and writes each event into the durable outbox
 (smsc/outbox.py); the carrier's deliver_sm is acknowledged once that is committed.
 :class:`WebhookSender` POSTs what the outbox holds, at most ``concurrency`` at once and
-``per_endpoint`` per receiving host (a slow receiver only delays itself), and retries any
+over at most ``per_endpoint`` connections per receiving host (a slow receiver only delays
+itself); JSON events to an account's own URL go up to ``pipeline`` in one write on one
+connection (HTTP/1.1 pipelining, answers in order: one write, one read and one task per
+batch rather than per event), one at a time to a receiver whose last POST failed. It retries any
 answer but a 2xx (timeouts, connection errors, 4xx and 5xx alike) with exponential
 backoff and jitter — or after the receiver's ``Retry-After`` — until the event is
 ``max_age`` old; then it is dead-lettered (``GET /v1/webhooks/failures``).
@@ -43,7 +46,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -133,22 +135,26 @@ class _Sequence:
         return self.last
 
 
-_second: list[Any] = [None, ""]  # the last second _iso formatted, and its text
+#: Seconds ``_iso`` formatted lately, and their text (an event formats two: its
+#: creation, now, and the report's done_at, often minutes before: receipts' done date).
+_seconds: dict[int, str] = {}
 
 
 def _iso(ts: float) -> str:
     """``2026-12-06T12:00:00.123Z`` (milliseconds, truncated as datetime does after it
-    rounds to microseconds); the date and time of the last second are reused."""
+    rounds to microseconds); the date and time of recent seconds are reused."""
     fraction, whole = math.modf(ts)
     second, micros = int(whole), round(fraction * 1_000_000)
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
     elif micros < 0:
         second, micros = second - 1, micros + 1_000_000
-    if _second[0] != second:
-        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second[0] = second
-    return f"{_second[1]}.{micros // 1000:03d}Z"
+    text = _seconds.get(second)
+    if text is None:
+        if len(_seconds) >= 64:
+            _seconds.clear()
+        text = _seconds[second] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 def _part(message_id: str, reported: str) -> int:
@@ -466,18 +472,31 @@ class WebhookSender:
                         self._reading = False
                     full_read = len(due) >= room
                     unsent = []
+                    batches: dict[str, list[OutboxEvent]] = {}
                     for event in due:
                         if event.id in self._recent or event.id in self._inflight:
                             continue
                         host = urlsplit(event.url).netloc
-                        if (
-                            len(self._inflight) < cfg.concurrency
-                            and self._by_host.get(host, 0) < cfg.per_endpoint
+                        batch = batches.get(event.url) if self._pipelined(event) else None
+                        if len(self._inflight) >= cfg.concurrency or (
+                            batch is None and self._by_host.get(host, 0) >= cfg.per_endpoint
                         ):
-                            self._spawn(event, host)
-                            spawned = True
-                        else:
                             unsent.append(event)
+                            continue
+                        spawned = True
+                        self._inflight[event.id] = host
+                        if batch is None:  # a connection of its own (or a new batch's)
+                            self._by_host[host] = self._by_host.get(host, 0) + 1
+                            batch = [event]
+                            if self._pipelined(event):
+                                batches[event.url] = batch
+                        else:
+                            batch.append(event)
+                        if not self._pipelined(event) or len(batch) >= cfg.pipeline:
+                            batches.pop(event.url, None)
+                            self._spawn(batch, host)
+                    for batch in batches.values():
+                        self._spawn(batch, urlsplit(batch[0].url).netloc)
                     self.outbox.give_back(unsent)
                 if spawned:
                     # What was due is on its way: read again at once if there may be more,
@@ -529,47 +548,114 @@ class WebhookSender:
             pause = min(cfg.backoff_max, cfg.backoff_min * 2 ** min(n - BREAKER_FAILURES, 20))
             self._open_until[host] = self.wall() + pause
 
-    def _spawn(self, event: OutboxEvent, host: str) -> None:
-        self._inflight[event.id] = host
-        self._by_host[host] = self._by_host.get(host, 0) + 1
-        task = asyncio.create_task(self._post(event, host))
+    def _pipelined(self, event: OutboxEvent) -> bool:
+        """May ``event`` share a connection's write with others (``pipeline``)? JSON
+        events to their account's own URLs (those given by applications go one by one,
+        each to an address the guard allows), unless the receiver's last POST failed
+        (then one at a time until one is taken: its breaker counts each failure)."""
+        if self.config.pipeline < 2 or event.kind != "json":
+            return False
+        if self._failures and urlsplit(event.url).netloc in self._failures:
+            return False
+        state = self.accounts.get(event.account)
+        hooks = state.account.webhooks if state is not None else None
+        return hooks is not None and event.url in (hooks.status_url, hooks.inbound_url)
+
+    def _spawn(self, events: list[OutboxEvent], host: str) -> None:
+        """POST ``events`` (in flight, and a connection to ``host`` counted for them) in
+        a task of their own."""
+        task = asyncio.create_task(self._post(events, host))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _post(self, event: OutboxEvent, host: str) -> None:
-        """POST ``event``; then, while the receiver takes them and the next event to it is
-        at hand with nothing else waiting, the next one in the same task and slot (the
-        loop of :meth:`_run` would start just that one, a task and a wake-up later)."""
+    async def _post(self, events: list[OutboxEvent], host: str) -> None:
+        """POST ``events`` (one, or several pipelined to one URL); then, while the
+        receiver takes them and more events to it are at hand with nothing else waiting,
+        the next ones in the same task and slots (the loop of :meth:`_run` would start
+        them a task and a wake-up later)."""
         try:
             while True:
-                error, retry_after, refused = await self._attempt(event)
-                if refused:  # (nothing was sent: the host's breaker is left as it is)
-                    self._refused(event, error or "refused")
-                else:
-                    self._breaker(host, error is None)
-                    self._settle(event, error, retry_after)
-                if self._reading:  # (bounded: what settles during one read)
-                    self._recent.add(event.id)
+                outcomes = await self._attempts(events)
+                failed = False
+                for event, (error, retry_after, refused) in zip(events, outcomes, strict=True):
+                    if refused:  # (nothing was sent: the host's breaker is left as it is)
+                        self._refused(event, error or "refused")
+                    else:
+                        self._breaker(host, error is None)
+                        self._settle(event, error, retry_after)
+                    if self._reading:  # (bounded: what settles during one read)
+                        self._recent.add(event.id)
+                    failed = failed or error is not None
                 self._settled.set()
-                if error is not None or self._open_until:
+                if failed or self._open_until:
                     break
-                self._inflight.pop(event.id, None)  # settled: not in flight any more
-                following = self.outbox.take_next(host, self._inflight)
-                if following is None:
+                events = self._take_next(events, host)  # (those settled are let go)
+                if not events:
                     break
-                self._inflight[following.id] = host
-                event = following
         except asyncio.CancelledError:
-            self._cancelled.append(event)  # (not settled: settling is never awaited)
+            self._cancelled.extend(events)  # (not settled: settling is never awaited)
             raise
         finally:
-            self._inflight.pop(event.id, None)
+            for event in events:
+                self._inflight.pop(event.id, None)
             n = self._by_host.get(host, 1) - 1
             if n:
                 self._by_host[host] = n
             else:
                 self._by_host.pop(host, None)
             self._wake.set()
+
+    def _take_next(self, done: list[OutboxEvent], host: str) -> list[OutboxEvent]:
+        """The events to ``host`` at hand to POST next on the connection ``done``
+        (settled, let go) used: up to ``pipeline`` when they may go in one write to one
+        URL, else the first."""
+        cfg = self.config
+        for event in done:
+            self._inflight.pop(event.id, None)
+        taken: list[OutboxEvent] = []
+        while len(self._inflight) < cfg.concurrency:
+            following = self.outbox.take_next(host, self._inflight)
+            if following is None:
+                break
+            if taken and (following.url != taken[0].url or not self._pipelined(following)):
+                self.outbox.give_back([following])  # (the next write's)
+                break
+            self._inflight[following.id] = host
+            taken.append(following)
+            if not self._pipelined(following) or len(taken) >= cfg.pipeline:
+                break
+        return taken
+
+    async def _attempts(
+        self, events: list[OutboxEvent]
+    ) -> list[tuple[str | None, float | None, bool]]:
+        """Each event's POST (:meth:`_attempt`): several in one write when there are
+        (one by one if they may not share it any more: a reload moved the account's URL,
+        or the receiver failed meanwhile)."""
+        if len(events) == 1 or not all(self._pipelined(e) for e in events):
+            return [await self._attempt(event) for event in events]
+        assert self._client is not None
+        now = int(self.wall())
+        requests = []
+        for event in events:
+            headers = {"Smsc-Event-Id": str(event.id), "Content-Type": "application/json"}
+            state = self.accounts.get(event.account)
+            hooks = state.account.webhooks if state is not None else None
+            if hooks is not None:
+                headers[SIGNATURE_HEADER] = sign(hooks.secret, now, event.body)
+            requests.append((event.body, headers))
+        outcomes: list[tuple[str | None, float | None, bool]] = []
+        for answer in await self._client.post_many(events[0].url, requests):
+            if isinstance(answer, TimeoutError):
+                outcomes.append(("timeout", None, False))
+            elif isinstance(answer, Exception):
+                outcomes.append((f"{type(answer).__name__}: {answer}"[:200], None, False))
+            elif 200 <= answer.status < 300:
+                outcomes.append((None, None, False))
+            else:
+                after = _retry_after(answer.headers.get("retry-after"), self.wall())
+                outcomes.append((f"HTTP {answer.status}", after, False))
+        return outcomes
 
     async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None, bool]:
         """One POST: (None, None, False) when taken; else (why not, the receiver's

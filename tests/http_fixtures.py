@@ -138,7 +138,7 @@ class Call:
 class Receiver:
     """A webhook receiver on loopback: answers ``fail_status`` to its first ``fail_first``
     calls (with ``Retry-After`` when ``retry_after`` is set), 204 to the rest; records
-    every call."""
+    every call. ``close``: closes the connection after each answer."""
 
     def __init__(
         self,
@@ -147,8 +147,10 @@ class Receiver:
         fail_status: int = 500,
         retry_after: str | None = None,
         hang: asyncio.Event | None = None,
+        close: bool = False,
     ) -> None:
         self.fail_first = fail_first
+        self.close = close
         #: When set: every call waits for it before it is answered (a stuck receiver).
         self.hang = hang
         #: Calls being answered now, and the most at once.
@@ -191,10 +193,11 @@ class Receiver:
         status = self.fail_status if failing else 204
         self.calls.append(Call(loop.time(), request, body, status))
         self._changed.set()
-        if failing:
-            headers = {"Retry-After": self.retry_after} if self.retry_after else None
-            return web.Response(status=status, headers=headers)
-        return web.Response(status=status)
+        headers = {"Retry-After": self.retry_after} if failing and self.retry_after else None
+        response = web.Response(status=status, headers=headers)
+        if self.close:
+            response.force_close()
+        return response
 
     def taken(self) -> list[Call]:
         """The calls answered 2xx."""

@@ -354,3 +354,48 @@ def test_https_through_the_loops_tls(run1: Run, tmp_path: Path) -> None:
         assert [b for *_, b in seen.requests] == [b"1"]
 
     run1(main())
+
+
+def test_posts_pipelined_in_one_write_are_answered_in_order(run: Run) -> None:
+    async def main() -> None:
+        seen = Seen()
+        async with aiohttp_server(seen) as base:
+            client = new_client()
+            requests = [(b'{"n": %d}' % n, {"Smsc-Event-Id": str(n)}) for n in range(10)]
+            answers = await client.post_many(f"{base}/hook", requests)
+            busy = await client.post_many(f"{base}/busy", requests[:3])
+            await client.close()
+        assert [getattr(a, "status", a) for a in answers] == [204] * 10
+        assert [b for _, _, _, b in seen.requests] == [b for b, _ in requests]
+        assert [h["Smsc-Event-Id"] for _, _, h, _ in seen.requests] == [str(n) for n in range(10)]
+        assert [(getattr(a, "status", a), a.headers["retry-after"]) for a in busy] == [  # type: ignore[union-attr]
+            (503, "7")
+        ] * 3
+        assert client.opened == 1  # one connection, kept alive between the two writes
+
+    run(main())
+
+
+def test_pipelined_posts_a_server_closed_on_before_answering_are_sent_again(run: Run) -> None:
+    def answer(n: int, head: bytes) -> bytes | None:
+        # answers two requests on each connection, closes at the third
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if n <= 2 else None
+
+    def nothing(n: int, head: bytes) -> bytes | None:
+        return None  # closes at the first request, every time
+
+    async def main() -> None:
+        async with raw_server(answer) as (base, counts):
+            client = new_client()
+            answers = await client.post_many(f"{base}/h", [(b"", {})] * 5)
+            await client.close()
+        assert [getattr(a, "status", a) for a in answers] == [200] * 5
+        assert counts == [3, 3, 1]  # each connection: two answers, one request it dropped
+        async with raw_server(nothing) as (base, counts):
+            client = new_client()
+            answers = await client.post_many(f"{base}/h", [(b"", {})] * 3)
+            await client.close()
+        assert all(isinstance(a, HttpError) for a in answers)  # (no progress: not again)
+        assert counts == [1]
+
+    run(main())

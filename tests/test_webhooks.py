@@ -105,6 +105,28 @@ def test_a_receipt_is_retried_after_500s_signed_and_carries_the_reference(
     run(main())
 
 
+def test_a_receiver_that_closes_each_connection_still_gets_every_event_once(
+    run1: Run, tmp_path: Path
+) -> None:
+    """Receipts arriving together go pipelined (several POSTs in one write); a receiver
+    that answers one and closes the connection gets the rest on new connections, within
+    the same attempt: none is retried, each arrives once, signed."""
+
+    async def main() -> None:
+        async with Receiver(close=True) as receiver:
+            config = api_config(tmp_path, account=hooks(receiver))
+            async with running_app(config) as app, client(app) as c:
+                ids = await asyncio.gather(*(send_one(c) for _ in range(20)))
+                await receiver.wait_for(lambda: all(final_calls(receiver, i) for i in ids))
+                for message_id in ids:
+                    (call,) = final_calls(receiver, message_id)
+                    assert call.status == 204
+                    assert verify(SECRET, call.headers[SIGNATURE_HEADER], call.body, time.time())
+                assert 'outcome="retried"' not in await scrape(app)
+
+    run1(main())
+
+
 def test_retry_after_is_honoured(run1: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with Receiver(fail_first=1, fail_status=429, retry_after="1") as receiver:
