@@ -334,3 +334,38 @@ def test_a_claim_waits_no_longer_than_the_read_deadline(
             assert await store.claim_final("m000002", DELIVERED) is True
 
     run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_move_to_this_format_that_died_half_way_is_finished_by_the_next_node(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A node that moved a bucket's unfinished messages of the version before into the
+    live hash and died before writing their receipt index leaves no ``P:format``: the next
+    node starting moves again, and a message already moved is still found by its receipt
+    (the old index entry is no longer read)."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            m = msg(1)
+            tag = f"smsc:{{m{bucket(m.id)}}}"
+            # What the node that died left: the record in live (see RECORD_LUA), the old
+            # hash deleted, the owner's index as it was, the old receipt index entry.
+            head = msgspec.msgpack.encode(
+                ["acme", m.submitted_at, "a", int(MessageState.ENROUTE), 0, "c1", "X1", "x1", 0]
+            )
+            record = len(head).to_bytes(2, "big") + head + msgspec.msgpack.encode(m)
+            await client.hset(f"{tag}:live", m.id, record)
+            await client.zadd(f"{tag}:u:a", {m.id: m.submitted_at})
+            await client.set(f"smsc:{{m{bucket('c1:x1')}}}:k:c1:x1", m.id)
+            async with opened(node(redis_url, "b")) as store:
+                assert await store.find_sent("c1", "x1") == "m000001"
+                [stored] = await store.take_over_messages("a")
+                assert stored.message == m
+                assert await store.claim_final("m000001", DELIVERED) is True
+            assert await client.get("smsc:format") == b"2"
+        finally:
+            await client.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))

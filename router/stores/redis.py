@@ -96,9 +96,11 @@ report leases in keys of their own (``P:{m<b>}:r:<id>``). A node that opens a Re
 (``P:migrate``; another node starting meanwhile waits for ``P:format``, a minute at most):
 every owner index (``SCAN`` of ``P:{m*}:u:*``), a script per bucket and 1,000 members (each
 old hash with no done_at becomes a record of ``live`` and is deleted; a member with neither
-leaves the index); their receipt index entries are written again (today's); then
-``P:format`` is set. The old final messages, receipt index entries and leases are left to
-expire (their TTLs): ``get`` no longer finds them, and a late receipt of one is unknown.
+leaves the index); the receipt index entries of every live member are written again
+(today's: also those of the messages a node that died half-way had moved already, so a
+move that starts over is complete); then ``P:format`` is set. The old final messages,
+receipt index entries and leases are left to expire (their TTLs): ``get`` no longer finds
+them, and a late receipt of one is unknown.
 Stop every node of the version before first: one still running keeps writing the old
 layout, which no node reads any more.
 
@@ -636,8 +638,9 @@ return false
 # tag, the first rank, how many. Each member from that rank: live already (kept); an old
 # hash P:{m<b>}:m:<id> with no final state (made a record in live, the hash deleted, kept);
 # else (final, or nothing) out of the index. Returns the members kept, those moved, then
-# carrier:key,
-# id pairs of the receipt index of those moved (written by the caller: another bucket).
+# carrier:key, id pairs of the receipt index of those kept (written by the caller: another
+# bucket; those live already too, whose index a node that died half-way may not have
+# written: a move sent again is complete).
 _MIGRATE_LUA: Final = (
     RECORD_LUA
     + """
@@ -646,7 +649,11 @@ local ids = redis.call('ZRANGE', KEYS[2], first, first + tonumber(ARGV[3]) - 1)
 local got = fetch(KEYS[1], ids)
 local kept, sets, gone, index = 0, {}, {}, {}
 for k, id in ipairs(ids) do
-  if got[k] then
+  if got[k] then  -- moved by a node that may have died before writing its receipt index
+    local h = decode(got[k]).h
+    if h[6] ~= '' and h[8] ~= '' then
+      index[#index + 1] = h[6] .. ':' .. h[8]; index[#index + 1] = id
+    end
     kept = kept + 1
   else
     local key = tag .. ':m:' .. id
