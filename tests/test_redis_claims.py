@@ -236,7 +236,8 @@ def test_unfinished_messages_of_the_version_before_are_moved_at_start(
     each receipt index entry in a key of its own: a node starting on such a Redis moves
     the unfinished messages into this layout first (once: ``P:format`` says it is done),
     so that they are recovered, found by their receipt and finished; the final ones are
-    left to expire; an index member with no message is dropped."""
+    left to expire (their TTLs), the zsets that listed them for the purge (``done``, no
+    TTL, no longer read) go; an index member with no message is dropped."""
 
     async def main() -> None:
         client = aioredis.Redis.from_url(redis_url)
@@ -251,6 +252,7 @@ def test_unfinished_messages_of_the_version_before_are_moved_at_start(
                 }  # fmt: skip
                 if final:
                     fields.update(s=int(MessageState.DELIVERED), d="2.0")
+                    await client.zadd(f"{tag}:done", {m.id: 2.0})
                 else:
                     await client.zadd(f"{tag}:u:a", {m.id: m.submitted_at})
                 await client.hset(f"{tag}:m:{m.id}", mapping=fields)
@@ -269,6 +271,7 @@ def test_unfinished_messages_of_the_version_before_are_moved_at_start(
             assert await client.get("smsc:format") == b"2"
             assert await client.exists(f"smsc:{{m{bucket('m000001')}}}:m:m000001") == 0
             assert await client.exists(f"smsc:{{m{bucket('m000009')}}}:u:a") == 0
+            assert await client.exists(f"smsc:{{m{bucket('m000002')}}}:done") == 0
             async with opened(node(redis_url, "a")) as again:  # nothing to move any more
                 stored_again = await again.get("m000001")
                 assert stored_again is not None

@@ -100,7 +100,7 @@ leaves the index); the receipt index entries of every live member are written ag
 (today's: also those of the messages a node that died half-way had moved already, so a
 move that starts over is complete); then ``P:format`` is set. The old final messages,
 receipt index entries and leases are left to expire (their TTLs): ``get`` no longer finds
-them, and a late receipt of one is unknown.
+them, and a late receipt of one is unknown; the ``done`` zsets (no TTL) are deleted.
 Stop every node of the version before first: one still running keeps writing the old
 layout, which no node reads any more.
 
@@ -1009,7 +1009,8 @@ class RedisStore(WriteBehind):
         a lock (``P:migrate``, one node at a time; another node waits for the format key):
         every owner index (``SCAN`` of ``P:{m*}:u:*``), a script per 1,000 members (old
         hashes made records of the live hash, their receipt index written again). Its
-        final messages are left to expire (their TTL); its report leases are dropped.
+        final messages are left to expire (their TTL), its ``done`` zsets deleted; its
+        report leases are dropped.
         StoreError when this cannot be done within a minute (the lock's holder takes
         longer, Redis fails) or Redis holds a format this version does not know."""
         limit = max(self._config.read_timeout, _MIGRATE_SECONDS)
@@ -1070,15 +1071,18 @@ class RedisStore(WriteBehind):
                 self.commands += 1
                 if first >= await client.zcard(name):
                     break
+        # The version before's purge index of its final messages (no TTL of its own; the
+        # messages have theirs): nothing reads it any more.
+        calls: list[tuple[Any, ...]] = [("UNLINK", f"{self._tag(b)}:done") for b in range(BUCKETS)]
         if buckets:
             times = self._times(self._clock())
-            calls = [
+            calls += [
                 bucket.call(self._sha["batch"], self._tag(b), times)
                 for b, bucket in buckets.items()
             ]
-            for result in await self._send(client, calls):
-                if isinstance(result, Exception):
-                    raise result
+        for result in await self._send(client, calls):
+            if isinstance(result, Exception):
+                raise result
         return moved
 
     async def close(self, timeout: float | None = None) -> None:
