@@ -372,3 +372,32 @@ def test_a_move_to_this_format_that_died_half_way_is_finished_by_the_next_node(
             await client.aclose()
 
     run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_node_whose_move_to_this_format_fails_lets_the_next_one_move_at_once(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """The move of the version before's messages fails (here: a key of its layout that
+    is not what it should be): the node does not open (StoreError naming what Redis
+    said) and leaves the move's lock to the next node starting, which need not wait for
+    the lock to lapse (a minute)."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            tag = f"smsc:{{m{bucket('m000001')}}}"
+            await client.zadd(f"{tag}:u:a", {"m000001": 1.0})
+            await client.set(f"{tag}:m:m000001", "not a hash")
+            with pytest.raises(StoreError, match="WRONGTYPE"):
+                await node(redis_url, "a").open()
+            assert await client.get("smsc:format") is None
+            await client.delete(f"{tag}:m:m000001")
+            async with asyncio.timeout(10.0):  # the lock lapses after a minute
+                async with opened(node(redis_url, "b")) as store:
+                    assert await store.unfinished() == []
+            assert await client.get("smsc:format") == b"2"
+        finally:
+            await client.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))

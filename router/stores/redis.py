@@ -1012,10 +1012,12 @@ class RedisStore(WriteBehind):
         final messages are left to expire (their TTL), its ``done`` zsets deleted; its
         report leases are dropped.
         StoreError when this cannot be done within a minute (the lock's holder takes
-        longer, Redis fails) or Redis holds a format this version does not know."""
+        longer, Redis fails; a node that fails releases the lock) or Redis holds a format
+        this version does not know."""
         limit = max(self._config.read_timeout, _MIGRATE_SECONDS)
         key, lock = f"{self._p}:format", f"{self._p}:migrate"
         pause = 0.01
+        locked = False  # this node holds the lock and has not finished
         try:
             async with asyncio.timeout(limit):
                 while True:
@@ -1031,12 +1033,14 @@ class RedisStore(WriteBehind):
                         return
                     self.commands += 1
                     if await client.set(lock, self._node_id, nx=True, px=int(limit * 1000)):
+                        locked = True
                         break
                     await asyncio.sleep(pause)  # another node migrates: no event to await
                     pause = min(pause * 2, 0.5)
                 moved = await self._migrate(client)
                 self.commands += 2
                 await client.set(key, FORMAT)
+                locked = False
                 await client.delete(lock)
         except TimeoutError:
             raise StoreError(
@@ -1046,6 +1050,12 @@ class RedisStore(WriteBehind):
             ) from None
         except RedisError as exc:
             raise StoreError(f"store: Redis at {_safe(self._url)}: {exc}") from exc
+        finally:
+            if locked:  # failed: the next node starting moves at once, not after the lock
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(self._config.read_timeout):
+                        self.commands += 1
+                        await client.eval(_RELEASE_LOCK_LUA, 1, lock, self._node_id)
         if moved:
             log.warning("store: %d unfinished messages moved to format %s", moved, FORMAT)
 
