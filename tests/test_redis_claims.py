@@ -401,3 +401,52 @@ def test_a_node_whose_move_to_this_format_fails_lets_the_next_one_move_at_once(
             await client.aclose()
 
     run(asyncio.wait_for(main(), DEADLINE))
+
+
+async def _old_unfinished(client: aioredis.Redis, m: Message, owner: str, n: int) -> None:
+    """``m`` as the version before kept an unfinished message of ``owner`` (its hash, its
+    owner's index, its receipt index entry ``c1:x<n>``)."""
+    tag = f"smsc:{{m{bucket(m.id)}}}"
+    fields: dict[str, Any] = {
+        "a": m.account, "t": repr(m.submitted_at), "b": msgspec.msgpack.encode(m),
+        "o": owner, "s": int(MessageState.ENROUTE), "e": 0, "c": "c1", "ci": f"X{n}",
+        "k": f"x{n}",
+    }  # fmt: skip
+    await client.hset(f"{tag}:m:{m.id}", mapping=fields)
+    await client.zadd(f"{tag}:u:{owner}", {m.id: m.submitted_at})
+    await client.set(f"smsc:{{m{bucket(f'c1:x{n}')}}}:k:c1:x{n}", m.id)
+
+
+def test_a_node_of_the_version_before_that_ran_on_after_the_move_loses_nothing_unfinished(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A rolling upgrade: a node of this version moved the messages (``P:format``) while
+    another of the version before still ran and accepted messages in its layout. That
+    node, restarted with this version, recovers them (moved then: found by their receipt
+    and finished); a node that takes over one that never came back takes them too."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            async with opened(node(redis_url, "a")):
+                pass  # the first node of this version: the move is done
+            assert await client.get("smsc:format") == b"2"
+            await _old_unfinished(client, msg(1), "b", 1)  # the old node "b" ran on
+            await _old_unfinished(client, msg(2), "c", 2)  # so did "c", which never returns
+            async with opened(node(redis_url, "b")) as store:
+                [stored] = await store.unfinished()
+                assert stored.message == msg(1)
+                assert (stored.owner, stored.carrier_message_id) == ("b", "X1")
+                assert await store.find_sent("c1", "x1") == "m000001"
+                assert await store.claim_final("m000001", DELIVERED) is True
+                [taken] = await store.take_over_messages("c")
+                assert taken.message == msg(2)
+                assert taken.owner == "b"
+                assert await store.find_sent("c1", "x2") == "m000002"
+                [mine] = await store.unfinished()
+                assert mine.message == msg(2)
+        finally:
+            await client.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))

@@ -70,7 +70,8 @@ same slot; Redis Cluster serves them from the node that has the slot):
   sent that day (by the node's clock); expires keep_days + a day after the end of its day.
 - ``P:{m<b>}:u:<owner>``     ZSET, the owner's unfinished messages (score submitted_at):
   ``unfinished`` reads this node's 64 (one script per bucket: the index, one HMGET of the
-  live hash), ``take_over`` moves a dead node's into this node's; ``>carrier``: messages
+  live hash; a member not live: the version before's hash, see Format), ``take_over``
+  moves a dead node's into this node's; ``>carrier``: messages
   handed over to a carrier's nodes (router.stores.handover).
 - ``P:format``               STRING, the stored format, ``2`` (see Format).
 - ``P:{h:<account>}:q``      ZSET, the account's held deliveries in order (score = held id).
@@ -102,7 +103,13 @@ move that starts over is complete); then ``P:format`` is set. The old final mess
 receipt index entries and leases are left to expire (their TTLs): ``get`` no longer finds
 them, and a late receipt of one is unknown; the ``done`` zsets (no TTL) are deleted.
 Stop every node of the version before first: one still running keeps writing the old
-layout, which no node reads any more.
+layout. Its unfinished messages are still found through its owner index (the same keys):
+its recovery, once restarted with this version, and a take-over of it move them as the
+start does (one HMGET of the old hash per index member not live; none otherwise); but
+what it writes of its messages' final states, receipt index and leases meanwhile no node
+of this version reads (a receipt of one of its messages that reaches a node of this
+version is unknown), and its take-over of a node of this version drops that node's index
+(the version before looks for old hashes only).
 
 Held deliveries are claimed by the node that reads them (``held``) for ``claim_seconds``:
 another node skips them meanwhile (two nodes never drain one account at once), the claiming
@@ -565,49 +572,93 @@ end
 return n
 """
 
+# The version before's unfinished message (see Format), for the scripts that find an
+# owner index member not live: the hash P:{m<b>}:m:<id>, with no final state, made a record
+# of this layout ({h, b}); nil when there is none (or it is final). ``moved`` deletes the
+# hash and adds its receipt index pair (carrier:key, id) to ``index``. A node of the
+# version before that ran on after the move (a rolling upgrade) left such messages: this
+# node's recovery and a take-over move them too, so none is lost.
+_OLD_LUA: Final = """
+local function old_message(tag, id)
+  local f = redis.call('HMGET', tag .. ':m:' .. id,
+                       'a', 't', 'o', 's', 'e', 'c', 'ci', 'k', 'd', 'b')
+  if not (f[3] and f[10]) or f[9] then return nil end
+  return {h = {f[1] or '', tonumber(f[2]) or 0, f[3], tonumber(f[4]) or 0,
+               tonumber(f[5]) or 0, f[6] or '', f[7] or '', f[8] or '', 0}, b = f[10]}
+end
+local function pair(index, h, id)
+  if h[6] ~= '' and h[8] ~= '' then
+    index[#index + 1] = h[6] .. ':' .. h[8]; index[#index + 1] = id
+  end
+end
+local function moved(tag, id, m, index)
+  redis.call('DEL', tag .. ':m:' .. id)
+  pair(index, m.h, id)
+end
+"""
+
 # KEYS: [1] the bucket's live hash, [2] an owner's index. ARGV: the tag. The owner's
-# messages: id, record, id, record, ... (one HMGET per 4,000).
+# messages: {id, record, id, record, ...} (one HMGET per 4,000), and the carrier:key, id
+# pairs of the receipt index of those moved from the version before's layout (_OLD_LUA;
+# written by the caller: another bucket).
 _OWNED_LUA: Final = (
     RECORD_LUA
+    + _OLD_LUA
     + """
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
 local got = fetch(KEYS[1], ids)
-local out = {}
+local out, sets, index = {}, {}, {}
 for k, id in ipairs(ids) do
-  if got[k] then out[#out + 1] = id; out[#out + 1] = got[k] end
+  local record = got[k]
+  if not record then
+    local m = old_message(ARGV[1], id)
+    if m then
+      record = encode(m)
+      sets[#sets + 1] = id; sets[#sets + 1] = record
+      moved(ARGV[1], id, m, index)
+    end
+  end
+  if record then out[#out + 1] = id; out[#out + 1] = record end
 end
-return out
+each('HSET', KEYS[1], sets)
+return {out, index}
 """
 )
 
 # KEYS: [1] the bucket's live hash, [2] the dead node's index, [3] this node's. ARGV: this
-# node, the dead node. The messages the dead node still owns become this node's (their
-# owner rewritten, one HSET; one ZADD to this node's index); the dead node's index goes.
-# Returns id, record, ... of those taken.
+# node, the dead node, the tag. The messages the dead node still owns become this node's
+# (their owner rewritten, one HSET; one ZADD to this node's index; those of the version
+# before's layout moved, _OLD_LUA); the dead node's index goes. Returns {id, record, ...}
+# of those taken, and the receipt index pairs of those moved (as _OWNED_LUA).
 _TAKE_OVER_LUA: Final = (
     RECORD_LUA
+    + _OLD_LUA
     + """
 local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 local ids = {}
 for k = 1, #all, 2 do ids[#ids + 1] = all[k] end
 local got = fetch(KEYS[1], ids)
-local out, sets, index = {}, {}, {}
+local out, sets, mine, index = {}, {}, {}, {}
 for k, id in ipairs(ids) do
+  local m
   if got[k] then
-    local m = decode(got[k])
-    if m.h[3] == ARGV[2] and m.h[9] == 0 then
-      m.h[3] = ARGV[1]
-      local record = encode(m)
-      sets[#sets + 1] = id; sets[#sets + 1] = record
-      index[#index + 1] = all[2 * k]; index[#index + 1] = id
-      out[#out + 1] = id; out[#out + 1] = record
-    end
+    m = decode(got[k])
+  else
+    m = old_message(ARGV[3], id)
+    if m and m.h[3] == ARGV[2] then moved(ARGV[3], id, m, index) end
+  end
+  if m and m.h[3] == ARGV[2] and m.h[9] == 0 then
+    m.h[3] = ARGV[1]
+    local record = encode(m)
+    sets[#sets + 1] = id; sets[#sets + 1] = record
+    mine[#mine + 1] = all[2 * k]; mine[#mine + 1] = id
+    out[#out + 1] = id; out[#out + 1] = record
   end
 end
 each('HSET', KEYS[1], sets)
-each('ZADD', KEYS[3], index)
+each('ZADD', KEYS[3], mine)
 redis.call('DEL', KEYS[2])
-return out
+return {out, index}
 """
 )
 
@@ -643,6 +694,7 @@ return false
 # written: a move sent again is complete).
 _MIGRATE_LUA: Final = (
     RECORD_LUA
+    + _OLD_LUA
     + """
 local tag, first = ARGV[1], tonumber(ARGV[2])
 local ids = redis.call('ZRANGE', KEYS[2], first, first + tonumber(ARGV[3]) - 1)
@@ -650,23 +702,13 @@ local got = fetch(KEYS[1], ids)
 local kept, sets, gone, index = 0, {}, {}, {}
 for k, id in ipairs(ids) do
   if got[k] then  -- moved by a node that may have died before writing its receipt index
-    local h = decode(got[k]).h
-    if h[6] ~= '' and h[8] ~= '' then
-      index[#index + 1] = h[6] .. ':' .. h[8]; index[#index + 1] = id
-    end
+    pair(index, decode(got[k]).h, id)
     kept = kept + 1
   else
-    local key = tag .. ':m:' .. id
-    local f = redis.call('HMGET', key, 'a', 't', 'o', 's', 'e', 'c', 'ci', 'k', 'd', 'b')
-    if f[3] and f[10] and not f[9] then
-      local m = {h = {f[1] or '', tonumber(f[2]) or 0, f[3], tonumber(f[4]) or 0,
-                      tonumber(f[5]) or 0, f[6] or '', f[7] or '', f[8] or '', 0},
-                 b = f[10]}
+    local m = old_message(tag, id)
+    if m then
       sets[#sets + 1] = id; sets[#sets + 1] = encode(m)
-      redis.call('DEL', key)
-      if (f[6] or '') ~= '' and (f[8] or '') ~= '' then
-        index[#index + 1] = f[6] .. ':' .. f[8]; index[#index + 1] = id
-      end
+      moved(tag, id, m, index)
       kept = kept + 1
     else
       gone[#gone + 1] = id
@@ -1084,16 +1126,32 @@ class RedisStore(WriteBehind):
         # The version before's purge index of its final messages (no TTL of its own; the
         # messages have theirs): nothing reads it any more.
         calls: list[tuple[Any, ...]] = [("UNLINK", f"{self._tag(b)}:done") for b in range(BUCKETS)]
-        if buckets:
-            times = self._times(self._clock())
-            calls += [
-                bucket.call(self._sha["batch"], self._tag(b), times)
-                for b, bucket in buckets.items()
-            ]
+        calls += self._index_calls(buckets)
         for result in await self._send(client, calls):
             if isinstance(result, Exception):
                 raise result
         return moved
+
+    def _index_calls(self, buckets: dict[int, _Bucket]) -> list[tuple[Any, ...]]:
+        """The batch script calls that write ``buckets``' receipt index entries (K
+        records: today's)."""
+        if not buckets:
+            return []
+        times = self._times(self._clock())
+        return [
+            bucket.call(self._sha["batch"], self._tag(b), times) for b, bucket in buckets.items()
+        ]
+
+    async def _moved_out(self, client: aioredis.Redis, results: list[Any]) -> list[StoredMessage]:
+        """The messages of _OWNED_LUA / _TAKE_OVER_LUA answers; the receipt index entries of
+        those they moved from the version before's layout written (one pipeline)."""
+        buckets: dict[int, _Bucket] = {}
+        for _, index in results:
+            pairs = [v.decode() for v in index]
+            for n in range(0, len(pairs), 2):
+                _bucket_of(buckets, _bucket(pairs[n])).index(pairs[n], pairs[n + 1])
+        await self._read_all(client, self._index_calls(buckets))
+        return [s for flat, _ in results for s in self._stored_pairs(flat)]
 
     async def close(self, timeout: float | None = None) -> None:
         """Send everything queued, stop the writer, close the connections. Idempotent."""
@@ -1454,8 +1512,10 @@ class RedisStore(WriteBehind):
 
     async def unfinished(self) -> list[StoredMessage]:
         """This node's unfinished messages: one pipeline of a script per bucket (its index
-        of this node's, one HMGET of the live hash). The wait for queued writes has the
-        read deadline; the reads none.
+        of this node's, one HMGET of the live hash; a member not live that the version
+        before wrote, as a node of it that ran on after the format's change, is moved into
+        this layout, and its receipt index written: one more pipeline). The wait for queued
+        writes has the read deadline; the reads none.
 
         Read under this node's take-over lock (see :meth:`take_over_messages`): a node
         that restarts while another takes its messages over (it had left, or its lease had
@@ -1475,10 +1535,10 @@ class RedisStore(WriteBehind):
         try:
             sha = self._sha["owned"]
             calls: list[tuple[Any, ...]] = [
-                ("EVALSHA", sha, 2, f"{tag}:live", f"{tag}:u:{self._node_id}")
+                ("EVALSHA", sha, 2, f"{tag}:live", f"{tag}:u:{self._node_id}", tag)
                 for tag in map(self._tag, range(BUCKETS))
             ]
-            out = [s for r in await self._read_all(client, calls) for s in self._stored_pairs(r)]
+            out = await self._moved_out(client, await self._read_all(client, calls))
         finally:
             await self._release_lock(lock)
         out.sort(key=lambda s: s.message.submitted_at)
@@ -1515,7 +1575,8 @@ class RedisStore(WriteBehind):
         """One node at a time takes a dead node's messages over (a lock, ``SET NX``, for
         ``claim_seconds``: another node finds it taken and gets none); then one script per
         bucket, in one pipeline, moves the messages the dead node still owns (a message is
-        taken once) and returns them."""
+        taken once; one the version before wrote is moved into this layout, as in
+        :meth:`unfinished`) and returns them."""
         if node_id == self._node_id:
             return []
         await self.flush()
@@ -1531,10 +1592,10 @@ class RedisStore(WriteBehind):
             sha = self._sha["take_over"]
             calls: list[tuple[Any, ...]] = [
                 ("EVALSHA", sha, 3, f"{tag}:live", f"{tag}:u:{node_id}",
-                 f"{tag}:u:{self._node_id}", self._node_id, node_id)
+                 f"{tag}:u:{self._node_id}", self._node_id, node_id, tag)
                 for tag in map(self._tag, range(BUCKETS))
             ]  # fmt: skip
-            out = [s for r in await self._read_all(client, calls) for s in self._stored_pairs(r)]
+            out = await self._moved_out(client, await self._read_all(client, calls))
         # Done: the node, if it comes back, recovers at once what is still its own.
         await self._release_lock(lock)
         out.sort(key=lambda s: s.message.submitted_at)
