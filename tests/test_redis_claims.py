@@ -23,6 +23,7 @@ from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 from router.config import StoreConfig
 from router.model import Address, DeliveryReport, Message
 from router.ports import StoreError, StoreTimeout
+from router.stores.handover import RedisHandover
 from router.stores.redis import BUCKETS, RedisStore, bucket
 from smppcore.constants import MessageState
 
@@ -446,6 +447,37 @@ def test_a_node_of_the_version_before_that_ran_on_after_the_move_loses_nothing_u
                 assert await store.find_sent("c1", "x2") == "m000002"
                 [mine] = await store.unfinished()
                 assert mine.message == msg(2)
+        finally:
+            await client.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_message_a_node_of_the_version_before_handed_over_is_adopted(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A node of the version before that ran on after the format's change handed a
+    message over to a carrier's nodes (its hash owned by ``>carrier``, an entry in the
+    carrier's stream): the node of this version that reads the entry adopts the message
+    (moved into this layout), instead of taking it for one another node has."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            async with opened(node(redis_url, "a")):
+                pass  # the first node of this version: the move is done
+            await _old_unfinished(client, msg(1), ">c1", 1)
+            await client.xadd("smsc:{x}:s:c1", {"i": "m000001", "f": "old"})
+            async with opened(node(redis_url, "b")) as store:
+                handover = RedisHandover(store, lease=30.0)
+                [adopted] = await handover.take(["c1"], 10, 1.0)
+                assert adopted.carrier == "c1"
+                assert adopted.stored.message == msg(1)
+                assert adopted.stored.owner == "b"
+                [mine] = await store.unfinished()
+                assert mine.message == msg(1)
+                await handover.close(1.0)
         finally:
             await client.aclose()
 

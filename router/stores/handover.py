@@ -47,7 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from router.model import Message
 from router.ports import HandedOver, StoreError
-from router.stores.redis import RECORD_LUA, RedisStore, bucket
+from router.stores.redis import OLD_MESSAGE_LUA, RECORD_LUA, RedisStore, bucket
 
 __all__ = ["RedisHandover"]
 
@@ -108,9 +108,12 @@ return #gone
 
 # KEYS: [1] the bucket's live hash. ARGV: [1] tag, [2] this node, then (id, from, carrier)
 # triples. Each message owned by ``from`` or by ``>carrier``, and not final, becomes this
-# node's: its record is returned; 0 for one another node has, or final.
+# node's: its record is returned; 0 for one another node has, or final. One not live that a
+# node of the version before handed over (it ran on after the format's change) is moved
+# into this layout (OLD_MESSAGE_LUA; not sent yet: no receipt index to write).
 _ADOPT_LUA: Final = (
     RECORD_LUA
+    + OLD_MESSAGE_LUA
     + """
 local tag, me = ARGV[1], ARGV[2]
 local ids = {}
@@ -120,10 +123,16 @@ local out, sets, left, mine = {}, {}, {}, {}
 for n, id in ipairs(ids) do
   local at = 3 * n + 1
   out[n] = 0
+  local m, old = nil, false
   if got[n] then
-    local m = decode(got[n])
+    m = decode(got[n])
+  else
+    m = old_message(tag, id); old = true
+  end
+  if m then
     local owner = m.h[3]
     if m.h[9] == 0 and (owner == ARGV[at] or owner == '>' .. ARGV[at + 1]) then
+      if old then moved(tag, id, m, {}) end
       m.h[3] = me
       local record = encode(m)
       sets[#sets + 1] = id; sets[#sets + 1] = record

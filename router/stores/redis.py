@@ -105,7 +105,8 @@ them, and a late receipt of one is unknown; the ``done`` zsets (no TTL) are dele
 Stop every node of the version before first: one still running keeps writing the old
 layout. Its unfinished messages are still found through its owner index (the same keys):
 its recovery, once restarted with this version, and a take-over of it move them as the
-start does (one HMGET of the old hash per index member not live; none otherwise); but
+start does (one HMGET of the old hash per index member not live; none otherwise), and so
+does the adoption of one it handed over (router.stores.handover); but
 what it writes of its messages' final states, receipt index and leases meanwhile no node
 of this version reads (a receipt of one of its messages that reaches a node of this
 version is unknown), and its take-over of a node of this version drops that node's index
@@ -578,7 +579,7 @@ return n
 # hash and adds its receipt index pair (carrier:key, id) to ``index``. A node of the
 # version before that ran on after the move (a rolling upgrade) left such messages: this
 # node's recovery and a take-over move them too, so none is lost.
-_OLD_LUA: Final = """
+OLD_MESSAGE_LUA: Final = """
 local function old_message(tag, id)
   local f = redis.call('HMGET', tag .. ':m:' .. id,
                        'a', 't', 'o', 's', 'e', 'c', 'ci', 'k', 'd', 'b')
@@ -599,11 +600,11 @@ end
 
 # KEYS: [1] the bucket's live hash, [2] an owner's index. ARGV: the tag. The owner's
 # messages: {id, record, id, record, ...} (one HMGET per 4,000), and the carrier:key, id
-# pairs of the receipt index of those moved from the version before's layout (_OLD_LUA;
+# pairs of the receipt index of those moved from the version before's layout (OLD_MESSAGE_LUA;
 # written by the caller: another bucket).
 _OWNED_LUA: Final = (
     RECORD_LUA
-    + _OLD_LUA
+    + OLD_MESSAGE_LUA
     + """
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
 local got = fetch(KEYS[1], ids)
@@ -628,11 +629,11 @@ return {out, index}
 # KEYS: [1] the bucket's live hash, [2] the dead node's index, [3] this node's. ARGV: this
 # node, the dead node, the tag. The messages the dead node still owns become this node's
 # (their owner rewritten, one HSET; one ZADD to this node's index; those of the version
-# before's layout moved, _OLD_LUA); the dead node's index goes. Returns {id, record, ...}
+# before's layout moved, OLD_MESSAGE_LUA); the dead node's index goes. Returns {id, record, ...}
 # of those taken, and the receipt index pairs of those moved (as _OWNED_LUA).
 _TAKE_OVER_LUA: Final = (
     RECORD_LUA
-    + _OLD_LUA
+    + OLD_MESSAGE_LUA
     + """
 local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 local ids = {}
@@ -694,7 +695,7 @@ return false
 # written: a move sent again is complete).
 _MIGRATE_LUA: Final = (
     RECORD_LUA
-    + _OLD_LUA
+    + OLD_MESSAGE_LUA
     + """
 local tag, first = ARGV[1], tonumber(ARGV[2])
 local ids = redis.call('ZRANGE', KEYS[2], first, first + tonumber(ARGV[3]) - 1)
