@@ -482,3 +482,30 @@ def test_a_message_a_node_of_the_version_before_handed_over_is_adopted(
             await client.aclose()
 
     run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_message_whose_hand_over_was_sent_twice_is_adopted_once(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A hand-over batch sent again whole leaves two entries of one message in the
+    carrier's stream; read together, in one take, the message is adopted once (sent once),
+    the second entry acknowledged as one another node has."""
+
+    async def main() -> None:
+        async with opened(node(redis_url, "a")) as offering, opened(node(redis_url, "b")) as store:
+            assert offering.add(msg(1))
+            hand = RedisHandover(offering, lease=30.0)
+            assert hand.offer("c1", msg(1))
+            await hand.close(5.0)  # handed over (the offer's batch is done)
+            assert hand.handed == 1
+            client = store.client()
+            await client.xadd("smsc:{x}:s:c1", {"i": "m000001", "f": "a"})  # sent again
+            handover = RedisHandover(store, lease=30.0)
+            [adopted] = await handover.take(["c1"], 10, 1.0)
+            assert adopted.stored.message == msg(1)
+            assert adopted.stored.owner == "b"
+            assert await handover.take(["c1"], 10, 0.01) == []
+            await handover.close(1.0)
+
+    run(asyncio.wait_for(main(), DEADLINE))
