@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 
 from router.config import StoreConfig
@@ -507,5 +508,48 @@ def test_a_message_whose_hand_over_was_sent_twice_is_adopted_once(
             assert adopted.stored.owner == "b"
             assert await handover.take(["c1"], 10, 0.01) == []
             await handover.close(1.0)
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_records_wait_while_redis_is_busy_running_a_long_script(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A script runs past Redis's busy threshold (another node's take-over of a large
+    index, an operator's): Redis answers BUSY to every other command. That is Redis
+    that cannot be written now (``busy``), not the records' fault: a record already
+    accepted waits and is written once the script ends, never dropped."""
+
+    async def main() -> None:
+        probe = aioredis.Redis.from_url(redis_url)
+        busy = aioredis.Redis.from_url(redis_url)
+        try:
+            await probe.config_set("busy-reply-threshold", 20)
+            async with opened(node(redis_url, retry_max=0.1)) as store:
+                loop = asyncio.create_task(busy.eval("while true do end", 0))
+                while True:  # until Redis answers BUSY (each ping is a round trip)
+                    try:
+                        await probe.ping()
+                    except ResponseError:
+                        break
+                with pytest.raises(ResponseError, match=r"^BUSY"):
+                    await probe.ping()
+                assert store.add(msg(1))  # accepted (ack_after: submit)
+                with pytest.raises(StoreTimeout, match="busy"):
+                    await store.flush(timeout=1.0)
+                assert store.unwritable == "busy"
+                await probe.script_kill()
+                with pytest.raises(ResponseError):
+                    await loop
+                await store.flush(timeout=10.0)
+                assert store.failed == 0
+                assert store.unwritable is None
+                assert await store.get("m000001") is not None
+        finally:
+            with contextlib.suppress(ResponseError):
+                await probe.config_set("busy-reply-threshold", 5000)
+            await busy.aclose()
+            await probe.aclose()
 
     run(asyncio.wait_for(main(), DEADLINE))

@@ -117,9 +117,10 @@ another node skips them meanwhile (two nodes never drain one account at once), t
 node sees them again until it releases them, and a node that died leaves them to the next
 reader once its claims lapse.
 
-Redis unreachable (connection refused or lost, timeouts, loading, a read-only replica, out of
-memory, ``WAIT`` short of replicas): the store is unwritable (``unwritable`` names why:
-``unreachable``, ``loading``, ``read_only``, ``no_memory``, ``replicas``), adds and holds
+Redis unreachable (connection refused or lost, timeouts, loading, busy running a script past
+its ``busy-reply-threshold``, a read-only replica, out of memory, ``WAIT`` short of
+replicas): the store is unwritable (``unwritable`` names why: ``unreachable``, ``loading``,
+``busy``, ``read_only``, ``no_memory``, ``replicas``), adds and holds
 are refused, the batch is kept and tried again with the write-behind core's back-off, and it
 recovers by itself when Redis answers again (scripts are loaded again after a restart).
 Reads raise StoreError (StoreTimeout past ``read_timeout``).
@@ -184,7 +185,9 @@ log = logging.getLogger(__name__)
 #: Changing it moves every message: it is part of the data format.
 BUCKETS: Final = 64
 #: Labels of ``write_errors`` for Redis.
-WRITE_ERROR_REASONS: Final = ("unreachable", "loading", "read_only", "no_memory", "replicas")
+WRITE_ERROR_REASONS: Final = (
+    "unreachable", "loading", "busy", "read_only", "no_memory", "replicas",
+)  # fmt: skip
 #: Held ids a node takes from ``P:held:seq`` at a time.
 _HELD_BLOCK: Final = 1000
 
@@ -1399,6 +1402,8 @@ class RedisStore(WriteBehind):
             return "unreachable"
         if isinstance(exc, StoreClosed):
             return None
+        if isinstance(exc, ResponseError) and str(exc).startswith("BUSY "):
+            return "busy"  # a script runs past busy-reply-threshold: every command waits
         if isinstance(exc, ResponseError) and str(exc).startswith(("OOM", "MISCONF")):
             return "no_memory" if str(exc).startswith("OOM") else "read_only"
         return None
