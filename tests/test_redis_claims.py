@@ -553,3 +553,30 @@ def test_records_wait_while_redis_is_busy_running_a_long_script(
             await probe.aclose()
 
     run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_records_wait_while_redis_has_too_few_replicas_to_take_writes(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """Redis refuses writes while fewer replicas than its ``min-replicas-to-write`` are
+    connected (NOREPLICAS): the store cannot be written (``replicas``), the records
+    already accepted wait and are written once it takes writes again."""
+
+    async def main() -> None:
+        probe = aioredis.Redis.from_url(redis_url)
+        try:
+            async with opened(node(redis_url, retry_max=0.1)) as store:
+                await probe.config_set("min-replicas-to-write", 1)
+                assert store.add(msg(1))  # accepted (ack_after: submit)
+                with pytest.raises(StoreTimeout, match="replicas"):
+                    await store.flush(timeout=1.0)
+                await probe.config_set("min-replicas-to-write", 0)
+                await store.flush(timeout=10.0)
+                assert store.failed == 0
+                assert await store.get("m000001") is not None
+        finally:
+            await probe.config_set("min-replicas-to-write", 0)
+            await probe.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))

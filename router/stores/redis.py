@@ -119,11 +119,12 @@ reader once its claims lapse.
 
 Redis unreachable (connection refused or lost, timeouts, loading, busy running a script past
 its ``busy-reply-threshold``, a read-only replica, out of memory, ``WAIT`` short of
-replicas): the store is unwritable (``unwritable`` names why: ``unreachable``, ``loading``,
-``busy``, ``read_only``, ``no_memory``, ``replicas``), adds and holds
-are refused, the batch is kept and tried again with the write-behind core's back-off, and it
-recovers by itself when Redis answers again (scripts are loaded again after a restart).
-Reads raise StoreError (StoreTimeout past ``read_timeout``).
+replicas or fewer than its ``min-replicas-to-write``): the store is unwritable
+(``unwritable`` names why: ``unreachable``, ``loading``, ``busy``, ``read_only``,
+``no_memory``, ``replicas``), adds and holds are refused, the batch is kept and tried
+again with the write-behind core's back-off, and it recovers by itself when Redis answers
+again (scripts are loaded again after a restart). Reads raise StoreError (StoreTimeout
+past ``read_timeout``).
 
 What a Redis crash loses depends on its persistence: with AOF ``appendfsync always``
 nothing acknowledged; with ``everysec`` up to a second of writes; ``WAIT`` on replicas
@@ -1404,6 +1405,10 @@ class RedisStore(WriteBehind):
             return None
         if isinstance(exc, ResponseError) and str(exc).startswith("BUSY "):
             return "busy"  # a script runs past busy-reply-threshold: every command waits
+        if isinstance(exc, ResponseError) and str(exc).startswith("NOREPLICAS"):
+            return "replicas"  # fewer replicas than its min-replicas-to-write
+        if isinstance(exc, ResponseError) and str(exc).startswith("MASTERDOWN"):
+            return "unreachable"  # a replica that lost its master serves nothing
         if isinstance(exc, ResponseError) and str(exc).startswith(("OOM", "MISCONF")):
             return "no_memory" if str(exc).startswith("OOM") else "read_only"
         return None
