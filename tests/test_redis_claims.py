@@ -18,11 +18,13 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 
 from router.config import StoreConfig
 from router.model import Address, DeliveryReport, Message
 from router.ports import StoreError, StoreTimeout
+from router.stores.handover import RedisHandover
 from router.stores.redis import BUCKETS, RedisStore, bucket
 from smppcore.constants import MessageState
 
@@ -236,7 +238,8 @@ def test_unfinished_messages_of_the_version_before_are_moved_at_start(
     each receipt index entry in a key of its own: a node starting on such a Redis moves
     the unfinished messages into this layout first (once: ``P:format`` says it is done),
     so that they are recovered, found by their receipt and finished; the final ones are
-    left to expire; an index member with no message is dropped."""
+    left to expire (their TTLs), the zsets that listed them for the purge (``done``, no
+    TTL, no longer read) go; an index member with no message is dropped."""
 
     async def main() -> None:
         client = aioredis.Redis.from_url(redis_url)
@@ -251,6 +254,7 @@ def test_unfinished_messages_of_the_version_before_are_moved_at_start(
                 }  # fmt: skip
                 if final:
                     fields.update(s=int(MessageState.DELIVERED), d="2.0")
+                    await client.zadd(f"{tag}:done", {m.id: 2.0})
                 else:
                     await client.zadd(f"{tag}:u:a", {m.id: m.submitted_at})
                 await client.hset(f"{tag}:m:{m.id}", mapping=fields)
@@ -269,6 +273,7 @@ def test_unfinished_messages_of_the_version_before_are_moved_at_start(
             assert await client.get("smsc:format") == b"2"
             assert await client.exists(f"smsc:{{m{bucket('m000001')}}}:m:m000001") == 0
             assert await client.exists(f"smsc:{{m{bucket('m000009')}}}:u:a") == 0
+            assert await client.exists(f"smsc:{{m{bucket('m000002')}}}:done") == 0
             async with opened(node(redis_url, "a")) as again:  # nothing to move any more
                 stored_again = await again.get("m000001")
                 assert stored_again is not None
@@ -332,5 +337,246 @@ def test_a_claim_waits_no_longer_than_the_read_deadline(
                 await store.client().execute_command("CLIENT", "UNPAUSE")
             await store.flush(timeout=15.0)
             assert await store.claim_final("m000002", DELIVERED) is True
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_move_to_this_format_that_died_half_way_is_finished_by_the_next_node(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A node that moved a bucket's unfinished messages of the version before into the
+    live hash and died before writing their receipt index leaves no ``P:format``: the next
+    node starting moves again, and a message already moved is still found by its receipt
+    (the old index entry is no longer read)."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            m = msg(1)
+            tag = f"smsc:{{m{bucket(m.id)}}}"
+            # What the node that died left: the record in live (see RECORD_LUA), the old
+            # hash deleted, the owner's index as it was, the old receipt index entry.
+            head = msgspec.msgpack.encode(
+                ["acme", m.submitted_at, "a", int(MessageState.ENROUTE), 0, "c1", "X1", "x1", 0]
+            )
+            record = len(head).to_bytes(2, "big") + head + msgspec.msgpack.encode(m)
+            await client.hset(f"{tag}:live", m.id, record)
+            await client.zadd(f"{tag}:u:a", {m.id: m.submitted_at})
+            await client.set(f"smsc:{{m{bucket('c1:x1')}}}:k:c1:x1", m.id)
+            async with opened(node(redis_url, "b")) as store:
+                assert await store.find_sent("c1", "x1") == "m000001"
+                [stored] = await store.take_over_messages("a")
+                assert stored.message == m
+                assert await store.claim_final("m000001", DELIVERED) is True
+            assert await client.get("smsc:format") == b"2"
+        finally:
+            await client.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_node_whose_move_to_this_format_fails_lets_the_next_one_move_at_once(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """The move of the version before's messages fails (here: a key of its layout that
+    is not what it should be): the node does not open (StoreError naming what Redis
+    said) and leaves the move's lock to the next node starting, which need not wait for
+    the lock to lapse (a minute)."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            tag = f"smsc:{{m{bucket('m000001')}}}"
+            await client.zadd(f"{tag}:u:a", {"m000001": 1.0})
+            await client.set(f"{tag}:m:m000001", "not a hash")
+            with pytest.raises(StoreError, match="WRONGTYPE"):
+                await node(redis_url, "a").open()
+            assert await client.get("smsc:format") is None
+            await client.delete(f"{tag}:m:m000001")
+            async with asyncio.timeout(10.0):  # the lock lapses after a minute
+                async with opened(node(redis_url, "b")) as store:
+                    assert await store.unfinished() == []
+            assert await client.get("smsc:format") == b"2"
+        finally:
+            await client.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+async def _old_unfinished(client: aioredis.Redis, m: Message, owner: str, n: int) -> None:
+    """``m`` as the version before kept an unfinished message of ``owner`` (its hash, its
+    owner's index, its receipt index entry ``c1:x<n>``)."""
+    tag = f"smsc:{{m{bucket(m.id)}}}"
+    fields: dict[str, Any] = {
+        "a": m.account, "t": repr(m.submitted_at), "b": msgspec.msgpack.encode(m),
+        "o": owner, "s": int(MessageState.ENROUTE), "e": 0, "c": "c1", "ci": f"X{n}",
+        "k": f"x{n}",
+    }  # fmt: skip
+    await client.hset(f"{tag}:m:{m.id}", mapping=fields)
+    await client.zadd(f"{tag}:u:{owner}", {m.id: m.submitted_at})
+    await client.set(f"smsc:{{m{bucket(f'c1:x{n}')}}}:k:c1:x{n}", m.id)
+
+
+def test_a_node_of_the_version_before_that_ran_on_after_the_move_loses_nothing_unfinished(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A rolling upgrade: a node of this version moved the messages (``P:format``) while
+    another of the version before still ran and accepted messages in its layout. That
+    node, restarted with this version, recovers them (moved then: found by their receipt
+    and finished); a node that takes over one that never came back takes them too."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            async with opened(node(redis_url, "a")):
+                pass  # the first node of this version: the move is done
+            assert await client.get("smsc:format") == b"2"
+            await _old_unfinished(client, msg(1), "b", 1)  # the old node "b" ran on
+            await _old_unfinished(client, msg(2), "c", 2)  # so did "c", which never returns
+            async with opened(node(redis_url, "b")) as store:
+                [stored] = await store.unfinished()
+                assert stored.message == msg(1)
+                assert (stored.owner, stored.carrier_message_id) == ("b", "X1")
+                assert await store.find_sent("c1", "x1") == "m000001"
+                assert await store.claim_final("m000001", DELIVERED) is True
+                [taken] = await store.take_over_messages("c")
+                assert taken.message == msg(2)
+                assert taken.owner == "b"
+                assert await store.find_sent("c1", "x2") == "m000002"
+                [mine] = await store.unfinished()
+                assert mine.message == msg(2)
+        finally:
+            await client.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_message_a_node_of_the_version_before_handed_over_is_adopted(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A node of the version before that ran on after the format's change handed a
+    message over to a carrier's nodes (its hash owned by ``>carrier``, an entry in the
+    carrier's stream): the node of this version that reads the entry adopts the message
+    (moved into this layout), instead of taking it for one another node has."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            async with opened(node(redis_url, "a")):
+                pass  # the first node of this version: the move is done
+            await _old_unfinished(client, msg(1), ">c1", 1)
+            await client.xadd("smsc:{x}:s:c1", {"i": "m000001", "f": "old"})
+            async with opened(node(redis_url, "b")) as store:
+                handover = RedisHandover(store, lease=30.0)
+                [adopted] = await handover.take(["c1"], 10, 1.0)
+                assert adopted.carrier == "c1"
+                assert adopted.stored.message == msg(1)
+                assert adopted.stored.owner == "b"
+                [mine] = await store.unfinished()
+                assert mine.message == msg(1)
+                await handover.close(1.0)
+        finally:
+            await client.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_message_whose_hand_over_was_sent_twice_is_adopted_once(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A hand-over batch sent again whole leaves two entries of one message in the
+    carrier's stream; read together, in one take, the message is adopted once (sent once),
+    the second entry acknowledged as one another node has."""
+
+    async def main() -> None:
+        async with opened(node(redis_url, "a")) as offering, opened(node(redis_url, "b")) as store:
+            assert offering.add(msg(1))
+            hand = RedisHandover(offering, lease=30.0)
+            assert hand.offer("c1", msg(1))
+            await hand.close(5.0)  # handed over (the offer's batch is done)
+            assert hand.handed == 1
+            client = store.client()
+            await client.xadd("smsc:{x}:s:c1", {"i": "m000001", "f": "a"})  # sent again
+            handover = RedisHandover(store, lease=30.0)
+            [adopted] = await handover.take(["c1"], 10, 1.0)
+            assert adopted.stored.message == msg(1)
+            assert adopted.stored.owner == "b"
+            assert await handover.take(["c1"], 10, 0.01) == []
+            await handover.close(1.0)
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_records_wait_while_redis_is_busy_running_a_long_script(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A script runs past Redis's busy threshold (another node's take-over of a large
+    index, an operator's): Redis answers BUSY to every other command. That is Redis
+    that cannot be written now (``busy``), not the records' fault: a record already
+    accepted waits and is written once the script ends, never dropped."""
+
+    async def main() -> None:
+        probe = aioredis.Redis.from_url(redis_url)
+        busy = aioredis.Redis.from_url(redis_url)
+        try:
+            await probe.config_set("busy-reply-threshold", 20)
+            async with opened(node(redis_url, retry_max=0.1)) as store:
+                loop = asyncio.create_task(busy.eval("while true do end", 0))
+                while True:  # until Redis answers BUSY (each ping is a round trip)
+                    try:
+                        await probe.ping()
+                    except ResponseError:
+                        break
+                with pytest.raises(ResponseError, match=r"^BUSY"):
+                    await probe.ping()
+                assert store.add(msg(1))  # accepted (ack_after: submit)
+                with pytest.raises(StoreTimeout, match="busy"):
+                    await store.flush(timeout=1.0)
+                assert store.unwritable == "busy"
+                await probe.script_kill()
+                with pytest.raises(ResponseError):
+                    await loop
+                await store.flush(timeout=10.0)
+                assert store.failed == 0
+                assert store.unwritable is None
+                assert await store.get("m000001") is not None
+        finally:
+            with contextlib.suppress(ResponseError):
+                await probe.config_set("busy-reply-threshold", 5000)
+            await busy.aclose()
+            await probe.aclose()
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_records_wait_while_redis_has_too_few_replicas_to_take_writes(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """Redis refuses writes while fewer replicas than its ``min-replicas-to-write`` are
+    connected (NOREPLICAS): the store cannot be written (``replicas``), the records
+    already accepted wait and are written once it takes writes again."""
+
+    async def main() -> None:
+        probe = aioredis.Redis.from_url(redis_url)
+        try:
+            async with opened(node(redis_url, retry_max=0.1)) as store:
+                await probe.config_set("min-replicas-to-write", 1)
+                assert store.add(msg(1))  # accepted (ack_after: submit)
+                with pytest.raises(StoreTimeout, match="replicas"):
+                    await store.flush(timeout=1.0)
+                await probe.config_set("min-replicas-to-write", 0)
+                await store.flush(timeout=10.0)
+                assert store.failed == 0
+                assert await store.get("m000001") is not None
+        finally:
+            await probe.config_set("min-replicas-to-write", 0)
+            await probe.aclose()
 
     run(asyncio.wait_for(main(), DEADLINE))

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from router.model import Message
 from router.ports import HandedOver, StoreError
-from router.stores.redis import RECORD_LUA, RedisStore, bucket
+from router.stores.redis import OLD_MESSAGE_LUA, RECORD_LUA, RedisStore, bucket
 
 __all__ = ["RedisHandover"]
 
@@ -86,11 +86,12 @@ local tag, me = ARGV[1], ARGV[2]
 local ids = {}
 for k = 3, #ARGV, 2 do ids[#ids + 1] = ARGV[k] end
 local got = fetch(KEYS[1], ids)
-local sets, gone, queued = {}, {}, {}
+local sets, gone, queued, moved = {}, {}, {}, {}
 for n, id in ipairs(ids) do
-  if got[n] then
+  if got[n] and not moved[id] then  -- (an id twice in a call: the first carrier has it)
     local m = decode(got[n])
     if m.h[3] == me and m.h[9] == 0 then
+      moved[id] = true
       local queue = '>' .. ARGV[2 * n + 2]
       m.h[3] = queue
       sets[#sets + 1] = id; sets[#sets + 1] = encode(m)
@@ -108,22 +109,35 @@ return #gone
 
 # KEYS: [1] the bucket's live hash. ARGV: [1] tag, [2] this node, then (id, from, carrier)
 # triples. Each message owned by ``from`` or by ``>carrier``, and not final, becomes this
-# node's: its record is returned; 0 for one another node has, or final.
+# node's: its record is returned; 0 for one another node has, or final, or one this call
+# adopted already (the records are read once, at the start: a second entry of a message
+# would find it still as it was). One not live that a
+# node of the version before handed over (it ran on after the format's change) is moved
+# into this layout (OLD_MESSAGE_LUA; not sent yet: no receipt index to write).
 _ADOPT_LUA: Final = (
     RECORD_LUA
+    + OLD_MESSAGE_LUA
     + """
 local tag, me = ARGV[1], ARGV[2]
 local ids = {}
 for k = 3, #ARGV, 3 do ids[#ids + 1] = ARGV[k] end
 local got = fetch(KEYS[1], ids)
-local out, sets, left, mine = {}, {}, {}, {}
+local out, sets, left, mine, taken = {}, {}, {}, {}, {}
 for n, id in ipairs(ids) do
   local at = 3 * n + 1
   out[n] = 0
-  if got[n] then
-    local m = decode(got[n])
+  local m, old = nil, false
+  if taken[id] then  -- a second entry of it in this call (its hand-over sent again): 0
+  elseif got[n] then
+    m = decode(got[n])
+  else
+    m = old_message(tag, id); old = true
+  end
+  if m then
     local owner = m.h[3]
     if m.h[9] == 0 and (owner == ARGV[at] or owner == '>' .. ARGV[at + 1]) then
+      if old then moved(tag, id, m, {}) end
+      taken[id] = true
       m.h[3] = me
       local record = encode(m)
       sets[#sets + 1] = id; sets[#sets + 1] = record

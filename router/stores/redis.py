@@ -70,7 +70,8 @@ same slot; Redis Cluster serves them from the node that has the slot):
   sent that day (by the node's clock); expires keep_days + a day after the end of its day.
 - ``P:{m<b>}:u:<owner>``     ZSET, the owner's unfinished messages (score submitted_at):
   ``unfinished`` reads this node's 64 (one script per bucket: the index, one HMGET of the
-  live hash), ``take_over`` moves a dead node's into this node's; ``>carrier``: messages
+  live hash; a member not live: the version before's hash, see Format), ``take_over``
+  moves a dead node's into this node's; ``>carrier``: messages
   handed over to a carrier's nodes (router.stores.handover).
 - ``P:format``               STRING, the stored format, ``2`` (see Format).
 - ``P:{h:<account>}:q``      ZSET, the account's held deliveries in order (score = held id).
@@ -96,23 +97,34 @@ report leases in keys of their own (``P:{m<b>}:r:<id>``). A node that opens a Re
 (``P:migrate``; another node starting meanwhile waits for ``P:format``, a minute at most):
 every owner index (``SCAN`` of ``P:{m*}:u:*``), a script per bucket and 1,000 members (each
 old hash with no done_at becomes a record of ``live`` and is deleted; a member with neither
-leaves the index); their receipt index entries are written again (today's); then
-``P:format`` is set. The old final messages, receipt index entries and leases are left to
-expire (their TTLs): ``get`` no longer finds them, and a late receipt of one is unknown.
+leaves the index); the receipt index entries of every live member are written again
+(today's: also those of the messages a node that died half-way had moved already, so a
+move that starts over is complete); then ``P:format`` is set. The old final messages,
+receipt index entries and leases are left to expire (their TTLs): ``get`` no longer finds
+them, and a late receipt of one is unknown; the ``done`` zsets (no TTL) are deleted.
 Stop every node of the version before first: one still running keeps writing the old
-layout, which no node reads any more.
+layout. Its unfinished messages are still found through its owner index (the same keys):
+its recovery, once restarted with this version, and a take-over of it move them as the
+start does (one HMGET of the old hash per index member not live; none otherwise), and so
+does the adoption of one it handed over (router.stores.handover); but
+what it writes of its messages' final states, receipt index and leases meanwhile no node
+of this version reads (a receipt of one of its messages that reaches a node of this
+version is unknown), and its take-over of a node of this version drops that node's index
+(the version before looks for old hashes only).
 
 Held deliveries are claimed by the node that reads them (``held``) for ``claim_seconds``:
 another node skips them meanwhile (two nodes never drain one account at once), the claiming
 node sees them again until it releases them, and a node that died leaves them to the next
 reader once its claims lapse.
 
-Redis unreachable (connection refused or lost, timeouts, loading, a read-only replica, out of
-memory, ``WAIT`` short of replicas): the store is unwritable (``unwritable`` names why:
-``unreachable``, ``loading``, ``read_only``, ``no_memory``, ``replicas``), adds and holds
-are refused, the batch is kept and tried again with the write-behind core's back-off, and it
-recovers by itself when Redis answers again (scripts are loaded again after a restart).
-Reads raise StoreError (StoreTimeout past ``read_timeout``).
+Redis unreachable (connection refused or lost, timeouts, loading, busy running a script past
+its ``busy-reply-threshold``, a read-only replica, out of memory, ``WAIT`` short of
+replicas or fewer than its ``min-replicas-to-write``): the store is unwritable
+(``unwritable`` names why: ``unreachable``, ``loading``, ``busy``, ``read_only``,
+``no_memory``, ``replicas``), adds and holds are refused, the batch is kept and tried
+again with the write-behind core's back-off, and it recovers by itself when Redis answers
+again (scripts are loaded again after a restart). Reads raise StoreError (StoreTimeout
+past ``read_timeout``).
 
 What a Redis crash loses depends on its persistence: with AOF ``appendfsync always``
 nothing acknowledged; with ``everysec`` up to a second of writes; ``WAIT`` on replicas
@@ -174,7 +186,9 @@ log = logging.getLogger(__name__)
 #: Changing it moves every message: it is part of the data format.
 BUCKETS: Final = 64
 #: Labels of ``write_errors`` for Redis.
-WRITE_ERROR_REASONS: Final = ("unreachable", "loading", "read_only", "no_memory", "replicas")
+WRITE_ERROR_REASONS: Final = (
+    "unreachable", "loading", "busy", "read_only", "no_memory", "replicas",
+)  # fmt: skip
 #: Held ids a node takes from ``P:held:seq`` at a time.
 _HELD_BLOCK: Final = 1000
 
@@ -563,49 +577,93 @@ end
 return n
 """
 
+# The version before's unfinished message (see Format), for the scripts that find an
+# owner index member not live: the hash P:{m<b>}:m:<id>, with no final state, made a record
+# of this layout ({h, b}); nil when there is none (or it is final). ``moved`` deletes the
+# hash and adds its receipt index pair (carrier:key, id) to ``index``. A node of the
+# version before that ran on after the move (a rolling upgrade) left such messages: this
+# node's recovery and a take-over move them too, so none is lost.
+OLD_MESSAGE_LUA: Final = """
+local function old_message(tag, id)
+  local f = redis.call('HMGET', tag .. ':m:' .. id,
+                       'a', 't', 'o', 's', 'e', 'c', 'ci', 'k', 'd', 'b')
+  if not (f[3] and f[10]) or f[9] then return nil end
+  return {h = {f[1] or '', tonumber(f[2]) or 0, f[3], tonumber(f[4]) or 0,
+               tonumber(f[5]) or 0, f[6] or '', f[7] or '', f[8] or '', 0}, b = f[10]}
+end
+local function pair(index, h, id)
+  if h[6] ~= '' and h[8] ~= '' then
+    index[#index + 1] = h[6] .. ':' .. h[8]; index[#index + 1] = id
+  end
+end
+local function moved(tag, id, m, index)
+  redis.call('DEL', tag .. ':m:' .. id)
+  pair(index, m.h, id)
+end
+"""
+
 # KEYS: [1] the bucket's live hash, [2] an owner's index. ARGV: the tag. The owner's
-# messages: id, record, id, record, ... (one HMGET per 4,000).
+# messages: {id, record, id, record, ...} (one HMGET per 4,000), and the carrier:key, id
+# pairs of the receipt index of those moved from the version before's layout (OLD_MESSAGE_LUA;
+# written by the caller: another bucket).
 _OWNED_LUA: Final = (
     RECORD_LUA
+    + OLD_MESSAGE_LUA
     + """
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
 local got = fetch(KEYS[1], ids)
-local out = {}
+local out, sets, index = {}, {}, {}
 for k, id in ipairs(ids) do
-  if got[k] then out[#out + 1] = id; out[#out + 1] = got[k] end
+  local record = got[k]
+  if not record then
+    local m = old_message(ARGV[1], id)
+    if m then
+      record = encode(m)
+      sets[#sets + 1] = id; sets[#sets + 1] = record
+      moved(ARGV[1], id, m, index)
+    end
+  end
+  if record then out[#out + 1] = id; out[#out + 1] = record end
 end
-return out
+each('HSET', KEYS[1], sets)
+return {out, index}
 """
 )
 
 # KEYS: [1] the bucket's live hash, [2] the dead node's index, [3] this node's. ARGV: this
-# node, the dead node. The messages the dead node still owns become this node's (their
-# owner rewritten, one HSET; one ZADD to this node's index); the dead node's index goes.
-# Returns id, record, ... of those taken.
+# node, the dead node, the tag. The messages the dead node still owns become this node's
+# (their owner rewritten, one HSET; one ZADD to this node's index; those of the version
+# before's layout moved, OLD_MESSAGE_LUA); the dead node's index goes. Returns {id, record, ...}
+# of those taken, and the receipt index pairs of those moved (as _OWNED_LUA).
 _TAKE_OVER_LUA: Final = (
     RECORD_LUA
+    + OLD_MESSAGE_LUA
     + """
 local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 local ids = {}
 for k = 1, #all, 2 do ids[#ids + 1] = all[k] end
 local got = fetch(KEYS[1], ids)
-local out, sets, index = {}, {}, {}
+local out, sets, mine, index = {}, {}, {}, {}
 for k, id in ipairs(ids) do
+  local m
   if got[k] then
-    local m = decode(got[k])
-    if m.h[3] == ARGV[2] and m.h[9] == 0 then
-      m.h[3] = ARGV[1]
-      local record = encode(m)
-      sets[#sets + 1] = id; sets[#sets + 1] = record
-      index[#index + 1] = all[2 * k]; index[#index + 1] = id
-      out[#out + 1] = id; out[#out + 1] = record
-    end
+    m = decode(got[k])
+  else
+    m = old_message(ARGV[3], id)
+    if m and m.h[3] == ARGV[2] then moved(ARGV[3], id, m, index) end
+  end
+  if m and m.h[3] == ARGV[2] and m.h[9] == 0 then
+    m.h[3] = ARGV[1]
+    local record = encode(m)
+    sets[#sets + 1] = id; sets[#sets + 1] = record
+    mine[#mine + 1] = all[2 * k]; mine[#mine + 1] = id
+    out[#out + 1] = id; out[#out + 1] = record
   end
 end
 each('HSET', KEYS[1], sets)
-each('ZADD', KEYS[3], index)
+each('ZADD', KEYS[3], mine)
 redis.call('DEL', KEYS[2])
-return out
+return {out, index}
 """
 )
 
@@ -636,30 +694,26 @@ return false
 # tag, the first rank, how many. Each member from that rank: live already (kept); an old
 # hash P:{m<b>}:m:<id> with no final state (made a record in live, the hash deleted, kept);
 # else (final, or nothing) out of the index. Returns the members kept, those moved, then
-# carrier:key,
-# id pairs of the receipt index of those moved (written by the caller: another bucket).
+# carrier:key, id pairs of the receipt index of those kept (written by the caller: another
+# bucket; those live already too, whose index a node that died half-way may not have
+# written: a move sent again is complete).
 _MIGRATE_LUA: Final = (
     RECORD_LUA
+    + OLD_MESSAGE_LUA
     + """
 local tag, first = ARGV[1], tonumber(ARGV[2])
 local ids = redis.call('ZRANGE', KEYS[2], first, first + tonumber(ARGV[3]) - 1)
 local got = fetch(KEYS[1], ids)
 local kept, sets, gone, index = 0, {}, {}, {}
 for k, id in ipairs(ids) do
-  if got[k] then
+  if got[k] then  -- moved by a node that may have died before writing its receipt index
+    pair(index, decode(got[k]).h, id)
     kept = kept + 1
   else
-    local key = tag .. ':m:' .. id
-    local f = redis.call('HMGET', key, 'a', 't', 'o', 's', 'e', 'c', 'ci', 'k', 'd', 'b')
-    if f[3] and f[10] and not f[9] then
-      local m = {h = {f[1] or '', tonumber(f[2]) or 0, f[3], tonumber(f[4]) or 0,
-                      tonumber(f[5]) or 0, f[6] or '', f[7] or '', f[8] or '', 0},
-                 b = f[10]}
+    local m = old_message(tag, id)
+    if m then
       sets[#sets + 1] = id; sets[#sets + 1] = encode(m)
-      redis.call('DEL', key)
-      if (f[6] or '') ~= '' and (f[8] or '') ~= '' then
-        index[#index + 1] = f[6] .. ':' .. f[8]; index[#index + 1] = id
-      end
+      moved(tag, id, m, index)
       kept = kept + 1
     else
       gone[#gone + 1] = id
@@ -1002,12 +1056,15 @@ class RedisStore(WriteBehind):
         a lock (``P:migrate``, one node at a time; another node waits for the format key):
         every owner index (``SCAN`` of ``P:{m*}:u:*``), a script per 1,000 members (old
         hashes made records of the live hash, their receipt index written again). Its
-        final messages are left to expire (their TTL); its report leases are dropped.
+        final messages are left to expire (their TTL), its ``done`` zsets deleted; its
+        report leases are dropped.
         StoreError when this cannot be done within a minute (the lock's holder takes
-        longer, Redis fails) or Redis holds a format this version does not know."""
+        longer, Redis fails; a node that fails releases the lock) or Redis holds a format
+        this version does not know."""
         limit = max(self._config.read_timeout, _MIGRATE_SECONDS)
         key, lock = f"{self._p}:format", f"{self._p}:migrate"
         pause = 0.01
+        locked = False  # this node holds the lock and has not finished
         try:
             async with asyncio.timeout(limit):
                 while True:
@@ -1023,12 +1080,14 @@ class RedisStore(WriteBehind):
                         return
                     self.commands += 1
                     if await client.set(lock, self._node_id, nx=True, px=int(limit * 1000)):
+                        locked = True
                         break
                     await asyncio.sleep(pause)  # another node migrates: no event to await
                     pause = min(pause * 2, 0.5)
                 moved = await self._migrate(client)
                 self.commands += 2
                 await client.set(key, FORMAT)
+                locked = False
                 await client.delete(lock)
         except TimeoutError:
             raise StoreError(
@@ -1038,6 +1097,12 @@ class RedisStore(WriteBehind):
             ) from None
         except RedisError as exc:
             raise StoreError(f"store: Redis at {_safe(self._url)}: {exc}") from exc
+        finally:
+            if locked:  # failed: the next node starting moves at once, not after the lock
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(self._config.read_timeout):
+                        self.commands += 1
+                        await client.eval(_RELEASE_LOCK_LUA, 1, lock, self._node_id)
         if moved:
             log.warning("store: %d unfinished messages moved to format %s", moved, FORMAT)
 
@@ -1063,16 +1128,35 @@ class RedisStore(WriteBehind):
                 self.commands += 1
                 if first >= await client.zcard(name):
                     break
-        if buckets:
-            times = self._times(self._clock())
-            calls = [
-                bucket.call(self._sha["batch"], self._tag(b), times)
-                for b, bucket in buckets.items()
-            ]
-            for result in await self._send(client, calls):
-                if isinstance(result, Exception):
-                    raise result
+        # The version before's purge index of its final messages (no TTL of its own; the
+        # messages have theirs): nothing reads it any more.
+        calls: list[tuple[Any, ...]] = [("UNLINK", f"{self._tag(b)}:done") for b in range(BUCKETS)]
+        calls += self._index_calls(buckets)
+        for result in await self._send(client, calls):
+            if isinstance(result, Exception):
+                raise result
         return moved
+
+    def _index_calls(self, buckets: dict[int, _Bucket]) -> list[tuple[Any, ...]]:
+        """The batch script calls that write ``buckets``' receipt index entries (K
+        records: today's)."""
+        if not buckets:
+            return []
+        times = self._times(self._clock())
+        return [
+            bucket.call(self._sha["batch"], self._tag(b), times) for b, bucket in buckets.items()
+        ]
+
+    async def _moved_out(self, client: aioredis.Redis, results: list[Any]) -> list[StoredMessage]:
+        """The messages of _OWNED_LUA / _TAKE_OVER_LUA answers; the receipt index entries of
+        those they moved from the version before's layout written (one pipeline)."""
+        buckets: dict[int, _Bucket] = {}
+        for _, index in results:
+            pairs = [v.decode() for v in index]
+            for n in range(0, len(pairs), 2):
+                _bucket_of(buckets, _bucket(pairs[n])).index(pairs[n], pairs[n + 1])
+        await self._read_all(client, self._index_calls(buckets))
+        return [s for flat, _ in results for s in self._stored_pairs(flat)]
 
     async def close(self, timeout: float | None = None) -> None:
         """Send everything queued, stop the writer, close the connections. Idempotent."""
@@ -1319,6 +1403,12 @@ class RedisStore(WriteBehind):
             return "unreachable"
         if isinstance(exc, StoreClosed):
             return None
+        if isinstance(exc, ResponseError) and str(exc).startswith("BUSY "):
+            return "busy"  # a script runs past busy-reply-threshold: every command waits
+        if isinstance(exc, ResponseError) and str(exc).startswith("NOREPLICAS"):
+            return "replicas"  # fewer replicas than its min-replicas-to-write
+        if isinstance(exc, ResponseError) and str(exc).startswith("MASTERDOWN"):
+            return "unreachable"  # a replica that lost its master serves nothing
         if isinstance(exc, ResponseError) and str(exc).startswith(("OOM", "MISCONF")):
             return "no_memory" if str(exc).startswith("OOM") else "read_only"
         return None
@@ -1433,8 +1523,10 @@ class RedisStore(WriteBehind):
 
     async def unfinished(self) -> list[StoredMessage]:
         """This node's unfinished messages: one pipeline of a script per bucket (its index
-        of this node's, one HMGET of the live hash). The wait for queued writes has the
-        read deadline; the reads none.
+        of this node's, one HMGET of the live hash; a member not live that the version
+        before wrote, as a node of it that ran on after the format's change, is moved into
+        this layout, and its receipt index written: one more pipeline). The wait for queued
+        writes has the read deadline; the reads none.
 
         Read under this node's take-over lock (see :meth:`take_over_messages`): a node
         that restarts while another takes its messages over (it had left, or its lease had
@@ -1454,10 +1546,10 @@ class RedisStore(WriteBehind):
         try:
             sha = self._sha["owned"]
             calls: list[tuple[Any, ...]] = [
-                ("EVALSHA", sha, 2, f"{tag}:live", f"{tag}:u:{self._node_id}")
+                ("EVALSHA", sha, 2, f"{tag}:live", f"{tag}:u:{self._node_id}", tag)
                 for tag in map(self._tag, range(BUCKETS))
             ]
-            out = [s for r in await self._read_all(client, calls) for s in self._stored_pairs(r)]
+            out = await self._moved_out(client, await self._read_all(client, calls))
         finally:
             await self._release_lock(lock)
         out.sort(key=lambda s: s.message.submitted_at)
@@ -1494,7 +1586,8 @@ class RedisStore(WriteBehind):
         """One node at a time takes a dead node's messages over (a lock, ``SET NX``, for
         ``claim_seconds``: another node finds it taken and gets none); then one script per
         bucket, in one pipeline, moves the messages the dead node still owns (a message is
-        taken once) and returns them."""
+        taken once; one the version before wrote is moved into this layout, as in
+        :meth:`unfinished`) and returns them."""
         if node_id == self._node_id:
             return []
         await self.flush()
@@ -1510,10 +1603,10 @@ class RedisStore(WriteBehind):
             sha = self._sha["take_over"]
             calls: list[tuple[Any, ...]] = [
                 ("EVALSHA", sha, 3, f"{tag}:live", f"{tag}:u:{node_id}",
-                 f"{tag}:u:{self._node_id}", self._node_id, node_id)
+                 f"{tag}:u:{self._node_id}", self._node_id, node_id, tag)
                 for tag in map(self._tag, range(BUCKETS))
             ]  # fmt: skip
-            out = [s for r in await self._read_all(client, calls) for s in self._stored_pairs(r)]
+            out = await self._moved_out(client, await self._read_all(client, calls))
         # Done: the node, if it comes back, recovers at once what is still its own.
         await self._release_lock(lock)
         out.sort(key=lambda s: s.message.submitted_at)
