@@ -153,9 +153,7 @@ class Finals:
             return
         self.finishing[msg.id] = [respond]
         if self.shared:
-            task = asyncio.create_task(self._claim(stored, report, accepted))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._claim(stored, report, accepted)
             return
         try:
             self.sink.report(stored, report, partial(self.commit, msg.id, report, respond))
@@ -163,9 +161,7 @@ class Finals:
             log.exception("message %s: its receipt could not be delivered nor held", msg.id)
             self.durably(msg.id, False)
 
-    async def _claim(
-        self, stored: StoredMessage, report: DeliveryReport, accepted: float | None
-    ) -> None:
+    def _claim(self, stored: StoredMessage, report: DeliveryReport, accepted: float | None) -> None:
         """In a cluster, a final receipt may reach two nodes (a carrier sends it again over
         another node's bind; a node's receipt deadline passes while another has the
         receipt): the final state is claimed first, a compare-and-set in the shared store,
@@ -174,30 +170,17 @@ class Finals:
         meanwhile, and a store that does not answer, get ESME_RX_T_APPN (the carrier sends
         it again); a node that dies before it settles leaves a lease that lapses, and the
         carrier's resend is claimed and reported again (at least once: the client may get
-        that receipt twice, never none)."""
+        that receipt twice, never none).
+
+        The claim is stepped here, not run as a task (see :class:`_Claim`): one per final
+        receipt, a task's set-up cost as much as the claim itself. A claim that fails and
+        is tried again (rare: the store did not answer) runs as a task of its own."""
+        _Claim(self, stored, report, accepted).step()
+
+    def _claim_done(
+        self, stored: StoredMessage, report: DeliveryReport, accepted: float | None, won: bool
+    ) -> None:
         message_id = stored.message.id
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + _CLAIM_RETRY
-        pause = 0.05
-        while True:
-            try:
-                won = await self.store.claim_final(message_id, report)
-                break
-            except Exception as exc:
-                waiting = self.finishing.get(message_id, ())
-                if any(respond is not None for respond in waiting):
-                    # A carrier waits for our answer: it sends the receipt again.
-                    log.info("message %s: final receipt not claimed now: %s", message_id, exc)
-                    self._retry_later(message_id)
-                    return
-                if loop.time() + pause > give_up:
-                    # Nobody would send it again (answered already, or decided here).
-                    log.error("message %s: final receipt never claimed: %s", message_id, exc)
-                    self.metrics.event("receipt_dropped", report.carrier)
-                    self.finishing.pop(message_id, None)
-                    return
-                await asyncio.sleep(pause)  # a bounded retry with back-off, not a wait
-                pause = min(2.0, pause * 2)
         if not won:
             self.metrics.event("receipt_duplicate", report.carrier)
             self.durably(message_id, True)
@@ -208,6 +191,63 @@ class Finals:
         except Exception:
             log.exception("message %s: its receipt could not be delivered nor held", message_id)
             self._claimed(message_id, report, False)
+
+    def _claim_failed(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        accepted: float | None,
+        exc: Exception,
+    ) -> None:
+        """A claim raised: a carrier that waits is asked to send the receipt again; with
+        none waiting it is tried again, with back-off, by a task (see _claim_again)."""
+        message_id = stored.message.id
+        if self._carrier_waits(message_id):
+            log.info("message %s: final receipt not claimed now: %s", message_id, exc)
+            self._retry_later(message_id)
+            return
+        task = asyncio.create_task(self._claim_again(stored, report, accepted, exc))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _carrier_waits(self, message_id: str) -> bool:
+        return any(respond is not None for respond in self.finishing.get(message_id, ()))
+
+    async def _claim_again(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        accepted: float | None,
+        exc: Exception,
+    ) -> None:
+        """Claim a final receipt that no carrier will send again (``ack_after: enqueue``,
+        or one decided here) until the store answers, for ``_CLAIM_RETRY`` seconds at
+        most (a bounded retry with back-off; a carrier's receipt that joins meanwhile is
+        answered to send it again)."""
+        message_id = stored.message.id
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _CLAIM_RETRY
+        pause = 0.05
+        while True:
+            if loop.time() + pause > give_up:
+                # Nobody would send it again (answered already, or decided here).
+                log.error("message %s: final receipt never claimed: %s", message_id, exc)
+                self.metrics.event("receipt_dropped", report.carrier)
+                self.finishing.pop(message_id, None)
+                return
+            await asyncio.sleep(pause)  # a bounded retry with back-off, not a wait
+            pause = min(2.0, pause * 2)
+            try:
+                won = await self.store.claim_final(message_id, report)
+                break
+            except Exception as again:
+                if self._carrier_waits(message_id):
+                    # A carrier waits for our answer: it sends the receipt again.
+                    log.info("message %s: final receipt not claimed now: %s", message_id, again)
+                    self._retry_later(message_id)
+                    return
+                exc = again
+        self._claim_done(stored, report, accepted, won)
 
     def _claimed(self, message_id: str, report: DeliveryReport, reported: bool) -> None:
         """A claimed final receipt is delivered or held (``reported``): settle the claim,
@@ -327,6 +367,55 @@ class Finals:
 #: (``ack_after: enqueue``, or one decided here) while the store cannot answer or another
 #: node's report lease (``claim_seconds``, 30 s) is live.
 _CLAIM_RETRY = 90.0
+
+
+class _Claim:
+    """One final receipt's ``claim_final``, stepped by hand rather than run as a task.
+
+    The claim's coroutine runs at once up to its wait for the store's batch (so its record
+    joins the batch being gathered now), and resumes when that future is done — what a
+    task does, without a task's set-up (a context copy, a loop call, its registration in
+    asyncio's set of all tasks) nor the objects it keeps alive while the batch is out.
+    It waits only on futures (asyncio's protocol: a yielded future with
+    ``_asyncio_future_blocking`` set) and bare yields; every future it waits on is
+    settled by the store (answered, failed by the read deadline, or failed at close), so
+    a claim always ends, in :meth:`Finals._claim_done` or :meth:`Finals._claim_failed`.
+    """
+
+    __slots__ = ("accepted", "coro", "finals", "report", "stored")
+
+    def __init__(
+        self,
+        finals: Finals,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        accepted: float | None,
+    ) -> None:
+        self.finals = finals
+        self.stored = stored
+        self.report = report
+        self.accepted = accepted
+        self.coro = finals.store.claim_final(stored.message.id, report)
+
+    def step(self, _done: object = None) -> None:
+        try:
+            waits = self.coro.send(None)
+        except StopIteration as end:
+            self.finals._claim_done(self.stored, self.report, self.accepted, end.value)
+            return
+        except Exception as exc:
+            self.finals._claim_failed(self.stored, self.report, self.accepted, exc)
+            return
+        if getattr(waits, "_asyncio_future_blocking", None):
+            waits._asyncio_future_blocking = False
+            waits.add_done_callback(self.step)
+        elif waits is None:  # a bare yield (``asyncio.sleep(0)``): the next loop turn
+            asyncio.get_running_loop().call_soon(self.step)
+        else:
+            self.coro.close()
+            self.finals._claim_failed(
+                self.stored, self.report, self.accepted, RuntimeError(f"claim awaited {waits!r}")
+            )
 
 
 def answer(respond: Respond | None, status: int) -> None:
