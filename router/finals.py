@@ -175,7 +175,7 @@ class Finals:
         The claim is stepped here, not run as a task (see :class:`_Claim`): one per final
         receipt, a task's set-up cost as much as the claim itself. A claim that fails and
         is tried again (rare: the store did not answer) runs as a task of its own."""
-        _Claim(self, stored, report, accepted).step()
+        _Claim(self, stored, report, accepted)()  # its first step, now
 
     def _claim_done(
         self, stored: StoredMessage, report: DeliveryReport, accepted: float | None, won: bool
@@ -397,7 +397,9 @@ class _Claim:
         self.accepted = accepted
         self.coro = finals.store.claim_final(stored.message.id, report)
 
-    def step(self, _done: object = None) -> None:
+    def __call__(self, _done: object = None) -> None:
+        """One step: now, then as the done callback of what it waits on (the claim itself
+        is the callback: no bound method made per step)."""
         try:
             waits = self.coro.send(None)
         except StopIteration as end:
@@ -408,9 +410,9 @@ class _Claim:
             return
         if getattr(waits, "_asyncio_future_blocking", None):
             waits._asyncio_future_blocking = False
-            waits.add_done_callback(self.step)
+            waits.add_done_callback(self)
         elif waits is None:  # a bare yield (``asyncio.sleep(0)``): the next loop turn
-            asyncio.get_running_loop().call_soon(self.step)
+            asyncio.get_running_loop().call_soon(self)
         else:
             self.coro.close()
             self.finals._claim_failed(

@@ -472,10 +472,7 @@ class WriteBehind:
                             await self._hurry.wait()
                     except TimeoutError:
                         pass
-                take = min(len(self._queue), self._config.batch_max)
-                batch = self._inflight = [self._queue.popleft() for _ in range(take)]
-                if self._durable_queued:
-                    self._durable_queued -= sum(op.on_durable is not None for op in batch)
+                batch = self._inflight = self._take()
                 await self._write_batch(list(batch))
                 self._inflight = []
                 self._finish(batch)
@@ -488,6 +485,20 @@ class WriteBehind:
             log.exception("store writer stopped")
             self._abandon(exc)
             raise
+
+    def _take(self) -> list[Op]:
+        """The next batch: the whole queue (the common case: one copy, and no record left
+        that waits for its commit), or its first ``batch_max`` records."""
+        queue = self._queue
+        if len(queue) <= self._config.batch_max:
+            batch = list(queue)
+            queue.clear()
+            self._durable_queued = 0
+            return batch
+        batch = [queue.popleft() for _ in range(self._config.batch_max)]
+        if self._durable_queued:
+            self._durable_queued -= sum(op.on_durable is not None for op in batch)
+        return batch
 
     def _urgent(self) -> bool:
         """Write now, without the group-commit wait: an ack (``ack_after: store``) or a
