@@ -18,6 +18,7 @@ outcomes no carrier waits on: decided by us, or a receipt deadline).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -66,8 +67,15 @@ class Finals:
         #: The store is shared by the nodes of a cluster (it names this node): a final
         #: receipt is a compare-and-set first (see _claim).
         self.shared = bool(store.node_id)
-        #: The claims running (awaited and ended with the receipts' store reads).
+        #: Claims tried again after a failure (a task each; see _claim_failed).
         self.tasks: set[asyncio.Task[None]] = set()
+        #: Settles being written: their future → the message (one done callback, bound
+        #: once, for all of them: no callable made per final receipt).
+        self._settling: dict[asyncio.Future[None], str] = {}
+        self._on_settled = self._settle_written
+        #: What the claims' and settles' done callbacks run in (given, not copied per
+        #: callback: thousands of claims wait at once under load, each a live object).
+        self.context = contextvars.copy_context()
 
     def decide(
         self,
@@ -285,9 +293,11 @@ class Finals:
         except Exception as exc:  # the store is closed
             self._settled(message_id, exc)
             return
-        written.add_done_callback(partial(self._settle_written, message_id))
+        self._settling[written] = message_id
+        written.add_done_callback(self._on_settled, context=self.context)
 
-    def _settle_written(self, message_id: str, written: asyncio.Future[None]) -> None:
+    def _settle_written(self, written: asyncio.Future[None]) -> None:
+        message_id = self._settling.pop(written)
         self._settled(message_id, None if written.cancelled() else written.exception())
 
     def _settled(self, message_id: str, exc: BaseException | None) -> None:
@@ -410,9 +420,9 @@ class _Claim:
             return
         if getattr(waits, "_asyncio_future_blocking", None):
             waits._asyncio_future_blocking = False
-            waits.add_done_callback(self)
+            waits.add_done_callback(self, context=self.finals.context)
         elif waits is None:  # a bare yield (``asyncio.sleep(0)``): the next loop turn
-            asyncio.get_running_loop().call_soon(self)
+            asyncio.get_running_loop().call_soon(self, context=self.finals.context)
         else:
             self.coro.close()
             self.finals._claim_failed(
