@@ -112,8 +112,14 @@ CLAIM: Final = 7
 SETTLE: Final = 8
 
 
-@dataclass(slots=True)
-class Op:
+class Op(msgspec.Struct, gc=False):
+    """One queued record (mutable bookkeeping of the writer, never encoded).
+
+    Not tracked by the cyclic GC (``gc=False``): under load tens of thousands wait in the
+    queue at once, and each was a live object every young collection walked. Nothing the
+    queue holds makes a cycle that outlives the record: its callback and its outcome are
+    dropped once it is written or failed (and a claim's waiter with them)."""
+
     kind: int
     params: tuple[Any, ...]
     seq: int = 0
