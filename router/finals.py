@@ -63,7 +63,9 @@ class Finals:
         self.wall = wall
         #: Final receipts being made durable: our id → answers owed to carriers (a
         #: repeated receipt joins the first one's answer instead of reporting twice).
-        self.finishing: dict[str, list[Respond | None]] = {}
+        #: Tuples, replaced when one joins: most are ``_NOBODY``, shared (no carrier
+        #: waits in ``ack_after: enqueue``), not a list made and kept per receipt.
+        self.finishing: dict[str, tuple[Respond | None, ...]] = {}
         #: The store is shared by the nodes of a cluster (it names this node): a final
         #: receipt is a compare-and-set first (see _claim).
         self.shared = bool(store.node_id)
@@ -159,7 +161,7 @@ class Finals:
                 log.exception("message %s: its receipt could not be delivered nor held", msg.id)
                 answer(respond, RETRY_LATER)
             return
-        self.finishing[msg.id] = [respond]
+        self.finishing[msg.id] = _NOBODY if respond is None else (respond,)
         if self.shared:
             self._claim(stored, report, accepted)
             return
@@ -314,7 +316,7 @@ class Finals:
         """A final receipt for a message whose final state is being made durable: its
         answer waits for that one's (no second receipt to the client)."""
         self.metrics.event("receipt_duplicate", report.carrier)
-        self.finishing[our_id].append(respond)
+        self.finishing[our_id] += (respond,)
         if self.store.unwritable is not None:
             self.answer_later(our_id)
 
@@ -336,7 +338,7 @@ class Finals:
                 message_id,
                 report.state.name,
             )
-        self.finishing.setdefault(message_id, [respond])
+        self.finishing.setdefault(message_id, _NOBODY if respond is None else (respond,))
         try:
             self.store.set_final(message_id, report, partial(self.durably, message_id))
         except Exception:
@@ -355,7 +357,7 @@ class Finals:
         if waiting:
             for respond in waiting:
                 answer(respond, RETRY_LATER)
-            waiting.clear()
+            self.finishing[message_id] = ()
 
     def answer_waiting(self) -> None:
         """While the store cannot write, no carrier is kept waiting for a final state:
@@ -372,6 +374,9 @@ class Finals:
         for respond in self.finishing.pop(message_id, ()):
             answer(respond, ROK if ok else RETRY_LATER)
 
+
+#: What ``finishing`` holds for a final receipt no carrier waits on.
+_NOBODY: tuple[Respond | None, ...] = (None,)
 
 #: Seconds a node keeps trying to claim a final receipt that no carrier will send again
 #: (``ack_after: enqueue``, or one decided here) while the store cannot answer or another
