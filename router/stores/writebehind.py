@@ -130,10 +130,12 @@ class Op(msgspec.Struct, gc=False):
     on_durable: DurableCallback | None = None
     settled: bool = False
     """Failed and taken out of its batch (an ack that could not wait): not abandoned."""
-    outcome: asyncio.Future[int] | None = None
-    """Where the backend puts what writing this record answered (a claim's result); its
-    caller awaits it. Cancelled (the caller gave up) before the batch is sent: the record
-    is not written."""
+    outcome: asyncio.Future[Any] | None = None
+    """What the record's caller waits on: the backend puts in it what writing the record
+    answered (a claim's result); else the writer settles it with the record (see
+    ``_durable``: None once written, StoreError when not). Done (the caller gave up)
+    before the batch is sent: the record is not written. Like ``on_durable``, it makes
+    the writer send its batch at once."""
 
 
 @dataclass(slots=True)
@@ -147,12 +149,17 @@ class Purge:
     deleted: int = 0
 
 
+def _awaited(op: Op) -> bool:
+    """Does someone wait for ``op``'s commit (the writer sends its batch at once)?"""
+    return op.on_durable is not None or op.outcome is not None
+
+
 def _waits(op: Op) -> bool:
     """A record whose caller waits for its commit and is not kept waiting while the store
     cannot write: an add whose acknowledgement does (``ack_after: store``), a claim (its
     caller waits for the result). (A settle stays queued: it is written when the store can
     write again, and its caller's wait has a deadline of its own.)"""
-    return op.on_durable is not None and op.kind in (ADD, CLAIM)
+    return op.kind in (ADD, CLAIM) and _awaited(op)
 
 
 @dataclass(order=True)
@@ -409,7 +416,7 @@ class WriteBehind:
             self._pending_ids[op.message_id] = op.seq
         self._queue.append(op)
         self._wake.set()
-        if op.on_durable is not None:
+        if op.on_durable is not None or op.outcome is not None:
             self._durable_queued += 1
             self._hurry.set()
         elif len(self._queue) >= self._config.batch_max:
@@ -503,7 +510,7 @@ class WriteBehind:
             return batch
         batch = [queue.popleft() for _ in range(self._config.batch_max)]
         if self._durable_queued:
-            self._durable_queued -= sum(op.on_durable is not None for op in batch)
+            self._durable_queued -= sum(map(_awaited, batch))
         return batch
 
     def _urgent(self) -> bool:
@@ -635,7 +642,9 @@ class WriteBehind:
         self._unwritable = None
 
     def _durable(self, ops: Iterable[Op], *, ok: bool) -> None:
-        """Call each record's ``on_durable`` — once: it is cleared."""
+        """Call each record's ``on_durable`` — once: it is cleared — and settle its
+        ``outcome`` if the backend has not: None once written; StoreError when it was not
+        written, or is a claim the backend gave no answer for (never a hang)."""
         for op in ops:
             callback = op.on_durable
             if callback is not None:
@@ -644,6 +653,15 @@ class WriteBehind:
                     callback(ok)
                 except Exception:
                     log.exception("store: on_durable callback failed")
+            outcome = op.outcome
+            if outcome is not None and not outcome.done():
+                if not ok:
+                    why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
+                    outcome.set_exception(StoreError(f"store: record not written{why}"))
+                elif op.kind == CLAIM:
+                    outcome.set_exception(StoreError("store: claim_final: no answer"))
+                else:
+                    outcome.set_result(None)
 
     def _finish(self, batch: list[Op]) -> None:
         """Forget read-your-writes marks of these records; wake waiters they satisfy."""
