@@ -11,6 +11,13 @@ deliver_sm_resp to our commit, a few ms); after it a repeated receipt finds the 
 final and is only answered. ``enqueue``: the final state is written behind and reported at
 once; carriers were answered already.
 
+In a cluster a final receipt costs, besides the store's records (a claim, then a settle):
+no task (its claim is stepped by hand from the store's batch answer, see ``_Claim``), and
+while it waits for that batch one small object of its own (the claim) — the answers owed
+are a shared tuple when no carrier waits, the settles in flight one map, and the callbacks
+all run in one context given them. Thousands wait at once under load: each object alive
+meanwhile is walked by the cyclic GC's young collections.
+
 ``respond`` is how to answer the carrier's deliver_sm (None in ``enqueue`` mode, and for
 outcomes no carrier waits on: decided by us, or a receipt deadline).
 """
