@@ -57,7 +57,7 @@ async def settled(f: Finals, message_id: str) -> None:
         while message_id in f.finishing or f.tasks:
             await asyncio.gather(*f.tasks)
             await f.store.flush()
-            await asyncio.sleep(0)  # the settle's done callback runs at the next turn
+            await asyncio.sleep(0)  # a turn of the loop (done callbacks run), not a wait
 
 
 def test_a_final_receipt_is_claimed_reported_once_and_settled(
