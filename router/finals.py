@@ -33,7 +33,7 @@ from functools import partial
 
 from router.metrics import RouterMetrics
 from router.model import DeliveryReport, Message, StoredMessage
-from router.ports import ReportSink, Store
+from router.ports import ReportSink, Store, StoreError
 from router.upstream import Respond
 from smppcore.constants import CommandStatus, MessageState
 
@@ -219,6 +219,8 @@ class Finals:
         """A claim raised: a carrier that waits is asked to send the receipt again; with
         none waiting it is tried again, with back-off, by a task (see _claim_again)."""
         message_id = stored.message.id
+        if not isinstance(exc, StoreError):  # a bug (in the store, or the claim's stepping)
+            log.error("message %s: claiming its final receipt failed", message_id, exc_info=exc)
         if self._carrier_waits(message_id):
             log.info("message %s: final receipt not claimed now: %s", message_id, exc)
             self._retry_later(message_id)
@@ -399,7 +401,10 @@ class _Claim:
     task does, without a task's set-up (a context copy, a loop call, its registration in
     asyncio's set of all tasks) nor the objects it keeps alive while the batch is out.
     It waits only on futures (asyncio's protocol: a yielded future with
-    ``_asyncio_future_blocking`` set) and bare yields; every future it waits on is
+    ``_asyncio_future_blocking`` set) and bare yields — ``claim_final`` must not need a
+    task (no ``asyncio.timeout`` in it: its deadline is the store's, on the future; a
+    failure of that kind is logged as the bug it is, and the claim is tried again in a
+    task); every future it waits on is
     settled by the store (answered, failed by the read deadline, or failed at close), so
     a claim always ends, in :meth:`Finals._claim_done` or :meth:`Finals._claim_failed`.
     """
