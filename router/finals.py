@@ -404,9 +404,9 @@ class _Claim:
     ``_asyncio_future_blocking`` set) and bare yields — ``claim_final`` must not need a
     task (no ``asyncio.timeout`` in it: its deadline is the store's, on the future; a
     failure of that kind is logged as the bug it is, and the claim is tried again in a
-    task); every future it waits on is
-    settled by the store (answered, failed by the read deadline, or failed at close), so
-    a claim always ends, in :meth:`Finals._claim_done` or :meth:`Finals._claim_failed`.
+    task); every future it waits on is settled by the store (answered, failed by the read
+    deadline, or failed at close), so a claim always ends, in :meth:`Finals._claim_done`
+    or :meth:`Finals._claim_failed`.
     """
 
     __slots__ = ("accepted", "coro", "finals", "report", "stored")
