@@ -11,6 +11,13 @@ deliver_sm_resp to our commit, a few ms); after it a repeated receipt finds the 
 final and is only answered. ``enqueue``: the final state is written behind and reported at
 once; carriers were answered already.
 
+In a cluster a final receipt costs, besides the store's records (a claim, then a settle):
+no task (its claim is stepped by hand from the store's batch answer, see ``_Claim``), and
+while it waits for that batch one small object of its own (the claim) — the answers owed
+are a shared tuple when no carrier waits, the settles in flight one map, and the callbacks
+all run in one context given them. Thousands wait at once under load: each object alive
+meanwhile is walked by the cyclic GC's young collections.
+
 ``respond`` is how to answer the carrier's deliver_sm (None in ``enqueue`` mode, and for
 outcomes no carrier waits on: decided by us, or a receipt deadline).
 """
@@ -18,6 +25,7 @@ outcomes no carrier waits on: decided by us, or a receipt deadline).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +33,7 @@ from functools import partial
 
 from router.metrics import RouterMetrics
 from router.model import DeliveryReport, Message, StoredMessage
-from router.ports import ReportSink, Store
+from router.ports import ReportSink, Store, StoreError
 from router.upstream import Respond
 from smppcore.constants import CommandStatus, MessageState
 
@@ -62,12 +70,21 @@ class Finals:
         self.wall = wall
         #: Final receipts being made durable: our id → answers owed to carriers (a
         #: repeated receipt joins the first one's answer instead of reporting twice).
-        self.finishing: dict[str, list[Respond | None]] = {}
+        #: Tuples, replaced when one joins: most are ``_NOBODY``, shared (no carrier
+        #: waits in ``ack_after: enqueue``), not a list made and kept per receipt.
+        self.finishing: dict[str, tuple[Respond | None, ...]] = {}
         #: The store is shared by the nodes of a cluster (it names this node): a final
         #: receipt is a compare-and-set first (see _claim).
         self.shared = bool(store.node_id)
-        #: The claims running (awaited and ended with the receipts' store reads).
+        #: Claims tried again after a failure (a task each; see _claim_failed).
         self.tasks: set[asyncio.Task[None]] = set()
+        #: Settles being written: their future → the message (one done callback, bound
+        #: once, for all of them: no callable made per final receipt).
+        self._settling: dict[asyncio.Future[None], str] = {}
+        self._on_settled = self._settle_written
+        #: What the claims' and settles' done callbacks run in (given, not copied per
+        #: callback: thousands of claims wait at once under load, each a live object).
+        self.context = contextvars.copy_context()
 
     def decide(
         self,
@@ -151,11 +168,9 @@ class Finals:
                 log.exception("message %s: its receipt could not be delivered nor held", msg.id)
                 answer(respond, RETRY_LATER)
             return
-        self.finishing[msg.id] = [respond]
+        self.finishing[msg.id] = _NOBODY if respond is None else (respond,)
         if self.shared:
-            task = asyncio.create_task(self._claim(stored, report, accepted))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._claim(stored, report, accepted)
             return
         try:
             self.sink.report(stored, report, partial(self.commit, msg.id, report, respond))
@@ -163,9 +178,7 @@ class Finals:
             log.exception("message %s: its receipt could not be delivered nor held", msg.id)
             self.durably(msg.id, False)
 
-    async def _claim(
-        self, stored: StoredMessage, report: DeliveryReport, accepted: float | None
-    ) -> None:
+    def _claim(self, stored: StoredMessage, report: DeliveryReport, accepted: float | None) -> None:
         """In a cluster, a final receipt may reach two nodes (a carrier sends it again over
         another node's bind; a node's receipt deadline passes while another has the
         receipt): the final state is claimed first, a compare-and-set in the shared store,
@@ -174,30 +187,17 @@ class Finals:
         meanwhile, and a store that does not answer, get ESME_RX_T_APPN (the carrier sends
         it again); a node that dies before it settles leaves a lease that lapses, and the
         carrier's resend is claimed and reported again (at least once: the client may get
-        that receipt twice, never none)."""
+        that receipt twice, never none).
+
+        The claim is stepped here, not run as a task (see :class:`_Claim`): one per final
+        receipt, a task's set-up cost as much as the claim itself. A claim that fails and
+        is tried again (rare: the store did not answer) runs as a task of its own."""
+        _Claim(self, stored, report, accepted)()  # its first step, now
+
+    def _claim_done(
+        self, stored: StoredMessage, report: DeliveryReport, accepted: float | None, won: bool
+    ) -> None:
         message_id = stored.message.id
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + _CLAIM_RETRY
-        pause = 0.05
-        while True:
-            try:
-                won = await self.store.claim_final(message_id, report)
-                break
-            except Exception as exc:
-                waiting = self.finishing.get(message_id, ())
-                if any(respond is not None for respond in waiting):
-                    # A carrier waits for our answer: it sends the receipt again.
-                    log.info("message %s: final receipt not claimed now: %s", message_id, exc)
-                    self._retry_later(message_id)
-                    return
-                if loop.time() + pause > give_up:
-                    # Nobody would send it again (answered already, or decided here).
-                    log.error("message %s: final receipt never claimed: %s", message_id, exc)
-                    self.metrics.event("receipt_dropped", report.carrier)
-                    self.finishing.pop(message_id, None)
-                    return
-                await asyncio.sleep(pause)  # a bounded retry with back-off, not a wait
-                pause = min(2.0, pause * 2)
         if not won:
             self.metrics.event("receipt_duplicate", report.carrier)
             self.durably(message_id, True)
@@ -208,6 +208,65 @@ class Finals:
         except Exception:
             log.exception("message %s: its receipt could not be delivered nor held", message_id)
             self._claimed(message_id, report, False)
+
+    def _claim_failed(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        accepted: float | None,
+        exc: Exception,
+    ) -> None:
+        """A claim raised: a carrier that waits is asked to send the receipt again; with
+        none waiting it is tried again, with back-off, by a task (see _claim_again)."""
+        message_id = stored.message.id
+        if not isinstance(exc, StoreError):  # a bug (in the store, or the claim's stepping)
+            log.error("message %s: claiming its final receipt failed", message_id, exc_info=exc)
+        if self._carrier_waits(message_id):
+            log.info("message %s: final receipt not claimed now: %s", message_id, exc)
+            self._retry_later(message_id)
+            return
+        task = asyncio.create_task(self._claim_again(stored, report, accepted, exc))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _carrier_waits(self, message_id: str) -> bool:
+        return any(respond is not None for respond in self.finishing.get(message_id, ()))
+
+    async def _claim_again(
+        self,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        accepted: float | None,
+        exc: Exception,
+    ) -> None:
+        """Claim a final receipt that no carrier will send again (``ack_after: enqueue``,
+        or one decided here) until the store answers, for ``_CLAIM_RETRY`` seconds at
+        most (a bounded retry with back-off; a carrier's receipt that joins meanwhile is
+        answered to send it again)."""
+        message_id = stored.message.id
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _CLAIM_RETRY
+        pause = 0.05
+        while True:
+            if loop.time() + pause > give_up:
+                # Nobody would send it again (answered already, or decided here).
+                log.error("message %s: final receipt never claimed: %s", message_id, exc)
+                self.metrics.event("receipt_dropped", report.carrier)
+                self.finishing.pop(message_id, None)
+                return
+            await asyncio.sleep(pause)  # a bounded retry with back-off, not a wait
+            pause = min(2.0, pause * 2)
+            try:
+                won = await self.store.claim_final(message_id, report)
+                break
+            except Exception as again:
+                if self._carrier_waits(message_id):
+                    # A carrier waits for our answer: it sends the receipt again.
+                    log.info("message %s: final receipt not claimed now: %s", message_id, again)
+                    self._retry_later(message_id)
+                    return
+                exc = again
+        self._claim_done(stored, report, accepted, won)
 
     def _claimed(self, message_id: str, report: DeliveryReport, reported: bool) -> None:
         """A claimed final receipt is delivered or held (``reported``): settle the claim,
@@ -245,9 +304,11 @@ class Finals:
         except Exception as exc:  # the store is closed
             self._settled(message_id, exc)
             return
-        written.add_done_callback(partial(self._settle_written, message_id))
+        self._settling[written] = message_id
+        written.add_done_callback(self._on_settled, context=self.context)
 
-    def _settle_written(self, message_id: str, written: asyncio.Future[None]) -> None:
+    def _settle_written(self, written: asyncio.Future[None]) -> None:
+        message_id = self._settling.pop(written)
         self._settled(message_id, None if written.cancelled() else written.exception())
 
     def _settled(self, message_id: str, exc: BaseException | None) -> None:
@@ -264,7 +325,7 @@ class Finals:
         """A final receipt for a message whose final state is being made durable: its
         answer waits for that one's (no second receipt to the client)."""
         self.metrics.event("receipt_duplicate", report.carrier)
-        self.finishing[our_id].append(respond)
+        self.finishing[our_id] += (respond,)
         if self.store.unwritable is not None:
             self.answer_later(our_id)
 
@@ -286,7 +347,7 @@ class Finals:
                 message_id,
                 report.state.name,
             )
-        self.finishing.setdefault(message_id, [respond])
+        self.finishing.setdefault(message_id, _NOBODY if respond is None else (respond,))
         try:
             self.store.set_final(message_id, report, partial(self.durably, message_id))
         except Exception:
@@ -305,7 +366,7 @@ class Finals:
         if waiting:
             for respond in waiting:
                 answer(respond, RETRY_LATER)
-            waiting.clear()
+            self.finishing[message_id] = ()
 
     def answer_waiting(self) -> None:
         """While the store cannot write, no carrier is kept waiting for a final state:
@@ -323,10 +384,67 @@ class Finals:
             answer(respond, ROK if ok else RETRY_LATER)
 
 
+#: What ``finishing`` holds for a final receipt no carrier waits on.
+_NOBODY: tuple[Respond | None, ...] = (None,)
+
 #: Seconds a node keeps trying to claim a final receipt that no carrier will send again
 #: (``ack_after: enqueue``, or one decided here) while the store cannot answer or another
 #: node's report lease (``claim_seconds``, 30 s) is live.
 _CLAIM_RETRY = 90.0
+
+
+class _Claim:
+    """One final receipt's ``claim_final``, stepped by hand rather than run as a task.
+
+    The claim's coroutine runs at once up to its wait for the store's batch (so its record
+    joins the batch being gathered now), and resumes when that future is done — what a
+    task does, without a task's set-up (a context copy, a loop call, its registration in
+    asyncio's set of all tasks) nor the objects it keeps alive while the batch is out.
+    It waits only on futures (asyncio's protocol: a yielded future with
+    ``_asyncio_future_blocking`` set) and bare yields — ``claim_final`` must not need a
+    task (no ``asyncio.timeout`` in it: its deadline is the store's, on the future; a
+    failure of that kind is logged as the bug it is, and the claim is tried again in a
+    task); every future it waits on is settled by the store (answered, failed by the read
+    deadline, or failed at close), so a claim always ends, in :meth:`Finals._claim_done`
+    or :meth:`Finals._claim_failed`.
+    """
+
+    __slots__ = ("accepted", "coro", "finals", "report", "stored")
+
+    def __init__(
+        self,
+        finals: Finals,
+        stored: StoredMessage,
+        report: DeliveryReport,
+        accepted: float | None,
+    ) -> None:
+        self.finals = finals
+        self.stored = stored
+        self.report = report
+        self.accepted = accepted
+        self.coro = finals.store.claim_final(stored.message.id, report)
+
+    def __call__(self, _done: object = None) -> None:
+        """One step: now, then as the done callback of what it waits on (the claim itself
+        is the callback: no bound method made per step)."""
+        try:
+            waits = self.coro.send(None)
+        except StopIteration as end:
+            self.finals._claim_done(self.stored, self.report, self.accepted, end.value)
+            return
+        except Exception as exc:
+            self.finals._claim_failed(self.stored, self.report, self.accepted, exc)
+            return
+        if getattr(waits, "_asyncio_future_blocking", None):
+            waits._asyncio_future_blocking = False
+            waits.add_done_callback(self, context=self.finals.context)
+        elif waits is None:  # a bare yield (``asyncio.sleep(0)``): the next loop turn
+            asyncio.get_running_loop().call_soon(self, context=self.finals.context)
+        else:
+            self.coro.close()
+            self.finals._claim_failed(
+                self.stored, self.report, self.accepted, RuntimeError(f"claim awaited {waits!r}")
+            )
 
 
 def answer(respond: Respond | None, status: int) -> None:
