@@ -6,17 +6,18 @@ JSON POST needs a third of that (bench/http_api.py). Each connection of the API'
 listener starts with a :class:`Lane`, which reads requests itself while they are the
 plain kind: the line ``POST /v1/messages HTTP/1.1``, a head of well-formed fields within
 ``MAX_HEAD`` octets, one ``Content-Length`` no larger than ``max_body``, and no
-``Transfer-Encoding``, ``Expect``, ``Upgrade`` or ``Connection: close``. Each is answered
-by :meth:`smsc.http_api.HttpApi.post_messages` — what the aiohttp route runs — in order,
-one at a time: requests pipelined behind it wait in the buffer (bounded: reading pauses
-past ``max_body`` + ``MAX_HEAD`` octets, and while the transport's write buffer is full).
+``Transfer-Encoding``, ``Content-Encoding``, ``Expect``, ``Upgrade`` or ``Connection:
+close``. Each is answered by :meth:`smsc.http_api.HttpApi.post_messages` — what the
+aiohttp route runs — in order, one at a time: requests pipelined behind it wait in the
+buffer (bounded: reading pauses past ``max_body`` + ``MAX_HEAD`` octets, and while the
+transport's write buffer is full).
 An answer is one write: status line, ``Content-Type``, ``Content-Length``, ``Date``, the
 problem's own fields (``Retry-After``, ...), the body.
 
-The first request that is not plain — another route or method, HTTP/1.0, a chunked or
-oversized body, a malformed or oversized head — is left unread, and once the answers
-before it are written the connection is handed to aiohttp: its protocol gets the
-transport and the octets not yet parsed, and serves the rest of the connection as it
+The first request that is not plain — another route or method, HTTP/1.0, a chunked,
+compressed or oversized body, a malformed or oversized head — is left unread, and once
+the answers before it are written the connection is handed to aiohttp: its protocol gets
+the transport and the octets not yet parsed, and serves the rest of the connection as it
 serves any (other routes, its 400, 413 and 431 answers, chunked bodies, keep-alive). TLS
 is the loop's, under both. A connection that answers nothing and moves no octet for
 ``keepalive`` seconds is closed (a sweep every ``keepalive / 8`` seconds).
@@ -41,7 +42,11 @@ PLAIN_LINE: Final = b"POST /v1/messages HTTP/1.1\r\n"
 MAX_HEAD: Final = 8190
 #: One header field: token, colon, value without control characters (obs-text allowed).
 _FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n")
-_HAND_OFF_FIELDS: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+#: Fields that make a request aiohttp's: framing and protocol changes, and a coded body
+#: (aiohttp inflates a gzip/deflate/br body before the route reads it).
+_HAND_OFF_FIELDS: Final = frozenset(
+    {b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"}
+)
 
 #: (status, Content-Type, body, extra header fields) → the answer's octets.
 Answer = tuple[int, str, bytes, dict[str, str]]

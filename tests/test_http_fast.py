@@ -7,6 +7,7 @@ limit), over TCP and TLS. Raw sockets: what goes on the wire is what is asserted
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import ssl
 from pathlib import Path
@@ -154,6 +155,21 @@ def test_a_chunked_post_is_read_by_aiohttp(run: Run, tmp_path: Path) -> None:
     run(main_())
 
 
+def test_a_compressed_post_is_read_by_aiohttp(run: Run, tmp_path: Path) -> None:
+    """aiohttp inflates a body sent with ``Content-Encoding: gzip`` before the route reads
+    it: such a request is not plain (the lane would give the route the gzip octets)."""
+
+    async def main_() -> None:
+        async with running_app(api_config(tmp_path)) as app:
+            body = gzip.compress(json.dumps({"to": "447700900351", "text": "gz"}).encode())
+            data = post("x", body=body, extra="Content-Encoding: gzip\r\n")
+            (got,) = await exchange(app.api_port, data, 1)
+            assert got.status == 202
+            assert got.json()["messages"][0]["to"] == "447700900351"
+
+    run(main_())
+
+
 def test_bad_requests_get_the_same_answers_as_from_aiohttp(run: Run, tmp_path: Path) -> None:
     async def main_() -> None:
         config = api_config(tmp_path)
@@ -269,6 +285,7 @@ def test_read_plain_waits_for_more_and_takes_nothing(cut: int) -> None:
         b"POST /v1/messages HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
         b"POST /v1/messages HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
         b"POST /v1/messages HTTP/1.1\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /v1/messages HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}",
         b"POST /v1/messages HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
         b"POST /v1/messages HTTP/1.1\r\nContent-Length: -2\r\n\r\n{}",
         b"POST /v1/messages HTTP/1.1\r\nContent-Length: 2000\r\n\r\n",
@@ -288,6 +305,7 @@ def test_read_plain_waits_for_more_and_takes_nothing(cut: int) -> None:
         "expect",
         "close",
         "upgrade",
+        "compressed",
         "two-lengths",
         "bad-length",
         "over-max-body",
