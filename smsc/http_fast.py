@@ -223,6 +223,9 @@ class Lane(asyncio.Protocol):
         """Answer the next request in the buffer, or hand the connection to aiohttp."""
         if self.closed or self._write_paused:
             return
+        if self.listener.stopping:  # (the answers written: no other request starts)
+            self._close()
+            return
         if self._read_paused:
             self._read_paused = False
             assert self.transport is not None
@@ -294,6 +297,8 @@ class FastListener:
         self.max_buffer = max_body + MAX_HEAD
         self.keepalive = keepalive
         self.date = _Date()
+        #: Set by :meth:`stop`: a lane starts no request (nor hands one to aiohttp) then.
+        self.stopping = False
         self.lanes: set[Lane] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -327,8 +332,9 @@ class FastListener:
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting; answer the requests being answered (``timeout`` seconds at
-        most, then they are cancelled); close the lane's connections (aiohttp closes
-        those it was handed)."""
+        most, then they are cancelled) and start none pipelined behind them; close the
+        lane's connections (aiohttp closes those it was handed)."""
+        self.stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

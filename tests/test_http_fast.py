@@ -252,6 +252,38 @@ def test_an_idle_connection_is_closed_after_keepalive(run: Run) -> None:
     run(main_())
 
 
+def test_stop_answers_the_request_in_progress_and_starts_no_other(run: Run) -> None:
+    """A request pipelined behind the one being answered when the listener stops is not
+    started (as aiohttp starts none at shutdown): the client gets the first answer, then
+    the connection closes."""
+    bodies: list[bytes] = []
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(authorization: str, key: str | None, body: bytes) -> Any:
+        bodies.append(body)
+        started.set()
+        await release.wait()
+        return 202, "application/json", b"{}", {}
+
+    async def main_() -> None:
+        listener = FastListener(handler, lambda: None, max_body=1024)
+        await listener.start("127.0.0.1", 0)
+        async with asyncio.timeout(DEADLINE):
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+            writer.write(post("447700900751") + post("447700900752"))
+            await started.wait()
+            stopping = asyncio.create_task(listener.stop(DEADLINE))
+            release.set()
+            await stopping
+            assert [json.loads(b)["to"] for b in bodies] == ["447700900751"]
+            assert (await answer(reader)).status == 202
+            assert await reader.read() == b""
+            writer.close()
+
+    run(main_())
+
+
 # --- read_plain ------------------------------------------------------------------------------
 
 
