@@ -19,8 +19,10 @@ compressed or oversized body, a malformed or oversized head — is left unread, 
 the answers before it are written the connection is handed to aiohttp: its protocol gets
 the transport and the octets not yet parsed, and serves the rest of the connection as it
 serves any (other routes, its 400, 413 and 431 answers, chunked bodies, keep-alive). TLS
-is the loop's, under both. A connection that answers nothing and moves no octet for
-``keepalive`` seconds is closed (a sweep every ``keepalive / 8`` seconds).
+is the loop's, under both. A connection with no request being answered is closed
+``keepalive`` seconds after it opened or last answered — idle, or with a request that is
+not whole by then (a head or a body that trickles in: octets moving do not keep it
+open) — by a sweep every ``keepalive / 8`` seconds.
 """
 
 from __future__ import annotations
@@ -177,7 +179,8 @@ class Lane(asyncio.Protocol):
         self._eof = False
         self._write_paused = False
         self._read_paused = False
-        #: The loop's time of the last octet read or written.
+        #: The loop's time the connection opened or last answered (by which the sweep
+        #: judges it: not by octets read, which a trickling client keeps coming).
         self.active_at = 0.0
 
     # --- asyncio.Protocol ---
@@ -189,7 +192,6 @@ class Lane(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self.active_at = self.listener.loop.time()
         if self.task is None:
             self._next()
         # (requests pipelined behind the one being answered, or while the client does

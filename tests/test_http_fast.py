@@ -7,6 +7,7 @@ limit), over TCP and TLS. Raw sockets: what goes on the wire is what is asserted
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import ssl
@@ -246,6 +247,52 @@ def test_an_idle_connection_is_closed_after_keepalive(run: Run) -> None:
                 assert (await answer(reader)).status == 202
                 assert await reader.read() == b""  # closed by the listener, idle
                 writer.close()
+        finally:
+            await listener.stop(1.0)
+
+    run(main_())
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"POST /v1/messages HTTP/1.1\r\nX: ",
+        b"POST /v1/messages HTTP/1.1\r\nContent-Length: 900\r\n\r\n",
+    ],
+    ids=["head", "body"],
+)
+def test_a_request_that_trickles_in_is_closed_after_keepalive(run: Run, start: bytes) -> None:
+    """A head or a body sent an octet at a time, each well within ``keepalive``: the
+    request is not whole ``keepalive`` seconds after the connection opened, and the
+    connection is closed (octets moving do not keep it open)."""
+
+    async def handler(authorization: str, key: str | None, body: bytes) -> Any:
+        return 202, "application/json", b"{}", {}
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        writer.write(start)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await asyncio.sleep(0.02)  # (the client's pace)
+                writer.write(b"a")
+                await writer.drain()
+
+    async def main_() -> None:
+        listener = FastListener(handler, lambda: None, max_body=1024, keepalive=0.2)
+        await listener.start("127.0.0.1", 0)
+        try:
+            async with asyncio.timeout(DEADLINE):
+                reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+                sender = asyncio.create_task(trickle(writer))
+                try:
+                    # closed by the listener (a reset: the octets it had not read)
+                    with contextlib.suppress(ConnectionResetError):
+                        assert await reader.read() == b""
+                    assert reader.at_eof() or reader.exception() is not None
+                finally:
+                    sender.cancel()
+                    await asyncio.gather(sender, return_exceptions=True)
+                    writer.close()
         finally:
             await listener.stop(1.0)
 
