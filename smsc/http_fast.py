@@ -10,8 +10,9 @@ plain kind: the line ``POST /v1/messages HTTP/1.1``, a head of well-formed field
 close``. Each is answered by :meth:`smsc.http_api.HttpApi.post_messages` — what the
 aiohttp route runs — in order, one at a time: requests pipelined behind it wait in the
 buffer (bounded: reading pauses past ``max_body`` + ``MAX_HEAD`` octets, and while the
-transport's write buffer is full).
-An answer is one write: status line, ``Content-Type``, ``Content-Length``, ``Date``, the
+transport's write buffer is full). A whole head whose body is still coming is not parsed
+again until the octets its length asks for are in, however many reads they take. An
+answer is one write: status line, ``Content-Type``, ``Content-Length``, ``Date``, the
 problem's own fields (``Retry-After``, ...), the body.
 
 The first request that is not plain — another route or method, HTTP/1.0, a chunked,
@@ -114,9 +115,10 @@ MORE: Final = "more"
 NOT_PLAIN: Final = "not plain"
 
 
-def read_plain(buf: bytearray, max_body: int) -> _Plain | str:
+def read_plain(buf: bytearray, max_body: int) -> _Plain | str | int:
     """The first request in ``buf`` (removed from it) when it is plain; else MORE (no
-    octet removed) or NOT_PLAIN (nothing removed: for aiohttp to read)."""
+    octet removed), the octets it needs in all when its head is whole and plain but not
+    its body (no octet removed), or NOT_PLAIN (nothing removed: for aiohttp to read)."""
     line = len(PLAIN_LINE)
     if len(buf) < line:
         return MORE if PLAIN_LINE.startswith(buf) else NOT_PLAIN
@@ -159,7 +161,7 @@ def read_plain(buf: bytearray, max_body: int) -> _Plain | str:
         return NOT_PLAIN
     start = end + 4
     if len(buf) < start + length:
-        return MORE
+        return start + length
     body = bytes(buf[start : start + length])
     del buf[: start + length]
     return _Plain(authorization, key, body)
@@ -174,6 +176,8 @@ class Lane(asyncio.Protocol):
         self.buf = bytearray()
         #: The request being answered (its task), if any.
         self.task: asyncio.Task[None] | None = None
+        #: Octets the buffer's first request needs (its head read: its body is coming).
+        self.need = 0
         self.handed = False
         self.closed = False
         self._eof = False
@@ -236,14 +240,22 @@ class Lane(asyncio.Protocol):
             if self._eof:
                 self._close()
             return
+        if len(self.buf) < self.need:  # (a body coming: its head is not parsed again)
+            if self._eof:
+                self._close()
+            return
         request = read_plain(self.buf, self.listener.max_body)
-        if request is NOT_PLAIN:
-            self._hand_off()
-        elif isinstance(request, _Plain):
+        if isinstance(request, _Plain):
+            self.need = 0
             self.task = self.listener.loop.create_task(self._answer(request))
             self.listener.tasks.add(self.task)
-        elif self._eof:  # (a part of a request, and no more coming)
-            self._close()
+        elif request is NOT_PLAIN:
+            self._hand_off()
+        else:
+            if isinstance(request, int):
+                self.need = request
+            if self._eof:  # (a part of a request, and no more coming)
+                self._close()
 
     async def _answer(self, request: _Plain) -> None:
         listener = self.listener
