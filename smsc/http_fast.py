@@ -12,8 +12,9 @@ aiohttp route runs — in order, one at a time: requests pipelined behind it wai
 buffer (bounded: reading pauses past ``max_body`` + ``MAX_HEAD`` octets, and while the
 transport's write buffer is full). A whole head whose body is still coming is not parsed
 again until the octets its length asks for are in, however many reads they take. An
-answer is one write: status line, ``Content-Type``, ``Content-Length``, ``Date``, the
-problem's own fields (``Retry-After``, ...), the body.
+answer is one write: status line, ``Content-Type``, ``Content-Length``, ``Date``,
+``Server`` (aiohttp's, as its answers give it), the problem's own fields
+(``Retry-After``, ...), the body.
 
 The first request that is not plain — another route or method, HTTP/1.0, a chunked,
 compressed or oversized body, a malformed or oversized head — is left unread, and once
@@ -36,6 +37,8 @@ from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
+
+from aiohttp.http import SERVER_SOFTWARE
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,10 @@ class _Date:
         return self.line
 
 
+#: The ``Server`` field line aiohttp's answers carry (the lane's are the same).
+_SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n".encode("latin-1")
+
+
 def encode_answer(answer: Answer, date: bytes) -> bytes:
     """An answer's octets: head and body in one piece."""
     status, content_type, body, fields = answer
@@ -90,6 +97,7 @@ def encode_answer(answer: Answer, date: bytes) -> bytes:
         _STATUS_LINES.get(status) or _status_line(status),
         b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type.encode("latin-1"), len(body)),
         date,
+        _SERVER,
     ]
     for name, value in fields.items():
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))

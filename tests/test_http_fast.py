@@ -140,6 +140,19 @@ def test_a_request_that_is_not_plain_hands_the_rest_of_the_connection_to_aiohttp
     run(main_())
 
 
+def test_the_lane_answers_with_the_fields_aiohttp_answers_with(run: Run, tmp_path: Path) -> None:
+    async def main_() -> None:
+        async with running_app(api_config(tmp_path)) as app:
+            data = post("447700900211") + get("/v1/account") + post("447700900212")
+            lane, _, route = await exchange(app.api_port, data, 3)
+            assert (lane.status, route.status) == (202, 202)
+            assert sorted(lane.headers) == sorted(route.headers)
+            for name in ("content-type", "server"):
+                assert lane.headers[name] == route.headers[name]
+
+    run(main_())
+
+
 def test_a_chunked_post_is_read_by_aiohttp(run: Run, tmp_path: Path) -> None:
     async def main_() -> None:
         async with running_app(api_config(tmp_path)) as app:
