@@ -6,20 +6,25 @@ JSON POST needs a third of that (bench/http_api.py). Each connection of the API'
 listener starts with a :class:`Lane`, which reads requests itself while they are the
 plain kind: the line ``POST /v1/messages HTTP/1.1``, a head of well-formed fields within
 ``MAX_HEAD`` octets, one ``Content-Length`` no larger than ``max_body``, and no
-``Transfer-Encoding``, ``Expect``, ``Upgrade`` or ``Connection: close``. Each is answered
-by :meth:`smsc.http_api.HttpApi.post_messages` — what the aiohttp route runs — in order,
-one at a time: requests pipelined behind it wait in the buffer (bounded: reading pauses
-past ``max_body`` + ``MAX_HEAD`` octets, and while the transport's write buffer is full).
-An answer is one write: status line, ``Content-Type``, ``Content-Length``, ``Date``, the
-problem's own fields (``Retry-After``, ...), the body.
+``Transfer-Encoding``, ``Content-Encoding``, ``Expect``, ``Upgrade`` or ``Connection:
+close``. Each is answered by :meth:`smsc.http_api.HttpApi.post_messages` — what the
+aiohttp route runs — in order, one at a time: requests pipelined behind it wait in the
+buffer (bounded: reading pauses past ``max_body`` + ``MAX_HEAD`` octets, and while the
+transport's write buffer is full). A whole head whose body is still coming is not parsed
+again until the octets its length asks for are in, however many reads they take. An
+answer is one write: status line, ``Content-Type``, ``Content-Length``, ``Date``,
+``Server`` (aiohttp's, as its answers give it), the problem's own fields
+(``Retry-After``, ...), the body.
 
-The first request that is not plain — another route or method, HTTP/1.0, a chunked or
-oversized body, a malformed or oversized head — is left unread, and once the answers
-before it are written the connection is handed to aiohttp: its protocol gets the
-transport and the octets not yet parsed, and serves the rest of the connection as it
+The first request that is not plain — another route or method, HTTP/1.0, a chunked,
+compressed or oversized body, a malformed or oversized head — is left unread, and once
+the answers before it are written the connection is handed to aiohttp: its protocol gets
+the transport and the octets not yet parsed, and serves the rest of the connection as it
 serves any (other routes, its 400, 413 and 431 answers, chunked bodies, keep-alive). TLS
-is the loop's, under both. A connection that answers nothing and moves no octet for
-``keepalive`` seconds is closed (a sweep every ``keepalive / 8`` seconds).
+is the loop's, under both. A connection with no request being answered is closed
+``keepalive`` seconds after it opened or last answered — idle, or with a request that is
+not whole by then (a head or a body that trickles in: octets moving do not keep it
+open) — by a sweep every ``keepalive / 8`` seconds.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
 
+from aiohttp.http import SERVER_SOFTWARE
+
 log = logging.getLogger(__name__)
 
 #: The request line of the requests the lane reads itself.
@@ -41,7 +48,11 @@ PLAIN_LINE: Final = b"POST /v1/messages HTTP/1.1\r\n"
 MAX_HEAD: Final = 8190
 #: One header field: token, colon, value without control characters (obs-text allowed).
 _FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n")
-_HAND_OFF_FIELDS: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+#: Fields that make a request aiohttp's: framing and protocol changes, and a coded body
+#: (aiohttp inflates a gzip/deflate/br body before the route reads it).
+_HAND_OFF_FIELDS: Final = frozenset(
+    {b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"}
+)
 
 #: (status, Content-Type, body, extra header fields) → the answer's octets.
 Answer = tuple[int, str, bytes, dict[str, str]]
@@ -75,6 +86,10 @@ class _Date:
         return self.line
 
 
+#: The ``Server`` field line aiohttp's answers carry (the lane's are the same).
+_SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n".encode("latin-1")
+
+
 def encode_answer(answer: Answer, date: bytes) -> bytes:
     """An answer's octets: head and body in one piece."""
     status, content_type, body, fields = answer
@@ -82,6 +97,7 @@ def encode_answer(answer: Answer, date: bytes) -> bytes:
         _STATUS_LINES.get(status) or _status_line(status),
         b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type.encode("latin-1"), len(body)),
         date,
+        _SERVER,
     ]
     for name, value in fields.items():
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))
@@ -107,9 +123,10 @@ MORE: Final = "more"
 NOT_PLAIN: Final = "not plain"
 
 
-def read_plain(buf: bytearray, max_body: int) -> _Plain | str:
+def read_plain(buf: bytearray, max_body: int) -> _Plain | str | int:
     """The first request in ``buf`` (removed from it) when it is plain; else MORE (no
-    octet removed) or NOT_PLAIN (nothing removed: for aiohttp to read)."""
+    octet removed), the octets it needs in all when its head is whole and plain but not
+    its body (no octet removed), or NOT_PLAIN (nothing removed: for aiohttp to read)."""
     line = len(PLAIN_LINE)
     if len(buf) < line:
         return MORE if PLAIN_LINE.startswith(buf) else NOT_PLAIN
@@ -152,7 +169,7 @@ def read_plain(buf: bytearray, max_body: int) -> _Plain | str:
         return NOT_PLAIN
     start = end + 4
     if len(buf) < start + length:
-        return MORE
+        return start + length
     body = bytes(buf[start : start + length])
     del buf[: start + length]
     return _Plain(authorization, key, body)
@@ -167,12 +184,15 @@ class Lane(asyncio.Protocol):
         self.buf = bytearray()
         #: The request being answered (its task), if any.
         self.task: asyncio.Task[None] | None = None
+        #: Octets the buffer's first request needs (its head read: its body is coming).
+        self.need = 0
         self.handed = False
         self.closed = False
         self._eof = False
         self._write_paused = False
         self._read_paused = False
-        #: The loop's time of the last octet read or written.
+        #: The loop's time the connection opened or last answered (by which the sweep
+        #: judges it: not by octets read, which a trickling client keeps coming).
         self.active_at = 0.0
 
     # --- asyncio.Protocol ---
@@ -184,7 +204,6 @@ class Lane(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self.active_at = self.listener.loop.time()
         if self.task is None:
             self._next()
         # (requests pipelined behind the one being answered, or while the client does
@@ -218,6 +237,9 @@ class Lane(asyncio.Protocol):
         """Answer the next request in the buffer, or hand the connection to aiohttp."""
         if self.closed or self._write_paused:
             return
+        if self.listener.stopping:  # (the answers written: no other request starts)
+            self._close()
+            return
         if self._read_paused:
             self._read_paused = False
             assert self.transport is not None
@@ -226,14 +248,22 @@ class Lane(asyncio.Protocol):
             if self._eof:
                 self._close()
             return
+        if len(self.buf) < self.need:  # (a body coming: its head is not parsed again)
+            if self._eof:
+                self._close()
+            return
         request = read_plain(self.buf, self.listener.max_body)
-        if request is NOT_PLAIN:
-            self._hand_off()
-        elif isinstance(request, _Plain):
+        if isinstance(request, _Plain):
+            self.need = 0
             self.task = self.listener.loop.create_task(self._answer(request))
             self.listener.tasks.add(self.task)
-        elif self._eof:  # (a part of a request, and no more coming)
-            self._close()
+        elif request is NOT_PLAIN:
+            self._hand_off()
+        else:
+            if isinstance(request, int):
+                self.need = request
+            if self._eof:  # (a part of a request, and no more coming)
+                self._close()
 
     async def _answer(self, request: _Plain) -> None:
         listener = self.listener
@@ -289,6 +319,8 @@ class FastListener:
         self.max_buffer = max_body + MAX_HEAD
         self.keepalive = keepalive
         self.date = _Date()
+        #: Set by :meth:`stop`: a lane starts no request (nor hands one to aiohttp) then.
+        self.stopping = False
         self.lanes: set[Lane] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -322,8 +354,9 @@ class FastListener:
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting; answer the requests being answered (``timeout`` seconds at
-        most, then they are cancelled); close the lane's connections (aiohttp closes
-        those it was handed)."""
+        most, then they are cancelled) and start none pipelined behind them; close the
+        lane's connections (aiohttp closes those it was handed)."""
+        self.stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

@@ -8,7 +8,7 @@ connection (or opens one: TCP, or TLS through the loop's ssl support), writes th
 in one write, and parses the response's status line, headers and body (Content-Length,
 chunked, or until the connection closes). :meth:`WebhookClient.post_many` writes several
 POSTs to one URL at once on one connection (HTTP/1.1 pipelining) and reads their answers
-in order.
+in order, each within ``timeout`` of the one before.
 
 Bounded: at most ``max_idle`` idle connections per host and ``max_hosts`` hosts with idle
 connections (the oldest are closed beyond that); a body is kept up to ``max_body`` bytes
@@ -388,10 +388,13 @@ class WebhookClient:
         self, url: str, requests: list[tuple[bytes, dict[str, str]]]
     ) -> list[Response | Exception]:
         """POST each (body, headers) to ``url`` (not guarded), pipelined on one
-        connection (in one write), within one ``timeout``: the answers, in order — or,
-        for each that got none, why (TimeoutError, HttpError, OSError). The requests a
-        server closed the connection on before answering (nothing of their answer read)
-        are sent again, in order, on a new connection while each round gets some answered."""
+        connection (in one write): the answers, in order — or, for each that got none,
+        why (TimeoutError, HttpError, OSError). The first answer is due within
+        ``timeout`` (connecting included), each next one within ``timeout`` of the one
+        before (a receiver answers pipelined requests one after another); an answer got
+        stands whatever befalls those after it. The requests a server closed the
+        connection on before answering (nothing of their answer read) are sent again, in
+        order, on a new connection while each round gets some answered."""
         target = self._target(url)
         results: list[Response | Exception | None] = [None] * len(requests)
         datas: list[bytes] = []
@@ -403,27 +406,37 @@ class WebhookClient:
             except HttpError as exc:
                 datas.append(b"")
                 results[i] = exc
+        loop = asyncio.get_running_loop()
+        waited = False  # (an answer waited for: the next one's deadline runs from it)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout) as deadline:
                 while pending:
                     conn, reused = self._take(target.key), True
                     if conn is None:
                         conn, reused = await self._open(target, False), False
                     self._busy.add(conn)
+                    futures: list[asyncio.Future[Response]] = []
+                    again = []
                     try:
                         futures = conn.send_many(b"".join(datas[i] for i in pending), len(pending))
-                        answers = await asyncio.gather(*futures, return_exceptions=True)
+                        for i, future in zip(pending, futures, strict=True):
+                            if waited and not future.done():
+                                deadline.reschedule(loop.time() + self.timeout)
+                            waited = True
+                            try:
+                                results[i] = await future
+                            except HttpError as exc:
+                                results[i] = exc
+                                if isinstance(exc, _Closed) and exc.early:
+                                    again.append(i)  # (sent again below, unless no progress)
                     finally:
+                        for future in futures:
+                            future.cancel()  # (those not answered when the time ran out)
                         self._busy.discard(conn)
                         if conn.closed:
                             conn.close()
                         else:
                             self._give(target.key, conn)
-                    again = []
-                    for i, answer in zip(pending, answers, strict=True):
-                        if isinstance(answer, _Closed) and answer.early:
-                            again.append(i)  # (sent again below, unless no progress)
-                        results[i] = answer  # type: ignore[assignment]
                     if len(again) == len(pending) and not reused:
                         break  # a new connection that answered none: their errors stand
                     pending = again

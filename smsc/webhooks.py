@@ -4,14 +4,15 @@ message sent with a ``callback_url``) become signed JSON events POSTed to its UR
 Never from a request handler: :class:`WebhookSink` sits in front of the SMPP delivery on
 the router's ReportSink path and writes each event into the durable outbox
 (smsc/outbox.py); the carrier's deliver_sm is acknowledged once that is committed.
-:class:`WebhookSender` POSTs what the outbox holds, at most ``concurrency`` at once and
-over at most ``per_endpoint`` connections per receiving host (a slow receiver only delays
-itself); JSON events to an account's own URL go up to ``pipeline`` in one write on one
-connection (HTTP/1.1 pipelining, answers in order: one write, one read and one task per
-batch rather than per event), one at a time to a receiver whose last POST failed. It retries any
-answer but a 2xx (timeouts, connection errors, 4xx and 5xx alike) with exponential
-backoff and jitter — or after the receiver's ``Retry-After`` — until the event is
-``max_age`` old; then it is dead-lettered (``GET /v1/webhooks/failures``).
+:class:`WebhookSender` POSTs what the outbox holds over at most ``concurrency``
+connections at once, at most ``per_endpoint`` of them to one receiving host (a slow
+receiver only delays itself: its events, however many are pipelined, hold only its
+connections); JSON events to an account's own URL go up to ``pipeline`` in one write on
+one connection (HTTP/1.1 pipelining, answers in order: one write, one read and one task
+per batch rather than per event), one at a time to a receiver whose last POST failed. It
+retries any answer but a 2xx (timeouts, connection errors, 4xx and 5xx alike) with
+exponential backoff and jitter — or after the receiver's ``Retry-After`` — until the
+event is ``max_age`` old; then it is dead-lettered (``GET /v1/webhooks/failures``).
 
 Each request carries ``Smsc-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." +
 body)>`` with the account's ``webhooks.secret`` (unsigned when it has none), and
@@ -400,7 +401,10 @@ class WebhookSender:
         self.metrics = SenderMetrics()
         self._wake = asyncio.Event()
         self._inflight: dict[int, str] = {}  # event id → host
+        #: Connections in use (POST tasks: one event each, or a pipelined batch), per
+        #: host and overall: the caps ``per_endpoint`` and ``concurrency`` count these.
         self._by_host: dict[str, int] = {}
+        self._conns = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._client: WebhookClient | None = None
@@ -462,8 +466,8 @@ class WebhookSender:
                 spawned = False
                 full_read = False
                 blocked = self._blocked()
-                if len(self._inflight) < cfg.concurrency:
-                    room = cfg.concurrency - len(self._inflight)
+                if self._conns < cfg.concurrency:
+                    room = cfg.concurrency - self._conns  # (a connection each, at least)
                     self._recent.clear()
                     self._reading = True
                     try:
@@ -478,8 +482,9 @@ class WebhookSender:
                             continue
                         host = urlsplit(event.url).netloc
                         batch = batches.get(event.url) if self._pipelined(event) else None
-                        if len(self._inflight) >= cfg.concurrency or (
-                            batch is None and self._by_host.get(host, 0) >= cfg.per_endpoint
+                        if batch is None and (
+                            self._conns >= cfg.concurrency
+                            or self._by_host.get(host, 0) >= cfg.per_endpoint
                         ):
                             unsent.append(event)
                             continue
@@ -487,6 +492,7 @@ class WebhookSender:
                         self._inflight[event.id] = host
                         if batch is None:  # a connection of its own (or a new batch's)
                             self._by_host[host] = self._by_host.get(host, 0) + 1
+                            self._conns += 1
                             batch = [event]
                             if self._pipelined(event):
                                 batches[event.url] = batch
@@ -598,6 +604,7 @@ class WebhookSender:
         finally:
             for event in events:
                 self._inflight.pop(event.id, None)
+            self._conns -= 1
             n = self._by_host.get(host, 1) - 1
             if n:
                 self._by_host[host] = n
@@ -613,7 +620,7 @@ class WebhookSender:
         for event in done:
             self._inflight.pop(event.id, None)
         taken: list[OutboxEvent] = []
-        while len(self._inflight) < cfg.concurrency:
+        while True:  # (on the connection counted for ``done``: no other cap to heed)
             following = self.outbox.take_next(host, self._inflight)
             if following is None:
                 break

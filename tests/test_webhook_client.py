@@ -51,6 +51,18 @@ def aiohttp_app(seen: Seen) -> web.Application:
         await seen.release.wait()
         return web.Response(status=200)
 
+    async def paced(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        await asyncio.sleep(0.5)  # (the receiver's pace: one request after another)
+        return web.Response(status=204)
+
+    async def first_only(request: web.Request) -> web.StreamResponse:
+        seen.requests.append((request.method, request.path_qs, dict(request.headers), b""))
+        await request.read()
+        if len(seen.requests) > 1:
+            await seen.release.wait()  # (the receiver answers the first, stalls the rest)
+        return web.Response(status=204)
+
     async def large(request: web.Request) -> web.StreamResponse:
         await request.read()
         return web.Response(status=200, body=b"x" * 200_000)
@@ -62,6 +74,8 @@ def aiohttp_app(seen: Seen) -> web.Application:
     app.router.add_post("/busy", busy)
     app.router.add_post("/slow", slow)
     app.router.add_post("/large", large)
+    app.router.add_post("/paced", paced)
+    app.router.add_post("/first-only", first_only)
     return app
 
 
@@ -397,5 +411,37 @@ def test_pipelined_posts_a_server_closed_on_before_answering_are_sent_again(run:
             await client.close()
         assert all(isinstance(a, HttpError) for a in answers)  # (no progress: not again)
         assert counts == [1]
+
+    run(main())
+
+
+def test_each_pipelined_answer_has_the_timeout_from_the_answer_before(run: Run) -> None:
+    """A receiver answers pipelined POSTs one after another: six at 0.5 s each take 3 s,
+    over the 2 s ``timeout``, and each is answered (the timeout is one POST's)."""
+
+    async def main() -> None:
+        seen = Seen()
+        async with aiohttp_server(seen) as base:
+            client = new_client(timeout=2.0)
+            answers = await client.post_many(f"{base}/paced", [(b"{}", {})] * 6)
+            await client.close()
+        assert [getattr(a, "status", a) for a in answers] == [204] * 6
+        assert client.opened == 1
+
+    run(main())
+
+
+def test_a_receiver_that_answers_the_first_and_stalls_the_rest(run: Run) -> None:
+    """The first answer stands (its event is delivered); the rest time out, ``timeout``
+    seconds after it."""
+
+    async def main() -> None:
+        seen = Seen()
+        async with aiohttp_server(seen) as base:
+            client = new_client(timeout=0.5)
+            answers = await client.post_many(f"{base}/first-only", [(b"{}", {})] * 3)
+            await client.close()
+        assert getattr(answers[0], "status", answers[0]) == 204
+        assert all(isinstance(a, TimeoutError) for a in answers[1:]), answers
 
     run(main())

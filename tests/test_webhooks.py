@@ -307,6 +307,43 @@ def test_a_stuck_receiver_holds_only_its_own_slots_and_never_delays_another_acco
     run1(main())
 
 
+def test_a_stuck_receivers_pipelined_events_never_take_the_slots_of_another_account(
+    run1: Run, tmp_path: Path
+) -> None:
+    """Events pipelined on one connection to a receiver that stops answering hold that
+    connection only: ``concurrency`` counts connections, so another account's event goes
+    out at once (not after the stuck batch's timeout)."""
+
+    async def main() -> None:
+        release = asyncio.Event()
+        async with Receiver(hang=release) as stuck, Receiver() as healthy:
+            config = api_config(
+                tmp_path,
+                account=hooks(stuck),
+                other={"webhooks": {"status_url": healthy.url("/ok"), "secret": SECRET}},
+                webhooks={"per_endpoint": 1, "concurrency": 2, "timeout": 30.0},
+            )
+            async with running_app(config) as app, client(app) as c:
+                sender, outbox = app.web.sender, app.web.outbox
+                assert sender is not None
+                for _ in range(6):
+                    await send_one(c)
+                # one POST hangs (the next ones pipelined behind it, or waiting for its
+                # connection: per_endpoint)
+                assert await sender.wait_for(lambda: outbox.waiting == 6, DEADLINE)
+                await stuck.wait_for(lambda: stuck.open == 1)
+                release.set()  # the first is answered; the next ones, pipelined on its
+                release.clear()  # connection, hang: two events or more on one connection
+                await stuck.wait_for(lambda: len(stuck.calls) == 1 and stuck.open == 1)
+                async with Client(app.api_port, f"Bearer {OTHER_KEY}") as other:
+                    theirs = await send_one(other)
+                await healthy.wait_for(lambda: bool(final_calls(healthy, theirs)))
+                release.set()
+                await stuck.wait_for(lambda: len(stuck.taken()) == 6)
+
+    run1(main())
+
+
 def test_five_failures_in_a_row_open_the_receivers_breaker(run1: Run, tmp_path: Path) -> None:
     """One POST at a time to the receiver: after 5 failures in a row nothing goes to it
     for backoff_min (1 s) — not even the events never tried — then it is tried again."""
