@@ -134,12 +134,11 @@ class SqliteFile:
             await self._wake.wait()
             if self.gather > 0 and not self._urgent.is_set():
                 # group commit: what comes within ``gather`` seconds joins this transaction
-                # (fewer, larger ones: each costs a hand-off to the thread and a commit)
-                try:
-                    async with asyncio.timeout(self.gather):
-                        await self._urgent.wait()
-                except TimeoutError:
-                    pass
+                # (fewer, larger ones: each costs a hand-off to the thread and a commit);
+                # the deadline is a timer setting ``_urgent``: no cancellation to unwind
+                timer = asyncio.get_running_loop().call_later(self.gather, self._urgent.set)
+                await self._urgent.wait()
+                timer.cancel()
             self._urgent.clear()
             self._wake.clear()
             batch, self._queue = self._queue, []
