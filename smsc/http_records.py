@@ -243,9 +243,9 @@ class SqliteRecords:
 
     def purge(self, before_messages: float, before_answers: float) -> None:
         rows = [(before_messages,)]
-        self.file.write("DELETE FROM messages WHERE created < ?", rows, force=True)
+        self.file.post("DELETE FROM messages WHERE created < ?", rows)
         rows = [(before_answers,)]
-        self.file.write("DELETE FROM idempotency WHERE created < ?", rows, force=True)
+        self.file.post("DELETE FROM idempotency WHERE created < ?", rows)
 
 
 def _sent(row: tuple[object, ...]) -> SentMessage:

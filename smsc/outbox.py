@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Collection
+from functools import lru_cache, partial
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -177,7 +178,7 @@ class SqliteOutbox:
         done = self.file.write(
             "INSERT INTO events (id, account, url, body, created, next_at, kind, host)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(event_id, account, url, body, now, now, kind, urlsplit(url).netloc)],
+            [(event_id, account, url, body, now, now, kind, _host(url))],
         )
         if done is None:
             return None
@@ -194,16 +195,17 @@ class SqliteOutbox:
             next_at=now,
             kind=kind,
         )
-        done.add_done_callback(lambda f: self._committed(event, not f.cancelled() and f.result()))
+        done.add_done_callback(partial(self._committed, event))
         return done
 
-    def _committed(self, event: OutboxEvent, ok: bool) -> None:
+    def _committed(self, event: OutboxEvent, done: asyncio.Future[bool]) -> None:
+        ok = not done.cancelled() and done.result()
         self._uncommitted -= 1
         self._seen_id = max(self._seen_id, event.id)
         if not ok:  # not in the file: nothing waits (whoever put it is told False)
             self._waiting = max(0, self._waiting - 1)
         elif len(self._fresh_ids) < self.memory:
-            self._fresh.setdefault(urlsplit(event.url).netloc, deque()).append(event)
+            self._fresh.setdefault(_host(event.url), deque()).append(event)
             self._fresh_ids.add(event.id)
 
     async def due(
@@ -249,7 +251,7 @@ class SqliteOutbox:
             if len(self._fresh_ids) >= self.memory:
                 return  # (still in the file: read from there)
             if event.id not in self._fresh_ids:
-                self._fresh.setdefault(urlsplit(event.url).netloc, deque()).appendleft(event)
+                self._fresh.setdefault(_host(event.url), deque()).appendleft(event)
                 self._fresh_ids.add(event.id)
 
     def take_next(self, host: str, skip: Collection[int]) -> OutboxEvent | None:
@@ -290,26 +292,24 @@ class SqliteOutbox:
 
     def delivered(self, event_id: int) -> None:
         self._waiting = max(0, self._waiting - 1)
-        self.file.write("DELETE FROM events WHERE id = ?", [(event_id,)], force=True)
+        self.file.post("DELETE FROM events WHERE id = ?", [(event_id,)])
 
     def retry_at(self, event_id: int, attempts: int, at: float, error: str) -> None:
-        self.file.write(
+        self.file.post(
             "UPDATE events SET attempts = ?, next_at = ?, last_error = ? WHERE id = ?",
             [(attempts, at, error, event_id)],
-            force=True,
         )
 
     def dead(self, event_id: int, attempts: int, error: str) -> None:
         self._waiting = max(0, self._waiting - 1)
-        self.file.write(
+        self.file.post(
             "UPDATE events SET dead = 1, attempts = ?, last_error = ? WHERE id = ?",
             [(attempts, error, event_id)],
-            force=True,
         )
 
     def purge(self, before: float) -> None:
         sql = "DELETE FROM events WHERE dead = 1 AND created < ?"
-        self.file.write(sql, [(before,)], force=True)
+        self.file.post(sql, [(before,)])
 
     async def failures(self, account: str, limit: int) -> list[OutboxEvent]:
         rows = await self.file.read(
@@ -335,6 +335,12 @@ class SqliteOutbox:
             return False
         self._waiting += 1  # once it is waiting again, not before
         return True
+
+
+@lru_cache(maxsize=1024)
+def _host(url: str) -> str:
+    """The receiving host of ``url`` (``netloc``): what caps and breakers count by."""
+    return urlsplit(url).netloc
 
 
 def _due_order(event: OutboxEvent) -> tuple[float, int]:

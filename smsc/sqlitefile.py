@@ -1,8 +1,10 @@
 """A small SQLite file of smsc's own (the HTTP API's records, the webhook outbox), off the
 event loop: one thread owns the connection; writes are gathered into one transaction
-(group commit) and each caller learns when its write is durable; reads wait for the
-writes queued before them. Bounded: past ``max_pending`` queued writes, :meth:`write`
-refuses (returns None) and the caller answers a temporary error."""
+(group commit) and each caller learns when its write is durable (a future per write;
+:meth:`SqliteFile.post` queues one nobody waits for, without a future: the outbox's
+deletes of delivered events, purges); reads wait for the writes queued before them.
+Bounded: past ``max_pending`` queued writes, :meth:`write` refuses (returns None) and
+the caller answers a temporary error."""
 
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ _BY_KEY = re.compile(r"(DELETE\b[^?]*\bWHERE\s+\w+\s*)=\s*\?\s*", re.S | re.I)
 
 class SqliteFile:
     """``await open()``; ``write(...)`` → Future (True once committed, False if the
-    transaction failed); ``await read(sql, params)``; ``await close(timeout)``."""
+    transaction failed); ``post(...)`` (no future); ``await read(sql, params)``;
+    ``await close(timeout)``."""
 
     def __init__(
         self,
@@ -50,7 +53,8 @@ class SqliteFile:
         self.gather = gather
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{os.path.basename(path)}")
-        self._queue: list[tuple[Write, asyncio.Future[bool]]] = []
+        #: Writes and who waits for each (None: nobody, :meth:`post`).
+        self._queue: list[tuple[Write, asyncio.Future[bool] | None]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         #: Writes queued, and writes done (committed or failed), since open: in order.
@@ -96,6 +100,17 @@ class SqliteFile:
         self._wake.set()
         return done
 
+    def post(self, sql: str, rows: Sequence[Sequence[Any]]) -> bool:
+        """Queue a change to what is already kept (never refused, as ``write(...,
+        force=True)``) when nobody waits for its outcome: no future (a failure is
+        logged). False when the file is closed."""
+        if self._db is None:
+            return False
+        self._queue.append(((sql, rows), None))
+        self._queued += 1
+        self._wake.set()
+        return True
+
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of ``sql``, after the writes queued before it are committed."""
         await self.flush()
@@ -119,12 +134,11 @@ class SqliteFile:
             await self._wake.wait()
             if self.gather > 0 and not self._urgent.is_set():
                 # group commit: what comes within ``gather`` seconds joins this transaction
-                # (fewer, larger ones: each costs a hand-off to the thread and a commit)
-                try:
-                    async with asyncio.timeout(self.gather):
-                        await self._urgent.wait()
-                except TimeoutError:
-                    pass
+                # (fewer, larger ones: each costs a hand-off to the thread and a commit);
+                # the deadline is a timer setting ``_urgent``: no cancellation to unwind
+                timer = asyncio.get_running_loop().call_later(self.gather, self._urgent.set)
+                await self._urgent.wait()
+                timer.cancel()
             self._urgent.clear()
             self._wake.clear()
             batch, self._queue = self._queue, []
@@ -138,7 +152,7 @@ class SqliteFile:
                 log.error("%s: a write of %d statements failed: %s", self.path, len(writes), exc)
                 ok = False
             for _, fut in batch:
-                if not fut.done():
+                if fut is not None and not fut.done():
                     fut.set_result(ok)
             self._done += len(batch)
             progress, self._progress = self._progress, asyncio.Event()

@@ -218,3 +218,33 @@ def test_a_transaction_of_many_writes_keeps_their_order_and_every_row(
             await file.close()
 
     run(main())
+
+
+def test_a_posted_change_is_committed_in_order_with_the_writes_around_it(
+    run: Run, tmp_path: Path
+) -> None:
+    """``post`` queues a change nobody waits for: it joins the next transaction in its
+    place, and a read after it sees it; once the file is closed it is refused."""
+
+    async def main() -> None:
+        schema = "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);"
+        file = SqliteFile(str(tmp_path / "f.db"), schema)
+        await file.open()
+        try:
+            first = file.write("INSERT INTO t (k, v) VALUES (?, ?)", [(1, "a"), (2, "a")])
+            assert file.post("DELETE FROM t WHERE k = ?", [(1,)])
+            last = file.write("INSERT OR REPLACE INTO t (k, v) VALUES (?, ?)", [(1, "b")])
+            assert first is not None
+            assert last is not None
+            async with asyncio.timeout(DEADLINE):
+                assert await first
+                assert await last
+                assert await file.read("SELECT k, v FROM t ORDER BY k") == [(1, "b"), (2, "a")]
+            assert file.post("DELETE FROM t WHERE k = ?", [(2,)])
+            async with asyncio.timeout(DEADLINE):
+                assert await file.read("SELECT k FROM t ORDER BY k") == [(1,)]
+        finally:
+            await file.close()
+        assert not file.post("DELETE FROM t WHERE k = ?", [(1,)])
+
+    run(main())
