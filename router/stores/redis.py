@@ -141,7 +141,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import lru_cache
 from typing import Any, Final
 
 import msgspec
@@ -852,8 +852,11 @@ class _TooFewReplicas(RedisError):
     """``WAIT`` returned before ``wait_replicas`` replicas had the batch."""
 
 
+@lru_cache(maxsize=65_536)
 def _bucket(name: str) -> int:
-    """The bucket of a message id (or of ``carrier:key``, a receipt index)."""
+    """The bucket of a message id (or of ``carrier:key``, a receipt index). Cached: a
+    message's records (add, send, final state, claim, settle) each need it, in batches
+    apart; a look-up costs less than the crc32 of the encoded id."""
     return zlib.crc32(name.encode()) % BUCKETS
 
 
@@ -900,25 +903,26 @@ def _day(t: float) -> int:
     return int(t // DAY)
 
 
-def _settled(written: asyncio.Future[None], ok: bool) -> None:
-    """A settle's batch is committed, or failed."""
-    if written.done():
-        return
-    if ok:
-        written.set_result(None)
-    else:
-        written.set_exception(StoreError("store: settle_final: not written"))
+class _Deadlines:
+    """Futures that fail (StoreTimeout) unless done within the read deadline, in the order
+    they were given (one ``read_timeout`` each: their deadlines come in order), and the
+    one timer for the first of them. Two deques, not a tuple per future: one per final
+    receipt under load, each a live object the cyclic GC walks."""
 
+    __slots__ = ("ends", "futures", "timer", "what")
 
-def _claim_written(outcome: asyncio.Future[int], store: RedisStore, ok: bool) -> None:
-    """A claim's batch is committed (its result is in ``outcome`` already) or failed."""
-    if outcome.done():
-        return
-    if ok:  # committed without an answer for it: not expected, but never a hang
-        outcome.set_exception(StoreError("store: claim_final: no answer from the batch"))
-        return
-    why = f" (cannot write: {store.unwritable})" if store.unwritable else ""
-    outcome.set_exception(StoreError(f"store: claim_final: not written{why}"))
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.futures: deque[asyncio.Future[Any]] = deque()
+        self.ends: deque[float] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def clear(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.futures.clear()
+        self.ends.clear()
 
 
 class RedisStore(WriteBehind):
@@ -979,10 +983,14 @@ class RedisStore(WriteBehind):
         self._last_until = 0
         self.commands = 0
         """Redis commands sent (scripts count one each): the bench divides by messages."""
-        #: Claims waiting for their batch, by deadline (bounded by the writer's queue: a
-        #: claim is a record of it), and the one timer that fails those past it.
-        self._claim_deadlines: deque[tuple[float, asyncio.Future[Any], str]] = deque()
-        self._claim_timer: asyncio.TimerHandle | None = None
+        #: Claims and settles waiting for their batch, by deadline (bounded by the
+        #: writer's queue: each is a record of it), each with the timer that fails those
+        #: past it.
+        self._claims_waiting = _Deadlines("claim_final")
+        self._settles_waiting = _Deadlines("settle_final")
+        #: The loop the store was opened in (asyncio.get_running_loop costs a getpid
+        #: system call per claim).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -1048,6 +1056,7 @@ class RedisStore(WriteBehind):
             await client.aclose()
             raise
         self._redis = client
+        self._loop = asyncio.get_running_loop()
         self._start_writer()
 
     async def _upgrade(self, client: aioredis.Redis) -> None:
@@ -1165,10 +1174,9 @@ class RedisStore(WriteBehind):
         try:
             await self._stop_writer(timeout)
         finally:
-            if self._claim_timer is not None:  # every claim is answered or failed by now
-                self._claim_timer.cancel()
-                self._claim_timer = None
-            self._claim_deadlines.clear()
+            # every claim and settle is answered or failed by now
+            self._claims_waiting.clear()
+            self._settles_waiting.clear()
             client, self._redis = self._redis, None
             await client.aclose()
 
@@ -1194,7 +1202,15 @@ class RedisStore(WriteBehind):
     async def _transaction(self, ops: list[Op], *, probe: bool = False) -> None:
         client = self._client()
         started = time.perf_counter()
-        holds = sum(op.kind == HOLD for op in ops)
+        holds = adds = releases = 0  # one pass over the batch
+        for op in ops:
+            kind = op.kind
+            if kind == ADD:
+                adds += 1
+            elif kind == HOLD:
+                holds += 1
+            elif kind == RELEASE:
+                releases += 1
         if holds:
             await self._take_held_ids(client, holds)
         calls, claims = self._calls(ops)
@@ -1222,9 +1238,10 @@ class RedisStore(WriteBehind):
                 f"WAIT: {results[-1]} of {self._wait_replicas} replicas within"
                 f" {self._wait_timeout_ms} ms"
             )
-        for op in ops:
-            if op.kind == RELEASE:
-                self._held_account.pop(op.params[0], None)
+        if releases:
+            for op in ops:
+                if op.kind == RELEASE:
+                    self._held_account.pop(op.params[0], None)
         for op, answer, day in answered:  # the claims' results, now the batch is committed
             if answer == 1 and op.message_id is not None:  # where its settle finds the lease
                 remembered = self._claimed_days
@@ -1236,9 +1253,8 @@ class RedisStore(WriteBehind):
         self.commit_seconds.observe(time.perf_counter() - started)
         self.transactions += 1
         self.records += len(ops)
-        added = sum(op.kind == ADD for op in ops)
-        self.message_rows += added
-        self.held_rows += holds - sum(op.kind == RELEASE for op in ops)
+        self.message_rows += adds
+        self.held_rows += holds - releases
         for account, count in dropped.items():
             self.dropped_held += count
             self.held_rows -= count
@@ -1645,8 +1661,7 @@ class RedisStore(WriteBehind):
             raise StoreError(f"store: claim_final: Redis cannot be written ({self._unwritable})")
         done_at = report.done_at if report.done_at > 0 else self._clock()
         now = self._clock()
-        loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[int] = loop.create_future()
+        outcome: asyncio.Future[int] = self._running_loop().create_future()
         # Each claim's lease value is its own (the script takes an equal value for this
         # claim sent again): two claims of one node in one millisecond differ by the end.
         until = max(int((now + self._claim_seconds) * 1000), self._last_until + 1)
@@ -1660,48 +1675,54 @@ class RedisStore(WriteBehind):
             str(until),
             message_id,
         )
-        op = Op(CLAIM, params, message_id=message_id, outcome=outcome)
-        op.on_durable = partial(_claim_written, outcome, self)
-        self._put(op)
+        # The writer settles ``outcome``: the script's answer once the batch is committed
+        # (_transaction), else StoreError (not written, or no answer: never a hang).
+        self._put(Op(CLAIM, params, message_id=message_id, outcome=outcome))
         # The read deadline: past it ``outcome`` fails (and a claim not sent yet is then
         # not sent). One timer for all the claims waiting (a claim per final receipt: a
         # timeout scope or a timer each costs more than the rest of the claim).
-        self._wait_for_written(outcome, "claim_final")
+        self._wait_for_written(outcome, self._claims_waiting)
         result = await outcome
         if result == 3:
             raise StoreError(f"message {message_id}: its final receipt is being reported")
         return result == 1
 
-    def _wait_for_written(self, future: asyncio.Future[Any], what: str) -> None:
-        """``future`` fails (StoreTimeout) if its record is not written within the read
-        deadline. One timer for all the claims and settles waiting (one per final receipt:
-        a timeout scope or a timer each costs more than the rest of the claim)."""
-        loop = asyncio.get_running_loop()
-        waiting = self._claim_deadlines
-        while waiting and waiting[0][1].done():  # answered (mostly in order)
-            waiting.popleft()
-        waiting.append((loop.time() + self._config.read_timeout, future, what))
-        if self._claim_timer is None:
-            self._claim_timer = loop.call_at(waiting[0][0], self._expire_claims)
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop if self._loop is not None else asyncio.get_running_loop()
 
-    def _expire_claims(self) -> None:
-        """Fail the claims waiting past their deadline; the timer is set again for the
+    def _wait_for_written(self, future: asyncio.Future[Any], waiting: _Deadlines) -> None:
+        """``future`` fails (StoreTimeout) if its record is not written within the read
+        deadline. One timer for all the claims (settles) waiting (one per final receipt:
+        a timeout scope or a timer each costs more than the rest of the claim)."""
+        loop = self._running_loop()
+        futures, ends = waiting.futures, waiting.ends
+        while futures and futures[0].done():  # answered (mostly in order)
+            futures.popleft()
+            ends.popleft()
+        futures.append(future)
+        ends.append(loop.time() + self._config.read_timeout)
+        if waiting.timer is None:
+            waiting.timer = loop.call_at(ends[0], self._expire, waiting)
+
+    def _expire(self, waiting: _Deadlines) -> None:
+        """Fail the futures waiting past their deadline; the timer is set again for the
         next one waiting, if any (deadlines come in order: one ``read_timeout`` each)."""
-        self._claim_timer = None
-        waiting = self._claim_deadlines
-        loop = asyncio.get_running_loop()
+        waiting.timer = None
+        futures, ends = waiting.futures, waiting.ends
+        loop = self._running_loop()
         now = loop.time()
-        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
-            _, outcome, what = waiting.popleft()
-            if not outcome.done():
+        while futures and (futures[0].done() or ends[0] <= now):
+            future = futures.popleft()
+            ends.popleft()
+            if not future.done():
                 self.read_timeouts += 1
                 why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
                 limit = self._config.read_timeout
-                outcome.set_exception(
-                    StoreTimeout(f"store: {what} took more than {limit:g} s{why}")
+                future.set_exception(
+                    StoreTimeout(f"store: {waiting.what} took more than {limit:g} s{why}")
                 )
-        if waiting:
-            self._claim_timer = loop.call_at(waiting[0][0], self._expire_claims)
+        if futures:
+            waiting.timer = loop.call_at(ends[0], self._expire, waiting)
 
     def settle_final(self, message_id: str) -> asyncio.Future[None]:
         """The claimed final state's receipt is delivered or held: its lease goes, and a
@@ -1711,9 +1732,10 @@ class RedisStore(WriteBehind):
         also while Redis cannot be written, and is written when it can (a late one is
         harmless: the receipt was delivered or held). Not written at all (a node that dies
         first): the lease lapses after ``claim_seconds`` instead."""
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._put(Op(SETTLE, (message_id,), on_durable=partial(_settled, written)))
-        self._wait_for_written(written, "settle_final")
+        written: asyncio.Future[None] = self._running_loop().create_future()
+        # The writer settles ``written`` with the batch: None once written, else StoreError.
+        self._put(Op(SETTLE, (message_id,), outcome=written))
+        self._wait_for_written(written, self._settles_waiting)
         return written
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
