@@ -1655,6 +1655,13 @@ class RedisStore(WriteBehind):
 
         Redis unwritable: StoreError at once, as a read (a claim is not kept queued for a
         caller that has moved on; the carrier sends the receipt again)."""
+        return self.claim_won(message_id, await self.claim_soon(message_id, report))
+
+    def claim_soon(self, message_id: str, report: DeliveryReport) -> asyncio.Future[int]:
+        """:meth:`claim_final`'s C record, queued now; the future has the script's answer
+        for it (see _BATCH_LUA: 1 won, 0 no such message, 2 a duplicate, 3 another live
+        claim) once its batch is committed, or fails (StoreError) when it is not written,
+        or (StoreTimeout) past the read deadline."""
         if not is_final(report.state):
             raise ValueError(f"not a final state: {report.state!r}")
         if self._unwritable is not None:
@@ -1682,10 +1689,12 @@ class RedisStore(WriteBehind):
         # not sent). One timer for all the claims waiting (a claim per final receipt: a
         # timeout scope or a timer each costs more than the rest of the claim).
         self._wait_for_written(outcome, self._claims_waiting)
-        result = await outcome
-        if result == 3:
+        return outcome
+
+    def claim_won(self, message_id: str, answer: int) -> bool:
+        if answer == 3:
             raise StoreError(f"message {message_id}: its final receipt is being reported")
-        return result == 1
+        return answer == 1
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop if self._loop is not None else asyncio.get_running_loop()
