@@ -788,7 +788,9 @@ class _Bucket:
     __slots__ = ("answers", "bodies", "claims", "records")
 
     def __init__(self) -> None:
-        self.records: list[list[Any]] = []
+        #: M records are lists (folded into while the batch is gathered), the others
+        #: tuples; msgpack encodes both as arrays.
+        self.records: list[list[Any] | tuple[Any, ...]] = []
         self.bodies: list[bytes] = []
         self.answers = 0  # records the script answers (M and C), in order
         self.claims: list[tuple[int, Op]] = []  # a C record's place in the answers, its op
@@ -803,6 +805,7 @@ class _Bucket:
         for record in self.records:
             if record[0] != "M":
                 continue
+            assert isinstance(record, list)
             sets = record[-1]
             if record[2] == 1:
                 record[-1] = [-1, self.body(_whole(record))]
@@ -821,18 +824,17 @@ class _Bucket:
         return record
 
     def index(self, carrier_key: str, mid: str) -> None:
-        self.records.append(["K", carrier_key, mid])
+        self.records.append(("K", carrier_key, mid))
 
     def claim(self, mid: str, op: Op) -> None:
         """A C record: ``op`` is a CLAIM (its params after the id's bucket was chosen)."""
         state, error, done_at, node, now_ms, until_ms, _, day = op.params
-        record = ["C", mid, state, error, float(done_at), node, now_ms, until_ms, day]
-        self.records.append(record)
+        self.records.append(("C", mid, state, error, done_at, node, now_ms, until_ms, day))
         self.claims.append((self.answers, op))
         self.answers += 1
 
     def settle(self, mid: str, day: int) -> None:
-        self.records.append(["S", mid, day])
+        self.records.append(("S", mid, day))
 
     def call(self, sha: str, tag: str, times: tuple[int, int, int, int]) -> tuple[Any, ...]:
         """``times``: today, the final containers' expiry offset, the receipt index's
@@ -1332,7 +1334,7 @@ class RedisStore(WriteBehind):
                 if op.outcome is not None and op.outcome.done():
                     continue  # its caller gave up (a deadline): not claimed for nobody
                 if len(params) == 7:  # its container day, once
-                    op.params = (*params, self._final_day(float(params[2]), today))
+                    op.params = (*params, self._final_day(params[2], today))
                 _bucket_of(buckets, _bucket(mid)).claim(mid, op)
                 # What this node writes of the message after the claim comes after it.
                 folded.pop(mid, None)
@@ -1676,7 +1678,7 @@ class RedisStore(WriteBehind):
         params = (
             int(report.state),
             report.error,
-            _num(done_at),
+            float(done_at),
             self._node_id,
             str(int(now * 1000)),
             str(until),
