@@ -1026,7 +1026,11 @@ class RedisStore(WriteBehind):
         """The container day of a message final at ``done_at``: its UTC day, within
         [today - window, today] (a done_at ahead of this node's clock counts as today; one
         older than the window is past ``keep_days``, and the next purge takes it)."""
-        return min(max(_day(done_at), today - self._window), today)
+        day = int(done_at // DAY)  # (inline: one per final state)
+        if day >= today:
+            return today
+        oldest = today - self._window
+        return day if day > oldest else oldest
 
     # -- life cycle --------------------------------------------------------------------------
 
