@@ -785,12 +785,13 @@ _MIGRATE_SECONDS: Final = 60.0
 class _Bucket:
     """The records of one batch in one bucket: one script call (see _BATCH_LUA)."""
 
-    __slots__ = ("answers", "bodies", "claims", "records")
+    __slots__ = ("answers", "bodies", "claims", "messages", "records")
 
     def __init__(self) -> None:
         #: M records are lists (folded into while the batch is gathered), the others
         #: tuples; msgpack encodes both as arrays.
         self.records: list[list[Any] | tuple[Any, ...]] = []
+        self.messages: list[list[Any]] = []  # the M records among them, in order
         self.bodies: list[bytes] = []
         self.answers = 0  # records the script answers (M and C), in order
         self.claims: list[tuple[int, Op]] = []  # a C record's place in the answers, its op
@@ -802,10 +803,7 @@ class _Bucket:
 
     def _arguments(self) -> None:
         """An add's record made whole (see _whole); a body of an update put in ARGV."""
-        for record in self.records:
-            if record[0] != "M":
-                continue
-            assert isinstance(record, list)
+        for record in self.messages:
             sets = record[-1]
             if record[2] == 1:
                 record[-1] = [-1, self.body(_whole(record))]
@@ -820,6 +818,7 @@ class _Bucket:
         """A new M record; its last item is the list of position/value pairs to set."""
         record = ["M", mid, create, owner, submitted_at, 0, state, 0, 0, -1, []]
         self.records.append(record)
+        self.messages.append(record)
         self.answers += 1
         return record
 
@@ -858,7 +857,8 @@ class _TooFewReplicas(RedisError):
 def _bucket(name: str) -> int:
     """The bucket of a message id (or of ``carrier:key``, a receipt index). Cached: a
     message's records (add, send, final state, claim, settle) each need it, in batches
-    apart; a look-up costs less than the crc32 of the encoded id."""
+    apart; a look-up costs less than the crc32 of the encoded id. (A receipt index
+    entry's ``carrier:key``, written once, is not looked up here.)"""
     return zlib.crc32(name.encode()) % BUCKETS
 
 
@@ -1309,11 +1309,41 @@ class RedisStore(WriteBehind):
         now = self._clock()
         today = _day(now)
         buckets: dict[int, _Bucket] = {}
+        in_bucket = buckets.get
         folded: dict[str, list[Any]] = {}  # message id → its M record
+        fold = folded.get
         holds: dict[str, list[Any]] = {}
         releases: dict[str, list[int]] = {}
+        # The kinds as locals, the most frequent first: a batch is thousands of records.
+        add, sent, claim, settle, final = ADD, SENT, CLAIM, SETTLE, FINAL
         for op in ops:
             kind, params = op.kind, op.params
+            if kind == add:
+                added, account, state, submitted_at, body, owner = params  # added: its id
+                b = _bucket(added)
+                bucket = in_bucket(b) or buckets.setdefault(b, _Bucket())
+                record = bucket.message(added, 1, owner, float(submitted_at), int(state))
+                record[-1] += (_ACCOUNT, account, _BODY, body)
+                folded.setdefault(added, record)  # an id added twice: its own record
+                continue
+            if kind == settle:
+                if len(params) == 1:  # the day of its lease, once (-1: the script finds it)
+                    op.params = params = (params[0], self._claimed_days.pop(params[0], -1))
+                settled, day = params
+                b = _bucket(settled)
+                (in_bucket(b) or buckets.setdefault(b, _Bucket())).settle(settled, day)
+                continue
+            if kind == claim:
+                if op.outcome is not None and op.outcome.done():
+                    continue  # its caller gave up (a deadline): not claimed for nobody
+                if len(params) == 7:  # its container day, once
+                    op.params = (*params, self._final_day(params[2], today))
+                claimed = params[6]  # its id
+                b = _bucket(claimed)
+                (in_bucket(b) or buckets.setdefault(b, _Bucket())).claim(claimed, op)
+                # What this node writes of the message after the claim comes after it.
+                folded.pop(claimed, None)
+                continue
             if kind == HOLD:
                 if len(params) == 3:  # its held id, once: a batch sent again keeps it
                     op.params = params = (*params, self._held_next)
@@ -1326,46 +1356,26 @@ class RedisStore(WriteBehind):
                 if account_of is not None:
                     releases.setdefault(account_of, []).append(params[0])
                 continue
-            if kind == SETTLE:
-                if len(params) == 1:  # the day of its lease, once (-1: the script finds it)
-                    op.params = params = (params[0], self._claimed_days.pop(params[0], -1))
-                settled, day = params
-                _bucket_of(buckets, _bucket(settled)).settle(settled, day)
-                continue
             mid = op.message_id
             assert mid is not None
-            if kind == CLAIM:
-                if op.outcome is not None and op.outcome.done():
-                    continue  # its caller gave up (a deadline): not claimed for nobody
-                if len(params) == 7:  # its container day, once
-                    op.params = (*params, self._final_day(params[2], today))
-                _bucket_of(buckets, _bucket(mid)).claim(mid, op)
-                # What this node writes of the message after the claim comes after it.
-                folded.pop(mid, None)
-                continue
-            if kind == ADD:
-                _, account, state, submitted_at, body, owner = params
-                bucket = _bucket_of(buckets, _bucket(mid))
-                record = bucket.message(mid, 1, owner, float(submitted_at), int(state))
-                record[-1] += (_ACCOUNT, account, _BODY, body)
-                folded.setdefault(mid, record)  # an id added twice: its own record
-                continue
-            found = folded.get(mid)
+            found = fold(mid)
             if found is None:
-                record = _bucket_of(buckets, _bucket(mid)).message(mid, 0, "", 0.0, 0)
-                folded[mid] = record
+                b = _bucket(mid)
+                bucket = in_bucket(b) or buckets.setdefault(b, _Bucket())
+                record = folded[mid] = bucket.message(mid, 0, "", 0.0, 0)
             else:
                 record = found
-            if kind == SENT:
+            if kind == sent:
                 carrier, carrier_message_id, key, _ = params
                 record[-1] += (_CARRIER, carrier, _CARRIER_ID, carrier_message_id, _KEY, key or "")
                 if key is not None:
                     name = f"{carrier}:{key}"
-                    _bucket_of(buckets, _bucket(name)).index(name, mid)
+                    b = zlib.crc32(name.encode()) % BUCKETS  # (seen once: not cached)
+                    (in_bucket(b) or buckets.setdefault(b, _Bucket())).index(name, mid)
             elif kind == UPDATE:
                 account, submitted_at, body, _ = params
                 record[-1] += (_ACCOUNT, account, _SUBMITTED_AT, float(submitted_at), _BODY, body)
-            elif kind == FINAL:
+            elif kind == final:
                 if len(params) == 4:  # its container day, once
                     done = params[2]
                     day = -1 if done is None else self._final_day(done, today)
