@@ -40,7 +40,10 @@ Final receipts in a cluster (``claim_final``, ``settle_final``) are records of t
 too, not round trips of their own: a claim (a C record: the compare-and-set and the report
 lease) makes the writer send its batch at once and waits for that batch's answer; a settle
 (an S record: HDEL of the lease) likewise. Under load a claim and a settle cost a share of
-their bucket's script call, as the other records do.
+their bucket's script call, as the other records do. In the node, each is a record (an
+``Op``) and a future the writer settles with the batch (``claim_soon``: the script's
+answer; no coroutine, no callback of its own), and a place in a deque of deadlines (one
+timer for all of them: ``read_timeout``).
 
 Key layout (for Redis Cluster: the part in braces is the hash tag; all keys one script call
 touches share its tag, hence its slot). ``P`` is the prefix (``smsc`` by default), ``b`` a
@@ -1682,8 +1685,8 @@ class RedisStore(WriteBehind):
             raise ValueError(f"not a final state: {report.state!r}")
         if self._unwritable is not None:
             raise StoreError(f"store: claim_final: Redis cannot be written ({self._unwritable})")
-        done_at = report.done_at if report.done_at > 0 else self._clock()
         now = self._clock()
+        done_at = report.done_at if report.done_at > 0 else now
         outcome: asyncio.Future[int] = self._running_loop().create_future()
         # Each claim's lease value is its own (the script takes an equal value for this
         # claim sent again): two claims of one node in one millisecond differ by the end.
