@@ -233,6 +233,29 @@ def test_a_claim_without_a_coroutine_answers_as_claim_final(backend: Backend, ru
     run(asyncio.wait_for(main(), DEADLINE))
 
 
+def test_a_batch_holds_the_backends_batch_max_records_unless_the_config_sets_one(
+    backend: Backend, run: Any
+) -> None:
+    """``store.batch_max`` unset: 2,000 records a batch on SQLite (a transaction), 10,000
+    on Redis (a pipeline, whose fixed cost is a script call per bucket); set: that many."""
+
+    async def main() -> None:
+        own = 2_000 if backend.name == "sqlite" else 10_000
+        async with opened(backend.make()) as store:
+            for i in range(own + 1):  # queued in one turn: the writer takes them after
+                assert store.add(msg(i))
+            await store.flush()
+            assert store.transactions == 2
+            assert store.message_rows == own + 1
+        async with opened(backend.make(batch_max=300)) as store:
+            for i in range(own + 1, own + 1 + 600):
+                assert store.add(msg(i))
+            await store.flush()
+            assert store.transactions == 2
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
 def test_two_claims_of_one_node_at_one_instant_are_won_once(backend: Backend, run: Any) -> None:
     """Two copies of a final receipt claimed by one node at the same instant (its clock
     does not move between them): one wins; the other is a duplicate, or — on a store

@@ -192,6 +192,11 @@ BUCKETS: Final = 64
 WRITE_ERROR_REASONS: Final = (
     "unreachable", "loading", "busy", "read_only", "no_memory", "replicas",
 )  # fmt: skip
+#: Records per batch (one pipeline) unless ``store.batch_max`` says otherwise: a batch is
+#: not a transaction here, its fixed cost is a script call per bucket (64), so it is
+#: larger than SQLite's. Bounded all the same: its memory (the records and their encoding,
+#: a few MB), and the claims in it are answered within the read deadline.
+BATCH_MAX: Final = 10_000
 #: Held ids a node takes from ``P:held:seq`` at a time.
 _HELD_BLOCK: Final = 1000
 
@@ -960,7 +965,11 @@ class RedisStore(WriteBehind):
         if held_max < 1:
             raise ValueError("held_max must be at least 1")
         super().__init__(
-            config, clock=clock, node_id=node_id, write_error_reasons=WRITE_ERROR_REASONS
+            config,
+            clock=clock,
+            node_id=node_id,
+            write_error_reasons=WRITE_ERROR_REASONS,
+            batch_max=BATCH_MAX,
         )
         self._url = url
         self._held_max = held_max
