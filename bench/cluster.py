@@ -37,9 +37,11 @@ one thread saturates at 1e6/r. The JSON has the inputs, the formula and the figu
 ``redis_cmds_per_msg`` counts what Redis executes, so a script call that writes messages
 counts every HSET/ZADD/... it runs: the store groups a bucket's messages in a few hashes,
 each read and written with one variadic command per script call (router/stores/redis.py),
-so ~1.5 per message (HSET 0.45, EXPIRE 0.34, HDEL 0.2, HMGET, ZADD, ZREM 0.11 each, and
-the EVALSHA calls themselves, ~0.13: one per bucket per batch); ~9.5 with the hash per
-message of the version before. Redis's CPU per message is what bounds one Redis (see the
+so ~1.5 per message with batches of up to 2,000 records (HSET 0.45, EXPIRE 0.34, HDEL
+0.2, HMGET, ZADD, ZREM 0.11 each, and the EVALSHA calls themselves, ~0.13: one per bucket
+per batch), ~0.4–1.1 with the Redis store's 10,000 (``store.batch_max`` unset: the calls
+per message fall as the batches grow under load); ~9.5 with the hash per message of the
+version before. Redis's CPU per message is what bounds one Redis (see the
 scaling).
 
 Targets: ``redis_cmds_per_msg`` <= 4; ``node_cpu_us_per_msg_redis`` <= 1.25 x

@@ -252,8 +252,10 @@ class IntakeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str = "smsc.db"
     """SQLite file (WAL). ":memory:" keeps nothing across restarts."""
-    batch_max: Annotated[int, Meta(ge=1, le=100_000)] = 2000
-    """Records per transaction at most."""
+    batch_max: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+    """Records per batch at most (SQLite: a transaction; Redis: a pipeline); None: the
+    backend's own, 2,000 on SQLite, 10,000 on Redis (where a batch is not a transaction:
+    its fixed cost is a script call per bucket, so larger batches cost less per record)."""
     queue_max: Annotated[int, Meta(ge=1)] = 200_000
     """Records waiting for the writer at most; beyond it, submits are refused (MSGQFUL) and
     so are held deliveries (MO or a receipt for an account with no receiver: the carrier's

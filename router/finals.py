@@ -12,8 +12,8 @@ final and is only answered. ``enqueue``: the final state is written behind and r
 once; carriers were answered already.
 
 In a cluster a final receipt costs, besides the store's records (a claim, then a settle):
-no task (its claim is stepped by hand from the store's batch answer, see ``_Claim``), and
-while it waits for that batch one small object of its own (the claim) — the answers owed
+no task nor coroutine (its claim is a done callback on the store's answer, see ``_Claim``),
+and while it waits for that batch one small object of its own (the claim) — the answers owed
 are a shared tuple when no carrier waits, the settles in flight one map, and the callbacks
 all run in one context given them. Thousands wait at once under load: each object alive
 meanwhile is walked by the cyclic GC's young collections.
@@ -189,10 +189,17 @@ class Finals:
         carrier's resend is claimed and reported again (at least once: the client may get
         that receipt twice, never none).
 
-        The claim is stepped here, not run as a task (see :class:`_Claim`): one per final
-        receipt, a task's set-up cost as much as the claim itself. A claim that fails and
-        is tried again (rare: the store did not answer) runs as a task of its own."""
-        _Claim(self, stored, report, accepted)()  # its first step, now
+        The claim is queued now (``claim_soon``) and its answer taken by a done callback
+        (see :class:`_Claim`), not awaited in a task: one per final receipt, a task's
+        set-up and a coroutine's frame cost as much as the claim itself. A claim that
+        fails and is tried again (rare: the store did not answer) runs as a task of its
+        own."""
+        try:
+            answered = self.store.claim_soon(stored.message.id, report)
+        except Exception as exc:  # the store cannot take it now (unwritable, closed)
+            self._claim_failed(stored, report, accepted, exc)
+            return
+        answered.add_done_callback(_Claim(self, stored, report, accepted), context=self.context)
 
     def _claim_done(
         self, stored: StoredMessage, report: DeliveryReport, accepted: float | None, won: bool
@@ -219,7 +226,7 @@ class Finals:
         """A claim raised: a carrier that waits is asked to send the receipt again; with
         none waiting it is tried again, with back-off, by a task (see _claim_again)."""
         message_id = stored.message.id
-        if not isinstance(exc, StoreError):  # a bug (in the store, or the claim's stepping)
+        if not isinstance(exc, StoreError):  # a bug (in the store)
             log.error("message %s: claiming its final receipt failed", message_id, exc_info=exc)
         if self._carrier_waits(message_id):
             log.info("message %s: final receipt not claimed now: %s", message_id, exc)
@@ -394,22 +401,13 @@ _CLAIM_RETRY = 90.0
 
 
 class _Claim:
-    """One final receipt's ``claim_final``, stepped by hand rather than run as a task.
+    """One final receipt's claim while the store answers it: the done callback of the
+    store's ``claim_soon`` future (the claim itself is the callback: no bound method, no
+    coroutine, no task made per claim). The store settles every such future (answered,
+    failed by the read deadline, or failed at close), so a claim always ends, in
+    :meth:`Finals._claim_done` or :meth:`Finals._claim_failed`."""
 
-    The claim's coroutine runs at once up to its wait for the store's batch (so its record
-    joins the batch being gathered now), and resumes when that future is done — what a
-    task does, without a task's set-up (a context copy, a loop call, its registration in
-    asyncio's set of all tasks) nor the objects it keeps alive while the batch is out.
-    It waits only on futures (asyncio's protocol: a yielded future with
-    ``_asyncio_future_blocking`` set) and bare yields — ``claim_final`` must not need a
-    task (no ``asyncio.timeout`` in it: its deadline is the store's, on the future; a
-    failure of that kind is logged as the bug it is, and the claim is tried again in a
-    task); every future it waits on is settled by the store (answered, failed by the read
-    deadline, or failed at close), so a claim always ends, in :meth:`Finals._claim_done`
-    or :meth:`Finals._claim_failed`.
-    """
-
-    __slots__ = ("accepted", "coro", "finals", "report", "stored")
+    __slots__ = ("accepted", "finals", "report", "stored")
 
     def __init__(
         self,
@@ -422,29 +420,17 @@ class _Claim:
         self.stored = stored
         self.report = report
         self.accepted = accepted
-        self.coro = finals.store.claim_final(stored.message.id, report)
 
-    def __call__(self, _done: object = None) -> None:
-        """One step: now, then as the done callback of what it waits on (the claim itself
-        is the callback: no bound method made per step)."""
+    def __call__(self, answered: asyncio.Future[int]) -> None:
+        finals = self.finals
         try:
-            waits = self.coro.send(None)
-        except StopIteration as end:
-            self.finals._claim_done(self.stored, self.report, self.accepted, end.value)
-            return
+            if answered.cancelled():
+                raise StoreError("store: claim_final: cancelled")
+            won = finals.store.claim_won(self.stored.message.id, answered.result())
         except Exception as exc:
-            self.finals._claim_failed(self.stored, self.report, self.accepted, exc)
+            finals._claim_failed(self.stored, self.report, self.accepted, exc)
             return
-        if getattr(waits, "_asyncio_future_blocking", None):
-            waits._asyncio_future_blocking = False
-            waits.add_done_callback(self, context=self.finals.context)
-        elif waits is None:  # a bare yield (``asyncio.sleep(0)``): the next loop turn
-            asyncio.get_running_loop().call_soon(self, context=self.finals.context)
-        else:
-            self.coro.close()
-            self.finals._claim_failed(
-                self.stored, self.report, self.accepted, RuntimeError(f"claim awaited {waits!r}")
-            )
+        finals._claim_done(self.stored, self.report, self.accepted, won)
 
 
 def answer(respond: Respond | None, status: int) -> None:

@@ -155,6 +155,20 @@ class MessageStore(Protocol):
         winner died before its receipt was delivered or held) the next claim wins again."""
         ...
 
+    def claim_soon(self, message_id: str, report: DeliveryReport) -> asyncio.Future[int]:
+        """:meth:`claim_final` without a coroutine to wait in: the claim is queued (or
+        started) by the call, and the future is done with the store's answer, which
+        :meth:`claim_won` reads (or fails as ``claim_final`` would raise; ValueError, or
+        StoreError when the store cannot take it now, at once). For a caller with
+        thousands of claims waiting at once: a done callback on the future, no frame kept
+        per claim."""
+        ...
+
+    def claim_won(self, message_id: str, answer: int) -> bool:
+        """What :meth:`claim_soon`'s answer says: as :meth:`claim_final` returns (or
+        raises StoreError: another node's claim of ``message_id`` is live)."""
+        ...
+
     def settle_final(self, message_id: str) -> asyncio.Future[None]:
         """The receipt of a final state this node claimed is delivered or held: later
         claims are duplicates (a no-op where one node owns the store). Queued by the call

@@ -212,6 +212,50 @@ def test_a_final_state_is_claimed_once(backend: Backend, run: Any) -> None:
     run(asyncio.wait_for(main(), DEADLINE))
 
 
+def test_a_claim_without_a_coroutine_answers_as_claim_final(backend: Backend, run: Any) -> None:
+    """``claim_soon`` queues the claim at once; its answer, read by ``claim_won``, says
+    what ``claim_final`` would: won once, then a duplicate; an unknown id is not won."""
+
+    async def main() -> None:
+        async with opened(backend.make()) as store:
+            assert store.add(msg(1))
+            report = DeliveryReport("", MessageState.DELIVERED, done_at=3.0)
+            first = store.claim_soon("m000001", report)
+            unknown = store.claim_soon("unknown", report)
+            assert store.claim_won("m000001", await first) is True
+            assert store.claim_won("unknown", await unknown) is False
+            await store.settle_final("m000001")
+            again = store.claim_soon("m000001", report)
+            assert store.claim_won("m000001", await again) is False
+            with pytest.raises(ValueError, match="not a final state"):
+                store.claim_soon("m000001", DeliveryReport("", MessageState.ENROUTE))
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
+def test_a_batch_holds_the_backends_batch_max_records_unless_the_config_sets_one(
+    backend: Backend, run: Any
+) -> None:
+    """``store.batch_max`` unset: 2,000 records a batch on SQLite (a transaction), 10,000
+    on Redis (a pipeline, whose fixed cost is a script call per bucket); set: that many."""
+
+    async def main() -> None:
+        own = 2_000 if backend.name == "sqlite" else 10_000
+        async with opened(backend.make()) as store:
+            for i in range(own + 1):  # queued in one turn: the writer takes them after
+                assert store.add(msg(i))
+            await store.flush()
+            assert store.transactions == 2
+            assert store.message_rows == own + 1
+        async with opened(backend.make(batch_max=300)) as store:
+            for i in range(own + 1, own + 1 + 600):
+                assert store.add(msg(i))
+            await store.flush()
+            assert store.transactions == 2
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
 def test_two_claims_of_one_node_at_one_instant_are_won_once(backend: Backend, run: Any) -> None:
     """Two copies of a final receipt claimed by one node at the same instant (its clock
     does not move between them): one wins; the other is a duplicate, or — on a store

@@ -3,7 +3,8 @@ asyncio client (hiredis parses), with the write-behind core of ``router.stores.w
 the nodes of a cluster share one Redis (7.x, or Valkey) and read and finish each other's
 messages.
 
-Batches. The writer sends a batch as ONE pipeline (one round trip): ONE call of a Lua script
+Batches. The writer sends a batch (up to ``store.batch_max`` records; unset, 10,000:
+``BATCH_MAX``) as ONE pipeline (one round trip): ONE call of a Lua script
 per bucket of message ids the batch touches (``_BATCH_LUA``; a message's records in the batch
 folded into one record, all records of the bucket packed in one msgpack argument), one script
 call per account that holds deliveries and per account that releases some, one ``SADD`` of
@@ -30,7 +31,8 @@ one HMGET / HSET / EXPIRE NX, and of its lease hash one HSET / HDEL (a HGET per 
 message final already: a duplicate receipt), per owner one ZADD and one ZREM, one HSET (and
 EXPIRE NX) of today's receipt index: about ten commands per call, however many messages it
 carries
-(bench/cluster.py: ~1.3 per message, against ~9.4 with a hash per message). Reads: ``get``
+(bench/cluster.py: ~1.3 per message with batches of 2,000 records, ~0.4–1.1 with the
+default 10,000 (``BATCH_MAX``), against ~9.4 with a hash per message). Reads: ``get``
 is one script call (an HGET of the live hash, else of the day containers, most recent
 first); ``find_sent`` one script call (HGET of the receipt index of tomorrow, today and
 back to the oldest day kept: a receipt of a message another node sent; the sending node
@@ -40,7 +42,10 @@ Final receipts in a cluster (``claim_final``, ``settle_final``) are records of t
 too, not round trips of their own: a claim (a C record: the compare-and-set and the report
 lease) makes the writer send its batch at once and waits for that batch's answer; a settle
 (an S record: HDEL of the lease) likewise. Under load a claim and a settle cost a share of
-their bucket's script call, as the other records do.
+their bucket's script call, as the other records do. In the node, each is a record (an
+``Op``) and a future the writer settles with the batch (``claim_soon``: the script's
+answer; no coroutine, no callback of its own), and a place in a deque of deadlines (one
+timer for all of them: ``read_timeout``).
 
 Key layout (for Redis Cluster: the part in braces is the hash tag; all keys one script call
 touches share its tag, hence its slot). ``P`` is the prefix (``smsc`` by default), ``b`` a
@@ -141,7 +146,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import lru_cache
 from typing import Any, Final
 
 import msgspec
@@ -189,6 +194,11 @@ BUCKETS: Final = 64
 WRITE_ERROR_REASONS: Final = (
     "unreachable", "loading", "busy", "read_only", "no_memory", "replicas",
 )  # fmt: skip
+#: Records per batch (one pipeline) unless ``store.batch_max`` says otherwise: a batch is
+#: not a transaction here, its fixed cost is a script call per bucket (64), so it is
+#: larger than SQLite's. Bounded all the same: its memory (the records and their encoding,
+#: a few MB), and the claims in it are answered within the read deadline.
+BATCH_MAX: Final = 10_000
 #: Held ids a node takes from ``P:held:seq`` at a time.
 _HELD_BLOCK: Final = 1000
 
@@ -785,10 +795,13 @@ _MIGRATE_SECONDS: Final = 60.0
 class _Bucket:
     """The records of one batch in one bucket: one script call (see _BATCH_LUA)."""
 
-    __slots__ = ("answers", "bodies", "claims", "records")
+    __slots__ = ("answers", "bodies", "claims", "messages", "records")
 
     def __init__(self) -> None:
-        self.records: list[list[Any]] = []
+        #: M records are lists (folded into while the batch is gathered), the others
+        #: tuples; msgpack encodes both as arrays.
+        self.records: list[list[Any] | tuple[Any, ...]] = []
+        self.messages: list[list[Any]] = []  # the M records among them, in order
         self.bodies: list[bytes] = []
         self.answers = 0  # records the script answers (M and C), in order
         self.claims: list[tuple[int, Op]] = []  # a C record's place in the answers, its op
@@ -800,9 +813,7 @@ class _Bucket:
 
     def _arguments(self) -> None:
         """An add's record made whole (see _whole); a body of an update put in ARGV."""
-        for record in self.records:
-            if record[0] != "M":
-                continue
+        for record in self.messages:
             sets = record[-1]
             if record[2] == 1:
                 record[-1] = [-1, self.body(_whole(record))]
@@ -817,22 +828,22 @@ class _Bucket:
         """A new M record; its last item is the list of position/value pairs to set."""
         record = ["M", mid, create, owner, submitted_at, 0, state, 0, 0, -1, []]
         self.records.append(record)
+        self.messages.append(record)
         self.answers += 1
         return record
 
     def index(self, carrier_key: str, mid: str) -> None:
-        self.records.append(["K", carrier_key, mid])
+        self.records.append(("K", carrier_key, mid))
 
     def claim(self, mid: str, op: Op) -> None:
         """A C record: ``op`` is a CLAIM (its params after the id's bucket was chosen)."""
         state, error, done_at, node, now_ms, until_ms, _, day = op.params
-        record = ["C", mid, state, error, float(done_at), node, now_ms, until_ms, day]
-        self.records.append(record)
+        self.records.append(("C", mid, state, error, done_at, node, now_ms, until_ms, day))
         self.claims.append((self.answers, op))
         self.answers += 1
 
     def settle(self, mid: str, day: int) -> None:
-        self.records.append(["S", mid, day])
+        self.records.append(("S", mid, day))
 
     def call(self, sha: str, tag: str, times: tuple[int, int, int, int]) -> tuple[Any, ...]:
         """``times``: today, the final containers' expiry offset, the receipt index's
@@ -852,8 +863,12 @@ class _TooFewReplicas(RedisError):
     """``WAIT`` returned before ``wait_replicas`` replicas had the batch."""
 
 
+@lru_cache(maxsize=65_536)
 def _bucket(name: str) -> int:
-    """The bucket of a message id (or of ``carrier:key``, a receipt index)."""
+    """The bucket of a message id (or of ``carrier:key``, a receipt index). Cached: a
+    message's records (add, send, final state, claim, settle) each need it, in batches
+    apart; a look-up costs less than the crc32 of the encoded id. (A receipt index
+    entry's ``carrier:key``, written once, is not looked up here.)"""
     return zlib.crc32(name.encode()) % BUCKETS
 
 
@@ -900,25 +915,26 @@ def _day(t: float) -> int:
     return int(t // DAY)
 
 
-def _settled(written: asyncio.Future[None], ok: bool) -> None:
-    """A settle's batch is committed, or failed."""
-    if written.done():
-        return
-    if ok:
-        written.set_result(None)
-    else:
-        written.set_exception(StoreError("store: settle_final: not written"))
+class _Deadlines:
+    """Futures that fail (StoreTimeout) unless done within the read deadline, in the order
+    they were given (one ``read_timeout`` each: their deadlines come in order), and the
+    one timer for the first of them. Two deques, not a tuple per future: one per final
+    receipt under load, each a live object the cyclic GC walks."""
 
+    __slots__ = ("ends", "futures", "timer", "what")
 
-def _claim_written(outcome: asyncio.Future[int], store: RedisStore, ok: bool) -> None:
-    """A claim's batch is committed (its result is in ``outcome`` already) or failed."""
-    if outcome.done():
-        return
-    if ok:  # committed without an answer for it: not expected, but never a hang
-        outcome.set_exception(StoreError("store: claim_final: no answer from the batch"))
-        return
-    why = f" (cannot write: {store.unwritable})" if store.unwritable else ""
-    outcome.set_exception(StoreError(f"store: claim_final: not written{why}"))
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.futures: deque[asyncio.Future[Any]] = deque()
+        self.ends: deque[float] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def clear(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.futures.clear()
+        self.ends.clear()
 
 
 class RedisStore(WriteBehind):
@@ -951,7 +967,11 @@ class RedisStore(WriteBehind):
         if held_max < 1:
             raise ValueError("held_max must be at least 1")
         super().__init__(
-            config, clock=clock, node_id=node_id, write_error_reasons=WRITE_ERROR_REASONS
+            config,
+            clock=clock,
+            node_id=node_id,
+            write_error_reasons=WRITE_ERROR_REASONS,
+            batch_max=BATCH_MAX,
         )
         self._url = url
         self._held_max = held_max
@@ -979,10 +999,14 @@ class RedisStore(WriteBehind):
         self._last_until = 0
         self.commands = 0
         """Redis commands sent (scripts count one each): the bench divides by messages."""
-        #: Claims waiting for their batch, by deadline (bounded by the writer's queue: a
-        #: claim is a record of it), and the one timer that fails those past it.
-        self._claim_deadlines: deque[tuple[float, asyncio.Future[Any], str]] = deque()
-        self._claim_timer: asyncio.TimerHandle | None = None
+        #: Claims and settles waiting for their batch, by deadline (bounded by the
+        #: writer's queue: each is a record of it), each with the timer that fails those
+        #: past it.
+        self._claims_waiting = _Deadlines("claim_final")
+        self._settles_waiting = _Deadlines("settle_final")
+        #: The loop the store was opened in (asyncio.get_running_loop costs a getpid
+        #: system call per claim).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -1016,7 +1040,11 @@ class RedisStore(WriteBehind):
         """The container day of a message final at ``done_at``: its UTC day, within
         [today - window, today] (a done_at ahead of this node's clock counts as today; one
         older than the window is past ``keep_days``, and the next purge takes it)."""
-        return min(max(_day(done_at), today - self._window), today)
+        day = int(done_at // DAY)  # (inline: one per final state)
+        if day >= today:
+            return today
+        oldest = today - self._window
+        return day if day > oldest else oldest
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -1048,6 +1076,7 @@ class RedisStore(WriteBehind):
             await client.aclose()
             raise
         self._redis = client
+        self._loop = asyncio.get_running_loop()
         self._start_writer()
 
     async def _upgrade(self, client: aioredis.Redis) -> None:
@@ -1165,10 +1194,9 @@ class RedisStore(WriteBehind):
         try:
             await self._stop_writer(timeout)
         finally:
-            if self._claim_timer is not None:  # every claim is answered or failed by now
-                self._claim_timer.cancel()
-                self._claim_timer = None
-            self._claim_deadlines.clear()
+            # every claim and settle is answered or failed by now
+            self._claims_waiting.clear()
+            self._settles_waiting.clear()
             client, self._redis = self._redis, None
             await client.aclose()
 
@@ -1194,7 +1222,15 @@ class RedisStore(WriteBehind):
     async def _transaction(self, ops: list[Op], *, probe: bool = False) -> None:
         client = self._client()
         started = time.perf_counter()
-        holds = sum(op.kind == HOLD for op in ops)
+        holds = adds = releases = 0  # one pass over the batch
+        for op in ops:
+            kind = op.kind
+            if kind == ADD:
+                adds += 1
+            elif kind == HOLD:
+                holds += 1
+            elif kind == RELEASE:
+                releases += 1
         if holds:
             await self._take_held_ids(client, holds)
         calls, claims = self._calls(ops)
@@ -1222,9 +1258,10 @@ class RedisStore(WriteBehind):
                 f"WAIT: {results[-1]} of {self._wait_replicas} replicas within"
                 f" {self._wait_timeout_ms} ms"
             )
-        for op in ops:
-            if op.kind == RELEASE:
-                self._held_account.pop(op.params[0], None)
+        if releases:
+            for op in ops:
+                if op.kind == RELEASE:
+                    self._held_account.pop(op.params[0], None)
         for op, answer, day in answered:  # the claims' results, now the batch is committed
             if answer == 1 and op.message_id is not None:  # where its settle finds the lease
                 remembered = self._claimed_days
@@ -1236,9 +1273,8 @@ class RedisStore(WriteBehind):
         self.commit_seconds.observe(time.perf_counter() - started)
         self.transactions += 1
         self.records += len(ops)
-        added = sum(op.kind == ADD for op in ops)
-        self.message_rows += added
-        self.held_rows += holds - sum(op.kind == RELEASE for op in ops)
+        self.message_rows += adds
+        self.held_rows += holds - releases
         for account, count in dropped.items():
             self.dropped_held += count
             self.held_rows -= count
@@ -1287,11 +1323,41 @@ class RedisStore(WriteBehind):
         now = self._clock()
         today = _day(now)
         buckets: dict[int, _Bucket] = {}
+        in_bucket = buckets.get
         folded: dict[str, list[Any]] = {}  # message id → its M record
+        fold = folded.get
         holds: dict[str, list[Any]] = {}
         releases: dict[str, list[int]] = {}
+        # The kinds as locals, the most frequent first: a batch is thousands of records.
+        add, sent, claim, settle, final = ADD, SENT, CLAIM, SETTLE, FINAL
         for op in ops:
             kind, params = op.kind, op.params
+            if kind == add:
+                added, account, state, submitted_at, body, owner = params  # added: its id
+                b = _bucket(added)
+                bucket = in_bucket(b) or buckets.setdefault(b, _Bucket())
+                record = bucket.message(added, 1, owner, float(submitted_at), int(state))
+                record[-1] += (_ACCOUNT, account, _BODY, body)
+                folded.setdefault(added, record)  # an id added twice: its own record
+                continue
+            if kind == settle:
+                if len(params) == 1:  # the day of its lease, once (-1: the script finds it)
+                    op.params = params = (params[0], self._claimed_days.pop(params[0], -1))
+                settled, day = params
+                b = _bucket(settled)
+                (in_bucket(b) or buckets.setdefault(b, _Bucket())).settle(settled, day)
+                continue
+            if kind == claim:
+                if op.outcome is not None and op.outcome.done():
+                    continue  # its caller gave up (a deadline): not claimed for nobody
+                if len(params) == 7:  # its container day, once
+                    op.params = (*params, self._final_day(params[2], today))
+                claimed = params[6]  # its id
+                b = _bucket(claimed)
+                (in_bucket(b) or buckets.setdefault(b, _Bucket())).claim(claimed, op)
+                # What this node writes of the message after the claim comes after it.
+                folded.pop(claimed, None)
+                continue
             if kind == HOLD:
                 if len(params) == 3:  # its held id, once: a batch sent again keeps it
                     op.params = params = (*params, self._held_next)
@@ -1304,46 +1370,26 @@ class RedisStore(WriteBehind):
                 if account_of is not None:
                     releases.setdefault(account_of, []).append(params[0])
                 continue
-            if kind == SETTLE:
-                if len(params) == 1:  # the day of its lease, once (-1: the script finds it)
-                    op.params = params = (params[0], self._claimed_days.pop(params[0], -1))
-                settled, day = params
-                _bucket_of(buckets, _bucket(settled)).settle(settled, day)
-                continue
             mid = op.message_id
             assert mid is not None
-            if kind == CLAIM:
-                if op.outcome is not None and op.outcome.done():
-                    continue  # its caller gave up (a deadline): not claimed for nobody
-                if len(params) == 7:  # its container day, once
-                    op.params = (*params, self._final_day(float(params[2]), today))
-                _bucket_of(buckets, _bucket(mid)).claim(mid, op)
-                # What this node writes of the message after the claim comes after it.
-                folded.pop(mid, None)
-                continue
-            if kind == ADD:
-                _, account, state, submitted_at, body, owner = params
-                bucket = _bucket_of(buckets, _bucket(mid))
-                record = bucket.message(mid, 1, owner, float(submitted_at), int(state))
-                record[-1] += (_ACCOUNT, account, _BODY, body)
-                folded.setdefault(mid, record)  # an id added twice: its own record
-                continue
-            found = folded.get(mid)
+            found = fold(mid)
             if found is None:
-                record = _bucket_of(buckets, _bucket(mid)).message(mid, 0, "", 0.0, 0)
-                folded[mid] = record
+                b = _bucket(mid)
+                bucket = in_bucket(b) or buckets.setdefault(b, _Bucket())
+                record = folded[mid] = bucket.message(mid, 0, "", 0.0, 0)
             else:
                 record = found
-            if kind == SENT:
+            if kind == sent:
                 carrier, carrier_message_id, key, _ = params
                 record[-1] += (_CARRIER, carrier, _CARRIER_ID, carrier_message_id, _KEY, key or "")
                 if key is not None:
                     name = f"{carrier}:{key}"
-                    _bucket_of(buckets, _bucket(name)).index(name, mid)
+                    b = zlib.crc32(name.encode()) % BUCKETS  # (seen once: not cached)
+                    (in_bucket(b) or buckets.setdefault(b, _Bucket())).index(name, mid)
             elif kind == UPDATE:
                 account, submitted_at, body, _ = params
                 record[-1] += (_ACCOUNT, account, _SUBMITTED_AT, float(submitted_at), _BODY, body)
-            elif kind == FINAL:
+            elif kind == final:
                 if len(params) == 4:  # its container day, once
                     done = params[2]
                     day = -1 if done is None else self._final_day(done, today)
@@ -1639,14 +1685,20 @@ class RedisStore(WriteBehind):
 
         Redis unwritable: StoreError at once, as a read (a claim is not kept queued for a
         caller that has moved on; the carrier sends the receipt again)."""
+        return self.claim_won(message_id, await self.claim_soon(message_id, report))
+
+    def claim_soon(self, message_id: str, report: DeliveryReport) -> asyncio.Future[int]:
+        """:meth:`claim_final`'s C record, queued now; the future has the script's answer
+        for it (see _BATCH_LUA: 1 won, 0 no such message, 2 a duplicate, 3 another live
+        claim) once its batch is committed, or fails (StoreError) when it is not written,
+        or (StoreTimeout) past the read deadline."""
         if not is_final(report.state):
             raise ValueError(f"not a final state: {report.state!r}")
         if self._unwritable is not None:
             raise StoreError(f"store: claim_final: Redis cannot be written ({self._unwritable})")
-        done_at = report.done_at if report.done_at > 0 else self._clock()
         now = self._clock()
-        loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[int] = loop.create_future()
+        done_at = report.done_at if report.done_at > 0 else now
+        outcome: asyncio.Future[int] = self._running_loop().create_future()
         # Each claim's lease value is its own (the script takes an equal value for this
         # claim sent again): two claims of one node in one millisecond differ by the end.
         until = max(int((now + self._claim_seconds) * 1000), self._last_until + 1)
@@ -1654,54 +1706,62 @@ class RedisStore(WriteBehind):
         params = (
             int(report.state),
             report.error,
-            _num(done_at),
+            float(done_at),
             self._node_id,
             str(int(now * 1000)),
             str(until),
             message_id,
         )
-        op = Op(CLAIM, params, message_id=message_id, outcome=outcome)
-        op.on_durable = partial(_claim_written, outcome, self)
-        self._put(op)
+        # The writer settles ``outcome``: the script's answer once the batch is committed
+        # (_transaction), else StoreError (not written, or no answer: never a hang).
+        self._put(Op(CLAIM, params, message_id=message_id, outcome=outcome))
         # The read deadline: past it ``outcome`` fails (and a claim not sent yet is then
         # not sent). One timer for all the claims waiting (a claim per final receipt: a
         # timeout scope or a timer each costs more than the rest of the claim).
-        self._wait_for_written(outcome, "claim_final")
-        result = await outcome
-        if result == 3:
+        self._wait_for_written(outcome, self._claims_waiting)
+        return outcome
+
+    def claim_won(self, message_id: str, answer: int) -> bool:
+        if answer == 3:
             raise StoreError(f"message {message_id}: its final receipt is being reported")
-        return result == 1
+        return answer == 1
 
-    def _wait_for_written(self, future: asyncio.Future[Any], what: str) -> None:
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop if self._loop is not None else asyncio.get_running_loop()
+
+    def _wait_for_written(self, future: asyncio.Future[Any], waiting: _Deadlines) -> None:
         """``future`` fails (StoreTimeout) if its record is not written within the read
-        deadline. One timer for all the claims and settles waiting (one per final receipt:
+        deadline. One timer for all the claims (settles) waiting (one per final receipt:
         a timeout scope or a timer each costs more than the rest of the claim)."""
-        loop = asyncio.get_running_loop()
-        waiting = self._claim_deadlines
-        while waiting and waiting[0][1].done():  # answered (mostly in order)
-            waiting.popleft()
-        waiting.append((loop.time() + self._config.read_timeout, future, what))
-        if self._claim_timer is None:
-            self._claim_timer = loop.call_at(waiting[0][0], self._expire_claims)
+        loop = self._running_loop()
+        futures, ends = waiting.futures, waiting.ends
+        while futures and futures[0].done():  # answered (mostly in order)
+            futures.popleft()
+            ends.popleft()
+        futures.append(future)
+        ends.append(loop.time() + self._config.read_timeout)
+        if waiting.timer is None:
+            waiting.timer = loop.call_at(ends[0], self._expire, waiting)
 
-    def _expire_claims(self) -> None:
-        """Fail the claims waiting past their deadline; the timer is set again for the
+    def _expire(self, waiting: _Deadlines) -> None:
+        """Fail the futures waiting past their deadline; the timer is set again for the
         next one waiting, if any (deadlines come in order: one ``read_timeout`` each)."""
-        self._claim_timer = None
-        waiting = self._claim_deadlines
-        loop = asyncio.get_running_loop()
+        waiting.timer = None
+        futures, ends = waiting.futures, waiting.ends
+        loop = self._running_loop()
         now = loop.time()
-        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
-            _, outcome, what = waiting.popleft()
-            if not outcome.done():
+        while futures and (futures[0].done() or ends[0] <= now):
+            future = futures.popleft()
+            ends.popleft()
+            if not future.done():
                 self.read_timeouts += 1
                 why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
                 limit = self._config.read_timeout
-                outcome.set_exception(
-                    StoreTimeout(f"store: {what} took more than {limit:g} s{why}")
+                future.set_exception(
+                    StoreTimeout(f"store: {waiting.what} took more than {limit:g} s{why}")
                 )
-        if waiting:
-            self._claim_timer = loop.call_at(waiting[0][0], self._expire_claims)
+        if futures:
+            waiting.timer = loop.call_at(ends[0], self._expire, waiting)
 
     def settle_final(self, message_id: str) -> asyncio.Future[None]:
         """The claimed final state's receipt is delivered or held: its lease goes, and a
@@ -1711,9 +1771,10 @@ class RedisStore(WriteBehind):
         also while Redis cannot be written, and is written when it can (a late one is
         harmless: the receipt was delivered or held). Not written at all (a node that dies
         first): the lease lapses after ``claim_seconds`` instead."""
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._put(Op(SETTLE, (message_id,), on_durable=partial(_settled, written)))
-        self._wait_for_written(written, "settle_final")
+        written: asyncio.Future[None] = self._running_loop().create_future()
+        # The writer settles ``written`` with the batch: None once written, else StoreError.
+        self._put(Op(SETTLE, (message_id,), outcome=written))
+        self._wait_for_written(written, self._settles_waiting)
         return written
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:

@@ -400,6 +400,8 @@ class SqliteStore(WriteBehind):
         self._wthread: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()  # one read at a time on self._db
         self._path = ""
+        #: Claims running (claim_soon), until each is done.
+        self._claims: set[asyncio.Future[int]] = set()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -544,6 +546,23 @@ class SqliteStore(WriteBehind):
         before it (``flush``), within ``read_timeout``."""
         if not is_final(report.state):
             raise ValueError(f"not a final state: {report.state!r}")
+        return self.claim_won(message_id, await self._claim_rows(message_id, report))
+
+    def claim_soon(self, message_id: str, report: DeliveryReport) -> asyncio.Future[int]:
+        """:meth:`claim_final`'s UPDATE as a task (one node owns this file: its claims are
+        few, a cluster's node claims on Redis); the task is the store's until it is done."""
+        if not is_final(report.state):
+            raise ValueError(f"not a final state: {report.state!r}")
+        task = asyncio.ensure_future(self._claim_rows(message_id, report))
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+        return task
+
+    def claim_won(self, message_id: str, answer: int) -> bool:
+        """``answer``: the rows the claim's UPDATE changed."""
+        return answer > 0
+
+    async def _claim_rows(self, message_id: str, report: DeliveryReport) -> int:
         await self.flush()
         wdb, wthread = self._wdb, self._wthread
         if wdb is None or wthread is None or self._closing:
@@ -552,8 +571,8 @@ class SqliteStore(WriteBehind):
         params = (int(report.state), report.error, done_at, message_id)
         loop = asyncio.get_running_loop()
         async with self._deadline("claim_final"):
-            won = await loop.run_in_executor(wthread, _write_one, wdb, _CLAIM_FINAL, params)
-        return won > 0
+            rows: int = await loop.run_in_executor(wthread, _write_one, wdb, _CLAIM_FINAL, params)
+        return rows
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
         async with self._deadline("held"):

@@ -8,7 +8,8 @@ which failures mean the backend cannot be written (``_why``), one step of a purg
 
 Batching. The writer gathers records for ``commit_interval`` (group commit) — unless an ack
 or a read waits for them, or a batch is full — and then takes whatever is queued (up to
-``batch_max``), so the batches are large and the cost per message falls.
+``batch_max``: the config's, else the backend's, 2,000 records on SQLite, 10,000 on Redis),
+so the batches are large and the cost per message falls.
 
 Durability. ``add(message, on_durable)`` calls ``on_durable(True)`` only after the batch
 holding the message has COMMITTED (the backend says what commit means: a SQLite
@@ -89,6 +90,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DAY: Final = 86_400.0
+#: Records per batch at most, unless the config or the backend says otherwise.
+BATCH_MAX: Final = 2000
 #: First wait before the writer tries a failed batch again (then doubling).
 RETRY_MIN: Final = 0.05
 
@@ -191,8 +194,11 @@ class WriteBehind:
         clock: Callable[[], float],
         node_id: str,
         write_error_reasons: Sequence[str],
+        batch_max: int = BATCH_MAX,
     ) -> None:
         self._config = config
+        #: Records per batch at most: the config's, else the backend's ``batch_max``.
+        self._batch_max = batch_max if config.batch_max is None else config.batch_max
         self._clock = clock
         self._node_id = node_id
         #: Open (set by the backend's ``open``, cleared by its ``close``).
@@ -426,7 +432,7 @@ class WriteBehind:
         if op.on_durable is not None or op.outcome is not None:
             self._durable_queued += 1
             self._hurry.set()
-        elif len(self._queue) >= self._config.batch_max:
+        elif len(self._queue) >= self._batch_max:
             self._hurry.set()
 
     async def purge(self, now: float) -> int:
@@ -510,12 +516,12 @@ class WriteBehind:
         """The next batch: the whole queue (the common case: one copy, and no record left
         that waits for its commit), or its first ``batch_max`` records."""
         queue = self._queue
-        if len(queue) <= self._config.batch_max:
+        if len(queue) <= self._batch_max:
             batch = list(queue)
             queue.clear()
             self._durable_queued = 0
             return batch
-        batch = [queue.popleft() for _ in range(self._config.batch_max)]
+        batch = [queue.popleft() for _ in range(self._batch_max)]
         if self._durable_queued:
             self._durable_queued -= sum(map(_awaited, batch))
         return batch
@@ -528,7 +534,7 @@ class WriteBehind:
             self._durable_queued
             or self._waiters
             or self._closing
-            or len(self._queue) >= self._config.batch_max
+            or len(self._queue) >= self._batch_max
         )
 
     async def _write_batch(self, batch: list[Op]) -> None:
