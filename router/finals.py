@@ -78,9 +78,10 @@ class Finals:
         self.shared = bool(store.node_id)
         #: Claims tried again after a failure (a task each; see _claim_failed).
         self.tasks: set[asyncio.Task[None]] = set()
-        #: Settles being written: their future → the message (one done callback, bound
-        #: once, for all of them: no callable made per final receipt).
-        self._settling: dict[asyncio.Future[None], str] = {}
+        #: Settles being written: their future → the messages (a store may answer the
+        #: settles of one batch with one future; one done callback, bound once, for all of
+        #: them: no callable made per final receipt).
+        self._settling: dict[asyncio.Future[None], list[str]] = {}
         self._on_settled = self._settle_written
         #: What the claims' and settles' done callbacks run in (given, not copied per
         #: callback: thousands of claims wait at once under load, each a live object).
@@ -311,12 +312,17 @@ class Finals:
         except Exception as exc:  # the store is closed
             self._settled(message_id, exc)
             return
-        self._settling[written] = message_id
-        written.add_done_callback(self._on_settled, context=self.context)
+        waiting = self._settling.get(written)
+        if waiting is None:  # the first settle of its store batch (see Store.settle_final)
+            self._settling[written] = [message_id]
+            written.add_done_callback(self._on_settled, context=self.context)
+        else:
+            waiting.append(message_id)
 
     def _settle_written(self, written: asyncio.Future[None]) -> None:
-        message_id = self._settling.pop(written)
-        self._settled(message_id, None if written.cancelled() else written.exception())
+        exc = None if written.cancelled() else written.exception()
+        for message_id in self._settling.pop(written):
+            self._settled(message_id, exc)
 
     def _settled(self, message_id: str, exc: BaseException | None) -> None:
         if exc is not None:

@@ -173,7 +173,8 @@ class MessageStore(Protocol):
         """The receipt of a final state this node claimed is delivered or held: later
         claims are duplicates (a no-op where one node owns the store). Queued by the call
         itself (a write behind, like ``set_final``); the future is done once it is written,
-        or failed (StoreError: not written, the lease lapses after its time instead)."""
+        or failed (StoreError: not written, the lease lapses after its time instead). The
+        settles a store writes in one batch may share one future."""
         ...
 
     def update_message(self, message: Message) -> None:

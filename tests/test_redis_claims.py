@@ -86,6 +86,36 @@ def test_claims_and_settles_under_load_cost_no_round_trip_of_their_own(
     run(asyncio.wait_for(main(), DEADLINE))
 
 
+def test_settles_that_fill_several_batches_are_done_once_the_last_of_them_is_written(
+    redis_url: str,  # noqa: F811
+    run: Any,
+) -> None:
+    """A settle's future is done once its record is written — settles queued together
+    may share one, which is done once the last of them is written, also when the queue
+    fills several batches; by then another node's claim of each is a duplicate, not a
+    live lease."""
+    n = 25
+
+    async def main() -> None:
+        async with (
+            opened(node(redis_url, "a", batch_max=10)) as a,
+            opened(node(redis_url, "b")) as b,
+        ):
+            for i in range(n):
+                assert a.add(msg(i))
+            await a.flush()
+            won = await asyncio.gather(*(a.claim_final(f"m{i:06d}", DELIVERED) for i in range(n)))
+            assert won == [True] * n
+            settles = [a.settle_final(f"m{i:06d}") for i in range(n)]
+            await settles[-1]
+            assert a.queued == 0  # the last batch was written, not only the first
+            await asyncio.gather(*settles)
+            again = await asyncio.gather(*(b.claim_final(f"m{i:06d}", DELIVERED) for i in range(n)))
+            assert again == [False] * n
+
+    run(asyncio.wait_for(main(), DEADLINE))
+
+
 def test_a_claim_comes_after_this_nodes_queued_writes_and_before_its_later_ones(
     redis_url: str,  # noqa: F811
     run: Any,

@@ -42,10 +42,12 @@ Final receipts in a cluster (``claim_final``, ``settle_final``) are records of t
 too, not round trips of their own: a claim (a C record: the compare-and-set and the report
 lease) makes the writer send its batch at once and waits for that batch's answer; a settle
 (an S record: HDEL of the lease) likewise. Under load a claim and a settle cost a share of
-their bucket's script call, as the other records do. In the node, each is a record (an
+their bucket's script call, as the other records do. In the node, a claim is a record (an
 ``Op``) and a future the writer settles with the batch (``claim_soon``: the script's
 answer; no coroutine, no callback of its own), and a place in a deque of deadlines (one
-timer for all of them: ``read_timeout``).
+timer for all of them: ``read_timeout``); a settle is a record, and the settles queued
+between two batches share one future and one deadline (done once the last of them is
+written).
 
 Key layout (for Redis Cluster: the part in braces is the hash tag; all keys one script call
 touches share its tag, hence its slot). ``P`` is the prefix (``smsc`` by default), ``b`` a
@@ -937,6 +939,18 @@ class _Deadlines:
         self.ends.clear()
 
 
+class _Settles(msgspec.Struct, gc=False):
+    """Settles (S records) that share one future: those queued between two of the
+    writer's batches (see RedisStore.settle_final). Not tracked by the cyclic GC, as
+    ``Op``: nothing it holds refers back to it."""
+
+    future: asyncio.Future[None]
+    first: int
+    """The seq of its first record: the group takes settles while that one is queued."""
+    last: int
+    """The seq of its last record: the group is written once that one is."""
+
+
 class RedisStore(WriteBehind):
     """``Store`` on Redis at ``url`` (``redis://``, ``rediss://``, with a password).
 
@@ -1004,6 +1018,8 @@ class RedisStore(WriteBehind):
         #: past it.
         self._claims_waiting = _Deadlines("claim_final")
         self._settles_waiting = _Deadlines("settle_final")
+        #: Settles queued and not yet written, a group (one future) per batch, in order.
+        self._settle_groups: deque[_Settles] = deque()
         #: The loop the store was opened in (asyncio.get_running_loop costs a getpid
         #: system call per claim).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1194,7 +1210,12 @@ class RedisStore(WriteBehind):
         try:
             await self._stop_writer(timeout)
         finally:
-            # every claim and settle is answered or failed by now
+            # every claim and settle is answered or failed by now, but for settle groups
+            # whose records were abandoned (a writer stopped before it wrote them)
+            for group in self._settle_groups:
+                if not group.future.done():
+                    group.future.set_exception(StoreError("store: record not written"))
+            self._settle_groups.clear()
             self._claims_waiting.clear()
             self._settles_waiting.clear()
             client, self._redis = self._redis, None
@@ -1262,6 +1283,7 @@ class RedisStore(WriteBehind):
             for op in ops:
                 if op.kind == RELEASE:
                     self._held_account.pop(op.params[0], None)
+        self._settles_written(ops)
         for op, answer, day in answered:  # the claims' results, now the batch is committed
             if answer == 1 and op.message_id is not None:  # where its settle finds the lease
                 remembered = self._claimed_days
@@ -1770,12 +1792,42 @@ class RedisStore(WriteBehind):
         written, or fails (StoreTimeout) past the read deadline — the record stays queued,
         also while Redis cannot be written, and is written when it can (a late one is
         harmless: the receipt was delivered or held). Not written at all (a node that dies
-        first): the lease lapses after ``claim_seconds`` instead."""
+        first): the lease lapses after ``claim_seconds`` instead.
+
+        The settles queued between two of the writer's batches share one future (a
+        ``_Settles`` group, done once the batch that has the group's last record is
+        committed): one future, one deadline and one done callback per batch, not per
+        final receipt. A group takes settles while its first record is still queued."""
+        groups = self._settle_groups
+        group = groups[-1] if groups else None
+        queue = self._queue
+        joins = (
+            group is not None
+            and bool(queue)
+            and queue[0].seq <= group.first
+            and not group.future.done()  # (past its deadline: a new one for a new wait)
+        )
+        op = Op(SETTLE, (message_id,))
+        self._put(op, hurry=not joins)  # the group's first record sends the batch at once
+        if group is not None and joins:
+            group.last = op.seq
+            return group.future
         written: asyncio.Future[None] = self._running_loop().create_future()
-        # The writer settles ``written`` with the batch: None once written, else StoreError.
-        self._put(Op(SETTLE, (message_id,), outcome=written))
+        groups.append(_Settles(written, op.seq, op.seq))
         self._wait_for_written(written, self._settles_waiting)
         return written
+
+    def _settles_written(self, ops: list[Op]) -> None:
+        """``ops`` are committed: the settle groups whose last record is among them or
+        before them are done (batches are written in the order they were queued)."""
+        groups = self._settle_groups
+        if not groups or not ops:
+            return
+        written = ops[-1].seq
+        while groups and groups[0].last <= written:
+            future = groups.popleft().future
+            if not future.done():
+                future.set_result(None)
 
     async def held(self, account: str, limit: int) -> list[tuple[int, bytes]]:
         async with self._deadline("held"):

@@ -421,7 +421,10 @@ class WriteBehind:
         if ids:
             self._held_seq = self._queued_seq
 
-    def _put(self, op: Op) -> None:
+    def _put(self, op: Op, *, hurry: bool = False) -> None:
+        """Queue ``op``; the writer sends its batch at once if someone waits for it (its
+        ``on_durable`` or ``outcome``, or ``hurry``: a backend that answers a group of
+        records with one future of its own, see RedisStore.settle_final)."""
         if not self._open or self._closing:
             raise StoreClosed("store is not open")
         op.seq = self._queued_seq = next(self._seq)
@@ -429,8 +432,8 @@ class WriteBehind:
             self._pending_ids[op.message_id] = op.seq
         self._queue.append(op)
         self._wake.set()
-        if op.on_durable is not None or op.outcome is not None:
-            self._durable_queued += 1
+        if hurry or op.on_durable is not None or op.outcome is not None:
+            self._durable_queued += 1  # (a hurried record: until the queue is taken whole)
             self._hurry.set()
         elif len(self._queue) >= self._batch_max:
             self._hurry.set()
