@@ -13,9 +13,11 @@ once; carriers were answered already.
 
 In a cluster a final receipt costs, besides the store's records (a claim, then a settle):
 no task nor coroutine (its claim is a done callback on the store's answer, see ``_Claim``),
-and while it waits for that batch one small object of its own (the claim) — the answers owed
-are a shared tuple when no carrier waits, the settles in flight one map, and the callbacks
-all run in one context given them. Thousands wait at once under load: each object alive
+and while it waits for that batch one small object of its own (the claim; then, while the
+client has the receipt, a ``_Claimed``: both untracked by the cyclic GC) — the answers owed
+are a shared tuple when no carrier waits, the settles in flight one map (a store batch's
+settles may share one future: one entry, one done callback), and the callbacks all run in
+one context given them. Thousands wait at once under load: each tracked object alive
 meanwhile is walked by the cyclic GC's young collections.
 
 ``respond`` is how to answer the carrier's deliver_sm (None in ``enqueue`` mode, and for
