@@ -266,6 +266,41 @@ def test_an_idle_connection_is_closed_after_keepalive(run: Run) -> None:
     run(main_())
 
 
+@pytest.mark.parametrize("why", ["a field not Latin-1", "the handler failed"])
+def test_an_answer_that_cannot_be_written_is_a_500_problem_and_the_connection_closes(
+    run: Run, why: str
+) -> None:
+    """Not a hang: the client is answered (the request pipelined behind it is not taken:
+    what the handler did is not known) and the connection closes."""
+    bodies: list[bytes] = []
+
+    async def handler(authorization: str, key: str | None, body: bytes) -> Any:
+        bodies.append(body)
+        if why == "the handler failed":
+            raise RuntimeError("a bug")
+        return 503, "application/problem+json", b"{}", {"Retry-After": "\u2026"}
+
+    async def main_() -> None:
+        listener = FastListener(handler, lambda: None, max_body=1024, keepalive=DEADLINE)
+        await listener.start("127.0.0.1", 0)
+        try:
+            async with asyncio.timeout(DEADLINE):
+                reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+                writer.write(post("447700900801", body=b"1") + post("447700900802", body=b"2"))
+                got = await answer(reader)
+                assert await reader.read() == b""  # closed after it
+                writer.close()
+        finally:
+            await listener.stop(1.0)
+        assert (got.status, got.headers["content-type"]) == (500, "application/problem+json")
+        problem = json.loads(got.body)
+        assert (problem["status"], problem["title"]) == (500, "Internal error")
+        assert got.headers["connection"] == "close"
+        assert bodies == [b"1"]
+
+    run(main_())
+
+
 @pytest.mark.parametrize(
     "start",
     [
