@@ -37,7 +37,7 @@ import msgspec
 
 from router.metrics import RouterMetrics
 from router.model import DeliveryReport, Message, StoredMessage
-from router.ports import ReportSink, Store, StoreError
+from router.ports import ReportSink, Store, StoreClosed, StoreError
 from router.upstream import Respond
 from smppcore.constants import CommandStatus, MessageState
 
@@ -82,6 +82,10 @@ class Finals:
         self.shared = bool(store.node_id)
         #: Claims tried again after a failure (a task each; see _claim_failed).
         self.tasks: set[asyncio.Task[None]] = set()
+        #: Claims queued in the store and not answered yet (done callbacks, not tasks:
+        #: :meth:`claims_ended` is how a shutdown waits for them).
+        self.claiming = 0
+        self._claims_ended: asyncio.Future[None] | None = None
         #: Settles being written: their future → the messages (a store may answer the
         #: settles of one batch with one future; one done callback, bound once, for all of
         #: them: no callable made per final receipt).
@@ -205,6 +209,25 @@ class Finals:
             self._claim_failed(stored, report, accepted, exc)
             return
         answered.add_done_callback(_Claim(self, stored, report, accepted), context=self.context)
+        self.claiming += 1
+
+    def claims_ended(self) -> asyncio.Future[None]:
+        """A future done once no claim waits for the store's answer (at shutdown the
+        router waits for it, within its deadline, before the store closes: a claim
+        answered after that could neither deliver nor hold its receipt)."""
+        ended = self._claims_ended
+        if ended is None or ended.done():
+            ended = self._claims_ended = asyncio.get_running_loop().create_future()
+            if not self.claiming:
+                ended.set_result(None)
+        return ended
+
+    def _claim_answered(self) -> None:
+        self.claiming -= 1
+        if not self.claiming:
+            ended = self._claims_ended
+            if ended is not None and not ended.done():
+                ended.set_result(None)
 
     def _claim_done(
         self, stored: StoredMessage, report: DeliveryReport, accepted: float | None, won: bool
@@ -237,6 +260,9 @@ class Finals:
             log.info("message %s: final receipt not claimed now: %s", message_id, exc)
             self._retry_later(message_id)
             return
+        if isinstance(exc, StoreClosed):  # shutting down: trying again cannot help
+            self._never_claimed(message_id, report, exc)
+            return
         task = asyncio.create_task(self._claim_again(stored, report, accepted, exc))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -260,11 +286,8 @@ class Finals:
         give_up = loop.time() + _CLAIM_RETRY
         pause = 0.05
         while True:
-            if loop.time() + pause > give_up:
-                # Nobody would send it again (answered already, or decided here).
-                log.error("message %s: final receipt never claimed: %s", message_id, exc)
-                self.metrics.event("receipt_dropped", report.carrier)
-                self.finishing.pop(message_id, None)
+            if loop.time() + pause > give_up or isinstance(exc, StoreClosed):
+                self._never_claimed(message_id, report, exc)
                 return
             await asyncio.sleep(pause)  # a bounded retry with back-off, not a wait
             pause = min(2.0, pause * 2)
@@ -279,6 +302,12 @@ class Finals:
                     return
                 exc = again
         self._claim_done(stored, report, accepted, won)
+
+    def _never_claimed(self, message_id: str, report: DeliveryReport, exc: Exception) -> None:
+        """Nobody would send it again (answered already, or decided here): said, counted."""
+        log.error("message %s: final receipt never claimed: %s", message_id, exc)
+        self.metrics.event("receipt_dropped", report.carrier)
+        self.finishing.pop(message_id, None)
 
     def _claimed(self, message_id: str, report: DeliveryReport, reported: bool) -> None:
         """A claimed final receipt is delivered or held (``reported``): settle the claim,
@@ -427,6 +456,7 @@ class _Claim(msgspec.Struct, gc=False):
 
     def __call__(self, answered: asyncio.Future[int]) -> None:
         finals = self.finals
+        finals._claim_answered()
         try:
             if answered.cancelled():
                 raise StoreError("store: claim_final: cancelled")
@@ -434,7 +464,12 @@ class _Claim(msgspec.Struct, gc=False):
         except Exception as exc:
             finals._claim_failed(self.stored, self.report, self.accepted, exc)
             return
-        finals._claim_done(self.stored, self.report, self.accepted, won)
+        try:
+            finals._claim_done(self.stored, self.report, self.accepted, won)
+        except Exception:  # a bug: said, and the carriers waiting told to send it again
+            message_id = self.stored.message.id
+            log.exception("message %s: its claimed final receipt failed", message_id)
+            finals.durably(message_id, False)
 
 
 class _Claimed(msgspec.Struct, gc=False):

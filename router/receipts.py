@@ -22,6 +22,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
+from typing import Any
 
 import msgspec
 
@@ -448,15 +449,20 @@ class Receipts:
     async def settle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the receipts being matched through the store
         (receipts of messages no longer in memory: sent long ago, before a restart, or
-        repeated); True when none is left."""
+        repeated) and for a cluster's final receipts being claimed; True when none is
+        left."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._tasks or self.finals.tasks:
+        finals = self.finals
+        while self._tasks or finals.tasks or finals.claiming:
             left = deadline - loop.time()
             if left <= 0:
                 return False
             # (they may start others)
-            await asyncio.wait(self._tasks | self.finals.tasks, timeout=left)
+            waits: set[asyncio.Future[Any]] = set(self._tasks | finals.tasks)
+            if finals.claiming:  # claims in the store's queue: answered by its next batches
+                waits.add(finals.claims_ended())
+            await asyncio.wait(waits, timeout=left)
         return True
 
     async def cancel(self) -> None:

@@ -75,7 +75,7 @@ class WebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """Seconds one POST may take."""
     concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 128
     """Connections in use at once, overall, each with a POST in flight (or up to
-    ``pipeline``): more than ``per_endpoint``, so that a slow receiver leaves the others
+    ``pipeline``): more than ``per_endpoint``, so that a slow receiver leaves the other
     connections to use."""
     per_endpoint: Annotated[int, Meta(ge=1, le=1000)] = 32
     """Connections in use at once to one host, each with a POST in flight (or up to

@@ -14,7 +14,9 @@ transport's write buffer is full). A whole head whose body is still coming is no
 again until the octets its length asks for are in, however many reads they take. An
 answer is one write: status line, ``Content-Type``, ``Content-Length``, ``Date``,
 ``Server`` (aiohttp's, as its answers give it), the problem's own fields
-(``Retry-After``, ...), the body.
+(``Retry-After``, ...), the body. A handler that fails, or an answer that cannot be
+written (a field value that is not Latin-1), gets ``FAILED`` (a 500 problem, logged) and
+the connection closes after it.
 
 The first request that is not plain — another route or method, HTTP/1.0, a chunked,
 compressed or oversized body, a malformed or oversized head — is left unread, and once
@@ -58,6 +60,15 @@ _HAND_OFF_FIELDS: Final = frozenset(
 Answer = tuple[int, str, bytes, dict[str, str]]
 #: What answers a plain request: (Authorization, Idempotency-Key, body) → Answer.
 Handler = Callable[[str, "str | None", bytes], Awaitable[Answer]]
+#: The answer when the handler fails or its answer cannot be written (a field value that
+#: is not Latin-1): smsc.http_api's 500 problem, and the connection closes after it.
+FAILED: Final[Answer] = (
+    500,
+    "application/problem+json",
+    b'{"type":"https://smsc.invalid/problems/internal-error","title":"Internal error",'
+    b'"status":500,"detail":"see the smsc log","instance":"/v1/messages"}',
+    {"Connection": "close"},
+)
 
 
 def _status_line(status: int) -> bytes:
@@ -269,13 +280,20 @@ class Lane(asyncio.Protocol):
         listener = self.listener
         try:
             answer = await listener.handler(request.authorization, request.key, request.body)
+            data, failed = encode_answer(answer, listener.date()), False
+        except Exception:  # (a handler's bug, or a field that is not Latin-1: never a hang)
+            log.exception("HTTP API: POST /v1/messages: no answer to write")
+            data, failed = encode_answer(FAILED, listener.date()), True
         finally:
             task, self.task = self.task, None
             listener.tasks.discard(task)
         if self.closed:
             return
         assert self.transport is not None
-        self.transport.write(encode_answer(answer, listener.date()))
+        self.transport.write(data)
+        if failed:  # (what the handler did is not known: the client is told, not kept)
+            self._close()
+            return
         self.active_at = listener.loop.time()
         self._next()
 

@@ -178,7 +178,7 @@ class SqliteOutbox:
         done = self.file.write(
             "INSERT INTO events (id, account, url, body, created, next_at, kind, host)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(event_id, account, url, body, now, now, kind, _host(url))],
+            [(event_id, account, url, body, now, now, kind, host_of(url))],
         )
         if done is None:
             return None
@@ -205,7 +205,7 @@ class SqliteOutbox:
         if not ok:  # not in the file: nothing waits (whoever put it is told False)
             self._waiting = max(0, self._waiting - 1)
         elif len(self._fresh_ids) < self.memory:
-            self._fresh.setdefault(_host(event.url), deque()).append(event)
+            self._fresh.setdefault(host_of(event.url), deque()).append(event)
             self._fresh_ids.add(event.id)
 
     async def due(
@@ -251,7 +251,7 @@ class SqliteOutbox:
             if len(self._fresh_ids) >= self.memory:
                 return  # (still in the file: read from there)
             if event.id not in self._fresh_ids:
-                self._fresh.setdefault(_host(event.url), deque()).appendleft(event)
+                self._fresh.setdefault(host_of(event.url), deque()).appendleft(event)
                 self._fresh_ids.add(event.id)
 
     def take_next(self, host: str, skip: Collection[int]) -> OutboxEvent | None:
@@ -338,7 +338,7 @@ class SqliteOutbox:
 
 
 @lru_cache(maxsize=1024)
-def _host(url: str) -> str:
+def host_of(url: str) -> str:
     """The receiving host of ``url`` (``netloc``): what caps and breakers count by."""
     return urlsplit(url).netloc
 

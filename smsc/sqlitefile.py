@@ -137,8 +137,10 @@ class SqliteFile:
                 # (fewer, larger ones: each costs a hand-off to the thread and a commit);
                 # the deadline is a timer setting ``_urgent``: no cancellation to unwind
                 timer = asyncio.get_running_loop().call_later(self.gather, self._urgent.set)
-                await self._urgent.wait()
-                timer.cancel()
+                try:
+                    await self._urgent.wait()
+                finally:  # (also when the writer is cancelled at close)
+                    timer.cancel()
             self._urgent.clear()
             self._wake.clear()
             batch, self._queue = self._queue, []

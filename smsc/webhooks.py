@@ -47,7 +47,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -70,9 +69,9 @@ from smsc.legacy_dlr import (
     legacy_verdict,
 )
 from smsc.legacy_split import Answer, SplitAnswers, Verdict
-from smsc.outbox import Outbox, OutboxEvent
+from smsc.outbox import Outbox, OutboxEvent, host_of
 from smsc.tasks import wait_event
-from smsc.webhook_client import HttpError, WebhookClient
+from smsc.webhook_client import HttpError, Response, WebhookClient
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +479,7 @@ class WebhookSender:
                     for event in due:
                         if event.id in self._recent or event.id in self._inflight:
                             continue
-                        host = urlsplit(event.url).netloc
+                        host = host_of(event.url)
                         batch = batches.get(event.url) if self._pipelined(event) else None
                         if batch is None and (
                             self._conns >= cfg.concurrency
@@ -502,7 +501,7 @@ class WebhookSender:
                             batches.pop(event.url, None)
                             self._spawn(batch, host)
                     for batch in batches.values():
-                        self._spawn(batch, urlsplit(batch[0].url).netloc)
+                        self._spawn(batch, host_of(batch[0].url))
                     self.outbox.give_back(unsent)
                 if spawned:
                     # What was due is on its way: read again at once if there may be more,
@@ -561,7 +560,7 @@ class WebhookSender:
         (then one at a time until one is taken: its breaker counts each failure)."""
         if self.config.pipeline < 2 or event.kind != "json":
             return False
-        if self._failures and urlsplit(event.url).netloc in self._failures:
+        if self._failures and host_of(event.url) in self._failures:
             return False
         state = self.accounts.get(event.account)
         hooks = state.account.webhooks if state is not None else None
@@ -645,29 +644,25 @@ class WebhookSender:
         now = int(self.wall())
         requests = []
         for event in events:
-            headers = {"Smsc-Event-Id": str(event.id), "Content-Type": "application/json"}
-            state = self.accounts.get(event.account)
-            hooks = state.account.webhooks if state is not None else None
-            if hooks is not None:
-                headers[SIGNATURE_HEADER] = sign(hooks.secret, now, event.body)
-            requests.append((event.body, headers))
-        outcomes: list[tuple[str | None, float | None, bool]] = []
-        for answer in await self._client.post_many(events[0].url, requests):
-            if isinstance(answer, TimeoutError):
-                outcomes.append(("timeout", None, False))
-            elif isinstance(answer, Exception):
-                outcomes.append((f"{type(answer).__name__}: {answer}"[:200], None, False))
-            elif 200 <= answer.status < 300:
-                outcomes.append((None, None, False))
-            else:
-                after = _retry_after(answer.headers.get("retry-after"), self.wall())
-                outcomes.append((f"HTTP {answer.status}", after, False))
-        return outcomes
+            _, data, headers, _ = self._request(event, now)  # (JSON to a trusted URL)
+            requests.append((data, headers))
+        answers = await self._client.post_many(events[0].url, requests)
+        return [self._outcome(answer) for answer in answers]
 
     async def _attempt(self, event: OutboxEvent) -> tuple[str | None, float | None, bool]:
-        """One POST: (None, None, False) when taken; else (why not, the receiver's
-        Retry-After, whether its URL is refused: webhooks.callback_networks)."""
+        """One POST (:meth:`_outcome`)."""
         assert self._client is not None
+        method, data, headers, trusted = self._request(event, int(self.wall()))
+        try:
+            resp = await self._client.request(method, event.url, data, headers, guarded=not trusted)
+        except (CallbackRefused, TimeoutError, HttpError, OSError) as exc:
+            return self._outcome(exc)
+        return self._outcome(resp)
+
+    def _request(self, event: OutboxEvent, now: int) -> tuple[str, bytes, dict[str, str], bool]:
+        """``event``'s request: method, body, header fields (signed at ``now`` when its
+        account has a secret), and whether its URL is trusted (the operator's own URLs
+        go anywhere; any other was given by an application)."""
         headers = {"Smsc-Event-Id": str(event.id)}
         method, data = "POST", event.body
         if event.kind == "get":
@@ -679,21 +674,24 @@ class WebhookSender:
         state = self.accounts.get(event.account)
         hooks = state.account.webhooks if state is not None else None
         if hooks is not None:
-            headers[SIGNATURE_HEADER] = sign(hooks.secret, int(self.wall()), data)
-        # The operator's own URLs go anywhere; any other was given by an application.
+            headers[SIGNATURE_HEADER] = sign(hooks.secret, now, data)
         trusted = hooks is not None and event.url in (hooks.status_url, hooks.inbound_url)
-        try:
-            resp = await self._client.request(method, event.url, data, headers, guarded=not trusted)
-        except CallbackRefused as exc:
-            return f"refused: {exc}"[:300], None, True
-        except TimeoutError:
+        return method, data, headers, trusted
+
+    def _outcome(self, answer: Response | Exception) -> tuple[str | None, float | None, bool]:
+        """A POST's answer, or why there is none: (None, None, False) when taken; else (why
+        not, the receiver's Retry-After, whether its URL is refused:
+        webhooks.callback_networks)."""
+        if isinstance(answer, CallbackRefused):
+            return f"refused: {answer}"[:300], None, True
+        if isinstance(answer, TimeoutError):
             return "timeout", None, False
-        except (HttpError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"[:200], None, False
-        if 200 <= resp.status < 300:
+        if isinstance(answer, Exception):
+            return f"{type(answer).__name__}: {answer}"[:200], None, False
+        if 200 <= answer.status < 300:
             return None, None, False
-        after = _retry_after(resp.headers.get("retry-after"), self.wall())
-        return f"HTTP {resp.status}", after, False
+        after = _retry_after(answer.headers.get("retry-after"), self.wall())
+        return f"HTTP {answer.status}", after, False
 
     def _refused(self, event: OutboxEvent, error: str) -> None:
         """``event``'s URL may not be reached (webhooks.callback_networks): dead at once

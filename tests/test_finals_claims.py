@@ -10,16 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from loops import Run
 from redis_server import redis_server, redis_url  # noqa: F401
-from router_parts import RETRY_LATER, T0, Answers, Sink, message
+from router_parts import (
+    RETRY_LATER,
+    T0,
+    Answers,
+    Sink,
+    carrier,
+    message,
+    metrics_for,
+    router_config,
+)
 
+from router.carriers import Carriers
 from router.config import StoreConfig
 from router.finals import Finals
 from router.metrics import RouterMetrics
 from router.model import DeliveryReport
+from router.queue import MessageQueue
+from router.receipts import Receipts
 from router.stores.redis import RedisStore
 from smppcore.constants import MessageState
 
@@ -158,5 +171,67 @@ def test_a_carrier_waiting_on_a_receipt_another_node_reports_is_asked_to_send_it
             assert await respond.wait_for(1) == [RETRY_LATER]
             assert sink.reports == []
             assert f.finishing == {}
+
+    run(main())
+
+
+class HoldingSink(Sink):
+    """What smsc's sink does for an account bound nowhere: holds the receipt in the store
+    (a write that a closed store refuses)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        super().__init__()
+        self.store = store
+        self.held = 0
+        self.refused = 0
+
+    def report(self, stored, report, settled=None):  # type: ignore[no-untyped-def]
+        try:
+            self.store.hold(stored.message.account, b"receipt", time.time() + 3600, None)
+        except Exception:
+            self.refused += 1
+            if settled is not None:
+                settled(False)
+            return
+        self.held += 1
+        super().report(stored, report, settled)
+
+
+def test_at_shutdown_the_receipts_being_claimed_are_held_before_the_store_closes(
+    run: Run,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """A router that stops waits (Receipts.settle, within its deadline) for the final
+    receipts whose claims are still queued in the store: answered after the store closed,
+    they could neither be delivered nor held — and their carriers were answered already
+    (``ack_after: enqueue``), so nobody would send them again."""
+
+    async def main() -> None:
+        async with opened(redis_url, "a") as store:
+            sink = HoldingSink(store)
+            f = finals(store, sink)
+            cfg = router_config(carrier("uk"))
+            metrics = metrics_for(cfg)
+            carriers = Carriers(
+                cfg,
+                queue=MessageQueue(cfg.queue_max),
+                metrics=metrics,
+                on_deliver=lambda *_: None,
+                wake=lambda: None,
+            )
+            receipts = Receipts(cfg, store=store, carriers=carriers, finals=f, metrics=metrics)
+            msgs = [message(f"m{i:04d}") for i in range(200)]
+            for msg in msgs:
+                assert store.add(msg)
+            await store.flush()
+            for msg in msgs:
+                f.report(msg, receipt(msg.id), True, None)
+            assert f.claiming == 200
+            assert await receipts.settle(DEADLINE)
+            assert (sink.held, sink.refused) == (200, 0)
+            assert f.claiming == 0
+        # Every one held, and the store written before it closed.
+        async with opened(redis_url, "b") as again:
+            assert (await again.held_counts()).get("acme") == 200
 
     run(main())

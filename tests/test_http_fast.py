@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 import trustme
+from carrier_fixtures import WarpLoop, advance
 from http_fixtures import KEY, api_config
 from loops import Run
 from smsc_fixtures import DEADLINE, SYSTEM_ID, running_app
@@ -246,22 +247,64 @@ def test_the_lane_and_the_hand_off_work_over_tls(run: Run, tmp_path: Path) -> No
     run(main_())
 
 
-def test_an_idle_connection_is_closed_after_keepalive(run: Run) -> None:
+def test_an_idle_connection_is_closed_after_keepalive() -> None:
+    """On a loop whose clock the test moves: the request is answered well within
+    ``keepalive`` however slow the machine, and the close comes when the clock passes it."""
+    keepalive = 60.0
+
     async def handler(authorization: str, key: str | None, body: bytes) -> Any:
         return 202, "application/json", b"{}", {}
 
     async def main_() -> None:
-        listener = FastListener(handler, lambda: None, max_body=1024, keepalive=0.2)
+        listener = FastListener(handler, lambda: None, max_body=1024, keepalive=keepalive)
         await listener.start("127.0.0.1", 0)
         try:
             async with asyncio.timeout(DEADLINE):
                 reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
                 writer.write(post("447700900701"))
                 assert (await answer(reader)).status == 202
+            advance(keepalive + keepalive / 8)  # (past keepalive, and the sweep after it)
+            async with asyncio.timeout(DEADLINE):
                 assert await reader.read() == b""  # closed by the listener, idle
                 writer.close()
         finally:
             await listener.stop(1.0)
+
+    with asyncio.Runner(loop_factory=WarpLoop) as runner:
+        runner.run(main_())
+
+
+@pytest.mark.parametrize("why", ["a field not Latin-1", "the handler failed"])
+def test_an_answer_that_cannot_be_written_is_a_500_problem_and_the_connection_closes(
+    run: Run, why: str
+) -> None:
+    """Not a hang: the client is answered (the request pipelined behind it is not taken:
+    what the handler did is not known) and the connection closes."""
+    bodies: list[bytes] = []
+
+    async def handler(authorization: str, key: str | None, body: bytes) -> Any:
+        bodies.append(body)
+        if why == "the handler failed":
+            raise RuntimeError("a bug")
+        return 503, "application/problem+json", b"{}", {"Retry-After": "\u2026"}
+
+    async def main_() -> None:
+        listener = FastListener(handler, lambda: None, max_body=1024, keepalive=DEADLINE)
+        await listener.start("127.0.0.1", 0)
+        try:
+            async with asyncio.timeout(DEADLINE):
+                reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+                writer.write(post("447700900801", body=b"1") + post("447700900802", body=b"2"))
+                got = await answer(reader)
+                assert await reader.read() == b""  # closed after it
+                writer.close()
+        finally:
+            await listener.stop(1.0)
+        assert (got.status, got.headers["content-type"]) == (500, "application/problem+json")
+        problem = json.loads(got.body)
+        assert (problem["status"], problem["title"]) == (500, "Internal error")
+        assert got.headers["connection"] == "close"
+        assert bodies == [b"1"]
 
     run(main_())
 

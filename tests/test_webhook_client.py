@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 from aiohttp import web
+from carrier_fixtures import WarpLoop, advance
 from loops import Run
 from smsc_fixtures import DEADLINE
 
@@ -24,6 +26,20 @@ class Seen:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.release = asyncio.Event()
+        self.allowed = 0  # (how many of /gated's requests may be answered)
+        self.changed = asyncio.Condition()
+
+    async def allow(self, n: int) -> None:
+        """Lets /gated answer its first ``n`` requests."""
+        async with self.changed:
+            self.allowed = n
+            self.changed.notify_all()
+
+    async def arrived(self, n: int, deadline: float = DEADLINE) -> None:
+        """Until /gated has ``n`` requests (the one before each answered: aiohttp takes
+        pipelined requests one after another)."""
+        async with asyncio.timeout(deadline), self.changed:
+            await self.changed.wait_for(lambda: len(self.requests) >= n)
 
 
 def aiohttp_app(seen: Seen) -> web.Application:
@@ -51,16 +67,14 @@ def aiohttp_app(seen: Seen) -> web.Application:
         await seen.release.wait()
         return web.Response(status=200)
 
-    async def paced(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        await asyncio.sleep(0.5)  # (the receiver's pace: one request after another)
-        return web.Response(status=204)
-
-    async def first_only(request: web.Request) -> web.StreamResponse:
-        seen.requests.append((request.method, request.path_qs, dict(request.headers), b""))
-        await request.read()
-        if len(seen.requests) > 1:
-            await seen.release.wait()  # (the receiver answers the first, stalls the rest)
+    async def gated(request: web.Request) -> web.StreamResponse:
+        """Answers each request when the test allows it (or at the end)."""
+        body = await request.read()
+        async with seen.changed:
+            index = len(seen.requests)
+            seen.requests.append((request.method, request.path_qs, dict(request.headers), body))
+            seen.changed.notify_all()
+            await seen.changed.wait_for(lambda: seen.allowed > index or seen.release.is_set())
         return web.Response(status=204)
 
     async def large(request: web.Request) -> web.StreamResponse:
@@ -74,8 +88,7 @@ def aiohttp_app(seen: Seen) -> web.Application:
     app.router.add_post("/busy", busy)
     app.router.add_post("/slow", slow)
     app.router.add_post("/large", large)
-    app.router.add_post("/paced", paced)
-    app.router.add_post("/first-only", first_only)
+    app.router.add_post("/gated", gated)
     return app
 
 
@@ -92,6 +105,8 @@ async def aiohttp_server(
         yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     finally:
         seen.release.set()
+        async with seen.changed:
+            seen.changed.notify_all()
         await runner.cleanup()
 
 
@@ -415,33 +430,62 @@ def test_pipelined_posts_a_server_closed_on_before_answering_are_sent_again(run:
     run(main())
 
 
-def test_each_pipelined_answer_has_the_timeout_from_the_answer_before(run: Run) -> None:
-    """A receiver answers pipelined POSTs one after another: six at 0.5 s each take 3 s,
-    over the 2 s ``timeout``, and each is answered (the timeout is one POST's)."""
+def warped(main: Coroutine[Any, Any, None]) -> None:
+    """Runs ``main`` on a loop whose clock the test moves (``advance``): a timeout that
+    must fire fires when the clock is moved past it, however slow the machine."""
+    with asyncio.Runner(loop_factory=WarpLoop) as runner:
+        runner.run(main)
+
+
+#: The client's timeout in the warped tests: far above any stall of the machine.
+TIMEOUT = 60.0
+
+
+def test_each_pipelined_answer_has_the_timeout_from_the_answer_before() -> None:
+    """A receiver answers pipelined POSTs one after another, each ``TIMEOUT / 3`` after
+    the one before: five take over ``TIMEOUT`` in all, and each is answered (the timeout
+    is one POST's, not the batch's)."""
+    step = TIMEOUT / 3
 
     async def main() -> None:
         seen = Seen()
         async with aiohttp_server(seen) as base:
-            client = new_client(timeout=2.0)
-            answers = await client.post_many(f"{base}/paced", [(b"{}", {})] * 6)
+            client = new_client(timeout=TIMEOUT)
+            posting = asyncio.create_task(client.post_many(f"{base}/gated", [(b"{}", {})] * 5))
+            for n in range(1, 6):
+                await seen.arrived(n)  # (so the answer before it was sent)
+                if n > 1:
+                    advance(step)
+                await seen.allow(n)
+            async with asyncio.timeout(DEADLINE + 5 * step):
+                answers = await posting
             await client.close()
-        assert [getattr(a, "status", a) for a in answers] == [204] * 6
+        assert [getattr(a, "status", a) for a in answers] == [204] * 5
         assert client.opened == 1
 
-    run(main())
+    warped(main())
 
 
-def test_a_receiver_that_answers_the_first_and_stalls_the_rest(run: Run) -> None:
+def test_a_receiver_that_answers_the_first_and_stalls_the_rest() -> None:
     """The first answer stands (its event is delivered); the rest time out, ``timeout``
-    seconds after it."""
+    seconds after it (the receiver never answers them)."""
 
     async def main() -> None:
         seen = Seen()
         async with aiohttp_server(seen) as base:
-            client = new_client(timeout=0.5)
-            answers = await client.post_many(f"{base}/first-only", [(b"{}", {})] * 3)
+            client = new_client(timeout=TIMEOUT)
+            posting = asyncio.create_task(client.post_many(f"{base}/gated", [(b"{}", {})] * 3))
+            await seen.allow(1)
+            await seen.arrived(2)  # the first answered; the second never will be
+            for _ in range(5):  # (the clock past the deadline the first answer set)
+                advance(TIMEOUT)
+                await asyncio.wait([posting], timeout=DEADLINE)
+                if posting.done():
+                    break
+            answers = posting.result()
             await client.close()
         assert getattr(answers[0], "status", answers[0]) == 204
         assert all(isinstance(a, TimeoutError) for a in answers[1:]), answers
+        assert len(seen.requests) == 2  # (pipelined behind the second: never taken)
 
-    run(main())
+    warped(main())

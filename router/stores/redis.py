@@ -870,8 +870,14 @@ def _bucket(name: str) -> int:
     """The bucket of a message id (or of ``carrier:key``, a receipt index). Cached: a
     message's records (add, send, final state, claim, settle) each need it, in batches
     apart; a look-up costs less than the crc32 of the encoded id. (A receipt index
-    entry's ``carrier:key``, written once, is not looked up here.)"""
+    entry's ``carrier:key``, written once, is not looked up here: :func:`_index_bucket`.)"""
     return zlib.crc32(name.encode()) % BUCKETS
+
+
+def _index_bucket(carrier_key: str) -> int:
+    """The bucket of a receipt index entry (``carrier:key``): not cached (seen once; it
+    would only push message ids out of :func:`_bucket`'s cache)."""
+    return zlib.crc32(carrier_key.encode()) % BUCKETS
 
 
 #: The bucket of a message id (its keys' hash tag is ``{m<bucket>}``).
@@ -1168,7 +1174,7 @@ class RedisStore(WriteBehind):
                 kept, moved = int(got[0]), moved + int(got[1])
                 pairs = [v.decode() for v in got[2:]]
                 for n in range(0, len(pairs), 2):
-                    _bucket_of(buckets, _bucket(pairs[n])).index(pairs[n], pairs[n + 1])
+                    _bucket_of(buckets, _index_bucket(pairs[n])).index(pairs[n], pairs[n + 1])
                 first += kept
                 self.commands += 1
                 if first >= await client.zcard(name):
@@ -1199,7 +1205,7 @@ class RedisStore(WriteBehind):
         for _, index in results:
             pairs = [v.decode() for v in index]
             for n in range(0, len(pairs), 2):
-                _bucket_of(buckets, _bucket(pairs[n])).index(pairs[n], pairs[n + 1])
+                _bucket_of(buckets, _index_bucket(pairs[n])).index(pairs[n], pairs[n + 1])
         await self._read_all(client, self._index_calls(buckets))
         return [s for flat, _ in results for s in self._stored_pairs(flat)]
 

@@ -442,6 +442,8 @@ class SqliteStore(WriteBehind):
         with the count) and failed; the connections get a second more to close."""
         if self._db is None:
             return
+        if self._claims:  # claims in flight end first (they write through the writer)
+            await asyncio.wait(set(self._claims), timeout=timeout)
         hung = True  # cancelled while waiting: the connections get the short grace too
         try:
             hung = await self._stop_writer(timeout)
@@ -463,6 +465,8 @@ class SqliteStore(WriteBehind):
                 db.stop()
             if stuck:
                 log.error("store: a database connection did not close (SQLite hangs)")
+            for claim in self._claims:  # past the deadline: failed (StoreError), not left
+                claim.cancel()
 
     def file_sizes(self) -> tuple[int, int]:
         """Bytes of the database file and of its WAL (0 for a store in memory, or a file

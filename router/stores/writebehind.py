@@ -128,7 +128,9 @@ class Op(msgspec.Struct, gc=False):
     Not tracked by the cyclic GC (``gc=False``): under load tens of thousands wait in the
     queue at once, and each was a live object every young collection walked. Nothing the
     queue holds makes a cycle that outlives the record: its callback and its outcome are
-    dropped once it is written or failed (and a claim's waiter with them)."""
+    dropped once it is written or failed (and a claim's waiter with them). A store must be
+    closed before it is dropped: records still queued in an abandoned store could hold a
+    cycle (outcome → its waiter → the store → its queue) the GC cannot see."""
 
     kind: int
     params: tuple[Any, ...]
@@ -670,7 +672,10 @@ class WriteBehind:
                 except Exception:
                     log.exception("store: on_durable callback failed")
             outcome = op.outcome
-            if outcome is not None and not outcome.done():
+            if outcome is None:
+                continue
+            op.outcome = None
+            if not outcome.done():
                 if not ok:
                     why = f" (cannot write: {self._unwritable})" if self._unwritable else ""
                     outcome.set_exception(StoreError(f"store: record not written{why}"))
