@@ -837,15 +837,11 @@ class _Bucket:
     def index(self, carrier_key: str, mid: str) -> None:
         self.records.append(("K", carrier_key, mid))
 
-    def claim(self, mid: str, op: Op) -> None:
-        """A C record: ``op`` is a CLAIM (its params after the id's bucket was chosen)."""
-        state, error, done_at, node, now_ms, until_ms, _, day = op.params
-        self.records.append(("C", mid, state, error, done_at, node, now_ms, until_ms, day))
+    def claim(self, op: Op) -> None:
+        """A C record: ``op`` is a CLAIM, whose params are the record (see claim_soon)."""
+        self.records.append(op.params)
         self.claims.append((self.answers, op))
         self.answers += 1
-
-    def settle(self, mid: str, day: int) -> None:
-        self.records.append(("S", mid, day))
 
     def call(self, sha: str, tag: str, times: tuple[int, int, int, int]) -> tuple[Any, ...]:
         """``times``: today, the final containers' expiry offset, the receipt index's
@@ -1347,7 +1343,9 @@ class RedisStore(WriteBehind):
         calls), its claims: where each one's result is in the call's answer, and its op.
 
         A final state's container day is chosen once, the first time its record is
-        encoded (kept in its params, as a hold's id: a batch sent again names the same)."""
+        encoded (kept in its params, as a hold's id: a batch sent again names the same); a
+        claim's when it is queued (its params are its C record, see claim_soon); a settle's
+        lease day the first time (its params become its S record)."""
         now = self._clock()
         today = _day(now)
         buckets: dict[int, _Bucket] = {}
@@ -1369,20 +1367,21 @@ class RedisStore(WriteBehind):
                 folded.setdefault(added, record)  # an id added twice: its own record
                 continue
             if kind == settle:
-                if len(params) == 1:  # the day of its lease, once (-1: the script finds it)
-                    op.params = params = (params[0], self._claimed_days.pop(params[0], -1))
-                settled, day = params
+                if len(params) == 1:  # its S record, with the day of its lease, once (-1:
+                    # the script finds it)
+                    settled = params[0]
+                    op.params = params = ("S", settled, self._claimed_days.pop(settled, -1))
+                else:
+                    settled = params[1]
                 b = _bucket(settled)
-                (in_bucket(b) or buckets.setdefault(b, _Bucket())).settle(settled, day)
+                (in_bucket(b) or buckets.setdefault(b, _Bucket())).records.append(params)
                 continue
             if kind == claim:
                 if op.outcome is not None and op.outcome.done():
                     continue  # its caller gave up (a deadline): not claimed for nobody
-                if len(params) == 7:  # its container day, once
-                    op.params = (*params, self._final_day(params[2], today))
-                claimed = params[6]  # its id
+                claimed = params[1]  # its id (the params are its C record)
                 b = _bucket(claimed)
-                (in_bucket(b) or buckets.setdefault(b, _Bucket())).claim(claimed, op)
+                (in_bucket(b) or buckets.setdefault(b, _Bucket())).claim(op)
                 # What this node writes of the message after the claim comes after it.
                 folded.pop(claimed, None)
                 continue
@@ -1731,14 +1730,18 @@ class RedisStore(WriteBehind):
         # claim sent again): two claims of one node in one millisecond differ by the end.
         until = max(int((now + self._claim_seconds) * 1000), self._last_until + 1)
         self._last_until = until
+        # The params are the C record itself (see _BATCH_LUA), its container day chosen
+        # now, once (a batch sent again names the same).
         params = (
+            "C",
+            message_id,
             int(report.state),
             report.error,
             float(done_at),
             self._node_id,
             str(int(now * 1000)),
             str(until),
-            message_id,
+            self._final_day(done_at, _day(now)),
         )
         # The writer settles ``outcome``: the script's answer once the batch is committed
         # (_transaction), else StoreError (not written, or no answer: never a hang).

@@ -106,9 +106,10 @@ RETRY_MIN: Final = 0.05
 #   CANCEL  (state, done_at, id)
 #   HOLD    (account, expires_at, item)
 #   RELEASE (held id,)
-#   CLAIM   (state, error, done_at, node, now, lease_until, id)   a final state as a
-#           compare-and-set with a report lease; its result goes to ``Op.outcome``
+#   CLAIM   a final state as a compare-and-set with a report lease; its result goes to
+#           ``Op.outcome``; the params are the backend's own record (Redis: its C record)
 #   SETTLE  (id,)   the claimed final state's receipt is delivered or held: the lease goes
+#           (the backend may replace them with its record once, as Redis its S record)
 # (CLAIM and SETTLE are written by backends whose store nodes share: Redis.)
 
 ADD: Final = 0
