@@ -1034,11 +1034,12 @@ class RedisStore(WriteBehind):
     def _batch_results(self, call: tuple[Any, ...], result: Any) -> tuple[list[int], list[int]]:
         """The results of a batch script call, and the container days of its claims (in
         their order); _Duplicate for an add of a taken id."""
-        results = [int(r) for r in result[0]]
+        results: list[int] = result[0]  # integers already (the script's numbers)
         if -1 in results:
             ids = [r[1] for r in _records(call) if r[0] in ("M", "C")]
             raise _Duplicate(f"message id {ids[results.index(-1)]} holds another message")
-        return results, [int(d) for d in result[1]]
+        days: list[int] = result[1]
+        return results, days
 
     def _held_keys(self, account: str) -> list[str]:
         tag = f"{self._p}:{{h:{account}}}"
@@ -1264,15 +1265,15 @@ class RedisStore(WriteBehind):
         results = await self._send(client, calls)
         dropped: dict[str, int] = {}
         batch_sha, hold_sha = self._sha["batch"], self._sha["hold"]
-        answered: list[tuple[Op, int, int]] = []
+        # Per bucket call with claims: its claims, the script's answers and their days.
+        answered: list[tuple[list[tuple[int, Op]], list[int], list[int]]] = []
         for n, (call, result) in enumerate(zip(calls, results, strict=True)):
             if isinstance(result, Exception):
                 raise result
             if call[1] == batch_sha:
                 answers, days = self._batch_results(call, result)
-                answered.extend(
-                    (op, answers[at], day) for (at, op), day in zip(claims[n], days, strict=True)
-                )
+                if claims[n]:
+                    answered.append((claims[n], answers, days))
             elif call[1] == hold_sha and result:
                 account = call[3].removeprefix(f"{self._p}:{{h:").removesuffix("}:q")
                 dropped[account] = dropped.get(account, 0) + int(result)
@@ -1286,14 +1287,17 @@ class RedisStore(WriteBehind):
                 if op.kind == RELEASE:
                     self._held_account.pop(op.params[0], None)
         self._settles_written(ops)
-        for op, answer, day in answered:  # the claims' results, now the batch is committed
-            if answer == 1 and op.message_id is not None:  # where its settle finds the lease
-                remembered = self._claimed_days
-                if len(remembered) >= _CLAIMED_DAYS_MAX:
-                    del remembered[next(iter(remembered))]
-                remembered[op.message_id] = day
-            if op.outcome is not None and not op.outcome.done():
-                op.outcome.set_result(answer)
+        remembered = self._claimed_days
+        for of_call, answers, days in answered:  # the claims' results, now it is committed
+            for (at, op), day in zip(of_call, days, strict=True):
+                answer = answers[at]
+                if answer == 1 and op.message_id is not None:  # where its settle finds the lease
+                    if len(remembered) >= _CLAIMED_DAYS_MAX:
+                        del remembered[next(iter(remembered))]
+                    remembered[op.message_id] = day
+                outcome = op.outcome
+                if outcome is not None and not outcome.done():
+                    outcome.set_result(answer)
         self.commit_seconds.observe(time.perf_counter() - started)
         self.transactions += 1
         self.records += len(ops)
