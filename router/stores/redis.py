@@ -901,6 +901,10 @@ def _whole(record: list[Any]) -> bytes:
     """The record (see RECORD_LUA) of an add's M record, with what its sets and its
     final state say (the body: the sets' position 0, bytes here)."""
     _, _, _, owner, submitted_at, final, state, error, done_at, _, sets = record
+    if len(sets) == 4 and final == 0:  # the add's own sets alone (account, body): most adds
+        encoded = _encode_records((sets[1], submitted_at, owner, state, error, "", "", "", 0))
+        body: bytes = sets[3]
+        return len(encoded).to_bytes(2, "big") + encoded + body
     head: list[Any] = ["", submitted_at, owner, state, error, "", "", "", 0]
     body = b""
     for k in range(0, len(sets), 2):
