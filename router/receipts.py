@@ -235,13 +235,18 @@ class Receipts:
         if our_id is None:
             pool = self.carriers.pools.get(carrier)
             if pool is None or pool.in_flight == 0:
-                # No submit to it awaits its answer: no mapping can come for this receipt.
-                self._unmatched(carrier, receipt_id, respond)
-                return
-            key = correlation_key(receipt_id, cfg.receipt_id)
-            our_id = self.correlator.park(carrier, key, (report, respond), self.wall())
-            if our_id is None:
-                return  # parked until its submit_sm_resp is processed (or it expires)
+                # No submit to it awaits its answer: no mapping can come for this receipt
+                # — unless it came while the store was read (the last submit_sm_resp
+                # processed meanwhile: in flight 0 AND the mapping in memory).
+                our_id = self.correlator.lookup(carrier, receipt_id, cfg.receipt_id)
+                if our_id is None:
+                    self._unmatched(carrier, receipt_id, respond)
+                    return
+            else:
+                key = correlation_key(receipt_id, cfg.receipt_id)
+                our_id = self.correlator.park(carrier, key, (report, respond), self.wall())
+                if our_id is None:
+                    return  # parked until its submit_sm_resp is processed (or it expires)
         self._receipt_for(our_id, report, respond)
 
     async def _recheck(
