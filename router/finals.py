@@ -326,7 +326,7 @@ class Finals:
         if reported:
             self._settle(message_id)
             return
-        if any(respond is not None for respond in self.finishing.get(message_id, ())):
+        if self._carrier_waits(message_id):
             self._retry_later(message_id)
             return
         self.metrics.event("receipt_dropped", report.carrier)

@@ -55,6 +55,18 @@ async def nodes(url: str, n: int) -> AsyncIterator[list[Idempotency]]:
         yield made
 
 
+@asynccontextmanager
+async def redis_admin(url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's own, to pause the nodes' writes (``CLIENT PAUSE``): always
+    unpaused and closed at the end, whatever the test did."""
+    admin = aioredis.Redis.from_url(url)
+    try:
+        yield admin
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+
+
 def test_a_key_sends_once_and_is_replayed_on_the_other_node(
     run: Run,
     redis_url: str,  # noqa: F811
@@ -78,25 +90,20 @@ def test_an_answer_not_written_keeps_the_key_and_is_written_once_redis_takes_wri
     redis_url: str,  # noqa: F811
 ) -> None:
     async def main() -> None:
-        admin = aioredis.Redis.from_url(redis_url)
-        try:
-            async with nodes(redis_url, 2) as (a, b):
-                sends = Sends()
-                sends.then = admin
-                first = await a.send("acme", "k-1", BODY, sends)
-                assert first[0] == 202  # sent: the answer is given, not written yet
-                assert a.unwritten == 1
-                again = await a.send("acme", "k-1", BODY, sends)  # replayed from memory
-                assert again == (202, first[1], {"Idempotent-Replayed": "true"})
-                await admin.execute_command("CLIENT", "UNPAUSE")
-                await a.stop(DEADLINE)  # (lets the answers not written be written)
-                assert a.unwritten == 0
-                on_b = await b.send("acme", "k-1", BODY, sends)  # not 409: replayed
-                assert on_b == (202, first[1], {"Idempotent-Replayed": "true"})
-                assert sends.count == 1
-        finally:
+        async with redis_admin(redis_url) as admin, nodes(redis_url, 2) as (a, b):
+            sends = Sends()
+            sends.then = admin
+            first = await a.send("acme", "k-1", BODY, sends)
+            assert first[0] == 202  # sent: the answer is given, not written yet
+            assert a.unwritten == 1
+            again = await a.send("acme", "k-1", BODY, sends)  # replayed from memory
+            assert again == (202, first[1], {"Idempotent-Replayed": "true"})
             await admin.execute_command("CLIENT", "UNPAUSE")
-            await admin.aclose()
+            await a.stop(DEADLINE)  # (lets the answers not written be written)
+            assert a.unwritten == 0
+            on_b = await b.send("acme", "k-1", BODY, sends)  # not 409: replayed
+            assert on_b == (202, first[1], {"Idempotent-Replayed": "true"})
+            assert sends.count == 1
 
     run(main())
 
@@ -106,22 +113,17 @@ def test_a_refusal_for_now_releases_the_key_even_once_redis_takes_writes_again(
     redis_url: str,  # noqa: F811
 ) -> None:
     async def main() -> None:
-        admin = aioredis.Redis.from_url(redis_url)
-        try:
-            async with nodes(redis_url, 2) as (a, b):
-                refused = Sends(status=503)  # nothing sent: not remembered
-                refused.then = admin
-                assert (await a.send("acme", "k-1", BODY, refused))[0] == 503
-                assert a.unwritten == 1  # the release: not written yet
-                await admin.execute_command("CLIENT", "UNPAUSE")
-                await a.stop(DEADLINE)
-                assert a.unwritten == 0
-                sends = Sends()
-                assert (await b.send("acme", "k-1", BODY, sends))[0] == 202  # not 409
-                assert sends.count == 1
-        finally:
+        async with redis_admin(redis_url) as admin, nodes(redis_url, 2) as (a, b):
+            refused = Sends(status=503)  # nothing sent: not remembered
+            refused.then = admin
+            assert (await a.send("acme", "k-1", BODY, refused))[0] == 503
+            assert a.unwritten == 1  # the release: not written yet
             await admin.execute_command("CLIENT", "UNPAUSE")
-            await admin.aclose()
+            await a.stop(DEADLINE)
+            assert a.unwritten == 0
+            sends = Sends()
+            assert (await b.send("acme", "k-1", BODY, sends))[0] == 202  # not 409
+            assert sends.count == 1
 
     run(main())
 
